@@ -1,0 +1,46 @@
+# Thin wrapper over Meson; the README names `make run` and `make test`.
+BUILD ?= build
+MESON_SETUP = meson setup --wipe
+.PHONY: all run test unit asan tsan fuzz bench clean format deps
+
+all: $(BUILD)/build.ninja
+	ninja -C $(BUILD)
+
+$(BUILD)/build.ninja:
+	@scripts/deps build
+	meson setup $(BUILD)
+
+deps:
+	@scripts/deps build
+
+# Build and start the reference service in the foreground (Ctrl-C stops it).
+run: deps all
+	@scripts/run
+
+# The whole suite: unit tests (plain, ASan+UBSan, TSan for threaded modules),
+# integration tests, short fuzz runs. Ends with "N passed, N failed".
+test:
+	@scripts/test
+
+# Only the unit tests of the plain build.
+unit: all
+	@scripts/test --only unit
+
+asan:
+	@scripts/test --only asan
+
+tsan:
+	@scripts/test --only tsan
+
+fuzz:
+	@scripts/test --only fuzz
+
+bench:
+	@scripts/deps bench
+	@scripts/bench
+
+format:
+	clang-format -i $$(git ls-files '*.c' '*.h')
+
+clean:
+	rm -rf build build-asan build-tsan build-fuzz

@@ -1,0 +1,275 @@
+/* knit/reactor.h — the event loop: fd readiness, timers, signals,
+ * cross-thread calls and phased shutdown.
+ *
+ * One reactor thread owns every fd watch, timer and signal handler. All
+ * functions are [reactor] (call them only on the thread running the loop, or
+ * before the loop starts) unless marked [any].
+ *
+ * Life cycle:
+ *   knit_reactor_new → knit_reactor_run (until knit_reactor_stop and the
+ *   shutdown phases finish) → knit_reactor_close (fails with KNIT_EBUSY while
+ *   anything is still registered) or knit_reactor_free (frees regardless).
+ *
+ * Time: the reactor reads a knit_clock (knit/clock.h). With a fake clock,
+ * timers fire only when the test calls knit_reactor_advance(); fd polling
+ * still works, with zero timeout.
+ *
+ * Ordering guarantees:
+ *   - timers with equal deadlines fire in the order they were scheduled;
+ *   - a timer scheduled (or reset) from inside a timer callback with a delay
+ *     of 0 fires on the next loop iteration, not in the same pass, so a
+ *     self-rescheduling timer cannot starve IO;
+ *   - cross-thread calls run in FIFO order per calling thread (in fact in
+ *     global enqueue order).
+ */
+#ifndef KNIT_REACTOR_H
+#define KNIT_REACTOR_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "knit/clock.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct knit_reactor knit_reactor;
+
+/* ---- creation and running ------------------------------------------------ */
+
+typedef struct knit_reactor_options {
+    knit_clock *clock;    /* NULL: the real monotonic clock. Not owned. */
+    unsigned max_events;  /* epoll_wait batch size; default 256 */
+    const char *name;     /* for logs and stats; default "reactor" */
+} knit_reactor_options;
+
+void knit_reactor_options_init(knit_reactor_options *o);
+
+/* Create a reactor (epoll, eventfd, signalfd set up). opts may be NULL.
+ * Returns 0 and *out, or a negative code. [any] */
+int knit_reactor_new(knit_reactor **out, const knit_reactor_options *opts);
+
+/* Run the loop on the calling thread (which becomes the reactor thread)
+ * until knit_reactor_stop() is called and the shutdown phases complete.
+ * Returns 0, or KNIT_EALREADY if already running. */
+int knit_reactor_run(knit_reactor *r);
+
+/* Run one iteration: wait up to TIMEOUT for events (0 = poll, <0 = until the
+ * next timer or event), dispatch them, run due timers and cross-thread calls.
+ * Does not run shutdown phases. Returns the number of callbacks run, or a
+ * negative code. For tests and for embedding in another loop. */
+int knit_reactor_run_once(knit_reactor *r, knit_duration timeout);
+
+/* Ask the loop to shut down: run the BEFORE, DURING and AFTER triggers
+ * (waiting for asynchronous ones) while IO keeps flowing, then return from
+ * knit_reactor_run. Idempotent. [any] */
+void knit_reactor_stop(knit_reactor *r);
+
+/* Return from knit_reactor_run at the next iteration without waiting for
+ * outstanding shutdown triggers (a second SIGTERM). [any] */
+void knit_reactor_stop_now(knit_reactor *r);
+
+/* True once knit_reactor_stop was called. [any] */
+bool knit_reactor_stopping(const knit_reactor *r);
+
+/* True on the thread currently running the loop (false if not running). [any] */
+bool knit_reactor_in_thread(const knit_reactor *r);
+
+/* Free if nothing is registered (no fd watches, timers, signal handlers or
+ * shutdown triggers); otherwise KNIT_EBUSY and nothing is freed. Must not be
+ * running. Tests call this to prove they left nothing behind. */
+int knit_reactor_close(knit_reactor *r);
+
+/* Free unconditionally: pending timers are dropped without running, watches
+ * are forgotten (fds are not closed), queued cross-thread calls are dropped.
+ * Must not be running. NULL is a no-op. */
+void knit_reactor_free(knit_reactor *r);
+
+/* ---- time ----------------------------------------------------------------- */
+
+knit_clock *knit_reactor_clock(const knit_reactor *r); /* [any] */
+knit_time knit_reactor_now(const knit_reactor *r);     /* [any] */
+
+/* Fake clock only: move time forward by D and run every timer that comes due
+ * (including timers those callbacks schedule within the new time), like
+ * Twisted's Clock.advance. Cross-thread calls and fd events are not run; use
+ * knit_reactor_run_once(r, 0) for those. Returns KNIT_EINVAL with a real
+ * clock. */
+int knit_reactor_advance(knit_reactor *r, knit_duration d);
+
+/* ---- fd readiness --------------------------------------------------------- */
+
+enum {
+    KNIT_READABLE = 1u << 0,
+    KNIT_WRITABLE = 1u << 1,
+    /* Reported, never requested: error or hang-up on the fd. Both are
+     * delivered together with READABLE/WRITABLE for whichever was requested,
+     * so a reader sees EOF/the error on its next read. */
+    KNIT_IOERR = 1u << 2,
+    KNIT_HANGUP = 1u << 3,
+};
+
+typedef struct knit_io knit_io;
+typedef void (*knit_io_cb)(knit_io *io, unsigned events);
+
+/* An fd watch, embedded by its owner (a connection, a listener) so that
+ * watching costs no separate allocation. Fields starting with '_' are
+ * private. Life cycle: knit_io_init → knit_io_start/stop any number of times
+ * → knit_io_stop before the fd is closed or the memory reused. Stopping is
+ * immediate and safe from any callback, including the io's own: no further
+ * callback runs for it, even if its event is already in the current batch. */
+struct knit_io {
+    knit_reactor *_r;
+    knit_io_cb _cb;
+    void *data; /* the owner's pointer; knit never touches it */
+    int _fd;
+    uint32_t _events; /* requested KNIT_READABLE|KNIT_WRITABLE; 0 = stopped */
+};
+
+/* Prepare IO to watch FD with CB. Does not start watching. */
+void knit_io_init(knit_reactor *r, knit_io *io, int fd, knit_io_cb cb, void *data);
+
+/* Watch for EVENTS (KNIT_READABLE and/or KNIT_WRITABLE), replacing the
+ * previous set; events == 0 is the same as knit_io_stop. Level-triggered.
+ * Returns 0 or a negative errno from epoll_ctl (KNIT_EPERM for regular
+ * files, which epoll cannot watch). */
+int knit_io_start(knit_io *io, unsigned events);
+
+/* Stop watching. Idempotent. */
+void knit_io_stop(knit_io *io);
+
+static inline bool knit_io_active(const knit_io *io) { return io->_events != 0; }
+static inline int knit_io_fd(const knit_io *io) { return io->_fd; }
+static inline unsigned knit_io_events(const knit_io *io) { return io->_events; }
+
+/* ---- timers (Twisted's DelayedCall) -------------------------------------- */
+
+/* A timer handle is a value: a slot index and a generation packed in 64 bits.
+ * It stays safe to use after the timer fired or was cancelled — operations
+ * on a stale handle return KNIT_ENOTACTIVE and touch nothing. The zero
+ * handle (KNIT_TIMER_NONE) is never active. */
+typedef struct knit_timer {
+    uint64_t id;
+} knit_timer;
+#define KNIT_TIMER_NONE ((knit_timer){0})
+
+typedef void (*knit_timer_cb)(knit_reactor *r, void *arg);
+
+/* Call FN(r, ARG) once, DELAY (>= 0; negative is treated as 0) from now.
+ * Returns the handle, or KNIT_TIMER_NONE if memory ran out. */
+knit_timer knit_call_later(knit_reactor *r, knit_duration delay, knit_timer_cb fn, void *arg);
+
+/* Cancel a pending timer: 0, or KNIT_ENOTACTIVE if it already fired, was
+ * cancelled, or is the handle of the callback currently running. */
+int knit_timer_cancel(knit_reactor *r, knit_timer t);
+
+/* Reschedule to fire DELAY from now (Twisted's reset). 0 or KNIT_ENOTACTIVE.
+ * Keeps the timer's place among equal deadlines by giving it a new sequence
+ * number, i.e. it fires after timers already due at the same instant. */
+int knit_timer_reset(knit_reactor *r, knit_timer t, knit_duration delay);
+
+/* Push the deadline later by BY (Twisted's delay; negative brings it
+ * earlier). 0 or KNIT_ENOTACTIVE. */
+int knit_timer_delay(knit_reactor *r, knit_timer t, knit_duration by);
+
+/* True while the timer is pending. */
+bool knit_timer_active(const knit_reactor *r, knit_timer t);
+
+/* The pending timer's deadline, or -1 if not active. */
+knit_time knit_timer_deadline(const knit_reactor *r, knit_timer t);
+
+/* Visit every pending timer in deadline order (for the manhole). The visitor
+ * must not add or cancel timers. Returns the number visited. */
+typedef void (*knit_timer_visit_fn)(knit_timer t, knit_time deadline, knit_timer_cb fn,
+                                    void *fn_arg, void *visit_arg);
+size_t knit_reactor_timers(knit_reactor *r, knit_timer_visit_fn visit, void *visit_arg);
+
+/* ---- signals -------------------------------------------------------------- */
+
+typedef struct knit_signal knit_signal;
+typedef void (*knit_signal_cb)(knit_reactor *r, int signo, void *arg);
+
+/* Run CB on the reactor thread whenever SIGNO arrives. Several handlers per
+ * signal run in registration order. The first handler for a signal blocks it
+ * in the calling thread and routes it through the reactor's signalfd; the
+ * last one removed restores the previous mask and disposition.
+ *
+ * Process-directed signals reach the signalfd only if every thread blocks
+ * them: register handlers (or call knit_signal_block_all) before starting
+ * other threads — knit's pool blocks all signals in its workers itself.
+ * Returns 0 and *out, or a negative code. */
+int knit_signal_start(knit_reactor *r, int signo, knit_signal_cb cb, void *arg,
+                      knit_signal **out);
+
+/* Remove a handler and free it. Safe from inside its own callback. */
+void knit_signal_stop(knit_signal *s);
+
+/* Block every asynchronous signal in the calling thread (used by threads
+ * that must never receive them: workers). [any] */
+void knit_signal_block_all(void);
+
+/* ---- cross-thread calls -------------------------------------------------- */
+
+typedef void (*knit_call_fn)(knit_reactor *r, void *arg);
+
+/* Queue FN(r, ARG) to run on the reactor thread. Callable from any thread,
+ * including the reactor's own (then it runs on the next iteration: a
+ * "call soon"). Each call runs exactly once, in enqueue order. Wake-ups
+ * coalesce: at most one eventfd write while the queue is non-empty. No
+ * allocation in steady state (the queue reuses fixed-size chunks).
+ * Returns 0, or KNIT_ENOMEM. Calls still queued when the reactor is freed are
+ * dropped without running. [any] */
+int knit_call_from_thread(knit_reactor *r, knit_call_fn fn, void *arg);
+
+/* ---- shutdown triggers (Twisted's addSystemEventTrigger) ----------------- */
+
+typedef enum knit_phase {
+    KNIT_PHASE_BEFORE = 0, /* e.g. stop accepting, start draining */
+    KNIT_PHASE_DURING = 1, /* e.g. stop the pool, close databases */
+    KNIT_PHASE_AFTER = 2,  /* e.g. flush logs */
+} knit_phase;
+
+typedef struct knit_trigger knit_trigger;
+
+/* FN runs when shutdown reaches PHASE. It must call knit_trigger_done(t)
+ * exactly once — at once or later from any reactor callback — and the next
+ * phase starts only when every trigger of this phase is done. */
+typedef void (*knit_trigger_fn)(knit_reactor *r, knit_trigger *t, void *arg);
+
+/* Register a trigger. Returns 0 and *out (may be NULL), or KNIT_ENOMEM.
+ * Triggers of one phase start in registration order. */
+int knit_reactor_add_trigger(knit_reactor *r, knit_phase phase, knit_trigger_fn fn, void *arg,
+                             knit_trigger **out);
+
+/* Unregister a trigger that has not started yet, and free it. Returns 0, or
+ * KNIT_EBUSY if it already ran (it is then freed by the reactor). */
+int knit_reactor_remove_trigger(knit_reactor *r, knit_trigger *t);
+
+/* Report that a started trigger finished. */
+void knit_trigger_done(knit_trigger *t);
+
+/* ---- statistics ----------------------------------------------------------- */
+
+typedef struct knit_reactor_stats {
+    uint64_t iterations;     /* loop iterations so far */
+    uint64_t events;         /* fd callbacks dispatched */
+    uint64_t timers_fired;
+    uint64_t calls_run;      /* cross-thread calls run */
+    uint64_t wakeups;        /* eventfd writes by other threads */
+    size_t watched_fds;      /* active knit_io watches */
+    size_t pending_timers;
+    size_t queued_calls;     /* cross-thread calls waiting */
+    size_t signal_handlers;
+    knit_duration lag_last;  /* how late the last due timer ran */
+    knit_duration lag_max;   /* worst lag since creation */
+} knit_reactor_stats;
+
+void knit_reactor_get_stats(knit_reactor *r, knit_reactor_stats *out);
+const char *knit_reactor_name(const knit_reactor *r); /* [any] */
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,72 @@
+#include "testutil.h"
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "knit/log.h"
+
+static void on_alarm(int sig)
+{
+    (void)sig;
+    static const char msg[] = "knit test watchdog: test binary timed out\n";
+    if (write(2, msg, sizeof msg - 1) < 0) { /* nothing more to do */ }
+    _exit(124);
+}
+
+void knit_test_watchdog(unsigned seconds)
+{
+    signal(SIGALRM, on_alarm);
+    alarm(seconds);
+}
+
+static pthread_mutex_t cap_mu = PTHREAD_MUTEX_INITIALIZER;
+static char *cap_buf;
+static size_t cap_len, cap_cap;
+
+static void cap_sink(int level, const char *line, size_t len, void *arg)
+{
+    (void)level;
+    (void)arg;
+    pthread_mutex_lock(&cap_mu);
+    if (cap_len + len + 1 > cap_cap) {
+        size_t n = cap_cap ? cap_cap * 2 : 4096;
+        while (n < cap_len + len + 1)
+            n *= 2;
+        char *p = realloc(cap_buf, n);
+        if (!p) {
+            pthread_mutex_unlock(&cap_mu);
+            return;
+        }
+        cap_buf = p;
+        cap_cap = n;
+    }
+    memcpy(cap_buf + cap_len, line, len);
+    cap_len += len;
+    cap_buf[cap_len] = 0;
+    pthread_mutex_unlock(&cap_mu);
+}
+
+void knit_test_log_begin(void)
+{
+    pthread_mutex_lock(&cap_mu);
+    cap_len = 0;
+    if (cap_buf) cap_buf[0] = 0;
+    pthread_mutex_unlock(&cap_mu);
+    knit_log_set_sink(cap_sink, NULL);
+}
+
+const char *knit_test_log_text(void) { return cap_buf ? cap_buf : ""; }
+
+void knit_test_log_end(void)
+{
+    knit_log_set_sink(NULL, NULL);
+    pthread_mutex_lock(&cap_mu);
+    free(cap_buf);
+    cap_buf = NULL;
+    cap_len = cap_cap = 0;
+    pthread_mutex_unlock(&cap_mu);
+}
