@@ -1,0 +1,195 @@
+/* knit/endpoint.h — listeners and connectors described by strings.
+ *
+ * Twisted's endpoint syntax: KIND:ARG:ARG:key=value:..., where positional
+ * arguments and key=value options may mix, and "\" escapes the next
+ * character (so "unix:/tmp/a\:b.sock" names the path "/tmp/a:b.sock" and
+ * "\\" is one backslash). Server strings:
+ *
+ *   tcp:PORT[:interface=ADDR][:backlog=N][:reuseport=yes]
+ *   tcp6:PORT[:interface=ADDR6][:backlog=N][:reuseport=yes]  (IPV6_V6ONLY)
+ *   unix:PATH[:mode=0600][:backlog=N][:lockfile=0|1]   ("@name": abstract)
+ *   ssl:PORT:privateKey=KEY.pem[:certKey=CERT.pem][:extraCertChain=CHAIN.pem]
+ *       [:interface=ADDR][:backlog=N][:minVersion=TLSv1.2][:alpn=h2,http/1.1]
+ *   systemd:domain=INET|INET6|UNIX:index=N   or   systemd:name=NAME
+ *   fd:N                                  (any inherited listening socket)
+ *   haproxy:<server string>               (PROXY protocol v1/v2 required)
+ *
+ * Client strings:
+ *   tcp:HOST:PORT  or  tcp:host=HOST:port=PORT[:timeout=SEC][:bindAddress=ADDR]
+ *   unix:PATH  or  unix:path=PATH[:timeout=SEC]
+ *   tls:HOST:PORT[:timeout=SEC][:caCertsDir=DIR][:caCerts=FILE][:verify=yes|no]
+ *       [:alpn=...][:certKey=...:privateKey=...]   (SNI + hostname check on)
+ *
+ * Errors: a malformed string fails with KNIT_EBADENDPOINT and a message that
+ * names the offending part and what was expected, e.g.
+ *   tcp: port "80x": expected a number 0-65535
+ * written to the caller's error buffer (KNIT_ENDPOINT_ERRLEN bytes is
+ * always enough). A string that parses but cannot be served (address in
+ * use, missing certificate) fails with that code and a message saying so.
+ *
+ * New kinds are registered by name (knit_endpoint_register) and then work
+ * in every string, including inside haproxy:.
+ *
+ * Listening: accept4 in a loop (up to KNIT_LISTEN_ACCEPTS_PER_EVENT per
+ * wake-up); at max_connections open connections the listener stops
+ * accepting until one closes; on EMFILE/ENFILE/ENOBUFS/ENOMEM it stops
+ * accepting, logs once, and retries after emfile_retry — never spins.
+ *
+ * Threads: every function is [reactor] unless marked [any]. A listener and
+ * its connections belong to the reactor they were created on.
+ */
+#ifndef KNIT_ENDPOINT_H
+#define KNIT_ENDPOINT_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "knit/clock.h"
+#include "knit/reactor.h"
+#include "knit/stream.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- defaults ------------------------------------------------------------ */
+#define KNIT_ENDPOINT_ERRLEN 256                  /* error buffer size */
+#define KNIT_ENDPOINT_MAX_ARGS 32                 /* parts in one string */
+#define KNIT_LISTEN_BACKLOG 511
+#define KNIT_LISTEN_ACCEPTS_PER_EVENT 64
+#define KNIT_LISTEN_EMFILE_RETRY KNIT_MSEC(100)
+#define KNIT_CONNECT_TIMEOUT KNIT_SEC(30)
+#define KNIT_HAPPY_EYEBALLS_DELAY KNIT_MSEC(250)  /* stagger between attempts */
+#define KNIT_PROXY_HEADER_TIMEOUT KNIT_SEC(10)    /* haproxy: header must arrive */
+
+/* ---- parsed descriptions -------------------------------------------------- */
+typedef struct knit_endpoint_desc {
+    char *kind;        /* "tcp" */
+    size_t nargs;      /* positional arguments, unescaped */
+    char **args;
+    size_t nkw;        /* key=value options, unescaped, in order */
+    char **keys;
+    char **values;
+    char *inner;       /* for wrapper kinds (haproxy:): the raw rest */
+} knit_endpoint_desc;
+
+/* Split DESC into kind, positional arguments and options (syntax only; the
+ * kind's own rules are checked by knit_endpoint_check). 0 and *out (free
+ * with knit_endpoint_desc_free), or KNIT_EBADENDPOINT / KNIT_ENOMEM with a
+ * message in ERR (may be NULL). [any] */
+int knit_endpoint_parse(const char *desc, knit_endpoint_desc **out, char *err, size_t errlen);
+void knit_endpoint_desc_free(knit_endpoint_desc *d);
+/* The value of option KEY, or NULL. [any] */
+const char *knit_endpoint_desc_get(const knit_endpoint_desc *d, const char *key);
+
+/* Parse and validate DESC as a server (SERVER true) or client string without
+ * touching the network or the filesystem. 0 or KNIT_EBADENDPOINT + ERR.
+ * [any] */
+int knit_endpoint_check(const char *desc, bool server, char *err, size_t errlen);
+
+/* ---- listening ------------------------------------------------------------ */
+typedef struct knit_listener knit_listener;
+
+typedef struct knit_listen_options {
+    unsigned max_connections;  /* 0: unlimited */
+    knit_duration emfile_retry; /* default KNIT_LISTEN_EMFILE_RETRY */
+    size_t high_water, low_water; /* per-connection producer marks (0: defaults) */
+    bool nodelay;               /* TCP_NODELAY on accepted sockets (default true) */
+} knit_listen_options;
+
+void knit_listen_options_init(knit_listen_options *o);
+
+/* Listen on DESC; each accepted connection gets a protocol from FACTORY
+ * (which must outlive the listener and its connections). OPTS may be NULL.
+ * 0 and *out, or a negative code with a message in ERR. */
+int knit_endpoint_listen(knit_reactor *r, const char *desc, knit_protocol_factory *factory,
+                         const knit_listen_options *opts, knit_listener **out, char *err,
+                         size_t errlen);
+
+/* Wrap an already listening socket FD (owned from now on, even on failure).
+ * For custom endpoint kinds. */
+int knit_listener_adopt(knit_reactor *r, int fd, knit_protocol_factory *factory,
+                        const knit_listen_options *opts, knit_listener **out);
+
+/* The bound address (the real port after tcp:0). */
+int knit_listener_address(const knit_listener *l, knit_sockaddr *out);
+/* Open connections accepted by this listener. */
+size_t knit_listener_connections(const knit_listener *l);
+/* Total accepted, and times accepting was suspended by EMFILE & co. */
+uint64_t knit_listener_accepted(const knit_listener *l);
+uint64_t knit_listener_emfile_events(const knit_listener *l);
+/* Stop accepting for a while (e.g. graceful drain) / start again. */
+void knit_listener_pause(knit_listener *l);
+void knit_listener_resume(knit_listener *l);
+/* Stop listening and free the listener (a unix: socket file it created is
+ * removed). Open connections keep running on their own unless
+ * ABORT_CONNECTIONS, which aborts them (reason KNIT_CLOSE_SHUTDOWN);
+ * their connection_lost runs from the loop as usual. */
+void knit_listener_close(knit_listener *l, bool abort_connections);
+
+/* ---- connecting ------------------------------------------------------------ */
+typedef struct knit_connect knit_connect;
+
+typedef struct knit_connect_options {
+    knit_duration timeout;   /* whole attempt incl. resolution and TLS handshake;
+                                default KNIT_CONNECT_TIMEOUT; the string's
+                                timeout= wins */
+    size_t high_water, low_water;
+} knit_connect_options;
+
+void knit_connect_options_init(knit_connect_options *o);
+
+/* Called once: with the connected protocol (connection_made has run) and
+ * err 0, or with p NULL and a negative code (KNIT_ETIMEDOUT,
+ * KNIT_ECONNREFUSED, KNIT_EDNS, KNIT_ETLS, KNIT_ECANCELED ...). */
+typedef void (*knit_connect_cb)(knit_connect *c, knit_protocol *p, int err, void *arg);
+
+/* Connect to client string DESC; FACTORY->build is called once the socket
+ * (and TLS) is up. Names are resolved off the reactor thread; several
+ * addresses are tried IPv6/IPv4 interleaved, a new attempt starting every
+ * KNIT_HAPPY_EYEBALLS_DELAY while earlier ones are still pending; the first
+ * to connect wins and the others are closed. 0 and *out (a handle valid
+ * until the callback runs; may be NULL), or a negative code + ERR (the
+ * callback will not run). */
+int knit_endpoint_connect(knit_reactor *r, const char *desc, knit_protocol_factory *factory,
+                          const knit_connect_options *opts, knit_connect_cb cb, void *arg,
+                          knit_connect **out, char *err, size_t errlen);
+/* Cancel a pending connect: the callback runs with KNIT_ECANCELED before
+ * this returns. KNIT_ENOTACTIVE if it already completed. */
+int knit_connect_cancel(knit_connect *c);
+
+/* ---- endpoint kinds --------------------------------------------------------- */
+typedef struct knit_endpoint_kind {
+    const char *name;
+    /* Validate a parsed description; write a message to ERR on failure. */
+    int (*check)(const knit_endpoint_desc *d, bool server, char *err, size_t errlen);
+    /* Create a listener (server strings); NULL if the kind cannot listen. */
+    int (*listen)(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
+                  const knit_listen_options *o, knit_listener **out, char *err, size_t errlen);
+    /* Open a connection (client strings); NULL if the kind cannot connect. */
+    int (*connect)(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
+                   const knit_connect_options *o, knit_connect_cb cb, void *arg,
+                   knit_connect **out, char *err, size_t errlen);
+} knit_endpoint_kind;
+
+/* Register KIND (the struct must outlive its use; a static one is typical).
+ * KNIT_EEXIST if the name is taken, KNIT_EINVAL for a bad name. Register at
+ * start-up, before other threads parse strings. */
+int knit_endpoint_register(const knit_endpoint_kind *kind);
+
+/* ---- PROXY protocol (haproxy:) ----------------------------------------------
+ * Parse a PROXY v1 ("PROXY TCP4 1.2.3.4 5.6.7.8 1111 2222\r\n") or v2
+ * (binary signature) header at the start of DATA. Returns the header length
+ * (> 0) and fills SRC/DST (len 0 for "UNKNOWN"/LOCAL: keep the socket's
+ * own addresses), 0 if more bytes are needed, or KNIT_EPARSE if it is not a
+ * valid header. Never reads past LEN. [any] */
+#define KNIT_PROXY_V1_MAX 107
+#define KNIT_PROXY_V2_MAX (16 + 65535)
+int knit_proxy_header_parse(const uint8_t *data, size_t len, knit_sockaddr *src,
+                            knit_sockaddr *dst);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,310 @@
+/* knit/stream.h — transports and protocols (Twisted's ITransport/IProtocol).
+ *
+ * A *protocol* is your per-connection object: embed a knit_protocol in your
+ * own struct, point .ops at a table of callbacks, and recover your struct
+ * with container_of in each callback. A *transport* is knit's side of the
+ * connection (a TCP or UNIX socket, TLS over one, or a memory transport in
+ * tests): it buffers writes so they never block, reads when the socket is
+ * readable, and reports why the connection ended.
+ *
+ * Life cycle of a connection:
+ *   factory->build(peer)  → your protocol (or NULL to refuse)
+ *   ops->connection_made  → the transport is usable (p->transport is set)
+ *   ops->data_received*   → bytes arrived (see "input" below)
+ *   ops->eof_received?    → the peer half-closed (optional)
+ *   ops->connection_lost  → exactly once, with a reason; after it returns
+ *                           the transport is freed and p->transport is NULL.
+ *                           Free your protocol here (or later), never before.
+ * connection_lost never runs from inside a transport call made by the
+ * protocol (write, lose_connection, abort, ...): it is delivered from the
+ * reactor loop, so a protocol may call abort() from data_received and keep
+ * using its own memory until that callback returns.
+ *
+ * Input: data_received gets a knit_buf holding every unconsumed byte. Consume
+ * what you used (knit_buf_consume); what you leave is kept and handed back,
+ * with new bytes appended, next time. When you consume everything the
+ * connection keeps no input buffer at all: the socket is read into a
+ * per-thread scratch area, and only leftover bytes are copied into memory the
+ * connection owns (STYLE item 6). Do not keep pointers into IN after the
+ * callback returns.
+ *
+ * Output and flow control: write/writev never block and never fail for lack
+ * of socket space; bytes that the socket does not take at once are copied to
+ * the transport's output buffer (released again once drained). When that
+ * buffer rises above the high-water mark the protocol's pause_producing
+ * runs; resume_producing runs when it drains below the low-water mark
+ * (Twisted's push producer). A protocol that keeps writing after
+ * pause_producing is not stopped — it is the protocol's job to honour it —
+ * but a server should pair this with knit_transport_pause_reading so that a
+ * slow reader bounds its memory.
+ *
+ * Idle cost: a TCP connection with no bytes pending holds the transport
+ * struct only (see KNIT_STREAM_* below and docs/benchmarks.md for the
+ * measured bytes per idle connection).
+ *
+ * Threads: every function is [reactor] — the thread running the reactor the
+ * transport belongs to — unless marked otherwise. Each reactor keeps its own
+ * per-thread scratch buffer, so several reactor threads may each run their
+ * own connections.
+ */
+#ifndef KNIT_STREAM_H
+#define KNIT_STREAM_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <sys/un.h>
+
+#include "knit/buf.h"
+#include "knit/reactor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- defaults ------------------------------------------------------------ */
+#define KNIT_STREAM_HIGH_WATER (256u * 1024u) /* pause_producing above this */
+#define KNIT_STREAM_LOW_WATER (64u * 1024u)   /* resume_producing below this */
+#define KNIT_STREAM_READ_CHUNK (64u * 1024u)  /* per-thread scratch read size */
+#define KNIT_STREAM_READS_PER_EVENT 4         /* reads per readable event (fairness) */
+
+typedef struct knit_transport knit_transport;
+typedef struct knit_protocol knit_protocol;
+
+/* ---- why a connection ended (STYLE item 14) ------------------------------
+ * A fixed set, so logs and metrics can count them. knit_close_reason_name()
+ * gives a stable snake_case name ("peer_closed") for logs and labels. */
+typedef enum knit_close_reason {
+    KNIT_CLOSE_DONE = 0,       /* we closed after flushing (lose_connection) */
+    KNIT_CLOSE_PEER,           /* the peer closed cleanly (EOF / close_notify) */
+    KNIT_CLOSE_ABORTED,        /* we aborted: unsent output was dropped */
+    KNIT_CLOSE_RESET,          /* the peer reset the connection (ECONNRESET, EPIPE) */
+    KNIT_CLOSE_TIMEOUT,        /* a timeout (connect, idle, handshake) */
+    KNIT_CLOSE_IO_ERROR,       /* another socket error; err holds it */
+    KNIT_CLOSE_TLS_ERROR,      /* TLS handshake or record error */
+    KNIT_CLOSE_PROTOCOL_ERROR, /* the protocol rejected the peer's bytes */
+    KNIT_CLOSE_PROXY_ERROR,    /* missing or malformed PROXY protocol header */
+    KNIT_CLOSE_REFUSED,        /* the factory refused it, or a connection limit */
+    KNIT_CLOSE_SHUTDOWN,       /* the listener or the reactor is shutting down */
+    KNIT_CLOSE_NOMEM,          /* out of memory while buffering */
+    KNIT_CLOSE__COUNT
+} knit_close_reason;
+
+/* "done", "peer_closed", "aborted", "reset", "timeout", "io_error",
+ * "tls_error", "protocol_error", "proxy_error", "refused", "shutdown",
+ * "out_of_memory"; "unknown" otherwise. [any] */
+const char *knit_close_reason_name(knit_close_reason r);
+
+/* ---- addresses ----------------------------------------------------------- */
+typedef struct knit_sockaddr {
+    union {
+        struct sockaddr sa;
+        struct sockaddr_in in;
+        struct sockaddr_in6 in6;
+        struct sockaddr_un un;
+        struct sockaddr_storage ss;
+    } u;
+    socklen_t len; /* 0: unknown / none */
+} knit_sockaddr;
+
+/* "127.0.0.1:8080", "[::1]:443", "unix:/run/x.sock", "unix:@abstract",
+ * "unix:" (unnamed) or "-" (unknown). Returns the length written (always
+ * NUL-terminated, truncated to N-1). [any] */
+int knit_sockaddr_format(const knit_sockaddr *a, char *out, size_t n);
+
+/* ---- protocols ------------------------------------------------------------ */
+typedef struct knit_protocol_ops {
+    /* The transport is ready; p->transport is set. Optional. */
+    void (*connection_made)(knit_protocol *p);
+    /* Bytes arrived; consume what you use from IN. Required. */
+    void (*data_received)(knit_protocol *p, knit_buf *in);
+    /* The peer closed its write side. Return true to keep writing (half-
+     * open), false (or leave NULL) to lose the connection after the output
+     * flushes, reported as KNIT_CLOSE_PEER. Optional. */
+    bool (*eof_received)(knit_protocol *p);
+    /* The connection is gone; see the life cycle above. ERR is 0 or the
+     * knit error code behind REASON. Required. */
+    void (*connection_lost)(knit_protocol *p, knit_close_reason reason, int err);
+    /* Output above the high-water mark: stop producing. Optional. */
+    void (*pause_producing)(knit_protocol *p);
+    /* Output drained below the low-water mark: produce again. Optional. */
+    void (*resume_producing)(knit_protocol *p);
+} knit_protocol_ops;
+
+struct knit_protocol {
+    const knit_protocol_ops *ops;
+    knit_transport *transport; /* set by knit before connection_made */
+};
+
+/* Builds one protocol per accepted (or connected) connection. PEER is the
+ * client address (after a PROXY header, the proxied one). Return NULL to
+ * refuse: the connection is closed without any callback. */
+typedef struct knit_protocol_factory knit_protocol_factory;
+struct knit_protocol_factory {
+    knit_protocol *(*build)(knit_protocol_factory *f, const knit_sockaddr *peer);
+    void *data; /* yours */
+};
+
+/* ---- transports ----------------------------------------------------------- */
+
+/* Queue bytes for sending. Tries the socket at once when nothing is queued
+ * (no copy on the fast path); the rest is copied to the output buffer.
+ * Returns 0, KNIT_ECLOSED if the transport is closing (bytes dropped), or
+ * KNIT_ENOMEM / KNIT_ELIMIT (the transport is then aborted with
+ * KNIT_CLOSE_NOMEM). */
+int knit_transport_write(knit_transport *t, const void *data, size_t len);
+int knit_transport_writev(knit_transport *t, const struct iovec *iov, int iovcnt);
+/* Write the readable bytes of B and leave B idle (zero-copy when the output
+ * buffer is empty and B owns its memory). Same returns as write. */
+int knit_transport_write_buf(knit_transport *t, knit_buf *b);
+
+/* Close once the output buffer has drained (reason KNIT_CLOSE_DONE). Reading
+ * stops at once. Idempotent. */
+void knit_transport_lose_connection(knit_transport *t);
+/* Close now, dropping unsent output (reason KNIT_CLOSE_ABORTED; a TCP RST
+ * is sent). Idempotent; overrides a pending lose_connection. */
+void knit_transport_abort(knit_transport *t);
+/* Either of the above, reporting REASON/ERR to connection_lost instead (a
+ * protocol that rejects input uses KNIT_CLOSE_PROTOCOL_ERROR). */
+void knit_transport_close_with(knit_transport *t, bool flush, knit_close_reason reason, int err);
+
+/* Half-close: send FIN (TLS: close_notify) once the output has drained;
+ * reading continues. Further writes return KNIT_ECLOSED. Returns 0 or
+ * KNIT_ENOTSUP. */
+int knit_transport_shutdown_write(knit_transport *t);
+
+/* Stop / restart reading from the peer (the kernel buffer then fills and
+ * TCP pushes back). Counted: resume must match pause. */
+void knit_transport_pause_reading(knit_transport *t);
+void knit_transport_resume_reading(knit_transport *t);
+
+/* Producer water marks (bytes); low must be <= high. */
+void knit_transport_set_water_marks(knit_transport *t, size_t high, size_t low);
+/* Bytes waiting in the output buffer. */
+size_t knit_transport_write_buffer_size(const knit_transport *t);
+/* True between pause_producing and resume_producing. */
+bool knit_transport_producer_paused(const knit_transport *t);
+/* True once lose_connection/abort/close_with was called or the peer is gone. */
+bool knit_transport_closing(const knit_transport *t);
+
+/* Addresses. The peer is the PROXY-header address when behind haproxy:.
+ * 0, or a negative code (KNIT_ENOTSUP for the memory transport). */
+int knit_transport_peer(const knit_transport *t, knit_sockaddr *out);
+int knit_transport_local(const knit_transport *t, knit_sockaddr *out);
+
+/* Socket options; KNIT_ENOTSUP where they mean nothing (UNIX, memory). */
+int knit_transport_set_nodelay(knit_transport *t, bool on);
+/* IDLE seconds before the first probe (0: the system default). */
+int knit_transport_set_keepalive(knit_transport *t, bool on, unsigned idle);
+
+/* "tcp", "unix", "tls", "memory". [any] */
+const char *knit_transport_kind(const knit_transport *t);
+/* The socket fd, or -1. Do not read or write it yourself. */
+int knit_transport_fd(const knit_transport *t);
+knit_reactor *knit_transport_reactor(const knit_transport *t);
+knit_protocol *knit_transport_protocol(const knit_transport *t);
+
+/* Bytes of heap memory this connection's transport holds now (struct plus
+ * buffers, TLS state excluded); for tests and the manhole. */
+size_t knit_transport_memory(const knit_transport *t);
+
+/* Start a transport on a connected stream socket FD (made non-blocking;
+ * owned by the transport from now on, even on failure) and attach protocol
+ * P (connection_made runs before this returns). For sockets from elsewhere:
+ * socketpair(), an inherited fd, a custom endpoint kind. */
+int knit_transport_adopt(knit_reactor *r, int fd, knit_protocol *p, knit_transport **out);
+
+/* ---- memory transport (Twisted's StringTransport) -------------------------
+ * No socket and no reactor: the test feeds input and reads what the
+ * protocol wrote. knit_memory_transport_new runs connection_made. Nothing
+ * happens on its own: lose_connection/abort only set flags, and the test
+ * calls knit_memory_transport_close to deliver connection_lost. */
+int knit_memory_transport_new(knit_protocol *p, knit_transport **out);
+/* Deliver bytes to data_received (no-op once closing or reading paused:
+ * then they are kept and delivered on resume_reading). */
+void knit_memory_transport_feed(knit_transport *t, const void *data, size_t len);
+/* Deliver eof_received. Returns what it returned (false if absent). */
+bool knit_memory_transport_feed_eof(knit_transport *t);
+/* Everything written so far and not yet taken. */
+knit_buf *knit_memory_transport_output(knit_transport *t);
+/* Take N bytes of output (the peer read them): may run resume_producing. */
+void knit_memory_transport_take(knit_transport *t, size_t n);
+bool knit_memory_transport_lose_requested(const knit_transport *t);
+bool knit_memory_transport_aborted(const knit_transport *t);
+bool knit_memory_transport_write_shut(const knit_transport *t);
+bool knit_memory_transport_reading_paused(const knit_transport *t);
+/* The reason/err the protocol asked for with close_with (DONE/ABORTED for
+ * lose_connection/abort). */
+knit_close_reason knit_memory_transport_requested_reason(const knit_transport *t, int *err);
+/* Deliver connection_lost (once) with REASON/ERR. */
+void knit_memory_transport_close(knit_transport *t, knit_close_reason reason, int err);
+/* Free the transport (after close). */
+void knit_memory_transport_free(knit_transport *t);
+/* Pretend the peer address is A (for knit_transport_peer). */
+void knit_memory_transport_set_peer(knit_transport *t, const knit_sockaddr *a);
+
+/* ---- framing helpers -----------------------------------------------------
+ * Incremental scanners over a protocol's input buffer. Each call returns 1
+ * with the next line/frame (already consumed from IN; the pointer stays
+ * valid until IN is next written to or released — i.e. for the rest of
+ * data_received), 0 when more bytes are needed, or KNIT_ELIMIT when the
+ * line/frame is longer than the maximum (close the connection). */
+#define KNIT_LINE_MAX_DEFAULT 16384u
+#define KNIT_FRAME_MAX_DEFAULT (16u * 1024u * 1024u)
+
+typedef struct knit_line_framer {
+    const char *delim;  /* default "\r\n" */
+    size_t delim_len;
+    size_t max_line;    /* excluding the delimiter; default KNIT_LINE_MAX_DEFAULT */
+    size_t _scanned;    /* bytes already searched (no rescanning) */
+} knit_line_framer;
+
+void knit_line_framer_init(knit_line_framer *f, const char *delim, size_t max_line);
+int knit_line_next(knit_line_framer *f, knit_buf *in, const char **line, size_t *len);
+
+typedef struct knit_frame_framer {
+    uint32_t max_frame; /* default KNIT_FRAME_MAX_DEFAULT */
+} knit_frame_framer;
+
+void knit_frame_framer_init(knit_frame_framer *f, uint32_t max_frame);
+/* Frames are a 32-bit big-endian length followed by that many bytes. */
+int knit_frame_next(knit_frame_framer *f, knit_buf *in, const uint8_t **frame, size_t *len);
+/* Write a length prefix and DATA. */
+int knit_frame_write(knit_transport *t, const void *data, size_t len);
+
+/* Ready-made receivers (Twisted's LineReceiver / Int32StringReceiver): a
+ * protocol that calls line_received / frame_received for each unit and
+ * closes with KNIT_CLOSE_PROTOCOL_ERROR (err KNIT_ELIMIT) on an over-long
+ * one. Embed, init, then set the callbacks; connection_made/lost are
+ * forwarded when set. The receiver's .proto is what you hand to knit. */
+typedef struct knit_line_receiver knit_line_receiver;
+struct knit_line_receiver {
+    knit_protocol proto;
+    knit_line_framer framer;
+    void (*line_received)(knit_line_receiver *lr, const char *line, size_t len);
+    void (*connection_made)(knit_line_receiver *lr);
+    void (*connection_lost)(knit_line_receiver *lr, knit_close_reason reason, int err);
+    void *data;
+};
+void knit_line_receiver_init(knit_line_receiver *lr, const char *delim, size_t max_line);
+/* Write LINE followed by the delimiter. */
+int knit_line_receiver_send(knit_line_receiver *lr, const char *line, size_t len);
+
+typedef struct knit_frame_receiver knit_frame_receiver;
+struct knit_frame_receiver {
+    knit_protocol proto;
+    knit_frame_framer framer;
+    void (*frame_received)(knit_frame_receiver *fr, const uint8_t *frame, size_t len);
+    void (*connection_made)(knit_frame_receiver *fr);
+    void (*connection_lost)(knit_frame_receiver *fr, knit_close_reason reason, int err);
+    void *data;
+};
+void knit_frame_receiver_init(knit_frame_receiver *fr, uint32_t max_frame);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
