@@ -1,0 +1,194 @@
+/* knit/pool.h — the worker thread pool: blocking work off the reactor,
+ * results back on it (Twisted's deferToThread / callInThread /
+ * blockingCallFromThread).
+ *
+ * ---- Model -----------------------------------------------------------------
+ *
+ * A pool belongs to one reactor. The reactor thread submits jobs into a
+ * bounded FIFO queue; worker threads (between min_threads and max_threads:
+ * a thread is added when a job arrives and none is idle, and a thread above
+ * min_threads exits after idle_timeout without work) take jobs and run them.
+ * A finished job goes onto a completion list; the worker that makes the list
+ * non-empty schedules ONE knit_call_from_thread, and the reactor then takes
+ * the whole list at once, so many results completing together cost one
+ * wake-up. Deferreds fire only on the reactor thread, never on a worker.
+ *
+ * An idle worker spins for up to `spin` (default KNIT_POOL_DEFAULT_SPIN,
+ * bounded) looking for the next job before it sleeps on its condvar: a
+ * sleeping thread takes 25–90 µs to wake on another CPU, a spinning one a
+ * few hundred ns. The spin is bounded, so an idle pool uses no CPU.
+ *
+ * A full queue refuses work at once with KNIT_EQUEUEFULL (and a rate-limited
+ * warning log); memory never grows without bound.
+ *
+ * ---- Life cycle ------------------------------------------------------------
+ *
+ *   knit_pool_new      registers a shutdown trigger on the reactor (phase
+ *                      opts.shutdown_phase, default KNIT_PHASE_DURING);
+ *   knit_reactor_stop  → the trigger runs knit_pool_shutdown;
+ *   knit_pool_free     after shutdown completed (or it blocks, see there).
+ *
+ * Shutdown (knit_pool_shutdown or the trigger): new submissions fail with
+ * KNIT_ESHUTDOWN at once; queued jobs either still run (opts.drain = true,
+ * the default) or are dropped and their Deferreds fail with KNIT_ESHUTDOWN
+ * (drain = false); running jobs finish. Then every worker is joined — on a
+ * helper thread, never on the reactor thread — and the trigger is reported
+ * done from the reactor thread after the last result was delivered. Every
+ * Deferred the pool handed out has fired by then.
+ *
+ * ---- Threads --------------------------------------------------------------
+ *
+ * Functions are [reactor] (the pool's reactor thread, or before the reactor
+ * runs) unless marked otherwise. Worker functions run on a worker with all
+ * asynchronous signals blocked (knit_signal_block_all).
+ */
+#ifndef KNIT_POOL_H
+#define KNIT_POOL_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "knit/clock.h"
+#include "knit/deferred.h"
+#include "knit/reactor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- defaults ------------------------------------------------------------- */
+
+#define KNIT_POOL_DEFAULT_MIN_THREADS 1u
+#define KNIT_POOL_DEFAULT_MAX_THREADS 8u
+#define KNIT_POOL_DEFAULT_MAX_QUEUE 4096u
+#define KNIT_POOL_DEFAULT_IDLE_TIMEOUT KNIT_SEC(30)
+#define KNIT_POOL_DEFAULT_SPIN KNIT_USEC(20)
+#define KNIT_POOL_MAX_SPIN KNIT_MSEC(1)
+/* Histogram buckets: bucket i counts samples < KNIT_POOL_HIST_BASE * 4^i
+ * (1 µs, 4 µs, 16 µs, ... ~4.2 s); the last bucket is everything above. */
+#define KNIT_POOL_HIST_BUCKETS 13
+#define KNIT_POOL_HIST_BASE KNIT_USEC(1)
+
+typedef struct knit_pool knit_pool;
+
+typedef struct knit_pool_options {
+    const char *name;            /* for logs and threads (pthread name, 15 chars); "pool" */
+    unsigned min_threads;        /* started at once; default 1 (0 allowed) */
+    unsigned max_threads;        /* default 8; >= max(min_threads, 1) */
+    size_t max_queue;            /* jobs waiting, not running; default 4096, >= 1 */
+    knit_duration idle_timeout;  /* threads above min exit after this idle; default 30 s */
+    knit_duration spin;          /* idle spin before sleeping; default 20 µs; 0 = never;
+                                    capped at KNIT_POOL_MAX_SPIN */
+    bool drain;                  /* on shutdown run queued jobs (true, default) or fail
+                                    them with KNIT_ESHUTDOWN (false) */
+    int shutdown_phase;          /* knit_phase of the shutdown trigger; default DURING;
+                                    -1 = register no trigger (call knit_pool_shutdown) */
+} knit_pool_options;
+
+void knit_pool_options_init(knit_pool_options *o);
+
+/* Create a pool on reactor R (min_threads started now). OPTS may be NULL.
+ * Returns 0 and *out, or KNIT_EINVAL (bad options), KNIT_ENOMEM, or a
+ * negative errno from pthread_create. */
+int knit_pool_new(knit_pool **out, knit_reactor *r, const knit_pool_options *opts);
+
+/* ---- submitting work ------------------------------------------------------- */
+
+/* Run FN(res, ARG) on a worker; *OUT receives a Deferred (one reference,
+ * see deferred.h) that fires on the reactor thread with the result FN left
+ * in RES (a value with its destroy, or a failure). FN starts with RES a NULL
+ * success and must not knit_result_chain.
+ *
+ * Returns 0, or KNIT_EQUEUEFULL (queue at max_queue), KNIT_ESHUTDOWN (pool
+ * shutting down): then nothing was queued, *out is NULL and ARG untouched.
+ *
+ * ARG is borrowed until FN has returned. Cancelling the Deferred of a job
+ * still queued removes it (FN never runs); of a running job, fails the
+ * Deferred with KNIT_ECANCELED at once while FN keeps running, and FN's
+ * result is destroyed when it arrives. So with cancellation (or timeouts)
+ * in play, do not free ARG in a callback: use the _full form. */
+int knit_defer_to_thread(knit_pool *p, knit_result_fn fn, void *arg, knit_deferred **out);
+/* Same; ARG_DESTROY(ARG) runs on the reactor thread once the job is over
+ * for good (FN returned, or the job was dropped without running), after the
+ * Deferred fired. Not called when submission fails. */
+int knit_defer_to_thread_full(knit_pool *p, knit_result_fn fn, void *arg,
+                              knit_destroy_fn arg_destroy, knit_deferred **out);
+
+/* Fire-and-forget: run FN(ARG) on a worker. ARG_DESTROY (may be NULL) runs
+ * on the reactor thread after FN returned, or if the job is dropped by a
+ * non-draining shutdown. Returns 0, KNIT_EQUEUEFULL or KNIT_ESHUTDOWN (then
+ * nothing is called). */
+typedef void (*knit_job_fn)(void *arg);
+int knit_call_in_thread(knit_pool *p, knit_job_fn fn, void *arg, knit_destroy_fn arg_destroy);
+
+/* From a worker (or any non-reactor thread): run FN(res, ARG) on R's
+ * reactor thread and wait for the outcome. If FN chains a Deferred into RES
+ * (knit_result_chain), the caller waits until that Deferred fires. *OUT
+ * (initialised by this function) receives the result: the caller owns it
+ * and drops it with knit_result_clear. Returns 0 when *OUT holds FN's
+ * outcome (which may itself be a failure), or:
+ *   KNIT_EINVAL               when called on the reactor thread (it would
+ *                             wait for itself);
+ *   KNIT_ESHUTDOWN            when the calling worker's pool is shutting
+ *                             down: FN is not run, instead of hanging. A
+ *                             call already waiting on a Deferred when
+ *                             shutdown starts has that Deferred cancelled
+ *                             (so *OUT is a KNIT_ECANCELED failure);
+ *   KNIT_ENOMEM               if the call could not be queued. [worker]/[any] */
+int knit_blocking_call_from_thread(knit_reactor *r, knit_result_fn fn, void *arg,
+                                   knit_result *out);
+
+/* ---- shutdown --------------------------------------------------------------- */
+
+/* Start shutting down (see the top of the file). DONE(p, ARG), if given,
+ * runs on the reactor thread once every worker was joined and every result
+ * delivered. Idempotent (a second call returns KNIT_EALREADY and DONE is not
+ * registered). Requires the reactor to keep running until DONE. */
+typedef void (*knit_pool_done_fn)(knit_pool *p, void *arg);
+int knit_pool_shutdown(knit_pool *p, knit_pool_done_fn done, void *arg);
+
+/* True once shutdown completed (every thread joined). [any] */
+bool knit_pool_is_shut_down(const knit_pool *p);
+
+/* Free the pool. If shutdown has not completed, this does a blocking
+ * shutdown first: queued jobs are failed with KNIT_ESHUTDOWN, running jobs
+ * are waited for on this thread, results are delivered, threads joined —
+ * meant for tests and error paths, not for a running service. Removes the
+ * shutdown trigger if it has not run. NULL is a no-op. */
+void knit_pool_free(knit_pool *p);
+
+/* ---- statistics ------------------------------------------------------------- */
+
+typedef struct knit_pool_stats {
+    unsigned threads;        /* alive now */
+    unsigned threads_busy;   /* running a job now */
+    unsigned threads_peak;
+    size_t queued;           /* jobs waiting */
+    size_t max_queue;
+    uint64_t submitted;      /* accepted jobs */
+    uint64_t completed;      /* jobs whose FN returned */
+    uint64_t failed;         /* ... of which left a failure */
+    uint64_t rejected;       /* KNIT_EQUEUEFULL / KNIT_ESHUTDOWN refusals */
+    uint64_t cancelled;      /* removed from the queue by cancel or shutdown */
+    uint64_t batches;        /* reactor wake-ups delivering results */
+    uint64_t threads_started;
+    /* queue wait (submit → start) and run time (start → end), real clock */
+    uint64_t wait_hist[KNIT_POOL_HIST_BUCKETS];
+    uint64_t run_hist[KNIT_POOL_HIST_BUCKETS];
+} knit_pool_stats;
+
+/* A snapshot (counters read without stopping the workers). [any] */
+void knit_pool_get_stats(const knit_pool *p, knit_pool_stats *out);
+/* Upper bound of histogram bucket I (INT64_MAX for the last). [any] */
+knit_duration knit_pool_hist_bound(unsigned i);
+knit_reactor *knit_pool_reactor(const knit_pool *p); /* [any] */
+const char *knit_pool_name(const knit_pool *p);      /* [any] */
+
+/* The pool whose worker is the calling thread, or NULL. [any] */
+knit_pool *knit_pool_current(void);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
