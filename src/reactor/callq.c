@@ -1,0 +1,143 @@
+/* callq.c — knit_call_from_thread: the only door into the reactor thread.
+ *
+ * A mutex-guarded FIFO of fixed-size chunks. Producers append under the lock
+ * (a few stores; chunks are recycled, so steady state allocates nothing) and
+ * write the eventfd only on the empty → non-empty edge (wake_pending), so a
+ * burst of N calls costs one wake-up. The reactor drains the eventfd FIRST,
+ * then detaches the whole queue under the lock and runs the calls outside
+ * it: a producer that enqueues after the detach sees wake_pending == false
+ * and writes again, and that write is not lost because the drain came
+ * before. Calls made on the reactor thread itself skip the eventfd; the loop
+ * checks `pending` before it blocks.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "knit/error.h"
+#include "reactor/reactor_int.h"
+
+#define MAX_SPARE 8
+
+int knit__callq_init(knit__callq *q)
+{
+    memset(q, 0, sizeof *q);
+    return pthread_mutex_init(&q->mu, NULL) ? KNIT_ENOMEM : 0;
+}
+
+static void free_chain(knit__callq_chunk *c)
+{
+    while (c) {
+        knit__callq_chunk *n = c->next;
+        free(c);
+        c = n;
+    }
+}
+
+void knit__callq_free(knit__callq *q)
+{
+    free_chain(q->head);
+    free_chain(q->spare);
+    pthread_mutex_destroy(&q->mu);
+}
+
+static knit__callq_chunk *chunk_get(knit__callq *q)
+{
+    knit__callq_chunk *c = q->spare;
+    if (c) {
+        q->spare = c->next;
+        q->nspare--;
+    } else {
+        c = malloc(sizeof *c);
+        if (!c) return NULL;
+    }
+    c->next = NULL;
+    c->head = c->tail = 0;
+    return c;
+}
+
+int knit_call_from_thread(knit_reactor *r, knit_call_fn fn, void *arg)
+{
+    knit__callq *q = &r->callq;
+    bool wake = false;
+    pthread_mutex_lock(&q->mu);
+    knit__callq_chunk *c = q->tail;
+    if (!c || c->tail == KNIT__CALLQ_CHUNK) {
+        knit__callq_chunk *n = chunk_get(q);
+        if (!n) {
+            pthread_mutex_unlock(&q->mu);
+            return KNIT_ENOMEM;
+        }
+        if (c)
+            c->next = n;
+        else
+            q->head = n;
+        q->tail = n;
+        c = n;
+    }
+    c->items[c->tail++] = (knit__call){fn, arg};
+    q->count++;
+    if (!q->wake_pending) {
+        q->wake_pending = true;
+        __atomic_store_n(&q->pending, 1, __ATOMIC_RELEASE);
+        wake = !knit_reactor_in_thread(r);
+        if (wake) q->wakeups++;
+    }
+    pthread_mutex_unlock(&q->mu);
+    if (wake) knit__reactor_wake(r);
+    return 0;
+}
+
+int knit__callq_run(knit_reactor *r)
+{
+    knit__callq *q = &r->callq;
+    if (!__atomic_load_n(&q->pending, __ATOMIC_ACQUIRE)) return 0;
+    pthread_mutex_lock(&q->mu);
+    knit__callq_chunk *c = q->head;
+    q->head = q->tail = NULL;
+    q->count = 0;
+    q->wake_pending = false;
+    __atomic_store_n(&q->pending, 0, __ATOMIC_RELAXED);
+    pthread_mutex_unlock(&q->mu);
+
+    int n = 0;
+    knit__callq_chunk *done = NULL, *done_tail = NULL;
+    unsigned ndone = 0;
+    while (c) {
+        for (uint32_t i = c->head; i < c->tail; i++) {
+            c->head = i + 1;
+            c->items[i].fn(r, c->items[i].arg);
+            n++;
+        }
+        knit__callq_chunk *next = c->next;
+        c->next = done;
+        if (!done) done_tail = c;
+        done = c;
+        ndone++;
+        c = next;
+    }
+    r->st.calls_run += (uint64_t)n;
+    if (done) {
+        /* Recycle up to MAX_SPARE chunks; free the rest outside the lock. */
+        pthread_mutex_lock(&q->mu);
+        knit__callq_chunk *extra = NULL;
+        if (q->nspare + ndone <= MAX_SPARE) {
+            done_tail->next = q->spare;
+            q->spare = done;
+            q->nspare += ndone;
+        } else {
+            while (done && q->nspare < MAX_SPARE) {
+                knit__callq_chunk *nx = done->next;
+                done->next = q->spare;
+                q->spare = done;
+                q->nspare++;
+                done = nx;
+            }
+            extra = done;
+        }
+        pthread_mutex_unlock(&q->mu);
+        free_chain(extra);
+    }
+    return n;
+}

@@ -1,0 +1,383 @@
+/* reactor.c — the loop: fd dispatch, the iteration, run/stop, shutdown
+ * phases, statistics.
+ *
+ * Owns: the backend, the fd → knit_io table, the eventfd used by other
+ * threads to wake the loop. Runs on exactly one thread at a time (recorded
+ * in `thread` while running).
+ *
+ * One iteration: compute the wait (0 if cross-thread calls are pending or
+ * stop was requested, else until the next timer), poll, dispatch fd events
+ * in batch order (skipping entries invalidated by knit_io_stop during the
+ * batch), run due timers, run queued cross-thread calls.
+ */
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include "knit/error.h"
+#include "knit/log.h"
+#include "reactor/reactor_int.h"
+
+void knit_reactor_options_init(knit_reactor_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->max_events = 256;
+    o->name = "reactor";
+}
+
+static void on_eventfd(knit_io *io, unsigned events)
+{
+    knit_reactor *r = io->data;
+    uint64_t v;
+    /* Drain before taking the queue; see callq.c for why the order matters. */
+    while (read(r->evfd, &v, sizeof v) < 0 && errno == EINTR) {
+    }
+    (void)events;
+}
+
+int knit_reactor_new(knit_reactor **out, const knit_reactor_options *opts)
+{
+    knit_reactor_options def;
+    if (!opts) {
+        knit_reactor_options_init(&def);
+        opts = &def;
+    }
+    knit_reactor *r = calloc(1, sizeof *r);
+    if (!r) return KNIT_ENOMEM;
+    r->clock = opts->clock ? opts->clock : knit_clock_real();
+    r->name = opts->name ? opts->name : "reactor";
+    r->phase_running = -1;
+    r->sig.fd = -1;
+    r->evfd = -1;
+    sigemptyset(&r->sig.mask);
+    sigemptyset(&r->sig.were_blocked);
+    knit__timers_init(&r->timers);
+    int rc = knit__callq_init(&r->callq);
+    if (rc < 0) goto fail;
+    rc = knit__backend_new(&r->be, opts->max_events);
+    if (rc < 0) goto fail;
+    r->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
+    if (r->evfd < 0) {
+        rc = -errno;
+        goto fail;
+    }
+    knit_io_init(r, &r->evio, r->evfd, on_eventfd, r);
+    rc = knit_io_start(&r->evio, KNIT_READABLE);
+    if (rc < 0) goto fail;
+    *out = r;
+    return 0;
+fail:
+    knit_reactor_free(r);
+    return rc;
+}
+
+/* ---- fd watches ----------------------------------------------------------- */
+
+void knit_io_init(knit_reactor *r, knit_io *io, int fd, knit_io_cb cb, void *data)
+{
+    io->_r = r;
+    io->_cb = cb;
+    io->data = data;
+    io->_fd = fd;
+    io->_events = 0;
+}
+
+static int grow_watchers(knit_reactor *r, int fd)
+{
+    size_t n = r->nwatchers ? r->nwatchers : 64;
+    while (n <= (size_t)fd)
+        n *= 2;
+    knit_io **w = realloc(r->watchers, n * sizeof *w);
+    if (!w) return KNIT_ENOMEM;
+    memset(w + r->nwatchers, 0, (n - r->nwatchers) * sizeof *w);
+    r->watchers = w;
+    r->nwatchers = n;
+    return 0;
+}
+
+int knit_io_start(knit_io *io, unsigned events)
+{
+    knit_reactor *r = io->_r;
+    events &= KNIT_READABLE | KNIT_WRITABLE;
+    if (!events) {
+        knit_io_stop(io);
+        return 0;
+    }
+    if (io->_fd < 0) return KNIT_EBADF;
+    if (events == io->_events) return 0;
+    if ((size_t)io->_fd >= r->nwatchers) {
+        int rc = grow_watchers(r, io->_fd);
+        if (rc < 0) return rc;
+    }
+    knit_io *cur = r->watchers[io->_fd];
+    if (cur && cur != io) return KNIT_EEXIST; /* another watch owns this fd */
+    int rc = knit__backend_set(r->be, io->_fd, io->_events, events);
+    if (rc < 0) return rc;
+    if (!io->_events) r->nwatched++;
+    io->_events = events;
+    r->watchers[io->_fd] = io;
+    return 0;
+}
+
+void knit_io_stop(knit_io *io)
+{
+    if (!io->_events) return;
+    knit_reactor *r = io->_r;
+    knit__backend_set(r->be, io->_fd, io->_events, 0);
+    knit__backend_invalidate(r->be, io->_fd);
+    if ((size_t)io->_fd < r->nwatchers && r->watchers[io->_fd] == io)
+        r->watchers[io->_fd] = NULL;
+    io->_events = 0;
+    r->nwatched--;
+}
+
+/* ---- the iteration ---------------------------------------------------------- */
+
+static size_t internal_watches(const knit_reactor *r)
+{
+    return (size_t)knit_io_active(&r->evio) + (size_t)(r->sig.fd >= 0 && knit_io_active(&r->sig.io));
+}
+
+static int iterate(knit_reactor *r, knit_duration timeout)
+{
+    int ran = 0;
+    r->st.iterations++;
+    bool fake = knit_clock_is_fake(r->clock);
+    if (__atomic_load_n(&r->callq.pending, __ATOMIC_ACQUIRE) ||
+        (__atomic_load_n(&r->stop_requested, __ATOMIC_ACQUIRE) && r->phase_running < 0))
+        timeout = 0;
+    if (timeout != 0 && !fake) {
+        knit_time next = knit__timers_next(&r->timers);
+        if (next >= 0) {
+            knit_duration until = next - knit_clock_now(r->clock);
+            if (until < 0) until = 0;
+            if (timeout < 0 || until < timeout) timeout = until;
+        }
+    }
+    knit__ready *ready;
+    int n = knit__backend_poll(r->be, timeout, &ready);
+    if (n < 0) {
+        KNIT_ERROR("reactor", "poll failed: %s", knit_strerror(n));
+        return n;
+    }
+    for (int i = 0; i < n; i++) {
+        int fd = ready[i].fd;
+        if (fd < 0 || (size_t)fd >= r->nwatchers) continue;
+        knit_io *io = r->watchers[fd];
+        if (!io) continue;
+        unsigned want = io->_events;
+        unsigned ev = ready[i].events;
+        /* Errors and hang-ups go to whichever direction is being watched, so
+         * the owner meets them on its next read or write. */
+        if (ev & (KNIT_IOERR | KNIT_HANGUP)) ev |= want;
+        ev &= want | KNIT_IOERR | KNIT_HANGUP;
+        if (!(ev & want)) continue;
+        if (io != &r->evio && !(r->sig.fd == fd)) r->st.events++;
+        io->_cb(io, ev);
+        ran++;
+    }
+    if (!fake) ran += knit__timers_run(r, knit_clock_now(r->clock), false);
+    ran += knit__callq_run(r);
+    return ran;
+}
+
+int knit_reactor_run_once(knit_reactor *r, knit_duration timeout)
+{
+    bool was_running = __atomic_load_n(&r->running, __ATOMIC_ACQUIRE);
+    if (!was_running) {
+        r->thread = pthread_self();
+        __atomic_store_n(&r->running, 1, __ATOMIC_RELEASE);
+    }
+    int rc = iterate(r, timeout);
+    if (!was_running) __atomic_store_n(&r->running, 0, __ATOMIC_RELEASE);
+    return rc;
+}
+
+/* ---- shutdown phases ----------------------------------------------------- */
+
+int knit_reactor_add_trigger(knit_reactor *r, knit_phase phase, knit_trigger_fn fn, void *arg,
+                             knit_trigger **out)
+{
+    if ((unsigned)phase > KNIT_PHASE_AFTER || !fn) return KNIT_EINVAL;
+    knit_trigger *t = calloc(1, sizeof *t);
+    if (!t) return KNIT_ENOMEM;
+    t->r = r;
+    t->fn = fn;
+    t->arg = arg;
+    t->phase = phase;
+    knit_trigger **pp = &r->triggers[phase];
+    while (*pp)
+        pp = &(*pp)->next;
+    *pp = t;
+    if (out) *out = t;
+    if (r->phase_running == (int)phase) {
+        /* Registered while its phase runs: start it now so it is waited for. */
+        t->state = 1;
+        r->phase_outstanding++;
+        fn(r, t, arg);
+    }
+    return 0;
+}
+
+int knit_reactor_remove_trigger(knit_reactor *r, knit_trigger *t)
+{
+    if (t->state != 0) return KNIT_EBUSY;
+    knit_trigger **pp = &r->triggers[t->phase];
+    while (*pp && *pp != t)
+        pp = &(*pp)->next;
+    if (!*pp) return KNIT_ENOENT;
+    *pp = t->next;
+    free(t);
+    return 0;
+}
+
+void knit_trigger_done(knit_trigger *t)
+{
+    if (t->state != 1) return;
+    t->state = 2;
+    t->r->phase_outstanding--;
+}
+
+static void free_triggers(knit_reactor *r, int phase)
+{
+    knit_trigger *t = r->triggers[phase];
+    while (t) {
+        knit_trigger *n = t->next;
+        free(t);
+        t = n;
+    }
+    r->triggers[phase] = NULL;
+}
+
+static void run_phase(knit_reactor *r, int phase)
+{
+    r->phase_running = phase;
+    r->phase_outstanding = 0;
+    /* A trigger may register more triggers of this phase; the loop sees them
+     * because they are appended. */
+    for (knit_trigger *t = r->triggers[phase]; t; t = t->next) {
+        if (t->state != 0) continue;
+        t->state = 1;
+        r->phase_outstanding++;
+        t->fn(r, t, t->arg);
+    }
+    while (r->phase_outstanding > 0 && !__atomic_load_n(&r->stop_now, __ATOMIC_ACQUIRE)) {
+        if (iterate(r, -1) < 0) break;
+    }
+    r->phase_running = -1;
+    free_triggers(r, phase);
+}
+
+int knit_reactor_run(knit_reactor *r)
+{
+    if (__atomic_load_n(&r->running, __ATOMIC_ACQUIRE)) return KNIT_EALREADY;
+    r->thread = pthread_self();
+    __atomic_store_n(&r->running, 1, __ATOMIC_RELEASE);
+    int rc = 0;
+    while (!__atomic_load_n(&r->stop_requested, __ATOMIC_ACQUIRE)) {
+        rc = iterate(r, -1);
+        if (rc < 0) break;
+        rc = 0;
+    }
+    for (int phase = KNIT_PHASE_BEFORE; phase <= KNIT_PHASE_AFTER; phase++) {
+        if (__atomic_load_n(&r->stop_now, __ATOMIC_ACQUIRE)) break;
+        run_phase(r, phase);
+    }
+    __atomic_store_n(&r->running, 0, __ATOMIC_RELEASE);
+    return rc;
+}
+
+void knit__reactor_wake(knit_reactor *r)
+{
+    uint64_t one = 1;
+    while (write(r->evfd, &one, sizeof one) < 0 && errno == EINTR) {
+    }
+    /* EAGAIN means the counter is saturated: the loop is already woken. */
+}
+
+void knit_reactor_stop(knit_reactor *r)
+{
+    if (__atomic_exchange_n(&r->stop_requested, 1, __ATOMIC_ACQ_REL)) return;
+    if (!knit_reactor_in_thread(r)) knit__reactor_wake(r);
+}
+
+void knit_reactor_stop_now(knit_reactor *r)
+{
+    __atomic_store_n(&r->stop_now, 1, __ATOMIC_RELEASE);
+    __atomic_store_n(&r->stop_requested, 1, __ATOMIC_RELEASE);
+    if (!knit_reactor_in_thread(r)) knit__reactor_wake(r);
+}
+
+bool knit_reactor_stopping(const knit_reactor *r)
+{
+    return __atomic_load_n(&r->stop_requested, __ATOMIC_ACQUIRE);
+}
+
+bool knit_reactor_in_thread(const knit_reactor *r)
+{
+    return __atomic_load_n(&r->running, __ATOMIC_ACQUIRE) && pthread_equal(r->thread, pthread_self());
+}
+
+/* ---- time -------------------------------------------------------------------- */
+
+knit_clock *knit_reactor_clock(const knit_reactor *r) { return r->clock; }
+
+knit_time knit_reactor_now(const knit_reactor *r) { return knit_clock_now(r->clock); }
+
+int knit_reactor_advance(knit_reactor *r, knit_duration d)
+{
+    if (!knit_clock_is_fake(r->clock) || d < 0) return KNIT_EINVAL;
+    knit_clock_fake_advance(r->clock, d);
+    knit__timers_run(r, knit_clock_now(r->clock), true);
+    return 0;
+}
+
+/* ---- teardown and stats -------------------------------------------------- */
+
+int knit_reactor_close(knit_reactor *r)
+{
+    if (__atomic_load_n(&r->running, __ATOMIC_ACQUIRE)) return KNIT_EBUSY;
+    size_t user_watches = r->nwatched - internal_watches(r);
+    bool triggers = r->triggers[0] || r->triggers[1] || r->triggers[2];
+    if (user_watches || r->timers.len || r->sig.count || triggers) {
+        KNIT_WARN("reactor",
+                  "close refused: %zu fd watches, %u timers, %zu signal handlers%s still registered",
+                  user_watches, r->timers.len, r->sig.count, triggers ? ", shutdown triggers" : "");
+        return KNIT_EBUSY;
+    }
+    knit_reactor_free(r);
+    return 0;
+}
+
+void knit_reactor_free(knit_reactor *r)
+{
+    if (!r) return;
+    if (r->sig.fd >= 0 || r->sig.head) knit__signals_free(r);
+    if (r->evfd >= 0) {
+        if (r->be) knit_io_stop(&r->evio);
+        close(r->evfd);
+    }
+    for (int p = 0; p < 3; p++)
+        free_triggers(r, p);
+    knit__timers_free(&r->timers);
+    knit__callq_free(&r->callq);
+    knit__backend_free(r->be);
+    free(r->watchers);
+    free(r);
+}
+
+void knit_reactor_get_stats(knit_reactor *r, knit_reactor_stats *out)
+{
+    *out = r->st;
+    out->watched_fds = r->nwatched - internal_watches(r);
+    out->pending_timers = r->timers.len;
+    out->signal_handlers = r->sig.count;
+    pthread_mutex_lock(&r->callq.mu);
+    out->queued_calls = r->callq.count;
+    out->wakeups = r->callq.wakeups;
+    pthread_mutex_unlock(&r->callq.mu);
+}
+
+const char *knit_reactor_name(const knit_reactor *r) { return r->name; }

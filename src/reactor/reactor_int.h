@@ -1,0 +1,150 @@
+/* reactor_int.h — the reactor's private state, shared by its source files.
+ *
+ * Invariant: everything here except the cross-thread queue (callq, guarded
+ * by callq.mu) and the atomic flags is touched only on the reactor thread.
+ */
+#ifndef KNIT_REACTOR_INT_H
+#define KNIT_REACTOR_INT_H
+
+#include <pthread.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdint.h>
+
+#include "knit/reactor.h"
+#include "reactor/backend.h"
+
+/* ---- timers: a 4-ary min-heap of (deadline, seq) over slot indices ------- */
+
+#define KNIT__HEAP_NONE UINT32_MAX
+
+typedef struct knit__hent {
+    knit_time deadline;
+    uint64_t seq;
+    uint32_t slot;
+} knit__hent;
+
+typedef struct knit__tslot {
+    knit_timer_cb fn;
+    void *arg;
+    uint32_t gen;      /* matches the handle's high 32 bits while live */
+    uint32_t heap_idx; /* position in the heap, or KNIT__HEAP_NONE when free */
+    uint32_t next_free;
+} knit__tslot;
+
+typedef struct knit__timers {
+    knit__hent *heap;
+    uint32_t len, cap;
+    knit__tslot *slots;
+    uint32_t nslots, free_head;
+    uint64_t next_seq;
+} knit__timers;
+
+int knit__timers_init(knit__timers *t);
+void knit__timers_free(knit__timers *t);
+/* Run timers due at NOW that were scheduled before this pass began (or, with
+ * ALL, every due timer including ones scheduled meanwhile). Returns count. */
+int knit__timers_run(knit_reactor *r, knit_time now, bool all);
+/* Earliest deadline, or -1 if none. */
+knit_time knit__timers_next(const knit__timers *t);
+
+/* ---- cross-thread call queue (chunked, mutex-guarded) -------------------- */
+
+#define KNIT__CALLQ_CHUNK 254
+
+typedef struct knit__call {
+    knit_call_fn fn;
+    void *arg;
+} knit__call;
+
+typedef struct knit__callq_chunk {
+    struct knit__callq_chunk *next;
+    uint32_t head, tail;
+    knit__call items[KNIT__CALLQ_CHUNK];
+} knit__callq_chunk;
+
+typedef struct knit__callq {
+    pthread_mutex_t mu;
+    knit__callq_chunk *head, *tail; /* NULL when empty */
+    knit__callq_chunk *spare;       /* free chunks for reuse */
+    unsigned nspare;
+    size_t count;
+    bool wake_pending; /* an eventfd write is outstanding: don't write again */
+    int pending;       /* atomic: queue non-empty (cheap check per iteration) */
+    uint64_t wakeups;
+} knit__callq;
+
+int knit__callq_init(knit__callq *q);
+void knit__callq_free(knit__callq *q);
+/* Run everything queued so far; returns the number run. */
+int knit__callq_run(knit_reactor *r);
+
+/* ---- signals ------------------------------------------------------------- */
+
+struct knit_signal {
+    knit_reactor *r;
+    knit_signal_cb cb;
+    void *arg;
+    int signo;
+    bool dead; /* removed during dispatch; freed after it */
+    struct knit_signal *next;
+};
+
+typedef struct knit__signals {
+    int fd; /* signalfd, -1 until the first handler */
+    knit_io io;
+    sigset_t mask;          /* signals routed through the signalfd */
+    sigset_t were_blocked;  /* of those, the ones blocked before we came */
+    knit_signal *head;
+    size_t count;
+    int dispatching;
+    bool have_dead;
+} knit__signals;
+
+void knit__signals_free(knit_reactor *r);
+
+/* ---- shutdown triggers --------------------------------------------------- */
+
+struct knit_trigger {
+    knit_reactor *r;
+    knit_trigger_fn fn;
+    void *arg;
+    knit_phase phase;
+    int state; /* 0 registered, 1 started, 2 done */
+    struct knit_trigger *next;
+};
+
+/* ---- the reactor ---------------------------------------------------------- */
+
+struct knit_reactor {
+    knit__backend *be;
+    knit_clock *clock;
+    const char *name;
+
+    /* fd watches, indexed by fd */
+    knit_io **watchers;
+    size_t nwatchers;
+    size_t nwatched; /* active watches, including the internal eventfd/signalfd */
+
+    knit__timers timers;
+    knit__signals sig;
+    knit__callq callq;
+
+    int evfd;
+    knit_io evio;
+
+    knit_trigger *triggers[3];
+    int phase_running; /* -1 none, else the phase whose triggers run */
+    size_t phase_outstanding;
+
+    int running;        /* atomic */
+    int stop_requested; /* atomic */
+    int stop_now;       /* atomic */
+    pthread_t thread;
+
+    knit_reactor_stats st;
+};
+
+void knit__reactor_wake(knit_reactor *r);
+
+#endif
