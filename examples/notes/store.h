@@ -1,0 +1,143 @@
+/* examples/notes/store.h — the notes service's storage: SQLite in WAL mode.
+ *
+ * What it owns: one SQLite database file and a small pool of connections to
+ * it, each with its own prepared statements. A connection is used by one
+ * thread at a time: every call takes a free connection from the pool (waiting
+ * on a condition variable if all are busy), runs its transaction and gives
+ * the connection back. Size the pool like the worker pool (one connection per
+ * worker thread) and no call ever waits for a connection.
+ *
+ * Threads: every function except notes_store_open/close is [any] and may
+ * block (it is meant to run on a worker thread). open and close must not
+ * race with any other call.
+ *
+ * Durability: a function that returns 0 after a write has committed it
+ * (WAL, synchronous=FULL by default: the WAL is fsynced at each commit).
+ * Writes use BEGIN IMMEDIATE so that a writer waits for the write lock up
+ * front (SQLite's busy handler retries for busy_timeout_ms) instead of
+ * failing halfway through a transaction.
+ *
+ * Errors (knit/error.h codes):
+ *   KNIT_ENOTFOUND  no such note (or it has expired)
+ *   KNIT_EBUSY      the database stayed locked for longer than busy_timeout_ms
+ *                   (SQLITE_BUSY / SQLITE_LOCKED): a transient overload, the
+ *                   HTTP layer answers 503
+ *   KNIT_EINVAL     bad arguments (NULL text, negative limit, ...)
+ *   KNIT_ENOMEM     out of memory
+ *   KNIT_EDB        any other SQLite error (logged with SQLite's message)
+ *
+ * Time: the store never reads a clock. Callers pass NOW_MS (milliseconds
+ * since the epoch); a note whose expires_at is <= now is treated as gone by
+ * get/list/update/delete even before notes_store_expire deletes it.
+ */
+#ifndef NOTES_STORE_H
+#define NOTES_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* Defaults and limits, in one place. */
+#define NOTES_STORE_DEFAULT_CONNS 4
+#define NOTES_STORE_MAX_CONNS 256
+#define NOTES_STORE_DEFAULT_BUSY_MS 500
+#define NOTES_LIST_DEFAULT_LIMIT 50
+#define NOTES_LIST_MAX_LIMIT 1000
+
+typedef struct notes_store notes_store;
+
+typedef struct notes_store_options {
+    const char *path;        /* database file; ":memory:" is refused (not shareable) */
+    unsigned conns;          /* connections in the pool; default NOTES_STORE_DEFAULT_CONNS */
+    unsigned busy_timeout_ms; /* how long a statement waits for a lock; default 500 */
+    bool sync_full;          /* synchronous=FULL (default true); false = NORMAL */
+} notes_store_options;
+
+void notes_store_options_init(notes_store_options *o);
+
+/* A stored note. Owned by whoever filled it; release with notes_note_clear. */
+typedef struct notes_note {
+    int64_t id;
+    char *text;
+    char **tags; /* ntags strings, in the order they were given */
+    size_t ntags;
+    int64_t created_at; /* ms since the epoch */
+    int64_t expires_at; /* ms since the epoch; 0 = never expires */
+} notes_note;
+
+void notes_note_clear(notes_note *n);
+
+/* What a create or update writes. Borrowed by the store for the call only. */
+typedef struct notes_fields {
+    const char *text;        /* required, NUL-terminated UTF-8 */
+    const char *const *tags; /* ntags strings; duplicates are stored once */
+    size_t ntags;
+    int64_t ttl_ms; /* > 0: expires NOW + ttl_ms; 0: create: never, update: unchanged */
+} notes_fields;
+
+/* One page of a listing. notes_list_clear frees the notes. */
+typedef struct notes_list {
+    notes_note *items;
+    size_t n;
+    int64_t next; /* pass as AFTER for the next page; 0 = no more */
+} notes_list;
+
+void notes_list_clear(notes_list *l);
+
+/* Open (creating if needed) the database at opts->path, switch it to WAL,
+ * create the schema and open the connection pool. Returns 0 and *out or a
+ * code; on failure nothing is left open and ERR (if not NULL, ERRLEN bytes)
+ * holds a message. */
+int notes_store_open(notes_store **out, const notes_store_options *opts, char *err, size_t errlen);
+
+/* Checkpoint the WAL into the database file (TRUNCATE mode), close every
+ * connection and free the store. No call may be running. NULL is a no-op.
+ * Returns 0, or the checkpoint's error (the store is freed regardless). */
+int notes_store_close(notes_store *s);
+
+/* Checkpoint now (PASSIVE unless TRUNCATE is true). [any] */
+int notes_store_checkpoint(notes_store *s, bool truncate);
+
+/* Insert a note; fills *out (which the caller clears) with what was stored. */
+int notes_store_create(notes_store *s, const notes_fields *f, int64_t now_ms, notes_note *out);
+
+/* Fetch a live note by id. */
+int notes_store_get(notes_store *s, int64_t id, int64_t now_ms, notes_note *out);
+
+/* Live notes with id > AFTER (0 = from the start), in id order, at most LIMIT
+ * (1..NOTES_LIST_MAX_LIMIT); only those carrying TAG when TAG is not NULL. */
+int notes_store_list(notes_store *s, const char *tag, int64_t after, unsigned limit,
+                     int64_t now_ms, notes_list *out);
+
+/* Replace text and tags of a live note (and its expiry when f->ttl_ms > 0);
+ * fills *out with the result. */
+int notes_store_update(notes_store *s, int64_t id, const notes_fields *f, int64_t now_ms,
+                       notes_note *out);
+
+/* Delete a live note. */
+int notes_store_delete(notes_store *s, int64_t id, int64_t now_ms);
+
+/* Delete every note with expires_at <= NOW_MS; *deleted (may be NULL) gets
+ * how many. */
+int notes_store_expire(notes_store *s, int64_t now_ms, int64_t *deleted);
+
+/* Number of live notes. */
+int notes_store_count(notes_store *s, int64_t now_ms, int64_t *count);
+
+/* Statistics since open. [any] */
+typedef struct notes_store_stats {
+    uint64_t busy;   /* calls that ended in KNIT_EBUSY */
+    uint64_t errors; /* calls that ended in KNIT_EDB */
+    uint64_t waits;  /* calls that had to wait for a free connection */
+} notes_store_stats;
+
+void notes_store_get_stats(notes_store *s, notes_store_stats *out);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
