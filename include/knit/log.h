@@ -56,7 +56,8 @@ extern int knit__log_level;
 /* Emit a line whose msg is the formatted text. Prefer the macros. */
 void knit_log_emit(int level, const char *mod, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
-void knit_log_vemit(int level, const char *mod, const char *fmt, va_list ap);
+void knit_log_vemit(int level, const char *mod, const char *fmt, va_list ap)
+    __attribute__((format(printf, 3, 0)));
 
 /* Emit a line with structured fields: a NULL-terminated list of
  * (const char *key, const char *value) pairs after msg. Values are quoted
