@@ -15,8 +15,18 @@
 #include "knit/log.h"
 #include "notes_json.h"
 
-enum op { OP_CREATE, OP_GET, OP_LIST, OP_UPDATE, OP_DELETE, OP_HEALTH, OP_METRICS, OP_OTHER, OP__N };
-static const char *const op_names[OP__N] = {"create", "get",     "list",   "update",
+enum op {
+    OP_CREATE,
+    OP_GET,
+    OP_LIST,
+    OP_UPDATE,
+    OP_DELETE,
+    OP_HEALTH,
+    OP_METRICS,
+    OP_OTHER,
+    OP__N
+};
+static const char *const op_names[OP__N] = {"create", "get",     "list",    "update",
                                             "delete", "healthz", "metrics", "other"};
 
 /* Status codes counted separately; anything else lands in the last slot. */
@@ -57,7 +67,10 @@ int notes_app_new(notes_app **out, const notes_app_options *o)
     return 0;
 }
 
-void notes_app_free(notes_app *app) { free(app); }
+void notes_app_free(notes_app *app)
+{
+    free(app);
+}
 
 void notes_resp_clear(notes_resp *r)
 {
@@ -88,7 +101,7 @@ static void set_body(notes_resp *resp, int status, char *json)
 }
 
 __attribute__((format(printf, 3, 4))) static void error(notes_resp *resp, int status,
-                                                       const char *fmt, ...)
+                                                        const char *fmt, ...)
 {
     char msg[NOTES_ERRMSG_MAX + 64];
     va_list ap;
@@ -211,8 +224,7 @@ static bool parse_list_query(const char *q, list_query *lq, notes_resp *resp)
         } else if (strcmp(key, "after") == 0) {
             seen = &seen_after;
         } else {
-            error(resp, 400, "unknown query parameter \"%.64s\" (expected tag, limit, after)",
-                  key);
+            error(resp, 400, "unknown query parameter \"%.64s\" (expected tag, limit, after)", key);
             free(key);
             free(val);
             goto fail;
@@ -267,8 +279,14 @@ fail:
 
 /* ---- handlers ---------------------------------------------------------------- */
 
-static bool method_is(const notes_req *req, const char *m) { return strcmp(req->method, m) == 0; }
-static bool is_get(const notes_req *req) { return method_is(req, "GET") || method_is(req, "HEAD"); }
+static bool method_is(const notes_req *req, const char *m)
+{
+    return strcmp(req->method, m) == 0;
+}
+static bool is_get(const notes_req *req)
+{
+    return method_is(req, "GET") || method_is(req, "HEAD");
+}
 
 /* Parse the body; on error fill RESP and return false. */
 static bool read_input(notes_app *app, const notes_req *req, notes_input *in, notes_resp *resp)
@@ -434,7 +452,10 @@ int notes_app_expire(notes_app *app, int64_t *deleted)
     return 0;
 }
 
-static uint64_t load(const uint64_t *p) { return __atomic_load_n(p, __ATOMIC_RELAXED); }
+static uint64_t load(const uint64_t *p)
+{
+    return __atomic_load_n(p, __ATOMIC_RELAXED);
+}
 
 void notes_app_summary(notes_app *app, char *buf, size_t len)
 {
@@ -457,9 +478,9 @@ void notes_app_summary(notes_app *app, char *buf, size_t len)
         app->last_op[o] = ops[o];
     }
     snprintf(buf, len,
-             "requests=%" PRIu64 " 2xx=%" PRIu64 " 4xx=%" PRIu64 " 5xx=%" PRIu64
-             " create=%" PRIu64 " get=%" PRIu64 " list=%" PRIu64 " update=%" PRIu64
-             " delete=%" PRIu64 " other=%" PRIu64,
+             "requests=%" PRIu64 " 2xx=%" PRIu64 " 4xx=%" PRIu64 " 5xx=%" PRIu64 " create=%" PRIu64
+             " get=%" PRIu64 " list=%" PRIu64 " update=%" PRIu64 " delete=%" PRIu64
+             " other=%" PRIu64,
              d[3], d[0], d[1], d[2], dop[OP_CREATE], dop[OP_GET], dop[OP_LIST], dop[OP_UPDATE],
              dop[OP_DELETE], dop[OP_HEALTH] + dop[OP_METRICS] + dop[OP_OTHER]);
 }
@@ -534,8 +555,9 @@ char *notes_app_metrics(notes_app *app)
                   "# HELP notes_notes Live notes in the database.\n"
                   "# TYPE notes_notes gauge\nnotes_notes %" PRId64 "\n",
                   count);
-    sb_printf(&b, "# HELP notes_draining 1 while the service drains for shutdown.\n"
-                  "# TYPE notes_draining gauge\nnotes_draining %d\n",
+    sb_printf(&b,
+              "# HELP notes_draining 1 while the service drains for shutdown.\n"
+              "# TYPE notes_draining gauge\nnotes_draining %d\n",
               __atomic_load_n(&app->draining, __ATOMIC_ACQUIRE) ? 1 : 0);
     if (b.oom) {
         free(b.p);

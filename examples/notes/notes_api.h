@@ -66,8 +66,8 @@ typedef struct notes_resp {
     const char *content_type; /* static string */
     char *body;               /* malloc'd (may be NULL for 204) */
     size_t body_len;
-    char location[64];   /* "" or the created note's path */
-    const char *allow;   /* static, set on 405 */
+    char location[64];    /* "" or the created note's path */
+    const char *allow;    /* static, set on 405 */
     unsigned retry_after; /* seconds; 0 = no header */
 } notes_resp;
 

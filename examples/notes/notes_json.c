@@ -35,8 +35,7 @@ static int parse_tags(json_t *tags, notes_input *in, char *err, size_t errlen)
     if (!json_is_array(tags)) return fail(err, errlen, "tags must be an array of strings");
     size_t n = json_array_size(tags);
     if (n > NOTES_MAX_TAGS)
-        return fail(err, errlen, "tags must hold at most %d entries (got %zu)", NOTES_MAX_TAGS,
-                    n);
+        return fail(err, errlen, "tags must hold at most %d entries (got %zu)", NOTES_MAX_TAGS, n);
     if (n == 0) return 0;
     in->_tags = calloc(n, sizeof *in->_tags);
     if (!in->_tags) return KNIT_ENOMEM;
@@ -69,8 +68,7 @@ static int parse_ttl(json_t *ttl, notes_input *in, char *err, size_t errlen)
     return 0;
 }
 
-int notes_json_parse_input(const char *body, size_t len, notes_input *in, char *err,
-                           size_t errlen)
+int notes_json_parse_input(const char *body, size_t len, notes_input *in, char *err, size_t errlen)
 {
     memset(in, 0, sizeof *in);
     if (errlen) err[0] = 0;
@@ -151,8 +149,8 @@ static json_t *note_obj(const notes_note *n)
         goto oom;
     if (json_object_set_new(o, "tags", tags) != 0) goto oom_o; /* tags consumed either way */
     if (json_object_set_new(o, "created_at", json_string(created)) != 0 ||
-        json_object_set_new(o, "expires_at",
-                            n->expires_at ? json_string(expires) : json_null()) != 0)
+        json_object_set_new(o, "expires_at", n->expires_at ? json_string(expires) : json_null()) !=
+            0)
         goto oom_o;
     return o;
 oom:
@@ -170,7 +168,10 @@ static char *dump(json_t *o)
     return s;
 }
 
-char *notes_json_note(const notes_note *n) { return dump(note_obj(n)); }
+char *notes_json_note(const notes_note *n)
+{
+    return dump(note_obj(n));
+}
 
 char *notes_json_list(const notes_list *l)
 {

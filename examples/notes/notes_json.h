@@ -41,8 +41,7 @@ typedef struct notes_input {
  * message for the client in ERR (at most ERRLEN bytes; NOTES_ERRMSG_MAX is
  * enough), or KNIT_ENOMEM. On error *in needs no clearing (clearing it is
  * harmless). */
-int notes_json_parse_input(const char *body, size_t len, notes_input *in, char *err,
-                           size_t errlen);
+int notes_json_parse_input(const char *body, size_t len, notes_input *in, char *err, size_t errlen);
 void notes_input_clear(notes_input *in);
 
 /* Encoders: a malloc'd, NUL-terminated compact JSON text, or NULL when out of

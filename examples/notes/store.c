@@ -138,7 +138,10 @@ void notes_list_clear(notes_list *l)
 
 /* ---- errors ---------------------------------------------------------------- */
 
-static void stat_inc(uint64_t *p) { __atomic_fetch_add(p, 1, __ATOMIC_RELAXED); }
+static void stat_inc(uint64_t *p)
+{
+    __atomic_fetch_add(p, 1, __ATOMIC_RELAXED);
+}
 
 /* Map an SQLite result code to a knit code, logging the unexpected ones. */
 static int db_error(notes_store *s, sqlite3 *db, int rc, const char *what)
@@ -225,9 +228,8 @@ static void close_conn(conn *c)
 
 static int open_conn(const notes_store_options *o, conn *c, bool first, char *err, size_t errlen)
 {
-    int rc = sqlite3_open_v2(o->path, &c->db,
-                             SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX,
-                             NULL);
+    int rc = sqlite3_open_v2(
+        o->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
     if (rc != SQLITE_OK) {
         snprintf(err, errlen, "cannot open database %s: %s", o->path,
                  c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
@@ -254,15 +256,13 @@ static int open_conn(const notes_store_options *o, conn *c, bool first, char *er
         }
         rc = sqlite3_exec(c->db, schema_sql, NULL, NULL, NULL);
         if (rc != SQLITE_OK) {
-            snprintf(err, errlen, "cannot create schema in %s: %s", o->path,
-                     sqlite3_errmsg(c->db));
+            snprintf(err, errlen, "cannot create schema in %s: %s", o->path, sqlite3_errmsg(c->db));
             sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
             goto fail;
         }
     }
     for (int i = 0; i < ST__N; i++) {
-        rc = sqlite3_prepare_v3(c->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->st[i],
-                                NULL);
+        rc = sqlite3_prepare_v3(c->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->st[i], NULL);
         if (rc != SQLITE_OK) goto sqlerr;
     }
     return 0;
@@ -288,8 +288,7 @@ int notes_store_open(notes_store **out, const notes_store_options *opts, char *e
     else
         notes_store_options_init(&o);
     if (!o.path || !o.path[0] || strcmp(o.path, ":memory:") == 0) {
-        snprintf(err, errlen, "the database needs a file path (got \"%s\")",
-                 o.path ? o.path : "");
+        snprintf(err, errlen, "the database needs a file path (got \"%s\")", o.path ? o.path : "");
         return KNIT_EINVAL;
     }
     if (o.conns == 0) o.conns = NOTES_STORE_DEFAULT_CONNS;
@@ -576,8 +575,8 @@ int notes_store_get(notes_store *s, int64_t id, int64_t now_ms, notes_note *out)
     return err;
 }
 
-int notes_store_list(notes_store *s, const char *tag, int64_t after, unsigned limit,
-                     int64_t now_ms, notes_list *out)
+int notes_store_list(notes_store *s, const char *tag, int64_t after, unsigned limit, int64_t now_ms,
+                     notes_list *out)
 {
     memset(out, 0, sizeof *out);
     if (limit == 0 || limit > NOTES_LIST_MAX_LIMIT || after < 0) return KNIT_EINVAL;

@@ -51,10 +51,10 @@ extern "C" {
 typedef struct notes_store notes_store;
 
 typedef struct notes_store_options {
-    const char *path;        /* database file; ":memory:" is refused (not shareable) */
-    unsigned conns;          /* connections in the pool; default NOTES_STORE_DEFAULT_CONNS */
+    const char *path;         /* database file; ":memory:" is refused (not shareable) */
+    unsigned conns;           /* connections in the pool; default NOTES_STORE_DEFAULT_CONNS */
     unsigned busy_timeout_ms; /* how long a statement waits for a lock; default 500 */
-    bool sync_full;          /* synchronous=FULL (default true); false = NORMAL */
+    bool sync_full;           /* synchronous=FULL (default true); false = NORMAL */
 } notes_store_options;
 
 void notes_store_options_init(notes_store_options *o);
@@ -110,8 +110,8 @@ int notes_store_get(notes_store *s, int64_t id, int64_t now_ms, notes_note *out)
 
 /* Live notes with id > AFTER (0 = from the start), in id order, at most LIMIT
  * (1..NOTES_LIST_MAX_LIMIT); only those carrying TAG when TAG is not NULL. */
-int notes_store_list(notes_store *s, const char *tag, int64_t after, unsigned limit,
-                     int64_t now_ms, notes_list *out);
+int notes_store_list(notes_store *s, const char *tag, int64_t after, unsigned limit, int64_t now_ms,
+                     notes_list *out);
 
 /* Replace text and tags of a live note (and its expiry when f->ttl_ms > 0);
  * fills *out with the result. */
