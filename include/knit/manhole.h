@@ -1,0 +1,280 @@
+/* knit/manhole.h — a Lua 5.4 REPL inside the running process.
+ *
+ * Twisted's manhole, for knit: connect to a live service and evaluate Lua on
+ * its reactor thread with bindings to everything knit knows about the
+ * process (reactor, pool, LoopingCalls, flags, log level, metrics,
+ * connections) plus whatever the application registers itself
+ * (notes.count(), notes.get(id), ...).
+ *
+ * Three layers, usable separately:
+ *
+ *   1. knit_manhole         — the registry of bindings and the limits.
+ *   2. knit_manhole_session — one REPL conversation: feed it lines, it writes
+ *                             output through a callback. No sockets: unit
+ *                             tests and other transports drive it directly.
+ *   3. knit_manhole_listen  — transports: a UNIX socket speaking the line
+ *                             protocol below (the default) and SSH.
+ *
+ * ---- one Lua state per session (and why) ---------------------------------
+ *
+ * Every session gets its own lua_State rather than an environment table over
+ * one shared state:
+ *   - isolation: a session that redefines `print`, fills the registry or
+ *     breaks a metatable (string's, say — metatables of basic types are
+ *     per-state, not per-environment) cannot affect another session;
+ *   - a per-session memory limit: the state's allocator counts bytes, so
+ *     `t = {} for i = 1, 1e9 do t[i] = i end` fails in that session with
+ *     "not enough memory" instead of starving the service;
+ *   - the instruction hook, the budget and Ctrl-C are per state, so
+ *     interrupting one session never touches another;
+ *   - closing a session frees everything it made (lua_close), including
+ *     values captured by closures that bindings hold.
+ * The cost — a fresh state (~25 KiB) and the bindings installed per
+ * connection — is negligible for an operator tool with a handful of
+ * connections. Sessions share nothing but what the process itself exposes
+ * through bindings.
+ *
+ * ---- evaluation --------------------------------------------------------------
+ *
+ * As the `lua` standalone REPL does: a line is first compiled as
+ * `return <line>` so expressions print their value; otherwise as a statement.
+ * A chunk whose syntax error is at "<eof>" is incomplete: the session
+ * answers KNIT_MANHOLE_MORE (prompt ">> ") and joins the next line to it.
+ * Results are pretty-printed (tables to max_depth levels and max_items
+ * entries each, the whole result to max_output bytes; strings quoted), `_`
+ * holds the first result of the last evaluation that returned something,
+ * errors are printed with a traceback, `print`/`io.write` go to the session.
+ * `os.exit` and reading stdin are disabled (they would stop or block the
+ * service).
+ *
+ * Runaway code: evaluation runs on the reactor thread, so an instruction
+ * count hook (lua_sethook, LUA_MASKCOUNT) interrupts it once it has run
+ * `budget` VM instructions, or when knit_manhole_session_interrupt() was
+ * called (Ctrl-C), or when the transport's poll callback reports that the
+ * client is gone. The error names the place where it stopped
+ * ("input:1: interrupted: instruction budget (100000000) exhausted") with a
+ * traceback. Once interrupted, the hook raises again at every check until
+ * the evaluation unwinds, so a `pcall` in the user's code cannot swallow it.
+ * Limitation: a single long-running C function (a pathological string.find
+ * pattern) runs no VM instructions and cannot be interrupted.
+ *
+ * Logging: every connection (with the peer's uid or key fingerprint) and
+ * every evaluated chunk (with who ran it and the outcome) is logged at info
+ * under mod=manhole.
+ *
+ * ---- the line protocol (UNIX socket transport) ----------------------------
+ *
+ * Client → server: UTF-8 lines ending in '\n'. Each line is one line of REPL
+ * input. A line consisting of the single byte 0x03 interrupts the evaluation
+ * in progress (the client sends it on Ctrl-C); the server also reads ahead
+ * for it while evaluating.
+ * Server → client: lines of the form <tag><text>'\n':
+ *   '|' text   one line of output (the text had a '\n' after it)
+ *   '~' text   output text not (yet) followed by '\n'
+ *   '+' word   end of one input line's processing; word is
+ *              "ok" (evaluated), "more" (incomplete chunk, send the next
+ *              line), "error" (compile or runtime error, already printed) or
+ *              "ready" (after the greeting, once per connection)
+ * Output may also arrive between '+' lines when an await() fires.
+ *
+ * ---- threads ---------------------------------------------------------------
+ * Everything here is [reactor] (or, without a reactor, the one thread that
+ * owns the manhole), except knit_manhole_session_interrupt, which is [any]
+ * and async-signal-safe.
+ *
+ * ---- ownership ---------------------------------------------------------------
+ * knit_manhole_new → register bindings (any time; new sessions see them) →
+ * knit_manhole_listen (optional) → knit_manhole_free, which closes listeners
+ * and sessions the manhole created. Sessions made with
+ * knit_manhole_session_new belong to the caller and must be freed (with
+ * knit_manhole_session_free) before the manhole. Strings passed in are
+ * copied.
+ */
+#ifndef KNIT_MANHOLE_H
+#define KNIT_MANHOLE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lua.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- defaults (every limit in one place) --------------------------------- */
+
+/* VM instructions one evaluation may run before it is interrupted. */
+#define KNIT_MANHOLE_DEFAULT_BUDGET 100000000ULL
+/* The hook runs every this many instructions (granularity of the budget). */
+#define KNIT_MANHOLE_HOOK_INTERVAL 1000
+/* The transport poll (Ctrl-C, hang-up) runs every this many instructions. */
+#define KNIT_MANHOLE_POLL_INTERVAL 200000
+/* Pretty-printing bounds. */
+#define KNIT_MANHOLE_DEFAULT_MAX_DEPTH 4
+#define KNIT_MANHOLE_DEFAULT_MAX_ITEMS 100
+#define KNIT_MANHOLE_DEFAULT_MAX_OUTPUT (64 * 1024)
+/* Bytes one session's Lua state may allocate. */
+#define KNIT_MANHOLE_DEFAULT_MEMORY_LIMIT (64u * 1024 * 1024)
+/* Longest pending (incomplete) chunk, and longest input line. */
+#define KNIT_MANHOLE_MAX_CHUNK (1024 * 1024)
+#define KNIT_MANHOLE_MAX_LINE (64 * 1024)
+/* Longest chunk text copied into the log line of an evaluation. */
+#define KNIT_MANHOLE_LOG_CODE_MAX 512
+/* Output buffered for a slow client before the connection is dropped. */
+#define KNIT_MANHOLE_MAX_PENDING_OUTPUT (4 * 1024 * 1024)
+
+typedef struct knit_reactor knit_reactor;
+typedef struct knit_manhole knit_manhole;
+typedef struct knit_manhole_session knit_manhole_session;
+
+typedef struct knit_manhole_options {
+    uint64_t budget;     /* instructions per evaluation; 0 = unlimited */
+    unsigned max_depth;  /* pretty-printer nesting */
+    unsigned max_items;  /* entries shown per table */
+    size_t max_output;   /* bytes of one pretty-printed result */
+    size_t memory_limit; /* bytes per session's Lua state; 0 = unlimited */
+    const char *name;    /* for logs and the greeting; default "knit" */
+} knit_manhole_options;
+
+void knit_manhole_options_init(knit_manhole_options *o);
+
+/* Create a manhole. R is the reactor evaluation runs on (needed by the
+ * transports and the reactor/await bindings; may be NULL for tests that
+ * only drive sessions). The built-in bindings are registered here.
+ * Returns 0 and *out, or KNIT_ENOMEM / KNIT_EINVAL. */
+int knit_manhole_new(knit_manhole **out, knit_reactor *r, const knit_manhole_options *opts);
+
+/* Close every listener and every connection the manhole accepted (their
+ * evaluations are not running: this is the reactor thread), then free. All
+ * caller-owned sessions must already be freed. NULL is a no-op. */
+void knit_manhole_free(knit_manhole *m);
+
+knit_reactor *knit_manhole_reactor(const knit_manhole *m);
+
+/* ---- bindings --------------------------------------------------------------
+ *
+ * NAME is a global name or a dotted path ("notes.get"); intermediate tables
+ * are created as needed. A name can be both a function and a table: register
+ * "flags" and "flags.set" and `flags()` calls the first while `flags.set`
+ * is the second (the table gets a __call metamethod).
+ * DOC is a one-line description shown by help(); conventionally it starts
+ * with the call's signature: "notes.get(id) -> note or nil".
+ * Registering a NAME again replaces the earlier binding (for new sessions).
+ * Returns 0, KNIT_EINVAL for a bad name, KNIT_ENOMEM. */
+
+/* A function. Inside FN, knit_manhole_data(L) returns DATA. */
+int knit_manhole_register_fn(knit_manhole *m, const char *name, lua_CFunction fn, void *data,
+                             const char *doc);
+
+/* A value built per session: PUSH runs when a session starts, must push
+ * exactly one value (a table of constants, a table of functions — use
+ * knit_manhole_data-style upvalues yourself) and return 0; a negative return
+ * skips the binding for that session. Runs in protected mode. */
+typedef int (*knit_manhole_push_fn)(lua_State *L, void *data);
+int knit_manhole_register_value(knit_manhole *m, const char *name, knit_manhole_push_fn push,
+                                void *data, const char *doc);
+
+/* Inside a registered function: the DATA given at registration. */
+void *knit_manhole_data(lua_State *L);
+/* Inside any function called from a session: its session, manhole, reactor
+ * (NULL outside a manhole state). */
+knit_manhole_session *knit_manhole_session_of(lua_State *L);
+knit_manhole *knit_manhole_of(lua_State *L);
+
+/* Push a C string as a Lua string, or nil for NULL. Small helper for
+ * bindings that fill tables: knit_manhole_setfield_*(L, -1, "k", v). */
+void knit_manhole_setfield_str(lua_State *L, int idx, const char *k, const char *v);
+void knit_manhole_setfield_int(lua_State *L, int idx, const char *k, lua_Integer v);
+void knit_manhole_setfield_num(lua_State *L, int idx, const char *k, lua_Number v);
+void knit_manhole_setfield_bool(lua_State *L, int idx, const char *k, bool v);
+
+/* ---- sessions (no transport) ------------------------------------------- */
+
+/* Output sink of a session: DATA (LEN bytes, not NUL-terminated, may be a
+ * partial line) must be delivered to the client in order. */
+typedef void (*knit_manhole_write_fn)(const char *data, size_t len, void *arg);
+
+/* Poll hook for transports: called from inside a running evaluation every
+ * KNIT_MANHOLE_POLL_INTERVAL instructions. Return true to interrupt it (the
+ * client hung up or sent Ctrl-C). Must not call into the session. */
+typedef bool (*knit_manhole_poll_fn)(void *arg);
+
+typedef enum knit_manhole_status {
+    KNIT_MANHOLE_OK = 0,     /* evaluated (or the line was blank) */
+    KNIT_MANHOLE_MORE = 1,   /* incomplete chunk: send the next line */
+    KNIT_MANHOLE_FAILED = 2, /* syntax or runtime error, interrupted; printed */
+} knit_manhole_status;
+
+/* Start a session. WHO names the user in logs ("uid=1000", "key=SHA256:...").
+ * WRITE receives all output. Returns 0 and *out, or KNIT_ENOMEM. */
+int knit_manhole_session_new(knit_manhole *m, const char *who, knit_manhole_write_fn write,
+                             void *write_arg, knit_manhole_session **out);
+
+/* Feed one line of input (without its '\n'; LEN may be 0). Evaluates when
+ * the pending chunk is complete. Returns a knit_manhole_status, or a
+ * negative code (KNIT_ELIMIT for an over-long chunk, which is then dropped;
+ * KNIT_EBUSY when called from inside the session's own evaluation). */
+int knit_manhole_session_feed(knit_manhole_session *s, const char *line, size_t len);
+
+/* Evaluate a whole chunk (several lines) at once, as `-e` does. Same
+ * results as feed; an incomplete chunk is a syntax error here. */
+int knit_manhole_session_eval(knit_manhole_session *s, const char *chunk, size_t len);
+
+/* Drop a pending incomplete chunk (Ctrl-C at a ">>" prompt). */
+void knit_manhole_session_reset(knit_manhole_session *s);
+
+/* "> " or ">> " depending on whether a chunk is pending. */
+const char *knit_manhole_session_prompt(const knit_manhole_session *s);
+
+/* Interrupt the running evaluation at its next hook check. The request is
+ * cleared when the next evaluation starts, so it never affects a later one.
+ * [any], async-signal-safe. */
+void knit_manhole_session_interrupt(knit_manhole_session *s);
+
+void knit_manhole_session_set_poll(knit_manhole_session *s, knit_manhole_poll_fn poll, void *arg);
+
+/* True while an evaluation of this session is on the stack. */
+bool knit_manhole_session_busy(const knit_manhole_session *s);
+
+const char *knit_manhole_session_who(const knit_manhole_session *s);
+uint64_t knit_manhole_session_id(const knit_manhole_session *s);
+
+/* The session's Lua state, for tests and embedding. */
+lua_State *knit_manhole_session_lua(knit_manhole_session *s);
+
+/* Write text to the session's client as if printed. */
+void knit_manhole_session_write(knit_manhole_session *s, const char *data, size_t len);
+
+/* Free a session (closing its Lua state). Must not be called from inside
+ * its own evaluation. Pending await()s are forgotten. NULL is a no-op. */
+void knit_manhole_session_free(knit_manhole_session *s);
+
+/* ---- transports ------------------------------------------------------------ */
+
+/* Listen on ENDPOINT and serve sessions on the manhole's reactor:
+ *   unix:PATH[:mode=600]   UNIX socket, line protocol above. The socket file
+ *                          is created with MODE (octal, default 600) and a
+ *                          stale socket at PATH is replaced. Each connection
+ *                          must come from the process's own uid or root
+ *                          (SO_PEERCRED); others are refused and logged.
+ *   ssh:PORT[:interface=127.0.0.1][:hostKey=PATH][:authorizedKeys=PATH]
+ *                          SSH server (libssh), public-key auth only against
+ *                          authorizedKeys (default ~/.ssh/authorized_keys);
+ *                          hostKey (default ./manhole_host_ed25519) is
+ *                          generated on first start; its fingerprint is
+ *                          logged. PORT 0 picks a free port.
+ * Returns 0, KNIT_EBADENDPOINT, or a negative errno from socket/bind. */
+int knit_manhole_listen(knit_manhole *m, const char *endpoint);
+
+/* Port of the last ssh listener (after `ssh:0`), or 0. */
+int knit_manhole_ssh_port(const knit_manhole *m);
+
+/* Number of live transport connections. */
+size_t knit_manhole_connection_count(const knit_manhole *m);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

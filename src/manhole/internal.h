@@ -1,0 +1,97 @@
+/* manhole/internal.h — shared between the manhole's source files. */
+#ifndef KNIT_MANHOLE_INTERNAL_H
+#define KNIT_MANHOLE_INTERNAL_H
+
+#include <signal.h>
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "knit/manhole.h"
+
+enum { BIND_FN, BIND_VALUE };
+
+typedef struct mh_binding {
+    char *name;
+    char *doc;
+    int kind;
+    lua_CFunction fn;
+    knit_manhole_push_fn push;
+    void *data;
+} mh_binding;
+
+typedef struct mh_conn mh_conn;
+typedef struct mh_listener mh_listener;
+typedef struct mh_await mh_await;
+
+struct knit_manhole {
+    knit_reactor *r;
+    knit_manhole_options o;
+    char *name;
+    mh_binding *b; /* kept sorted by name: "flags" comes before "flags.set" */
+    size_t nb, cap;
+    uint64_t next_session_id;
+    mh_listener *listeners;
+    mh_conn *conns;
+    size_t nconns;
+    int ssh_port;
+};
+
+/* Why an evaluation is being interrupted. */
+enum { STOP_NONE, STOP_BUDGET, STOP_USER, STOP_HANGUP };
+
+struct knit_manhole_session {
+    knit_manhole *m;
+    lua_State *L;
+    char *who;
+    uint64_t id;
+    knit_manhole_write_fn write;
+    void *write_arg;
+    knit_manhole_poll_fn poll;
+    void *poll_arg;
+    /* pending incomplete chunk; also scratch for "return " + line */
+    char *chunk;
+    size_t chunk_len, chunk_cap;
+    char *scratch;
+    size_t scratch_cap;
+    /* pretty-printer output, owned here so a Lua error cannot leak it */
+    char *pp;
+    size_t pp_cap;
+    /* allocator accounting */
+    size_t mem, mem_limit;
+    /* evaluation state */
+    int running; /* nesting depth of evaluations on the stack */
+    uint64_t count, next_poll;
+    int stop;
+    int interrupt_req; /* set by knit_manhole_session_interrupt, atomically */
+    mh_await *awaits;  /* pending await()s; forgotten when the session dies */
+};
+
+/* session.c */
+knit_manhole_session *knit__manhole_session_of(lua_State *L);
+/* Run FN (which must leave nothing it wants to keep on the stack) in
+ * protected mode under the session's budget, as one evaluation. Used for
+ * await() callbacks that run Lua code later. Errors are printed to the
+ * session. Returns 0 or KNIT_ELUA. */
+int knit__manhole_session_run_protected(knit_manhole_session *s, lua_CFunction fn, void *ud,
+                                        const char *what);
+/* Pretty-print the value at IDX into the session's output buffer; pushes the
+ * result string. Raises Lua errors (run it protected). */
+void knit__manhole_pp_push(knit_manhole_session *s, lua_State *L, int idx);
+/* await.c: drop the session's pending await()s (they then fire into nothing). */
+void knit__manhole_awaits_forget(knit_manhole_session *s);
+
+/* manhole.c */
+int knit__manhole_install(knit_manhole_session *s, lua_State *L);
+int knit__manhole_help(lua_State *L);
+
+/* builtins.c */
+int knit__manhole_register_builtins(knit_manhole *m);
+
+/* server.c */
+void knit__manhole_close_transports(knit_manhole *m);
+
+#endif

@@ -1,0 +1,488 @@
+/* test_manhole.c — the REPL core driven directly (no sockets). */
+#include "testutil.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <lauxlib.h>
+#include <lua.h>
+
+#include "knit/error.h"
+#include "knit/log.h"
+#include "knit/manhole.h"
+
+typedef struct out {
+    char buf[1 << 17];
+    size_t len;
+} out;
+
+static void out_write(const char *d, size_t n, void *arg)
+{
+    out *o = arg;
+    if (o->len + n >= sizeof o->buf) n = sizeof o->buf - 1 - o->len;
+    memcpy(o->buf + o->len, d, n);
+    o->len += n;
+    o->buf[o->len] = 0;
+}
+
+typedef struct fx {
+    knit_manhole *m;
+    knit_manhole_session *s;
+    out o;
+} fx;
+
+static fx *fx_new(const knit_manhole_options *opts)
+{
+    fx *f = calloc(1, sizeof *f);
+    assert_non_null(f);
+    assert_int_equal(knit_manhole_new(&f->m, NULL, opts), 0);
+    return f;
+}
+
+static void fx_start(fx *f)
+{
+    assert_int_equal(knit_manhole_session_new(f->m, "uid=test", out_write, &f->o, &f->s), 0);
+}
+
+static void fx_free(fx *f)
+{
+    knit_manhole_session_free(f->s);
+    knit_manhole_free(f->m);
+    free(f);
+}
+
+/* Feed one line, return the status, output captured from a clean buffer. */
+static int feed(fx *f, const char *line)
+{
+    f->o.len = 0;
+    f->o.buf[0] = 0;
+    return knit_manhole_session_feed(f->s, line, strlen(line));
+}
+
+static int setup(void **state)
+{
+    fx *f = fx_new(NULL);
+    fx_start(f);
+    *state = f;
+    knit_log_set_level(KNIT_LOG_WARN); /* keep eval lines out of the test output */
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    fx_free(*state);
+    return 0;
+}
+
+static void test_expression_prints_value(void **state)
+{
+    fx *f = *state;
+    assert_int_equal(feed(f, "1 + 2"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "3\n");
+    assert_int_equal(feed(f, "'a' .. 'b'"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"ab\"\n");
+    assert_int_equal(feed(f, "1, nil, true, 2.5"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "1\tnil\ttrue\t2.5\n");
+}
+
+static void test_statement_and_underscore(void **state)
+{
+    fx *f = *state;
+    assert_int_equal(feed(f, "x = 40"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "");
+    assert_int_equal(feed(f, "x + 2"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "42\n");
+    assert_int_equal(feed(f, "_ * 2"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "84\n");
+    /* a statement that returns nothing leaves _ alone */
+    assert_int_equal(feed(f, "local y = 1"), KNIT_MANHOLE_OK);
+    assert_int_equal(feed(f, "_"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "84\n");
+    /* blank lines are fine */
+    assert_int_equal(feed(f, "   "), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "");
+}
+
+static void test_multiline(void **state)
+{
+    fx *f = *state;
+    assert_string_equal(knit_manhole_session_prompt(f->s), "> ");
+    assert_int_equal(feed(f, "function sq(n)"), KNIT_MANHOLE_MORE);
+    assert_string_equal(knit_manhole_session_prompt(f->s), ">> ");
+    assert_int_equal(feed(f, "  return n * n"), KNIT_MANHOLE_MORE);
+    assert_int_equal(feed(f, "end"), KNIT_MANHOLE_OK);
+    assert_string_equal(knit_manhole_session_prompt(f->s), "> ");
+    assert_int_equal(feed(f, "sq(7)"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "49\n");
+    /* a table constructor over several lines */
+    assert_int_equal(feed(f, "t = {"), KNIT_MANHOLE_MORE);
+    assert_int_equal(feed(f, "a = 1,"), KNIT_MANHOLE_MORE);
+    assert_int_equal(feed(f, "}"), KNIT_MANHOLE_OK);
+    assert_int_equal(feed(f, "t.a"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "1\n");
+    /* reset drops a pending chunk */
+    assert_int_equal(feed(f, "for i = 1, 3 do"), KNIT_MANHOLE_MORE);
+    knit_manhole_session_reset(f->s);
+    assert_string_equal(knit_manhole_session_prompt(f->s), "> ");
+    assert_int_equal(feed(f, "2"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "2\n");
+}
+
+static void test_whole_chunk(void **state)
+{
+    fx *f = *state;
+    const char *c = "local s = 0\nfor i = 1, 10 do s = s + i end\nreturn s";
+    f->o.len = 0;
+    assert_int_equal(knit_manhole_session_eval(f->s, c, strlen(c)), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "55\n");
+    f->o.len = 0;
+    assert_int_equal(knit_manhole_session_eval(f->s, "for i=1,2 do", 12), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "<eof>"));
+}
+
+static void test_errors_have_traceback(void **state)
+{
+    fx *f = *state;
+    assert_int_equal(feed(f, "error('boom')"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "input:1: boom"));
+    assert_non_null(strstr(f->o.buf, "stack traceback:"));
+    assert_int_equal(feed(f, "local function g() return nil + 1 end g()"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "attempt to perform arithmetic on a nil value"));
+    assert_non_null(strstr(f->o.buf, "in local 'g'"));
+    /* syntax errors are not incomplete input */
+    assert_int_equal(feed(f, "x = = 1"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "unexpected symbol"));
+    assert_string_equal(knit_manhole_session_prompt(f->s), "> ");
+    /* non-string error objects */
+    assert_int_equal(feed(f, "error({})"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "error object is a table value"));
+    /* the session keeps working */
+    assert_int_equal(feed(f, "1"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "1\n");
+}
+
+static void test_budget_interrupts_loop(void **state)
+{
+    (void)state;
+    knit_manhole_options o;
+    knit_manhole_options_init(&o);
+    o.budget = 200000;
+    fx *f = fx_new(&o);
+    fx_start(f);
+    assert_int_equal(feed(f, "while true do end"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "input:1: interrupted: instruction budget exhausted"));
+    assert_non_null(strstr(f->o.buf, "stack traceback:"));
+    /* pcall cannot swallow it */
+    assert_int_equal(feed(f, "while true do pcall(function() while true do end end) end"),
+                     KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "interrupted: instruction budget exhausted"));
+    /* nor a coroutine */
+    assert_int_equal(feed(f, "coroutine.wrap(function() while true do end end)()"),
+                     KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "interrupted"));
+    /* the next evaluation gets a fresh budget */
+    assert_int_equal(feed(f, "local n = 0 for i = 1, 1000 do n = n + i end return n"),
+                     KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "500500\n");
+    fx_free(f);
+}
+
+static bool poll_calls(void *arg)
+{
+    int *n = arg;
+    return ++*n >= 3; /* "the client went away" on the third poll */
+}
+
+static void test_poll_and_interrupt(void **state)
+{
+    (void)state;
+    knit_manhole_options o;
+    knit_manhole_options_init(&o);
+    o.budget = 0; /* unlimited: only the poll can stop it */
+    fx *f = fx_new(&o);
+    fx_start(f);
+    int n = 0;
+    knit_manhole_session_set_poll(f->s, poll_calls, &n);
+    assert_int_equal(feed(f, "while true do end"), KNIT_MANHOLE_FAILED);
+    assert_int_equal(n, 3);
+    assert_non_null(strstr(f->o.buf, "client went away"));
+    knit_manhole_session_set_poll(f->s, NULL, NULL);
+    /* an interrupt request before an evaluation does not affect it */
+    knit_manhole_session_interrupt(f->s);
+    assert_int_equal(feed(f, "1"), KNIT_MANHOLE_OK);
+    fx_free(f);
+}
+
+static int l_interrupt_me(lua_State *L)
+{
+    knit_manhole_session_interrupt(knit_manhole_session_of(L));
+    return 0;
+}
+
+static void test_interrupt_from_inside(void **state)
+{
+    (void)state;
+    knit_manhole_options o;
+    knit_manhole_options_init(&o);
+    o.budget = 0;
+    fx *f = fx_new(&o);
+    assert_int_equal(knit_manhole_register_fn(f->m, "ctrl_c", l_interrupt_me, NULL, "test"), 0);
+    fx_start(f);
+    assert_int_equal(feed(f, "ctrl_c() while true do end"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "interrupted by user"));
+    fx_free(f);
+}
+
+static void test_memory_limit(void **state)
+{
+    (void)state;
+    knit_manhole_options o;
+    knit_manhole_options_init(&o);
+    o.memory_limit = 4 * 1024 * 1024;
+    fx *f = fx_new(&o);
+    fx_start(f);
+    assert_int_equal(feed(f, "t = {} for i = 1, 1e8 do t[i] = i end"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "not enough memory"));
+    assert_int_equal(feed(f, "t = nil collectgarbage() return 'ok'"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"ok\"\n");
+    fx_free(f);
+}
+
+static void test_print_goes_to_client(void **state)
+{
+    fx *f = *state;
+    assert_int_equal(feed(f, "print('hello', 1, nil, true)"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "hello\t1\tnil\ttrue\n");
+    assert_int_equal(feed(f, "io.write('a', 1, 'b')"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "a1b");
+    assert_int_equal(feed(f, "os.exit(1)"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "os.exit is disabled"));
+    assert_int_equal(feed(f, "io.read()"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "io.read is disabled"));
+}
+
+static void test_pretty_print(void **state)
+{
+    fx *f = *state;
+    assert_int_equal(feed(f, "{1, 2, 3}"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "{1, 2, 3}\n");
+    assert_int_equal(feed(f, "{b = 2, a = 'x', [10] = true, ['not id'] = 1}"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "{[10] = true, a = \"x\", b = 2, [\"not id\"] = 1}\n");
+    assert_int_equal(feed(f, "{}"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "{}\n");
+    assert_int_equal(feed(f, "{n = {m = 1}}"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "{\n  n = {m = 1}\n}\n");
+    /* strings are quoted and escaped; keywords are not identifiers */
+    assert_int_equal(feed(f, "{['end'] = 'a\\nb\"'}"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "{[\"end\"] = \"a\\nb\\\"\"}\n");
+    /* cycles */
+    assert_int_equal(feed(f, "local t = {} t.self = t return t"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "{\n  self = <cycle>\n}\n");
+    /* depth bound (default 4) */
+    assert_int_equal(feed(f, "{{{{{{1}}}}}}"), KNIT_MANHOLE_OK);
+    assert_non_null(strstr(f->o.buf, "{...}"));
+    assert_null(strstr(f->o.buf, "1"));
+    /* item bound (default 100) */
+    assert_int_equal(feed(f, "local t = {} for i = 1, 250 do t[i] = i end return t"),
+                     KNIT_MANHOLE_OK);
+    assert_non_null(strstr(f->o.buf, "  100,\n  ... (150 more)\n}"));
+    /* __tostring is honoured */
+    assert_int_equal(feed(f, "setmetatable({}, {__tostring = function() return 'T!' end})"),
+                     KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "T!\n");
+}
+
+static void test_output_bound(void **state)
+{
+    (void)state;
+    knit_manhole_options o;
+    knit_manhole_options_init(&o);
+    o.max_output = 1000;
+    o.max_items = 100000;
+    fx *f = fx_new(&o);
+    fx_start(f);
+    assert_int_equal(feed(f, "local t = {} for i = 1, 10000 do t[i] = 'item' .. i end return t"),
+                     KNIT_MANHOLE_OK);
+    assert_true(f->o.len < 1100);
+    assert_non_null(strstr(f->o.buf, "...(output truncated)"));
+    fx_free(f);
+}
+
+/* ---- bindings ---- */
+
+static int counter;
+
+static int l_count(lua_State *L)
+{
+    int *c = knit_manhole_data(L);
+    lua_pushinteger(L, *c);
+    return 1;
+}
+
+static int l_get(lua_State *L)
+{
+    lua_Integer id = luaL_checkinteger(L, 1);
+    if (id != 7) {
+        lua_pushnil(L);
+        return 1;
+    }
+    lua_createtable(L, 0, 2);
+    knit_manhole_setfield_int(L, -1, "id", id);
+    knit_manhole_setfield_str(L, -1, "text", "hello");
+    return 1;
+}
+
+static int l_expire(lua_State *L)
+{
+    int *c = knit_manhole_data(L);
+    *c = 0;
+    lua_pushinteger(L, 3);
+    return 1;
+}
+
+static int push_limits(lua_State *L, void *data)
+{
+    (void)data;
+    lua_createtable(L, 0, 1);
+    knit_manhole_setfield_int(L, -1, "max", 10);
+    return 0;
+}
+
+static int l_flags(lua_State *L)
+{
+    lua_pushstring(L, "all flags");
+    return 1;
+}
+
+static int l_flags_set(lua_State *L)
+{
+    lua_pushfstring(L, "set %s", luaL_checkstring(L, 1));
+    return 1;
+}
+
+static void test_bindings(void **state)
+{
+    (void)state;
+    fx *f = fx_new(NULL);
+    counter = 5;
+    assert_int_equal(knit_manhole_register_fn(f->m, "notes.count", l_count, &counter,
+                                              "notes.count() -> number of notes"),
+                     0);
+    assert_int_equal(knit_manhole_register_fn(f->m, "notes.get", l_get, NULL,
+                                              "notes.get(id) -> note or nil"),
+                     0);
+    assert_int_equal(knit_manhole_register_fn(f->m, "notes.expire_now", l_expire, &counter,
+                                              "notes.expire_now() -> expired count"),
+                     0);
+    assert_int_equal(knit_manhole_register_value(f->m, "limits", push_limits, NULL, "limits"),
+                     0);
+    assert_int_equal(knit_manhole_register_fn(f->m, "flags.set", l_flags_set, NULL, "set"), 0);
+    assert_int_equal(knit_manhole_register_fn(f->m, "flags", l_flags, NULL, "list"), 0);
+    assert_int_equal(knit_manhole_register_fn(f->m, "bad..name", l_flags, NULL, ""), KNIT_EINVAL);
+    assert_int_equal(knit_manhole_register_fn(f->m, "1x", l_flags, NULL, ""), KNIT_EINVAL);
+    fx_start(f);
+    assert_int_equal(feed(f, "notes.count()"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "5\n");
+    assert_int_equal(feed(f, "notes.get(7)"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "{id = 7, text = \"hello\"}\n");
+    assert_int_equal(feed(f, "notes.get(8)"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "nil\n");
+    assert_int_equal(feed(f, "notes.get('x')"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "bad argument #1 to 'get'"));
+    assert_int_equal(feed(f, "notes.expire_now(), notes.count()"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "3\t0\n");
+    assert_int_equal(feed(f, "limits.max"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "10\n");
+    /* a name that is both a function and a table */
+    assert_int_equal(feed(f, "flags()"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"all flags\"\n");
+    assert_int_equal(feed(f, "flags.set('x')"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"set x\"\n");
+    /* help lists them with their docs */
+    assert_int_equal(feed(f, "help()"), KNIT_MANHOLE_OK);
+    assert_non_null(strstr(f->o.buf, "notes.get"));
+    assert_non_null(strstr(f->o.buf, "notes.get(id) -> note or nil"));
+    assert_non_null(strstr(f->o.buf, "log.level"));
+    assert_int_equal(feed(f, "help('notes')"), KNIT_MANHOLE_OK);
+    assert_non_null(strstr(f->o.buf, "notes.count() -> number of notes"));
+    assert_null(strstr(f->o.buf, "log.level"));
+    fx_free(f);
+}
+
+static void test_log_level_binding(void **state)
+{
+    fx *f = *state;
+    int old = knit_log_get_level();
+    assert_int_equal(feed(f, "log.level('error')"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"error\"\n");
+    assert_int_equal(knit_log_get_level(), KNIT_LOG_ERROR);
+    assert_int_equal(feed(f, "log.level('loud')"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "unknown log level"));
+    knit_log_set_level(old);
+}
+
+static void test_eval_is_logged(void **state)
+{
+    fx *f = *state;
+    knit_log_set_level(KNIT_LOG_INFO);
+    knit_test_log_begin();
+    assert_int_equal(feed(f, "1 + 1"), KNIT_MANHOLE_OK);
+    assert_int_equal(feed(f, "error('x')"), KNIT_MANHOLE_FAILED);
+    const char *t = knit_test_log_text();
+    assert_non_null(strstr(t, "mod=manhole msg=eval who=\"uid=test\""));
+    assert_non_null(strstr(t, "code=\"1 + 1\" result=ok"));
+    assert_non_null(strstr(t, "result=error"));
+    knit_test_log_end();
+    knit_log_set_level(KNIT_LOG_WARN);
+}
+
+static void test_sessions_are_isolated(void **state)
+{
+    fx *f = *state;
+    out o2 = {0};
+    knit_manhole_session *s2;
+    assert_int_equal(knit_manhole_session_new(f->m, "uid=other", out_write, &o2, &s2), 0);
+    assert_int_equal(feed(f, "shared = 1"), KNIT_MANHOLE_OK);
+    assert_int_equal(knit_manhole_session_feed(s2, "shared", 6), KNIT_MANHOLE_OK);
+    assert_string_equal(o2.buf, "nil\n");
+    assert_true(knit_manhole_session_id(s2) != knit_manhole_session_id(f->s));
+    assert_string_equal(knit_manhole_session_who(s2), "uid=other");
+    knit_manhole_session_free(s2);
+}
+
+static void test_long_input(void **state)
+{
+    fx *f = *state;
+    size_t n = KNIT_MANHOLE_MAX_LINE + 10;
+    char *big = malloc(n);
+    memset(big, ' ', n);
+    f->o.len = 0;
+    assert_int_equal(knit_manhole_session_feed(f->s, big, n), KNIT_ELIMIT);
+    free(big);
+    assert_int_equal(feed(f, "1"), KNIT_MANHOLE_OK);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test_setup_teardown(test_expression_prints_value, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_statement_and_underscore, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_multiline, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_whole_chunk, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_errors_have_traceback, setup, teardown),
+        cmocka_unit_test(test_budget_interrupts_loop),
+        cmocka_unit_test(test_poll_and_interrupt),
+        cmocka_unit_test(test_interrupt_from_inside),
+        cmocka_unit_test(test_memory_limit),
+        cmocka_unit_test_setup_teardown(test_print_goes_to_client, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_pretty_print, setup, teardown),
+        cmocka_unit_test(test_output_bound),
+        cmocka_unit_test(test_bindings),
+        cmocka_unit_test_setup_teardown(test_log_level_binding, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_eval_is_logged, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_sessions_are_isolated, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_long_input, setup, teardown),
+    };
+    return KNIT_RUN_TESTS(tests);
+}
