@@ -1,0 +1,462 @@
+/* connect.c — client connections: tcp:, tls:, unix:; name resolution off
+ * the reactor thread; happy eyeballs; connect timeout; cancellation.
+ *
+ * Thread: the reactor thread that called knit_endpoint_connect, except the
+ * resolver thread, which only runs getaddrinfo and hands the result back
+ * with knit_call_from_thread.
+ * Invariants: the user callback runs exactly once; the knit_connect struct
+ * lives until the callback ran and nothing else refers to it (resolver
+ * thread pending, TLS transport in its handshake).
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netdb.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "endpoint/endpoint_int.h"
+#include "knit/error.h"
+#include "knit/log.h"
+#include "tls/tls_int.h"
+
+#define MAX_ADDRS 16
+#define MAX_ATTEMPTS 4
+
+typedef struct attempt {
+    knit_io io;
+    struct knit_connect *c;
+    bool active;
+} attempt;
+
+struct knit_connect {
+    knit_reactor *r;
+    knit_protocol_factory *f;
+    knit_connect_cb cb;
+    void *arg;
+    knit_connect_options o;
+    char *host;
+    char port[8];
+    knit_sockaddr addrs[MAX_ADDRS];
+    size_t naddrs, next;
+    knit_sockaddr bind_addr;
+    attempt att[MAX_ATTEMPTS];
+    knit_timer stagger, deadline;
+    knit_tls_ctx *tls;
+    knit_transport *tls_t;   /* in its handshake */
+    int last_err;
+    bool done;               /* callback ran */
+    bool resolving;          /* resolver thread holds us */
+};
+
+void knit_connect_options_init(knit_connect_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->timeout = KNIT_CONNECT_TIMEOUT;
+}
+
+static void maybe_free(knit_connect *c)
+{
+    if (!c->done || c->resolving || c->tls_t) return;
+    free(c->host);
+    knit_tls_ctx_unref(c->tls);
+    free(c);
+}
+
+static void stop_attempts(knit_connect *c)
+{
+    for (int i = 0; i < MAX_ATTEMPTS; i++) {
+        if (!c->att[i].active) continue;
+        knit_io_stop(&c->att[i].io);
+        close(knit_io_fd(&c->att[i].io));
+        c->att[i].active = false;
+    }
+    if (c->stagger.id) knit_timer_cancel(c->r, c->stagger);
+    c->stagger = KNIT_TIMER_NONE;
+}
+
+static void finish(knit_connect *c, knit_protocol *p, int err)
+{
+    if (c->done) return;
+    c->done = true;
+    stop_attempts(c);
+    if (c->deadline.id) knit_timer_cancel(c->r, c->deadline);
+    c->deadline = KNIT_TIMER_NONE;
+    if (c->tls_t && err) {
+        /* abort the handshake; tls_ready will see done and free us */
+        knit__transport_close(c->tls_t, false, err == KNIT_ETIMEDOUT ? KNIT_CLOSE_TIMEOUT
+                                                                     : KNIT_CLOSE_ABORTED,
+                              err);
+    }
+    c->cb(c, p, err, c->arg);
+    maybe_free(c);
+}
+
+static void attach(knit_connect *c, knit_transport *t)
+{
+    knit_sockaddr peer;
+    if (knit_transport_peer(t, &peer) < 0) peer.len = 0;
+    knit_protocol *p = c->f->build(c->f, &peer);
+    if (!p) {
+        knit__transport_close(t, false, KNIT_CLOSE_REFUSED, 0);
+        finish(c, NULL, KNIT_ECANCELED);
+        return;
+    }
+    if (c->o.high_water) knit_transport_set_water_marks(t, c->o.high_water, c->o.low_water);
+    knit__transport_attach(t, p);
+    finish(c, p, 0);
+}
+
+static void tls_ready(knit_transport *t, int err, void *arg)
+{
+    knit_connect *c = arg;
+    c->tls_t = NULL;
+    if (c->done) {
+        if (!err) knit__transport_close(t, false, KNIT_CLOSE_ABORTED, KNIT_ECANCELED);
+        maybe_free(c);
+        return;
+    }
+    if (err) {
+        finish(c, NULL, err);
+        return;
+    }
+    attach(c, t);
+}
+
+static void start_next(knit_connect *c);
+
+static void connected(knit_connect *c, int slot)
+{
+    attempt *a = &c->att[slot];
+    int fd = knit_io_fd(&a->io);
+    knit_io_stop(&a->io);
+    a->active = false; /* the fd now belongs to the transport */
+    stop_attempts(c);
+    const knit__layer_ops *ops = NULL;
+    void *state = NULL;
+    int rc;
+    if (c->tls && (rc = knit__tls_layer_new(c->tls, fd, c->host, &ops, &state)) < 0) {
+        close(fd);
+        finish(c, NULL, rc);
+        return;
+    }
+    knit_transport *t;
+    if (ops) {
+        c->tls_t = (knit_transport *)1; /* placeholder while the transport is created */
+        rc = knit__transport_new(c->r, fd, false, ops, state, tls_ready, c, 0, &t);
+        if (rc < 0) {
+            c->tls_t = NULL;
+            finish(c, NULL, rc);
+            return;
+        }
+        if (c->tls_t) c->tls_t = t; /* tls_ready has not run yet */
+        return;
+    }
+    rc = knit__transport_new(c->r, fd, false, NULL, NULL, NULL, NULL, 0, &t);
+    if (rc < 0) {
+        finish(c, NULL, rc);
+        return;
+    }
+    attach(c, t);
+}
+
+static void on_attempt(knit_io *io, unsigned ev)
+{
+    attempt *a = io->data;
+    knit_connect *c = a->c;
+    int slot = (int)(a - c->att);
+    int soerr = 0;
+    socklen_t sl = sizeof soerr;
+    getsockopt(knit_io_fd(io), SOL_SOCKET, SO_ERROR, &soerr, &sl);
+    if (soerr == 0 && (ev & KNIT_WRITABLE) && !(ev & KNIT_IOERR)) {
+        connected(c, slot);
+        return;
+    }
+    c->last_err = soerr ? -soerr : KNIT_ECONNREFUSED;
+    knit_io_stop(io);
+    close(knit_io_fd(io));
+    a->active = false;
+    start_next(c); /* a failure starts the next address at once */
+}
+
+static void stagger_cb(knit_reactor *r, void *arg)
+{
+    knit_connect *c = arg;
+    c->stagger = KNIT_TIMER_NONE;
+    start_next(c);
+}
+
+static bool any_active(const knit_connect *c)
+{
+    for (int i = 0; i < MAX_ATTEMPTS; i++)
+        if (c->att[i].active) return true;
+    return false;
+}
+
+static void start_next(knit_connect *c)
+{
+    while (c->next < c->naddrs) {
+        int slot = -1;
+        for (int i = 0; i < MAX_ATTEMPTS; i++)
+            if (!c->att[i].active) {
+                slot = i;
+                break;
+            }
+        if (slot < 0) break; /* wait for a slot */
+        knit_sockaddr *sa = &c->addrs[c->next++];
+        int fd = socket(sa->u.sa.sa_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+        if (fd < 0) {
+            c->last_err = -errno;
+            continue;
+        }
+        if (c->bind_addr.len && c->bind_addr.u.sa.sa_family == sa->u.sa.sa_family &&
+            bind(fd, &c->bind_addr.u.sa, c->bind_addr.len) < 0) {
+            c->last_err = -errno;
+            close(fd);
+            continue;
+        }
+        int rc = connect(fd, &sa->u.sa, sa->len);
+        if (rc < 0 && errno != EINPROGRESS) {
+            c->last_err = -errno;
+            close(fd);
+            continue;
+        }
+        attempt *a = &c->att[slot];
+        a->c = c;
+        a->active = true;
+        knit_io_init(c->r, &a->io, fd, on_attempt, a);
+        if ((rc = knit_io_start(&a->io, KNIT_WRITABLE)) < 0) {
+            c->last_err = rc;
+            close(fd);
+            a->active = false;
+            continue;
+        }
+        /* Give this one a head start before trying the next address. */
+        if (c->next < c->naddrs && !c->stagger.id)
+            c->stagger = knit_call_later(c->r, KNIT_HAPPY_EYEBALLS_DELAY, stagger_cb, c);
+        return;
+    }
+    if (!any_active(c) && c->next >= c->naddrs)
+        finish(c, NULL, c->last_err ? c->last_err : KNIT_ECONNREFUSED);
+}
+
+static void deadline_cb(knit_reactor *r, void *arg)
+{
+    knit_connect *c = arg;
+    c->deadline = KNIT_TIMER_NONE;
+    finish(c, NULL, KNIT_ETIMEDOUT);
+}
+
+/* Order addresses IPv6, IPv4, IPv6, ... (RFC 8305 §4). */
+static void interleave(knit_connect *c, const struct addrinfo *ai)
+{
+    knit_sockaddr v6[MAX_ADDRS], v4[MAX_ADDRS];
+    size_t n6 = 0, n4 = 0;
+    for (; ai; ai = ai->ai_next) {
+        if (ai->ai_family == AF_INET6 && n6 < MAX_ADDRS) {
+            memset(&v6[n6], 0, sizeof v6[n6]);
+            memcpy(&v6[n6].u, ai->ai_addr, ai->ai_addrlen);
+            v6[n6++].len = ai->ai_addrlen;
+        } else if (ai->ai_family == AF_INET && n4 < MAX_ADDRS) {
+            memset(&v4[n4], 0, sizeof v4[n4]);
+            memcpy(&v4[n4].u, ai->ai_addr, ai->ai_addrlen);
+            v4[n4++].len = ai->ai_addrlen;
+        }
+    }
+    size_t i6 = 0, i4 = 0;
+    c->naddrs = 0;
+    while ((i6 < n6 || i4 < n4) && c->naddrs < MAX_ADDRS) {
+        if (i6 < n6) c->addrs[c->naddrs++] = v6[i6++];
+        if (i4 < n4 && c->naddrs < MAX_ADDRS) c->addrs[c->naddrs++] = v4[i4++];
+    }
+}
+
+typedef struct resolve_job {
+    knit_connect *c;
+    struct addrinfo *res;
+    int gai;
+} resolve_job;
+
+static void resolved(knit_reactor *r, void *arg)
+{
+    resolve_job *j = arg;
+    knit_connect *c = j->c;
+    c->resolving = false;
+    if (!c->done) {
+        if (j->gai != 0) {
+            KNIT_INFO("endpoint", "resolving %s: %s", c->host, gai_strerror(j->gai));
+            finish(c, NULL, KNIT_EDNS);
+        } else {
+            interleave(c, j->res);
+            if (c->naddrs == 0) finish(c, NULL, KNIT_EDNS);
+            else start_next(c);
+        }
+    } else {
+        maybe_free(c);
+    }
+    if (j->res) freeaddrinfo(j->res);
+    free(j);
+}
+
+static void *resolver(void *arg)
+{
+    resolve_job *j = arg;
+    knit_signal_block_all();
+    struct addrinfo hints = {0};
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_ADDRCONFIG;
+    j->gai = getaddrinfo(j->c->host, j->c->port, &hints, &j->res);
+    if (knit_call_from_thread(j->c->r, resolved, j) != 0) {
+        /* Cannot report back; the reactor will time the connect out. */
+        if (j->res) freeaddrinfo(j->res);
+        free(j);
+    }
+    return NULL;
+}
+
+static int start(knit_connect *c, char *err, size_t n)
+{
+    if (c->o.timeout > 0) c->deadline = knit_call_later(c->r, c->o.timeout, deadline_cb, c);
+    struct addrinfo hints = {0}, *res = NULL;
+    hints.ai_socktype = SOCK_STREAM;
+    hints.ai_flags = AI_NUMERICHOST | AI_NUMERICSERV;
+    if (getaddrinfo(c->host, c->port, &hints, &res) == 0) {
+        interleave(c, res);
+        freeaddrinfo(res);
+        /* From the loop, so the callback never runs inside connect(). */
+        c->stagger = knit_call_later(c->r, 0, stagger_cb, c);
+        return 0;
+    }
+    resolve_job *j = calloc(1, sizeof *j);
+    if (!j) return KNIT_ENOMEM;
+    j->c = c;
+    c->resolving = true;
+    pthread_t th;
+    pthread_attr_t at;
+    pthread_attr_init(&at);
+    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
+    pthread_attr_setstacksize(&at, 256 * 1024);
+    int rc = pthread_create(&th, &at, resolver, j);
+    pthread_attr_destroy(&at);
+    if (rc != 0) {
+        c->resolving = false;
+        free(j);
+        if (err && n) snprintf(err, n, "cannot start a resolver thread: %s", strerror(rc));
+        return -rc;
+    }
+    return 0;
+}
+
+static knit_connect *new_connect(knit_reactor *r, knit_protocol_factory *f,
+                                 const knit_connect_options *o, knit_connect_cb cb, void *arg,
+                                 const knit_endpoint_desc *d)
+{
+    knit_connect *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->r = r;
+    c->f = f;
+    c->cb = cb;
+    c->arg = arg;
+    if (o) c->o = *o;
+    else knit_connect_options_init(&c->o);
+    const char *v = knit_endpoint_desc_get(d, "timeout");
+    if (v) knit__ep_check_timeout(d, v, &c->o.timeout, NULL, 0);
+    return c;
+}
+
+int knit__ep_tcp_connect(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
+                         const knit_connect_options *o, knit_connect_cb cb, void *arg,
+                         knit_connect **out, char *err, size_t n)
+{
+    knit_connect *c = new_connect(r, f, o, cb, arg, d);
+    if (!c) return KNIT_ENOMEM;
+    const char *host = d->nargs > 0 ? d->args[0] : knit_endpoint_desc_get(d, "host");
+    const char *port = d->nargs > 1 ? d->args[1] : knit_endpoint_desc_get(d, "port");
+    c->host = strdup(host);
+    snprintf(c->port, sizeof c->port, "%s", port);
+    const char *v;
+    if ((v = knit_endpoint_desc_get(d, "bindAddress"))) {
+        if (inet_pton(AF_INET, v, &c->bind_addr.u.in.sin_addr) == 1) {
+            c->bind_addr.u.in.sin_family = AF_INET;
+            c->bind_addr.len = sizeof c->bind_addr.u.in;
+        } else if (inet_pton(AF_INET6, v, &c->bind_addr.u.in6.sin6_addr) == 1) {
+            c->bind_addr.u.in6.sin6_family = AF_INET6;
+            c->bind_addr.len = sizeof c->bind_addr.u.in6;
+        }
+    }
+    int rc;
+    if (strcmp(d->kind, "tls") == 0) {
+        knit_tls_options to;
+        knit_tls_options_init(&to);
+        to.ca_dir = knit_endpoint_desc_get(d, "caCertsDir");
+        to.ca_file = knit_endpoint_desc_get(d, "caCerts");
+        to.alpn = knit_endpoint_desc_get(d, "alpn");
+        to.cert_file = knit_endpoint_desc_get(d, "certKey");
+        to.key_file = knit_endpoint_desc_get(d, "privateKey");
+        if ((v = knit_endpoint_desc_get(d, "minVersion"))) to.min_version = v;
+        if ((v = knit_endpoint_desc_get(d, "verify")))
+            knit__ep_check_bool(d, "verify", v, &to.verify, NULL, 0);
+        if ((rc = knit_tls_client_ctx_new(&c->tls, &to, err, n)) < 0) goto fail;
+    }
+    if (!c->host) {
+        rc = KNIT_ENOMEM;
+        goto fail;
+    }
+    if ((rc = start(c, err, n)) < 0) goto fail;
+    if (out) *out = c;
+    return 0;
+fail:
+    if (c->deadline.id) knit_timer_cancel(r, c->deadline);
+    free(c->host);
+    knit_tls_ctx_unref(c->tls);
+    free(c);
+    return rc;
+}
+
+int knit__ep_unix_connect(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
+                          const knit_connect_options *o, knit_connect_cb cb, void *arg,
+                          knit_connect **out, char *err, size_t n)
+{
+    knit_connect *c = new_connect(r, f, o, cb, arg, d);
+    if (!c) return KNIT_ENOMEM;
+    const char *path = d->nargs > 0 ? d->args[0] : knit_endpoint_desc_get(d, "path");
+    knit_sockaddr *a = &c->addrs[0];
+    a->u.un.sun_family = AF_UNIX;
+    size_t plen = strlen(path);
+    memcpy(a->u.un.sun_path, path, plen);
+    bool abstract = path[0] == '@';
+    if (abstract) a->u.un.sun_path[0] = 0;
+    a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen + (abstract ? 0 : 1));
+    c->naddrs = 1;
+    if (c->o.timeout > 0) c->deadline = knit_call_later(r, c->o.timeout, deadline_cb, c);
+    if (out) *out = c;
+    c->stagger = knit_call_later(r, 0, stagger_cb, c); /* never call back inside connect() */
+    return 0;
+}
+
+int knit_endpoint_connect(knit_reactor *r, const char *desc, knit_protocol_factory *factory,
+                          const knit_connect_options *opts, knit_connect_cb cb, void *arg,
+                          knit_connect **out, char *err, size_t errlen)
+{
+    char dummy[KNIT_ENDPOINT_ERRLEN];
+    if (!err || !errlen) err = dummy, errlen = sizeof dummy;
+    if (out) *out = NULL;
+    knit_endpoint_desc *d;
+    const knit_endpoint_kind *k;
+    int rc = knit__endpoint_parse_kind(desc, false, &d, &k, err, errlen);
+    if (rc) return rc;
+    rc = k->connect(r, d, factory, opts, cb, arg, out, err, errlen);
+    knit_endpoint_desc_free(d);
+    return rc;
+}
+
+int knit_connect_cancel(knit_connect *c)
+{
+    if (!c || c->done) return KNIT_ENOTACTIVE;
+    finish(c, NULL, KNIT_ECANCELED);
+    return 0;
+}

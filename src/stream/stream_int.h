@@ -1,0 +1,97 @@
+/* stream_int.h — the transport struct and the seams used by the endpoint
+ * and tls modules (layers under a socket transport, pre-protocol phases).
+ * Internal to knit. [reactor] */
+#ifndef KNIT_STREAM_INT_H
+#define KNIT_STREAM_INT_H
+
+#include <sys/types.h>
+
+#include "knit/stream.h"
+
+/* A layer between the socket and the transport's byte stream: TLS. The
+ * default (NULL layer) uses recv/send on the fd directly. Return values:
+ * bytes (> 0), 0 for a clean EOF (recv only), or a negative knit code;
+ * KNIT_EAGAIN means "would block" — the layer records in t->layer_want
+ * which readiness (KNIT_READABLE/KNIT_WRITABLE) it needs. */
+typedef struct knit__layer_ops {
+    const char *kind;                                        /* "tls" */
+    int (*handshake)(knit_transport *t);                     /* 0 done, EAGAIN, error */
+    ssize_t (*recv)(knit_transport *t, void *buf, size_t n);
+    ssize_t (*send)(knit_transport *t, const void *buf, size_t n);
+    int (*shutdown)(knit_transport *t);                      /* close_notify: 0/EAGAIN/err */
+    bool (*pending)(knit_transport *t);                      /* decrypted bytes buffered */
+    void (*release_idle)(knit_transport *t);                 /* drop buffers while idle */
+    void (*free)(knit_transport *t);
+} knit__layer_ops;
+
+enum {
+    TP_MEMORY = 1u << 0,      /* memory transport */
+    TP_CLOSING = 1u << 1,     /* lose_connection: close when flushed */
+    TP_CLOSED = 1u << 2,      /* fd closed; connection_lost queued */
+    TP_SHUT_REQ = 1u << 3,    /* shutdown_write requested */
+    TP_SHUT_DONE = 1u << 4,   /* FIN/close_notify sent */
+    TP_EOF = 1u << 5,         /* peer's EOF seen */
+    TP_PAUSED = 1u << 6,      /* producer told to pause */
+    TP_UNIX = 1u << 7,        /* AF_UNIX socket */
+    TP_PROXY = 1u << 8,       /* phase: waiting for the PROXY header */
+    TP_HANDSHAKE = 1u << 9,   /* phase: TLS handshake */
+    TP_ATTACHED = 1u << 10,   /* a protocol is attached */
+    TP_LOST_DONE = 1u << 11,  /* connection_lost delivered (memory) */
+    TP_ABORT_REQ = 1u << 12,  /* memory: abort requested */
+    TP_TLS_SHUT = 1u << 13,   /* TLS close_notify in progress */
+};
+
+/* Called once when the pre-protocol phases (PROXY header, TLS handshake)
+ * end: err 0 → attach a protocol with knit__transport_attach (or close);
+ * err < 0 → the transport is already closing and will free itself. */
+typedef void (*knit__ready_fn)(knit_transport *t, int err, void *arg);
+
+/* Owner hook: runs right before the transport is freed (listener counts). */
+typedef void (*knit__owner_fn)(knit_transport *t, void *owner);
+
+struct knit_transport {
+    knit_io io;                  /* the fd watch; io.data == this */
+    knit_protocol *proto;
+    knit_buf out;                /* queued output; idle (no memory) when empty */
+    knit_buf in;                 /* unconsumed input; idle when empty */
+    const knit__layer_ops *layer;
+    void *layer_state;           /* SSL * for TLS */
+    knit__ready_fn ready;        /* pre-protocol completion */
+    void *ready_arg;
+    knit__owner_fn owner_fn;
+    void *owner;
+    knit_transport *prev, *next; /* owner's list */
+    knit_sockaddr *proxied;      /* [0] src, [1] dst from a PROXY header; else NULL */
+    knit_timer phase_timer;      /* PROXY/handshake deadline */
+    uint32_t high, low;
+    uint16_t flags;
+    uint8_t reason;              /* knit_close_reason once closing */
+    uint8_t read_pauses;
+    uint8_t layer_want;          /* readiness a layer is waiting for */
+    uint8_t soon;                /* queued call-soon callbacks holding t */
+    int16_t _pad;
+    int err;
+};
+
+/* Create a socket transport for a connected FD (non-blocking from now on;
+ * owned by the transport even on failure). With READY NULL a protocol must
+ * be attached at once; otherwise the PROXY phase (PROXY true) and the TLS
+ * handshake (LAYER non-NULL; its state already in LAYER_STATE) run first.
+ * PHASE_TIMEOUT bounds them (0: none). */
+int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_ops *layer,
+                        void *layer_state, knit__ready_fn ready, void *ready_arg,
+                        knit_duration phase_timeout, knit_transport **out);
+/* Attach P and run connection_made; starts reading. */
+void knit__transport_attach(knit_transport *t, knit_protocol *p);
+/* Close without a protocol (refused by the factory / limit): frees later. */
+void knit__transport_close(knit_transport *t, bool flush, knit_close_reason reason, int err);
+
+/* Drive the PROXY/TLS phases (after setting t->ready); the timer callback
+ * for t->phase_timer. */
+void knit__transport_run_phases(knit_transport *t);
+void knit__transport_phase_timeout(knit_reactor *r, void *arg);
+
+/* Per-thread scratch for reads (KNIT_STREAM_READ_CHUNK bytes), or NULL. */
+uint8_t *knit__stream_scratch(void);
+
+#endif

@@ -1,0 +1,824 @@
+/* transport.c — socket transports: buffered non-blocking writes, reads into
+ * per-thread scratch memory, flow control, half-close, abort, and the
+ * pre-protocol phases (PROXY header, TLS handshake) used by endpoints.
+ *
+ * Thread: everything runs on the reactor thread that owns the transport.
+ *
+ * Invariants that must not break:
+ *  - An idle connection owns no buffers: t->in holds only bytes a protocol
+ *    left unconsumed, t->out only bytes the socket refused; both are
+ *    released as soon as they empty. Reads go into a per-thread scratch
+ *    area (knit__stream_scratch), so each reactor thread has its own.
+ *  - connection_lost is delivered from a queued reactor call (never from
+ *    inside a call the protocol made), exactly once, and the struct is freed
+ *    only after it ran *and* every other queued call holding t (t->soon)
+ *    has run — so a protocol may abort() inside data_received and the read
+ *    loop still sees valid memory when the callback returns.
+ *  - After TP_CLOSED the fd is closed and nothing touches it again.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "knit/endpoint.h" /* knit_proxy_header_parse */
+#include "knit/error.h"
+#include "knit/log.h"
+#include "stream/stream_int.h"
+
+static _Thread_local uint8_t *scratch;
+
+uint8_t *knit__stream_scratch(void)
+{
+    if (!scratch) scratch = malloc(KNIT_STREAM_READ_CHUNK);
+    return scratch;
+}
+
+const char *knit_close_reason_name(knit_close_reason r)
+{
+    static const char *const names[KNIT_CLOSE__COUNT] = {
+        "done",           "peer_closed", "aborted",     "reset",   "timeout",  "io_error",
+        "tls_error",      "protocol_error", "proxy_error", "refused", "shutdown", "out_of_memory"};
+    if ((unsigned)r >= KNIT_CLOSE__COUNT) return "unknown";
+    return names[r];
+}
+
+static void on_io(knit_io *io, unsigned ev);
+static void close_now(knit_transport *t, knit_close_reason reason, int err, bool rst);
+static void finish_close(knit_transport *t);
+static void flush(knit_transport *t);
+
+static knit_close_reason reason_for(int err)
+{
+    switch (err) {
+    case KNIT_ECONNRESET:
+    case KNIT_EPIPE:
+        return KNIT_CLOSE_RESET;
+    case KNIT_ETLS:
+        return KNIT_CLOSE_TLS_ERROR;
+    case KNIT_ETIMEDOUT:
+        return KNIT_CLOSE_TIMEOUT;
+    case KNIT_ENOMEM:
+        return KNIT_CLOSE_NOMEM;
+    default:
+        return KNIT_CLOSE_IO_ERROR;
+    }
+}
+
+/* ---- raw IO through the optional layer ----------------------------------- */
+
+static ssize_t do_recv(knit_transport *t, void *buf, size_t n)
+{
+    if (t->layer) return t->layer->recv(t, buf, n);
+    for (;;) {
+        ssize_t r = recv(t->io._fd, buf, n, 0);
+        if (r >= 0) return r;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return KNIT_EAGAIN;
+        return -errno;
+    }
+}
+
+static ssize_t do_send(knit_transport *t, const void *buf, size_t n)
+{
+    if (t->layer) return t->layer->send(t, buf, n);
+    for (;;) {
+        ssize_t r = send(t->io._fd, buf, n, MSG_NOSIGNAL);
+        if (r >= 0) return r;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return KNIT_EAGAIN;
+        return -errno;
+    }
+}
+
+static ssize_t do_sendv(knit_transport *t, const struct iovec *iov, int cnt)
+{
+    if (t->layer) {
+        ssize_t total = 0;
+        for (int i = 0; i < cnt; i++) {
+            if (!iov[i].iov_len) continue;
+            ssize_t r = t->layer->send(t, iov[i].iov_base, iov[i].iov_len);
+            if (r < 0) return total ? total : r;
+            total += r;
+            if ((size_t)r < iov[i].iov_len) break;
+        }
+        return total;
+    }
+    struct msghdr m = {0};
+    m.msg_iov = (struct iovec *)iov;
+    m.msg_iovlen = (size_t)(cnt > IOV_MAX ? IOV_MAX : cnt);
+    for (;;) {
+        ssize_t r = sendmsg(t->io._fd, &m, MSG_NOSIGNAL);
+        if (r >= 0) return r;
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return KNIT_EAGAIN;
+        return -errno;
+    }
+}
+
+/* ---- queued calls that hold the transport -------------------------------- */
+
+static void free_transport(knit_transport *t)
+{
+    if (t->owner_fn) t->owner_fn(t, t->owner);
+    free(t->proxied);
+    free(t);
+}
+
+static void soon_release(knit_transport *t)
+{
+    t->soon--;
+    if ((t->flags & TP_CLOSED) && (t->flags & TP_LOST_DONE) && t->soon == 0) free_transport(t);
+}
+
+static void lost_cb(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_transport *t = arg;
+    t->flags |= TP_LOST_DONE;
+    if (t->flags & TP_ATTACHED) {
+        knit_protocol *p = t->proto;
+        p->transport = NULL;
+        t->proto = NULL;
+        p->ops->connection_lost(p, (knit_close_reason)t->reason, t->err);
+    } else if (t->ready) {
+        knit__ready_fn fn = t->ready;
+        t->ready = NULL;
+        fn(t, t->err ? t->err : KNIT_ECLOSED, t->ready_arg);
+    }
+    soon_release(t);
+}
+
+static void do_read(knit_transport *t);
+
+static void reread_cb(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_transport *t = arg;
+    if (!(t->flags & TP_CLOSED)) do_read(t);
+    soon_release(t);
+}
+
+static void call_soon(knit_transport *t, knit_call_fn fn)
+{
+    t->soon++;
+    if (knit_call_from_thread(t->io._r, fn, t) != 0) {
+        /* Out of memory for the queue: run it now. Callers only get here
+         * from reactor callbacks, never from inside a protocol call. */
+        fn(t->io._r, t);
+    }
+}
+
+/* ---- watch management ----------------------------------------------------- */
+
+static void update_watch(knit_transport *t)
+{
+    if (t->flags & (TP_CLOSED | TP_MEMORY)) return;
+    unsigned ev = 0;
+    if (t->flags & TP_PROXY) {
+        ev = KNIT_READABLE;
+    } else if (t->flags & (TP_HANDSHAKE | TP_TLS_SHUT)) {
+        ev = t->layer_want ? t->layer_want : KNIT_READABLE;
+    } else {
+        bool reading = (t->flags & TP_ATTACHED) && !t->read_pauses &&
+                       !(t->flags & (TP_CLOSING | TP_EOF));
+        if (reading) ev |= KNIT_READABLE;
+        if (!knit_buf_empty(&t->out)) ev |= KNIT_WRITABLE;
+        ev |= t->layer_want;
+    }
+    int rc = knit_io_start(&t->io, ev);
+    if (rc < 0) close_now(t, KNIT_CLOSE_IO_ERROR, rc, false);
+}
+
+static void check_high(knit_transport *t)
+{
+    if (!(t->flags & TP_PAUSED) && knit_buf_len(&t->out) > t->high) {
+        t->flags |= TP_PAUSED;
+        if (t->proto && t->proto->ops->pause_producing) t->proto->ops->pause_producing(t->proto);
+    }
+}
+
+static void check_low(knit_transport *t)
+{
+    if ((t->flags & TP_PAUSED) && knit_buf_len(&t->out) <= t->low) {
+        t->flags &= (uint16_t)~TP_PAUSED;
+        if (t->proto && t->proto->ops->resume_producing)
+            t->proto->ops->resume_producing(t->proto);
+    }
+}
+
+/* ---- closing -------------------------------------------------------------- */
+
+static void close_now(knit_transport *t, knit_close_reason reason, int err, bool rst)
+{
+    if (t->flags & TP_CLOSED) return;
+    t->flags |= TP_CLOSED;
+    t->reason = (uint8_t)reason;
+    t->err = err;
+    if (t->phase_timer.id) {
+        knit_timer_cancel(t->io._r, t->phase_timer);
+        t->phase_timer = KNIT_TIMER_NONE;
+    }
+    knit_io_stop(&t->io);
+    if (rst && !(t->flags & TP_UNIX)) {
+        struct linger lg = {1, 0};
+        setsockopt(t->io._fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
+    }
+    if (t->layer) {
+        t->layer->free(t);
+        t->layer = NULL;
+    }
+    close(t->io._fd);
+    knit_buf_release(&t->out);
+    knit_buf_release(&t->in);
+    call_soon(t, lost_cb);
+}
+
+/* The output is empty and the connection should end cleanly. */
+static void finish_close(knit_transport *t)
+{
+    if (t->layer && t->layer->shutdown && !(t->flags & TP_HANDSHAKE)) {
+        int rc = t->layer->shutdown(t);
+        if (rc == KNIT_EAGAIN) {
+            t->flags |= TP_TLS_SHUT;
+            update_watch(t);
+            return;
+        }
+    }
+    close_now(t, (knit_close_reason)t->reason, t->err, false);
+}
+
+void knit__transport_close(knit_transport *t, bool flush_first, knit_close_reason reason, int err)
+{
+    if (t->flags & TP_CLOSED) return;
+    if (!flush_first) {
+        close_now(t, reason, err, true);
+        return;
+    }
+    if (t->flags & TP_CLOSING) return;
+    t->flags |= TP_CLOSING;
+    t->reason = (uint8_t)reason;
+    t->err = err;
+    if (knit_buf_empty(&t->out)) finish_close(t);
+    else update_watch(t);
+}
+
+/* ---- output ---------------------------------------------------------------- */
+
+static void flush(knit_transport *t)
+{
+    while (!knit_buf_empty(&t->out)) {
+        size_t len = knit_buf_len(&t->out);
+        ssize_t n = do_send(t, knit_buf_data(&t->out), len);
+        if (n == KNIT_EAGAIN) break;
+        if (n < 0) {
+            close_now(t, reason_for((int)n), (int)n, false);
+            return;
+        }
+        knit_buf_consume(&t->out, (size_t)n);
+        if ((size_t)n < len && !t->layer) break; /* socket full: wait */
+    }
+    if (knit_buf_empty(&t->out)) {
+        knit_buf_release(&t->out); /* idle: own nothing */
+        if ((t->flags & TP_SHUT_REQ) && !(t->flags & TP_SHUT_DONE)) {
+            t->flags |= TP_SHUT_DONE;
+            if (t->layer && t->layer->shutdown) t->layer->shutdown(t);
+            else shutdown(t->io._fd, SHUT_WR);
+            if (t->flags & TP_EOF) {
+                knit__transport_close(t, true, KNIT_CLOSE_PEER, 0);
+                return;
+            }
+        }
+        if (t->flags & TP_CLOSING) {
+            finish_close(t);
+            return;
+        }
+    }
+    check_low(t);
+    if (!(t->flags & TP_CLOSED)) update_watch(t);
+}
+
+int knit_transport_writev(knit_transport *t, const struct iovec *iov, int iovcnt)
+{
+    if (t->flags & (TP_CLOSED | TP_CLOSING | TP_SHUT_REQ | TP_ABORT_REQ)) return KNIT_ECLOSED;
+    size_t total = 0;
+    for (int i = 0; i < iovcnt; i++)
+        total += iov[i].iov_len;
+    if (total == 0) return 0;
+    size_t done = 0;
+    if (!(t->flags & (TP_MEMORY | TP_HANDSHAKE | TP_PROXY)) && knit_buf_empty(&t->out) &&
+        !t->layer_want) {
+        ssize_t n = do_sendv(t, iov, iovcnt);
+        if (n < 0 && n != KNIT_EAGAIN) {
+            close_now(t, reason_for((int)n), (int)n, false);
+            return 0; /* reported through connection_lost */
+        }
+        if (n > 0) done = (size_t)n;
+        if (done == total) return 0;
+    }
+    /* Queue what the socket did not take. */
+    for (int i = 0; i < iovcnt; i++) {
+        size_t l = iov[i].iov_len;
+        if (done >= l) {
+            done -= l;
+            continue;
+        }
+        int rc = knit_buf_append(&t->out, (const uint8_t *)iov[i].iov_base + done, l - done);
+        done = 0;
+        if (rc < 0) {
+            if (t->flags & TP_MEMORY) return rc;
+            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+            return rc;
+        }
+    }
+    update_watch(t);
+    check_high(t);
+    return 0;
+}
+
+int knit_transport_write(knit_transport *t, const void *data, size_t len)
+{
+    struct iovec iov = {(void *)data, len};
+    return knit_transport_writev(t, &iov, 1);
+}
+
+int knit_transport_write_buf(knit_transport *t, knit_buf *b)
+{
+    if (t->flags & (TP_CLOSED | TP_CLOSING | TP_SHUT_REQ | TP_ABORT_REQ)) {
+        knit_buf_release(b);
+        return KNIT_ECLOSED;
+    }
+    if (!knit_buf_empty(&t->out) || (t->flags & TP_MEMORY)) {
+        int rc = knit_buf_move(&t->out, b);
+        if (rc < 0) {
+            knit_buf_release(b);
+            if (!(t->flags & TP_MEMORY)) close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+            return rc;
+        }
+        update_watch(t);
+        check_high(t);
+        return 0;
+    }
+    struct iovec iov;
+    if (!knit_buf_iov(b, &iov)) {
+        knit_buf_release(b);
+        return 0;
+    }
+    /* Try the socket first; then keep B's memory as the output buffer. */
+    if (!(t->flags & (TP_HANDSHAKE | TP_PROXY)) && !t->layer_want) {
+        ssize_t n = do_send(t, iov.iov_base, iov.iov_len);
+        if (n < 0 && n != KNIT_EAGAIN) {
+            knit_buf_release(b);
+            close_now(t, reason_for((int)n), (int)n, false);
+            return 0;
+        }
+        if (n > 0) knit_buf_consume(b, (size_t)n);
+    }
+    int rc = knit_buf_move(&t->out, b);
+    knit_buf_release(b);
+    if (rc < 0) {
+        close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+        return rc;
+    }
+    if (!knit_buf_empty(&t->out)) {
+        update_watch(t);
+        check_high(t);
+    }
+    return 0;
+}
+
+/* ---- input ----------------------------------------------------------------- */
+
+static void on_eof(knit_transport *t)
+{
+    t->flags |= TP_EOF;
+    knit_protocol *p = t->proto;
+    bool keep = p->ops->eof_received && p->ops->eof_received(p);
+    if (t->flags & TP_CLOSED) return;
+    if (!keep || (t->flags & TP_SHUT_DONE)) {
+        knit__transport_close(t, true, KNIT_CLOSE_PEER, 0);
+        return;
+    }
+    update_watch(t);
+}
+
+static void do_read(knit_transport *t)
+{
+    for (int i = 0; i < KNIT_STREAM_READS_PER_EVENT || (t->layer && t->layer->pending(t)); i++) {
+        if ((t->flags & (TP_CLOSED | TP_CLOSING | TP_EOF)) || t->read_pauses ||
+            !(t->flags & TP_ATTACHED))
+            return;
+        knit_buf sbuf, *b;
+        uint8_t *dst;
+        size_t cap;
+        bool use_scratch = knit_buf_empty(&t->in);
+        if (use_scratch) {
+            knit_buf_release(&t->in);
+            uint8_t *s = knit__stream_scratch();
+            if (!s) {
+                close_now(t, KNIT_CLOSE_NOMEM, KNIT_ENOMEM, true);
+                return;
+            }
+            knit_buf_init_borrowed(&sbuf, s, KNIT_STREAM_READ_CHUNK);
+            b = &sbuf;
+            dst = s;
+            cap = KNIT_STREAM_READ_CHUNK;
+        } else {
+            int err = 0;
+            dst = knit_buf_reserve(&t->in, 16384, &err);
+            if (!dst) {
+                close_now(t, KNIT_CLOSE_NOMEM, err, true);
+                return;
+            }
+            b = &t->in;
+            cap = knit_buf_avail(&t->in);
+        }
+        ssize_t n = do_recv(t, dst, cap);
+        if (n == KNIT_EAGAIN) {
+            update_watch(t);
+            return;
+        }
+        if (n == 0) {
+            on_eof(t);
+            return;
+        }
+        if (n < 0) {
+            close_now(t, reason_for((int)n), (int)n, false);
+            return;
+        }
+        knit_buf_commit(b, (size_t)n);
+        t->proto->ops->data_received(t->proto, b);
+        if (use_scratch) {
+            if (!knit_buf_empty(&sbuf) && !(t->flags & TP_CLOSED)) {
+                int rc = knit_buf_move(&t->in, &sbuf);
+                if (rc < 0) {
+                    knit_buf_release(&sbuf);
+                    close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+                    return;
+                }
+            }
+            knit_buf_release(&sbuf); /* a protocol may have grown it onto the heap */
+        } else if (knit_buf_empty(&t->in)) {
+            knit_buf_release(&t->in);
+        }
+        if ((size_t)n < cap && !(t->layer && t->layer->pending(t))) break;
+    }
+    if (!(t->flags & TP_CLOSED)) update_watch(t);
+}
+
+/* ---- pre-protocol phases ----------------------------------------------------- */
+
+static void phases_done(knit_transport *t)
+{
+    if (t->phase_timer.id) {
+        knit_timer_cancel(t->io._r, t->phase_timer);
+        t->phase_timer = KNIT_TIMER_NONE;
+    }
+    knit__ready_fn fn = t->ready;
+    t->ready = NULL;
+    if (fn) fn(t, 0, t->ready_arg);
+}
+
+
+static void proxy_step(knit_transport *t)
+{
+    uint8_t buf[1024];
+    size_t have = knit_buf_len(&t->in);
+    memcpy(buf, knit_buf_data(&t->in), have);
+    ssize_t n = recv(t->io._fd, buf + have, sizeof buf - have, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
+    if (n <= 0) {
+        close_now(t, n == 0 ? KNIT_CLOSE_PROXY_ERROR : KNIT_CLOSE_IO_ERROR,
+                  n == 0 ? KNIT_EEOF : -errno, false);
+        return;
+    }
+    knit_sockaddr a[2];
+    int rc = knit_proxy_header_parse(buf, have + (size_t)n, &a[0], &a[1]);
+    if (rc < 0 || (rc == 0 && have + (size_t)n == sizeof buf)) {
+        close_now(t, KNIT_CLOSE_PROXY_ERROR, KNIT_EPARSE, true);
+        return;
+    }
+    /* Every peeked byte up to the header end is header: take exactly those
+     * off the socket so what follows (maybe TLS) stays there. */
+    size_t take = rc == 0 ? (size_t)n : (size_t)rc - have;
+    uint8_t sink[1024];
+    ssize_t got = recv(t->io._fd, sink, take, 0);
+    if (got != (ssize_t)take) {
+        close_now(t, KNIT_CLOSE_IO_ERROR, got < 0 ? -errno : KNIT_EIO, false);
+        return;
+    }
+    if (rc == 0) {
+        if (knit_buf_append(&t->in, sink, take) < 0)
+            close_now(t, KNIT_CLOSE_NOMEM, KNIT_ENOMEM, true);
+        return;
+    }
+    knit_buf_release(&t->in);
+    t->flags &= (uint16_t)~TP_PROXY;
+    if (a[0].len) {
+        t->proxied = malloc(2 * sizeof(knit_sockaddr));
+        if (!t->proxied) {
+            close_now(t, KNIT_CLOSE_NOMEM, KNIT_ENOMEM, true);
+            return;
+        }
+        memcpy(t->proxied, a, sizeof a);
+    }
+    knit__transport_run_phases(t);
+}
+
+void knit__transport_run_phases(knit_transport *t)
+{
+    if (t->flags & TP_PROXY) {
+        update_watch(t);
+        return;
+    }
+    if (t->flags & TP_HANDSHAKE) {
+        int rc = t->layer->handshake(t);
+        if (rc == KNIT_EAGAIN) {
+            update_watch(t);
+            return;
+        }
+        if (rc < 0) {
+            close_now(t, rc == KNIT_ETLS ? KNIT_CLOSE_TLS_ERROR : reason_for(rc), rc, false);
+            return;
+        }
+        t->flags &= (uint16_t)~TP_HANDSHAKE;
+        t->layer_want = 0;
+    }
+    phases_done(t);
+}
+
+void knit__transport_phase_timeout(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_transport *t = arg;
+    t->phase_timer = KNIT_TIMER_NONE;
+    close_now(t, KNIT_CLOSE_TIMEOUT, KNIT_ETIMEDOUT, true);
+}
+
+/* ---- the io callback ------------------------------------------------------------ */
+
+static void on_io(knit_io *io, unsigned ev)
+{
+    knit_transport *t = io->data;
+    t->soon++; /* hold t across callbacks that may close it */
+    if (t->flags & TP_PROXY) {
+        proxy_step(t);
+    } else if (t->flags & TP_HANDSHAKE) {
+        knit__transport_run_phases(t);
+    } else if (t->flags & TP_TLS_SHUT) {
+        int rc = t->layer->shutdown(t);
+        if (rc != KNIT_EAGAIN) close_now(t, (knit_close_reason)t->reason, t->err, false);
+        else update_watch(t);
+    } else {
+        if ((ev & (KNIT_WRITABLE | KNIT_IOERR | KNIT_HANGUP)) &&
+            (!knit_buf_empty(&t->out) || (t->layer_want & KNIT_WRITABLE))) {
+            t->layer_want = 0;
+            if (!knit_buf_empty(&t->out)) flush(t);
+        }
+        if (!(t->flags & TP_CLOSED) && (ev & (KNIT_READABLE | KNIT_IOERR | KNIT_HANGUP)))
+            do_read(t);
+        if (!(t->flags & TP_CLOSED)) {
+            if ((ev & (KNIT_IOERR | KNIT_HANGUP)) && (t->flags & TP_CLOSING))
+                close_now(t, KNIT_CLOSE_RESET, KNIT_ECONNRESET, false);
+            else
+                update_watch(t);
+        }
+    }
+    soon_release(t);
+}
+
+/* ---- creation ---------------------------------------------------------------------- */
+
+int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_ops *layer,
+                        void *layer_state, knit__ready_fn ready, void *ready_arg,
+                        knit_duration phase_timeout_d, knit_transport **out)
+{
+    int fl = fcntl(fd, F_GETFL);
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
+        int e = -errno;
+        if (layer) layer->free(&(knit_transport){.layer_state = layer_state});
+        close(fd);
+        return e;
+    }
+    knit_transport *t = calloc(1, sizeof *t);
+    if (!t) {
+        if (layer) layer->free(&(knit_transport){.layer_state = layer_state});
+        close(fd);
+        return KNIT_ENOMEM;
+    }
+    knit_io_init(r, &t->io, fd, on_io, t);
+    knit_buf_init(&t->out);
+    knit_buf_init(&t->in);
+    t->high = KNIT_STREAM_HIGH_WATER;
+    t->low = KNIT_STREAM_LOW_WATER;
+    t->layer = layer;
+    t->layer_state = layer_state;
+    t->ready = ready;
+    t->ready_arg = ready_arg;
+    struct sockaddr_storage ss;
+    socklen_t sl = sizeof ss;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX)
+        t->flags |= TP_UNIX;
+    if (proxy) t->flags |= TP_PROXY;
+    if (layer) t->flags |= TP_HANDSHAKE;
+    *out = t;
+    if (ready) {
+        if (phase_timeout_d > 0) {
+            t->phase_timer = knit_call_later(r, phase_timeout_d, knit__transport_phase_timeout, t);
+        }
+        t->soon++;
+        knit__transport_run_phases(t);
+        soon_release(t);
+    }
+    return 0;
+}
+
+void knit__transport_attach(knit_transport *t, knit_protocol *p)
+{
+    t->proto = p;
+    p->transport = t;
+    t->flags |= TP_ATTACHED;
+    t->soon++;
+    if (p->ops->connection_made) p->ops->connection_made(p);
+    if (!(t->flags & (TP_CLOSED | TP_MEMORY))) {
+        update_watch(t);
+        if (t->layer && t->layer->pending(t)) call_soon(t, reread_cb);
+    }
+    soon_release(t);
+}
+
+int knit_transport_adopt(knit_reactor *r, int fd, knit_protocol *p, knit_transport **out)
+{
+    knit_transport *t;
+    int rc = knit__transport_new(r, fd, false, NULL, NULL, NULL, NULL, 0, &t);
+    if (rc < 0) return rc;
+    if (out) *out = t;
+    knit__transport_attach(t, p);
+    return 0;
+}
+
+/* ---- the rest of the public API ---------------------------------------------------- */
+
+void knit_transport_close_with(knit_transport *t, bool flush_first, knit_close_reason reason,
+                               int err)
+{
+    if (t->flags & TP_MEMORY) {
+        if (!(t->flags & (TP_CLOSING | TP_ABORT_REQ))) {
+            t->reason = (uint8_t)reason;
+            t->err = err;
+        }
+        if (!flush_first) {
+            t->flags |= TP_ABORT_REQ;
+            t->reason = (uint8_t)reason;
+            t->err = err;
+        }
+        t->flags |= TP_CLOSING;
+        return;
+    }
+    if (!flush_first && (t->flags & TP_CLOSING) && !(t->flags & TP_CLOSED)) {
+        close_now(t, reason, err, true);
+        return;
+    }
+    knit__transport_close(t, flush_first, reason, err);
+}
+
+void knit_transport_lose_connection(knit_transport *t)
+{
+    knit_transport_close_with(t, true, KNIT_CLOSE_DONE, 0);
+}
+
+void knit_transport_abort(knit_transport *t)
+{
+    knit_transport_close_with(t, false, KNIT_CLOSE_ABORTED, 0);
+}
+
+int knit_transport_shutdown_write(knit_transport *t)
+{
+    if (t->flags & (TP_CLOSED | TP_CLOSING)) return KNIT_ECLOSED;
+    if (t->flags & TP_SHUT_REQ) return 0;
+    t->flags |= TP_SHUT_REQ;
+    if (t->flags & TP_MEMORY) return 0;
+    if (knit_buf_empty(&t->out)) flush(t);
+    return 0;
+}
+
+void knit_transport_pause_reading(knit_transport *t)
+{
+    if (t->read_pauses < 255) t->read_pauses++;
+    update_watch(t);
+}
+
+void knit_transport_resume_reading(knit_transport *t)
+{
+    if (t->read_pauses == 0) return;
+    if (--t->read_pauses) return;
+    if (t->flags & TP_MEMORY) {
+        /* deliver what was held back */
+        if (!knit_buf_empty(&t->in) && !(t->flags & TP_CLOSING)) {
+            t->proto->ops->data_received(t->proto, &t->in);
+            if (knit_buf_empty(&t->in)) knit_buf_release(&t->in);
+        }
+        return;
+    }
+    if (t->flags & TP_CLOSED) return;
+    update_watch(t);
+    /* Bytes already buffered (leftovers, or decrypted TLS data the socket
+     * will not signal again) are delivered from the loop. */
+    if (!knit_buf_empty(&t->in) || (t->layer && t->layer->pending(t))) call_soon(t, reread_cb);
+}
+
+void knit_transport_set_water_marks(knit_transport *t, size_t high, size_t low)
+{
+    if (low > high) low = high;
+    t->high = (uint32_t)(high > UINT32_MAX ? UINT32_MAX : high);
+    t->low = (uint32_t)(low > UINT32_MAX ? UINT32_MAX : low);
+    check_high(t);
+    check_low(t);
+}
+
+size_t knit_transport_write_buffer_size(const knit_transport *t) { return knit_buf_len(&t->out); }
+bool knit_transport_producer_paused(const knit_transport *t) { return t->flags & TP_PAUSED; }
+bool knit_transport_closing(const knit_transport *t)
+{
+    return t->flags & (TP_CLOSING | TP_CLOSED | TP_ABORT_REQ);
+}
+
+int knit_transport_peer(const knit_transport *t, knit_sockaddr *out)
+{
+    if (t->proxied) {
+        *out = t->proxied[0];
+        return 0;
+    }
+    if (t->flags & TP_MEMORY) return KNIT_ENOTSUP;
+    if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
+    memset(out, 0, sizeof *out);
+    out->len = sizeof out->u;
+    if (getpeername(t->io._fd, &out->u.sa, &out->len) < 0) {
+        out->len = 0;
+        return -errno;
+    }
+    return 0;
+}
+
+int knit_transport_local(const knit_transport *t, knit_sockaddr *out)
+{
+    if (t->proxied) {
+        *out = t->proxied[1];
+        return 0;
+    }
+    if (t->flags & TP_MEMORY) return KNIT_ENOTSUP;
+    if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
+    memset(out, 0, sizeof *out);
+    out->len = sizeof out->u;
+    if (getsockname(t->io._fd, &out->u.sa, &out->len) < 0) {
+        out->len = 0;
+        return -errno;
+    }
+    return 0;
+}
+
+int knit_transport_set_nodelay(knit_transport *t, bool on)
+{
+    if (t->flags & (TP_MEMORY | TP_UNIX)) return KNIT_ENOTSUP;
+    if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
+    int v = on;
+    return setsockopt(t->io._fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof v) < 0 ? -errno : 0;
+}
+
+int knit_transport_set_keepalive(knit_transport *t, bool on, unsigned idle)
+{
+    if (t->flags & (TP_MEMORY | TP_UNIX)) return KNIT_ENOTSUP;
+    if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
+    int v = on;
+    if (setsockopt(t->io._fd, SOL_SOCKET, SO_KEEPALIVE, &v, sizeof v) < 0) return -errno;
+    if (on && idle) {
+        int i = (int)idle;
+        if (setsockopt(t->io._fd, IPPROTO_TCP, TCP_KEEPIDLE, &i, sizeof i) < 0) return -errno;
+    }
+    return 0;
+}
+
+const char *knit_transport_kind(const knit_transport *t)
+{
+    if (t->flags & TP_MEMORY) return "memory";
+    if (t->layer) return t->layer->kind;
+    return (t->flags & TP_UNIX) ? "unix" : "tcp";
+}
+
+int knit_transport_fd(const knit_transport *t)
+{
+    return (t->flags & (TP_MEMORY | TP_CLOSED)) ? -1 : t->io._fd;
+}
+knit_reactor *knit_transport_reactor(const knit_transport *t) { return t->io._r; }
+knit_protocol *knit_transport_protocol(const knit_transport *t) { return t->proto; }
+
+size_t knit_transport_memory(const knit_transport *t)
+{
+    return sizeof *t + knit_buf_allocated(&t->out) + knit_buf_allocated(&t->in) +
+           (t->proxied ? 2 * sizeof(knit_sockaddr) : 0);
+}
