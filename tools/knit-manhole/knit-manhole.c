@@ -1,0 +1,263 @@
+/* knit-manhole — client for a knit manhole on a UNIX socket.
+ *
+ *   knit-manhole PATH                  interactive REPL (libedit: line editing,
+ *                                      history in ~/.knit_manhole_history)
+ *   knit-manhole PATH -e 'CHUNK'       evaluate CHUNK, print the output, exit
+ *   knit-manhole PATH < script         feed lines from stdin (not a terminal)
+ *
+ * PATH may be written unix:PATH. Exit status: 0 when every evaluation
+ * succeeded, 1 when one failed (error, interrupted, incomplete chunk), 2 for
+ * usage, 3 when the connection failed or was refused.
+ *
+ * Speaks the line protocol described in include/knit/manhole.h. Ctrl-C while
+ * a chunk runs sends 0x03, which interrupts it on the server; Ctrl-C at a
+ * continuation prompt drops the pending chunk; Ctrl-D quits.
+ */
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <editline/readline.h>
+
+static int sock = -1;
+static volatile sig_atomic_t waiting; /* a chunk is being evaluated */
+
+/* ---- buffered reading of server lines ---------------------------------- */
+
+static char rbuf[65536];
+static size_t rlen;
+
+/* Read one line from the server into *line (NUL-terminated, without '\n').
+ * Returns its length, or -1 on EOF/error. */
+static ssize_t read_line(char **line)
+{
+    static char *out;
+    static size_t outcap;
+    size_t outlen = 0;
+    for (;;) {
+        char *nl = memchr(rbuf, '\n', rlen);
+        size_t take = nl ? (size_t)(nl - rbuf) : rlen;
+        if (outlen + take + 1 > outcap) {
+            size_t cap = outcap ? outcap * 2 : 4096;
+            while (cap < outlen + take + 1)
+                cap *= 2;
+            char *p = realloc(out, cap);
+            if (!p) return -1;
+            out = p;
+            outcap = cap;
+        }
+        memcpy(out + outlen, rbuf, take);
+        outlen += take;
+        size_t consumed = nl ? take + 1 : take;
+        memmove(rbuf, rbuf + consumed, rlen - consumed);
+        rlen -= consumed;
+        if (nl) {
+            out[outlen] = 0;
+            *line = out;
+            return (ssize_t)outlen;
+        }
+        ssize_t n = read(sock, rbuf + rlen, sizeof rbuf - rlen);
+        if (n < 0 && errno == EINTR) continue;
+        if (n <= 0) return -1;
+        rlen += (size_t)n;
+    }
+}
+
+static bool send_all(const char *d, size_t n)
+{
+    while (n) {
+        ssize_t w = write(sock, d, n);
+        if (w < 0 && errno == EINTR) continue;
+        if (w <= 0) return false;
+        d += w;
+        n -= (size_t)w;
+    }
+    return true;
+}
+
+/* Print server output until a status line; return the status word
+ * ("ok", "more", "error", "ready", "refused"), or NULL on EOF. */
+static FILE *out_to; /* where output lines go (stdout; stderr for the greeting of -e) */
+
+static const char *until_status(void)
+{
+    FILE *o = out_to ? out_to : stdout;
+    static char word[32];
+    char *line;
+    ssize_t n;
+    while ((n = read_line(&line)) >= 0) {
+        if (n == 0) continue;
+        switch (line[0]) {
+        case '|':
+            fwrite(line + 1, 1, (size_t)n - 1, o);
+            fputc('\n', o);
+            break;
+        case '~': fwrite(line + 1, 1, (size_t)n - 1, o); break;
+        case '+':
+            fflush(o);
+            snprintf(word, sizeof word, "%s", line + 1);
+            return word;
+        default: /* unknown tag: show it, stay compatible */
+            fwrite(line, 1, (size_t)n, o);
+            fputc('\n', o);
+        }
+    }
+    fflush(o);
+    return NULL;
+}
+
+static void on_sigint(int sig)
+{
+    (void)sig;
+    if (sock >= 0) {
+        static const char cc[] = "\x03\n";
+        ssize_t w = write(sock, cc, 2);
+        (void)w;
+    }
+}
+
+static int connect_path(const char *path)
+{
+    if (strncmp(path, "unix:", 5) == 0) path += 5;
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    if (strlen(path) >= sizeof sa.sun_path) {
+        fprintf(stderr, "knit-manhole: socket path too long: %s\n", path);
+        return -1;
+    }
+    strcpy(sa.sun_path, path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0 || connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        fprintf(stderr, "knit-manhole: cannot connect to %s: %s\n", path, strerror(errno));
+        if (fd >= 0) close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+static int eval_chunk(const char *chunk)
+{
+    char hdr[32];
+    int n = snprintf(hdr, sizeof hdr, "\x01%zu\n", strlen(chunk));
+    waiting = 1;
+    if (!send_all(hdr, (size_t)n) || !send_all(chunk, strlen(chunk))) {
+        fprintf(stderr, "knit-manhole: connection lost\n");
+        return 3;
+    }
+    const char *st = until_status();
+    waiting = 0;
+    if (!st) {
+        fprintf(stderr, "knit-manhole: connection closed by the server\n");
+        return 3;
+    }
+    return strcmp(st, "ok") == 0 ? 0 : 1;
+}
+
+/* Lines from a non-terminal stdin, one at a time, like typing them. */
+static int feed_stdin(void)
+{
+    char *line = NULL;
+    size_t cap = 0;
+    ssize_t n;
+    int status = 0;
+    const char *st = "ok";
+    while ((n = getline(&line, &cap, stdin)) >= 0) {
+        if (n && line[n - 1] == '\n') line[--n] = 0;
+        if (!send_all(line, (size_t)n) || !send_all("\n", 1)) {
+            status = 3;
+            break;
+        }
+        st = until_status();
+        if (!st) {
+            fprintf(stderr, "knit-manhole: connection closed by the server\n");
+            status = 3;
+            break;
+        }
+        if (strcmp(st, "error") == 0) status = 1;
+    }
+    if (status == 0 && st && strcmp(st, "more") == 0) {
+        fprintf(stderr, "knit-manhole: input ended inside an incomplete chunk\n");
+        status = 1;
+    }
+    free(line);
+    return status;
+}
+
+static int interactive(void)
+{
+    char hist[4096] = "";
+    const char *home = getenv("HOME");
+    if (home) {
+        snprintf(hist, sizeof hist, "%s/.knit_manhole_history", home);
+        read_history(hist);
+    }
+    const char *prompt = "> ";
+    int status = 0;
+    for (;;) {
+        char *line = readline(prompt);
+        if (!line) {
+            putchar('\n');
+            break;
+        }
+        if (*line) add_history(line);
+        waiting = 1;
+        bool ok = send_all(line, strlen(line)) && send_all("\n", 1);
+        free(line);
+        const char *st = ok ? until_status() : NULL;
+        waiting = 0;
+        if (!st) {
+            fprintf(stderr, "knit-manhole: connection closed by the server\n");
+            status = 3;
+            break;
+        }
+        prompt = strcmp(st, "more") == 0 ? ">> " : "> ";
+    }
+    if (*hist) write_history(hist);
+    return status;
+}
+
+int main(int argc, char **argv)
+{
+    const char *path = NULL, *chunk = NULL;
+    for (int i = 1; i < argc; i++) {
+        if (strcmp(argv[i], "-e") == 0 && i + 1 < argc) chunk = argv[++i];
+        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) path = NULL, i = argc;
+        else if (!path && argv[i][0] != '-') path = argv[i];
+        else {
+            path = NULL;
+            break;
+        }
+    }
+    if (!path) {
+        fprintf(stderr, "usage: knit-manhole PATH [-e CHUNK]\n"
+                        "  connects to a knit manhole on the UNIX socket PATH\n");
+        return 2;
+    }
+    signal(SIGPIPE, SIG_IGN);
+    sock = connect_path(path);
+    if (sock < 0) return 3;
+    bool tty = isatty(0) && isatty(1);
+    /* The greeting goes to the terminal interactively, to stderr for -e and
+     * scripts (so stdout holds only results; a refusal still says why). */
+    if (!tty || chunk) out_to = stderr;
+    const char *st = until_status();
+    out_to = NULL;
+    if (!st || strcmp(st, "ready") != 0) {
+        fprintf(stderr, "knit-manhole: %s\n",
+                st ? "the manhole refused the connection" : "connection closed by the server");
+        return 3;
+    }
+    struct sigaction sa = {.sa_handler = on_sigint};
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGINT, &sa, NULL);
+    if (chunk) return eval_chunk(chunk);
+    if (!tty) return feed_stdin();
+    return interactive();
+}
