@@ -1,0 +1,258 @@
+#!/usr/bin/python3
+"""Integration tests for the manhole (issue 9).
+
+Starts build/examples/manhole-demo/knit-manhole-demo (a reactor with a TCP
+"ping" line service and the manhole) in a temporary directory, drives it
+with build/tools/knit-manhole/knit-manhole and with OpenSSH's ssh client,
+and stops it itself. Prints one line per case and a final
+"N passed, N failed" line; exits non-zero on any failure.
+
+Environment: KNIT_BUILD (build directory, default ./build), KNIT_TOP.
+"""
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+TOP = os.environ.get("KNIT_TOP", os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))))
+BUILD = os.environ.get("KNIT_BUILD", os.path.join(TOP, "build"))
+DEMO = os.path.join(BUILD, "examples", "manhole-demo", "knit-manhole-demo")
+CLIENT = os.path.join(BUILD, "tools", "knit-manhole", "knit-manhole")
+TIMEOUT = 20.0
+
+
+class Demo:
+    """One knit-manhole-demo process; stderr (the log) captured to a file."""
+
+    def __init__(self, workdir, name, *args):
+        self.workdir = workdir
+        self.err_path = os.path.join(workdir, name + ".err")
+        self.err = open(self.err_path, "w")
+        self.proc = subprocess.Popen([DEMO] + list(args), cwd=workdir,
+                                     stdout=subprocess.PIPE, stderr=self.err, text=True)
+        self.ping_port = None
+        self.ssh_port = None
+        deadline = time.time() + TIMEOUT
+        while time.time() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                raise RuntimeError("demo exited early: " + self.log())
+            w = line.split()
+            if w[0] == "ping-port":
+                self.ping_port = int(w[1])
+            elif w[0] == "ssh-port":
+                self.ssh_port = int(w[1])
+            elif w[0] == "ready":
+                return
+        raise RuntimeError("demo did not start")
+
+    def log(self):
+        self.err.flush()
+        with open(self.err_path) as f:
+            return f.read()
+
+    def ping(self, timeout=TIMEOUT):
+        with socket.create_connection(("127.0.0.1", self.ping_port), timeout=timeout) as s:
+            s.sendall(b"ping\n")
+            data = b""
+            while not data.endswith(b"\n"):
+                chunk = s.recv(100)
+                if not chunk:
+                    break
+                data += chunk
+            return data.decode().strip()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(TIMEOUT)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.err.close()
+        return self.proc.returncode
+
+
+def client(path, *args, input=None, user=None, timeout=TIMEOUT):
+    cmd = [CLIENT, path] + list(args)
+    if user:
+        cmd = ["setpriv", "--reuid=%d" % user, "--regid=%d" % user, "--clear-groups"] + cmd
+    return subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=timeout)
+
+
+results = []
+
+
+def case(name):
+    def wrap(fn):
+        results.append((name, fn))
+        return fn
+    return wrap
+
+
+def check(cond, msg):
+    if not cond:
+        raise AssertionError(msg)
+
+
+@case("expression via -e prints its value, exit 0")
+def _(env):
+    r = client(env.sock, "-e", "return demo.bump(2), 1 + 1, {a = 1}")
+    check(r.returncode == 0, "rc %d: %s %s" % (r.returncode, r.stdout, r.stderr))
+    check(r.stdout == "2\t2\t{a = 1}\n", repr(r.stdout))
+
+
+@case("error via -e: traceback, exit 1")
+def _(env):
+    r = client(env.sock, "-e", "local t = nil; return t.x")
+    check(r.returncode == 1, "rc %d" % r.returncode)
+    check("attempt to index a nil value" in r.stdout, r.stdout)
+    check("stack traceback:" in r.stdout, r.stdout)
+
+
+@case("multi-line chunk via -e and via stdin lines")
+def _(env):
+    r = client(env.sock, "-e", "local s = 0\nfor i = 1, 4 do\n  s = s + i\nend\nreturn s")
+    check(r.returncode == 0 and r.stdout == "10\n", repr(r.stdout))
+    r = client(env.sock, input="function f(x)\n  return x * 3\nend\nprint(f(5))\nf(2)\n")
+    check(r.returncode == 0, "rc %d %s" % (r.returncode, r.stderr))
+    check(r.stdout == "15\n6\n", repr(r.stdout))
+    r = client(env.sock, input="for i = 1, 2 do\n")
+    check(r.returncode == 1 and "incomplete" in r.stderr, r.stderr)
+
+
+@case("help() lists bindings with docs; log.level reads and sets")
+def _(env):
+    r = client(env.sock, "-e", "help()")
+    check(r.returncode == 0, r.stderr)
+    check("demo.count() -> the counter" in r.stdout, r.stdout)
+    check("log.level" in r.stdout, r.stdout)
+    r = client(env.sock, "-e", "return log.level('debug'), log.level('info')")
+    check(r.stdout == '"debug"\t"info"\n', repr(r.stdout))
+    r = client(env.sock, "-e", "log.level('shouting')")
+    check(r.returncode == 1 and "unknown log level" in r.stdout, r.stdout)
+
+
+@case("budget interrupts `while true do end`; the service keeps serving")
+def _(env):
+    t0 = time.time()
+    busy = subprocess.Popen([CLIENT, env.sock, "-e", "while true do end"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.2)
+    check(env.demo.ping() == "pong", "no pong while/after the loop")
+    out, err = busy.communicate(timeout=TIMEOUT)
+    check(busy.returncode == 1, "rc %d" % busy.returncode)
+    check("interrupted: instruction budget exhausted" in out, out)
+    check("input:1:" in out, out)
+    check(env.demo.ping() == "pong", "no pong after")
+    r = client(env.sock, "-e", "return 'still here'")
+    check(r.stdout == '"still here"\n', r.stdout)
+    check(time.time() - t0 < TIMEOUT, "took too long")
+
+
+@case("Ctrl-C (SIGINT to the client) interrupts an evaluation")
+def _(env):
+    busy = subprocess.Popen([CLIENT, env.unlimited, "-e", "while true do end"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    busy.send_signal(signal.SIGINT)
+    out, err = busy.communicate(timeout=TIMEOUT)
+    check(busy.returncode == 1, "rc %d %s %s" % (busy.returncode, out, err))
+    check("interrupted by user" in out, out)
+    check(env.demo2.ping() == "pong", "no pong after")
+
+
+@case("client disconnecting mid-evaluation stops it")
+def _(env):
+    busy = subprocess.Popen([CLIENT, env.unlimited, "-e", "while true do end"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    busy.kill()
+    busy.wait()
+    check(env.demo2.ping() == "pong", "no pong after the client vanished")
+    deadline = time.time() + TIMEOUT
+    while "result=interrupted-hangup" not in env.demo2.log() and time.time() < deadline:
+        time.sleep(0.05)
+    check("result=interrupted-hangup" in env.demo2.log(), "no hang-up in the log")
+    r = client(env.unlimited, "-e", "return 1")
+    check(r.stdout == "1\n", r.stdout)
+
+
+@case("socket file is mode 600: another uid cannot connect")
+def _(env):
+    mode = os.stat(env.sock).st_mode & 0o777
+    check(mode == 0o600, "mode %o" % mode)
+    if os.getuid() != 0:
+        return  # cannot switch users to try
+    r = client(env.sock, "-e", "return 1", user=65534)
+    check(r.returncode == 3, "rc %d %s" % (r.returncode, r.stderr))
+    check("Permission denied" in r.stderr, r.stderr)
+
+
+@case("peer credentials: another uid is refused even on a mode-666 socket")
+def _(env):
+    if os.getuid() != 0:
+        return
+    r = client(env.open_sock, "-e", "return 1", user=65534)
+    check(r.returncode == 3, "rc %d %s %s" % (r.returncode, r.stdout, r.stderr))
+    check("permission denied" in r.stderr, r.stderr)
+    check("connection refused" in env.demo2.log() and "uid=65534" in env.demo2.log(),
+          "refusal not logged")
+
+
+@case("every connection and evaluated line is logged with who ran it")
+def _(env):
+    client(env.sock, "-e", "return 'audit me'")
+    log = env.demo.log()
+    check("msg=connection who=\"uid=%d pid=" % os.getuid() in log, log[-2000:])
+    check('code="return \'audit me\'" result=ok' in log, log[-2000:])
+
+
+def main():
+    for p in (DEMO, CLIENT):
+        if not os.path.exists(p):
+            print("SKIP: %s not built" % p)
+            print("0 passed, 0 failed")
+            return 0
+    passed = failed = 0
+    with tempfile.TemporaryDirectory(prefix="knit-manhole-") as work:
+        os.chmod(work, 0o755)  # let `nobody` reach the sockets for the refusal cases
+
+        class Env:
+            pass
+        env = Env()
+        env.sock = os.path.join(work, "demo.manhole")
+        env.unlimited = os.path.join(work, "unlimited.manhole")
+        env.open_sock = os.path.join(work, "open.manhole")
+        env.demo = Demo(work, "demo", "-m", "unix:" + env.sock, "-b", "300000000")
+        env.demo2 = Demo(work, "demo2", "-m", "unix:" + env.unlimited, "-b", "0",
+                         "-m", "unix:%s:mode=666" % env.open_sock)
+        try:
+            for name, fn in results:
+                try:
+                    fn(env)
+                    print("ok   %s" % name)
+                    passed += 1
+                except Exception:
+                    print("FAIL %s" % name)
+                    traceback.print_exc(file=sys.stdout)
+                    failed += 1
+        finally:
+            for d in (env.demo, env.demo2):
+                rc = d.stop()
+                if rc != 0:
+                    print("FAIL demo exited with %s" % rc)
+                    print(d.log()[-3000:])
+                    failed += 1
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
