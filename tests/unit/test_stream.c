@@ -1,0 +1,611 @@
+/* test_stream.c — transports and protocols: the memory transport, framing
+ * helpers and receivers, and socket transports over socketpair()s driven by
+ * a real reactor (echo, flow control, half-close, abort, idle memory). */
+#include "testutil.h"
+
+#include <fcntl.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include "knit/error.h"
+#include "knit/reactor.h"
+#include "knit/stream.h"
+
+/* ---- a recording protocol ------------------------------------------------- */
+
+typedef struct rec {
+    knit_protocol proto;
+    knit_buf got;
+    int made, lost, eofs, pauses, resumes;
+    knit_close_reason reason;
+    int err;
+    bool echo;           /* write back what arrives */
+    bool keep_half_open; /* eof_received returns true */
+    bool consume;        /* consume input (else leave it) */
+    size_t consume_max;  /* consume at most this per call (0: all) */
+} rec;
+
+static void r_made(knit_protocol *p) { ((rec *)p)->made++; }
+static void r_data(knit_protocol *p, knit_buf *in)
+{
+    rec *r = (rec *)p;
+    if (!r->consume) return;
+    size_t n = knit_buf_len(in);
+    if (r->consume_max && n > r->consume_max) n = r->consume_max;
+    knit_buf_append(&r->got, knit_buf_data(in), n);
+    if (r->echo) knit_transport_write(p->transport, knit_buf_data(in), n);
+    knit_buf_consume(in, n);
+}
+static bool r_eof(knit_protocol *p)
+{
+    rec *r = (rec *)p;
+    r->eofs++;
+    return r->keep_half_open;
+}
+static void r_lost(knit_protocol *p, knit_close_reason reason, int err)
+{
+    rec *r = (rec *)p;
+    r->lost++;
+    r->reason = reason;
+    r->err = err;
+}
+static void r_pause(knit_protocol *p) { ((rec *)p)->pauses++; }
+static void r_resume(knit_protocol *p) { ((rec *)p)->resumes++; }
+
+static const knit_protocol_ops rec_ops = {r_made, r_data, r_eof, r_lost, r_pause, r_resume};
+
+static void rec_init(rec *r)
+{
+    memset(r, 0, sizeof *r);
+    r->proto.ops = &rec_ops;
+    knit_buf_init(&r->got);
+    r->consume = true;
+}
+
+/* ---- memory transport ----------------------------------------------------- */
+
+static void test_memory_transport_basics(void **state)
+{
+    (void)state;
+    rec r;
+    rec_init(&r);
+    r.echo = true;
+    knit_transport *t;
+    assert_int_equal(knit_memory_transport_new(&r.proto, &t), 0);
+    assert_int_equal(r.made, 1);
+    assert_ptr_equal(r.proto.transport, t);
+    assert_string_equal(knit_transport_kind(t), "memory");
+    assert_int_equal(knit_transport_fd(t), -1);
+    knit_memory_transport_feed(t, "hello", 5);
+    assert_int_equal(knit_buf_len(knit_memory_transport_output(t)), 5);
+    assert_memory_equal(knit_buf_data(knit_memory_transport_output(t)), "hello", 5);
+    knit_memory_transport_take(t, 5);
+    assert_true(knit_buf_is_idle(knit_memory_transport_output(t)));
+    knit_sockaddr a;
+    assert_int_equal(knit_transport_peer(t, &a), KNIT_ENOTSUP);
+    assert_int_equal(knit_transport_set_nodelay(t, true), KNIT_ENOTSUP);
+    knit_transport_lose_connection(t);
+    assert_true(knit_memory_transport_lose_requested(t));
+    assert_true(knit_transport_closing(t));
+    assert_int_equal(knit_transport_write(t, "x", 1), KNIT_ECLOSED);
+    assert_int_equal(knit_memory_transport_requested_reason(t, NULL), KNIT_CLOSE_DONE);
+    knit_memory_transport_close(t, KNIT_CLOSE_DONE, 0);
+    knit_memory_transport_close(t, KNIT_CLOSE_DONE, 0); /* once only */
+    assert_int_equal(r.lost, 1);
+    assert_null(r.proto.transport);
+    knit_memory_transport_free(t);
+    knit_buf_release(&r.got);
+}
+
+static void test_memory_transport_flow_control(void **state)
+{
+    (void)state;
+    rec r;
+    rec_init(&r);
+    knit_transport *t;
+    assert_int_equal(knit_memory_transport_new(&r.proto, &t), 0);
+    knit_transport_set_water_marks(t, 100, 10);
+    char blob[60];
+    memset(blob, 'x', sizeof blob);
+    assert_int_equal(knit_transport_write(t, blob, 60), 0);
+    assert_int_equal(r.pauses, 0);
+    assert_int_equal(knit_transport_write(t, blob, 60), 0);
+    assert_int_equal(r.pauses, 1);
+    assert_true(knit_transport_producer_paused(t));
+    assert_int_equal(knit_transport_write_buffer_size(t), 120);
+    knit_memory_transport_take(t, 100); /* 20 left: still above low */
+    assert_int_equal(r.resumes, 0);
+    knit_memory_transport_take(t, 15);
+    assert_int_equal(r.resumes, 1);
+    assert_false(knit_transport_producer_paused(t));
+    /* pause/resume reading holds input back */
+    knit_transport_pause_reading(t);
+    assert_true(knit_memory_transport_reading_paused(t));
+    knit_memory_transport_feed(t, "abc", 3);
+    assert_int_equal(knit_buf_len(&r.got), 0);
+    knit_transport_resume_reading(t);
+    assert_int_equal(knit_buf_len(&r.got), 3);
+    /* half-close and abort flags */
+    assert_int_equal(knit_transport_shutdown_write(t), 0);
+    assert_true(knit_memory_transport_write_shut(t));
+    assert_int_equal(knit_transport_write(t, "x", 1), KNIT_ECLOSED);
+    knit_transport_abort(t);
+    assert_true(knit_memory_transport_aborted(t));
+    assert_int_equal(knit_memory_transport_requested_reason(t, NULL), KNIT_CLOSE_ABORTED);
+    knit_memory_transport_close(t, KNIT_CLOSE_ABORTED, 0);
+    knit_memory_transport_free(t);
+    knit_buf_release(&r.got);
+}
+
+static void test_leftover_input_is_kept(void **state)
+{
+    (void)state;
+    rec r;
+    rec_init(&r);
+    r.consume_max = 2;
+    knit_transport *t;
+    assert_int_equal(knit_memory_transport_new(&r.proto, &t), 0);
+    knit_memory_transport_feed(t, "abcde", 5); /* consumes "ab" */
+    knit_memory_transport_feed(t, "f", 1);     /* sees "cdef", consumes "cd" */
+    assert_memory_equal(knit_buf_data(&r.got), "abcd", 4);
+    r.consume_max = 0;
+    knit_memory_transport_feed(t, "", 0);
+    assert_int_equal(knit_buf_len(&r.got), 6);
+    knit_memory_transport_close(t, KNIT_CLOSE_PEER, 0);
+    assert_int_equal(r.reason, KNIT_CLOSE_PEER);
+    knit_memory_transport_free(t);
+    knit_buf_release(&r.got);
+}
+
+static void test_close_reason_names(void **state)
+{
+    (void)state;
+    assert_string_equal(knit_close_reason_name(KNIT_CLOSE_DONE), "done");
+    assert_string_equal(knit_close_reason_name(KNIT_CLOSE_PEER), "peer_closed");
+    assert_string_equal(knit_close_reason_name(KNIT_CLOSE_PROXY_ERROR), "proxy_error");
+    assert_string_equal(knit_close_reason_name(KNIT_CLOSE_NOMEM), "out_of_memory");
+    assert_string_equal(knit_close_reason_name(KNIT_CLOSE__COUNT), "unknown");
+    for (int i = 0; i < KNIT_CLOSE__COUNT; i++)
+        assert_string_not_equal(knit_close_reason_name((knit_close_reason)i), "unknown");
+}
+
+/* ---- framing ---------------------------------------------------------------- */
+
+static void test_line_framer(void **state)
+{
+    (void)state;
+    knit_line_framer f;
+    knit_line_framer_init(&f, NULL, 10);
+    knit_buf in = KNIT_BUF_INIT;
+    const char *line;
+    size_t len;
+    knit_buf_append_str(&in, "one\r\ntwo\r");
+    assert_int_equal(knit_line_next(&f, &in, &line, &len), 1);
+    assert_int_equal(len, 3);
+    assert_memory_equal(line, "one", 3);
+    assert_int_equal(knit_line_next(&f, &in, &line, &len), 0); /* "two\r" */
+    knit_buf_append_str(&in, "\nthree\r\n");
+    assert_int_equal(knit_line_next(&f, &in, &line, &len), 1);
+    assert_memory_equal(line, "two", 3);
+    assert_int_equal(knit_line_next(&f, &in, &line, &len), 1);
+    assert_memory_equal(line, "three", 5);
+    assert_int_equal(knit_line_next(&f, &in, &line, &len), 0);
+    /* exactly max is fine, max+1 is not (also before the delimiter arrives) */
+    knit_buf_append_str(&in, "0123456789\r\n");
+    assert_int_equal(knit_line_next(&f, &in, &line, &len), 1);
+    assert_int_equal(len, 10);
+    knit_buf_append_str(&in, "0123456789A");
+    assert_int_equal(knit_line_next(&f, &in, &line, &len), 0); /* might be "…9\r" + "\n" */
+    knit_buf_append_str(&in, "B");
+    assert_int_equal(knit_line_next(&f, &in, &line, &len), KNIT_ELIMIT);
+    knit_buf_release(&in);
+    /* custom one-byte delimiter, delivered byte by byte */
+    knit_line_framer_init(&f, "\n", 0);
+    assert_int_equal(f.max_line, KNIT_LINE_MAX_DEFAULT);
+    const char *s = "ab\ncd\n";
+    int lines = 0;
+    for (size_t i = 0; i < strlen(s); i++) {
+        knit_buf_append(&in, s + i, 1);
+        while (knit_line_next(&f, &in, &line, &len) == 1)
+            lines++;
+    }
+    assert_int_equal(lines, 2);
+    knit_buf_release(&in);
+}
+
+static void test_frame_framer(void **state)
+{
+    (void)state;
+    knit_frame_framer f;
+    knit_frame_framer_init(&f, 8);
+    knit_buf in = KNIT_BUF_INIT;
+    const uint8_t *fr;
+    size_t len;
+    knit_buf_append(&in, "\0\0\0\3ab", 6);
+    assert_int_equal(knit_frame_next(&f, &in, &fr, &len), 0);
+    knit_buf_append(&in, "c\0\0\0", 4);
+    assert_int_equal(knit_frame_next(&f, &in, &fr, &len), 1);
+    assert_int_equal(len, 3);
+    assert_memory_equal(fr, "abc", 3);
+    assert_int_equal(knit_frame_next(&f, &in, &fr, &len), 0); /* 3 of 4 prefix bytes */
+    knit_buf_append(&in, "\0", 1);
+    assert_int_equal(knit_frame_next(&f, &in, &fr, &len), 1); /* empty frame */
+    assert_int_equal(len, 0);
+    knit_buf_append(&in, "\0\0\0\x09", 4);
+    assert_int_equal(knit_frame_next(&f, &in, &fr, &len), KNIT_ELIMIT);
+    knit_buf_release(&in);
+}
+
+typedef struct lines_seen {
+    knit_line_receiver lr;
+    int n;
+    char last[32];
+} lines_seen;
+
+static void on_line(knit_line_receiver *lr, const char *line, size_t len)
+{
+    lines_seen *s = (lines_seen *)lr;
+    s->n++;
+    snprintf(s->last, sizeof s->last, "%.*s", (int)len, line);
+    knit_line_receiver_send(lr, line, len);
+}
+
+static void lr_lost_noop(knit_line_receiver *lr, knit_close_reason r, int e) {}
+
+static void test_line_receiver_overlong_closes(void **state)
+{
+    (void)state;
+    lines_seen s;
+    knit_line_receiver_init(&s.lr, "\n", 8);
+    s.lr.line_received = on_line;
+    s.lr.connection_lost = lr_lost_noop;
+    s.n = 0;
+    knit_transport *t;
+    assert_int_equal(knit_memory_transport_new(&s.lr.proto, &t), 0);
+    knit_memory_transport_feed(t, "hi\nthere\n", 9);
+    assert_int_equal(s.n, 2);
+    assert_string_equal(s.last, "there");
+    assert_int_equal(knit_buf_len(knit_memory_transport_output(t)), 9);
+    knit_memory_transport_feed(t, "waytoolongline", 14);
+    assert_int_equal(s.n, 2);
+    assert_true(knit_memory_transport_lose_requested(t));
+    int err;
+    assert_int_equal(knit_memory_transport_requested_reason(t, &err), KNIT_CLOSE_PROTOCOL_ERROR);
+    assert_int_equal(err, KNIT_ELIMIT);
+    knit_memory_transport_close(t, KNIT_CLOSE_PROTOCOL_ERROR, KNIT_ELIMIT);
+    knit_memory_transport_free(t);
+}
+
+typedef struct frames_seen {
+    knit_frame_receiver fr;
+    int n;
+    size_t total;
+} frames_seen;
+
+static void on_frame(knit_frame_receiver *fr, const uint8_t *f, size_t len)
+{
+    frames_seen *s = (frames_seen *)fr;
+    s->n++;
+    s->total += len;
+    knit_frame_write(fr->proto.transport, f, len);
+}
+
+static void test_frame_receiver(void **state)
+{
+    (void)state;
+    frames_seen s = {0};
+    knit_frame_receiver_init(&s.fr, 16);
+    s.fr.frame_received = on_frame;
+    knit_transport *t;
+    assert_int_equal(knit_memory_transport_new(&s.fr.proto, &t), 0);
+    const char msg[] = "\0\0\0\5hello\0\0\0\2hi";
+    for (size_t i = 0; i < sizeof msg - 1; i++)
+        knit_memory_transport_feed(t, msg + i, 1);
+    assert_int_equal(s.n, 2);
+    assert_int_equal(s.total, 7);
+    assert_memory_equal(knit_buf_data(knit_memory_transport_output(t)), msg, sizeof msg - 1);
+    knit_memory_transport_feed(t, "\0\0\1\0", 4); /* 256 > 16 */
+    assert_true(knit_memory_transport_lose_requested(t));
+    knit_memory_transport_close(t, KNIT_CLOSE_PROTOCOL_ERROR, KNIT_ELIMIT);
+    knit_memory_transport_free(t);
+}
+
+/* ---- socket transports over a real reactor ----------------------------------- */
+
+static void pump(knit_reactor *r, bool (*done)(void *), void *arg)
+{
+    for (int i = 0; i < 100000 && !done(arg); i++)
+        knit_reactor_run_once(r, KNIT_MSEC(50));
+}
+
+static bool lost_once(void *arg) { return ((rec *)arg)->lost > 0; }
+
+static void sp(int fds[2])
+{
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+}
+
+static void test_socket_echo_and_peer_close(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    rec srv;
+    rec_init(&srv);
+    srv.echo = true;
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+    assert_int_equal(srv.made, 1);
+    assert_string_equal(knit_transport_kind(t), "unix");
+    assert_int_equal(knit_transport_set_nodelay(t, true), KNIT_ENOTSUP);
+    /* idle: the struct only */
+    size_t idle = knit_transport_memory(t);
+    assert_true(idle < 400);
+    assert_int_equal(write(fds[1], "ping", 4), 4);
+    char buf[16];
+    for (int i = 0; i < 100 && knit_buf_len(&srv.got) < 4; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(50));
+    assert_int_equal(read(fds[1], buf, sizeof buf), 4);
+    assert_memory_equal(buf, "ping", 4);
+    assert_int_equal(knit_transport_memory(t), idle); /* back to idle, no buffers */
+    close(fds[1]);
+    pump(r, lost_once, &srv);
+    assert_int_equal(srv.lost, 1);
+    assert_int_equal(srv.eofs, 1);
+    assert_int_equal(srv.reason, KNIT_CLOSE_PEER);
+    knit_buf_release(&srv.got);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+static void test_socket_half_close(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    rec srv;
+    rec_init(&srv);
+    srv.keep_half_open = true;
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+    assert_int_equal(write(fds[1], "question", 8), 8);
+    shutdown(fds[1], SHUT_WR); /* peer half-closes */
+    for (int i = 0; i < 100 && srv.eofs == 0; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(50));
+    assert_int_equal(srv.eofs, 1);
+    assert_int_equal(srv.lost, 0); /* still open for writing */
+    assert_int_equal(knit_transport_write(t, "answer", 6), 0);
+    assert_int_equal(knit_transport_shutdown_write(t), 0);
+    pump(r, lost_once, &srv);
+    assert_int_equal(srv.reason, KNIT_CLOSE_PEER);
+    char buf[16];
+    assert_int_equal(read(fds[1], buf, sizeof buf), 6);
+    assert_int_equal(read(fds[1], buf, sizeof buf), 0); /* our FIN */
+    close(fds[1]);
+    knit_buf_release(&srv.got);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+/* abort() from inside data_received: connection_lost comes later, from the
+ * loop, and the protocol's memory stays valid until then. */
+typedef struct aborter {
+    rec r;
+} aborter;
+
+static void ab_data(knit_protocol *p, knit_buf *in)
+{
+    knit_buf_consume(in, knit_buf_len(in));
+    knit_transport_write(p->transport, "bye", 3);
+    knit_transport_abort(p->transport);
+    assert_int_equal(((rec *)p)->lost, 0);
+    assert_int_equal(knit_transport_write(p->transport, "more", 4), KNIT_ECLOSED);
+}
+
+static void test_socket_abort_inside_callback(void **state)
+{
+    (void)state;
+    static const knit_protocol_ops ops = {r_made, ab_data, NULL, r_lost, NULL, NULL};
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    rec srv;
+    rec_init(&srv);
+    srv.proto.ops = &ops;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, NULL), 0);
+    assert_int_equal(write(fds[1], "x", 1), 1);
+    pump(r, lost_once, &srv);
+    assert_int_equal(srv.reason, KNIT_CLOSE_ABORTED);
+    close(fds[1]);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+static void test_socket_lose_connection_flushes(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    int small = 4096;
+    setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    rec srv;
+    rec_init(&srv);
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+    size_t total = 1 << 20;
+    char *blob = malloc(total);
+    for (size_t i = 0; i < total; i++)
+        blob[i] = (char)(i * 7);
+    assert_int_equal(knit_transport_write(t, blob, total), 0);
+    assert_true(knit_transport_write_buffer_size(t) > 0); /* the socket took only some */
+    assert_int_equal(srv.pauses, 1);                      /* 1 MiB > high-water mark */
+    knit_transport_lose_connection(t);
+    /* read everything on the other side while the loop flushes */
+    fcntl(fds[1], F_SETFL, O_NONBLOCK);
+    char *got = malloc(total);
+    size_t n = 0;
+    while (!srv.lost) {
+        knit_reactor_run_once(r, KNIT_MSEC(10));
+        ssize_t k;
+        while ((k = read(fds[1], got + n, total - n)) > 0)
+            n += (size_t)k;
+    }
+    ssize_t k;
+    while ((k = read(fds[1], got + n, total - n)) > 0)
+        n += (size_t)k;
+    assert_int_equal(n, total);
+    assert_memory_equal(got, blob, total);
+    assert_int_equal(srv.reason, KNIT_CLOSE_DONE);
+    assert_int_equal(srv.resumes, 1);
+    free(blob);
+    free(got);
+    close(fds[1]);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+/* A producer that honours pause_producing: writes while allowed. The peer
+ * reads slowly; the output buffer must stay bounded by high + one chunk. */
+typedef struct producer {
+    knit_protocol proto;
+    bool paused;
+    size_t sent, max_buffered, limit;
+    int lost;
+} producer;
+
+static void prod_fill(producer *p)
+{
+    static char chunk[8192];
+    while (!p->paused && p->sent < p->limit && p->proto.transport) {
+        knit_transport_write(p->proto.transport, chunk, sizeof chunk);
+        p->sent += sizeof chunk;
+        size_t b = knit_transport_write_buffer_size(p->proto.transport);
+        if (b > p->max_buffered) p->max_buffered = b;
+    }
+    if (p->sent >= p->limit && p->proto.transport) knit_transport_lose_connection(p->proto.transport);
+}
+static void prod_made(knit_protocol *pr) { prod_fill((producer *)pr); }
+static void prod_data(knit_protocol *pr, knit_buf *in) { knit_buf_consume(in, knit_buf_len(in)); }
+static void prod_lost(knit_protocol *pr, knit_close_reason r, int e) { ((producer *)pr)->lost++; }
+static void prod_pause(knit_protocol *pr) { ((producer *)pr)->paused = true; }
+static void prod_resume(knit_protocol *pr)
+{
+    producer *p = (producer *)pr;
+    p->paused = false;
+    prod_fill(p);
+}
+
+static void test_slow_reader_bounded_memory(void **state)
+{
+    (void)state;
+    static const knit_protocol_ops ops = {prod_made, prod_data, NULL,
+                                          prod_lost, prod_pause, prod_resume};
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    producer p = {.proto.ops = &ops, .limit = 8u << 20};
+    knit_transport *t;
+    /* adopt runs connection_made, which starts producing */
+    assert_int_equal(knit_transport_adopt(r, fds[0], &p.proto, &t), 0);
+    fcntl(fds[1], F_SETFL, O_NONBLOCK);
+    char buf[4096];
+    size_t got = 0;
+    while (!p.lost) {
+        knit_reactor_run_once(r, KNIT_MSEC(10));
+        ssize_t k = read(fds[1], buf, sizeof buf); /* slow: one small read per turn */
+        if (k > 0) got += (size_t)k;
+    }
+    ssize_t k;
+    while ((k = read(fds[1], buf, sizeof buf)) > 0)
+        got += (size_t)k;
+    assert_int_equal(got, p.sent);
+    assert_true(p.max_buffered <= KNIT_STREAM_HIGH_WATER + 8192);
+    close(fds[1]);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+static void test_pause_reading_socket(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    rec srv;
+    rec_init(&srv);
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+    knit_transport_pause_reading(t);
+    assert_int_equal(write(fds[1], "abc", 3), 3);
+    for (int i = 0; i < 5; i++)
+        knit_reactor_run_once(r, 0);
+    assert_int_equal(knit_buf_len(&srv.got), 0);
+    knit_transport_resume_reading(t);
+    for (int i = 0; i < 100 && knit_buf_len(&srv.got) < 3; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(50));
+    assert_int_equal(knit_buf_len(&srv.got), 3);
+    /* leftover bytes the protocol did not consume are redelivered */
+    srv.consume_max = 1;
+    assert_int_equal(write(fds[1], "xyz", 3), 3);
+    for (int i = 0; i < 100 && knit_buf_len(&srv.got) < 4; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(50));
+    assert_true(knit_transport_memory(t) > sizeof(void *) * 10); /* holds "yz" */
+    srv.consume_max = 0;
+    assert_int_equal(write(fds[1], "!", 1), 1);
+    for (int i = 0; i < 100 && knit_buf_len(&srv.got) < 7; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(50));
+    assert_memory_equal(knit_buf_data(&srv.got), "abcxyz!", 7);
+    knit_transport_abort(t);
+    pump(r, lost_once, &srv);
+    close(fds[1]);
+    knit_buf_release(&srv.got);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+static void test_peer_reset(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    rec srv;
+    rec_init(&srv);
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+    close(fds[1]);
+    /* writing to a closed peer: reported as reset through connection_lost */
+    knit_transport_write(t, "x", 1);
+    pump(r, lost_once, &srv);
+    assert_true(srv.reason == KNIT_CLOSE_RESET || srv.reason == KNIT_CLOSE_PEER);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_memory_transport_basics),
+        cmocka_unit_test(test_memory_transport_flow_control),
+        cmocka_unit_test(test_leftover_input_is_kept),
+        cmocka_unit_test(test_close_reason_names),
+        cmocka_unit_test(test_line_framer),
+        cmocka_unit_test(test_frame_framer),
+        cmocka_unit_test(test_line_receiver_overlong_closes),
+        cmocka_unit_test(test_frame_receiver),
+        cmocka_unit_test(test_socket_echo_and_peer_close),
+        cmocka_unit_test(test_socket_half_close),
+        cmocka_unit_test(test_socket_abort_inside_callback),
+        cmocka_unit_test(test_socket_lose_connection_flushes),
+        cmocka_unit_test(test_slow_reader_bounded_memory),
+        cmocka_unit_test(test_pause_reading_socket),
+        cmocka_unit_test(test_peer_reset),
+    };
+    return KNIT_RUN_TESTS(tests);
+}
