@@ -1,0 +1,226 @@
+/* knit/http.h — the HTTP/1.1 web container (Twisted's WSGI container model).
+ *
+ * The reactor owns every connection: it accepts, reads, parses (strictly,
+ * RFC 9110/9112, see src/http/parser.h), enforces limits and timeouts and
+ * writes responses. Handlers run either
+ *   - on the worker pool (KNIT_HTTP_POOL, the default): they may block on a
+ *     database or a slow computation; or
+ *   - inline on the reactor (KNIT_HTTP_INLINE): they must not block; they may
+ *     respond at once or later from any reactor callback (typically the
+ *     callback of a Deferred they started).
+ *
+ * ---- Life cycle -----------------------------------------------------------
+ *
+ *   knit_http_server_new → knit_http_route* → knit_http_listen* → (reactor
+ *   runs) → knit_reactor_stop drains the server (BEFORE-phase trigger: stop
+ *   accepting, close idle keep-alive connections, let in-flight requests
+ *   finish up to drain_timeout, then abort what is left) → knit_http_server_free
+ *   after the reactor returned.
+ *
+ * A request (knit_http_request) lives from the moment its head was parsed
+ * until it was answered AND its handler returned (pool mode) — whichever
+ * is later. Every pointer a request accessor returns stays valid for that
+ * long and no longer: it lives in the request's arena (knit_http_alloc),
+ * freed at once when the request ends (STYLE item 5).
+ *
+ * ---- Threads --------------------------------------------------------------
+ *
+ * knit_http_server_* / route / listen / stats: [reactor].
+ * Request accessors and response functions: [handler] — the thread running
+ * the handler (a worker in pool mode, the reactor in inline mode; after an
+ * inline handler returned, any later reactor callback). Only one thread at a
+ * time may use a request. In pool mode the response functions block the
+ * worker while the connection's output is above its high-water mark; they
+ * fail with KNIT_ECLOSED once the client is gone (never crash, never leak).
+ *
+ * ---- Behaviour the server owns ---------------------------------------------
+ *
+ * Date, Server, Content-Length (or chunked coding when the length is
+ * unknown; close-delimited for HTTP/1.0), Connection: close (when the client
+ * asked, on HTTP/1.0 without keep-alive, after a framing error, while
+ * draining); HEAD answered by the GET route with the body suppressed; 404;
+ * 405 with Allow; 400/413/414/417/431/501/505 from the parser, each followed
+ * by closing the connection; 503 with Retry-After when the pool queue is
+ * full; keep-alive and pipelining (answers in request order; one request is
+ * handled at a time per connection and the next ones wait in the input
+ * buffer, at most max_pipeline of them, with reading paused meanwhile).
+ * A handler that returns without answering gets a 500 (pool mode).
+ *
+ * Request bodies are read by the reactor into the request (up to max_body;
+ * 413 beyond) before the handler runs; `Expect: 100-continue` is answered
+ * with 100 when the reactor starts reading the body. knit_http_read() then
+ * reads that buffer. (Streaming the body to a blocked worker while it
+ * arrives is not implemented yet: see docs/requests/http-needs.md.)
+ */
+#ifndef KNIT_HTTP_H
+#define KNIT_HTTP_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "knit/clock.h"
+#include "knit/pool.h"
+#include "knit/reactor.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- defaults (one table; knit-hello's --help and docs use the same) ----- */
+#define KNIT_HTTP_MAX_HEAD 8192u              /* request line + fields (431) */
+#define KNIT_HTTP_MAX_TARGET 4096u            /* request-target bytes (414) */
+#define KNIT_HTTP_MAX_HEADERS 64u             /* field lines (431) */
+#define KNIT_HTTP_MAX_BODY (1u << 20)         /* request body bytes (413) */
+#define KNIT_HTTP_MAX_CONNECTIONS 10000u      /* open connections per listener */
+#define KNIT_HTTP_MAX_PIPELINE 16u            /* requests queued behind the current one */
+#define KNIT_HTTP_HEADER_TIMEOUT KNIT_SEC(10) /* whole head must arrive (slowloris) */
+#define KNIT_HTTP_IDLE_TIMEOUT KNIT_SEC(75)   /* keep-alive idle (nginx: 75 s) */
+#define KNIT_HTTP_BODY_TIMEOUT KNIT_SEC(60)   /* between body reads */
+#define KNIT_HTTP_WRITE_TIMEOUT KNIT_SEC(60)  /* output stuck above high water */
+#define KNIT_HTTP_DRAIN_TIMEOUT KNIT_SEC(30)  /* in-flight requests on shutdown */
+#define KNIT_HTTP_RETRY_AFTER 1u              /* seconds, on 503 */
+#define KNIT_HTTP_SERVER_NAME "knit"
+#define KNIT_HTTP_MAX_PARAMS 8                /* {name} segments per route */
+#define KNIT_HTTP_LATENCY_BUCKETS 16          /* < 2^(i+4) us, i.e. 16 us ... 0.5 s, rest */
+
+typedef struct knit_http_server knit_http_server;
+typedef struct knit_http_request knit_http_request;
+
+typedef enum knit_http_mode {
+    KNIT_HTTP_POOL = 0,   /* run on a worker thread (may block) */
+    KNIT_HTTP_INLINE = 1, /* run on the reactor (must not block) */
+} knit_http_mode;
+
+typedef enum knit_http_log_format {
+    KNIT_HTTP_LOG_NONE = 0,
+    KNIT_HTTP_LOG_COMBINED = 1, /* Combined Log Format + request time (s) */
+    KNIT_HTTP_LOG_JSON = 2,     /* one JSON object per line */
+} knit_http_log_format;
+
+typedef struct knit_http_options {
+    knit_pool *pool;            /* required for KNIT_HTTP_POOL routes; not owned */
+    const char *server_name;    /* Server header; NULL: none. Default "knit" */
+    size_t max_head, max_target, max_headers;
+    uint64_t max_body;
+    unsigned max_connections;   /* 0: unlimited */
+    unsigned max_pipeline;
+    knit_duration header_timeout, idle_timeout, body_timeout, write_timeout, drain_timeout;
+    unsigned retry_after;       /* seconds, for 503 */
+    knit_http_log_format access_log;
+    int access_log_fd;          /* default 1 (stdout); not owned */
+} knit_http_options;
+
+void knit_http_options_init(knit_http_options *o);
+
+/* Handler: answer REQ with the response functions below. */
+typedef void (*knit_http_handler)(knit_http_request *req, void *arg);
+
+/* Create a server on R (the drain trigger is registered here). OPTS may be
+ * NULL. 0 and *out, or KNIT_EINVAL / KNIT_ENOMEM. */
+int knit_http_server_new(knit_reactor *r, const knit_http_options *opts, knit_http_server **out);
+
+/* Add a route. METHOD: "GET", "POST", ... or NULL for any method (a GET
+ * route also answers HEAD). PATTERN: "/exact"; a prefix, written with "*"
+ * as its last segment ("/static/" followed by "*": the rest of the path is
+ * then knit_http_param(req, "*")); or with {name} segments
+ * ("/notes/{id}"). Routes are tried in the order they were added; the first
+ * match wins. ARG is borrowed for the server's lifetime. 0, KNIT_EINVAL
+ * (bad pattern, pool mode without a pool) or KNIT_ENOMEM. */
+int knit_http_route(knit_http_server *s, const char *method, const char *pattern,
+                    knit_http_mode mode, knit_http_handler fn, void *arg);
+
+/* Listen on endpoint string DESC ("tcp:8080:interface=127.0.0.1", see
+ * endpoint.h). 0, or a negative code with a message in ERR. */
+int knit_http_listen(knit_http_server *s, const char *desc, char *err, size_t errlen);
+/* The port of the Nth listener (after tcp:0), or 0. */
+unsigned knit_http_port(const knit_http_server *s, size_t n);
+
+/* Start draining now (what the shutdown trigger does). DONE, if given, runs
+ * on the reactor once every connection is closed. Idempotent. */
+void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *, void *),
+                            void *arg);
+/* Free the server: listeners closed, connections aborted. Not while
+ * handlers run on workers (drain first). NULL is a no-op. */
+void knit_http_server_free(knit_http_server *s);
+
+/* ---- statistics (for the metrics module) ----------------------------------- */
+typedef struct knit_http_stats {
+    uint64_t requests;          /* answered */
+    uint64_t by_status[6];      /* index status/100: 1xx..5xx (0 unused) */
+    uint64_t status_200, status_404, status_400, status_503;
+    uint64_t connections_open, connections_total;
+    uint64_t parse_errors, timeouts, rejected_busy;
+    /* request time (head parsed → response written to the socket layer) */
+    uint64_t latency[KNIT_HTTP_LATENCY_BUCKETS + 1];
+} knit_http_stats;
+void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out);
+/* Count of answers with exactly STATUS (100..599). */
+uint64_t knit_http_status_count(const knit_http_server *s, int status);
+
+/* ---- request accessors [handler] ------------------------------------------- */
+const char *knit_http_method(const knit_http_request *req);  /* "GET" */
+const char *knit_http_target(const knit_http_request *req);  /* raw, "/a%20b?x=1" */
+const char *knit_http_path(const knit_http_request *req);    /* decoded, "/a b" */
+/* Minor version: 0 or 1. */
+int knit_http_version(const knit_http_request *req);
+/* Route parameter ("id" for "/notes/{id}", "*" for a prefix route), decoded;
+ * NULL if absent. */
+const char *knit_http_param(const knit_http_request *req, const char *name);
+/* First query parameter NAME, decoded ('+' is a space); NULL if absent. A
+ * parameter without '=' has the value "". */
+const char *knit_http_query(knit_http_request *req, const char *name);
+/* First field NAME (case-insensitive), or NULL. */
+const char *knit_http_header(const knit_http_request *req, const char *name);
+/* All field lines in order, repeats preserved: I in [0, count). */
+size_t knit_http_header_count(const knit_http_request *req);
+int knit_http_header_at(const knit_http_request *req, size_t i, const char **name,
+                        const char **value);
+/* Next field NAME after index *POS (start with *pos = 0): value or NULL. */
+const char *knit_http_header_next(const knit_http_request *req, const char *name, size_t *pos);
+const char *knit_http_remote_addr(const knit_http_request *req); /* "127.0.0.1:51234" */
+bool knit_http_is_tls(const knit_http_request *req);
+
+/* Request body: total length (known once the handler runs), whole body, or
+ * read it in pieces: bytes copied (0 at the end) or a negative code. */
+size_t knit_http_body_len(const knit_http_request *req);
+const void *knit_http_body(const knit_http_request *req);
+ssize_t knit_http_read(knit_http_request *req, void *buf, size_t n);
+
+/* Per-request arena: memory freed when the request ends. NULL when out of
+ * memory. CLEANUP, if given, runs (on the reactor thread) when the request
+ * ends, for things that need a destructor. */
+void *knit_http_alloc(knit_http_request *req, size_t n);
+int knit_http_on_cleanup(knit_http_request *req, void (*cleanup)(void *), void *arg);
+
+/* ---- responses [handler] ----------------------------------------------------- */
+
+/* Add a response header (copied). Before respond/start. Content-Length,
+ * Transfer-Encoding, Connection, Date and Server are the server's own. */
+int knit_http_add_header(knit_http_request *req, const char *name, const char *value);
+
+/* Answer with a whole body (copied; may be NULL/0). CONTENT_TYPE may be
+ * NULL. Ends the request. 0, KNIT_EALREADY (already answered) or
+ * KNIT_ECLOSED (the client is gone). */
+int knit_http_respond(knit_http_request *req, int status, const char *content_type,
+                      const void *body, size_t len);
+
+/* Streamed answer: start with LENGTH bytes to come, or -1 if unknown (then
+ * chunked for HTTP/1.1, close-delimited for HTTP/1.0); write pieces; finish.
+ * Writes from a worker block while the connection's output is above its
+ * high-water mark (up to write_timeout, then the connection is aborted).
+ * Returns 0, KNIT_ECLOSED (client gone or timed out), KNIT_EALREADY,
+ * KNIT_EINVAL (more bytes than LENGTH). */
+int knit_http_start(knit_http_request *req, int status, const char *content_type,
+                    int64_t length);
+int knit_http_write(knit_http_request *req, const void *data, size_t len);
+int knit_http_finish(knit_http_request *req);
+
+/* "OK", "Not Found", ...; "Unknown" for others. [any] */
+const char *knit_http_reason(int status);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,1525 @@
+/* http/server.c — the HTTP/1.1 web container: connections, routing,
+ * dispatch to the reactor or the pool, responses, limits, timeouts, drain.
+ *
+ * What it owns: one `conn` per accepted connection (a knit_protocol on a
+ * stream transport) and one knit_http_request per request being read or
+ * answered. Threads: everything here runs on the reactor thread except the
+ * handler of a pool route, which runs on a worker and reaches the
+ * connection only through its request: it appends response bytes to
+ * req->out under req->mu and asks the reactor to flush them
+ * (knit_call_from_thread); it blocks on req->cv while the output is above
+ * the high-water mark. The reactor sets req->gone (under req->mu) when the
+ * client disappears, which makes every later write fail with KNIT_ECLOSED.
+ *
+ * Invariants that must not break:
+ *   - one request at a time per connection (c->req); bytes of pipelined
+ *     requests wait in c->pending with reading paused, so answers go out in
+ *     order and memory is bounded;
+ *   - a request is freed only when (a) its response was fully handed to the
+ *     transport or the connection is gone, (b) its pool handler returned
+ *     (worker_done ran), and (c) no flush call is queued for it;
+ *   - an idle keep-alive connection owns no buffer: c->pending is released,
+ *     the transport's input is fully consumed, no request is allocated.
+ */
+#include "knit/http.h"
+
+#include <inttypes.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "http/parser.h"
+#include "knit/endpoint.h"
+#include "knit/error.h"
+#include "knit/log.h"
+#include "knit/stream.h"
+
+#define MOD "http"
+#define ARENA0 2048u           /* first arena chunk, inside the request allocation */
+#define MAX_LISTENERS 8
+#define OUT_HIGH_WATER KNIT_STREAM_HIGH_WATER
+
+#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
+
+/* ---- routes --------------------------------------------------------------- */
+
+struct route {
+    struct route *next;
+    char *method;  /* NULL: any */
+    char *pattern; /* owned copy */
+    char **segs;   /* pattern segments ("{id}" kept with braces) */
+    size_t nsegs;
+    bool prefix;   /* the last pattern segment was "*" */
+    knit_http_mode mode;
+    knit_http_handler fn;
+    void *arg;
+};
+
+/* ---- connections ----------------------------------------------------------- */
+
+enum { C_IDLE, C_HEAD, C_BODY, C_HANDLING, C_CLOSING };
+enum { T_NONE, T_HEADER, T_IDLE, T_BODY, T_WRITE };
+
+struct conn {
+    knit_protocol proto;
+    knit_http_server *srv;
+    knit_http_request *req; /* the one being read or answered */
+    struct conn *prev, *next;
+    knit_timer timer;
+    knit_buf pending; /* bytes received while a request was being answered */
+    uint32_t head_prev;
+    uint8_t state;
+    uint8_t timer_kind;
+    bool read_paused;
+    bool in_process;
+};
+
+/* ---- requests -------------------------------------------------------------- */
+
+struct arena_chunk {
+    struct arena_chunk *next;
+    size_t cap, used;
+    _Alignas(16) char data[];
+};
+
+struct cleanup {
+    struct cleanup *next;
+    void (*fn)(void *);
+    void *arg;
+};
+
+struct knit_http_request {
+    knit_http_server *srv;
+    struct conn *conn; /* NULL once the connection is gone [reactor] */
+    const struct route *route;
+    knit__http_request h; /* pointers into head (an arena copy) */
+    char *method, *target, *path;
+    const char *query;
+    size_t query_len;
+    const char *pnames[KNIT_HTTP_MAX_PARAMS];
+    size_t pname_lens[KNIT_HTTP_MAX_PARAMS];
+    char *pvals[KNIT_HTTP_MAX_PARAMS];
+    unsigned nparams;
+    char remote[64];
+    bool tls;
+    bool head_only;  /* HEAD: no body bytes */
+    bool close_after;
+    bool started, finished, chunked, close_delimited;
+    bool pool_mode, handler_returned, flush_queued;
+    bool gone;      /* [mu] the client is gone */
+    bool paused;    /* [mu] transport output above high water */
+    bool ended;
+    int status;
+    int64_t declared; /* Content-Length we announced, -1 unknown */
+    uint64_t body_sent;
+    uint64_t bytes_out;
+    /* body (collected by the reactor before dispatch) */
+    knit_buf body;
+    size_t body_rd;
+    uint64_t body_left;
+    knit__http_chunked dec;
+    /* response headers added by the handler */
+    knit_buf rh;
+    /* bytes produced on a worker, waiting for the reactor [mu] */
+    knit_buf out;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    knit_time t0;
+    int64_t wall0;
+    struct cleanup *cleanups;
+    struct arena_chunk *chunks;
+    struct arena_chunk first; /* must be last: ARENA0 bytes follow */
+};
+
+struct knit_http_server {
+    knit_reactor *r;
+    knit_http_options o;
+    knit__http_limits lim;
+    struct route *routes, **routes_tail;
+    knit_protocol_factory factory;
+    knit_listener *listeners[MAX_LISTENERS];
+    size_t nlisteners;
+    struct conn *conns;
+    size_t nconns;
+    knit_trigger *trigger;
+    bool draining;
+    knit_timer drain_timer;
+    void (*drain_done)(knit_http_server *, void *);
+    void *drain_arg;
+    knit_http_stats st;
+    uint64_t by_code[600];
+};
+
+static void conn_continue(struct conn *c);
+static void process(struct conn *c, knit_buf *buf);
+static void request_maybe_end(knit_http_request *req);
+static void drain_check(knit_http_server *s);
+
+/* ---- options ------------------------------------------------------------------ */
+
+void knit_http_options_init(knit_http_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->server_name = KNIT_HTTP_SERVER_NAME;
+    o->max_head = KNIT_HTTP_MAX_HEAD;
+    o->max_target = KNIT_HTTP_MAX_TARGET;
+    o->max_headers = KNIT_HTTP_MAX_HEADERS;
+    o->max_body = KNIT_HTTP_MAX_BODY;
+    o->max_connections = KNIT_HTTP_MAX_CONNECTIONS;
+    o->max_pipeline = KNIT_HTTP_MAX_PIPELINE;
+    o->header_timeout = KNIT_HTTP_HEADER_TIMEOUT;
+    o->idle_timeout = KNIT_HTTP_IDLE_TIMEOUT;
+    o->body_timeout = KNIT_HTTP_BODY_TIMEOUT;
+    o->write_timeout = KNIT_HTTP_WRITE_TIMEOUT;
+    o->drain_timeout = KNIT_HTTP_DRAIN_TIMEOUT;
+    o->retry_after = KNIT_HTTP_RETRY_AFTER;
+    o->access_log = KNIT_HTTP_LOG_NONE;
+    o->access_log_fd = 1;
+}
+
+const char *knit_http_reason(int status)
+{
+    switch (status) {
+    case 100: return "Continue";
+    case 101: return "Switching Protocols";
+    case 200: return "OK";
+    case 201: return "Created";
+    case 202: return "Accepted";
+    case 204: return "No Content";
+    case 206: return "Partial Content";
+    case 301: return "Moved Permanently";
+    case 302: return "Found";
+    case 303: return "See Other";
+    case 304: return "Not Modified";
+    case 307: return "Temporary Redirect";
+    case 308: return "Permanent Redirect";
+    case 400: return "Bad Request";
+    case 401: return "Unauthorized";
+    case 403: return "Forbidden";
+    case 404: return "Not Found";
+    case 405: return "Method Not Allowed";
+    case 408: return "Request Timeout";
+    case 409: return "Conflict";
+    case 410: return "Gone";
+    case 411: return "Length Required";
+    case 412: return "Precondition Failed";
+    case 413: return "Content Too Large";
+    case 414: return "URI Too Long";
+    case 415: return "Unsupported Media Type";
+    case 417: return "Expectation Failed";
+    case 422: return "Unprocessable Content";
+    case 429: return "Too Many Requests";
+    case 431: return "Request Header Fields Too Large";
+    case 500: return "Internal Server Error";
+    case 501: return "Not Implemented";
+    case 502: return "Bad Gateway";
+    case 503: return "Service Unavailable";
+    case 504: return "Gateway Timeout";
+    case 505: return "HTTP Version Not Supported";
+    default: return "Unknown";
+    }
+}
+
+/* ---- Date header: one formatted string per second per thread --------------- */
+
+static const char *http_date(void)
+{
+    static __thread char buf[40];
+    static __thread int64_t sec = -1;
+    int64_t now = knit_wall_now() / 1000000000LL;
+    if (now != sec) {
+        time_t t = (time_t)now;
+        struct tm tm;
+        gmtime_r(&t, &tm);
+        strftime(buf, sizeof buf, "%a, %d %b %Y %H:%M:%S GMT", &tm);
+        sec = now;
+    }
+    return buf;
+}
+
+/* ---- arena ------------------------------------------------------------------------ */
+
+void *knit_http_alloc(knit_http_request *req, size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    struct arena_chunk *ch = req->chunks;
+    if (ch->cap - ch->used < n) {
+        size_t cap = n > 4096 ? n : 4096;
+        struct arena_chunk *nc = malloc(sizeof *nc + cap);
+        if (!nc) return NULL;
+        nc->cap = cap;
+        nc->used = 0;
+        nc->next = req->chunks;
+        req->chunks = ch = nc;
+    }
+    void *p = ch->data + ch->used;
+    ch->used += n;
+    return p;
+}
+
+int knit_http_on_cleanup(knit_http_request *req, void (*fn)(void *), void *arg)
+{
+    struct cleanup *c = knit_http_alloc(req, sizeof *c);
+    if (!c) return KNIT_ENOMEM;
+    c->fn = fn;
+    c->arg = arg;
+    c->next = req->cleanups;
+    req->cleanups = c;
+    return 0;
+}
+
+static char *arena_strndup(knit_http_request *req, const char *s, size_t n)
+{
+    char *p = knit_http_alloc(req, n + 1);
+    if (!p) return NULL;
+    memcpy(p, s, n);
+    p[n] = 0;
+    return p;
+}
+
+/* Percent-decode S[0,N) into the arena; '+' → ' ' when PLUS. NULL on NUL
+ * bytes or memory. The parser already checked %XX well-formedness in the
+ * target; query values from elsewhere are checked here too. */
+static char *pct_decode(knit_http_request *req, const char *s, size_t n, bool plus)
+{
+    char *out = knit_http_alloc(req, n + 1), *o = out;
+    if (!out) return NULL;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (ch == '%') {
+            if (i + 2 >= n) return NULL;
+            int v = 0;
+            for (int k = 1; k <= 2; k++) {
+                char d = s[i + (size_t)k];
+                v <<= 4;
+                if (d >= '0' && d <= '9') v |= d - '0';
+                else if (d >= 'a' && d <= 'f') v |= d - 'a' + 10;
+                else if (d >= 'A' && d <= 'F') v |= d - 'A' + 10;
+                else return NULL;
+            }
+            if (v == 0) return NULL;
+            *o++ = (char)v;
+            i += 2;
+        } else if (ch == '+' && plus) {
+            *o++ = ' ';
+        } else {
+            *o++ = ch;
+        }
+    }
+    *o = 0;
+    return out;
+}
+
+/* ---- server --------------------------------------------------------------------- */
+
+static knit_protocol *build_conn(knit_protocol_factory *f, const knit_sockaddr *peer);
+
+static void drain_trigger(knit_reactor *r, knit_trigger *t, void *arg);
+
+int knit_http_server_new(knit_reactor *r, const knit_http_options *opts, knit_http_server **out)
+{
+    knit_http_server *s = calloc(1, sizeof *s);
+    if (!s) return KNIT_ENOMEM;
+    s->r = r;
+    if (opts) s->o = *opts;
+    else knit_http_options_init(&s->o);
+    knit__http_limits_init(&s->lim);
+    s->lim.max_head = s->o.max_head;
+    s->lim.max_target = s->o.max_target;
+    s->lim.max_headers = s->o.max_headers;
+    s->lim.max_body = s->o.max_body;
+    if (!s->lim.max_head || !s->lim.max_target || !s->lim.max_headers ||
+        s->lim.max_headers > 1024) {
+        free(s);
+        return KNIT_EINVAL;
+    }
+    s->routes_tail = &s->routes;
+    s->factory.build = build_conn;
+    s->factory.data = s;
+    int rc = knit_reactor_add_trigger(r, KNIT_PHASE_BEFORE, drain_trigger, s, &s->trigger);
+    if (rc != 0) {
+        free(s);
+        return rc;
+    }
+    *out = s;
+    return 0;
+}
+
+int knit_http_route(knit_http_server *s, const char *method, const char *pattern,
+                    knit_http_mode mode, knit_http_handler fn, void *arg)
+{
+    if (!pattern || pattern[0] != '/' || !fn) return KNIT_EINVAL;
+    if (mode == KNIT_HTTP_POOL && !s->o.pool) return KNIT_EINVAL;
+    struct route *rt = calloc(1, sizeof *rt);
+    if (!rt) return KNIT_ENOMEM;
+    rt->pattern = strdup(pattern);
+    rt->method = method ? strdup(method) : NULL;
+    size_t n = 0;
+    for (const char *p = pattern; *p; p++)
+        if (*p == '/') n++;
+    rt->segs = calloc(n + 1, sizeof *rt->segs);
+    if (!rt->pattern || (method && !rt->method) || !rt->segs) goto nomem;
+    /* split "/a/{b}/c" into a, {b}, c; a trailing "*" segment is a prefix */
+    const char *p = pattern + 1;
+    unsigned nparams = 0;
+    while (1) {
+        const char *e = strchr(p, '/');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        if (!e && len == 1 && p[0] == '*') {
+            rt->prefix = true;
+            break;
+        }
+        if (len >= 2 && p[0] == '{' && p[len - 1] == '}') {
+            if (++nparams > KNIT_HTTP_MAX_PARAMS - 1) goto inval;
+        } else if (memchr(p, '{', len) || memchr(p, '}', len) || memchr(p, '*', len)) {
+            goto inval;
+        }
+        rt->segs[rt->nsegs] = strndup(p, len);
+        if (!rt->segs[rt->nsegs]) goto nomem;
+        rt->nsegs++;
+        if (!e) break;
+        p = e + 1;
+    }
+    rt->mode = mode;
+    rt->fn = fn;
+    rt->arg = arg;
+    *s->routes_tail = rt;
+    s->routes_tail = &rt->next;
+    return 0;
+inval:
+    for (size_t i = 0; i < rt->nsegs; i++)
+        free(rt->segs[i]);
+    free(rt->segs);
+    free(rt->pattern);
+    free(rt->method);
+    free(rt);
+    return KNIT_EINVAL;
+nomem:
+    for (size_t i = 0; i < rt->nsegs; i++)
+        free(rt->segs[i]);
+    free(rt->segs);
+    free(rt->pattern);
+    free(rt->method);
+    free(rt);
+    return KNIT_ENOMEM;
+}
+
+int knit_http_listen(knit_http_server *s, const char *desc, char *err, size_t errlen)
+{
+    if (s->nlisteners == MAX_LISTENERS) return KNIT_ELIMIT;
+    knit_listen_options lo;
+    knit_listen_options_init(&lo);
+    lo.max_connections = s->o.max_connections;
+    knit_listener *l;
+    int rc = knit_endpoint_listen(s->r, desc, &s->factory, &lo, &l, err, errlen);
+    if (rc != 0) return rc;
+    s->listeners[s->nlisteners++] = l;
+    return 0;
+}
+
+unsigned knit_http_port(const knit_http_server *s, size_t n)
+{
+    if (n >= s->nlisteners || !s->listeners[n]) return 0;
+    knit_sockaddr a;
+    if (knit_listener_address(s->listeners[n], &a) != 0) return 0;
+    if (a.u.sa.sa_family == AF_INET) return ntohs(a.u.in.sin_port);
+    if (a.u.sa.sa_family == AF_INET6) return ntohs(a.u.in6.sin6_port);
+    return 0;
+}
+
+void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out)
+{
+    *out = s->st;
+    out->connections_open = s->nconns;
+    out->status_200 = s->by_code[200];
+    out->status_404 = s->by_code[404];
+    out->status_400 = s->by_code[400];
+    out->status_503 = s->by_code[503];
+}
+
+uint64_t knit_http_status_count(const knit_http_server *s, int status)
+{
+    return status >= 100 && status < 600 ? s->by_code[status] : 0;
+}
+
+/* ---- timers ------------------------------------------------------------------ */
+
+static void conn_timeout(knit_reactor *r, void *arg);
+
+static void timer_set(struct conn *c, int kind, knit_duration d)
+{
+    knit_reactor *r = c->srv->r;
+    if (d <= 0) kind = T_NONE;
+    if (kind == T_NONE) {
+        if (c->timer_kind != T_NONE) knit_timer_cancel(r, c->timer);
+        c->timer = KNIT_TIMER_NONE;
+        c->timer_kind = T_NONE;
+        return;
+    }
+    if (c->timer_kind != T_NONE && knit_timer_reset(r, c->timer, d) == 0) {
+        c->timer_kind = (uint8_t)kind;
+        return;
+    }
+    c->timer = knit_call_later(r, d, conn_timeout, c);
+    c->timer_kind = knit_timer_active(r, c->timer) ? (uint8_t)kind : T_NONE;
+}
+
+/* ---- writing an error answer from the reactor and closing --------------------- */
+
+static void count_status(knit_http_server *s, int status)
+{
+    s->st.requests++;
+    if (status >= 100 && status < 600) {
+        s->by_code[status]++;
+        s->st.by_status[status / 100]++;
+    }
+}
+
+static void conn_error(struct conn *c, int status, const char *why)
+{
+    knit_http_server *s = c->srv;
+    if (c->state == C_CLOSING || !c->proto.transport) return;
+    char buf[512];
+    int n = snprintf(buf, sizeof buf,
+                     "HTTP/1.1 %d %s\r\nDate: %s\r\n%s%s%sContent-Type: text/plain\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n%s\r\n%s\n",
+                     status, knit_http_reason(status), http_date(),
+                     s->o.server_name ? "Server: " : "", s->o.server_name ? s->o.server_name : "",
+                     s->o.server_name ? "\r\n" : "", strlen(why) + 1,
+                     status == 503 ? "Retry-After: 1\r\n" : "", why);
+    if (n > 0 && (size_t)n < sizeof buf) knit_transport_write(c->proto.transport, buf, (size_t)n);
+    count_status(s, status);
+    KNIT_DEBUG(MOD, "closing connection: %d %s", status, why);
+    timer_set(c, T_NONE, 0);
+    c->state = C_CLOSING;
+    knit_transport_lose_connection(c->proto.transport);
+}
+
+/* ---- requests: creation and end ---------------------------------------------- */
+
+static knit_http_request *request_new(struct conn *c, const char *head, size_t head_len,
+                                      const knit__http_request *h)
+{
+    knit_http_request *req = malloc(sizeof *req + ARENA0);
+    if (!req) return NULL;
+    memset(req, 0, offsetof(knit_http_request, first));
+    req->first.cap = ARENA0;
+    req->first.used = 0;
+    req->first.next = NULL;
+    req->chunks = &req->first;
+    req->srv = c->srv;
+    req->conn = c;
+    req->declared = -1;
+    knit_buf_init(&req->body);
+    knit_buf_init(&req->rh);
+    knit_buf_init(&req->out);
+    req->t0 = knit_reactor_now(c->srv->r);
+    req->wall0 = knit_wall_now();
+
+    /* Copy the head and re-point the parsed fields into the copy. */
+    char *copy = knit_http_alloc(req, head_len + 1);
+    knit__http_field *fields = knit_http_alloc(req, sizeof *fields * (h->num_fields + 1));
+    if (!copy || !fields) goto fail;
+    memcpy(copy, head, head_len);
+    copy[head_len] = 0;
+    ptrdiff_t d = copy - head;
+    req->h = *h;
+    req->h.fields = fields;
+    for (size_t i = 0; i < h->num_fields; i++) {
+        fields[i] = h->fields[i];
+        fields[i].name += d;
+        fields[i].value += d;
+    }
+    req->h.method += d;
+    req->h.target += d;
+    if (req->h.host) req->h.host += d;
+    req->method = arena_strndup(req, req->h.method, req->h.method_len);
+    req->target = arena_strndup(req, req->h.target, req->h.target_len);
+    if (!req->method || !req->target) goto fail;
+    const char *t = req->target, *q = strchr(t, '?');
+    size_t plen = q ? (size_t)(q - t) : strlen(t);
+    if (q) {
+        req->query = q + 1;
+        req->query_len = strlen(q + 1);
+    }
+    /* absolute-form: path starts after the authority */
+    if (t[0] != '/' && t[0] != '*') {
+        const char *sl = strstr(t, "://");
+        const char *pstart = sl ? strchr(sl + 3, '/') : NULL;
+        if (pstart && (!q || pstart < q)) {
+            plen -= (size_t)(pstart - t);
+            t = pstart;
+        } else {
+            t = "/";
+            plen = 1;
+        }
+    }
+    req->path = pct_decode(req, t, plen, false);
+    if (!req->path) {
+        req->status = 400; /* %00 in the path */
+        return req;
+    }
+    req->head_only = h->method_id == KNIT__HTTP_M_HEAD;
+    req->close_after = !h->keep_alive;
+    knit_sockaddr peer;
+    if (c->proto.transport && knit_transport_peer(c->proto.transport, &peer) == 0)
+        knit_sockaddr_format(&peer, req->remote, sizeof req->remote);
+    else
+        snprintf(req->remote, sizeof req->remote, "-");
+    req->tls = c->proto.transport && strcmp(knit_transport_kind(c->proto.transport), "tls") == 0;
+    return req;
+fail:
+    free(req);
+    return NULL;
+}
+
+static void request_free(knit_http_request *req)
+{
+    for (struct cleanup *cl = req->cleanups; cl; cl = cl->next)
+        cl->fn(cl->arg);
+    knit_buf_release(&req->body);
+    knit_buf_release(&req->rh);
+    knit_buf_release(&req->out);
+    if (req->pool_mode) {
+        pthread_mutex_destroy(&req->mu);
+        pthread_cond_destroy(&req->cv);
+    }
+    struct arena_chunk *ch = req->chunks;
+    while (ch != &req->first) {
+        struct arena_chunk *n = ch->next;
+        free(ch);
+        ch = n;
+    }
+    free(req);
+}
+
+/* Escape for the access log: quotes, backslashes and controls as \xHH. */
+static size_t log_escape(char *dst, size_t cap, const char *s, bool json)
+{
+    size_t o = 0;
+    if (!s) s = "-";
+    for (; *s && o + 7 < cap; s++) {
+        unsigned char ch = (unsigned char)*s;
+        if (ch < 0x20 || ch == 0x7f || ch == '"' || ch == '\\' || (json && ch >= 0x80)) {
+            o += (size_t)snprintf(dst + o, cap - o, json ? "\\u%04x" : "\\x%02x", ch);
+        } else {
+            dst[o++] = (char)ch;
+        }
+    }
+    dst[o] = 0;
+    return o;
+}
+
+static void access_log(knit_http_request *req, knit_duration took)
+{
+    knit_http_server *s = req->srv;
+    if (s->o.access_log == KNIT_HTTP_LOG_NONE) return;
+    char host[64], target[1024], ref[512], ua[512], line[2400];
+    snprintf(host, sizeof host, "%s", req->remote);
+    char *colon = strrchr(host, ':');
+    if (colon && host[0] != 'u') *colon = 0; /* drop the port */
+    if (host[0] == '[') {
+        memmove(host, host + 1, strlen(host));
+        char *br = strchr(host, ']');
+        if (br) *br = 0;
+    }
+    bool json = s->o.access_log == KNIT_HTTP_LOG_JSON;
+    log_escape(target, sizeof target, req->target, json);
+    log_escape(ref, sizeof ref, knit_http_header(req, "referer"), json);
+    log_escape(ua, sizeof ua, knit_http_header(req, "user-agent"), json);
+    time_t t = (time_t)(req->wall0 / 1000000000LL);
+    struct tm tm;
+    gmtime_r(&t, &tm);
+    int n;
+    if (json) {
+        char ts[40];
+        strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
+        n = snprintf(line, sizeof line,
+                     "{\"time\":\"%s\",\"remote\":\"%s\",\"method\":\"%s\",\"target\":\"%s\","
+                     "\"version\":\"HTTP/1.%d\",\"status\":%d,\"bytes\":%" PRIu64
+                     ",\"referer\":\"%s\",\"user_agent\":\"%s\",\"duration\":%.6f}\n",
+                     ts, host, req->method, target, req->h.minor_version, req->status,
+                     req->body_sent, ref, ua, KNIT_TO_SEC(took));
+    } else {
+        char ts[40];
+        strftime(ts, sizeof ts, "%d/%b/%Y:%H:%M:%S +0000", &tm);
+        n = snprintf(line, sizeof line, "%s - - [%s] \"%s %s HTTP/1.%d\" %d %" PRIu64
+                     " \"%s\" \"%s\" %.6f\n",
+                     host, ts, req->method, target, req->h.minor_version, req->status,
+                     req->body_sent, ref, ua, KNIT_TO_SEC(took));
+    }
+    if (n > 0) {
+        size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
+        ssize_t w = write(s->o.access_log_fd, line, len);
+        (void)w;
+    }
+}
+
+/* [reactor] The request is over for the connection: stats, log, next. */
+static void request_maybe_end(knit_http_request *req)
+{
+    if (req->ended) return;
+    /* Inline handlers end the request by responding/finishing, even after
+     * the client left; pool handlers by returning. */
+    bool answered = req->finished || (req->gone && req->pool_mode);
+    if (!answered) return;
+    if (req->pool_mode && !req->handler_returned) return;
+    if (req->flush_queued) return;
+    req->ended = true;
+    knit_http_server *s = req->srv;
+    struct conn *c = req->conn;
+    if (req->status) {
+        count_status(s, req->status);
+        knit_duration took = knit_reactor_now(s->r) - req->t0;
+        uint64_t us = (uint64_t)(took / 1000);
+        unsigned b = 0;
+        while (b < KNIT_HTTP_LATENCY_BUCKETS && us >= (1ull << (b + 4)))
+            b++;
+        s->st.latency[b]++;
+        access_log(req, took);
+    }
+    bool close = req->close_after || req->gone;
+    request_free(req);
+    if (!c) return;
+    c->req = NULL;
+    if (close || s->draining) {
+        timer_set(c, T_NONE, 0);
+        c->state = C_CLOSING;
+        if (c->proto.transport) knit_transport_lose_connection(c->proto.transport);
+        return;
+    }
+    c->state = C_IDLE;
+    if (!c->in_process) conn_continue(c);
+}
+
+/* ---- response serialisation ----------------------------------------------------- */
+
+/* Append the status line and headers for a response to B. LENGTH: the body
+ * length, or -1 (chunked / close-delimited). */
+static int build_head(knit_http_request *req, knit_buf *b, int status, const char *ctype,
+                      int64_t length)
+{
+    knit_http_server *s = req->srv;
+    bool v10 = req->h.minor_version == 0;
+    if (s->draining) req->close_after = true;
+    req->status = status;
+    req->declared = length;
+    bool no_body = status < 200 || status == 204 || status == 304;
+    if (length < 0 && !no_body) {
+        if (v10) {
+            req->close_delimited = true;
+            req->close_after = true;
+        } else {
+            req->chunked = true;
+        }
+    }
+    int rc = knit_buf_printf(b, "HTTP/1.%d %d %s\r\nDate: %s\r\n", v10 ? 0 : 1, status,
+                             knit_http_reason(status), http_date());
+    if (rc == 0 && s->o.server_name) rc = knit_buf_printf(b, "Server: %s\r\n", s->o.server_name);
+    if (rc == 0 && ctype) rc = knit_buf_printf(b, "Content-Type: %s\r\n", ctype);
+    if (rc == 0 && !no_body) {
+        if (length >= 0) rc = knit_buf_printf(b, "Content-Length: %" PRId64 "\r\n", length);
+        else if (req->chunked) rc = knit_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
+    }
+    if (rc == 0) {
+        if (req->close_after) rc = knit_buf_append_str(b, "Connection: close\r\n");
+        else if (v10) rc = knit_buf_append_str(b, "Connection: keep-alive\r\n");
+    }
+    if (rc == 0 && !knit_buf_empty(&req->rh))
+        rc = knit_buf_append(b, knit_buf_data(&req->rh), knit_buf_len(&req->rh));
+    if (rc == 0) rc = knit_buf_append_str(b, "\r\n");
+    if (no_body || req->head_only) req->chunked = false;
+    return rc;
+}
+
+/* [reactor] Hand queued worker output to the transport. */
+static void flush_out(knit_http_request *req)
+{
+    knit_buf tmp = KNIT_BUF_INIT;
+    pthread_mutex_lock(&req->mu);
+    knit_buf_move(&tmp, &req->out);
+    pthread_mutex_unlock(&req->mu);
+    if (!knit_buf_empty(&tmp)) {
+        struct conn *c = req->conn;
+        if (c && c->proto.transport && !req->gone) {
+            req->bytes_out += knit_buf_len(&tmp);
+            knit_transport_write_buf(c->proto.transport, &tmp);
+        }
+    }
+    knit_buf_release(&tmp);
+    /* The transport may have paused us; mirror it for the worker. */
+    struct conn *c = req->conn;
+    bool paused = c && c->proto.transport && knit_transport_producer_paused(c->proto.transport);
+    pthread_mutex_lock(&req->mu);
+    req->paused = paused;
+    pthread_cond_broadcast(&req->cv);
+    pthread_mutex_unlock(&req->mu);
+}
+
+static void flush_call(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_http_request *req = arg;
+    pthread_mutex_lock(&req->mu);
+    req->flush_queued = false;
+    pthread_mutex_unlock(&req->mu);
+    flush_out(req);
+    request_maybe_end(req);
+}
+
+/* Emit bytes of the response from whichever thread runs the handler. */
+static int emit(knit_http_request *req, const void *a, size_t alen, const void *b, size_t blen,
+                bool final)
+{
+    knit_http_server *s = req->srv;
+    if (!req->pool_mode || knit_reactor_in_thread(s->r)) {
+        struct conn *c = req->conn;
+        if (!c || !c->proto.transport || req->gone) {
+            if (final) {
+                req->finished = true;
+                request_maybe_end(req);
+            }
+            return KNIT_ECLOSED;
+        }
+        struct iovec iov[2] = {{(void *)a, alen}, {(void *)b, blen}};
+        int rc = knit_transport_writev(c->proto.transport, iov, blen ? 2 : 1);
+        req->bytes_out += alen + blen;
+        if (final) {
+            req->finished = true;
+            request_maybe_end(req);
+        }
+        return rc;
+    }
+    /* worker: queue, ask the reactor to flush, wait while above high water */
+    pthread_mutex_lock(&req->mu);
+    if (req->gone) {
+        pthread_mutex_unlock(&req->mu);
+        return KNIT_ECLOSED;
+    }
+    int rc = knit_buf_append(&req->out, a, alen);
+    if (rc == 0 && blen) rc = knit_buf_append(&req->out, b, blen);
+    if (final) req->finished = true;
+    /* A final write is flushed by worker_done when the handler returns (one
+     * wake-up for the whole response); intermediate writes go out now. */
+    if (!final && !req->flush_queued) {
+        req->flush_queued = true;
+        if (knit_call_from_thread(s->r, flush_call, req) != 0) req->flush_queued = false;
+    }
+    while (!final && !req->gone && (req->paused || knit_buf_len(&req->out) > OUT_HIGH_WATER))
+        pthread_cond_wait(&req->cv, &req->mu);
+    if (req->gone) rc = KNIT_ECLOSED;
+    pthread_mutex_unlock(&req->mu);
+    return rc;
+}
+
+int knit_http_add_header(knit_http_request *req, const char *name, const char *value)
+{
+    if (req->started) return KNIT_EALREADY;
+    for (const char *p = name; *p; p++)
+        if (*p <= ' ' || *p == ':' || *p == 0x7f) return KNIT_EINVAL;
+    for (const char *p = value; *p; p++)
+        if (*p == '\r' || *p == '\n') return KNIT_EINVAL;
+    return knit_buf_printf(&req->rh, "%s: %s\r\n", name, value);
+}
+
+int knit_http_respond(knit_http_request *req, int status, const char *content_type,
+                      const void *body, size_t len)
+{
+    if (req->started) return KNIT_EALREADY;
+    if (status < 100 || status > 999) return KNIT_EINVAL;
+    req->started = true;
+    knit_buf head = KNIT_BUF_INIT;
+    char stackbuf[512];
+    knit_buf_init_borrowed(&head, stackbuf, sizeof stackbuf);
+    int rc = build_head(req, &head, status, content_type, (int64_t)len);
+    if (rc != 0) {
+        knit_buf_release(&head);
+        return rc;
+    }
+    size_t blen = req->head_only ? 0 : len;
+    req->body_sent = blen;
+    rc = emit(req, knit_buf_data(&head), knit_buf_len(&head), body, blen, true);
+    knit_buf_release(&head);
+    return rc;
+}
+
+int knit_http_start(knit_http_request *req, int status, const char *content_type, int64_t length)
+{
+    if (req->started) return KNIT_EALREADY;
+    req->started = true;
+    knit_buf head = KNIT_BUF_INIT;
+    int rc = build_head(req, &head, status, content_type, length);
+    if (rc == 0) rc = emit(req, knit_buf_data(&head), knit_buf_len(&head), NULL, 0, false);
+    knit_buf_release(&head);
+    return rc;
+}
+
+int knit_http_write(knit_http_request *req, const void *data, size_t len)
+{
+    if (!req->started || req->finished) return KNIT_EALREADY;
+    if (len == 0) return 0;
+    if (req->declared >= 0 && req->body_sent + len > (uint64_t)req->declared) return KNIT_EINVAL;
+    req->body_sent += len;
+    if (req->head_only) return 0;
+    if (req->chunked) {
+        char sz[24];
+        int n = snprintf(sz, sizeof sz, "%zx\r\n", len);
+        int rc = emit(req, sz, (size_t)n, data, len, false);
+        return rc ? rc : emit(req, "\r\n", 2, NULL, 0, false);
+    }
+    return emit(req, data, len, NULL, 0, false);
+}
+
+int knit_http_finish(knit_http_request *req)
+{
+    if (!req->started || req->finished) return KNIT_EALREADY;
+    if (req->declared >= 0 && req->body_sent != (uint64_t)req->declared) {
+        /* Fewer bytes than announced: the framing is broken; close after. */
+        req->close_after = true;
+        if (req->conn && knit_reactor_in_thread(req->srv->r) && req->conn->proto.transport)
+            knit_transport_lose_connection(req->conn->proto.transport);
+    }
+    if (req->chunked) return emit(req, "0\r\n\r\n", 5, NULL, 0, true);
+    return emit(req, "", 0, NULL, 0, true);
+}
+
+/* ---- request accessors ---------------------------------------------------------- */
+
+const char *knit_http_method(const knit_http_request *req) { return req->method; }
+const char *knit_http_target(const knit_http_request *req) { return req->target; }
+const char *knit_http_path(const knit_http_request *req) { return req->path; }
+int knit_http_version(const knit_http_request *req) { return req->h.minor_version; }
+const char *knit_http_remote_addr(const knit_http_request *req) { return req->remote; }
+bool knit_http_is_tls(const knit_http_request *req) { return req->tls; }
+size_t knit_http_header_count(const knit_http_request *req) { return req->h.num_fields; }
+size_t knit_http_body_len(const knit_http_request *req) { return knit_buf_len(&req->body); }
+
+const void *knit_http_body(const knit_http_request *req)
+{
+    if (!knit_buf_len(&req->body)) return "";
+    return knit_buf_data(&req->body);
+}
+
+ssize_t knit_http_read(knit_http_request *req, void *buf, size_t n)
+{
+    size_t left = knit_buf_len(&req->body) - req->body_rd;
+    if (n > left) n = left;
+    if (n) memcpy(buf, knit_buf_data(&req->body) + req->body_rd, n);
+    req->body_rd += n;
+    return (ssize_t)n;
+}
+
+const char *knit_http_param(const knit_http_request *req, const char *name)
+{
+    size_t nl = strlen(name);
+    for (unsigned i = 0; i < req->nparams; i++)
+        if (req->pname_lens[i] == nl && memcmp(req->pnames[i], name, nl) == 0)
+            return req->pvals[i];
+    return NULL;
+}
+
+const char *knit_http_query(knit_http_request *req, const char *name)
+{
+    if (!req->query) return NULL;
+    size_t nl = strlen(name);
+    const char *p = req->query, *end = req->query + req->query_len;
+    while (p < end) {
+        const char *amp = memchr(p, '&', (size_t)(end - p));
+        const char *e = amp ? amp : end;
+        const char *eq = memchr(p, '=', (size_t)(e - p));
+        const char *ke = eq ? eq : e;
+        char *key = pct_decode(req, p, (size_t)(ke - p), true);
+        if (key && strlen(key) == nl && memcmp(key, name, nl) == 0)
+            return eq ? pct_decode(req, eq + 1, (size_t)(e - eq - 1), true) : "";
+        p = e + 1;
+    }
+    return NULL;
+}
+
+static const char *field_value(const knit_http_request *req, size_t i)
+{
+    /* Field values are not NUL-terminated in the head copy; terminate them
+     * in place: the byte after a value is CR or trailing OWS, never needed
+     * again once the head was parsed. */
+    knit__http_field *f = &req->h.fields[i];
+    ((char *)f->value)[f->value_len] = 0;
+    return f->value;
+}
+
+const char *knit_http_header_next(const knit_http_request *req, const char *name, size_t *pos)
+{
+    size_t nl = strlen(name);
+    for (size_t i = *pos; i < req->h.num_fields; i++) {
+        const knit__http_field *f = &req->h.fields[i];
+        if (f->name_len == nl && strncasecmp(f->name, name, nl) == 0) {
+            *pos = i + 1;
+            return field_value(req, i);
+        }
+    }
+    *pos = req->h.num_fields;
+    return NULL;
+}
+
+const char *knit_http_header(const knit_http_request *req, const char *name)
+{
+    size_t pos = 0;
+    return knit_http_header_next(req, name, &pos);
+}
+
+int knit_http_header_at(const knit_http_request *req, size_t i, const char **name,
+                        const char **value)
+{
+    if (i >= req->h.num_fields) return KNIT_ERANGE;
+    /* names: terminate at the colon the same way */
+    knit__http_field *f = &req->h.fields[i];
+    ((char *)f->name)[f->name_len] = 0;
+    *name = f->name;
+    *value = field_value(req, i);
+    return 0;
+}
+
+/* ---- routing --------------------------------------------------------------------- */
+
+/* Match REQ's raw path against RT; on success fill the params. */
+static bool route_match(knit_http_request *req, const struct route *rt)
+{
+    const char *p = req->path; /* decoded */
+    size_t seg = 0;
+    unsigned np = 0;
+    if (*p != '/') return false;
+    p++;
+    while (seg < rt->nsegs) {
+        const char *e = strchr(p, '/');
+        size_t len = e ? (size_t)(e - p) : strlen(p);
+        const char *pat = rt->segs[seg];
+        size_t plen = strlen(pat);
+        if (plen >= 2 && pat[0] == '{') {
+            if (len == 0) return false;
+            req->pnames[np] = pat + 1;
+            req->pname_lens[np] = plen - 2;
+            req->pvals[np] = arena_strndup(req, p, len);
+            if (!req->pvals[np]) return false;
+            np++;
+        } else if (plen != len || memcmp(pat, p, len) != 0) {
+            return false;
+        }
+        seg++;
+        if (seg == rt->nsegs) {
+            p += len;
+            break;
+        }
+        if (!e) return false;
+        p = e + 1;
+    }
+    if (rt->prefix) {
+        if (rt->nsegs > 0) {
+            if (*p == '/') p++;
+            else if (*p) return false;
+        }
+        req->pnames[np] = "*";
+        req->pname_lens[np] = 1;
+        req->pvals[np] = (char *)p;
+        np++;
+    } else if (*p) {
+        return false;
+    }
+    req->nparams = np;
+    return true;
+}
+
+static bool method_matches(const struct route *rt, const knit_http_request *req)
+{
+    if (!rt->method) return true;
+    if (strcmp(rt->method, req->method) == 0) return true;
+    return req->head_only && strcmp(rt->method, "GET") == 0;
+}
+
+/* ---- dispatch -------------------------------------------------------------------- */
+
+static void worker_run(void *arg)
+{
+    knit_http_request *req = arg;
+    req->route->fn(req, req->route->arg);
+}
+
+/* [reactor] after the pool handler returned (or its job was dropped). */
+static void worker_done(void *arg)
+{
+    knit_http_request *req = arg;
+    req->handler_returned = true;
+    flush_out(req);
+    if (!req->gone && !req->finished) {
+        /* The handler returned without finishing: answer for it (we are on
+         * the reactor, so these write directly). */
+        if (!req->started) knit_http_respond(req, 500, "text/plain", "handler did not respond\n", 24);
+        else knit_http_finish(req);
+    }
+    request_maybe_end(req);
+}
+
+static void respond_simple(knit_http_request *req, int status, const char *extra_header,
+                           const char *extra_value)
+{
+    if (extra_header) knit_http_add_header(req, extra_header, extra_value);
+    char body[64];
+    int n = snprintf(body, sizeof body, "%d %s\n", status, knit_http_reason(status));
+    knit_http_respond(req, status, "text/plain", body, (size_t)n);
+}
+
+static void dispatch(struct conn *c, knit_http_request *req)
+{
+    knit_http_server *s = c->srv;
+    c->state = C_HANDLING;
+    timer_set(c, T_NONE, 0);
+    if (req->status == 400) { /* bad path */
+        req->close_after = true;
+        req->status = 0;
+        respond_simple(req, 400, NULL, NULL);
+        return;
+    }
+    const struct route *found = NULL;
+    char allow[256];
+    size_t alen = 0;
+    bool path_matched = false;
+    for (const struct route *rt = s->routes; rt; rt = rt->next) {
+        if (!route_match(req, rt)) continue;
+        path_matched = true;
+        if (method_matches(rt, req)) {
+            found = rt;
+            break;
+        }
+        if (rt->method && alen + strlen(rt->method) + 8 < sizeof allow) {
+            alen += (size_t)snprintf(allow + alen, sizeof allow - alen, "%s%s", alen ? ", " : "",
+                                     rt->method);
+            if (strcmp(rt->method, "GET") == 0)
+                alen += (size_t)snprintf(allow + alen, sizeof allow - alen, ", HEAD");
+        }
+    }
+    if (!found) {
+        req->nparams = 0;
+        if (path_matched) {
+            allow[alen] = 0;
+            respond_simple(req, 405, "Allow", allow);
+        } else {
+            respond_simple(req, 404, NULL, NULL);
+        }
+        return;
+    }
+    req->route = found;
+    if (found->mode == KNIT_HTTP_INLINE) {
+        found->fn(req, found->arg);
+        return;
+    }
+    req->pool_mode = true;
+    pthread_mutex_init(&req->mu, NULL);
+    pthread_cond_init(&req->cv, NULL);
+    int rc = knit_call_in_thread(s->o.pool, worker_run, req, worker_done);
+    if (rc != 0) {
+        req->pool_mode = false;
+        pthread_mutex_destroy(&req->mu);
+        pthread_cond_destroy(&req->cv);
+        s->st.rejected_busy++;
+        char ra[16];
+        snprintf(ra, sizeof ra, "%u", s->o.retry_after);
+        respond_simple(req, 503, "Retry-After", ra);
+    }
+}
+
+/* ---- reading: head, body ------------------------------------------------------- */
+
+/* Feed body bytes; returns bytes consumed, or -1 after answering an error. */
+static ssize_t body_feed(struct conn *c, knit_http_request *req, const char *data, size_t len)
+{
+    if (req->h.body == KNIT__HTTP_BODY_LENGTH) {
+        size_t n = len < req->body_left ? len : (size_t)req->body_left;
+        if (knit_buf_append(&req->body, data, n) != 0) {
+            conn_error(c, 500, "out of memory");
+            return -1;
+        }
+        req->body_left -= n;
+        return (ssize_t)n;
+    }
+    size_t pos = 0;
+    while (pos < len && !req->dec.done) {
+        const char *d;
+        size_t dl;
+        ssize_t r = knit__http_chunked_decode(&req->dec, data + pos, len - pos, &d, &dl);
+        if (r < 0) {
+            c->srv->st.parse_errors++;
+            conn_error(c, req->dec.status, req->dec.error);
+            return -1;
+        }
+        if (dl && knit_buf_append(&req->body, d, dl) != 0) {
+            conn_error(c, 500, "out of memory");
+            return -1;
+        }
+        pos += (size_t)r;
+        if (r == 0) break;
+    }
+    return (ssize_t)pos;
+}
+
+static bool body_done(const knit_http_request *req)
+{
+    return req->h.body == KNIT__HTTP_BODY_LENGTH ? req->body_left == 0 : req->dec.done;
+}
+
+static void process(struct conn *c, knit_buf *buf)
+{
+    knit_http_server *s = c->srv;
+    c->in_process = true;
+    while (c->state != C_HANDLING && c->state != C_CLOSING && !knit_buf_empty(buf)) {
+        const char *data = (const char *)knit_buf_data(buf);
+        size_t len = knit_buf_len(buf);
+        if (c->state == C_IDLE || c->state == C_HEAD) {
+            knit__http_field fields[KNIT__HTTP_MAX_HEADERS_DEFAULT * 2];
+            knit__http_request h;
+            h.fields = fields;
+            h.fields_cap = s->lim.max_headers < KNIT__HTTP_MAX_HEADERS_DEFAULT * 2
+                               ? s->lim.max_headers
+                               : KNIT__HTTP_MAX_HEADERS_DEFAULT * 2;
+            ssize_t r = knit__http_parse_request(data, len, c->head_prev, &h, &s->lim);
+            if (r == KNIT__HTTP_INCOMPLETE) {
+                c->head_prev = (uint32_t)len;
+                if (c->state == C_IDLE) {
+                    c->state = C_HEAD;
+                    timer_set(c, T_HEADER, s->o.header_timeout);
+                }
+                break;
+            }
+            c->head_prev = 0;
+            if (r == KNIT__HTTP_ERROR) {
+                s->st.parse_errors++;
+                knit_buf_consume(buf, len);
+                conn_error(c, h.status, h.error);
+                break;
+            }
+            knit_http_request *req = request_new(c, data, (size_t)r, &h);
+            knit_buf_consume(buf, (size_t)r);
+            if (!req) {
+                conn_error(c, 503, "out of memory");
+                break;
+            }
+            c->req = req;
+            if (h.body != KNIT__HTTP_BODY_NONE) {
+                req->body_left = h.content_length;
+                knit__http_chunked_init(&req->dec, s->lim.max_body);
+                c->state = C_BODY;
+                timer_set(c, T_BODY, s->o.body_timeout);
+                if (h.expect_continue && c->proto.transport)
+                    knit_transport_write(c->proto.transport, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+            } else {
+                dispatch(c, req);
+            }
+        } else if (c->state == C_BODY) {
+            knit_http_request *req = c->req;
+            ssize_t n = body_feed(c, req, data, len);
+            if (n < 0) {
+                knit_buf_consume(buf, len);
+                /* the request never reached a handler */
+                c->req = NULL;
+                request_free(req);
+                break;
+            }
+            knit_buf_consume(buf, (size_t)n);
+            if (body_done(req)) dispatch(c, req);
+            else timer_set(c, T_BODY, s->o.body_timeout);
+        }
+    }
+    c->in_process = false;
+    if (c->state == C_IDLE && c->proto.transport) {
+        if (s->draining) {
+            c->state = C_CLOSING;
+            timer_set(c, T_NONE, 0);
+            knit_transport_lose_connection(c->proto.transport);
+        } else {
+            timer_set(c, T_IDLE, s->o.idle_timeout);
+        }
+    }
+}
+
+/* [reactor] After a request ended: go on with buffered bytes or wait. */
+static void conn_continue(struct conn *c)
+{
+    knit_http_server *s = c->srv;
+    if (!knit_buf_empty(&c->pending)) process(c, &c->pending);
+    if (knit_buf_empty(&c->pending)) knit_buf_release(&c->pending);
+    if (c->state == C_CLOSING) return;
+    if (c->state == C_HANDLING) return;
+    if (c->read_paused && c->proto.transport && knit_buf_empty(&c->pending)) {
+        c->read_paused = false;
+        knit_transport_resume_reading(c->proto.transport);
+    }
+    if (c->state == C_IDLE && knit_buf_empty(&c->pending)) {
+        if (s->draining) {
+            c->state = C_CLOSING;
+            timer_set(c, T_NONE, 0);
+            knit_transport_lose_connection(c->proto.transport);
+            return;
+        }
+        timer_set(c, T_IDLE, s->o.idle_timeout);
+    }
+}
+
+/* ---- protocol callbacks ---------------------------------------------------------- */
+
+static void on_data(knit_protocol *p, knit_buf *in)
+{
+    struct conn *c = container_of(p, struct conn, proto);
+    knit_http_server *s = c->srv;
+    if (c->state == C_CLOSING) {
+        knit_buf_consume(in, knit_buf_len(in));
+        return;
+    }
+    if (c->state == C_HANDLING || !knit_buf_empty(&c->pending)) {
+        /* Pipelined bytes (or more of a partial head already kept aside). */
+        if (knit_buf_append(&c->pending, knit_buf_data(in), knit_buf_len(in)) != 0) {
+            conn_error(c, 503, "out of memory");
+            return;
+        }
+        knit_buf_consume(in, knit_buf_len(in));
+        if (c->state != C_HANDLING) {
+            process(c, &c->pending);
+            if (knit_buf_empty(&c->pending)) knit_buf_release(&c->pending);
+        }
+    } else {
+        process(c, in);
+        if (c->state == C_HANDLING && !knit_buf_empty(in)) {
+            /* keep the next requests aside until this one is answered */
+            knit_buf_move(&c->pending, in);
+        }
+    }
+    /* Bounded pipelining: stop reading once max_pipeline heads' worth of
+     * bytes wait behind the request being answered. */
+    if (c->state == C_HANDLING && !c->read_paused &&
+        knit_buf_len(&c->pending) >= s->lim.max_head * (s->o.max_pipeline ? s->o.max_pipeline : 1) / 4) {
+        c->read_paused = true;
+        knit_transport_pause_reading(p->transport);
+    }
+}
+
+static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
+{
+    (void)reason;
+    (void)err;
+    struct conn *c = container_of(p, struct conn, proto);
+    knit_http_server *s = c->srv;
+    timer_set(c, T_NONE, 0);
+    knit_buf_release(&c->pending);
+    if (c->req) {
+        knit_http_request *req = c->req;
+        c->req = NULL;
+        req->conn = NULL;
+        if (req->pool_mode) {
+            pthread_mutex_lock(&req->mu);
+            req->gone = true;
+            pthread_cond_broadcast(&req->cv);
+            pthread_mutex_unlock(&req->mu);
+        } else {
+            req->gone = true;
+        }
+        if (c->state == C_BODY) {
+            request_free(req); /* never dispatched */
+        } else {
+            request_maybe_end(req);
+        }
+    }
+    if (c->prev) c->prev->next = c->next;
+    else s->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    s->nconns--;
+    free(c);
+    if (s->draining) drain_check(s);
+}
+
+static void on_pause(knit_protocol *p)
+{
+    struct conn *c = container_of(p, struct conn, proto);
+    if (c->req && c->req->pool_mode) {
+        pthread_mutex_lock(&c->req->mu);
+        c->req->paused = true;
+        pthread_mutex_unlock(&c->req->mu);
+    }
+    timer_set(c, T_WRITE, c->srv->o.write_timeout);
+}
+
+static void on_resume(knit_protocol *p)
+{
+    struct conn *c = container_of(p, struct conn, proto);
+    if (c->timer_kind == T_WRITE) timer_set(c, T_NONE, 0);
+    if (c->req && c->req->pool_mode) {
+        pthread_mutex_lock(&c->req->mu);
+        c->req->paused = false;
+        pthread_cond_broadcast(&c->req->cv);
+        pthread_mutex_unlock(&c->req->mu);
+    }
+}
+
+static bool on_eof(knit_protocol *p)
+{
+    struct conn *c = container_of(p, struct conn, proto);
+    /* A client that half-closes after sending its request still gets the
+     * answer: keep the write side open while a request is in progress. */
+    return c->state == C_HANDLING;
+}
+
+static void on_made(knit_protocol *p)
+{
+    struct conn *c = container_of(p, struct conn, proto);
+    timer_set(c, T_IDLE, c->srv->o.header_timeout);
+}
+
+static const knit_protocol_ops conn_ops = {
+    .connection_made = on_made,
+    .data_received = on_data,
+    .eof_received = on_eof,
+    .connection_lost = on_lost,
+    .pause_producing = on_pause,
+    .resume_producing = on_resume,
+};
+
+static knit_protocol *build_conn(knit_protocol_factory *f, const knit_sockaddr *peer)
+{
+    (void)peer;
+    knit_http_server *s = f->data;
+    if (s->draining) return NULL;
+    struct conn *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->proto.ops = &conn_ops;
+    c->srv = s;
+    knit_buf_init(&c->pending);
+    c->next = s->conns;
+    if (s->conns) s->conns->prev = c;
+    s->conns = c;
+    s->nconns++;
+    s->st.connections_total++;
+    return &c->proto;
+}
+
+static void conn_timeout(knit_reactor *r, void *arg)
+{
+    (void)r;
+    struct conn *c = arg;
+    int kind = c->timer_kind;
+    c->timer_kind = T_NONE;
+    c->timer = KNIT_TIMER_NONE;
+    if (!c->proto.transport) return;
+    c->srv->st.timeouts++;
+    switch (kind) {
+    case T_HEADER:
+    case T_BODY:
+        if (c->req) {
+            knit_http_request *req = c->req;
+            c->req = NULL;
+            request_free(req);
+        }
+        conn_error(c, 408, kind == T_HEADER ? "request head timed out" : "request body timed out");
+        break;
+    case T_IDLE:
+        c->state = C_CLOSING;
+        knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_TIMEOUT, KNIT_ETIMEDOUT);
+        break;
+    case T_WRITE:
+        c->state = C_CLOSING;
+        knit_transport_close_with(c->proto.transport, false, KNIT_CLOSE_TIMEOUT, KNIT_ETIMEDOUT);
+        break;
+    default:
+        break;
+    }
+}
+
+/* ---- drain ---------------------------------------------------------------------- */
+
+static void drain_finish(knit_http_server *s)
+{
+    if (knit_timer_active(s->r, s->drain_timer)) knit_timer_cancel(s->r, s->drain_timer);
+    s->drain_timer = KNIT_TIMER_NONE;
+    void (*done)(knit_http_server *, void *) = s->drain_done;
+    s->drain_done = NULL;
+    if (done) done(s, s->drain_arg);
+}
+
+static void drain_check(knit_http_server *s)
+{
+    if (s->nconns == 0) drain_finish(s);
+}
+
+static void drain_timeout(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_http_server *s = arg;
+    s->drain_timer = KNIT_TIMER_NONE;
+    KNIT_WARN(MOD, "drain timeout: aborting %zu connections", s->nconns);
+    for (struct conn *c = s->conns; c; c = c->next)
+        if (c->proto.transport) knit_transport_abort(c->proto.transport);
+}
+
+void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *, void *),
+                            void *arg)
+{
+    if (s->draining) return;
+    s->draining = true;
+    s->drain_done = done;
+    s->drain_arg = arg;
+    for (size_t i = 0; i < s->nlisteners; i++) {
+        knit_listener_close(s->listeners[i], false);
+        s->listeners[i] = NULL;
+    }
+    s->nlisteners = 0;
+    for (struct conn *c = s->conns; c; c = c->next) {
+        if ((c->state == C_IDLE || c->state == C_HEAD) && c->proto.transport) {
+            c->state = C_CLOSING;
+            timer_set(c, T_NONE, 0);
+            knit_transport_lose_connection(c->proto.transport);
+        }
+    }
+    if (s->nconns == 0) {
+        drain_finish(s);
+        return;
+    }
+    s->drain_timer = knit_call_later(s->r, s->o.drain_timeout, drain_timeout, s);
+}
+
+static void drain_done_trigger(knit_http_server *s, void *arg)
+{
+    (void)s;
+    knit_trigger_done(arg);
+}
+
+static void drain_trigger(knit_reactor *r, knit_trigger *t, void *arg)
+{
+    (void)r;
+    knit_http_server *s = arg;
+    s->trigger = NULL; /* the reactor frees it */
+    if (s->draining) {
+        knit_trigger_done(t);
+        return;
+    }
+    knit_http_server_drain(s, drain_done_trigger, t);
+}
+
+void knit_http_server_free(knit_http_server *s)
+{
+    if (!s) return;
+    for (size_t i = 0; i < s->nlisteners; i++)
+        knit_listener_close(s->listeners[i], true);
+    if (s->trigger) knit_reactor_remove_trigger(s->r, s->trigger);
+    if (knit_timer_active(s->r, s->drain_timer)) knit_timer_cancel(s->r, s->drain_timer);
+    /* Connections still open are aborted by the listener; their memory is
+     * released from connection_lost, which needs the server: callers drain
+     * first. Free what is left regardless. */
+    while (s->routes) {
+        struct route *rt = s->routes;
+        s->routes = rt->next;
+        for (size_t i = 0; i < rt->nsegs; i++)
+            free(rt->segs[i]);
+        free(rt->segs);
+        free(rt->pattern);
+        free(rt->method);
+        free(rt);
+    }
+    free(s);
+}
