@@ -1,0 +1,170 @@
+/* knit/metrics.h — counters, gauges and histograms with Prometheus text
+ * exposition.
+ *
+ * A registry (knit_metrics) holds metric *families*: a name, a help line, a
+ * type and optional label names. Each combination of label values is one
+ * *series* (knit_counter, knit_gauge, knit_histogram), created on first use
+ * and kept until the registry is freed, so a series pointer can be cached
+ * and updated forever without a lookup:
+ *
+ *   knit_metric *req;
+ *   knit_metrics_counter(m, "http_requests_total", "Requests served.",
+ *                        "method,code", &req);
+ *   knit_counter *ok = knit_counter_with(req, "GET", "200");   // once
+ *   knit_counter_inc(ok);                                       // hot path
+ *
+ * Updates are cheap from any thread: counters and histograms are striped
+ * over KNIT_METRICS_SHARDS cache-line-sized slots, each thread adding into
+ * "its" slot with a relaxed atomic (readers sum the slots). Gauges are a
+ * single atomic (set is a store; add is a CAS loop). bench/metrics measures
+ * the choice; see docs/benchmarks.md.
+ *
+ * Exposition follows the Prometheus text format 0.0.4: "# HELP", "# TYPE",
+ * one line per sample; histograms as NAME_bucket{le="..."} (cumulative,
+ * ending with le="+Inf"), NAME_sum and NAME_count. Collectors registered
+ * with knit_metrics_add_collector run first, to refresh gauges from other
+ * modules' statistics.
+ *
+ * Ownership: the registry owns families and series; pointers stay valid
+ * until knit_metrics_free(). Name, help and label strings are copied.
+ *
+ * Threads: every function is [any] unless marked. Creating families and
+ * series takes the registry mutex; updates take no lock. Exposition takes
+ * the mutex and reads atomics, so it never blocks an update.
+ */
+#ifndef KNIT_METRICS_H
+#define KNIT_METRICS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdio.h>
+
+#include "knit/clock.h"
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+/* ---- limits and defaults ----------------------------------------------------- */
+
+#define KNIT_METRICS_SHARDS 8       /* stripes per counter/histogram (power of 2) */
+#define KNIT_METRICS_MAX_LABELS 8   /* label names per family */
+#define KNIT_METRICS_MAX_BUCKETS 64 /* finite histogram bounds */
+#define KNIT_METRICS_NAME_MAX 128   /* metric and label name length */
+#define KNIT_METRICS_CONTENT_TYPE "text/plain; version=0.0.4; charset=utf-8"
+
+/* Prometheus' default buckets (seconds): request latencies from 5 ms to 10 s. */
+#define KNIT_METRICS_DEFAULT_BUCKETS                                                               \
+    {                                                                                              \
+        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10                                    \
+    }
+/* Finer buckets for in-process latencies (queue wait, loop lag): 10 µs … 1 s. */
+#define KNIT_METRICS_FAST_BUCKETS                                                                  \
+    {                                                                                              \
+        0.00001, 0.00005, 0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1                    \
+    }
+
+typedef struct knit_metrics knit_metrics;
+typedef struct knit_metric knit_metric; /* a family */
+typedef struct knit_counter knit_counter;
+typedef struct knit_gauge knit_gauge;
+typedef struct knit_histogram knit_histogram;
+
+typedef enum knit_metric_type {
+    KNIT_METRIC_COUNTER = 0,
+    KNIT_METRIC_GAUGE,
+    KNIT_METRIC_HISTOGRAM,
+} knit_metric_type;
+
+/* ---- the registry ------------------------------------------------------------ */
+
+/* Returns 0 and *out, or KNIT_ENOMEM. */
+int knit_metrics_new(knit_metrics **out);
+/* Frees every family and series. No other thread may be using them. */
+void knit_metrics_free(knit_metrics *m);
+
+/* Register a family. NAME matches [a-zA-Z_:][a-zA-Z0-9_:]*; LABELS is NULL
+ * or a comma-separated list of label names ("method,code"), each matching
+ * [a-zA-Z_][a-zA-Z0-9_]* and not starting with "__" ("le" is reserved for
+ * histograms). Registering the same name again with the same type, labels
+ * (and bounds) returns the existing family; anything else with that name is
+ * KNIT_EEXIST. Bad names: KNIT_EINVAL. *out may be NULL. */
+int knit_metrics_counter(knit_metrics *m, const char *name, const char *help, const char *labels,
+                         knit_metric **out);
+int knit_metrics_gauge(knit_metrics *m, const char *name, const char *help, const char *labels,
+                       knit_metric **out);
+/* BOUNDS: N (1..KNIT_METRICS_MAX_BUCKETS) finite upper bounds in strictly
+ * increasing order; the +Inf bucket is implicit. */
+int knit_metrics_histogram(knit_metrics *m, const char *name, const char *help, const char *labels,
+                           const double *bounds, size_t n, knit_metric **out);
+
+/* The series for VALUES (as many as the family has labels; NULL for an
+ * unlabelled family), created on first use. NULL if out of memory or the
+ * family has another type. Takes the registry mutex: cache the result. */
+knit_counter *knit_counter_get(knit_metric *f, const char *const *values);
+knit_gauge *knit_gauge_get(knit_metric *f, const char *const *values);
+knit_histogram *knit_histogram_get(knit_metric *f, const char *const *values);
+#define knit_counter_with(f, ...) knit_counter_get((f), (const char *const[]){__VA_ARGS__, NULL})
+#define knit_gauge_with(f, ...) knit_gauge_get((f), (const char *const[]){__VA_ARGS__, NULL})
+#define knit_histogram_with(f, ...)                                                                \
+    knit_histogram_get((f), (const char *const[]){__VA_ARGS__, NULL})
+
+/* Unlabelled shorthands: register (or find) and return the single series;
+ * NULL on error. */
+knit_counter *knit_counter_new(knit_metrics *m, const char *name, const char *help);
+knit_gauge *knit_gauge_new(knit_metrics *m, const char *name, const char *help);
+knit_histogram *knit_histogram_new(knit_metrics *m, const char *name, const char *help,
+                                   const double *bounds, size_t n);
+
+/* ---- updates (lock-free) -------------------------------------------------- */
+
+void knit_counter_add(knit_counter *c, uint64_t n);
+static inline void knit_counter_inc(knit_counter *c)
+{
+    knit_counter_add(c, 1);
+}
+uint64_t knit_counter_value(const knit_counter *c);
+
+void knit_gauge_set(knit_gauge *g, double v);
+void knit_gauge_add(knit_gauge *g, double d);
+static inline void knit_gauge_inc(knit_gauge *g)
+{
+    knit_gauge_add(g, 1.0);
+}
+static inline void knit_gauge_dec(knit_gauge *g)
+{
+    knit_gauge_add(g, -1.0);
+}
+double knit_gauge_value(const knit_gauge *g);
+
+void knit_histogram_observe(knit_histogram *h, double v);
+/* Observe a duration in seconds (the Prometheus base unit). */
+static inline void knit_histogram_observe_duration(knit_histogram *h, knit_duration d)
+{
+    knit_histogram_observe(h, KNIT_TO_SEC(d));
+}
+/* Totals: observation count and sum. */
+uint64_t knit_histogram_count(const knit_histogram *h);
+double knit_histogram_sum(const knit_histogram *h);
+
+/* ---- exposition -------------------------------------------------------------- */
+
+/* Run before every exposition, on the exposing thread, in registration
+ * order: refresh gauges from elsewhere. Must not register families. */
+typedef void (*knit_metrics_collect_fn)(knit_metrics *m, void *arg);
+int knit_metrics_add_collector(knit_metrics *m, knit_metrics_collect_fn fn, void *arg);
+
+/* The whole registry in the Prometheus text format, NUL-terminated, in
+ * *out (free() it) with its length in *len (may be NULL). 0 or KNIT_ENOMEM. */
+int knit_metrics_expose(knit_metrics *m, char **out, size_t *len);
+/* The same, written to a stdio stream. */
+int knit_metrics_write(knit_metrics *m, FILE *f);
+
+/* Remove a collector added with (fn, arg). 0 or KNIT_ENOTFOUND. */
+int knit_metrics_remove_collector(knit_metrics *m, knit_metrics_collect_fn fn, void *arg);
+
+#ifdef __cplusplus
+}
+#endif
+#endif

@@ -1,0 +1,373 @@
+/* test_metrics.c — counters, gauges, histograms, labels; the exposition is
+ * parsed back with a small Prometheus text-format parser and checked. */
+#include "testutil.h"
+
+#include <ctype.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "knit/error.h"
+#include "knit/metrics.h"
+
+/* ---- a strict little parser for the text format ---------------------------------- */
+
+struct sample {
+    char name[128];
+    char labels[256]; /* canonical: a="x",b="y" (unescaped values) */
+    double value;
+};
+
+struct parsed {
+    struct sample s[256];
+    size_t n;
+    char help[32][128], type[32][128];
+    char help_name[32][128], type_name[32][128];
+    size_t nhelp, ntype;
+};
+
+/* Parses TEXT; fails the test on any line that is not valid. Checks that
+ * a family's HELP and TYPE come before its samples. */
+static void parse_exposition(const char *text, struct parsed *p)
+{
+    memset(p, 0, sizeof *p);
+    const char *line = text;
+    while (*line) {
+        const char *nl = strchr(line, '\n');
+        assert_non_null(nl); /* every line ends in \n */
+        char buf[1024];
+        size_t l = (size_t)(nl - line);
+        assert_true(l < sizeof buf);
+        memcpy(buf, line, l);
+        buf[l] = '\0';
+        line = nl + 1;
+        if (strncmp(buf, "# HELP ", 7) == 0) {
+            char *sp = strchr(buf + 7, ' ');
+            assert_non_null(sp);
+            *sp = '\0';
+            snprintf(p->help_name[p->nhelp], 128, "%.127s", buf + 7);
+            snprintf(p->help[p->nhelp++], 128, "%.127s", sp + 1);
+            continue;
+        }
+        if (strncmp(buf, "# TYPE ", 7) == 0) {
+            char *sp = strchr(buf + 7, ' ');
+            assert_non_null(sp);
+            *sp = '\0';
+            assert_string_equal(buf + 7, p->help_name[p->nhelp - 1]);
+            snprintf(p->type_name[p->ntype], 128, "%.127s", buf + 7);
+            snprintf(p->type[p->ntype++], 128, "%.127s", sp + 1);
+            continue;
+        }
+        assert_true(buf[0] != '#');
+        struct sample *s = &p->s[p->n++];
+        char *c = buf;
+        size_t k = 0;
+        while (*c && *c != '{' && *c != ' ')
+            s->name[k++] = *c++;
+        s->name[k] = '\0';
+        /* Sample belongs to the last TYPE'd family (name or name_suffix). */
+        const char *fam = p->type_name[p->ntype - 1];
+        assert_true(strncmp(s->name, fam, strlen(fam)) == 0);
+        size_t o = 0;
+        if (*c == '{') {
+            c++;
+            while (*c != '}') {
+                while (*c != '=')
+                    s->labels[o++] = *c++;
+                s->labels[o++] = *c++;
+                assert_int_equal(*c, '"');
+                s->labels[o++] = *c++;
+                while (*c != '"') {
+                    if (*c == '\\') {
+                        c++;
+                        s->labels[o++] = *c == 'n' ? '\n' : *c;
+                        c++;
+                    } else {
+                        s->labels[o++] = *c++;
+                    }
+                }
+                s->labels[o++] = *c++;
+                if (*c == ',') s->labels[o++] = *c++;
+                assert_true(*c == '}' || isalpha((unsigned char)*c) || *c == '_');
+            }
+            c++;
+        }
+        s->labels[o] = '\0';
+        assert_int_equal(*c, ' ');
+        c++;
+        char *end;
+        if (strcmp(c, "+Inf") == 0)
+            s->value = INFINITY;
+        else if (strcmp(c, "-Inf") == 0)
+            s->value = -INFINITY;
+        else if (strcmp(c, "NaN") == 0)
+            s->value = NAN;
+        else {
+            s->value = strtod(c, &end);
+            assert_int_equal(*end, '\0');
+        }
+    }
+}
+
+static const struct sample *find(const struct parsed *p, const char *name, const char *labels)
+{
+    for (size_t i = 0; i < p->n; i++)
+        if (strcmp(p->s[i].name, name) == 0 && strcmp(p->s[i].labels, labels) == 0) return &p->s[i];
+    return NULL;
+}
+
+static double val(const struct parsed *p, const char *name, const char *labels)
+{
+    const struct sample *s = find(p, name, labels);
+    if (!s) fail_msg("no sample %s{%s}", name, labels);
+    return s->value;
+}
+
+static struct parsed *expose(knit_metrics *m)
+{
+    char *text;
+    size_t len;
+    assert_int_equal(knit_metrics_expose(m, &text, &len), 0);
+    assert_int_equal(strlen(text), len);
+    struct parsed *p = malloc(sizeof *p);
+    parse_exposition(text, p);
+    free(text);
+    return p;
+}
+
+/* ---- tests ---------------------------------------------------------------------------- */
+
+static void test_counter_gauge(void **state)
+{
+    (void)state;
+    knit_metrics *m;
+    assert_int_equal(knit_metrics_new(&m), 0);
+    knit_counter *c = knit_counter_new(m, "jobs_total", "Jobs done.");
+    knit_gauge *g = knit_gauge_new(m, "queue_length", "Jobs waiting.");
+    assert_non_null(c);
+    assert_non_null(g);
+    struct parsed *p = expose(m);
+    assert_true(val(p, "jobs_total", "") == 0); /* exposed before first update */
+    free(p);
+    knit_counter_inc(c);
+    knit_counter_add(c, 41);
+    knit_gauge_set(g, 3.5);
+    knit_gauge_inc(g);
+    knit_gauge_dec(g);
+    knit_gauge_add(g, -1);
+    assert_int_equal(knit_counter_value(c), 42);
+    assert_true(knit_gauge_value(g) == 2.5);
+    char *text;
+    assert_int_equal(knit_metrics_expose(m, &text, NULL), 0);
+    assert_string_equal(text, "# HELP jobs_total Jobs done.\n"
+                              "# TYPE jobs_total counter\n"
+                              "jobs_total 42\n"
+                              "# HELP queue_length Jobs waiting.\n"
+                              "# TYPE queue_length gauge\n"
+                              "queue_length 2.5\n");
+    free(text);
+    /* The same registration again returns the same series. */
+    assert_ptr_equal(knit_counter_new(m, "jobs_total", "Jobs done."), c);
+    assert_int_equal(knit_metrics_gauge(m, "jobs_total", "x", NULL, NULL), KNIT_EEXIST);
+    knit_metrics_free(m);
+}
+
+static void test_labels(void **state)
+{
+    (void)state;
+    knit_metrics *m;
+    assert_int_equal(knit_metrics_new(&m), 0);
+    knit_metric *req;
+    assert_int_equal(knit_metrics_counter(m, "http_requests_total", "Requests\nserved \\ by code.",
+                                          "method, code", &req),
+                     0);
+    knit_counter *ok = knit_counter_with(req, "GET", "200");
+    knit_counter *nf = knit_counter_with(req, "GET", "404");
+    knit_counter *odd = knit_counter_with(req, "P\"O\\ST\n", "500");
+    assert_ptr_equal(knit_counter_with(req, "GET", "200"), ok);
+    assert_ptr_not_equal(ok, nf);
+    knit_counter_add(ok, 7);
+    knit_counter_inc(nf);
+    knit_counter_add(odd, 2);
+    assert_null(knit_gauge_with(req, "GET", "200")); /* wrong type */
+    char *text;
+    assert_int_equal(knit_metrics_expose(m, &text, NULL), 0);
+    assert_string_equal(text, "# HELP http_requests_total Requests\\nserved \\\\ by code.\n"
+                              "# TYPE http_requests_total counter\n"
+                              "http_requests_total{method=\"GET\",code=\"200\"} 7\n"
+                              "http_requests_total{method=\"GET\",code=\"404\"} 1\n"
+                              "http_requests_total{method=\"P\\\"O\\\\ST\\n\",code=\"500\"} 2\n");
+    struct parsed *p = expose(m);
+    assert_true(val(p, "http_requests_total", "method=\"GET\",code=\"200\"") == 7);
+    assert_true(val(p, "http_requests_total", "method=\"P\"O\\ST\n\",code=\"500\"") == 2);
+    free(p);
+    free(text);
+    knit_metrics_free(m);
+}
+
+static void test_bad_names(void **state)
+{
+    (void)state;
+    knit_metrics *m;
+    assert_int_equal(knit_metrics_new(&m), 0);
+    assert_int_equal(knit_metrics_counter(m, "9lives", "", NULL, NULL), KNIT_EINVAL);
+    assert_int_equal(knit_metrics_counter(m, "a-b", "", NULL, NULL), KNIT_EINVAL);
+    assert_int_equal(knit_metrics_counter(m, "", "", NULL, NULL), KNIT_EINVAL);
+    assert_int_equal(knit_metrics_counter(m, "ok", "", "__x", NULL), KNIT_EINVAL);
+    assert_int_equal(knit_metrics_counter(m, "ok", "", "a,a", NULL), KNIT_EINVAL);
+    assert_int_equal(knit_metrics_counter(m, "ok", "", "a,", NULL), KNIT_EINVAL);
+    assert_int_equal(knit_metrics_counter(m, "ok", "", "a b", NULL), KNIT_EINVAL);
+    double b[] = {1, 1};
+    assert_int_equal(knit_metrics_histogram(m, "h", "", NULL, b, 2, NULL), KNIT_EINVAL);
+    double b2[] = {1, 2};
+    assert_int_equal(knit_metrics_histogram(m, "h", "", "le", b2, 2, NULL), KNIT_EINVAL);
+    assert_int_equal(knit_metrics_histogram(m, "h", "", NULL, b2, 0, NULL), KNIT_EINVAL);
+    double b3[] = {1, INFINITY};
+    assert_int_equal(knit_metrics_histogram(m, "h", "", NULL, b3, 2, NULL), KNIT_EINVAL);
+    assert_int_equal(knit_metrics_histogram(m, "h", "", NULL, b2, 2, NULL), 0);
+    double b4[] = {1, 3};
+    assert_int_equal(knit_metrics_histogram(m, "h", "", NULL, b4, 2, NULL), KNIT_EEXIST);
+    assert_int_equal(knit_metrics_counter(m, "ns:sub_total", "", "le", NULL), 0);
+    knit_metrics_free(m);
+}
+
+static void test_histogram(void **state)
+{
+    (void)state;
+    knit_metrics *m;
+    assert_int_equal(knit_metrics_new(&m), 0);
+    const double bounds[] = {0.1, 0.5, 1};
+    knit_metric *f;
+    assert_int_equal(
+        knit_metrics_histogram(m, "latency_seconds", "Latency.", "route", bounds, 3, &f), 0);
+    knit_histogram *h = knit_histogram_with(f, "/x");
+    double obs[] = {0.05, 0.1, 0.2, 0.7, 3, 0.5};
+    for (size_t i = 0; i < 6; i++)
+        knit_histogram_observe(h, obs[i]);
+    knit_histogram_observe_duration(h, 250000000); /* 0.25 s */
+    assert_int_equal(knit_histogram_count(h), 7);
+    struct parsed *p = expose(m);
+    assert_string_equal(p->type[0], "histogram");
+    assert_true(val(p, "latency_seconds_bucket", "route=\"/x\",le=\"0.1\"") == 2);
+    assert_true(val(p, "latency_seconds_bucket", "route=\"/x\",le=\"0.5\"") == 5);
+    assert_true(val(p, "latency_seconds_bucket", "route=\"/x\",le=\"1\"") == 6);
+    assert_true(val(p, "latency_seconds_bucket", "route=\"/x\",le=\"+Inf\"") == 7);
+    assert_true(val(p, "latency_seconds_count", "route=\"/x\"") == 7);
+    assert_true(fabs(val(p, "latency_seconds_sum", "route=\"/x\"") - 4.8) < 1e-9);
+    free(p);
+
+    /* Many bounds: binary search picks the same buckets as a scan. */
+    const double many[] = KNIT_METRICS_FAST_BUCKETS;
+    knit_histogram *h2 = knit_histogram_new(m, "lag_seconds", "Lag.", many, 11);
+    assert_non_null(h2);
+    for (size_t i = 0; i < 11; i++)
+        knit_histogram_observe(h2, many[i]); /* le is inclusive */
+    knit_histogram_observe(h2, NAN);
+    p = expose(m);
+    char le[64];
+    for (size_t i = 0; i < 11; i++) {
+        snprintf(le, sizeof le, "le=\"%g\"", many[i]);
+        assert_true(val(p, "lag_seconds_bucket", le) == (double)(i + 1));
+    }
+    assert_true(val(p, "lag_seconds_bucket", "le=\"+Inf\"") == 12);
+    assert_true(isnan(val(p, "lag_seconds_sum", "")));
+    free(p);
+    knit_metrics_free(m);
+}
+
+static int collects;
+static void collect(knit_metrics *m, void *arg)
+{
+    (void)m;
+    collects++;
+    knit_gauge_set(arg, collects * 10.0);
+}
+
+static void test_collector(void **state)
+{
+    (void)state;
+    knit_metrics *m;
+    assert_int_equal(knit_metrics_new(&m), 0);
+    knit_gauge *g = knit_gauge_new(m, "fds", "Open fds.");
+    assert_int_equal(knit_metrics_add_collector(m, collect, g), 0);
+    collects = 0;
+    struct parsed *p = expose(m);
+    assert_true(val(p, "fds", "") == 10);
+    free(p);
+    p = expose(m);
+    assert_true(val(p, "fds", "") == 20);
+    free(p);
+    assert_int_equal(knit_metrics_remove_collector(m, collect, g), 0);
+    assert_int_equal(knit_metrics_remove_collector(m, collect, g), KNIT_ENOTFOUND);
+    p = expose(m);
+    assert_true(val(p, "fds", "") == 20);
+    free(p);
+    knit_metrics_free(m);
+}
+
+#define THREADS 4
+#define PER_THREAD 200000
+struct worker {
+    knit_metric *fam;
+    knit_counter *c;
+    knit_histogram *h;
+    knit_gauge *g;
+};
+
+static void *hammer(void *arg)
+{
+    struct worker *w = arg;
+    knit_counter *mine = knit_counter_with(w->fam, "t"); /* same series from every thread */
+    for (int i = 0; i < PER_THREAD; i++) {
+        knit_counter_inc(w->c);
+        knit_counter_inc(mine);
+        knit_histogram_observe(w->h, (i % 4) * 0.5);
+        knit_gauge_add(w->g, 1.0);
+    }
+    return NULL;
+}
+
+static void test_threads(void **state)
+{
+    (void)state;
+    knit_metrics *m;
+    assert_int_equal(knit_metrics_new(&m), 0);
+    const double b[] = {0.5, 1};
+    struct worker w = {0};
+    w.c = knit_counter_new(m, "ops_total", "Ops.");
+    w.h = knit_histogram_new(m, "sizes", "Sizes.", b, 2);
+    w.g = knit_gauge_new(m, "level", "Level.");
+    assert_int_equal(knit_metrics_counter(m, "by_label_total", "x", "k", &w.fam), 0);
+    pthread_t t[THREADS];
+    for (int i = 0; i < THREADS; i++)
+        pthread_create(&t[i], NULL, hammer, &w);
+    /* Expose while they run: values are consistent snapshots. */
+    for (int i = 0; i < 5; i++) {
+        struct parsed *p = expose(m);
+        assert_true(val(p, "sizes_bucket", "le=\"0.5\"") <= val(p, "sizes_bucket", "le=\"1\""));
+        free(p);
+    }
+    for (int i = 0; i < THREADS; i++)
+        pthread_join(t[i], NULL);
+    assert_int_equal(knit_counter_value(w.c), THREADS * PER_THREAD);
+    assert_int_equal(knit_counter_value(knit_counter_with(w.fam, "t")), THREADS * PER_THREAD);
+    assert_int_equal(knit_histogram_count(w.h), THREADS * PER_THREAD);
+    assert_true(knit_gauge_value(w.g) == THREADS * PER_THREAD);
+    struct parsed *p = expose(m);
+    assert_true(val(p, "sizes_bucket", "le=\"0.5\"") == THREADS * PER_THREAD / 2);
+    assert_true(val(p, "sizes_sum", "") == THREADS * (PER_THREAD / 4) * 3.0);
+    free(p);
+    knit_metrics_free(m);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_counter_gauge), cmocka_unit_test(test_labels),
+        cmocka_unit_test(test_bad_names),     cmocka_unit_test(test_histogram),
+        cmocka_unit_test(test_collector),     cmocka_unit_test(test_threads),
+    };
+    return KNIT_RUN_TESTS(tests);
+}
