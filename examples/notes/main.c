@@ -105,6 +105,7 @@ typedef struct notes_main {
     notes_store *store;
     notes_app *app;
     knit_looping_call *expire_lc, *summary_lc;
+    knit_signal *sigterm, *sigint;
     uint64_t max_body;
     knit_duration shutdown_timeout;
     int signals;
@@ -283,8 +284,8 @@ static int run(notes_main *m, knit_flags *fs)
 
     if ((rc = knit_reactor_new(&m->r, NULL)) < 0) goto fail;
     /* Signals first, before any thread starts, so they reach the signalfd. */
-    if ((rc = knit_signal_start(m->r, SIGTERM, on_signal, m, NULL)) < 0 ||
-        (rc = knit_signal_start(m->r, SIGINT, on_signal, m, NULL)) < 0)
+    if ((rc = knit_signal_start(m->r, SIGTERM, on_signal, m, &m->sigterm)) < 0 ||
+        (rc = knit_signal_start(m->r, SIGINT, on_signal, m, &m->sigint)) < 0)
         goto fail;
     if ((rc = knit_reactor_add_trigger(m->r, KNIT_PHASE_BEFORE, on_shutdown, m, NULL)) < 0)
         goto fail;
@@ -380,6 +381,11 @@ int main(int argc, char **argv)
             KNIT_INFO("notes", "database checkpointed and closed");
         }
     }
+    /* Remove the signal handlers ourselves: knit_reactor_free walking its
+     * handler list while freeing it reads freed memory (reactor bug
+     * reported to the lead). */
+    knit_signal_stop(m.sigterm);
+    knit_signal_stop(m.sigint);
     knit_reactor_free(m.r);
     knit_flags_free(fs);
     if (status == 0) KNIT_INFO("notes", "stopped");
