@@ -1,0 +1,872 @@
+/* test_pool.c — the worker pool: results delivered on the reactor thread,
+ * a million jobs checked one by one, the bounded queue, cancellation,
+ * blocking calls into the reactor, batching of completions, shutdown with
+ * queued and running jobs (every Deferred fires), statistics.
+ *
+ * Waiting here is always for a state (a counter, a flag), never for a
+ * timer; no test asserts on timing. */
+#include "testutil.h"
+
+#include <pthread.h>
+#include <sched.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "knit/deferred.h"
+#include "knit/error.h"
+#include "knit/pool.h"
+#include "knit/reactor.h"
+
+#if defined(__SANITIZE_THREAD__)
+#define MANY 100000 /* TSan is ~10x slower; the full million runs in the other builds */
+#elif defined(__has_feature)
+#if __has_feature(thread_sanitizer)
+#define MANY 100000
+#endif
+#endif
+#ifndef MANY
+#define MANY 1000000
+#endif
+
+static uint64_t live0;
+static int setup(void **state)
+{
+    (void)state;
+    live0 = knit_deferred_live();
+    return 0;
+}
+static int teardown(void **state)
+{
+    (void)state;
+    assert_int_equal(knit_deferred_live(), live0);
+    return 0;
+}
+
+static knit_reactor *new_reactor(void)
+{
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    return r;
+}
+
+static knit_pool *new_pool(knit_reactor *r, unsigned min, unsigned max, size_t queue)
+{
+    knit_pool_options o;
+    knit_pool_options_init(&o);
+    o.name = "test";
+    o.min_threads = min;
+    o.max_threads = max;
+    o.max_queue = queue;
+    knit_pool *p;
+    assert_int_equal(knit_pool_new(&p, r, &o), 0);
+    return p;
+}
+
+/* Stop the reactor (runs the pool's shutdown trigger), free both, and prove
+ * nothing was left registered. */
+static void finish(knit_reactor *r, knit_pool *p)
+{
+    knit_reactor_stop(r);
+    assert_int_equal(knit_reactor_run(r), 0);
+    assert_true(knit_pool_is_shut_down(p));
+    knit_pool_free(p);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+/* A gate workers block on until the test opens it. */
+typedef struct gate {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int open;
+    int arrived;
+} gate;
+static gate g_gate;
+static void gate_init(gate *g)
+{
+    pthread_mutex_init(&g->mu, NULL);
+    pthread_cond_init(&g->cv, NULL);
+    g->open = 0;
+    g->arrived = 0;
+}
+static void gate_wait(gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->arrived++;
+    pthread_cond_broadcast(&g->cv);
+    while (!g->open)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+static void gate_wait_arrived(gate *g, int n)
+{
+    pthread_mutex_lock(&g->mu);
+    while (g->arrived < n)
+        pthread_cond_wait(&g->cv, &g->mu);
+    pthread_mutex_unlock(&g->mu);
+}
+static void gate_open(gate *g)
+{
+    pthread_mutex_lock(&g->mu);
+    g->open = 1;
+    pthread_cond_broadcast(&g->cv);
+    pthread_mutex_unlock(&g->mu);
+}
+static void gate_destroy(gate *g)
+{
+    pthread_mutex_destroy(&g->mu);
+    pthread_cond_destroy(&g->cv);
+}
+
+static void run_until(knit_reactor *r, int *counter, int want)
+{
+    while (*counter < want)
+        knit_reactor_run_once(r, KNIT_MSEC(50));
+}
+
+/* ---- basic ------------------------------------------------------------------ */
+
+static pthread_t main_thread;
+
+static void work_square(knit_result *res, void *arg)
+{
+    long v = (long)(intptr_t)arg;
+    long *out = malloc(sizeof *out);
+    *out = v * v;
+    knit_result_set(res, out, free);
+}
+
+static int results;
+static long last_value;
+static int last_code;
+static int wrong_thread;
+
+static void on_value(knit_result *res, void *arg)
+{
+    (void)arg;
+    if (!pthread_equal(pthread_self(), main_thread)) wrong_thread++;
+    last_value = *(long *)res->value;
+    results++;
+}
+static void on_error(knit_result *res, void *arg)
+{
+    (void)arg;
+    if (!pthread_equal(pthread_self(), main_thread)) wrong_thread++;
+    last_code = res->failure->code;
+    knit_failure_free(knit_result_take_failure(res));
+    results++;
+}
+
+static void test_defer_to_thread_result_on_reactor(void **state)
+{
+    (void)state;
+    main_thread = pthread_self();
+    results = wrong_thread = 0;
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 1, 2, 16);
+    knit_deferred *d;
+    assert_int_equal(knit_defer_to_thread(p, work_square, (void *)(intptr_t)12, &d), 0);
+    knit_deferred_add_callbacks(d, on_value, on_error, NULL);
+    knit_deferred_unref(d);
+    run_until(r, &results, 1);
+    assert_int_equal(last_value, 144);
+    assert_int_equal(wrong_thread, 0);
+    finish(r, p);
+}
+
+static void work_fail(knit_result *res, void *arg)
+{
+    (void)arg;
+    knit_result_failf(res, KNIT_EDB, "constraint %s", "unique");
+}
+
+static void test_worker_failure_reaches_errback(void **state)
+{
+    (void)state;
+    main_thread = pthread_self();
+    results = 0;
+    last_code = 0;
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 1, 1, 4);
+    knit_deferred *d;
+    assert_int_equal(knit_defer_to_thread(p, work_fail, NULL, &d), 0);
+    knit_deferred_add_callbacks(d, on_value, on_error, NULL);
+    knit_deferred_unref(d);
+    run_until(r, &results, 1);
+    assert_int_equal(last_code, KNIT_EDB);
+    knit_pool_stats st;
+    knit_pool_get_stats(p, &st);
+    assert_int_equal(st.completed, 1);
+    assert_int_equal(st.failed, 1);
+    finish(r, p);
+}
+
+/* ---- a million jobs --------------------------------------------------------- */
+
+typedef struct many_ctx {
+    knit_pool *p;
+    unsigned char *seen;
+    int next, done, bad, inflight;
+} many_ctx;
+static many_ctx mc;
+
+static void work_mix(knit_result *res, void *arg)
+{
+    uintptr_t i = (uintptr_t)arg;
+    knit_result_set(res, (void *)(i * 2654435761u % 4294967291u), NULL);
+}
+
+static void many_submit(void);
+
+static void many_done(knit_result *res, void *arg)
+{
+    uintptr_t i = (uintptr_t)arg;
+    if (!res->failure && (uintptr_t)res->value == i * 2654435761u % 4294967291u && !mc.seen[i])
+        mc.seen[i] = 1;
+    else
+        mc.bad++;
+    mc.done++;
+    mc.inflight--;
+    many_submit();
+}
+
+static void many_submit(void)
+{
+    while (mc.next < MANY && mc.inflight < 256) {
+        knit_deferred *d;
+        uintptr_t i = (uintptr_t)mc.next;
+        int rc = knit_defer_to_thread(mc.p, work_mix, (void *)i, &d);
+        if (rc) {
+            mc.bad++;
+            return;
+        }
+        mc.next++;
+        mc.inflight++;
+        knit_deferred_add_both(d, many_done, (void *)i);
+        knit_deferred_unref(d);
+    }
+}
+
+static void test_million_jobs_all_checked(void **state)
+{
+    (void)state;
+    knit_reactor *r = new_reactor();
+    memset(&mc, 0, sizeof mc);
+    mc.p = new_pool(r, 2, 2, 1024);
+    mc.seen = calloc(MANY, 1);
+    many_submit();
+    run_until(r, &mc.done, MANY);
+    assert_int_equal(mc.bad, 0);
+    for (int i = 0; i < MANY; i++)
+        if (!mc.seen[i]) fail_msg("job %d has no result", i);
+    knit_pool_stats st;
+    knit_pool_get_stats(mc.p, &st);
+    assert_int_equal(st.completed, MANY);
+    assert_int_equal(st.submitted, MANY);
+    uint64_t h = 0, w = 0;
+    for (int i = 0; i < KNIT_POOL_HIST_BUCKETS; i++) {
+        h += st.run_hist[i];
+        w += st.wait_hist[i];
+    }
+    assert_int_equal(h, MANY);
+    assert_int_equal(w, MANY);
+    assert_true(st.batches >= 1 && st.batches <= (uint64_t)MANY);
+    free(mc.seen);
+    finish(r, mc.p);
+}
+
+/* ---- batching ----------------------------------------------------------------- */
+
+static void test_completions_batch_into_one_wakeup(void **state)
+{
+    (void)state;
+    main_thread = pthread_self();
+    results = 0;
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 2, 2, 2048);
+    enum { N = 1000 };
+    for (int i = 0; i < N; i++) {
+        knit_deferred *d;
+        assert_int_equal(knit_defer_to_thread(p, work_square, (void *)(intptr_t)i, &d), 0);
+        knit_deferred_add_callbacks(d, on_value, on_error, NULL);
+        knit_deferred_unref(d);
+    }
+    /* Do not run the reactor until every job has finished on the workers. */
+    knit_pool_stats st;
+    do {
+        sched_yield();
+        knit_pool_get_stats(p, &st);
+    } while (st.completed < N);
+    knit_reactor_stats rs0, rs1;
+    knit_reactor_get_stats(r, &rs0);
+    run_until(r, &results, N);
+    knit_reactor_get_stats(r, &rs1);
+    knit_pool_get_stats(p, &st);
+    assert_int_equal(st.batches, 1);               /* one delivery for all N */
+    assert_int_equal(rs1.calls_run - rs0.calls_run, 1); /* one cross-thread call */
+    assert_true(rs1.wakeups <= 1);                  /* at most one eventfd write */
+    finish(r, p);
+}
+
+/* ---- queue full ----------------------------------------------------------------- */
+
+static void work_gated(knit_result *res, void *arg)
+{
+    (void)arg;
+    gate_wait(&g_gate);
+    knit_result_set(res, NULL, NULL);
+}
+
+static void count_any(knit_result *res, void *arg)
+{
+    int *n = arg;
+    (*n)++;
+    if (res->failure) {
+        last_code = res->failure->code;
+        knit_failure_free(knit_result_take_failure(res));
+    }
+}
+
+static void test_queue_full_fails_fast(void **state)
+{
+    (void)state;
+    gate_init(&g_gate);
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 1, 1, 2);
+    int done = 0;
+    knit_deferred *d;
+    assert_int_equal(knit_defer_to_thread(p, work_gated, NULL, &d), 0);
+    knit_deferred_add_both(d, count_any, &done);
+    knit_deferred_unref(d);
+    gate_wait_arrived(&g_gate, 1); /* the only worker is busy */
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(knit_defer_to_thread(p, work_gated, NULL, &d), 0);
+        knit_deferred_add_both(d, count_any, &done);
+        knit_deferred_unref(d);
+    }
+    knit_test_log_begin();
+    d = (knit_deferred *)1;
+    assert_int_equal(knit_defer_to_thread(p, work_gated, NULL, &d), KNIT_EQUEUEFULL);
+    assert_null(d);
+    assert_int_equal(knit_call_in_thread(p, (knit_job_fn)free, NULL, NULL), KNIT_EQUEUEFULL);
+    assert_non_null(strstr(knit_test_log_text(), "queue full"));
+    knit_test_log_end();
+    knit_pool_stats st;
+    knit_pool_get_stats(p, &st);
+    assert_int_equal(st.queued, 2);
+    assert_int_equal(st.rejected, 2);
+    assert_int_equal(st.threads, 1);
+    gate_open(&g_gate);
+    run_until(r, &done, 3);
+    finish(r, p);
+    gate_destroy(&g_gate);
+}
+
+/* ---- call_in_thread ------------------------------------------------------------- */
+
+static int job_ran;
+static int arg_freed_on_reactor;
+static void job_set(void *arg)
+{
+    __atomic_add_fetch(&job_ran, *(int *)arg, __ATOMIC_RELAXED);
+}
+static void arg_free_check(void *arg)
+{
+    if (pthread_equal(pthread_self(), main_thread)) arg_freed_on_reactor++;
+    free(arg);
+}
+
+static void test_call_in_thread(void **state)
+{
+    (void)state;
+    main_thread = pthread_self();
+    job_ran = 0;
+    arg_freed_on_reactor = 0;
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 1, 2, 16);
+    for (int i = 0; i < 5; i++) {
+        int *a = malloc(sizeof *a);
+        *a = 1;
+        assert_int_equal(knit_call_in_thread(p, job_set, a, arg_free_check), 0);
+    }
+    run_until(r, &arg_freed_on_reactor, 5);
+    assert_int_equal(__atomic_load_n(&job_ran, __ATOMIC_RELAXED), 5);
+    finish(r, p);
+}
+
+/* ---- cancellation ------------------------------------------------------------- */
+
+static int work_ran;
+static void work_count(knit_result *res, void *arg)
+{
+    (void)arg;
+    __atomic_add_fetch(&work_ran, 1, __ATOMIC_RELAXED);
+    knit_result_set(res, malloc(8), free);
+}
+
+static void test_cancel_queued_and_running(void **state)
+{
+    (void)state;
+    main_thread = pthread_self();
+    gate_init(&g_gate);
+    work_ran = 0;
+    arg_freed_on_reactor = 0;
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 1, 1, 8);
+    int done = 0;
+    knit_deferred *running, *queued;
+    assert_int_equal(knit_defer_to_thread_full(p, work_gated, malloc(1), arg_free_check, &running), 0);
+    gate_wait_arrived(&g_gate, 1);
+    assert_int_equal(knit_defer_to_thread_full(p, work_count, malloc(1), arg_free_check, &queued), 0);
+    knit_deferred_add_both(queued, count_any, &done);
+    last_code = 0;
+    knit_deferred_cancel(queued); /* removed from the queue; fires at once */
+    assert_int_equal(done, 1);
+    assert_int_equal(last_code, KNIT_ECANCELED);
+    knit_pool_stats st;
+    knit_pool_get_stats(p, &st);
+    assert_int_equal(st.queued, 0);
+    assert_int_equal(st.cancelled, 1);
+    /* running job: its Deferred fails at once, the worker keeps going */
+    knit_deferred_add_both(running, count_any, &done);
+    last_code = 0;
+    knit_deferred_cancel(running);
+    assert_int_equal(done, 2);
+    assert_int_equal(last_code, KNIT_ECANCELED);
+    assert_int_equal(arg_freed_on_reactor, 0); /* not before the work is over */
+    knit_deferred_unref(queued);
+    knit_deferred_unref(running);
+    gate_open(&g_gate);
+    run_until(r, &arg_freed_on_reactor, 2);
+    assert_int_equal(__atomic_load_n(&work_ran, __ATOMIC_RELAXED), 0); /* the queued fn never ran */
+    finish(r, p);
+    gate_destroy(&g_gate);
+}
+
+/* ---- blocking_call_from_thread ------------------------------------------------- */
+
+static knit_deferred *reactor_side_d;
+static int bc_rc;
+static knit_result bc_res;
+static int bc_done;
+static int on_reactor;
+
+static void reactor_fn_value(knit_result *res, void *arg)
+{
+    if (pthread_equal(pthread_self(), main_thread)) on_reactor++;
+    long *v = malloc(sizeof *v);
+    *v = (long)(intptr_t)arg;
+    knit_result_set(res, v, free);
+}
+
+static void reactor_fn_deferred(knit_result *res, void *arg)
+{
+    (void)arg;
+    if (pthread_equal(pthread_self(), main_thread)) on_reactor++;
+    reactor_side_d = knit_deferred_new();
+    knit_result_chain(res, knit_deferred_ref(reactor_side_d));
+}
+
+static void work_blocking(knit_result *res, void *arg)
+{
+    knit_reactor *r = knit_pool_reactor(knit_pool_current());
+    bc_rc = knit_blocking_call_from_thread(r, (knit_result_fn)arg, (void *)(intptr_t)7, &bc_res);
+    knit_result_set(res, NULL, NULL);
+    __atomic_store_n(&bc_done, 1, __ATOMIC_RELEASE);
+}
+
+static int self_rc;
+static void try_blocking_on_reactor(knit_reactor *r, void *arg)
+{
+    (void)arg;
+    knit_result out;
+    self_rc = knit_blocking_call_from_thread(r, reactor_fn_value, NULL, &out);
+}
+
+static void test_blocking_call_plain_and_deferred(void **state)
+{
+    (void)state;
+    main_thread = pthread_self();
+    on_reactor = 0;
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 1, 1, 4);
+    int done = 0;
+    knit_deferred *d;
+
+    /* fn returns a value */
+    bc_done = 0;
+    assert_int_equal(knit_defer_to_thread(p, work_blocking, (void *)reactor_fn_value, &d), 0);
+    knit_deferred_add_both(d, count_any, &done);
+    knit_deferred_unref(d);
+    run_until(r, &done, 1);
+    assert_int_equal(bc_rc, 0);
+    assert_true(knit_result_ok(&bc_res));
+    assert_int_equal(*(long *)bc_res.value, 7);
+    assert_int_equal(on_reactor, 1);
+    knit_result_clear(&bc_res);
+
+    /* fn returns a Deferred: the worker waits until it fires */
+    bc_done = 0;
+    reactor_side_d = NULL;
+    assert_int_equal(knit_defer_to_thread(p, work_blocking, (void *)reactor_fn_deferred, &d), 0);
+    knit_deferred_add_both(d, count_any, &done);
+    knit_deferred_unref(d);
+    while (!reactor_side_d)
+        knit_reactor_run_once(r, KNIT_MSEC(50));
+    assert_int_equal(__atomic_load_n(&bc_done, __ATOMIC_ACQUIRE), 0);
+    long *v = malloc(sizeof *v);
+    *v = 42;
+    knit_deferred_callback(reactor_side_d, v, free);
+    knit_deferred_unref(reactor_side_d);
+    run_until(r, &done, 2);
+    assert_int_equal(bc_rc, 0);
+    assert_int_equal(*(long *)bc_res.value, 42);
+    knit_result_clear(&bc_res);
+
+    /* on the reactor thread itself: refused, it would wait for itself */
+    self_rc = 1;
+    assert_int_equal(knit_call_from_thread(r, try_blocking_on_reactor, NULL), 0);
+    while (self_rc == 1)
+        knit_reactor_run_once(r, KNIT_MSEC(50));
+    assert_int_equal(self_rc, KNIT_EINVAL);
+    finish(r, p);
+}
+
+/* ---- shutdown ---------------------------------------------------------------- */
+
+static void test_shutdown_drains_queued_jobs(void **state)
+{
+    (void)state;
+    gate_init(&g_gate);
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 1, 1, 16); /* drain = true by default */
+    int done = 0;
+    last_code = 0;
+    knit_deferred *d;
+    assert_int_equal(knit_defer_to_thread(p, work_gated, NULL, &d), 0);
+    knit_deferred_add_both(d, count_any, &done);
+    knit_deferred_unref(d);
+    gate_wait_arrived(&g_gate, 1);
+    for (int i = 0; i < 5; i++) {
+        assert_int_equal(knit_defer_to_thread(p, work_count, NULL, &d), 0);
+        knit_deferred_add_both(d, count_any, &done);
+        knit_deferred_unref(d);
+    }
+    work_ran = 0;
+    gate_open(&g_gate);
+    finish(r, p); /* stop → trigger → drain → join on the helper → done */
+    assert_int_equal(done, 6);
+    assert_int_equal(last_code, 0); /* all succeeded */
+    assert_int_equal(__atomic_load_n(&work_ran, __ATOMIC_RELAXED), 5);
+    gate_destroy(&g_gate);
+}
+
+typedef struct shut_ctx {
+    knit_pool *p;
+    int done, failed_shutdown;
+    int after_rc;
+} shut_ctx;
+
+static void count_shutdown(knit_result *res, void *arg)
+{
+    shut_ctx *c = arg;
+    c->done++;
+    if (res->failure && res->failure->code == KNIT_ESHUTDOWN) c->failed_shutdown++;
+    if (res->failure) knit_failure_free(knit_result_take_failure(res));
+}
+
+static void on_stop_submit(knit_reactor *r, knit_trigger *t, void *arg)
+{
+    (void)r;
+    shut_ctx *c = arg;
+    knit_deferred *d = NULL;
+    c->after_rc = knit_defer_to_thread(c->p, work_count, NULL, &d);
+    knit_trigger_done(t);
+}
+
+static void open_gate_later(knit_reactor *r, knit_trigger *t, void *arg)
+{
+    (void)r;
+    (void)arg;
+    gate_open(&g_gate);
+    knit_trigger_done(t);
+}
+
+static void test_shutdown_without_drain_fails_queued(void **state)
+{
+    (void)state;
+    gate_init(&g_gate);
+    knit_reactor *r = new_reactor();
+    knit_pool_options o;
+    knit_pool_options_init(&o);
+    o.min_threads = 1;
+    o.max_threads = 1;
+    o.drain = false;
+    shut_ctx c = {0};
+    assert_int_equal(knit_pool_new(&c.p, r, &o), 0);
+    knit_deferred *d;
+    assert_int_equal(knit_defer_to_thread(c.p, work_gated, NULL, &d), 0);
+    knit_deferred_add_both(d, count_shutdown, &c);
+    knit_deferred_unref(d);
+    gate_wait_arrived(&g_gate, 1);
+    for (int i = 0; i < 4; i++) {
+        assert_int_equal(knit_defer_to_thread(c.p, work_count, NULL, &d), 0);
+        knit_deferred_add_both(d, count_shutdown, &c);
+        knit_deferred_unref(d);
+    }
+    /* The pool's trigger (DURING) stops it; the running job is released by
+     * a DURING trigger registered after it, and a submission after the
+     * shutdown started (AFTER phase) is refused. */
+    assert_int_equal(knit_reactor_add_trigger(r, KNIT_PHASE_DURING, open_gate_later, NULL, NULL), 0);
+    assert_int_equal(knit_reactor_add_trigger(r, KNIT_PHASE_AFTER, on_stop_submit, &c, NULL), 0);
+    work_ran = 0;
+    knit_reactor_stop(r);
+    assert_int_equal(knit_reactor_run(r), 0);
+    assert_int_equal(c.done, 5);              /* every Deferred fired */
+    assert_int_equal(c.failed_shutdown, 4);   /* the queued ones, with ESHUTDOWN */
+    assert_int_equal(c.after_rc, KNIT_ESHUTDOWN);
+    assert_int_equal(__atomic_load_n(&work_ran, __ATOMIC_RELAXED), 0);
+    assert_true(knit_pool_is_shut_down(c.p));
+    knit_pool_free(c.p);
+    assert_int_equal(knit_reactor_close(r), 0);
+    gate_destroy(&g_gate);
+}
+
+/* A worker that makes a blocking call after shutdown began gets ESHUTDOWN;
+ * one already waiting on a Deferred gets that Deferred cancelled. */
+static int late_rc = 99;
+static void work_gated_then_blocking(knit_result *res, void *arg)
+{
+    (void)arg;
+    gate_wait(&g_gate);
+    knit_result out;
+    late_rc = knit_blocking_call_from_thread(knit_pool_reactor(knit_pool_current()),
+                                             reactor_fn_value, NULL, &out);
+    knit_result_clear(&out);
+    knit_result_set(res, NULL, NULL);
+}
+
+static void test_blocking_call_during_shutdown(void **state)
+{
+    (void)state;
+    main_thread = pthread_self();
+    gate_init(&g_gate);
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 2, 2, 8);
+    int done = 0;
+    knit_deferred *d;
+    /* worker 1: waiting on a reactor-side Deferred that never fires */
+    bc_done = 0;
+    reactor_side_d = NULL;
+    assert_int_equal(knit_defer_to_thread(p, work_blocking, (void *)reactor_fn_deferred, &d), 0);
+    knit_deferred_add_both(d, count_any, &done);
+    knit_deferred_unref(d);
+    while (!reactor_side_d)
+        knit_reactor_run_once(r, KNIT_MSEC(50));
+    /* worker 2: blocked on the gate, calls into the reactor after shutdown */
+    assert_int_equal(knit_defer_to_thread(p, work_gated_then_blocking, NULL, &d), 0);
+    knit_deferred_add_both(d, count_any, &done);
+    knit_deferred_unref(d);
+    gate_wait_arrived(&g_gate, 1);
+    assert_int_equal(knit_reactor_add_trigger(r, KNIT_PHASE_DURING, open_gate_later, NULL, NULL), 0);
+    finish(r, p);
+    assert_int_equal(done, 2);
+    assert_int_equal(bc_rc, 0);
+    assert_int_equal(knit_result_code(&bc_res), KNIT_ECANCELED);
+    knit_result_clear(&bc_res);
+    assert_int_equal(late_rc, KNIT_ESHUTDOWN);
+    knit_deferred_unref(reactor_side_d);
+    gate_destroy(&g_gate);
+}
+
+static void test_pool_free_without_reactor_stop(void **state)
+{
+    (void)state;
+    gate_init(&g_gate);
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 1, 1, 8);
+    int done = 0;
+    knit_deferred *ds[4];
+    assert_int_equal(knit_defer_to_thread(p, work_gated, NULL, &ds[0]), 0);
+    gate_wait_arrived(&g_gate, 1);
+    for (int i = 1; i < 4; i++)
+        assert_int_equal(knit_defer_to_thread(p, work_count, NULL, &ds[i]), 0);
+    for (int i = 0; i < 4; i++)
+        knit_deferred_add_both(ds[i], count_any, &done);
+    gate_open(&g_gate);
+    knit_pool_free(p); /* blocking: queued ones fail or ran; every Deferred fired */
+    assert_int_equal(done, 4);
+    for (int i = 0; i < 4; i++) {
+        assert_true(knit_deferred_fired(ds[i]));
+        knit_deferred_unref(ds[i]);
+    }
+    /* a delivery call may still be queued: it holds the pool, running it is safe */
+    knit_reactor_run_once(r, 0);
+    assert_int_equal(knit_reactor_close(r), 0);
+    gate_destroy(&g_gate);
+}
+
+/* ---- threads ------------------------------------------------------------------ */
+
+static int sigterm_blocked;
+static void work_check_signals(knit_result *res, void *arg)
+{
+    (void)arg;
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    if (sigismember(&cur, SIGTERM) && sigismember(&cur, SIGINT)) sigterm_blocked = 1;
+    if (knit_pool_current() == NULL) sigterm_blocked = -1;
+    knit_result_set(res, NULL, NULL);
+}
+
+static void test_workers_block_signals_and_know_pool(void **state)
+{
+    (void)state;
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 1, 1, 4);
+    int done = 0;
+    knit_deferred *d;
+    assert_null(knit_pool_current());
+    assert_int_equal(knit_defer_to_thread(p, work_check_signals, NULL, &d), 0);
+    knit_deferred_add_both(d, count_any, &done);
+    knit_deferred_unref(d);
+    run_until(r, &done, 1);
+    assert_int_equal(sigterm_blocked, 1);
+    finish(r, p);
+}
+
+static void test_grows_to_max_under_load(void **state)
+{
+    (void)state;
+    gate_init(&g_gate);
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 0, 3, 16);
+    knit_pool_stats st;
+    knit_pool_get_stats(p, &st);
+    assert_int_equal(st.threads, 0);
+    int done = 0;
+    for (int i = 0; i < 5; i++) {
+        knit_deferred *d;
+        assert_int_equal(knit_defer_to_thread(p, work_gated, NULL, &d), 0);
+        knit_deferred_add_both(d, count_any, &done);
+        knit_deferred_unref(d);
+    }
+    gate_wait_arrived(&g_gate, 3); /* three workers were started */
+    knit_pool_get_stats(p, &st);
+    assert_int_equal(st.threads, 3);
+    assert_int_equal(st.threads_busy, 3);
+    assert_int_equal(st.threads_peak, 3);
+    assert_int_equal(st.queued, 2);
+    gate_open(&g_gate);
+    run_until(r, &done, 5);
+    finish(r, p);
+    gate_destroy(&g_gate);
+}
+
+static void test_idle_threads_above_min_exit(void **state)
+{
+    (void)state;
+    gate_init(&g_gate);
+    knit_reactor *r = new_reactor();
+    knit_pool_options o;
+    knit_pool_options_init(&o);
+    o.min_threads = 1;
+    o.max_threads = 3;
+    o.idle_timeout = KNIT_MSEC(1);
+    knit_pool *p;
+    assert_int_equal(knit_pool_new(&p, r, &o), 0);
+    int done = 0;
+    for (int i = 0; i < 3; i++) {
+        knit_deferred *d;
+        assert_int_equal(knit_defer_to_thread(p, work_gated, NULL, &d), 0);
+        knit_deferred_add_both(d, count_any, &done);
+        knit_deferred_unref(d);
+    }
+    gate_wait_arrived(&g_gate, 3);
+    gate_open(&g_gate);
+    run_until(r, &done, 3);
+    /* Wait for the state (back to min_threads), however long it takes. */
+    knit_pool_stats st;
+    do {
+        struct timespec ts = {0, 1000000};
+        nanosleep(&ts, NULL);
+        knit_pool_get_stats(p, &st);
+    } while (st.threads > 1);
+    assert_int_equal(st.threads, 1);
+    finish(r, p);
+    gate_destroy(&g_gate);
+}
+
+static void test_bad_options_and_hist_bounds(void **state)
+{
+    (void)state;
+    knit_reactor *r = new_reactor();
+    knit_pool_options o;
+    knit_pool_options_init(&o);
+    o.max_threads = 0;
+    knit_pool *p = NULL;
+    assert_int_equal(knit_pool_new(&p, r, &o), KNIT_EINVAL);
+    knit_pool_options_init(&o);
+    o.min_threads = 5;
+    o.max_threads = 2;
+    assert_int_equal(knit_pool_new(&p, r, &o), KNIT_EINVAL);
+    knit_pool_options_init(&o);
+    o.max_queue = 0;
+    assert_int_equal(knit_pool_new(&p, r, &o), KNIT_EINVAL);
+    assert_int_equal(knit_pool_hist_bound(0), KNIT_USEC(1));
+    assert_int_equal(knit_pool_hist_bound(1), KNIT_USEC(4));
+    assert_int_equal(knit_pool_hist_bound(5), KNIT_USEC(1024));
+    assert_int_equal(knit_pool_hist_bound(KNIT_POOL_HIST_BUCKETS - 1), INT64_MAX);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+static void work_chain_bad(knit_result *res, void *arg)
+{
+    knit_result_chain(res, arg); /* not allowed on a worker */
+}
+
+static void test_worker_chaining_a_deferred_fails(void **state)
+{
+    (void)state;
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 1, 1, 4);
+    int done = 0;
+    last_code = 0;
+    knit_deferred *inner = knit_deferred_new();
+    knit_deferred *d;
+    assert_int_equal(knit_defer_to_thread(p, work_chain_bad, knit_deferred_ref(inner), &d), 0);
+    knit_deferred_add_both(d, count_any, &done);
+    knit_deferred_unref(d);
+    run_until(r, &done, 1);
+    assert_int_equal(last_code, KNIT_EINVAL);
+    knit_deferred_unref(inner);
+    finish(r, p);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+#define T(f) cmocka_unit_test_setup_teardown(f, setup, teardown)
+        T(test_defer_to_thread_result_on_reactor),
+        T(test_worker_failure_reaches_errback),
+        T(test_million_jobs_all_checked),
+        T(test_completions_batch_into_one_wakeup),
+        T(test_queue_full_fails_fast),
+        T(test_call_in_thread),
+        T(test_cancel_queued_and_running),
+        T(test_blocking_call_plain_and_deferred),
+        T(test_shutdown_drains_queued_jobs),
+        T(test_shutdown_without_drain_fails_queued),
+        T(test_blocking_call_during_shutdown),
+        T(test_pool_free_without_reactor_stop),
+        T(test_workers_block_signals_and_know_pool),
+        T(test_grows_to_max_under_load),
+        T(test_idle_threads_above_min_exit),
+        T(test_bad_options_and_hist_bounds),
+        T(test_worker_chaining_a_deferred_fails),
+#undef T
+    };
+    return KNIT_RUN_TESTS(tests);
+}
