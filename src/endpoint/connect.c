@@ -51,6 +51,7 @@ struct knit_connect {
     int last_err;
     bool done;               /* callback ran */
     bool resolving;          /* resolver thread holds us */
+    bool starting;           /* a queued start call holds us */
 };
 
 void knit_connect_options_init(knit_connect_options *o)
@@ -61,7 +62,7 @@ void knit_connect_options_init(knit_connect_options *o)
 
 static void maybe_free(knit_connect *c)
 {
-    if (!c->done || c->resolving || c->tls_t) return;
+    if (!c->done || c->resolving || c->starting || c->tls_t) return;
     free(c->host);
     knit_tls_ctx_unref(c->tls);
     free(c);
@@ -188,6 +189,24 @@ static void stagger_cb(knit_reactor *r, void *arg)
     knit_connect *c = arg;
     c->stagger = KNIT_TIMER_NONE;
     start_next(c);
+}
+
+/* The first attempt starts from the loop ("call soon", which also works
+ * with a fake clock), so the callback never runs inside connect(). */
+static void start_cb(knit_reactor *r, void *arg)
+{
+    knit_connect *c = arg;
+    c->starting = false;
+    if (c->done) maybe_free(c);
+    else start_next(c);
+}
+
+static int start_soon(knit_connect *c)
+{
+    c->starting = true;
+    int rc = knit_call_from_thread(c->r, start_cb, c);
+    if (rc < 0) c->starting = false;
+    return rc;
 }
 
 static bool any_active(const knit_connect *c)
@@ -327,9 +346,7 @@ static int start(knit_connect *c, char *err, size_t n)
     if (getaddrinfo(c->host, c->port, &hints, &res) == 0) {
         interleave(c, res);
         freeaddrinfo(res);
-        /* From the loop, so the callback never runs inside connect(). */
-        c->stagger = knit_call_later(c->r, 0, stagger_cb, c);
-        return 0;
+        return start_soon(c);
     }
     resolve_job *j = calloc(1, sizeof *j);
     if (!j) return KNIT_ENOMEM;
@@ -433,8 +450,13 @@ int knit__ep_unix_connect(knit_reactor *r, const knit_endpoint_desc *d, knit_pro
     a->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + plen + (abstract ? 0 : 1));
     c->naddrs = 1;
     if (c->o.timeout > 0) c->deadline = knit_call_later(r, c->o.timeout, deadline_cb, c);
+    int rc = start_soon(c);
+    if (rc < 0) {
+        if (c->deadline.id) knit_timer_cancel(r, c->deadline);
+        free(c);
+        return rc;
+    }
     if (out) *out = c;
-    c->stagger = knit_call_later(r, 0, stagger_cb, c); /* never call back inside connect() */
     return 0;
 }
 

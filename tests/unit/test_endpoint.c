@@ -10,10 +10,14 @@
 #include <string.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include "knit/endpoint.h"
 #include "knit/error.h"
+#include "knit/log.h"
+#include "knit/reactor.h"
 
 /* ---- syntax --------------------------------------------------------------- */
 
@@ -348,6 +352,478 @@ static void test_proxy_v2(void **state)
     assert_int_equal(knit_proxy_header_parse(h, 6, &s, &d), KNIT_EPARSE);
 }
 
+/* ---- listeners and connectors on 127.0.0.1 ------------------------------- */
+
+typedef struct conn {
+    knit_protocol proto;
+    struct world *w;
+    knit_sockaddr peer;
+    bool echo;
+    knit_buf got;
+} conn;
+
+typedef struct world {
+    knit_reactor *r;
+    knit_protocol_factory f;
+    int built, lost;
+    knit_close_reason last_reason;
+    conn *last;
+    bool refuse;
+    /* connect results */
+    int connected, failed, cb_err;
+    knit_protocol *client;
+} world;
+
+static void c_data(knit_protocol *p, knit_buf *in)
+{
+    conn *c = (conn *)p;
+    knit_buf_append(&c->got, knit_buf_data(in), knit_buf_len(in));
+    if (c->echo) knit_transport_write(p->transport, knit_buf_data(in), knit_buf_len(in));
+    knit_buf_consume(in, knit_buf_len(in));
+}
+
+static void c_lost(knit_protocol *p, knit_close_reason reason, int err)
+{
+    conn *c = (conn *)p;
+    c->w->lost++;
+    c->w->last_reason = reason;
+    if (c->w->last == c) c->w->last = NULL;
+    if (c->w->client == p) c->w->client = NULL;
+    knit_buf_release(&c->got);
+    free(c);
+}
+
+static const knit_protocol_ops conn_ops = {NULL, c_data, NULL, c_lost, NULL, NULL};
+
+static knit_protocol *build(knit_protocol_factory *f, const knit_sockaddr *peer)
+{
+    world *w = f->data;
+    if (w->refuse) return NULL;
+    conn *c = calloc(1, sizeof *c);
+    c->proto.ops = &conn_ops;
+    c->w = w;
+    c->peer = *peer;
+    c->echo = true;
+    knit_buf_init(&c->got);
+    w->built++;
+    w->last = c;
+    return &c->proto;
+}
+
+static void world_init(world *w, knit_clock *clock)
+{
+    memset(w, 0, sizeof *w);
+    knit_reactor_options o;
+    knit_reactor_options_init(&o);
+    o.clock = clock;
+    assert_int_equal(knit_reactor_new(&w->r, &o), 0);
+    w->f.build = build;
+    w->f.data = w;
+}
+
+static void turn(world *w, int n)
+{
+    for (int i = 0; i < n; i++)
+        knit_reactor_run_once(w->r, KNIT_MSEC(20));
+}
+
+static void on_connect(knit_connect *c, knit_protocol *p, int err, void *arg)
+{
+    world *w = arg;
+    if (err) {
+        w->failed++;
+        w->cb_err = err;
+    } else {
+        w->connected++;
+        w->client = p;
+        ((conn *)p)->echo = false;
+    }
+}
+
+static int listen_port(knit_listener *l)
+{
+    knit_sockaddr a;
+    assert_int_equal(knit_listener_address(l, &a), 0);
+    return a.u.sa.sa_family == AF_INET6 ? ntohs(a.u.in6.sin6_port) : ntohs(a.u.in.sin_port);
+}
+
+static void echo_roundtrip(world *w, const char *client_desc)
+{
+    char err[KNIT_ENDPOINT_ERRLEN];
+    int before = w->connected;
+    int rc = knit_endpoint_connect(w->r, client_desc, &w->f, NULL, on_connect, w, NULL, err,
+                                   sizeof err);
+    if (rc) fail_msg("connect %s: %s", client_desc, err);
+    for (int i = 0; i < 200 && w->connected == before && !w->failed; i++)
+        turn(w, 1);
+    if (w->failed) fail_msg("connect %s failed: %s", client_desc, knit_strerror(w->cb_err));
+    assert_int_equal(w->connected, before + 1);
+    conn *c = (conn *)w->client;
+    assert_int_equal(knit_transport_write(c->proto.transport, "hello", 5), 0);
+    for (int i = 0; i < 200 && knit_buf_len(&c->got) < 5; i++)
+        turn(w, 1);
+    assert_int_equal(knit_buf_len(&c->got), 5);
+    assert_memory_equal(knit_buf_data(&c->got), "hello", 5);
+    int lost = w->lost;
+    knit_transport_lose_connection(c->proto.transport);
+    for (int i = 0; i < 200 && w->lost < lost + 2; i++)
+        turn(w, 1);
+    assert_int_equal(w->lost, lost + 2); /* both ends */
+}
+
+static void test_tcp_listen_connect_echo(void **state)
+{
+    (void)state;
+    world w;
+    world_init(&w, NULL);
+    knit_listener *l;
+    char err[KNIT_ENDPOINT_ERRLEN], desc[64];
+    assert_int_equal(
+        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &l, err, sizeof err),
+        0);
+    int port = listen_port(l);
+    assert_true(port > 0);
+    snprintf(desc, sizeof desc, "tcp:127.0.0.1:%d", port);
+    echo_roundtrip(&w, desc);
+    snprintf(desc, sizeof desc, "tcp:host=127.0.0.1:port=%d:timeout=5", port);
+    echo_roundtrip(&w, desc);
+    /* a name: resolved on a thread; ::1 (if any) is refused, 127.0.0.1 wins */
+    snprintf(desc, sizeof desc, "tcp:localhost:%d", port);
+    echo_roundtrip(&w, desc);
+    assert_int_equal(knit_listener_accepted(l), 3);
+    assert_int_equal(knit_listener_connections(l), 0);
+    /* The same port again is in use: the message says where and why. */
+    snprintf(desc, sizeof desc, "tcp:%d:interface=127.0.0.1", port);
+    knit_listener *l2;
+    assert_int_equal(knit_endpoint_listen(w.r, desc, &w.f, NULL, &l2, err, sizeof err),
+                     KNIT_EADDRINUSE);
+    char want[128];
+    snprintf(want, sizeof want, "tcp:%d: bind: Address already in use", port);
+    assert_string_equal(err, want);
+    knit_listener_close(l, false);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+}
+
+static void test_tcp6_listen(void **state)
+{
+    (void)state;
+    int probe = socket(AF_INET6, SOCK_STREAM, 0);
+    struct sockaddr_in6 a6 = {.sin6_family = AF_INET6, .sin6_addr = IN6ADDR_LOOPBACK_INIT};
+    bool have6 = probe >= 0 && bind(probe, (struct sockaddr *)&a6, sizeof a6) == 0;
+    if (probe >= 0) close(probe);
+    if (!have6) skip();
+    world w;
+    world_init(&w, NULL);
+    knit_listener *l;
+    char err[KNIT_ENDPOINT_ERRLEN], desc[64];
+    assert_int_equal(
+        knit_endpoint_listen(w.r, "tcp6:0:interface=\\:\\:1", &w.f, NULL, &l, err, sizeof err),
+        0);
+    snprintf(desc, sizeof desc, "tcp:\\:\\:1:%d", listen_port(l));
+    echo_roundtrip(&w, desc);
+    knit_listener_close(l, false);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+}
+
+static void test_unix_listen_stale_and_live(void **state)
+{
+    (void)state;
+    world w;
+    world_init(&w, NULL);
+    char dir[] = "/tmp/knit-ep-XXXXXX", path[128], desc[192], err[KNIT_ENDPOINT_ERRLEN];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/s\\:1.sock", dir); /* escaped colon in the name */
+    /* a stale socket file from a "dead process" */
+    int s = socket(AF_UNIX, SOCK_STREAM, 0);
+    struct sockaddr_un un = {.sun_family = AF_UNIX};
+    snprintf(un.sun_path, sizeof un.sun_path, "%s/s:1.sock", dir);
+    assert_int_equal(bind(s, (struct sockaddr *)&un, sizeof un), 0);
+    close(s);
+    snprintf(desc, sizeof desc, "unix:%s:mode=0600", path);
+    knit_listener *l, *l2;
+    assert_int_equal(knit_endpoint_listen(w.r, desc, &w.f, NULL, &l, err, sizeof err), 0);
+    struct stat st;
+    assert_int_equal(stat(un.sun_path, &st), 0);
+    assert_int_equal(st.st_mode & 0777, 0600);
+    /* a live one is an error */
+    assert_int_equal(knit_endpoint_listen(w.r, desc, &w.f, NULL, &l2, err, sizeof err),
+                     KNIT_EADDRINUSE);
+    assert_non_null(strstr(err, "address in use by a running process"));
+    snprintf(desc, sizeof desc, "unix:%s", path);
+    echo_roundtrip(&w, desc);
+    knit_listener_close(l, false);
+    assert_int_equal(stat(un.sun_path, &st), -1); /* removed */
+    /* connecting to nothing fails with ENOENT through the callback */
+    assert_int_equal(knit_endpoint_connect(w.r, desc, &w.f, NULL, on_connect, &w, NULL, err,
+                                           sizeof err),
+                     0);
+    assert_int_equal(w.failed, 0); /* never called back from inside connect */
+    for (int i = 0; i < 50 && !w.failed; i++)
+        turn(&w, 1);
+    assert_int_equal(w.cb_err, KNIT_ENOENT);
+    rmdir(dir);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+}
+
+static int raw_connect(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    assert_int_equal(connect(fd, (struct sockaddr *)&a, sizeof a), 0);
+    return fd;
+}
+
+static void test_haproxy_wrapper(void **state)
+{
+    (void)state;
+    world w;
+    world_init(&w, NULL);
+    knit_listener *l;
+    char err[KNIT_ENDPOINT_ERRLEN];
+    assert_int_equal(knit_endpoint_listen(w.r, "haproxy:tcp:0:interface=127.0.0.1", &w.f, NULL,
+                                          &l, err, sizeof err),
+                     0);
+    int port = listen_port(l);
+    int fd = raw_connect(port);
+    const char *h = "PROXY TCP4 203.0.113.7 10.0.0.1 4242 80\r\nping";
+    /* send the header in two pieces: the listener must wait, not fail */
+    assert_int_equal(write(fd, h, 10), 10);
+    turn(&w, 3);
+    assert_int_equal(w.built, 0);
+    assert_int_equal(write(fd, h + 10, strlen(h) - 10), (ssize_t)strlen(h) - 10);
+    for (int i = 0; i < 100 && (!w.last || knit_buf_len(&w.last->got) < 4); i++)
+        turn(&w, 1);
+    assert_int_equal(w.built, 1);
+    char a[80];
+    knit_sockaddr_format(&w.last->peer, a, sizeof a);
+    assert_string_equal(a, "203.0.113.7:4242");
+    knit_sockaddr tp;
+    assert_int_equal(knit_transport_peer(w.last->proto.transport, &tp), 0);
+    knit_sockaddr_format(&tp, a, sizeof a);
+    assert_string_equal(a, "203.0.113.7:4242");
+    assert_int_equal(knit_transport_local(w.last->proto.transport, &tp), 0);
+    knit_sockaddr_format(&tp, a, sizeof a);
+    assert_string_equal(a, "10.0.0.1:80");
+    assert_memory_equal(knit_buf_data(&w.last->got), "ping", 4);
+    close(fd);
+    /* a client without a header is closed without building a protocol */
+    fd = raw_connect(port);
+    assert_int_equal(write(fd, "GET / HTTP/1.0\r\n\r\n", 18), 18);
+    char buf[8];
+    ssize_t n = 0;
+    for (int i = 0; i < 100; i++) {
+        turn(&w, 1);
+        n = recv(fd, buf, sizeof buf, MSG_DONTWAIT);
+        if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) break;
+    }
+    assert_true(n <= 0); /* EOF or reset */
+    assert_int_equal(w.built, 1);
+    close(fd);
+    for (int i = 0; i < 100 && knit_listener_connections(l) > 0; i++)
+        turn(&w, 1);
+    assert_int_equal(knit_listener_connections(l), 0);
+    knit_listener_close(l, false);
+    turn(&w, 2);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+}
+
+static void test_connection_limit_and_refuse(void **state)
+{
+    (void)state;
+    world w;
+    world_init(&w, NULL);
+    knit_listener *l;
+    knit_listen_options o;
+    knit_listen_options_init(&o);
+    o.max_connections = 1;
+    char err[KNIT_ENDPOINT_ERRLEN];
+    assert_int_equal(
+        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, &o, &l, err, sizeof err), 0);
+    int port = listen_port(l);
+    int a = raw_connect(port), b = raw_connect(port);
+    turn(&w, 5);
+    assert_int_equal(w.built, 1); /* the second waits in the backlog */
+    assert_int_equal(knit_listener_connections(l), 1);
+    close(a);
+    for (int i = 0; i < 100 && w.built < 2; i++)
+        turn(&w, 1);
+    assert_int_equal(w.built, 2);
+    close(b);
+    /* a factory that refuses: the connection is closed, nothing leaks */
+    w.refuse = true;
+    int c = raw_connect(port);
+    char buf[4];
+    ssize_t n = -1;
+    for (int i = 0; i < 100; i++) {
+        turn(&w, 1);
+        n = recv(c, buf, sizeof buf, MSG_DONTWAIT);
+        if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) break;
+    }
+    assert_true(n <= 0);
+    close(c);
+    for (int i = 0; i < 100 && knit_listener_connections(l) > 0; i++)
+        turn(&w, 1);
+    assert_int_equal(knit_listener_connections(l), 0);
+    knit_listener_close(l, true);
+    turn(&w, 2);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+}
+
+static void test_emfile_pauses_and_recovers(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(KNIT_SEC(1));
+    world w;
+    world_init(&w, clk);
+    knit_listener *l;
+    char err[KNIT_ENDPOINT_ERRLEN];
+    assert_int_equal(
+        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &l, err, sizeof err),
+        0);
+    int port = listen_port(l);
+    int cl[4];
+    for (int i = 0; i < 4; i++)
+        cl[i] = raw_connect(port);
+    /* room for exactly one more descriptor */
+    int probe = dup(0);
+    close(probe);
+    struct rlimit old, low;
+    getrlimit(RLIMIT_NOFILE, &old);
+    low = old;
+    low.rlim_cur = (rlim_t)probe + 1;
+    assert_int_equal(setrlimit(RLIMIT_NOFILE, &low), 0);
+    knit_test_log_begin();
+    for (int i = 0; i < 5; i++)
+        knit_reactor_run_once(w.r, KNIT_MSEC(20));
+    assert_int_equal(w.built, 1);
+    assert_true(knit_listener_emfile_events(l) >= 1);
+    /* paused: more turns do not spin on accept */
+    uint64_t ev = knit_listener_emfile_events(l);
+    knit_reactor_stats st0, st1;
+    knit_reactor_get_stats(w.r, &st0);
+    for (int i = 0; i < 5; i++)
+        knit_reactor_run_once(w.r, 0);
+    knit_reactor_get_stats(w.r, &st1);
+    assert_int_equal(knit_listener_emfile_events(l), ev);
+    assert_int_equal(st1.events, st0.events);
+    const char *log = knit_test_log_text();
+    assert_non_null(strstr(log, "too many open files") ? strstr(log, "too many open files")
+                                                       : strstr(log, "Too many open files"));
+    knit_test_log_end();
+    setrlimit(RLIMIT_NOFILE, &old);
+    knit_reactor_advance(w.r, KNIT_LISTEN_EMFILE_RETRY);
+    for (int i = 0; i < 100 && w.built < 4; i++)
+        knit_reactor_run_once(w.r, KNIT_MSEC(20));
+    assert_int_equal(w.built, 4);
+    for (int i = 0; i < 4; i++)
+        close(cl[i]);
+    for (int i = 0; i < 100 && knit_listener_connections(l) > 0; i++)
+        knit_reactor_run_once(w.r, KNIT_MSEC(20));
+    knit_listener_close(l, true);
+    knit_reactor_run_once(w.r, 0);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+    knit_clock_free(clk);
+}
+
+static void test_connect_refused_cancel_timeout(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(KNIT_SEC(1));
+    world w;
+    world_init(&w, clk);
+    char err[KNIT_ENDPOINT_ERRLEN], desc[64];
+    /* a port nobody listens on */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(s, (struct sockaddr *)&a, sizeof a);
+    socklen_t sl = sizeof a;
+    getsockname(s, (struct sockaddr *)&a, &sl);
+    close(s);
+    snprintf(desc, sizeof desc, "tcp:127.0.0.1:%d", ntohs(a.sin_port));
+    assert_int_equal(
+        knit_endpoint_connect(w.r, desc, &w.f, NULL, on_connect, &w, NULL, err, sizeof err), 0);
+    for (int i = 0; i < 100 && !w.failed; i++)
+        knit_reactor_run_once(w.r, KNIT_MSEC(20));
+    assert_int_equal(w.cb_err, KNIT_ECONNREFUSED);
+    /* cancel: the callback runs before cancel returns */
+    knit_connect *c;
+    w.failed = 0;
+    assert_int_equal(
+        knit_endpoint_connect(w.r, desc, &w.f, NULL, on_connect, &w, &c, err, sizeof err), 0);
+    assert_int_equal(knit_connect_cancel(c), 0);
+    assert_int_equal(w.failed, 1);
+    assert_int_equal(w.cb_err, KNIT_ECANCELED);
+    /* timeout: a listener whose backlog is full never completes the
+     * handshake; the fake clock fires the deadline */
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    a.sin_port = 0;
+    bind(ls, (struct sockaddr *)&a, sizeof a);
+    listen(ls, 0);
+    sl = sizeof a;
+    getsockname(ls, (struct sockaddr *)&a, &sl);
+    int fill[4];
+    int nfill = 0;
+    for (; nfill < 4; nfill++) {
+        fill[nfill] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fill[nfill], (struct sockaddr *)&a, sizeof a);
+    }
+    usleep(1000); /* not a timing assertion: lets the kernel queue the fillers */
+    snprintf(desc, sizeof desc, "tcp:127.0.0.1:%d:timeout=2", ntohs(a.sin_port));
+    w.failed = 0;
+    assert_int_equal(
+        knit_endpoint_connect(w.r, desc, &w.f, NULL, on_connect, &w, NULL, err, sizeof err), 0);
+    knit_reactor_run_once(w.r, 0);
+    knit_reactor_run_once(w.r, 0);
+    if (w.connected == 0) {
+        print_message("timeout case exercised\n");
+        knit_reactor_advance(w.r, KNIT_SEC(2));
+        assert_int_equal(w.failed, 1);
+        assert_int_equal(w.cb_err, KNIT_ETIMEDOUT);
+    }
+    for (int i = 0; i < nfill; i++)
+        close(fill[i]);
+    close(ls);
+    while (w.client) {
+        knit_transport_abort(w.client->transport);
+        knit_reactor_run_once(w.r, 0);
+    }
+    knit_reactor_run_once(w.r, 0);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+    knit_clock_free(clk);
+}
+
+static void test_fd_endpoint(void **state)
+{
+    (void)state;
+    world w;
+    world_init(&w, NULL);
+    char err[KNIT_ENDPOINT_ERRLEN], desc[64];
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(ls, (struct sockaddr *)&a, sizeof a);
+    /* not listening yet: refused with a clear message */
+    snprintf(desc, sizeof desc, "fd:%d", ls);
+    knit_listener *l;
+    assert_int_equal(knit_endpoint_listen(w.r, desc, &w.f, NULL, &l, err, sizeof err),
+                     KNIT_EINVAL);
+    char want[96];
+    snprintf(want, sizeof want, "fd:%d: fd %d is a socket but not listening", ls, ls);
+    assert_string_equal(err, want);
+    listen(ls, 8);
+    assert_int_equal(knit_endpoint_listen(w.r, desc, &w.f, NULL, &l, err, sizeof err), 0);
+    snprintf(desc, sizeof desc, "tcp:127.0.0.1:%d", listen_port(l));
+    echo_roundtrip(&w, desc);
+    knit_listener_close(l, false);
+    /* a closed descriptor */
+    assert_int_equal(knit_endpoint_listen(w.r, "fd:999", &w.f, NULL, &l, err, sizeof err),
+                     KNIT_EBADF);
+    assert_string_equal(err, "fd:999: not a socket: Bad file descriptor");
+    assert_int_equal(knit_reactor_close(w.r), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -358,6 +834,14 @@ int main(void)
         cmocka_unit_test(test_register_kind),
         cmocka_unit_test(test_proxy_v1),
         cmocka_unit_test(test_proxy_v2),
+        cmocka_unit_test(test_tcp_listen_connect_echo),
+        cmocka_unit_test(test_tcp6_listen),
+        cmocka_unit_test(test_unix_listen_stale_and_live),
+        cmocka_unit_test(test_haproxy_wrapper),
+        cmocka_unit_test(test_connection_limit_and_refuse),
+        cmocka_unit_test(test_emfile_pauses_and_recovers),
+        cmocka_unit_test(test_connect_refused_cancel_timeout),
+        cmocka_unit_test(test_fd_endpoint),
     };
     return KNIT_RUN_TESTS(tests);
 }
