@@ -19,6 +19,7 @@
 
 #include "knit/endpoint.h"
 #include "knit/error.h"
+#include "knit/flag.h"
 #include "knit/log.h"
 #include "knit/manhole.h"
 #include "knit/reactor.h"
@@ -83,6 +84,17 @@ void demo_heartbeat(knit_reactor *r, void *arg)
 
 static knit_manhole *mh;
 
+/* A few flags so that flags() and flags.set() have something to show. They
+ * keep their defaults (the command line above is getopt's). */
+static int64_t max_line = 1024;
+static const knit_flag_def demo_flags[] = {
+    KNIT_FLAG_DEF("max-line", KNIT_FLAG_INT64, "1024", "longest ping line",
+                  .opts = KNIT_FLAG_MUTABLE, .bind = &max_line),
+    KNIT_FLAG_DEF("idle-timeout", KNIT_FLAG_DURATION, "30s", "idle timeout",
+                  .opts = KNIT_FLAG_MUTABLE),
+    KNIT_FLAG_DEF("name", KNIT_FLAG_STRING, "demo", "service name"),
+};
+
 static void on_signal(knit_reactor *r, int signo, void *arg)
 {
     KNIT_INFO("demo", "%s received, stopping", strsignal(signo));
@@ -134,6 +146,17 @@ int main(int argc, char **argv)
         fprintf(stderr, "knit-manhole-demo: manhole: %s\n", knit_strerror(rc));
         return 1;
     }
+    knit_flags *fs;
+    knit_flags_options fo;
+    knit_flags_options_init(&fo);
+    fo.program = "knit-manhole-demo";
+    char *fargv[] = {argv[0], NULL};
+    if (knit_flags_new(&fs, &fo) < 0 || knit_flags_add(fs, "demo", "Demo", demo_flags, 3) < 0 ||
+        knit_flags_parse(fs, 1, fargv, (char *[]){NULL}) != 0) {
+        fprintf(stderr, "knit-manhole-demo: flags: %s\n", knit_flags_error(fs));
+        return 1;
+    }
+    knit_manhole_attach_flags(mh, fs);
     knit_manhole_register_fn(mh, "demo.count", l_count, NULL, "demo.count() -> the counter");
     knit_manhole_register_fn(mh, "demo.bump", l_bump, NULL,
                              "demo.bump([n]) -> add n (default 1) to the counter");
@@ -159,6 +182,7 @@ int main(int argc, char **argv)
 
     knit_timer_cancel(r, heartbeat);
     knit_manhole_free(mh);
+    knit_flags_free(fs);
     knit_listener_close(pl, true);
     /* let aborted connections deliver connection_lost */
     for (int i = 0; i < 10; i++)

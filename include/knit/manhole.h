@@ -75,7 +75,9 @@
  *              "ok" (evaluated), "more" (incomplete chunk, send the next
  *              line), "error" (compile or runtime error, already printed) or
  *              "ready" (after the greeting, once per connection)
- * Output may also arrive between '+' lines when an await() fires.
+ * The "ok" status carries the number of await()s still pending when there
+ * are any ("+ok 1"). When one fires, its output arrives outside the
+ * request/response rhythm, followed by "+await N" (N still pending).
  *
  * ---- threads ---------------------------------------------------------------
  * Everything here is [reactor] (or, without a reactor, the one thread that
@@ -190,6 +192,47 @@ void knit_manhole_setfield_int(lua_State *L, int idx, const char *k, lua_Integer
 void knit_manhole_setfield_num(lua_State *L, int idx, const char *k, lua_Number v);
 void knit_manhole_setfield_bool(lua_State *L, int idx, const char *k, bool v);
 
+/* ---- what the built-in bindings look at ----------------------------------
+ *
+ * The reactor comes from knit_manhole_new. Other objects are attached by the
+ * application (not owned; each must stay valid until it is detached or the
+ * manhole is freed):
+ *   knit_manhole_attach_flags   flags(), flags.set(name, value)
+ *   knit_manhole_attach_pool    pool.stats([name]), pool.list()
+ *   knit_manhole_attach_loop    loops(), loops.stop(name), loops.start(name)
+ * A binding whose module is not linked into the program (or whose object
+ * was never attached) raises a clear error instead. Returns 0, KNIT_ENOMEM,
+ * KNIT_EEXIST for a loop name already attached. */
+typedef struct knit_flags knit_flags;
+typedef struct knit_pool knit_pool;
+typedef struct knit_looping_call knit_looping_call;
+typedef struct knit_deferred knit_deferred;
+
+void knit_manhole_attach_flags(knit_manhole *m, knit_flags *fs);
+int knit_manhole_attach_pool(knit_manhole *m, knit_pool *p);
+void knit_manhole_detach_pool(knit_manhole *m, knit_pool *p);
+int knit_manhole_attach_loop(knit_manhole *m, const char *name, knit_looping_call *lc);
+void knit_manhole_detach_loop(knit_manhole *m, knit_looping_call *lc);
+
+/* ---- Deferreds in Lua ------------------------------------------------------
+ *
+ * A binding that starts asynchronous work returns its Deferred to Lua with
+ * knit_manhole_push_deferred, which consumes the caller's reference to D and
+ * pushes a userdata of type "knit.deferred". CONVERT(L, value, ARG) pushes
+ * the success value as one Lua value (NULL CONVERT: a light userdata, or
+ * nil for NULL); it runs in protected mode on the session's state.
+ *
+ * In Lua, `await(d)` (or `await(f, ...)`, which calls f(...) and awaits the
+ * Deferred it returns) returns at once with an id; when D fires, the session
+ * prints "await #ID: <value>" or "await #ID failed: <failure>" — the reactor
+ * is never blocked. `d:fired()`, `d:result()` inspect it; `d:cancel()`
+ * cancels it. `later(seconds, value)` makes a Deferred that fires with a
+ * number, string or boolean after SECONDS on the reactor clock (for trying
+ * await out). */
+typedef int (*knit_manhole_convert_fn)(lua_State *L, void *value, void *arg);
+void knit_manhole_push_deferred(lua_State *L, knit_deferred *d, knit_manhole_convert_fn convert,
+                                void *arg);
+
 /* ---- sessions (no transport) ------------------------------------------- */
 
 /* Output sink of a session: DATA (LEN bytes, not NUL-terminated, may be a
@@ -234,6 +277,15 @@ const char *knit_manhole_session_prompt(const knit_manhole_session *s);
 void knit_manhole_session_interrupt(knit_manhole_session *s);
 
 void knit_manhole_session_set_poll(knit_manhole_session *s, knit_manhole_poll_fn poll, void *arg);
+
+/* Called after an await()'s output was written to the session (from the
+ * reactor loop, outside any evaluation): a transport uses it to frame that
+ * output. PENDING is the number of awaits still outstanding. */
+typedef void (*knit_manhole_async_fn)(knit_manhole_session *s, size_t pending, void *arg);
+void knit_manhole_session_set_async(knit_manhole_session *s, knit_manhole_async_fn fn, void *arg);
+
+/* Number of await()s of this session that have not fired yet. */
+size_t knit_manhole_session_awaits(const knit_manhole_session *s);
 
 /* True while an evaluation of this session is on the stack. */
 bool knit_manhole_session_busy(const knit_manhole_session *s);

@@ -1,12 +1,48 @@
-/* builtins.c — the bindings every manhole has: log.level, reactor.*, ...
- * Runs on the manhole's (reactor) thread like every binding. */
+/* builtins.c — the bindings every manhole has: reactor.*, log.level,
+ * flags(), pool.*, loops(). Runs on the reactor thread like every binding.
+ *
+ * Modules that a program may not link (pool, task) are referenced through
+ * weak symbols: a program that never created a pool has no pool to show,
+ * and the binding says "not linked into this program" instead of the
+ * library forcing the module in. (Also lets the manhole build before those
+ * modules land; see docs/requests/manhole-needs.md.)
+ *
+ * Not bound yet, with the reason, in help(): metrics() (needs knit/metrics.h
+ * to land), connections()/close(id) (needs a connection registry in
+ * streams — requested).
+ */
 #include "manhole/internal.h"
 
+#include <dlfcn.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "knit/error.h"
+#include "knit/flag.h"
 #include "knit/log.h"
+#include "knit/pool.h"
+#include "knit/reactor.h"
+#include "knit/task.h"
+
+#pragma weak knit_pool_get_stats
+#pragma weak knit_pool_hist_bound
+#pragma weak knit_pool_name
+#pragma weak knit_looping_call_running
+#pragma weak knit_looping_call_interval
+#pragma weak knit_looping_call_stop
+#pragma weak knit_looping_call_start
+#pragma weak knit_deferred_unref
+
+static knit_manhole *mh_of(lua_State *L) { return knit_manhole_of(L); }
+
+static const char *who_of(lua_State *L)
+{
+    knit_manhole_session *s = knit_manhole_session_of(L);
+    return s ? s->who : "?";
+}
+
+/* ---- log ------------------------------------------------------------------- */
 
 /* log.level([level]) -> current level name; sets it when given. */
 static int l_log_level(lua_State *L)
@@ -14,23 +50,468 @@ static int l_log_level(lua_State *L)
     if (!lua_isnoneornil(L, 1)) {
         const char *name = luaL_checkstring(L, 1);
         int lvl = knit_log_level_parse(name);
-        if (lvl < 0) return luaL_error(L, "unknown log level '%s' (trace, debug, info, warn, error, off)", name);
+        if (lvl < 0)
+            return luaL_error(L, "unknown log level '%s' (trace, debug, info, warn, error, off)",
+                              name);
         int old = knit_log_get_level();
         knit_log_set_level(lvl);
-        knit_manhole_session *s = knit_manhole_session_of(L);
-        knit_log_kv(KNIT_LOG_WARN, "manhole", "log level changed", "who", s->who, "from",
+        knit_log_kv(KNIT_LOG_WARN, "manhole", "log level changed", "who", who_of(L), "from",
                     knit_log_level_name(old), "to", knit_log_level_name(lvl), NULL);
     }
     lua_pushstring(L, knit_log_level_name(knit_log_get_level()));
     return 1;
 }
 
-void knit__manhole_awaits_forget(knit_manhole_session *s) { (void)s; }
+/* ---- reactor ----------------------------------------------------------------- */
+
+static knit_reactor *need_reactor(lua_State *L)
+{
+    knit_manhole *m = mh_of(L);
+    if (!m || !m->r) luaL_error(L, "this manhole has no reactor");
+    return m->r;
+}
+
+static int l_reactor_stats(lua_State *L)
+{
+    knit_reactor *r = need_reactor(L);
+    knit_reactor_stats st;
+    knit_reactor_get_stats(r, &st);
+    lua_createtable(L, 0, 12);
+    knit_manhole_setfield_str(L, -1, "name", knit_reactor_name(r));
+    knit_manhole_setfield_int(L, -1, "iterations", (lua_Integer)st.iterations);
+    knit_manhole_setfield_int(L, -1, "events", (lua_Integer)st.events);
+    knit_manhole_setfield_int(L, -1, "timers_fired", (lua_Integer)st.timers_fired);
+    knit_manhole_setfield_int(L, -1, "calls_run", (lua_Integer)st.calls_run);
+    knit_manhole_setfield_int(L, -1, "wakeups", (lua_Integer)st.wakeups);
+    knit_manhole_setfield_int(L, -1, "watched_fds", (lua_Integer)st.watched_fds);
+    knit_manhole_setfield_int(L, -1, "pending_timers", (lua_Integer)st.pending_timers);
+    knit_manhole_setfield_int(L, -1, "queued_calls", (lua_Integer)st.queued_calls);
+    knit_manhole_setfield_int(L, -1, "signal_handlers", (lua_Integer)st.signal_handlers);
+    knit_manhole_setfield_num(L, -1, "lag_last", KNIT_TO_SEC(st.lag_last));
+    knit_manhole_setfield_num(L, -1, "lag_max", KNIT_TO_SEC(st.lag_max));
+    return 1;
+}
+
+/* A function pointer's name: the symbol from dladdr ("notes_expire+0x10"),
+ * else the object file and address. Static functions have no dynamic
+ * symbol unless the program is linked with -rdynamic (export_dynamic). */
+static void push_fn_name(lua_State *L, const void *fn)
+{
+    Dl_info info;
+    if (fn && dladdr(fn, &info) && info.dli_sname) {
+        uintptr_t off = (uintptr_t)fn - (uintptr_t)info.dli_saddr;
+        if (off) lua_pushfstring(L, "%s+0x%I", info.dli_sname, (lua_Integer)off);
+        else lua_pushstring(L, info.dli_sname);
+        return;
+    }
+    if (fn && dladdr(fn, &info) && info.dli_fname) {
+        const char *base = strrchr(info.dli_fname, '/');
+        lua_pushfstring(L, "%s:%p", base ? base + 1 : info.dli_fname, fn);
+        return;
+    }
+    lua_pushfstring(L, "%p", fn);
+}
+
+#define TIMERS_MAX 10000
+
+/* Visitors run inside another module's walk: they must never raise a Lua
+ * error (a longjmp through the reactor's frames). So they only copy into a
+ * C array sized beforehand (a Lua userdata, freed by the GC), and the Lua
+ * tables are built after the walk returns. */
+typedef struct timer_item {
+    knit_timer t;
+    knit_time deadline;
+    knit_timer_cb fn;
+    void *arg;
+} timer_item;
+
+typedef struct timer_visit {
+    timer_item *items;
+    size_t cap, n, seen;
+} timer_visit;
+
+static void visit_timer(knit_timer t, knit_time deadline, knit_timer_cb fn, void *fn_arg,
+                        void *arg)
+{
+    timer_visit *v = arg;
+    v->seen++;
+    if (v->n == v->cap) return;
+    v->items[v->n++] = (timer_item){t, deadline, fn, fn_arg};
+}
+
+static int l_reactor_timers(lua_State *L)
+{
+    knit_reactor *r = need_reactor(L);
+    knit_reactor_stats st;
+    knit_reactor_get_stats(r, &st);
+    timer_visit v = {.cap = st.pending_timers < TIMERS_MAX ? st.pending_timers : TIMERS_MAX};
+    v.items = lua_newuserdatauv(L, (v.cap ? v.cap : 1) * sizeof *v.items, 0);
+    knit_reactor_timers(r, visit_timer, &v);
+    knit_time now = knit_reactor_now(r);
+    lua_createtable(L, (int)v.n, 0);
+    for (size_t i = 0; i < v.n; i++) {
+        timer_item *it = &v.items[i];
+        lua_createtable(L, 0, 4);
+        knit_manhole_setfield_num(L, -1, "due_in", KNIT_TO_SEC(it->deadline - now));
+        push_fn_name(L, (const void *)(uintptr_t)it->fn);
+        lua_setfield(L, -2, "callback");
+        lua_pushfstring(L, "%p", it->arg);
+        lua_setfield(L, -2, "arg");
+        knit_manhole_setfield_int(L, -1, "id", (lua_Integer)it->t.id);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    if (v.seen > v.n) {
+        lua_pushfstring(L, "... %I more", (lua_Integer)(v.seen - v.n));
+        lua_rawseti(L, -2, (lua_Integer)v.n + 1);
+    }
+    return 1;
+}
+
+/* ---- flags -------------------------------------------------------------------- */
+
+static knit_flags *need_flags(lua_State *L)
+{
+    knit_manhole *m = mh_of(L);
+    if (!m || !m->flags)
+        luaL_error(L, "no flag set attached (knit_manhole_attach_flags)");
+    return m->flags;
+}
+
+static const char *source_name(knit_flag_source s)
+{
+    switch (s) {
+    case KNIT_FLAG_SRC_DEFAULT: return "default";
+    case KNIT_FLAG_SRC_FILE: return "file";
+    case KNIT_FLAG_SRC_ENV: return "env";
+    case KNIT_FLAG_SRC_ARGV: return "argv";
+    case KNIT_FLAG_SRC_RUNTIME: return "runtime";
+    }
+    return "?";
+}
+
+typedef struct flag_visit {
+    const knit_flag **items;
+    size_t cap, n;
+} flag_visit;
+
+/* Never raises (see visit_timer). */
+static void visit_flag(const knit_flag *f, void *arg)
+{
+    flag_visit *v = arg;
+    if (v->items && v->n < v->cap) v->items[v->n] = f;
+    v->n++;
+}
+
+static void push_flag(lua_State *L, const knit_flag *f)
+{
+    const knit_flag_def *d = knit_flag_def_of(f);
+    char small[256];
+    int n = knit_flag_format(f, small, sizeof small);
+    lua_createtable(L, 0, 6);
+    if (n >= 0 && (size_t)n < sizeof small) {
+        lua_pushlstring(L, small, (size_t)n);
+    } else if (n > 0) {
+        char *big = lua_newuserdatauv(L, (size_t)n + 1, 0);
+        knit_flag_format(f, big, (size_t)n + 1);
+        lua_pushlstring(L, big, (size_t)n);
+        lua_remove(L, -2);
+    } else {
+        lua_pushliteral(L, "");
+    }
+    lua_setfield(L, -2, "value");
+    knit_manhole_setfield_str(L, -1, "type", knit_flag_type_name(d->type));
+    knit_manhole_setfield_str(L, -1, "source", source_name(knit_flag_source_of(f)));
+    knit_manhole_setfield_str(L, -1, "origin", knit_flag_origin(f));
+    knit_manhole_setfield_bool(L, -1, "mutable", (d->opts & KNIT_FLAG_MUTABLE) != 0);
+    knit_manhole_setfield_str(L, -1, "group", knit_flag_group(f));
+}
+
+/* flags() -> {name = {value, type, source, origin, mutable, group}, ...};
+ * flags(name) -> the value text of one flag. */
+static int l_flags(lua_State *L)
+{
+    knit_flags *fs = need_flags(L);
+    if (!lua_isnoneornil(L, 1)) {
+        const char *name = luaL_checkstring(L, 1);
+        const knit_flag *f = knit_flags_find(fs, name);
+        if (!f) return luaL_error(L, "no flag named '%s'", name);
+        char buf[1024];
+        int n = knit_flag_format(f, buf, sizeof buf);
+        lua_pushlstring(L, buf, n < 0 ? 0 : (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
+        return 1;
+    }
+    flag_visit v = {0};
+    knit_flags_visit(fs, visit_flag, &v); /* count */
+    v.cap = v.n;
+    v.n = 0;
+    v.items = lua_newuserdatauv(L, (v.cap ? v.cap : 1) * sizeof *v.items, 0);
+    knit_flags_visit(fs, visit_flag, &v);
+    lua_createtable(L, 0, (int)v.cap);
+    for (size_t i = 0; i < v.n && i < v.cap; i++) {
+        push_flag(L, v.items[i]);
+        lua_setfield(L, -2, knit_flag_def_of(v.items[i])->name);
+    }
+    return 1;
+}
+
+/* flags.set(name, value) -> new value text; validated as on the command line. */
+static int l_flags_set(lua_State *L)
+{
+    knit_flags *fs = need_flags(L);
+    const char *name = luaL_checkstring(L, 1);
+    const char *value = luaL_tolstring(L, 2, NULL);
+    if (lua_type(L, 2) == LUA_TBOOLEAN) value = lua_toboolean(L, 2) ? "true" : "false";
+    int rc = knit_flags_set(fs, name, value);
+    if (rc < 0) {
+        knit_log_kv(KNIT_LOG_WARN, "manhole", "flag change refused", "who", who_of(L), "flag",
+                    name, "value", value, "why", knit_flags_error(fs), NULL);
+        return luaL_error(L, "%s", knit_flags_error(fs));
+    }
+    knit_log_kv(KNIT_LOG_WARN, "manhole", "flag changed", "who", who_of(L), "flag", name,
+                "value", value, NULL);
+    lua_settop(L, 1);
+    return l_flags(L);
+}
+
+/* ---- pool ----------------------------------------------------------------------- */
+
+static void need_pool_module(lua_State *L)
+{
+    if (!knit_pool_get_stats) luaL_error(L, "the pool module is not linked into this program");
+}
+
+static knit_pool *find_pool(lua_State *L, int arg)
+{
+    knit_manhole *m = mh_of(L);
+    need_pool_module(L);
+    if (!m || m->npools == 0) luaL_error(L, "no pool attached (knit_manhole_attach_pool)");
+    if (lua_isnoneornil(L, arg)) return m->pools[0].p;
+    const char *name = luaL_checkstring(L, arg);
+    for (size_t i = 0; i < m->npools; i++)
+        if (strcmp(knit_pool_name(m->pools[i].p), name) == 0) return m->pools[i].p;
+    luaL_error(L, "no pool named '%s'", name);
+    return NULL;
+}
+
+static void push_hist(lua_State *L, const uint64_t *h)
+{
+    lua_createtable(L, KNIT_POOL_HIST_BUCKETS, 0);
+    for (unsigned i = 0; i < KNIT_POOL_HIST_BUCKETS; i++) {
+        lua_createtable(L, 0, 2);
+        knit_duration b = knit_pool_hist_bound(i);
+        if (b == INT64_MAX) knit_manhole_setfield_str(L, -1, "le", "inf");
+        else knit_manhole_setfield_num(L, -1, "le", KNIT_TO_SEC(b));
+        knit_manhole_setfield_int(L, -1, "count", (lua_Integer)h[i]);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+}
+
+static int l_pool_stats(lua_State *L)
+{
+    knit_pool *p = find_pool(L, 1);
+    knit_pool_stats st;
+    knit_pool_get_stats(p, &st);
+    lua_createtable(L, 0, 16);
+    knit_manhole_setfield_str(L, -1, "name", knit_pool_name(p));
+    knit_manhole_setfield_int(L, -1, "threads", st.threads);
+    knit_manhole_setfield_int(L, -1, "busy", st.threads_busy);
+    knit_manhole_setfield_int(L, -1, "idle", (lua_Integer)st.threads - st.threads_busy);
+    knit_manhole_setfield_int(L, -1, "threads_peak", st.threads_peak);
+    knit_manhole_setfield_int(L, -1, "queued", (lua_Integer)st.queued);
+    knit_manhole_setfield_int(L, -1, "max_queue", (lua_Integer)st.max_queue);
+    knit_manhole_setfield_int(L, -1, "submitted", (lua_Integer)st.submitted);
+    knit_manhole_setfield_int(L, -1, "completed", (lua_Integer)st.completed);
+    knit_manhole_setfield_int(L, -1, "failed", (lua_Integer)st.failed);
+    knit_manhole_setfield_int(L, -1, "rejected", (lua_Integer)st.rejected);
+    knit_manhole_setfield_int(L, -1, "cancelled", (lua_Integer)st.cancelled);
+    push_hist(L, st.wait_hist);
+    lua_setfield(L, -2, "wait_hist");
+    push_hist(L, st.run_hist);
+    lua_setfield(L, -2, "run_hist");
+    return 1;
+}
+
+static int l_pool_list(lua_State *L)
+{
+    knit_manhole *m = mh_of(L);
+    need_pool_module(L);
+    lua_createtable(L, (int)m->npools, 0);
+    for (size_t i = 0; i < m->npools; i++) {
+        lua_pushstring(L, knit_pool_name(m->pools[i].p));
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    return 1;
+}
+
+int knit_manhole_attach_pool(knit_manhole *m, knit_pool *p)
+{
+    mh_pool_ref *np = realloc(m->pools, (m->npools + 1) * sizeof *np);
+    if (!np) return KNIT_ENOMEM;
+    m->pools = np;
+    m->pools[m->npools++].p = p;
+    return 0;
+}
+
+void knit_manhole_detach_pool(knit_manhole *m, knit_pool *p)
+{
+    for (size_t i = 0; i < m->npools; i++) {
+        if (m->pools[i].p == p) {
+            memmove(&m->pools[i], &m->pools[i + 1], (m->npools - i - 1) * sizeof *m->pools);
+            m->npools--;
+            return;
+        }
+    }
+}
+
+void knit_manhole_attach_flags(knit_manhole *m, knit_flags *fs) { m->flags = fs; }
+
+/* ---- loops ----------------------------------------------------------------------- */
+
+static void need_task_module(lua_State *L)
+{
+    if (!knit_looping_call_running)
+        luaL_error(L, "the task module (LoopingCall) is not linked into this program");
+}
+
+static int l_loops(lua_State *L)
+{
+    knit_manhole *m = mh_of(L);
+    need_task_module(L);
+    lua_createtable(L, 0, (int)m->nloops);
+    for (size_t i = 0; i < m->nloops; i++) {
+        knit_looping_call *lc = m->loops[i].lc;
+        lua_createtable(L, 0, 2);
+        knit_manhole_setfield_num(L, -1, "interval", KNIT_TO_SEC(knit_looping_call_interval(lc)));
+        knit_manhole_setfield_bool(L, -1, "running", knit_looping_call_running(lc));
+        /* last run, run count, failures: not exposed by task.h yet
+         * (docs/requests/manhole-needs.md) */
+        lua_setfield(L, -2, m->loops[i].name);
+    }
+    return 1;
+}
+
+static knit_looping_call *find_loop(lua_State *L)
+{
+    knit_manhole *m = mh_of(L);
+    need_task_module(L);
+    const char *name = luaL_checkstring(L, 1);
+    for (size_t i = 0; i < m->nloops; i++)
+        if (strcmp(m->loops[i].name, name) == 0) return m->loops[i].lc;
+    luaL_error(L, "no LoopingCall named '%s'", name);
+    return NULL;
+}
+
+static int l_loops_stop(lua_State *L)
+{
+    knit_looping_call *lc = find_loop(L);
+    int rc = knit_looping_call_stop(lc);
+    if (rc < 0) return luaL_error(L, "%s", knit_strerror(rc));
+    knit_log_kv(KNIT_LOG_WARN, "manhole", "loop stopped", "who", who_of(L), "loop",
+                lua_tostring(L, 1), NULL);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+/* loops.start(name[, interval_seconds]) restarts with the last interval. */
+static int l_loops_start(lua_State *L)
+{
+    knit_looping_call *lc = find_loop(L);
+    knit_duration iv = knit_looping_call_interval(lc);
+    if (!lua_isnoneornil(L, 2)) iv = KNIT_FROM_SEC(luaL_checknumber(L, 2));
+    if (iv <= 0) return luaL_error(L, "interval must be > 0");
+    knit_deferred *d = NULL;
+    int rc = knit_looping_call_start(lc, iv, false, &d);
+    if (rc < 0) return luaL_error(L, "%s", knit_strerror(rc));
+    if (d && knit_deferred_unref) knit_deferred_unref(d);
+    knit_log_kv(KNIT_LOG_WARN, "manhole", "loop started", "who", who_of(L), "loop",
+                lua_tostring(L, 1), NULL);
+    lua_pushboolean(L, 1);
+    return 1;
+}
+
+int knit_manhole_attach_loop(knit_manhole *m, const char *name, knit_looping_call *lc)
+{
+    for (size_t i = 0; i < m->nloops; i++)
+        if (strcmp(m->loops[i].name, name) == 0) return KNIT_EEXIST;
+    mh_loop_ref *nl = realloc(m->loops, (m->nloops + 1) * sizeof *nl);
+    if (!nl) return KNIT_ENOMEM;
+    m->loops = nl;
+    char *copy = strdup(name);
+    if (!copy) return KNIT_ENOMEM;
+    m->loops[m->nloops].name = copy;
+    m->loops[m->nloops].lc = lc;
+    m->nloops++;
+    return 0;
+}
+
+void knit_manhole_detach_loop(knit_manhole *m, knit_looping_call *lc)
+{
+    for (size_t i = 0; i < m->nloops; i++) {
+        if (m->loops[i].lc == lc) {
+            free(m->loops[i].name);
+            memmove(&m->loops[i], &m->loops[i + 1], (m->nloops - i - 1) * sizeof *m->loops);
+            m->nloops--;
+            return;
+        }
+    }
+}
+
+void knit__manhole_free_attachments(knit_manhole *m)
+{
+    for (size_t i = 0; i < m->nloops; i++)
+        free(m->loops[i].name);
+    free(m->loops);
+    free(m->pools);
+    m->loops = NULL;
+    m->pools = NULL;
+    m->nloops = m->npools = 0;
+}
+
+/* ---- gaps ------------------------------------------------------------------------ */
+
+static int l_not_yet(lua_State *L)
+{
+    return luaL_error(L, "%s", (const char *)knit_manhole_data(L));
+}
+
+/* ---- registration ---------------------------------------------------------------- */
 
 int knit__manhole_register_builtins(knit_manhole *m)
 {
-    int rc = 0;
-    rc |= knit_manhole_register_fn(m, "log.level", l_log_level, NULL,
-                                   "log.level([name]) -> level; sets it when a name is given");
-    return rc ? KNIT_ENOMEM : 0;
+    static const struct {
+        const char *name;
+        lua_CFunction fn;
+        const char *doc;
+        const char *gap; /* non-NULL: a marked gap, fn is l_not_yet */
+    } b[] = {
+        {"log.level", l_log_level, "log.level([name]) -> level; sets it when a name is given",
+         NULL},
+        {"reactor.stats", l_reactor_stats,
+         "reactor.stats() -> iterations, events, timers, lag (seconds), ...", NULL},
+        {"reactor.timers", l_reactor_timers,
+         "reactor.timers() -> pending timers: due_in (s), callback name, arg", NULL},
+        {"flags", l_flags, "flags([name]) -> every flag's value, type, source, mutable", NULL},
+        {"flags.set", l_flags_set,
+         "flags.set(name, value) -> change a mutable flag (validated as on the command line)",
+         NULL},
+        {"pool.stats", l_pool_stats,
+         "pool.stats([name]) -> threads busy/idle, queue, wait/run histograms", NULL},
+        {"pool.list", l_pool_list, "pool.list() -> names of the attached pools", NULL},
+        {"loops", l_loops, "loops() -> LoopingCalls with interval and state", NULL},
+        {"loops.stop", l_loops_stop, "loops.stop(name) -> stop a LoopingCall", NULL},
+        {"loops.start", l_loops_start,
+         "loops.start(name[, seconds]) -> start it again (last interval by default)", NULL},
+        {"metrics", l_not_yet, "metrics() -> snapshot (not yet: waits for knit/metrics.h)",
+         "metrics() is not available yet: the metrics module has not landed"},
+        {"connections", l_not_yet,
+         "connections() -> open connections (not yet: streams has no connection registry)",
+         "connections() is not available yet: streams exposes no connection registry"},
+        {"close", l_not_yet, "close(id) -> close a connection (not yet, see connections)",
+         "close(id) is not available yet: streams exposes no connection registry"},
+    };
+    for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) {
+        int rc = knit_manhole_register_fn(m, b[i].name, b[i].fn, (void *)b[i].gap, b[i].doc);
+        if (rc < 0) return rc;
+    }
+    return knit__manhole_register_await(m);
 }

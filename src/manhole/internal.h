@@ -27,6 +27,15 @@ typedef struct mh_conn mh_conn;
 typedef struct mh_listener mh_listener;
 typedef struct mh_await mh_await;
 
+typedef struct mh_pool_ref {
+    knit_pool *p;
+} mh_pool_ref;
+
+typedef struct mh_loop_ref {
+    char *name;
+    knit_looping_call *lc;
+} mh_loop_ref;
+
 struct knit_manhole {
     knit_reactor *r;
     knit_manhole_options o;
@@ -38,6 +47,11 @@ struct knit_manhole {
     mh_conn *conns;
     size_t nconns;
     int ssh_port;
+    knit_flags *flags;
+    mh_pool_ref *pools;
+    size_t npools;
+    mh_loop_ref *loops;
+    size_t nloops;
 };
 
 /* Why an evaluation is being interrupted. */
@@ -68,21 +82,23 @@ struct knit_manhole_session {
     int stop;
     int interrupt_req; /* set by knit_manhole_session_interrupt, atomically */
     mh_await *awaits;  /* pending await()s; forgotten when the session dies */
+    size_t nawaits;
+    void *done_q; /* await.c: completed awaits waiting to be printed */
+    int next_await_id;
+    knit_manhole_async_fn async_fn;
+    void *async_arg;
 };
+
 
 /* session.c */
 knit_manhole_session *knit__manhole_session_of(lua_State *L);
-/* Run FN (which must leave nothing it wants to keep on the stack) in
- * protected mode under the session's budget, as one evaluation. Used for
- * await() callbacks that run Lua code later. Errors are printed to the
- * session. Returns 0 or KNIT_ELUA. */
-int knit__manhole_session_run_protected(knit_manhole_session *s, lua_CFunction fn, void *ud,
-                                        const char *what);
 /* Pretty-print the value at IDX into the session's output buffer; pushes the
  * result string. Raises Lua errors (run it protected). */
 void knit__manhole_pp_push(knit_manhole_session *s, lua_State *L, int idx);
 /* await.c: drop the session's pending await()s (they then fire into nothing). */
 void knit__manhole_awaits_forget(knit_manhole_session *s);
+/* await.c: print completed awaits (the session must be idle). */
+void knit__manhole_awaits_flush(knit_manhole_session *s);
 
 /* manhole.c */
 int knit__manhole_install(knit_manhole_session *s, lua_State *L);
@@ -90,6 +106,9 @@ int knit__manhole_help(lua_State *L);
 
 /* builtins.c */
 int knit__manhole_register_builtins(knit_manhole *m);
+void knit__manhole_free_attachments(knit_manhole *m);
+/* await.c */
+int knit__manhole_register_await(knit_manhole *m);
 
 /* server.c */
 void knit__manhole_close_transports(knit_manhole *m);

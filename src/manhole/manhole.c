@@ -57,6 +57,7 @@ void knit_manhole_free(knit_manhole *m)
 {
     if (!m) return;
     knit__manhole_close_transports(m);
+    knit__manhole_free_attachments(m);
     for (size_t i = 0; i < m->nb; i++) {
         free(m->b[i].name);
         free(m->b[i].doc);

@@ -173,8 +173,24 @@ static const char *status_word(int st)
 
 static void after_eval(mh_conn *c, int st)
 {
-    send_status(c, status_word(st));
+    size_t pending = c->s ? knit_manhole_session_awaits(c->s) : 0;
+    if (st == KNIT_MANHOLE_OK && pending) {
+        char word[32];
+        snprintf(word, sizeof word, "ok %zu", pending);
+        send_status(c, word);
+    } else {
+        send_status(c, status_word(st));
+    }
     if (c->overflow && c->proto.transport) knit_transport_abort(c->proto.transport);
+}
+
+/* An await() fired and printed: end its output with "+await N". */
+static void conn_async(knit_manhole_session *s, size_t pending, void *arg)
+{
+    mh_conn *c = arg;
+    char word[32];
+    snprintf(word, sizeof word, "await %zu", pending);
+    send_status(c, word);
 }
 
 static void conn_made(knit_protocol *p)
@@ -209,6 +225,7 @@ static void conn_made(knit_protocol *p)
         return;
     }
     knit_manhole_session_set_poll(c->s, conn_poll, c);
+    knit_manhole_session_set_async(c->s, conn_async, c);
     c->started = c->m->r ? knit_reactor_now(c->m->r) : 0;
     knit_log_kv(KNIT_LOG_INFO, "manhole", "connection", "who", c->who, "endpoint", c->ls->desc,
                 NULL);

@@ -651,6 +651,7 @@ static int run_req(knit_manhole_session *s, eval_req *q)
         log_eval(s, q->code, q->len, "error");
         return KNIT_MANHOLE_FAILED;
     }
+    knit__manhole_awaits_flush(s); /* awaits that fired during the evaluation */
     lua_gc(L, LUA_GCSTEP, 0);
     return q->result;
 }
@@ -675,56 +676,6 @@ int knit_manhole_session_eval(knit_manhole_session *s, const char *chunk, size_t
     s->chunk_len = 0;
     eval_req q = {.s = s, .code = chunk, .len = len, .mode = MODE_CHUNK};
     return run_req(s, &q);
-}
-
-typedef struct prot_req {
-    knit_manhole_session *s;
-    lua_CFunction fn;
-    void *ud;
-} prot_req;
-
-static int p_protected(lua_State *L)
-{
-    prot_req *q = lua_touserdata(L, 1);
-    lua_settop(L, 0);
-    lua_pushcfunction(L, msgh);
-    lua_pushcfunction(L, q->fn);
-    lua_pushlightuserdata(L, q->ud);
-    q->s->count = 0;
-    q->s->stop = STOP_NONE;
-    __atomic_store_n(&q->s->interrupt_req, 0, __ATOMIC_RELAXED);
-    int st = lua_pcall(L, 1, 0, 1);
-    if (lua_gethookcount(L) != KNIT_MANHOLE_HOOK_INTERVAL)
-        lua_sethook(L, mh_hook, LUA_MASKCOUNT, KNIT_MANHOLE_HOOK_INTERVAL);
-    if (st != LUA_OK) {
-        q->s->stop = STOP_NONE;
-        size_t n;
-        const char *msg = lua_tolstring(L, -1, &n);
-        if (msg) knit_manhole_session_write(q->s, msg, n);
-        write_str(q->s, "\n");
-        return lua_error(L); /* already printed; report failure */
-    }
-    return 0;
-}
-
-int knit__manhole_session_run_protected(knit_manhole_session *s, lua_CFunction fn, void *ud,
-                                        const char *what)
-{
-    if (s->running) return KNIT_EBUSY;
-    lua_State *L = s->L;
-    prot_req q = {s, fn, ud};
-    s->running++;
-    lua_pushcfunction(L, p_protected);
-    lua_pushlightuserdata(L, &q);
-    int st = lua_pcall(L, 1, 0, 0);
-    s->running--;
-    if (st != LUA_OK) {
-        lua_pop(L, 1);
-        knit_log_kv(KNIT_LOG_INFO, "manhole", "callback failed", "who", s->who, "what", what,
-                    NULL);
-        return KNIT_ELUA;
-    }
-    return 0;
 }
 
 void knit_manhole_session_reset(knit_manhole_session *s) { s->chunk_len = 0; }

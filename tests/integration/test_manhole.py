@@ -139,6 +139,43 @@ def _(env):
     check(r.returncode == 1 and "unknown log level" in r.stdout, r.stdout)
 
 
+@case("await prints a Deferred's result when it fires; -e waits for it")
+def _(env):
+    r = client(env.sock, "-e", "await(later(0.3, 'fired'))")
+    check(r.returncode == 0, "rc %d %s" % (r.returncode, r.stderr))
+    check(r.stdout == '1\nawait #1: "fired"\n', repr(r.stdout))
+    # the reactor keeps serving while an await is pending
+    busy = subprocess.Popen([CLIENT, env.sock, "-e", "await(later(1, 2))"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    time.sleep(0.2)
+    check(env.demo.ping() == "pong", "no pong while awaiting")
+    out, _ = busy.communicate(timeout=TIMEOUT)
+    check(busy.returncode == 0 and out.endswith("await #1: 2\n"), repr(out))
+
+
+@case("flags() and flags.set(): good value applied, bad value refused")
+def _(env):
+    r = client(env.sock, "-e", "return flags()['max-line'].value, flags()['max-line'].mutable")
+    check(r.stdout == '"1024"\ttrue\n', repr(r.stdout))
+    r = client(env.sock, "-e", "return flags.set('max-line', 'lots')")
+    check(r.returncode == 1, "rc %d" % r.returncode)
+    check('bad value "lots"' in r.stdout, r.stdout)
+    r = client(env.sock, "-e", "return flags.set('name', 'other')")
+    check(r.returncode == 1 and "cannot be changed at run time" in r.stdout, r.stdout)
+    r = client(env.sock, "-e", "flags.set('idle-timeout', '2m') return flags('idle-timeout')")
+    check(r.returncode == 0 and r.stdout == '"2m"\n', repr(r.stdout))
+    check("flag changed" in env.demo.log(), "flag change not logged")
+
+
+@case("reactor.stats() and reactor.timers() name the callbacks")
+def _(env):
+    r = client(env.sock, "-e", "return reactor.stats().watched_fds > 0")
+    check(r.stdout == "true\n", r.stdout)
+    r = client(env.sock, "-e",
+               "for _, t in ipairs(reactor.timers()) do print(t.callback) end")
+    check("demo_heartbeat" in r.stdout, r.stdout)
+
+
 @case("budget interrupts `while true do end`; the service keeps serving")
 def _(env):
     t0 = time.time()

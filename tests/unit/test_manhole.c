@@ -8,9 +8,12 @@
 #include <lauxlib.h>
 #include <lua.h>
 
+#include "knit/clock.h"
 #include "knit/error.h"
+#include "knit/flag.h"
 #include "knit/log.h"
 #include "knit/manhole.h"
+#include "knit/reactor.h"
 
 typedef struct out {
     char buf[1 << 17];
@@ -463,6 +466,185 @@ static void test_long_input(void **state)
     assert_int_equal(feed(f, "1"), KNIT_MANHOLE_OK);
 }
 
+/* ---- with a reactor (fake clock) ---- */
+
+typedef struct rfx {
+    knit_clock *clock;
+    knit_reactor *r;
+    knit_manhole *m;
+    knit_manhole_session *s;
+    out o;
+    int async_calls;
+    size_t async_pending;
+} rfx;
+
+static void on_async(knit_manhole_session *s, size_t pending, void *arg)
+{
+    rfx *f = arg;
+    f->async_calls++;
+    f->async_pending = pending;
+}
+
+static rfx *rfx_new(void)
+{
+    rfx *f = calloc(1, sizeof *f);
+    f->clock = knit_clock_fake_new(KNIT_SEC(1000));
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = f->clock;
+    assert_int_equal(knit_reactor_new(&f->r, &ro), 0);
+    assert_int_equal(knit_manhole_new(&f->m, f->r, NULL), 0);
+    assert_int_equal(knit_manhole_session_new(f->m, "uid=test", out_write, &f->o, &f->s), 0);
+    knit_manhole_session_set_async(f->s, on_async, f);
+    return f;
+}
+
+static void rfx_free(rfx *f)
+{
+    knit_manhole_session_free(f->s);
+    knit_manhole_free(f->m);
+    assert_int_equal(knit_reactor_close(f->r), 0);
+    knit_clock_free(f->clock);
+    free(f);
+}
+
+static int rfeed(rfx *f, const char *line)
+{
+    f->o.len = 0;
+    f->o.buf[0] = 0;
+    return knit_manhole_session_feed(f->s, line, strlen(line));
+}
+
+static void test_await_fires_later(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    assert_int_equal(rfeed(f, "d = later(2, 42)"), KNIT_MANHOLE_OK);
+    assert_int_equal(rfeed(f, "await(d)"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "1\n");
+    assert_int_equal(knit_manhole_session_awaits(f->s), 1);
+    assert_int_equal(rfeed(f, "d:fired()"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "false\n");
+    f->o.len = 0;
+    f->o.buf[0] = 0;
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(1)), 0);
+    assert_string_equal(f->o.buf, "");
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(1)), 0);
+    assert_string_equal(f->o.buf, "await #1: 42\n");
+    assert_int_equal(f->async_calls, 1);
+    assert_int_equal(f->async_pending, 0);
+    assert_int_equal(knit_manhole_session_awaits(f->s), 0);
+    assert_int_equal(rfeed(f, "d:result()"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "42\n");
+    /* await(f, ...) calls f and awaits what it returns */
+    assert_int_equal(rfeed(f, "await(later, 0, 'now')"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "2\n");
+    f->o.len = 0;
+    assert_int_equal(knit_reactor_advance(f->r, 0), 0);
+    assert_string_equal(f->o.buf, "await #2: \"now\"\n");
+    rfx_free(f);
+}
+
+static void test_await_fired_and_cancelled(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    assert_int_equal(rfeed(f, "d = later(0, true)"), KNIT_MANHOLE_OK);
+    assert_int_equal(knit_reactor_advance(f->r, 0), 0);
+    /* already fired: printed at the end of the evaluation, after its value */
+    assert_int_equal(rfeed(f, "await(d)"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "1\nawait #1: true\n");
+    assert_int_equal(f->async_calls, 0);
+    assert_int_equal(rfeed(f, "e = later(10, 1) await(e) e:cancel()"), KNIT_MANHOLE_OK);
+    assert_non_null(strstr(f->o.buf, "await #2 failed: ECANCELED"));
+    assert_int_equal(rfeed(f, "await(1)"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "await: expected a deferred"));
+    rfx_free(f);
+}
+
+static void test_await_outlived_by_deferred(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    assert_int_equal(rfeed(f, "await(later(5, 'late'))"), KNIT_MANHOLE_OK);
+    /* the session goes away first; firing afterwards must touch nothing */
+    knit_manhole_session_free(f->s);
+    f->s = NULL;
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(6)), 0);
+    assert_string_equal(f->o.buf, "1\n");
+    rfx_free(f);
+}
+
+void mh_test_timer(knit_reactor *r, void *arg);
+void mh_test_timer(knit_reactor *r, void *arg) { (void)r, (void)arg; }
+
+static void test_reactor_bindings(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    knit_timer t = knit_call_later(f->r, KNIT_SEC(5), mh_test_timer, f);
+    assert_int_equal(rfeed(f, "reactor.stats().pending_timers"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "1\n");
+    assert_int_equal(rfeed(f, "reactor.stats().name"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"reactor\"\n");
+    assert_int_equal(rfeed(f, "local t = reactor.timers() return #t, t[1].due_in, "
+                              "type(t[1].callback)"),
+                     KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "1\t5.0\t\"string\"\n");
+    knit_timer_cancel(f->r, t);
+    assert_int_equal(rfeed(f, "#reactor.timers()"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "0\n");
+    rfx_free(f);
+}
+
+static void test_flags_bindings(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    static const knit_flag_def defs[] = {
+        KNIT_FLAG_DEF("threads", KNIT_FLAG_INT64, "4", "worker threads", .opts = KNIT_FLAG_MUTABLE),
+        KNIT_FLAG_DEF("name", KNIT_FLAG_STRING, "svc", "service name"),
+        KNIT_FLAG_DEF("timeout", KNIT_FLAG_DURATION, "5s", "timeout", .opts = KNIT_FLAG_MUTABLE),
+    };
+    knit_flags *fs;
+    assert_int_equal(knit_flags_new(&fs, NULL), 0);
+    assert_int_equal(knit_flags_add(fs, "test", "Test", defs, 3), 0);
+    char *argv[] = {"prog", "--name=x", NULL};
+    assert_int_equal(knit_flags_parse(fs, 2, argv, (char *[]){NULL}), 0);
+    assert_int_equal(rfeed(f, "flags()"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "no flag set attached"));
+    knit_manhole_attach_flags(f->m, fs);
+    assert_int_equal(rfeed(f, "local t = flags() return t.threads.value, t.threads.mutable, "
+                              "t.name.source, t.timeout.type"),
+                     KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"4\"\ttrue\t\"argv\"\t\"duration\"\n");
+    assert_int_equal(rfeed(f, "flags.set('threads', 8)"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"8\"\n");
+    assert_int_equal(knit_flags_int64(fs, "threads"), 8);
+    assert_int_equal(rfeed(f, "flags.set('threads', 'many')"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "bad value"));
+    assert_int_equal(knit_flags_int64(fs, "threads"), 8);
+    assert_int_equal(rfeed(f, "flags.set('name', 'y')"), KNIT_MANHOLE_FAILED);
+    assert_int_equal(rfeed(f, "flags.set('nope', 'y')"), KNIT_MANHOLE_FAILED);
+    assert_int_equal(rfeed(f, "flags('timeout')"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"5s\"\n");
+    assert_int_equal(rfeed(f, "flags().threads.source"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"runtime\"\n");
+    rfx_free(f);
+    knit_flags_free(fs);
+}
+
+static void test_gaps_say_why(void **state)
+{
+    fx *f = *state;
+    assert_int_equal(feed(f, "metrics()"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "not available yet"));
+    assert_int_equal(feed(f, "pool.stats()"), KNIT_MANHOLE_FAILED);
+    assert_int_equal(feed(f, "loops()"), KNIT_MANHOLE_FAILED);
+    assert_int_equal(feed(f, "reactor.stats()"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "no reactor"));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -483,6 +665,12 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_eval_is_logged, setup, teardown),
         cmocka_unit_test_setup_teardown(test_sessions_are_isolated, setup, teardown),
         cmocka_unit_test_setup_teardown(test_long_input, setup, teardown),
+        cmocka_unit_test(test_await_fires_later),
+        cmocka_unit_test(test_await_fired_and_cancelled),
+        cmocka_unit_test(test_await_outlived_by_deferred),
+        cmocka_unit_test(test_reactor_bindings),
+        cmocka_unit_test(test_flags_bindings),
+        cmocka_unit_test_setup_teardown(test_gaps_say_why, setup, teardown),
     };
     return KNIT_RUN_TESTS(tests);
 }

@@ -157,7 +157,18 @@ static int eval_chunk(const char *chunk)
         fprintf(stderr, "knit-manhole: connection closed by the server\n");
         return 3;
     }
-    return strcmp(st, "ok") == 0 ? 0 : 1;
+    if (strncmp(st, "ok", 2) != 0) return 1;
+    /* "ok N": N await()s pending; wait for them ("+await N" after each) */
+    unsigned long pending = strtoul(st + 2, NULL, 10);
+    while (pending > 0) {
+        st = until_status();
+        if (!st) {
+            fprintf(stderr, "knit-manhole: connection closed with await()s pending\n");
+            return 1;
+        }
+        if (strncmp(st, "await", 5) == 0) pending = strtoul(st + 5, NULL, 10);
+    }
+    return 0;
 }
 
 /* Lines from a non-terminal stdin, one at a time, like typing them. */
@@ -174,7 +185,9 @@ static int feed_stdin(void)
             status = 3;
             break;
         }
-        st = until_status();
+        do
+            st = until_status();
+        while (st && strncmp(st, "await", 5) == 0); /* async output, not our answer */
         if (!st) {
             fprintf(stderr, "knit-manhole: connection closed by the server\n");
             status = 3;
@@ -188,6 +201,18 @@ static int feed_stdin(void)
     }
     free(line);
     return status;
+}
+
+/* Show await() output that arrived while we were at the prompt. */
+static void drain_async(void)
+{
+    struct pollfd p = {.fd = sock, .events = POLLIN};
+    while (rlen > 0 || poll(&p, 1, 0) > 0) {
+        if (!(p.revents & POLLIN) && rlen == 0) break;
+        const char *st = until_status();
+        if (!st || strncmp(st, "await", 5) != 0) break;
+        p.revents = 0;
+    }
 }
 
 static int interactive(void)
@@ -211,6 +236,8 @@ static int interactive(void)
         bool ok = send_all(line, strlen(line)) && send_all("\n", 1);
         free(line);
         const char *st = ok ? until_status() : NULL;
+        while (st && strncmp(st, "await", 5) == 0) /* async output, not our answer */
+            st = until_status();
         waiting = 0;
         if (!st) {
             fprintf(stderr, "knit-manhole: connection closed by the server\n");
@@ -218,6 +245,7 @@ static int interactive(void)
             break;
         }
         prompt = strcmp(st, "more") == 0 ? ">> " : "> ";
+        drain_async();
     }
     if (*hist) write_history(hist);
     return status;
