@@ -125,6 +125,9 @@ static inline void knit_counter_inc(knit_counter *c)
     knit_counter_add(c, 1);
 }
 uint64_t knit_counter_value(const knit_counter *c);
+/* Overwrite the total: for collectors mirroring a count kept elsewhere (the
+ * reactor's stats). Not to be mixed with concurrent knit_counter_add. */
+void knit_counter_set_total(knit_counter *c, uint64_t total);
 
 void knit_gauge_set(knit_gauge *g, double v);
 void knit_gauge_add(knit_gauge *g, double d);
@@ -163,6 +166,23 @@ int knit_metrics_write(knit_metrics *m, FILE *f);
 
 /* Remove a collector added with (fn, arg). 0 or KNIT_ENOTFOUND. */
 int knit_metrics_remove_collector(knit_metrics *m, knit_metrics_collect_fn fn, void *arg);
+
+/* ---- built-in collectors ---------------------------------------------------- */
+
+struct knit_reactor;
+/* Export a reactor's statistics (knit_reactor_get_stats), labelled
+ * reactor="NAME": counters knit_reactor_iterations_total,
+ * knit_reactor_events_total, knit_reactor_timers_fired_total,
+ * knit_reactor_calls_total, knit_reactor_wakeups_total; gauges
+ * knit_reactor_fds, knit_reactor_pending_timers, knit_reactor_queued_calls,
+ * knit_reactor_lag_seconds (last timer lag), knit_reactor_lag_max_seconds.
+ * The stats are read when knit_metrics_expose runs on the reactor thread
+ * (as a /metrics route handler running inline does); an exposition from
+ * another thread shows the values of the last reactor-thread one. Remove it
+ * (knit_metrics_remove_reactor, on the reactor thread or once the loop has
+ * stopped) before freeing the reactor. [reactor] */
+int knit_metrics_add_reactor(knit_metrics *m, struct knit_reactor *r);
+int knit_metrics_remove_reactor(knit_metrics *m, struct knit_reactor *r);
 
 #ifdef __cplusplus
 }

@@ -18,6 +18,7 @@
  */
 #include "knit/metrics.h"
 #include "knit/error.h"
+#include "metrics/internal.h"
 
 #include <ctype.h>
 #include <inttypes.h>
@@ -172,6 +173,7 @@ static void free_family(knit_metric *f)
 void knit_metrics_free(knit_metrics *m)
 {
     if (!m) return;
+    knit__metrics_forget_reactors(m);
     knit_metric *f = m->first;
     while (f) {
         knit_metric *n = f->next;
@@ -443,6 +445,13 @@ uint64_t knit_counter_value(const knit_counter *c)
     for (size_t i = 0; i < KNIT_METRICS_SHARDS; i++)
         t += atomic_load_explicit(&((struct knit_counter *)c)->s[i].v, memory_order_relaxed);
     return t;
+}
+
+void knit_counter_set_total(knit_counter *c, uint64_t total)
+{
+    atomic_store_explicit(&c->s[0].v, total, memory_order_relaxed);
+    for (size_t i = 1; i < KNIT_METRICS_SHARDS; i++)
+        atomic_store_explicit(&c->s[i].v, 0, memory_order_relaxed);
 }
 
 void knit_gauge_set(knit_gauge *g, double v)

@@ -11,6 +11,7 @@
 
 #include "knit/error.h"
 #include "knit/metrics.h"
+#include "knit/reactor.h"
 
 /* ---- a strict little parser for the text format ---------------------------------- */
 
@@ -362,12 +363,68 @@ static void test_threads(void **state)
     knit_metrics_free(m);
 }
 
+struct rx {
+    knit_metrics *m;
+    struct parsed *p;
+};
+
+static void expose_in_loop(knit_reactor *r, void *arg)
+{
+    struct rx *x = arg;
+    x->p = expose(x->m);
+    knit_reactor_stop(r);
+}
+
+static void noop_timer(knit_reactor *r, void *arg)
+{
+    (void)r;
+    (void)arg;
+}
+
+static void test_reactor_collector(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    knit_reactor_options o;
+    knit_reactor_options_init(&o);
+    o.name = "main";
+    assert_int_equal(knit_reactor_new(&r, &o), 0);
+    struct rx x = {0};
+    assert_int_equal(knit_metrics_new(&x.m), 0);
+    assert_int_equal(knit_metrics_add_reactor(x.m, r), 0);
+    assert_int_equal(knit_metrics_add_reactor(x.m, r), 0); /* same families, second series set */
+    assert_int_equal(knit_metrics_remove_reactor(x.m, r), 0);
+    knit_timer far = knit_call_later(r, KNIT_SEC(3600), noop_timer, NULL);
+    knit_call_later(r, 0, noop_timer, NULL);
+    knit_call_later(r, KNIT_MSEC(1), expose_in_loop, &x);
+    assert_int_equal(knit_reactor_run(r), 0);
+    assert_non_null(x.p);
+    assert_true(val(x.p, "knit_reactor_timers_fired_total", "reactor=\"main\"") >= 1);
+    assert_true(val(x.p, "knit_reactor_iterations_total", "reactor=\"main\"") >= 1);
+    assert_true(val(x.p, "knit_reactor_pending_timers", "reactor=\"main\"") == 1);
+    assert_true(val(x.p, "knit_reactor_lag_max_seconds", "reactor=\"main\"") >= 0);
+    assert_string_equal(x.p->type[0], "counter");
+    free(x.p);
+    /* From outside the loop the last values stay. */
+    x.p = expose(x.m);
+    assert_true(val(x.p, "knit_reactor_pending_timers", "reactor=\"main\"") == 1);
+    free(x.p);
+    assert_int_equal(knit_metrics_remove_reactor(x.m, r), 0);
+    assert_int_equal(knit_metrics_remove_reactor(x.m, r), KNIT_ENOTFOUND);
+    assert_int_equal(knit_timer_cancel(r, far), 0);
+    /* One left registered on purpose: knit_metrics_free must drop it. */
+    assert_int_equal(knit_metrics_add_reactor(x.m, r), 0);
+    knit_metrics_free(x.m);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_counter_gauge), cmocka_unit_test(test_labels),
-        cmocka_unit_test(test_bad_names),     cmocka_unit_test(test_histogram),
-        cmocka_unit_test(test_collector),     cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_counter_gauge),     cmocka_unit_test(test_labels),
+        cmocka_unit_test(test_bad_names),         cmocka_unit_test(test_histogram),
+        cmocka_unit_test(test_collector),         cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_reactor_collector),
     };
     return KNIT_RUN_TESTS(tests);
 }
