@@ -172,8 +172,17 @@ void knit_signal_stop(knit_signal *h)
 void knit__signals_free(knit_reactor *r)
 {
     knit__signals *s = &r->sig;
-    for (knit_signal *h = s->head; h; h = h->next)
-        if (!h->dead) knit_signal_stop(h);
+    /* knit_signal_stop may free the handler it is given (and others already
+     * marked dead), so restart from the head each time instead of following
+     * a ->next that may be gone. */
+    s->dispatching = 0;
+    for (;;) {
+        knit_signal *h = s->head;
+        while (h && h->dead)
+            h = h->next;
+        if (!h) break;
+        knit_signal_stop(h);
+    }
     reap_dead(s);
     if (s->fd >= 0) {
         knit_io_stop(&s->io);

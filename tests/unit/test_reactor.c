@@ -538,6 +538,22 @@ static void test_signals(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+static void test_free_with_signal_handlers_registered(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    sig_ctx s = {0};
+    assert_int_equal(knit_signal_start(r, SIGUSR1, usr1_a, &s, NULL), 0);
+    assert_int_equal(knit_signal_start(r, SIGUSR1, usr2_cb, &s, NULL), 0);
+    assert_int_equal(knit_signal_start(r, SIGUSR2, usr2_cb, &s, NULL), 0);
+    knit_reactor_free(r); /* frees every handler; ASan checks for use-after-free */
+    sigset_t cur;
+    pthread_sigmask(SIG_BLOCK, NULL, &cur);
+    assert_false(sigismember(&cur, SIGUSR1)); /* and restores the mask */
+    assert_false(sigismember(&cur, SIGUSR2));
+}
+
 static void test_signal_previously_blocked_stays_blocked(void **state)
 {
     (void)state;
@@ -821,6 +837,7 @@ int main(void)
         cmocka_unit_test(test_change_interest_in_callback),
         cmocka_unit_test(test_signals),
         cmocka_unit_test(test_signal_previously_blocked_stays_blocked),
+        cmocka_unit_test(test_free_with_signal_handlers_registered),
         cmocka_unit_test(test_call_from_thread_8x100k),
         cmocka_unit_test_setup_teardown(test_call_from_reactor_thread_runs_next_iteration,
                                         setup_fake, teardown_fake),
