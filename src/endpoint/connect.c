@@ -368,6 +368,45 @@ static int start(knit_connect *c, char *err, size_t n)
     return 0;
 }
 
+/* Client TLS contexts are shared by every connect with the same TLS
+ * options, so the session cache inside them makes the second connection to
+ * a host resume the first one's session. A few configurations at most;
+ * they live until exit. [any] */
+#define CTX_CACHE 16
+static pthread_mutex_t ctx_mu = PTHREAD_MUTEX_INITIALIZER;
+static struct {
+    char *key;
+    knit_tls_ctx *ctx;
+} ctx_cache[CTX_CACHE];
+
+static int client_ctx(knit_tls_ctx **out, const knit_tls_options *o, char *err, size_t n)
+{
+    char key[1024];
+    snprintf(key, sizeof key, "%s|%s|%d|%s|%s|%s|%s", o->ca_file ? o->ca_file : "",
+             o->ca_dir ? o->ca_dir : "", o->verify, o->alpn ? o->alpn : "",
+             o->cert_file ? o->cert_file : "", o->key_file ? o->key_file : "",
+             o->min_version ? o->min_version : "");
+    pthread_mutex_lock(&ctx_mu);
+    for (int i = 0; i < CTX_CACHE && ctx_cache[i].key; i++) {
+        if (strcmp(ctx_cache[i].key, key) == 0) {
+            *out = knit_tls_ctx_ref(ctx_cache[i].ctx);
+            pthread_mutex_unlock(&ctx_mu);
+            return 0;
+        }
+    }
+    int rc = knit_tls_client_ctx_new(out, o, err, n);
+    if (rc == 0) {
+        for (int i = 0; i < CTX_CACHE; i++) {
+            if (ctx_cache[i].key) continue;
+            ctx_cache[i].key = strdup(key);
+            if (ctx_cache[i].key) ctx_cache[i].ctx = knit_tls_ctx_ref(*out);
+            break;
+        }
+    }
+    pthread_mutex_unlock(&ctx_mu);
+    return rc;
+}
+
 static knit_connect *new_connect(knit_reactor *r, knit_protocol_factory *f,
                                  const knit_connect_options *o, knit_connect_cb cb, void *arg,
                                  const knit_endpoint_desc *d)
@@ -417,7 +456,7 @@ int knit__ep_tcp_connect(knit_reactor *r, const knit_endpoint_desc *d, knit_prot
         if ((v = knit_endpoint_desc_get(d, "minVersion"))) to.min_version = v;
         if ((v = knit_endpoint_desc_get(d, "verify")))
             knit__ep_check_bool(d, "verify", v, &to.verify, NULL, 0);
-        if ((rc = knit_tls_client_ctx_new(&c->tls, &to, err, n)) < 0) goto fail;
+        if ((rc = client_ctx(&c->tls, &to, err, n)) < 0) goto fail;
     }
     if (!c->host) {
         rc = KNIT_ENOMEM;
