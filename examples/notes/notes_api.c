@@ -94,6 +94,18 @@ static int64_t now_ms(notes_app *app)
 
 static void set_body(notes_resp *resp, int status, char *json)
 {
+    /* End the body with a newline, for people reading curl output. */
+    if (json) {
+        size_t n = strlen(json);
+        char *p = realloc(json, n + 2);
+        if (p) {
+            p[n] = '\n';
+            p[n + 1] = 0;
+        } else {
+            free(json);
+        }
+        json = p;
+    }
     resp->status = json ? status : 500;
     resp->content_type = json_type;
     resp->body = json;
@@ -369,10 +381,7 @@ static void do_health(notes_app *app, notes_resp *resp)
         error(resp, 503, "draining");
         return;
     }
-    size_t len = strlen("{\"status\":\"ok\"}");
-    char *b = strdup("{\"status\":\"ok\"}");
-    set_body(resp, 200, b);
-    resp->body_len = b ? len : 0;
+    set_body(resp, 200, strdup("{\"status\":\"ok\"}"));
 }
 
 static void method_not_allowed(notes_resp *resp, const notes_req *req, const char *allow)

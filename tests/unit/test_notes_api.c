@@ -263,7 +263,7 @@ static void test_list(void **state)
     expect(f, "GET", "/notes?tag=odd+tag", NULL, 200, "[{\"id\":2,");
     expect(f, "GET", "/notes?tag=odd%20tag&limit=1", NULL, 200, "\"next\":2}");
     expect(f, "GET", "/notes?tag=odd%20tag&limit=1&after=2", NULL, 200, "\"next\":null}");
-    expect(f, "GET", "/notes?tag=none", NULL, 200, "{\"notes\":[],\"next\":null}");
+    expect(f, "GET", "/notes?tag=none", NULL, 200, "{\"notes\":[],\"next\":null}\n");
     expect(f, "GET", "/notes/?limit=1000", NULL, 200, "\"notes\":[");
     expect(f, "GET", "/notes?limit=3&&", NULL, 200, "\"next\":3}");
 }
@@ -283,7 +283,7 @@ static void test_errors(void **state)
     notes_resp r;
     notes_app_handle(f->app, &big, &r);
     assert_int_equal(r.status, 413);
-    assert_string_equal(r.body, "{\"error\":\"request body is larger than 1024 bytes\"}");
+    assert_string_equal(r.body, "{\"error\":\"request body is larger than 1024 bytes\"}\n");
     notes_resp_clear(&r);
     /* Ids. */
     expect(f, "GET", "/notes/abc", NULL, 400, "id must be a positive integer");
@@ -331,7 +331,7 @@ static void test_busy_is_503(void **state)
     notes_resp r;
     assert_int_equal(call(f, "POST", "/notes", "{\"text\":\"b\"}", &r), 503);
     assert_int_equal(r.retry_after, 1);
-    assert_string_equal(r.body, "{\"error\":\"database busy, try again\"}");
+    assert_string_equal(r.body, "{\"error\":\"database busy, try again\"}\n");
     notes_resp_clear(&r);
     expect(f, "DELETE", "/notes/1", NULL, 503, "database busy");
     expect(f, "GET", "/notes/1", NULL, 200, NULL); /* reads still work */
