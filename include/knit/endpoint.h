@@ -46,6 +46,7 @@
 #include <stdint.h>
 
 #include "knit/clock.h"
+#include "knit/deferred.h"
 #include "knit/reactor.h"
 #include "knit/stream.h"
 
@@ -158,6 +159,19 @@ int knit_endpoint_connect(knit_reactor *r, const char *desc, knit_protocol_facto
 /* Cancel a pending connect: the callback runs with KNIT_ECANCELED before
  * this returns. KNIT_ENOTACTIVE if it already completed. */
 int knit_connect_cancel(knit_connect *c);
+
+/* The same as a Deferred (Twisted's endpoint.connect): returns 0 and *out
+ * (one reference, yours to unref) firing with the connected knit_protocol *
+ * as its value (not owned by the Deferred: destroy is NULL; the connection
+ * owns it until connection_lost), or failing with the connect error — the
+ * failure's message names the endpoint and, for TLS, OpenSSL's reason.
+ * knit_deferred_cancel() aborts the attempt (KNIT_ECANCELED);
+ * knit_deferred_add_timeout works too, on top of the connect timeout.
+ * On a negative return nothing is created and ERR says why. */
+int knit_endpoint_connect_deferred(knit_reactor *r, const char *desc,
+                                   knit_protocol_factory *factory,
+                                   const knit_connect_options *opts, knit_deferred **out,
+                                   char *err, size_t errlen);
 
 /* ---- endpoint kinds --------------------------------------------------------- */
 typedef struct knit_endpoint_kind {

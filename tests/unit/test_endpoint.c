@@ -824,6 +824,83 @@ static void test_fd_endpoint(void **state)
     assert_int_equal(knit_reactor_close(w.r), 0);
 }
 
+typedef struct dres {
+    int ok, failed, code;
+    knit_protocol *p;
+    char msg[200];
+} dres;
+
+static void d_ok(knit_result *res, void *arg)
+{
+    dres *x = arg;
+    x->ok++;
+    x->p = res->value;
+}
+
+static void d_err(knit_result *res, void *arg)
+{
+    dres *x = arg;
+    x->failed++;
+    x->code = res->failure->code;
+    snprintf(x->msg, sizeof x->msg, "%s", res->failure->message);
+    knit_result_set(res, NULL, NULL); /* handled */
+}
+
+static void test_connect_deferred(void **state)
+{
+    (void)state;
+    world w;
+    world_init(&w, NULL);
+    knit_listener *l;
+    char err[KNIT_ENDPOINT_ERRLEN], desc[64];
+    assert_int_equal(
+        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &l, err, sizeof err),
+        0);
+    int port = listen_port(l);
+    snprintf(desc, sizeof desc, "tcp:127.0.0.1:%d", port);
+    knit_deferred *d;
+    dres x = {0};
+    assert_int_equal(knit_endpoint_connect_deferred(w.r, desc, &w.f, NULL, &d, err, sizeof err),
+                     0);
+    knit_deferred_add_callbacks(d, d_ok, d_err, &x);
+    knit_deferred_unref(d);
+    for (int i = 0; i < 200 && !x.ok && !x.failed; i++)
+        turn(&w, 1);
+    assert_int_equal(x.ok, 1);
+    assert_non_null(x.p);
+    assert_non_null(x.p->transport);
+    knit_transport_abort(x.p->transport);
+    /* cancel */
+    dres y = {0};
+    assert_int_equal(knit_endpoint_connect_deferred(w.r, desc, &w.f, NULL, &d, err, sizeof err),
+                     0);
+    knit_deferred_add_callbacks(d, d_ok, d_err, &y);
+    knit_deferred_cancel(d);
+    knit_deferred_unref(d);
+    assert_int_equal(y.failed, 1);
+    assert_int_equal(y.code, KNIT_ECANCELED);
+    /* refused: the message names the endpoint */
+    knit_listener_close(l, true);
+    dres z = {0};
+    assert_int_equal(knit_endpoint_connect_deferred(w.r, desc, &w.f, NULL, &d, err, sizeof err),
+                     0);
+    knit_deferred_add_callbacks(d, d_ok, d_err, &z);
+    knit_deferred_unref(d);
+    for (int i = 0; i < 200 && !z.failed; i++)
+        turn(&w, 1);
+    assert_int_equal(z.code, KNIT_ECONNREFUSED);
+    char want[128];
+    snprintf(want, sizeof want, "connect %s: connection refused", desc);
+    assert_string_equal(z.msg, want);
+    /* a bad string fails at once, nothing created */
+    assert_int_equal(knit_endpoint_connect_deferred(w.r, "tcp:h", &w.f, NULL, &d, err, sizeof err),
+                     KNIT_EBADENDPOINT);
+    for (int i = 0; i < 200 && w.lost < w.built + 1; i++)
+        turn(&w, 1);
+    turn(&w, 2);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -842,6 +919,7 @@ int main(void)
         cmocka_unit_test(test_emfile_pauses_and_recovers),
         cmocka_unit_test(test_connect_refused_cancel_timeout),
         cmocka_unit_test(test_fd_endpoint),
+        cmocka_unit_test(test_connect_deferred),
     };
     return KNIT_RUN_TESTS(tests);
 }
