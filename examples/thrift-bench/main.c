@@ -1,0 +1,173 @@
+/* knit-thrift-bench — the Thrift benchmark fixture (bench.thrift: echo, add,
+ * sleep_us) on knit's half-sync/half-async server.
+ *
+ *   knit-thrift-bench --thrift=tcp:9090:interface=127.0.0.1 --threads=4
+ *                     [--protocol=binary|compact] [--mode=pool|inline]
+ *                     [--queue=N] [--sasl-db=PATH]
+ *
+ * Every handler is a plain blocking function run on the pool (--mode=pool,
+ * the default). --mode=inline runs echo and add on the reactor as
+ * asynchronous handlers (already-fired Deferreds); sleep_us always blocks a
+ * worker. The server accepts framed and unframed, binary and compact, and
+ * SASL (PLAIN, SCRAM-SHA-256 when --sasl-db is given) on the same port;
+ * --protocol only says what the benchmark clients are expected to use.
+ * Prints "listening on PORT" once ready; SIGTERM/SIGINT stop it.
+ */
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+#include "bench_thrift.h"
+#include "knit/deferred.h"
+#include "knit/flag.h"
+#include "knit/log.h"
+#include "knit/pool.h"
+#include "knit/reactor.h"
+#include "knit/thrift.h"
+
+static const char *const protocols[] = {"binary", "compact", NULL};
+static const char *const modes[] = {"pool", "inline", NULL};
+
+static const knit_flag_def bench_flags[] = {
+    KNIT_FLAG_DEF("thrift", KNIT_FLAG_ENDPOINT, "tcp:9090:interface=127.0.0.1",
+                  "where to listen (endpoint string; tcp:0 picks a free port)"),
+    KNIT_FLAG_DEF("threads", KNIT_FLAG_INT64, "4", "pool worker threads"),
+    KNIT_FLAG_DEF("protocol", KNIT_FLAG_ENUM, "binary", "protocol the clients use (both are served)",
+                  .choices = protocols),
+    KNIT_FLAG_DEF("mode", KNIT_FLAG_ENUM, "pool", "echo/add on the pool or inline on the reactor",
+                  .choices = modes),
+    KNIT_FLAG_DEF("queue", KNIT_FLAG_INT64, "4096", "pool queue length (LOADSHEDDING beyond it)"),
+    KNIT_FLAG_DEF("sasl-db", KNIT_FLAG_STRING, "", "sasldb file: accept SASL PLAIN/SCRAM-SHA-256"),
+};
+
+static int h_echo(void *ctx, const bench_Bench_echo_args *a, bench_Bench_echo_result *res)
+{
+    (void)ctx;
+    res->has_success = true;
+    return knit_tstr_copy(&res->success, &a->s);
+}
+
+static int h_add(void *ctx, const bench_Bench_add_args *a, bench_Bench_add_result *res)
+{
+    (void)ctx;
+    res->success = a->a + a->b;
+    res->has_success = true;
+    return 0;
+}
+
+static int h_sleep_us(void *ctx, const bench_Bench_sleep_us_args *a,
+                      bench_Bench_sleep_us_result *res)
+{
+    (void)ctx;
+    (void)res;
+    if (a->us > 0) {
+        struct timespec ts = {a->us / 1000000, (long)(a->us % 1000000) * 1000L};
+        nanosleep(&ts, NULL);
+    }
+    return 0;
+}
+
+static knit_deferred *h_echo_async(void *ctx, const bench_Bench_echo_args *a,
+                                   bench_Bench_echo_result *res)
+{
+    int rc = h_echo(ctx, a, res);
+    if (rc) return knit_deferred_failed(knit_failure_of(rc));
+    return knit_deferred_succeed(NULL, NULL);
+}
+
+static knit_deferred *h_add_async(void *ctx, const bench_Bench_add_args *a,
+                                  bench_Bench_add_result *res)
+{
+    h_add(ctx, a, res);
+    return knit_deferred_succeed(NULL, NULL);
+}
+
+static void on_signal(knit_reactor *r, int signo, void *arg)
+{
+    (void)signo;
+    (void)arg;
+    if (knit_reactor_stopping(r))
+        knit_reactor_stop_now(r);
+    else
+        knit_reactor_stop(r);
+}
+
+int main(int argc, char **argv)
+{
+    knit_flags_options fo;
+    knit_flags_options_init(&fo);
+    fo.program = "knit-thrift-bench";
+    fo.version = "0.1.0";
+    fo.env_prefix = "KNIT_THRIFT_BENCH_";
+    fo.summary = "Thrift benchmark fixture: bench.thrift (echo, add, sleep_us).";
+    knit_flags *fs;
+    if (knit_flags_new(&fs, &fo) != 0) return 1;
+    if (knit_flags_add(fs, "bench", "knit-thrift-bench", bench_flags,
+                       sizeof bench_flags / sizeof bench_flags[0]) != 0) {
+        fprintf(stderr, "%s\n", knit_flags_error(fs));
+        return 1;
+    }
+    knit_flags_parse_or_exit(fs, argc, argv);
+    bool inline_mode = knit_flags_enum(fs, "mode") == 1;
+
+    knit_reactor *r;
+    if (knit_reactor_new(&r, NULL) != 0) return 1;
+    knit_signal *s1, *s2;
+    knit_signal_start(r, SIGTERM, on_signal, NULL, &s1);
+    knit_signal_start(r, SIGINT, on_signal, NULL, &s2);
+    signal(SIGPIPE, SIG_IGN);
+
+    knit_pool_options po;
+    knit_pool_options_init(&po);
+    po.name = "thrift";
+    po.min_threads = po.max_threads = (unsigned)knit_flags_int64(fs, "threads");
+    po.max_queue = (size_t)knit_flags_int64(fs, "queue");
+    knit_pool *pool;
+    if (knit_pool_new(&pool, r, &po) != 0) {
+        fprintf(stderr, "knit-thrift-bench: cannot start the pool\n");
+        return 1;
+    }
+
+    bench_Bench_handler h = {.sleep_us = h_sleep_us};
+    if (inline_mode) {
+        h.echo_async = h_echo_async;
+        h.add_async = h_add_async;
+    } else {
+        h.echo = h_echo;
+        h.add = h_add;
+    }
+    knit_thrift_processor proc;
+    bench_Bench_processor_init(&proc, &h, NULL);
+
+    knit_thrift_sasl_options so;
+    knit_thrift_sasl_options_init(&so);
+    const char *db = knit_flags_string(fs, "sasl-db");
+    so.sasldb_path = db;
+    knit_thrift_server_options o;
+    knit_thrift_server_options_init(&o);
+    o.pool = pool;
+    if (db && *db) o.sasl = &so;
+    knit_thrift_server *srv;
+    if (knit_thrift_server_new(r, &o, &srv) != 0 || knit_thrift_server_add(srv, &proc) != 0)
+        return 1;
+    char err[256];
+    if (knit_thrift_server_listen(srv, knit_flags_string(fs, "thrift"), err, sizeof err) != 0) {
+        fprintf(stderr, "knit-thrift-bench: %s\n", err);
+        return 1;
+    }
+    knit_sockaddr a;
+    knit_thrift_server_address(srv, &a);
+    unsigned port = a.u.sa.sa_family == AF_INET6 ? ntohs(a.u.in6.sin6_port) : ntohs(a.u.in.sin_port);
+    printf("listening on %u\n", port);
+    fflush(stdout);
+    knit_reactor_run(r);
+    knit_thrift_server_close(srv);
+    knit_pool_free(pool);
+    knit_signal_stop(s1);
+    knit_signal_stop(s2);
+    knit_reactor_free(r);
+    knit_flags_free(fs);
+    return 0;
+}
