@@ -7,7 +7,8 @@
  * GET / answers "Hello, World!" (13 bytes, text/plain). In pool mode the
  * handler runs on a worker and, with --sleep-ms, sleeps that long first (a
  * stand-in for a blocking database query). Extra routes used by the
- * integration tests: POST /echo (echoes the body), GET /stream?n=BYTES
+ * integration tests: POST /echo (echoes the body, streamed in pool mode),
+ * POST /reject (403 without reading the body), GET /stream?n=BYTES
  * (a streamed, chunked body of that many bytes written in 16 KiB pieces from
  * a worker), GET /hello/{name}, GET /headers (echoes the X-Test headers).
  * SIGTERM / SIGINT drain the server: in-flight requests finish, then exit.
@@ -62,13 +63,28 @@ static void on_hello(knit_http_request *req, void *arg)
 static void on_echo(knit_http_request *req, void *arg)
 {
     (void)arg;
-    char buf[16384];
+    static __thread char buf[65536];
     const char *ct = knit_http_header(req, "content-type");
-    knit_http_start(req, 200, ct ? ct : "application/octet-stream", (int64_t)knit_http_body_len(req));
-    ssize_t n;
-    while ((n = knit_http_read(req, buf, sizeof buf)) > 0)
+    /* Read before answering: that sends 100 Continue when asked for, and a
+     * body that turns out bad is answered (400/413) by the server. Content-
+     * Length bodies are echoed with the same length, chunked ones chunked. */
+    ssize_t n = knit_http_read(req, buf, sizeof buf);
+    if (n < 0) return;
+    int64_t len = knit_http_header(req, "content-length") ? (int64_t)knit_http_body_len(req) : -1;
+    if (knit_http_start(req, 200, ct ? ct : "application/octet-stream", len) != 0) return;
+    while (n > 0) {
         if (knit_http_write(req, buf, (size_t)n) != 0) return;
-    knit_http_finish(req);
+        n = knit_http_read(req, buf, sizeof buf);
+    }
+    if (n == 0) knit_http_finish(req);
+}
+
+/* Answers without reading the body: no 100 Continue is sent, and the
+ * connection is closed after the answer. */
+static void on_reject(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    knit_http_respond(req, 403, "text/plain", "no\n", 3);
 }
 
 static void on_stream(knit_http_request *req, void *arg)
@@ -170,6 +186,7 @@ int main(int argc, char **argv)
     knit_http_route(srv, "GET", "/", m, on_hello, NULL);
     knit_http_route(srv, "POST", "/echo", m, on_echo, NULL);
     knit_http_route(srv, "GET", "/stream", KNIT_HTTP_POOL, on_stream, NULL);
+    knit_http_route(srv, "POST", "/reject", m, on_reject, NULL);
     knit_http_route(srv, "GET", "/hello/{name}", m, on_name, NULL);
     knit_http_route(srv, "GET", "/headers", m, on_headers, NULL);
     char err[256];

@@ -46,11 +46,15 @@
  * buffer, at most max_pipeline of them, with reading paused meanwhile).
  * A handler that returns without answering gets a 500 (pool mode).
  *
- * Request bodies are read by the reactor into the request (up to max_body;
- * 413 beyond) before the handler runs; `Expect: 100-continue` is answered
- * with 100 when the reactor starts reading the body. knit_http_read() then
- * reads that buffer. (Streaming the body to a blocked worker while it
- * arrives is not implemented yet: see docs/requests/http-needs.md.)
+ * Request bodies: for a pool route the handler starts as soon as the head
+ * is parsed and reads the body while it arrives (knit_http_read blocks the
+ * worker until the reactor has bytes; the reactor stops reading the socket
+ * while KNIT_HTTP_BODY_BUFFER unread bytes wait). `Expect: 100-continue` is
+ * answered with 100 only when the handler first reads the body. A handler
+ * that answers without reading the whole body gets its connection closed
+ * after the answer (the rest of the body cannot be skipped safely). Inline
+ * routes, which must not block, run once the reactor has the whole body
+ * (up to max_body; 100 is then sent when the reactor starts reading it).
  */
 #ifndef KNIT_HTTP_H
 #define KNIT_HTTP_H
@@ -82,6 +86,8 @@ extern "C" {
 #define KNIT_HTTP_DRAIN_TIMEOUT KNIT_SEC(30)  /* in-flight requests on shutdown */
 #define KNIT_HTTP_RETRY_AFTER 1u              /* seconds, on 503 */
 #define KNIT_HTTP_SERVER_NAME "knit"
+#define KNIT_HTTP_BODY_BUFFER (64u * 1024u) /* per-request body bytes a pool handler
+                                                 has not read yet; reading pauses above */
 #define KNIT_HTTP_MAX_PARAMS 8                /* {name} segments per route */
 #define KNIT_HTTP_LATENCY_BUCKETS 16          /* < 2^(i+4) us, i.e. 16 us ... 0.5 s, rest */
 
@@ -182,10 +188,17 @@ const char *knit_http_header_next(const knit_http_request *req, const char *name
 const char *knit_http_remote_addr(const knit_http_request *req); /* "127.0.0.1:51234" */
 bool knit_http_is_tls(const knit_http_request *req);
 
-/* Request body: total length (known once the handler runs), whole body, or
- * read it in pieces: bytes copied (0 at the end) or a negative code. */
+/* Request body. knit_http_read: up to N bytes (blocking a pool handler
+ * until some arrive): the count, 0 at the end of the body, or KNIT_EPARSE
+ * (bad chunked framing), KNIT_ELIMIT (over max_body), KNIT_ETIMEDOUT (body
+ * timeout), KNIT_ECLOSED (client gone) — the server has then answered 400 /
+ * 413 / 408 itself if the handler had not started answering.
+ * knit_http_body: the whole body (waits for all of it, up to max_body; use
+ * it instead of, not after, knit_http_read); "" when there is none.
+ * knit_http_body_len: Content-Length, or for chunked bodies the bytes
+ * decoded so far (all of them after knit_http_body). */
 size_t knit_http_body_len(const knit_http_request *req);
-const void *knit_http_body(const knit_http_request *req);
+const void *knit_http_body(knit_http_request *req);
 ssize_t knit_http_read(knit_http_request *req, void *buf, size_t n);
 
 /* Per-request arena: memory freed when the request ends. NULL when out of

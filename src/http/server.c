@@ -108,7 +108,15 @@ struct knit_http_request {
     bool head_only;  /* HEAD: no body bytes */
     bool close_after;
     bool started, finished, chunked, close_delimited;
-    bool pool_mode, handler_returned, flush_queued;
+    bool pool_mode, handler_returned;
+    bool dispatched;   /* the handler was started */
+    bool streaming;    /* pool route: body read by the worker while it arrives */
+    bool body_pending; /* [mu] body bytes still to come from the client */
+    bool collect_all;  /* [mu] knit_http_body: no per-request buffer cap */
+    bool body_full;    /* [mu] the reactor stopped feeding: buffer at cap */
+    bool continue_sent;
+    int body_err;      /* [mu] body framing error / limit, for knit_http_read */
+    int calls_queued;  /* [mu] knit_call_from_thread calls naming this request */
     bool gone;      /* [mu] the client is gone */
     bool paused;    /* [mu] transport output above high water */
     bool ended;
@@ -117,8 +125,7 @@ struct knit_http_request {
     uint64_t body_sent;
     uint64_t bytes_out;
     /* body (collected by the reactor before dispatch) */
-    knit_buf body;
-    size_t body_rd;
+    knit_buf body; /* [mu] received, not yet read by the handler */
     uint64_t body_left;
     knit__http_chunked dec;
     /* response headers added by the handler */
@@ -664,10 +671,15 @@ static void request_maybe_end(knit_http_request *req)
     if (req->ended) return;
     /* Inline handlers end the request by responding/finishing, even after
      * the client left; pool handlers by returning. */
+    if (req->pool_mode) {
+        if (!req->handler_returned) return;
+        pthread_mutex_lock(&req->mu);
+        int queued = req->calls_queued;
+        pthread_mutex_unlock(&req->mu);
+        if (queued) return;
+    }
     bool answered = req->finished || (req->gone && req->pool_mode);
     if (!answered) return;
-    if (req->pool_mode && !req->handler_returned) return;
-    if (req->flush_queued) return;
     req->ended = true;
     knit_http_server *s = req->srv;
     struct conn *c = req->conn;
@@ -681,7 +693,8 @@ static void request_maybe_end(knit_http_request *req)
         s->st.latency[b]++;
         access_log(req, took);
     }
-    bool close = req->close_after || req->gone;
+    /* A body the client is still sending cannot be skipped safely: close. */
+    bool close = req->close_after || req->gone || req->body_pending;
     request_free(req);
     if (!c) return;
     c->req = NULL;
@@ -705,6 +718,11 @@ static int build_head(knit_http_request *req, knit_buf *b, int status, const cha
     knit_http_server *s = req->srv;
     bool v10 = req->h.minor_version == 0;
     if (s->draining) req->close_after = true;
+    /* Answering before the whole body arrived: the rest cannot be skipped
+     * safely, so say we will close. */
+    if (req->pool_mode) pthread_mutex_lock(&req->mu);
+    if (req->body_pending) req->close_after = true;
+    if (req->pool_mode) pthread_mutex_unlock(&req->mu);
     req->status = status;
     req->declared = length;
     bool no_body = status < 200 || status == 204 || status == 304;
@@ -764,7 +782,7 @@ static void flush_call(knit_reactor *r, void *arg)
     (void)r;
     knit_http_request *req = arg;
     pthread_mutex_lock(&req->mu);
-    req->flush_queued = false;
+    req->calls_queued--;
     pthread_mutex_unlock(&req->mu);
     flush_out(req);
     request_maybe_end(req);
@@ -804,9 +822,9 @@ static int emit(knit_http_request *req, const void *a, size_t alen, const void *
     if (final) req->finished = true;
     /* A final write is flushed by worker_done when the handler returns (one
      * wake-up for the whole response); intermediate writes go out now. */
-    if (!final && !req->flush_queued) {
-        req->flush_queued = true;
-        if (knit_call_from_thread(s->r, flush_call, req) != 0) req->flush_queued = false;
+    if (!final) {
+        req->calls_queued++;
+        if (knit_call_from_thread(s->r, flush_call, req) != 0) req->calls_queued--;
     }
     while (!final && !req->gone && (req->paused || knit_buf_len(&req->out) > OUT_HIGH_WATER))
         pthread_cond_wait(&req->cv, &req->mu);
@@ -825,12 +843,22 @@ int knit_http_add_header(knit_http_request *req, const char *name, const char *v
     return knit_buf_printf(&req->rh, "%s: %s\r\n", name, value);
 }
 
+/* Take the right to answer (the reactor may have answered a body error). */
+static bool claim_start(knit_http_request *req)
+{
+    bool ok;
+    if (req->pool_mode) pthread_mutex_lock(&req->mu);
+    ok = !req->started;
+    req->started = true;
+    if (req->pool_mode) pthread_mutex_unlock(&req->mu);
+    return ok;
+}
+
 int knit_http_respond(knit_http_request *req, int status, const char *content_type,
                       const void *body, size_t len)
 {
-    if (req->started) return KNIT_EALREADY;
     if (status < 100 || status > 999) return KNIT_EINVAL;
-    req->started = true;
+    if (!claim_start(req)) return KNIT_EALREADY;
     knit_buf head = KNIT_BUF_INIT;
     char stackbuf[512];
     knit_buf_init_borrowed(&head, stackbuf, sizeof stackbuf);
@@ -848,8 +876,7 @@ int knit_http_respond(knit_http_request *req, int status, const char *content_ty
 
 int knit_http_start(knit_http_request *req, int status, const char *content_type, int64_t length)
 {
-    if (req->started) return KNIT_EALREADY;
-    req->started = true;
+    if (!claim_start(req)) return KNIT_EALREADY;
     knit_buf head = KNIT_BUF_INIT;
     int rc = build_head(req, &head, status, content_type, length);
     if (rc == 0) rc = emit(req, knit_buf_data(&head), knit_buf_len(&head), NULL, 0, false);
@@ -895,21 +922,75 @@ int knit_http_version(const knit_http_request *req) { return req->h.minor_versio
 const char *knit_http_remote_addr(const knit_http_request *req) { return req->remote; }
 bool knit_http_is_tls(const knit_http_request *req) { return req->tls; }
 size_t knit_http_header_count(const knit_http_request *req) { return req->h.num_fields; }
-size_t knit_http_body_len(const knit_http_request *req) { return knit_buf_len(&req->body); }
-
-const void *knit_http_body(const knit_http_request *req)
+size_t knit_http_body_len(const knit_http_request *req)
 {
+    if (req->h.body == KNIT__HTTP_BODY_LENGTH) return (size_t)req->h.content_length;
+    if (req->h.body == KNIT__HTTP_BODY_NONE) return 0;
+    return (size_t)req->dec.total; /* chunked: so far (all of it once read) */
+}
+
+static void body_resume_call(knit_reactor *r, void *arg);
+
+/* [worker, mu held] Ask the reactor for 100 Continue (through the output
+ * queue, so it precedes the answer) and to feed more body bytes. */
+static void body_wanted_locked(knit_http_request *req)
+{
+    if (req->h.expect_continue && !req->continue_sent && !req->started) {
+        req->continue_sent = true;
+        knit_buf_append(&req->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+        req->body_full = true; /* forces the call below, which also flushes */
+    }
+    if (req->body_full) {
+        req->body_full = false;
+        req->calls_queued++;
+        if (knit_call_from_thread(req->srv->r, body_resume_call, req) != 0) req->calls_queued--;
+    }
+}
+
+const void *knit_http_body(knit_http_request *req)
+{
+    if (req->streaming) {
+        pthread_mutex_lock(&req->mu);
+        req->collect_all = true;
+        body_wanted_locked(req);
+        while (req->body_pending && !req->body_err && !req->gone)
+            pthread_cond_wait(&req->cv, &req->mu);
+        pthread_mutex_unlock(&req->mu);
+    }
     if (!knit_buf_len(&req->body)) return "";
     return knit_buf_data(&req->body);
 }
 
 ssize_t knit_http_read(knit_http_request *req, void *buf, size_t n)
 {
-    size_t left = knit_buf_len(&req->body) - req->body_rd;
-    if (n > left) n = left;
-    if (n) memcpy(buf, knit_buf_data(&req->body) + req->body_rd, n);
-    req->body_rd += n;
-    return (ssize_t)n;
+    if (!req->streaming) {
+        if (n > knit_buf_len(&req->body)) n = knit_buf_len(&req->body);
+        if (n) memcpy(buf, knit_buf_data(&req->body), n);
+        knit_buf_consume(&req->body, n);
+        return (ssize_t)n;
+    }
+    pthread_mutex_lock(&req->mu);
+    body_wanted_locked(req);
+    while (knit_buf_empty(&req->body) && req->body_pending && !req->body_err && !req->gone) {
+        pthread_cond_wait(&req->cv, &req->mu);
+        if (knit_buf_empty(&req->body)) body_wanted_locked(req);
+    }
+    ssize_t rc;
+    if (!knit_buf_empty(&req->body)) {
+        if (n > knit_buf_len(&req->body)) n = knit_buf_len(&req->body);
+        memcpy(buf, knit_buf_data(&req->body), n);
+        knit_buf_consume(&req->body, n);
+        rc = (ssize_t)n;
+        if (req->body_full) body_wanted_locked(req);
+    } else if (req->body_err) {
+        rc = req->body_err;
+    } else if (req->body_pending) {
+        rc = KNIT_ECLOSED; /* gone */
+    } else {
+        rc = 0;
+    }
+    pthread_mutex_unlock(&req->mu);
+    return rc;
 }
 
 const char *knit_http_param(const knit_http_request *req, const char *name)
@@ -1069,16 +1150,16 @@ static void respond_simple(knit_http_request *req, int status, const char *extra
     knit_http_respond(req, status, "text/plain", body, (size_t)n);
 }
 
-static void dispatch(struct conn *c, knit_http_request *req)
+/* Find the route for REQ. On a miss, answer 400 (bad path), 404 or 405 and
+ * return false (the request has then ended). */
+static bool lookup(struct conn *c, knit_http_request *req)
 {
     knit_http_server *s = c->srv;
-    c->state = C_HANDLING;
-    timer_set(c, T_NONE, 0);
-    if (req->status == 400) { /* bad path */
+    if (req->status == 400) { /* %00 in the path */
         req->close_after = true;
         req->status = 0;
         respond_simple(req, 400, NULL, NULL);
-        return;
+        return false;
     }
     const struct route *found = NULL;
     char allow[256];
@@ -1106,11 +1187,21 @@ static void dispatch(struct conn *c, knit_http_request *req)
         } else {
             respond_simple(req, 404, NULL, NULL);
         }
-        return;
+        return false;
     }
     req->route = found;
-    if (found->mode == KNIT_HTTP_INLINE) {
-        found->fn(req, found->arg);
+    return true;
+}
+
+/* Run the handler of req->route: inline now, or hand it to the pool (503
+ * with Retry-After when the queue is full). */
+static void run_handler(struct conn *c, knit_http_request *req)
+{
+    knit_http_server *s = c->srv;
+    const struct route *rt = req->route;
+    req->dispatched = true;
+    if (rt->mode == KNIT_HTTP_INLINE) {
+        rt->fn(req, rt->arg);
         return;
     }
     req->pool_mode = true;
@@ -1119,9 +1210,11 @@ static void dispatch(struct conn *c, knit_http_request *req)
     int rc = knit_call_in_thread(s->o.pool, worker_run, req, worker_done);
     if (rc != 0) {
         req->pool_mode = false;
+        req->streaming = false;
         pthread_mutex_destroy(&req->mu);
         pthread_cond_destroy(&req->cv);
         s->st.rejected_busy++;
+        KNIT_WARN(MOD, "pool queue full: 503 for %s %s", req->method, req->target);
         char ra[16];
         snprintf(ra, sizeof ra, "%u", s->o.retry_after);
         respond_simple(req, 503, "Retry-After", ra);
@@ -1130,13 +1223,16 @@ static void dispatch(struct conn *c, knit_http_request *req)
 
 /* ---- reading: head, body ------------------------------------------------------- */
 
-/* Feed body bytes; returns bytes consumed, or -1 after answering an error. */
-static ssize_t body_feed(struct conn *c, knit_http_request *req, const char *data, size_t len)
+/* Feed body bytes into req->body (mu held when streaming). Returns bytes
+ * consumed, or -1 with *status / *why set. */
+static ssize_t body_feed(knit_http_request *req, const char *data, size_t len, int *status,
+                         const char **why)
 {
     if (req->h.body == KNIT__HTTP_BODY_LENGTH) {
         size_t n = len < req->body_left ? len : (size_t)req->body_left;
         if (knit_buf_append(&req->body, data, n) != 0) {
-            conn_error(c, 500, "out of memory");
+            *status = 500;
+            *why = "out of memory";
             return -1;
         }
         req->body_left -= n;
@@ -1148,12 +1244,13 @@ static ssize_t body_feed(struct conn *c, knit_http_request *req, const char *dat
         size_t dl;
         ssize_t r = knit__http_chunked_decode(&req->dec, data + pos, len - pos, &d, &dl);
         if (r < 0) {
-            c->srv->st.parse_errors++;
-            conn_error(c, req->dec.status, req->dec.error);
+            *status = req->dec.status;
+            *why = req->dec.error;
             return -1;
         }
         if (dl && knit_buf_append(&req->body, d, dl) != 0) {
-            conn_error(c, 500, "out of memory");
+            *status = 500;
+            *why = "out of memory";
             return -1;
         }
         pos += (size_t)r;
@@ -1167,6 +1264,107 @@ static bool body_done(const knit_http_request *req)
     return req->h.body == KNIT__HTTP_BODY_LENGTH ? req->body_left == 0 : req->dec.done;
 }
 
+/* One step of body reading for the request in C_BODY. Returns false to
+ * stop processing input (error, or the handler's buffer is full). */
+static bool body_step(struct conn *c, knit_buf *buf)
+{
+    knit_http_server *s = c->srv;
+    knit_http_request *req = c->req;
+    const char *data = (const char *)knit_buf_data(buf);
+    size_t len = knit_buf_len(buf);
+    int status = 0;
+    const char *why = NULL;
+    bool can_answer = true;
+    if (req->streaming) pthread_mutex_lock(&req->mu);
+    size_t room = SIZE_MAX;
+    if (req->streaming && !req->collect_all) {
+        size_t have = knit_buf_len(&req->body);
+        room = have >= KNIT_HTTP_BODY_BUFFER ? 0 : KNIT_HTTP_BODY_BUFFER - have;
+    }
+    size_t feed = len < room ? len : room;
+    ssize_t n = feed ? body_feed(req, data, feed, &status, &why) : 0;
+    bool done = n >= 0 && body_done(req);
+    if (done) req->body_pending = false;
+    if (feed == 0) req->body_full = true;
+    if (req->streaming) {
+        if (n < 0) {
+            req->body_err = status == 413 ? KNIT_ELIMIT : KNIT_EPARSE;
+            can_answer = !req->started;
+            req->started = true;
+            if (can_answer) req->finished = true;
+        }
+        pthread_cond_broadcast(&req->cv);
+        pthread_mutex_unlock(&req->mu);
+    }
+    if (n < 0) {
+        s->st.parse_errors++;
+        knit_buf_consume(buf, len);
+        if (!req->streaming) {
+            c->req = NULL;
+            request_free(req); /* never reached a handler */
+        } else {
+            req->close_after = true; /* conn_error counts the status */
+        }
+        if (can_answer) {
+            conn_error(c, status, why);
+        } else {
+            /* The handler already answered part of a response: just close. */
+            c->state = C_CLOSING;
+            timer_set(c, T_NONE, 0);
+            knit_transport_lose_connection(c->proto.transport);
+        }
+        return false;
+    }
+    knit_buf_consume(buf, (size_t)n);
+    if (done) {
+        timer_set(c, T_NONE, 0);
+        c->state = C_HANDLING;
+        if (!req->streaming) run_handler(c, req);
+        return true;
+    }
+    if (feed == 0) {
+        /* The handler has not read what it has: stop reading the socket
+         * until it does (body_resume_call). */
+        timer_set(c, T_NONE, 0);
+        if (!c->read_paused) {
+            c->read_paused = true;
+            knit_transport_pause_reading(c->proto.transport);
+        }
+        return false;
+    }
+    timer_set(c, T_BODY, s->o.body_timeout);
+    return true;
+}
+
+/* [reactor] The worker read from a full body buffer (or wants 100). */
+static void body_resume_call(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_http_request *req = arg;
+    pthread_mutex_lock(&req->mu);
+    req->calls_queued--;
+    pthread_mutex_unlock(&req->mu);
+    flush_out(req); /* a queued 100 Continue */
+    struct conn *c = req->conn;
+    if (c && c->req == req && c->state == C_BODY) {
+        if (!knit_buf_empty(&c->pending)) {
+            process(c, &c->pending);
+            if (knit_buf_empty(&c->pending)) knit_buf_release(&c->pending);
+        }
+        if (c->state == C_BODY && c->req == req) {
+            pthread_mutex_lock(&req->mu);
+            bool full = req->body_full;
+            pthread_mutex_unlock(&req->mu);
+            if (!full && c->read_paused && knit_buf_empty(&c->pending)) {
+                c->read_paused = false;
+                knit_transport_resume_reading(c->proto.transport);
+            }
+            if (!full) timer_set(c, T_BODY, c->srv->o.body_timeout);
+        }
+    }
+    request_maybe_end(req);
+}
+
 static void process(struct conn *c, knit_buf *buf)
 {
     knit_http_server *s = c->srv;
@@ -1174,59 +1372,58 @@ static void process(struct conn *c, knit_buf *buf)
     while (c->state != C_HANDLING && c->state != C_CLOSING && !knit_buf_empty(buf)) {
         const char *data = (const char *)knit_buf_data(buf);
         size_t len = knit_buf_len(buf);
-        if (c->state == C_IDLE || c->state == C_HEAD) {
-            knit__http_field fields[KNIT__HTTP_MAX_HEADERS_DEFAULT * 2];
-            knit__http_request h;
-            h.fields = fields;
-            h.fields_cap = s->lim.max_headers < KNIT__HTTP_MAX_HEADERS_DEFAULT * 2
-                               ? s->lim.max_headers
-                               : KNIT__HTTP_MAX_HEADERS_DEFAULT * 2;
-            ssize_t r = knit__http_parse_request(data, len, c->head_prev, &h, &s->lim);
-            if (r == KNIT__HTTP_INCOMPLETE) {
-                c->head_prev = (uint32_t)len;
-                if (c->state == C_IDLE) {
-                    c->state = C_HEAD;
-                    timer_set(c, T_HEADER, s->o.header_timeout);
-                }
-                break;
+        if (c->state == C_BODY) {
+            if (!body_step(c, buf)) break;
+            continue;
+        }
+        knit__http_field fields[KNIT__HTTP_MAX_HEADERS_DEFAULT * 2];
+        knit__http_request h;
+        h.fields = fields;
+        h.fields_cap = s->lim.max_headers < KNIT__HTTP_MAX_HEADERS_DEFAULT * 2
+                           ? s->lim.max_headers
+                           : KNIT__HTTP_MAX_HEADERS_DEFAULT * 2;
+        ssize_t r = knit__http_parse_request(data, len, c->head_prev, &h, &s->lim);
+        if (r == KNIT__HTTP_INCOMPLETE) {
+            c->head_prev = (uint32_t)len;
+            if (c->state == C_IDLE) {
+                c->state = C_HEAD;
+                timer_set(c, T_HEADER, s->o.header_timeout);
             }
-            c->head_prev = 0;
-            if (r == KNIT__HTTP_ERROR) {
-                s->st.parse_errors++;
-                knit_buf_consume(buf, len);
-                conn_error(c, h.status, h.error);
-                break;
-            }
-            knit_http_request *req = request_new(c, data, (size_t)r, &h);
-            knit_buf_consume(buf, (size_t)r);
-            if (!req) {
-                conn_error(c, 503, "out of memory");
-                break;
-            }
-            c->req = req;
-            if (h.body != KNIT__HTTP_BODY_NONE) {
-                req->body_left = h.content_length;
-                knit__http_chunked_init(&req->dec, s->lim.max_body);
-                c->state = C_BODY;
-                timer_set(c, T_BODY, s->o.body_timeout);
-                if (h.expect_continue && c->proto.transport)
-                    knit_transport_write(c->proto.transport, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-            } else {
-                dispatch(c, req);
-            }
-        } else if (c->state == C_BODY) {
-            knit_http_request *req = c->req;
-            ssize_t n = body_feed(c, req, data, len);
-            if (n < 0) {
-                knit_buf_consume(buf, len);
-                /* the request never reached a handler */
-                c->req = NULL;
-                request_free(req);
-                break;
-            }
-            knit_buf_consume(buf, (size_t)n);
-            if (body_done(req)) dispatch(c, req);
-            else timer_set(c, T_BODY, s->o.body_timeout);
+            break;
+        }
+        c->head_prev = 0;
+        if (r == KNIT__HTTP_ERROR) {
+            s->st.parse_errors++;
+            knit_buf_consume(buf, len);
+            conn_error(c, h.status, h.error);
+            break;
+        }
+        knit_http_request *req = request_new(c, data, (size_t)r, &h);
+        knit_buf_consume(buf, (size_t)r);
+        if (!req) {
+            conn_error(c, 503, "out of memory");
+            break;
+        }
+        c->req = req;
+        timer_set(c, T_NONE, 0);
+        if (h.body == KNIT__HTTP_BODY_NONE) {
+            c->state = C_HANDLING;
+            if (lookup(c, req)) run_handler(c, req);
+            continue;
+        }
+        /* A body follows. Pool routes get it streamed while it arrives;
+         * inline routes (which must not block) get it whole. */
+        req->body_left = h.content_length;
+        req->body_pending = true;
+        knit__http_chunked_init(&req->dec, s->lim.max_body);
+        c->state = C_BODY;
+        if (!lookup(c, req)) continue; /* answered; closes (body unread) */
+        timer_set(c, T_BODY, s->o.body_timeout);
+        if (req->route->mode == KNIT_HTTP_POOL) {
+            req->streaming = true;
+            run_handler(c, req); /* 503 → ended and closing */
+        } else if (h.expect_continue && c->proto.transport) {
+            knit_transport_write(c->proto.transport, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         }
     }
     c->in_process = false;
@@ -1287,7 +1484,7 @@ static void on_data(knit_protocol *p, knit_buf *in)
         }
     } else {
         process(c, in);
-        if (c->state == C_HANDLING && !knit_buf_empty(in)) {
+        if ((c->state == C_HANDLING || c->state == C_BODY) && !knit_buf_empty(in)) {
             /* keep the next requests aside until this one is answered */
             knit_buf_move(&c->pending, in);
         }
@@ -1321,8 +1518,8 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
         } else {
             req->gone = true;
         }
-        if (c->state == C_BODY) {
-            request_free(req); /* never dispatched */
+        if (!req->dispatched) {
+            request_free(req); /* never reached a handler */
         } else {
             request_maybe_end(req);
         }
@@ -1411,6 +1608,28 @@ static void conn_timeout(knit_reactor *r, void *arg)
     switch (kind) {
     case T_HEADER:
     case T_BODY:
+        if (c->req && c->req->dispatched) {
+            /* A pool handler is reading this body: fail its reads. */
+            knit_http_request *req = c->req;
+            bool can_answer = true;
+            if (req->pool_mode) {
+                pthread_mutex_lock(&req->mu);
+                req->body_err = KNIT_ETIMEDOUT;
+                can_answer = !req->started;
+                req->started = true;
+                if (can_answer) req->finished = true;
+                pthread_cond_broadcast(&req->cv);
+                pthread_mutex_unlock(&req->mu);
+            }
+            req->close_after = true;
+            if (can_answer) {
+                conn_error(c, 408, "request body timed out");
+            } else {
+                c->state = C_CLOSING;
+                knit_transport_lose_connection(c->proto.transport);
+            }
+            break;
+        }
         if (c->req) {
             knit_http_request *req = c->req;
             c->req = NULL;
