@@ -101,6 +101,8 @@
 
 #include <lua.h>
 
+#include "knit/clock.h"
+
 #ifdef __cplusplus
 extern "C" {
 #endif
@@ -124,6 +126,8 @@ extern "C" {
 #define KNIT_MANHOLE_MAX_LINE (64 * 1024)
 /* Longest chunk text copied into the log line of an evaluation. */
 #define KNIT_MANHOLE_LOG_CODE_MAX 512
+/* An SSH client must authenticate within this time. */
+#define KNIT_MANHOLE_SSH_AUTH_TIMEOUT KNIT_SEC(30)
 /* Output buffered for a slow client before the connection is dropped. */
 #define KNIT_MANHOLE_MAX_PENDING_OUTPUT (4 * 1024 * 1024)
 

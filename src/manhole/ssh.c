@@ -1,20 +1,751 @@
-/* ssh.c — the manhole over SSH (libssh server). Not written yet. */
+/* ssh.c — the manhole over SSH: a libssh server driven by the reactor.
+ *
+ * Owns: ssh listeners (a listening socket watched with knit_io, an ssh_bind
+ * holding the host key) and their connections (an ssh_session in
+ * non-blocking mode with its own ssh_event, one knit_io on its socket, at
+ * most one session channel, one manhole session). Runs on the reactor
+ * thread.
+ *
+ * Driving libssh from the reactor: whenever the socket is readable (or
+ * writable while libssh has output pending, ssh_get_poll_flags), drive()
+ * first finishes the key exchange (ssh_handle_key_exchange returns SSH_AGAIN
+ * on a non-blocking session until it is done), then runs ssh_event_dopoll
+ * with a zero timeout, which reads packets and calls our callbacks.
+ *
+ * Invariant: no Lua runs inside a libssh callback. Callbacks only record
+ * (auth result, pty/shell/exec requests, input bytes appended to c->in,
+ * eof/close flags); drive() evaluates input after ssh_event_dopoll has
+ * returned. That leaves libssh re-entrant-safe for the one place that calls
+ * back into it during an evaluation: the session's poll hook, which runs
+ * ssh_event_dopoll(ev, 0) so that Ctrl-C (0x03 in the new input) and a
+ * vanished client are noticed while a chunk runs. Connections are freed only
+ * at the end of drive() (or at close), never inside a callback.
+ *
+ * Authentication: public key only (ssh_set_auth_methods), checked against
+ * the authorizedKeys file, which is re-read for every attempt so edits take
+ * effect without a restart. Password and keyboard-interactive are refused
+ * by libssh because no callback accepts them.
+ */
 #include "manhole/internal.h"
+
+#include <arpa/inet.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <libssh/callbacks.h>
+#include <libssh/libssh.h>
+#include <libssh/server.h>
 
 #include "knit/endpoint.h"
 #include "knit/error.h"
 #include "knit/log.h"
+#include "knit/reactor.h"
+
+#define SSH_DEFAULT_HOSTKEY "./manhole_host_ed25519"
+#define SSH_MAX_AUTH_ATTEMPTS 10
+#define SSH_WRITE_CHUNK 32768
 
 int knit__manhole_ssh_listen(knit_manhole *m, const knit_endpoint_desc *d, void **out);
 void knit__manhole_ssh_close(void *ssh);
 
-int knit__manhole_ssh_listen(knit_manhole *m, const knit_endpoint_desc *d, void **out)
+typedef struct ssh_conn ssh_conn;
+
+typedef struct ssh_listener {
+    knit_manhole *m;
+    ssh_bind bind;
+    int fd;
+    knit_io io;
+    char *auth_path;
+    char *desc;
+    ssh_conn *conns;
+} ssh_listener;
+
+struct ssh_conn {
+    ssh_conn *next, *prev;
+    ssh_listener *ls;
+    ssh_session ss;
+    ssh_event ev;
+    int fd;
+    knit_io io;
+    ssh_channel chan;
+    struct ssh_server_callbacks_struct scb;
+    struct ssh_channel_callbacks_struct ccb;
+    bool kex_done, authed, pty, started, exec, eof, dead, processing, in_eval, finished;
+    bool any_error;
+    int auth_attempts;
+    char who[160];
+    char peer[64];
+    knit_timer auth_timer; /* drops connections that do not authenticate */
+    knit_manhole_session *s;
+    char *exec_cmd;
+    char *in; /* received input not processed yet */
+    size_t in_len, in_cap;
+    char *out; /* channel output not yet accepted by the window */
+    size_t out_len, out_cap;
+    char line[KNIT_MANHOLE_MAX_LINE]; /* pty line being edited */
+    size_t line_len;
+    int esc; /* pty: inside an escape sequence */
+};
+
+/* ---- small buffers ------------------------------------------------------ */
+
+static bool buf_add(char **b, size_t *len, size_t *cap, const char *d, size_t n)
 {
-    (void)m;
-    (void)d;
-    *out = NULL;
-    KNIT_ERROR("manhole", "ssh: endpoints are not implemented yet");
-    return KNIT_ENOTSUP;
+    if (*len + n > *cap) {
+        size_t c = *cap ? *cap : 1024;
+        while (c < *len + n)
+            c *= 2;
+        char *p = realloc(*b, c);
+        if (!p) return false;
+        *b = p;
+        *cap = c;
+    }
+    memcpy(*b + *len, d, n);
+    *len += n;
+    return true;
 }
 
-void knit__manhole_ssh_close(void *ssh) { (void)ssh; }
+static void buf_consume(char *b, size_t *len, size_t n)
+{
+    memmove(b, b + n, *len - n);
+    *len -= n;
+}
+
+/* ---- output ----------------------------------------------------------- */
+
+static void flush_out(ssh_conn *c)
+{
+    while (c->chan && c->out_len && !c->dead) {
+        uint32_t win = ssh_channel_window_size(c->chan);
+        if (win == 0) return;
+        size_t n = c->out_len;
+        if (n > win) n = win;
+        if (n > SSH_WRITE_CHUNK) n = SSH_WRITE_CHUNK;
+        int w = ssh_channel_write(c->chan, c->out, (uint32_t)n);
+        if (w == SSH_ERROR) {
+            c->dead = true;
+            return;
+        }
+        if (w <= 0) return;
+        buf_consume(c->out, &c->out_len, (size_t)w);
+    }
+}
+
+static void put_raw(ssh_conn *c, const char *d, size_t n)
+{
+    if (c->dead || !c->chan) return;
+    if (c->out_len + n > KNIT_MANHOLE_MAX_PENDING_OUTPUT) {
+        if (c->s) knit_manhole_session_interrupt(c->s);
+        c->dead = true; /* a client that does not read: drop it */
+        KNIT_WARN("manhole", "%s: output backlog over %d bytes, dropping connection", c->who,
+                  KNIT_MANHOLE_MAX_PENDING_OUTPUT);
+        return;
+    }
+    if (!buf_add(&c->out, &c->out_len, &c->out_cap, d, n)) c->dead = true;
+}
+
+/* Session output; a pty wants "\r\n". */
+static void ssh_write(const char *d, size_t n, void *arg)
+{
+    ssh_conn *c = arg;
+    if (!c->pty) {
+        put_raw(c, d, n);
+    } else {
+        while (n) {
+            const char *nl = memchr(d, '\n', n);
+            size_t k = nl ? (size_t)(nl - d) : n;
+            put_raw(c, d, k);
+            if (!nl) break;
+            put_raw(c, "\r\n", 2);
+            d += k + 1;
+            n -= k + 1;
+        }
+    }
+    flush_out(c);
+}
+
+static void put_str(ssh_conn *c, const char *str) { ssh_write(str, strlen(str), c); }
+
+static void prompt(ssh_conn *c)
+{
+    if (!c->pty || !c->s) return;
+    put_str(c, knit_manhole_session_prompt(c->s));
+    if (c->line_len) put_raw(c, c->line, c->line_len);
+    flush_out(c);
+}
+
+/* ---- io interest ---------------------------------------------------------- */
+
+static void update_io(ssh_conn *c)
+{
+    unsigned ev = KNIT_READABLE;
+    if (ssh_get_poll_flags(c->ss) & SSH_WRITE_PENDING) ev |= KNIT_WRITABLE;
+    knit_io_start(&c->io, ev);
+}
+
+/* ---- authentication ------------------------------------------------------ */
+
+static char *key_fingerprint(ssh_key key)
+{
+    unsigned char *hash = NULL;
+    size_t hlen = 0;
+    if (ssh_get_publickey_hash(key, SSH_PUBLICKEY_HASH_SHA256, &hash, &hlen) != 0) return NULL;
+    char *fp = ssh_get_fingerprint_hash(SSH_PUBLICKEY_HASH_SHA256, hash, hlen);
+    ssh_clean_pubkey_hash(&hash);
+    return fp; /* free with ssh_string_free_char */
+}
+
+/* Is KEY listed in the authorized_keys file? Options before the key type
+ * (from="...", command="...") are not supported: such lines are skipped. */
+static bool key_authorized(ssh_listener *ls, ssh_key key)
+{
+    FILE *f = fopen(ls->auth_path, "r");
+    if (!f) {
+        KNIT_WARN("manhole", "ssh: cannot read authorized keys %s: %s", ls->auth_path,
+                  strerror(errno));
+        return false;
+    }
+    char line[16384];
+    bool ok = false;
+    while (!ok && fgets(line, sizeof line, f)) {
+        char *save = NULL;
+        char *type = strtok_r(line, " \t\r\n", &save);
+        if (!type || type[0] == '#') continue;
+        char *b64 = strtok_r(NULL, " \t\r\n", &save);
+        if (!b64) continue;
+        enum ssh_keytypes_e kt = ssh_key_type_from_name(type);
+        if (kt == SSH_KEYTYPE_UNKNOWN) continue;
+        ssh_key k = NULL;
+        if (ssh_pki_import_pubkey_base64(b64, kt, &k) != SSH_OK) continue;
+        ok = ssh_key_cmp(k, key, SSH_KEY_CMP_PUBLIC) == 0;
+        ssh_key_free(k);
+    }
+    fclose(f);
+    return ok;
+}
+
+static int auth_pubkey(ssh_session ss, const char *user, struct ssh_key_struct *pubkey,
+                       char signature_state, void *userdata)
+{
+    ssh_conn *c = userdata;
+    if (++c->auth_attempts > SSH_MAX_AUTH_ATTEMPTS) return SSH_AUTH_DENIED;
+    bool ok = key_authorized(c->ls, pubkey);
+    char *fp = key_fingerprint(pubkey);
+    if (signature_state == SSH_PUBLICKEY_STATE_NONE) { /* a probe: "would you accept it?" */
+        if (fp) ssh_string_free_char(fp);
+        return ok ? SSH_AUTH_SUCCESS : SSH_AUTH_DENIED;
+    }
+    if (signature_state != SSH_PUBLICKEY_STATE_VALID || !ok) {
+        knit_log_kv(KNIT_LOG_WARN, "manhole", "ssh key refused", "peer", c->peer, "user", user,
+                    "key", fp ? fp : "?", NULL);
+        if (fp) ssh_string_free_char(fp);
+        return SSH_AUTH_DENIED;
+    }
+    snprintf(c->who, sizeof c->who, "key=%s user=%s", fp ? fp : "?", user);
+    if (fp) ssh_string_free_char(fp);
+    c->authed = true;
+    return SSH_AUTH_SUCCESS;
+}
+
+/* ---- channel callbacks (record only; see the file comment) --------------- */
+
+static int ch_data(ssh_session ss, ssh_channel ch, void *data, uint32_t len, int is_stderr,
+                   void *userdata)
+{
+    ssh_conn *c = userdata;
+    if (!buf_add(&c->in, &c->in_len, &c->in_cap, data, len)) return 0;
+    if (c->in_eval && memchr(data, 0x03, len)) knit_manhole_session_interrupt(c->s);
+    return (int)len;
+}
+
+static void ch_eof(ssh_session ss, ssh_channel ch, void *userdata)
+{
+    ((ssh_conn *)userdata)->eof = true;
+}
+
+static void ch_close(ssh_session ss, ssh_channel ch, void *userdata)
+{
+    ((ssh_conn *)userdata)->dead = true;
+}
+
+static int ch_pty(ssh_session ss, ssh_channel ch, const char *term, int w, int h, int pw, int ph,
+                  void *userdata)
+{
+    ((ssh_conn *)userdata)->pty = true;
+    return SSH_OK;
+}
+
+static int ch_pty_resize(ssh_session ss, ssh_channel ch, int w, int h, int pw, int ph,
+                         void *userdata)
+{
+    return SSH_OK;
+}
+
+static int ch_shell(ssh_session ss, ssh_channel ch, void *userdata)
+{
+    ssh_conn *c = userdata;
+    if (c->started) return SSH_ERROR;
+    c->started = true;
+    return SSH_OK;
+}
+
+static int ch_exec(ssh_session ss, ssh_channel ch, const char *command, void *userdata)
+{
+    ssh_conn *c = userdata;
+    if (c->started) return SSH_ERROR;
+    c->exec_cmd = strdup(command);
+    if (!c->exec_cmd) return SSH_ERROR;
+    c->started = true;
+    c->exec = true;
+    return SSH_OK;
+}
+
+static ssh_channel open_session(ssh_session ss, void *userdata)
+{
+    ssh_conn *c = userdata;
+    if (!c->authed || c->chan) return NULL;
+    c->chan = ssh_channel_new(ss);
+    if (!c->chan) return NULL;
+    memset(&c->ccb, 0, sizeof c->ccb);
+    c->ccb.userdata = c;
+    c->ccb.channel_data_function = ch_data;
+    c->ccb.channel_eof_function = ch_eof;
+    c->ccb.channel_close_function = ch_close;
+    c->ccb.channel_pty_request_function = ch_pty;
+    c->ccb.channel_pty_window_change_function = ch_pty_resize;
+    c->ccb.channel_shell_request_function = ch_shell;
+    c->ccb.channel_exec_request_function = ch_exec;
+    ssh_callbacks_init(&c->ccb);
+    ssh_set_channel_callbacks(c->chan, &c->ccb);
+    return c->chan;
+}
+
+/* ---- evaluation ------------------------------------------------------------ */
+
+/* Poll hook during an evaluation: let libssh read (Ctrl-C lands in ch_data,
+ * which interrupts), flush output, and report a vanished client. */
+static bool ssh_poll(void *arg)
+{
+    ssh_conn *c = arg;
+    ssh_event_dopoll(c->ev, 0);
+    flush_out(c);
+    if (!ssh_is_connected(c->ss)) c->dead = true;
+    return c->dead;
+}
+
+static void ssh_async(knit_manhole_session *s, size_t pending, void *arg)
+{
+    ssh_conn *c = arg;
+    prompt(c);
+    update_io(c);
+}
+
+static void start_session(ssh_conn *c)
+{
+    int rc = knit_manhole_session_new(c->ls->m, c->who, ssh_write, c, &c->s);
+    if (rc < 0) {
+        KNIT_ERROR("manhole", "%s: cannot start session: %s", c->who, knit_strerror(rc));
+        c->dead = true;
+        return;
+    }
+    knit_manhole_session_set_poll(c->s, ssh_poll, c);
+    knit_manhole_session_set_async(c->s, ssh_async, c);
+    knit_log_kv(KNIT_LOG_INFO, "manhole", "connection", "who", c->who, "peer", c->peer,
+                "endpoint", c->ls->desc, "mode",
+                c->exec ? "exec" : c->pty ? "shell" : "shell-nopty", NULL);
+    if (!c->exec && c->pty) {
+        char hello[200];
+        snprintf(hello, sizeof hello,
+                 "%s manhole, Lua 5.4 on the reactor thread; help() lists the bindings, "
+                 "Ctrl-C interrupts, Ctrl-D quits\n",
+                 c->ls->m->name);
+        put_str(c, hello);
+        prompt(c);
+    }
+}
+
+/* Once: exit status, EOF, close; the client then closes its side. */
+static void finish_channel(ssh_conn *c, int status)
+{
+    if (!c->chan || c->dead || c->finished) return;
+    c->finished = true;
+    flush_out(c);
+    ssh_channel_request_send_exit_status(c->chan, status);
+    ssh_channel_send_eof(c->chan);
+    ssh_channel_close(c->chan);
+}
+
+static int eval_line(ssh_conn *c, const char *line, size_t len)
+{
+    c->in_eval = true;
+    int st = knit_manhole_session_feed(c->s, line, len);
+    c->in_eval = false;
+    if (st == KNIT_MANHOLE_FAILED || st < 0) c->any_error = true;
+    return st;
+}
+
+/* Terminal line discipline for pty sessions: echo, erase, Ctrl-C/D/U. */
+static void pty_input(ssh_conn *c)
+{
+    size_t i = 0;
+    while (i < c->in_len && !c->dead) {
+        unsigned char b = (unsigned char)c->in[i++];
+        if (c->esc) { /* skip ESC [ ... final-byte sequences (arrow keys) */
+            if (c->esc == 1) c->esc = b == '[' || b == 'O' ? 2 : 0;
+            else if (b >= 0x40 && b <= 0x7e) c->esc = 0;
+            continue;
+        }
+        switch (b) {
+        case 0x1b: c->esc = 1; break;
+        case '\r':
+        case '\n': {
+            put_str(c, "\n");
+            size_t n = c->line_len;
+            c->line_len = 0;
+            /* the line buffer may be reused by the poll hook's reads: copy */
+            char *copy = malloc(n + 1);
+            if (copy) {
+                memcpy(copy, c->line, n);
+                buf_consume(c->in, &c->in_len, i);
+                i = 0;
+                eval_line(c, copy, n);
+                free(copy);
+            }
+            prompt(c);
+            if (b == '\r' && i < c->in_len && c->in[i] == '\n') i++;
+            break;
+        }
+        case 0x7f:
+        case 0x08:
+            if (c->line_len) {
+                c->line_len--;
+                put_str(c, "\b \b");
+            }
+            break;
+        case 0x03:
+            put_str(c, "^C\n");
+            c->line_len = 0;
+            knit_manhole_session_reset(c->s);
+            prompt(c);
+            break;
+        case 0x15: /* Ctrl-U */
+            while (c->line_len) {
+                c->line_len--;
+                put_str(c, "\b \b");
+            }
+            break;
+        case 0x04:
+            if (c->line_len == 0) {
+                put_str(c, "\n");
+                finish_channel(c, 0);
+                c->in_len = 0;
+                return;
+            }
+            break;
+        default:
+            if (b >= 0x20 && c->line_len < sizeof c->line) {
+                c->line[c->line_len++] = (char)b;
+                put_raw(c, (const char *)&b, 1);
+            }
+        }
+    }
+    buf_consume(c->in, &c->in_len, i);
+    flush_out(c);
+}
+
+/* Without a pty (ssh -T, piped input): plain lines, no echo, no prompt. */
+static void line_input(ssh_conn *c)
+{
+    for (;;) {
+        char *nl = memchr(c->in, '\n', c->in_len);
+        if (!nl) break;
+        size_t n = (size_t)(nl - c->in);
+        char *copy = malloc(n + 1);
+        if (!copy) break;
+        memcpy(copy, c->in, n);
+        if (n && copy[n - 1] == '\r') n--;
+        buf_consume(c->in, &c->in_len, (size_t)(nl - c->in) + 1);
+        if (!(n == 1 && copy[0] == 0x03)) eval_line(c, copy, n);
+        free(copy);
+        if (c->dead) return;
+    }
+    if (c->eof) {
+        if (c->in_len) eval_line(c, c->in, c->in_len);
+        c->in_len = 0;
+        if (knit_manhole_session_prompt(c->s)[1] == '>') c->any_error = true; /* incomplete */
+        finish_channel(c, c->any_error ? 1 : 0);
+    }
+}
+
+static void process(ssh_conn *c)
+{
+    if (c->processing || c->dead || !c->started || c->finished) return;
+    c->processing = true;
+    if (!c->s) start_session(c);
+    if (c->s && c->exec && c->exec_cmd) {
+        char *cmd = c->exec_cmd;
+        c->exec_cmd = NULL;
+        c->in_eval = true;
+        int st = knit_manhole_session_eval(c->s, cmd, strlen(cmd));
+        c->in_eval = false;
+        free(cmd);
+        finish_channel(c, st == KNIT_MANHOLE_OK ? 0 : 1);
+    } else if (c->s && !c->exec) {
+        if (c->pty) pty_input(c);
+        else line_input(c);
+    }
+    c->processing = false;
+}
+
+/* ---- connection life ------------------------------------------------------- */
+
+static void conn_free(ssh_conn *c)
+{
+    ssh_listener *ls = c->ls;
+    if (c->prev) c->prev->next = c->next;
+    else ls->conns = c->next;
+    if (c->next) c->next->prev = c->prev;
+    knit_io_stop(&c->io);
+    knit_timer_cancel(ls->m->r, c->auth_timer);
+    if (c->s || c->authed)
+        knit_log_kv(KNIT_LOG_INFO, "manhole", "disconnected", "who", c->who, "peer", c->peer,
+                    NULL);
+    knit_manhole_session_free(c->s);
+    if (c->ev) {
+        ssh_event_remove_session(c->ev, c->ss);
+        ssh_event_free(c->ev);
+    }
+    if (c->chan) ssh_channel_free(c->chan);
+    ssh_disconnect(c->ss);
+    ssh_free(c->ss); /* closes the socket */
+    free(c->exec_cmd);
+    free(c->in);
+    free(c->out);
+    free(c);
+}
+
+static void drive(ssh_conn *c)
+{
+    if (c->processing) return; /* re-entered from an evaluation's poll hook */
+    if (!c->kex_done) {
+        int rc = ssh_handle_key_exchange(c->ss);
+        if (rc == SSH_AGAIN) {
+            update_io(c);
+            return;
+        }
+        if (rc != SSH_OK) {
+            knit_log_kv(KNIT_LOG_INFO, "manhole", "ssh handshake failed", "peer", c->peer, "error",
+                        ssh_get_error(c->ss), NULL);
+            conn_free(c);
+            return;
+        }
+        c->kex_done = true;
+        if (ssh_event_add_session(c->ev, c->ss) != SSH_OK) {
+            conn_free(c);
+            return;
+        }
+    }
+    if (ssh_event_dopoll(c->ev, 0) == SSH_ERROR && !ssh_is_connected(c->ss)) c->dead = true;
+    if (!ssh_is_connected(c->ss)) c->dead = true;
+    process(c);
+    flush_out(c);
+    if (c->dead) {
+        conn_free(c);
+        return;
+    }
+    update_io(c);
+}
+
+static void on_conn_io(knit_io *io, unsigned events) { drive(io->data); }
+
+static void on_auth_timeout(knit_reactor *r, void *arg)
+{
+    ssh_conn *c = arg;
+    c->auth_timer = KNIT_TIMER_NONE;
+    if (c->authed) return;
+    knit_log_kv(KNIT_LOG_INFO, "manhole", "ssh authentication timed out", "peer", c->peer, NULL);
+    if (c->processing) c->dead = true; /* cannot happen before auth; be safe */
+    else conn_free(c);
+}
+
+static void on_accept(knit_io *io, unsigned events)
+{
+    ssh_listener *ls = io->data;
+    for (;;) {
+        struct sockaddr_storage sa;
+        socklen_t salen = sizeof sa;
+        int fd = accept4(ls->fd, (struct sockaddr *)&sa, &salen, SOCK_NONBLOCK | SOCK_CLOEXEC);
+        if (fd < 0) {
+            if (errno != EAGAIN && errno != EINTR && errno != ECONNABORTED)
+                KNIT_WARN("manhole", "ssh accept: %s", strerror(errno));
+            return;
+        }
+        ssh_conn *c = calloc(1, sizeof *c);
+        ssh_session ss = c ? ssh_new() : NULL;
+        if (!c || !ss) {
+            free(c);
+            close(fd);
+            continue;
+        }
+        c->ls = ls;
+        c->ss = ss;
+        c->fd = fd;
+        snprintf(c->who, sizeof c->who, "unauthenticated");
+        char host[INET6_ADDRSTRLEN] = "?";
+        if (sa.ss_family == AF_INET)
+            inet_ntop(AF_INET, &((struct sockaddr_in *)&sa)->sin_addr, host, sizeof host);
+        snprintf(c->peer, sizeof c->peer, "%s:%u", host,
+                 sa.ss_family == AF_INET ? ntohs(((struct sockaddr_in *)&sa)->sin_port) : 0);
+        memset(&c->scb, 0, sizeof c->scb);
+        c->scb.userdata = c;
+        c->scb.auth_pubkey_function = auth_pubkey;
+        c->scb.channel_open_request_session_function = open_session;
+        ssh_callbacks_init(&c->scb);
+        ssh_set_server_callbacks(ss, &c->scb);
+        if (ssh_bind_accept_fd(ls->bind, ss, fd) != SSH_OK) {
+            KNIT_WARN("manhole", "ssh: accept failed: %s", ssh_get_error(ls->bind));
+            ssh_free(ss); /* closes fd */
+            free(c);
+            continue;
+        }
+        ssh_set_auth_methods(ss, SSH_AUTH_METHOD_PUBLICKEY);
+        ssh_set_blocking(ss, 0);
+        c->ev = ssh_event_new();
+        if (!c->ev) {
+            ssh_free(ss);
+            free(c);
+            continue;
+        }
+        c->next = ls->conns;
+        if (c->next) c->next->prev = c;
+        ls->conns = c;
+        knit_io_init(ls->m->r, &c->io, fd, on_conn_io, c);
+        c->auth_timer = knit_call_later(ls->m->r, KNIT_MANHOLE_SSH_AUTH_TIMEOUT, on_auth_timeout, c);
+        drive(c);
+    }
+}
+
+/* ---- listener -------------------------------------------------------------- */
+
+static int ensure_host_key(const char *path, char **fp_out)
+{
+    ssh_key key = NULL;
+    if (access(path, F_OK) != 0) {
+        if (ssh_pki_generate(SSH_KEYTYPE_ED25519, 0, &key) != SSH_OK) return KNIT_EFAILED;
+        mode_t old = umask(077);
+        int rc = ssh_pki_export_privkey_file(key, NULL, NULL, NULL, path);
+        umask(old);
+        if (rc != SSH_OK) {
+            ssh_key_free(key);
+            KNIT_ERROR("manhole", "ssh: cannot write host key %s", path);
+            return KNIT_EACCES;
+        }
+        KNIT_INFO("manhole", "ssh: generated host key %s", path);
+    } else if (ssh_pki_import_privkey_file(path, NULL, NULL, NULL, &key) != SSH_OK) {
+        KNIT_ERROR("manhole", "ssh: cannot read host key %s", path);
+        return KNIT_EINVAL;
+    }
+    *fp_out = key_fingerprint(key);
+    ssh_key_free(key);
+    return 0;
+}
+
+int knit__manhole_ssh_listen(knit_manhole *m, const knit_endpoint_desc *d, void **out)
+{
+    *out = NULL;
+    const char *port_s = knit_endpoint_desc_get(d, "port");
+    if (!port_s && d->nargs > 0) port_s = d->args[0];
+    char *end = NULL;
+    long port = port_s ? strtol(port_s, &end, 10) : -1;
+    if (!port_s || *end || port < 0 || port > 65535) {
+        KNIT_ERROR("manhole", "ssh: endpoint needs a port 0-65535 (ssh:PORT:...)");
+        return KNIT_EBADENDPOINT;
+    }
+    const char *iface = knit_endpoint_desc_get(d, "interface");
+    if (!iface) iface = "127.0.0.1";
+    const char *hostkey = knit_endpoint_desc_get(d, "hostKey");
+    if (!hostkey) hostkey = SSH_DEFAULT_HOSTKEY;
+    const char *auth = knit_endpoint_desc_get(d, "authorizedKeys");
+    char authbuf[4096];
+    if (!auth) {
+        const char *home = getenv("HOME");
+        snprintf(authbuf, sizeof authbuf, "%s/.ssh/authorized_keys", home ? home : "");
+        auth = authbuf;
+    }
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    if (inet_pton(AF_INET, iface, &sa.sin_addr) != 1) {
+        KNIT_ERROR("manhole", "ssh: interface %s: expected an IPv4 address", iface);
+        return KNIT_EBADENDPOINT;
+    }
+    /* KNIT_MANHOLE_SSH_DEBUG=1..4: libssh's own protocol log on stderr */
+    const char *dbg = getenv("KNIT_MANHOLE_SSH_DEBUG");
+    if (dbg && *dbg) ssh_set_log_level(atoi(dbg));
+    char *fp = NULL;
+    int rc = ensure_host_key(hostkey, &fp);
+    if (rc < 0) return rc;
+
+    ssh_listener *ls = calloc(1, sizeof *ls);
+    if (!ls) {
+        ssh_string_free_char(fp);
+        return KNIT_ENOMEM;
+    }
+    ls->m = m;
+    ls->fd = -1;
+    ls->auth_path = strdup(auth);
+    ls->bind = ssh_bind_new();
+    rc = KNIT_ENOMEM;
+    if (!ls->auth_path || !ls->bind) goto fail;
+    rc = KNIT_EINVAL;
+    if (ssh_bind_options_set(ls->bind, SSH_BIND_OPTIONS_HOSTKEY, hostkey) != SSH_OK) goto fail;
+    ls->fd = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+    int one = 1;
+    if (ls->fd < 0 || setsockopt(ls->fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one) < 0 ||
+        bind(ls->fd, (struct sockaddr *)&sa, sizeof sa) < 0 || listen(ls->fd, 64) < 0) {
+        rc = -errno;
+        KNIT_ERROR("manhole", "ssh: cannot listen on %s:%ld: %s", iface, port, strerror(errno));
+        goto fail;
+    }
+    socklen_t salen = sizeof sa;
+    getsockname(ls->fd, (struct sockaddr *)&sa, &salen);
+    m->ssh_port = ntohs(sa.sin_port);
+    char desc[128];
+    snprintf(desc, sizeof desc, "ssh:%d:interface=%s", m->ssh_port, iface);
+    ls->desc = strdup(desc);
+    knit_io_init(m->r, &ls->io, ls->fd, on_accept, ls);
+    rc = knit_io_start(&ls->io, KNIT_READABLE);
+    if (rc < 0 || !ls->desc) goto fail;
+    knit_log_kv(KNIT_LOG_INFO, "manhole", "ssh listening", "endpoint", desc, "host_key", hostkey,
+                "fingerprint", fp ? fp : "?", "authorized_keys", auth, NULL);
+    ssh_string_free_char(fp);
+    *out = ls;
+    return 0;
+fail:
+    if (fp) ssh_string_free_char(fp);
+    if (ls->fd >= 0) close(ls->fd);
+    if (ls->bind) ssh_bind_free(ls->bind);
+    free(ls->auth_path);
+    free(ls->desc);
+    free(ls);
+    return rc;
+}
+
+void knit__manhole_ssh_close(void *ssh)
+{
+    ssh_listener *ls = ssh;
+    if (!ls) return;
+    while (ls->conns)
+        conn_free(ls->conns);
+    knit_io_stop(&ls->io);
+    close(ls->fd);
+    ssh_bind_free(ls->bind);
+    free(ls->auth_path);
+    free(ls->desc);
+    free(ls);
+}

@@ -251,6 +251,111 @@ def _(env):
     check('code="return \'audit me\'" result=ok' in log, log[-2000:])
 
 
+def ssh_cmd(env, key, *extra, port=None):
+    return ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
+            "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+            "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+            "-p", str(port or env.demo2.ssh_port)] + (["-i", key] if key else []) + \
+        list(extra)
+
+
+def ssh(env, key, *args, input=None):
+    return subprocess.run(ssh_cmd(env, key, *args), input=input, capture_output=True,
+                          text=True, timeout=TIMEOUT)
+
+
+@case("ssh: exec with the test key evaluates, exit status says whether it failed")
+def _(env):
+    r = ssh(env, env.key, "127.0.0.1", "return demo.bump(1) > 0, 'via ssh'")
+    check(r.returncode == 0, "rc %d %s" % (r.returncode, r.stderr))
+    check(r.stdout == 'true\t"via ssh"\n', repr(r.stdout))
+    r = ssh(env, env.key, "127.0.0.1", "error('boom')")
+    check(r.returncode == 1 and "input:1: boom" in r.stdout, "%d %r" % (r.returncode, r.stdout))
+    log = env.demo2.log()
+    check('who="key=SHA256:' in log and "mode=exec" in log, "ssh connection not logged")
+
+
+@case("ssh: lines piped without a pty (multi-line chunk)")
+def _(env):
+    r = ssh(env, env.key, "-T", "127.0.0.1",
+            input="t = {}\nfor i = 1, 3 do\n  t[i] = i * i\nend\nprint(#t)\n{1, 2}\n")
+    check(r.returncode == 0, "rc %d %s" % (r.returncode, r.stderr))
+    check(r.stdout == "3\n{1, 2}\n", repr(r.stdout))
+
+
+@case("ssh: a key not in authorized_keys is refused (and logged)")
+def _(env):
+    r = ssh(env, env.wrong_key, "127.0.0.1", "return 1")
+    check(r.returncode == 255 and "Permission denied" in r.stderr, "%d %s" % (r.returncode,
+                                                                             r.stderr))
+    check(r.stdout == "", r.stdout)
+
+
+@case("ssh: password authentication is refused")
+def _(env):
+    r = ssh(env, None, "-o", "PreferredAuthentications=password,keyboard-interactive",
+            "-o", "PubkeyAuthentication=no", "127.0.0.1", "return 1")
+    check(r.returncode == 255, "rc %d" % r.returncode)
+    check("Permission denied (publickey)" in r.stderr, r.stderr)
+
+
+@case("ssh: host key generated on first start (mode 600), fingerprint logged")
+def _(env):
+    st = os.stat(env.host_key)
+    check(st.st_mode & 0o777 == 0o600, "mode %o" % (st.st_mode & 0o777))
+    log = env.demo2.log()
+    check("generated host key" in log and "fingerprint=SHA256:" in log, "no fingerprint")
+    fp = subprocess.run(["ssh-keygen", "-l", "-f", env.host_key], capture_output=True,
+                        text=True).stdout.split()[1]
+    check("fingerprint=" + fp in log, "fingerprint differs from ssh-keygen's " + fp)
+
+
+@case("ssh: Ctrl-C in a pty interrupts `while true do end`; the session goes on")
+def _(env):
+    import pty
+    import select
+    pid, fd = pty.fork()
+    if pid == 0:
+        cmd = ssh_cmd(env, env.key, "-tt", "127.0.0.1")
+        os.execvp(cmd[0], cmd)
+
+    def read_until(marker, t=TIMEOUT):
+        out = b""
+        end = time.time() + t
+        while marker not in out and time.time() < end:
+            r, _, _ = select.select([fd], [], [], 0.1)
+            if r:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:
+                    break
+        return out.decode(errors="replace")
+    try:
+        check("> " in read_until(b"> "), "no prompt")
+        os.write(fd, b"while true do end\r")
+        time.sleep(0.5)
+        check(env.demo2.ping(timeout=0.3) is None, "unreachable")
+    except (socket.timeout, TimeoutError):
+        pass  # expected: the reactor is busy until the interrupt
+    try:
+        os.write(fd, b"\x03")
+        out = read_until(b"> ")
+        check("interrupted by user" in out, out)
+        os.write(fd, b"6 * 7\r")
+        out = read_until(b"42")
+        check("42" in out, out)
+        check(env.demo2.ping() == "pong", "no pong after the interrupt")
+        os.write(fd, b"\x04")
+        read_until(b"\n", 2)
+    finally:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        os.waitpid(pid, 0)
+        os.close(fd)
+
+
 def main():
     for p in (DEMO, CLIENT):
         if not os.path.exists(p):
@@ -268,8 +373,19 @@ def main():
         env.unlimited = os.path.join(work, "unlimited.manhole")
         env.open_sock = os.path.join(work, "open.manhole")
         env.demo = Demo(work, "demo", "-m", "unix:" + env.sock, "-b", "300000000")
+        env.key = os.path.join(work, "id_test")
+        env.wrong_key = os.path.join(work, "id_wrong")
+        for k in (env.key, env.wrong_key):
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test",
+                            "-f", k], check=True)
+        auth = os.path.join(work, "authorized_keys")
+        with open(env.key + ".pub") as src, open(auth, "w") as dst:
+            dst.write("# test key\n" + src.read())
+        env.host_key = os.path.join(work, "host_key")
         env.demo2 = Demo(work, "demo2", "-m", "unix:" + env.unlimited, "-b", "0",
-                         "-m", "unix:%s:mode=666" % env.open_sock)
+                         "-m", "unix:%s:mode=666" % env.open_sock,
+                         "-m", "ssh:0:interface=127.0.0.1:hostKey=%s:authorizedKeys=%s"
+                         % (env.host_key, auth))
         try:
             for name, fn in results:
                 try:
