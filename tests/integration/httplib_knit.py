@@ -44,6 +44,18 @@ class Server:
         self.stop()
         if self.proc.poll() is None:
             self.proc.kill()
+        self.check_stderr()
+
+    def check_stderr(self):
+        """Fail on sanitizer reports (ASan/UBSan/LSan builds) or a crash."""
+        if self.proc.poll() is None:
+            return
+        err = self.proc.stderr.read()
+        for marker in ("AddressSanitizer", "LeakSanitizer", "runtime error:", "ThreadSanitizer"):
+            if marker in err:
+                raise AssertionError("knit-hello reported:\n" + err[-3000:])
+        if self.proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
+            raise AssertionError("knit-hello exited with %s:\n%s" % (self.proc.returncode, err[-2000:]))
 
 
 def recv_response(sock, head_only=False):
