@@ -22,6 +22,9 @@
 #include "knit/flag.h"
 #include "knit/log.h"
 #include "knit/manhole.h"
+#include "knit/metrics.h"
+#include "knit/pool.h"
+#include "knit/task.h"
 #include "knit/reactor.h"
 #include "knit/stream.h"
 
@@ -83,6 +86,28 @@ void demo_heartbeat(knit_reactor *r, void *arg)
 }
 
 static knit_manhole *mh;
+static uint64_t ticks;
+
+/* The LoopingCall "tick" that loops() shows. */
+static void tick(knit_result *res, void *arg) { ticks++; }
+
+static void slow_job(knit_result *res, void *arg)
+{
+    usleep(1000 * (useconds_t)(uintptr_t)arg);
+}
+
+/* demo.work(ms) -> a Deferred that fires when a pool job sleeping MS is done */
+static knit_pool *pool;
+
+static int l_work(lua_State *L)
+{
+    lua_Integer ms = luaL_optinteger(L, 1, 10);
+    knit_deferred *d;
+    int rc = knit_defer_to_thread(pool, slow_job, (void *)(uintptr_t)ms, &d);
+    if (rc < 0) return luaL_error(L, "pool refused the job: %s", knit_strerror(rc));
+    knit_manhole_push_deferred(L, d, NULL, NULL);
+    return 1;
+}
 
 /* A few flags so that flags() and flags.set() have something to show. They
  * keep their defaults (the command line above is getopt's). */
@@ -157,6 +182,26 @@ int main(int argc, char **argv)
         return 1;
     }
     knit_manhole_attach_flags(mh, fs);
+
+    knit_pool_options po;
+    knit_pool_options_init(&po);
+    po.name = "demo";
+    po.max_threads = 2;
+    if (knit_pool_new(&pool, r, &po) < 0) {
+        fprintf(stderr, "knit-manhole-demo: cannot start the pool\n");
+        return 1;
+    }
+    knit_manhole_attach_pool(mh, pool);
+    knit_looping_call *lc;
+    knit_looping_call_new(&lc, r, tick, NULL);
+    knit_looping_call_start(lc, KNIT_MSEC(100), false, NULL);
+    knit_manhole_attach_loop(mh, "tick", lc);
+    knit_metrics *metrics;
+    knit_metrics_new(&metrics);
+    knit_metrics_add_reactor(metrics, r);
+    knit_manhole_attach_metrics(mh, metrics);
+    knit_manhole_register_fn(mh, "demo.work", l_work, NULL,
+                             "demo.work([ms]) -> deferred: a pool job sleeping ms");
     knit_manhole_register_fn(mh, "demo.count", l_count, NULL, "demo.count() -> the counter");
     knit_manhole_register_fn(mh, "demo.bump", l_bump, NULL,
                              "demo.bump([n]) -> add n (default 1) to the counter");
@@ -183,6 +228,10 @@ int main(int argc, char **argv)
     knit_timer_cancel(r, heartbeat);
     knit_manhole_free(mh);
     knit_flags_free(fs);
+    knit_looping_call_free(lc);
+    knit_metrics_remove_reactor(metrics, r);
+    knit_metrics_free(metrics);
+    knit_pool_free(pool);
     knit_listener_close(pl, true);
     /* let aborted connections deliver connection_lost */
     for (int i = 0; i < 10; i++)

@@ -204,6 +204,7 @@ void knit_manhole_setfield_bool(lua_State *L, int idx, const char *k, bool v);
  *   knit_manhole_attach_flags   flags(), flags.set(name, value)
  *   knit_manhole_attach_pool    pool.stats([name]), pool.list()
  *   knit_manhole_attach_loop    loops(), loops.stop(name), loops.start(name)
+ *   knit_manhole_attach_metrics metrics([prefix]), metrics.text()
  * A binding whose module is not linked into the program (or whose object
  * was never attached) raises a clear error instead. Returns 0, KNIT_ENOMEM,
  * KNIT_EEXIST for a loop name already attached. */
@@ -211,7 +212,9 @@ typedef struct knit_flags knit_flags;
 typedef struct knit_pool knit_pool;
 typedef struct knit_looping_call knit_looping_call;
 typedef struct knit_deferred knit_deferred;
+typedef struct knit_metrics knit_metrics;
 
+void knit_manhole_attach_metrics(knit_manhole *m, knit_metrics *mx);
 void knit_manhole_attach_flags(knit_manhole *m, knit_flags *fs);
 int knit_manhole_attach_pool(knit_manhole *m, knit_pool *p);
 void knit_manhole_detach_pool(knit_manhole *m, knit_pool *p);

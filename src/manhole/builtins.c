@@ -1,15 +1,15 @@
 /* builtins.c — the bindings every manhole has: reactor.*, log.level,
- * flags(), pool.*, loops(). Runs on the reactor thread like every binding.
+ * flags(), pool.*, loops(), metrics(). Runs on the reactor thread like every
+ * binding.
  *
- * Modules that a program may not link (pool, task) are referenced through
- * weak symbols: a program that never created a pool has no pool to show,
- * and the binding says "not linked into this program" instead of the
- * library forcing the module in. (Also lets the manhole build before those
- * modules land; see docs/requests/manhole-needs.md.)
+ * Modules a program may not link (pool, task from the loop layer; flag and
+ * metrics from the app layer, which sits above the manhole in DESIGN.md's
+ * layering) are referenced through weak symbols: a program that never
+ * created a pool has no pool to show, and the binding says "not linked into
+ * this program" instead of the library forcing the module in.
  *
- * Not bound yet, with the reason, in help(): metrics() (needs knit/metrics.h
- * to land), connections()/close(id) (needs a connection registry in
- * streams — requested).
+ * Not bound yet, with the reason, in help(): connections()/close(id) (needs
+ * a connection registry in streams — docs/requests/manhole-needs.md).
  */
 #include "manhole/internal.h"
 
@@ -21,6 +21,7 @@
 #include "knit/error.h"
 #include "knit/flag.h"
 #include "knit/log.h"
+#include "knit/metrics.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
 #include "knit/task.h"
@@ -33,6 +34,17 @@
 #pragma weak knit_looping_call_stop
 #pragma weak knit_looping_call_start
 #pragma weak knit_deferred_unref
+#pragma weak knit_flags_find
+#pragma weak knit_flags_set
+#pragma weak knit_flags_error
+#pragma weak knit_flags_visit
+#pragma weak knit_flag_def_of
+#pragma weak knit_flag_group
+#pragma weak knit_flag_source_of
+#pragma weak knit_flag_origin
+#pragma weak knit_flag_format
+#pragma weak knit_flag_type_name
+#pragma weak knit_metrics_expose
 
 static knit_manhole *mh_of(lua_State *L) { return knit_manhole_of(L); }
 
@@ -172,6 +184,7 @@ static int l_reactor_timers(lua_State *L)
 static knit_flags *need_flags(lua_State *L)
 {
     knit_manhole *m = mh_of(L);
+    if (!knit_flags_visit) luaL_error(L, "the flag module is not linked into this program");
     if (!m || !m->flags)
         luaL_error(L, "no flag set attached (knit_manhole_attach_flags)");
     return m->flags;
@@ -467,6 +480,99 @@ void knit__manhole_free_attachments(knit_manhole *m)
     m->nloops = m->npools = 0;
 }
 
+/* ---- metrics --------------------------------------------------------------------- */
+
+static knit_metrics *need_metrics(lua_State *L)
+{
+    knit_manhole *m = mh_of(L);
+    if (!knit_metrics_expose) luaL_error(L, "the metrics module is not linked into this program");
+    if (!m || !m->metrics) luaL_error(L, "no metrics registry attached (knit_manhole_attach_metrics)");
+    return m->metrics;
+}
+
+/* A malloc'd pointer owned by a userdata, so that a Lua error (memory)
+ * between malloc and free cannot leak it: __gc frees what is left. */
+static int cbox_gc(lua_State *L)
+{
+    void **box = lua_touserdata(L, 1);
+    free(*box);
+    *box = NULL;
+    return 0;
+}
+
+static void **push_cbox(lua_State *L)
+{
+    void **box = lua_newuserdatauv(L, sizeof *box, 0);
+    *box = NULL;
+    if (luaL_newmetatable(L, "knit.manhole.cbox")) {
+        lua_pushcfunction(L, cbox_gc);
+        lua_setfield(L, -2, "__gc");
+    }
+    lua_setmetatable(L, -2);
+    return box;
+}
+
+/* Push the exposition text as a Lua string. */
+static void push_exposition(lua_State *L)
+{
+    knit_metrics *mx = need_metrics(L);
+    void **box = push_cbox(L);
+    size_t len = 0;
+    int rc = knit_metrics_expose(mx, (char **)box, &len);
+    if (rc < 0) luaL_error(L, "metrics: %s", knit_strerror(rc));
+    lua_pushlstring(L, *box, len);
+    free(*box);
+    *box = NULL;
+    lua_remove(L, -2);
+}
+
+/* metrics([prefix]) -> {["series{labels}"] = value, ...} */
+static int l_metrics(lua_State *L)
+{
+    size_t plen = 0;
+    const char *prefix = luaL_optlstring(L, 1, "", &plen);
+    push_exposition(L);
+    size_t len;
+    const char *text = lua_tolstring(L, -1, &len);
+    lua_newtable(L);
+    const char *p = text, *end = text + len;
+    while (p < end) {
+        const char *nl = memchr(p, '\n', (size_t)(end - p));
+        const char *le = nl ? nl : end;
+        if (le > p && *p != '#' && (plen == 0 || ((size_t)(le - p) >= plen &&
+                                                 memcmp(p, prefix, plen) == 0))) {
+            const char *sp = le;
+            while (sp > p && sp[-1] != ' ')
+                sp--;
+            if (sp > p + 1) {
+                char num[64];
+                size_t nn = (size_t)(le - sp) < sizeof num - 1 ? (size_t)(le - sp) : sizeof num - 1;
+                memcpy(num, sp, nn);
+                num[nn] = 0;
+                lua_pushlstring(L, p, (size_t)(sp - 1 - p));
+                char *e;
+                double v = strtod(num, &e);
+                if (e != num && v == (double)(lua_Integer)v && v > -9e15 && v < 9e15)
+                    lua_pushinteger(L, (lua_Integer)v);
+                else
+                    lua_pushnumber(L, v);
+                lua_rawset(L, -3);
+            }
+        }
+        p = le + 1;
+    }
+    return 1;
+}
+
+/* metrics.text() -> the Prometheus exposition text */
+static int l_metrics_text(lua_State *L)
+{
+    push_exposition(L);
+    return 1;
+}
+
+void knit_manhole_attach_metrics(knit_manhole *m, knit_metrics *mx) { m->metrics = mx; }
+
 /* ---- gaps ------------------------------------------------------------------------ */
 
 static int l_not_yet(lua_State *L)
@@ -501,8 +607,8 @@ int knit__manhole_register_builtins(knit_manhole *m)
         {"loops.stop", l_loops_stop, "loops.stop(name) -> stop a LoopingCall", NULL},
         {"loops.start", l_loops_start,
          "loops.start(name[, seconds]) -> start it again (last interval by default)", NULL},
-        {"metrics", l_not_yet, "metrics() -> snapshot (not yet: waits for knit/metrics.h)",
-         "metrics() is not available yet: the metrics module has not landed"},
+        {"metrics", l_metrics, "metrics([prefix]) -> {series = value} snapshot", NULL},
+        {"metrics.text", l_metrics_text, "metrics.text() -> Prometheus exposition text", NULL},
         {"connections", l_not_yet,
          "connections() -> open connections (not yet: streams has no connection registry)",
          "connections() is not available yet: streams exposes no connection registry"},

@@ -48,6 +48,7 @@ struct knit_manhole {
     size_t nconns;
     int ssh_port;
     knit_flags *flags;
+    knit_metrics *metrics;
     mh_pool_ref *pools;
     size_t npools;
     mh_loop_ref *loops;

@@ -52,7 +52,8 @@ class Demo:
         raise RuntimeError("demo did not start")
 
     def log(self):
-        self.err.flush()
+        if not self.err.closed:
+            self.err.flush()
         with open(self.err_path) as f:
             return f.read()
 
@@ -174,6 +175,31 @@ def _(env):
     r = client(env.sock, "-e",
                "for _, t in ipairs(reactor.timers()) do print(t.callback) end")
     check("demo_heartbeat" in r.stdout, r.stdout)
+
+
+@case("pool.stats(), loops() with stop/start, metrics(), await on a pool job")
+def _(env):
+    r = client(env.sock, "-e", "return pool.stats()")
+    check(r.returncode == 0, "rc %d %s" % (r.returncode, r.stdout))
+    check('name = "demo"' in r.stdout and "wait_hist" in r.stdout and "busy" in r.stdout,
+          r.stdout)
+    r = client(env.sock, "-e", "await(demo.work, 50)")
+    check(r.returncode == 0 and "await #1: nil" in r.stdout, r.stdout)
+    r = client(env.sock, "-e", "return pool.stats().completed >= 1")
+    check(r.stdout == "true\n", r.stdout)
+    r = client(env.sock, "-e", "return loops().tick.running, loops().tick.interval")
+    check(r.stdout == "true\t0.1\n", repr(r.stdout))
+    r = client(env.sock, "-e", "loops.stop('tick') return loops().tick.running")
+    check(r.stdout == "false\n", r.stdout)
+    r = client(env.sock, "-e", "loops.start('tick') return loops().tick.running")
+    check(r.stdout == "true\n", r.stdout)
+    r = client(env.sock, "-e", "loops.stop('nope')")
+    check(r.returncode == 1 and "no LoopingCall named" in r.stdout, r.stdout)
+    r = client(env.sock, "-e", "local m = metrics('knit_reactor') local n = 0 "
+               "for k, v in pairs(m) do n = n + 1 end return n > 0")
+    check(r.stdout == "true\n", r.stdout + r.stderr)
+    r = client(env.sock, "-e", "return metrics.text():find('# TYPE', 1, true) ~= nil")
+    check(r.stdout == "true\n", r.stdout)
 
 
 @case("budget interrupts `while true do end`; the service keeps serving")

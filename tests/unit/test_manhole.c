@@ -13,7 +13,9 @@
 #include "knit/flag.h"
 #include "knit/log.h"
 #include "knit/manhole.h"
+#include "knit/metrics.h"
 #include "knit/reactor.h"
+#include "knit/task.h"
 
 typedef struct out {
     char buf[1 << 17];
@@ -634,13 +636,64 @@ static void test_flags_bindings(void **state)
     knit_flags_free(fs);
 }
 
+static int ticks;
+static void tick(knit_result *res, void *arg) { ticks++; }
+
+static void test_loops_bindings(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    knit_looping_call *lc;
+    assert_int_equal(knit_looping_call_new(&lc, f->r, tick, NULL), 0);
+    assert_int_equal(knit_looping_call_start(lc, KNIT_SEC(2), false, NULL), 0);
+    assert_int_equal(knit_manhole_attach_loop(f->m, "sweep", lc), 0);
+    assert_int_equal(knit_manhole_attach_loop(f->m, "sweep", lc), KNIT_EEXIST);
+    assert_int_equal(rfeed(f, "loops()"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "{\n  sweep = {interval = 2.0, running = true}\n}\n");
+    assert_int_equal(rfeed(f, "loops.stop('sweep')"), KNIT_MANHOLE_OK);
+    assert_false(knit_looping_call_running(lc));
+    assert_int_equal(rfeed(f, "loops.stop('sweep')"), KNIT_MANHOLE_FAILED);
+    assert_int_equal(rfeed(f, "loops.start('sweep', 0.5)"), KNIT_MANHOLE_OK);
+    assert_true(knit_looping_call_running(lc));
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(1)), 0);
+    assert_true(ticks >= 1);
+    knit_manhole_detach_loop(f->m, lc);
+    assert_int_equal(rfeed(f, "loops()"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "{}\n");
+    knit_looping_call_free(lc);
+    rfx_free(f);
+}
+
+static void test_metrics_bindings(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    knit_metrics *mx;
+    assert_int_equal(knit_metrics_new(&mx), 0);
+    knit_counter *c = knit_counter_new(mx, "jobs_total", "Jobs.");
+    knit_gauge *g = knit_gauge_new(mx, "temp", "Temperature.");
+    knit_counter_add(c, 3);
+    knit_gauge_set(g, 21.5);
+    assert_int_equal(rfeed(f, "metrics()"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "no metrics registry attached"));
+    knit_manhole_attach_metrics(f->m, mx);
+    assert_int_equal(rfeed(f, "metrics()"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "{jobs_total = 3, temp = 21.5}\n");
+    assert_int_equal(rfeed(f, "metrics('temp')"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "{temp = 21.5}\n");
+    assert_int_equal(rfeed(f, "metrics.text():match('# TYPE jobs_total counter') ~= nil"),
+                     KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "true\n");
+    rfx_free(f);
+    knit_metrics_free(mx);
+}
+
 static void test_gaps_say_why(void **state)
 {
     fx *f = *state;
-    assert_int_equal(feed(f, "metrics()"), KNIT_MANHOLE_FAILED);
+    assert_int_equal(feed(f, "connections()"), KNIT_MANHOLE_FAILED);
     assert_non_null(strstr(f->o.buf, "not available yet"));
     assert_int_equal(feed(f, "pool.stats()"), KNIT_MANHOLE_FAILED);
-    assert_int_equal(feed(f, "loops()"), KNIT_MANHOLE_FAILED);
     assert_int_equal(feed(f, "reactor.stats()"), KNIT_MANHOLE_FAILED);
     assert_non_null(strstr(f->o.buf, "no reactor"));
 }
@@ -670,6 +723,8 @@ int main(void)
         cmocka_unit_test(test_await_outlived_by_deferred),
         cmocka_unit_test(test_reactor_bindings),
         cmocka_unit_test(test_flags_bindings),
+        cmocka_unit_test(test_loops_bindings),
+        cmocka_unit_test(test_metrics_bindings),
         cmocka_unit_test_setup_teardown(test_gaps_say_why, setup, teardown),
     };
     return KNIT_RUN_TESTS(tests);
