@@ -8,6 +8,13 @@
  *     --source BYTES    instead of echoing, send BYTES to each client with
  *                       producer flow control, then close (slow-reader test)
  *     --line            line mode: echo each "\n"-terminated line (max 1024)
+ *     --http            answer each request head with a tiny HTTP/1.1 200 "knit\n"
+ *                       and close (for curl over ssl:)
+ *
+ *   knit-stream-echo --connect CLIENT-ENDPOINT [--send TEXT] [--seconds N]
+ *       Client mode: connect, send TEXT (default "hello\n"), print what
+ *       comes back until the peer closes or TEXT's length arrived; prints
+ *       "connected KIND alpn=… resumed=…" first, or "connect failed: …".
  *
  * Prints "listening ADDRESS" for each endpoint once ready, then, on SIGTERM /
  * SIGINT / --seconds, a final line:
@@ -23,6 +30,7 @@
 #include "knit/endpoint.h"
 #include "knit/error.h"
 #include "knit/log.h"
+#include "knit/tls.h"
 
 typedef struct echo {
     knit_protocol proto;
@@ -31,7 +39,7 @@ typedef struct echo {
 } echo;
 
 static size_t source_bytes, max_outbuf, open_conns;
-static bool line_mode;
+static bool line_mode, http_mode;
 static uint64_t closes[KNIT_CLOSE__COUNT];
 static knit_listener *listeners[16];
 static int nlisteners;
@@ -69,6 +77,15 @@ static void data(knit_protocol *p, knit_buf *in)
 {
     if (source_bytes) {
         knit_buf_consume(in, knit_buf_len(in));
+        return;
+    }
+    if (http_mode) {
+        if (knit_buf_find(in, 0, '\n') < 0) return; /* good enough for curl's request head */
+        static const char resp[] = "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nConnection: close\r\n"
+                                   "Content-Type: text/plain\r\n\r\nknit\n";
+        knit_buf_consume(in, knit_buf_len(in));
+        knit_transport_write(p->transport, resp, sizeof resp - 1);
+        knit_transport_lose_connection(p->transport);
         return;
     }
     if (line_mode) {
@@ -125,6 +142,74 @@ static long rss_kb(void)
     return kb;
 }
 
+/* ---- client mode ---------------------------------------------------------- */
+static const char *connect_desc, *send_text = "hello\n";
+static int client_rc = 1;
+static size_t client_got;
+
+static void cl_made(knit_protocol *p)
+{
+    char alpn[64] = "";
+    knit_tls_alpn(p->transport, alpn, sizeof alpn);
+    printf("connected %s alpn=%s resumed=%d\n", knit_transport_kind(p->transport), alpn,
+           (int)knit_tls_session_reused(p->transport));
+    fflush(stdout);
+    knit_transport_write(p->transport, send_text, strlen(send_text));
+}
+
+static void cl_data(knit_protocol *p, knit_buf *in)
+{
+    fwrite(knit_buf_data(in), 1, knit_buf_len(in), stdout);
+    fflush(stdout);
+    client_got += knit_buf_len(in);
+    knit_buf_consume(in, knit_buf_len(in));
+    if (client_got >= strlen(send_text)) knit_transport_lose_connection(p->transport);
+}
+
+static void cl_lost(knit_protocol *p, knit_close_reason reason, int err)
+{
+    printf("\nclosed %s\n", knit_close_reason_name(reason));
+    client_rc = 0;
+    free(p);
+    knit_reactor_stop(R);
+}
+
+static const knit_protocol_ops cl_ops = {cl_made, cl_data, NULL, cl_lost, NULL, NULL};
+
+static knit_protocol *cl_build(knit_protocol_factory *f, const knit_sockaddr *peer)
+{
+    knit_protocol *p = calloc(1, sizeof *p);
+    if (p) p->ops = &cl_ops;
+    return p;
+}
+
+static void cl_done(knit_connect *c, knit_protocol *p, int err, void *arg)
+{
+    if (err) {
+        printf("connect failed: %s %s\n", knit_err_name(err),
+               err == KNIT_ETLS ? knit_tls_last_error() : knit_strerror(err));
+        fflush(stdout);
+        knit_reactor_stop(R);
+    }
+}
+
+static void cl_timeout(knit_reactor *r, void *arg) { knit_reactor_stop(r); }
+
+static int client_main(const char *desc, long seconds)
+{
+    signal(SIGPIPE, SIG_IGN);
+    if (knit_reactor_new(&R, NULL) < 0) return 1;
+    static knit_protocol_factory f = {cl_build, NULL};
+    char err[KNIT_ENDPOINT_ERRLEN];
+    if (knit_endpoint_connect(R, desc, &f, NULL, cl_done, NULL, NULL, err, sizeof err) < 0) {
+        printf("connect failed: %s\n", err);
+        return 1;
+    }
+    knit_call_later(R, KNIT_SEC(seconds), cl_timeout, NULL);
+    knit_reactor_run(R);
+    return client_rc;
+}
+
 static void on_stop(knit_reactor *r, int signo, void *arg) { knit_reactor_stop(r); }
 static void on_timer(knit_reactor *r, void *arg) { knit_reactor_stop(r); }
 static void on_usr1(knit_reactor *r, int signo, void *arg)
@@ -159,6 +244,9 @@ int main(int argc, char **argv)
         else if (!strcmp(argv[i], "--source") && i + 1 < argc)
             source_bytes = (size_t)atoll(argv[++i]);
         else if (!strcmp(argv[i], "--line")) line_mode = true;
+        else if (!strcmp(argv[i], "--http")) http_mode = true;
+        else if (!strcmp(argv[i], "--connect") && i + 1 < argc) connect_desc = argv[++i];
+        else if (!strcmp(argv[i], "--send") && i + 1 < argc) send_text = argv[++i];
         else if (!strcmp(argv[i], "--nofile") && i + 1 < argc) {
             struct rlimit rl;
             getrlimit(RLIMIT_NOFILE, &rl);
@@ -169,6 +257,7 @@ int main(int argc, char **argv)
             return 2;
         }
     }
+    if (connect_desc) return client_main(connect_desc, seconds);
     if (i >= argc) {
         fprintf(stderr, "usage: knit-stream-echo [options] ENDPOINT...\n");
         return 2;
