@@ -202,6 +202,54 @@ def _(env):
     check(r.stdout == "true\n", r.stdout)
 
 
+@case("interactive knit-manhole on a pty: history file, await output at the prompt, Ctrl-C")
+def _(env):
+    import pty
+    import select
+    home = os.path.join(env.work, "home")
+    os.makedirs(home, exist_ok=True)
+    pid, fd = pty.fork()
+    if pid == 0:
+        os.environ["HOME"] = home
+        os.execv(CLIENT, [CLIENT, env.sock])
+
+    def read_until(marker, t=TIMEOUT):
+        out = b""
+        end = time.time() + t
+        while marker not in out and time.time() < end:
+            r, _, _ = select.select([fd], [], [], 0.05)
+            if r:
+                try:
+                    out += os.read(fd, 4096)
+                except OSError:
+                    break
+        return out.decode(errors="replace")
+    try:
+        check("> " in read_until(b"> "), "no prompt")
+        os.write(fd, b"1 + 2\r")
+        check("3" in read_until(b"3\r\n> "), "no result")
+        os.write(fd, b"await(later(0.3, 'pong'))\r")
+        out = read_until(b'await #1: "pong"')
+        check('await #1: "pong"' in out, out)
+        os.write(fd, b"for i = 1, 2 do\r")
+        check(">> " in read_until(b">> "), "no continuation prompt")
+        os.write(fd, b"\x03")
+        read_until(b"> ")
+        os.write(fd, b"'fresh'\r")
+        out = read_until(b'"fresh"')
+        check('"fresh"' in out and "error" not in out, out)
+        os.write(fd, b"\x04")
+        _, st = os.waitpid(pid, 0)
+        pid = None
+        check(os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, "exit status %r" % st)
+        check(os.path.exists(os.path.join(home, ".knit_manhole_history")), "no history file")
+    finally:
+        if pid:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(fd)
+
+
 @case("budget interrupts `while true do end`; the service keeps serving")
 def _(env):
     t0 = time.time()
@@ -395,6 +443,7 @@ def main():
         class Env:
             pass
         env = Env()
+        env.work = work
         env.sock = os.path.join(work, "demo.manhole")
         env.unlimited = os.path.join(work, "unlimited.manhole")
         env.open_sock = os.path.join(work, "open.manhole")

@@ -114,9 +114,12 @@ static const char *until_status(void)
     return NULL;
 }
 
+static volatile sig_atomic_t interrupted;
+
 static void on_sigint(int sig)
 {
     (void)sig;
+    if (!waiting) interrupted = 1;
     if (sock >= 0) {
         static const char cc[] = "\x03\n";
         ssize_t w = write(sock, cc, 2);
@@ -203,16 +206,27 @@ static int feed_stdin(void)
     return status;
 }
 
-/* Show await() output that arrived while we were at the prompt. */
-static void drain_async(void)
+/* ---- interactive: libedit in callback mode, so that await() output that
+ * arrives while the user sits at the prompt is shown at once ---------------- */
+
+static char *entered;                    /* the line libedit completed */
+static bool input_eof;
+
+static void on_line(char *line)
 {
-    struct pollfd p = {.fd = sock, .events = POLLIN};
-    while (rlen > 0 || poll(&p, 1, 0) > 0) {
-        if (!(p.revents & POLLIN) && rlen == 0) break;
-        const char *st = until_status();
-        if (!st || strncmp(st, "await", 5) != 0) break;
-        p.revents = 0;
-    }
+    if (!line) input_eof = true;
+    entered = line;
+}
+
+/* Server output arrived while idle at the prompt: an await() fired. */
+static bool show_async(const char *prompt)
+{
+    fputs("\r\033[K", stdout); /* clear the prompt line; output goes above it */
+    const char *st = until_status();
+    if (!st) return false;
+    rl_forced_update_display();
+    (void)prompt;
+    return true;
 }
 
 static int interactive(void)
@@ -225,12 +239,41 @@ static int interactive(void)
     }
     const char *prompt = "> ";
     int status = 0;
+    rl_callback_handler_install(prompt, on_line);
     for (;;) {
-        char *line = readline(prompt);
-        if (!line) {
+        struct pollfd p[2] = {{.fd = 0, .events = POLLIN}, {.fd = sock, .events = POLLIN}};
+        int n = rlen > 0 ? 1 : poll(p, 2, -1);
+        if (interrupted) { /* Ctrl-C at the prompt: drop the line (server dropped its chunk) */
+            interrupted = 0;
+            rl_callback_handler_remove();
+            fputs("^C\n", stdout);
+            fflush(stdout);
+            prompt = "> ";
+            rl_callback_handler_install(prompt, on_line);
+            continue;
+        }
+        if (n < 0) {
+            if (errno == EINTR) continue;
+            break;
+        }
+        if (rlen > 0 || (p[1].revents & (POLLIN | POLLHUP))) {
+            if (!show_async(prompt)) {
+                fprintf(stderr, "\nknit-manhole: connection closed by the server\n");
+                status = 3;
+                break;
+            }
+            continue;
+        }
+        if (!(p[0].revents & (POLLIN | POLLHUP))) continue;
+        rl_callback_read_char();
+        if (input_eof) {
             putchar('\n');
             break;
         }
+        if (!entered) continue;
+        char *line = entered;
+        entered = NULL;
+        rl_callback_handler_remove();
         if (*line) add_history(line);
         waiting = 1;
         bool ok = send_all(line, strlen(line)) && send_all("\n", 1);
@@ -245,8 +288,9 @@ static int interactive(void)
             break;
         }
         prompt = strcmp(st, "more") == 0 ? ">> " : "> ";
-        drain_async();
+        rl_callback_handler_install(prompt, on_line);
     }
+    rl_callback_handler_remove();
     if (*hist) write_history(hist);
     return status;
 }
