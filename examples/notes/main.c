@@ -1,25 +1,29 @@
 /* examples/notes/main.c — knit-notes: the reference service.
  *
- * What it owns: the flag set, the reactor, the worker pool, the HTTP server,
- * the SQLite store and two LoopingCalls (expiry, per-minute summary).
+ * What it owns: the notes flags, a worker pool sized by --threads, the HTTP
+ * server, the SQLite store and two LoopingCalls (expiry, per-minute
+ * summary). knit_main (knit/service.h) owns the rest: flag parsing (exit 2
+ * on a bad flag), logging, the reactor, signals and the service tree.
  *
- * Threads: main() builds everything, then becomes the reactor thread.
- * HTTP handlers run on the pool's workers (they block on SQLite); the expiry
- * job runs there too, chained into its LoopingCall so runs never overlap.
+ * Threads: setup and every service start/stop run on the reactor thread.
+ * HTTP handlers run on the pool's workers (they block on SQLite); so do the
+ * expiry job (chained into its LoopingCall, so runs never overlap) and the
+ * final checkpoint.
  *
- * Shutdown (SIGTERM or SIGINT): BEFORE phase — /healthz turns 503, the
- * LoopingCalls stop, the HTTP server stops accepting and drains in-flight
- * requests (up to --shutdown-timeout); DURING — the pool finishes its jobs
- * and joins its threads. After the reactor returns, the store checkpoints
- * the WAL and closes; exit 0. A second signal, or the drain running past
- * --shutdown-timeout + NOTES_FORCE_GRACE, stops at once (exit 1).
+ * The service tree, started in this order and stopped in reverse:
+ *   store    open (schema, WAL) / checkpoint + close on a worker
+ *   expire   LoopingCall every --expire-interval
+ *   summary  LoopingCall every minute
+ *   http     listen and print where / /healthz turns 503, drain in-flight
+ * so on SIGTERM the server drains first, the loops stop (waiting for an
+ * expiry pass in progress), and only then is the database checkpointed and
+ * closed; the pool drains and joins in the reactor's DURING phase. Exit 0.
  *
- * Invariant: the store is closed only after the pool has joined every
- * worker, so no handler can touch a closed connection.
+ * Invariant: nothing touches the store after its stop began — every user
+ * (handlers, the expiry job) belongs to a service that stopped before it.
  */
 #include <errno.h>
 #include <fcntl.h>
-#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -29,23 +33,22 @@
 #include "knit/flag.h"
 #include "knit/http.h"
 #include "knit/log.h"
+#include "knit/metrics.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
+#include "knit/service.h"
 #include "knit/task.h"
 #include "notes_api.h"
 #include "store.h"
 
 #define NOTES_VERSION "0.1.0"
 #define NOTES_SUMMARY_INTERVAL KNIT_SEC(60)
-#define NOTES_FORCE_GRACE KNIT_SEC(5)
 #define NOTES_MAX_THREADS 256
-/* The server reads bodies up to this much beyond --max-body, so that the
- * handler, not the server, answers 413 with a JSON body. */
+/* The server accepts bodies this much beyond --max-body; the handler stops
+ * reading at --max-body + 1 and answers 413 itself, with a JSON body. */
 #define NOTES_BODY_SLACK (64 * 1024)
 
 /* ---- flags -------------------------------------------------------------------- */
-
-static const char *const log_levels[] = {"trace", "debug", "info", "warn", "error", "off", NULL};
 
 static int validate_db(const char *text, char *why, size_t whylen, void *arg)
 {
@@ -78,6 +81,8 @@ static int validate_max_body(const char *text, char *why, size_t whylen, void *a
     return KNIT_EINVAL;
 }
 
+/* --log-level, --log-format, --log-file and --shutdown-timeout come from
+ * knit_main's "service" group. */
 static const knit_flag_def notes_flag_defs[] = {
     KNIT_FLAG_DEF("http", KNIT_FLAG_ENDPOINT, "tcp:8080:interface=127.0.0.1",
                   "where the HTTP API listens (endpoint string)"),
@@ -91,42 +96,107 @@ static const knit_flag_def notes_flag_defs[] = {
                   .validate = validate_max_body),
     KNIT_FLAG_DEF("access-log", KNIT_FLAG_STRING, "",
                   "access log (Combined Log Format): a file, - for stdout, empty for none"),
-    KNIT_FLAG_DEF("log-level", KNIT_FLAG_ENUM, "info", "log threshold", .choices = log_levels),
-    KNIT_FLAG_DEF("shutdown-timeout", KNIT_FLAG_DURATION, "10s",
-                  "how long SIGTERM waits for requests in flight"),
 };
 
-/* ---- the service -------------------------------------------------------------- */
+static int add_flags(knit_flags *fs, void *arg)
+{
+    return knit_flags_add(fs, "notes", "Notes service", notes_flag_defs,
+                          sizeof notes_flag_defs / sizeof notes_flag_defs[0]);
+}
+
+/* ---- state ---------------------------------------------------------------------- */
+
+typedef struct loop_svc {
+    struct notes_main *m;
+    const char *name;
+    knit_result_fn fn;
+    knit_duration interval;
+    knit_looping_call *lc;
+    knit_deferred *done; /* the start Deferred: fires when the loop stops */
+} loop_svc;
 
 typedef struct notes_main {
+    knit_app *kapp;
     knit_reactor *r;
     knit_pool *pool;
     knit_http_server *http;
     notes_store *store;
     notes_app *app;
-    knit_looping_call *expire_lc, *summary_lc;
-    knit_signal *sigterm, *sigint;
+    loop_svc expire, summary;
+    /* configuration, read once in setup */
+    const char *http_desc;
+    const char *db;
+    unsigned threads;
     uint64_t max_body;
     knit_duration shutdown_timeout;
-    int signals;
-    bool forced;
+    int access_fd;
 } notes_main;
 
-/* [worker] Adapt one HTTP request to the notes API and answer it. */
+/* ---- the HTTP handler [worker] --------------------------------------------------- */
+
+/* Read the whole body, at most MAX bytes. 0 with *out (malloc'd,
+ * NUL-terminated) and *len; 1 if it is larger than MAX (reading stops
+ * there); a negative code if reading failed (the server has answered). */
+static int read_body(knit_http_request *hr, uint64_t max, char **out, size_t *len)
+{
+    *out = NULL;
+    *len = 0;
+    size_t declared = knit_http_body_len(hr);
+    if (declared > max) return 1;
+    size_t cap = declared ? declared + 1 : 4096;
+    if (cap > max + 1) cap = max + 1;
+    char *buf = malloc(cap + 1);
+    if (!buf) return KNIT_ENOMEM;
+    size_t n = 0;
+    for (;;) {
+        if (n == cap) {
+            size_t ncap = cap * 2 > max + 1 ? max + 1 : cap * 2;
+            char *p = realloc(buf, ncap + 1);
+            if (!p) {
+                free(buf);
+                return KNIT_ENOMEM;
+            }
+            buf = p;
+            cap = ncap;
+        }
+        ssize_t r = knit_http_read(hr, buf + n, cap - n);
+        if (r < 0) {
+            free(buf);
+            return (int)r;
+        }
+        if (r == 0) break;
+        n += (size_t)r;
+        if (n > max) {
+            free(buf);
+            return 1;
+        }
+    }
+    buf[n] = 0;
+    *out = buf;
+    *len = n;
+    return 0;
+}
+
 static void handle(knit_http_request *hr, void *arg)
 {
     notes_main *m = arg;
+    const char *method = knit_http_method(hr);
     const char *target = knit_http_target(hr);
     const char *q = target ? strchr(target, '?') : NULL;
-    size_t blen = knit_http_body_len(hr);
-    notes_req req = {.method = knit_http_method(hr),
-                     .path = knit_http_path(hr),
-                     .query = q ? q + 1 : NULL,
-                     .body = knit_http_body(hr),
-                     .body_len = blen,
-                     .body_too_large = blen > m->max_body};
+    notes_req req = {.method = method, .path = knit_http_path(hr), .query = q ? q + 1 : NULL};
+    char *body = NULL;
+    if (strcmp(method, "POST") == 0 || strcmp(method, "PUT") == 0) {
+        int rc = read_body(hr, m->max_body, &body, &req.body_len);
+        if (rc < 0) {
+            if (rc == KNIT_ENOMEM) knit_http_respond(hr, 500, NULL, NULL, 0);
+            return; /* otherwise the server answered (400/408) or the client left */
+        }
+        req.body_too_large = rc == 1;
+        req.body = body;
+    }
     notes_resp resp;
     notes_app_handle(m->app, &req, &resp);
+    free(body);
     if (resp.location[0]) knit_http_add_header(hr, "Location", resp.location);
     if (resp.allow) knit_http_add_header(hr, "Allow", resp.allow);
     if (resp.retry_after) {
@@ -134,21 +204,79 @@ static void handle(knit_http_request *hr, void *arg)
         snprintf(ra, sizeof ra, "%u", resp.retry_after);
         knit_http_add_header(hr, "Retry-After", ra);
     }
-    /* KNIT_ECLOSED (the client left) needs nothing more: the write, if any,
-     * is committed either way. */
+    /* KNIT_ECLOSED (the client left) needs nothing more: a write is
+     * committed either way. */
     knit_http_respond(hr, resp.status, resp.content_type, resp.body, resp.body_len);
     notes_resp_clear(&resp);
 }
 
-/* [worker] One expiry pass; failures are logged by notes_app_expire and do
- * not stop the loop (the next beat tries again). */
+/* knit_main's registry (reactor statistics) appended to /metrics. [worker] */
+static char *extra_metrics(void *arg)
+{
+    notes_main *m = arg;
+    char *text = NULL;
+    if (knit_metrics_expose(knit_app_metrics(m->kapp), &text, NULL) < 0) return NULL;
+    return text;
+}
+
+/* ---- service: store -------------------------------------------------------------- */
+
+static knit_deferred *store_start(knit_service *s, void *arg)
+{
+    notes_main *m = arg;
+    notes_store_options so;
+    notes_store_options_init(&so);
+    so.path = m->db;
+    so.conns = m->threads;
+    char err[512];
+    int rc = notes_store_open(&m->store, &so, err, sizeof err);
+    if (rc < 0) return knit_deferred_failed(knit_failure_new(rc, "%s", err));
+    notes_app_options ao;
+    notes_app_options_init(&ao);
+    ao.store = m->store;
+    ao.max_body = m->max_body;
+    ao.extra_metrics = extra_metrics;
+    ao.extra_metrics_arg = m;
+    rc = notes_app_new(&m->app, &ao);
+    if (rc < 0) return knit_deferred_failed(knit_failure_new(rc, "notes app"));
+    knit_log_kv(KNIT_LOG_INFO, "notes", "database open", "path", m->db, NULL);
+    return NULL;
+}
+
+/* [worker] The final checkpoint (TRUNCATE) and close. */
+static void store_close_job(knit_result *res, void *arg)
+{
+    notes_main *m = arg;
+    int rc = notes_store_close(m->store);
+    m->store = NULL;
+    if (rc < 0)
+        knit_result_failf(res, rc, "final checkpoint of %s failed", m->db);
+    else
+        KNIT_INFO("notes", "database checkpointed and closed");
+}
+
+static knit_deferred *store_stop(knit_service *s, void *arg)
+{
+    notes_main *m = arg;
+    if (!m->store) return NULL;
+    knit_deferred *d;
+    if (knit_defer_to_thread(m->pool, store_close_job, m, &d) == 0) return d;
+    /* The pool refuses work: close here, on the reactor thread. */
+    knit_result res = KNIT_RESULT_INIT;
+    store_close_job(&res, m);
+    knit_failure *f = knit_result_take_failure(&res);
+    return f ? knit_deferred_failed(f) : NULL;
+}
+
+/* ---- services: the LoopingCalls ------------------------------------------------- */
+
+/* [worker] One expiry pass. A failure is logged by notes_app_expire and does
+ * not stop the loop: the next beat tries again. */
 static void expire_job(knit_result *res, void *arg)
 {
     notes_app_expire(arg, NULL);
 }
 
-/* [reactor] LoopingCall beat: run the expiry on a worker and make the loop
- * wait for it. */
 static void expire_tick(knit_result *res, void *arg)
 {
     notes_main *m = arg;
@@ -158,7 +286,7 @@ static void expire_tick(knit_result *res, void *arg)
         KNIT_WARN("notes", "expiry skipped this beat: %s", knit_strerror(rc));
         return;
     }
-    knit_result_chain(res, d);
+    knit_result_chain(res, d); /* the next beat waits for this pass */
 }
 
 static void summary_tick(knit_result *res, void *arg)
@@ -166,228 +294,215 @@ static void summary_tick(knit_result *res, void *arg)
     notes_main *m = arg;
     char line[512];
     notes_app_summary(m->app, line, sizeof line);
-    knit_log_kv(KNIT_LOG_INFO, "notes", "summary (last minute)", "counts", line, NULL);
+    knit_log_kv(KNIT_LOG_INFO, "notes", "requests in the last minute", "counts", line, NULL);
 }
 
 static void loop_failed(knit_result *res, void *arg)
 {
+    loop_svc *l = arg;
     knit_failure *f = knit_result_take_failure(res);
     char msg[256];
     knit_failure_format(f, msg, sizeof msg);
-    KNIT_ERROR("notes", "%s loop stopped: %s", (const char *)arg, msg);
+    KNIT_ERROR("notes", "%s loop stopped: %s", l->name, msg);
     knit_failure_free(f);
 }
 
-static int start_loop(notes_main *m, knit_looping_call **lc, knit_result_fn fn,
-                      knit_duration interval, const char *name)
+static knit_deferred *loop_start(knit_service *s, void *arg)
 {
-    int rc = knit_looping_call_new(lc, m->r, fn, m);
-    if (rc < 0) return rc;
-    knit_deferred *d;
-    rc = knit_looping_call_start(*lc, interval, false, &d);
-    if (rc < 0) return rc;
-    knit_deferred_add_callbacks(d, NULL, loop_failed, (void *)name);
-    knit_deferred_unref(d);
-    return 0;
+    loop_svc *l = arg;
+    int rc = l->lc ? 0 : knit_looping_call_new(&l->lc, l->m->r, l->fn, l->m);
+    if (rc == 0) rc = knit_looping_call_start(l->lc, l->interval, false, &l->done);
+    if (rc < 0) return knit_deferred_failed(knit_failure_new(rc, "%s loop", l->name));
+    knit_deferred_add_callbacks(l->done, NULL, loop_failed, l);
+    return NULL;
 }
 
-static void force_stop(knit_reactor *r, void *arg)
+static knit_deferred *loop_stop(knit_service *s, void *arg)
 {
-    notes_main *m = arg;
-    KNIT_ERROR("notes", "shutdown took too long; stopping now");
-    m->forced = true;
-    knit_reactor_stop_now(r);
+    loop_svc *l = arg;
+    knit_deferred *d = l->done;
+    l->done = NULL;
+    if (!d) return NULL;
+    if (knit_looping_call_running(l->lc)) knit_looping_call_stop(l->lc);
+    return d; /* fires once a pass in progress has finished */
 }
 
-static void on_signal(knit_reactor *r, int signo, void *arg)
-{
-    notes_main *m = arg;
-    if (m->signals++ == 0) {
-        KNIT_INFO("notes", "%s: draining (up to %.1fs), then exiting", strsignal(signo),
-                  KNIT_TO_SEC(m->shutdown_timeout));
-        knit_call_later(r, m->shutdown_timeout + NOTES_FORCE_GRACE, force_stop, m);
-        knit_reactor_stop(r);
-    } else {
-        KNIT_WARN("notes", "second %s: stopping now", strsignal(signo));
-        m->forced = true;
-        knit_reactor_stop_now(r);
-    }
-}
+/* ---- service: http ---------------------------------------------------------------- */
 
-/* BEFORE phase, registered ahead of the HTTP server's drain trigger. */
-static void on_shutdown(knit_reactor *r, knit_trigger *t, void *arg)
-{
-    notes_main *m = arg;
-    notes_app_set_draining(m->app, true);
-    if (knit_looping_call_running(m->expire_lc)) knit_looping_call_stop(m->expire_lc);
-    if (knit_looping_call_running(m->summary_lc)) knit_looping_call_stop(m->summary_lc);
-    knit_trigger_done(t);
-}
-
-/* "http://127.0.0.1:8080" for a TCP endpoint, or NULL. */
+/* "http://127.0.0.1:8080" for a TCP endpoint. */
 static void base_url(const char *desc, unsigned port, char *buf, size_t len)
 {
-    const char *host = "127.0.0.1";
-    char iface[64] = "";
+    char host[64] = "127.0.0.1";
+    bool v6 = strncmp(desc, "tcp6:", 5) == 0;
+    if (v6) strcpy(host, "::1");
     const char *p = strstr(desc, ":interface=");
     if (p) {
         p += strlen(":interface=");
         size_t n = strcspn(p, ":");
-        if (n < sizeof iface) {
-            memcpy(iface, p, n);
-            iface[n] = 0;
-            if (n && strcmp(iface, "0.0.0.0") != 0 && strcmp(iface, "::") != 0) host = iface;
+        if (n && n < sizeof host && strncmp(p, "0.0.0.0", n) != 0 && strncmp(p, "::", n) != 0) {
+            memcpy(host, p, n);
+            host[n] = 0;
         }
     }
-    bool v6 = strchr(host, ':') != NULL || strncmp(desc, "tcp6:", 5) == 0;
-    if (v6 && host == iface)
+    if (strchr(host, ':'))
         snprintf(buf, len, "http://[%s]:%u", host, port);
-    else if (v6)
-        snprintf(buf, len, "http://[::1]:%u", port);
     else
         snprintf(buf, len, "http://%s:%u", host, port);
 }
 
-static int open_access_log(const char *path)
+static knit_deferred *http_start(knit_service *s, void *arg)
 {
-    if (!path[0]) return -1;
-    if (strcmp(path, "-") == 0) return 1;
-    return open(path, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
-}
-
-static int run(notes_main *m, knit_flags *fs)
-{
-    const char *http_desc = knit_flags_string(fs, "http");
-    const char *db = knit_flags_string(fs, "db") + strlen("sqlite:");
-    unsigned threads = (unsigned)knit_flags_uint64(fs, "threads");
-    knit_duration expire_interval = knit_flags_duration(fs, "expire-interval");
-    const char *access_log = knit_flags_string(fs, "access-log");
-    m->max_body = knit_flags_uint64(fs, "max-body");
-    m->shutdown_timeout = knit_flags_duration(fs, "shutdown-timeout");
-    knit_log_set_level(knit_log_level_parse(knit_flags_string(fs, "log-level")));
-
-    notes_store_options so;
-    notes_store_options_init(&so);
-    so.path = db;
-    so.conns = threads;
-    char err[512];
-    int rc = notes_store_open(&m->store, &so, err, sizeof err);
-    if (rc < 0) {
-        fprintf(stderr, "knit-notes: %s\n", err);
-        return 1;
-    }
-    notes_app_options ao;
-    notes_app_options_init(&ao);
-    ao.store = m->store;
-    ao.max_body = m->max_body;
-    if ((rc = notes_app_new(&m->app, &ao)) < 0) goto fail;
-
-    if ((rc = knit_reactor_new(&m->r, NULL)) < 0) goto fail;
-    /* Signals first, before any thread starts, so they reach the signalfd. */
-    if ((rc = knit_signal_start(m->r, SIGTERM, on_signal, m, &m->sigterm)) < 0 ||
-        (rc = knit_signal_start(m->r, SIGINT, on_signal, m, &m->sigint)) < 0)
-        goto fail;
-    if ((rc = knit_reactor_add_trigger(m->r, KNIT_PHASE_BEFORE, on_shutdown, m, NULL)) < 0)
-        goto fail;
-
-    knit_pool_options po;
-    knit_pool_options_init(&po);
-    po.name = "notes";
-    po.min_threads = threads;
-    po.max_threads = threads;
-    if ((rc = knit_pool_new(&m->pool, m->r, &po)) < 0) goto fail;
-
+    notes_main *m = arg;
     knit_http_options ho;
     knit_http_options_init(&ho);
     ho.pool = m->pool;
     ho.max_body = m->max_body + NOTES_BODY_SLACK;
-    ho.drain_timeout = m->shutdown_timeout;
-    int log_fd = open_access_log(access_log);
-    if (access_log[0] && log_fd < 0) {
-        fprintf(stderr, "knit-notes: cannot open access log %s: %s\n", access_log, strerror(errno));
-        rc = 1;
-        goto fail_msg;
-    }
-    ho.access_log = log_fd >= 0 ? KNIT_HTTP_LOG_COMBINED : KNIT_HTTP_LOG_NONE;
-    if (log_fd >= 0) ho.access_log_fd = log_fd;
-    if ((rc = knit_http_server_new(m->r, &ho, &m->http)) < 0) goto fail;
-    if ((rc = knit_http_route(m->http, NULL, "/*", KNIT_HTTP_POOL, handle, m)) < 0) goto fail;
-    if ((rc = knit_http_listen(m->http, http_desc, err, sizeof err)) < 0) {
-        fprintf(stderr, "knit-notes: cannot listen on %s: %s\n", http_desc, err);
-        goto fail_msg;
-    }
-    if ((rc = start_loop(m, &m->expire_lc, expire_tick, expire_interval, "expiry")) < 0 ||
-        (rc = start_loop(m, &m->summary_lc, summary_tick, NOTES_SUMMARY_INTERVAL, "summary")) < 0)
-        goto fail;
+    /* Leave a quarter of the shutdown budget for the checkpoint. */
+    ho.drain_timeout = m->shutdown_timeout - m->shutdown_timeout / 4;
+    ho.access_log = m->access_fd >= 0 ? KNIT_HTTP_LOG_COMBINED : KNIT_HTTP_LOG_NONE;
+    if (m->access_fd >= 0) ho.access_log_fd = m->access_fd;
+    int rc = knit_http_server_new(m->r, &ho, &m->http);
+    if (rc == 0) rc = knit_http_route(m->http, NULL, "/*", KNIT_HTTP_POOL, handle, m);
+    if (rc < 0) return knit_deferred_failed(knit_failure_new(rc, "http server"));
+    char err[256] = "";
+    rc = knit_http_listen(m->http, m->http_desc, err, sizeof err);
+    if (rc < 0)
+        return knit_deferred_failed(
+            knit_failure_new(rc, "cannot listen on %s: %s", m->http_desc, err));
 
     unsigned port = knit_http_port(m->http, 0);
     if (port) {
         char url[128];
-        base_url(http_desc, port, url, sizeof url);
+        base_url(m->http_desc, port, url, sizeof url);
         printf("knit-notes %s: listening on %s (db %s, %u threads); Ctrl-C stops it\n"
                "try: curl -s -XPOST %s/notes -d '{\"text\":\"hello\",\"tags\":[\"demo\"]}'"
                " && curl -s '%s/notes?tag=demo'\n",
-               NOTES_VERSION, url, db, threads, url, url);
+               NOTES_VERSION, url, m->db, m->threads, url, url);
     } else {
         printf("knit-notes %s: listening on %s (db %s, %u threads); Ctrl-C stops it\n",
-               NOTES_VERSION, http_desc, db, threads);
+               NOTES_VERSION, m->http_desc, m->db, m->threads);
     }
     fflush(stdout);
-    knit_log_kv(KNIT_LOG_INFO, "notes", "started", "http", http_desc, "db", db, NULL);
+    knit_log_kv(KNIT_LOG_INFO, "notes", "listening", "http", m->http_desc, NULL);
+    return NULL;
+}
 
-    rc = knit_reactor_run(m->r);
-    if (rc < 0) goto fail;
-    return m->forced ? 1 : 0;
-fail:
-    fprintf(stderr, "knit-notes: cannot start: %s\n", knit_strerror(rc));
-fail_msg:
-    return 1;
+static void http_drained(knit_http_server *s, void *arg)
+{
+    knit_deferred *d = arg;
+    knit_deferred_callback(d, NULL, NULL);
+    knit_deferred_unref(d);
+}
+
+static knit_deferred *http_stop(knit_service *s, void *arg)
+{
+    notes_main *m = arg;
+    notes_app_set_draining(m->app, true); /* /healthz answers 503 from now on */
+    if (!m->http) return NULL;
+    knit_deferred *d = knit_deferred_new();
+    knit_deferred *ret = knit_deferred_ref(d);
+    knit_http_server_drain(m->http, http_drained, d);
+    return ret;
+}
+
+static const knit_service_ops store_ops = {.start = store_start, .stop = store_stop};
+static const knit_service_ops loop_ops = {.start = loop_start, .stop = loop_stop};
+static const knit_service_ops http_ops = {.start = http_start, .stop = http_stop};
+
+/* ---- knit_main hooks ---------------------------------------------------------------- */
+
+static int add_service(knit_app *app, const char *name, const knit_service_ops *ops, void *arg)
+{
+    knit_service *s;
+    int rc = knit_service_new(&s, name, ops, arg);
+    if (rc < 0) return rc;
+    rc = knit_service_add(knit_app_services(app), s);
+    if (rc < 0) knit_service_free(s);
+    return rc;
+}
+
+static int setup(knit_app *app, void *arg)
+{
+    notes_main *m = arg;
+    knit_flags *fs = knit_app_flags(app);
+    m->kapp = app;
+    m->r = knit_app_reactor(app);
+    m->http_desc = knit_flags_string(fs, "http");
+    m->db = knit_flags_string(fs, "db") + strlen("sqlite:");
+    m->threads = (unsigned)knit_flags_uint64(fs, "threads");
+    m->max_body = knit_flags_uint64(fs, "max-body");
+    m->shutdown_timeout = knit_flags_duration(fs, "shutdown-timeout");
+
+    const char *log = knit_flags_string(fs, "access-log");
+    m->access_fd = -1;
+    if (strcmp(log, "-") == 0) {
+        m->access_fd = 1;
+    } else if (log[0]) {
+        m->access_fd = open(log, O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0644);
+        if (m->access_fd < 0) {
+            int rc = -errno;
+            knit_log_kv(KNIT_LOG_ERROR, "notes", "cannot open the access log", "path", log, "error",
+                        knit_strerror(rc), NULL);
+            return rc;
+        }
+    }
+
+    knit_pool_options po;
+    knit_pool_options_init(&po);
+    po.name = "notes";
+    po.min_threads = m->threads;
+    po.max_threads = m->threads;
+    int rc = knit_pool_new(&m->pool, m->r, &po);
+    if (rc < 0) return rc;
+
+    m->expire = (loop_svc){.m = m,
+                           .name = "expiry",
+                           .fn = expire_tick,
+                           .interval = knit_flags_duration(fs, "expire-interval")};
+    m->summary = (loop_svc){
+        .m = m, .name = "summary", .fn = summary_tick, .interval = NOTES_SUMMARY_INTERVAL};
+    if ((rc = add_service(app, "store", &store_ops, m)) < 0 ||
+        (rc = add_service(app, "expire", &loop_ops, &m->expire)) < 0 ||
+        (rc = add_service(app, "summary", &loop_ops, &m->summary)) < 0 ||
+        (rc = add_service(app, "http", &http_ops, m)) < 0)
+        return rc;
+    return 0;
+}
+
+/* After the loop ended (normally every service has stopped; after a forced
+ * stop some may not have). */
+static void teardown(knit_app *app, void *arg)
+{
+    notes_main *m = arg;
+    knit_looping_call_free(m->expire.lc);
+    knit_looping_call_free(m->summary.lc);
+    if (m->expire.done) knit_deferred_unref(m->expire.done);
+    if (m->summary.done) knit_deferred_unref(m->summary.done);
+    knit_http_server_free(m->http);
+    knit_pool_free(m->pool); /* joins the workers: nothing uses the store after this */
+    if (m->store) {
+        int rc = notes_store_close(m->store);
+        if (rc < 0) KNIT_ERROR("notes", "final checkpoint failed: %s", knit_strerror(rc));
+    }
+    notes_app_free(m->app);
+    if (m->access_fd > 2) close(m->access_fd);
 }
 
 int main(int argc, char **argv)
 {
-    knit_flags_options fo;
-    knit_flags_options_init(&fo);
-    fo.program = "knit-notes";
-    fo.version = NOTES_VERSION;
-    fo.env_prefix = "NOTES_";
-    fo.summary = "The knit reference service: a JSON HTTP API for notes stored in SQLite. "
-                 "Every flag can also be set as NOTES_<NAME> in the environment or in a "
-                 "--config file.";
-    knit_flags *fs = NULL;
-    if (knit_flags_new(&fs, &fo) < 0 ||
-        knit_flags_add(fs, "notes", "Notes service", notes_flag_defs,
-                       sizeof notes_flag_defs / sizeof notes_flag_defs[0]) < 0) {
-        fprintf(stderr, "knit-notes: %s\n", fs ? knit_flags_error(fs) : "out of memory");
-        return 1;
-    }
-    knit_flags_parse_or_exit(fs, argc, argv);
-
-    notes_main m = {0};
-    int status = run(&m, fs);
-
-    /* Tear down in reverse; the pool is joined before the store closes. */
-    knit_looping_call_free(m.expire_lc);
-    knit_looping_call_free(m.summary_lc);
-    knit_http_server_free(m.http);
-    knit_pool_free(m.pool);
-    notes_app_free(m.app);
-    if (m.store) {
-        int rc = notes_store_close(m.store);
-        if (rc < 0) {
-            KNIT_ERROR("notes", "final checkpoint failed: %s", knit_strerror(rc));
-            status = status ? status : 1;
-        } else {
-            KNIT_INFO("notes", "database checkpointed and closed");
-        }
-    }
-    /* Remove the signal handlers ourselves: knit_reactor_free walking its
-     * handler list while freeing it reads freed memory (reactor bug
-     * reported to the lead). */
-    knit_signal_stop(m.sigterm);
-    knit_signal_stop(m.sigint);
-    knit_reactor_free(m.r);
-    knit_flags_free(fs);
-    if (status == 0) KNIT_INFO("notes", "stopped");
-    return status;
+    static notes_main m;
+    knit_main_options o;
+    knit_main_options_init(&o);
+    o.program = "knit-notes";
+    o.version = NOTES_VERSION;
+    o.summary = "The knit reference service: a JSON HTTP API for notes stored in SQLite. "
+                "Every flag can also be set as NOTES_<NAME> in the environment or in a "
+                "--config file.";
+    o.env_prefix = "NOTES_";
+    o.add_flags = add_flags;
+    o.setup = setup;
+    o.teardown = teardown;
+    o.arg = &m;
+    o.no_pool = true; /* the pool is ours, sized by --threads */
+    return knit_main(argc, argv, &o);
 }

@@ -38,6 +38,8 @@ struct notes_app {
     size_t max_body;
     int64_t (*now_ms)(void *);
     void *now_arg;
+    char *(*extra_metrics)(void *);
+    void *extra_metrics_arg;
     bool draining;
     uint64_t count[OP__N][NCODES]; /* atomics */
     uint64_t expired;              /* atomic */
@@ -63,6 +65,8 @@ int notes_app_new(notes_app **out, const notes_app_options *o)
     app->max_body = o->max_body;
     app->now_ms = o->now_ms;
     app->now_arg = o->now_arg;
+    app->extra_metrics = o->extra_metrics;
+    app->extra_metrics_arg = o->extra_metrics_arg;
     *out = app;
     return 0;
 }
@@ -568,6 +572,11 @@ char *notes_app_metrics(notes_app *app)
               "# HELP notes_draining 1 while the service drains for shutdown.\n"
               "# TYPE notes_draining gauge\nnotes_draining %d\n",
               __atomic_load_n(&app->draining, __ATOMIC_ACQUIRE) ? 1 : 0);
+    if (app->extra_metrics) {
+        char *more = app->extra_metrics(app->extra_metrics_arg);
+        if (more) sb_printf(&b, "%s", more);
+        free(more);
+    }
     if (b.oom) {
         free(b.p);
         return NULL;

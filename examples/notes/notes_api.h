@@ -45,6 +45,10 @@ typedef struct notes_app_options {
     /* Wall clock in ms since the epoch; NULL = knit_wall_now. For tests. */
     int64_t (*now_ms)(void *arg);
     void *now_arg;
+    /* Optional: more Prometheus text appended to /metrics (malloc'd, freed
+     * by the app; NULL = nothing). Called on the worker answering. */
+    char *(*extra_metrics)(void *arg);
+    void *extra_metrics_arg;
 } notes_app_options;
 
 void notes_app_options_init(notes_app_options *o);
