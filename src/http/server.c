@@ -32,6 +32,7 @@
 #include <unistd.h>
 
 #include "http/parser.h"
+#include "http/server_int.h"
 #include "knit/endpoint.h"
 #include "knit/error.h"
 #include "knit/log.h"
@@ -717,7 +718,8 @@ static int build_head(knit_http_request *req, knit_buf *b, int status, const cha
 {
     knit_http_server *s = req->srv;
     bool v10 = req->h.minor_version == 0;
-    if (s->draining) req->close_after = true;
+    /* may run on a worker: the reactor sets draining */
+    if (__atomic_load_n(&s->draining, __ATOMIC_ACQUIRE)) req->close_after = true;
     /* Answering before the whole body arrived: the rest cannot be skipped
      * safely, so say we will close. */
     if (req->pool_mode) pthread_mutex_lock(&req->mu);
@@ -1680,7 +1682,7 @@ void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *
                             void *arg)
 {
     if (s->draining) return;
-    s->draining = true;
+    __atomic_store_n(&s->draining, true, __ATOMIC_RELEASE);
     s->drain_done = done;
     s->drain_arg = arg;
     for (size_t i = 0; i < s->nlisteners; i++) {
@@ -1742,3 +1744,9 @@ void knit_http_server_free(knit_http_server *s)
     }
     free(s);
 }
+
+/* ---- test hooks (server_int.h) --------------------------------------------------- */
+
+knit_protocol *knit__http_server_accept(knit_http_server *s) { return build_conn(&s->factory, NULL); }
+
+size_t knit__http_conn_size(void) { return sizeof(struct conn); }
