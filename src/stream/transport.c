@@ -167,11 +167,13 @@ static void reread_cb(knit_reactor *r, void *arg)
 static void call_soon(knit_transport *t, knit_call_fn fn)
 {
     t->soon++;
-    if (knit_call_from_thread(t->io._r, fn, t) != 0) {
-        /* Out of memory for the queue: run it now. Callers only get here
-         * from reactor callbacks, never from inside a protocol call. */
-        fn(t->io._r, t);
-    }
+    if (knit_call_from_thread(t->io._r, fn, t) == 0) return;
+    /* Out of memory for the call queue. Never run FN here: callers keep
+     * using T after this returns. A zero-delay timer is the other way to
+     * get back to the loop; if even that fails, leak T rather than free it
+     * under someone's feet. */
+    if (knit_call_later(t->io._r, 0, fn, t).id == 0)
+        KNIT_ERROR("stream", "out of memory: leaking a closed transport");
 }
 
 /* ---- watch management ----------------------------------------------------- */
