@@ -146,6 +146,13 @@ typedef struct knit_manhole_options {
 
 void knit_manhole_options_init(knit_manhole_options *o);
 
+/* Register the "ssh" endpoint kind with the endpoint module, so that
+ * knit_endpoint_check — and ENDPOINT flags like --manhole — accept
+ * ssh:PORT:... strings. Call at start-up before parsing flags; also done by
+ * knit_manhole_new. Idempotent. Returns 0 or a code from
+ * knit_endpoint_register. [any] */
+int knit_manhole_init(void);
+
 /* Create a manhole. R is the reactor evaluation runs on (needed by the
  * transports and the reactor/await bindings; may be NULL for tests that
  * only drive sessions). The built-in bindings are registered here.

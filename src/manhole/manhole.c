@@ -30,6 +30,8 @@ void knit_manhole_options_init(knit_manhole_options *o)
 int knit_manhole_new(knit_manhole **out, knit_reactor *r, const knit_manhole_options *opts)
 {
     *out = NULL;
+    int irc = knit_manhole_init();
+    if (irc < 0) return irc;
     knit_manhole *m = calloc(1, sizeof *m);
     if (!m) return KNIT_ENOMEM;
     if (opts) m->o = *opts;

@@ -632,6 +632,66 @@ static void on_accept(knit_io *io, unsigned events)
     }
 }
 
+/* ---- the "ssh" endpoint kind ------------------------------------------------
+ * Registered so that knit_endpoint_check (and so ENDPOINT flags such as
+ * --manhole) accept ssh: strings. Only the manhole can serve them: the
+ * generic knit_endpoint_listen refuses with a message saying so. */
+
+static int ssh_kind_check(const knit_endpoint_desc *d, bool server, char *err, size_t errlen)
+{
+    static const char *const opts[] = {"port", "interface", "hostKey", "authorizedKeys", NULL};
+    if (d->nargs > 1) {
+        snprintf(err, errlen, "ssh: unexpected argument \"%s\": expected ssh:PORT[:interface=ADDR]"
+                 "[:hostKey=PATH][:authorizedKeys=PATH]", d->args[1]);
+        return KNIT_EBADENDPOINT;
+    }
+    for (size_t i = 0; i < d->nkw; i++) {
+        bool ok = false;
+        for (const char *const *o = opts; *o && !ok; o++)
+            ok = strcmp(*o, d->keys[i]) == 0;
+        if (!ok) {
+            snprintf(err, errlen, "ssh: unknown option \"%s\": expected one of port, interface, "
+                     "hostKey, authorizedKeys", d->keys[i]);
+            return KNIT_EBADENDPOINT;
+        }
+    }
+    const char *port = d->nargs ? d->args[0] : knit_endpoint_desc_get(d, "port");
+    char *end = NULL;
+    long p = port ? strtol(port, &end, 10) : -1;
+    if (!port || !*port || *end || p < 0 || p > 65535) {
+        snprintf(err, errlen, "ssh: port \"%s\": expected a number 0-65535", port ? port : "");
+        return KNIT_EBADENDPOINT;
+    }
+    const char *iface = knit_endpoint_desc_get(d, "interface");
+    struct in_addr a;
+    if (iface && inet_pton(AF_INET, iface, &a) != 1) {
+        snprintf(err, errlen, "ssh: interface \"%s\": expected an IPv4 address", iface);
+        return KNIT_EBADENDPOINT;
+    }
+    if (!server) {
+        snprintf(err, errlen, "ssh: only a manhole server endpoint (use an ssh client)");
+        return KNIT_EBADENDPOINT;
+    }
+    return 0;
+}
+
+static int ssh_kind_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
+                           const knit_listen_options *o, knit_listener **out, char *err,
+                           size_t errlen)
+{
+    snprintf(err, errlen, "ssh: endpoints are served by the manhole only (knit_manhole_listen)");
+    return KNIT_ENOTSUP;
+}
+
+static const knit_endpoint_kind ssh_kind = {
+    .name = "ssh", .check = ssh_kind_check, .listen = ssh_kind_listen};
+
+int knit_manhole_init(void)
+{
+    int rc = knit_endpoint_register(&ssh_kind);
+    return rc == KNIT_EEXIST ? 0 : rc;
+}
+
 /* ---- listener -------------------------------------------------------------- */
 
 static int ensure_host_key(const char *path, char **fp_out)
@@ -660,6 +720,11 @@ static int ensure_host_key(const char *path, char **fp_out)
 int knit__manhole_ssh_listen(knit_manhole *m, const knit_endpoint_desc *d, void **out)
 {
     *out = NULL;
+    char err[KNIT_ENDPOINT_ERRLEN];
+    if (ssh_kind_check(d, true, err, sizeof err) != 0) {
+        KNIT_ERROR("manhole", "%s", err);
+        return KNIT_EBADENDPOINT;
+    }
     const char *port_s = knit_endpoint_desc_get(d, "port");
     if (!port_s && d->nargs > 0) port_s = d->args[0];
     char *end = NULL;

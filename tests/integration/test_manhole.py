@@ -250,6 +250,44 @@ def _(env):
         os.close(fd)
 
 
+def raw_session(path, payload, timeout=TIMEOUT):
+    """Send PAYLOAD after the greeting; return everything until EOF or timeout."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    s.connect(path)
+    data = b""
+    while b"+ready\n" not in data:
+        data += s.recv(4096)
+    s.sendall(payload)
+    out = b""
+    try:
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+            if (out.endswith(b"+ok\n") or out.endswith(b"+error\n")) and \
+                    b"bad chunk" not in out and b"too long" not in out:
+                break
+    except socket.timeout:
+        pass
+    s.close()
+    return out.decode(errors="replace")
+
+
+@case("line protocol: bad chunk header, over-long line, binary junk")
+def _(env):
+    out = raw_session(env.sock, b"\x01abc\n")
+    check("|manhole: bad chunk header" in out and "+error" in out, out)
+    out = raw_session(env.sock, b"a" * (70 * 1024))
+    check("input line too long" in out and "+error" in out, out)
+    out = raw_session(env.sock, b"\x00\xff\xfe junk\n")
+    check(out.endswith("+error\n"), out)
+    out = raw_session(env.sock, b"\x0113\nreturn 40 + 2")
+    check(out.startswith("|42\n+ok\n"), out)
+    check(env.demo.ping() == "pong", "service hurt by junk")
+
+
 @case("budget interrupts `while true do end`; the service keeps serving")
 def _(env):
     t0 = time.time()

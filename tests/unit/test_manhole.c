@@ -9,6 +9,7 @@
 #include <lua.h>
 
 #include "knit/clock.h"
+#include "knit/endpoint.h"
 #include "knit/error.h"
 #include "knit/flag.h"
 #include "knit/log.h"
@@ -688,6 +689,26 @@ static void test_metrics_bindings(void **state)
     knit_metrics_free(mx);
 }
 
+static void test_ssh_endpoint_kind(void **state)
+{
+    (void)state;
+    char err[KNIT_ENDPOINT_ERRLEN];
+    assert_int_equal(knit_manhole_init(), 0);
+    assert_int_equal(knit_manhole_init(), 0);
+    assert_int_equal(knit_endpoint_check("ssh:2222:interface=127.0.0.1:hostKey=/x", true, err,
+                                         sizeof err),
+                     0);
+    assert_int_equal(knit_endpoint_check("ssh:port=0", true, err, sizeof err), 0);
+    assert_int_equal(knit_endpoint_check("ssh:70000", true, err, sizeof err), KNIT_EBADENDPOINT);
+    assert_non_null(strstr(err, "expected a number 0-65535"));
+    assert_int_equal(knit_endpoint_check("ssh:22:colour=blue", true, err, sizeof err),
+                     KNIT_EBADENDPOINT);
+    assert_non_null(strstr(err, "unknown option"));
+    assert_int_equal(knit_endpoint_check("ssh:22:interface=nowhere", true, err, sizeof err),
+                     KNIT_EBADENDPOINT);
+    assert_int_equal(knit_endpoint_check("unix:./x.manhole:mode=600", true, err, sizeof err), 0);
+}
+
 static void test_gaps_say_why(void **state)
 {
     fx *f = *state;
@@ -725,6 +746,7 @@ int main(void)
         cmocka_unit_test(test_flags_bindings),
         cmocka_unit_test(test_loops_bindings),
         cmocka_unit_test(test_metrics_bindings),
+        cmocka_unit_test(test_ssh_endpoint_kind),
         cmocka_unit_test_setup_teardown(test_gaps_say_why, setup, teardown),
     };
     return KNIT_RUN_TESTS(tests);
