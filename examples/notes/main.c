@@ -221,6 +221,8 @@ static char *extra_metrics(void *arg)
 
 /* ---- service: store -------------------------------------------------------------- */
 
+/* Opening runs on the reactor thread: it is quick (schema, WAL switch) and
+ * nothing is being served yet, since the http service starts last. */
 static knit_deferred *store_start(knit_service *s, void *arg)
 {
     notes_main *m = arg;
