@@ -75,7 +75,50 @@ bool knit__http_name_is(const char *s, size_t n, const char *lower, size_t lower
     return true;
 }
 
+/* Compare a field name with a lower-case literal made of letters and '-'.
+ * OR-ing 0x20 into every byte is exact here: the only bytes that map onto a
+ * lower-case letter are its two cases, and onto '-' are '-' and CR (never in
+ * a token). Word-at-a-time, no out-of-bounds reads (N bytes exist). */
+static inline bool name_eq(const char *s, size_t n, const char *lit, size_t lit_len)
+{
+    if (n != lit_len) return false;
+    while (n >= 8) {
+        uint64_t a, b;
+        memcpy(&a, s, 8);
+        memcpy(&b, lit, 8);
+        if ((a | 0x2020202020202020ull) != b) return false;
+        s += 8, lit += 8, n -= 8;
+    }
+    if (n >= 4) {
+        uint32_t a, b;
+        memcpy(&a, s, 4);
+        memcpy(&b, lit, 4);
+        if ((a | 0x20202020u) != b) return false;
+        s += 4, lit += 4, n -= 4;
+    }
+    while (n--) {
+        if (((unsigned char)*s++ | 0x20) != (unsigned char)*lit++) return false;
+    }
+    return true;
+}
+
 #define NAME_IS(s, n, lit) knit__http_name_is((s), (n), lit, sizeof(lit) - 1)
+#define FIELD_IS(s, n, lit) name_eq((s), (n), lit, sizeof(lit) - 1)
+
+/* Advance p over bytes of class K, four per step (fewer branches per byte). */
+static inline const char *scan_class(const char *p, const char *end, unsigned k)
+{
+    while (end - p >= 4) {
+        if (!IS(p[0], k)) return p;
+        if (!IS(p[1], k)) return p + 1;
+        if (!IS(p[2], k)) return p + 2;
+        if (!IS(p[3], k)) return p + 3;
+        p += 4;
+    }
+    while (p < end && IS(*p, k))
+        p++;
+    return p;
+}
 
 /* ---- list helpers --------------------------------------------------------- */
 
@@ -180,8 +223,7 @@ static void on_connection(scan_state *st, const char *v, size_t n)
 static int on_host(knit__http_request *req, scan_state *st, const char *v, size_t n)
 {
     if (++st->host_count > 1) return fail(req, 400, "more than one Host");
-    for (size_t i = 0; i < n; i++)
-        if (!IS(v[i], C_HOST)) return fail(req, 400, "invalid Host");
+    if (scan_class(v, v + n, C_HOST) != v + n) return fail(req, 400, "invalid Host");
     req->host = v;
     req->host_len = (uint32_t)n;
     return 0;
@@ -192,22 +234,22 @@ static int on_field(knit__http_request *req, scan_state *st, const char *name, s
 {
     switch (nlen) {
     case 4:
-        if (NAME_IS(name, nlen, "host")) return on_host(req, st, v, vlen);
+        if (FIELD_IS(name, nlen, "host")) return on_host(req, st, v, vlen);
         break;
     case 6:
-        if (NAME_IS(name, nlen, "expect")) {
+        if (FIELD_IS(name, nlen, "expect")) {
             if (NAME_IS(v, vlen, "100-continue")) req->expect_continue = true;
             else st->expect_bad = true;
         }
         break;
     case 10:
-        if (NAME_IS(name, nlen, "connection")) on_connection(st, v, vlen);
+        if (FIELD_IS(name, nlen, "connection")) on_connection(st, v, vlen);
         break;
     case 14:
-        if (NAME_IS(name, nlen, "content-length")) return on_content_length(req, st, v, vlen);
+        if (FIELD_IS(name, nlen, "content-length")) return on_content_length(req, st, v, vlen);
         break;
     case 17:
-        if (NAME_IS(name, nlen, "transfer-encoding"))
+        if (FIELD_IS(name, nlen, "transfer-encoding"))
             return on_transfer_encoding(req, st, v, vlen);
         break;
     default:
@@ -260,7 +302,12 @@ static inline const char *scan_value(const char *p, const char *end)
         uint64_t lt = (x - ones * 0x20) & ~x & highs;
         uint64_t y = x ^ (ones * 0x7f);
         uint64_t del = (y - ones) & ~y & highs;
-        if (lt | del) break;
+        uint64_t m = lt | del;
+        if (m) {
+            /* the lowest flagged byte is exact (borrows only run upwards) */
+            p += __builtin_ctzll(m) >> 3;
+            break;
+        }
         p += 8;
     }
     while (p < end && IS(*p, C_VALUE))
@@ -298,11 +345,11 @@ static bool may_end_line(const char *buf, size_t prev_len, size_t len, size_t ma
 ssize_t knit__http_parse_request(const char *buf, size_t len, size_t prev_len,
                                  knit__http_request *req, const knit__http_limits *limits)
 {
-    knit__http_limits deflim;
-    if (!limits) {
-        knit__http_limits_init(&deflim);
-        limits = &deflim;
-    }
+    static const knit__http_limits deflim = {KNIT__HTTP_MAX_HEAD_DEFAULT,
+                                             KNIT__HTTP_MAX_TARGET_DEFAULT,
+                                             KNIT__HTTP_MAX_HEADERS_DEFAULT,
+                                             KNIT__HTTP_MAX_BODY_DEFAULT};
+    if (!limits) limits = &deflim;
     ensure_cls();
 
     req->method = req->target = req->host = NULL;
@@ -370,17 +417,15 @@ ssize_t knit__http_parse_request(const char *buf, size_t len, size_t prev_len,
         /* Look at most one byte past the limit: enough to tell "too long". */
         const char *tend = end;
         if ((size_t)(end - t) > limits->max_target) tend = t + limits->max_target + 1;
-        while (p < tend && IS(*p, C_TARGET))
-            p++;
+        p = scan_class(p, tend, C_TARGET);
         if ((size_t)(p - t) > limits->max_target) return fail(req, 414, "request-target too long");
         if (p == end) goto incomplete;
         if (*p != ' ') return fail(req, 400, "invalid character in request-target");
         if (p == t) return fail(req, 400, "empty request-target");
-        for (const char *q = t; q < p; q++) {
-            if (*q == '%') {
-                if (p - q < 3 || !IS(q[1], C_HEX) || !IS(q[2], C_HEX))
-                    return fail(req, 400, "bad percent-encoding in request-target");
-            }
+        for (const char *q = memchr(t, '%', (size_t)(p - t)); q;
+             q = memchr(q + 1, '%', (size_t)(p - q - 1))) {
+            if (p - q < 3 || !IS(q[1], C_HEX) || !IS(q[2], C_HEX))
+                return fail(req, 400, "bad percent-encoding in request-target");
         }
     }
     req->target = t;
@@ -404,8 +449,14 @@ ssize_t knit__http_parse_request(const char *buf, size_t len, size_t prev_len,
     {
         static const char proto[] = "HTTP/";
         size_t avail = (size_t)(end - p);
-        size_t cmp = avail < 5 ? avail : 5;
-        if (memcmp(p, proto, cmp) != 0) return fail(req, 400, "malformed HTTP-version");
+        if (avail >= 5) {
+            uint32_t w;
+            memcpy(&w, p, 4);
+            if (memcmp(&w, proto, 4) != 0 || p[4] != '/')
+                return fail(req, 400, "malformed HTTP-version");
+        } else if (memcmp(p, proto, avail) != 0) {
+            return fail(req, 400, "malformed HTTP-version");
+        }
         NEED(8);
         if (p[5] < '0' || p[5] > '9' || p[6] != '.' || p[7] < '0' || p[7] > '9')
             return fail(req, 400, "malformed HTTP-version");
@@ -431,8 +482,7 @@ ssize_t knit__http_parse_request(const char *buf, size_t len, size_t prev_len,
         if (*p == ' ' || *p == '\t')
             return fail(req, 400, req->num_fields ? "obs-fold" : "whitespace before first field");
         const char *n = p;
-        while (p < end && IS(*p, C_TCHAR))
-            p++;
+        p = scan_class(p, end, C_TCHAR);
         if (p == end) goto incomplete;
         if (*p != ':') {
             if (*p == ' ' || *p == '\t') return fail(req, 400, "whitespace before colon");
