@@ -20,6 +20,7 @@
 #include "knit/endpoint.h"
 #include "knit/error.h"
 #include "knit/flag.h"
+#include "knit/http.h"
 #include "knit/log.h"
 #include "knit/manhole.h"
 #include "knit/metrics.h"
@@ -74,6 +75,12 @@ static int l_pings(lua_State *L)
 {
     lua_pushinteger(L, (lua_Integer)pings);
     return 1;
+}
+
+static void on_http_ping(knit_http_request *req, void *arg)
+{
+    pings++;
+    knit_http_respond(req, 200, "text/plain", "pong\n", 5);
 }
 
 static knit_timer heartbeat;
@@ -216,9 +223,24 @@ int main(int argc, char **argv)
     }
     heartbeat = knit_call_later(r, KNIT_SEC(3600), demo_heartbeat, NULL);
 
+    /* HTTP too ("the service keeps answering HTTP" while the manhole is
+     * interrupting a runaway evaluation): GET /ping answers pong, inline. */
+    knit_http_options ho;
+    knit_http_options_init(&ho);
+    ho.pool = pool;
+    knit_http_server *http;
+    if (knit_http_server_new(r, &ho, &http) != 0) return 1;
+    knit_http_route(http, "GET", "/ping", KNIT_HTTP_INLINE, on_http_ping, NULL);
+    rc = knit_http_listen(http, "tcp:0:interface=127.0.0.1", err, sizeof err);
+    if (rc != 0) {
+        fprintf(stderr, "knit-manhole-demo: http: %s\n", err);
+        return 1;
+    }
+
     knit_sockaddr a;
     knit_listener_address(pl, &a);
     printf("ping-port %d\n", ntohs(a.u.in.sin_port));
+    printf("http-port %u\n", knit_http_port(http, 0));
     if (knit_manhole_ssh_port(mh)) printf("ssh-port %d\n", knit_manhole_ssh_port(mh));
     printf("ready\n");
     fflush(stdout);
@@ -227,6 +249,7 @@ int main(int argc, char **argv)
 
     knit_timer_cancel(r, heartbeat);
     knit_manhole_free(mh);
+    knit_http_server_free(http);
     knit_flags_free(fs);
     knit_looping_call_free(lc);
     knit_metrics_remove_reactor(metrics, r);

@@ -45,6 +45,8 @@ class Demo:
             w = line.split()
             if w[0] == "ping-port":
                 self.ping_port = int(w[1])
+            elif w[0] == "http-port":
+                self.http_port = int(w[1])
             elif w[0] == "ssh-port":
                 self.ssh_port = int(w[1])
             elif w[0] == "ready":
@@ -67,6 +69,16 @@ class Demo:
                     break
                 data += chunk
             return data.decode().strip()
+
+    def http_ping(self, timeout=TIMEOUT):
+        import http.client
+        c = http.client.HTTPConnection("127.0.0.1", self.http_port, timeout=timeout)
+        try:
+            c.request("GET", "/ping")
+            r = c.getresponse()
+            return r.status, r.read().decode()
+        finally:
+            c.close()
 
     def stop(self):
         if self.proc.poll() is None:
@@ -294,12 +306,15 @@ def _(env):
     busy = subprocess.Popen([CLIENT, env.sock, "-e", "while true do end"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.2)
+    # sent while the loop runs: answered once the budget interrupts it
+    check(env.demo.http_ping() == (200, "pong\n"), "no HTTP answer while/after the loop")
     check(env.demo.ping() == "pong", "no pong while/after the loop")
     out, err = busy.communicate(timeout=TIMEOUT)
     check(busy.returncode == 1, "rc %d" % busy.returncode)
     check("interrupted: instruction budget exhausted" in out, out)
     check("input:1:" in out, out)
     check(env.demo.ping() == "pong", "no pong after")
+    check(env.demo.http_ping() == (200, "pong\n"), "no HTTP answer after")
     r = client(env.sock, "-e", "return 'still here'")
     check(r.stdout == '"still here"\n', r.stdout)
     check(time.time() - t0 < TIMEOUT, "took too long")
