@@ -376,6 +376,10 @@ static long unframed_length(conn *c, const uint8_t *p, size_t len)
 {
     knit_thrift_reader r;
     knit_thrift_reader_init(&r, c->tproto, p, len);
+    /* A string or container declared larger than a whole message can never
+     * complete: refuse it now instead of buffering up to max_message. */
+    r.string_limit = c->srv->o.max_message;
+    r.container_limit = c->srv->o.max_message;
     const char *name;
     size_t nl;
     knit_thrift_msg_type t;
