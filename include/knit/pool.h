@@ -16,7 +16,10 @@
  * An idle worker spins for up to `spin` (default KNIT_POOL_DEFAULT_SPIN,
  * bounded) looking for the next job before it sleeps on its condvar: a
  * sleeping thread takes 25–90 µs to wake on another CPU, a spinning one a
- * few hundred ns. The spin is bounded, so an idle pool uses no CPU.
+ * few hundred ns. At most one worker spins, and only while a CPU is free
+ * for it (busy workers + reactor + spinner <= online CPUs), so spinning
+ * never steals the reactor's CPU. The spin is bounded, so an idle pool
+ * uses no CPU.
  *
  * A full queue refuses work at once with KNIT_EQUEUEFULL (and a rate-limited
  * warning log); memory never grows without bound.
