@@ -437,6 +437,23 @@ def _(env):
     check("fingerprint=" + fp in log, "fingerprint differs from ssh-keygen's " + fp)
 
 
+@case("ssh: a client that vanishes mid-evaluation stops it")
+def _(env):
+    before = env.demo2.log().count("result=interrupted-hangup")
+    busy = subprocess.Popen(ssh_cmd(env, env.key, "127.0.0.1", "while true do end"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.0)
+    busy.kill()
+    busy.wait()
+    check(env.demo2.ping() == "pong", "no pong after the ssh client vanished")
+    deadline = time.time() + TIMEOUT
+    while env.demo2.log().count("result=interrupted-hangup") == before and time.time() < deadline:
+        time.sleep(0.05)
+    check(env.demo2.log().count("result=interrupted-hangup") > before, "no hang-up logged")
+    r = ssh(env, env.key, "127.0.0.1", "return 'alive'")
+    check(r.stdout == '"alive"\n', r.stdout)
+
+
 @case("ssh: Ctrl-C in a pty interrupts `while true do end`; the session goes on")
 def _(env):
     import pty
