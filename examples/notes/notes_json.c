@@ -196,11 +196,60 @@ oom_o:
     return NULL;
 }
 
+/* Length of the valid UTF-8 sequence at S (RFC 3629), or 0 if it is not. */
+static size_t utf8_seq(const unsigned char *s)
+{
+    unsigned char c = s[0];
+    if (c < 0x80) return 1;
+    unsigned char lo = 0x80, hi = 0xbf;
+    size_t n;
+    if (c >= 0xc2 && c <= 0xdf) {
+        n = 2;
+    } else if (c >= 0xe0 && c <= 0xef) {
+        n = 3;
+        if (c == 0xe0) lo = 0xa0;
+        if (c == 0xed) hi = 0x9f; /* no surrogates */
+    } else if (c >= 0xf0 && c <= 0xf4) {
+        n = 4;
+        if (c == 0xf0) lo = 0x90;
+        if (c == 0xf4) hi = 0x8f;
+    } else {
+        return 0;
+    }
+    if (s[1] < lo || s[1] > hi) return 0;
+    for (size_t i = 2; i < n; i++)
+        if (s[i] < 0x80 || s[i] > 0xbf) return 0;
+    return n;
+}
+
 char *notes_json_error(const char *msg)
 {
+    /* Messages quote client input (a path, a parameter name) and may be cut
+     * mid-character: replace every byte that is not valid UTF-8 with '?',
+     * since JSON strings must be UTF-8. */
+    if (!msg) msg = "error";
+    size_t len = strlen(msg);
+    char *clean = malloc(len + 1);
+    if (!clean) return NULL;
+    for (size_t i = 0; i < len;) {
+        size_t n = utf8_seq((const unsigned char *)msg + i);
+        if (n == 0) {
+            clean[i++] = '?';
+        } else {
+            memcpy(clean + i, msg + i, n);
+            i += n;
+        }
+    }
+    clean[len] = 0;
     json_t *o = json_object();
-    if (!o) return NULL;
-    if (json_object_set_new(o, "error", json_string(msg ? msg : "error")) != 0) {
+    json_t *v = json_string(clean);
+    free(clean);
+    if (!o || !v) {
+        json_decref(o);
+        json_decref(v);
+        return NULL;
+    }
+    if (json_object_set_new(o, "error", v) != 0) {
         json_decref(o);
         return NULL;
     }

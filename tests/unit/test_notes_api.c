@@ -131,6 +131,11 @@ static void test_encode(void **state)
     s = notes_json_error("text must be a string");
     assert_string_equal(s, "{\"error\":\"text must be a string\"}");
     free(s);
+    /* Invalid UTF-8 (client bytes quoted in a message, or a character cut by
+     * truncation) becomes '?'; valid characters stay. */
+    s = notes_json_error("no such route: /\xff\xfe_\xc3\xa9_\xed\xa0\x80_\xf0\x9f\x98\x80_\xc3");
+    assert_string_equal(s, "{\"error\":\"no such route: /??_\xc3\xa9_???_\xf0\x9f\x98\x80_?\"}");
+    free(s);
 }
 
 /* ---- handlers ------------------------------------------------------------------ */
@@ -308,6 +313,8 @@ static void test_errors(void **state)
     expect(f, "GET", "/", NULL, 404, "no such route: /");
     expect(f, "GET", "/notes/1/x", NULL, 404, "no such route");
     expect(f, "GET", "/notesx", NULL, 404, "no such route");
+    expect(f, "GET", "/\xff)", NULL, 404, "no such route: /?)"); /* found by fuzz_notes */
+    expect(f, "GET", "/notes?\xff=1", NULL, 400, "unknown query parameter \\\"?\\\"");
     assert_int_equal(call(f, "DELETE", "/notes", NULL, &r), 405);
     assert_string_equal(r.allow, "GET, HEAD, POST");
     assert_non_null(strstr(r.body, "method DELETE not allowed here"));
