@@ -577,8 +577,11 @@ static void on_io(knit_io *io, unsigned ev)
         if (rc != KNIT_EAGAIN) close_now(t, (knit_close_reason)t->reason, t->err, false);
         else update_watch(t);
     } else {
-        if ((ev & (KNIT_WRITABLE | KNIT_IOERR | KNIT_HANGUP)) &&
-            (!knit_buf_empty(&t->out) || (t->layer_want & KNIT_WRITABLE))) {
+        /* Flush on writability — or on readability when the TLS layer's
+         * last write wanted to read first (a key update in flight). */
+        bool can_flush = (ev & (KNIT_WRITABLE | KNIT_IOERR | KNIT_HANGUP)) ||
+                         ((t->layer_want & KNIT_READABLE) && (ev & KNIT_READABLE));
+        if (can_flush && (!knit_buf_empty(&t->out) || t->layer_want)) {
             t->layer_want = 0;
             if (!knit_buf_empty(&t->out)) flush(t);
         }
