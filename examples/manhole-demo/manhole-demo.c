@@ -39,8 +39,10 @@ static uint64_t pings;
 static void ping_line(knit_line_receiver *lr, const char *line, size_t len)
 {
     pings++;
-    if (len == 4 && memcmp(line, "ping", 4) == 0) knit_line_receiver_send(lr, "pong", 4);
-    else knit_line_receiver_send(lr, line, len);
+    if (len == 4 && memcmp(line, "ping", 4) == 0)
+        knit_line_receiver_send(lr, "pong", 4);
+    else
+        knit_line_receiver_send(lr, line, len);
 }
 
 static void ping_lost(knit_line_receiver *lr, knit_close_reason reason, int err)
@@ -96,7 +98,10 @@ static knit_manhole *mh;
 static uint64_t ticks;
 
 /* The LoopingCall "tick" that loops() shows. */
-static void tick(knit_result *res, void *arg) { ticks++; }
+static void tick(knit_result *res, void *arg)
+{
+    ticks++;
+}
 
 static void slow_job(knit_result *res, void *arg)
 {
@@ -147,8 +152,12 @@ int main(int argc, char **argv)
         case 'm':
             if (neps < 8) eps[neps++] = optarg;
             break;
-        case 't': tcp = optarg; break;
-        case 'b': mo.budget = strtoull(optarg, NULL, 10); break;
+        case 't':
+            tcp = optarg;
+            break;
+        case 'b':
+            mo.budget = strtoull(optarg, NULL, 10);
+            break;
         default:
             fprintf(stderr, "usage: knit-manhole-demo [-m ENDPOINT]... [-t TCP] [-b BUDGET]\n");
             return 2;

@@ -143,11 +143,11 @@ static int ud_cancel(lua_State *L)
 static int ud_tostring(lua_State *L)
 {
     lua_deferred *u = luaL_checkudata(L, 1, DEFERRED_MT);
-    if (!u->d) lua_pushliteral(L, "<deferred (released)>");
+    if (!u->d)
+        lua_pushliteral(L, "<deferred (released)>");
     else
         lua_pushfstring(L, "<deferred %s:%d %s>", knit_deferred_file(u->d),
-                        knit_deferred_line(u->d),
-                        knit_deferred_fired(u->d) ? "fired" : "pending");
+                        knit_deferred_line(u->d), knit_deferred_fired(u->d) ? "fired" : "pending");
     return 1;
 }
 
@@ -247,7 +247,10 @@ static void flush_done(knit_manhole_session *s, bool notify)
     if (notify && s->async_fn) s->async_fn(s, s->nawaits, s->async_arg);
 }
 
-void knit__manhole_awaits_flush(knit_manhole_session *s) { flush_done(s, false); }
+void knit__manhole_awaits_flush(knit_manhole_session *s)
+{
+    flush_done(s, false);
+}
 
 /* ---- await ------------------------------------------------------------------ */
 
@@ -255,8 +258,10 @@ static void aw_unlink(mh_await *a)
 {
     knit_manhole_session *s = a->s;
     if (!s) return;
-    if (a->prev) a->prev->next = a->next;
-    else s->awaits = a->next;
+    if (a->prev)
+        a->prev->next = a->next;
+    else
+        s->awaits = a->next;
     if (a->next) a->next->prev = a->prev;
     s->nawaits--;
     a->s = NULL;
@@ -297,14 +302,19 @@ static void aw_complete(knit_result *res, mh_await *a)
     } else {
         dn->value = res->value; /* valid while this callback runs */
     }
-    if (q->tail) q->tail->next = dn;
-    else q->head = dn;
+    if (q->tail)
+        q->tail->next = dn;
+    else
+        q->head = dn;
     q->tail = dn;
     aw_unlink(a); /* pending count drops before printing reports it */
     if (!s->running) flush_done(s, true);
 }
 
-static void aw_cb(knit_result *res, void *arg) { aw_complete(res, arg); }
+static void aw_cb(knit_result *res, void *arg)
+{
+    aw_complete(res, arg);
+}
 
 /* await(d) or await(f, ...) -> id */
 static int l_await(lua_State *L)
@@ -354,7 +364,10 @@ void knit__manhole_awaits_forget(knit_manhole_session *s)
     }
 }
 
-size_t knit_manhole_session_awaits(const knit_manhole_session *s) { return s->nawaits; }
+size_t knit_manhole_session_awaits(const knit_manhole_session *s)
+{
+    return s->nawaits;
+}
 
 void knit_manhole_session_set_async(knit_manhole_session *s, knit_manhole_async_fn fn, void *arg)
 {
@@ -382,12 +395,19 @@ static int convert_lval(lua_State *L, void *value, void *arg)
     }
     switch (v->type) {
     case LUA_TNUMBER:
-        if (v->len) lua_pushinteger(L, v->i); /* len 1 marks an integer */
-        else lua_pushnumber(L, v->num);
+        if (v->len)
+            lua_pushinteger(L, v->i); /* len 1 marks an integer */
+        else
+            lua_pushnumber(L, v->num);
         break;
-    case LUA_TBOOLEAN: lua_pushboolean(L, v->i != 0); break;
-    case LUA_TSTRING: lua_pushlstring(L, v->str, v->len); break;
-    default: lua_pushnil(L);
+    case LUA_TBOOLEAN:
+        lua_pushboolean(L, v->i != 0);
+        break;
+    case LUA_TSTRING:
+        lua_pushlstring(L, v->str, v->len);
+        break;
+    default:
+        lua_pushnil(L);
     }
     return 0;
 }
@@ -431,7 +451,8 @@ static int l_later(lua_State *L)
     if (sec < 0) sec = 0;
     size_t len = 0;
     int t = lua_type(L, 2);
-    if (t == LUA_TSTRING) lua_tolstring(L, 2, &len);
+    if (t == LUA_TSTRING)
+        lua_tolstring(L, 2, &len);
     else if (t != LUA_TNUMBER && t != LUA_TBOOLEAN && t != LUA_TNONE && t != LUA_TNIL)
         return luaL_error(L, "later: value must be a number, string or boolean");
     lval *v = malloc(sizeof *v + len + 1);
@@ -444,8 +465,10 @@ static int l_later(lua_State *L)
     memset(v, 0, sizeof *v);
     v->type = t;
     if (t == LUA_TNUMBER) {
-        if (lua_isinteger(L, 2)) v->i = lua_tointeger(L, 2), v->len = 1;
-        else v->num = lua_tonumber(L, 2);
+        if (lua_isinteger(L, 2))
+            v->i = lua_tointeger(L, 2), v->len = 1;
+        else
+            v->num = lua_tonumber(L, 2);
     } else if (t == LUA_TBOOLEAN) {
         v->i = lua_toboolean(L, 2);
     } else if (t == LUA_TSTRING) {

@@ -46,7 +46,10 @@
 #pragma weak knit_flag_type_name
 #pragma weak knit_metrics_expose
 
-static knit_manhole *mh_of(lua_State *L) { return knit_manhole_of(L); }
+static knit_manhole *mh_of(lua_State *L)
+{
+    return knit_manhole_of(L);
+}
 
 static const char *who_of(lua_State *L)
 {
@@ -112,8 +115,10 @@ static void push_fn_name(lua_State *L, const void *fn)
     Dl_info info;
     if (fn && dladdr(fn, &info) && info.dli_sname) {
         uintptr_t off = (uintptr_t)fn - (uintptr_t)info.dli_saddr;
-        if (off) lua_pushfstring(L, "%s+0x%I", info.dli_sname, (lua_Integer)off);
-        else lua_pushstring(L, info.dli_sname);
+        if (off)
+            lua_pushfstring(L, "%s+0x%I", info.dli_sname, (lua_Integer)off);
+        else
+            lua_pushstring(L, info.dli_sname);
         return;
     }
     if (fn && dladdr(fn, &info) && info.dli_fname) {
@@ -142,8 +147,7 @@ typedef struct timer_visit {
     size_t cap, n, seen;
 } timer_visit;
 
-static void visit_timer(knit_timer t, knit_time deadline, knit_timer_cb fn, void *fn_arg,
-                        void *arg)
+static void visit_timer(knit_timer t, knit_time deadline, knit_timer_cb fn, void *fn_arg, void *arg)
 {
     timer_visit *v = arg;
     v->seen++;
@@ -185,19 +189,23 @@ static knit_flags *need_flags(lua_State *L)
 {
     knit_manhole *m = mh_of(L);
     if (!knit_flags_visit) luaL_error(L, "the flag module is not linked into this program");
-    if (!m || !m->flags)
-        luaL_error(L, "no flag set attached (knit_manhole_attach_flags)");
+    if (!m || !m->flags) luaL_error(L, "no flag set attached (knit_manhole_attach_flags)");
     return m->flags;
 }
 
 static const char *source_name(knit_flag_source s)
 {
     switch (s) {
-    case KNIT_FLAG_SRC_DEFAULT: return "default";
-    case KNIT_FLAG_SRC_FILE: return "file";
-    case KNIT_FLAG_SRC_ENV: return "env";
-    case KNIT_FLAG_SRC_ARGV: return "argv";
-    case KNIT_FLAG_SRC_RUNTIME: return "runtime";
+    case KNIT_FLAG_SRC_DEFAULT:
+        return "default";
+    case KNIT_FLAG_SRC_FILE:
+        return "file";
+    case KNIT_FLAG_SRC_ENV:
+        return "env";
+    case KNIT_FLAG_SRC_ARGV:
+        return "argv";
+    case KNIT_FLAG_SRC_RUNTIME:
+        return "runtime";
     }
     return "?";
 }
@@ -276,12 +284,12 @@ static int l_flags_set(lua_State *L)
     if (lua_type(L, 2) == LUA_TBOOLEAN) value = lua_toboolean(L, 2) ? "true" : "false";
     int rc = knit_flags_set(fs, name, value);
     if (rc < 0) {
-        knit_log_kv(KNIT_LOG_WARN, "manhole", "flag change refused", "who", who_of(L), "flag",
-                    name, "value", value, "why", knit_flags_error(fs), NULL);
+        knit_log_kv(KNIT_LOG_WARN, "manhole", "flag change refused", "who", who_of(L), "flag", name,
+                    "value", value, "why", knit_flags_error(fs), NULL);
         return luaL_error(L, "%s", knit_flags_error(fs));
     }
-    knit_log_kv(KNIT_LOG_WARN, "manhole", "flag changed", "who", who_of(L), "flag", name,
-                "value", value, NULL);
+    knit_log_kv(KNIT_LOG_WARN, "manhole", "flag changed", "who", who_of(L), "flag", name, "value",
+                value, NULL);
     lua_settop(L, 1);
     return l_flags(L);
 }
@@ -312,8 +320,10 @@ static void push_hist(lua_State *L, const uint64_t *h)
     for (unsigned i = 0; i < KNIT_POOL_HIST_BUCKETS; i++) {
         lua_createtable(L, 0, 2);
         knit_duration b = knit_pool_hist_bound(i);
-        if (b == INT64_MAX) knit_manhole_setfield_str(L, -1, "le", "inf");
-        else knit_manhole_setfield_num(L, -1, "le", KNIT_TO_SEC(b));
+        if (b == INT64_MAX)
+            knit_manhole_setfield_str(L, -1, "le", "inf");
+        else
+            knit_manhole_setfield_num(L, -1, "le", KNIT_TO_SEC(b));
         knit_manhole_setfield_int(L, -1, "count", (lua_Integer)h[i]);
         lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
@@ -376,7 +386,10 @@ void knit_manhole_detach_pool(knit_manhole *m, knit_pool *p)
     }
 }
 
-void knit_manhole_attach_flags(knit_manhole *m, knit_flags *fs) { m->flags = fs; }
+void knit_manhole_attach_flags(knit_manhole *m, knit_flags *fs)
+{
+    m->flags = fs;
+}
 
 /* ---- loops ----------------------------------------------------------------------- */
 
@@ -486,7 +499,8 @@ static knit_metrics *need_metrics(lua_State *L)
 {
     knit_manhole *m = mh_of(L);
     if (!knit_metrics_expose) luaL_error(L, "the metrics module is not linked into this program");
-    if (!m || !m->metrics) luaL_error(L, "no metrics registry attached (knit_manhole_attach_metrics)");
+    if (!m || !m->metrics)
+        luaL_error(L, "no metrics registry attached (knit_manhole_attach_metrics)");
     return m->metrics;
 }
 
@@ -539,8 +553,8 @@ static int l_metrics(lua_State *L)
     while (p < end) {
         const char *nl = memchr(p, '\n', (size_t)(end - p));
         const char *le = nl ? nl : end;
-        if (le > p && *p != '#' && (plen == 0 || ((size_t)(le - p) >= plen &&
-                                                 memcmp(p, prefix, plen) == 0))) {
+        if (le > p && *p != '#' &&
+            (plen == 0 || ((size_t)(le - p) >= plen && memcmp(p, prefix, plen) == 0))) {
             const char *sp = le;
             while (sp > p && sp[-1] != ' ')
                 sp--;
@@ -571,7 +585,10 @@ static int l_metrics_text(lua_State *L)
     return 1;
 }
 
-void knit_manhole_attach_metrics(knit_manhole *m, knit_metrics *mx) { m->metrics = mx; }
+void knit_manhole_attach_metrics(knit_manhole *m, knit_metrics *mx)
+{
+    m->metrics = mx;
+}
 
 /* ---- gaps ------------------------------------------------------------------------ */
 

@@ -90,7 +90,6 @@ struct knit_manhole_session {
     void *async_arg;
 };
 
-
 /* session.c */
 knit_manhole_session *knit__manhole_session_of(lua_State *L);
 /* Pretty-print the value at IDX into the session's output buffer; pushes the

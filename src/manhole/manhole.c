@@ -34,8 +34,10 @@ int knit_manhole_new(knit_manhole **out, knit_reactor *r, const knit_manhole_opt
     if (irc < 0) return irc;
     knit_manhole *m = calloc(1, sizeof *m);
     if (!m) return KNIT_ENOMEM;
-    if (opts) m->o = *opts;
-    else knit_manhole_options_init(&m->o);
+    if (opts)
+        m->o = *opts;
+    else
+        knit_manhole_options_init(&m->o);
     if (m->o.max_depth == 0) m->o.max_depth = 1;
     if (m->o.max_items == 0) m->o.max_items = 1;
     if (m->o.max_output < 64) m->o.max_output = 64;
@@ -69,7 +71,10 @@ void knit_manhole_free(knit_manhole *m)
     free(m);
 }
 
-knit_reactor *knit_manhole_reactor(const knit_manhole *m) { return m->r; }
+knit_reactor *knit_manhole_reactor(const knit_manhole *m)
+{
+    return m->r;
+}
 
 /* ---- registry ---------------------------------------------------------------- */
 
@@ -138,8 +143,8 @@ int knit_manhole_register_fn(knit_manhole *m, const char *name, lua_CFunction fn
                              const char *doc)
 {
     if (!fn) return KNIT_EINVAL;
-    mh_binding b = {.name = (char *)name, .doc = (char *)doc, .kind = BIND_FN, .fn = fn,
-                    .data = data};
+    mh_binding b = {
+        .name = (char *)name, .doc = (char *)doc, .kind = BIND_FN, .fn = fn, .data = data};
     return add_binding(m, &b);
 }
 
@@ -147,18 +152,23 @@ int knit_manhole_register_value(knit_manhole *m, const char *name, knit_manhole_
                                 void *data, const char *doc)
 {
     if (!push) return KNIT_EINVAL;
-    mh_binding b = {.name = (char *)name, .doc = (char *)doc, .kind = BIND_VALUE, .push = push,
-                    .data = data};
+    mh_binding b = {
+        .name = (char *)name, .doc = (char *)doc, .kind = BIND_VALUE, .push = push, .data = data};
     return add_binding(m, &b);
 }
 
-void *knit_manhole_data(lua_State *L) { return lua_touserdata(L, lua_upvalueindex(1)); }
+void *knit_manhole_data(lua_State *L)
+{
+    return lua_touserdata(L, lua_upvalueindex(1));
+}
 
 void knit_manhole_setfield_str(lua_State *L, int idx, const char *k, const char *v)
 {
     idx = lua_absindex(L, idx);
-    if (v) lua_pushstring(L, v);
-    else lua_pushnil(L);
+    if (v)
+        lua_pushstring(L, v);
+    else
+        lua_pushnil(L);
     lua_setfield(L, idx, k);
 }
 
@@ -243,8 +253,7 @@ static int install_one(lua_State *L, const mh_binding *b, void *s)
         int rc = b->push(L, b->data);
         if (rc < 0 || lua_gettop(L) != before + 1) {
             lua_settop(L, parent - 1);
-            KNIT_WARN("manhole", "binding %s skipped for session (push returned %d)", b->name,
-                      rc);
+            KNIT_WARN("manhole", "binding %s skipped for session (push returned %d)", b->name, rc);
             return 0;
         }
     }

@@ -155,8 +155,10 @@ static bool conn_poll(void *arg)
 static void conn_list_remove(mh_conn *c)
 {
     if (!c->m) return;
-    if (c->prev) c->prev->next = c->next;
-    else c->m->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->m->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     c->m->nconns--;
     c->prev = c->next = NULL;
@@ -165,9 +167,12 @@ static void conn_list_remove(mh_conn *c)
 static const char *status_word(int st)
 {
     switch (st) {
-    case KNIT_MANHOLE_OK: return "ok";
-    case KNIT_MANHOLE_MORE: return "more";
-    default: return "error";
+    case KNIT_MANHOLE_OK:
+        return "ok";
+    case KNIT_MANHOLE_MORE:
+        return "more";
+    default:
+        return "error";
     }
 }
 
@@ -418,5 +423,11 @@ void knit__manhole_close_transports(knit_manhole *m)
     }
 }
 
-int knit_manhole_ssh_port(const knit_manhole *m) { return m->ssh_port; }
-size_t knit_manhole_connection_count(const knit_manhole *m) { return m->nconns; }
+int knit_manhole_ssh_port(const knit_manhole *m)
+{
+    return m->ssh_port;
+}
+size_t knit_manhole_connection_count(const knit_manhole *m)
+{
+    return m->nconns;
+}

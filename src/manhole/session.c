@@ -33,7 +33,10 @@ knit_manhole_session *knit__manhole_session_of(lua_State *L)
     return *(knit_manhole_session **)lua_getextraspace(L);
 }
 
-knit_manhole_session *knit_manhole_session_of(lua_State *L) { return knit__manhole_session_of(L); }
+knit_manhole_session *knit_manhole_session_of(lua_State *L)
+{
+    return knit__manhole_session_of(L);
+}
 
 knit_manhole *knit_manhole_of(lua_State *L)
 {
@@ -209,7 +212,10 @@ static void pp_put(pp *p, const char *d, size_t n)
     p->len += n;
 }
 
-static void pp_puts(pp *p, const char *str) { pp_put(p, str, strlen(str)); }
+static void pp_puts(pp *p, const char *str)
+{
+    pp_put(p, str, strlen(str));
+}
 
 static void pp_indent(pp *p, unsigned depth)
 {
@@ -224,11 +230,21 @@ static void pp_quote(pp *p, const char *str, size_t len)
         unsigned char c = (unsigned char)str[i];
         char esc[8];
         switch (c) {
-        case '"': pp_put(p, "\\\"", 2); break;
-        case '\\': pp_put(p, "\\\\", 2); break;
-        case '\n': pp_put(p, "\\n", 2); break;
-        case '\r': pp_put(p, "\\r", 2); break;
-        case '\t': pp_put(p, "\\t", 2); break;
+        case '"':
+            pp_put(p, "\\\"", 2);
+            break;
+        case '\\':
+            pp_put(p, "\\\\", 2);
+            break;
+        case '\n':
+            pp_put(p, "\\n", 2);
+            break;
+        case '\r':
+            pp_put(p, "\\r", 2);
+            break;
+        case '\t':
+            pp_put(p, "\\t", 2);
+            break;
         default:
             if (c < 0x20 || c == 0x7f) {
                 snprintf(esc, sizeof esc, "\\%u", c);
@@ -244,9 +260,9 @@ static void pp_quote(pp *p, const char *str, size_t len)
 static bool is_identifier(const char *k, size_t len)
 {
     static const char *const reserved[] = {
-        "and",  "break", "do",  "else", "elseif", "end",    "false", "for",  "function",
-        "goto", "if",    "in",  "local", "nil",   "not",    "or",    "repeat", "return",
-        "then", "true",  "until", "while", NULL};
+        "and",      "break",  "do",   "else", "elseif", "end",   "false", "for",
+        "function", "goto",   "if",   "in",   "local",  "nil",   "not",   "or",
+        "repeat",   "return", "then", "true", "until",  "while", NULL};
     if (len == 0 || !(isalpha((unsigned char)k[0]) || k[0] == '_')) return false;
     for (size_t i = 1; i < len; i++)
         if (!(isalnum((unsigned char)k[i]) || k[i] == '_')) return false;
@@ -272,15 +288,18 @@ static int pkey_cmp(const void *a, const void *b)
     const pkey *x = a, *y = b;
     if (x->rank != y->rank) return x->rank - y->rank;
     switch (x->rank) {
-    case 0: return (x->num > y->num) - (x->num < y->num);
+    case 0:
+        return (x->num > y->num) - (x->num < y->num);
     case 1: {
         size_t n = x->len < y->len ? x->len : y->len;
         int c = memcmp(x->str, y->str, n);
         if (c) return c;
         return (x->len > y->len) - (x->len < y->len);
     }
-    case 2: return (int)x->num - (int)y->num;
-    default: return (x->ptr > y->ptr) - (x->ptr < y->ptr);
+    case 2:
+        return (int)x->num - (int)y->num;
+    default:
+        return (x->ptr > y->ptr) - (x->ptr < y->ptr);
     }
 }
 
@@ -345,10 +364,22 @@ static void pp_table(pp *p, lua_State *L, int idx, unsigned depth)
         memset(k, 0, sizeof *k);
         k->slot = (int)ncol + 1;
         switch (lua_type(L, -1)) {
-        case LUA_TNUMBER: k->rank = 0; k->num = lua_tonumber(L, -1); break;
-        case LUA_TSTRING: k->rank = 1; k->str = lua_tolstring(L, -1, &k->len); break;
-        case LUA_TBOOLEAN: k->rank = 2; k->num = lua_toboolean(L, -1); break;
-        default: k->rank = 3; k->ptr = lua_topointer(L, -1); break;
+        case LUA_TNUMBER:
+            k->rank = 0;
+            k->num = lua_tonumber(L, -1);
+            break;
+        case LUA_TSTRING:
+            k->rank = 1;
+            k->str = lua_tolstring(L, -1, &k->len);
+            break;
+        case LUA_TBOOLEAN:
+            k->rank = 2;
+            k->num = lua_toboolean(L, -1);
+            break;
+        default:
+            k->rank = 3;
+            k->ptr = lua_topointer(L, -1);
+            break;
         }
         ncol++;
     }
@@ -420,7 +451,9 @@ static void pp_value(pp *p, lua_State *L, int idx, unsigned depth)
         pp_quote(p, str, n);
         break;
     }
-    case LUA_TTABLE: pp_table(p, L, idx, depth); break;
+    case LUA_TTABLE:
+        pp_table(p, L, idx, depth);
+        break;
     default: {
         size_t n;
         const char *str = luaL_tolstring(L, idx, &n);
@@ -479,8 +512,10 @@ static void log_eval(knit_manhole_session *s, const char *code, size_t len, cons
     char text[KNIT_MANHOLE_LOG_CODE_MAX + 8];
     size_t n = len < KNIT_MANHOLE_LOG_CODE_MAX ? len : KNIT_MANHOLE_LOG_CODE_MAX;
     memcpy(text, code, n);
-    if (n < len) memcpy(text + n, "...", 4);
-    else text[n] = 0;
+    if (n < len)
+        memcpy(text + n, "...", 4);
+    else
+        text[n] = 0;
     knit_log_kv(KNIT_LOG_INFO, "manhole", "eval", "who", s->who, "session", id, "code", text,
                 "result", result, NULL);
 }
@@ -518,10 +553,11 @@ static int run_user(knit_manhole_session *s, lua_State *L, const char *code, siz
         knit_manhole_session_write(s, msg, n);
         write_str(s, "\n");
         lua_settop(L, base - 1);
-        log_eval(s, code, len, stopped == STOP_BUDGET   ? "interrupted-budget"
-                               : stopped == STOP_USER   ? "interrupted-user"
-                               : stopped == STOP_HANGUP ? "interrupted-hangup"
-                                                        : "error");
+        log_eval(s, code, len,
+                 stopped == STOP_BUDGET   ? "interrupted-budget"
+                 : stopped == STOP_USER   ? "interrupted-user"
+                 : stopped == STOP_HANGUP ? "interrupted-hangup"
+                                          : "error");
         return KNIT_MANHOLE_FAILED;
     }
     int nres = lua_gettop(L) - base;
@@ -678,7 +714,10 @@ int knit_manhole_session_eval(knit_manhole_session *s, const char *chunk, size_t
     return run_req(s, &q);
 }
 
-void knit_manhole_session_reset(knit_manhole_session *s) { s->chunk_len = 0; }
+void knit_manhole_session_reset(knit_manhole_session *s)
+{
+    s->chunk_len = 0;
+}
 
 const char *knit_manhole_session_prompt(const knit_manhole_session *s)
 {
@@ -696,10 +735,22 @@ void knit_manhole_session_set_poll(knit_manhole_session *s, knit_manhole_poll_fn
     s->poll_arg = arg;
 }
 
-bool knit_manhole_session_busy(const knit_manhole_session *s) { return s->running > 0; }
-const char *knit_manhole_session_who(const knit_manhole_session *s) { return s->who; }
-uint64_t knit_manhole_session_id(const knit_manhole_session *s) { return s->id; }
-lua_State *knit_manhole_session_lua(knit_manhole_session *s) { return s->L; }
+bool knit_manhole_session_busy(const knit_manhole_session *s)
+{
+    return s->running > 0;
+}
+const char *knit_manhole_session_who(const knit_manhole_session *s)
+{
+    return s->who;
+}
+uint64_t knit_manhole_session_id(const knit_manhole_session *s)
+{
+    return s->id;
+}
+lua_State *knit_manhole_session_lua(knit_manhole_session *s)
+{
+    return s->L;
+}
 
 /* ---- creation --------------------------------------------------------------- */
 

@@ -171,7 +171,10 @@ static void ssh_write(const char *d, size_t n, void *arg)
     flush_out(c);
 }
 
-static void put_str(ssh_conn *c, const char *str) { ssh_write(str, strlen(str), c); }
+static void put_str(ssh_conn *c, const char *str)
+{
+    ssh_write(str, strlen(str), c);
+}
 
 static void prompt(ssh_conn *c)
 {
@@ -357,9 +360,12 @@ static void start_session(ssh_conn *c)
     }
     knit_manhole_session_set_poll(c->s, ssh_poll, c);
     knit_manhole_session_set_async(c->s, ssh_async, c);
-    knit_log_kv(KNIT_LOG_INFO, "manhole", "connection", "who", c->who, "peer", c->peer,
-                "endpoint", c->ls->desc, "mode",
-                c->exec ? "exec" : c->pty ? "shell" : "shell-nopty", NULL);
+    knit_log_kv(KNIT_LOG_INFO, "manhole", "connection", "who", c->who, "peer", c->peer, "endpoint",
+                c->ls->desc, "mode",
+                c->exec  ? "exec"
+                : c->pty ? "shell"
+                         : "shell-nopty",
+                NULL);
     if (!c->exec && c->pty) {
         char hello[200];
         snprintf(hello, sizeof hello,
@@ -398,12 +404,16 @@ static void pty_input(ssh_conn *c)
     while (i < c->in_len && !c->dead) {
         unsigned char b = (unsigned char)c->in[i++];
         if (c->esc) { /* skip ESC [ ... final-byte sequences (arrow keys) */
-            if (c->esc == 1) c->esc = b == '[' || b == 'O' ? 2 : 0;
-            else if (b >= 0x40 && b <= 0x7e) c->esc = 0;
+            if (c->esc == 1)
+                c->esc = b == '[' || b == 'O' ? 2 : 0;
+            else if (b >= 0x40 && b <= 0x7e)
+                c->esc = 0;
             continue;
         }
         switch (b) {
-        case 0x1b: c->esc = 1; break;
+        case 0x1b:
+            c->esc = 1;
+            break;
         case '\r':
         case '\n': {
             put_str(c, "\n");
@@ -498,8 +508,10 @@ static void process(ssh_conn *c)
         free(cmd);
         finish_channel(c, st == KNIT_MANHOLE_OK ? 0 : 1);
     } else if (c->s && !c->exec) {
-        if (c->pty) pty_input(c);
-        else line_input(c);
+        if (c->pty)
+            pty_input(c);
+        else
+            line_input(c);
     }
     c->processing = false;
 }
@@ -509,14 +521,15 @@ static void process(ssh_conn *c)
 static void conn_free(ssh_conn *c)
 {
     ssh_listener *ls = c->ls;
-    if (c->prev) c->prev->next = c->next;
-    else ls->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        ls->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     knit_io_stop(&c->io);
     knit_timer_cancel(ls->m->r, c->auth_timer);
     if (c->s || c->authed)
-        knit_log_kv(KNIT_LOG_INFO, "manhole", "disconnected", "who", c->who, "peer", c->peer,
-                    NULL);
+        knit_log_kv(KNIT_LOG_INFO, "manhole", "disconnected", "who", c->who, "peer", c->peer, NULL);
     knit_manhole_session_free(c->s);
     if (c->ev) {
         ssh_event_remove_session(c->ev, c->ss);
@@ -563,7 +576,10 @@ static void drive(ssh_conn *c)
     update_io(c);
 }
 
-static void on_conn_io(knit_io *io, unsigned events) { drive(io->data); }
+static void on_conn_io(knit_io *io, unsigned events)
+{
+    drive(io->data);
+}
 
 static void on_auth_timeout(knit_reactor *r, void *arg)
 {
@@ -571,8 +587,10 @@ static void on_auth_timeout(knit_reactor *r, void *arg)
     c->auth_timer = KNIT_TIMER_NONE;
     if (c->authed) return;
     knit_log_kv(KNIT_LOG_INFO, "manhole", "ssh authentication timed out", "peer", c->peer, NULL);
-    if (c->processing) c->dead = true; /* cannot happen before auth; be safe */
-    else conn_free(c);
+    if (c->processing)
+        c->dead = true; /* cannot happen before auth; be safe */
+    else
+        conn_free(c);
 }
 
 static void on_accept(knit_io *io, unsigned events)
@@ -627,7 +645,8 @@ static void on_accept(knit_io *io, unsigned events)
         if (c->next) c->next->prev = c;
         ls->conns = c;
         knit_io_init(ls->m->r, &c->io, fd, on_conn_io, c);
-        c->auth_timer = knit_call_later(ls->m->r, KNIT_MANHOLE_SSH_AUTH_TIMEOUT, on_auth_timeout, c);
+        c->auth_timer =
+            knit_call_later(ls->m->r, KNIT_MANHOLE_SSH_AUTH_TIMEOUT, on_auth_timeout, c);
         drive(c);
     }
 }
@@ -641,8 +660,10 @@ static int ssh_kind_check(const knit_endpoint_desc *d, bool server, char *err, s
 {
     static const char *const opts[] = {"port", "interface", "hostKey", "authorizedKeys", NULL};
     if (d->nargs > 1) {
-        snprintf(err, errlen, "ssh: unexpected argument \"%s\": expected ssh:PORT[:interface=ADDR]"
-                 "[:hostKey=PATH][:authorizedKeys=PATH]", d->args[1]);
+        snprintf(err, errlen,
+                 "ssh: unexpected argument \"%s\": expected ssh:PORT[:interface=ADDR]"
+                 "[:hostKey=PATH][:authorizedKeys=PATH]",
+                 d->args[1]);
         return KNIT_EBADENDPOINT;
     }
     for (size_t i = 0; i < d->nkw; i++) {
@@ -650,8 +671,10 @@ static int ssh_kind_check(const knit_endpoint_desc *d, bool server, char *err, s
         for (const char *const *o = opts; *o && !ok; o++)
             ok = strcmp(*o, d->keys[i]) == 0;
         if (!ok) {
-            snprintf(err, errlen, "ssh: unknown option \"%s\": expected one of port, interface, "
-                     "hostKey, authorizedKeys", d->keys[i]);
+            snprintf(err, errlen,
+                     "ssh: unknown option \"%s\": expected one of port, interface, "
+                     "hostKey, authorizedKeys",
+                     d->keys[i]);
             return KNIT_EBADENDPOINT;
         }
     }

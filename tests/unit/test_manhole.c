@@ -375,14 +375,13 @@ static void test_bindings(void **state)
     assert_int_equal(knit_manhole_register_fn(f->m, "notes.count", l_count, &counter,
                                               "notes.count() -> number of notes"),
                      0);
-    assert_int_equal(knit_manhole_register_fn(f->m, "notes.get", l_get, NULL,
-                                              "notes.get(id) -> note or nil"),
-                     0);
+    assert_int_equal(
+        knit_manhole_register_fn(f->m, "notes.get", l_get, NULL, "notes.get(id) -> note or nil"),
+        0);
     assert_int_equal(knit_manhole_register_fn(f->m, "notes.expire_now", l_expire, &counter,
                                               "notes.expire_now() -> expired count"),
                      0);
-    assert_int_equal(knit_manhole_register_value(f->m, "limits", push_limits, NULL, "limits"),
-                     0);
+    assert_int_equal(knit_manhole_register_value(f->m, "limits", push_limits, NULL, "limits"), 0);
     assert_int_equal(knit_manhole_register_fn(f->m, "flags.set", l_flags_set, NULL, "set"), 0);
     assert_int_equal(knit_manhole_register_fn(f->m, "flags", l_flags, NULL, "list"), 0);
     assert_int_equal(knit_manhole_register_fn(f->m, "bad..name", l_flags, NULL, ""), KNIT_EINVAL);
@@ -579,7 +578,10 @@ static void test_await_outlived_by_deferred(void **state)
 }
 
 void mh_test_timer(knit_reactor *r, void *arg);
-void mh_test_timer(knit_reactor *r, void *arg) { (void)r, (void)arg; }
+void mh_test_timer(knit_reactor *r, void *arg)
+{
+    (void)r, (void)arg;
+}
 
 static void test_reactor_bindings(void **state)
 {
@@ -638,7 +640,10 @@ static void test_flags_bindings(void **state)
 }
 
 static int ticks;
-static void tick(knit_result *res, void *arg) { ticks++; }
+static void tick(knit_result *res, void *arg)
+{
+    ticks++;
+}
 
 static void test_loops_bindings(void **state)
 {
@@ -695,9 +700,8 @@ static void test_ssh_endpoint_kind(void **state)
     char err[KNIT_ENDPOINT_ERRLEN];
     assert_int_equal(knit_manhole_init(), 0);
     assert_int_equal(knit_manhole_init(), 0);
-    assert_int_equal(knit_endpoint_check("ssh:2222:interface=127.0.0.1:hostKey=/x", true, err,
-                                         sizeof err),
-                     0);
+    assert_int_equal(
+        knit_endpoint_check("ssh:2222:interface=127.0.0.1:hostKey=/x", true, err, sizeof err), 0);
     assert_int_equal(knit_endpoint_check("ssh:port=0", true, err, sizeof err), 0);
     assert_int_equal(knit_endpoint_check("ssh:70000", true, err, sizeof err), KNIT_EBADENDPOINT);
     assert_non_null(strstr(err, "expected a number 0-65535"));

@@ -100,7 +100,9 @@ static const char *until_status(void)
             fwrite(line + 1, 1, (size_t)n - 1, o);
             fputc('\n', o);
             break;
-        case '~': fwrite(line + 1, 1, (size_t)n - 1, o); break;
+        case '~':
+            fwrite(line + 1, 1, (size_t)n - 1, o);
+            break;
         case '+':
             fflush(o);
             snprintf(word, sizeof word, "%s", line + 1);
@@ -209,7 +211,7 @@ static int feed_stdin(void)
 /* ---- interactive: libedit in callback mode, so that await() output that
  * arrives while the user sits at the prompt is shown at once ---------------- */
 
-static char *entered;                    /* the line libedit completed */
+static char *entered; /* the line libedit completed */
 static bool input_eof;
 
 static void on_line(char *line)
@@ -299,9 +301,12 @@ int main(int argc, char **argv)
 {
     const char *path = NULL, *chunk = NULL;
     for (int i = 1; i < argc; i++) {
-        if (strcmp(argv[i], "-e") == 0 && i + 1 < argc) chunk = argv[++i];
-        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0) path = NULL, i = argc;
-        else if (!path && argv[i][0] != '-') path = argv[i];
+        if (strcmp(argv[i], "-e") == 0 && i + 1 < argc)
+            chunk = argv[++i];
+        else if (strcmp(argv[i], "-h") == 0 || strcmp(argv[i], "--help") == 0)
+            path = NULL, i = argc;
+        else if (!path && argv[i][0] != '-')
+            path = argv[i];
         else {
             path = NULL;
             break;
