@@ -15,6 +15,33 @@
  *   3. knit_manhole_listen  — transports: a UNIX socket speaking the line
  *                             protocol below (the default) and SSH.
  *
+ * ---- embedding it -----------------------------------------------------------
+ *
+ *   knit_manhole *mh;
+ *   knit_manhole_new(&mh, reactor, NULL);               // built-ins registered
+ *   knit_manhole_attach_flags(mh, flags);                // flags(), flags.set
+ *   knit_manhole_attach_pool(mh, pool);                  // pool.stats()
+ *   knit_manhole_register_fn(mh, "notes.count", l_count, store,
+ *                            "notes.count() -> number of notes");
+ *   knit_manhole_listen(mh, "unix:./notes.manhole:mode=600");
+ *   knit_manhole_listen(mh, "ssh:2222:authorizedKeys=./manhole_keys");
+ *   ... knit_reactor_run(reactor) ...
+ *   knit_manhole_free(mh);                               // before the reactor
+ *
+ * where a binding is an ordinary lua_CFunction:
+ *
+ *   static int l_count(lua_State *L) {
+ *       notes_store *st = knit_manhole_data(L);
+ *       lua_pushinteger(L, notes_store_count(st));
+ *       return 1;
+ *   }
+ *
+ * Then `knit-manhole ./notes.manhole -e 'return notes.count()'`, or
+ * `ssh -p 2222 localhost`. examples/manhole-demo is a complete host.
+ * Bindings run on the reactor thread inside the evaluation: they must not
+ * block (os.execute, io.popen and file IO on slow disks block the reactor
+ * too — the instruction budget cannot interrupt C code).
+ *
  * ---- one Lua state per session (and why) ---------------------------------
  *
  * Every session gets its own lua_State rather than an environment table over
