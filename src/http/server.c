@@ -461,6 +461,9 @@ static void timer_set(struct conn *c, int kind, knit_duration d)
 {
     knit_reactor *r = c->srv->r;
     if (d <= 0) kind = T_NONE;
+    /* A client that does not read what we wrote is on the write timeout;
+     * the idle clock starts once the output drained (on_resume). */
+    if (kind == T_IDLE && c->timer_kind == T_WRITE) return;
     if (kind == T_NONE) {
         if (c->timer_kind != T_NONE) knit_timer_cancel(r, c->timer);
         c->timer = KNIT_TIMER_NONE;
@@ -1548,7 +1551,10 @@ static void on_pause(knit_protocol *p)
 static void on_resume(knit_protocol *p)
 {
     struct conn *c = container_of(p, struct conn, proto);
-    if (c->timer_kind == T_WRITE) timer_set(c, T_NONE, 0);
+    if (c->timer_kind == T_WRITE) {
+        timer_set(c, T_NONE, 0);
+        if (c->state == C_IDLE) timer_set(c, T_IDLE, c->srv->o.idle_timeout);
+    }
     if (c->req && c->req->pool_mode) {
         pthread_mutex_lock(&c->req->mu);
         c->req->paused = false;

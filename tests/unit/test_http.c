@@ -68,6 +68,16 @@ static void h_stream(knit_http_request *req, void *arg)
     knit_http_finish(req);
 }
 
+static void h_big(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    static char block[65536];
+    knit_http_start(req, 200, NULL, -1);
+    for (int i = 0; i < 16; i++) /* 1 MiB: far above the high-water mark */
+        if (knit_http_write(req, block, sizeof block) != 0) break;
+    knit_http_finish(req);
+}
+
 static void setup_fx(fixture *fx, bool with_pool, knit_http_options *o)
 {
     memset(fx, 0, sizeof *fx);
@@ -98,6 +108,7 @@ static void setup_fx(fixture *fx, bool with_pool, knit_http_options *o)
     assert_int_equal(knit_http_route(fx->s, "POST", "/body", pm, h_body, NULL), 0);
     assert_int_equal(knit_http_route(fx->s, "PUT", "/n/{id}", KNIT_HTTP_INLINE, h_params, NULL), 0);
     assert_int_equal(knit_http_route(fx->s, "GET", "/stream", pm, h_stream, NULL), 0);
+    assert_int_equal(knit_http_route(fx->s, "GET", "/big", KNIT_HTTP_INLINE, h_big, NULL), 0);
 }
 
 static void teardown_fx(fixture *fx)
@@ -319,6 +330,30 @@ static void test_idle_timeout_fake_clock(void **state)
     teardown_fx(&fx);
 }
 
+static void test_write_timeout_fake_clock(void **state)
+{
+    (void)state;
+    fixture fx;
+    knit_http_options o;
+    knit_http_options_init(&o);
+    o.write_timeout = KNIT_SEC(60);
+    setup_fx(&fx, false, &o);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /big HTTP/1.1\r\nHost: x\r\n\r\n");
+    /* the client reads nothing: output stays above the high-water mark */
+    assert_true(knit_transport_producer_paused(t));
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_SEC(59)), 0);
+    assert_false(knit_memory_transport_lose_requested(t) || knit_memory_transport_aborted(t));
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_SEC(2)), 0);
+    int err = 0;
+    assert_int_equal(knit_memory_transport_requested_reason(t, &err), KNIT_CLOSE_TIMEOUT);
+    close_conn(t);
+    knit_http_stats st;
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.timeouts, 1);
+    teardown_fx(&fx);
+}
+
 static void test_body_inline_and_continue(void **state)
 {
     (void)state;
@@ -459,6 +494,7 @@ int main(void)
         cmocka_unit_test(test_bad_request_closes),
         cmocka_unit_test(test_slowloris_fake_clock),
         cmocka_unit_test(test_idle_timeout_fake_clock),
+        cmocka_unit_test(test_write_timeout_fake_clock),
         cmocka_unit_test(test_body_inline_and_continue),
         cmocka_unit_test(test_stream_chunked_inline),
         cmocka_unit_test(test_pool_mode),
