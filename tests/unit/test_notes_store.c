@@ -340,6 +340,35 @@ static void test_busy(void **state)
     notes_note_clear(&n);
 }
 
+static void *release_later(void *arg)
+{
+    usleep(50 * 1000);
+    sqlite3_exec(arg, "ROLLBACK", NULL, NULL, NULL);
+    return NULL;
+}
+
+/* A lock held briefly is waited out (SQLite's busy handler retries), not
+ * reported: only a lock held past busy_timeout_ms becomes KNIT_EBUSY. */
+static void test_busy_retried(void **state)
+{
+    fixture *f = *state; /* busy_timeout 1000 ms */
+    sqlite3 *other;
+    assert_int_equal(sqlite3_open(f->path, &other), SQLITE_OK);
+    assert_int_equal(sqlite3_exec(other, "BEGIN IMMEDIATE", NULL, NULL, NULL), SQLITE_OK);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, release_later, other), 0);
+    notes_fields fl = {.text = "waited"};
+    notes_note n;
+    assert_int_equal(notes_store_create(f->s, &fl, T0, &n), 0);
+    assert_string_equal(n.text, "waited");
+    notes_note_clear(&n);
+    pthread_join(th, NULL);
+    sqlite3_close(other);
+    notes_store_stats st;
+    notes_store_get_stats(f->s, &st);
+    assert_int_equal(st.busy, 0);
+}
+
 typedef struct writer {
     notes_store *s;
     int n;
@@ -451,6 +480,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_expire, setup, teardown),
         cmocka_unit_test_setup_teardown(test_reopen_persists, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_busy_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
         cmocka_unit_test(test_open_errors),
         cmocka_unit_test_setup_teardown(test_not_a_database, setup, teardown),
