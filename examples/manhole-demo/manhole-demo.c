@@ -216,6 +216,7 @@ int main(int argc, char **argv)
     knit_metrics_new(&metrics);
     knit_metrics_add_reactor(metrics, r);
     knit_manhole_attach_metrics(mh, metrics);
+    knit_manhole_attach_listener(mh, "ping", pl);
     knit_manhole_register_fn(mh, "demo.work", l_work, NULL,
                              "demo.work([ms]) -> deferred: a pool job sleeping ms");
     knit_manhole_register_fn(mh, "demo.count", l_count, NULL, "demo.count() -> the counter");

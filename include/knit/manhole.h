@@ -239,6 +239,7 @@ void knit_manhole_setfield_bool(lua_State *L, int idx, const char *k, bool v);
  *   knit_manhole_attach_pool    pool.stats([name]), pool.list()
  *   knit_manhole_attach_loop    loops(), loops.stop(name), loops.start(name)
  *   knit_manhole_attach_metrics metrics([prefix]), metrics.text()
+ *   knit_manhole_attach_listener listeners() (address, open connections)
  * A binding whose module is not linked into the program (or whose object
  * was never attached) raises a clear error instead. Returns 0, KNIT_ENOMEM,
  * KNIT_EEXIST for a loop name already attached. */
@@ -247,6 +248,10 @@ typedef struct knit_pool knit_pool;
 typedef struct knit_looping_call knit_looping_call;
 typedef struct knit_deferred knit_deferred;
 typedef struct knit_metrics knit_metrics;
+typedef struct knit_listener knit_listener;
+
+int knit_manhole_attach_listener(knit_manhole *m, const char *name, knit_listener *l);
+void knit_manhole_detach_listener(knit_manhole *m, knit_listener *l);
 
 void knit_manhole_attach_metrics(knit_manhole *m, knit_metrics *mx);
 void knit_manhole_attach_flags(knit_manhole *m, knit_flags *fs);

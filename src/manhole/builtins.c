@@ -18,6 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "knit/endpoint.h"
 #include "knit/error.h"
 #include "knit/flag.h"
 #include "knit/log.h"
@@ -488,6 +489,11 @@ void knit__manhole_free_attachments(knit_manhole *m)
         free(m->loops[i].name);
     free(m->loops);
     free(m->pools);
+    for (size_t i = 0; i < m->nlisteners; i++)
+        free(m->listeners_att[i].name);
+    free(m->listeners_att);
+    m->listeners_att = NULL;
+    m->nlisteners = 0;
     m->loops = NULL;
     m->pools = NULL;
     m->nloops = m->npools = 0;
@@ -590,6 +596,56 @@ void knit_manhole_attach_metrics(knit_manhole *m, knit_metrics *mx)
     m->metrics = mx;
 }
 
+/* ---- listeners ------------------------------------------------------------------- */
+
+static int l_listeners(lua_State *L)
+{
+    knit_manhole *m = mh_of(L);
+    lua_createtable(L, 0, (int)m->nlisteners);
+    for (size_t i = 0; i < m->nlisteners; i++) {
+        knit_listener *l = m->listeners_att[i].l;
+        lua_createtable(L, 0, 4);
+        knit_sockaddr a;
+        char addr[128] = "-";
+        if (knit_listener_address(l, &a) == 0) knit_sockaddr_format(&a, addr, sizeof addr);
+        knit_manhole_setfield_str(L, -1, "address", addr);
+        knit_manhole_setfield_int(L, -1, "connections", (lua_Integer)knit_listener_connections(l));
+        knit_manhole_setfield_int(L, -1, "accepted", (lua_Integer)knit_listener_accepted(l));
+        knit_manhole_setfield_int(L, -1, "emfile_events",
+                                  (lua_Integer)knit_listener_emfile_events(l));
+        lua_setfield(L, -2, m->listeners_att[i].name);
+    }
+    return 1;
+}
+
+int knit_manhole_attach_listener(knit_manhole *m, const char *name, knit_listener *l)
+{
+    for (size_t i = 0; i < m->nlisteners; i++)
+        if (strcmp(m->listeners_att[i].name, name) == 0) return KNIT_EEXIST;
+    mh_listener_ref *nl = realloc(m->listeners_att, (m->nlisteners + 1) * sizeof *nl);
+    if (!nl) return KNIT_ENOMEM;
+    m->listeners_att = nl;
+    char *copy = strdup(name);
+    if (!copy) return KNIT_ENOMEM;
+    m->listeners_att[m->nlisteners].name = copy;
+    m->listeners_att[m->nlisteners].l = l;
+    m->nlisteners++;
+    return 0;
+}
+
+void knit_manhole_detach_listener(knit_manhole *m, knit_listener *l)
+{
+    for (size_t i = 0; i < m->nlisteners; i++) {
+        if (m->listeners_att[i].l == l) {
+            free(m->listeners_att[i].name);
+            memmove(&m->listeners_att[i], &m->listeners_att[i + 1],
+                    (m->nlisteners - i - 1) * sizeof *m->listeners_att);
+            m->nlisteners--;
+            return;
+        }
+    }
+}
+
 /* ---- gaps ------------------------------------------------------------------------ */
 
 static int l_not_yet(lua_State *L)
@@ -626,8 +682,11 @@ int knit__manhole_register_builtins(knit_manhole *m)
          "loops.start(name[, seconds]) -> start it again (last interval by default)", NULL},
         {"metrics", l_metrics, "metrics([prefix]) -> {series = value} snapshot", NULL},
         {"metrics.text", l_metrics_text, "metrics.text() -> Prometheus exposition text", NULL},
+        {"listeners", l_listeners,
+         "listeners() -> attached listeners: address, open connections, accepted", NULL},
         {"connections", l_not_yet,
-         "connections() -> open connections (not yet: streams has no connection registry)",
+         "connections() -> open connections (not yet: streams has no connection registry; "
+         "listeners() has counts)",
          "connections() is not available yet: streams exposes no connection registry"},
         {"close", l_not_yet, "close(id) -> close a connection (not yet, see connections)",
          "close(id) is not available yet: streams exposes no connection registry"},

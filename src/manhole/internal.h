@@ -31,6 +31,11 @@ typedef struct mh_pool_ref {
     knit_pool *p;
 } mh_pool_ref;
 
+typedef struct mh_listener_ref {
+    char *name;
+    knit_listener *l;
+} mh_listener_ref;
+
 typedef struct mh_loop_ref {
     char *name;
     knit_looping_call *lc;
@@ -53,6 +58,8 @@ struct knit_manhole {
     size_t npools;
     mh_loop_ref *loops;
     size_t nloops;
+    mh_listener_ref *listeners_att; /* attached application listeners */
+    size_t nlisteners;
 };
 
 /* Why an evaluation is being interrupted. */

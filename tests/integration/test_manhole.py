@@ -210,6 +210,8 @@ def _(env):
     r = client(env.sock, "-e", "local m = metrics('knit_reactor') local n = 0 "
                "for k, v in pairs(m) do n = n + 1 end return n > 0")
     check(r.stdout == "true\n", r.stdout + r.stderr)
+    r = client(env.sock, "-e", "return listeners().ping.accepted > 0, listeners().ping.address")
+    check(r.stdout.startswith('true\t"127.0.0.1:%d"' % env.demo.ping_port), r.stdout)
     r = client(env.sock, "-e", "return metrics.text():find('# TYPE', 1, true) ~= nil")
     check(r.stdout == "true\n", r.stdout)
 
