@@ -678,6 +678,11 @@ static int run_req(knit_manhole_session *s, eval_req *q)
     lua_pushlightuserdata(L, q);
     int st = lua_pcall(L, 1, 0, 0);
     s->running--;
+    /* An interruption can also hit outside the user's pcall (a __tostring
+     * metamethod looping while results are printed): put the hook back. */
+    s->stop = STOP_NONE;
+    if (lua_gethookcount(L) != KNIT_MANHOLE_HOOK_INTERVAL)
+        lua_sethook(L, mh_hook, LUA_MASKCOUNT, KNIT_MANHOLE_HOOK_INTERVAL);
     if (st != LUA_OK) {
         const char *msg = lua_tostring(L, -1);
         write_str(s, "manhole: ");
@@ -685,7 +690,7 @@ static int run_req(knit_manhole_session *s, eval_req *q)
         write_str(s, "\n");
         lua_pop(L, 1);
         log_eval(s, q->code, q->len, "error");
-        return KNIT_MANHOLE_FAILED;
+        q->result = KNIT_MANHOLE_FAILED;
     }
     knit__manhole_awaits_flush(s); /* awaits that fired during the evaluation */
     lua_gc(L, LUA_GCSTEP, 0);

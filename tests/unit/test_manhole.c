@@ -187,6 +187,10 @@ static void test_budget_interrupts_loop(void **state)
     assert_int_equal(feed(f, "coroutine.wrap(function() while true do end end)()"),
                      KNIT_MANHOLE_FAILED);
     assert_non_null(strstr(f->o.buf, "interrupted"));
+    /* a runaway __tostring while printing the result is interrupted too */
+    assert_int_equal(feed(f, "setmetatable({}, {__tostring = function() while true do end end})"),
+                     KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "interrupted: instruction budget exhausted"));
     /* the next evaluation gets a fresh budget */
     assert_int_equal(feed(f, "local n = 0 for i = 1, 1000 do n = n + i end return n"),
                      KNIT_MANHOLE_OK);
