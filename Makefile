@@ -14,7 +14,9 @@ deps:
 	@scripts/deps build
 
 # Build and start the reference service in the foreground (Ctrl-C stops it).
-run: deps all
+# Builds only what it runs, so the first run on a fresh machine is quick.
+run: $(BUILD)/build.ninja
+	@ninja -C $(BUILD) examples/notes/knit-notes
 	@scripts/run
 
 # The whole suite: unit tests (plain, ASan+UBSan, TSan for threaded modules),
