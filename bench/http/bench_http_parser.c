@@ -24,7 +24,8 @@ static const char *samples[][2] = {
      "GET /static/app.js?v=3 HTTP/1.1\r\nHost: www.example.com\r\nConnection: keep-alive\r\n"
      "User-Agent: Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) "
      "Chrome/119.0.0.0 Safari/537.36\r\n"
-     "Accept: text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\n"
+     "Accept: "
+     "text/html,application/xhtml+xml,application/xml;q=0.9,image/avif,image/webp,*/*;q=0.8\r\n"
      "Accept-Encoding: gzip, deflate, br\r\nAccept-Language: en-US,en;q=0.9\r\n"
      "Cookie: session=0123456789abcdef0123456789abcdef; theme=dark; lang=en\r\n"
      "Referer: https://www.example.com/index.html\r\n\r\n"},
@@ -47,7 +48,8 @@ int main(int argc, char **argv)
             if (knit__http_parse_request(buf, len, 0, &req, NULL) == (ssize_t)len) ok++;
         }
         clock_gettime(CLOCK_MONOTONIC, &b);
-        double ns = ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / (double)n;
+        double ns =
+            ((double)(b.tv_sec - a.tv_sec) * 1e9 + (double)(b.tv_nsec - a.tv_nsec)) / (double)n;
         printf("%-8s %4zu bytes  %7.1f ns/request  (%ld ok)\n", samples[s][0], len, ns, ok);
         if (ok != n) return 1;
     }

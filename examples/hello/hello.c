@@ -34,12 +34,13 @@ static const char *const log_formats[] = {"none", "combined", "json", NULL};
 static const knit_flag_def hello_flags[] = {
     KNIT_FLAG_DEF("http", KNIT_FLAG_ENDPOINT, "tcp:8080:interface=127.0.0.1",
                   "where to listen (endpoint string; tcp:0 picks a free port)"),
-    KNIT_FLAG_DEF("mode", KNIT_FLAG_ENUM, "inline", "run handlers inline on the reactor or on the pool",
-                  .choices = modes),
+    KNIT_FLAG_DEF("mode", KNIT_FLAG_ENUM, "inline",
+                  "run handlers inline on the reactor or on the pool", .choices = modes),
     KNIT_FLAG_DEF("threads", KNIT_FLAG_INT64, "4", "pool worker threads (pool mode)"),
     KNIT_FLAG_DEF("queue", KNIT_FLAG_INT64, "4096", "pool queue length (503 beyond it)"),
     KNIT_FLAG_DEF("sleep-ms", KNIT_FLAG_INT64, "0", "pool mode: sleep this long in each handler"),
-    KNIT_FLAG_DEF("access-log", KNIT_FLAG_ENUM, "none", "access log to stdout", .choices = log_formats),
+    KNIT_FLAG_DEF("access-log", KNIT_FLAG_ENUM, "none", "access log to stdout",
+                  .choices = log_formats),
     KNIT_FLAG_DEF("idle-timeout", KNIT_FLAG_DURATION, "75s", "keep-alive idle timeout"),
     KNIT_FLAG_DEF("header-timeout", KNIT_FLAG_DURATION, "10s", "request head must arrive within"),
     KNIT_FLAG_DEF("drain-timeout", KNIT_FLAG_DURATION, "30s", "in-flight requests on shutdown"),
@@ -130,8 +131,10 @@ static void on_signal(knit_reactor *r, int signo, void *arg)
 {
     (void)signo;
     (void)arg;
-    if (knit_reactor_stopping(r)) knit_reactor_stop_now(r);
-    else knit_reactor_stop(r);
+    if (knit_reactor_stopping(r))
+        knit_reactor_stop_now(r);
+    else
+        knit_reactor_stop(r);
 }
 
 int main(int argc, char **argv)

@@ -86,10 +86,11 @@ extern "C" {
 #define KNIT_HTTP_DRAIN_TIMEOUT KNIT_SEC(30)  /* in-flight requests on shutdown */
 #define KNIT_HTTP_RETRY_AFTER 1u              /* seconds, on 503 */
 #define KNIT_HTTP_SERVER_NAME "knit"
-#define KNIT_HTTP_BODY_BUFFER (64u * 1024u) /* per-request body bytes a pool handler
-                                                 has not read yet; reading pauses above */
-#define KNIT_HTTP_MAX_PARAMS 8                /* {name} segments per route */
-#define KNIT_HTTP_LATENCY_BUCKETS 16          /* < 2^(i+4) us, i.e. 16 us ... 0.5 s, rest */
+#define KNIT_HTTP_BODY_BUFFER                                                                      \
+    (64u * 1024u)                    /* per-request body bytes a pool handler                      \
+                                          has not read yet; reading pauses above */
+#define KNIT_HTTP_MAX_PARAMS 8       /* {name} segments per route */
+#define KNIT_HTTP_LATENCY_BUCKETS 16 /* < 2^(i+4) us, i.e. 16 us ... 0.5 s, rest */
 
 typedef struct knit_http_server knit_http_server;
 typedef struct knit_http_request knit_http_request;
@@ -106,16 +107,16 @@ typedef enum knit_http_log_format {
 } knit_http_log_format;
 
 typedef struct knit_http_options {
-    knit_pool *pool;            /* required for KNIT_HTTP_POOL routes; not owned */
-    const char *server_name;    /* Server header; NULL: none. Default "knit" */
+    knit_pool *pool;         /* required for KNIT_HTTP_POOL routes; not owned */
+    const char *server_name; /* Server header; NULL: none. Default "knit" */
     size_t max_head, max_target, max_headers;
     uint64_t max_body;
-    unsigned max_connections;   /* 0: unlimited */
+    unsigned max_connections; /* 0: unlimited */
     unsigned max_pipeline;
     knit_duration header_timeout, idle_timeout, body_timeout, write_timeout, drain_timeout;
-    unsigned retry_after;       /* seconds, for 503 */
+    unsigned retry_after; /* seconds, for 503 */
     knit_http_log_format access_log;
-    int access_log_fd;          /* default 1 (stdout); not owned */
+    int access_log_fd; /* default 1 (stdout); not owned */
 } knit_http_options;
 
 void knit_http_options_init(knit_http_options *o);
@@ -153,8 +154,8 @@ void knit_http_server_free(knit_http_server *s);
 
 /* ---- statistics (for the metrics module) ----------------------------------- */
 typedef struct knit_http_stats {
-    uint64_t requests;          /* answered */
-    uint64_t by_status[6];      /* index status/100: 1xx..5xx (0 unused) */
+    uint64_t requests;     /* answered */
+    uint64_t by_status[6]; /* index status/100: 1xx..5xx (0 unused) */
     uint64_t status_200, status_404, status_400, status_503;
     uint64_t connections_open, connections_total;
     uint64_t parse_errors, timeouts, rejected_busy;
@@ -166,9 +167,9 @@ void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out);
 uint64_t knit_http_status_count(const knit_http_server *s, int status);
 
 /* ---- request accessors [handler] ------------------------------------------- */
-const char *knit_http_method(const knit_http_request *req);  /* "GET" */
-const char *knit_http_target(const knit_http_request *req);  /* raw, "/a%20b?x=1" */
-const char *knit_http_path(const knit_http_request *req);    /* decoded, "/a b" */
+const char *knit_http_method(const knit_http_request *req); /* "GET" */
+const char *knit_http_target(const knit_http_request *req); /* raw, "/a%20b?x=1" */
+const char *knit_http_path(const knit_http_request *req);   /* decoded, "/a b" */
 /* Minor version: 0 or 1. */
 int knit_http_version(const knit_http_request *req);
 /* Route parameter ("id" for "/notes/{id}", "*" for a prefix route), decoded;
@@ -225,8 +226,7 @@ int knit_http_respond(knit_http_request *req, int status, const char *content_ty
  * high-water mark (up to write_timeout, then the connection is aborted).
  * Returns 0, KNIT_ECLOSED (client gone or timed out), KNIT_EALREADY,
  * KNIT_EINVAL (more bytes than LENGTH). */
-int knit_http_start(knit_http_request *req, int status, const char *content_type,
-                    int64_t length);
+int knit_http_start(knit_http_request *req, int status, const char *content_type, int64_t length);
 int knit_http_write(knit_http_request *req, const void *data, size_t len);
 int knit_http_finish(knit_http_request *req);
 

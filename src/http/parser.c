@@ -215,8 +215,10 @@ static void on_connection(scan_state *st, const char *v, size_t n)
     const char *p = v, *end = v + n, *es;
     size_t en;
     while (list_next(&p, end, &es, &en)) {
-        if (NAME_IS(es, en, "close")) st->conn_close = true;
-        else if (NAME_IS(es, en, "keep-alive")) st->conn_keep_alive = true;
+        if (NAME_IS(es, en, "close"))
+            st->conn_close = true;
+        else if (NAME_IS(es, en, "keep-alive"))
+            st->conn_keep_alive = true;
     }
 }
 
@@ -238,8 +240,10 @@ static int on_field(knit__http_request *req, scan_state *st, const char *name, s
         break;
     case 6:
         if (FIELD_IS(name, nlen, "expect")) {
-            if (NAME_IS(v, vlen, "100-continue")) req->expect_continue = true;
-            else st->expect_bad = true;
+            if (NAME_IS(v, vlen, "100-continue"))
+                req->expect_continue = true;
+            else
+                st->expect_bad = true;
         }
         break;
     case 10:
@@ -345,10 +349,9 @@ static bool may_end_line(const char *buf, size_t prev_len, size_t len, size_t ma
 ssize_t knit__http_parse_request(const char *buf, size_t len, size_t prev_len,
                                  knit__http_request *req, const knit__http_limits *limits)
 {
-    static const knit__http_limits deflim = {KNIT__HTTP_MAX_HEAD_DEFAULT,
-                                             KNIT__HTTP_MAX_TARGET_DEFAULT,
-                                             KNIT__HTTP_MAX_HEADERS_DEFAULT,
-                                             KNIT__HTTP_MAX_BODY_DEFAULT};
+    static const knit__http_limits deflim = {
+        KNIT__HTTP_MAX_HEAD_DEFAULT, KNIT__HTTP_MAX_TARGET_DEFAULT, KNIT__HTTP_MAX_HEADERS_DEFAULT,
+        KNIT__HTTP_MAX_BODY_DEFAULT};
     if (!limits) limits = &deflim;
     ensure_cls();
 
@@ -378,7 +381,8 @@ ssize_t knit__http_parse_request(const char *buf, size_t len, size_t prev_len,
 
     const char *p = buf;
     const char *end = buf + (len < limits->max_head ? len : limits->max_head);
-    size_t max_fields = req->fields_cap < limits->max_headers ? req->fields_cap : limits->max_headers;
+    size_t max_fields =
+        req->fields_cap < limits->max_headers ? req->fields_cap : limits->max_headers;
     scan_state st;
     memset(&st, 0, sizeof st);
 
@@ -534,8 +538,8 @@ ssize_t knit__http_parse_request(const char *buf, size_t len, size_t prev_len,
     }
     if (st.expect_bad && req->minor_version == 1) return fail(req, 417, "unsupported expectation");
     if (req->minor_version == 0) req->expect_continue = false; /* RFC 9110 10.1.1 */
-    req->keep_alive = req->minor_version == 1 ? !st.conn_close
-                                               : (st.conn_keep_alive && !st.conn_close);
+    req->keep_alive =
+        req->minor_version == 1 ? !st.conn_close : (st.conn_keep_alive && !st.conn_close);
     return p - buf;
 
 incomplete:
@@ -642,60 +646,93 @@ ssize_t knit__http_chunked_decode(knit__http_chunked *d, const char *in, size_t 
             if (IS(c, C_HEX)) {
                 if (++d->ndigits > 16) return cfail(d, 400, "chunk size too large");
                 d->remaining = (d->remaining << 4) | (uint64_t)hexval(c);
-            } else if (c == ';') d->state = S_EXT_NAME0;
-            else if (ws) d->state = S_SIZE_WS;
-            else if (c == '\r') d->state = S_LF_SIZE;
-            else return cfail(d, 400, "bad chunk size");
+            } else if (c == ';')
+                d->state = S_EXT_NAME0;
+            else if (ws)
+                d->state = S_SIZE_WS;
+            else if (c == '\r')
+                d->state = S_LF_SIZE;
+            else
+                return cfail(d, 400, "bad chunk size");
             break;
         case S_SIZE_WS:
-            if (c == ';') d->state = S_EXT_NAME0;
-            else if (!ws) return cfail(d, 400, "bad chunk size line");
+            if (c == ';')
+                d->state = S_EXT_NAME0;
+            else if (!ws)
+                return cfail(d, 400, "bad chunk size line");
             break;
         case S_EXT_NAME0:
-            if (IS(c, C_TCHAR)) d->state = S_EXT_NAME;
-            else if (!ws) return cfail(d, 400, "bad chunk extension");
+            if (IS(c, C_TCHAR))
+                d->state = S_EXT_NAME;
+            else if (!ws)
+                return cfail(d, 400, "bad chunk extension");
             break;
         case S_EXT_NAME:
-            if (c == '=') d->state = S_EXT_VAL0;
-            else if (c == ';') d->state = S_EXT_NAME0;
-            else if (c == '\r') d->state = S_LF_SIZE;
-            else if (ws) d->state = S_EXT_NAME_WS;
-            else if (!IS(c, C_TCHAR)) return cfail(d, 400, "bad chunk extension");
+            if (c == '=')
+                d->state = S_EXT_VAL0;
+            else if (c == ';')
+                d->state = S_EXT_NAME0;
+            else if (c == '\r')
+                d->state = S_LF_SIZE;
+            else if (ws)
+                d->state = S_EXT_NAME_WS;
+            else if (!IS(c, C_TCHAR))
+                return cfail(d, 400, "bad chunk extension");
             break;
         case S_EXT_NAME_WS:
-            if (c == '=') d->state = S_EXT_VAL0;
-            else if (c == ';') d->state = S_EXT_NAME0;
-            else if (!ws) return cfail(d, 400, "bad chunk extension");
+            if (c == '=')
+                d->state = S_EXT_VAL0;
+            else if (c == ';')
+                d->state = S_EXT_NAME0;
+            else if (!ws)
+                return cfail(d, 400, "bad chunk extension");
             break;
         case S_EXT_VAL0:
-            if (IS(c, C_TCHAR)) d->state = S_EXT_VAL_TOK;
-            else if (c == '"') d->state = S_EXT_QSTR;
-            else if (!ws) return cfail(d, 400, "bad chunk extension");
+            if (IS(c, C_TCHAR))
+                d->state = S_EXT_VAL_TOK;
+            else if (c == '"')
+                d->state = S_EXT_QSTR;
+            else if (!ws)
+                return cfail(d, 400, "bad chunk extension");
             break;
         case S_EXT_VAL_TOK:
-            if (c == ';') d->state = S_EXT_NAME0;
-            else if (c == '\r') d->state = S_LF_SIZE;
-            else if (ws) d->state = S_EXT_AFTER_VAL;
-            else if (!IS(c, C_TCHAR)) return cfail(d, 400, "bad chunk extension");
+            if (c == ';')
+                d->state = S_EXT_NAME0;
+            else if (c == '\r')
+                d->state = S_LF_SIZE;
+            else if (ws)
+                d->state = S_EXT_AFTER_VAL;
+            else if (!IS(c, C_TCHAR))
+                return cfail(d, 400, "bad chunk extension");
             break;
         case S_EXT_AFTER_VAL:
-            if (c == ';') d->state = S_EXT_NAME0;
-            else if (!ws) return cfail(d, 400, "bad chunk extension");
+            if (c == ';')
+                d->state = S_EXT_NAME0;
+            else if (!ws)
+                return cfail(d, 400, "bad chunk extension");
             break;
         case S_EXT_QSTR:
-            if (c == '"') d->state = S_EXT_AFTER_QSTR;
-            else if (c == '\\') d->state = S_EXT_QESC;
-            else if (!IS(c, C_QDTEXT)) return cfail(d, 400, "bad chunk extension");
+            if (c == '"')
+                d->state = S_EXT_AFTER_QSTR;
+            else if (c == '\\')
+                d->state = S_EXT_QESC;
+            else if (!IS(c, C_QDTEXT))
+                return cfail(d, 400, "bad chunk extension");
             break;
         case S_EXT_QESC:
-            if (!(c == '\t' || (c >= 0x20 && c != 0x7f))) return cfail(d, 400, "bad chunk extension");
+            if (!(c == '\t' || (c >= 0x20 && c != 0x7f)))
+                return cfail(d, 400, "bad chunk extension");
             d->state = S_EXT_QSTR;
             break;
         case S_EXT_AFTER_QSTR:
-            if (c == ';') d->state = S_EXT_NAME0;
-            else if (c == '\r') d->state = S_LF_SIZE;
-            else if (ws) d->state = S_EXT_AFTER_VAL;
-            else return cfail(d, 400, "bad chunk extension");
+            if (c == ';')
+                d->state = S_EXT_NAME0;
+            else if (c == '\r')
+                d->state = S_LF_SIZE;
+            else if (ws)
+                d->state = S_EXT_AFTER_VAL;
+            else
+                return cfail(d, 400, "bad chunk extension");
             break;
         case S_LF_SIZE:
             if (c != '\n') return cfail(d, 400, "bare CR in chunk size line");
@@ -718,17 +755,24 @@ ssize_t knit__http_chunked_decode(knit__http_chunked *d, const char *in, size_t 
             d->state = S_SIZE0;
             break;
         case S_TR_LINE:
-            if (c == '\r') d->state = S_TR_END_LF;
-            else if (IS(c, C_TCHAR)) d->state = S_TR_NAME;
-            else return cfail(d, 400, "bad trailer field");
+            if (c == '\r')
+                d->state = S_TR_END_LF;
+            else if (IS(c, C_TCHAR))
+                d->state = S_TR_NAME;
+            else
+                return cfail(d, 400, "bad trailer field");
             break;
         case S_TR_NAME:
-            if (c == ':') d->state = S_TR_VALUE;
-            else if (!IS(c, C_TCHAR)) return cfail(d, 400, "bad trailer field");
+            if (c == ':')
+                d->state = S_TR_VALUE;
+            else if (!IS(c, C_TCHAR))
+                return cfail(d, 400, "bad trailer field");
             break;
         case S_TR_VALUE:
-            if (c == '\r') d->state = S_TR_LF;
-            else if (!IS(c, C_VALUE)) return cfail(d, 400, "bad trailer field");
+            if (c == '\r')
+                d->state = S_TR_LF;
+            else if (!IS(c, C_VALUE))
+                return cfail(d, 400, "bad trailer field");
             break;
         case S_TR_LF:
             if (c != '\n') return cfail(d, 400, "bare CR in trailer");

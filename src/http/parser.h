@@ -48,12 +48,12 @@
 #include <sys/types.h>
 
 /* Defaults for the parser limits (the server's options start from these). */
-#define KNIT__HTTP_MAX_HEAD_DEFAULT 8192u     /* request line + fields + blank line */
-#define KNIT__HTTP_MAX_TARGET_DEFAULT 4096u   /* request-target bytes */
-#define KNIT__HTTP_MAX_HEADERS_DEFAULT 64u    /* field lines */
+#define KNIT__HTTP_MAX_HEAD_DEFAULT 8192u      /* request line + fields + blank line */
+#define KNIT__HTTP_MAX_TARGET_DEFAULT 4096u    /* request-target bytes */
+#define KNIT__HTTP_MAX_HEADERS_DEFAULT 64u     /* field lines */
 #define KNIT__HTTP_MAX_BODY_DEFAULT (1u << 20) /* body bytes (Content-Length or chunked) */
-#define KNIT__HTTP_MAX_CHUNK_LINE 1024u       /* chunk-size line with extensions */
-#define KNIT__HTTP_MAX_TRAILER 4096u          /* trailer section bytes */
+#define KNIT__HTTP_MAX_CHUNK_LINE 1024u        /* chunk-size line with extensions */
+#define KNIT__HTTP_MAX_TRAILER 4096u           /* trailer section bytes */
 
 #define KNIT__HTTP_INCOMPLETE (-2)
 #define KNIT__HTTP_ERROR (-1)
@@ -105,16 +105,16 @@ typedef struct knit__http_request {
     uint32_t method_len;
     uint32_t target_len;
     size_t num_fields;
-    int method_id;       /* enum knit__http_method */
-    int minor_version;   /* 0 or 1 */
-    int body;            /* enum knit__http_body */
+    int method_id;     /* enum knit__http_method */
+    int minor_version; /* 0 or 1 */
+    int body;          /* enum knit__http_body */
     uint64_t content_length;
-    bool keep_alive;     /* after Connection and version rules */
+    bool keep_alive; /* after Connection and version rules */
     bool expect_continue;
     const char *host; /* Host value (NULL when absent, HTTP/1.0 only) */
     uint32_t host_len;
-    int status;          /* on KNIT__HTTP_ERROR: the status to answer */
-    const char *error;   /* on KNIT__HTTP_ERROR: a short static reason */
+    int status;        /* on KNIT__HTTP_ERROR: the status to answer */
+    const char *error; /* on KNIT__HTTP_ERROR: a short static reason */
 } knit__http_request;
 
 /* Parse a request head from BUF[0, LEN). PREV_LEN is LEN at the previous
@@ -133,14 +133,14 @@ bool knit__http_name_is(const char *s, size_t n, const char *lower, size_t lower
  * Chunk extensions are validated and ignored; trailer fields are validated
  * and ignored. Zero-copy: data comes back as spans of the input. */
 typedef struct knit__http_chunked {
-    uint64_t remaining;  /* data bytes left in the current chunk */
-    uint64_t total;      /* data bytes decoded so far */
+    uint64_t remaining; /* data bytes left in the current chunk */
+    uint64_t total;     /* data bytes decoded so far */
     uint64_t max_body;
-    uint32_t line_len;   /* bytes of the current size line / trailer section */
+    uint32_t line_len; /* bytes of the current size line / trailer section */
     uint8_t state;
     uint8_t ndigits;
-    bool done;           /* the last chunk and the trailer section were read */
-    int status;          /* on error: the status to answer (400 or 413) */
+    bool done;  /* the last chunk and the trailer section were read */
+    int status; /* on error: the status to answer (400 or 413) */
     const char *error;
 } knit__http_chunked;
 

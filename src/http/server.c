@@ -39,7 +39,7 @@
 #include "knit/stream.h"
 
 #define MOD "http"
-#define ARENA0 2048u           /* first arena chunk, inside the request allocation */
+#define ARENA0 2048u /* first arena chunk, inside the request allocation */
 #define MAX_LISTENERS 8
 #define OUT_HIGH_WATER KNIT_STREAM_HIGH_WATER
 
@@ -53,7 +53,7 @@ struct route {
     char *pattern; /* owned copy */
     char **segs;   /* pattern segments ("{id}" kept with braces) */
     size_t nsegs;
-    bool prefix;   /* the last pattern segment was "*" */
+    bool prefix; /* the last pattern segment was "*" */
     knit_http_mode mode;
     knit_http_handler fn;
     void *arg;
@@ -106,7 +106,7 @@ struct knit_http_request {
     unsigned nparams;
     char remote[64];
     bool tls;
-    bool head_only;  /* HEAD: no body bytes */
+    bool head_only; /* HEAD: no body bytes */
     bool close_after;
     bool started, finished, chunked, close_delimited;
     bool pool_mode, handler_returned;
@@ -116,10 +116,10 @@ struct knit_http_request {
     bool collect_all;  /* [mu] knit_http_body: no per-request buffer cap */
     bool body_full;    /* [mu] the reactor stopped feeding: buffer at cap */
     bool continue_sent;
-    int body_err;      /* [mu] body framing error / limit, for knit_http_read */
-    int calls_queued;  /* [mu] knit_call_from_thread calls naming this request */
-    bool gone;      /* [mu] the client is gone */
-    bool paused;    /* [mu] transport output above high water */
+    int body_err;     /* [mu] body framing error / limit, for knit_http_read */
+    int calls_queued; /* [mu] knit_call_from_thread calls naming this request */
+    bool gone;        /* [mu] the client is gone */
+    bool paused;      /* [mu] transport output above high water */
     bool ended;
     int status;
     int64_t declared; /* Content-Length we announced, -1 unknown */
@@ -191,43 +191,80 @@ void knit_http_options_init(knit_http_options *o)
 const char *knit_http_reason(int status)
 {
     switch (status) {
-    case 100: return "Continue";
-    case 101: return "Switching Protocols";
-    case 200: return "OK";
-    case 201: return "Created";
-    case 202: return "Accepted";
-    case 204: return "No Content";
-    case 206: return "Partial Content";
-    case 301: return "Moved Permanently";
-    case 302: return "Found";
-    case 303: return "See Other";
-    case 304: return "Not Modified";
-    case 307: return "Temporary Redirect";
-    case 308: return "Permanent Redirect";
-    case 400: return "Bad Request";
-    case 401: return "Unauthorized";
-    case 403: return "Forbidden";
-    case 404: return "Not Found";
-    case 405: return "Method Not Allowed";
-    case 408: return "Request Timeout";
-    case 409: return "Conflict";
-    case 410: return "Gone";
-    case 411: return "Length Required";
-    case 412: return "Precondition Failed";
-    case 413: return "Content Too Large";
-    case 414: return "URI Too Long";
-    case 415: return "Unsupported Media Type";
-    case 417: return "Expectation Failed";
-    case 422: return "Unprocessable Content";
-    case 429: return "Too Many Requests";
-    case 431: return "Request Header Fields Too Large";
-    case 500: return "Internal Server Error";
-    case 501: return "Not Implemented";
-    case 502: return "Bad Gateway";
-    case 503: return "Service Unavailable";
-    case 504: return "Gateway Timeout";
-    case 505: return "HTTP Version Not Supported";
-    default: return "Unknown";
+    case 100:
+        return "Continue";
+    case 101:
+        return "Switching Protocols";
+    case 200:
+        return "OK";
+    case 201:
+        return "Created";
+    case 202:
+        return "Accepted";
+    case 204:
+        return "No Content";
+    case 206:
+        return "Partial Content";
+    case 301:
+        return "Moved Permanently";
+    case 302:
+        return "Found";
+    case 303:
+        return "See Other";
+    case 304:
+        return "Not Modified";
+    case 307:
+        return "Temporary Redirect";
+    case 308:
+        return "Permanent Redirect";
+    case 400:
+        return "Bad Request";
+    case 401:
+        return "Unauthorized";
+    case 403:
+        return "Forbidden";
+    case 404:
+        return "Not Found";
+    case 405:
+        return "Method Not Allowed";
+    case 408:
+        return "Request Timeout";
+    case 409:
+        return "Conflict";
+    case 410:
+        return "Gone";
+    case 411:
+        return "Length Required";
+    case 412:
+        return "Precondition Failed";
+    case 413:
+        return "Content Too Large";
+    case 414:
+        return "URI Too Long";
+    case 415:
+        return "Unsupported Media Type";
+    case 417:
+        return "Expectation Failed";
+    case 422:
+        return "Unprocessable Content";
+    case 429:
+        return "Too Many Requests";
+    case 431:
+        return "Request Header Fields Too Large";
+    case 500:
+        return "Internal Server Error";
+    case 501:
+        return "Not Implemented";
+    case 502:
+        return "Bad Gateway";
+    case 503:
+        return "Service Unavailable";
+    case 504:
+        return "Gateway Timeout";
+    case 505:
+        return "HTTP Version Not Supported";
+    default:
+        return "Unknown";
     }
 }
 
@@ -303,10 +340,14 @@ static char *pct_decode(knit_http_request *req, const char *s, size_t n, bool pl
             for (int k = 1; k <= 2; k++) {
                 char d = s[i + (size_t)k];
                 v <<= 4;
-                if (d >= '0' && d <= '9') v |= d - '0';
-                else if (d >= 'a' && d <= 'f') v |= d - 'a' + 10;
-                else if (d >= 'A' && d <= 'F') v |= d - 'A' + 10;
-                else return NULL;
+                if (d >= '0' && d <= '9')
+                    v |= d - '0';
+                else if (d >= 'a' && d <= 'f')
+                    v |= d - 'a' + 10;
+                else if (d >= 'A' && d <= 'F')
+                    v |= d - 'A' + 10;
+                else
+                    return NULL;
             }
             if (v == 0) return NULL;
             *o++ = (char)v;
@@ -332,8 +373,10 @@ int knit_http_server_new(knit_reactor *r, const knit_http_options *opts, knit_ht
     knit_http_server *s = calloc(1, sizeof *s);
     if (!s) return KNIT_ENOMEM;
     s->r = r;
-    if (opts) s->o = *opts;
-    else knit_http_options_init(&s->o);
+    if (opts)
+        s->o = *opts;
+    else
+        knit_http_options_init(&s->o);
     knit__http_limits_init(&s->lim);
     s->lim.max_head = s->o.max_head;
     s->lim.max_target = s->o.max_target;
@@ -494,13 +537,13 @@ static void conn_error(struct conn *c, int status, const char *why)
     knit_http_server *s = c->srv;
     if (c->state == C_CLOSING || !c->proto.transport) return;
     char buf[512];
-    int n = snprintf(buf, sizeof buf,
-                     "HTTP/1.1 %d %s\r\nDate: %s\r\n%s%s%sContent-Type: text/plain\r\n"
-                     "Content-Length: %zu\r\nConnection: close\r\n%s\r\n%s\n",
-                     status, knit_http_reason(status), http_date(),
-                     s->o.server_name ? "Server: " : "", s->o.server_name ? s->o.server_name : "",
-                     s->o.server_name ? "\r\n" : "", strlen(why) + 1,
-                     status == 503 ? "Retry-After: 1\r\n" : "", why);
+    int n =
+        snprintf(buf, sizeof buf,
+                 "HTTP/1.1 %d %s\r\nDate: %s\r\n%s%s%sContent-Type: text/plain\r\n"
+                 "Content-Length: %zu\r\nConnection: close\r\n%s\r\n%s\n",
+                 status, knit_http_reason(status), http_date(), s->o.server_name ? "Server: " : "",
+                 s->o.server_name ? s->o.server_name : "", s->o.server_name ? "\r\n" : "",
+                 strlen(why) + 1, status == 503 ? "Retry-After: 1\r\n" : "", why);
     if (n > 0 && (size_t)n < sizeof buf) knit_transport_write(c->proto.transport, buf, (size_t)n);
     count_status(s, status);
     KNIT_DEBUG(MOD, "closing connection: %d %s", status, why);
@@ -657,10 +700,10 @@ static void access_log(knit_http_request *req, knit_duration took)
     } else {
         char ts[40];
         strftime(ts, sizeof ts, "%d/%b/%Y:%H:%M:%S +0000", &tm);
-        n = snprintf(line, sizeof line, "%s - - [%s] \"%s %s HTTP/1.%d\" %d %" PRIu64
-                     " \"%s\" \"%s\" %.6f\n",
-                     host, ts, req->method, target, req->h.minor_version, req->status,
-                     req->body_sent, ref, ua, KNIT_TO_SEC(took));
+        n = snprintf(line, sizeof line,
+                     "%s - - [%s] \"%s %s HTTP/1.%d\" %d %" PRIu64 " \"%s\" \"%s\" %.6f\n", host,
+                     ts, req->method, target, req->h.minor_version, req->status, req->body_sent,
+                     ref, ua, KNIT_TO_SEC(took));
     }
     if (n > 0) {
         size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
@@ -744,12 +787,16 @@ static int build_head(knit_http_request *req, knit_buf *b, int status, const cha
     if (rc == 0 && s->o.server_name) rc = knit_buf_printf(b, "Server: %s\r\n", s->o.server_name);
     if (rc == 0 && ctype) rc = knit_buf_printf(b, "Content-Type: %s\r\n", ctype);
     if (rc == 0 && !no_body) {
-        if (length >= 0) rc = knit_buf_printf(b, "Content-Length: %" PRId64 "\r\n", length);
-        else if (req->chunked) rc = knit_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
+        if (length >= 0)
+            rc = knit_buf_printf(b, "Content-Length: %" PRId64 "\r\n", length);
+        else if (req->chunked)
+            rc = knit_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
     }
     if (rc == 0) {
-        if (req->close_after) rc = knit_buf_append_str(b, "Connection: close\r\n");
-        else if (v10) rc = knit_buf_append_str(b, "Connection: keep-alive\r\n");
+        if (req->close_after)
+            rc = knit_buf_append_str(b, "Connection: close\r\n");
+        else if (v10)
+            rc = knit_buf_append_str(b, "Connection: keep-alive\r\n");
     }
     if (rc == 0 && !knit_buf_empty(&req->rh))
         rc = knit_buf_append(b, knit_buf_data(&req->rh), knit_buf_len(&req->rh));
@@ -920,13 +967,34 @@ int knit_http_finish(knit_http_request *req)
 
 /* ---- request accessors ---------------------------------------------------------- */
 
-const char *knit_http_method(const knit_http_request *req) { return req->method; }
-const char *knit_http_target(const knit_http_request *req) { return req->target; }
-const char *knit_http_path(const knit_http_request *req) { return req->path; }
-int knit_http_version(const knit_http_request *req) { return req->h.minor_version; }
-const char *knit_http_remote_addr(const knit_http_request *req) { return req->remote; }
-bool knit_http_is_tls(const knit_http_request *req) { return req->tls; }
-size_t knit_http_header_count(const knit_http_request *req) { return req->h.num_fields; }
+const char *knit_http_method(const knit_http_request *req)
+{
+    return req->method;
+}
+const char *knit_http_target(const knit_http_request *req)
+{
+    return req->target;
+}
+const char *knit_http_path(const knit_http_request *req)
+{
+    return req->path;
+}
+int knit_http_version(const knit_http_request *req)
+{
+    return req->h.minor_version;
+}
+const char *knit_http_remote_addr(const knit_http_request *req)
+{
+    return req->remote;
+}
+bool knit_http_is_tls(const knit_http_request *req)
+{
+    return req->tls;
+}
+size_t knit_http_header_count(const knit_http_request *req)
+{
+    return req->h.num_fields;
+}
 size_t knit_http_body_len(const knit_http_request *req)
 {
     if (req->h.body == KNIT__HTTP_BODY_LENGTH) return (size_t)req->h.content_length;
@@ -1002,8 +1070,7 @@ const char *knit_http_param(const knit_http_request *req, const char *name)
 {
     size_t nl = strlen(name);
     for (unsigned i = 0; i < req->nparams; i++)
-        if (req->pname_lens[i] == nl && memcmp(req->pnames[i], name, nl) == 0)
-            return req->pvals[i];
+        if (req->pname_lens[i] == nl && memcmp(req->pnames[i], name, nl) == 0) return req->pvals[i];
     return NULL;
 }
 
@@ -1102,8 +1169,10 @@ static bool route_match(knit_http_request *req, const struct route *rt)
     }
     if (rt->prefix) {
         if (rt->nsegs > 0) {
-            if (*p == '/') p++;
-            else if (*p) return false;
+            if (*p == '/')
+                p++;
+            else if (*p)
+                return false;
         }
         req->pnames[np] = "*";
         req->pname_lens[np] = 1;
@@ -1140,8 +1209,10 @@ static void worker_done(void *arg)
     if (!req->gone && !req->finished) {
         /* The handler returned without finishing: answer for it (we are on
          * the reactor, so these write directly). */
-        if (!req->started) knit_http_respond(req, 500, "text/plain", "handler did not respond\n", 24);
-        else knit_http_finish(req);
+        if (!req->started)
+            knit_http_respond(req, 500, "text/plain", "handler did not respond\n", 24);
+        else
+            knit_http_finish(req);
     }
     request_maybe_end(req);
 }
@@ -1497,7 +1568,8 @@ static void on_data(knit_protocol *p, knit_buf *in)
     /* Bounded pipelining: stop reading once max_pipeline heads' worth of
      * bytes wait behind the request being answered. */
     if (c->state == C_HANDLING && !c->read_paused &&
-        knit_buf_len(&c->pending) >= s->lim.max_head * (s->o.max_pipeline ? s->o.max_pipeline : 1) / 4) {
+        knit_buf_len(&c->pending) >=
+            s->lim.max_head * (s->o.max_pipeline ? s->o.max_pipeline : 1) / 4) {
         c->read_paused = true;
         knit_transport_pause_reading(p->transport);
     }
@@ -1529,8 +1601,10 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
             request_maybe_end(req);
         }
     }
-    if (c->prev) c->prev->next = c->next;
-    else s->conns = c->next;
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     s->nconns--;
     free(c);
@@ -1753,6 +1827,12 @@ void knit_http_server_free(knit_http_server *s)
 
 /* ---- test hooks (server_int.h) --------------------------------------------------- */
 
-knit_protocol *knit__http_server_accept(knit_http_server *s) { return build_conn(&s->factory, NULL); }
+knit_protocol *knit__http_server_accept(knit_http_server *s)
+{
+    return build_conn(&s->factory, NULL);
+}
 
-size_t knit__http_conn_size(void) { return sizeof(struct conn); }
+size_t knit__http_conn_size(void)
+{
+    return sizeof(struct conn);
+}

@@ -103,7 +103,8 @@ static void setup_fx(fixture *fx, bool with_pool, knit_http_options *o)
     knit_http_mode pm = with_pool ? KNIT_HTTP_POOL : KNIT_HTTP_INLINE;
     assert_int_equal(knit_http_route(fx->s, "GET", "/", KNIT_HTTP_INLINE, h_hello, NULL), 0);
     assert_int_equal(knit_http_route(fx->s, "GET", "/n/{id}", KNIT_HTTP_INLINE, h_params, NULL), 0);
-    assert_int_equal(knit_http_route(fx->s, "GET", "/static/*", KNIT_HTTP_INLINE, h_params, NULL), 0);
+    assert_int_equal(knit_http_route(fx->s, "GET", "/static/*", KNIT_HTTP_INLINE, h_params, NULL),
+                     0);
     assert_int_equal(knit_http_route(fx->s, "GET", "/later", KNIT_HTTP_INLINE, h_later, NULL), 0);
     assert_int_equal(knit_http_route(fx->s, "POST", "/body", pm, h_body, NULL), 0);
     assert_int_equal(knit_http_route(fx->s, "PUT", "/n/{id}", KNIT_HTTP_INLINE, h_params, NULL), 0);
@@ -134,7 +135,10 @@ static void close_conn(knit_transport *t)
     knit_memory_transport_free(t);
 }
 
-static void feed(knit_transport *t, const char *s) { knit_memory_transport_feed(t, s, strlen(s)); }
+static void feed(knit_transport *t, const char *s)
+{
+    knit_memory_transport_feed(t, s, strlen(s));
+}
 
 /* Take everything written so far as a NUL-terminated string (static). */
 static const char *take(knit_transport *t)

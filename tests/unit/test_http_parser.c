@@ -64,15 +64,16 @@ static void check_all(const char *s, size_t n, ssize_t want_rc, int want_status,
 {
     ssize_t rc = parse_lim(s, n, lim);
     if (rc != want_rc || (rc == KNIT__HTTP_ERROR && req.status != want_status)) {
-        fprintf(stderr, "input: %.*s\nrc=%zd status=%d error=%s (want rc=%zd status=%d)\n",
-                (int)n, s, rc, req.status, req.error ? req.error : "-", want_rc, want_status);
+        fprintf(stderr, "input: %.*s\nrc=%zd status=%d error=%s (want rc=%zd status=%d)\n", (int)n,
+                s, rc, req.status, req.error ? req.error : "-", want_rc, want_status);
         fail();
     }
     /* prefixes */
     for (size_t k = 0; k < n; k++) {
         ssize_t r = parse_lim(s, k, lim);
         if (want_rc == KNIT__HTTP_ERROR) {
-            if (r != KNIT__HTTP_INCOMPLETE && !(r == KNIT__HTTP_ERROR && req.status == want_status)) {
+            if (r != KNIT__HTTP_INCOMPLETE &&
+                !(r == KNIT__HTTP_ERROR && req.status == want_status)) {
                 fprintf(stderr, "prefix %zu of %.*s: rc=%zd status=%d\n", k, (int)n, s, r,
                         req.status);
                 fail();
@@ -273,19 +274,19 @@ static void test_limits_exact_fit(void **state)
 static void test_reject_request_line(void **state)
 {
     (void)state;
-    BAD("GET  / HTTP/1.1\r\nHost: h\r\n\r\n", 400);      /* two spaces */
+    BAD("GET  / HTTP/1.1\r\nHost: h\r\n\r\n", 400); /* two spaces */
     BAD("GET /  HTTP/1.1\r\nHost: h\r\n\r\n", 400);
     BAD(" GET / HTTP/1.1\r\nHost: h\r\n\r\n", 400);
     BAD("GET\t/ HTTP/1.1\r\nHost: h\r\n\r\n", 400);
-    BAD("G(T / HTTP/1.1\r\nHost: h\r\n\r\n", 400);       /* non-token method */
+    BAD("G(T / HTTP/1.1\r\nHost: h\r\n\r\n", 400); /* non-token method */
     BAD("GET / HTTP/1.1 \r\nHost: h\r\n\r\n", 400);
     BAD("GET / http/1.1\r\nHost: h\r\n\r\n", 400);
-    BAD("GET / HTTP/1.1\nHost: h\r\n\r\n", 400);         /* bare LF */
-    BAD("GET / HTTP/1.1\rHost: h\r\n\r\n", 400);         /* bare CR */
+    BAD("GET / HTTP/1.1\nHost: h\r\n\r\n", 400); /* bare LF */
+    BAD("GET / HTTP/1.1\rHost: h\r\n\r\n", 400); /* bare CR */
     BAD("GET / HTTP/1\r\nHost: h\r\n\r\n", 400);
     BAD("GET / HTTP/1.1x\r\nHost: h\r\n\r\n", 400);
     BAD("GET / HTTP/11.1\r\nHost: h\r\n\r\n", 400);
-    BAD("GET /\r\n\r\n", 400);                           /* HTTP/0.9 */
+    BAD("GET /\r\n\r\n", 400); /* HTTP/0.9 */
     BAD("\r\r\nGET / HTTP/1.1\r\nHost: h\r\n\r\n", 400);
     BAD("\n\nGET / HTTP/1.1\r\nHost: h\r\n\r\n", 400);
     BAD("GETGETGETGETGETGETGETGETGETGETGETG / HTTP/1.1\r\nHost: h\r\n\r\n", 400);
@@ -325,26 +326,25 @@ static void test_reject_target(void **state)
 static void test_reject_fields(void **state)
 {
     (void)state;
-    BAD("GET / HTTP/1.1\r\nHost : h\r\n\r\n", 400);     /* whitespace before colon */
+    BAD("GET / HTTP/1.1\r\nHost : h\r\n\r\n", 400); /* whitespace before colon */
     BAD("GET / HTTP/1.1\r\nHost\t: h\r\n\r\n", 400);
     BAD("GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n b\r\n\r\n", 400); /* obs-fold */
     BAD("GET / HTTP/1.1\r\nHost: h\r\nX: a\r\n\tb\r\n\r\n", 400);
-    BAD("GET / HTTP/1.1\r\n Host: h\r\n\r\n", 400);     /* whitespace before first field */
+    BAD("GET / HTTP/1.1\r\n Host: h\r\n\r\n", 400);       /* whitespace before first field */
     BAD("GET / HTTP/1.1\r\n: h\r\nHost: h\r\n\r\n", 400); /* empty name */
     BAD("GET / HTTP/1.1\r\nHo(st: h\r\n\r\n", 400);
     BAD("GET / HTTP/1.1\r\nHo\x80st: h\r\n\r\n", 400);
-    BAD("GET / HTTP/1.1\r\nHost h\r\n\r\n", 400);       /* no colon */
+    BAD("GET / HTTP/1.1\r\nHost h\r\n\r\n", 400); /* no colon */
     BAD("GET / HTTP/1.1\r\nHost\r\n\r\n", 400);
     BAD("GET / HTTP/1.1\r\nHost: h\r\nX: a\x00b\r\n\r\n", 400);
     BAD("GET / HTTP/1.1\r\nHost: h\r\nX: a\x7f\r\n\r\n", 400);
     BAD("GET / HTTP/1.1\r\nHost: h\r\nX: a\x01\r\n\r\n", 400);
-    BAD("GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n", 400); /* bare CR in value */
+    BAD("GET / HTTP/1.1\r\nHost: h\r\nX: a\rb\r\n\r\n", 400);    /* bare CR in value */
     BAD("GET / HTTP/1.1\r\nHost: h\r\nX: a\nb: c\r\n\r\n", 400); /* bare LF */
     BAD("GET / HTTP/1.1\r\nHost: h\n\n", 400);
     BAD("GET / HTTP/1.1\r\nHost: h\r\n\r\r", 400);
     BAD("GET / HTTP/1.1\r\nHost: h\r\n\n", 400);
-    BAD("GET / HTTP/1.1\r\nX-Long-Value-That-Goes-On: abcdefghijklmnopqrstuvwxyz\x0b\r\n\r\n",
-        400);
+    BAD("GET / HTTP/1.1\r\nX-Long-Value-That-Goes-On: abcdefghijklmnopqrstuvwxyz\x0b\r\n\r\n", 400);
 }
 
 static void test_reject_host(void **state)
@@ -398,7 +398,8 @@ static void test_reject_transfer_encoding(void **state)
     BAD("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n , identity\r\n\r\n", 400);
     BAD("POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n", 400);
     BAD("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", 501);
-    BAD("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: chunked\r\n\r\n",
+    BAD("POST / HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: gzip\r\nTransfer-Encoding: "
+        "chunked\r\n\r\n",
         501);
 }
 
@@ -544,8 +545,8 @@ static void chunk_bad(const char *s, size_t n, int want_status, uint64_t max_bod
         bool done = false;
         ssize_t r = dechunk(s, n, step, out, &olen, max_body, &status, &done);
         if (r != KNIT__HTTP_ERROR || status != want_status) {
-            fprintf(stderr, "chunked %.*s step %zu: r=%zd status=%d (want %d)\n", (int)n, s,
-                    step, r, status, want_status);
+            fprintf(stderr, "chunked %.*s step %zu: r=%zd status=%d (want %d)\n", (int)n, s, step,
+                    r, status, want_status);
             fail();
         }
     }
@@ -600,22 +601,22 @@ static void test_chunked_rejections(void **state)
     CHUNK_BAD("+5\r\nhello\r\n0\r\n\r\n", 400);
     CHUNK_BAD("0x5\r\nhello\r\n0\r\n\r\n", 400);
     CHUNK_BAD(" 5\r\nhello\r\n0\r\n\r\n", 400);
-    CHUNK_BAD("5 \r\nhello\r\n0\r\n\r\n", 400);     /* trailing whitespace */
-    CHUNK_BAD("5\nhello\r\n0\r\n\r\n", 400);        /* bare LF */
-    CHUNK_BAD("5\rhello\r\n0\r\n\r\n", 400);        /* bare CR */
-    CHUNK_BAD("5\r\nhelloXX0\r\n\r\n", 400);        /* data not followed by CRLF */
+    CHUNK_BAD("5 \r\nhello\r\n0\r\n\r\n", 400); /* trailing whitespace */
+    CHUNK_BAD("5\nhello\r\n0\r\n\r\n", 400);    /* bare LF */
+    CHUNK_BAD("5\rhello\r\n0\r\n\r\n", 400);    /* bare CR */
+    CHUNK_BAD("5\r\nhelloXX0\r\n\r\n", 400);    /* data not followed by CRLF */
     CHUNK_BAD("5\r\nhello\n0\r\n\r\n", 400);
     CHUNK_BAD("5\r\nhello\r\r0\r\n\r\n", 400);
-    CHUNK_BAD("\r\n", 400);                         /* empty size */
-    CHUNK_BAD("5;\r\nhello\r\n0\r\n\r\n", 400);     /* empty extension name */
-    CHUNK_BAD("5;a=\r\nhello\r\n0\r\n\r\n", 400);   /* empty extension value */
+    CHUNK_BAD("\r\n", 400);                       /* empty size */
+    CHUNK_BAD("5;\r\nhello\r\n0\r\n\r\n", 400);   /* empty extension name */
+    CHUNK_BAD("5;a=\r\nhello\r\n0\r\n\r\n", 400); /* empty extension value */
     CHUNK_BAD("5;a=b c\r\nhello\r\n0\r\n\r\n", 400);
     CHUNK_BAD("5;a=\"b\r\nhello\r\n0\r\n\r\n", 400); /* unterminated quote */
     CHUNK_BAD("5;a@b\r\nhello\r\n0\r\n\r\n", 400);
     CHUNK_BAD("5;a=\x01\r\nhello\r\n0\r\n\r\n", 400);
-    CHUNK_BAD("11111111111111111\r\n", 400);        /* 17 hex digits */
-    CHUNK_BAD("0\r\nX : y\r\n\r\n", 400);           /* trailer: whitespace before colon */
-    CHUNK_BAD("0\r\n y\r\n\r\n", 400);              /* trailer obs-fold */
+    CHUNK_BAD("11111111111111111\r\n", 400); /* 17 hex digits */
+    CHUNK_BAD("0\r\nX : y\r\n\r\n", 400);    /* trailer: whitespace before colon */
+    CHUNK_BAD("0\r\n y\r\n\r\n", 400);       /* trailer obs-fold */
     CHUNK_BAD("0\r\nX: a\rb\r\n\r\n", 400);
     CHUNK_BAD("0\r\nX: y\n\r\n", 400);
     CHUNK_BAD("0\r\n\r\r", 400);
@@ -649,7 +650,8 @@ static DIR *open_corpus(char *path, size_t cap)
     snprintf(file, sizeof file, "%s", __FILE__);
     char *slash = strrchr(file, '/');
     if (slash) *slash = 0; /* .../tests/unit */
-    const char *cands[4] = {NULL, NULL, "tests/integration/http-bad", "../tests/integration/http-bad"};
+    const char *cands[4] = {NULL, NULL, "tests/integration/http-bad",
+                            "../tests/integration/http-bad"};
     char a[1100], b[1100];
     if (top) {
         snprintf(a, sizeof a, "%s/tests/integration/http-bad", top);
