@@ -61,8 +61,7 @@ static void send_raw(mh_conn *c, const char *d, size_t n)
     if (knit_transport_write_buffer_size(t) > KNIT_MANHOLE_MAX_PENDING_OUTPUT) {
         /* A client that does not read (or a loop that prints without end):
          * stop the evaluation and drop the connection afterwards. */
-        c->overflow = true;
-        if (c->s) knit_manhole_session_interrupt(c->s);
+        c->overflow = true; /* the poll hook stops the evaluation */
         KNIT_WARN("manhole", "%s: output backlog over %d bytes, dropping connection", c->who,
                   KNIT_MANHOLE_MAX_PENDING_OUTPUT);
         return;

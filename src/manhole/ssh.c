@@ -142,7 +142,6 @@ static void put_raw(ssh_conn *c, const char *d, size_t n)
 {
     if (c->dead || !c->chan) return;
     if (c->out_len + n > KNIT_MANHOLE_MAX_PENDING_OUTPUT) {
-        if (c->s) knit_manhole_session_interrupt(c->s);
         c->dead = true; /* a client that does not read: drop it */
         KNIT_WARN("manhole", "%s: output backlog over %d bytes, dropping connection", c->who,
                   KNIT_MANHOLE_MAX_PENDING_OUTPUT);

@@ -350,6 +350,27 @@ def _(env):
     check(r.stdout == "1\n", r.stdout)
 
 
+@case("a client that does not read its output is dropped, the loop stopped")
+def _(env):
+    before = env.demo2.log().count("output backlog")
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(TIMEOUT)
+    s.connect(env.unlimited)
+    data = b""
+    while b"+ready\n" not in data:
+        data += s.recv(4096)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    s.sendall(b"for i = 1, 1e9 do print(i) end\n")
+    deadline = time.time() + TIMEOUT
+    while env.demo2.log().count("output backlog") == before and time.time() < deadline:
+        time.sleep(0.1)
+    s.close()
+    check(env.demo2.log().count("output backlog") > before, "backlog not detected")
+    check(env.demo2.ping() == "pong", "service stuck")
+    r = client(env.unlimited, "-e", "return 'ok'")
+    check(r.stdout == '"ok"\n', r.stdout)
+
+
 @case("socket file is mode 600: another uid cannot connect")
 def _(env):
     mode = os.stat(env.sock).st_mode & 0o777
