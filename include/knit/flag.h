@@ -132,6 +132,7 @@ typedef struct knit_flag_def {
      * ENDPOINT), int64_t * (INT64, DURATION), uint64_t * (UINT64, BYTES),
      * double *, bool *, int * (ENUM index). Not for LIST. */
     void *bind;
+    const char *metavar; /* optional placeholder in --help ("FILE"); default from the type */
 } knit_flag_def;
 
 /* Shorthands for tables: KNIT_FLAG_DEF(name, type, default, help, ...more fields). */

@@ -78,7 +78,8 @@ static const knit_flag_def builtin_defs[] = {
     KNIT_FLAG_DEF("help", KNIT_FLAG_BOOL, "false", "show this help and exit"),
     KNIT_FLAG_DEF("version", KNIT_FLAG_BOOL, "false", "print the version and exit"),
     KNIT_FLAG_DEF("config", KNIT_FLAG_LIST, "",
-                  "read flags from this file (name = value lines; repeatable, later files win)"),
+                  "read flags from this file (name = value lines; repeatable, later files win)",
+                  .metavar = "FILE"),
     KNIT_FLAG_DEF("print-config", KNIT_FLAG_BOOL, "false",
                   "print every flag's effective value and where it came from, then exit"),
 };
@@ -1076,6 +1077,10 @@ void knit_flags_parse_or_exit(knit_flags *fs, int argc, char **argv)
 
 static void metavar(const knit_flag_def *d, char *buf, size_t len)
 {
+    if (d->metavar) {
+        snprintf(buf, len, "%s", d->metavar);
+        return;
+    }
     switch (d->type) {
     case KNIT_FLAG_STRING:
         snprintf(buf, len, "STRING");

@@ -492,7 +492,13 @@ static void test_bad_values(void **state)
          "notes: flag --format: bad value \"xml\" from argv: expected one of logfmt, json"},
         {"--code=1776", "notes: flag --code: bad value \"1776\" from argv: expected a string (no "
                         "sevens allowed)"},
-        {"--http=tpc:8080", NULL},
+        {"--http=tpc:8080",
+         "notes: flag --http: bad value \"tpc:8080\" from argv: expected an endpoint like "
+         "tcp:8080 (unknown endpoint kind \"tpc\": expected one of tcp, tcp6, unix, ssl, tls, "
+         "systemd, fd, haproxy)"},
+        {"--http=tcp:99999", "notes: flag --http: bad value \"tcp:99999\" from argv: expected an "
+                             "endpoint like tcp:8080 (tcp: port \"99999\": expected a number "
+                             "0-65535)"},
         {"--threads", "notes: flag --threads: missing value from argv: expected an integer"},
         {"--thread=3", "notes: unknown flag --thread from argv (did you mean --threads?)"},
         {"--no-verbos", "notes: unknown flag --no-verbos from argv (did you mean --no-verbose?)"},
@@ -529,7 +535,7 @@ static void test_help(void **state)
                        "      show this help and exit\n"
                        "  --version\n"
                        "      print the version and exit\n"
-                       "  --config LIST\n"
+                       "  --config FILE\n"
                        "      read flags from this file (name = value lines; repeatable, later "
                        "files win)\n"
                        "  --print-config\n"
