@@ -36,6 +36,7 @@ struct knit_app {
     knit_signal *sigterm, *sigint, *sighup;
     knit_trigger *trigger;
     bool trigger_ran;
+    bool loop_done; /* knit_reactor_run returned: triggers are gone */
     knit_timer deadline;
     bool stopping, forced;
     int status;
@@ -155,7 +156,9 @@ static void tree_stopped(knit_result *res, void *arg)
         if (ts->app->status == 0) ts->app->status = KNIT_EXIT_FAILURE;
         knit_failure_free(f); /* already logged by the tree */
     }
-    knit_trigger_done(ts->t);
+    /* After a forced stop the reactor dropped its triggers; the tree may
+     * still finish later (while the pool is freed). */
+    if (!ts->app->loop_done) knit_trigger_done(ts->t);
     free(ts);
 }
 
@@ -340,6 +343,7 @@ int knit_main(int argc, char **argv, const knit_main_options *o)
     if (status < 0) {
         knit_call_later(app.r, 0, start_tree, &app);
         int rc = knit_reactor_run(app.r);
+        app.loop_done = true;
         if (rc < 0) {
             KNIT_ERROR("service", "reactor: %s", knit_strerror(rc));
             if (app.status == 0) app.status = KNIT_EXIT_FAILURE;
@@ -348,6 +352,12 @@ int knit_main(int argc, char **argv, const knit_main_options *o)
         char st[16];
         snprintf(st, sizeof st, "%d", status);
         knit_log_kv(KNIT_LOG_INFO, "service", "exiting", "program", o->program, "status", st, NULL);
+    }
+    if (app.forced) {
+        /* "At once": do not wait for workers still running jobs or for
+         * services still stopping. The process is about to exit; the OS
+         * reclaims what is left. */
+        return status;
     }
     teardown(&app);
     return status;
