@@ -7,7 +7,9 @@
  *
  *   tcp:PORT[:interface=ADDR][:backlog=N][:reuseport=yes]
  *   tcp6:PORT[:interface=ADDR6][:backlog=N][:reuseport=yes]  (IPV6_V6ONLY)
- *   unix:PATH[:mode=0600][:backlog=N][:lockfile=0|1]   ("@name": abstract)
+ *   unix:PATH[:mode=0600][:backlog=N][:lockfile=0|1]   ("@name": abstract;
+ *       lockfile is accepted for Twisted compatibility and ignored: a stale
+ *       socket file is detected by connecting to it)
  *   ssl:PORT:privateKey=KEY.pem[:certKey=CERT.pem][:extraCertChain=CHAIN.pem]
  *       [:interface=ADDR][:backlog=N][:minVersion=TLSv1.2][:alpn=h2,http/1.1]
  *   systemd:domain=INET|INET6|UNIX:index=N   or   systemd:name=NAME

@@ -501,6 +501,16 @@ static void test_tcp_listen_connect_echo(void **state)
     snprintf(want, sizeof want, "tcp:%d: bind: Address already in use", port);
     assert_string_equal(err, want);
     knit_listener_close(l, false);
+    /* reuseport: two listeners share a port */
+    knit_listener *r1, *r2;
+    assert_int_equal(knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1:reuseport=yes", &w.f,
+                                          NULL, &r1, err, sizeof err),
+                     0);
+    snprintf(desc, sizeof desc, "tcp:%d:interface=127.0.0.1:reuseport=yes", listen_port(r1));
+    assert_int_equal(knit_endpoint_listen(w.r, desc, &w.f, NULL, &r2, err, sizeof err), 0);
+    assert_int_equal(listen_port(r1), listen_port(r2));
+    knit_listener_close(r1, false);
+    knit_listener_close(r2, false);
     assert_int_equal(knit_reactor_close(w.r), 0);
 }
 

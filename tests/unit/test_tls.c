@@ -19,6 +19,37 @@
 
 static char dir[64];
 static char cert[128], key[128], other_cert[128], other_key[128];
+static char root_cert[128], inter_cert[128], leaf_cert[128], leaf_key[128];
+
+/* root CA -> intermediate CA -> leaf (localhost): the server must send the
+ * intermediate (extraCertChain) for a client trusting only the root. */
+static int gen_chain(void)
+{
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && printf 'basicConstraints=critical,CA:TRUE\nkeyUsage=keyCertSign,cRLSign\n' "
+             "> ca.ext && printf 'subjectAltName=DNS:localhost\n' > leaf.ext && "
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout root.key -out root.pem -days 2 -subj /CN=root -addext "
+             "basicConstraints=critical,CA:TRUE -addext keyUsage=keyCertSign,cRLSign && "
+             "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout inter.key -out inter.csr -subj /CN=inter && "
+             "openssl x509 -req -in inter.csr -CA root.pem -CAkey root.key -CAcreateserial "
+             "-days 2 -extfile ca.ext -out inter.pem && "
+             "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout leaf.key -out leaf.csr -subj /CN=localhost && "
+             "openssl x509 -req -in leaf.csr -CA inter.pem -CAkey inter.key -CAcreateserial "
+             "-days 2 -extfile leaf.ext -out leaf.pem) >/dev/null 2>&1",
+             dir);
+    /* the subshell's ")" closes a "(" we open here */
+    char full[2100];
+    snprintf(full, sizeof full, "(%s", cmd);
+    snprintf(root_cert, sizeof root_cert, "%s/root.pem", dir);
+    snprintf(inter_cert, sizeof inter_cert, "%s/inter.pem", dir);
+    snprintf(leaf_cert, sizeof leaf_cert, "%s/leaf.pem", dir);
+    snprintf(leaf_key, sizeof leaf_key, "%s/leaf.key", dir);
+    return system(full);
+}
 
 static int gen(const char *name, const char *san)
 {
@@ -37,6 +68,7 @@ static int setup_certs(void **state)
     if (!mkdtemp(dir)) return -1;
     if (gen("localhost", "DNS:localhost,IP:127.0.0.1") != 0) return -1;
     if (gen("other", "DNS:other.example") != 0) return -1;
+    if (gen_chain() != 0) return -1;
     snprintf(cert, sizeof cert, "%s/localhost.pem", dir);
     snprintf(key, sizeof key, "%s/localhost.key", dir);
     snprintf(other_cert, sizeof other_cert, "%s/other.pem", dir);
@@ -334,6 +366,44 @@ static void test_tls_verification_failures(void **state)
     assert_int_equal(knit_reactor_close(w.r), 0);
 }
 
+static void test_tls_extra_cert_chain(void **state)
+{
+    (void)state;
+    world w;
+    memset(&w, 0, sizeof w);
+    assert_int_equal(knit_reactor_new(&w.r, NULL), 0);
+    w.f.build = build;
+    w.f.data = &w;
+    char desc[512], err[KNIT_ENDPOINT_ERRLEN];
+    knit_listener *with, *without;
+    snprintf(desc, sizeof desc,
+             "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s:extraCertChain=%s", leaf_key,
+             leaf_cert, inter_cert);
+    assert_int_equal(knit_endpoint_listen(w.r, desc, &w.f, NULL, &with, err, sizeof err), 0);
+    snprintf(desc, sizeof desc, "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s", leaf_key,
+             leaf_cert);
+    assert_int_equal(knit_endpoint_listen(w.r, desc, &w.f, NULL, &without, err, sizeof err), 0);
+    knit_sockaddr a;
+    knit_listener_address(with, &a);
+    snprintf(desc, sizeof desc, "tls:localhost:%d:caCerts=%s", ntohs(a.u.in.sin_port), root_cert);
+    assert_int_equal(connect_to(&w, desc), 0);
+    roundtrip(&w);
+    close_client(&w);
+    /* without the intermediate the root alone cannot verify the leaf */
+    knit_listener_address(without, &a);
+    snprintf(desc, sizeof desc, "tls:localhost:%d:caCerts=%s", ntohs(a.u.in.sin_port), root_cert);
+    knit_test_log_begin();
+    assert_int_equal(connect_to(&w, desc), KNIT_ETLS);
+    assert_non_null(strstr(knit_tls_last_error(), "unable to get local issuer certificate"));
+    for (int i = 0; i < 100 && knit_listener_connections(without) > 0; i++)
+        turn(&w);
+    knit_test_log_end();
+    knit_listener_close(with, true);
+    knit_listener_close(without, true);
+    turn(&w);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+}
+
 static void test_tls_listener_bad_certificate(void **state)
 {
     (void)state;
@@ -355,6 +425,7 @@ int main(void)
         cmocka_unit_test(test_ctx_errors_carry_openssl_text),
         cmocka_unit_test(test_tls_echo_alpn_sni_resumption),
         cmocka_unit_test(test_tls_verification_failures),
+        cmocka_unit_test(test_tls_extra_cert_chain),
         cmocka_unit_test(test_tls_listener_bad_certificate),
     };
     knit_test_watchdog(120);
