@@ -106,6 +106,15 @@ typedef enum knit_http_log_format {
     KNIT_HTTP_LOG_JSON = 2,     /* one JSON object per line */
 } knit_http_log_format;
 
+/* Makes the body of an answer the server gives by itself (400, 404, 405,
+ * 408, 413, 414, 417, 431, 500, 501, 503, 505): write at most CAP bytes to
+ * BUF, set *CONTENT_TYPE (a static string; default text/plain) and return
+ * the length, or -1 for the default body ("TEXT\n"). TEXT is a short reason
+ * ("404 Not Found", "body too large"). [reactor]; must not block. */
+typedef int (*knit_http_error_body_fn)(int status, const char *text, char *buf, size_t cap,
+                                       const char **content_type, void *arg);
+#define KNIT_HTTP_ERROR_BODY_MAX 1024u
+
 typedef struct knit_http_options {
     knit_pool *pool;         /* required for KNIT_HTTP_POOL routes; not owned */
     const char *server_name; /* Server header; NULL: none. Default "knit" */
@@ -116,7 +125,9 @@ typedef struct knit_http_options {
     knit_duration header_timeout, idle_timeout, body_timeout, write_timeout, drain_timeout;
     unsigned retry_after; /* seconds, for 503 */
     knit_http_log_format access_log;
-    int access_log_fd; /* default 1 (stdout); not owned */
+    int access_log_fd;                  /* default 1 (stdout); not owned */
+    knit_http_error_body_fn error_body; /* NULL: "TEXT\n" as text/plain */
+    void *error_body_arg;
 } knit_http_options;
 
 void knit_http_options_init(knit_http_options *o);

@@ -165,6 +165,8 @@ static void conn_continue(struct conn *c);
 static void process(struct conn *c, knit_buf *buf);
 static void request_maybe_end(knit_http_request *req);
 static void drain_check(knit_http_server *s);
+static void respond_simple(knit_http_request *req, int status, const char *extra_header,
+                           const char *extra_value);
 
 /* ---- options ------------------------------------------------------------------ */
 
@@ -532,19 +534,42 @@ static void count_status(knit_http_server *s, int status)
     }
 }
 
+/* The body of an answer the server makes itself: the application's
+ * (options.error_body) or "TEXT\n" as text/plain. Returns the length. */
+static size_t error_body(knit_http_server *s, int status, const char *text, char *buf, size_t cap,
+                         const char **ctype)
+{
+    *ctype = "text/plain";
+    if (s->o.error_body) {
+        const char *ct = *ctype;
+        int n = s->o.error_body(status, text, buf, cap, &ct, s->o.error_body_arg);
+        if (n >= 0 && (size_t)n <= cap) {
+            *ctype = ct ? ct : "text/plain";
+            return (size_t)n;
+        }
+    }
+    int n = snprintf(buf, cap, "%s\n", text);
+    return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
+}
+
 static void conn_error(struct conn *c, int status, const char *why)
 {
     knit_http_server *s = c->srv;
     if (c->state == C_CLOSING || !c->proto.transport) return;
-    char buf[512];
+    char body[KNIT_HTTP_ERROR_BODY_MAX], head[512];
+    const char *ctype;
+    size_t blen = error_body(s, status, why, body, sizeof body, &ctype);
     int n =
-        snprintf(buf, sizeof buf,
-                 "HTTP/1.1 %d %s\r\nDate: %s\r\n%s%s%sContent-Type: text/plain\r\n"
-                 "Content-Length: %zu\r\nConnection: close\r\n%s\r\n%s\n",
+        snprintf(head, sizeof head,
+                 "HTTP/1.1 %d %s\r\nDate: %s\r\n%s%s%sContent-Type: %s\r\n"
+                 "Content-Length: %zu\r\nConnection: close\r\n%s\r\n",
                  status, knit_http_reason(status), http_date(), s->o.server_name ? "Server: " : "",
-                 s->o.server_name ? s->o.server_name : "", s->o.server_name ? "\r\n" : "",
-                 strlen(why) + 1, status == 503 ? "Retry-After: 1\r\n" : "", why);
-    if (n > 0 && (size_t)n < sizeof buf) knit_transport_write(c->proto.transport, buf, (size_t)n);
+                 s->o.server_name ? s->o.server_name : "", s->o.server_name ? "\r\n" : "", ctype,
+                 blen, status == 503 ? "Retry-After: 1\r\n" : "");
+    if (n > 0 && (size_t)n < sizeof head) {
+        struct iovec iov[2] = {{head, (size_t)n}, {body, blen}};
+        knit_transport_writev(c->proto.transport, iov, 2);
+    }
     count_status(s, status);
     KNIT_DEBUG(MOD, "closing connection: %d %s", status, why);
     timer_set(c, T_NONE, 0);
@@ -1210,7 +1235,7 @@ static void worker_done(void *arg)
         /* The handler returned without finishing: answer for it (we are on
          * the reactor, so these write directly). */
         if (!req->started)
-            knit_http_respond(req, 500, "text/plain", "handler did not respond\n", 24);
+            respond_simple(req, 500, NULL, NULL);
         else
             knit_http_finish(req);
     }
@@ -1221,9 +1246,11 @@ static void respond_simple(knit_http_request *req, int status, const char *extra
                            const char *extra_value)
 {
     if (extra_header) knit_http_add_header(req, extra_header, extra_value);
-    char body[64];
-    int n = snprintf(body, sizeof body, "%d %s\n", status, knit_http_reason(status));
-    knit_http_respond(req, status, "text/plain", body, (size_t)n);
+    char text[64], body[KNIT_HTTP_ERROR_BODY_MAX];
+    snprintf(text, sizeof text, "%d %s", status, knit_http_reason(status));
+    const char *ctype;
+    size_t n = error_body(req->srv, status, text, body, sizeof body, &ctype);
+    knit_http_respond(req, status, ctype, body, n);
 }
 
 /* Find the route for REQ. On a miss, answer 400 (bad path), 404 or 405 and

@@ -480,6 +480,36 @@ static void test_idle_connection_is_small(void **state)
     teardown_fx(&fx);
 }
 
+static int json_error(int status, const char *text, char *buf, size_t cap, const char **ctype,
+                      void *arg)
+{
+    (void)arg;
+    *ctype = "application/json";
+    return snprintf(buf, cap, "{\"status\":%d,\"error\":\"%s\"}", status, text);
+}
+
+static void test_error_body_hook(void **state)
+{
+    (void)state;
+    fixture fx;
+    knit_http_options o;
+    knit_http_options_init(&o);
+    o.error_body = json_error;
+    setup_fx(&fx, false, &o);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n");
+    const char *out = take(t);
+    assert_non_null(strstr(out, "Content-Type: application/json\r\n"));
+    assert_non_null(strstr(out, "\r\n\r\n{\"status\":404,\"error\":\"404 Not Found\"}"));
+    feed(t, "GET / HTTP/1.1\r\nHost: x\r\nBad Name: y\r\n\r\n");
+    out = take(t);
+    assert_true(strncmp(out, "HTTP/1.1 400 ", 13) == 0);
+    assert_non_null(strstr(out, "Content-Type: application/json\r\n"));
+    assert_non_null(strstr(out, "{\"status\":400,\"error\":\"whitespace before colon\"}"));
+    close_conn(t);
+    teardown_fx(&fx);
+}
+
 static void test_reasons(void **state)
 {
     (void)state;
@@ -504,6 +534,7 @@ int main(void)
         cmocka_unit_test(test_pool_mode),
         cmocka_unit_test(test_drain),
         cmocka_unit_test(test_idle_connection_is_small),
+        cmocka_unit_test(test_error_body_hook),
         cmocka_unit_test(test_reasons),
     };
     return KNIT_RUN_TESTS(tests);
