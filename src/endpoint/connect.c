@@ -499,6 +499,31 @@ int knit__ep_unix_connect(knit_reactor *r, const knit_endpoint_desc *d, knit_pro
     return 0;
 }
 
+int knit__endpoint_connect_addrs(knit_reactor *r, const knit_sockaddr *addrs, size_t n,
+                                 knit_protocol_factory *f, const knit_connect_options *o,
+                                 knit_connect_cb cb, void *arg, knit_connect **out)
+{
+    knit_connect *c = calloc(1, sizeof *c);
+    if (!c) return KNIT_ENOMEM;
+    c->r = r;
+    c->f = f;
+    c->cb = cb;
+    c->arg = arg;
+    if (o) c->o = *o;
+    else knit_connect_options_init(&c->o);
+    for (size_t i = 0; i < n && i < MAX_ADDRS; i++)
+        c->addrs[c->naddrs++] = addrs[i];
+    if (c->o.timeout > 0) c->deadline = knit_call_later(r, c->o.timeout, deadline_cb, c);
+    int rc = start_soon(c);
+    if (rc < 0) {
+        if (c->deadline.id) knit_timer_cancel(r, c->deadline);
+        free(c);
+        return rc;
+    }
+    if (out) *out = c;
+    return 0;
+}
+
 int knit_endpoint_connect(knit_reactor *r, const char *desc, knit_protocol_factory *factory,
                           const knit_connect_options *opts, knit_connect_cb cb, void *arg,
                           knit_connect **out, char *err, size_t errlen)

@@ -57,4 +57,10 @@ int knit__ep_unix_connect(knit_reactor *r, const knit_endpoint_desc *d, knit_pro
                           const knit_connect_options *o, knit_connect_cb cb, void *arg,
                           knit_connect **out, char *err, size_t n);
 
+/* Connect to ADDRS in the given order with the happy-eyeballs stagger (for
+ * tests: no resolution, no TLS). */
+int knit__endpoint_connect_addrs(knit_reactor *r, const knit_sockaddr *addrs, size_t n,
+                                 knit_protocol_factory *f, const knit_connect_options *o,
+                                 knit_connect_cb cb, void *arg, knit_connect **out);
+
 #endif

@@ -14,6 +14,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "endpoint/endpoint_int.h" /* knit__endpoint_connect_addrs */
 #include "knit/endpoint.h"
 #include "knit/error.h"
 #include "knit/log.h"
@@ -911,6 +912,86 @@ static void test_connect_deferred(void **state)
     assert_int_equal(knit_reactor_close(w.r), 0);
 }
 
+/* A listener that never completes handshakes: backlog 0, queue filled. */
+static int blackhole(knit_sockaddr *out, int fill[4])
+{
+    int ls = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(ls, (struct sockaddr *)&a, sizeof a);
+    listen(ls, 0);
+    socklen_t sl = sizeof a;
+    getsockname(ls, (struct sockaddr *)&a, &sl);
+    for (int i = 0; i < 4; i++) {
+        fill[i] = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+        connect(fill[i], (struct sockaddr *)&a, sizeof a);
+    }
+    usleep(1000); /* lets the kernel queue the fillers; not a timing assertion */
+    memset(out, 0, sizeof *out);
+    memcpy(&out->u.in, &a, sizeof a);
+    out->len = sizeof a;
+    return ls;
+}
+
+static void test_happy_eyeballs_stagger(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(KNIT_SEC(1));
+    world w;
+    world_init(&w, clk);
+    knit_listener *l;
+    char err[KNIT_ENDPOINT_ERRLEN];
+    assert_int_equal(
+        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &l, err, sizeof err),
+        0);
+    knit_sockaddr addrs[3];
+    int fill[4];
+    int bh = blackhole(&addrs[0], fill);
+    /* 2nd: a closed port (refused at once), 3rd: the live listener */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(s, (struct sockaddr *)&a, sizeof a);
+    socklen_t sl = sizeof a;
+    getsockname(s, (struct sockaddr *)&a, &sl);
+    close(s);
+    memset(&addrs[1], 0, sizeof addrs[1]);
+    memcpy(&addrs[1].u.in, &a, sizeof a);
+    addrs[1].len = sizeof a;
+    assert_int_equal(knit_listener_address(l, &addrs[2]), 0);
+
+    assert_int_equal(knit__endpoint_connect_addrs(w.r, addrs, 3, &w.f, NULL, on_connect, &w, NULL),
+                     0);
+    for (int i = 0; i < 5; i++)
+        knit_reactor_run_once(w.r, KNIT_MSEC(20));
+    if (w.connected) { /* the kernel completed the "blackhole" handshake after all */
+        print_message("blackhole answered; stagger not exercised\n");
+    } else {
+        assert_int_equal(w.failed, 0); /* first attempt still pending, nothing else tried */
+        assert_int_equal(w.built, 0);
+        /* after the stagger the next address is tried while the first is
+         * still pending; it is refused, so the third starts at once and wins */
+        knit_reactor_advance(w.r, KNIT_HAPPY_EYEBALLS_DELAY);
+        for (int i = 0; i < 100 && !w.connected; i++)
+            knit_reactor_run_once(w.r, KNIT_MSEC(20));
+        assert_int_equal(w.connected, 1);
+        assert_int_equal(w.failed, 0);
+    }
+    for (int i = 0; i < 4; i++)
+        close(fill[i]);
+    close(bh);
+    while (w.client) {
+        knit_transport_abort(w.client->transport);
+        knit_reactor_run_once(w.r, 0);
+    }
+    for (int i = 0; i < 100 && knit_listener_connections(l) > 0; i++)
+        knit_reactor_run_once(w.r, KNIT_MSEC(20));
+    knit_listener_close(l, true);
+    knit_reactor_run_once(w.r, 0);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+    knit_clock_free(clk);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -930,6 +1011,7 @@ int main(void)
         cmocka_unit_test(test_connect_refused_cancel_timeout),
         cmocka_unit_test(test_fd_endpoint),
         cmocka_unit_test(test_connect_deferred),
+        cmocka_unit_test(test_happy_eyeballs_stagger),
     };
     return KNIT_RUN_TESTS(tests);
 }
