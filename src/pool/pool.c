@@ -799,6 +799,13 @@ static void cancel_bcalls(knit_pool *p)
 static void finish_shutdown(knit_pool *p)
 {
     drain_done(p);
+    /* Every worker is gone. Jobs still queued had no thread to run them
+     * (min_threads 0 and a failed spawn): fail them, never leave a
+     * Deferred unfired. */
+    pthread_mutex_lock(&p->mu);
+    job *left = stop_locked(p, true);
+    pthread_mutex_unlock(&p->mu);
+    deliver_dropped(p, left);
     STORE(p->shut_down, 1);
     if (p->done_fn) {
         knit_pool_done_fn fn = p->done_fn;
