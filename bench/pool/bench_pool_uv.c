@@ -55,7 +55,10 @@ static void run_phase(const char *name, long n, int inflight)
     bench_report(name, n, t1 - t0, c1 - c0);
 }
 
-static void idle_cb(uv_timer_t *t) { uv_close((uv_handle_t *)t, NULL); }
+static void idle_cb(uv_timer_t *t)
+{
+    uv_close((uv_handle_t *)t, NULL);
+}
 
 int main(int argc, char **argv)
 {

@@ -186,7 +186,10 @@ typedef struct knit_result {
 
 #define KNIT_RESULT_INIT ((knit_result){NULL, NULL, NULL, NULL})
 
-static inline bool knit_result_ok(const knit_result *r) { return r->failure == NULL; }
+static inline bool knit_result_ok(const knit_result *r)
+{
+    return r->failure == NULL;
+}
 /* The failure's code, or 0 for a success. */
 static inline int knit_result_code(const knit_result *r)
 {
@@ -254,7 +257,8 @@ int knit_deferred_callback(knit_deferred *d, void *value, knit_destroy_fn destro
 /* Fire with failure F (ownership passes to D). Same return as above. */
 int knit_deferred_errback(knit_deferred *d, knit_failure *f);
 /* knit_deferred_errback(d, knit_failure_new(code, fmt, ...)). */
-#define knit_deferred_fail(d, code, ...) knit_deferred_errback((d), knit_failure_new((code), __VA_ARGS__))
+#define knit_deferred_fail(d, code, ...)                                                           \
+    knit_deferred_errback((d), knit_failure_new((code), __VA_ARGS__))
 /* Fire with a whole result (moved out of RES, which becomes INIT). If RES is
  * a chained Deferred, D waits for it. Same return as above. */
 int knit_deferred_fire(knit_deferred *d, knit_result *res);

@@ -76,17 +76,17 @@ extern "C" {
 typedef struct knit_pool knit_pool;
 
 typedef struct knit_pool_options {
-    const char *name;            /* for logs and threads (pthread name, 15 chars); "pool" */
-    unsigned min_threads;        /* started at once; default 1 (0 allowed) */
-    unsigned max_threads;        /* default 8; >= max(min_threads, 1) */
-    size_t max_queue;            /* jobs waiting, not running; default 4096, >= 1 */
-    knit_duration idle_timeout;  /* threads above min exit after this idle; default 30 s */
-    knit_duration spin;          /* idle spin before sleeping; default 20 µs; 0 = never;
-                                    capped at KNIT_POOL_MAX_SPIN */
-    bool drain;                  /* on shutdown run queued jobs (true, default) or fail
-                                    them with KNIT_ESHUTDOWN (false) */
-    int shutdown_phase;          /* knit_phase of the shutdown trigger; default DURING;
-                                    -1 = register no trigger (call knit_pool_shutdown) */
+    const char *name;           /* for logs and threads (pthread name, 15 chars); "pool" */
+    unsigned min_threads;       /* started at once; default 1 (0 allowed) */
+    unsigned max_threads;       /* default 8; >= max(min_threads, 1) */
+    size_t max_queue;           /* jobs waiting, not running; default 4096, >= 1 */
+    knit_duration idle_timeout; /* threads above min exit after this idle; default 30 s */
+    knit_duration spin;         /* idle spin before sleeping; default 20 µs; 0 = never;
+                                   capped at KNIT_POOL_MAX_SPIN */
+    bool drain;                 /* on shutdown run queued jobs (true, default) or fail
+                                   them with KNIT_ESHUTDOWN (false) */
+    int shutdown_phase;         /* knit_phase of the shutdown trigger; default DURING;
+                                   -1 = register no trigger (call knit_pool_shutdown) */
 } knit_pool_options;
 
 void knit_pool_options_init(knit_pool_options *o);
@@ -139,8 +139,7 @@ int knit_call_in_thread(knit_pool *p, knit_job_fn fn, void *arg, knit_destroy_fn
  *                             shutdown starts has that Deferred cancelled
  *                             (so *OUT is a KNIT_ECANCELED failure);
  *   KNIT_ENOMEM               if the call could not be queued. [worker]/[any] */
-int knit_blocking_call_from_thread(knit_reactor *r, knit_result_fn fn, void *arg,
-                                   knit_result *out);
+int knit_blocking_call_from_thread(knit_reactor *r, knit_result_fn fn, void *arg, knit_result *out);
 
 /* ---- shutdown --------------------------------------------------------------- */
 
@@ -164,17 +163,17 @@ void knit_pool_free(knit_pool *p);
 /* ---- statistics ------------------------------------------------------------- */
 
 typedef struct knit_pool_stats {
-    unsigned threads;        /* alive now */
-    unsigned threads_busy;   /* running a job now */
+    unsigned threads;      /* alive now */
+    unsigned threads_busy; /* running a job now */
     unsigned threads_peak;
-    size_t queued;           /* jobs waiting */
+    size_t queued; /* jobs waiting */
     size_t max_queue;
-    uint64_t submitted;      /* accepted jobs */
-    uint64_t completed;      /* jobs whose FN returned */
-    uint64_t failed;         /* ... of which left a failure */
-    uint64_t rejected;       /* KNIT_EQUEUEFULL / KNIT_ESHUTDOWN refusals */
-    uint64_t cancelled;      /* removed from the queue by cancel or shutdown */
-    uint64_t batches;        /* reactor wake-ups delivering results */
+    uint64_t submitted; /* accepted jobs */
+    uint64_t completed; /* jobs whose FN returned */
+    uint64_t failed;    /* ... of which left a failure */
+    uint64_t rejected;  /* KNIT_EQUEUEFULL / KNIT_ESHUTDOWN refusals */
+    uint64_t cancelled; /* removed from the queue by cancel or shutdown */
+    uint64_t batches;   /* reactor wake-ups delivering results */
     uint64_t threads_started;
     /* queue wait (submit → start) and run time (start → end), real clock */
     uint64_t wait_hist[KNIT_POOL_HIST_BUCKETS];

@@ -40,8 +40,8 @@ typedef struct pair {
 struct knit_deferred {
     uint32_t refs;
     bool fired;
-    bool running;     /* run() is on the stack for this Deferred */
-    bool cancelled;   /* knit_deferred_cancel fired it (suppresses later fires and the log) */
+    bool running;   /* run() is on the stack for this Deferred */
+    bool cancelled; /* knit_deferred_cancel fired it (suppresses later fires and the log) */
     knit_result result;
     knit_deferred *waiting; /* weak: the inner Deferred this chain is paused on */
     knit_canceller_fn canceller;
@@ -133,8 +133,8 @@ knit_failure *knit_failure_copy(const knit_failure *f)
 {
     if (!f) return NULL;
     if (f == &oom_failure) return &oom_failure;
-    knit_failure *c = knit__failure_new(f->file, f->line, knit_failure_copy(f->cause), f->code,
-                                        "%s", f->message);
+    knit_failure *c =
+        knit__failure_new(f->file, f->line, knit_failure_copy(f->cause), f->code, "%s", f->message);
     return c;
 }
 
@@ -242,7 +242,10 @@ knit_deferred *knit__deferred_new(const char *file, int line)
     return d;
 }
 
-uint64_t knit_deferred_live(void) { return __atomic_load_n(&live_count, __ATOMIC_RELAXED); }
+uint64_t knit_deferred_live(void)
+{
+    return __atomic_load_n(&live_count, __ATOMIC_RELAXED);
+}
 
 knit_deferred *knit_deferred_ref(knit_deferred *d)
 {
@@ -334,9 +337,9 @@ static void release_outer(void *arg)
      * outer->waiting. Free path: the inner being freed has refs == 0. */
     if (outer->waiting && outer->waiting->refs == 0) {
         outer->waiting = NULL;
-        knit_result_fail(&outer->result,
-                         knit_failure_new(KNIT_ENOTACTIVE,
-                                          "chained Deferred was freed without firing"));
+        knit_result_fail(
+            &outer->result,
+            knit_failure_new(KNIT_ENOTACTIVE, "chained Deferred was freed without firing"));
         schedule_resume(outer);
     }
     knit_deferred_unref(outer);
@@ -500,7 +503,10 @@ static void chain_to_fire(knit_result *res, void *arg)
     knit_deferred_fire(other, &moved);
 }
 
-static void chain_to_release(void *arg) { knit_deferred_unref(arg); }
+static void chain_to_release(void *arg)
+{
+    knit_deferred_unref(arg);
+}
 
 void knit_deferred_chain_to(knit_deferred *d, knit_deferred *other)
 {
@@ -560,8 +566,7 @@ static void timeout_pair(knit_result *res, void *arg)
     } else if (res->failure && res->failure->code == KNIT_ECANCELED) {
         knit_failure *cause = knit_result_take_failure(res);
         knit_result_fail(res, knit__failure_new(t->file, t->line, cause, KNIT_ETIMEDOUT,
-                                                "timed out after %.3f s",
-                                                KNIT_TO_SEC(t->timeout)));
+                                                "timed out after %.3f s", KNIT_TO_SEC(t->timeout)));
     }
 }
 
@@ -601,10 +606,10 @@ typedef struct gather_slot {
 } gather_slot;
 
 struct gather_ctx {
-    knit_deferred *out;     /* ref held until fired */
-    size_t n, remaining;    /* remaining: inputs that have not produced a result */
-    size_t live_slots;      /* pairs not yet released; g freed at 0 */
-    bool done;              /* out fired (failure or cancel) */
+    knit_deferred *out;  /* ref held until fired */
+    size_t n, remaining; /* remaining: inputs that have not produced a result */
+    size_t live_slots;   /* pairs not yet released; g freed at 0 */
+    bool done;           /* out fired (failure or cancel) */
     knit_gather_result *res;
     knit_deferred **inputs; /* weak; NULL once that input's pair ran or was released */
     gather_slot *slots;
@@ -690,8 +695,8 @@ static void gather_slot_release(void *arg)
             g->out = NULL;
             g->live_slots++;
             gather_cancel_pending(g, __FILE__, __LINE__);
-            knit_deferred_fail(out, KNIT_ENOTACTIVE,
-                               "gather input %zu was freed without firing", s->i);
+            knit_deferred_fail(out, KNIT_ENOTACTIVE, "gather input %zu was freed without firing",
+                               s->i);
             knit_deferred_unref(out);
             g->live_slots--;
         }
@@ -750,11 +755,23 @@ knit_deferred *knit__deferred_gather(knit_deferred **ds, size_t n, const char *f
 
 /* ---- inspection ------------------------------------------------------------ */
 
-bool knit_deferred_fired(const knit_deferred *d) { return d->fired; }
-bool knit_deferred_paused(const knit_deferred *d) { return d->waiting != NULL; }
+bool knit_deferred_fired(const knit_deferred *d)
+{
+    return d->fired;
+}
+bool knit_deferred_paused(const knit_deferred *d)
+{
+    return d->waiting != NULL;
+}
 const knit_result *knit_deferred_result(const knit_deferred *d)
 {
     return d->fired && !d->waiting ? &d->result : NULL;
 }
-const char *knit_deferred_file(const knit_deferred *d) { return d->file; }
-int knit_deferred_line(const knit_deferred *d) { return d->line; }
+const char *knit_deferred_file(const knit_deferred *d)
+{
+    return d->file;
+}
+int knit_deferred_line(const knit_deferred *d)
+{
+    return d->line;
+}

@@ -73,9 +73,9 @@ typedef struct bcall {
     void *arg;
     knit_result res;
     int rc;
-    knit_pool *p; /* the caller's pool, or NULL */
-    knit_deferred *waiting; /* reactor only */
-    bwait *link;            /* the pair on `waiting` points here, not at b */
+    knit_pool *p;              /* the caller's pool, or NULL */
+    knit_deferred *waiting;    /* reactor only */
+    bwait *link;               /* the pair on `waiting` points here, not at b */
     struct bcall *prev, *next; /* p->bcalls, reactor only */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -184,8 +184,8 @@ static void push_done(knit_pool *p, job *j)
     job *old = __atomic_load_n(&p->done, __ATOMIC_RELAXED);
     do {
         j->next = old;
-    } while (!__atomic_compare_exchange_n(&p->done, &old, j, true, __ATOMIC_RELEASE,
-                                          __ATOMIC_RELAXED));
+    } while (
+        !__atomic_compare_exchange_n(&p->done, &old, j, true, __ATOMIC_RELEASE, __ATOMIC_RELAXED));
     if (old == NULL) {
         /* Empty → non-empty: one reactor call delivers the whole batch. */
         __atomic_add_fetch(&p->refs, 1, __ATOMIC_ACQ_REL);
@@ -456,9 +456,8 @@ int knit_pool_new(knit_pool **out, knit_reactor *r, const knit_pool_options *opt
         o = *opts;
     else
         knit_pool_options_init(&o);
-    if (o.max_threads == 0 || o.max_threads < o.min_threads || o.max_queue == 0 ||
-        o.spin < 0 || o.idle_timeout < 0 || o.shutdown_phase > KNIT_PHASE_AFTER ||
-        o.shutdown_phase < -1)
+    if (o.max_threads == 0 || o.max_threads < o.min_threads || o.max_queue == 0 || o.spin < 0 ||
+        o.idle_timeout < 0 || o.shutdown_phase > KNIT_PHASE_AFTER || o.shutdown_phase < -1)
         return KNIT_EINVAL;
     if (o.spin > KNIT_POOL_MAX_SPIN) o.spin = KNIT_POOL_MAX_SPIN;
     knit_pool *p = calloc(1, sizeof *p);
@@ -483,8 +482,8 @@ int knit_pool_new(knit_pool **out, knit_reactor *r, const knit_pool_options *opt
     pthread_cond_init(&p->cv, &ca);
     pthread_condattr_destroy(&ca);
     if (o.shutdown_phase >= 0) {
-        int rc = knit_reactor_add_trigger(r, (knit_phase)o.shutdown_phase, trigger_fn, p,
-                                          &p->trigger);
+        int rc =
+            knit_reactor_add_trigger(r, (knit_phase)o.shutdown_phase, trigger_fn, p, &p->trigger);
         if (rc) {
             pthread_cond_destroy(&p->cv);
             pthread_mutex_destroy(&p->mu);
@@ -707,8 +706,7 @@ static void bcall_run(knit_reactor *r, void *arg)
     knit_deferred_unref(inner);
 }
 
-int knit_blocking_call_from_thread(knit_reactor *r, knit_result_fn fn, void *arg,
-                                   knit_result *out)
+int knit_blocking_call_from_thread(knit_reactor *r, knit_result_fn fn, void *arg, knit_result *out)
 {
     *out = KNIT_RESULT_INIT;
     if (!fn || knit_reactor_in_thread(r)) return KNIT_EINVAL;
@@ -895,7 +893,10 @@ static void trigger_fn(knit_reactor *r, knit_trigger *t, void *arg)
     if (!p->shutdown_started) knit_pool_shutdown(p, NULL, NULL);
 }
 
-bool knit_pool_is_shut_down(const knit_pool *p) { return LOAD(p->shut_down); }
+bool knit_pool_is_shut_down(const knit_pool *p)
+{
+    return LOAD(p->shut_down);
+}
 
 static void pool_unref(knit_pool *p)
 {
@@ -967,6 +968,15 @@ void knit_pool_get_stats(const knit_pool *cp, knit_pool_stats *out)
     }
 }
 
-knit_reactor *knit_pool_reactor(const knit_pool *p) { return p->r; }
-const char *knit_pool_name(const knit_pool *p) { return p->name; }
-knit_pool *knit_pool_current(void) { return current_pool; }
+knit_reactor *knit_pool_reactor(const knit_pool *p)
+{
+    return p->r;
+}
+const char *knit_pool_name(const knit_pool *p)
+{
+    return p->name;
+}
+knit_pool *knit_pool_current(void)
+{
+    return current_pool;
+}

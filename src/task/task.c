@@ -43,8 +43,8 @@ struct knit_looping_call {
     bool in_call;
     bool free_requested;
     knit_timer timer;
-    knit_deferred *d;   /* the start Deferred (our reference), until it fires */
-    lc_link *pending;   /* set while fn's chained Deferred is pending */
+    knit_deferred *d; /* the start Deferred (our reference), until it fires */
+    lc_link *pending; /* set while fn's chained Deferred is pending */
 };
 
 static void lc_call(knit_looping_call *lc);
@@ -132,8 +132,8 @@ static void lc_call(knit_looping_call *lc)
     knit_time now = knit_reactor_now(lc->r);
     uint64_t count = 1;
     if (lc->cfn) {
-        knit_time last = lc->have_last ? lc->last_time
-                                       : lc->start_time - (lc->run_at_start ? lc->interval : 0);
+        knit_time last =
+            lc->have_last ? lc->last_time : lc->start_time - (lc->run_at_start ? lc->interval : 0);
         int64_t c = floor_div(now - lc->start_time, lc->interval) -
                     floor_div(last - lc->start_time, lc->interval);
         if (c <= 0) {
@@ -234,8 +234,14 @@ int knit_looping_call_stop(knit_looping_call *lc)
     return 0;
 }
 
-bool knit_looping_call_running(const knit_looping_call *lc) { return lc->running; }
-knit_duration knit_looping_call_interval(const knit_looping_call *lc) { return lc->interval; }
+bool knit_looping_call_running(const knit_looping_call *lc)
+{
+    return lc->running;
+}
+knit_duration knit_looping_call_interval(const knit_looping_call *lc)
+{
+    return lc->interval;
+}
 
 static void lc_free_now(knit_looping_call *lc)
 {

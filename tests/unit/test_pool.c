@@ -304,9 +304,9 @@ static void test_completions_batch_into_one_wakeup(void **state)
     run_until(r, &results, N);
     knit_reactor_get_stats(r, &rs1);
     knit_pool_get_stats(p, &st);
-    assert_int_equal(st.batches, 1);               /* one delivery for all N */
+    assert_int_equal(st.batches, 1);                    /* one delivery for all N */
     assert_int_equal(rs1.calls_run - rs0.calls_run, 1); /* one cross-thread call */
-    assert_true(rs1.wakeups <= 1);                  /* at most one eventfd write */
+    assert_true(rs1.wakeups <= 1);                      /* at most one eventfd write */
     finish(r, p);
 }
 
@@ -417,9 +417,11 @@ static void test_cancel_queued_and_running(void **state)
     knit_pool *p = new_pool(r, 1, 1, 8);
     int done = 0;
     knit_deferred *running, *queued;
-    assert_int_equal(knit_defer_to_thread_full(p, work_gated, malloc(1), arg_free_check, &running), 0);
+    assert_int_equal(knit_defer_to_thread_full(p, work_gated, malloc(1), arg_free_check, &running),
+                     0);
     gate_wait_arrived(&g_gate, 1);
-    assert_int_equal(knit_defer_to_thread_full(p, work_count, malloc(1), arg_free_check, &queued), 0);
+    assert_int_equal(knit_defer_to_thread_full(p, work_count, malloc(1), arg_free_check, &queued),
+                     0);
     knit_deferred_add_both(queued, count_any, &done);
     last_code = 0;
     knit_deferred_cancel(queued); /* removed from the queue; fires at once */
@@ -619,13 +621,14 @@ static void test_shutdown_without_drain_fails_queued(void **state)
     /* The pool's trigger (DURING) stops it; the running job is released by
      * a DURING trigger registered after it, and a submission after the
      * shutdown started (AFTER phase) is refused. */
-    assert_int_equal(knit_reactor_add_trigger(r, KNIT_PHASE_DURING, open_gate_later, NULL, NULL), 0);
+    assert_int_equal(knit_reactor_add_trigger(r, KNIT_PHASE_DURING, open_gate_later, NULL, NULL),
+                     0);
     assert_int_equal(knit_reactor_add_trigger(r, KNIT_PHASE_AFTER, on_stop_submit, &c, NULL), 0);
     work_ran = 0;
     knit_reactor_stop(r);
     assert_int_equal(knit_reactor_run(r), 0);
-    assert_int_equal(c.done, 5);              /* every Deferred fired */
-    assert_int_equal(c.failed_shutdown, 4);   /* the queued ones, with ESHUTDOWN */
+    assert_int_equal(c.done, 5);            /* every Deferred fired */
+    assert_int_equal(c.failed_shutdown, 4); /* the queued ones, with ESHUTDOWN */
     assert_int_equal(c.after_rc, KNIT_ESHUTDOWN);
     assert_int_equal(__atomic_load_n(&work_ran, __ATOMIC_RELAXED), 0);
     assert_true(knit_pool_is_shut_down(c.p));
@@ -670,7 +673,8 @@ static void test_blocking_call_during_shutdown(void **state)
     knit_deferred_add_both(d, count_any, &done);
     knit_deferred_unref(d);
     gate_wait_arrived(&g_gate, 1);
-    assert_int_equal(knit_reactor_add_trigger(r, KNIT_PHASE_DURING, open_gate_later, NULL, NULL), 0);
+    assert_int_equal(knit_reactor_add_trigger(r, KNIT_PHASE_DURING, open_gate_later, NULL, NULL),
+                     0);
     finish(r, p);
     assert_int_equal(done, 2);
     assert_int_equal(bc_rc, 0);

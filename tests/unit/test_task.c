@@ -49,9 +49,9 @@ typedef struct loopctx {
     uint64_t counts[32];
     knit_time times[32];
     knit_reactor *r;
-    int fail_on;               /* fail on this call number (1-based), 0 = never */
-    bool return_deferred;      /* chain a new pending Deferred each call */
-    knit_deferred *pending;    /* the last one, our reference */
+    int fail_on;            /* fail on this call number (1-based), 0 = never */
+    bool return_deferred;   /* chain a new pending Deferred each call */
+    knit_deferred *pending; /* the last one, our reference */
     knit_looping_call *lc;
     bool stop_inside;
     bool free_inside;
