@@ -62,7 +62,9 @@ struct route {
 /* ---- connections ----------------------------------------------------------- */
 
 enum { C_IDLE, C_HEAD, C_BODY, C_HANDLING, C_CLOSING };
-enum { T_NONE, T_HEADER, T_IDLE, T_BODY, T_WRITE };
+/* T_FIRST: a new connection must send its first request within
+ * header_timeout (closed silently otherwise). */
+enum { T_NONE, T_FIRST, T_HEADER, T_IDLE, T_BODY, T_WRITE };
 
 struct conn {
     knit_protocol proto;
@@ -70,7 +72,8 @@ struct conn {
     knit_http_request *req; /* the one being read or answered */
     struct conn *prev, *next;
     knit_timer timer;
-    knit_buf pending; /* bytes received while a request was being answered */
+    knit_time idle_since; /* when the connection last became idle */
+    knit_buf pending;     /* bytes received while a request was being answered */
     uint32_t head_prev;
     uint8_t state;
     uint8_t timer_kind;
@@ -104,6 +107,7 @@ struct knit_http_request {
     size_t pname_lens[KNIT_HTTP_MAX_PARAMS];
     char *pvals[KNIT_HTTP_MAX_PARAMS];
     unsigned nparams;
+    knit_sockaddr peer; /* formatted into remote on first use (printf is costly) */
     char remote[64];
     bool tls;
     bool head_only; /* HEAD: no body bytes */
@@ -509,6 +513,13 @@ static void timer_set(struct conn *c, int kind, knit_duration d)
     /* A client that does not read what we wrote is on the write timeout;
      * the idle clock starts once the output drained (on_resume). */
     if (kind == T_IDLE && c->timer_kind == T_WRITE) return;
+    if (kind == T_IDLE) {
+        /* Lazy idle timer: a keep-alive cycle only moves idle_since; the
+         * timer re-arms itself when it fires early (conn_timeout). This
+         * keeps the timer heap out of the per-request path. */
+        c->idle_since = knit_reactor_now(r);
+        if (c->timer_kind == T_IDLE) return;
+    }
     if (kind == T_NONE) {
         if (c->timer_kind != T_NONE) knit_timer_cancel(r, c->timer);
         c->timer = KNIT_TIMER_NONE;
@@ -643,11 +654,8 @@ static knit_http_request *request_new(struct conn *c, const char *head, size_t h
     }
     req->head_only = h->method_id == KNIT__HTTP_M_HEAD;
     req->close_after = !h->keep_alive;
-    knit_sockaddr peer;
-    if (c->proto.transport && knit_transport_peer(c->proto.transport, &peer) == 0)
-        knit_sockaddr_format(&peer, req->remote, sizeof req->remote);
-    else
-        snprintf(req->remote, sizeof req->remote, "-");
+    if (!c->proto.transport || knit_transport_peer(c->proto.transport, &req->peer) != 0)
+        req->peer.len = 0;
     req->tls = c->proto.transport && strcmp(knit_transport_kind(c->proto.transport), "tls") == 0;
     return req;
 fail:
@@ -697,7 +705,7 @@ static void access_log(knit_http_request *req, knit_duration took)
     knit_http_server *s = req->srv;
     if (s->o.access_log == KNIT_HTTP_LOG_NONE) return;
     char host[64], target[1024], ref[512], ua[512], line[2400];
-    snprintf(host, sizeof host, "%s", req->remote);
+    snprintf(host, sizeof host, "%s", knit_http_remote_addr(req));
     char *colon = strrchr(host, ':');
     if (colon && host[0] != 'u') *colon = 0; /* drop the port */
     if (host[0] == '[') {
@@ -807,25 +815,64 @@ static int build_head(knit_http_request *req, knit_buf *b, int status, const cha
             req->chunked = true;
         }
     }
-    int rc = knit_buf_printf(b, "HTTP/1.%d %d %s\r\nDate: %s\r\n", v10 ? 0 : 1, status,
-                             knit_http_reason(status), http_date());
-    if (rc == 0 && s->o.server_name) rc = knit_buf_printf(b, "Server: %s\r\n", s->o.server_name);
-    if (rc == 0 && ctype) rc = knit_buf_printf(b, "Content-Type: %s\r\n", ctype);
-    if (rc == 0 && !no_body) {
-        if (length >= 0)
-            rc = knit_buf_printf(b, "Content-Length: %" PRId64 "\r\n", length);
-        else if (req->chunked)
-            rc = knit_buf_append_str(b, "Transfer-Encoding: chunked\r\n");
+    /* Written by hand: printf was half of a small response's CPU time. */
+    const char *reason = knit_http_reason(status);
+    const char *date = http_date();
+    size_t rlen = strlen(reason), slen = s->o.server_name ? strlen(s->o.server_name) : 0;
+    size_t clen = ctype ? strlen(ctype) : 0, hlen = knit_buf_len(&req->rh);
+    size_t need = 160 + rlen + slen + clen + hlen;
+    int rc = 0;
+    char *w = (char *)knit_buf_reserve(b, need, &rc), *w0 = w;
+    if (!w) return rc;
+#define PUT(str, n) (memcpy(w, (str), (n)), w += (n))
+#define PUTS(lit) PUT(lit, sizeof(lit) - 1)
+    PUTS("HTTP/1.");
+    *w++ = v10 ? '0' : '1';
+    *w++ = ' ';
+    *w++ = (char)('0' + status / 100 % 10);
+    *w++ = (char)('0' + status / 10 % 10);
+    *w++ = (char)('0' + status % 10);
+    *w++ = ' ';
+    PUT(reason, rlen);
+    PUTS("\r\nDate: ");
+    PUT(date, strlen(date));
+    PUTS("\r\n");
+    if (slen) {
+        PUTS("Server: ");
+        PUT(s->o.server_name, slen);
+        PUTS("\r\n");
     }
-    if (rc == 0) {
-        if (req->close_after)
-            rc = knit_buf_append_str(b, "Connection: close\r\n");
-        else if (v10)
-            rc = knit_buf_append_str(b, "Connection: keep-alive\r\n");
+    if (ctype) {
+        PUTS("Content-Type: ");
+        PUT(ctype, clen);
+        PUTS("\r\n");
     }
-    if (rc == 0 && !knit_buf_empty(&req->rh))
-        rc = knit_buf_append(b, knit_buf_data(&req->rh), knit_buf_len(&req->rh));
-    if (rc == 0) rc = knit_buf_append_str(b, "\r\n");
+    if (!no_body) {
+        if (length >= 0) {
+            char digits[24];
+            int nd = 0;
+            uint64_t v = (uint64_t)length;
+            do {
+                digits[nd++] = (char)('0' + v % 10);
+                v /= 10;
+            } while (v);
+            PUTS("Content-Length: ");
+            while (nd)
+                *w++ = digits[--nd];
+            PUTS("\r\n");
+        } else if (req->chunked) {
+            PUTS("Transfer-Encoding: chunked\r\n");
+        }
+    }
+    if (req->close_after)
+        PUTS("Connection: close\r\n");
+    else if (v10)
+        PUTS("Connection: keep-alive\r\n");
+    if (hlen) PUT(knit_buf_data(&req->rh), hlen);
+    PUTS("\r\n");
+#undef PUTS
+#undef PUT
+    knit_buf_commit(b, (size_t)(w - w0));
     if (no_body || req->head_only) req->chunked = false;
     return rc;
 }
@@ -1010,7 +1057,15 @@ int knit_http_version(const knit_http_request *req)
 }
 const char *knit_http_remote_addr(const knit_http_request *req)
 {
-    return req->remote;
+    /* Formatted on first use by the one thread using the request. */
+    knit_http_request *r = (knit_http_request *)req;
+    if (!r->remote[0]) {
+        if (r->peer.len)
+            knit_sockaddr_format(&r->peer, r->remote, sizeof r->remote);
+        else
+            snprintf(r->remote, sizeof r->remote, "-");
+    }
+    return r->remote;
 }
 bool knit_http_is_tls(const knit_http_request *req)
 {
@@ -1508,7 +1563,8 @@ static void process(struct conn *c, knit_buf *buf)
             break;
         }
         c->req = req;
-        timer_set(c, T_NONE, 0);
+        /* an armed idle timer may stay (see timer_set); others are over */
+        if (c->timer_kind != T_IDLE) timer_set(c, T_NONE, 0);
         if (h.body == KNIT__HTTP_BODY_NONE) {
             c->state = C_HANDLING;
             if (lookup(c, req)) run_handler(c, req);
@@ -1675,7 +1731,7 @@ static bool on_eof(knit_protocol *p)
 static void on_made(knit_protocol *p)
 {
     struct conn *c = container_of(p, struct conn, proto);
-    timer_set(c, T_IDLE, c->srv->o.header_timeout);
+    timer_set(c, T_FIRST, c->srv->o.header_timeout);
 }
 
 static const knit_protocol_ops conn_ops = {
@@ -1713,7 +1769,18 @@ static void conn_timeout(knit_reactor *r, void *arg)
     c->timer_kind = T_NONE;
     c->timer = KNIT_TIMER_NONE;
     if (!c->proto.transport) return;
-    c->srv->st.timeouts++;
+    knit_http_server *s = c->srv;
+    if (kind == T_IDLE) {
+        knit_duration since = knit_reactor_now(s->r) - c->idle_since;
+        if (c->state != C_IDLE || since < s->o.idle_timeout) {
+            /* busy, or idle again since it was armed: re-arm, no timeout */
+            knit_duration d = c->state != C_IDLE ? s->o.idle_timeout : s->o.idle_timeout - since;
+            c->timer = knit_call_later(s->r, d, conn_timeout, c);
+            c->timer_kind = knit_timer_active(s->r, c->timer) ? T_IDLE : T_NONE;
+            return;
+        }
+    }
+    s->st.timeouts++;
     switch (kind) {
     case T_HEADER:
     case T_BODY:
@@ -1746,6 +1813,7 @@ static void conn_timeout(knit_reactor *r, void *arg)
         }
         conn_error(c, 408, kind == T_HEADER ? "request head timed out" : "request body timed out");
         break;
+    case T_FIRST:
     case T_IDLE:
         c->state = C_CLOSING;
         knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_TIMEOUT, KNIT_ETIMEDOUT);

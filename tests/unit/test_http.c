@@ -308,6 +308,21 @@ static void test_slowloris_fake_clock(void **state)
     teardown_fx(&fx);
 }
 
+static void test_silent_connection_fake_clock(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, NULL); /* header_timeout 10 s, idle 75 s */
+    knit_transport *t = open_conn(&fx);
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_SEC(9)), 0);
+    assert_false(knit_memory_transport_lose_requested(t));
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_SEC(2)), 0);
+    assert_true(knit_memory_transport_lose_requested(t)); /* never sent a byte */
+    assert_string_equal(take(t), "");
+    close_conn(t);
+    teardown_fx(&fx);
+}
+
 static void test_idle_timeout_fake_clock(void **state)
 {
     (void)state;
@@ -527,6 +542,7 @@ int main(void)
         cmocka_unit_test(test_answer_later_after_client_left),
         cmocka_unit_test(test_bad_request_closes),
         cmocka_unit_test(test_slowloris_fake_clock),
+        cmocka_unit_test(test_silent_connection_fake_clock),
         cmocka_unit_test(test_idle_timeout_fake_clock),
         cmocka_unit_test(test_write_timeout_fake_clock),
         cmocka_unit_test(test_body_inline_and_continue),
