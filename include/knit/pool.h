@@ -17,9 +17,10 @@
  * bounded) looking for the next job before it sleeps on its condvar: a
  * sleeping thread takes 25–90 µs to wake on another CPU, a spinning one a
  * few hundred ns. At most one worker spins, and only while a CPU is free
- * for it (busy workers + reactor + spinner <= online CPUs), so spinning
- * never steals the reactor's CPU. The spin is bounded, so an idle pool
- * uses no CPU.
+ * for it (busy workers + reactor + spinner <= online CPUs); after the
+ * first quarter of the budget it sched_yield()s between checks, so a
+ * runnable reactor (or any other thread) on that CPU goes first. The spin
+ * is bounded, so an idle pool uses no CPU.
  *
  * A full queue refuses work at once with KNIT_EQUEUEFULL (and a rate-limited
  * warning log); memory never grows without bound.
@@ -156,8 +157,12 @@ bool knit_pool_is_shut_down(const knit_pool *p);
 /* Free the pool. If shutdown has not completed, this does a blocking
  * shutdown first: queued jobs are failed with KNIT_ESHUTDOWN, running jobs
  * are waited for on this thread, results are delivered, threads joined —
- * meant for tests and error paths, not for a running service. Removes the
- * shutdown trigger if it has not run. NULL is a no-op. */
+ * meant for tests and error paths, not for a running service. Workers
+ * inside knit_blocking_call_from_thread need the reactor to run, so this
+ * blocking path must not be taken while any may be (it would wait forever):
+ * shut down through the reactor instead. Removes the shutdown trigger if it
+ * has not run. Delivery calls already queued on the reactor keep the pool's
+ * memory alive until they run (or the reactor is freed). NULL is a no-op. */
 void knit_pool_free(knit_pool *p);
 
 /* ---- statistics ------------------------------------------------------------- */
