@@ -567,9 +567,14 @@ def main():
         finally:
             for d in (env.demo, env.demo2):
                 rc = d.stop()
+                log = d.log()
                 if rc != 0:
                     print("FAIL demo exited with %s" % rc)
-                    print(d.log()[-3000:])
+                    print(log[-3000:])
+                    failed += 1
+                elif "Sanitizer" in log or "runtime error:" in log:
+                    print("FAIL sanitizer report in the demo's log")
+                    print(log[-3000:])
                     failed += 1
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
