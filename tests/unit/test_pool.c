@@ -849,6 +849,109 @@ static void test_worker_chaining_a_deferred_fails(void **state)
     finish(r, p);
 }
 
+/* ---- stress: cancels racing workers, then shutdown mid-flight ---------------- */
+
+#define STRESS (MANY / 20)
+typedef struct sjob {
+    int id;
+} sjob;
+static unsigned char *s_fired;
+static int s_destroyed, s_fired_total, s_twice;
+
+static void s_work(knit_result *res, void *arg)
+{
+    sjob *j = arg;
+    uint64_t x = (uint64_t)j->id;
+    for (int i = 0; i < 200; i++)
+        x = x * 6364136223846793005ULL + 1;
+    knit_result_set(res, (void *)(uintptr_t)x, NULL);
+}
+
+static void s_done(knit_result *res, void *arg)
+{
+    int id = (int)(intptr_t)arg;
+    if (s_fired[id]++) s_twice++;
+    s_fired_total++;
+    if (res->failure) knit_failure_free(knit_result_take_failure(res));
+}
+
+static void s_arg_free(void *arg)
+{
+    s_destroyed++;
+    free(arg);
+}
+
+static void test_stress_cancel_and_shutdown(void **state)
+{
+    (void)state;
+    knit_reactor *r = new_reactor();
+    knit_pool_options o;
+    knit_pool_options_init(&o);
+    o.min_threads = 1;
+    o.max_threads = 3;
+    o.max_queue = 256;
+    o.drain = false;
+    knit_pool *p;
+    assert_int_equal(knit_pool_new(&p, r, &o), 0);
+    s_fired = calloc(STRESS, 1);
+    s_destroyed = s_fired_total = s_twice = 0;
+    knit_deferred **held = calloc(STRESS, sizeof *held);
+    unsigned seed = 12345;
+    int submitted = 0, full = 0;
+    while (submitted < STRESS) {
+        sjob *j = malloc(sizeof *j);
+        j->id = submitted;
+        knit_deferred *d;
+        int rc = knit_defer_to_thread_full(p, s_work, j, s_arg_free, &d);
+        if (rc == KNIT_EQUEUEFULL) {
+            free(j);
+            full++;
+            knit_reactor_run_once(r, KNIT_MSEC(1));
+            continue;
+        }
+        assert_int_equal(rc, 0);
+        knit_deferred_add_both(d, s_done, (void *)(intptr_t)submitted);
+        unsigned x = (unsigned)rand_r(&seed) % 8;
+        if (x == 0) knit_deferred_cancel(d); /* at once: usually still queued */
+        if (x == 1)
+            held[submitted] = d; /* cancel later: maybe running, maybe done */
+        else
+            knit_deferred_unref(d);
+        submitted++;
+        if (submitted % 64 == 0) {
+            knit_reactor_run_once(r, 0);
+            for (int i = submitted - 64; i < submitted; i++) {
+                if (held[i] && rand_r(&seed) % 2) {
+                    knit_deferred_cancel(held[i]);
+                    knit_deferred_unref(held[i]);
+                    held[i] = NULL;
+                }
+            }
+        }
+    }
+    /* Stop with work still queued and running: nothing may be left unfired. */
+    knit_reactor_stop(r);
+    assert_int_equal(knit_reactor_run(r), 0);
+    for (int i = 0; i < STRESS; i++) {
+        if (held[i]) {
+            assert_true(knit_deferred_fired(held[i]));
+            knit_deferred_unref(held[i]);
+        }
+        if (s_fired[i] != 1) fail_msg("job %d fired %d times", i, s_fired[i]);
+    }
+    assert_int_equal(s_twice, 0);
+    assert_int_equal(s_fired_total, STRESS);
+    assert_int_equal(s_destroyed, STRESS); /* every arg_destroy ran exactly once */
+    knit_pool_stats st;
+    knit_pool_get_stats(p, &st);
+    assert_int_equal(st.submitted, STRESS);
+    assert_int_equal(st.completed + st.cancelled, STRESS);
+    knit_pool_free(p);
+    assert_int_equal(knit_reactor_close(r), 0);
+    free(held);
+    free(s_fired);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -870,6 +973,7 @@ int main(void)
         T(test_idle_threads_above_min_exit),
         T(test_bad_options_and_hist_bounds),
         T(test_worker_chaining_a_deferred_fails),
+        T(test_stress_cancel_and_shutdown),
 #undef T
     };
     return KNIT_RUN_TESTS(tests);
