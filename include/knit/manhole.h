@@ -79,8 +79,8 @@
  * `budget` VM instructions, or when knit_manhole_session_interrupt() was
  * called (Ctrl-C), or when the transport's poll callback reports that the
  * client is gone. The error names the place where it stopped
- * ("input:1: interrupted: instruction budget (100000000) exhausted") with a
- * traceback. Once interrupted, the hook raises again at every check until
+ * ("input:1: interrupted: instruction budget exhausted (after 100000000
+ * instructions)") with a traceback. Once interrupted, the hook raises again at every check until
  * the evaluation unwinds, so a `pcall` in the user's code cannot swallow it.
  * Limitation: a single long-running C function (a pathological string.find
  * pattern) runs no VM instructions and cannot be interrupted.
@@ -91,25 +91,30 @@
  *
  * ---- the line protocol (UNIX socket transport) ----------------------------
  *
- * Client → server: UTF-8 lines ending in '\n'. Each line is one line of REPL
- * input. A line consisting of the single byte 0x03 interrupts the evaluation
- * in progress (the client sends it on Ctrl-C); the server also reads ahead
- * for it while evaluating.
+ * Client → server: lines ending in '\n', each one line of REPL input, or:
+ *   "\x01N"    the next N bytes are one whole chunk, evaluated at once as
+ *              knit_manhole_session_eval does (what `knit-manhole -e` sends);
+ *   "\x03"     Ctrl-C: drops a pending incomplete chunk. While a chunk runs
+ *              the server peeks at the socket for a 0x03 byte and
+ *              interrupts the evaluation when it sees one.
  * Server → client: lines of the form <tag><text>'\n':
  *   '|' text   one line of output (the text had a '\n' after it)
  *   '~' text   output text not (yet) followed by '\n'
- *   '+' word   end of one input line's processing; word is
- *              "ok" (evaluated), "more" (incomplete chunk, send the next
- *              line), "error" (compile or runtime error, already printed) or
- *              "ready" (after the greeting, once per connection)
+ *   '+' word   end of one input's processing; word is "ok" (evaluated),
+ *              "more" (incomplete chunk, send the next line), "error"
+ *              (compile or runtime error, already printed), or once per
+ *              connection after the greeting "ready" — or "refused" (peer
+ *              credentials; the server then closes)
+ * A line over KNIT_MANHOLE_MAX_LINE or a bad chunk header is answered with
+ * an error and the connection is closed.
  * The "ok" status carries the number of await()s still pending when there
  * are any ("+ok 1"). When one fires, its output arrives outside the
  * request/response rhythm, followed by "+await N" (N still pending).
  *
  * ---- threads ---------------------------------------------------------------
  * Everything here is [reactor] (or, without a reactor, the one thread that
- * owns the manhole), except knit_manhole_session_interrupt, which is [any]
- * and async-signal-safe.
+ * owns the manhole), except knit_manhole_init ([any], at start-up) and
+ * knit_manhole_session_interrupt, which is [any] and async-signal-safe.
  *
  * ---- ownership ---------------------------------------------------------------
  * knit_manhole_new → register bindings (any time; new sessions see them) →
