@@ -77,6 +77,11 @@ struct conn {
     uint32_t head_prev;
     uint8_t state;
     uint8_t timer_kind;
+    /* The client address from accept, kept compact (no getpeername per
+     * request): AF_INET/AF_INET6 or 0 (ask the transport). */
+    uint8_t peer_family;
+    uint16_t peer_port; /* network order */
+    uint8_t peer_addr[16];
     bool read_paused;
     bool in_process;
 };
@@ -654,8 +659,21 @@ static knit_http_request *request_new(struct conn *c, const char *head, size_t h
     }
     req->head_only = h->method_id == KNIT__HTTP_M_HEAD;
     req->close_after = !h->keep_alive;
-    if (!c->proto.transport || knit_transport_peer(c->proto.transport, &req->peer) != 0)
+    if (c->peer_family == AF_INET) {
+        memset(&req->peer.u.in, 0, sizeof req->peer.u.in);
+        req->peer.u.in.sin_family = AF_INET;
+        req->peer.u.in.sin_port = c->peer_port;
+        memcpy(&req->peer.u.in.sin_addr, c->peer_addr, 4);
+        req->peer.len = sizeof req->peer.u.in;
+    } else if (c->peer_family == AF_INET6) {
+        memset(&req->peer.u.in6, 0, sizeof req->peer.u.in6);
+        req->peer.u.in6.sin6_family = AF_INET6;
+        req->peer.u.in6.sin6_port = c->peer_port;
+        memcpy(&req->peer.u.in6.sin6_addr, c->peer_addr, 16);
+        req->peer.len = sizeof req->peer.u.in6;
+    } else if (!c->proto.transport || knit_transport_peer(c->proto.transport, &req->peer) != 0) {
         req->peer.len = 0;
+    }
     req->tls = c->proto.transport && strcmp(knit_transport_kind(c->proto.transport), "tls") == 0;
     return req;
 fail:
@@ -1745,11 +1763,19 @@ static const knit_protocol_ops conn_ops = {
 
 static knit_protocol *build_conn(knit_protocol_factory *f, const knit_sockaddr *peer)
 {
-    (void)peer;
     knit_http_server *s = f->data;
     if (s->draining) return NULL;
     struct conn *c = calloc(1, sizeof *c);
     if (!c) return NULL;
+    if (peer && peer->len && peer->u.sa.sa_family == AF_INET) {
+        c->peer_family = AF_INET;
+        c->peer_port = peer->u.in.sin_port;
+        memcpy(c->peer_addr, &peer->u.in.sin_addr, 4);
+    } else if (peer && peer->len && peer->u.sa.sa_family == AF_INET6) {
+        c->peer_family = AF_INET6;
+        c->peer_port = peer->u.in6.sin6_port;
+        memcpy(c->peer_addr, &peer->u.in6.sin6_addr, 16);
+    }
     c->proto.ops = &conn_ops;
     c->srv = s;
     knit_buf_init(&c->pending);
