@@ -46,6 +46,7 @@ static const knit_flag_def bench_flags[] = {
                   .choices = modes),
     KNIT_FLAG_DEF("queue", KNIT_FLAG_INT64, "4096", "pool queue length (LOADSHEDDING beyond it)"),
     KNIT_FLAG_DEF("sasl-db", KNIT_FLAG_STRING, "", "sasldb file: accept SASL PLAIN/SCRAM-SHA-256"),
+    KNIT_FLAG_DEF("spin", KNIT_FLAG_DURATION, "20us", "pool workers spin this long before sleeping"),
 };
 
 static int h_echo(void *ctx, const bench_Bench_echo_args *a, bench_Bench_echo_result *res)
@@ -131,6 +132,7 @@ int main(int argc, char **argv)
     po.name = "thrift";
     po.min_threads = po.max_threads = (unsigned)knit_flags_int64(fs, "threads");
     po.max_queue = (size_t)knit_flags_int64(fs, "queue");
+    po.spin = knit_flags_duration(fs, "spin");
     knit_pool *pool;
     if (knit_pool_new(&pool, r, &po) != 0) {
         fprintf(stderr, "knit-thrift-bench: cannot start the pool\n");
