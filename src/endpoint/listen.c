@@ -142,9 +142,9 @@ static void on_accept(knit_io *io, unsigned ev)
         l->nconns++;
         if (l->o.high_water) knit_transport_set_water_marks(t, l->o.high_water, l->o.low_water);
         if (phases) {
-            t->ready = conn_ready;
-            t->ready_arg = l;
-            t->phase_timer = knit_call_later(l->r, to, knit__transport_phase_timeout, t);
+            t->ext->ready = conn_ready; /* ext exists: PROXY or TLS */
+            t->ext->ready_arg = l;
+            t->ext->phase_timer = knit_call_later(l->r, to, knit__transport_phase_timeout, t);
             knit__transport_run_phases(t);
         } else {
             conn_ready(t, 0, l);
@@ -220,8 +220,8 @@ void knit_listener_close(knit_listener *l, bool abort_connections)
         t->owner = NULL;
         t->prev = t->next = NULL;
         /* Connections still in their PROXY/TLS phase point back at us. */
-        if (t->ready) {
-            t->ready = NULL;
+        if (t->ext && t->ext->ready) {
+            t->ext->ready = NULL;
             knit__transport_close(t, false, KNIT_CLOSE_SHUTDOWN, KNIT_ECLOSED);
         } else if (abort_connections) {
             knit_transport_close_with(t, false, KNIT_CLOSE_SHUTDOWN, 0);

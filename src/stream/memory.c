@@ -80,12 +80,16 @@ void knit_memory_transport_free(knit_transport *t)
     if (!t) return;
     knit_buf_release(&t->out);
     knit_buf_release(&t->in);
-    free(t->proxied);
+    if (t->ext) {
+        free(t->ext->proxied);
+        free(t->ext);
+    }
     free(t);
 }
 
 void knit_memory_transport_set_peer(knit_transport *t, const knit_sockaddr *a)
 {
-    if (!t->proxied) t->proxied = calloc(2, sizeof(knit_sockaddr));
-    if (t->proxied) t->proxied[0] = *a;
+    if (!knit__transport_ext(t)) return;
+    if (!t->ext->proxied) t->ext->proxied = calloc(2, sizeof(knit_sockaddr));
+    if (t->ext->proxied) t->ext->proxied[0] = *a;
 }

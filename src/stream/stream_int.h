@@ -49,20 +49,26 @@ typedef void (*knit__ready_fn)(knit_transport *t, int err, void *arg);
 /* Owner hook: runs right before the transport is freed (listener counts). */
 typedef void (*knit__owner_fn)(knit_transport *t, void *owner);
 
+/* State only some connections need (TLS, PROXY header, pre-protocol
+ * phases), kept out of line so a plain idle TCP connection stays small. */
+typedef struct knit__tp_ext {
+    const knit__layer_ops *layer;
+    void *layer_state;           /* SSL * for TLS */
+    knit__ready_fn ready;        /* pre-protocol completion */
+    void *ready_arg;
+    knit_timer phase_timer;      /* PROXY/handshake deadline */
+    knit_sockaddr *proxied;      /* [0] src, [1] dst from a PROXY header; else NULL */
+} knit__tp_ext;
+
 struct knit_transport {
     knit_io io;                  /* the fd watch; io.data == this */
     knit_protocol *proto;
     knit_buf out;                /* queued output; idle (no memory) when empty */
     knit_buf in;                 /* unconsumed input; idle when empty */
-    const knit__layer_ops *layer;
-    void *layer_state;           /* SSL * for TLS */
-    knit__ready_fn ready;        /* pre-protocol completion */
-    void *ready_arg;
+    knit__tp_ext *ext;           /* NULL for plain TCP/UNIX connections */
     knit__owner_fn owner_fn;
     void *owner;
     knit_transport *prev, *next; /* owner's list */
-    knit_sockaddr *proxied;      /* [0] src, [1] dst from a PROXY header; else NULL */
-    knit_timer phase_timer;      /* PROXY/handshake deadline */
     uint32_t high, low;
     uint16_t flags;
     uint8_t reason;              /* knit_close_reason once closing */
@@ -72,6 +78,10 @@ struct knit_transport {
     int16_t _pad;
     int err;
 };
+
+#define TP_LAYER(t) ((t)->ext ? (t)->ext->layer : NULL)
+/* Get (allocating) the out-of-line state; NULL when out of memory. */
+knit__tp_ext *knit__transport_ext(knit_transport *t);
 
 /* Create a socket transport for a connected FD (non-blocking from now on;
  * owned by the transport even on failure). With READY NULL a protocol must
@@ -86,8 +96,8 @@ void knit__transport_attach(knit_transport *t, knit_protocol *p);
 /* Close without a protocol (refused by the factory / limit): frees later. */
 void knit__transport_close(knit_transport *t, bool flush, knit_close_reason reason, int err);
 
-/* Drive the PROXY/TLS phases (after setting t->ready); the timer callback
- * for t->phase_timer. */
+/* Drive the PROXY/TLS phases (after setting t->ext->ready); the timer callback
+ * for t->ext->phase_timer. */
 void knit__transport_run_phases(knit_transport *t);
 void knit__transport_phase_timeout(knit_reactor *r, void *arg);
 

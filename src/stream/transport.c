@@ -74,7 +74,7 @@ static knit_close_reason reason_for(int err)
 
 static ssize_t do_recv(knit_transport *t, void *buf, size_t n)
 {
-    if (t->layer) return t->layer->recv(t, buf, n);
+    if (TP_LAYER(t)) return TP_LAYER(t)->recv(t, buf, n);
     for (;;) {
         ssize_t r = recv(t->io._fd, buf, n, 0);
         if (r >= 0) return r;
@@ -86,7 +86,7 @@ static ssize_t do_recv(knit_transport *t, void *buf, size_t n)
 
 static ssize_t do_send(knit_transport *t, const void *buf, size_t n)
 {
-    if (t->layer) return t->layer->send(t, buf, n);
+    if (TP_LAYER(t)) return TP_LAYER(t)->send(t, buf, n);
     for (;;) {
         ssize_t r = send(t->io._fd, buf, n, MSG_NOSIGNAL);
         if (r >= 0) return r;
@@ -98,11 +98,11 @@ static ssize_t do_send(knit_transport *t, const void *buf, size_t n)
 
 static ssize_t do_sendv(knit_transport *t, const struct iovec *iov, int cnt)
 {
-    if (t->layer) {
+    if (TP_LAYER(t)) {
         ssize_t total = 0;
         for (int i = 0; i < cnt; i++) {
             if (!iov[i].iov_len) continue;
-            ssize_t r = t->layer->send(t, iov[i].iov_base, iov[i].iov_len);
+            ssize_t r = TP_LAYER(t)->send(t, iov[i].iov_base, iov[i].iov_len);
             if (r < 0) return total ? total : r;
             total += r;
             if ((size_t)r < iov[i].iov_len) break;
@@ -126,7 +126,10 @@ static ssize_t do_sendv(knit_transport *t, const struct iovec *iov, int cnt)
 static void free_transport(knit_transport *t)
 {
     if (t->owner_fn) t->owner_fn(t, t->owner);
-    free(t->proxied);
+    if (t->ext) {
+        free(t->ext->proxied);
+        free(t->ext);
+    }
     free(t);
 }
 
@@ -146,10 +149,10 @@ static void lost_cb(knit_reactor *r, void *arg)
         p->transport = NULL;
         t->proto = NULL;
         p->ops->connection_lost(p, (knit_close_reason)t->reason, t->err);
-    } else if (t->ready) {
-        knit__ready_fn fn = t->ready;
-        t->ready = NULL;
-        fn(t, t->err ? t->err : KNIT_ECLOSED, t->ready_arg);
+    } else if (t->ext && t->ext->ready) {
+        knit__ready_fn fn = t->ext->ready;
+        t->ext->ready = NULL;
+        fn(t, t->err ? t->err : KNIT_ECLOSED, t->ext->ready_arg);
     }
     soon_release(t);
 }
@@ -222,18 +225,18 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
     t->flags |= TP_CLOSED;
     t->reason = (uint8_t)reason;
     t->err = err;
-    if (t->phase_timer.id) {
-        knit_timer_cancel(t->io._r, t->phase_timer);
-        t->phase_timer = KNIT_TIMER_NONE;
+    if (t->ext && t->ext->phase_timer.id) {
+        knit_timer_cancel(t->io._r, t->ext->phase_timer);
+        t->ext->phase_timer = KNIT_TIMER_NONE;
     }
     knit_io_stop(&t->io);
     if (rst && !(t->flags & TP_UNIX)) {
         struct linger lg = {1, 0};
         setsockopt(t->io._fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
     }
-    if (t->layer) {
-        t->layer->free(t);
-        t->layer = NULL;
+    if (TP_LAYER(t)) {
+        t->ext->layer->free(t);
+        t->ext->layer = NULL;
     }
     close(t->io._fd);
     knit_buf_release(&t->out);
@@ -244,8 +247,8 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
 /* The output is empty and the connection should end cleanly. */
 static void finish_close(knit_transport *t)
 {
-    if (t->layer && t->layer->shutdown && !(t->flags & TP_HANDSHAKE)) {
-        int rc = t->layer->shutdown(t);
+    if (TP_LAYER(t) && TP_LAYER(t)->shutdown && !(t->flags & TP_HANDSHAKE)) {
+        int rc = TP_LAYER(t)->shutdown(t);
         if (rc == KNIT_EAGAIN) {
             t->flags |= TP_TLS_SHUT;
             update_watch(t);
@@ -283,13 +286,13 @@ static void flush(knit_transport *t)
             return;
         }
         knit_buf_consume(&t->out, (size_t)n);
-        if ((size_t)n < len && !t->layer) break; /* socket full: wait */
+        if ((size_t)n < len && !TP_LAYER(t)) break; /* socket full: wait */
     }
     if (knit_buf_empty(&t->out)) {
         knit_buf_release(&t->out); /* idle: own nothing */
         if ((t->flags & TP_SHUT_REQ) && !(t->flags & TP_SHUT_DONE)) {
             t->flags |= TP_SHUT_DONE;
-            if (t->layer && t->layer->shutdown) t->layer->shutdown(t);
+            if (TP_LAYER(t) && TP_LAYER(t)->shutdown) TP_LAYER(t)->shutdown(t);
             else shutdown(t->io._fd, SHUT_WR);
             if (t->flags & TP_EOF) {
                 knit__transport_close(t, true, KNIT_CLOSE_PEER, 0);
@@ -411,7 +414,7 @@ static void on_eof(knit_transport *t)
 
 static void do_read(knit_transport *t)
 {
-    for (int i = 0; i < KNIT_STREAM_READS_PER_EVENT || (t->layer && t->layer->pending(t)); i++) {
+    for (int i = 0; i < KNIT_STREAM_READS_PER_EVENT || (TP_LAYER(t) && TP_LAYER(t)->pending(t)); i++) {
         if ((t->flags & (TP_CLOSED | TP_CLOSING | TP_EOF)) || t->read_pauses ||
             !(t->flags & TP_ATTACHED))
             return;
@@ -468,7 +471,7 @@ static void do_read(knit_transport *t)
         } else if (knit_buf_empty(&t->in)) {
             knit_buf_release(&t->in);
         }
-        if ((size_t)n < cap && !(t->layer && t->layer->pending(t))) break;
+        if ((size_t)n < cap && !(TP_LAYER(t) && TP_LAYER(t)->pending(t))) break;
     }
     if (!(t->flags & TP_CLOSED)) update_watch(t);
 }
@@ -477,13 +480,14 @@ static void do_read(knit_transport *t)
 
 static void phases_done(knit_transport *t)
 {
-    if (t->phase_timer.id) {
-        knit_timer_cancel(t->io._r, t->phase_timer);
-        t->phase_timer = KNIT_TIMER_NONE;
+    if (t->ext && t->ext->phase_timer.id) {
+        knit_timer_cancel(t->io._r, t->ext->phase_timer);
+        t->ext->phase_timer = KNIT_TIMER_NONE;
     }
-    knit__ready_fn fn = t->ready;
-    t->ready = NULL;
-    if (fn) fn(t, 0, t->ready_arg);
+    if (!t->ext) return;
+    knit__ready_fn fn = t->ext->ready;
+    t->ext->ready = NULL;
+    if (fn) fn(t, 0, t->ext->ready_arg);
 }
 
 
@@ -522,12 +526,12 @@ static void proxy_step(knit_transport *t)
     knit_buf_release(&t->in);
     t->flags &= (uint16_t)~TP_PROXY;
     if (a[0].len) {
-        t->proxied = malloc(2 * sizeof(knit_sockaddr));
-        if (!t->proxied) {
+        t->ext->proxied = malloc(2 * sizeof(knit_sockaddr));
+        if (!t->ext->proxied) {
             close_now(t, KNIT_CLOSE_NOMEM, KNIT_ENOMEM, true);
             return;
         }
-        memcpy(t->proxied, a, sizeof a);
+        memcpy(t->ext->proxied, a, sizeof a);
     }
     knit__transport_run_phases(t);
 }
@@ -539,7 +543,7 @@ void knit__transport_run_phases(knit_transport *t)
         return;
     }
     if (t->flags & TP_HANDSHAKE) {
-        int rc = t->layer->handshake(t);
+        int rc = TP_LAYER(t)->handshake(t);
         if (rc == KNIT_EAGAIN) {
             update_watch(t);
             return;
@@ -558,7 +562,7 @@ void knit__transport_phase_timeout(knit_reactor *r, void *arg)
 {
     (void)r;
     knit_transport *t = arg;
-    t->phase_timer = KNIT_TIMER_NONE;
+    t->ext->phase_timer = KNIT_TIMER_NONE;
     close_now(t, KNIT_CLOSE_TIMEOUT, KNIT_ETIMEDOUT, true);
 }
 
@@ -573,7 +577,7 @@ static void on_io(knit_io *io, unsigned ev)
     } else if (t->flags & TP_HANDSHAKE) {
         knit__transport_run_phases(t);
     } else if (t->flags & TP_TLS_SHUT) {
-        int rc = t->layer->shutdown(t);
+        int rc = TP_LAYER(t)->shutdown(t);
         if (rc != KNIT_EAGAIN) close_now(t, (knit_close_reason)t->reason, t->err, false);
         else update_watch(t);
     } else {
@@ -599,32 +603,43 @@ static void on_io(knit_io *io, unsigned ev)
 
 /* ---- creation ---------------------------------------------------------------------- */
 
+knit__tp_ext *knit__transport_ext(knit_transport *t)
+{
+    if (!t->ext) t->ext = calloc(1, sizeof *t->ext);
+    return t->ext;
+}
+
 int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_ops *layer,
                         void *layer_state, knit__ready_fn ready, void *ready_arg,
                         knit_duration phase_timeout_d, knit_transport **out)
 {
+    knit_transport *t = NULL;
     int fl = fcntl(fd, F_GETFL);
-    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) {
-        int e = -errno;
-        if (layer) layer->free(&(knit_transport){.layer_state = layer_state});
+    int rc = 0;
+    if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) rc = -errno;
+    if (rc == 0 && !(t = calloc(1, sizeof *t))) rc = KNIT_ENOMEM;
+    if (rc == 0 && (layer || proxy || ready) && !knit__transport_ext(t)) rc = KNIT_ENOMEM;
+    if (rc < 0) {
+        if (layer) {
+            knit__tp_ext tmp = {.layer = layer, .layer_state = layer_state};
+            knit_transport tt = {.ext = &tmp};
+            layer->free(&tt);
+        }
+        free(t);
         close(fd);
-        return e;
-    }
-    knit_transport *t = calloc(1, sizeof *t);
-    if (!t) {
-        if (layer) layer->free(&(knit_transport){.layer_state = layer_state});
-        close(fd);
-        return KNIT_ENOMEM;
+        return rc;
     }
     knit_io_init(r, &t->io, fd, on_io, t);
     knit_buf_init(&t->out);
     knit_buf_init(&t->in);
     t->high = KNIT_STREAM_HIGH_WATER;
     t->low = KNIT_STREAM_LOW_WATER;
-    t->layer = layer;
-    t->layer_state = layer_state;
-    t->ready = ready;
-    t->ready_arg = ready_arg;
+    if (t->ext) {
+        t->ext->layer = layer;
+        t->ext->layer_state = layer_state;
+        t->ext->ready = ready;
+        t->ext->ready_arg = ready_arg;
+    }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX)
@@ -633,9 +648,9 @@ int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_o
     if (layer) t->flags |= TP_HANDSHAKE;
     *out = t;
     if (ready) {
-        if (phase_timeout_d > 0) {
-            t->phase_timer = knit_call_later(r, phase_timeout_d, knit__transport_phase_timeout, t);
-        }
+        if (phase_timeout_d > 0)
+            t->ext->phase_timer =
+                knit_call_later(r, phase_timeout_d, knit__transport_phase_timeout, t);
         t->soon++;
         knit__transport_run_phases(t);
         soon_release(t);
@@ -652,7 +667,7 @@ void knit__transport_attach(knit_transport *t, knit_protocol *p)
     if (p->ops->connection_made) p->ops->connection_made(p);
     if (!(t->flags & (TP_CLOSED | TP_MEMORY))) {
         update_watch(t);
-        if (t->layer && t->layer->pending(t)) call_soon(t, reread_cb);
+        if (TP_LAYER(t) && TP_LAYER(t)->pending(t)) call_soon(t, reread_cb);
     }
     soon_release(t);
 }
@@ -734,7 +749,7 @@ void knit_transport_resume_reading(knit_transport *t)
     update_watch(t);
     /* Bytes already buffered (leftovers, or decrypted TLS data the socket
      * will not signal again) are delivered from the loop. */
-    if (!knit_buf_empty(&t->in) || (t->layer && t->layer->pending(t))) call_soon(t, reread_cb);
+    if (!knit_buf_empty(&t->in) || (TP_LAYER(t) && TP_LAYER(t)->pending(t))) call_soon(t, reread_cb);
 }
 
 void knit_transport_set_water_marks(knit_transport *t, size_t high, size_t low)
@@ -755,8 +770,8 @@ bool knit_transport_closing(const knit_transport *t)
 
 int knit_transport_peer(const knit_transport *t, knit_sockaddr *out)
 {
-    if (t->proxied) {
-        *out = t->proxied[0];
+    if (t->ext && t->ext->proxied) {
+        *out = t->ext->proxied[0];
         return 0;
     }
     if (t->flags & TP_MEMORY) return KNIT_ENOTSUP;
@@ -772,8 +787,8 @@ int knit_transport_peer(const knit_transport *t, knit_sockaddr *out)
 
 int knit_transport_local(const knit_transport *t, knit_sockaddr *out)
 {
-    if (t->proxied) {
-        *out = t->proxied[1];
+    if (t->ext && t->ext->proxied) {
+        *out = t->ext->proxied[1];
         return 0;
     }
     if (t->flags & TP_MEMORY) return KNIT_ENOTSUP;
@@ -811,7 +826,7 @@ int knit_transport_set_keepalive(knit_transport *t, bool on, unsigned idle)
 const char *knit_transport_kind(const knit_transport *t)
 {
     if (t->flags & TP_MEMORY) return "memory";
-    if (t->layer) return t->layer->kind;
+    if (TP_LAYER(t)) return TP_LAYER(t)->kind;
     return (t->flags & TP_UNIX) ? "unix" : "tcp";
 }
 
@@ -825,5 +840,6 @@ knit_protocol *knit_transport_protocol(const knit_transport *t) { return t->prot
 size_t knit_transport_memory(const knit_transport *t)
 {
     return sizeof *t + knit_buf_allocated(&t->out) + knit_buf_allocated(&t->in) +
-           (t->proxied ? 2 * sizeof(knit_sockaddr) : 0);
+           (t->ext ? sizeof *t->ext : 0) +
+           (t->ext && t->ext->proxied ? 2 * sizeof(knit_sockaddr) : 0);
 }

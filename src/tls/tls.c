@@ -277,7 +277,7 @@ typedef struct tls_state {
     char *host; /* client: SNI/verification name; also SSL app data */
 } tls_state;
 
-static SSL *ssl_of(const knit_transport *t) { return ((tls_state *)t->layer_state)->ssl; }
+static SSL *ssl_of(const knit_transport *t) { return ((tls_state *)t->ext->layer_state)->ssl; }
 
 /* Map SSL_get_error to knit: EAGAIN (+want), 0 (EOF) or an error. */
 static int map_err(knit_transport *t, int ret, const char *what)
@@ -364,12 +364,12 @@ static bool l_pending(knit_transport *t) { return SSL_pending(ssl_of(t)) > 0; }
 
 static void l_free(knit_transport *t)
 {
-    tls_state *s = t->layer_state;
+    tls_state *s = t->ext ? t->ext->layer_state : NULL;
     if (!s) return;
     SSL_free(s->ssl);
     free(s->host);
     free(s);
-    t->layer_state = NULL;
+    t->ext->layer_state = NULL;
 }
 
 static const knit__layer_ops tls_ops = {"tls",     l_handshake, l_recv, l_send,
@@ -420,7 +420,7 @@ fail:
 
 static SSL *tls_of(const knit_transport *t)
 {
-    if (!t->layer || t->layer != &tls_ops || !t->layer_state) return NULL;
+    if (!t->ext || t->ext->layer != &tls_ops || !t->ext->layer_state) return NULL;
     return ssl_of(t);
 }
 
