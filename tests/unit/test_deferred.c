@@ -895,6 +895,129 @@ static void test_gather_input_dropped_unfired(void **state)
     knit_deferred_unref(g);
 }
 
+/* ---- randomized: chains, failures, gathers, cancels in random order ----------- */
+
+#define RN 3000
+static knit_deferred *rd[RN];
+static int r_ctx_made, r_ctx_freed, r_ran_twice, r_boxes;
+
+typedef struct rctx {
+    int kind;
+    int target; /* for chain: index of a later Deferred */
+    int runs;
+} rctx;
+
+static void r_box_free(void *p)
+{
+    r_boxes--;
+    free(p);
+}
+
+static void r_fn(knit_result *res, void *arg)
+{
+    rctx *c = arg;
+    if (c->runs++) r_ran_twice++;
+    switch (c->kind) {
+    case 0: /* pass */
+        break;
+    case 1: /* new value */
+        r_boxes++;
+        knit_result_set(res, malloc(8), r_box_free);
+        break;
+    case 2: /* fail */
+        knit_result_failf(res, KNIT_EIO, "random");
+        break;
+    case 3: /* recover */
+        knit_result_set(res, NULL, NULL);
+        break;
+    case 4: /* chain to a later Deferred */
+        knit_result_chain(res, knit_deferred_ref(rd[c->target]));
+        break;
+    }
+}
+
+static void r_ctx_free(void *arg)
+{
+    r_ctx_freed++;
+    free(arg);
+}
+
+static void test_randomized_graph_leaks_nothing(void **state)
+{
+    (void)state;
+    unsigned seed = 4242;
+    r_ctx_made = r_ctx_freed = r_ran_twice = r_boxes = 0;
+    knit_test_log_begin(); /* unhandled failures are expected here */
+    for (int i = 0; i < RN; i++)
+        rd[i] = knit_deferred_new();
+    knit_deferred *gathers[RN / 50];
+    int ng = 0;
+    for (int i = 0; i < RN; i++) {
+        int npairs = rand_r(&seed) % 4;
+        for (int k = 0; k < npairs; k++) {
+            rctx *c = calloc(1, sizeof *c);
+            c->kind = rand_r(&seed) % 5;
+            if (c->kind == 4) {
+                if (i + 1 >= RN) {
+                    c->kind = 0;
+                } else {
+                    c->target = i + 1 + rand_r(&seed) % (RN - i - 1 < 20 ? RN - i - 1 : 20);
+                }
+            }
+            r_ctx_made++;
+            unsigned which = (unsigned)rand_r(&seed) % 3;
+            knit_deferred_add_callbacks_full(rd[i], which != 1 ? r_fn : NULL,
+                                             which != 0 ? r_fn : NULL, c, r_ctx_free);
+        }
+        if (i % 50 == 0 && i + 5 < RN) {
+            knit_deferred *in[3];
+            for (int k = 0; k < 3; k++)
+                in[k] = knit_deferred_ref(rd[i + 1 + rand_r(&seed) % 4]);
+            gathers[ng++] = knit_deferred_gather(in, 3);
+        }
+    }
+    /* fire or cancel everything in a random order */
+    int order[RN];
+    for (int i = 0; i < RN; i++)
+        order[i] = i;
+    for (int i = RN - 1; i > 0; i--) {
+        int j = rand_r(&seed) % (i + 1);
+        int t = order[i];
+        order[i] = order[j];
+        order[j] = t;
+    }
+    for (int k = 0; k < RN; k++) {
+        knit_deferred *d = rd[order[k]];
+        switch (rand_r(&seed) % 4) {
+        case 0:
+            knit_deferred_cancel(d);
+            break;
+        case 1:
+            knit_deferred_fail(d, KNIT_EPIPE, "x");
+            break;
+        default:
+            r_boxes++;
+            knit_deferred_callback(d, malloc(8), r_box_free);
+            break;
+        }
+        if (rand_r(&seed) % 8 == 0) knit_deferred_cancel(rd[order[rand_r(&seed) % RN]]);
+    }
+    for (int i = 0; i < RN; i++) {
+        assert_true(knit_deferred_fired(rd[i]));
+        assert_false(knit_deferred_paused(rd[i])); /* every inner fired, so all resumed */
+    }
+    for (int i = 0; i < ng; i++) {
+        assert_true(knit_deferred_fired(gathers[i]));
+        knit_deferred_unref(gathers[i]);
+    }
+    for (int i = 0; i < RN; i++)
+        knit_deferred_unref(rd[i]);
+    knit_test_log_end();
+    assert_int_equal(r_ran_twice, 0);
+    assert_int_equal(r_ctx_freed, r_ctx_made);
+    assert_int_equal(r_boxes, 0); /* every value allocated was destroyed */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -932,6 +1055,7 @@ int main(void)
         T(test_gather_with_already_failed_input),
         T(test_gather_cancel),
         T(test_gather_input_dropped_unfired),
+        T(test_randomized_graph_leaks_nothing),
 #undef T
     };
     return KNIT_RUN_TESTS(tests);
