@@ -12,9 +12,9 @@ HELLO = os.path.join(BUILD, "examples", "hello", "knit-hello")
 
 
 class Server:
-    def __init__(self, *args):
+    def __init__(self, *args, endpoint="tcp:0:interface=127.0.0.1"):
         self.proc = subprocess.Popen(
-            [HELLO, "--http=tcp:0:interface=127.0.0.1"] + list(args),
+            [HELLO, "--http=" + endpoint] + list(args),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         line = self.proc.stdout.readline()
         if not line.startswith("listening on "):
