@@ -849,6 +849,64 @@ static void test_worker_chaining_a_deferred_fails(void **state)
     finish(r, p);
 }
 
+/* ---- shutdown phases: drain in BEFORE, pool stops in DURING ------------------ */
+
+typedef struct drain_ctx {
+    knit_pool *p;
+    knit_trigger *t;
+    int rc, ok;
+} drain_ctx;
+
+static void drain_job_done(knit_result *res, void *arg)
+{
+    drain_ctx *c = arg;
+    if (knit_result_ok(res)) c->ok++;
+    knit_trigger_done(c->t); /* the BEFORE phase may end now */
+}
+
+static void before_drain(knit_reactor *r, knit_trigger *t, void *arg)
+{
+    (void)r;
+    drain_ctx *c = arg;
+    c->t = t;
+    knit_deferred *d;
+    c->rc = knit_defer_to_thread(c->p, work_count, NULL, &d); /* e.g. a last request */
+    if (c->rc) {
+        knit_trigger_done(t);
+        return;
+    }
+    knit_deferred_add_callback(d, drain_job_done, c);
+    knit_deferred_unref(d);
+}
+
+static void work_stop_reactor(knit_result *res, void *arg)
+{
+    knit_reactor_stop(arg); /* [any]: a worker may ask for shutdown */
+    knit_result_set(res, NULL, NULL);
+}
+
+static void test_work_submitted_in_before_phase_runs(void **state)
+{
+    (void)state;
+    knit_reactor *r = new_reactor();
+    drain_ctx c = {0};
+    c.p = new_pool(r, 1, 2, 8);
+    assert_int_equal(knit_reactor_add_trigger(r, KNIT_PHASE_BEFORE, before_drain, &c, NULL), 0);
+    /* a worker stops the reactor; knit_reactor_run returns after all phases */
+    int done = 0;
+    knit_deferred *d;
+    assert_int_equal(knit_defer_to_thread(c.p, work_stop_reactor, r, &d), 0);
+    knit_deferred_add_both(d, count_any, &done);
+    knit_deferred_unref(d);
+    assert_int_equal(knit_reactor_run(r), 0);
+    assert_int_equal(done, 1);
+    assert_int_equal(c.rc, 0);
+    assert_int_equal(c.ok, 1); /* the BEFORE-phase job ran: the pool stops only in DURING */
+    assert_true(knit_pool_is_shut_down(c.p));
+    knit_pool_free(c.p);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
 /* ---- stress: cancels racing workers, then shutdown mid-flight ---------------- */
 
 #define STRESS (MANY / 20)
@@ -973,6 +1031,7 @@ int main(void)
         T(test_idle_threads_above_min_exit),
         T(test_bad_options_and_hist_bounds),
         T(test_worker_chaining_a_deferred_fails),
+        T(test_work_submitted_in_before_phase_runs),
         T(test_stress_cancel_and_shutdown),
 #undef T
     };
