@@ -556,6 +556,39 @@ static void test_writer_take_and_reset(void **state)
     knit_thrift_writer_free(&w);
 }
 
+/* Compact list<bool>: the element type may be written as 1 (Apache C++/Java/
+ * Python) or 2 (older writers); both read as bool. Elements are 1 = true,
+ * anything else false, like Apache's readers. */
+static void test_compact_list_bool_type_codes(void **state)
+{
+    (void)state;
+    const uint8_t codes[2] = {0x31, 0x32};
+    for (int i = 0; i < 2; i++) {
+        uint8_t in[] = {codes[i], 0x01, 0x02, 0x01};
+        knit_thrift_reader r;
+        knit_thrift_reader_init(&r, KNIT_THRIFT_COMPACT, in, sizeof in);
+        knit_thrift_type et;
+        uint32_t n;
+        assert_int_equal(knit_thrift_read_list_begin(&r, &et, &n), 0);
+        assert_int_equal(et, KNIT_TT_BOOL);
+        assert_int_equal(n, 3);
+        bool b[3];
+        for (int k = 0; k < 3; k++) assert_int_equal(knit_thrift_read_bool(&r, &b[k]), 0);
+        assert_true(b[0] && !b[1] && b[2]);
+        assert_int_equal(knit_thrift_read_list_end(&r), 0);
+        assert_int_equal(knit_thrift_reader_remaining(&r), 0);
+    }
+    /* and we write 1, as Apache does */
+    knit_thrift_writer w;
+    knit_thrift_writer_init(&w, KNIT_THRIFT_COMPACT);
+    knit_thrift_write_list_begin(&w, KNIT_TT_BOOL, 2);
+    knit_thrift_write_bool(&w, true);
+    knit_thrift_write_bool(&w, false);
+    assert_int_equal(w.len, 3);
+    assert_memory_equal(w.data, "\x21\x01\x02", 3);
+    knit_thrift_writer_free(&w);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -570,6 +603,7 @@ int main(void)
         cmocka_unit_test(test_app_exception_round_trip),
         cmocka_unit_test(test_detect),
         cmocka_unit_test(test_writer_take_and_reset),
+        cmocka_unit_test(test_compact_list_bool_type_codes),
     };
     return KNIT_RUN_TESTS(tests);
 }
