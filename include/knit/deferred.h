@@ -17,7 +17,11 @@
  *     (a callback switches to the errback path this way);
  *   - knit_result_chain() makes the result another Deferred: the outer chain
  *     pauses until that inner Deferred fires, then continues with the inner
- *     outcome (chains of chains work; there is no recursion per link).
+ *     outcome (chains of chains work; there is no recursion per link: an
+ *     outer chain resumes right after the inner chain's current run, on
+ *     the same call stack). If the inner Deferred is freed without ever
+ *     firing, the outer chain continues with a KNIT_ENOTACTIVE failure
+ *     rather than waiting forever (gather does the same for its inputs).
  *
  * Pairs added after the Deferred fired run at once (on the calling thread,
  * before the add function returns) unless the chain is paused on an inner
@@ -84,11 +88,13 @@
  * If a Deferred is freed while its result is a failure (no errback
  * recovered it), knit logs, at error level, module "deferred":
  *
- *   unhandled failure in Deferred: ETIMEDOUT: timed out: fetch /x
- *   (failed at src/http/client.c:210; Deferred created at src/app.c:88;
- *   caused by ECONNRESET: ...)
+ *   msg="unhandled failure in Deferred: ETIMEDOUT: GET /x (at src/http/client.c:210);
+ *   caused by ECONNRESET: connection reset by peer (at src/stream/tcp.c:88);
+ *   Deferred created at src/app.c:31" code=ETIMEDOUT created=src/app.c:31
+ *   failed=src/http/client.c:210
  *
- * with created=FILE:LINE and failed=FILE:LINE as structured fields. The
+ * (one line) with code=, created=FILE:LINE and failed=FILE:LINE as
+ * structured fields. The
  * creation site is captured by the knit_deferred_new() macro, the failure
  * site by knit_failure_new() / knit_deferred_fail(). A Deferred whose holder
  * cancelled it and then dropped the resulting ECANCELED failure is not
