@@ -46,7 +46,10 @@
  * With NOTIFY_SOCKET set (systemd Type=notify), it sends READY=1 once the
  * tree has started and STOPPING=1 when stopping begins.
  *
- * It returns the process exit status (KNIT_EXIT_*), so main is one line:
+ * After a forced stop (second signal, --shutdown-timeout) it does not wait
+ * for running pool jobs or services still stopping: it ends the process
+ * with _exit(KNIT_EXIT_FORCED). Otherwise it tears everything down and
+ * returns the process exit status (KNIT_EXIT_*), so main is one line:
  *     int main(int argc, char **argv) { return knit_main(argc, argv, &opts); }
  */
 #ifndef KNIT_SERVICE_H

@@ -25,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 struct knit_app {
     const knit_main_options *o;
@@ -355,9 +356,11 @@ int knit_main(int argc, char **argv, const knit_main_options *o)
     }
     if (app.forced) {
         /* "At once": do not wait for workers still running jobs or for
-         * services still stopping. The process is about to exit; the OS
-         * reclaims what is left. */
-        return status;
+         * services still stopping, and do not run atexit handlers or
+         * destructors while those workers are alive: end the process. */
+        fflush(stdout);
+        fflush(stderr);
+        _exit(status);
     }
     teardown(&app);
     return status;
