@@ -84,6 +84,7 @@ struct conn {
     uint8_t peer_addr[16];
     bool read_paused;
     bool in_process;
+    bool peer_eof; /* the client half-closed: close after the answer */
 };
 
 /* ---- requests -------------------------------------------------------------- */
@@ -792,7 +793,7 @@ static void request_maybe_end(knit_http_request *req)
         access_log(req, took);
     }
     /* A body the client is still sending cannot be skipped safely: close. */
-    bool close = req->close_after || req->gone || req->body_pending;
+    bool close = req->close_after || req->gone || req->body_pending || (c && c->peer_eof);
     request_free(req);
     if (!c) return;
     c->req = NULL;
@@ -1009,7 +1010,8 @@ int knit_http_respond(knit_http_request *req, int status, const char *content_ty
         knit_buf_release(&head);
         return rc;
     }
-    size_t blen = req->head_only ? 0 : len;
+    bool no_body = status < 200 || status == 204 || status == 304;
+    size_t blen = req->head_only || no_body ? 0 : len;
     req->body_sent = blen;
     rc = emit(req, knit_buf_data(&head), knit_buf_len(&head), body, blen, true);
     knit_buf_release(&head);
@@ -1743,7 +1745,9 @@ static bool on_eof(knit_protocol *p)
     struct conn *c = container_of(p, struct conn, proto);
     /* A client that half-closes after sending its request still gets the
      * answer: keep the write side open while a request is in progress. */
-    return c->state == C_HANDLING;
+    if (c->state != C_HANDLING) return false;
+    c->peer_eof = true;
+    return true;
 }
 
 static void on_made(knit_protocol *p)

@@ -78,6 +78,12 @@ static void h_big(knit_http_request *req, void *arg)
     knit_http_finish(req);
 }
 
+static void h_nocontent(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    knit_http_respond(req, 204, "text/plain", "ignored", 7); /* 204 carries no body */
+}
+
 static void setup_fx(fixture *fx, bool with_pool, knit_http_options *o)
 {
     memset(fx, 0, sizeof *fx);
@@ -110,6 +116,8 @@ static void setup_fx(fixture *fx, bool with_pool, knit_http_options *o)
     assert_int_equal(knit_http_route(fx->s, "PUT", "/n/{id}", KNIT_HTTP_INLINE, h_params, NULL), 0);
     assert_int_equal(knit_http_route(fx->s, "GET", "/stream", pm, h_stream, NULL), 0);
     assert_int_equal(knit_http_route(fx->s, "GET", "/big", KNIT_HTTP_INLINE, h_big, NULL), 0);
+    assert_int_equal(
+        knit_http_route(fx->s, "DELETE", "/n/{id}", KNIT_HTTP_INLINE, h_nocontent, NULL), 0);
 }
 
 static void teardown_fx(fixture *fx)
@@ -208,11 +216,16 @@ static void test_routes(void **state)
     assert_non_null(strstr(take(t), "rest=css/site.css path=/static/css/site.css"));
     feed(t, "GET /nothing HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_true(strncmp(take(t), "HTTP/1.1 404 ", 13) == 0);
-    feed(t, "DELETE /n/1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    feed(t, "POST /n/1 HTTP/1.1\r\nHost: x\r\n\r\n");
     const char *o = take(t);
     assert_true(strncmp(o, "HTTP/1.1 405 ", 13) == 0);
-    assert_non_null(strstr(o, "\r\nAllow: GET, HEAD, PUT\r\n"));
-    feed(t, "GET /n/ HTTP/1.1\r\nHost: x\r\n\r\n"); /* empty {id} does not match */
+    assert_non_null(strstr(o, "\r\nAllow: GET, HEAD, PUT, DELETE\r\n"));
+    feed(t, "DELETE /n/1 HTTP/1.1\r\nHost: x\r\n\r\n");
+    o = take(t);
+    assert_true(strncmp(o, "HTTP/1.1 204 ", 13) == 0);
+    assert_null(strstr(o, "Content-Length"));
+    assert_true(strcmp(o + strlen(o) - 4, "\r\n\r\n") == 0); /* no body bytes */
+    feed(t, "GET /n/ HTTP/1.1\r\nHost: x\r\n\r\n");          /* empty {id} does not match */
     assert_true(strncmp(take(t), "HTTP/1.1 404 ", 13) == 0);
     feed(t, "GET /n/%00 HTTP/1.1\r\nHost: x\r\n\r\n");
     assert_true(strncmp(take(t), "HTTP/1.1 400 ", 13) == 0);
@@ -261,6 +274,25 @@ static void test_answer_later_after_client_left(void **state)
     close_conn(t); /* the client leaves first */
     assert_int_equal(knit_http_respond(held, 200, NULL, "x", 1), KNIT_ECLOSED);
     held = NULL; /* the request ended with that call: nothing leaks (ASan) */
+    teardown_fx(&fx);
+}
+
+static void test_half_close_gets_answer(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, NULL);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_true(knit_memory_transport_feed_eof(t)); /* keep writing: a request is in progress */
+    knit_http_respond(held, 200, NULL, "bye", 3);
+    held = NULL;
+    assert_true(strcmp(take(t) + 0, "") != 0);
+    assert_true(knit_memory_transport_lose_requested(t)); /* closed after the answer */
+    close_conn(t);
+    t = open_conn(&fx);
+    assert_false(knit_memory_transport_feed_eof(t)); /* idle: close at once */
+    close_conn(t);
     teardown_fx(&fx);
 }
 
@@ -540,6 +572,7 @@ int main(void)
         cmocka_unit_test(test_routes),
         cmocka_unit_test(test_pipelining_in_order),
         cmocka_unit_test(test_answer_later_after_client_left),
+        cmocka_unit_test(test_half_close_gets_answer),
         cmocka_unit_test(test_bad_request_closes),
         cmocka_unit_test(test_slowloris_fake_clock),
         cmocka_unit_test(test_silent_connection_fake_clock),
