@@ -89,6 +89,7 @@ static void flush_partial(mh_conn *c)
 
 static bool partial_add(mh_conn *c, const char *d, size_t n)
 {
+    if (n == 0) return true;
     if (c->partial_len + n > c->partial_cap) {
         size_t cap = c->partial_cap ? c->partial_cap : 256;
         while (cap < c->partial_len + n)

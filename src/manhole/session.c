@@ -640,7 +640,7 @@ static int p_eval(lua_State *L)
     }
     if (!ensure(&s->chunk, &s->chunk_cap, need)) return luaL_error(L, "not enough memory");
     if (s->chunk_len) s->chunk[s->chunk_len++] = '\n';
-    memcpy(s->chunk + s->chunk_len, q->code, q->len);
+    if (q->len) memcpy(s->chunk + s->chunk_len, q->code, q->len);
     s->chunk_len += q->len;
     s->chunk[s->chunk_len] = 0;
     int st = luaL_loadbuffer(L, s->chunk, s->chunk_len, "=input");

@@ -98,6 +98,7 @@ struct ssh_conn {
 
 static bool buf_add(char **b, size_t *len, size_t *cap, const char *d, size_t n)
 {
+    if (n == 0) return true;
     if (*len + n > *cap) {
         size_t c = *cap ? *cap : 1024;
         while (c < *len + n)
@@ -114,6 +115,7 @@ static bool buf_add(char **b, size_t *len, size_t *cap, const char *d, size_t n)
 
 static void buf_consume(char *b, size_t *len, size_t n)
 {
+    if (n == 0) return;
     memmove(b, b + n, *len - n);
     *len -= n;
 }
@@ -472,7 +474,7 @@ static void pty_input(ssh_conn *c)
 /* Without a pty (ssh -T, piped input): plain lines, no echo, no prompt. */
 static void line_input(ssh_conn *c)
 {
-    for (;;) {
+    while (c->in_len) {
         char *nl = memchr(c->in, '\n', c->in_len);
         if (!nl) break;
         size_t n = (size_t)(nl - c->in);
