@@ -5,6 +5,7 @@
  * Each test ends with knit_reactor_close() == 0: nothing left registered. */
 #include "testutil.h"
 
+#include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,6 +85,23 @@ static void h_nocontent(knit_http_request *req, void *arg)
     knit_http_respond(req, 204, "text/plain", "ignored", 7); /* 204 carries no body */
 }
 
+static sem_t gate;
+
+/* Pool handler that waits for the test before reading its body. */
+static void h_gate(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    sem_wait(&gate);
+    char buf[8192];
+    size_t total = 0;
+    ssize_t n;
+    while ((n = knit_http_read(req, buf, sizeof buf)) > 0)
+        total += (size_t)n;
+    char out[64];
+    int len = snprintf(out, sizeof out, "read=%zu rc=%zd", total, n);
+    knit_http_respond(req, 200, NULL, out, (size_t)len);
+}
+
 static void setup_fx(fixture *fx, bool with_pool, knit_http_options *o)
 {
     memset(fx, 0, sizeof *fx);
@@ -115,6 +133,8 @@ static void setup_fx(fixture *fx, bool with_pool, knit_http_options *o)
     assert_int_equal(knit_http_route(fx->s, "POST", "/body", pm, h_body, NULL), 0);
     assert_int_equal(knit_http_route(fx->s, "PUT", "/n/{id}", KNIT_HTTP_INLINE, h_params, NULL), 0);
     assert_int_equal(knit_http_route(fx->s, "GET", "/stream", pm, h_stream, NULL), 0);
+    if (with_pool)
+        assert_int_equal(knit_http_route(fx->s, "POST", "/gate", KNIT_HTTP_POOL, h_gate, NULL), 0);
     assert_int_equal(knit_http_route(fx->s, "GET", "/big", KNIT_HTTP_INLINE, h_big, NULL), 0);
     assert_int_equal(
         knit_http_route(fx->s, "DELETE", "/n/{id}", KNIT_HTTP_INLINE, h_nocontent, NULL), 0);
@@ -473,6 +493,36 @@ static void test_pool_mode(void **state)
     teardown_fx(&fx);
 }
 
+static void test_pool_body_backpressure(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, true, NULL);
+    sem_init(&gate, 0, 0);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "POST /gate HTTP/1.1\r\nHost: x\r\nContent-Length: 300000\r\n\r\n");
+    static char chunk[16384];
+    memset(chunk, 'b', sizeof chunk);
+    size_t sent = 0;
+    while (sent < 300000) {
+        size_t k = 300000 - sent < sizeof chunk ? 300000 - sent : sizeof chunk;
+        knit_memory_transport_feed(t, chunk, k);
+        sent += k;
+    }
+    /* The handler has not read anything: the reactor stopped reading once
+     * the per-request buffer held KNIT_HTTP_BODY_BUFFER bytes. */
+    assert_true(knit_memory_transport_reading_paused(t));
+    sem_post(&gate);
+    wait_for(&fx, t, "read=300000 rc=0");
+    assert_false(knit_memory_transport_reading_paused(t));
+    close_conn(t);
+    knit_pool_shutdown(fx.pool, NULL, NULL);
+    for (int i = 0; i < 20000 && !knit_pool_is_shut_down(fx.pool); i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+    sem_destroy(&gate);
+    teardown_fx(&fx);
+}
+
 static int drained;
 static void on_drained(knit_http_server *s, void *arg)
 {
@@ -581,6 +631,7 @@ int main(void)
         cmocka_unit_test(test_body_inline_and_continue),
         cmocka_unit_test(test_stream_chunked_inline),
         cmocka_unit_test(test_pool_mode),
+        cmocka_unit_test(test_pool_body_backpressure),
         cmocka_unit_test(test_drain),
         cmocka_unit_test(test_idle_connection_is_small),
         cmocka_unit_test(test_error_body_hook),
