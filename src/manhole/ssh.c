@@ -78,6 +78,8 @@ struct ssh_conn {
     struct ssh_server_callbacks_struct scb;
     struct ssh_channel_callbacks_struct ccb;
     bool kex_done, authed, pty, started, exec, eof, dead, processing, in_eval, finished;
+    bool closed_sent;
+    int exit_status;
     bool any_error;
     int auth_attempts;
     char who[160];
@@ -378,15 +380,25 @@ static void start_session(ssh_conn *c)
     }
 }
 
-/* Once: exit status, EOF, close; the client then closes its side. */
+/* Exit status, EOF, close; the client then closes its side. */
+static void close_channel(ssh_conn *c)
+{
+    if (c->closed_sent || !c->chan || c->dead) return;
+    c->closed_sent = true;
+    ssh_channel_request_send_exit_status(c->chan, c->exit_status);
+    ssh_channel_send_eof(c->chan);
+    ssh_channel_close(c->chan);
+}
+
+/* Once, when the session is over: close after the pending output. */
 static void finish_channel(ssh_conn *c, int status)
 {
     if (!c->chan || c->dead || c->finished) return;
     c->finished = true;
+    c->exit_status = status;
     flush_out(c);
-    ssh_channel_request_send_exit_status(c->chan, status);
-    ssh_channel_send_eof(c->chan);
-    ssh_channel_close(c->chan);
+    if (c->out_len == 0) close_channel(c);
+    /* else drive() closes it once the client's window let the output out */
 }
 
 static int eval_line(ssh_conn *c, const char *line, size_t len)
@@ -570,6 +582,7 @@ static void drive(ssh_conn *c)
     if (!ssh_is_connected(c->ss)) c->dead = true;
     process(c);
     flush_out(c);
+    if (c->finished && c->out_len == 0) close_channel(c);
     if (c->dead) {
         conn_free(c);
         return;

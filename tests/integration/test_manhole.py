@@ -425,6 +425,18 @@ def _(env):
     check('who="key=SHA256:' in log and "mode=exec" in log, "ssh connection not logged")
 
 
+@case("ssh: large output reaches a slow reader whole, then the exit status")
+def _(env):
+    p = subprocess.Popen(ssh_cmd(env, env.key, "127.0.0.1",
+                                 "for i = 1, 300000 do print(i) end"),
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(1.0)  # let the SSH window fill before reading
+    out, _ = p.communicate(timeout=TIMEOUT)
+    lines = out.decode().split("\n")
+    check(p.returncode == 0, "rc %d" % p.returncode)
+    check(len(lines) == 300001 and lines[-2] == "300000", "%d lines" % len(lines))
+
+
 @case("ssh: lines piped without a pty (multi-line chunk)")
 def _(env):
     r = ssh(env, env.key, "-T", "127.0.0.1",
