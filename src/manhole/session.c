@@ -591,6 +591,14 @@ static bool blank(const char *str, size_t len)
     return true;
 }
 
+/* Compile source text only: input starting with ESC (a stray terminal
+ * escape sequence, say) must not be taken for a precompiled binary chunk,
+ * which Lua does not verify. */
+static int load_text(lua_State *L, const char *code, size_t len)
+{
+    return luaL_loadbufferx(L, code, len, "=input", "t");
+}
+
 /* Try "return CODE"; on success leaves the function on the stack. */
 static bool try_return(knit_manhole_session *s, lua_State *L, const char *code, size_t len)
 {
@@ -598,7 +606,7 @@ static bool try_return(knit_manhole_session *s, lua_State *L, const char *code, 
     if (!ensure(&s->scratch, &s->scratch_cap, sizeof ret + len)) return false;
     memcpy(s->scratch, ret, sizeof ret - 1);
     memcpy(s->scratch + sizeof ret - 1, code, len);
-    if (luaL_loadbuffer(L, s->scratch, sizeof ret - 1 + len, "=input") == LUA_OK) return true;
+    if (load_text(L, s->scratch, sizeof ret - 1 + len) == LUA_OK) return true;
     lua_pop(L, 1);
     return false;
 }
@@ -611,7 +619,7 @@ static int p_eval(lua_State *L)
     if (q->mode == MODE_CHUNK) {
         if (blank(q->code, q->len)) return q->result = KNIT_MANHOLE_OK, 0;
         if (!try_return(s, L, q->code, q->len)) {
-            int st = luaL_loadbuffer(L, q->code, q->len, "=input");
+            int st = load_text(L, q->code, q->len);
             if (st != LUA_OK) {
                 write_str(s, lua_tostring(L, -1));
                 write_str(s, "\n");
@@ -643,7 +651,7 @@ static int p_eval(lua_State *L)
     if (q->len) memcpy(s->chunk + s->chunk_len, q->code, q->len);
     s->chunk_len += q->len;
     s->chunk[s->chunk_len] = 0;
-    int st = luaL_loadbuffer(L, s->chunk, s->chunk_len, "=input");
+    int st = load_text(L, s->chunk, s->chunk_len);
     if (incomplete(L, st)) {
         lua_pop(L, 1);
         q->result = KNIT_MANHOLE_MORE;

@@ -160,6 +160,9 @@ static void test_errors_have_traceback(void **state)
     assert_int_equal(feed(f, "x = = 1"), KNIT_MANHOLE_FAILED);
     assert_non_null(strstr(f->o.buf, "unexpected symbol"));
     assert_string_equal(knit_manhole_session_prompt(f->s), "> ");
+    /* never a binary chunk, even when the input starts with ESC */
+    assert_int_equal(feed(f, "\x1bLua\x54\x00junk"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "attempt to load a binary chunk"));
     /* non-string error objects */
     assert_int_equal(feed(f, "error({})"), KNIT_MANHOLE_FAILED);
     assert_non_null(strstr(f->o.buf, "error object is a table value"));
