@@ -56,7 +56,11 @@ struct conn {
     bool tproto_known;
     bool lost;       /* connection_lost ran: transport gone */
     bool paused;     /* reading paused at max_in_flight */
-    bool in_receive; /* inside data_received (defer resume) */
+    bool in_receive; /* inside process() (defer resume) */
+    /* Bytes taken from the transport while paused at max_in_flight: kept
+     * here, not in the transport, and processed when a call completes (see
+     * docs/requests/thrift-needs.md). Idle (no memory) otherwise. */
+    knit_buf held;
     unsigned in_flight;
     knit_time last_active;
     knit_thrift_sasl *sasl;
@@ -78,6 +82,7 @@ typedef struct call {
 } call;
 
 static void conn_maybe_free(conn *c);
+static void pump_held(conn *c);
 
 /* ---- replies ----------------------------------------------------------------------- */
 
@@ -201,10 +206,7 @@ static void call_finish(call *k)
     c->in_flight--;
     c->srv->st.in_flight--;
     c->last_active = knit_reactor_now(c->srv->r);
-    if (c->paused && !c->in_receive && c->in_flight < c->srv->o.max_in_flight && !c->lost) {
-        c->paused = false;
-        knit_transport_resume_reading(c->proto.transport);
-    }
+    if (c->paused && !c->in_receive && !c->lost) pump_held(c);
     conn_maybe_free(c);
 }
 
@@ -512,16 +514,48 @@ static void process(conn *c, knit_buf *in)
     }
 }
 
+/* Move what is left in IN to the connection's own buffer (we are paused). */
+static void hold(conn *c, knit_buf *in)
+{
+    if (knit_buf_empty(in)) return;
+    if (knit_buf_append(&c->held, knit_buf_data(in), knit_buf_len(in)) != 0) {
+        knit_transport_close_with(c->proto.transport, false, KNIT_CLOSE_NOMEM, KNIT_ENOMEM);
+        return;
+    }
+    knit_buf_consume(in, knit_buf_len(in));
+}
+
+/* Work through held bytes while there is capacity; resume reading the
+ * transport once they are all dispatched. */
+static void pump_held(conn *c)
+{
+    c->in_receive = true;
+    if (!knit_buf_empty(&c->held)) process(c, &c->held);
+    c->in_receive = false;
+    if (knit_buf_empty(&c->held)) knit_buf_release(&c->held);
+    if (c->paused && !c->lost && knit_buf_empty(&c->held) &&
+        c->in_flight < c->srv->o.max_in_flight && c->proto.transport &&
+        !knit_transport_closing(c->proto.transport)) {
+        c->paused = false;
+        knit_transport_resume_reading(c->proto.transport);
+    }
+}
+
 static void on_data(knit_protocol *p, knit_buf *in)
 {
     conn *c = (conn *)p;
     c->last_active = knit_reactor_now(c->srv->r);
+    if (c->paused || !knit_buf_empty(&c->held)) {
+        hold(c, in);
+        pump_held(c);
+        return;
+    }
     c->in_receive = true;
     process(c, in);
     c->in_receive = false;
-    if (c->paused && c->in_flight < c->srv->o.max_in_flight && !c->lost) {
-        c->paused = false;
-        knit_transport_resume_reading(c->proto.transport);
+    if (c->paused) {
+        hold(c, in);
+        pump_held(c); /* calls may have completed inside (async handlers) */
     }
 }
 
@@ -536,6 +570,7 @@ static void conn_maybe_free(conn *c)
     if (!c->lost || c->in_flight) return;
     knit_thrift_server *s = c->srv;
     knit_thrift_sasl_free(c->sasl);
+    knit_buf_release(&c->held);
     free(c);
     s->nconns_alive--;
     server_maybe_free(s);
@@ -573,6 +608,7 @@ static knit_protocol *build(knit_protocol_factory *f, const knit_sockaddr *peer)
     if (!c) return NULL;
     c->proto.ops = &conn_ops;
     c->srv = s;
+    knit_buf_init(&c->held);
     c->mode = M_DETECT;
     c->last_active = knit_reactor_now(s->r);
     c->next = s->conns;

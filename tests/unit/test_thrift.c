@@ -1142,6 +1142,72 @@ static void test_server_malformed_table(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+/* max_in_flight = 1: while a call runs, the connection is not read; the next
+ * pipelined call is taken only after the first completed. */
+static void test_max_in_flight_pauses_reading(void **state)
+{
+    (void)state;
+    knit_thrift_server_options o;
+    knit_thrift_server_options_init(&o);
+    o.max_in_flight = 1;
+    env e;
+    env_up(&e, &o, 64, 2);
+    knit_thrift_client *cl = env_client(&e, NULL);
+    outcome og, oa;
+    call_gate(cl, 1, &og);
+    run_until(&e, gate_has_waiter, NULL);
+    call_add(cl, 2, 2, &oa);
+    for (int i = 0; i < 50; i++) knit_reactor_run_once(e.r, KNIT_MSEC(1));
+    assert_false(oa.done); /* two workers, but the second call was never read */
+    knit_thrift_server_stats ss;
+    knit_thrift_server_get_stats(e.srv, &ss);
+    assert_int_equal(ss.calls, 1);
+    gate_set(true);
+    run_until(&e, oc_done, &og);
+    run_until(&e, oc_done, &oa);
+    if (oa.code) print_error("add: %d %s\n", oa.code, oa.msg);
+    assert_int_equal(oa.code, 0);
+    assert_int_equal(((calc_Calc_add_result *)oa.value)->success, 4);
+    oc_free(&og);
+    oc_free(&oa);
+    env_down(&e, cl);
+}
+
+static void three_conns(knit_thrift_client_options *o) { o->connections = 3; }
+
+static bool all_done(void *arg)
+{
+    outcome *o = arg;
+    for (int i = 0; i < 30; i++)
+        if (!o[i].done) return false;
+    return true;
+}
+
+/* A client with three connections spreads pipelined calls over them. */
+static void test_client_connection_pool(void **state)
+{
+    (void)state;
+    env e;
+    env_up(&e, NULL, 64, 2);
+    knit_thrift_client *cl = env_client(&e, three_conns);
+    outcome o[30];
+    for (int i = 0; i < 30; i++) call_add(cl, i, i, &o[i]);
+    run_until(&e, all_done, o);
+    for (int i = 0; i < 30; i++) {
+        assert_int_equal(o[i].code, 0);
+        assert_int_equal(((calc_Calc_add_result *)o[i].value)->success, 2 * i);
+        oc_free(&o[i]);
+    }
+    knit_thrift_client_stats cs;
+    knit_thrift_client_get_stats(cl, &cs);
+    assert_int_equal(cs.up, 3);
+    assert_int_equal(cs.connects, 3);
+    knit_thrift_server_stats ss;
+    knit_thrift_server_get_stats(e.srv, &ss);
+    assert_int_equal(ss.connections, 3);
+    env_down(&e, cl);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1163,6 +1229,8 @@ int main(void)
         cmocka_unit_test(test_sasl_end_to_end),
         cmocka_unit_test(test_blocking_client_from_worker),
         cmocka_unit_test(test_idle_timeout),
+        cmocka_unit_test(test_max_in_flight_pauses_reading),
+        cmocka_unit_test(test_client_connection_pool),
     };
     knit_test_watchdog(120);
     return cmocka_run_group_tests(tests, make_sasldb, remove_sasldb);
