@@ -72,7 +72,7 @@
  * holds the first result of the last evaluation that returned something,
  * errors are printed with a traceback, `print`/`io.write` go to the session.
  * `os.exit` and reading stdin are disabled (they would stop or block the
- * service).
+ * service), and so is `debug.sethook` (the budget lives in the hook).
  *
  * Runaway code: evaluation runs on the reactor thread, so an instruction
  * count hook (lua_sethook, LUA_MASKCOUNT) interrupts it once it has run

@@ -115,16 +115,17 @@ static int l_io_write(lua_State *L)
 
 static int l_disabled(lua_State *L)
 {
-    return luaL_error(L, "%s is disabled in the manhole (it would stop or block the service)",
-                      lua_tostring(L, lua_upvalueindex(1)));
+    return luaL_error(L, "%s is disabled in the manhole (%s)", lua_tostring(L, lua_upvalueindex(1)),
+                      lua_tostring(L, lua_upvalueindex(2)));
 }
 
-static void disable(lua_State *L, const char *lib, const char *fn)
+static void disable(lua_State *L, const char *lib, const char *fn, const char *why)
 {
     lua_getglobal(L, lib);
     if (lua_istable(L, -1)) {
         lua_pushfstring(L, "%s.%s", lib, fn);
-        lua_pushcclosure(L, l_disabled, 1);
+        lua_pushstring(L, why);
+        lua_pushcclosure(L, l_disabled, 2);
         lua_setfield(L, -2, fn);
     }
     lua_pop(L, 1);
@@ -780,8 +781,11 @@ static int p_setup(lua_State *L)
     lua_pushnil(L);
     lua_setfield(L, -2, "stdin");
     lua_pop(L, 1);
-    disable(L, "os", "exit");
-    disable(L, "io", "read");
+    disable(L, "os", "exit", "it would stop the service");
+    disable(L, "io", "read", "it would block the reactor");
+    /* the instruction budget lives in the hook: removing it would make a
+     * runaway loop uninterruptible */
+    disable(L, "debug", "sethook", "the instruction budget uses the hook");
     lua_pushcfunction(L, knit__manhole_help);
     lua_setglobal(L, "help");
     return knit__manhole_install(s, L);

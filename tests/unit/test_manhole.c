@@ -190,6 +190,9 @@ static void test_budget_interrupts_loop(void **state)
     assert_int_equal(feed(f, "coroutine.wrap(function() while true do end end)()"),
                      KNIT_MANHOLE_FAILED);
     assert_non_null(strstr(f->o.buf, "interrupted"));
+    /* the hook cannot be removed from Lua */
+    assert_int_equal(feed(f, "debug.sethook() while true do end"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "debug.sethook is disabled"));
     /* a runaway __tostring while printing the result is interrupted too */
     assert_int_equal(feed(f, "setmetatable({}, {__tostring = function() while true do end end})"),
                      KNIT_MANHOLE_FAILED);
