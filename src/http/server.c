@@ -936,7 +936,9 @@ static int emit(knit_http_request *req, const void *a, size_t alen, const void *
                 bool final)
 {
     knit_http_server *s = req->srv;
-    if (!req->pool_mode || knit_reactor_in_thread(s->r)) {
+    /* On a pool worker (the handler) or on the reactor (everything else)?
+     * knit_pool_current is a thread-local read: no shared state. */
+    if (!req->pool_mode || knit_pool_current() == NULL) {
         struct conn *c = req->conn;
         if (!c || !c->proto.transport || req->gone) {
             if (final) {
@@ -1050,7 +1052,7 @@ int knit_http_finish(knit_http_request *req)
     if (req->declared >= 0 && req->body_sent != (uint64_t)req->declared) {
         /* Fewer bytes than announced: the framing is broken; close after. */
         req->close_after = true;
-        if (req->conn && knit_reactor_in_thread(req->srv->r) && req->conn->proto.transport)
+        if (req->conn && knit_pool_current() == NULL && req->conn->proto.transport)
             knit_transport_lose_connection(req->conn->proto.transport);
     }
     if (req->chunked) return emit(req, "0\r\n\r\n", 5, NULL, 0, true);
