@@ -5,8 +5,11 @@ Starts knit-thrift-bench (examples/thrift-bench) on 127.0.0.1 with a sasldb
 made by saslpasswd2, then calls it with python3-thrift over framed and
 unframed transports in both protocols, over the SASL transport
 (TSaslClientTransport with python3-pure-sasl, PLAIN), and, when it was built,
-with Apache Thrift's C++ library (bench/thrift/thrift-cpp-client). Also sends
-malformed input over raw sockets. Stops the server with SIGTERM.
+with Apache Thrift's C++ library (bench/thrift/thrift-cpp-client). The other
+way round, knit's client (knit-thrift-bench-client) calls python3-thrift's
+TThreadedServer (framed/unframed, binary/compact) and Apache's C++
+TNonblockingServer. Also sends malformed input over raw sockets. Stops the
+server with SIGTERM.
 """
 import os
 import shutil
@@ -30,6 +33,57 @@ def check(name, cond, detail=""):
     results.append((name, bool(cond)))
     print(("ok   " if cond else "FAIL ") + name + (("  (" + detail + ")") if detail and not cond else ""))
 
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port):
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+
+
+def serve(port, pname, framed, gendir):
+    """--serve: a python3-thrift server for bench.thrift (the peer for knit's client)."""
+    sys.path.insert(0, gendir)
+    from thrift.protocol import TBinaryProtocol, TCompactProtocol
+    from thrift.server import TServer
+    from thrift.transport import TSocket, TTransport
+    from bench import Bench
+
+    class Handler:
+        def echo(self, s):
+            return s
+
+        def add(self, a, b):
+            return a + b
+
+        def sleep_us(self, us):
+            time.sleep(us / 1e6)
+
+    pf = TCompactProtocol.TCompactProtocolFactory() if pname == "compact" else \
+        TBinaryProtocol.TBinaryProtocolFactory()
+    tf = TTransport.TFramedTransportFactory() if framed == "framed" else \
+        TTransport.TBufferedTransportFactory()
+    server = TServer.TThreadedServer(Bench.Processor(Handler()),
+                                     TSocket.TServerSocket(host="127.0.0.1", port=port), tf, pf,
+                                     daemon=True)
+    print("serving", flush=True)
+    server.serve()
+
+
+if len(sys.argv) > 1 and sys.argv[1] == "--serve":
+    serve(int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5])
+    sys.exit(0)
 
 tmp = tempfile.mkdtemp(prefix="knit-thrift-it.")
 sasldb = os.path.join(tmp, "sasldb2")
@@ -132,6 +186,42 @@ try:
                   r.stdout + r.stderr)
     else:
         print("skip Apache C++ client: %s not built" % CPP)
+
+    # The other way round: knit's client against Apache's servers.
+    KCLIENT = os.path.join(BUILD, "examples/thrift-bench/knit-thrift-bench-client")
+    check("knit client -> knit server, SASL PLAIN",
+          subprocess.run([KCLIENT, "tcp:127.0.0.1:%d" % port, "binary", "framed", "alice", "sekrit"],
+                         capture_output=True, text=True, timeout=60).stdout.strip() == "ok")
+    for framed in ("framed", "unframed"):
+        for pname in ("binary", "compact"):
+            pport = free_port()
+            srv = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", str(pport), pname,
+                                    framed, tmp], stdout=subprocess.PIPE, text=True)
+            try:
+                srv.stdout.readline()  # "serving"
+                wait_port(pport)
+                r = subprocess.run([KCLIENT, "tcp:127.0.0.1:%d" % pport, pname, framed],
+                                   capture_output=True, text=True, timeout=60)
+                check("knit client -> python3-thrift server (%s %s)" % (framed, pname),
+                      r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr)
+            finally:
+                srv.kill()
+                srv.wait()
+    APACHE = os.path.join(BUILD, "bench/thrift/apache-thrift-bench")
+    if os.path.exists(APACHE):
+        aport = free_port()
+        asrv = subprocess.Popen([APACHE, str(aport), "2"], stdout=subprocess.PIPE,
+                                stderr=subprocess.DEVNULL, text=True)
+        try:
+            asrv.stdout.readline()
+            wait_port(aport)
+            r = subprocess.run([KCLIENT, "tcp:127.0.0.1:%d" % aport, "binary", "framed"],
+                               capture_output=True, text=True, timeout=60)
+            check("knit client -> Apache C++ TNonblockingServer", r.returncode == 0 and
+                  r.stdout.strip() == "ok", r.stdout + r.stderr)
+        finally:
+            asrv.kill()
+            asrv.wait()
 
     check("server still alive", proc.poll() is None)
     proc.send_signal(signal.SIGTERM)
