@@ -783,6 +783,9 @@ static int p_setup(lua_State *L)
     lua_pop(L, 1);
     disable(L, "os", "exit", "it would stop the service");
     disable(L, "io", "read", "it would block the reactor");
+    /* io.lines() and io.input():read() read the default input, not io.read:
+     * point it at /dev/null so they see EOF instead of blocking on stdin */
+    if (luaL_dostring(L, "pcall(io.input, '/dev/null')") != LUA_OK) lua_pop(L, 1);
     /* the instruction budget lives in the hook: removing it would make a
      * runaway loop uninterruptible */
     disable(L, "debug", "sethook", "the instruction budget uses the hook");

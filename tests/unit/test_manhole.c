@@ -276,6 +276,8 @@ static void test_print_goes_to_client(void **state)
     assert_non_null(strstr(f->o.buf, "os.exit is disabled"));
     assert_int_equal(feed(f, "io.read()"), KNIT_MANHOLE_FAILED);
     assert_non_null(strstr(f->o.buf, "io.read is disabled"));
+    assert_int_equal(feed(f, "io.input():read('l')"), KNIT_MANHOLE_OK); /* EOF, not stdin */
+    assert_string_equal(f->o.buf, "nil\n");
 }
 
 static void test_pretty_print(void **state)
