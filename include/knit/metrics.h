@@ -142,6 +142,10 @@ static inline void knit_gauge_dec(knit_gauge *g)
 double knit_gauge_value(const knit_gauge *g);
 
 void knit_histogram_observe(knit_histogram *h, double v);
+/* Overwrite the buckets with COUNTS (per bucket, not cumulative: nbounds + 1
+ * entries, the last for +Inf) and the sum: for collectors mirroring a
+ * histogram kept elsewhere. Not to be mixed with concurrent observes. */
+void knit_histogram_set_counts(knit_histogram *h, const uint64_t *counts, double sum);
 /* Observe a duration in seconds (the Prometheus base unit). */
 static inline void knit_histogram_observe_duration(knit_histogram *h, knit_duration d)
 {
@@ -170,19 +174,48 @@ int knit_metrics_remove_collector(knit_metrics *m, knit_metrics_collect_fn fn, v
 /* ---- built-in collectors ---------------------------------------------------- */
 
 struct knit_reactor;
-/* Export a reactor's statistics (knit_reactor_get_stats), labelled
- * reactor="NAME": counters knit_reactor_iterations_total,
- * knit_reactor_events_total, knit_reactor_timers_fired_total,
- * knit_reactor_calls_total, knit_reactor_wakeups_total; gauges
- * knit_reactor_fds, knit_reactor_pending_timers, knit_reactor_queued_calls,
- * knit_reactor_lag_seconds (last timer lag), knit_reactor_lag_max_seconds.
- * The stats are read when knit_metrics_expose runs on the reactor thread
- * (as a /metrics route handler running inline does); an exposition from
- * another thread shows the values of the last reactor-thread one. Remove it
- * (knit_metrics_remove_reactor, on the reactor thread or once the loop has
- * stopped) before freeing the reactor. [reactor] */
+struct knit_pool;
+struct knit_http_server;
+
+/* Each collector below exports another module's statistics and is keyed by
+ * the object it watches; remove it (or free the registry) before freeing
+ * that object. Reactor and HTTP statistics are reactor-owned: they are read
+ * when knit_metrics_expose runs on the reactor thread (as the /metrics route
+ * below does, being an inline handler); an exposition from another thread
+ * shows the values of the last reactor-thread one. Pool statistics are read
+ * every time. Histograms mirrored from the pool and the server have "<"
+ * bucket bounds (a sample exactly on a bound counts one bucket higher) and,
+ * as those modules keep no sum, a NaN _sum. [reactor] */
+
+/* Reactor, labelled reactor="NAME" (knit_reactor_name): counters
+ * knit_reactor_iterations_total, _events_total, _timers_fired_total,
+ * _calls_total, _wakeups_total; gauges knit_reactor_fds, _pending_timers,
+ * _queued_calls, _lag_seconds (last timer lag), _lag_max_seconds. */
 int knit_metrics_add_reactor(knit_metrics *m, struct knit_reactor *r);
 int knit_metrics_remove_reactor(knit_metrics *m, struct knit_reactor *r);
+
+/* Pool, labelled pool="NAME": counters knit_pool_jobs_submitted_total,
+ * _completed_total, _failed_total, _rejected_total, _cancelled_total,
+ * knit_pool_threads_started_total; gauges knit_pool_threads,
+ * _threads_busy, _queue_length, _queue_capacity; histograms
+ * knit_pool_queue_wait_seconds and knit_pool_job_run_seconds. */
+int knit_metrics_add_pool(knit_metrics *m, struct knit_pool *p);
+int knit_metrics_remove_pool(knit_metrics *m, struct knit_pool *p);
+
+/* HTTP server on reactor R, labelled server="NAME" (NULL: "http"):
+ * counters knit_http_requests_total, _connections_total,
+ * _parse_errors_total, _timeouts_total, _rejected_busy_total,
+ * knit_http_responses_by_class_total{class="2xx"},
+ * knit_http_responses_total{code="404"} (common codes); gauge
+ * knit_http_connections_open; histogram knit_http_request_duration_seconds. */
+int knit_metrics_add_http(knit_metrics *m, struct knit_reactor *r, const struct knit_http_server *s,
+                          const char *name);
+int knit_metrics_remove_http(knit_metrics *m, const struct knit_http_server *s);
+
+/* Serve M at PATH (NULL: "/metrics") on server S: a GET route running
+ * inline on the reactor that answers 200 with the exposition and
+ * KNIT_METRICS_CONTENT_TYPE. Returns what knit_http_route returns. */
+int knit_metrics_route(struct knit_http_server *s, const char *path, knit_metrics *m);
 
 #ifdef __cplusplus
 }

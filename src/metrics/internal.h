@@ -4,6 +4,9 @@
 
 #include "knit/metrics.h"
 
-void knit__metrics_forget_reactors(knit_metrics *m);
+/* A collector whose STATE the registry owns (freed on removal or with the
+ * registry), found again by (FN, KEY). */
+int knit__metrics_add_owned(knit_metrics *m, knit_metrics_collect_fn fn, void *state, void *key);
+int knit__metrics_remove_owned(knit_metrics *m, knit_metrics_collect_fn fn, void *key);
 
 #endif

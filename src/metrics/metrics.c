@@ -80,6 +80,8 @@ struct knit_metric {
 typedef struct collector {
     knit_metrics_collect_fn fn;
     void *arg;
+    void *key;  /* owned collectors: what they watch (a reactor, a pool) */
+    bool owned; /* arg is freed with the collector */
     struct collector *next;
 } collector;
 
@@ -173,7 +175,6 @@ static void free_family(knit_metric *f)
 void knit_metrics_free(knit_metrics *m)
 {
     if (!m) return;
-    knit__metrics_forget_reactors(m);
     knit_metric *f = m->first;
     while (f) {
         knit_metric *n = f->next;
@@ -183,6 +184,7 @@ void knit_metrics_free(knit_metrics *m)
     collector *c = m->collectors;
     while (c) {
         collector *n = c->next;
+        if (c->owned) free(c->arg);
         free(c);
         c = n;
     }
@@ -503,6 +505,17 @@ void knit_histogram_observe(knit_histogram *h, double v)
     add_double(&w[n + 1], v);
 }
 
+void knit_histogram_set_counts(knit_histogram *h, const uint64_t *counts, double sum)
+{
+    size_t n = h->f->nbounds;
+    for (size_t k = 0; k < KNIT_METRICS_SHARDS; k++)
+        for (size_t b = 0; b <= n + 1; b++)
+            atomic_store_explicit(&h->w[k * h->stride + b], 0, memory_order_relaxed);
+    for (size_t b = 0; b <= n; b++)
+        atomic_store_explicit(&h->w[b], counts[b], memory_order_relaxed);
+    atomic_store_explicit(&h->w[n + 1], dbits(sum), memory_order_relaxed);
+}
+
 uint64_t knit_histogram_count(const knit_histogram *h)
 {
     uint64_t t = 0;
@@ -524,12 +537,15 @@ double knit_histogram_sum(const knit_histogram *h)
 
 /* ---- collectors ----------------------------------------------------------------------- */
 
-int knit_metrics_add_collector(knit_metrics *m, knit_metrics_collect_fn fn, void *arg)
+static int add_collector(knit_metrics *m, knit_metrics_collect_fn fn, void *arg, void *key,
+                         bool owned)
 {
     collector *c = calloc(1, sizeof *c);
     if (!c) return KNIT_ENOMEM;
     c->fn = fn;
     c->arg = arg;
+    c->key = key;
+    c->owned = owned;
     pthread_mutex_lock(&m->collect_mu);
     collector **pp = &m->collectors;
     while (*pp)
@@ -539,20 +555,42 @@ int knit_metrics_add_collector(knit_metrics *m, knit_metrics_collect_fn fn, void
     return 0;
 }
 
-int knit_metrics_remove_collector(knit_metrics *m, knit_metrics_collect_fn fn, void *arg)
+int knit_metrics_add_collector(knit_metrics *m, knit_metrics_collect_fn fn, void *arg)
+{
+    return add_collector(m, fn, arg, NULL, false);
+}
+
+int knit__metrics_add_owned(knit_metrics *m, knit_metrics_collect_fn fn, void *state, void *key)
+{
+    return add_collector(m, fn, state, key, true);
+}
+
+/* Remove the first collector matching FN and (owned ? key : arg). */
+static int remove_collector(knit_metrics *m, knit_metrics_collect_fn fn, void *what, bool owned)
 {
     pthread_mutex_lock(&m->collect_mu);
     for (collector **pp = &m->collectors; *pp; pp = &(*pp)->next) {
-        if ((*pp)->fn == fn && (*pp)->arg == arg) {
-            collector *c = *pp;
+        collector *c = *pp;
+        if (c->fn == fn && c->owned == owned && (owned ? c->key : c->arg) == what) {
             *pp = c->next;
             pthread_mutex_unlock(&m->collect_mu);
+            if (c->owned) free(c->arg);
             free(c);
             return 0;
         }
     }
     pthread_mutex_unlock(&m->collect_mu);
     return KNIT_ENOTFOUND;
+}
+
+int knit_metrics_remove_collector(knit_metrics *m, knit_metrics_collect_fn fn, void *arg)
+{
+    return remove_collector(m, fn, arg, false);
+}
+
+int knit__metrics_remove_owned(knit_metrics *m, knit_metrics_collect_fn fn, void *key)
+{
+    return remove_collector(m, fn, key, true);
 }
 
 /* ---- exposition ------------------------------------------------------------------------ */

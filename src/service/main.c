@@ -286,7 +286,8 @@ static int build(knit_app *app)
         if ((rc = knit_pool_new(&app->pool, app->r, &po)) < 0) goto fail;
     }
     if ((rc = knit_metrics_new(&app->metrics)) < 0 ||
-        (rc = knit_metrics_add_reactor(app->metrics, app->r)) < 0)
+        (rc = knit_metrics_add_reactor(app->metrics, app->r)) < 0 ||
+        (app->pool && (rc = knit_metrics_add_pool(app->metrics, app->pool)) < 0))
         goto fail;
     if ((rc = knit_service_new_multi(&app->root, "main")) < 0) goto fail;
     if ((rc = knit_reactor_add_trigger(app->r, KNIT_PHASE_BEFORE, on_before, app, &app->trigger)) <
@@ -305,6 +306,7 @@ static void teardown(knit_app *app)
         knit_timer_cancel(app->r, app->deadline);
     if (app->trigger && !app->trigger_ran) knit_reactor_remove_trigger(app->r, app->trigger);
     if (app->o->teardown && app->r) app->o->teardown(app, app->o->arg);
+    if (app->metrics && app->pool) knit_metrics_remove_pool(app->metrics, app->pool);
     knit_pool_free(app->pool);
     if (app->root && (knit_service_get_state(app->root) == KNIT_SERVICE_STARTING ||
                       knit_service_get_state(app->root) == KNIT_SERVICE_STOPPING)) {

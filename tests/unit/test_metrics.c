@@ -11,7 +11,15 @@
 
 #include "knit/error.h"
 #include "knit/metrics.h"
+#include "knit/deferred.h"
+#include "knit/http.h"
+#include "knit/pool.h"
 #include "knit/reactor.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 /* ---- a strict little parser for the text format ---------------------------------- */
 
@@ -418,13 +426,139 @@ static void test_reactor_collector(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+/* ---- pool and http collectors, the /metrics route ---------------------------------- */
+
+static void tiny_job(knit_result *res, void *arg)
+{
+    (void)res;
+    (void)arg;
+}
+
+static void job_done_stop(knit_result *res, void *arg)
+{
+    knit_result_clear(res);
+    knit_reactor_stop(arg);
+}
+
+static void test_pool_collector(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    knit_pool_options po;
+    knit_pool_options_init(&po);
+    po.name = "work";
+    po.min_threads = po.max_threads = 1;
+    knit_pool *p;
+    assert_int_equal(knit_pool_new(&p, r, &po), 0);
+    knit_metrics *m;
+    assert_int_equal(knit_metrics_new(&m), 0);
+    assert_int_equal(knit_metrics_add_pool(m, p), 0);
+    knit_deferred *d;
+    assert_int_equal(knit_defer_to_thread(p, tiny_job, NULL, &d), 0);
+    knit_deferred_add_callbacks(d, job_done_stop, job_done_stop, r);
+    knit_deferred_unref(d);
+    assert_int_equal(knit_reactor_run(r), 0);
+    struct parsed *x = expose(m);
+    assert_true(val(x, "knit_pool_jobs_submitted_total", "pool=\"work\"") == 1);
+    assert_true(val(x, "knit_pool_jobs_completed_total", "pool=\"work\"") == 1);
+    assert_true(val(x, "knit_pool_queue_capacity", "pool=\"work\"") == 4096);
+    assert_true(val(x, "knit_pool_queue_wait_seconds_count", "pool=\"work\"") == 1);
+    assert_true(val(x, "knit_pool_queue_wait_seconds_bucket", "pool=\"work\",le=\"+Inf\"") == 1);
+    assert_true(isnan(val(x, "knit_pool_queue_wait_seconds_sum", "pool=\"work\"")));
+    free(x);
+    assert_int_equal(knit_metrics_remove_pool(m, p), 0);
+    assert_int_equal(knit_metrics_remove_pool(m, p), KNIT_ENOTFOUND);
+    knit_metrics_free(m);
+    knit_pool_free(p);
+    knit_reactor_free(r);
+}
+
+struct client {
+    knit_reactor *r;
+    unsigned port;
+    char resp[65536];
+    size_t len;
+};
+
+static void stop_cb(knit_reactor *r, void *arg)
+{
+    (void)arg;
+    knit_reactor_stop(r);
+}
+
+static void *client_thread(void *arg)
+{
+    struct client *c = arg;
+    knit_signal_block_all();
+    for (int round = 0; round < 2; round++) { /* the second GET sees the first counted */
+        int fd = socket(AF_INET, SOCK_STREAM, 0);
+        struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)c->port)};
+        sa.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+        if (connect(fd, (struct sockaddr *)&sa, sizeof sa) == 0) {
+            const char *req = "GET /metrics HTTP/1.0\r\n\r\n";
+            if (write(fd, req, strlen(req)) < 0) c->len = 0;
+            c->len = 0;
+            ssize_t n;
+            while ((n = read(fd, c->resp + c->len, sizeof c->resp - 1 - c->len)) > 0)
+                c->len += (size_t)n;
+            c->resp[c->len] = '\0';
+        }
+        close(fd);
+    }
+    knit_call_from_thread(c->r, stop_cb, NULL);
+    return NULL;
+}
+
+static void test_http_route(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.name = "web";
+    assert_int_equal(knit_reactor_new(&r, &ro), 0);
+    knit_http_server *s;
+    assert_int_equal(knit_http_server_new(r, NULL, &s), 0);
+    knit_metrics *m;
+    assert_int_equal(knit_metrics_new(&m), 0);
+    assert_int_equal(knit_metrics_add_reactor(m, r), 0);
+    assert_int_equal(knit_metrics_add_http(m, r, s, "api"), 0);
+    assert_int_equal(knit_metrics_route(s, NULL, m), 0);
+    char err[256];
+    assert_int_equal(knit_http_listen(s, "tcp:0:interface=127.0.0.1", err, sizeof err), 0);
+    struct client c = {.r = r, .port = knit_http_port(s, 0)};
+    assert_true(c.port > 0);
+    pthread_t t;
+    pthread_create(&t, NULL, client_thread, &c);
+    assert_int_equal(knit_reactor_run(r), 0);
+    pthread_join(t, NULL);
+    assert_non_null(strstr(c.resp, "HTTP/1.0 200 OK\r\n"));
+    assert_non_null(strstr(c.resp, "Content-Type: text/plain; version=0.0.4; charset=utf-8\r\n"));
+    const char *body = strstr(c.resp, "\r\n\r\n");
+    assert_non_null(body);
+    struct parsed *x = malloc(sizeof *x);
+    parse_exposition(body + 4, x);
+    assert_true(val(x, "knit_http_requests_total", "server=\"api\"") == 1);
+    assert_true(val(x, "knit_http_responses_total", "server=\"api\",code=\"200\"") == 1);
+    assert_true(val(x, "knit_http_responses_by_class_total", "server=\"api\",class=\"2xx\"") == 1);
+    assert_true(val(x, "knit_http_request_duration_seconds_count", "server=\"api\"") == 1);
+    assert_true(val(x, "knit_reactor_iterations_total", "reactor=\"web\"") > 0);
+    assert_true(val(x, "knit_http_connections_open", "server=\"api\"") == 1);
+    free(x);
+    knit_metrics_free(m);
+    knit_http_server_free(s);
+    knit_reactor_free(r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_counter_gauge),     cmocka_unit_test(test_labels),
         cmocka_unit_test(test_bad_names),         cmocka_unit_test(test_histogram),
         cmocka_unit_test(test_collector),         cmocka_unit_test(test_threads),
-        cmocka_unit_test(test_reactor_collector),
+        cmocka_unit_test(test_reactor_collector), cmocka_unit_test(test_pool_collector),
+        cmocka_unit_test(test_http_route),
     };
     return KNIT_RUN_TESTS(tests);
 }
