@@ -307,6 +307,8 @@ static void handle_reply(cconn *cc, const uint8_t *msg, size_t len)
     }
     knit_tstr_free(&amsg);
     pending_free(p);
+    /* a slot is free on this connection: calls waiting for one can go */
+    if (cl->wait_head && !cl->closing) flush_waiting(cl);
 }
 
 static void on_data(knit_protocol *proto, knit_buf *in)

@@ -1174,6 +1174,7 @@ static void test_max_in_flight_pauses_reading(void **state)
 }
 
 static void three_conns(knit_thrift_client_options *o) { o->connections = 3; }
+static void two_pending(knit_thrift_client_options *o) { o->max_pending = 2; }
 
 static bool all_done(void *arg)
 {
@@ -1182,6 +1183,31 @@ static bool all_done(void *arg)
         if (!o[i].done) return false;
     return true;
 }
+
+/* max_pending = 2 on one connection: 30 calls queue at the client and go out
+ * as replies free slots. */
+static void test_client_max_pending_queues(void **state)
+{
+    (void)state;
+    env e;
+    env_up(&e, NULL, 64, 2);
+    knit_thrift_client *cl = env_client(&e, two_pending);
+    outcome o[30];
+    for (int i = 0; i < 30; i++) call_add(cl, i, 1, &o[i]);
+    knit_thrift_client_stats cs;
+    knit_thrift_client_get_stats(cl, &cs);
+    assert_true(cs.waiting >= 28);
+    run_until(&e, all_done, o);
+    for (int i = 0; i < 30; i++) {
+        assert_int_equal(o[i].code, 0);
+        assert_int_equal(((calc_Calc_add_result *)o[i].value)->success, i + 1);
+        oc_free(&o[i]);
+    }
+    knit_thrift_client_get_stats(cl, &cs);
+    assert_int_equal(cs.waiting, 0);
+    env_down(&e, cl);
+}
+
 
 /* A client with three connections spreads pipelined calls over them. */
 static void test_client_connection_pool(void **state)
@@ -1231,6 +1257,7 @@ int main(void)
         cmocka_unit_test(test_idle_timeout),
         cmocka_unit_test(test_max_in_flight_pauses_reading),
         cmocka_unit_test(test_client_connection_pool),
+        cmocka_unit_test(test_client_max_pending_queues),
     };
     knit_test_watchdog(120);
     return cmocka_run_group_tests(tests, make_sasldb, remove_sasldb);
