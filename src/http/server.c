@@ -1627,7 +1627,16 @@ static void conn_continue(struct conn *c)
     if (knit_buf_empty(&c->pending)) knit_buf_release(&c->pending);
     if (c->state == C_CLOSING) return;
     if (c->state == C_HANDLING) return;
-    if (c->read_paused && c->proto.transport && knit_buf_empty(&c->pending)) {
+    /* Read again unless a pool handler's body buffer is full (then
+     * body_resume_call does it). A partial head left in pending needs
+     * more bytes, so "pending not empty" is no reason to stay paused. */
+    bool full = false;
+    if (c->state == C_BODY && c->req && c->req->streaming) {
+        pthread_mutex_lock(&c->req->mu);
+        full = c->req->body_full;
+        pthread_mutex_unlock(&c->req->mu);
+    }
+    if (c->read_paused && c->proto.transport && !full) {
         c->read_paused = false;
         knit_transport_resume_reading(c->proto.transport);
     }
