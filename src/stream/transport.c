@@ -163,6 +163,13 @@ static void reread_cb(knit_reactor *r, void *arg)
 {
     (void)r;
     knit_transport *t = arg;
+    /* After resume_reading: hand back the bytes the protocol left when it
+     * paused (the socket will not signal them again), then read on. */
+    if (!(t->flags & (TP_CLOSED | TP_CLOSING)) && !t->read_pauses &&
+        (t->flags & TP_ATTACHED) && !knit_buf_empty(&t->in)) {
+        t->proto->ops->data_received(t->proto, &t->in);
+        if (knit_buf_empty(&t->in)) knit_buf_release(&t->in);
+    }
     if (!(t->flags & TP_CLOSED)) do_read(t);
     soon_release(t);
 }

@@ -588,6 +588,57 @@ static void test_peer_reset(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+/* A protocol that takes one line per call and pauses reading until the
+ * test resumes it (like a server with one request in flight). The second
+ * line arrived together with the first: resume must hand it back even though
+ * the socket has nothing new. */
+typedef struct one_at_a_time {
+    rec r;
+    int lines;
+} one_at_a_time;
+
+static void oat_data(knit_protocol *p, knit_buf *in)
+{
+    one_at_a_time *o = (one_at_a_time *)p;
+    long nl = knit_buf_find(in, 0, '\n');
+    if (nl < 0) return;
+    knit_buf_consume(in, (size_t)nl + 1);
+    o->lines++;
+    knit_transport_pause_reading(p->transport);
+}
+
+static void test_resume_redelivers_buffered_input(void **state)
+{
+    (void)state;
+    static const knit_protocol_ops ops = {r_made, oat_data, NULL, r_lost, NULL, NULL};
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    one_at_a_time o;
+    rec_init(&o.r);
+    o.r.proto.ops = &ops;
+    o.lines = 0;
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &o.r.proto, &t), 0);
+    assert_int_equal(write(fds[1], "first\nsecond\n", 13), 13);
+    for (int i = 0; i < 100 && o.lines < 1; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(20));
+    assert_int_equal(o.lines, 1);
+    for (int i = 0; i < 5; i++)
+        knit_reactor_run_once(r, 0);
+    assert_int_equal(o.lines, 1); /* paused */
+    knit_transport_resume_reading(t);
+    for (int i = 0; i < 100 && o.lines < 2; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(20));
+    assert_int_equal(o.lines, 2);
+    knit_transport_resume_reading(t);
+    knit_transport_abort(t);
+    pump(r, lost_once, &o.r);
+    close(fds[1]);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -606,6 +657,7 @@ int main(void)
         cmocka_unit_test(test_slow_reader_bounded_memory),
         cmocka_unit_test(test_pause_reading_socket),
         cmocka_unit_test(test_peer_reset),
+        cmocka_unit_test(test_resume_redelivers_buffered_input),
     };
     return KNIT_RUN_TESTS(tests);
 }
