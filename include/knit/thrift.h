@@ -1,5 +1,18 @@
-/* knit/thrift.h — Apache Thrift wire formats: binary and compact protocols,
- * framing, TApplicationException, and the SASL transport negotiation.
+/* knit/thrift.h — Apache Thrift for knit: the binary and compact protocols,
+ * framing and transport detection, TApplicationException, the runtime used by
+ * knit-thriftc's generated code, the SASL transport, the half-sync/half-async
+ * server and the pipelining client. Sections, in order:
+ *
+ *   codecs     writer/reader (this comment)                      [any]
+ *   runtime    knit_tstr, method descriptors, processors,
+ *              knit_thrift_process, call/reply envelopes         [any]
+ *   SASL       negotiation state machine, wrap/unwrap            one thread per object
+ *   server     knit_thrift_server_*                              [reactor]
+ *   client     knit_thrift_client_*                              [reactor] / _sync [worker]
+ *
+ * Generated code: tools/knit-thriftc turns an IDL file into C structs with
+ * init/free/copy/equal/read/write, a handler vtable, a processor and client
+ * stubs per service (see the comment at the top of any NAME_thrift.h).
  *
  * Codecs
  * ------
@@ -34,8 +47,8 @@
  * Strings returned by the reader point into the slice (zero copy); they stay
  * valid while the caller keeps the input bytes.
  *
- * Threads: everything here is [any]; a reader or writer is used by one
- * thread at a time.
+ * Threads (codecs): [any]; a reader or writer is used by one thread at a
+ * time. The other sections say their own.
  */
 #ifndef KNIT_THRIFT_H
 #define KNIT_THRIFT_H
