@@ -158,6 +158,9 @@ extern "C" {
 #define KNIT_MANHOLE_MAX_LINE (64 * 1024)
 /* Longest chunk text copied into the log line of an evaluation. */
 #define KNIT_MANHOLE_LOG_CODE_MAX 512
+/* Open connections per listener; more wait in the backlog (unix) or are
+ * refused (ssh). */
+#define KNIT_MANHOLE_MAX_CONNECTIONS 16
 /* An SSH client must authenticate within this time. */
 #define KNIT_MANHOLE_SSH_AUTH_TIMEOUT KNIT_SEC(30)
 /* Output buffered for a slow client before the connection is dropped. */
@@ -362,6 +365,9 @@ void knit_manhole_session_free(knit_manhole_session *s);
  *                          stale socket at PATH is replaced. Each connection
  *                          must come from the process's own uid or root
  *                          (SO_PEERCRED); others are refused and logged.
+ *   fd:N, systemd:...      an inherited UNIX listening socket, same rules.
+ *                          (tcp:, ssl: and the like are refused: IP sockets
+ *                          carry no peer credentials — use ssh:.)
  *   ssh:PORT[:interface=127.0.0.1][:hostKey=PATH][:authorizedKeys=PATH]
  *                          SSH server (libssh), public-key auth only against
  *                          authorizedKeys (default ~/.ssh/authorized_keys);

@@ -371,23 +371,32 @@ int knit_manhole_listen(knit_manhole *m, const char *endpoint)
     ls->factory.data = ls;
     if (strcmp(d->kind, "ssh") == 0) {
         rc = knit__manhole_ssh_listen(m, d, &ls->ssh);
-    } else if (strcmp(d->kind, "unix") == 0) {
-        /* mode=600 unless the string says otherwise */
+    } else if (strcmp(d->kind, "tcp") == 0 || strcmp(d->kind, "tcp6") == 0 ||
+               strcmp(d->kind, "ssl") == 0 || strcmp(d->kind, "haproxy") == 0) {
+        /* IP sockets have no peer credentials: every connection would be
+         * refused. Say so instead of listening (use ssh: for the network). */
+        KNIT_ERROR("manhole",
+                   "endpoint %s: the manhole serves UNIX sockets (unix:, fd:, "
+                   "systemd:) and ssh: only",
+                   endpoint);
+        rc = KNIT_EBADENDPOINT;
+    } else {
+        /* unix: (mode=600 unless the string says otherwise), or an inherited
+         * UNIX socket (fd:, systemd:); the peer-credential check runs per
+         * connection and refuses anything that is not a UNIX socket. */
         char *desc = NULL;
-        if (!knit_endpoint_desc_get(d, "mode")) {
+        if (strcmp(d->kind, "unix") == 0 && !knit_endpoint_desc_get(d, "mode")) {
             size_t n = strlen(endpoint) + 16;
             desc = malloc(n);
             if (desc) snprintf(desc, n, "%s:mode=600", endpoint);
         }
-        rc = knit_endpoint_listen(m->r, desc ? desc : endpoint, &ls->factory, NULL, &ls->l, err,
+        knit_listen_options lo;
+        knit_listen_options_init(&lo);
+        lo.max_connections = KNIT_MANHOLE_MAX_CONNECTIONS;
+        rc = knit_endpoint_listen(m->r, desc ? desc : endpoint, &ls->factory, &lo, &ls->l, err,
                                   sizeof err);
         free(desc);
         if (rc < 0) KNIT_ERROR("manhole", "cannot listen on %s: %s", endpoint, err);
-    } else {
-        /* Any other stream endpoint works, but without SO_PEERCRED every
-         * connection would be refused: say so instead of listening. */
-        KNIT_ERROR("manhole", "endpoint %s: the manhole serves unix: and ssh: only", endpoint);
-        rc = KNIT_EBADENDPOINT;
     }
     knit_endpoint_desc_free(d);
     if (rc < 0) {

@@ -65,6 +65,7 @@ typedef struct ssh_listener {
     char *auth_path;
     char *desc;
     ssh_conn *conns;
+    size_t nconns;
 } ssh_listener;
 
 struct ssh_conn {
@@ -619,6 +620,12 @@ static void on_accept(knit_io *io, unsigned events)
                 KNIT_WARN("manhole", "ssh accept: %s", strerror(errno));
             return;
         }
+        if (ls->nconns >= KNIT_MANHOLE_MAX_CONNECTIONS) {
+            KNIT_WARN("manhole", "ssh: %d connections already, refusing one",
+                      KNIT_MANHOLE_MAX_CONNECTIONS);
+            close(fd);
+            continue;
+        }
         ssh_conn *c = calloc(1, sizeof *c);
         ssh_session ss = c ? ssh_new() : NULL;
         if (!c || !ss) {
@@ -658,6 +665,7 @@ static void on_accept(knit_io *io, unsigned events)
         c->next = ls->conns;
         if (c->next) c->next->prev = c;
         ls->conns = c;
+        ls->nconns++;
         knit_io_init(ls->m->r, &c->io, fd, on_conn_io, c);
         c->auth_timer =
             knit_call_later(ls->m->r, KNIT_MANHOLE_SSH_AUTH_TIMEOUT, on_auth_timeout, c);

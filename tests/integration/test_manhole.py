@@ -393,6 +393,17 @@ def _(env):
           "refusal not logged")
 
 
+@case("a manhole on tcp: is refused at start (no peer credentials there)")
+def _(env):
+    r = subprocess.run([DEMO, "-m", "tcp:0:interface=127.0.0.1"], capture_output=True, text=True,
+                       timeout=TIMEOUT, cwd=env.work)
+    check(r.returncode == 1, "rc %d" % r.returncode)
+    check("serves UNIX sockets" in r.stderr and "ssh:" in r.stderr, r.stderr)
+    r = subprocess.run([DEMO, "-m", "ssh:99999"], capture_output=True, text=True,
+                       timeout=TIMEOUT, cwd=env.work)
+    check(r.returncode == 1 and "0-65535" in r.stderr, r.stderr)
+
+
 @case("every connection and evaluated line is logged with who ran it")
 def _(env):
     client(env.sock, "-e", "return 'audit me'")
