@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -460,6 +461,26 @@ static void echo_roundtrip(world *w, const char *client_desc)
     if (w->failed) fail_msg("connect %s failed: %s", client_desc, knit_strerror(w->cb_err));
     assert_int_equal(w->connected, before + 1);
     conn *c = (conn *)w->client;
+    knit_transport *ct = c->proto.transport;
+    if (strcmp(knit_transport_kind(ct), "tcp") == 0) {
+        assert_int_equal(knit_transport_set_nodelay(ct, true), 0);
+        assert_int_equal(knit_transport_set_keepalive(ct, true, 30), 0);
+        knit_sockaddr la, pa;
+        assert_int_equal(knit_transport_local(ct, &la), 0);
+        assert_int_equal(knit_transport_peer(ct, &pa), 0);
+        char lb[80], pb[80];
+        knit_sockaddr_format(&pa, pb, sizeof pb);
+        knit_sockaddr_format(&la, lb, sizeof lb);
+        /* the factory was given the same peer address */
+        char sb[80];
+        knit_sockaddr_format(&c->peer, sb, sizeof sb);
+        assert_string_equal(pb, sb);
+        assert_true(strstr(pb, "127.0.0.1:") == pb || strstr(pb, "[::1]:") == pb);
+        assert_true(strstr(lb, "127.0.0.1:") == lb || strstr(lb, "[::1]:") == lb);
+        assert_string_not_equal(lb, pb);
+    } else {
+        assert_int_equal(knit_transport_set_nodelay(ct, true), KNIT_ENOTSUP);
+    }
     assert_int_equal(knit_transport_write(c->proto.transport, "hello", 5), 0);
     for (int i = 0; i < 200 && knit_buf_len(&c->got) < 5; i++)
         turn(w, 1);
@@ -470,6 +491,37 @@ static void echo_roundtrip(world *w, const char *client_desc)
     for (int i = 0; i < 200 && w->lost < lost + 2; i++)
         turn(w, 1);
     assert_int_equal(w->lost, lost + 2); /* both ends */
+}
+
+/* STYLE 12: every prefix of a header, placed so that it ends right before
+ * an unreadable page, parses without touching the page. */
+static void test_proxy_guard_page(void **state)
+{
+    (void)state;
+    long pg = sysconf(_SC_PAGESIZE);
+    uint8_t *m = mmap(NULL, (size_t)pg * 2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+                      -1, 0);
+    assert_true(m != MAP_FAILED);
+    assert_int_equal(mprotect(m + pg, (size_t)pg, PROT_NONE), 0);
+    static const uint8_t v2[] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49,
+                                 0x54, 0x0A, 0x21, 0x11, 0x00, 0x0C, 1,    2,    3,    4,
+                                 5,    6,    7,    8,    0,    1,    0,    2};
+    const char *v1 = "PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r\n";
+    const char *v1u = "PROXY UNKNOWN\r\n";
+    struct {
+        const uint8_t *p;
+        size_t n;
+    } hs[] = {{v2, sizeof v2}, {(const uint8_t *)v1, strlen(v1)}, {(const uint8_t *)v1u, strlen(v1u)}};
+    knit_sockaddr a, b;
+    for (size_t h = 0; h < sizeof hs / sizeof hs[0]; h++) {
+        for (size_t n = 0; n <= hs[h].n; n++) {
+            uint8_t *at = m + pg - n;
+            memcpy(at, hs[h].p, n);
+            int rc = knit_proxy_header_parse(at, n, &a, &b);
+            assert_int_equal(rc, n == hs[h].n ? (int)n : 0);
+        }
+    }
+    munmap(m, (size_t)pg * 2);
 }
 
 static void test_tcp_listen_connect_echo(void **state)
@@ -1002,6 +1054,7 @@ int main(void)
         cmocka_unit_test(test_register_kind),
         cmocka_unit_test(test_proxy_v1),
         cmocka_unit_test(test_proxy_v2),
+        cmocka_unit_test(test_proxy_guard_page),
         cmocka_unit_test(test_tcp_listen_connect_echo),
         cmocka_unit_test(test_tcp6_listen),
         cmocka_unit_test(test_unix_listen_stale_and_live),
