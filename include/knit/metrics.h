@@ -168,6 +168,31 @@ int knit_metrics_expose(knit_metrics *m, char **out, size_t *len);
 /* The same, written to a stdio stream. */
 int knit_metrics_write(knit_metrics *m, FILE *f);
 
+/* One series as knit_metrics_visit shows it (for the manhole). Pointers are
+ * valid during the visit only. */
+typedef struct knit_metric_sample {
+    const char *name;
+    const char *help;
+    knit_metric_type type;
+    size_t nlabels;
+    const char *const *label_names;
+    const char *const *label_values;
+    double value; /* counter or gauge */
+    /* histogram: nbounds finite bounds; cumulative[nbounds + 1] counts
+     * (the last is +Inf, equal to count); sum */
+    size_t nbounds;
+    const double *bounds;
+    const uint64_t *cumulative;
+    uint64_t count;
+    double sum;
+} knit_metric_sample;
+
+/* Run the collectors, then call FN for every series, families in
+ * registration order. FN runs under the registry mutex: it must not create
+ * families or series. Returns the number of series visited. */
+typedef void (*knit_metrics_visit_fn)(const knit_metric_sample *s, void *arg);
+size_t knit_metrics_visit(knit_metrics *m, knit_metrics_visit_fn fn, void *arg);
+
 /* Remove a collector added with (fn, arg). 0 or KNIT_ENOTFOUND. */
 int knit_metrics_remove_collector(knit_metrics *m, knit_metrics_collect_fn fn, void *arg);
 

@@ -706,6 +706,63 @@ static void write_family(FILE *o, const knit_metric *f)
     }
 }
 
+static void run_collectors(knit_metrics *m)
+{
+    pthread_mutex_lock(&m->collect_mu);
+    for (collector *c = m->collectors; c; c = c->next)
+        c->fn(m, c->arg);
+    pthread_mutex_unlock(&m->collect_mu);
+}
+
+size_t knit_metrics_visit(knit_metrics *m, knit_metrics_visit_fn fn, void *arg)
+{
+    run_collectors(m);
+    size_t n = 0;
+    uint64_t cum[KNIT_METRICS_MAX_BUCKETS + 1];
+    pthread_mutex_lock(&m->mu);
+    for (knit_metric *f = m->first; f; f = f->next) {
+        for (series *s = atomic_load_explicit(&f->head, memory_order_acquire); s;
+             s = atomic_load_explicit(&s->next, memory_order_acquire)) {
+            knit_metric_sample x = {
+                .name = f->name,
+                .help = f->help,
+                .type = f->type,
+                .nlabels = f->nlabels,
+                .label_names = (const char *const *)f->labels,
+                .label_values = (const char *const *)s->values,
+            };
+            switch (f->type) {
+            case KNIT_METRIC_COUNTER:
+                x.value = (double)knit_counter_value(s->u.c);
+                break;
+            case KNIT_METRIC_GAUGE:
+                x.value = knit_gauge_value(s->u.g);
+                break;
+            case KNIT_METRIC_HISTOGRAM: {
+                const knit_histogram *h = s->u.h;
+                uint64_t c = 0;
+                for (size_t b = 0; b <= f->nbounds; b++) {
+                    for (size_t k = 0; k < KNIT_METRICS_SHARDS; k++)
+                        c += atomic_load_explicit(&h->w[k * h->stride + b], memory_order_relaxed);
+                    cum[b] = c;
+                }
+                x.nbounds = f->nbounds;
+                x.bounds = f->bounds;
+                x.cumulative = cum;
+                x.count = c;
+                x.sum = knit_histogram_sum(h);
+                x.value = (double)c;
+                break;
+            }
+            }
+            fn(&x, arg);
+            n++;
+        }
+    }
+    pthread_mutex_unlock(&m->mu);
+    return n;
+}
+
 int knit_metrics_write(knit_metrics *m, FILE *o)
 {
     pthread_mutex_lock(&m->collect_mu);

@@ -426,6 +426,47 @@ static void test_reactor_collector(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+static void visitor(const knit_metric_sample *x, void *arg)
+{
+    char *buf = arg;
+    size_t o = strlen(buf);
+    o += (size_t)snprintf(buf + o, 1024 - o, "%s", x->name);
+    for (size_t i = 0; i < x->nlabels; i++)
+        o += (size_t)snprintf(buf + o, 1024 - o, "%s%s=%s", i ? "," : "{", x->label_names[i],
+                              x->label_values[i]);
+    if (x->nlabels) o += (size_t)snprintf(buf + o, 1024 - o, "}");
+    if (x->type == KNIT_METRIC_HISTOGRAM) {
+        o += (size_t)snprintf(buf + o, 1024 - o, " count=%llu sum=%g [",
+                              (unsigned long long)x->count, x->sum);
+        for (size_t b = 0; b <= x->nbounds; b++)
+            o += (size_t)snprintf(buf + o, 1024 - o, "%s%llu", b ? " " : "",
+                                  (unsigned long long)x->cumulative[b]);
+        o += (size_t)snprintf(buf + o, 1024 - o, "]");
+    } else {
+        o += (size_t)snprintf(buf + o, 1024 - o, " %g", x->value);
+    }
+    snprintf(buf + o, 1024 - o, ";");
+}
+
+static void test_visit(void **state)
+{
+    (void)state;
+    knit_metrics *m;
+    assert_int_equal(knit_metrics_new(&m), 0);
+    knit_metric *f;
+    assert_int_equal(knit_metrics_counter(m, "c_total", "C.", "k", &f), 0);
+    knit_counter_add(knit_counter_with(f, "x"), 3);
+    knit_gauge_set(knit_gauge_new(m, "g", "G."), -1.5);
+    const double b[] = {1, 2};
+    knit_histogram *h = knit_histogram_new(m, "h", "H.", b, 2);
+    knit_histogram_observe(h, 1.5);
+    knit_histogram_observe(h, 5);
+    char buf[1024] = "";
+    assert_int_equal(knit_metrics_visit(m, visitor, buf), 3);
+    assert_string_equal(buf, "c_total{k=x} 3;g -1.5;h count=2 sum=6.5 [0 1 2];");
+    knit_metrics_free(m);
+}
+
 /* ---- pool and http collectors, the /metrics route ---------------------------------- */
 
 static void tiny_job(knit_result *res, void *arg)
@@ -554,10 +595,15 @@ static void test_http_route(void **state)
 int main(void)
 {
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_counter_gauge),     cmocka_unit_test(test_labels),
-        cmocka_unit_test(test_bad_names),         cmocka_unit_test(test_histogram),
-        cmocka_unit_test(test_collector),         cmocka_unit_test(test_threads),
-        cmocka_unit_test(test_reactor_collector), cmocka_unit_test(test_pool_collector),
+        cmocka_unit_test(test_counter_gauge),
+        cmocka_unit_test(test_labels),
+        cmocka_unit_test(test_bad_names),
+        cmocka_unit_test(test_histogram),
+        cmocka_unit_test(test_collector),
+        cmocka_unit_test(test_threads),
+        cmocka_unit_test(test_reactor_collector),
+        cmocka_unit_test(test_pool_collector),
+        cmocka_unit_test(test_visit),
         cmocka_unit_test(test_http_route),
     };
     return KNIT_RUN_TESTS(tests);
