@@ -52,7 +52,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         for (;;) {
             const uint8_t *msg;
             size_t ml, used;
-            if (knit_thrift_sasl_unwrap(s, data + start, size - start, &used, &msg, &ml) != 1) break;
+            if (knit_thrift_sasl_unwrap(s, data + start, size - start, &used, &msg, &ml) != 1)
+                break;
             start += used;
         }
     }

@@ -100,9 +100,11 @@ int main(int argc, char **argv)
     pending++;
     knit_deferred_add_callbacks(d, got_other, got_error, NULL);
     knit_deferred_unref(d);
-    while (pending > 0) knit_reactor_run_once(r, KNIT_MSEC(100));
+    while (pending > 0)
+        knit_reactor_run_once(r, KNIT_MSEC(100));
     knit_thrift_client_free(c);
-    for (int i = 0; i < 10; i++) knit_reactor_run_once(r, KNIT_MSEC(1));
+    for (int i = 0; i < 10; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(1));
     knit_reactor_free(r);
     if (failures) {
         printf("%d failures\n", failures);

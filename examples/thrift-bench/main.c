@@ -40,13 +40,14 @@ static const knit_flag_def bench_flags[] = {
     KNIT_FLAG_DEF("thrift", KNIT_FLAG_ENDPOINT, "tcp:9090:interface=127.0.0.1",
                   "where to listen (endpoint string; tcp:0 picks a free port)"),
     KNIT_FLAG_DEF("threads", KNIT_FLAG_INT64, "4", "pool worker threads"),
-    KNIT_FLAG_DEF("protocol", KNIT_FLAG_ENUM, "binary", "protocol the clients use (both are served)",
-                  .choices = protocols),
+    KNIT_FLAG_DEF("protocol", KNIT_FLAG_ENUM, "binary",
+                  "protocol the clients use (both are served)", .choices = protocols),
     KNIT_FLAG_DEF("mode", KNIT_FLAG_ENUM, "pool", "echo/add on the pool or inline on the reactor",
                   .choices = modes),
     KNIT_FLAG_DEF("queue", KNIT_FLAG_INT64, "4096", "pool queue length (LOADSHEDDING beyond it)"),
     KNIT_FLAG_DEF("sasl-db", KNIT_FLAG_STRING, "", "sasldb file: accept SASL PLAIN/SCRAM-SHA-256"),
-    KNIT_FLAG_DEF("spin", KNIT_FLAG_DURATION, "20us", "pool workers spin this long before sleeping"),
+    KNIT_FLAG_DEF("spin", KNIT_FLAG_DURATION, "20us",
+                  "pool workers spin this long before sleeping"),
 };
 
 static int h_echo(void *ctx, const bench_Bench_echo_args *a, bench_Bench_echo_result *res)
@@ -168,7 +169,8 @@ int main(int argc, char **argv)
     }
     knit_sockaddr a;
     knit_thrift_server_address(srv, &a);
-    unsigned port = a.u.sa.sa_family == AF_INET6 ? ntohs(a.u.in6.sin6_port) : ntohs(a.u.in.sin_port);
+    unsigned port =
+        a.u.sa.sa_family == AF_INET6 ? ntohs(a.u.in6.sin6_port) : ntohs(a.u.in.sin_port);
     printf("listening on %u\n", port);
     fflush(stdout);
     knit_reactor_run(r);

@@ -67,10 +67,10 @@ extern "C" {
 
 /* ---- limits and defaults --------------------------------------------------- */
 
-#define KNIT_THRIFT_MAX_DEPTH 64                 /* struct/container nesting */
-#define KNIT_THRIFT_MAX_FRAME_DEFAULT 16384000u  /* framed transport, bytes */
-#define KNIT_THRIFT_SASL_MAX_NEGOTIATION 65536u  /* SASL negotiation payload */
-#define KNIT_THRIFT_WRITER_INITIAL 256           /* first allocation of a writer */
+#define KNIT_THRIFT_MAX_DEPTH 64                /* struct/container nesting */
+#define KNIT_THRIFT_MAX_FRAME_DEFAULT 16384000u /* framed transport, bytes */
+#define KNIT_THRIFT_SASL_MAX_NEGOTIATION 65536u /* SASL negotiation payload */
+#define KNIT_THRIFT_WRITER_INITIAL 256          /* first allocation of a writer */
 
 /* ---- types ------------------------------------------------------------------ */
 
@@ -144,7 +144,7 @@ typedef struct knit_thrift_writer {
     uint8_t *data; /* encoded bytes [0, len) */
     size_t len;
     size_t cap;
-    int err;       /* sticky: first error (KNIT_ENOMEM, KNIT_ELIMIT), 0 if none */
+    int err; /* sticky: first error (KNIT_ENOMEM, KNIT_ELIMIT), 0 if none */
     knit_thrift_proto proto;
     /* compact state */
     int _depth;
@@ -165,7 +165,10 @@ uint8_t *knit_thrift_writer_take(knit_thrift_writer *w, size_t *len);
 /* Make room for N more bytes; returns 0 or KNIT_ENOMEM (and sets err). */
 int knit__thrift_writer_grow(knit_thrift_writer *w, size_t n);
 /* Report the writer's sticky error (0 when every write succeeded). */
-static inline int knit_thrift_writer_error(const knit_thrift_writer *w) { return w->err; }
+static inline int knit_thrift_writer_error(const knit_thrift_writer *w)
+{
+    return w->err;
+}
 
 static inline uint8_t *knit__tw_reserve(knit_thrift_writer *w, size_t n)
 {
@@ -270,7 +273,10 @@ static inline uint8_t knit__thrift_ctype(knit_thrift_type t)
 /* Message header. NAME is NAME_LEN bytes (not necessarily NUL-terminated). */
 void knit_thrift_write_message_begin(knit_thrift_writer *w, const char *name, size_t name_len,
                                      knit_thrift_msg_type type, int32_t seqid);
-static inline void knit_thrift_write_message_end(knit_thrift_writer *w) { (void)w; }
+static inline void knit_thrift_write_message_end(knit_thrift_writer *w)
+{
+    (void)w;
+}
 
 static inline void knit_thrift_write_struct_begin(knit_thrift_writer *w)
 {
@@ -320,8 +326,14 @@ static inline void knit_thrift_write_field_begin(knit_thrift_writer *w, knit_thr
         knit__tw_compact_field(w, knit__thrift_ctype(type), id);
     }
 }
-static inline void knit_thrift_write_field_end(knit_thrift_writer *w) { (void)w; }
-static inline void knit_thrift_write_field_stop(knit_thrift_writer *w) { knit__tw_u8(w, 0); }
+static inline void knit_thrift_write_field_end(knit_thrift_writer *w)
+{
+    (void)w;
+}
+static inline void knit_thrift_write_field_stop(knit_thrift_writer *w)
+{
+    knit__tw_u8(w, 0);
+}
 
 static inline void knit_thrift_write_map_begin(knit_thrift_writer *w, knit_thrift_type ktype,
                                                knit_thrift_type vtype, uint32_t size)
@@ -337,7 +349,10 @@ static inline void knit_thrift_write_map_begin(knit_thrift_writer *w, knit_thrif
         knit__tw_u8(w, (uint8_t)(knit__thrift_ctype(ktype) << 4 | knit__thrift_ctype(vtype)));
     }
 }
-static inline void knit_thrift_write_map_end(knit_thrift_writer *w) { (void)w; }
+static inline void knit_thrift_write_map_end(knit_thrift_writer *w)
+{
+    (void)w;
+}
 
 static inline void knit_thrift_write_list_begin(knit_thrift_writer *w, knit_thrift_type etype,
                                                 uint32_t size)
@@ -352,13 +367,19 @@ static inline void knit_thrift_write_list_begin(knit_thrift_writer *w, knit_thri
         knit__tw_varint32(w, size);
     }
 }
-static inline void knit_thrift_write_list_end(knit_thrift_writer *w) { (void)w; }
+static inline void knit_thrift_write_list_end(knit_thrift_writer *w)
+{
+    (void)w;
+}
 static inline void knit_thrift_write_set_begin(knit_thrift_writer *w, knit_thrift_type etype,
                                                uint32_t size)
 {
     knit_thrift_write_list_begin(w, etype, size);
 }
-static inline void knit_thrift_write_set_end(knit_thrift_writer *w) { (void)w; }
+static inline void knit_thrift_write_set_end(knit_thrift_writer *w)
+{
+    (void)w;
+}
 
 static inline void knit_thrift_write_bool(knit_thrift_writer *w, bool v)
 {
@@ -450,9 +471,9 @@ typedef struct knit_thrift_reader {
     const uint8_t *p;   /* next unread byte */
     const uint8_t *end; /* one past the last byte of the slice */
     knit_thrift_proto proto;
-    unsigned flags;            /* KNIT_THRIFT_STRICT_READ */
-    uint32_t string_limit;     /* max string/binary length, 0 = slice only */
-    uint32_t container_limit;  /* max container element count, 0 = slice only */
+    unsigned flags;           /* KNIT_THRIFT_STRICT_READ */
+    uint32_t string_limit;    /* max string/binary length, 0 = slice only */
+    uint32_t container_limit; /* max container element count, 0 = slice only */
     int _depth;
     int16_t _last_fid;
     int8_t _bool_val; /* compact: value carried by the last bool field header, -1 none */
@@ -493,8 +514,14 @@ static inline int knit__tr_varint32(knit_thrift_reader *r, uint32_t *out)
     return knit__thrift_read_varint32(r, out);
 }
 
-static inline int32_t knit__unzigzag32(uint32_t v) { return (int32_t)(v >> 1) ^ -(int32_t)(v & 1); }
-static inline int64_t knit__unzigzag64(uint64_t v) { return (int64_t)(v >> 1) ^ -(int64_t)(v & 1); }
+static inline int32_t knit__unzigzag32(uint32_t v)
+{
+    return (int32_t)(v >> 1) ^ -(int32_t)(v & 1);
+}
+static inline int64_t knit__unzigzag64(uint64_t v)
+{
+    return (int64_t)(v >> 1) ^ -(int64_t)(v & 1);
+}
 
 static inline int knit_thrift_read_struct_begin(knit_thrift_reader *r)
 {
@@ -512,8 +539,7 @@ static inline int knit_thrift_read_struct_end(knit_thrift_reader *r)
 
 /* Field header: *TYPE is KNIT_TT_STOP at the end of the struct (then *ID is
  * 0). Unknown type codes are errors. */
-int knit__thrift_read_field_begin_slow(knit_thrift_reader *r, knit_thrift_type *type,
-                                       int16_t *id);
+int knit__thrift_read_field_begin_slow(knit_thrift_reader *r, knit_thrift_type *type, int16_t *id);
 static inline int knit_thrift_read_field_begin(knit_thrift_reader *r, knit_thrift_type *type,
                                                int16_t *id)
 {
@@ -555,9 +581,18 @@ static inline int knit__tr_container_end(knit_thrift_reader *r)
     if (r->_depth > 0) r->_depth--;
     return 0;
 }
-static inline int knit_thrift_read_map_end(knit_thrift_reader *r) { return knit__tr_container_end(r); }
-static inline int knit_thrift_read_list_end(knit_thrift_reader *r) { return knit__tr_container_end(r); }
-static inline int knit_thrift_read_set_end(knit_thrift_reader *r) { return knit__tr_container_end(r); }
+static inline int knit_thrift_read_map_end(knit_thrift_reader *r)
+{
+    return knit__tr_container_end(r);
+}
+static inline int knit_thrift_read_list_end(knit_thrift_reader *r)
+{
+    return knit__tr_container_end(r);
+}
+static inline int knit_thrift_read_set_end(knit_thrift_reader *r)
+{
+    return knit__tr_container_end(r);
+}
 
 static inline int knit_thrift_read_bool(knit_thrift_reader *r, bool *v)
 {
@@ -716,7 +751,6 @@ knit_thrift_transport knit_thrift_detect(const uint8_t *p, size_t len, knit_thri
  * KNIT_ETHRIFT (KNIT_EEOF when fewer than 2 bytes). */
 int knit_thrift_detect_proto(const uint8_t *p, size_t len, knit_thrift_proto *proto);
 
-
 /* ---- runtime for generated code (knit-thriftc) ------------------------------ */
 
 /* An owned string or binary value: PTR is NULL (empty) or a malloc'd buffer of
@@ -737,7 +771,10 @@ static inline bool knit_tstr_equal(const knit_tstr *a, const knit_tstr *b)
     return a->len == b->len && (a->len == 0 || memcmp(a->ptr, b->ptr, a->len) == 0);
 }
 /* The bytes as a C string ("" when empty). */
-static inline const char *knit_tstr_cstr(const knit_tstr *s) { return s->ptr ? s->ptr : ""; }
+static inline const char *knit_tstr_cstr(const knit_tstr *s)
+{
+    return s->ptr ? s->ptr : "";
+}
 /* Read a string/binary value into S (freed first). */
 int knit__thrift_read_tstr(knit_thrift_reader *r, knit_tstr *s);
 
@@ -786,8 +823,8 @@ typedef struct knit_thrift_processor {
     /* 0 (not implemented), KNIT_THRIFT_BLOCKING or KNIT_THRIFT_ASYNC */
     int (*mode)(const struct knit_thrift_processor *p, size_t i);
     int (*call)(const struct knit_thrift_processor *p, size_t i, const void *args, void *res);
-    knit_deferred *(*call_async)(const struct knit_thrift_processor *p, size_t i,
-                                 const void *args, void *res);
+    knit_deferred *(*call_async)(const struct knit_thrift_processor *p, size_t i, const void *args,
+                                 void *res);
 } knit_thrift_processor;
 
 /* Index of the method called NAME, or -1. [any] */
@@ -799,8 +836,8 @@ int knit_thrift_processor_find(const knit_thrift_processor *p, const char *name,
  * TApplicationException replies (return 0). Returns KNIT_ETHRIFT & co when
  * the input is not a decodable call (OUT then holds an exception reply if the
  * header could be read). For tests and simple embeddings. [any] */
-int knit_thrift_process(const knit_thrift_processor *p, knit_thrift_proto proto,
-                        const uint8_t *in, size_t len, knit_thrift_writer *out);
+int knit_thrift_process(const knit_thrift_processor *p, knit_thrift_proto proto, const uint8_t *in,
+                        size_t len, knit_thrift_writer *out);
 
 /* Encode a CALL (ONEWAY for oneway methods) of M with ARGS. NAME_PREFIX, if
  * not NULL, is prepended to the method name ("Service:" for the multiplexed
@@ -815,7 +852,6 @@ int knit_thrift_encode_call(knit_thrift_writer *w, const knit_thrift_method *m,
 int knit_thrift_decode_reply(const knit_thrift_method *m, knit_thrift_proto proto,
                              const uint8_t *in, size_t len, int32_t *seqid, void *res,
                              int32_t *app_type, knit_tstr *app_msg);
-
 
 /* ---- SASL transport (Thrift's TSaslTransport, as used by Hive/Impala) --------
  *
@@ -869,12 +905,12 @@ typedef struct knit_thrift_sasl_options {
     /* server: mechanisms offered, space-separated (default "PLAIN SCRAM-SHA-256");
      * client: mechanisms to try, in preference order (default "SCRAM-SHA-256 PLAIN") */
     const char *mechanisms;
-    const char *sasldb_path; /* server: sasldb file with the users' secrets */
+    const char *sasldb_path;                  /* server: sasldb file with the users' secrets */
     knit_thrift_sasl_check_fn check_password; /* server: instead of / before sasldb */
     void *check_arg;
-    const char *username; /* client */
-    const char *password; /* client */
-    const char *authzid;  /* client: authorization id, default none */
+    const char *username;     /* client */
+    const char *password;     /* client */
+    const char *authzid;      /* client: authorization id, default none */
     uint32_t max_negotiation; /* bytes per negotiation payload; default 64 KiB */
     uint32_t max_frame;       /* bytes per data frame after negotiation; default 16,384,000 */
     unsigned min_ssf;         /* security layer strength wanted; default 0 */
@@ -925,7 +961,6 @@ int knit_thrift_sasl_wrap(knit_thrift_sasl *s, const uint8_t *msg, size_t len,
 int knit_thrift_sasl_unwrap(knit_thrift_sasl *s, const uint8_t *in, size_t len, size_t *consumed,
                             const uint8_t **msg, size_t *msg_len);
 
-
 /* ---- server (src/thrift/server.c) ---------------------------------------------
  *
  * The half-sync/half-async Thrift server. All network IO, framing, SASL and
@@ -960,17 +995,17 @@ typedef struct knit_thrift_server knit_thrift_server;
 typedef struct knit_pool knit_pool;
 
 typedef struct knit_thrift_server_options {
-    knit_pool *pool;            /* runs blocking handler methods; required for them */
-    uint32_t max_frame;         /* default KNIT_THRIFT_MAX_FRAME_DEFAULT (16,384,000) */
-    uint32_t max_message;       /* unframed messages; default = max_frame */
-    uint32_t string_limit;      /* 0 = only the message's own bytes */
-    uint32_t container_limit;   /* 0 = only the message's own bytes */
-    unsigned max_in_flight;     /* per connection; default 256 */
-    unsigned max_connections;   /* 0 = unlimited */
-    knit_duration idle_timeout; /* default 600 s; 0 = never */
-    bool strict_read;           /* binary: refuse old non-strict headers */
+    knit_pool *pool;                      /* runs blocking handler methods; required for them */
+    uint32_t max_frame;                   /* default KNIT_THRIFT_MAX_FRAME_DEFAULT (16,384,000) */
+    uint32_t max_message;                 /* unframed messages; default = max_frame */
+    uint32_t string_limit;                /* 0 = only the message's own bytes */
+    uint32_t container_limit;             /* 0 = only the message's own bytes */
+    unsigned max_in_flight;               /* per connection; default 256 */
+    unsigned max_connections;             /* 0 = unlimited */
+    knit_duration idle_timeout;           /* default 600 s; 0 = never */
+    bool strict_read;                     /* binary: refuse old non-strict headers */
     const knit_thrift_sasl_options *sasl; /* NULL: SASL clients are refused */
-    bool require_sasl;          /* refuse clients that do not start with SASL */
+    bool require_sasl;                    /* refuse clients that do not start with SASL */
 } knit_thrift_server_options;
 
 typedef struct knit_thrift_server_stats {
@@ -983,7 +1018,7 @@ typedef struct knit_thrift_server_stats {
     uint64_t protocol_errors; /* connections closed for malformed input */
     uint64_t sasl_failures;
     uint64_t idle_closed;
-    size_t in_flight;         /* calls running now */
+    size_t in_flight; /* calls running now */
 } knit_thrift_server_stats;
 
 void knit_thrift_server_options_init(knit_thrift_server_options *o);
@@ -1031,19 +1066,19 @@ void knit_thrift_server_close(knit_thrift_server *s);
 typedef struct knit_thrift_client knit_thrift_client;
 
 typedef struct knit_thrift_client_options {
-    const char *endpoint;         /* client endpoint string: "tcp:127.0.0.1:9090" */
-    knit_thrift_proto proto;      /* default binary */
-    bool unframed;                /* default framed (ignored with SASL: always framed) */
-    unsigned connections;         /* default 1 */
-    unsigned max_pending;         /* calls in flight per connection; default 256 */
-    unsigned max_waiting;         /* calls waiting for a connection; default 4096 */
-    knit_duration timeout;        /* per call; default 30 s; 0 = none */
+    const char *endpoint;          /* client endpoint string: "tcp:127.0.0.1:9090" */
+    knit_thrift_proto proto;       /* default binary */
+    bool unframed;                 /* default framed (ignored with SASL: always framed) */
+    unsigned connections;          /* default 1 */
+    unsigned max_pending;          /* calls in flight per connection; default 256 */
+    unsigned max_waiting;          /* calls waiting for a connection; default 4096 */
+    knit_duration timeout;         /* per call; default 30 s; 0 = none */
     knit_duration connect_timeout; /* default: the endpoint's (30 s) */
     knit_duration backoff_initial; /* default 100 ms, doubled up to backoff_max (10 s) */
     knit_duration backoff_max;
-    const char *service;          /* multiplexed: send "SERVICE:method" */
+    const char *service;                  /* multiplexed: send "SERVICE:method" */
     const knit_thrift_sasl_options *sasl; /* NULL: no SASL; copied, strings borrowed */
-    uint32_t max_frame;           /* largest reply; default 16,384,000 */
+    uint32_t max_frame;                   /* largest reply; default 16,384,000 */
 } knit_thrift_client_options;
 
 typedef struct knit_thrift_client_stats {

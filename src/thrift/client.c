@@ -187,8 +187,8 @@ static void pending_fail(pending *p, int code, const char *why)
 {
     knit_deferred *d = p->d;
     knit_deferred_set_canceller(d, NULL, NULL);
-    knit_deferred_errback(d, knit_failure_new(code, "thrift call %.*s: %s", (int)p->m->name_len,
-                                              p->m->name, why));
+    knit_deferred_errback(
+        d, knit_failure_new(code, "thrift call %.*s: %s", (int)p->m->name_len, p->m->name, why));
     pending_free(p);
 }
 
@@ -601,7 +601,8 @@ void knit_thrift_client_free(knit_thrift_client *cl)
     if (!cl || cl->closing) return;
     cl->closing = true;
     pending *p;
-    while ((p = wait_pop(cl)) != NULL) pending_fail(p, KNIT_ECANCELED, "client closed");
+    while ((p = wait_pop(cl)) != NULL)
+        pending_fail(p, KNIT_ECANCELED, "client closed");
     for (unsigned i = 0; i < cl->nconns; i++) {
         cconn *cc = &cl->conns[i];
         knit_timer_cancel(cl->r, cc->retry);
@@ -625,7 +626,8 @@ void knit_thrift_client_get_stats(const knit_thrift_client *cl, knit_thrift_clie
 {
     *out = cl->st;
     out->up = 0;
-    for (unsigned i = 0; i < cl->nconns; i++) out->up += cl->conns[i].st == C_UP;
+    for (unsigned i = 0; i < cl->nconns; i++)
+        out->up += cl->conns[i].st == C_UP;
 }
 
 int knit_thrift_client_call(knit_thrift_client *cl, const knit_thrift_method *m, const void *args,

@@ -169,21 +169,29 @@ static size_t min_size(knit_thrift_proto proto, knit_thrift_type t)
     switch (t) {
     case KNIT_TT_BOOL:
     case KNIT_TT_BYTE:
-    case KNIT_TT_STRUCT: return 1;
-    case KNIT_TT_DOUBLE: return 8;
-    case KNIT_TT_I16: return proto == KNIT_THRIFT_BINARY ? 2 : 1;
-    case KNIT_TT_I32: return proto == KNIT_THRIFT_BINARY ? 4 : 1;
-    case KNIT_TT_I64: return proto == KNIT_THRIFT_BINARY ? 8 : 1;
-    case KNIT_TT_STRING: return proto == KNIT_THRIFT_BINARY ? 4 : 1;
-    case KNIT_TT_MAP: return proto == KNIT_THRIFT_BINARY ? 6 : 1;
+    case KNIT_TT_STRUCT:
+        return 1;
+    case KNIT_TT_DOUBLE:
+        return 8;
+    case KNIT_TT_I16:
+        return proto == KNIT_THRIFT_BINARY ? 2 : 1;
+    case KNIT_TT_I32:
+        return proto == KNIT_THRIFT_BINARY ? 4 : 1;
+    case KNIT_TT_I64:
+        return proto == KNIT_THRIFT_BINARY ? 8 : 1;
+    case KNIT_TT_STRING:
+        return proto == KNIT_THRIFT_BINARY ? 4 : 1;
+    case KNIT_TT_MAP:
+        return proto == KNIT_THRIFT_BINARY ? 6 : 1;
     case KNIT_TT_SET:
-    case KNIT_TT_LIST: return proto == KNIT_THRIFT_BINARY ? 5 : 1;
-    default: return 1;
+    case KNIT_TT_LIST:
+        return proto == KNIT_THRIFT_BINARY ? 5 : 1;
+    default:
+        return 1;
     }
 }
 
-int knit__thrift_read_field_begin_slow(knit_thrift_reader *r, knit_thrift_type *type,
-                                       int16_t *id)
+int knit__thrift_read_field_begin_slow(knit_thrift_reader *r, knit_thrift_type *type, int16_t *id)
 {
     /* compact */
     if (r->p >= r->end) return KNIT_EEOF;
@@ -399,15 +407,15 @@ int knit_thrift_skip(knit_thrift_reader *r, knit_thrift_type type)
             if ((rc = knit_thrift_skip(r, et))) return rc;
         return knit_thrift_read_list_end(r);
     }
-    default: return KNIT_ETHRIFT;
+    default:
+        return KNIT_ETHRIFT;
     }
 }
 
 /* ---- TApplicationException ----------------------------------------------------- */
 
 void knit_thrift_write_app_exception(knit_thrift_writer *w, const char *method, size_t method_len,
-                                     int32_t seqid, knit_thrift_app_error type,
-                                     const char *message)
+                                     int32_t seqid, knit_thrift_app_error type, const char *message)
 {
     knit_thrift_write_message_begin(w, method, method_len, KNIT_THRIFT_EXCEPTION, seqid);
     knit_thrift_write_struct_begin(w);
@@ -484,6 +492,7 @@ knit_thrift_transport knit_thrift_detect(const uint8_t *p, size_t len, knit_thri
         int rc = knit_thrift_detect_proto(p + 4, 2, proto);
         return rc ? KNIT_THRIFT_DETECT_UNKNOWN : KNIT_THRIFT_FRAMED;
     }
-    default: return KNIT_THRIFT_DETECT_UNKNOWN;
+    default:
+        return KNIT_THRIFT_DETECT_UNKNOWN;
     }
 }

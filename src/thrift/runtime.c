@@ -75,16 +75,16 @@ int knit_thrift_processor_find(const knit_thrift_processor *p, const char *name,
 
 /* Reply with a TApplicationException whose message is PRE + ARG[0, ARG_LEN) + POST. */
 static void app_error(knit_thrift_writer *out, const char *name, size_t nl, int32_t seqid,
-                      knit_thrift_app_error type, const char *pre, const char *arg,
-                      size_t arg_len, const char *post)
+                      knit_thrift_app_error type, const char *pre, const char *arg, size_t arg_len,
+                      const char *post)
 {
     char msg[256];
     snprintf(msg, sizeof msg, "%s%.*s%s", pre, (int)(arg_len > 128 ? 128 : arg_len), arg, post);
     knit_thrift_write_app_exception(out, name, nl, seqid, type, msg);
 }
 
-int knit_thrift_process(const knit_thrift_processor *p, knit_thrift_proto proto,
-                        const uint8_t *in, size_t len, knit_thrift_writer *out)
+int knit_thrift_process(const knit_thrift_processor *p, knit_thrift_proto proto, const uint8_t *in,
+                        size_t len, knit_thrift_writer *out)
 {
     knit_thrift_reader r;
     knit_thrift_reader_init(&r, proto, in, len);
@@ -95,8 +95,8 @@ int knit_thrift_process(const knit_thrift_processor *p, knit_thrift_proto proto,
     int rc = knit_thrift_read_message_begin(&r, &name, &nl, &type, &seqid);
     if (rc) return rc;
     if (type != KNIT_THRIFT_CALL && type != KNIT_THRIFT_ONEWAY) {
-        app_error(out, name, nl, seqid, KNIT_TAPP_INVALID_MESSAGE_TYPE,
-                  "invalid message type for ", name, nl, "");
+        app_error(out, name, nl, seqid, KNIT_TAPP_INVALID_MESSAGE_TYPE, "invalid message type for ",
+                  name, nl, "");
         return KNIT_ETHRIFT;
     }
     /* the multiplexed protocol's "Service:method" */
@@ -110,8 +110,8 @@ int knit_thrift_process(const knit_thrift_processor *p, knit_thrift_proto proto,
     int i = knit_thrift_processor_find(p, mname, ml);
     if (i < 0 || p->mode(p, (size_t)i) != KNIT_THRIFT_BLOCKING) {
         if (type == KNIT_THRIFT_ONEWAY) return 0;
-        app_error(out, name, nl, seqid, KNIT_TAPP_UNKNOWN_METHOD, "Invalid method name: '", mname, ml,
-                  "'");
+        app_error(out, name, nl, seqid, KNIT_TAPP_UNKNOWN_METHOD, "Invalid method name: '", mname,
+                  ml, "'");
         return 0;
     }
     const knit_thrift_method *m = p->methods[i];

@@ -71,8 +71,7 @@ static void do_init(void)
     int rc = sasl_server_init(global, "knit");
     if (rc == SASL_OK) rc = sasl_client_init(global);
     init_rc = rc;
-    if (rc != SASL_OK)
-        KNIT_ERROR("thrift", "sasl init failed: %s", sasl_errstring(rc, NULL, NULL));
+    if (rc != SASL_OK) KNIT_ERROR("thrift", "sasl init failed: %s", sasl_errstring(rc, NULL, NULL));
 }
 
 /* ---- callbacks -------------------------------------------------------------------- */
@@ -112,9 +111,14 @@ static int simple_cb(void *ctx, int id, const char **result, unsigned *len)
     knit_thrift_sasl *s = ctx;
     const char *v = NULL;
     switch (id) {
-    case SASL_CB_USER: v = s->authzid ? s->authzid : ""; break;
-    case SASL_CB_AUTHNAME: v = s->user; break;
-    default: return SASL_BADPARAM;
+    case SASL_CB_USER:
+        v = s->authzid ? s->authzid : "";
+        break;
+    case SASL_CB_AUTHNAME:
+        v = s->user;
+        break;
+    default:
+        return SASL_BADPARAM;
     }
     if (!v) return SASL_FAIL;
     *result = v;
@@ -325,9 +329,11 @@ static bool mech_offered(const char *list, const char *mech)
     size_t ml = strlen(mech);
     const char *p = list;
     while (*p) {
-        while (*p == ' ' || *p == ',') p++;
+        while (*p == ' ' || *p == ',')
+            p++;
         const char *e = p;
-        while (*e && *e != ' ' && *e != ',') e++;
+        while (*e && *e != ' ' && *e != ',')
+            e++;
         if ((size_t)(e - p) == ml && strncasecmp(p, mech, ml) == 0) return true;
         p = e;
     }
@@ -464,9 +470,18 @@ const char *knit_thrift_sasl_username(const knit_thrift_sasl *s)
     return p;
 }
 
-const char *knit_thrift_sasl_mechanism(const knit_thrift_sasl *s) { return s->mech; }
-unsigned knit_thrift_sasl_ssf(const knit_thrift_sasl *s) { return s->ssf; }
-const char *knit_thrift_sasl_error(const knit_thrift_sasl *s) { return s->err; }
+const char *knit_thrift_sasl_mechanism(const knit_thrift_sasl *s)
+{
+    return s->mech;
+}
+unsigned knit_thrift_sasl_ssf(const knit_thrift_sasl *s)
+{
+    return s->ssf;
+}
+const char *knit_thrift_sasl_error(const knit_thrift_sasl *s)
+{
+    return s->err;
+}
 
 int knit_thrift_sasl_wrap(knit_thrift_sasl *s, const uint8_t *msg, size_t len,
                           knit_thrift_writer *out)

@@ -40,7 +40,7 @@ struct knit_thrift_server {
     knit_listener *listeners[MAX_LISTENERS];
     size_t nlisteners;
     knit_protocol_factory factory;
-    conn *conns; /* doubly linked list of open (not yet lost) connections */
+    conn *conns;         /* doubly linked list of open (not yet lost) connections */
     size_t nconns_alive; /* conns not yet freed */
     bool closed;
     knit_timer sweep;
@@ -141,7 +141,10 @@ static void send_app_error(conn *c, knit_thrift_proto proto, const char *name, s
 
 /* ---- calls ----------------------------------------------------------------------------- */
 
-static size_t align16(size_t n) { return (n + 15) & ~(size_t)15; }
+static size_t align16(size_t n)
+{
+    return (n + 15) & ~(size_t)15;
+}
 
 static call *call_new(conn *c, const knit_thrift_processor *p, size_t mi, const char *name,
                       size_t nl, int32_t seqid, knit_thrift_proto proto)
@@ -180,8 +183,7 @@ static void call_encode(call *k, const char *errmsg)
         k->m->result_write(w, k->res);
         knit_thrift_write_message_end(w);
     } else {
-        knit_thrift_write_app_exception(w, k->name, k->name_len, k->seqid,
-                                        KNIT_TAPP_INTERNAL_ERROR,
+        knit_thrift_write_app_exception(w, k->name, k->name_len, k->seqid, KNIT_TAPP_INTERNAL_ERROR,
                                         errmsg ? errmsg : knit_strerror(k->hrc));
     }
     reply_end(w, k->framed);
@@ -220,7 +222,10 @@ static void run_call(void *arg)
 }
 
 /* [reactor] arg_destroy of the pool job: runs after run_call returned. */
-static void run_call_done(void *arg) { call_finish(arg); }
+static void run_call_done(void *arg)
+{
+    call_finish(arg);
+}
 
 static void async_ok(knit_result *res, void *arg)
 {
@@ -477,10 +482,8 @@ static void process(conn *c, knit_buf *in)
             if (rc == KNIT_THRIFT_SASL_MORE) return;
             if (rc < 0) {
                 s->st.sasl_failures++;
-                KNIT_INFO("thrift", "sasl negotiation failed: %s",
-                          knit_thrift_sasl_error(c->sasl));
-                knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_PROTOCOL_ERROR,
-                                          rc);
+                KNIT_INFO("thrift", "sasl negotiation failed: %s", knit_thrift_sasl_error(c->sasl));
+                knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_PROTOCOL_ERROR, rc);
                 return;
             }
             c->mode = M_SASL_DATA;
@@ -706,7 +709,10 @@ int knit_thrift_server_address(const knit_thrift_server *s, knit_sockaddr *out)
     return knit_listener_address(s->listeners[0], out);
 }
 
-knit_protocol_factory *knit_thrift_server_factory(knit_thrift_server *s) { return &s->factory; }
+knit_protocol_factory *knit_thrift_server_factory(knit_thrift_server *s)
+{
+    return &s->factory;
+}
 
 void knit_thrift_server_get_stats(const knit_thrift_server *s, knit_thrift_server_stats *out)
 {
@@ -718,10 +724,11 @@ void knit_thrift_server_close(knit_thrift_server *s)
     if (s->closed) return;
     s->closed = true;
     knit_timer_cancel(s->r, s->sweep);
-    for (size_t i = 0; i < s->nlisteners; i++) knit_listener_close(s->listeners[i], false);
+    for (size_t i = 0; i < s->nlisteners; i++)
+        knit_listener_close(s->listeners[i], false);
     s->nlisteners = 0;
     for (conn *c = s->conns; c; c = c->next)
-        if (c->proto.transport) knit_transport_close_with(c->proto.transport, false,
-                                                          KNIT_CLOSE_SHUTDOWN, 0);
+        if (c->proto.transport)
+            knit_transport_close_with(c->proto.transport, false, KNIT_CLOSE_SHUTDOWN, 0);
     server_maybe_free(s);
 }

@@ -32,7 +32,10 @@
  * inside libcrypto, so the suppression names libcrypto: knit itself never
  * allocates through it. */
 const char *__lsan_default_suppressions(void);
-const char *__lsan_default_suppressions(void) { return "leak:libcrypto.so\n"; }
+const char *__lsan_default_suppressions(void)
+{
+    return "leak:libcrypto.so\n";
+}
 
 static char tmpdir[64];
 static char sasldb[128];
@@ -227,8 +230,8 @@ struct bad_sasl {
     const char *name;
     const char *bytes;
     size_t len;
-    int want;          /* feed's result */
-    uint8_t reply;     /* status of the message queued for the peer, 0 = none */
+    int want;      /* feed's result */
+    uint8_t reply; /* status of the message queued for the peer, 0 = none */
 };
 
 #define B(s) s, sizeof(s) - 1
@@ -240,7 +243,10 @@ static const struct bad_sasl bad_sasl[] = {
     {"START just over 64 KiB", B("\x01\x00\x01\x00\x01"), KNIT_ELIMIT, KNIT_THRIFT_SASL_ERROR},
     {"empty mechanism", B("\x01\x00\x00\x00\x00"), KNIT_ESASL, KNIT_THRIFT_SASL_BAD},
     {"mechanism garbage", B("\x01\x00\x00\x00\x04PL\x00N"), KNIT_ESASL, KNIT_THRIFT_SASL_BAD},
-    {"unknown mechanism", B("\x01\x00\x00\x00\x05" "BOGUS"), KNIT_ESASL, KNIT_THRIFT_SASL_BAD},
+    {"unknown mechanism",
+     B("\x01\x00\x00\x00\x05"
+       "BOGUS"),
+     KNIT_ESASL, KNIT_THRIFT_SASL_BAD},
     {"second START", B("\x01\x00\x00\x00\x05PLAIN\x01\x00\x00\x00\x05PLAIN"), KNIT_ETHRIFT,
      KNIT_THRIFT_SASL_ERROR},
     {"PLAIN garbage response", B("\x01\x00\x00\x00\x05PLAIN\x02\x00\x00\x00\x03xyz"), KNIT_ESASL,
@@ -250,14 +256,20 @@ static const struct bad_sasl bad_sasl[] = {
      KNIT_THRIFT_SASL_MORE, KNIT_THRIFT_SASL_OK},
     {"response with BAD", B("\x01\x00\x00\x00\x05PLAIN\x03\x00\x00\x00\x00"), KNIT_ETHRIFT,
      KNIT_THRIFT_SASL_ERROR},
-    {"PLAIN wrong password", B("\x01\x00\x00\x00\x05PLAIN\x02\x00\x00\x00\x0c\x00" "alice\x00wrong"),
+    {"PLAIN wrong password",
+     B("\x01\x00\x00\x00\x05PLAIN\x02\x00\x00\x00\x0c\x00"
+       "alice\x00wrong"),
      KNIT_ESASL, KNIT_THRIFT_SASL_BAD},
     {"SCRAM garbage", B("\x01\x00\x00\x00\x0dSCRAM-SHA-256\x02\x00\x00\x00\x04n,,x"), KNIT_ESASL,
      KNIT_THRIFT_SASL_BAD},
     /* the initial response may come with COMPLETE (Java clients) */
-    {"PLAIN via COMPLETE", B("\x01\x00\x00\x00\x05PLAIN\x05\x00\x00\x00\x11\x00" "alice\x00wonderland"),
+    {"PLAIN via COMPLETE",
+     B("\x01\x00\x00\x00\x05PLAIN\x05\x00\x00\x00\x11\x00"
+       "alice\x00wonderland"),
      KNIT_THRIFT_SASL_DONE, KNIT_THRIFT_SASL_COMPLETE},
-    {"PLAIN via OK", B("\x01\x00\x00\x00\x05PLAIN\x02\x00\x00\x00\x11\x00" "alice\x00wonderland"),
+    {"PLAIN via OK",
+     B("\x01\x00\x00\x00\x05PLAIN\x02\x00\x00\x00\x11\x00"
+       "alice\x00wonderland"),
      KNIT_THRIFT_SASL_DONE, KNIT_THRIFT_SASL_COMPLETE},
     {"incomplete", B("\x01\x00\x00\x00\x05PLA"), KNIT_THRIFT_SASL_MORE, 0},
 };
@@ -311,8 +323,9 @@ static void test_sasl_framing_after_done(void **state)
     const uint8_t *msg;
     size_t ml;
     assert_int_equal(knit_thrift_sasl_wrap(p.server, (const uint8_t *)"x", 1, &w), KNIT_EINVAL);
-    assert_int_equal(knit_thrift_sasl_unwrap(p.server, (const uint8_t *)"\0\0\0\1x", 5, &used, &msg, &ml),
-                     KNIT_EINVAL);
+    assert_int_equal(
+        knit_thrift_sasl_unwrap(p.server, (const uint8_t *)"\0\0\0\1x", 5, &used, &msg, &ml),
+        KNIT_EINVAL);
     pump(&p, 0);
     assert_int_equal(p.server_rc, KNIT_THRIFT_SASL_DONE);
     assert_int_equal(knit_thrift_sasl_wrap(p.client, (const uint8_t *)"hello", 5, &w), 0);
@@ -323,8 +336,9 @@ static void test_sasl_framing_after_done(void **state)
     assert_int_equal(used, 9);
     assert_int_equal(ml, 5);
     assert_memory_equal(msg, "hello", 5);
-    assert_int_equal(knit_thrift_sasl_unwrap(p.server, (const uint8_t *)"\x7f\0\0\0", 4, &used, &msg, &ml),
-                     KNIT_ELIMIT);
+    assert_int_equal(
+        knit_thrift_sasl_unwrap(p.server, (const uint8_t *)"\x7f\0\0\0", 4, &used, &msg, &ml),
+        KNIT_ELIMIT);
     knit_thrift_writer_free(&w);
     free_pair(&p);
 }
@@ -350,14 +364,16 @@ static void test_sasl_security_layer(void **state)
     pump(&p, 0);
     if (p.server_rc != KNIT_THRIFT_SASL_DONE || p.client_rc != KNIT_THRIFT_SASL_DONE) {
         print_error("DIGEST-MD5 unavailable? server %d %s / client %d %s\n", p.server_rc,
-                    knit_thrift_sasl_error(p.server), p.client_rc, knit_thrift_sasl_error(p.client));
+                    knit_thrift_sasl_error(p.server), p.client_rc,
+                    knit_thrift_sasl_error(p.client));
         free_pair(&p);
         skip();
     }
     assert_true(knit_thrift_sasl_ssf(p.server) > 0);
     assert_true(knit_thrift_sasl_ssf(p.client) > 0);
     static uint8_t big[200000];
-    for (size_t i = 0; i < sizeof big; i++) big[i] = (uint8_t)(i * 7);
+    for (size_t i = 0; i < sizeof big; i++)
+        big[i] = (uint8_t)(i * 7);
     struct {
         knit_thrift_sasl *from, *to;
         const uint8_t *msg;
@@ -369,7 +385,7 @@ static void test_sasl_security_layer(void **state)
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
         assert_int_equal(knit_thrift_sasl_wrap(dirs[i].from, dirs[i].msg, dirs[i].len, &w), 0);
-        assert_true(w.len > dirs[i].len + 4);         /* MAC or cipher overhead */
+        assert_true(w.len > dirs[i].len + 4); /* MAC or cipher overhead */
         const uint8_t *msg;
         size_t ml, used;
         assert_int_equal(knit_thrift_sasl_unwrap(dirs[i].to, w.data, w.len, &used, &msg, &ml), 1);
@@ -404,7 +420,6 @@ static void test_sasl_security_layer(void **state)
     }
     free_pair(&p);
 }
-
 
 /* ---- server and client -------------------------------------------------------------- */
 
@@ -450,7 +465,8 @@ static int h_gate(void *ctx, const calc_Calc_gate_args *a, calc_Calc_gate_result
     (void)ctx;
     pthread_mutex_lock(&gate_mu);
     gate_waiting++;
-    while (!gate_open) pthread_cond_wait(&gate_cv, &gate_mu);
+    while (!gate_open)
+        pthread_cond_wait(&gate_cv, &gate_mu);
     gate_waiting--;
     pthread_mutex_unlock(&gate_mu);
     res->success = a->n;
@@ -514,7 +530,11 @@ static int h_hello(void *ctx, const calc_Other_hello_args *a, calc_Other_hello_r
 }
 
 static const calc_Calc_handler calc_handler = {
-    .add = h_add, .echo = h_echo, .gate = h_gate, .boom = h_boom, .note = h_note,
+    .add = h_add,
+    .echo = h_echo,
+    .gate = h_gate,
+    .boom = h_boom,
+    .note = h_note,
     .later_async = h_later_async,
 };
 static const calc_Other_handler other_handler = {.hello = h_hello};
@@ -569,11 +589,15 @@ typedef struct env {
 
 static void run_until(env *e, bool (*cond)(void *), void *arg)
 {
-    for (int i = 0; i < 100000 && !cond(arg); i++) knit_reactor_run_once(e->r, KNIT_MSEC(5));
+    for (int i = 0; i < 100000 && !cond(arg); i++)
+        knit_reactor_run_once(e->r, KNIT_MSEC(5));
     assert_true(cond(arg));
 }
 
-static bool oc_done(void *arg) { return ((outcome *)arg)->done; }
+static bool oc_done(void *arg)
+{
+    return ((outcome *)arg)->done;
+}
 
 static void env_server(env *e, const knit_thrift_server_options *so, const char *listen)
 {
@@ -596,8 +620,7 @@ static void env_server(env *e, const knit_thrift_server_options *so, const char 
     snprintf(e->ep, sizeof e->ep, "tcp:127.0.0.1:%u", e->port);
 }
 
-static void env_up(env *e, const knit_thrift_server_options *so, size_t max_queue,
-                   unsigned threads)
+static void env_up(env *e, const knit_thrift_server_options *so, size_t max_queue, unsigned threads)
 {
     memset(e, 0, sizeof *e);
     gate_set(false);
@@ -626,9 +649,11 @@ static void env_down(env *e, knit_thrift_client *cl)
     if (cl) knit_thrift_client_free(cl);
     if (e->srv) knit_thrift_server_close(e->srv);
     /* let connection_lost and pool completions run */
-    for (int i = 0; i < 40; i++) knit_reactor_run_once(e->r, KNIT_MSEC(5));
+    for (int i = 0; i < 40; i++)
+        knit_reactor_run_once(e->r, KNIT_MSEC(5));
     knit_pool_free(e->pool);
-    for (int i = 0; i < 20; i++) knit_reactor_run_once(e->r, KNIT_MSEC(1));
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(e->r, KNIT_MSEC(1));
     (void)always_false;
     assert_int_equal(knit_reactor_close(e->r), 0);
 }
@@ -792,7 +817,8 @@ static void test_unknown_method_and_multiplex(void **state)
     oc_watch(d, &o);
     run_until(&e, oc_done, &o);
     assert_int_equal(o.code, 0);
-    assert_string_equal(knit_tstr_cstr(&((calc_Other_hello_result *)o.value)->success), "hello, knit");
+    assert_string_equal(knit_tstr_cstr(&((calc_Other_hello_result *)o.value)->success),
+                        "hello, knit");
     oc_free(&o);
     /* Other has no "add": a TApplicationException UNKNOWN_METHOD */
     call_add(cl, 1, 1, &o);
@@ -846,7 +872,10 @@ static void test_load_shedding(void **state)
     env_down(&e, cl);
 }
 
-static void short_timeout(knit_thrift_client_options *o) { o->timeout = KNIT_MSEC(30); }
+static void short_timeout(knit_thrift_client_options *o)
+{
+    o->timeout = KNIT_MSEC(30);
+}
 
 static bool late_reply_seen(void *arg)
 {
@@ -1058,8 +1087,8 @@ struct bad_conn {
     const char *name;
     const char *bytes;
     size_t len;
-    bool closes;          /* the server must close */
-    int app_error;        /* else: expect a TApplicationException of this type */
+    bool closes;   /* the server must close */
+    int app_error; /* else: expect a TApplicationException of this type */
 };
 
 #define B(s) s, sizeof(s) - 1
@@ -1068,27 +1097,36 @@ static const struct bad_conn bad_conns[] = {
     {"frame too large", B("\x00\xfa\x00\x01\x80\x01"), true, 0},
     {"frame, truncated header", B("\x00\x00\x00\x04\x80\x01\x00\x01"), true, 0},
     {"frame, garbage message", B("\x00\x00\x00\x06\x80\x01\x00\x01\xff\xff"), true, 0},
-    {"unframed deep nesting", B("\x80\x01\x00\x01\x00\x00\x00\x03" "add\x00\x00\x00\x01"
-      "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
-      "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
-      "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
-      "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
-      "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
-      "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
-      "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
-      "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
-      "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
-      "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"),
+    {"unframed deep nesting",
+     B("\x80\x01\x00\x01\x00\x00\x00\x03"
+       "add\x00\x00\x00\x01"
+       "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
+       "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
+       "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
+       "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
+       "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
+       "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
+       "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
+       "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
+       "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"
+       "\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01\x0c\x00\x01"),
      true, 0},
-    {"unframed huge string", B("\x80\x01\x00\x01\x7f\xff\xff\xff" "add"), true, 0},
-    {"unknown method", B("\x00\x00\x00\x11\x80\x01\x00\x01\x00\x00\x00\x04nope\x00\x00\x00\x05\x00"),
-     false, KNIT_TAPP_UNKNOWN_METHOD},
-    {"bad args type", B("\x00\x00\x00\x19\x80\x01\x00\x01\x00\x00\x00\x05later\x00\x00\x00\x05"
-                        "\x0f\x00\x01\x08\x7f\x00\x00\x00"),
+    {"unframed huge string",
+     B("\x80\x01\x00\x01\x7f\xff\xff\xff"
+       "add"),
+     true, 0},
+    {"unknown method",
+     B("\x00\x00\x00\x11\x80\x01\x00\x01\x00\x00\x00\x04nope\x00\x00\x00\x05\x00"), false,
+     KNIT_TAPP_UNKNOWN_METHOD},
+    {"bad args type",
+     B("\x00\x00\x00\x19\x80\x01\x00\x01\x00\x00\x00\x05later\x00\x00\x00\x05"
+       "\x0f\x00\x01\x08\x7f\x00\x00\x00"),
      false, KNIT_TAPP_PROTOCOL_ERROR},
     {"SASL garbage", B("\x01\x00\x00\x00\x05PLAIN\x07\x00\x00\x00\x00"), true, 0},
     {"SASL without SASL configured", B("\x01\x00\x00\x00\x05PLAIN"), true, 0},
-    {"reply instead of call", B("\x00\x00\x00\x10\x80\x01\x00\x02\x00\x00\x00\x03" "add\x00\x00\x00\x05\x00"),
+    {"reply instead of call",
+     B("\x00\x00\x00\x10\x80\x01\x00\x02\x00\x00\x00\x03"
+       "add\x00\x00\x00\x05\x00"),
      false, KNIT_TAPP_INVALID_MESSAGE_TYPE},
 };
 #undef B
@@ -1157,7 +1195,8 @@ static void test_max_in_flight_pauses_reading(void **state)
     call_gate(cl, 1, &og);
     run_until(&e, gate_has_waiter, NULL);
     call_add(cl, 2, 2, &oa);
-    for (int i = 0; i < 50; i++) knit_reactor_run_once(e.r, KNIT_MSEC(1));
+    for (int i = 0; i < 50; i++)
+        knit_reactor_run_once(e.r, KNIT_MSEC(1));
     assert_false(oa.done); /* two workers, but the second call was never read */
     knit_thrift_server_stats ss;
     knit_thrift_server_get_stats(e.srv, &ss);
@@ -1173,8 +1212,14 @@ static void test_max_in_flight_pauses_reading(void **state)
     env_down(&e, cl);
 }
 
-static void three_conns(knit_thrift_client_options *o) { o->connections = 3; }
-static void two_pending(knit_thrift_client_options *o) { o->max_pending = 2; }
+static void three_conns(knit_thrift_client_options *o)
+{
+    o->connections = 3;
+}
+static void two_pending(knit_thrift_client_options *o)
+{
+    o->max_pending = 2;
+}
 
 static bool all_done(void *arg)
 {
@@ -1193,7 +1238,8 @@ static void test_client_max_pending_queues(void **state)
     env_up(&e, NULL, 64, 2);
     knit_thrift_client *cl = env_client(&e, two_pending);
     outcome o[30];
-    for (int i = 0; i < 30; i++) call_add(cl, i, 1, &o[i]);
+    for (int i = 0; i < 30; i++)
+        call_add(cl, i, 1, &o[i]);
     knit_thrift_client_stats cs;
     knit_thrift_client_get_stats(cl, &cs);
     assert_true(cs.waiting >= 28);
@@ -1208,7 +1254,6 @@ static void test_client_max_pending_queues(void **state)
     env_down(&e, cl);
 }
 
-
 /* A client with three connections spreads pipelined calls over them. */
 static void test_client_connection_pool(void **state)
 {
@@ -1217,7 +1262,8 @@ static void test_client_connection_pool(void **state)
     env_up(&e, NULL, 64, 2);
     knit_thrift_client *cl = env_client(&e, three_conns);
     outcome o[30];
-    for (int i = 0; i < 30; i++) call_add(cl, i, i, &o[i]);
+    for (int i = 0; i < 30; i++)
+        call_add(cl, i, i, &o[i]);
     run_until(&e, all_done, o);
     for (int i = 0; i < 30; i++) {
         assert_int_equal(o[i].code, 0);
@@ -1256,7 +1302,8 @@ static void test_sasl_security_layer_end_to_end(void **state)
     client_sasl.min_ssf = 1;
     knit_thrift_client *cl = env_client(&e, use_sasl);
     outcome oc[30];
-    for (int i = 0; i < 30; i++) call_add(cl, i, 100, &oc[i]); /* pipelined */
+    for (int i = 0; i < 30; i++)
+        call_add(cl, i, 100, &oc[i]); /* pipelined */
     run_until(&e, all_done, oc);
     for (int i = 0; i < 30; i++) {
         assert_int_equal(oc[i].code, 0);

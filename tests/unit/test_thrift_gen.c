@@ -22,14 +22,15 @@ static void check_bytes(const char *what, const knit_thrift_writer *w, const uin
 {
     if (w->len != wl || (wl && memcmp(w->data, want, wl) != 0)) {
         size_t i = 0;
-        while (i < w->len && i < wl && w->data[i] == want[i]) i++;
+        while (i < w->len && i < wl && w->data[i] == want[i])
+            i++;
         print_error("%s: got %zu bytes, want %zu; first difference at %zu\n", what, w->len, wl, i);
         fail();
     }
 }
 
 /* Decode GOLD with READ into a fresh value, re-encode, compare. */
-#define ROUND_TRIP(T, gold_bin, gold_cmp, check)                                                  \
+#define ROUND_TRIP(T, gold_bin, gold_cmp, check)                                                   \
     do {                                                                                           \
         for (int p_ = 0; p_ < 2; p_++) {                                                           \
             const uint8_t *g_ = p_ ? gold_cmp : gold_bin;                                          \
@@ -95,7 +96,8 @@ static void test_scalars_built_by_hand(void **state)
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, PROTO(p));
         assert_int_equal(rich_Scalars_write(&w, &s), 0);
-        check_bytes("scalars", &w, p ? scalars_cmp : scalars_bin, p ? scalars_cmp_len : scalars_bin_len);
+        check_bytes("scalars", &w, p ? scalars_cmp : scalars_bin,
+                    p ? scalars_cmp_len : scalars_bin_len);
         knit_thrift_writer_free(&w);
     }
     rich_Scalars_free(&s);
@@ -184,7 +186,8 @@ static void test_defaults(void **state)
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, PROTO(p));
         assert_int_equal(rich_Defaults_write(&w, &d), 0);
-        check_bytes("defaults", &w, p ? defaults_cmp : defaults_bin, p ? defaults_cmp_len : defaults_bin_len);
+        check_bytes("defaults", &w, p ? defaults_cmp : defaults_bin,
+                    p ? defaults_cmp_len : defaults_bin_len);
         knit_thrift_writer_free(&w);
     }
     rich_Defaults e;
@@ -394,8 +397,13 @@ struct msg_case {
 };
 
 #define MC(n)                                                                                      \
-    {#n, {call_##n##_bin, call_##n##_cmp}, {call_##n##_bin_len, call_##n##_cmp_len},               \
-     {reply_##n##_bin, reply_##n##_cmp}, {reply_##n##_bin_len, reply_##n##_cmp_len}}
+    {                                                                                              \
+#n, {call_##n##_bin, call_##n##_cmp },                                                     \
+             {call_##n##_bin_len, call_##n##_cmp_len }, {reply_##n##_bin, reply_##n##_cmp },       \
+        {                                                                                          \
+            reply_##n##_bin_len, reply_##n##_cmp_len                                               \
+        }                                                                                          \
+    }
 static const struct msg_case msg_cases[] = {
     MC(ping), MC(echo), MC(add), MC(pick), MC(pick_bad), MC(nothing), MC(fire),
 };
@@ -412,7 +420,8 @@ static void test_processor_matches_python(void **state)
             const struct msg_case *mc = &msg_cases[i];
             knit_thrift_writer w;
             knit_thrift_writer_init(&w, PROTO(p));
-            assert_int_equal(knit_thrift_process(&proc, PROTO(p), mc->call[p], mc->call_len[p], &w), 0);
+            assert_int_equal(knit_thrift_process(&proc, PROTO(p), mc->call[p], mc->call_len[p], &w),
+                             0);
             check_bytes(mc->name, &w, mc->reply[p], mc->reply_len[p]);
             knit_thrift_writer_free(&w);
         }
@@ -433,17 +442,17 @@ static void test_client_envelopes(void **state)
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, PROTO(p));
         assert_int_equal(knit_thrift_encode_call(&w, &rich_Rich_add_method, NULL, 0, &a), 0);
-        check_bytes("call add", &w, p ? call_add_cmp : call_add_bin, p ? call_add_cmp_len : call_add_bin_len);
+        check_bytes("call add", &w, p ? call_add_cmp : call_add_bin,
+                    p ? call_add_cmp_len : call_add_bin_len);
         knit_thrift_writer_free(&w);
         rich_Rich_add_args_free(&a);
 
         rich_Rich_add_result res;
         rich_Rich_add_result_init(&res);
         int32_t seq = -1;
-        assert_int_equal(knit_thrift_decode_reply(&rich_Rich_add_method, PROTO(p),
-                                                  p ? reply_add_cmp : reply_add_bin,
-                                                  p ? reply_add_cmp_len : reply_add_bin_len, &seq,
-                                                  &res, NULL, NULL),
+        assert_int_equal(knit_thrift_decode_reply(
+                             &rich_Rich_add_method, PROTO(p), p ? reply_add_cmp : reply_add_bin,
+                             p ? reply_add_cmp_len : reply_add_bin_len, &seq, &res, NULL, NULL),
                          0);
         assert_int_equal(seq, 0);
         assert_true(res.has_success && res.success == (1LL << 40) - 3);
@@ -451,11 +460,11 @@ static void test_client_envelopes(void **state)
 
         rich_Rich_pick_result pr;
         rich_Rich_pick_result_init(&pr);
-        assert_int_equal(knit_thrift_decode_reply(&rich_Rich_pick_method, PROTO(p),
-                                                  p ? reply_pick_bad_cmp : reply_pick_bad_bin,
-                                                  p ? reply_pick_bad_cmp_len : reply_pick_bad_bin_len,
-                                                  &seq, &pr, NULL, NULL),
-                         0);
+        assert_int_equal(
+            knit_thrift_decode_reply(
+                &rich_Rich_pick_method, PROTO(p), p ? reply_pick_bad_cmp : reply_pick_bad_bin,
+                p ? reply_pick_bad_cmp_len : reply_pick_bad_bin_len, &seq, &pr, NULL, NULL),
+            0);
         assert_false(pr.has_success);
         assert_true(pr.has_oops);
         assert_int_equal(pr.oops.code, 404);
@@ -465,10 +474,12 @@ static void test_client_envelopes(void **state)
         rich_Rich_fire_args fa;
         rich_Rich_fire_args_init(&fa);
         knit_tstr_set(&fa.s, "go", 2);
-        for (int i = 1; i <= 3; i++) *rich_list_i32_add(&fa.xs) = i;
+        for (int i = 1; i <= 3; i++)
+            *rich_list_i32_add(&fa.xs) = i;
         knit_thrift_writer_init(&w, PROTO(p));
         assert_int_equal(knit_thrift_encode_call(&w, &rich_Rich_fire_method, NULL, 0, &fa), 0);
-        check_bytes("call fire", &w, p ? call_fire_cmp : call_fire_bin, p ? call_fire_cmp_len : call_fire_bin_len);
+        check_bytes("call fire", &w, p ? call_fire_cmp : call_fire_bin,
+                    p ? call_fire_cmp_len : call_fire_bin_len);
         knit_thrift_writer_free(&w);
         rich_Rich_fire_args_free(&fa);
     }

@@ -15,8 +15,26 @@
 #include "knit/thrift.h"
 
 enum {
-    G_MSG, G_MSG_END, G_SB, G_SE, G_FB, G_FE, G_STOP, G_MB, G_ME, G_LB, G_LE, G_TB, G_TE,
-    G_BOOL, G_BYTE, G_I16, G_I32, G_I64, G_DOUBLE, G_BIN,
+    G_MSG,
+    G_MSG_END,
+    G_SB,
+    G_SE,
+    G_FB,
+    G_FE,
+    G_STOP,
+    G_MB,
+    G_ME,
+    G_LB,
+    G_LE,
+    G_TB,
+    G_TE,
+    G_BOOL,
+    G_BYTE,
+    G_I16,
+    G_I32,
+    G_I64,
+    G_DOUBLE,
+    G_BIN,
 };
 
 struct gop {
@@ -53,28 +71,64 @@ static void replay_write(knit_thrift_writer *w, const struct gcase *gc)
             knit_thrift_write_message_begin(w, o->s, o->slen, (knit_thrift_msg_type)o->a,
                                             (int32_t)o->i);
             break;
-        case G_MSG_END: knit_thrift_write_message_end(w); break;
-        case G_SB: knit_thrift_write_struct_begin(w); break;
-        case G_SE: knit_thrift_write_struct_end(w); break;
-        case G_FB: knit_thrift_write_field_begin(w, (knit_thrift_type)o->a, (int16_t)o->b); break;
-        case G_FE: knit_thrift_write_field_end(w); break;
-        case G_STOP: knit_thrift_write_field_stop(w); break;
+        case G_MSG_END:
+            knit_thrift_write_message_end(w);
+            break;
+        case G_SB:
+            knit_thrift_write_struct_begin(w);
+            break;
+        case G_SE:
+            knit_thrift_write_struct_end(w);
+            break;
+        case G_FB:
+            knit_thrift_write_field_begin(w, (knit_thrift_type)o->a, (int16_t)o->b);
+            break;
+        case G_FE:
+            knit_thrift_write_field_end(w);
+            break;
+        case G_STOP:
+            knit_thrift_write_field_stop(w);
+            break;
         case G_MB:
             knit_thrift_write_map_begin(w, (knit_thrift_type)o->a, (knit_thrift_type)o->b,
                                         (uint32_t)o->c);
             break;
-        case G_ME: knit_thrift_write_map_end(w); break;
-        case G_LB: knit_thrift_write_list_begin(w, (knit_thrift_type)o->a, (uint32_t)o->c); break;
-        case G_LE: knit_thrift_write_list_end(w); break;
-        case G_TB: knit_thrift_write_set_begin(w, (knit_thrift_type)o->a, (uint32_t)o->c); break;
-        case G_TE: knit_thrift_write_set_end(w); break;
-        case G_BOOL: knit_thrift_write_bool(w, o->i != 0); break;
-        case G_BYTE: knit_thrift_write_byte(w, (int8_t)o->i); break;
-        case G_I16: knit_thrift_write_i16(w, (int16_t)o->i); break;
-        case G_I32: knit_thrift_write_i32(w, (int32_t)o->i); break;
-        case G_I64: knit_thrift_write_i64(w, (int64_t)o->i); break;
-        case G_DOUBLE: knit_thrift_write_double(w, o->d); break;
-        case G_BIN: knit_thrift_write_binary(w, o->s, o->slen); break;
+        case G_ME:
+            knit_thrift_write_map_end(w);
+            break;
+        case G_LB:
+            knit_thrift_write_list_begin(w, (knit_thrift_type)o->a, (uint32_t)o->c);
+            break;
+        case G_LE:
+            knit_thrift_write_list_end(w);
+            break;
+        case G_TB:
+            knit_thrift_write_set_begin(w, (knit_thrift_type)o->a, (uint32_t)o->c);
+            break;
+        case G_TE:
+            knit_thrift_write_set_end(w);
+            break;
+        case G_BOOL:
+            knit_thrift_write_bool(w, o->i != 0);
+            break;
+        case G_BYTE:
+            knit_thrift_write_byte(w, (int8_t)o->i);
+            break;
+        case G_I16:
+            knit_thrift_write_i16(w, (int16_t)o->i);
+            break;
+        case G_I32:
+            knit_thrift_write_i32(w, (int32_t)o->i);
+            break;
+        case G_I64:
+            knit_thrift_write_i64(w, (int64_t)o->i);
+            break;
+        case G_DOUBLE:
+            knit_thrift_write_double(w, o->d);
+            break;
+        case G_BIN:
+            knit_thrift_write_binary(w, o->s, o->slen);
+            break;
         }
     }
 }
@@ -99,9 +153,15 @@ static int replay_read(knit_thrift_reader *r, const struct gcase *gc, bool check
                            seq != (int32_t)o->i;
             break;
         }
-        case G_MSG_END: rc = knit_thrift_read_message_end(r); break;
-        case G_SB: rc = knit_thrift_read_struct_begin(r); break;
-        case G_SE: rc = knit_thrift_read_struct_end(r); break;
+        case G_MSG_END:
+            rc = knit_thrift_read_message_end(r);
+            break;
+        case G_SB:
+            rc = knit_thrift_read_struct_begin(r);
+            break;
+        case G_SE:
+            rc = knit_thrift_read_struct_end(r);
+            break;
         case G_FB:
         case G_STOP: {
             knit_thrift_type t;
@@ -115,7 +175,9 @@ static int replay_read(knit_thrift_reader *r, const struct gcase *gc, bool check
             }
             break;
         }
-        case G_FE: rc = knit_thrift_read_field_end(r); break;
+        case G_FE:
+            rc = knit_thrift_read_field_end(r);
+            break;
         case G_MB: {
             knit_thrift_type kt, vt;
             uint32_t n;
@@ -133,9 +195,15 @@ static int replay_read(knit_thrift_reader *r, const struct gcase *gc, bool check
             if (!rc) mismatch = n != (uint32_t)o->c || (int)et != o->a;
             break;
         }
-        case G_ME: rc = knit_thrift_read_map_end(r); break;
-        case G_LE: rc = knit_thrift_read_list_end(r); break;
-        case G_TE: rc = knit_thrift_read_set_end(r); break;
+        case G_ME:
+            rc = knit_thrift_read_map_end(r);
+            break;
+        case G_LE:
+            rc = knit_thrift_read_list_end(r);
+            break;
+        case G_TE:
+            rc = knit_thrift_read_set_end(r);
+            break;
         case G_BOOL: {
             bool v;
             rc = knit_thrift_read_bool(r, &v);
@@ -336,42 +404,59 @@ struct bad {
 #define B(s) s, sizeof(s) - 1
 static const struct bad bad_inputs[] = {
     /* huge declared sizes against a few bytes of input */
-    {"bin list huge", KNIT_THRIFT_BINARY, 0, B("\x0f\x00\x01\x08\x7f\xff\xff\xff\x00\x00"), KNIT_EEOF},
-    {"bin list negative", KNIT_THRIFT_BINARY, 0, B("\x0f\x00\x01\x08\xff\xff\xff\xff\x00"), KNIT_ETHRIFT},
-    {"bin map huge", KNIT_THRIFT_BINARY, 0, B("\x0d\x00\x01\x0b\x0b\x10\x00\x00\x00\x00"), KNIT_EEOF},
-    {"bin string huge", KNIT_THRIFT_BINARY, 0, B("\x0b\x00\x01\x7f\xff\xff\xff" "abc"), KNIT_EEOF},
+    {"bin list huge", KNIT_THRIFT_BINARY, 0, B("\x0f\x00\x01\x08\x7f\xff\xff\xff\x00\x00"),
+     KNIT_EEOF},
+    {"bin list negative", KNIT_THRIFT_BINARY, 0, B("\x0f\x00\x01\x08\xff\xff\xff\xff\x00"),
+     KNIT_ETHRIFT},
+    {"bin map huge", KNIT_THRIFT_BINARY, 0, B("\x0d\x00\x01\x0b\x0b\x10\x00\x00\x00\x00"),
+     KNIT_EEOF},
+    {"bin string huge", KNIT_THRIFT_BINARY, 0,
+     B("\x0b\x00\x01\x7f\xff\xff\xff"
+       "abc"),
+     KNIT_EEOF},
     {"bin string negative", KNIT_THRIFT_BINARY, 0, B("\x0b\x00\x01\x80\x00\x00\x00"), KNIT_ETHRIFT},
     {"cmp list huge", KNIT_THRIFT_COMPACT, 0, B("\x19\xf5\xff\xff\xff\xff\x07\x00"), KNIT_EEOF},
-    {"cmp list negative", KNIT_THRIFT_COMPACT, 0, B("\x19\xf5\xff\xff\xff\xff\x0f\x00"), KNIT_ETHRIFT},
+    {"cmp list negative", KNIT_THRIFT_COMPACT, 0, B("\x19\xf5\xff\xff\xff\xff\x0f\x00"),
+     KNIT_ETHRIFT},
     {"cmp map huge", KNIT_THRIFT_COMPACT, 0, B("\x1b\xff\xff\xff\x7f\x88\x00"), KNIT_EEOF},
-    {"cmp string huge", KNIT_THRIFT_COMPACT, 0, B("\x18\xff\xff\xff\xff\x07" "ab"), KNIT_EEOF},
+    {"cmp string huge", KNIT_THRIFT_COMPACT, 0,
+     B("\x18\xff\xff\xff\xff\x07"
+       "ab"),
+     KNIT_EEOF},
     /* bad varints */
-    {"cmp varint32 6 bytes", KNIT_THRIFT_COMPACT, 0, B("\x15\xff\xff\xff\xff\xff\x01\x00"), KNIT_ETHRIFT},
+    {"cmp varint32 6 bytes", KNIT_THRIFT_COMPACT, 0, B("\x15\xff\xff\xff\xff\xff\x01\x00"),
+     KNIT_ETHRIFT},
     {"cmp varint64 11 bytes", KNIT_THRIFT_COMPACT, 0,
      B("\x16\xff\xff\xff\xff\xff\xff\xff\xff\xff\xff\x01\x00"), KNIT_ETHRIFT},
     {"cmp varint truncated", KNIT_THRIFT_COMPACT, 0, B("\x15\xff\xff"), KNIT_EEOF},
     {"cmp i16 out of range", KNIT_THRIFT_COMPACT, 0, B("\x14\x80\x80\x04\x00"), KNIT_ETHRIFT},
-    {"cmp field id varint bad", KNIT_THRIFT_COMPACT, 0, B("\x05\xff\xff\xff\xff\xff\xff"), KNIT_ETHRIFT},
+    {"cmp field id varint bad", KNIT_THRIFT_COMPACT, 0, B("\x05\xff\xff\xff\xff\xff\xff"),
+     KNIT_ETHRIFT},
     /* unknown type codes */
     {"bin field type 5", KNIT_THRIFT_BINARY, 0, B("\x05\x00\x01\x00"), KNIT_ETHRIFT},
     {"bin field type 1 (void)", KNIT_THRIFT_BINARY, 0, B("\x01\x00\x01\x00"), KNIT_ETHRIFT},
     {"bin field type 16", KNIT_THRIFT_BINARY, 0, B("\x10\x00\x01\x00"), KNIT_ETHRIFT},
     {"bin field type 200", KNIT_THRIFT_BINARY, 0, B("\xc8\x00\x01\x00"), KNIT_ETHRIFT},
-    {"bin list elem type 9", KNIT_THRIFT_BINARY, 0, B("\x0f\x00\x01\x09\x00\x00\x00\x01\x00\x00"), KNIT_ETHRIFT},
-    {"bin map key type 0", KNIT_THRIFT_BINARY, 0, B("\x0d\x00\x01\x00\x08\x00\x00\x00\x01\x00\x00\x00\x00\x00"), KNIT_ETHRIFT},
+    {"bin list elem type 9", KNIT_THRIFT_BINARY, 0, B("\x0f\x00\x01\x09\x00\x00\x00\x01\x00\x00"),
+     KNIT_ETHRIFT},
+    {"bin map key type 0", KNIT_THRIFT_BINARY, 0,
+     B("\x0d\x00\x01\x00\x08\x00\x00\x00\x01\x00\x00\x00\x00\x00"), KNIT_ETHRIFT},
     {"cmp field type 13", KNIT_THRIFT_COMPACT, 0, B("\x1d\x00"), KNIT_ETHRIFT},
     {"cmp field type 15", KNIT_THRIFT_COMPACT, 0, B("\x1f\x00"), KNIT_ETHRIFT},
     {"cmp list elem type 0", KNIT_THRIFT_COMPACT, 0, B("\x19\x10\x00\x00"), KNIT_ETHRIFT},
     {"cmp list elem type 14", KNIT_THRIFT_COMPACT, 0, B("\x19\x1e\x00\x00"), KNIT_ETHRIFT},
     {"cmp map types 0xd5", KNIT_THRIFT_COMPACT, 0, B("\x1b\x01\xd5\x00\x00\x00"), KNIT_ETHRIFT},
     /* message headers */
-    {"bin bad version", KNIT_THRIFT_BINARY, 1, B("\x80\x02\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"), KNIT_ETHRIFT},
-    {"bin bad msg type", KNIT_THRIFT_BINARY, 1, B("\x80\x01\x00\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00"), KNIT_ETHRIFT},
+    {"bin bad version", KNIT_THRIFT_BINARY, 1,
+     B("\x80\x02\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00\x00"), KNIT_ETHRIFT},
+    {"bin bad msg type", KNIT_THRIFT_BINARY, 1,
+     B("\x80\x01\x00\x07\x00\x00\x00\x00\x00\x00\x00\x00\x00"), KNIT_ETHRIFT},
     {"bin name huge", KNIT_THRIFT_BINARY, 1, B("\x80\x01\x00\x01\x7f\x00\x00\x00\x00"), KNIT_EEOF},
     {"cmp bad id", KNIT_THRIFT_COMPACT, 1, B("\x83\x21\x00\x00\x00"), KNIT_ETHRIFT},
     {"cmp bad version", KNIT_THRIFT_COMPACT, 1, B("\x82\x22\x00\x00\x00"), KNIT_ETHRIFT},
     {"cmp bad msg type", KNIT_THRIFT_COMPACT, 1, B("\x82\xa1\x00\x00\x00"), KNIT_ETHRIFT},
-    {"cmp seqid 6 bytes", KNIT_THRIFT_COMPACT, 1, B("\x82\x21\xff\xff\xff\xff\xff\x01\x00\x00"), KNIT_ETHRIFT},
+    {"cmp seqid 6 bytes", KNIT_THRIFT_COMPACT, 1, B("\x82\x21\xff\xff\xff\xff\xff\x01\x00\x00"),
+     KNIT_ETHRIFT},
 };
 #undef B
 
@@ -412,7 +497,13 @@ static void test_limits(void **state)
 {
     (void)state;
     /* a 3-byte string and a 3-element list, both valid */
-    const struct bad s = {"s", KNIT_THRIFT_BINARY, 0, "\x0b\x00\x01\x00\x00\x00\x03" "abc\x00", 11, 0};
+    const struct bad s = {"s",
+                          KNIT_THRIFT_BINARY,
+                          0,
+                          "\x0b\x00\x01\x00\x00\x00\x03"
+                          "abc\x00",
+                          11,
+                          0};
     const struct bad l = {"l", KNIT_THRIFT_COMPACT, 0, "\x19\x33\x01\x02\x03\x00", 6, 0};
     assert_int_equal(run_bad(&s, 0, 0), 0);
     assert_int_equal(run_bad(&s, 3, 0), 0);
@@ -453,7 +544,8 @@ static int skip_nested(knit_thrift_proto proto, int depth, int container)
             knit_thrift_write_raw(&w, &h, 1);
         }
     } else {
-        for (int i = 0; i < depth; i++) knit_thrift_write_field_stop(&w);
+        for (int i = 0; i < depth; i++)
+            knit_thrift_write_field_stop(&w);
     }
     knit_thrift_reader r;
     knit_thrift_reader_init(&r, proto, w.data, w.len);
@@ -477,7 +569,8 @@ static void test_depth_limit(void **state)
     /* the writer refuses to nest deeper than the limit too (compact keeps a stack) */
     knit_thrift_writer w;
     knit_thrift_writer_init(&w, KNIT_THRIFT_COMPACT);
-    for (int i = 0; i < 65; i++) knit_thrift_write_struct_begin(&w);
+    for (int i = 0; i < 65; i++)
+        knit_thrift_write_struct_begin(&w);
     assert_int_equal(knit_thrift_writer_error(&w), KNIT_ELIMIT);
     knit_thrift_writer_free(&w);
 }
@@ -516,7 +609,8 @@ static void test_detect(void **state)
     (void)state;
     knit_thrift_proto p = KNIT_THRIFT_COMPACT;
     assert_int_equal(knit_thrift_detect((const uint8_t *)"", 0, &p), KNIT_THRIFT_DETECT_NEED_MORE);
-    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x80", 1, &p), KNIT_THRIFT_DETECT_NEED_MORE);
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x80", 1, &p),
+                     KNIT_THRIFT_DETECT_NEED_MORE);
     assert_int_equal(knit_thrift_detect((const uint8_t *)"\x80\x01", 2, &p), KNIT_THRIFT_UNFRAMED);
     assert_int_equal(p, KNIT_THRIFT_BINARY);
     assert_int_equal(knit_thrift_detect((const uint8_t *)"\x82\x21", 2, &p), KNIT_THRIFT_UNFRAMED);
@@ -542,7 +636,8 @@ static void test_writer_take_and_reset(void **state)
     (void)state;
     knit_thrift_writer w;
     knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
-    for (int i = 0; i < 1000; i++) knit_thrift_write_i64(&w, i);
+    for (int i = 0; i < 1000; i++)
+        knit_thrift_write_i64(&w, i);
     assert_int_equal(w.len, 8000);
     size_t len;
     uint8_t *d = knit_thrift_writer_take(&w, &len);
@@ -573,7 +668,8 @@ static void test_compact_list_bool_type_codes(void **state)
         assert_int_equal(et, KNIT_TT_BOOL);
         assert_int_equal(n, 3);
         bool b[3];
-        for (int k = 0; k < 3; k++) assert_int_equal(knit_thrift_read_bool(&r, &b[k]), 0);
+        for (int k = 0; k < 3; k++)
+            assert_int_equal(knit_thrift_read_bool(&r, &b[k]), 0);
         assert_true(b[0] && !b[1] && b[2]);
         assert_int_equal(knit_thrift_read_list_end(&r), 0);
         assert_int_equal(knit_thrift_reader_remaining(&r), 0);
