@@ -154,7 +154,9 @@ struct knit_protocol_factory {
  * (no copy on the fast path); the rest is copied to the output buffer.
  * Returns 0, KNIT_ECLOSED if the transport is closing (bytes dropped), or
  * KNIT_ENOMEM / KNIT_ELIMIT (the transport is then aborted with
- * KNIT_CLOSE_NOMEM). */
+ * KNIT_CLOSE_NOMEM). A socket error met while writing (reset, broken pipe)
+ * is not returned here: it closes the transport and reaches connection_lost
+ * as KNIT_CLOSE_RESET / KNIT_CLOSE_IO_ERROR. */
 int knit_transport_write(knit_transport *t, const void *data, size_t len);
 int knit_transport_writev(knit_transport *t, const struct iovec *iov, int iovcnt);
 /* Write the readable bytes of B and leave B idle (zero-copy when the output
@@ -172,8 +174,9 @@ void knit_transport_abort(knit_transport *t);
 void knit_transport_close_with(knit_transport *t, bool flush, knit_close_reason reason, int err);
 
 /* Half-close: send FIN (TLS: close_notify) once the output has drained;
- * reading continues. Further writes return KNIT_ECLOSED. Returns 0 or
- * KNIT_ENOTSUP. */
+ * reading continues (after the peer's EOF too, the connection then ends as
+ * KNIT_CLOSE_PEER). Further writes return KNIT_ECLOSED. Returns 0, or
+ * KNIT_ECLOSED if the transport is already closing. */
 int knit_transport_shutdown_write(knit_transport *t);
 
 /* Stop / restart reading from the peer (the kernel buffer then fills and
@@ -223,8 +226,9 @@ int knit_transport_adopt(knit_reactor *r, int fd, knit_protocol *p, knit_transpo
  * happens on its own: lose_connection/abort only set flags, and the test
  * calls knit_memory_transport_close to deliver connection_lost. */
 int knit_memory_transport_new(knit_protocol *p, knit_transport **out);
-/* Deliver bytes to data_received (no-op once closing or reading paused:
- * then they are kept and delivered on resume_reading). */
+/* Deliver bytes to data_received, after any the protocol left unconsumed.
+ * While reading is paused they are kept and delivered on resume_reading;
+ * once the transport is closing they are dropped. */
 void knit_memory_transport_feed(knit_transport *t, const void *data, size_t len);
 /* Deliver eof_received. Returns what it returned (false if absent). */
 bool knit_memory_transport_feed_eof(knit_transport *t);
