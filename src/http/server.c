@@ -73,7 +73,8 @@ struct conn {
     struct conn *prev, *next;
     knit_timer timer;
     knit_time idle_since; /* when the connection last became idle */
-    knit_buf pending;     /* bytes received while a request was being answered */
+    knit_buf *pending;    /* bytes received while a request was being answered;
+                             allocated only then (NULL when idle: STYLE item 6) */
     uint32_t head_prev;
     uint8_t state;
     uint8_t timer_kind;
@@ -172,6 +173,36 @@ struct knit_http_server {
 };
 
 static void conn_continue(struct conn *c);
+
+/* ---- the pending-input buffer, allocated on demand ---------------------------- */
+
+static inline bool pend_empty(const struct conn *c)
+{
+    return !c->pending || knit_buf_empty(c->pending);
+}
+static inline size_t pend_len(const struct conn *c)
+{
+    return c->pending ? knit_buf_len(c->pending) : 0;
+}
+
+static knit_buf *pend_get(struct conn *c)
+{
+    if (!c->pending) {
+        c->pending = malloc(sizeof *c->pending);
+        if (c->pending) knit_buf_init(c->pending);
+    }
+    return c->pending;
+}
+
+/* Free the buffer once it is empty (or unconditionally with FORCE). */
+static void pend_trim(struct conn *c, bool force)
+{
+    if (c->pending && (force || knit_buf_empty(c->pending))) {
+        knit_buf_release(c->pending);
+        free(c->pending);
+        c->pending = NULL;
+    }
+}
 static void process(struct conn *c, knit_buf *buf);
 static void request_maybe_end(knit_http_request *req);
 static void drain_check(knit_http_server *s);
@@ -1527,15 +1558,15 @@ static void body_resume_call(knit_reactor *r, void *arg)
     flush_out(req); /* a queued 100 Continue */
     struct conn *c = req->conn;
     if (c && c->req == req && c->state == C_BODY) {
-        if (!knit_buf_empty(&c->pending)) {
-            process(c, &c->pending);
-            if (knit_buf_empty(&c->pending)) knit_buf_release(&c->pending);
+        if (!pend_empty(c)) {
+            process(c, c->pending);
+            pend_trim(c, false);
         }
         if (c->state == C_BODY && c->req == req) {
             pthread_mutex_lock(&req->mu);
             bool full = req->body_full;
             pthread_mutex_unlock(&req->mu);
-            if (!full && c->read_paused && knit_buf_empty(&c->pending)) {
+            if (!full && c->read_paused && pend_empty(c)) {
                 c->read_paused = false;
                 knit_transport_resume_reading(c->proto.transport);
             }
@@ -1623,8 +1654,8 @@ static void process(struct conn *c, knit_buf *buf)
 static void conn_continue(struct conn *c)
 {
     knit_http_server *s = c->srv;
-    if (!knit_buf_empty(&c->pending)) process(c, &c->pending);
-    if (knit_buf_empty(&c->pending)) knit_buf_release(&c->pending);
+    if (!pend_empty(c)) process(c, c->pending);
+    pend_trim(c, false);
     if (c->state == C_CLOSING) return;
     if (c->state == C_HANDLING) return;
     /* Read again unless a pool handler's body buffer is full (then
@@ -1640,7 +1671,7 @@ static void conn_continue(struct conn *c)
         c->read_paused = false;
         knit_transport_resume_reading(c->proto.transport);
     }
-    if (c->state == C_IDLE && knit_buf_empty(&c->pending)) {
+    if (c->state == C_IDLE && pend_empty(c)) {
         if (s->draining) {
             c->state = C_CLOSING;
             timer_set(c, T_NONE, 0);
@@ -1661,29 +1692,33 @@ static void on_data(knit_protocol *p, knit_buf *in)
         knit_buf_consume(in, knit_buf_len(in));
         return;
     }
-    if (c->state == C_HANDLING || !knit_buf_empty(&c->pending)) {
+    if (c->state == C_HANDLING || !pend_empty(c)) {
         /* Pipelined bytes (or more of a partial head already kept aside). */
-        if (knit_buf_append(&c->pending, knit_buf_data(in), knit_buf_len(in)) != 0) {
+        knit_buf *pb = pend_get(c);
+        if (!pb || knit_buf_append(pb, knit_buf_data(in), knit_buf_len(in)) != 0) {
             conn_error(c, 503, "out of memory");
             return;
         }
         knit_buf_consume(in, knit_buf_len(in));
         if (c->state != C_HANDLING) {
-            process(c, &c->pending);
-            if (knit_buf_empty(&c->pending)) knit_buf_release(&c->pending);
+            process(c, c->pending);
+            pend_trim(c, false);
         }
     } else {
         process(c, in);
         if ((c->state == C_HANDLING || c->state == C_BODY) && !knit_buf_empty(in)) {
             /* keep the next requests aside until this one is answered */
-            knit_buf_move(&c->pending, in);
+            knit_buf *pb = pend_get(c);
+            if (!pb || knit_buf_move(pb, in) != 0) {
+                conn_error(c, 503, "out of memory");
+                return;
+            }
         }
     }
     /* Bounded pipelining: stop reading once max_pipeline heads' worth of
      * bytes wait behind the request being answered. */
     if (c->state == C_HANDLING && !c->read_paused &&
-        knit_buf_len(&c->pending) >=
-            s->lim.max_head * (s->o.max_pipeline ? s->o.max_pipeline : 1) / 4) {
+        pend_len(c) >= s->lim.max_head * (s->o.max_pipeline ? s->o.max_pipeline : 1) / 4) {
         c->read_paused = true;
         knit_transport_pause_reading(p->transport);
     }
@@ -1696,7 +1731,7 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
     struct conn *c = container_of(p, struct conn, proto);
     knit_http_server *s = c->srv;
     timer_set(c, T_NONE, 0);
-    knit_buf_release(&c->pending);
+    pend_trim(c, true);
     if (c->req) {
         knit_http_request *req = c->req;
         c->req = NULL;
@@ -1793,7 +1828,7 @@ static knit_protocol *build_conn(knit_protocol_factory *f, const knit_sockaddr *
     }
     c->proto.ops = &conn_ops;
     c->srv = s;
-    knit_buf_init(&c->pending);
+    c->pending = NULL;
     c->next = s->conns;
     if (s->conns) s->conns->prev = c;
     s->conns = c;
