@@ -9,6 +9,35 @@
  *     respond at once or later from any reactor callback (typically the
  *     callback of a Deferred they started).
  *
+ * ---- In short ---------------------------------------------------------------
+ *
+ *   static void get_note(knit_http_request *req, void *arg) {   // pool: may block
+ *       const char *id = knit_http_param(req, "id");
+ *       char *json = db_lookup(arg, id);                          // a blocking query
+ *       if (!json) { knit_http_respond(req, 404, NULL, NULL, 0); return; }
+ *       knit_http_respond(req, 200, "application/json", json, strlen(json));
+ *       free(json);
+ *   }
+ *   static void on_value(knit_result *res, void *req) {          // Deferred callback
+ *       knit_http_respond(req, 200, "text/plain", res->value, strlen(res->value));
+ *   }
+ *   static void on_error(knit_result *res, void *req) {          // ... and errback:
+ *       knit_http_respond(req, 502, NULL, NULL, 0);               // every path answers
+ *   }
+ *   static void get_later(knit_http_request *req, void *arg) {  // inline: never blocks
+ *       knit_deferred *d = start_lookup(arg);                     // fires on the reactor
+ *       knit_deferred_add_callbacks(d, on_value, on_error, req);  // answer when it does
+ *       knit_deferred_unref(d);
+ *   }
+ *   ...
+ *   knit_http_options o;
+ *   knit_http_options_init(&o);
+ *   o.pool = pool;
+ *   knit_http_server_new(r, &o, &srv);
+ *   knit_http_route(srv, "GET", "/notes/{id}", KNIT_HTTP_POOL, get_note, db);
+ *   knit_http_route(srv, "GET", "/later", KNIT_HTTP_INLINE, get_later, svc);
+ *   knit_http_listen(srv, "tcp:8080:interface=127.0.0.1", err, sizeof err);
+ *
  * ---- Life cycle -----------------------------------------------------------
  *
  *   knit_http_server_new → knit_http_route* → knit_http_listen* → (reactor
