@@ -14,6 +14,7 @@
  *   store    open (schema, WAL) / checkpoint + close on a worker
  *   expire   LoopingCall every --expire-interval
  *   summary  LoopingCall every minute
+ *   manhole  Lua REPL on --manhole (notes_manhole.c) / close it, wait for its pool jobs
  *   http     listen and print where / /healthz turns 503, drain in-flight
  * so on SIGTERM the server drains first, the loops stop (waiting for an
  * expiry pass in progress), and only then is the database checkpointed and
@@ -39,6 +40,7 @@
 #include "knit/service.h"
 #include "knit/task.h"
 #include "notes_api.h"
+#include "notes_manhole.h"
 #include "store.h"
 
 #define NOTES_VERSION "0.1.0"
@@ -100,8 +102,9 @@ static const knit_flag_def notes_flag_defs[] = {
 
 static int add_flags(knit_flags *fs, void *arg)
 {
-    return knit_flags_add(fs, "notes", "Notes service", notes_flag_defs,
-                          sizeof notes_flag_defs / sizeof notes_flag_defs[0]);
+    int rc = knit_flags_add(fs, "notes", "Notes service", notes_flag_defs,
+                            sizeof notes_flag_defs / sizeof notes_flag_defs[0]);
+    return rc < 0 ? rc : notes_manhole_add_flags(fs); /* --manhole */
 }
 
 /* ---- state ---------------------------------------------------------------------- */
@@ -466,6 +469,8 @@ static int setup(knit_app *app, void *arg)
     if ((rc = add_service(app, "store", &store_ops, m)) < 0 ||
         (rc = add_service(app, "expire", &loop_ops, &m->expire)) < 0 ||
         (rc = add_service(app, "summary", &loop_ops, &m->summary)) < 0 ||
+        (rc = notes_manhole_add(app, &(notes_manhole_refs){m->pool, &m->store, &m->app,
+                                                           &m->expire.lc, &m->summary.lc})) < 0 ||
         (rc = add_service(app, "http", &http_ops, m)) < 0)
         return rc;
     return 0;
