@@ -19,8 +19,10 @@
  * Prints "listening ADDRESS" for each endpoint once ready, then, on SIGTERM /
  * SIGINT / --seconds, a final line:
  *   stats accepted=N open=N emfile=N max_outbuf=N closes=done:N,peer_closed:N,...
- * SIGUSR1 prints "rss_kb=N open=N" (used by the idle-connection benchmark).
+ * SIGUSR1 prints "rss_kb=N heap_inuse=BYTES open=N" (heap_inuse: malloc's
+ * in-use bytes, mallinfo2().uordblks — live memory, unlike RSS).
  */
+#include <malloc.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -214,7 +216,8 @@ static void on_stop(knit_reactor *r, int signo, void *arg) { knit_reactor_stop(r
 static void on_timer(knit_reactor *r, void *arg) { knit_reactor_stop(r); }
 static void on_usr1(knit_reactor *r, int signo, void *arg)
 {
-    printf("rss_kb=%ld open=%zu\n", rss_kb(), open_conns);
+    struct mallinfo2 mi = mallinfo2();
+    printf("rss_kb=%ld heap_inuse=%zu open=%zu\n", rss_kb(), mi.uordblks, open_conns);
     fflush(stdout);
 }
 
