@@ -16,7 +16,7 @@ deps:
 # Build and start the reference service in the foreground (Ctrl-C stops it).
 # Builds only what it runs, so the first run on a fresh machine is quick.
 run: $(BUILD)/build.ninja
-	@ninja -C $(BUILD) examples/notes/knit-notes
+	@ninja -C $(BUILD) examples/notes/knit-notes tools/knit-manhole/knit-manhole
 	@scripts/run
 
 # The whole suite: unit tests (plain, ASan+UBSan, TSan for threaded modules),
