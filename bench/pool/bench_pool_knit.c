@@ -81,6 +81,8 @@ int main(int argc, char **argv)
     o.min_threads = o.max_threads = threads;
     o.shutdown_phase = -1;
     if (getenv("KNIT_POOL_SPIN_US")) o.spin = KNIT_USEC(atol(getenv("KNIT_POOL_SPIN_US")));
+    if (getenv("KNIT_POOL_REACTOR_POLL_US"))
+        o.reactor_poll = KNIT_USEC(atol(getenv("KNIT_POOL_REACTOR_POLL_US")));
     if (knit_pool_new(&pool, r, &o)) return 1;
     run_phase("roundtrip", rt, 1);
     run_phase("throughput", tp, 64);

@@ -8,10 +8,16 @@
  * bounded FIFO queue; worker threads (between min_threads and max_threads:
  * a thread is added when a job arrives and none is idle, and a thread above
  * min_threads exits after idle_timeout without work) take jobs and run them.
- * A finished job goes onto a completion list; the worker that makes the list
- * non-empty schedules ONE knit_call_from_thread, and the reactor then takes
- * the whole list at once, so many results completing together cost one
- * wake-up. Deferreds fire only on the reactor thread, never on a worker.
+ * A finished job goes onto a completion FIFO and its worker queues a small
+ * delivery call with knit_call_from_thread. The reactor's call queue writes
+ * its eventfd only when it goes from empty to non-empty, so many results
+ * completing together cost one wake-up, and the reactor delivers them all
+ * in one loop iteration. Deferreds fire only on the reactor thread, never
+ * on a worker.
+ *
+ * Ordering guarantee: a job's result is delivered (its Deferred fires, then
+ * arg_destroy runs) after every knit_call_from_thread the job itself made
+ * while it ran — as with Twisted's callFromThread from inside deferToThread.
  *
  * An idle worker spins for up to `spin` (default KNIT_POOL_DEFAULT_SPIN,
  * bounded) looking for the next job before it sleeps on its condvar: a
@@ -21,6 +27,14 @@
  * first quarter of the budget it sched_yield()s between checks, so a
  * runnable reactor (or any other thread) on that CPU goes first. The spin
  * is bounded, so an idle pool uses no CPU.
+ *
+ * The reactor side of a hand-off has the same cost (sleeping in epoll_wait,
+ * woken by the eventfd). In the latency-bound case — exactly one job in
+ * flight — and when recent jobs came back within `reactor_poll` (default
+ * 20 µs), a submit keeps the loop polling — iterating with a zero
+ * timeout, so fd events and timers still run — for up to that long and
+ * delivers results as soon as they are pushed. It stops once nothing is in
+ * flight or the budget ran out; slow jobs never trigger it.
  *
  * A full queue refuses work at once with KNIT_EQUEUEFULL (and a rate-limited
  * warning log); memory never grows without bound.
@@ -68,6 +82,7 @@ extern "C" {
 #define KNIT_POOL_DEFAULT_MAX_QUEUE 4096u
 #define KNIT_POOL_DEFAULT_IDLE_TIMEOUT KNIT_SEC(30)
 #define KNIT_POOL_DEFAULT_SPIN KNIT_USEC(20)
+#define KNIT_POOL_DEFAULT_REACTOR_POLL KNIT_USEC(20)
 #define KNIT_POOL_MAX_SPIN KNIT_MSEC(1)
 /* Histogram buckets: bucket i counts samples < KNIT_POOL_HIST_BASE * 4^i
  * (1 µs, 4 µs, 16 µs, ... ~4.2 s); the last bucket is everything above. */
@@ -83,6 +98,9 @@ typedef struct knit_pool_options {
     size_t max_queue;           /* jobs waiting, not running; default 4096, >= 1 */
     knit_duration idle_timeout; /* threads above min exit after this idle; default 30 s */
     knit_duration spin;         /* idle spin before sleeping; default 20 µs; 0 = never;
+                                   capped at KNIT_POOL_MAX_SPIN */
+    knit_duration reactor_poll; /* after a submit, keep the reactor from sleeping this long
+                                   while results come back fast; default 20 µs; 0 = never;
                                    capped at KNIT_POOL_MAX_SPIN */
     bool drain;                 /* on shutdown run queued jobs (true, default) or fail
                                    them with KNIT_ESHUTDOWN (false) */
@@ -178,7 +196,7 @@ typedef struct knit_pool_stats {
     uint64_t failed;    /* ... of which left a failure */
     uint64_t rejected;  /* KNIT_EQUEUEFULL / KNIT_ESHUTDOWN refusals */
     uint64_t cancelled; /* removed from the queue by cancel or shutdown */
-    uint64_t batches;   /* reactor wake-ups delivering results */
+    uint64_t batches;   /* bursts delivered: times the completion FIFO was emptied */
     uint64_t threads_started;
     /* queue wait (submit → start) and run time (start → end), real clock */
     uint64_t wait_hist[KNIT_POOL_HIST_BUCKETS];

@@ -285,7 +285,13 @@ static void test_completions_batch_into_one_wakeup(void **state)
     main_thread = pthread_self();
     results = 0;
     knit_reactor *r = new_reactor();
-    knit_pool *p = new_pool(r, 2, 2, 2048);
+    knit_pool_options o;
+    knit_pool_options_init(&o);
+    o.min_threads = o.max_threads = 2;
+    o.max_queue = 2048;
+    o.reactor_poll = 0; /* this test is about the completion path alone */
+    knit_pool *p;
+    assert_int_equal(knit_pool_new(&p, r, &o), 0);
     enum { N = 1000 };
     for (int i = 0; i < N; i++) {
         knit_deferred *d;
@@ -304,10 +310,95 @@ static void test_completions_batch_into_one_wakeup(void **state)
     run_until(r, &results, N);
     knit_reactor_get_stats(r, &rs1);
     knit_pool_get_stats(p, &st);
-    assert_int_equal(st.batches, 1);                    /* one delivery for all N */
-    assert_int_equal(rs1.calls_run - rs0.calls_run, 1); /* one cross-thread call */
-    assert_true(rs1.wakeups <= 1);                      /* at most one eventfd write */
+    assert_int_equal(st.batches, 1);                   /* delivered as one burst */
+    assert_true(rs1.wakeups <= 1);                     /* at most one eventfd write for all N */
+    assert_true(rs1.iterations - rs0.iterations <= 2); /* in one loop pass */
     finish(r, p);
+}
+
+/* With reactor polling on (the default), a burst of fast jobs keeps the loop
+ * polling only while results are outstanding: once all are delivered the
+ * reactor has no call left queued and would sleep. */
+static void test_reactor_poll_stops_when_idle(void **state)
+{
+    (void)state;
+    main_thread = pthread_self();
+    results = 0;
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 1, 2, 64);
+    for (int round = 0; round < 50; round++) {
+        knit_deferred *d;
+        assert_int_equal(knit_defer_to_thread(p, work_square, (void *)(intptr_t)round, &d), 0);
+        knit_deferred_add_callbacks(d, on_value, on_error, NULL);
+        knit_deferred_unref(d);
+        run_until(r, &results, round + 1);
+        assert_int_equal(last_value, (long)round * round);
+    }
+    /* nothing in flight: the poll must wind down by itself */
+    knit_reactor_stats rs;
+    do {
+        knit_reactor_run_once(r, 0);
+        knit_reactor_get_stats(r, &rs);
+    } while (rs.queued_calls > 0);
+    assert_int_equal(rs.queued_calls, 0);
+    finish(r, p);
+}
+
+/* ---- ordering: a job's own reactor calls run before its result ------------- */
+
+#define ORDER_N 20000
+static unsigned char o_called[ORDER_N];
+static int o_violations, o_done, o_next, o_inflight;
+static knit_pool *o_pool;
+static knit_reactor *o_r;
+
+static void o_mark(knit_reactor *r, void *arg)
+{
+    (void)r;
+    o_called[(intptr_t)arg]++;
+}
+
+static void o_work(knit_result *res, void *arg)
+{
+    /* like an HTTP handler flushing output: two calls into the reactor */
+    knit_call_from_thread(o_r, o_mark, arg);
+    knit_call_from_thread(o_r, o_mark, arg);
+    knit_result_set(res, arg, NULL);
+}
+
+static void o_submit(void);
+static void o_result(knit_result *res, void *arg)
+{
+    (void)res;
+    if (o_called[(intptr_t)arg] != 2) o_violations++;
+    o_done++;
+    o_inflight--;
+    o_submit();
+}
+
+static void o_submit(void)
+{
+    while (o_next < ORDER_N && o_inflight < 64) {
+        knit_deferred *d;
+        assert_int_equal(knit_defer_to_thread(o_pool, o_work, (void *)(intptr_t)o_next, &d), 0);
+        knit_deferred_add_callback(d, o_result, (void *)(intptr_t)o_next);
+        knit_deferred_unref(d);
+        o_next++;
+        o_inflight++;
+    }
+}
+
+static void test_result_after_the_jobs_own_calls(void **state)
+{
+    (void)state;
+    o_r = new_reactor();
+    o_pool = new_pool(o_r, 3, 3, 256);
+    memset(o_called, 0, sizeof o_called);
+    o_violations = o_done = o_next = o_inflight = 0;
+    o_submit();
+    run_until(o_r, &o_done, ORDER_N);
+    assert_int_equal(o_violations, 0);
+    finish(o_r, o_pool);
 }
 
 /* ---- queue full ----------------------------------------------------------------- */
@@ -1018,6 +1109,8 @@ int main(void)
         T(test_worker_failure_reaches_errback),
         T(test_million_jobs_all_checked),
         T(test_completions_batch_into_one_wakeup),
+        T(test_reactor_poll_stops_when_idle),
+        T(test_result_after_the_jobs_own_calls),
         T(test_queue_full_fails_fast),
         T(test_call_in_thread),
         T(test_cancel_queued_and_running),
