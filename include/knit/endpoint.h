@@ -65,6 +65,7 @@ extern "C" {
 #define KNIT_CONNECT_TIMEOUT KNIT_SEC(30)
 #define KNIT_HAPPY_EYEBALLS_DELAY KNIT_MSEC(250)  /* stagger between attempts */
 #define KNIT_PROXY_HEADER_TIMEOUT KNIT_SEC(10)    /* haproxy: header must arrive */
+#define KNIT_RESOLVER_MAX_THREADS 16              /* name resolutions in flight */
 
 /* ---- parsed descriptions -------------------------------------------------- */
 typedef struct knit_endpoint_desc {
@@ -149,7 +150,10 @@ void knit_connect_options_init(knit_connect_options *o);
 typedef void (*knit_connect_cb)(knit_connect *c, knit_protocol *p, int err, void *arg);
 
 /* Connect to client string DESC; FACTORY->build is called once the socket
- * (and TLS) is up. Names are resolved off the reactor thread; several
+ * (and TLS) is up. Names are resolved off the reactor thread (getaddrinfo on
+ * a short-lived thread; at most KNIT_RESOLVER_MAX_THREADS at once in the
+ * process, beyond that the connect fails at once with KNIT_EQUEUEFULL;
+ * numeric addresses need no thread); several
  * addresses are tried IPv6/IPv4 interleaved, a new attempt starting every
  * KNIT_HAPPY_EYEBALLS_DELAY while earlier ones are still pending; the first
  * to connect wins and the others are closed. 0 and *out (a handle valid

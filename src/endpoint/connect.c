@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <netdb.h>
 #include <pthread.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -321,6 +322,11 @@ static void resolved(knit_reactor *r, void *arg)
     free(j);
 }
 
+/* Resolver threads alive in the process: bounded (STYLE 8), a connect
+ * beyond the bound fails at once with KNIT_EQUEUEFULL rather than piling
+ * up threads behind a slow DNS server. */
+static atomic_int resolvers;
+
 static void *resolver(void *arg)
 {
     resolve_job *j = arg;
@@ -329,6 +335,7 @@ static void *resolver(void *arg)
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_ADDRCONFIG;
     j->gai = getaddrinfo(j->c->host, j->c->port, &hints, &j->res);
+    atomic_fetch_sub(&resolvers, 1);
     if (knit_call_from_thread(j->c->r, resolved, j) != 0) {
         /* Cannot report back; the reactor will time the connect out. */
         if (j->res) freeaddrinfo(j->res);
@@ -348,8 +355,20 @@ static int start(knit_connect *c, char *err, size_t n)
         freeaddrinfo(res);
         return start_soon(c);
     }
+    if (atomic_fetch_add(&resolvers, 1) >= KNIT_RESOLVER_MAX_THREADS) {
+        atomic_fetch_sub(&resolvers, 1);
+        KNIT_WARN("endpoint", "resolving %s: %d name resolutions already in flight", c->host,
+                  KNIT_RESOLVER_MAX_THREADS);
+        if (err && n)
+            snprintf(err, n, "resolving \"%s\": too many name resolutions in flight (max %d)",
+                     c->host, KNIT_RESOLVER_MAX_THREADS);
+        return KNIT_EQUEUEFULL;
+    }
     resolve_job *j = calloc(1, sizeof *j);
-    if (!j) return KNIT_ENOMEM;
+    if (!j) {
+        atomic_fetch_sub(&resolvers, 1);
+        return KNIT_ENOMEM;
+    }
     j->c = c;
     c->resolving = true;
     pthread_t th;
@@ -360,6 +379,7 @@ static int start(knit_connect *c, char *err, size_t n)
     int rc = pthread_create(&th, &at, resolver, j);
     pthread_attr_destroy(&at);
     if (rc != 0) {
+        atomic_fetch_sub(&resolvers, 1);
         c->resolving = false;
         free(j);
         if (err && n) snprintf(err, n, "cannot start a resolver thread: %s", strerror(rc));
