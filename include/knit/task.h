@@ -82,6 +82,25 @@ knit_duration knit_looping_call_interval(const knit_looping_call *lc);
  * Deferred fires with KNIT_ECANCELED at free time. NULL is a no-op. */
 void knit_looping_call_free(knit_looping_call *lc);
 
+/* ---- introspection (the manhole's loops()) ---------------------------------- */
+
+typedef struct knit_looping_call_stats {
+    uint64_t runs;          /* times fn was called */
+    uint64_t failures;      /* runs that failed (the loop stopped each time) */
+    uint64_t skipped;       /* beats missed: sum over runs of (count - 1) */
+    knit_time last_run;     /* reactor time of the last call, -1 if never */
+    knit_time next_run;     /* when the pending timer fires, -1 if none */
+    knit_duration interval; /* of the last start, 0 before any */
+    bool running;
+    bool waiting; /* a run's chained Deferred is pending */
+} knit_looping_call_stats;
+
+void knit_looping_call_get_stats(const knit_looping_call *lc, knit_looping_call_stats *out);
+/* A label for logs and the manhole (copied, truncated to 63 bytes). */
+void knit_looping_call_set_name(knit_looping_call *lc, const char *name);
+/* The label, "" if none was set. */
+const char *knit_looping_call_name(const knit_looping_call *lc);
+
 /* ---- deferLater --------------------------------------------------------------- */
 
 /* A Deferred (one reference for the caller) that fires DELAY from now with

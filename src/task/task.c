@@ -45,6 +45,8 @@ struct knit_looping_call {
     knit_timer timer;
     knit_deferred *d; /* the start Deferred (our reference), until it fires */
     lc_link *pending; /* set while fn's chained Deferred is pending */
+    uint64_t runs, failures, skipped;
+    char name[64];
 };
 
 static void lc_call(knit_looping_call *lc);
@@ -104,9 +106,10 @@ static void lc_run_done(knit_looping_call *lc, knit_result *res)
 {
     knit_failure *f = knit_result_take_failure(res);
     knit_result_clear(res);
-    if (f)
+    if (f) {
+        lc->failures++;
         lc_finish(lc, f);
-    else if (lc->running)
+    } else if (lc->running)
         lc_schedule(lc);
     else
         lc_finish(lc, NULL); /* stop() was called during the run */
@@ -130,20 +133,19 @@ static void lc_resumed(knit_result *res, void *arg)
 static void lc_call(knit_looping_call *lc)
 {
     knit_time now = knit_reactor_now(lc->r);
-    uint64_t count = 1;
-    if (lc->cfn) {
-        knit_time last =
-            lc->have_last ? lc->last_time : lc->start_time - (lc->run_at_start ? lc->interval : 0);
-        int64_t c = floor_div(now - lc->start_time, lc->interval) -
-                    floor_div(last - lc->start_time, lc->interval);
-        if (c <= 0) {
-            /* Woken before the next beat (cannot happen with an exact
-             * clock); do not run, just wait for the beat. */
-            lc_schedule(lc);
-            return;
-        }
-        count = (uint64_t)c;
+    knit_time last =
+        lc->have_last ? lc->last_time : lc->start_time - (lc->run_at_start ? lc->interval : 0);
+    int64_t c = floor_div(now - lc->start_time, lc->interval) -
+                floor_div(last - lc->start_time, lc->interval);
+    if (c <= 0) {
+        /* Woken before the next beat (cannot happen with an exact clock);
+         * do not run, just wait for the beat. */
+        lc_schedule(lc);
+        return;
     }
+    uint64_t count = (uint64_t)c;
+    lc->runs++;
+    lc->skipped += count - 1;
     lc->last_time = now;
     lc->have_last = true;
     knit_result res = KNIT_RESULT_INIT;
@@ -241,6 +243,29 @@ bool knit_looping_call_running(const knit_looping_call *lc)
 knit_duration knit_looping_call_interval(const knit_looping_call *lc)
 {
     return lc->interval;
+}
+
+void knit_looping_call_get_stats(const knit_looping_call *lc, knit_looping_call_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    out->runs = lc->runs;
+    out->failures = lc->failures;
+    out->skipped = lc->skipped;
+    out->last_run = lc->runs ? lc->last_time : -1;
+    out->next_run = lc->timer.id ? knit_timer_deadline(lc->r, lc->timer) : -1;
+    out->interval = lc->interval;
+    out->running = lc->running;
+    out->waiting = lc->pending != NULL;
+}
+
+void knit_looping_call_set_name(knit_looping_call *lc, const char *name)
+{
+    snprintf(lc->name, sizeof lc->name, "%s", name ? name : "");
+}
+
+const char *knit_looping_call_name(const knit_looping_call *lc)
+{
+    return lc->name;
 }
 
 static void lc_free_now(knit_looping_call *lc)

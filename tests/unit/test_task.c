@@ -224,6 +224,52 @@ static void test_count_form_now_false(void **state)
     knit_looping_call_free(lc);
 }
 
+static void test_stats_for_the_manhole(void **state)
+{
+    fix *f = *state;
+    loopctx c = {.r = f->r, .fail_on = 4};
+    endctx e = {0};
+    knit_looping_call *lc;
+    assert_int_equal(knit_looping_call_new(&lc, f->r, loop_fn, &c), 0);
+    assert_string_equal(knit_looping_call_name(lc), "");
+    knit_looping_call_set_name(lc, "expire-sessions");
+    assert_string_equal(knit_looping_call_name(lc), "expire-sessions");
+    knit_looping_call_stats st;
+    knit_looping_call_get_stats(lc, &st);
+    assert_int_equal(st.runs, 0);
+    assert_int_equal(st.last_run, -1);
+    assert_int_equal(st.next_run, -1);
+    assert_false(st.running);
+    knit_time t0 = knit_reactor_now(f->r);
+    knit_deferred *d;
+    assert_int_equal(knit_looping_call_start(lc, KNIT_SEC(2), true, &d), 0);
+    knit_looping_call_get_stats(lc, &st);
+    assert_int_equal(st.runs, 1);
+    assert_int_equal(st.last_run, t0);
+    assert_int_equal(st.next_run, t0 + KNIT_SEC(2));
+    assert_int_equal(st.interval, KNIT_SEC(2));
+    assert_true(st.running);
+    /* one jump over the beats at 2, 4 and 6: the timer fires once, at 2's
+     * deadline but with the clock at 7 — one run, two beats skipped */
+    ADV(f, KNIT_SEC(7));
+    knit_looping_call_get_stats(lc, &st);
+    assert_int_equal(st.runs, 2);
+    assert_int_equal(st.skipped, 2);
+    assert_int_equal(st.next_run, t0 + KNIT_SEC(8));
+    ADV(f, KNIT_SEC(1)); /* run 3 at t0+8 */
+    ADV(f, KNIT_SEC(2)); /* run 4 at t0+10 fails: the loop stops */
+    knit_looping_call_get_stats(lc, &st);
+    assert_int_equal(st.runs, 4);
+    assert_int_equal(st.failures, 1);
+    assert_int_equal(st.last_run, t0 + KNIT_SEC(10));
+    assert_false(st.running);
+    assert_int_equal(st.next_run, -1);
+    knit_deferred_add_both(d, on_end, &e);
+    assert_int_equal(e.code, KNIT_EIO);
+    knit_deferred_unref(d);
+    knit_looping_call_free(lc);
+}
+
 /* ---- failing function ---------------------------------------------------------- */
 
 static void test_failing_fn_stops_loop(void **state)
@@ -510,6 +556,7 @@ int main(void)
         T(test_bad_start_arguments),
         T(test_count_form_reports_skipped_beats),
         T(test_count_form_now_false),
+        T(test_stats_for_the_manhole),
         T(test_failing_fn_stops_loop),
         T(test_failing_fn_on_now_run),
         T(test_deferred_fn_runs_never_overlap),
