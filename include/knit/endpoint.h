@@ -163,8 +163,15 @@ int knit_endpoint_connect(knit_reactor *r, const char *desc, knit_protocol_facto
                           const knit_connect_options *opts, knit_connect_cb cb, void *arg,
                           knit_connect **out, char *err, size_t errlen);
 /* Cancel a pending connect: the callback runs with KNIT_ECANCELED before
- * this returns. KNIT_ENOTACTIVE if it already completed. */
+ * this returns. KNIT_ENOTACTIVE if it already completed. A name resolution
+ * already running finishes on its thread and is then dropped. */
 int knit_connect_cancel(knit_connect *c);
+
+/* Name resolutions running now, in the whole process. A resolver thread
+ * hands its result to its reactor with knit_call_from_thread, so a reactor
+ * must not be freed while one of its resolutions is running: at shutdown,
+ * cancel pending connects and run the loop until this reaches 0. [any] */
+int knit_endpoint_resolving(void);
 
 /* The same as a Deferred (Twisted's endpoint.connect): returns 0 and *out
  * (one reference, yours to unref) firing with the connected knit_protocol *

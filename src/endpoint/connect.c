@@ -327,6 +327,8 @@ static void resolved(knit_reactor *r, void *arg)
  * up threads behind a slow DNS server. */
 static atomic_int resolvers;
 
+int knit_endpoint_resolving(void) { return atomic_load(&resolvers); }
+
 static void *resolver(void *arg)
 {
     resolve_job *j = arg;
@@ -335,12 +337,12 @@ static void *resolver(void *arg)
     hints.ai_socktype = SOCK_STREAM;
     hints.ai_flags = AI_ADDRCONFIG;
     j->gai = getaddrinfo(j->c->host, j->c->port, &hints, &j->res);
-    atomic_fetch_sub(&resolvers, 1);
     if (knit_call_from_thread(j->c->r, resolved, j) != 0) {
         /* Cannot report back; the reactor will time the connect out. */
         if (j->res) freeaddrinfo(j->res);
         free(j);
     }
+    atomic_fetch_sub(&resolvers, 1); /* after the hand-off: see knit_endpoint_resolving */
     return NULL;
 }
 
