@@ -91,7 +91,8 @@ class Notes:
             return f.read()
 
     def stop(self, sig=signal.SIGTERM):
-        if self.proc.poll() is None:
+        """Send SIG (None: it was sent already) and wait; the exit status."""
+        if sig is not None and self.proc.poll() is None:
             self.proc.send_signal(sig)
         try:
             rc = self.proc.wait(TIMEOUT)
@@ -100,6 +101,9 @@ class Notes:
             raise AssertionError("knit-notes did not stop:\n" + self.log())
         self.err.close()
         self.out.close()
+        log = self.log()
+        for bad in ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer"):
+            check(bad not in log, "sanitizer report in the log:\n" + log[-3000:])
         return rc
 
     def kill(self):
@@ -289,6 +293,33 @@ def _(env):
                            text=True, timeout=TIMEOUT)
         check(p.returncode == 2, "--manhole=%s: exit %d (%r)" % (value, p.returncode, p.stderr))
         check("--manhole" in p.stderr and needle in p.stderr, "%s: %r" % (value, p.stderr))
+
+
+@case("SIGTERM while a binding's pool job waits on a locked database: clean stop")
+def _(env):
+    import sqlite3
+    d = tempfile.mkdtemp(dir=env.work)
+    svc = Notes(d, "locked", "--threads=2")
+    svc.create({"text": "x", "ttl_seconds": 1})
+    lock = sqlite3.connect(os.path.join(d, "locked.db"), isolation_level=None, timeout=5)
+    try:
+        lock.execute("BEGIN IMMEDIATE")  # writers (the expiry job) now wait for it
+        busy = subprocess.Popen([CLIENT, svc.sock, "-e", "await(notes.expire_now())"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        time.sleep(0.2)
+        svc.proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+    finally:
+        lock.execute("ROLLBACK")
+        lock.close()
+    rc = svc.stop(None)
+    out, err = busy.communicate(timeout=TIMEOUT)
+    check(rc == 0, "exit status %d:\n%s" % (rc, svc.log()))
+    # whichever came first (the job or the stop), the client ended cleanly
+    check(busy.returncode in (0, 1, 3), "client rc %d %r %r" % (busy.returncode, out, err))
+    log = svc.log()
+    check(log.index("manhole closed") < log.index("database checkpointed and closed"), log)
+    check(not os.path.exists(svc.sock), "socket file left behind")
 
 
 @case("--manhole=ssh:0:... passes the flag check and starts an SSH manhole")
