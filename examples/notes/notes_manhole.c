@@ -332,8 +332,7 @@ static const knit_service_ops manhole_ops = {.start = mh_start, .stop = mh_stop,
 
 int notes_manhole_add(knit_app *app, const notes_manhole_refs *refs)
 {
-    if (!refs || !refs->pool || !refs->store || !refs->app || !refs->expire_lc ||
-        !refs->summary_lc)
+    if (!refs || !refs->pool || !refs->store || !refs->app || !refs->expire_lc || !refs->summary_lc)
         return KNIT_EINVAL;
     nmh *n = calloc(1, sizeof *n);
     if (!n) return KNIT_ENOMEM;
