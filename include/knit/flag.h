@@ -29,7 +29,8 @@
  * appends, a later source replaces the whole list.
  *
  * Built-in flags (always present, group "general"): --help, --version,
- * --config FILE, --print-config.
+ * --config FILE, --print-config, and the hidden --help-markdown (the
+ * knit_flags_write_docs table, so docs are generated from the same defs).
  *
  * Bad input (unknown flag, bad value, missing value, unreadable file) makes
  * knit_flags_parse return KNIT_EBADFLAG with exactly one message, available

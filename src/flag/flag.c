@@ -82,6 +82,9 @@ static const knit_flag_def builtin_defs[] = {
                   .metavar = "FILE"),
     KNIT_FLAG_DEF("print-config", KNIT_FLAG_BOOL, "false",
                   "print every flag's effective value and where it came from, then exit"),
+    KNIT_FLAG_DEF("help-markdown", KNIT_FLAG_BOOL, "false",
+                  "print every flag as a Markdown table (for the docs), then exit",
+                  .opts = KNIT_FLAG_HIDDEN),
 };
 
 /* ---- small helpers ------------------------------------------------------------ */
@@ -1035,6 +1038,11 @@ int knit_flags_parse(knit_flags *fs, int argc, char **argv, char **envp)
         fflush(out);
         return KNIT_FLAGS_EXIT;
     }
+    if (rc == 0 && knit_flags_bool(fs, "help-markdown")) {
+        knit_flags_write_docs(fs, out);
+        fflush(out);
+        return KNIT_FLAGS_EXIT;
+    }
     if (rc == 0 && knit_flags_bool(fs, "version")) {
         fprintf(out, "%s %s\n", fs->o.program, fs->o.version);
         fflush(out);
@@ -1284,7 +1292,7 @@ void knit_flags_write_docs(const knit_flags *fs, FILE *out)
             fprintf(out, "| `--%s` | ", d->name);
             md_cell(out, d->type == KNIT_FLAG_ENUM ? mv : knit_flag_type_name(d->type));
             fprintf(out, " | `");
-            md_cell(out, d->def ? d->def : "");
+            md_cell(out, d->def && *d->def ? d->def : "\"\"");
             fprintf(out, "` | %s%s%s | ", *env ? "`" : "", env, *env ? "`" : "");
             md_cell(out, d->help);
             if (d->opts & KNIT_FLAG_MUTABLE) fprintf(out, " (mutable at run time)");

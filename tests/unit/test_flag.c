@@ -701,7 +701,17 @@ static void test_docs(void **state)
                                 "\n|---|---|---|---|---|\n| `--http` | endpoint | `tcp:8080` | "
                                 "`NOTES_HTTP` | where to listen |\n"));
     assert_non_null(strstr(buf, "| `--format` | logfmt\\|json | `logfmt` |"));
+    assert_null(strstr(buf, "help-markdown")); /* hidden */
     free(buf);
+    done(x);
+
+    x = mk();
+    const char *args[] = {"--help-markdown", NULL};
+    assert_int_equal(parse(x, args, NULL), KNIT_FLAGS_EXIT);
+    assert_true(
+        strncmp(x->out, "### General\n\n| flag | type | default | env | description |\n", 58) == 0);
+    assert_non_null(strstr(x->out, "| `--timeout` | duration | `1m30s` | `NOTES_TIMEOUT` | "
+                                   "request timeout (mutable at run time) |\n"));
     done(x);
 }
 
