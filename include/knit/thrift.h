@@ -743,7 +743,8 @@ typedef enum knit_thrift_transport {
  * framed/unframed, the protocol (*PROTO). SASL's protocol is known only after
  * negotiation (its first frame). Needs at most 6 bytes.
  *   unframed binary: 80 01 ..        unframed compact: 82 (21|41|61|81) ..
- *   framed: 4-byte length (< 2^31) then 80 01 or 82 ..
+ *   framed: 4-byte length (< 2^24) then 80 01 or 82 .., or 00 00 (an old
+ *           non-strict binary message: its name length comes first)
  *   SASL:   01 (START) | len(4) | mechanism name */
 knit_thrift_transport knit_thrift_detect(const uint8_t *p, size_t len, knit_thrift_proto *proto);
 

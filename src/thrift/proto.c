@@ -490,7 +490,14 @@ knit_thrift_transport knit_thrift_detect(const uint8_t *p, size_t len, knit_thri
     case 0x00: {
         if (len < 6) return KNIT_THRIFT_DETECT_NEED_MORE;
         int rc = knit_thrift_detect_proto(p + 4, 2, proto);
-        return rc ? KNIT_THRIFT_DETECT_UNKNOWN : KNIT_THRIFT_FRAMED;
+        if (rc == 0) return KNIT_THRIFT_FRAMED;
+        /* an old non-strict binary message starts with its name's length
+         * (a small positive i32): accept it in a frame as binary */
+        if (p[4] == 0 && p[5] == 0) {
+            *proto = KNIT_THRIFT_BINARY;
+            return KNIT_THRIFT_FRAMED;
+        }
+        return KNIT_THRIFT_DETECT_UNKNOWN;
     }
     default:
         return KNIT_THRIFT_DETECT_UNKNOWN;

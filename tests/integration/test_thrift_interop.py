@@ -132,6 +132,14 @@ try:
             check(kind + ": sleep_us returns", True)
             t.close()
 
+    # An old client writing non-strict binary headers, framed.
+    sock = TSocket.TSocket("127.0.0.1", port)
+    t = TTransport.TFramedTransport(sock)
+    t.open()
+    c = Bench.Client(TBinaryProtocol.TBinaryProtocol(t, strictRead=False, strictWrite=False))
+    check("framed binary, old non-strict headers", c.add(40, 2) == 42 and c.echo("old") == "old")
+    t.close()
+
     t, c = client(True, TBinaryProtocol.TBinaryProtocol, sasl=("alice", "sekrit"))
     check("SASL PLAIN (pure-sasl): add", c.add(20, 22) == 42)
     check("SASL PLAIN: 100 calls on one authenticated channel",

@@ -629,6 +629,10 @@ static void test_detect(void **state)
                      KNIT_THRIFT_DETECT_UNKNOWN);
     assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x20GE", 6, &p),
                      KNIT_THRIFT_DETECT_UNKNOWN);
+    p = KNIT_THRIFT_COMPACT; /* framed old non-strict binary: name length first */
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x20\x00\x00", 6, &p),
+                     KNIT_THRIFT_FRAMED);
+    assert_int_equal(p, KNIT_THRIFT_BINARY);
 }
 
 static void test_writer_take_and_reset(void **state)
