@@ -15,7 +15,8 @@
  *                  "--" ends the flags; other words are positional arguments.
  *   environment    PREFIX + upper-snake name: prefix "NOTES_" and flag
  *                  "http-max-body" → NOTES_HTTP_MAX_BODY. A variable that
- *                  starts with the prefix but names no flag is an error.
+ *                  starts with the prefix but names no flag is an error
+ *                  (or a warning with env_unknown_warn).
  *   config file    --config FILE (repeatable; files are read in order).
  *                  "name = value" lines, '#' or ';' comment lines, optional
  *                  INI sections: in section [http] the key "max-body" means
@@ -148,6 +149,10 @@ typedef struct knit_flags_options {
     const char *program;    /* for messages and --help; default "program" */
     const char *version;    /* printed by --version; default "unknown" */
     const char *env_prefix; /* "NOTES_"; NULL or "" = environment not read */
+    /* A variable with the prefix that names no flag is an error (exit 2) by
+     * default; set this to log a warning instead, e.g. under Kubernetes,
+     * whose service links add NOTES_PORT, NOTES_SERVICE_HOST, ... */
+    bool env_unknown_warn;
     const char *summary;    /* one paragraph printed under the usage line */
     const char *args_usage; /* positional part of the usage line, e.g. "[FILE...]";
                                NULL = positional arguments are an error */

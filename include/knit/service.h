@@ -172,6 +172,7 @@ typedef struct knit_main_options {
     void (*teardown)(knit_app *app, void *arg);
     void *arg;
     bool no_pool; /* do not build a worker pool (no --pool-* flags) */
+    bool env_unknown_warn; /* see knit_flags_options.env_unknown_warn */
 } knit_main_options;
 
 void knit_main_options_init(knit_main_options *o);

@@ -907,6 +907,11 @@ static int load_env(knit_flags *fs, char **envp)
             } else {
                 set_err(fs, "%s: unknown flag %s from env", fs->o.program, var);
             }
+            if (!f && fs->o.env_unknown_warn) {
+                KNIT_WARN("flag", "%s (ignored)", fs->err);
+                fs->err[0] = '\0';
+                continue;
+            }
             return KNIT_EBADFLAG;
         }
         int rc = assign(f, eq + 1, KNIT_FLAG_SRC_ENV, where, where, epoch);

@@ -221,6 +221,7 @@ static int setup_flags(knit_app *app, int argc, char **argv)
     fo.version = o->version;
     fo.summary = o->summary;
     fo.env_prefix = o->env_prefix;
+    fo.env_unknown_warn = o->env_unknown_warn;
     int rc = knit_flags_new(&app->fs, &fo);
     if (rc < 0) {
         fprintf(stderr, "%s: %s\n", o->program, knit_strerror(rc));

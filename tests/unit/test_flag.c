@@ -361,6 +361,28 @@ static void test_env(void **state)
     const char *env3[] = {"NOTES_THRADS=3", NULL};
     expect_error(NULL, env3,
                  "notes: unknown flag NOTES_THRADS from env (did you mean NOTES_THREADS?)");
+    x = mk();
+    knit_flags_free(x->fs);
+    knit_flags_options o;
+    knit_flags_options_init(&o);
+    o.program = "notes";
+    o.env_prefix = "NOTES_";
+    o.env_unknown_warn = true;
+    o.err = x->ferr;
+    assert_int_equal(knit_flags_new(&x->fs, &o), 0);
+    assert_int_equal(knit_flags_add(x->fs, "test", "T", test_defs, 2), 0);
+    const char *k8s[] = {"NOTES_PORT=tcp://10.0.0.1:8080", "NOTES_THREADS=7", NULL};
+    knit_log_set_level(KNIT_LOG_WARN);
+    knit_test_log_begin();
+    assert_int_equal(parse(x, NULL, k8s), 0);
+    assert_non_null(strstr(knit_test_log_text(),
+                           "level=warn mod=flag msg=\"notes: unknown flag NOTES_PORT from env "
+                           "(ignored)\"\n"));
+    knit_test_log_end();
+    knit_log_set_level(KNIT_LOG_ERROR);
+    assert_int_equal(knit_flags_int64(x->fs, "threads"), 7);
+    done(x);
+
     const char *env4[] = {"NOTES_HELP=1", NULL};
     expect_error(NULL, env4,
                  "notes: flag --help from env NOTES_HELP: only allowed on the command line");
