@@ -1,16 +1,17 @@
 /* examples/notes/notes_manhole.c — the manhole in knit-notes (see
  * notes_manhole.h for what it offers).
  *
- * Owns: the "manhole" service's state (nmh, freed with the service), the
- * knit_manhole while the service runs, and one job record per binding call
- * in flight on the pool (freed by the pool once the job is over for good).
+ * Owns: the "manhole" service's state (nmh_svc, freed with the service),
+ * which holds the bindings' state (notes_manhole) and the knit_manhole while
+ * the service runs, and one job record per binding call in flight on the
+ * pool (freed by the pool once the job is over for good).
  *
  * Threads: the service ops, the bindings and the convert functions run on
  * the reactor thread; job_run runs on a notes worker and touches only the
  * store/app (both [any]/[worker]) and its own job record.
  *
  * Invariant: the store is used only by job_run, and the service's stop
- * does not finish while a job is in flight (nmh.inflight), so every store
+ * does not finish while a job is in flight (notes_manhole_quiesce), so every store
  * access ends before the store service (started earlier) begins to stop.
  */
 #include "notes_manhole.h"
@@ -70,14 +71,21 @@ int notes_manhole_add_flags(knit_flags *fs)
 
 /* ---- state --------------------------------------------------------------------------- */
 
-typedef struct nmh {
-    knit_app *kapp;
+/* The bindings' state (notes_manhole in the header). */
+typedef struct notes_manhole nmh;
+struct notes_manhole {
     notes_manhole_refs refs;
-    knit_manhole *mh;
     bool stopping;
     unsigned inflight;        /* binding jobs queued or running on the pool */
-    knit_deferred *stop_done; /* the stop's Deferred while it waits for them */
-} nmh;
+    knit_deferred *stop_done; /* quiesce's Deferred while it waits for them */
+};
+
+/* The service's state. */
+typedef struct nmh_svc {
+    knit_app *kapp;
+    nmh *b;
+    knit_manhole *mh;
+} nmh_svc;
 
 enum { JOB_COUNT, JOB_GET, JOB_EXPIRE };
 
@@ -246,21 +254,83 @@ static int l_expire_now(lua_State *L)
     return start_job(L, knit_manhole_data(L), JOB_EXPIRE, 0);
 }
 
+/* ---- the bindings' life cycle [reactor] ------------------------------------------------- */
+
+int notes_manhole_new(notes_manhole **out, const notes_manhole_refs *refs)
+{
+    *out = NULL;
+    if (!refs || !refs->pool || !refs->store || !refs->app) return KNIT_EINVAL;
+    nmh *n = calloc(1, sizeof *n);
+    if (!n) return KNIT_ENOMEM;
+    n->refs = *refs;
+    *out = n;
+    return 0;
+}
+
+int notes_manhole_register(notes_manhole *n, knit_manhole *mh)
+{
+    int rc;
+    n->stopping = false;
+    if ((rc = knit_manhole_register_fn(mh, "notes.count", l_count, n,
+                                       "notes.count() -> deferred: number of live notes "
+                                       "(await(notes.count()) prints it)")) < 0 ||
+        (rc = knit_manhole_register_fn(mh, "notes.get", l_get, n,
+                                       "notes.get(id) -> deferred: the note as a table "
+                                       "{id, text, tags, created_at, expires_at}, or nil")) < 0 ||
+        (rc = knit_manhole_register_fn(mh, "notes.expire_now", l_expire_now, n,
+                                       "notes.expire_now() -> deferred: runs the expiry job now; "
+                                       "fires with how many notes it deleted")) < 0)
+        return rc;
+    /* Detach first, so that registering again on the same manhole does
+     * not list the pool twice or fail on a loop name. */
+    knit_looping_call *lc = n->refs.expire_lc ? *n->refs.expire_lc : NULL;
+    if (lc) {
+        knit_manhole_detach_loop(mh, lc);
+        if ((rc = knit_manhole_attach_loop(mh, "expiry", lc)) < 0) return rc;
+    }
+    lc = n->refs.summary_lc ? *n->refs.summary_lc : NULL;
+    if (lc) {
+        knit_manhole_detach_loop(mh, lc);
+        if ((rc = knit_manhole_attach_loop(mh, "summary", lc)) < 0) return rc;
+    }
+    knit_manhole_detach_pool(mh, n->refs.pool);
+    return knit_manhole_attach_pool(mh, n->refs.pool);
+}
+
+knit_deferred *notes_manhole_quiesce(notes_manhole *n)
+{
+    n->stopping = true;
+    if (n->inflight == 0) return NULL;
+    if (!n->stop_done) n->stop_done = knit_deferred_new();
+    return knit_deferred_ref(n->stop_done);
+}
+
+unsigned notes_manhole_inflight(const notes_manhole *n)
+{
+    return n->inflight;
+}
+
+void notes_manhole_free(notes_manhole *n)
+{
+    if (!n) return;
+    if (n->stop_done) knit_deferred_unref(n->stop_done);
+    free(n);
+}
+
 /* ---- the service ------------------------------------------------------------------------ */
 
-static knit_deferred *fail_start(nmh *n, int rc, const char *what, const char *endpoint)
+static knit_deferred *fail_start(nmh_svc *v, int rc, const char *what, const char *endpoint)
 {
-    knit_manhole_free(n->mh);
-    n->mh = NULL;
+    knit_manhole_free(v->mh);
+    v->mh = NULL;
     return knit_deferred_failed(knit_failure_new(rc, "manhole: %s %s", what, endpoint));
 }
 
 static knit_deferred *mh_start(knit_service *s, void *arg)
 {
-    nmh *n = arg;
-    knit_flags *fs = knit_app_flags(n->kapp);
+    nmh_svc *v = arg;
+    knit_flags *fs = knit_app_flags(v->kapp);
     const char *endpoint = knit_flags_string(fs, "manhole");
-    n->stopping = false;
     if (manhole_off(endpoint)) {
         KNIT_INFO("notes", "manhole off");
         return NULL;
@@ -268,29 +338,15 @@ static knit_deferred *mh_start(knit_service *s, void *arg)
     knit_manhole_options mo;
     knit_manhole_options_init(&mo);
     mo.name = "knit-notes";
-    int rc = knit_manhole_new(&n->mh, knit_app_reactor(n->kapp), &mo);
-    if (rc < 0) return fail_start(n, rc, "cannot create it for", endpoint);
-    knit_manhole_attach_flags(n->mh, fs);
-    knit_manhole_attach_metrics(n->mh, knit_app_metrics(n->kapp));
-    if ((rc = knit_manhole_attach_pool(n->mh, n->refs.pool)) < 0 ||
-        (*n->refs.expire_lc &&
-         (rc = knit_manhole_attach_loop(n->mh, "expiry", *n->refs.expire_lc)) < 0) ||
-        (*n->refs.summary_lc &&
-         (rc = knit_manhole_attach_loop(n->mh, "summary", *n->refs.summary_lc)) < 0))
-        return fail_start(n, rc, "cannot attach to", endpoint);
-    if ((rc = knit_manhole_register_fn(n->mh, "notes.count", l_count, n,
-                                       "notes.count() -> deferred: number of live notes "
-                                       "(await(notes.count()) prints it)")) < 0 ||
-        (rc = knit_manhole_register_fn(n->mh, "notes.get", l_get, n,
-                                       "notes.get(id) -> deferred: the note as a table "
-                                       "{id, text, tags, created_at, expires_at}, or nil")) < 0 ||
-        (rc = knit_manhole_register_fn(n->mh, "notes.expire_now", l_expire_now, n,
-                                       "notes.expire_now() -> deferred: runs the expiry job now; "
-                                       "fires with how many notes it deleted")) < 0)
-        return fail_start(n, rc, "cannot register bindings for", endpoint);
-    rc = knit_manhole_listen(n->mh, endpoint);
-    if (rc < 0) return fail_start(n, rc, "cannot listen on", endpoint);
-    int port = knit_manhole_ssh_port(n->mh);
+    int rc = knit_manhole_new(&v->mh, knit_app_reactor(v->kapp), &mo);
+    if (rc < 0) return fail_start(v, rc, "cannot create it for", endpoint);
+    knit_manhole_attach_flags(v->mh, fs);
+    knit_manhole_attach_metrics(v->mh, knit_app_metrics(v->kapp));
+    rc = notes_manhole_register(v->b, v->mh);
+    if (rc < 0) return fail_start(v, rc, "cannot register the bindings for", endpoint);
+    rc = knit_manhole_listen(v->mh, endpoint);
+    if (rc < 0) return fail_start(v, rc, "cannot listen on", endpoint);
+    int port = knit_manhole_ssh_port(v->mh);
     if (port) {
         char p[16];
         snprintf(p, sizeof p, "%d", port);
@@ -304,47 +360,46 @@ static knit_deferred *mh_start(knit_service *s, void *arg)
 
 static knit_deferred *mh_stop(knit_service *s, void *arg)
 {
-    nmh *n = arg;
-    n->stopping = true;
-    if (n->mh) {
+    nmh_svc *v = arg;
+    if (v->mh) {
         /* Not inside an evaluation: this is the reactor thread running the
          * service tree. Closes the listener (unlinking the socket file) and
          * every session; their pending await()s are forgotten. */
-        knit_manhole_free(n->mh);
-        n->mh = NULL;
+        knit_manhole_free(v->mh);
+        v->mh = NULL;
         KNIT_INFO("notes", "manhole closed");
     }
-    if (n->inflight == 0) return NULL;
     /* Jobs still on the pool use the store: the store's stop waits for us. */
-    n->stop_done = knit_deferred_new();
-    return knit_deferred_ref(n->stop_done);
+    return notes_manhole_quiesce(v->b);
 }
 
 static void mh_free(void *arg)
 {
-    nmh *n = arg;
-    knit_manhole_free(n->mh);
-    if (n->stop_done) knit_deferred_unref(n->stop_done);
-    free(n);
+    nmh_svc *v = arg;
+    knit_manhole_free(v->mh);
+    notes_manhole_free(v->b);
+    free(v);
 }
 
 static const knit_service_ops manhole_ops = {.start = mh_start, .stop = mh_stop, .free = mh_free};
 
 int notes_manhole_add(knit_app *app, const notes_manhole_refs *refs)
 {
-    if (!refs || !refs->pool || !refs->store || !refs->app || !refs->expire_lc || !refs->summary_lc)
-        return KNIT_EINVAL;
-    nmh *n = calloc(1, sizeof *n);
-    if (!n) return KNIT_ENOMEM;
-    n->kapp = app;
-    n->refs = *refs;
-    knit_service *s;
-    int rc = knit_service_new(&s, "manhole", &manhole_ops, n);
+    nmh_svc *v = calloc(1, sizeof *v);
+    if (!v) return KNIT_ENOMEM;
+    v->kapp = app;
+    int rc = notes_manhole_new(&v->b, refs);
     if (rc < 0) {
-        free(n);
+        free(v);
+        return rc;
+    }
+    knit_service *s;
+    rc = knit_service_new(&s, "manhole", &manhole_ops, v);
+    if (rc < 0) {
+        mh_free(v);
         return rc;
     }
     rc = knit_service_add(knit_app_services(app), s);
-    if (rc < 0) knit_service_free(s); /* frees n through mh_free */
+    if (rc < 0) knit_service_free(s); /* frees v through mh_free */
     return rc;
 }

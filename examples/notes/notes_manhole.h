@@ -40,6 +40,7 @@
 #ifndef NOTES_MANHOLE_H
 #define NOTES_MANHOLE_H
 
+#include "knit/deferred.h"
 #include "knit/flag.h"
 #include "knit/pool.h"
 #include "knit/service.h"
@@ -65,6 +66,8 @@ typedef struct notes_manhole_refs {
     knit_looping_call **summary_lc;
 } notes_manhole_refs;
 
+/* ---- the service (what knit-notes uses) ---------------------------------- */
+
 /* Register the "ssh" endpoint kind and add the "manhole" flag group.
  * Call from knit_main's add_flags. Returns 0 or a negative code. */
 int notes_manhole_add_flags(knit_flags *fs);
@@ -74,6 +77,26 @@ int notes_manhole_add_flags(knit_flags *fs);
  * negative code. With --manhole off the service is still added and does
  * nothing. */
 int notes_manhole_add(knit_app *app, const notes_manhole_refs *refs);
+
+/* ---- the bindings alone (the service uses these; so do the unit tests) ---- */
+
+typedef struct notes_manhole notes_manhole;
+typedef struct knit_manhole knit_manhole;
+
+/* The bindings' state over REFS (copied; pool, store and app required, the
+ * loops optional). 0 and *out, or KNIT_EINVAL / KNIT_ENOMEM. */
+int notes_manhole_new(notes_manhole **out, const notes_manhole_refs *refs);
+/* Register notes.count/get/expire_now on MH and attach the pool and the
+ * loops that exist by now. Allows new jobs again. 0 or a negative code. */
+int notes_manhole_register(notes_manhole *n, knit_manhole *mh);
+/* Refuse new jobs (the bindings raise "the notes service is stopping");
+ * NULL when none is in flight, else a Deferred (one reference for the
+ * caller) that fires once the last one is over. */
+knit_deferred *notes_manhole_quiesce(notes_manhole *n);
+/* Jobs handed to the pool and not over yet. */
+unsigned notes_manhole_inflight(const notes_manhole *n);
+/* Free N; no job may be in flight (quiesce first). NULL is a no-op. */
+void notes_manhole_free(notes_manhole *n);
 
 #ifdef __cplusplus
 }
