@@ -334,6 +334,11 @@ static void free_tree(knit_service *s)
 void knit_service_free(knit_service *s)
 {
     if (!s) return;
+    if (s->parent) {
+        KNIT_ERROR("service", "knit_service_free(%s): it belongs to %s; free the root", s->name,
+                   s->parent->name);
+        return;
+    }
     if (s->state == KNIT_SERVICE_STARTING || s->state == KNIT_SERVICE_STOPPING) {
         KNIT_ERROR("service", "knit_service_free(%s) while %s: not freed", s->name,
                    knit_service_state_name(s->state));
