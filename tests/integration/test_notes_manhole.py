@@ -102,7 +102,8 @@ class Notes:
         self.err.close()
         self.out.close()
         log = self.log()
-        for bad in ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer"):
+        for bad in ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer",
+                    "WARNING: ThreadSanitizer"):
             check(bad not in log, "sanitizer report in the log:\n" + log[-3000:])
         return rc
 
