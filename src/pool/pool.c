@@ -100,7 +100,8 @@ struct knit_pool {
     job **ring;
     size_t rcap, rhead, qlen;
     unsigned nthreads, nbusy, nwaiting, nspinning;
-    unsigned ncpu; /* online CPUs at creation */
+    unsigned nwaking; /* signals sent to waiters that have not woken yet */
+    unsigned ncpu;    /* online CPUs at creation */
     worker *workers;
     bool stopping;
     /* ---- atomics ---- */
@@ -252,7 +253,9 @@ static void *worker_thread(void *arg)
 
     pthread_mutex_lock(&p->mu);
     for (;;) {
+        int64_t idle_since = 0;
         while (p->qlen == 0 && !p->stopping) {
+            if (!idle_since) idle_since = mono_ns();
             if (p->o.spin > 0 && p->nspinning == 0 && p->nbusy + 2 <= p->ncpu) {
                 /* Bounded spin: catch the next job without a sleep/wake
                  * round trip. Only one worker spins at a time, and only
@@ -284,20 +287,25 @@ static void *worker_thread(void *arg)
                 if (p->qlen > 0 || p->stopping) break;
             }
             p->nwaiting++;
-            if (p->nthreads > p->o.min_threads) {
-                struct timespec ts;
-                clock_gettime(CLOCK_MONOTONIC, &ts);
-                int64_t dl = (int64_t)ts.tv_sec * 1000000000LL + ts.tv_nsec + p->o.idle_timeout;
-                ts.tv_sec = dl / 1000000000LL;
-                ts.tv_nsec = dl % 1000000000LL;
-                int rc = pthread_cond_timedwait(&p->cv, &p->mu, &ts);
-                p->nwaiting--;
-                if (rc != 0 && p->qlen == 0 && !p->stopping && p->nthreads > p->o.min_threads)
-                    goto exit_idle;
-            } else {
-                pthread_cond_wait(&p->cv, &p->mu);
-                p->nwaiting--;
-            }
+            /* Sleep at most 1 s at a time: a cheap guarantee that no
+             * accounting slip in nwaking could ever strand a queued job.
+             * Threads above min_threads exit after idle_timeout idle. */
+            bool may_exit = p->nthreads > p->o.min_threads;
+            int64_t now = mono_ns();
+            int64_t dl = now + KNIT_SEC(1);
+            if (may_exit && idle_since + p->o.idle_timeout < dl)
+                dl = idle_since + p->o.idle_timeout;
+            struct timespec ts = {(time_t)(dl / 1000000000LL), (long)(dl % 1000000000LL)};
+            int rc = pthread_cond_timedwait(&p->cv, &p->mu, &ts);
+            p->nwaiting--;
+            /* Any wake-up counts as the one a signal was for: at worst
+             * (spurious wake, timeout) we signal again later, never too
+             * little; with nobody waiting, no signal can be in flight. */
+            if (p->nwaking) p->nwaking--;
+            if (p->nwaiting == 0) p->nwaking = 0;
+            if (rc != 0 && p->qlen == 0 && !p->stopping && p->nthreads > p->o.min_threads &&
+                mono_ns() - idle_since >= p->o.idle_timeout)
+                goto exit_idle;
         }
         if (p->qlen == 0) break; /* stopping and nothing left to drain */
         job *j = p->ring[p->rhead];
@@ -643,8 +651,15 @@ static int submit(knit_pool *p, job *j)
     p->ring[(p->rhead + p->qlen) % p->rcap] = j;
     p->qlen++;
     STORE(p->qlen_hint, p->qlen);
-    /* Wake a sleeper only if the spinner (if any) cannot take this one. */
-    if (p->nwaiting > 0 && p->qlen > p->nspinning) pthread_cond_signal(&p->cv);
+    /* Wake a sleeper only if the spinner and the workers already being
+     * woken cannot take this one: a burst of submits to a sleeping pool
+     * costs one futex wake per needed worker, not one per job (each
+     * redundant signal was a syscall on the reactor thread, and on a busy
+     * box that kept the pool in a slow mode). */
+    if (p->nwaiting > p->nwaking && p->qlen > p->nspinning + p->nwaking) {
+        pthread_cond_signal(&p->cv);
+        p->nwaking++;
+    }
     /* Grow when the jobs waiting outnumber the idle threads. */
     if (p->qlen > p->nwaiting + p->nspinning && p->nthreads < p->o.max_threads) {
         p->nthreads++;
