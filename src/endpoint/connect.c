@@ -53,6 +53,7 @@ struct knit_connect {
     bool done;               /* callback ran */
     bool resolving;          /* resolver thread holds us */
     bool starting;           /* a queued start call holds us */
+    bool in_new;             /* inside knit__transport_new (TLS) */
 };
 
 void knit_connect_options_init(knit_connect_options *o)
@@ -63,7 +64,7 @@ void knit_connect_options_init(knit_connect_options *o)
 
 static void maybe_free(knit_connect *c)
 {
-    if (!c->done || c->resolving || c->starting || c->tls_t) return;
+    if (!c->done || c->resolving || c->starting || c->in_new || c->tls_t) return;
     free(c->host);
     knit_tls_ctx_unref(c->tls);
     free(c);
@@ -148,14 +149,19 @@ static void connected(knit_connect *c, int slot)
     }
     knit_transport *t;
     if (ops) {
-        c->tls_t = (knit_transport *)1; /* placeholder while the transport is created */
+        /* The handshake may complete (or fail) inside knit__transport_new
+         * when the server answers before OpenSSL stops reading — tls_ready
+         * then runs, and even the user callback, before it returns. Keep C
+         * alive across the call. */
+        c->in_new = true;
         rc = knit__transport_new(c->r, fd, false, ops, state, tls_ready, c, 0, &t);
+        c->in_new = false;
         if (rc < 0) {
-            c->tls_t = NULL;
             finish(c, NULL, rc);
             return;
         }
-        if (c->tls_t) c->tls_t = t; /* tls_ready has not run yet */
+        if (!c->done) c->tls_t = t; /* still handshaking */
+        maybe_free(c);
         return;
     }
     rc = knit__transport_new(c->r, fd, false, NULL, NULL, NULL, NULL, 0, &t);
