@@ -39,6 +39,8 @@ static const knit_flag_def hello_flags[] = {
     KNIT_FLAG_DEF("threads", KNIT_FLAG_INT64, "4", "pool worker threads (pool mode)"),
     KNIT_FLAG_DEF("queue", KNIT_FLAG_INT64, "4096", "pool queue length (503 beyond it)"),
     KNIT_FLAG_DEF("sleep-ms", KNIT_FLAG_INT64, "0", "pool mode: sleep this long in each handler"),
+    KNIT_FLAG_DEF("pool-spin", KNIT_FLAG_DURATION, "20us",
+                  "idle workers spin this long before sleeping (0: never)"),
     KNIT_FLAG_DEF("access-log", KNIT_FLAG_ENUM, "none", "access log to stdout",
                   .choices = log_formats),
     KNIT_FLAG_DEF("idle-timeout", KNIT_FLAG_DURATION, "75s", "keep-alive idle timeout"),
@@ -169,6 +171,7 @@ int main(int argc, char **argv)
     po.name = "hello";
     po.min_threads = po.max_threads = (unsigned)knit_flags_int64(fs, "threads");
     po.max_queue = (size_t)knit_flags_int64(fs, "queue");
+    po.spin = knit_flags_duration(fs, "pool-spin");
     if (knit_pool_new(&pool, r, &po) != 0) {
         fprintf(stderr, "knit-hello: cannot start the pool\n");
         return 1;
