@@ -3,6 +3,7 @@ knit-stream-echo (built in $KNIT_BUILD/bench/stream), read its address,
 stop it, count cases. Servers bind 127.0.0.1 only and stop by themselves
 (--seconds) even if a test dies."""
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -93,6 +94,13 @@ class Server:
                         k, v = kv.split("=", 1)
                         stats[k] = v
         return stats, err
+
+    def report(self):
+        """SIGUSR1: the server prints rss_kb, heap_inuse (malloc in-use bytes)
+        and open connections."""
+        self.p.send_signal(signal.SIGUSR1)
+        line = self.p.stdout.readline()
+        return {k: int(v) for k, v in (x.split("=") for x in line.split())}
 
     def rss_kb(self):
         with open(f"/proc/{self.pid}/status") as f:
