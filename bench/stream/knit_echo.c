@@ -115,7 +115,10 @@ static void lost(knit_protocol *p, knit_close_reason reason, int err)
     free(p);
 }
 
-static void pause_p(knit_protocol *p) { ((echo *)p)->paused = true; }
+static void pause_p(knit_protocol *p)
+{
+    ((echo *)p)->paused = true;
+}
 static void resume_p(knit_protocol *p)
 {
     echo *e = (echo *)p;
@@ -195,7 +198,10 @@ static void cl_done(knit_connect *c, knit_protocol *p, int err, void *arg)
     }
 }
 
-static void cl_timeout(knit_reactor *r, void *arg) { knit_reactor_stop(r); }
+static void cl_timeout(knit_reactor *r, void *arg)
+{
+    knit_reactor_stop(r);
+}
 
 static int client_main(const char *desc, long seconds)
 {
@@ -212,8 +218,14 @@ static int client_main(const char *desc, long seconds)
     return client_rc;
 }
 
-static void on_stop(knit_reactor *r, int signo, void *arg) { knit_reactor_stop(r); }
-static void on_timer(knit_reactor *r, void *arg) { knit_reactor_stop(r); }
+static void on_stop(knit_reactor *r, int signo, void *arg)
+{
+    knit_reactor_stop(r);
+}
+static void on_timer(knit_reactor *r, void *arg)
+{
+    knit_reactor_stop(r);
+}
 static void on_usr1(knit_reactor *r, int signo, void *arg)
 {
     struct mallinfo2 mi = mallinfo2();
@@ -241,15 +253,20 @@ int main(int argc, char **argv)
     knit_listen_options_init(&lo);
     int i = 1;
     for (; i < argc && strncmp(argv[i], "--", 2) == 0; i++) {
-        if (!strcmp(argv[i], "--seconds") && i + 1 < argc) seconds = atol(argv[++i]);
+        if (!strcmp(argv[i], "--seconds") && i + 1 < argc)
+            seconds = atol(argv[++i]);
         else if (!strcmp(argv[i], "--max-conns") && i + 1 < argc)
             lo.max_connections = (unsigned)atol(argv[++i]);
         else if (!strcmp(argv[i], "--source") && i + 1 < argc)
             source_bytes = (size_t)atoll(argv[++i]);
-        else if (!strcmp(argv[i], "--line")) line_mode = true;
-        else if (!strcmp(argv[i], "--http")) http_mode = true;
-        else if (!strcmp(argv[i], "--connect") && i + 1 < argc) connect_desc = argv[++i];
-        else if (!strcmp(argv[i], "--send") && i + 1 < argc) send_text = argv[++i];
+        else if (!strcmp(argv[i], "--line"))
+            line_mode = true;
+        else if (!strcmp(argv[i], "--http"))
+            http_mode = true;
+        else if (!strcmp(argv[i], "--connect") && i + 1 < argc)
+            connect_desc = argv[++i];
+        else if (!strcmp(argv[i], "--send") && i + 1 < argc)
+            send_text = argv[++i];
         else if (!strcmp(argv[i], "--nofile") && i + 1 < argc) {
             struct rlimit rl;
             getrlimit(RLIMIT_NOFILE, &rl);
@@ -295,8 +312,9 @@ int main(int argc, char **argv)
         knit_reactor_run_once(R, KNIT_MSEC(10));
     printf("stats open=%zu max_outbuf=%zu rss_kb=%ld closes=", open_conns, max_outbuf, rss_kb());
     for (int k = 0; k < KNIT_CLOSE__COUNT; k++)
-        if (closes[k]) printf("%s:%llu,", knit_close_reason_name((knit_close_reason)k),
-                              (unsigned long long)closes[k]);
+        if (closes[k])
+            printf("%s:%llu,", knit_close_reason_name((knit_close_reason)k),
+                   (unsigned long long)closes[k]);
     printf(" accepted=%llu emfile=%llu\n", (unsigned long long)accepted,
            (unsigned long long)emfile);
     fflush(stdout);

@@ -48,12 +48,12 @@ struct knit_connect {
     attempt att[MAX_ATTEMPTS];
     knit_timer stagger, deadline;
     knit_tls_ctx *tls;
-    knit_transport *tls_t;   /* in its handshake */
+    knit_transport *tls_t; /* in its handshake */
     int last_err;
-    bool done;               /* callback ran */
-    bool resolving;          /* resolver thread holds us */
-    bool starting;           /* a queued start call holds us */
-    bool in_new;             /* inside knit__transport_new (TLS) */
+    bool done;      /* callback ran */
+    bool resolving; /* resolver thread holds us */
+    bool starting;  /* a queued start call holds us */
+    bool in_new;    /* inside knit__transport_new (TLS) */
 };
 
 void knit_connect_options_init(knit_connect_options *o)
@@ -91,9 +91,8 @@ static void finish(knit_connect *c, knit_protocol *p, int err)
     c->deadline = KNIT_TIMER_NONE;
     if (c->tls_t && err) {
         /* abort the handshake; tls_ready will see done and free us */
-        knit__transport_close(c->tls_t, false, err == KNIT_ETIMEDOUT ? KNIT_CLOSE_TIMEOUT
-                                                                     : KNIT_CLOSE_ABORTED,
-                              err);
+        knit__transport_close(c->tls_t, false,
+                              err == KNIT_ETIMEDOUT ? KNIT_CLOSE_TIMEOUT : KNIT_CLOSE_ABORTED, err);
     }
     c->cb(c, p, err, c->arg);
     maybe_free(c);
@@ -204,8 +203,10 @@ static void start_cb(knit_reactor *r, void *arg)
 {
     knit_connect *c = arg;
     c->starting = false;
-    if (c->done) maybe_free(c);
-    else start_next(c);
+    if (c->done)
+        maybe_free(c);
+    else
+        start_next(c);
 }
 
 static int start_soon(knit_connect *c)
@@ -318,8 +319,10 @@ static void resolved(knit_reactor *r, void *arg)
             finish(c, NULL, KNIT_EDNS);
         } else {
             interleave(c, j->res);
-            if (c->naddrs == 0) finish(c, NULL, KNIT_EDNS);
-            else start_next(c);
+            if (c->naddrs == 0)
+                finish(c, NULL, KNIT_EDNS);
+            else
+                start_next(c);
         }
     } else {
         maybe_free(c);
@@ -333,7 +336,10 @@ static void resolved(knit_reactor *r, void *arg)
  * up threads behind a slow DNS server. */
 static atomic_int resolvers;
 
-int knit_endpoint_resolving(void) { return atomic_load(&resolvers); }
+int knit_endpoint_resolving(void)
+{
+    return atomic_load(&resolvers);
+}
 
 static void *resolver(void *arg)
 {
@@ -445,8 +451,10 @@ static knit_connect *new_connect(knit_reactor *r, knit_protocol_factory *f,
     c->f = f;
     c->cb = cb;
     c->arg = arg;
-    if (o) c->o = *o;
-    else knit_connect_options_init(&c->o);
+    if (o)
+        c->o = *o;
+    else
+        knit_connect_options_init(&c->o);
     const char *v = knit_endpoint_desc_get(d, "timeout");
     if (v) knit__ep_check_timeout(d, v, &c->o.timeout, NULL, 0);
     return c;
@@ -537,8 +545,10 @@ int knit__endpoint_connect_addrs(knit_reactor *r, const knit_sockaddr *addrs, si
     c->f = f;
     c->cb = cb;
     c->arg = arg;
-    if (o) c->o = *o;
-    else knit_connect_options_init(&c->o);
+    if (o)
+        c->o = *o;
+    else
+        knit_connect_options_init(&c->o);
     for (size_t i = 0; i < n && i < MAX_ADDRS; i++)
         c->addrs[c->naddrs++] = addrs[i];
     if (c->o.timeout > 0) c->deadline = knit_call_later(r, c->o.timeout, deadline_cb, c);

@@ -35,9 +35,8 @@ static void cancel(knit_deferred *d, void *arg)
 }
 
 int knit_endpoint_connect_deferred(knit_reactor *r, const char *desc,
-                                   knit_protocol_factory *factory,
-                                   const knit_connect_options *opts, knit_deferred **out,
-                                   char *err, size_t errlen)
+                                   knit_protocol_factory *factory, const knit_connect_options *opts,
+                                   knit_deferred **out, char *err, size_t errlen)
 {
     dctx *x = calloc(1, sizeof *x);
     if (!x) return KNIT_ENOMEM;

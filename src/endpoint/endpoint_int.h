@@ -42,14 +42,12 @@ int knit__ep_tcp_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_proto
                         const knit_listen_options *o, knit_listener **out, char *err, size_t n);
 int knit__ep_unix_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
                          const knit_listen_options *o, knit_listener **out, char *err, size_t n);
-int knit__ep_systemd_listen(knit_reactor *r, const knit_endpoint_desc *d,
-                            knit_protocol_factory *f, const knit_listen_options *o,
-                            knit_listener **out, char *err, size_t n);
+int knit__ep_systemd_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
+                            const knit_listen_options *o, knit_listener **out, char *err, size_t n);
 int knit__ep_fd_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
                        const knit_listen_options *o, knit_listener **out, char *err, size_t n);
-int knit__ep_haproxy_listen(knit_reactor *r, const knit_endpoint_desc *d,
-                            knit_protocol_factory *f, const knit_listen_options *o,
-                            knit_listener **out, char *err, size_t n);
+int knit__ep_haproxy_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
+                            const knit_listen_options *o, knit_listener **out, char *err, size_t n);
 int knit__ep_tcp_connect(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
                          const knit_connect_options *o, knit_connect_cb cb, void *arg,
                          knit_connect **out, char *err, size_t n);

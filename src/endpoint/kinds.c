@@ -8,36 +8,43 @@
 #include "knit/error.h"
 
 static const char *const tcp_server_opts[] = {"interface", "backlog", "reuseport", NULL};
-static const ep_spec tcp_server = {{"port"}, 1, 1, tcp_server_opts,
-                                   "tcp:PORT[:interface=ADDR][:backlog=N][:reuseport=yes]"};
-static const ep_spec tcp6_server = {{"port"}, 1, 1, tcp_server_opts,
-                                    "tcp6:PORT[:interface=ADDR6][:backlog=N][:reuseport=yes]"};
-static const char *const ssl_opts[] = {"privateKey", "certKey", "extraCertChain", "interface",
-                                       "backlog",    "reuseport", "minVersion",   "alpn", NULL};
+static const ep_spec tcp_server = {
+    {"port"}, 1, 1, tcp_server_opts, "tcp:PORT[:interface=ADDR][:backlog=N][:reuseport=yes]"};
+static const ep_spec tcp6_server = {
+    {"port"}, 1, 1, tcp_server_opts, "tcp6:PORT[:interface=ADDR6][:backlog=N][:reuseport=yes]"};
+static const char *const ssl_opts[] = {"privateKey", "certKey", "extraCertChain",
+                                       "interface",  "backlog", "reuseport",
+                                       "minVersion", "alpn",    NULL};
 static const ep_spec ssl_server = {
-    {"port"}, 1, 1, ssl_opts,
+    {"port"},
+    1,
+    1,
+    ssl_opts,
     "ssl:PORT:privateKey=KEY.pem[:certKey=CERT.pem][:interface=ADDR][:minVersion=TLSv1.2]"};
 static const char *const tcp_client_opts[] = {"timeout", "bindAddress", NULL};
-static const ep_spec tcp_client = {{"host", "port"}, 2, 2, tcp_client_opts,
-                                   "tcp:HOST:PORT[:timeout=SEC][:bindAddress=ADDR]"};
-static const char *const tls_client_opts[] = {"timeout", "bindAddress", "caCertsDir", "caCerts",
-                                              "verify",  "alpn",        "certKey",    "privateKey",
-                                              "minVersion", NULL};
-static const ep_spec tls_client = {{"host", "port"}, 2, 2, tls_client_opts,
+static const ep_spec tcp_client = {
+    {"host", "port"}, 2, 2, tcp_client_opts, "tcp:HOST:PORT[:timeout=SEC][:bindAddress=ADDR]"};
+static const char *const tls_client_opts[] = {
+    "timeout", "bindAddress", "caCertsDir", "caCerts",    "verify",
+    "alpn",    "certKey",     "privateKey", "minVersion", NULL};
+static const ep_spec tls_client = {{"host", "port"},
+                                   2,
+                                   2,
+                                   tls_client_opts,
                                    "tls:HOST:PORT[:timeout=SEC][:caCertsDir=DIR][:verify=yes]"};
 static const char *const unix_server_opts[] = {"mode", "backlog", "lockfile", NULL};
-static const ep_spec unix_server = {{"address"}, 1, 1, unix_server_opts,
-                                    "unix:PATH[:mode=0600][:backlog=N]"};
+static const ep_spec unix_server = {
+    {"address"}, 1, 1, unix_server_opts, "unix:PATH[:mode=0600][:backlog=N]"};
 static const char *const unix_client_opts[] = {"timeout", NULL};
 static const ep_spec unix_client = {{"path"}, 1, 1, unix_client_opts, "unix:PATH[:timeout=SEC]"};
 static const char *const systemd_opts[] = {"domain", "index", "name", NULL};
-static const ep_spec systemd_spec = {{0}, 0, 0, systemd_opts,
-                                     "systemd:domain=INET|INET6|UNIX:index=N or systemd:name=NAME"};
+static const ep_spec systemd_spec = {
+    {0}, 0, 0, systemd_opts, "systemd:domain=INET|INET6|UNIX:index=N or systemd:name=NAME"};
 static const char *const no_opts[] = {NULL};
 static const ep_spec fd_spec = {{"fd"}, 1, 1, no_opts, "fd:N"};
 
-static int check_listen_common(const knit_endpoint_desc *d, const ep_spec *s, int family,
-                               char *err, size_t n)
+static int check_listen_common(const knit_endpoint_desc *d, const ep_spec *s, int family, char *err,
+                               size_t n)
 {
     int rc;
     if ((rc = knit__ep_check_port(d, knit__ep_param(d, s, "port"), true, err, n))) return rc;
@@ -63,8 +70,8 @@ static int check_tls_opts(const knit_endpoint_desc *d, char *err, size_t n)
         return rc;
     if ((v = knit_endpoint_desc_get(d, "alpn")) && (rc = knit__ep_check_alpn(d, v, err, n)))
         return rc;
-    static const char *const files[] = {"privateKey", "certKey", "extraCertChain", "caCertsDir",
-                                        "caCerts", NULL};
+    static const char *const files[] = {"privateKey", "certKey", "extraCertChain",
+                                        "caCertsDir", "caCerts", NULL};
     for (const char *const *f = files; *f; f++)
         if ((v = knit_endpoint_desc_get(d, *f)) &&
             (rc = knit__ep_check_nonempty(d, *f, v, "a file name", err, n)))
@@ -72,8 +79,7 @@ static int check_tls_opts(const knit_endpoint_desc *d, char *err, size_t n)
     return 0;
 }
 
-static int check_client_common(const knit_endpoint_desc *d, const ep_spec *s, char *err,
-                               size_t n)
+static int check_client_common(const knit_endpoint_desc *d, const ep_spec *s, char *err, size_t n)
 {
     int rc;
     if ((rc = knit__ep_check_nonempty(d, "host", knit__ep_param(d, s, "host"),
@@ -177,8 +183,8 @@ static int systemd_check(const knit_endpoint_desc *d, bool server, char *err, si
         if (dom || idx)
             return knit__ep_fail(err, n, "%s: name= with domain=/index=: expected one or the other",
                                  d->kind);
-        return knit__ep_check_nonempty(d, "name", name, "a socket name from FileDescriptorName=",
-                                       err, n);
+        return knit__ep_check_nonempty(d, "name", name,
+                                       "a socket name from FileDescriptorName=", err, n);
     }
     if (!dom || !idx)
         return knit__ep_fail(err, n, "%s: missing %s: expected %s", d->kind,
@@ -233,7 +239,7 @@ static const knit_endpoint_kind k_haproxy = {"haproxy", haproxy_check, knit__ep_
 
 const knit_endpoint_kind *const *knit__endpoint_builtin_kinds(void)
 {
-    static const knit_endpoint_kind *const all[] = {&k_tcp, &k_tcp6, &k_unix, &k_ssl, &k_tls,
-                                                    &k_systemd, &k_fd, &k_haproxy, NULL};
+    static const knit_endpoint_kind *const all[] = {&k_tcp,     &k_tcp6, &k_unix,    &k_ssl, &k_tls,
+                                                    &k_systemd, &k_fd,   &k_haproxy, NULL};
     return all;
 }

@@ -51,15 +51,19 @@ void knit_listen_options_init(knit_listen_options *o)
 static void update(knit_listener *l)
 {
     bool want = !l->paused && !l->at_limit && !l->in_emfile;
-    if (want) knit_io_start(&l->io, KNIT_READABLE);
-    else knit_io_stop(&l->io);
+    if (want)
+        knit_io_start(&l->io, KNIT_READABLE);
+    else
+        knit_io_stop(&l->io);
 }
 
 static void conn_freed(knit_transport *t, void *owner)
 {
     knit_listener *l = owner;
-    if (t->prev) t->prev->next = t->next;
-    else l->conns = t->next;
+    if (t->prev)
+        t->prev->next = t->next;
+    else
+        l->conns = t->next;
     if (t->next) t->next->prev = t->prev;
     l->nconns--;
     if (l->at_limit && l->nconns < l->o.max_connections) {
@@ -165,8 +169,10 @@ int knit_listener_adopt(knit_reactor *r, int fd, knit_protocol_factory *factory,
     fcntl(fd, F_SETFD, FD_CLOEXEC);
     l->r = r;
     l->f = factory;
-    if (opts) l->o = *opts;
-    else knit_listen_options_init(&l->o);
+    if (opts)
+        l->o = *opts;
+    else
+        knit_listen_options_init(&l->o);
     if (l->o.emfile_retry <= 0) l->o.emfile_retry = KNIT_LISTEN_EMFILE_RETRY;
     knit_io_init(r, &l->io, fd, on_accept, l);
     int rc = knit_io_start(&l->io, KNIT_READABLE);
@@ -187,9 +193,18 @@ int knit_listener_address(const knit_listener *l, knit_sockaddr *out)
     return 0;
 }
 
-size_t knit_listener_connections(const knit_listener *l) { return l->nconns; }
-uint64_t knit_listener_accepted(const knit_listener *l) { return l->accepted; }
-uint64_t knit_listener_emfile_events(const knit_listener *l) { return l->emfile; }
+size_t knit_listener_connections(const knit_listener *l)
+{
+    return l->nconns;
+}
+uint64_t knit_listener_accepted(const knit_listener *l)
+{
+    return l->accepted;
+}
+uint64_t knit_listener_emfile_events(const knit_listener *l)
+{
+    return l->emfile;
+}
 
 void knit_listener_pause(knit_listener *l)
 {
@@ -320,8 +335,8 @@ int knit__ep_tcp_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_proto
     char what[64];
     snprintf(what, sizeof what, "%s:%lu", d->kind, port);
     int fd;
-    if ((rc = bind_listen(a.u.sa.sa_family, &a.u.sa, a.len, (int)backlog, reuseport, &fd, what,
-                          err, n)) < 0) {
+    if ((rc = bind_listen(a.u.sa.sa_family, &a.u.sa, a.len, (int)backlog, reuseport, &fd, what, err,
+                          n)) < 0) {
         knit_tls_ctx_unref(tls);
         return rc;
     }
@@ -360,10 +375,9 @@ int knit__ep_unix_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_prot
         if (probe >= 0) close(probe);
         struct stat st;
         if (live)
-            return knit__ep_fail(err, n, "%s: address in use by a running process", what) ,
+            return knit__ep_fail(err, n, "%s: address in use by a running process", what),
                    KNIT_EADDRINUSE;
-        if (e != ECONNREFUSED || lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode))
-            return rc;
+        if (e != ECONNREFUSED || lstat(path, &st) < 0 || !S_ISSOCK(st.st_mode)) return rc;
         unlink(path);
         rc = bind_listen(AF_UNIX, &a.u.sa, a.len, (int)backlog, false, &fd, what, err, n);
     }
@@ -446,9 +460,8 @@ static int adopt_inherited(knit_reactor *r, int fd, int want_family, const char 
     return knit_listener_adopt(r, fd, f, o, out);
 }
 
-int knit__ep_systemd_listen(knit_reactor *r, const knit_endpoint_desc *d,
-                            knit_protocol_factory *f, const knit_listen_options *o,
-                            knit_listener **out, char *err, size_t n)
+int knit__ep_systemd_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
+                            const knit_listen_options *o, knit_listener **out, char *err, size_t n)
 {
     sd_load();
     const char *name = knit_endpoint_desc_get(d, "name");
@@ -476,8 +489,7 @@ int knit__ep_systemd_listen(knit_reactor *r, const knit_endpoint_desc *d,
                    KNIT_ENOENT;
         idx = (int)i;
         if (sd.claimed[idx])
-            return knit__ep_fail(err, n, "systemd: index %d is already in use", idx),
-                   KNIT_EBUSY;
+            return knit__ep_fail(err, n, "systemd: index %d is already in use", idx), KNIT_EBUSY;
     }
     char what[32];
     snprintf(what, sizeof what, "systemd:%d", idx);
@@ -496,9 +508,8 @@ int knit__ep_fd_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protoc
     return adopt_inherited(r, (int)fd, 0, what, f, o, out, err, n);
 }
 
-int knit__ep_haproxy_listen(knit_reactor *r, const knit_endpoint_desc *d,
-                            knit_protocol_factory *f, const knit_listen_options *o,
-                            knit_listener **out, char *err, size_t n)
+int knit__ep_haproxy_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
+                            const knit_listen_options *o, knit_listener **out, char *err, size_t n)
 {
     int rc = knit_endpoint_listen(r, d->inner, f, o, out, err, n);
     if (rc == 0) (*out)->proxy = true;

@@ -314,11 +314,11 @@ int knit__ep_check_shape(const knit_endpoint_desc *d, const ep_spec *s, char *er
             size_t used = 0;
             list[0] = 0;
             for (size_t j = 0; j < s->npos; j++)
-                used += (size_t)snprintf(list + used, sizeof list - used, "%s%s",
-                                         used ? ", " : "", s->pos[j]);
+                used += (size_t)snprintf(list + used, sizeof list - used, "%s%s", used ? ", " : "",
+                                         s->pos[j]);
             for (const char *const *o = s->opts; *o && used < sizeof list; o++)
-                used += (size_t)snprintf(list + used, sizeof list - used, "%s%s",
-                                         used ? ", " : "", *o);
+                used +=
+                    (size_t)snprintf(list + used, sizeof list - used, "%s%s", used ? ", " : "", *o);
             return fail(err, n, "%s: unknown option \"%s\": expected one of %s", d->kind,
                         clip(d->keys[i], tmp, sizeof tmp), list);
         }
@@ -393,7 +393,8 @@ int knit__ep_check_ip(const knit_endpoint_desc *d, const char *name, const char 
     char tmp[48];
     if (family == AF_INET && inet_pton(AF_INET, v, buf) == 1) return 0;
     if (family == AF_INET6 && inet_pton(AF_INET6, v, buf) == 1) return 0;
-    if (family == AF_UNSPEC && (inet_pton(AF_INET, v, buf) == 1 || inet_pton(AF_INET6, v, buf) == 1))
+    if (family == AF_UNSPEC &&
+        (inet_pton(AF_INET, v, buf) == 1 || inet_pton(AF_INET6, v, buf) == 1))
         return 0;
     const char *want = family == AF_INET    ? "an IPv4 address (use tcp6: for IPv6)"
                        : family == AF_INET6 ? "an IPv6 address"

@@ -77,9 +77,12 @@ static int parse_v1(const uint8_t *data, size_t len, knit_sockaddr *src, knit_so
     }
     if (token(p, n, &i, proto, sizeof proto, ' ') < 0) return KNIT_EPARSE;
     int fam;
-    if (strcmp(proto, "TCP4") == 0) fam = AF_INET;
-    else if (strcmp(proto, "TCP6") == 0) fam = AF_INET6;
-    else return KNIT_EPARSE;
+    if (strcmp(proto, "TCP4") == 0)
+        fam = AF_INET;
+    else if (strcmp(proto, "TCP6") == 0)
+        fam = AF_INET6;
+    else
+        return KNIT_EPARSE;
     if (token(p, n, &i, sa, sizeof sa, ' ') < 0 || token(p, n, &i, da, sizeof da, ' ') < 0 ||
         token(p, n, &i, sp, sizeof sp, ' ') < 0 || token(p, n, &i, dp, sizeof dp, '\r') < 0 ||
         i != n)
@@ -120,7 +123,7 @@ static int parse_v2(const uint8_t *data, size_t len, knit_sockaddr *src, knit_so
     if (len < total) return 0;
     unsigned cmd = data[12] & 0x0F, fam = data[13] >> 4, proto = data[13] & 0x0F;
     src->len = dst->len = 0;
-    if (cmd == 0) return (int)total; /* LOCAL: health check from the proxy itself */
+    if (cmd == 0) return (int)total;                 /* LOCAL: health check from the proxy itself */
     if (proto == 2 || proto > 2) return KNIT_EPARSE; /* DGRAM or unknown: not a stream */
     const uint8_t *b = data + 16;
     memset(src, 0, sizeof *src);
@@ -153,8 +156,10 @@ static int parse_v2(const uint8_t *data, size_t len, knit_sockaddr *src, knit_so
         memcpy(src->u.un.sun_path, b, cap < 108 ? cap : 108);
         memcpy(dst->u.un.sun_path, b + 108, cap < 108 ? cap : 108);
         src->u.un.sun_path[cap - 1] = dst->u.un.sun_path[cap - 1] = 0;
-        src->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(src->u.un.sun_path) + 1);
-        dst->len = (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(dst->u.un.sun_path) + 1);
+        src->len =
+            (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(src->u.un.sun_path) + 1);
+        dst->len =
+            (socklen_t)(offsetof(struct sockaddr_un, sun_path) + strlen(dst->u.un.sun_path) + 1);
         return (int)total;
     }
     default:
@@ -162,8 +167,7 @@ static int parse_v2(const uint8_t *data, size_t len, knit_sockaddr *src, knit_so
     }
 }
 
-int knit_proxy_header_parse(const uint8_t *data, size_t len, knit_sockaddr *src,
-                            knit_sockaddr *dst)
+int knit_proxy_header_parse(const uint8_t *data, size_t len, knit_sockaddr *src, knit_sockaddr *dst)
 {
     if (len == 0) return 0;
     if (data[0] == 'P') return parse_v1(data, len, src, dst);

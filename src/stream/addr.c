@@ -23,10 +23,13 @@ int knit_sockaddr_format(const knit_sockaddr *a, char *out, size_t n)
                           ? a->len - offsetof(struct sockaddr_un, sun_path)
                           : 0;
         if (plen > sizeof a->u.un.sun_path) plen = sizeof a->u.un.sun_path;
-        if (plen == 0) w = snprintf(out, n, "unix:");
+        if (plen == 0)
+            w = snprintf(out, n, "unix:");
         else if (a->u.un.sun_path[0] == 0)
             w = snprintf(out, n, "unix:@%.*s", (int)(plen - 1), a->u.un.sun_path + 1);
-        else w = snprintf(out, n, "unix:%.*s", (int)strnlen(a->u.un.sun_path, plen), a->u.un.sun_path);
+        else
+            w = snprintf(out, n, "unix:%.*s", (int)strnlen(a->u.un.sun_path, plen),
+                         a->u.un.sun_path);
     } else {
         w = snprintf(out, n, "-");
     }

@@ -39,7 +39,10 @@ bool knit_memory_transport_feed_eof(knit_transport *t)
     return t->proto->ops->eof_received && t->proto->ops->eof_received(t->proto);
 }
 
-knit_buf *knit_memory_transport_output(knit_transport *t) { return &t->out; }
+knit_buf *knit_memory_transport_output(knit_transport *t)
+{
+    return &t->out;
+}
 
 void knit_memory_transport_take(knit_transport *t, size_t n)
 {
@@ -55,9 +58,18 @@ bool knit_memory_transport_lose_requested(const knit_transport *t)
 {
     return (t->flags & TP_CLOSING) && !(t->flags & TP_ABORT_REQ);
 }
-bool knit_memory_transport_aborted(const knit_transport *t) { return t->flags & TP_ABORT_REQ; }
-bool knit_memory_transport_write_shut(const knit_transport *t) { return t->flags & TP_SHUT_REQ; }
-bool knit_memory_transport_reading_paused(const knit_transport *t) { return t->read_pauses > 0; }
+bool knit_memory_transport_aborted(const knit_transport *t)
+{
+    return t->flags & TP_ABORT_REQ;
+}
+bool knit_memory_transport_write_shut(const knit_transport *t)
+{
+    return t->flags & TP_SHUT_REQ;
+}
+bool knit_memory_transport_reading_paused(const knit_transport *t)
+{
+    return t->read_pauses > 0;
+}
 
 knit_close_reason knit_memory_transport_requested_reason(const knit_transport *t, int *err)
 {

@@ -14,31 +14,31 @@
  * KNIT_EAGAIN means "would block" — the layer records in t->layer_want
  * which readiness (KNIT_READABLE/KNIT_WRITABLE) it needs. */
 typedef struct knit__layer_ops {
-    const char *kind;                                        /* "tls" */
-    int (*handshake)(knit_transport *t);                     /* 0 done, EAGAIN, error */
+    const char *kind;                    /* "tls" */
+    int (*handshake)(knit_transport *t); /* 0 done, EAGAIN, error */
     ssize_t (*recv)(knit_transport *t, void *buf, size_t n);
     ssize_t (*send)(knit_transport *t, const void *buf, size_t n);
-    int (*shutdown)(knit_transport *t);                      /* close_notify: 0/EAGAIN/err */
-    bool (*pending)(knit_transport *t);                      /* decrypted bytes buffered */
-    void (*release_idle)(knit_transport *t);                 /* drop buffers while idle */
+    int (*shutdown)(knit_transport *t);      /* close_notify: 0/EAGAIN/err */
+    bool (*pending)(knit_transport *t);      /* decrypted bytes buffered */
+    void (*release_idle)(knit_transport *t); /* drop buffers while idle */
     void (*free)(knit_transport *t);
 } knit__layer_ops;
 
 enum {
-    TP_MEMORY = 1u << 0,      /* memory transport */
-    TP_CLOSING = 1u << 1,     /* lose_connection: close when flushed */
-    TP_CLOSED = 1u << 2,      /* fd closed; connection_lost queued */
-    TP_SHUT_REQ = 1u << 3,    /* shutdown_write requested */
-    TP_SHUT_DONE = 1u << 4,   /* FIN/close_notify sent */
-    TP_EOF = 1u << 5,         /* peer's EOF seen */
-    TP_PAUSED = 1u << 6,      /* producer told to pause */
-    TP_UNIX = 1u << 7,        /* AF_UNIX socket */
-    TP_PROXY = 1u << 8,       /* phase: waiting for the PROXY header */
-    TP_HANDSHAKE = 1u << 9,   /* phase: TLS handshake */
-    TP_ATTACHED = 1u << 10,   /* a protocol is attached */
-    TP_LOST_DONE = 1u << 11,  /* connection_lost delivered (memory) */
-    TP_ABORT_REQ = 1u << 12,  /* memory: abort requested */
-    TP_TLS_SHUT = 1u << 13,   /* TLS close_notify in progress */
+    TP_MEMORY = 1u << 0,     /* memory transport */
+    TP_CLOSING = 1u << 1,    /* lose_connection: close when flushed */
+    TP_CLOSED = 1u << 2,     /* fd closed; connection_lost queued */
+    TP_SHUT_REQ = 1u << 3,   /* shutdown_write requested */
+    TP_SHUT_DONE = 1u << 4,  /* FIN/close_notify sent */
+    TP_EOF = 1u << 5,        /* peer's EOF seen */
+    TP_PAUSED = 1u << 6,     /* producer told to pause */
+    TP_UNIX = 1u << 7,       /* AF_UNIX socket */
+    TP_PROXY = 1u << 8,      /* phase: waiting for the PROXY header */
+    TP_HANDSHAKE = 1u << 9,  /* phase: TLS handshake */
+    TP_ATTACHED = 1u << 10,  /* a protocol is attached */
+    TP_LOST_DONE = 1u << 11, /* connection_lost delivered (memory) */
+    TP_ABORT_REQ = 1u << 12, /* memory: abort requested */
+    TP_TLS_SHUT = 1u << 13,  /* TLS close_notify in progress */
 };
 
 /* Called once when the pre-protocol phases (PROXY header, TLS handshake)
@@ -53,28 +53,28 @@ typedef void (*knit__owner_fn)(knit_transport *t, void *owner);
  * phases), kept out of line so a plain idle TCP connection stays small. */
 typedef struct knit__tp_ext {
     const knit__layer_ops *layer;
-    void *layer_state;           /* SSL * for TLS */
-    knit__ready_fn ready;        /* pre-protocol completion */
+    void *layer_state;    /* SSL * for TLS */
+    knit__ready_fn ready; /* pre-protocol completion */
     void *ready_arg;
-    knit_timer phase_timer;      /* PROXY/handshake deadline */
-    knit_sockaddr *proxied;      /* [0] src, [1] dst from a PROXY header; else NULL */
+    knit_timer phase_timer; /* PROXY/handshake deadline */
+    knit_sockaddr *proxied; /* [0] src, [1] dst from a PROXY header; else NULL */
 } knit__tp_ext;
 
 struct knit_transport {
-    knit_io io;                  /* the fd watch; io.data == this */
+    knit_io io; /* the fd watch; io.data == this */
     knit_protocol *proto;
-    knit_buf out;                /* queued output; idle (no memory) when empty */
-    knit_buf in;                 /* unconsumed input; idle when empty */
-    knit__tp_ext *ext;           /* NULL for plain TCP/UNIX connections */
+    knit_buf out;      /* queued output; idle (no memory) when empty */
+    knit_buf in;       /* unconsumed input; idle when empty */
+    knit__tp_ext *ext; /* NULL for plain TCP/UNIX connections */
     knit__owner_fn owner_fn;
     void *owner;
     knit_transport *prev, *next; /* owner's list */
     uint32_t high, low;
     uint16_t flags;
-    uint8_t reason;              /* knit_close_reason once closing */
+    uint8_t reason; /* knit_close_reason once closing */
     uint8_t read_pauses;
-    uint8_t layer_want;          /* readiness a layer is waiting for */
-    uint8_t soon;                /* queued call-soon callbacks holding t */
+    uint8_t layer_want; /* readiness a layer is waiting for */
+    uint8_t soon;       /* queued call-soon callbacks holding t */
     int16_t _pad;
     int err;
 };

@@ -42,8 +42,8 @@ uint8_t *knit__stream_scratch(void)
 const char *knit_close_reason_name(knit_close_reason r)
 {
     static const char *const names[KNIT_CLOSE__COUNT] = {
-        "done",           "peer_closed", "aborted",     "reset",   "timeout",  "io_error",
-        "tls_error",      "protocol_error", "proxy_error", "refused", "shutdown", "out_of_memory"};
+        "done",      "peer_closed",    "aborted",     "reset",   "timeout",  "io_error",
+        "tls_error", "protocol_error", "proxy_error", "refused", "shutdown", "out_of_memory"};
     if ((unsigned)r >= KNIT_CLOSE__COUNT) return "unknown";
     return names[r];
 }
@@ -165,8 +165,8 @@ static void reread_cb(knit_reactor *r, void *arg)
     knit_transport *t = arg;
     /* After resume_reading: hand back the bytes the protocol left when it
      * paused (the socket will not signal them again), then read on. */
-    if (!(t->flags & (TP_CLOSED | TP_CLOSING)) && !t->read_pauses &&
-        (t->flags & TP_ATTACHED) && !knit_buf_empty(&t->in)) {
+    if (!(t->flags & (TP_CLOSED | TP_CLOSING)) && !t->read_pauses && (t->flags & TP_ATTACHED) &&
+        !knit_buf_empty(&t->in)) {
         t->proto->ops->data_received(t->proto, &t->in);
         if (knit_buf_empty(&t->in)) knit_buf_release(&t->in);
     }
@@ -197,8 +197,8 @@ static void update_watch(knit_transport *t)
     } else if (t->flags & (TP_HANDSHAKE | TP_TLS_SHUT)) {
         ev = t->layer_want ? t->layer_want : KNIT_READABLE;
     } else {
-        bool reading = (t->flags & TP_ATTACHED) && !t->read_pauses &&
-                       !(t->flags & (TP_CLOSING | TP_EOF));
+        bool reading =
+            (t->flags & TP_ATTACHED) && !t->read_pauses && !(t->flags & (TP_CLOSING | TP_EOF));
         if (reading) ev |= KNIT_READABLE;
         if (!knit_buf_empty(&t->out)) ev |= KNIT_WRITABLE;
         ev |= t->layer_want;
@@ -219,8 +219,7 @@ static void check_low(knit_transport *t)
 {
     if ((t->flags & TP_PAUSED) && knit_buf_len(&t->out) <= t->low) {
         t->flags &= (uint16_t)~TP_PAUSED;
-        if (t->proto && t->proto->ops->resume_producing)
-            t->proto->ops->resume_producing(t->proto);
+        if (t->proto && t->proto->ops->resume_producing) t->proto->ops->resume_producing(t->proto);
     }
 }
 
@@ -276,8 +275,10 @@ void knit__transport_close(knit_transport *t, bool flush_first, knit_close_reaso
     t->flags |= TP_CLOSING;
     t->reason = (uint8_t)reason;
     t->err = err;
-    if (knit_buf_empty(&t->out)) finish_close(t);
-    else update_watch(t);
+    if (knit_buf_empty(&t->out))
+        finish_close(t);
+    else
+        update_watch(t);
 }
 
 /* ---- output ---------------------------------------------------------------- */
@@ -299,8 +300,10 @@ static void flush(knit_transport *t)
         knit_buf_release(&t->out); /* idle: own nothing */
         if ((t->flags & TP_SHUT_REQ) && !(t->flags & TP_SHUT_DONE)) {
             t->flags |= TP_SHUT_DONE;
-            if (TP_LAYER(t) && TP_LAYER(t)->shutdown) TP_LAYER(t)->shutdown(t);
-            else shutdown(t->io._fd, SHUT_WR);
+            if (TP_LAYER(t) && TP_LAYER(t)->shutdown)
+                TP_LAYER(t)->shutdown(t);
+            else
+                shutdown(t->io._fd, SHUT_WR);
             if (t->flags & TP_EOF) {
                 knit__transport_close(t, true, KNIT_CLOSE_PEER, 0);
                 return;
@@ -421,7 +424,8 @@ static void on_eof(knit_transport *t)
 
 static void do_read(knit_transport *t)
 {
-    for (int i = 0; i < KNIT_STREAM_READS_PER_EVENT || (TP_LAYER(t) && TP_LAYER(t)->pending(t)); i++) {
+    for (int i = 0; i < KNIT_STREAM_READS_PER_EVENT || (TP_LAYER(t) && TP_LAYER(t)->pending(t));
+         i++) {
         if ((t->flags & (TP_CLOSED | TP_CLOSING | TP_EOF)) || t->read_pauses ||
             !(t->flags & TP_ATTACHED))
             return;
@@ -496,7 +500,6 @@ static void phases_done(knit_transport *t)
     t->ext->ready = NULL;
     if (fn) fn(t, 0, t->ext->ready_arg);
 }
-
 
 static void proxy_step(knit_transport *t)
 {
@@ -585,8 +588,10 @@ static void on_io(knit_io *io, unsigned ev)
         knit__transport_run_phases(t);
     } else if (t->flags & TP_TLS_SHUT) {
         int rc = TP_LAYER(t)->shutdown(t);
-        if (rc != KNIT_EAGAIN) close_now(t, (knit_close_reason)t->reason, t->err, false);
-        else update_watch(t);
+        if (rc != KNIT_EAGAIN)
+            close_now(t, (knit_close_reason)t->reason, t->err, false);
+        else
+            update_watch(t);
     } else {
         /* Flush on writability — or on readability when the TLS layer's
          * last write wanted to read first (a key update in flight). */
@@ -756,7 +761,8 @@ void knit_transport_resume_reading(knit_transport *t)
     update_watch(t);
     /* Bytes already buffered (leftovers, or decrypted TLS data the socket
      * will not signal again) are delivered from the loop. */
-    if (!knit_buf_empty(&t->in) || (TP_LAYER(t) && TP_LAYER(t)->pending(t))) call_soon(t, reread_cb);
+    if (!knit_buf_empty(&t->in) || (TP_LAYER(t) && TP_LAYER(t)->pending(t)))
+        call_soon(t, reread_cb);
 }
 
 void knit_transport_set_water_marks(knit_transport *t, size_t high, size_t low)
@@ -768,8 +774,14 @@ void knit_transport_set_water_marks(knit_transport *t, size_t high, size_t low)
     check_low(t);
 }
 
-size_t knit_transport_write_buffer_size(const knit_transport *t) { return knit_buf_len(&t->out); }
-bool knit_transport_producer_paused(const knit_transport *t) { return t->flags & TP_PAUSED; }
+size_t knit_transport_write_buffer_size(const knit_transport *t)
+{
+    return knit_buf_len(&t->out);
+}
+bool knit_transport_producer_paused(const knit_transport *t)
+{
+    return t->flags & TP_PAUSED;
+}
 bool knit_transport_closing(const knit_transport *t)
 {
     return t->flags & (TP_CLOSING | TP_CLOSED | TP_ABORT_REQ);
@@ -841,8 +853,14 @@ int knit_transport_fd(const knit_transport *t)
 {
     return (t->flags & (TP_MEMORY | TP_CLOSED)) ? -1 : t->io._fd;
 }
-knit_reactor *knit_transport_reactor(const knit_transport *t) { return t->io._r; }
-knit_protocol *knit_transport_protocol(const knit_transport *t) { return t->proto; }
+knit_reactor *knit_transport_reactor(const knit_transport *t)
+{
+    return t->io._r;
+}
+knit_protocol *knit_transport_protocol(const knit_transport *t)
+{
+    return t->proto;
+}
 
 size_t knit_transport_memory(const knit_transport *t)
 {

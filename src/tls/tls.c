@@ -40,7 +40,10 @@ struct knit_tls_ctx {
 
 static _Thread_local char last_err[256];
 
-const char *knit_tls_last_error(void) { return last_err; }
+const char *knit_tls_last_error(void)
+{
+    return last_err;
+}
 
 /* Drain OpenSSL's error queue into last_err (and ERR if given). */
 static void take_error(const char *what, char *err, size_t n)
@@ -49,9 +52,12 @@ static void take_error(const char *what, char *err, size_t n)
     while ((e = ERR_get_error()) != 0)
         if (!first) first = e;
     char reason[200] = "";
-    if (first) ERR_error_string_n(first, reason, sizeof reason);
-    else if (errno) snprintf(reason, sizeof reason, "%s", strerror(errno));
-    else snprintf(reason, sizeof reason, "unknown error");
+    if (first)
+        ERR_error_string_n(first, reason, sizeof reason);
+    else if (errno)
+        snprintf(reason, sizeof reason, "%s", strerror(errno));
+    else
+        snprintf(reason, sizeof reason, "unknown error");
     snprintf(last_err, sizeof last_err, "%s: %s", what, reason);
     if (err && n) snprintf(err, n, "%s", last_err);
 }
@@ -110,8 +116,7 @@ static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
     return 1; /* we keep the reference */
 }
 
-static int ctx_new(knit_tls_ctx **out, const knit_tls_options *o, bool server, char *err,
-                   size_t n)
+static int ctx_new(knit_tls_ctx **out, const knit_tls_options *o, bool server, char *err, size_t n)
 {
     knit_tls_options def;
     if (!o) {
@@ -133,7 +138,8 @@ static int ctx_new(knit_tls_ctx **out, const knit_tls_options *o, bool server, c
     }
     SSL_CTX_set_app_data(c->ssl, c);
     int minv = TLS1_2_VERSION;
-    if (o->min_version && strcmp(o->min_version, "TLSv1.3") == 0) minv = TLS1_3_VERSION;
+    if (o->min_version && strcmp(o->min_version, "TLSv1.3") == 0)
+        minv = TLS1_3_VERSION;
     else if (o->min_version && strcmp(o->min_version, "TLSv1.2") != 0) {
         snprintf(err, n, "minVersion \"%s\": expected TLSv1.2 or TLSv1.3", o->min_version);
         rc = KNIT_EINVAL;
@@ -234,16 +240,14 @@ fail:
     return rc;
 }
 
-int knit_tls_server_ctx_new(knit_tls_ctx **out, const knit_tls_options *o, char *err,
-                            size_t errlen)
+int knit_tls_server_ctx_new(knit_tls_ctx **out, const knit_tls_options *o, char *err, size_t errlen)
 {
     char dummy[8];
     if (!err || !errlen) err = dummy, errlen = sizeof dummy;
     return ctx_new(out, o, true, err, errlen);
 }
 
-int knit_tls_client_ctx_new(knit_tls_ctx **out, const knit_tls_options *o, char *err,
-                            size_t errlen)
+int knit_tls_client_ctx_new(knit_tls_ctx **out, const knit_tls_options *o, char *err, size_t errlen)
 {
     char dummy[8];
     if (!err || !errlen) err = dummy, errlen = sizeof dummy;
@@ -267,8 +271,14 @@ void knit_tls_ctx_unref(knit_tls_ctx *c)
     free(c);
 }
 
-void *knit_tls_ctx_ssl_ctx(knit_tls_ctx *c) { return c->ssl; }
-bool knit__tls_ctx_is_server(const knit_tls_ctx *c) { return c->server; }
+void *knit_tls_ctx_ssl_ctx(knit_tls_ctx *c)
+{
+    return c->ssl;
+}
+bool knit__tls_ctx_is_server(const knit_tls_ctx *c)
+{
+    return c->server;
+}
 
 /* ---- the layer ----------------------------------------------------------- */
 
@@ -277,7 +287,10 @@ typedef struct tls_state {
     char *host; /* client: SNI/verification name; also SSL app data */
 } tls_state;
 
-static SSL *ssl_of(const knit_transport *t) { return ((tls_state *)t->ext->layer_state)->ssl; }
+static SSL *ssl_of(const knit_transport *t)
+{
+    return ((tls_state *)t->ext->layer_state)->ssl;
+}
 
 /* Map SSL_get_error to knit: EAGAIN (+want), 0 (EOF) or an error. */
 static int map_err(knit_transport *t, int ret, const char *what)
@@ -306,8 +319,7 @@ static int map_err(knit_transport *t, int ret, const char *what)
         long vr = SSL_get_verify_result(ssl);
         if (vr != X509_V_OK) {
             size_t l = strlen(last_err);
-            snprintf(last_err + l, sizeof last_err - l, " (%s)",
-                     X509_verify_cert_error_string(vr));
+            snprintf(last_err + l, sizeof last_err - l, " (%s)", X509_verify_cert_error_string(vr));
         }
         KNIT_INFO("tls", "%s", last_err);
         return KNIT_ETLS;
@@ -345,7 +357,8 @@ static ssize_t l_send(knit_transport *t, const void *buf, size_t n)
     int r = SSL_write_ex(ssl_of(t), buf, n, &done);
     if (r == 1) return (ssize_t)done;
     int rc = map_err(t, 0, "TLS write");
-    if (rc == KNIT_EAGAIN && t->layer_want == KNIT_WRITABLE) t->layer_want = 0; /* out buffer waits */
+    if (rc == KNIT_EAGAIN && t->layer_want == KNIT_WRITABLE)
+        t->layer_want = 0; /* out buffer waits */
     return rc == 0 ? KNIT_EPIPE : rc;
 }
 
@@ -360,7 +373,10 @@ static int l_shutdown(knit_transport *t)
     return rc == KNIT_EAGAIN ? rc : 0;
 }
 
-static bool l_pending(knit_transport *t) { return SSL_pending(ssl_of(t)) > 0; }
+static bool l_pending(knit_transport *t)
+{
+    return SSL_pending(ssl_of(t)) > 0;
+}
 
 static void l_free(knit_transport *t)
 {
@@ -372,8 +388,8 @@ static void l_free(knit_transport *t)
     t->ext->layer_state = NULL;
 }
 
-static const knit__layer_ops tls_ops = {"tls",     l_handshake, l_recv, l_send,
-                                        l_shutdown, l_pending,  NULL,   l_free};
+static const knit__layer_ops tls_ops = {"tls",      l_handshake, l_recv, l_send,
+                                        l_shutdown, l_pending,   NULL,   l_free};
 
 int knit__tls_layer_new(knit_tls_ctx *c, int fd, const char *host, const knit__layer_ops **ops,
                         void **state)
@@ -396,8 +412,10 @@ int knit__tls_layer_new(knit_tls_ctx *c, int fd, const char *host, const knit__l
             if (!is_ip) SSL_set_tlsext_host_name(s->ssl, host);
             if (c->verify) {
                 X509_VERIFY_PARAM *vp = SSL_get0_param(s->ssl);
-                if (is_ip) X509_VERIFY_PARAM_set1_ip_asc(vp, host);
-                else SSL_set1_host(s->ssl, host);
+                if (is_ip)
+                    X509_VERIFY_PARAM_set1_ip_asc(vp, host);
+                else
+                    SSL_set1_host(s->ssl, host);
             }
             pthread_mutex_lock(&c->mu);
             if (c->sess && c->sess_host && strcmp(c->sess_host, host) == 0)

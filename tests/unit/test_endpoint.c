@@ -28,9 +28,8 @@ static void test_parse_twisted_syntax(void **state)
     (void)state;
     knit_endpoint_desc *d;
     char err[KNIT_ENDPOINT_ERRLEN];
-    assert_int_equal(knit_endpoint_parse("tcp:8080:interface=127.0.0.1:backlog=5", &d, err,
-                                         sizeof err),
-                     0);
+    assert_int_equal(
+        knit_endpoint_parse("tcp:8080:interface=127.0.0.1:backlog=5", &d, err, sizeof err), 0);
     assert_string_equal(d->kind, "tcp");
     assert_int_equal(d->nargs, 1);
     assert_string_equal(d->args[0], "8080");
@@ -111,7 +110,8 @@ static void test_malformed_strings_table(void **state)
         {"", true, "empty endpoint description: expected KIND:ARGS (e.g. tcp:8080)"},
         {"8080", true, "\"8080\": missing kind: expected KIND:ARGS (e.g. tcp:8080)"},
         {":8080", true, "\":8080\": empty kind before \":\": expected KIND:ARGS"},
-        {"tcp:80\\", true, "\"tcp:80\\\": dangling \"\\\" at the end: expected an escaped character"},
+        {"tcp:80\\", true,
+         "\"tcp:80\\\": dangling \"\\\" at the end: expected an escaped character"},
         {"t cp:80", true, "kind \"t cp\": expected letters, digits, '-' or '_' (e.g. tcp)"},
         {"foo:80", true,
          "unknown endpoint kind \"foo\": expected one of tcp, tcp6, unix, ssl, tls, systemd, fd, "
@@ -149,7 +149,8 @@ static void test_malformed_strings_table(void **state)
         {"unix:/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
          "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa",
          true,
-         "unix: path \"/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\" is 120 bytes: expected at most "
+         "unix: path \"/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa...\" is 120 bytes: expected at "
+         "most "
          "107"},
         {"ssl:443", true,
          "ssl: missing privateKey=FILE: expected "
@@ -323,9 +324,9 @@ static void test_proxy_v1(void **state)
 static void test_proxy_v2(void **state)
 {
     (void)state;
-    uint8_t h[64] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49, 0x54, 0x0A,
-                     0x21, 0x11, 0x00, 0x0C, 10,   0,    0,    1,    10,   0,    0,    2,
-                     0x1F, 0x90, 0x00, 0x50};
+    uint8_t h[64] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49,
+                     0x54, 0x0A, 0x21, 0x11, 0x00, 0x0C, 10,   0,    0,    1,
+                     10,   0,    0,    2,    0x1F, 0x90, 0x00, 0x50};
     knit_sockaddr s, d;
     char a[80];
     assert_int_equal(knit_proxy_header_parse(h, 28, &s, &d), 28);
@@ -453,8 +454,8 @@ static void echo_roundtrip(world *w, const char *client_desc)
 {
     char err[KNIT_ENDPOINT_ERRLEN];
     int before = w->connected;
-    int rc = knit_endpoint_connect(w->r, client_desc, &w->f, NULL, on_connect, w, NULL, err,
-                                   sizeof err);
+    int rc =
+        knit_endpoint_connect(w->r, client_desc, &w->f, NULL, on_connect, w, NULL, err, sizeof err);
     if (rc) fail_msg("connect %s: %s", client_desc, err);
     for (int i = 0; i < 200 && w->connected == before && !w->failed; i++)
         turn(w, 1);
@@ -499,8 +500,8 @@ static void test_proxy_guard_page(void **state)
 {
     (void)state;
     long pg = sysconf(_SC_PAGESIZE);
-    uint8_t *m = mmap(NULL, (size_t)pg * 2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-                      -1, 0);
+    uint8_t *m =
+        mmap(NULL, (size_t)pg * 2, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     assert_true(m != MAP_FAILED);
     assert_int_equal(mprotect(m + pg, (size_t)pg, PROT_NONE), 0);
     static const uint8_t v2[] = {0x0D, 0x0A, 0x0D, 0x0A, 0x00, 0x0D, 0x0A, 0x51, 0x55, 0x49,
@@ -511,7 +512,8 @@ static void test_proxy_guard_page(void **state)
     struct {
         const uint8_t *p;
         size_t n;
-    } hs[] = {{v2, sizeof v2}, {(const uint8_t *)v1, strlen(v1)}, {(const uint8_t *)v1u, strlen(v1u)}};
+    } hs[] = {
+        {v2, sizeof v2}, {(const uint8_t *)v1, strlen(v1)}, {(const uint8_t *)v1u, strlen(v1u)}};
     knit_sockaddr a, b;
     for (size_t h = 0; h < sizeof hs / sizeof hs[0]; h++) {
         for (size_t n = 0; n <= hs[h].n; n++) {
@@ -532,8 +534,7 @@ static void test_tcp_listen_connect_echo(void **state)
     knit_listener *l;
     char err[KNIT_ENDPOINT_ERRLEN], desc[64];
     assert_int_equal(
-        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &l, err, sizeof err),
-        0);
+        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &l, err, sizeof err), 0);
     int port = listen_port(l);
     assert_true(port > 0);
     snprintf(desc, sizeof desc, "tcp:127.0.0.1:%d", port);
@@ -582,8 +583,7 @@ static void test_tcp6_listen(void **state)
     knit_listener *l;
     char err[KNIT_ENDPOINT_ERRLEN], desc[64];
     assert_int_equal(
-        knit_endpoint_listen(w.r, "tcp6:0:interface=\\:\\:1", &w.f, NULL, &l, err, sizeof err),
-        0);
+        knit_endpoint_listen(w.r, "tcp6:0:interface=\\:\\:1", &w.f, NULL, &l, err, sizeof err), 0);
     snprintf(desc, sizeof desc, "tcp:\\:\\:1:%d", listen_port(l));
     echo_roundtrip(&w, desc);
     knit_listener_close(l, false);
@@ -619,9 +619,8 @@ static void test_unix_listen_stale_and_live(void **state)
     knit_listener_close(l, false);
     assert_int_equal(stat(un.sun_path, &st), -1); /* removed */
     /* connecting to nothing fails with ENOENT through the callback */
-    assert_int_equal(knit_endpoint_connect(w.r, desc, &w.f, NULL, on_connect, &w, NULL, err,
-                                           sizeof err),
-                     0);
+    assert_int_equal(
+        knit_endpoint_connect(w.r, desc, &w.f, NULL, on_connect, &w, NULL, err, sizeof err), 0);
     assert_int_equal(w.failed, 0); /* never called back from inside connect */
     for (int i = 0; i < 50 && !w.failed; i++)
         turn(&w, 1);
@@ -646,8 +645,8 @@ static void test_haproxy_wrapper(void **state)
     world_init(&w, NULL);
     knit_listener *l;
     char err[KNIT_ENDPOINT_ERRLEN];
-    assert_int_equal(knit_endpoint_listen(w.r, "haproxy:tcp:0:interface=127.0.0.1", &w.f, NULL,
-                                          &l, err, sizeof err),
+    assert_int_equal(knit_endpoint_listen(w.r, "haproxy:tcp:0:interface=127.0.0.1", &w.f, NULL, &l,
+                                          err, sizeof err),
                      0);
     int port = listen_port(l);
     int fd = raw_connect(port);
@@ -744,8 +743,7 @@ static void test_emfile_pauses_and_recovers(void **state)
     knit_listener *l;
     char err[KNIT_ENDPOINT_ERRLEN];
     assert_int_equal(
-        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &l, err, sizeof err),
-        0);
+        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &l, err, sizeof err), 0);
     int port = listen_port(l);
     int cl[4];
     for (int i = 0; i < 4; i++)
@@ -872,8 +870,7 @@ static void test_fd_endpoint(void **state)
     /* not listening yet: refused with a clear message */
     snprintf(desc, sizeof desc, "fd:%d", ls);
     knit_listener *l;
-    assert_int_equal(knit_endpoint_listen(w.r, desc, &w.f, NULL, &l, err, sizeof err),
-                     KNIT_EINVAL);
+    assert_int_equal(knit_endpoint_listen(w.r, desc, &w.f, NULL, &l, err, sizeof err), KNIT_EINVAL);
     char want[96];
     snprintf(want, sizeof want, "fd:%d: fd %d is a socket but not listening", ls, ls);
     assert_string_equal(err, want);
@@ -919,14 +916,12 @@ static void test_connect_deferred(void **state)
     knit_listener *l;
     char err[KNIT_ENDPOINT_ERRLEN], desc[64];
     assert_int_equal(
-        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &l, err, sizeof err),
-        0);
+        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &l, err, sizeof err), 0);
     int port = listen_port(l);
     snprintf(desc, sizeof desc, "tcp:127.0.0.1:%d", port);
     knit_deferred *d;
     dres x = {0};
-    assert_int_equal(knit_endpoint_connect_deferred(w.r, desc, &w.f, NULL, &d, err, sizeof err),
-                     0);
+    assert_int_equal(knit_endpoint_connect_deferred(w.r, desc, &w.f, NULL, &d, err, sizeof err), 0);
     knit_deferred_add_callbacks(d, d_ok, d_err, &x);
     knit_deferred_unref(d);
     for (int i = 0; i < 200 && !x.ok && !x.failed; i++)
@@ -937,8 +932,7 @@ static void test_connect_deferred(void **state)
     knit_transport_abort(x.p->transport);
     /* cancel */
     dres y = {0};
-    assert_int_equal(knit_endpoint_connect_deferred(w.r, desc, &w.f, NULL, &d, err, sizeof err),
-                     0);
+    assert_int_equal(knit_endpoint_connect_deferred(w.r, desc, &w.f, NULL, &d, err, sizeof err), 0);
     knit_deferred_add_callbacks(d, d_ok, d_err, &y);
     knit_deferred_cancel(d);
     knit_deferred_unref(d);
@@ -947,8 +941,7 @@ static void test_connect_deferred(void **state)
     /* refused: the message names the endpoint */
     knit_listener_close(l, true);
     dres z = {0};
-    assert_int_equal(knit_endpoint_connect_deferred(w.r, desc, &w.f, NULL, &d, err, sizeof err),
-                     0);
+    assert_int_equal(knit_endpoint_connect_deferred(w.r, desc, &w.f, NULL, &d, err, sizeof err), 0);
     knit_deferred_add_callbacks(d, d_ok, d_err, &z);
     knit_deferred_unref(d);
     for (int i = 0; i < 200 && !z.failed; i++)
@@ -996,8 +989,7 @@ static void test_happy_eyeballs_stagger(void **state)
     knit_listener *l;
     char err[KNIT_ENDPOINT_ERRLEN];
     assert_int_equal(
-        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &l, err, sizeof err),
-        0);
+        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &l, err, sizeof err), 0);
     knit_sockaddr addrs[3];
     int fill[4];
     int bh = blackhole(&addrs[0], fill);

@@ -28,7 +28,10 @@ typedef struct rec {
     size_t consume_max;  /* consume at most this per call (0: all) */
 } rec;
 
-static void r_made(knit_protocol *p) { ((rec *)p)->made++; }
+static void r_made(knit_protocol *p)
+{
+    ((rec *)p)->made++;
+}
 static void r_data(knit_protocol *p, knit_buf *in)
 {
     rec *r = (rec *)p;
@@ -52,8 +55,14 @@ static void r_lost(knit_protocol *p, knit_close_reason reason, int err)
     r->reason = reason;
     r->err = err;
 }
-static void r_pause(knit_protocol *p) { ((rec *)p)->pauses++; }
-static void r_resume(knit_protocol *p) { ((rec *)p)->resumes++; }
+static void r_pause(knit_protocol *p)
+{
+    ((rec *)p)->pauses++;
+}
+static void r_resume(knit_protocol *p)
+{
+    ((rec *)p)->resumes++;
+}
 
 static const knit_protocol_ops rec_ops = {r_made, r_data, r_eof, r_lost, r_pause, r_resume};
 
@@ -321,7 +330,10 @@ static void pump(knit_reactor *r, bool (*done)(void *), void *arg)
         knit_reactor_run_once(r, KNIT_MSEC(50));
 }
 
-static bool lost_once(void *arg) { return ((rec *)arg)->lost > 0; }
+static bool lost_once(void *arg)
+{
+    return ((rec *)arg)->lost > 0;
+}
 
 static void sp(int fds[2])
 {
@@ -488,12 +500,25 @@ static void prod_fill(producer *p)
         size_t b = knit_transport_write_buffer_size(p->proto.transport);
         if (b > p->max_buffered) p->max_buffered = b;
     }
-    if (p->sent >= p->limit && p->proto.transport) knit_transport_lose_connection(p->proto.transport);
+    if (p->sent >= p->limit && p->proto.transport)
+        knit_transport_lose_connection(p->proto.transport);
 }
-static void prod_made(knit_protocol *pr) { prod_fill((producer *)pr); }
-static void prod_data(knit_protocol *pr, knit_buf *in) { knit_buf_consume(in, knit_buf_len(in)); }
-static void prod_lost(knit_protocol *pr, knit_close_reason r, int e) { ((producer *)pr)->lost++; }
-static void prod_pause(knit_protocol *pr) { ((producer *)pr)->paused = true; }
+static void prod_made(knit_protocol *pr)
+{
+    prod_fill((producer *)pr);
+}
+static void prod_data(knit_protocol *pr, knit_buf *in)
+{
+    knit_buf_consume(in, knit_buf_len(in));
+}
+static void prod_lost(knit_protocol *pr, knit_close_reason r, int e)
+{
+    ((producer *)pr)->lost++;
+}
+static void prod_pause(knit_protocol *pr)
+{
+    ((producer *)pr)->paused = true;
+}
 static void prod_resume(knit_protocol *pr)
 {
     producer *p = (producer *)pr;
@@ -504,7 +529,7 @@ static void prod_resume(knit_protocol *pr)
 static void test_slow_reader_bounded_memory(void **state)
 {
     (void)state;
-    static const knit_protocol_ops ops = {prod_made, prod_data, NULL,
+    static const knit_protocol_ops ops = {prod_made, prod_data,  NULL,
                                           prod_lost, prod_pause, prod_resume};
     knit_reactor *r;
     assert_int_equal(knit_reactor_new(&r, NULL), 0);

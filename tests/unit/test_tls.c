@@ -205,7 +205,10 @@ static knit_protocol *build_client(knit_protocol_factory *f, const knit_sockaddr
     return &c->proto;
 }
 
-static void turn(world *w) { knit_reactor_run_once(w->r, KNIT_MSEC(20)); }
+static void turn(world *w)
+{
+    knit_reactor_run_once(w->r, KNIT_MSEC(20));
+}
 
 static knit_listener *serve(world *w, const char *extra, int *port)
 {
@@ -318,14 +321,13 @@ static void test_tls_verification_failures(void **state)
     /* trusted certificate, wrong name: a listener with other.example's */
     w.failed = 0;
     char ldesc[512], err[KNIT_ENDPOINT_ERRLEN];
-    snprintf(ldesc, sizeof ldesc, "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s",
-             other_key, other_cert);
+    snprintf(ldesc, sizeof ldesc, "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s", other_key,
+             other_cert);
     knit_listener *l2;
     assert_int_equal(knit_endpoint_listen(w.r, ldesc, &w.f, NULL, &l2, err, sizeof err), 0);
     knit_sockaddr a2;
     knit_listener_address(l2, &a2);
-    snprintf(desc, sizeof desc, "tls:localhost:%d:caCerts=%s", ntohs(a2.u.in.sin_port),
-             other_cert);
+    snprintf(desc, sizeof desc, "tls:localhost:%d:caCerts=%s", ntohs(a2.u.in.sin_port), other_cert);
     assert_int_equal(connect_to(&w, desc), KNIT_ETLS);
     assert_non_null(strstr(knit_tls_last_error(), "hostname mismatch"));
     for (int i = 0; i < 100 && knit_listener_connections(l2) > 0; i++)
