@@ -664,6 +664,75 @@ static void test_resume_redelivers_buffered_input(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+static void test_write_buf_paths(void **state)
+{
+    (void)state;
+    /* memory transport: moved in, B left idle */
+    rec m;
+    rec_init(&m);
+    knit_transport *mt;
+    assert_int_equal(knit_memory_transport_new(&m.proto, &mt), 0);
+    knit_buf b = KNIT_BUF_INIT;
+    knit_buf_append_str(&b, "zero");
+    assert_int_equal(knit_transport_write_buf(mt, &b), 0);
+    assert_true(knit_buf_is_idle(&b));
+    knit_buf_append_str(&b, "copy");
+    assert_int_equal(knit_transport_write_buf(mt, &b), 0);
+    assert_memory_equal(knit_buf_data(knit_memory_transport_output(mt)), "zerocopy", 8);
+    knit_memory_transport_close(mt, KNIT_CLOSE_DONE, 0);
+    knit_buf_append_str(&b, "late");
+    assert_int_equal(knit_transport_write_buf(mt, &b), KNIT_ECLOSED);
+    assert_true(knit_buf_is_idle(&b)); /* released even when refused */
+    knit_memory_transport_free(mt);
+
+    /* socket: straight to the socket when nothing is queued; the rest keeps
+     * B's memory as the output buffer */
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    int small = 4096;
+    setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    rec srv;
+    rec_init(&srv);
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+    knit_buf_append_str(&b, "hello");
+    assert_int_equal(knit_transport_write_buf(t, &b), 0);
+    assert_int_equal(knit_transport_write_buffer_size(t), 0);
+    char got[8];
+    assert_int_equal(read(fds[1], got, sizeof got), 5);
+    size_t big = 1 << 20;
+    uint8_t *p = knit_buf_reserve(&b, big, NULL);
+    for (size_t i = 0; i < big; i++)
+        p[i] = (uint8_t)(i * 13);
+    knit_buf_commit(&b, big);
+    assert_int_equal(knit_transport_write_buf(t, &b), 0);
+    assert_true(knit_buf_is_idle(&b));
+    assert_true(knit_transport_write_buffer_size(t) > 0);
+    knit_buf_append_str(&b, "tail"); /* queued behind: appended */
+    assert_int_equal(knit_transport_write_buf(t, &b), 0);
+    fcntl(fds[1], F_SETFL, O_NONBLOCK);
+    uint8_t *all = malloc(big + 4);
+    size_t n = 0;
+    for (int i = 0; i < 100000 && n < big + 4; i++) {
+        knit_reactor_run_once(r, KNIT_MSEC(10));
+        ssize_t k;
+        while ((k = read(fds[1], all + n, big + 4 - n)) > 0)
+            n += (size_t)k;
+    }
+    assert_int_equal(n, big + 4);
+    for (size_t i = 0; i < big; i++)
+        if (all[i] != (uint8_t)(i * 13)) fail_msg("byte %zu differs", i);
+    assert_memory_equal(all + big, "tail", 4);
+    free(all);
+    knit_transport_abort(t);
+    pump(r, lost_once, &srv);
+    close(fds[1]);
+    knit_buf_release(&m.got);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -683,6 +752,7 @@ int main(void)
         cmocka_unit_test(test_pause_reading_socket),
         cmocka_unit_test(test_peer_reset),
         cmocka_unit_test(test_resume_redelivers_buffered_input),
+        cmocka_unit_test(test_write_buf_paths),
     };
     return KNIT_RUN_TESTS(tests);
 }
