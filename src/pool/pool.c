@@ -32,9 +32,16 @@
  *     hold a reference on the pool (`refs`), so knit_pool_free never
  *     leaves them a dangling pointer.
  *
- * Wake-ups: an idle worker spins (bounded by opts.spin, at most one spinner
- * at a time) before it sleeps on the condvar; submit signals the condvar
- * only when no spinner can take the job. See DESIGN.md on wake-up costs.
+ * Wake-ups (DESIGN.md: the cost to design around):
+ *   - an idle worker spins (bounded by opts.spin; at most one spinner; only
+ *     while a CPU is free for it; sched_yield after the first quarter)
+ *     before it sleeps on the condvar;
+ *   - submit signals the condvar only for jobs that neither the spinner nor
+ *     workers already being woken (nwaking) will take;
+ *   - with one job in flight, poll_call keeps the reactor from sleeping in
+ *     epoll_wait for up to opts.reactor_poll while the result is imminent;
+ *   - completions ride the reactor's call queue, whose eventfd write
+ *     happens only on its empty → non-empty edge.
  */
 #include "knit/pool.h"
 
