@@ -46,6 +46,35 @@
  * transport belongs to — unless marked otherwise. Each reactor keeps its own
  * per-thread scratch buffer, so several reactor threads may each run their
  * own connections.
+ *
+ * A complete echo server (error handling trimmed):
+ *
+ *     typedef struct echo { knit_protocol proto; } echo;
+ *
+ *     static void echo_data(knit_protocol *p, knit_buf *in) {
+ *         knit_transport_write(p->transport, knit_buf_data(in), knit_buf_len(in));
+ *         knit_buf_consume(in, knit_buf_len(in));
+ *     }
+ *     static void echo_lost(knit_protocol *p, knit_close_reason why, int err) {
+ *         free(p); // the transport is already gone
+ *     }
+ *     static const knit_protocol_ops echo_ops = {
+ *         .data_received = echo_data, .connection_lost = echo_lost};
+ *
+ *     static knit_protocol *build(knit_protocol_factory *f, const knit_sockaddr *peer) {
+ *         echo *e = calloc(1, sizeof *e);
+ *         e->proto.ops = &echo_ops;
+ *         return &e->proto;
+ *     }
+ *
+ *     knit_protocol_factory f = {build, NULL};
+ *     char err[KNIT_ENDPOINT_ERRLEN];
+ *     knit_listener *l;
+ *     if (knit_endpoint_listen(r, "tcp:8080:interface=127.0.0.1", &f, NULL, &l, err,
+ *                              sizeof err) < 0)
+ *         fprintf(stderr, "%s\n", err);
+ *
+ * (bench/stream/knit_echo.c is the full version, with flow control.)
  */
 #ifndef KNIT_STREAM_H
 #define KNIT_STREAM_H
