@@ -201,6 +201,8 @@ typedef struct knit_pool_stats {
     /* queue wait (submit → start) and run time (start → end), real clock */
     uint64_t wait_hist[KNIT_POOL_HIST_BUCKETS];
     uint64_t run_hist[KNIT_POOL_HIST_BUCKETS];
+    uint64_t wait_sum_ns; /* sums of the samples above (Prometheus _sum) */
+    uint64_t run_sum_ns;
 } knit_pool_stats;
 
 /* A snapshot (counters read without stopping the workers). [any] */

@@ -140,6 +140,7 @@ struct knit_pool {
     unsigned st_peak;
     uint64_t wait_hist[KNIT_POOL_HIST_BUCKETS];
     uint64_t run_hist[KNIT_POOL_HIST_BUCKETS];
+    uint64_t wait_sum_ns, run_sum_ns;
 };
 
 static __thread knit_pool *current_pool;
@@ -224,6 +225,7 @@ static void run_job(knit_pool *p, job *j)
 {
     int64_t t0 = mono_ns();
     INC(p->wait_hist[hist_bucket(t0 - j->t_submit)]);
+    __atomic_add_fetch(&p->wait_sum_ns, (uint64_t)(t0 - j->t_submit), __ATOMIC_RELAXED);
     if (j->fn) {
         j->fn(&j->res, j->arg);
         knit_deferred *bad = knit_result_take_chain(&j->res);
@@ -240,6 +242,7 @@ static void run_job(knit_pool *p, job *j)
     int64_t t1 = mono_ns();
     j->t_end = t1;
     INC(p->run_hist[hist_bucket(t1 - t0)]);
+    __atomic_add_fetch(&p->run_sum_ns, (uint64_t)(t1 - t0), __ATOMIC_RELAXED);
     INC(p->st_completed);
     if (j->res.failure) INC(p->st_failed);
 }
@@ -1066,6 +1069,8 @@ void knit_pool_get_stats(const knit_pool *cp, knit_pool_stats *out)
         out->wait_hist[i] = __atomic_load_n(&p->wait_hist[i], __ATOMIC_RELAXED);
         out->run_hist[i] = __atomic_load_n(&p->run_hist[i], __ATOMIC_RELAXED);
     }
+    out->wait_sum_ns = __atomic_load_n(&p->wait_sum_ns, __ATOMIC_RELAXED);
+    out->run_sum_ns = __atomic_load_n(&p->run_sum_ns, __ATOMIC_RELAXED);
 }
 
 knit_reactor *knit_pool_reactor(const knit_pool *p)

@@ -272,6 +272,8 @@ static void test_million_jobs_all_checked(void **state)
     }
     assert_int_equal(h, MANY);
     assert_int_equal(w, MANY);
+    assert_true(st.run_sum_ns > 0); /* each job did some work */
+    assert_true(st.wait_sum_ns > 0);
     assert_true(st.batches >= 1 && st.batches <= (uint64_t)MANY);
     free(mc.seen);
     finish(r, mc.p);
