@@ -14,6 +14,7 @@
 #include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -460,8 +461,9 @@ static int adopt_inherited(knit_reactor *r, int fd, int want_family, const char 
     return knit_listener_adopt(r, fd, f, o, out);
 }
 
-int knit__ep_systemd_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
-                            const knit_listen_options *o, knit_listener **out, char *err, size_t n)
+static int systemd_listen_locked(knit_reactor *r, const knit_endpoint_desc *d,
+                                 knit_protocol_factory *f, const knit_listen_options *o,
+                                 knit_listener **out, char *err, size_t n)
 {
     sd_load();
     const char *name = knit_endpoint_desc_get(d, "name");
@@ -495,6 +497,19 @@ int knit__ep_systemd_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_p
     snprintf(what, sizeof what, "systemd:%d", idx);
     int rc = adopt_inherited(r, 3 + idx, fam, what, f, o, out, err, n);
     if (rc == 0) sd.claimed[idx] = true;
+    return rc;
+}
+
+/* The inherited-socket table is process-wide; reactors on several threads
+ * may claim from it. */
+static pthread_mutex_t sd_mu = PTHREAD_MUTEX_INITIALIZER;
+
+int knit__ep_systemd_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
+                            const knit_listen_options *o, knit_listener **out, char *err, size_t n)
+{
+    pthread_mutex_lock(&sd_mu);
+    int rc = systemd_listen_locked(r, d, f, o, out, err, n);
+    pthread_mutex_unlock(&sd_mu);
     return rc;
 }
 
