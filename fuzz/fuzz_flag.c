@@ -4,13 +4,17 @@
  *   0 duration, 1 byte size, 2 int64, 3 uint64, 4 double, 5 bool — parse, and
  *     for durations and byte sizes check that format → parse round-trips;
  *   6 a whole command line: NUL-separated words parsed by a flag set with
- *     one flag of every type (no environment).
+ *     one flag of every type (no environment);
+ *   7 a config file (through libinih and our line reader), read with
+ *     --config from a memfd.
  * Any crash, over-read (ASan) or round-trip mismatch (abort) is a finding.
  */
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "knit/flag.h"
 #include "knit/log.h"
@@ -31,16 +35,8 @@ static const knit_flag_def defs[] = {
     KNIT_FLAG_DEF("ep", KNIT_FLAG_ENDPOINT, "tcp:1", "h"),
 };
 
-static void argv_mode(const char *text, size_t len)
+static void parse_words(int argc, char **argv)
 {
-    char *argv[66];
-    int argc = 0;
-    argv[argc++] = (char *)"fuzz";
-    for (size_t i = 0; i < len && argc < 65;) {
-        argv[argc++] = (char *)text + i;
-        i += strlen(text + i) + 1;
-    }
-    argv[argc] = NULL;
     FILE *sink = fopen("/dev/null", "w");
     knit_flags_options o;
     knit_flags_options_init(&o);
@@ -57,6 +53,32 @@ static void argv_mode(const char *text, size_t len)
     fclose(sink);
 }
 
+static void argv_mode(const char *text, size_t len)
+{
+    char *argv[66];
+    int argc = 0;
+    argv[argc++] = (char *)"fuzz";
+    for (size_t i = 0; i < len && argc < 65;) {
+        argv[argc++] = (char *)text + i;
+        i += strlen(text + i) + 1;
+    }
+    argv[argc] = NULL;
+    parse_words(argc, argv);
+}
+
+static void file_mode(const uint8_t *data, size_t len)
+{
+    int fd = memfd_create("fuzz.conf", MFD_CLOEXEC);
+    if (fd < 0) return;
+    if (write(fd, data, len) == (ssize_t)len) {
+        char path[64];
+        snprintf(path, sizeof path, "/proc/self/fd/%d", fd);
+        char *argv[] = {(char *)"fuzz", (char *)"--config", path, NULL};
+        parse_words(3, argv);
+    }
+    close(fd);
+}
+
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
     if (size < 1 || size > 4096) return 0;
@@ -65,7 +87,7 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     memcpy(s, data + 1, size - 1);
     s[size - 1] = '\0';
     char buf[128];
-    switch (data[0] % 7) {
+    switch (data[0] % 8) {
     case 0: {
         knit_duration d, d2;
         if (knit_parse_duration(s, &d) == 0) {
@@ -104,6 +126,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
     }
     case 6:
         argv_mode(s, size - 1);
+        break;
+    case 7:
+        file_mode(data + 1, size - 1);
         break;
     }
     free(s);
