@@ -167,8 +167,9 @@ void knit_flags_options_init(knit_flags_options *o);
 int knit_flags_new(knit_flags **out, const knit_flags_options *opts);
 void knit_flags_free(knit_flags *fs);
 
-/* Add a group of N flags (N may be 0 with defs NULL terminated by a def with
- * name NULL — pass n = (size_t)-1 for that). GROUP names the group ("http"),
+/* Add the N flags of DEFS as a group (n = (size_t)-1: DEFS ends with an
+ * entry whose name is NULL). Adding to an existing GROUP appends to it.
+ * The flags keep pointers into DEFS. GROUP names the group ("http"),
  * TITLE heads it in --help ("HTTP server"). Each default is parsed now;
  * a bad default, a bad name or a duplicate name returns KNIT_EBADFLAG with
  * the message in knit_flags_error() — a programming error, caught in tests. */
