@@ -132,6 +132,20 @@ void knit_listener_resume(knit_listener *l);
  * their connection_lost runs from the loop as usual. */
 void knit_listener_close(knit_listener *l, bool abort_connections);
 
+/* Introspection (for the manhole). The endpoint string the listener was
+ * made from ("fd:3" etc. as given; "adopted" for knit_listener_adopt). */
+const char *knit_listener_description(const knit_listener *l);
+/* Visit every listener created on the calling (reactor) thread, in creation
+ * order; returns how many were visited. FN must not close listeners. */
+typedef void (*knit_listener_visit_fn)(knit_listener *l, void *arg);
+size_t knit_listeners_visit(knit_listener_visit_fn fn, void *arg);
+/* Visit the listener's open connections (also those still in their PROXY
+ * or TLS handshake phase: knit_transport_protocol() is NULL for them).
+ * FN may abort or close a connection (that only queues its end). Returns
+ * how many were visited. Client connections are not on any listener. */
+typedef void (*knit_transport_visit_fn)(knit_transport *t, void *arg);
+size_t knit_listener_visit_connections(knit_listener *l, knit_transport_visit_fn fn, void *arg);
+
 /* ---- connecting ------------------------------------------------------------ */
 typedef struct knit_connect knit_connect;
 

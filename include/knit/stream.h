@@ -232,6 +232,14 @@ int knit_transport_set_nodelay(knit_transport *t, bool on);
 /* IDLE seconds before the first probe (0: the system default). */
 int knit_transport_set_keepalive(knit_transport *t, bool on, unsigned idle);
 
+/* Look at bytes waiting on the socket without consuming them (they are
+ * still delivered to data_received later), e.g. to notice a Ctrl-C byte or
+ * a hang-up while the protocol is busy inside a callback. Returns the
+ * number of bytes copied, 0 if the peer has closed its side, KNIT_EAGAIN if
+ * nothing is waiting, or KNIT_ENOTSUP (TLS and memory transports: the
+ * bytes on the socket are not the protocol's bytes). Never blocks. */
+int knit_transport_peek(knit_transport *t, void *buf, size_t n);
+
 /* "tcp", "unix", "tls", "memory". [any] */
 const char *knit_transport_kind(const knit_transport *t);
 /* The socket fd, or -1. Do not read or write it yourself. */

@@ -40,7 +40,13 @@ struct knit_listener {
     bool paused, at_limit, in_emfile, proxy;
     knit_tls_ctx *tls;
     char *unix_path; /* socket file to remove on close */
+    char *desc;      /* the endpoint string, for introspection */
+    knit_listener *tprev, *tnext; /* this thread's listeners */
 };
+
+/* Listeners of the reactor running on this thread (each reactor thread has
+ * its own list; a listener lives and dies on its reactor's thread). */
+static _Thread_local knit_listener *tl_first, *tl_last;
 
 void knit_listen_options_init(knit_listen_options *o)
 {
@@ -182,8 +188,37 @@ int knit_listener_adopt(knit_reactor *r, int fd, knit_protocol_factory *factory,
         free(l);
         return rc;
     }
+    l->tprev = tl_last;
+    if (tl_last) tl_last->tnext = l;
+    else tl_first = l;
+    tl_last = l;
     *out = l;
     return 0;
+}
+
+const char *knit_listener_description(const knit_listener *l)
+{
+    return l->desc ? l->desc : "adopted";
+}
+
+size_t knit_listeners_visit(knit_listener_visit_fn fn, void *arg)
+{
+    size_t n = 0;
+    for (knit_listener *l = tl_first; l; l = l->tnext, n++)
+        fn(l, arg);
+    return n;
+}
+
+size_t knit_listener_visit_connections(knit_listener *l, knit_transport_visit_fn fn, void *arg)
+{
+    size_t n = 0;
+    /* Closing a connection only queues its end; it stays linked until it
+     * is freed from the loop, so NEXT stays valid. */
+    for (knit_transport *t = l->conns, *next; t; t = next, n++) {
+        next = t->next;
+        fn(t, arg);
+    }
+    return n;
 }
 
 int knit_listener_address(const knit_listener *l, knit_sockaddr *out)
@@ -244,7 +279,12 @@ void knit_listener_close(knit_listener *l, bool abort_connections)
         }
         t = next;
     }
+    if (l->tprev) l->tprev->tnext = l->tnext;
+    else if (tl_first == l) tl_first = l->tnext;
+    if (l->tnext) l->tnext->tprev = l->tprev;
+    else if (tl_last == l) tl_last = l->tprev;
     knit_tls_ctx_unref(l->tls);
+    free(l->desc);
     free(l);
 }
 
@@ -544,6 +584,9 @@ int knit_endpoint_listen(knit_reactor *r, const char *desc, knit_protocol_factor
     rc = k->listen(r, d, factory, opts, out, err, errlen);
     knit_endpoint_desc_free(d);
     if (rc == 0) {
+        /* the outermost string wins (haproxy: calls us for its inner one) */
+        free((*out)->desc);
+        (*out)->desc = strdup(desc);
         knit_sockaddr a;
         char buf[128] = "-";
         if (knit_listener_address(*out, &a) == 0) knit_sockaddr_format(&a, buf, sizeof buf);

@@ -842,6 +842,19 @@ int knit_transport_set_keepalive(knit_transport *t, bool on, unsigned idle)
     return 0;
 }
 
+int knit_transport_peek(knit_transport *t, void *buf, size_t n)
+{
+    if ((t->flags & TP_MEMORY) || TP_LAYER(t)) return KNIT_ENOTSUP;
+    if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
+    for (;;) {
+        ssize_t r = recv(t->io._fd, buf, n, MSG_PEEK | MSG_DONTWAIT);
+        if (r >= 0) return (int)(r > INT32_MAX ? INT32_MAX : r);
+        if (errno == EINTR) continue;
+        if (errno == EAGAIN || errno == EWOULDBLOCK) return KNIT_EAGAIN;
+        return -errno;
+    }
+}
+
 const char *knit_transport_kind(const knit_transport *t)
 {
     if (t->flags & TP_MEMORY) return "memory";

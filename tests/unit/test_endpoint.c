@@ -1038,6 +1038,75 @@ static void test_happy_eyeballs_stagger(void **state)
     knit_clock_free(clk);
 }
 
+static void count_listener(knit_listener *l, void *arg)
+{
+    char *out = arg;
+    strcat(out, knit_listener_description(l));
+    strcat(out, ";");
+}
+
+static void abort_conn(knit_transport *t, void *arg)
+{
+    (*(int *)arg)++;
+    if (knit_transport_protocol(t)) knit_transport_abort(t);
+}
+
+static void test_introspection_and_peek(void **state)
+{
+    (void)state;
+    world w;
+    world_init(&w, NULL);
+    knit_listener *a, *b;
+    char err[KNIT_ENDPOINT_ERRLEN];
+    assert_int_equal(
+        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, NULL, &a, err, sizeof err), 0);
+    assert_int_equal(knit_endpoint_listen(w.r, "haproxy:tcp:0:interface=127.0.0.1", &w.f, NULL, &b,
+                                          err, sizeof err),
+                     0);
+    char seen[256] = "";
+    assert_int_equal(knit_listeners_visit(count_listener, seen), 2);
+    assert_string_equal(seen, "tcp:0:interface=127.0.0.1;haproxy:tcp:0:interface=127.0.0.1;");
+    int c1 = raw_connect(listen_port(a)), c2 = raw_connect(listen_port(a));
+    int c3 = raw_connect(listen_port(b)); /* still waiting for its PROXY header */
+    for (int i = 0; i < 100 && w.built < 2; i++)
+        turn(&w, 1);
+    for (int i = 0; i < 100 && knit_listener_connections(b) < 1; i++)
+        turn(&w, 1);
+    /* peek: bytes wait on the socket while reading is paused, and stay */
+    knit_transport *t = w.last->proto.transport;
+    knit_transport_pause_reading(t);
+    char buf[16];
+    assert_int_equal(knit_transport_peek(t, buf, sizeof buf), KNIT_EAGAIN);
+    assert_int_equal(write(c2, "\x03!", 2), 2);
+    assert_int_equal(write(c1, "\x03!", 2), 2);
+    int k = KNIT_EAGAIN;
+    for (int i = 0; i < 100 && k == KNIT_EAGAIN; i++) {
+        turn(&w, 1);
+        k = knit_transport_peek(t, buf, sizeof buf);
+    }
+    assert_int_equal(k, 2);
+    assert_int_equal(buf[0], 3);
+    assert_int_equal(knit_transport_peek(t, buf, sizeof buf), 2); /* not consumed */
+    knit_transport_resume_reading(t);
+    int visited = 0;
+    assert_int_equal(knit_listener_visit_connections(a, abort_conn, &visited), 2);
+    assert_int_equal(visited, 2);
+    visited = 0;
+    assert_int_equal(knit_listener_visit_connections(b, abort_conn, &visited), 1);
+    for (int i = 0; i < 100 && knit_listener_connections(a) > 0; i++)
+        turn(&w, 1);
+    assert_int_equal(knit_listener_connections(a), 0);
+    close(c1);
+    close(c2);
+    close(c3);
+    knit_listener_close(a, true);
+    knit_listener_close(b, true);
+    seen[0] = 0;
+    assert_int_equal(knit_listeners_visit(count_listener, seen), 0);
+    turn(&w, 3);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1059,6 +1128,7 @@ int main(void)
         cmocka_unit_test(test_fd_endpoint),
         cmocka_unit_test(test_connect_deferred),
         cmocka_unit_test(test_happy_eyeballs_stagger),
+        cmocka_unit_test(test_introspection_and_peek),
     };
     return KNIT_RUN_TESTS(tests);
 }
