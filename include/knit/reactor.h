@@ -74,7 +74,9 @@ void knit_reactor_stop_now(knit_reactor *r);
 /* True once knit_reactor_stop was called. [any] */
 bool knit_reactor_stopping(const knit_reactor *r);
 
-/* True on the thread currently running the loop (false if not running). [any] */
+/* True on the thread currently running the loop — inside knit_reactor_run,
+ * or inside knit_reactor_run_once for the duration of that call — and false
+ * on every other thread and whenever the loop is not running. [any] */
 bool knit_reactor_in_thread(const knit_reactor *r);
 
 /* Free if nothing is registered (no fd watches, timers, signal handlers or

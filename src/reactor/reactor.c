@@ -187,7 +187,10 @@ int knit_reactor_run_once(knit_reactor *r, knit_duration timeout)
 {
     bool was_running = __atomic_load_n(&r->running, __ATOMIC_ACQUIRE);
     if (!was_running) {
-        r->thread = pthread_self();
+        /* The calling thread is the reactor thread for the duration of the
+         * call (knit_reactor_in_thread is true on it). `thread` is written
+         * atomically: workers read it concurrently in knit_reactor_in_thread. */
+        __atomic_store_n(&r->thread, pthread_self(), __ATOMIC_RELAXED);
         __atomic_store_n(&r->running, 1, __ATOMIC_RELEASE);
     }
     int rc = iterate(r, timeout);
@@ -273,7 +276,7 @@ static void run_phase(knit_reactor *r, int phase)
 int knit_reactor_run(knit_reactor *r)
 {
     if (__atomic_load_n(&r->running, __ATOMIC_ACQUIRE)) return KNIT_EALREADY;
-    r->thread = pthread_self();
+    __atomic_store_n(&r->thread, pthread_self(), __ATOMIC_RELAXED);
     __atomic_store_n(&r->running, 1, __ATOMIC_RELEASE);
     int rc = 0;
     while (!__atomic_load_n(&r->stop_requested, __ATOMIC_ACQUIRE)) {
@@ -317,7 +320,8 @@ bool knit_reactor_stopping(const knit_reactor *r)
 
 bool knit_reactor_in_thread(const knit_reactor *r)
 {
-    return __atomic_load_n(&r->running, __ATOMIC_ACQUIRE) && pthread_equal(r->thread, pthread_self());
+    return __atomic_load_n(&r->running, __ATOMIC_ACQUIRE) &&
+           pthread_equal(__atomic_load_n(&r->thread, __ATOMIC_RELAXED), pthread_self());
 }
 
 /* ---- time -------------------------------------------------------------------- */

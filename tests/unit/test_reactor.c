@@ -693,6 +693,53 @@ static void *stopper_main(void *arg)
     return NULL;
 }
 
+/* A worker asks knit_reactor_in_thread while the loop is driven by
+ * run_once (TSan checks the thread field is read and written atomically). */
+typedef struct inthread {
+    knit_reactor *r;
+    int stop;
+    int said_yes;
+} inthread;
+
+static void *asker_main(void *arg)
+{
+    inthread *x = arg;
+    knit_signal_block_all();
+    while (!__atomic_load_n(&x->stop, __ATOMIC_ACQUIRE))
+        if (knit_reactor_in_thread(x->r)) __atomic_store_n(&x->said_yes, 1, __ATOMIC_RELAXED);
+    return NULL;
+}
+
+static void test_in_thread_during_run_once(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    assert_false(knit_reactor_in_thread(r));
+    inthread x = {.r = r};
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, asker_main, &x), 0);
+    for (int i = 0; i < 2000; i++) {
+        knit_reactor_run_once(r, 0);
+    }
+    __atomic_store_n(&x.stop, 1, __ATOMIC_RELEASE);
+    pthread_join(th, NULL);
+    assert_int_equal(x.said_yes, 0); /* never true on another thread */
+    assert_false(knit_reactor_in_thread(r));
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+static void in_thread_cb(knit_reactor *r, void *arg) { *(bool *)arg = knit_reactor_in_thread(r); }
+
+static void test_in_thread_true_inside_run_once(void **state)
+{
+    fixture *f = *state;
+    bool yes = false;
+    knit_call_from_thread(f->r, in_thread_cb, &yes);
+    knit_reactor_run_once(f->r, 0);
+    assert_true(yes);
+}
+
 static void test_stop_from_other_thread(void **state)
 {
     (void)state;
@@ -843,6 +890,9 @@ int main(void)
                                         setup_fake, teardown_fake),
         cmocka_unit_test(test_free_drops_queued_calls_and_timers),
         cmocka_unit_test(test_stop_from_other_thread),
+        cmocka_unit_test(test_in_thread_during_run_once),
+        cmocka_unit_test_setup_teardown(test_in_thread_true_inside_run_once, setup_fake,
+                                        teardown_fake),
         cmocka_unit_test(test_shutdown_triggers_wait_for_async),
         cmocka_unit_test(test_stop_now_skips_waiting),
         cmocka_unit_test(test_run_twice_is_refused_while_running),
