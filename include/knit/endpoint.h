@@ -12,6 +12,7 @@
  *       socket file is detected by connecting to it)
  *   ssl:PORT:privateKey=KEY.pem[:certKey=CERT.pem][:extraCertChain=CHAIN.pem]
  *       [:interface=ADDR][:backlog=N][:minVersion=TLSv1.2][:alpn=h2,http/1.1]
+ *       [:sniCertDir=DIR]   (DIR/NAME.pem answers clients asking for NAME)
  *   systemd:domain=INET|INET6|UNIX:index=N   or   systemd:name=NAME
  *   fd:N                                  (any inherited listening socket)
  *   haproxy:<server string>               (PROXY protocol v1/v2 required)

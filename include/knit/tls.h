@@ -10,7 +10,8 @@
  *   - resumes sessions: servers keep a session cache and issue tickets,
  *     clients remember the last session per host and offer it again;
  *   - sends SNI (clients) and checks the certificate against the host name
- *     unless verify is off; servers record the SNI a client sent;
+ *     unless verify is off; servers record the SNI a client sent and, with
+ *     sni_dir, answer with the certificate for that name;
  *   - releases its record buffers while idle (SSL_MODE_RELEASE_BUFFERS);
  *   - ends with close_notify on lose_connection / shutdown_write.
  * Errors carry OpenSSL's reason text: functions that take ERR write it
@@ -48,6 +49,10 @@ typedef struct knit_tls_options {
     const char *min_version; /* "TLSv1.2" (default) or "TLSv1.3" */
     const char *alpn;        /* "h2,http/1.1"; NULL: no ALPN */
     const char *ciphers;     /* TLS 1.2 cipher list; NULL: OpenSSL's default */
+    const char *sni_dir;     /* server: DIR/NAME.pem (chain + key in one file)
+                                answers clients asking for NAME (SNI; a file
+                                named "*.example.org.pem" covers one label);
+                                others get cert_file. Loaded once. */
 } knit_tls_options;
 
 void knit_tls_options_init(knit_tls_options *o);

@@ -14,7 +14,7 @@ static const ep_spec tcp6_server = {
     {"port"}, 1, 1, tcp_server_opts, "tcp6:PORT[:interface=ADDR6][:backlog=N][:reuseport=yes]"};
 static const char *const ssl_opts[] = {"privateKey", "certKey", "extraCertChain",
                                        "interface",  "backlog", "reuseport",
-                                       "minVersion", "alpn",    NULL};
+                                       "minVersion", "alpn",    "sniCertDir", NULL};
 static const ep_spec ssl_server = {
     {"port"},
     1,
@@ -71,7 +71,7 @@ static int check_tls_opts(const knit_endpoint_desc *d, char *err, size_t n)
     if ((v = knit_endpoint_desc_get(d, "alpn")) && (rc = knit__ep_check_alpn(d, v, err, n)))
         return rc;
     static const char *const files[] = {"privateKey", "certKey", "extraCertChain",
-                                        "caCertsDir", "caCerts", NULL};
+                                        "caCertsDir", "caCerts", "sniCertDir", NULL};
     for (const char *const *f = files; *f; f++)
         if ((v = knit_endpoint_desc_get(d, *f)) &&
             (rc = knit__ep_check_nonempty(d, *f, v, "a file name", err, n)))

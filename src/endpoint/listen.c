@@ -370,6 +370,7 @@ int knit__ep_tcp_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_proto
         to.chain_file = knit_endpoint_desc_get(d, "extraCertChain");
         if ((v = knit_endpoint_desc_get(d, "minVersion"))) to.min_version = v;
         to.alpn = knit_endpoint_desc_get(d, "alpn");
+        to.sni_dir = knit_endpoint_desc_get(d, "sniCertDir");
         to.verify = false;
         if ((rc = knit_tls_server_ctx_new(&tls, &to, err, n)) < 0) return rc;
     }

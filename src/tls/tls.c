@@ -13,12 +13,14 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <errno.h>
 #include <pthread.h>
 #include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include "knit/error.h"
 #include "knit/log.h"
@@ -36,6 +38,12 @@ struct knit_tls_ctx {
     pthread_mutex_t mu;
     char *sess_host;
     SSL_SESSION *sess;
+    /* server: certificates chosen by the client's SNI (sni_dir) */
+    size_t nsni;
+    struct sni_entry {
+        char *name; /* lower case; "*.example.org" matches one label */
+        struct knit_tls_ctx *ctx;
+    } *sni;
 };
 
 static _Thread_local char last_err[256];
@@ -114,6 +122,79 @@ static int new_session_cb(SSL *ssl, SSL_SESSION *sess)
     c->sess_host = strdup(host);
     pthread_mutex_unlock(&c->mu);
     return 1; /* we keep the reference */
+}
+
+/* SNI: switch the handshake to the context whose certificate names the
+ * host the client asked for; unknown names keep the default certificate. */
+static bool sni_match(const char *pattern, const char *host)
+{
+    if (strncmp(pattern, "*.", 2) == 0) {
+        const char *dot = strchr(host, '.');
+        return dot && dot != host && strcasecmp(dot + 1, pattern + 2) == 0;
+    }
+    return strcasecmp(pattern, host) == 0;
+}
+
+static int on_servername(SSL *ssl, int *alert, void *arg)
+{
+    knit_tls_ctx *c = arg;
+    const char *host = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+    if (!host) return SSL_TLSEXT_ERR_NOACK;
+    for (size_t i = 0; i < c->nsni; i++) {
+        if (sni_match(c->sni[i].name, host)) {
+            SSL_set_SSL_CTX(ssl, c->sni[i].ctx->ssl);
+            return SSL_TLSEXT_ERR_OK;
+        }
+    }
+    return SSL_TLSEXT_ERR_OK; /* default certificate */
+}
+
+static int ctx_new(knit_tls_ctx **out, const knit_tls_options *o, bool server, char *err,
+                   size_t n);
+
+/* One context per DIR/NAME.pem (certificate chain and key in one file). */
+static int load_sni_dir(knit_tls_ctx *c, const knit_tls_options *o, char *err, size_t n)
+{
+    DIR *d = opendir(o->sni_dir);
+    if (!d) {
+        snprintf(err, n, "sniCertDir %s: %s", o->sni_dir, strerror(errno));
+        return -errno;
+    }
+    struct dirent *e;
+    int rc = 0;
+    while (rc == 0 && (e = readdir(d)) != NULL) {
+        size_t len = strlen(e->d_name);
+        if (len <= 4 || strcmp(e->d_name + len - 4, ".pem") != 0 || e->d_name[0] == '.') continue;
+        char path[4096];
+        snprintf(path, sizeof path, "%s/%s", o->sni_dir, e->d_name);
+        knit_tls_options so = *o;
+        so.cert_file = so.key_file = path;
+        so.chain_file = NULL;
+        so.sni_dir = NULL;
+        knit_tls_ctx *sub;
+        if ((rc = ctx_new(&sub, &so, true, err, n)) < 0) break;
+        struct sni_entry *grown = realloc(c->sni, (c->nsni + 1) * sizeof *grown);
+        char *name = strndup(e->d_name, len - 4);
+        if (!grown || !name) {
+            if (grown) c->sni = grown;
+            free(name);
+            knit_tls_ctx_unref(sub);
+            rc = KNIT_ENOMEM;
+            break;
+        }
+        for (char *p = name; *p; p++)
+            if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
+        c->sni = grown;
+        c->sni[c->nsni].name = name;
+        c->sni[c->nsni].ctx = sub;
+        c->nsni++;
+    }
+    closedir(d);
+    if (rc == 0) {
+        SSL_CTX_set_tlsext_servername_callback(c->ssl, on_servername);
+        SSL_CTX_set_tlsext_servername_arg(c->ssl, c);
+    }
+    return rc;
 }
 
 static int ctx_new(knit_tls_ctx **out, const knit_tls_options *o, bool server, char *err, size_t n)
@@ -227,6 +308,7 @@ static int ctx_new(knit_tls_ctx **out, const knit_tls_options *o, bool server, c
         SSL_CTX_set_session_cache_mode(c->ssl, SSL_SESS_CACHE_SERVER);
         if (o->verify && (o->ca_file || o->ca_dir))
             SSL_CTX_set_verify(c->ssl, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, NULL);
+        if (o->sni_dir && (rc = load_sni_dir(c, o, err, n)) < 0) goto fail;
     } else {
         SSL_CTX_set_verify(c->ssl, o->verify ? SSL_VERIFY_PEER : SSL_VERIFY_NONE, NULL);
         SSL_CTX_set_session_cache_mode(c->ssl,
@@ -267,6 +349,11 @@ void knit_tls_ctx_unref(knit_tls_ctx *c)
     if (c->sess) SSL_SESSION_free(c->sess);
     free(c->sess_host);
     free(c->alpn_wire);
+    for (size_t i = 0; i < c->nsni; i++) {
+        free(c->sni[i].name);
+        knit_tls_ctx_unref(c->sni[i].ctx);
+    }
+    free(c->sni);
     pthread_mutex_destroy(&c->mu);
     free(c);
 }
