@@ -15,6 +15,7 @@
  *   expire   LoopingCall every --expire-interval
  *   summary  LoopingCall every minute
  *   manhole  Lua REPL on --manhole (notes_manhole.c) / close it, wait for its pool jobs
+ *   thrift   Thrift API on --thrift (notes_thrift_svc.c) / drain, close
  *   http     listen and print where / /healthz turns 503, drain in-flight
  * so on SIGTERM the server drains first, the loops stop (waiting for an
  * expiry pass in progress), and only then is the database checkpointed and
@@ -41,6 +42,7 @@
 #include "knit/task.h"
 #include "notes_api.h"
 #include "notes_manhole.h"
+#include "notes_thrift_svc.h"
 #include "store.h"
 
 #define NOTES_VERSION "0.1.0"
@@ -104,6 +106,7 @@ static int add_flags(knit_flags *fs, void *arg)
 {
     int rc = knit_flags_add(fs, "notes", "Notes service", notes_flag_defs,
                             sizeof notes_flag_defs / sizeof notes_flag_defs[0]);
+    if (rc == 0) rc = notes_thrift_add_flags(fs); /* --thrift, --thrift-sasl[db] */
     return rc < 0 ? rc : notes_manhole_add_flags(fs); /* --manhole */
 }
 
@@ -125,6 +128,7 @@ typedef struct notes_main {
     knit_http_server *http;
     notes_store *store;
     notes_app *app;
+    notes_thrift *thrift;
     loop_svc expire, summary;
     /* configuration, read once in setup */
     const char *http_desc;
@@ -376,16 +380,18 @@ static knit_deferred *http_start(knit_service *s, void *arg)
             knit_failure_new(rc, "cannot listen on %s: %s", m->http_desc, err));
 
     unsigned port = knit_http_port(m->http, 0);
+    char tw[128];
+    notes_thrift_where(m->thrift, tw, sizeof tw); /* " and thrift on 127.0.0.1:9090" or "" */
     if (port) {
         char url[128];
         base_url(m->http_desc, port, url, sizeof url);
-        printf("knit-notes %s: listening on %s (db %s, %u threads); Ctrl-C stops it\n"
+        printf("knit-notes %s: listening on %s%s (db %s, %u threads); Ctrl-C stops it\n"
                "try: curl -s -XPOST %s/notes -d '{\"text\":\"hello\",\"tags\":[\"demo\"]}'"
                " && curl -s '%s/notes?tag=demo'\n",
-               NOTES_VERSION, url, m->db, m->threads, url, url);
+               NOTES_VERSION, url, tw, m->db, m->threads, url, url);
     } else {
-        printf("knit-notes %s: listening on %s (db %s, %u threads); Ctrl-C stops it\n",
-               NOTES_VERSION, m->http_desc, m->db, m->threads);
+        printf("knit-notes %s: listening on %s%s (db %s, %u threads); Ctrl-C stops it\n",
+               NOTES_VERSION, m->http_desc, tw, m->db, m->threads);
     }
     fflush(stdout);
     knit_log_kv(KNIT_LOG_INFO, "notes", "listening", "http", m->http_desc, NULL);
@@ -471,6 +477,8 @@ static int setup(knit_app *app, void *arg)
         (rc = add_service(app, "summary", &loop_ops, &m->summary)) < 0 ||
         (rc = notes_manhole_add(app, &(notes_manhole_refs){m->pool, &m->store, &m->app,
                                                            &m->expire.lc, &m->summary.lc})) < 0 ||
+        (rc = notes_thrift_add(app, &(notes_thrift_refs){m->pool, &m->store, m->max_body,
+                                                         m->shutdown_timeout}, &m->thrift)) < 0 ||
         (rc = add_service(app, "http", &http_ops, m)) < 0)
         return rc;
     return 0;
