@@ -31,6 +31,8 @@ TOP = os.environ.get("KNIT_TOP", os.path.dirname(os.path.dirname(os.path.dirname
     os.path.abspath(__file__)))))
 BUILD = os.environ.get("KNIT_BUILD", os.path.join(TOP, "build"))
 BIN = os.path.join(BUILD, "examples", "notes", "knit-notes")
+# The Thrift API (--thrift, default port 9090) on a free port, so runs never collide.
+os.environ.setdefault("NOTES_THRIFT", "tcp:0:interface=127.0.0.1")
 CLIENT = os.path.join(BUILD, "tools", "knit-manhole", "knit-manhole")
 TIMEOUT = 30.0
 
