@@ -114,6 +114,13 @@ class Notes:
             raise AssertionError("knit-notes did not stop:\n" + self.log())
         self.out.close()
         self.err.close()
+        with open(self.err_path) as f:
+            err = f.read()
+        for bad in ("ERROR: AddressSanitizer", "runtime error:", "LeakSanitizer",
+                    "WARNING: ThreadSanitizer"):
+            if bad in err:
+                check("no sanitizer report (%s)" % os.path.basename(self.err_path), False,
+                      err[err.index(bad):][:3000])
         return rc
 
     def kill(self):
