@@ -56,12 +56,15 @@
 #ifndef NOTES_THRIFT_SVC_H
 #define NOTES_THRIFT_SVC_H
 
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
 #include "knit/flag.h"
+#include "knit/metrics.h"
 #include "knit/pool.h"
 #include "knit/service.h"
+#include "knit/thrift.h"
 #include "store.h"
 
 #ifdef __cplusplus
@@ -95,6 +98,23 @@ int notes_thrift_add_flags(knit_flags *fs);
  * negative code (logged: --thrift-sasl=plain without a readable
  * --thrift-sasldb). */
 int notes_thrift_add(knit_app *app, const notes_thrift_refs *refs, notes_thrift **out);
+
+/* ---- the handlers alone (the service uses these; so do the unit tests) ---- */
+
+/* The handlers' state over REFS (copied; store required, pool and
+ * shutdown_timeout unused here; max_body 0 = NOTES_DEFAULT_MAX_BODY). With
+ * REG, notes_thrift_calls_total is registered there. 0 and *out, or
+ * KNIT_EINVAL / KNIT_ENOMEM. [any] */
+int notes_thrift_new(notes_thrift **out, const notes_thrift_refs *refs, knit_metrics *reg);
+/* The notes.Notes processor over the blocking handlers (owned by T): give it
+ * to a knit_thrift_server, or to knit_thrift_process. [any] */
+const knit_thrift_processor *notes_thrift_processor(notes_thrift *t);
+/* While STOPPING, calls are answered with Unavailable("the notes service is
+ * stopping") without touching the store. [any] */
+void notes_thrift_set_stopping(notes_thrift *t, bool stopping);
+/* Free T (closing its server if one is still open). No call may be running.
+ * NULL is a no-op. For a T made by notes_thrift_add, the service does it. */
+void notes_thrift_free(notes_thrift *t);
 
 /* Where the running Thrift API listens, for the startup line:
  * " and thrift on 127.0.0.1:9090" (with " (SASL PLAIN)" when on), or ""
