@@ -57,9 +57,10 @@ static const knit_flag_def thrift_flag_defs[] = {
     KNIT_FLAG_DEF("thrift", KNIT_FLAG_ENDPOINT, NOTES_THRIFT_DEFAULT,
                   "where the Thrift API (notes.thrift) listens (endpoint string); off to disable",
                   .validate = validate_thrift),
-    KNIT_FLAG_DEF("thrift-sasl", KNIT_FLAG_ENUM, "none",
-                  "SASL on the Thrift API: none, or plain (PLAIN against --thrift-sasldb, required)",
-                  .choices = sasl_choices),
+    KNIT_FLAG_DEF(
+        "thrift-sasl", KNIT_FLAG_ENUM, "none",
+        "SASL on the Thrift API: none, or plain (PLAIN against --thrift-sasldb, required)",
+        .choices = sasl_choices),
     KNIT_FLAG_DEF("thrift-sasldb", KNIT_FLAG_STRING, "",
                   "sasldb file with the Thrift users (saslpasswd2 -f FILE -u localhost -c USER)"),
 };
@@ -76,8 +77,8 @@ enum { M_CREATE, M_GET, M_LIST, M_UPDATE, M_REMOVE, M_COUNT };
 enum { O_OK, O_NOT_FOUND, O_BAD, O_UNAVAILABLE, O_ERROR, O_COUNT };
 static const char *const method_names[M_COUNT] = {"create", "get", "list_notes", "update",
                                                   "remove"};
-static const char *const outcome_names[O_COUNT] = {"ok", "not_found", "bad_request",
-                                                   "unavailable", "error"};
+static const char *const outcome_names[O_COUNT] = {"ok", "not_found", "bad_request", "unavailable",
+                                                   "error"};
 
 struct notes_thrift {
     notes_thrift_refs refs;
@@ -173,8 +174,8 @@ static bool clean_text(const knit_tstr *s)
     return true;
 }
 
-__attribute__((format(printf, 3, 4))) static int set_msg(knit_tstr *msg, bool *has,
-                                                         const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static int set_msg(knit_tstr *msg, bool *has, const char *fmt,
+                                                         ...)
 {
     char buf[NOTES_ERRMSG_MAX];
     va_list ap;
@@ -221,7 +222,8 @@ static int check_input(const notes_thrift *t, const notes_NoteInput *in, notes_f
         }
         *tags = calloc(n, sizeof **tags);
         if (!*tags) return KNIT_ENOMEM;
-        for (size_t i = 0; i < n; i++) (*tags)[i] = knit_tstr_cstr(&in->tags.items[i]);
+        for (size_t i = 0; i < n; i++)
+            (*tags)[i] = knit_tstr_cstr(&in->tags.items[i]);
         f->tags = *tags;
         f->ntags = n;
     }
@@ -371,8 +373,8 @@ static int h_list(void *ctx, const notes_Notes_list_notes_args *a,
         return bad_request(t, M_LIST, &x, "after must be a note id (a non-negative integer)");
     if (!guard_enter(t)) return store_error(t, M_LIST, KNIT_ECANCELED, 0, &x);
     notes_list l;
-    int rc = notes_store_list(*t->refs.store, a->tag.len ? knit_tstr_cstr(&a->tag) : NULL,
-                              a->after, (unsigned)a->limit, now_ms(), &l);
+    int rc = notes_store_list(*t->refs.store, a->tag.len ? knit_tstr_cstr(&a->tag) : NULL, a->after,
+                              (unsigned)a->limit, now_ms(), &l);
     guard_leave(t);
     if (rc < 0) return store_error(t, M_LIST, rc, 0, &x);
     for (size_t i = 0; rc == 0 && i < l.n; i++) {
@@ -504,8 +506,8 @@ static knit_deferred *thrift_start(knit_service *s, void *arg)
     knit_thrift_server_options_init(&o);
     o.pool = t->refs.pool;
     uint64_t frame = t->refs.max_body + NOTES_THRIFT_FRAME_SLACK;
-    o.max_frame = frame > KNIT_THRIFT_MAX_FRAME_DEFAULT ? KNIT_THRIFT_MAX_FRAME_DEFAULT
-                                                        : (uint32_t)frame;
+    o.max_frame =
+        frame > KNIT_THRIFT_MAX_FRAME_DEFAULT ? KNIT_THRIFT_MAX_FRAME_DEFAULT : (uint32_t)frame;
     if (t->sasl) {
         t->so.max_frame = o.max_frame;
         o.sasl = &t->so;
@@ -610,8 +612,8 @@ int notes_thrift_add(knit_app *app, const notes_thrift_refs *refs, notes_thrift 
         }
         if (access(db, R_OK) != 0) {
             int rc = -errno;
-            knit_log_kv(KNIT_LOG_ERROR, "notes", "cannot read the sasldb (--thrift-sasldb)",
-                        "path", db, "error", knit_strerror(rc), NULL);
+            knit_log_kv(KNIT_LOG_ERROR, "notes", "cannot read the sasldb (--thrift-sasldb)", "path",
+                        db, "error", knit_strerror(rc), NULL);
             return rc;
         }
     }

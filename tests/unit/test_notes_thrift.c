@@ -223,7 +223,8 @@ static void test_validation(void **state)
 
     notes_Notes_create_args_init(&a);
     set(&a.note.text, "x");
-    for (int i = 0; i < 33; i++) add_tag(&a.note, "t");
+    for (int i = 0; i < 33; i++)
+        add_tag(&a.note, "t");
     expect_bad_create(f, &a, "tags must hold at most 32 entries (got 33)");
 
     notes_Notes_create_args_init(&a);
@@ -239,8 +240,8 @@ static void test_validation(void **state)
     expect_bad_create(f, &a, "ttl_seconds must be at most");
 
     /* Not UTF-8, or with a NUL: refused (the JSON API must read every note). */
-    static const char *const bad_text[] = {"a\xc0\x80", "\xed\xa0\x80", "\xf5\x80\x80\x80",
-                                           "ab\xe2\x82", "\xff", "caf\xc3"};
+    static const char *const bad_text[] = {"a\xc0\x80",  "\xed\xa0\x80", "\xf5\x80\x80\x80",
+                                           "ab\xe2\x82", "\xff",         "caf\xc3"};
     for (size_t i = 0; i < sizeof bad_text / sizeof bad_text[0]; i++) {
         notes_Notes_create_args_init(&a);
         set(&a.note.text, bad_text[i]);
@@ -290,7 +291,8 @@ static void test_list(void **state)
 {
     fx *f = *state;
     int64_t ids[5];
-    for (int i = 0; i < 5; i++) ids[i] = create(f, "p", i % 2 ? "odd" : "even", 0);
+    for (int i = 0; i < 5; i++)
+        ids[i] = create(f, "p", i % 2 ? "odd" : "even", 0);
 
     /* IDL defaults: tag "", limit 50, after 0. */
     notes_Notes_list_notes_args d;
@@ -429,14 +431,14 @@ static void test_wire_compact(void **state)
     knit_thrift_writer_init(&in, KNIT_THRIFT_COMPACT);
     knit_thrift_writer_init(&out, KNIT_THRIFT_COMPACT);
     assert_int_equal(knit_thrift_encode_call(&in, &notes_Notes_get_method, NULL, 7, &ga), 0);
-    assert_int_equal(
-        knit_thrift_process(notes_thrift_processor(f->t), KNIT_THRIFT_COMPACT, in.data, in.len, &out),
-        0);
+    assert_int_equal(knit_thrift_process(notes_thrift_processor(f->t), KNIT_THRIFT_COMPACT, in.data,
+                                         in.len, &out),
+                     0);
     notes_Notes_get_result gr;
     notes_Notes_get_result_init(&gr);
     int32_t seqid = 0, app_type = 0;
-    assert_int_equal(knit_thrift_decode_reply(&notes_Notes_get_method, KNIT_THRIFT_COMPACT, out.data,
-                                              out.len, &seqid, &gr, &app_type, NULL),
+    assert_int_equal(knit_thrift_decode_reply(&notes_Notes_get_method, KNIT_THRIFT_COMPACT,
+                                              out.data, out.len, &seqid, &gr, &app_type, NULL),
                      0);
     assert_int_equal(seqid, 7);
     assert_true(gr.has_success);
