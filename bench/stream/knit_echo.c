@@ -126,7 +126,7 @@ static void resume_p(knit_protocol *p)
     fill(e);
 }
 
-static const knit_protocol_ops ops = {made, data, NULL, lost, pause_p, resume_p};
+static const knit_protocol_ops ops = {made, data, NULL, lost, pause_p, resume_p, "echo"};
 
 static knit_protocol *build(knit_protocol_factory *f, const knit_sockaddr *peer)
 {
@@ -179,7 +179,7 @@ static void cl_lost(knit_protocol *p, knit_close_reason reason, int err)
     knit_reactor_stop(R);
 }
 
-static const knit_protocol_ops cl_ops = {cl_made, cl_data, NULL, cl_lost, NULL, NULL};
+static const knit_protocol_ops cl_ops = {cl_made, cl_data, NULL, cl_lost, NULL, NULL, "echo_client"};
 
 static knit_protocol *cl_build(knit_protocol_factory *f, const knit_sockaddr *peer)
 {

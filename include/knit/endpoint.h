@@ -144,8 +144,13 @@ size_t knit_listeners_visit(knit_listener_visit_fn fn, void *arg);
  * or TLS handshake phase: knit_transport_protocol() is NULL for them).
  * FN may abort or close a connection (that only queues its end). Returns
  * how many were visited. Client connections are not on any listener. */
-typedef void (*knit_transport_visit_fn)(knit_transport *t, void *arg);
 size_t knit_listener_visit_connections(knit_listener *l, knit_transport_visit_fn fn, void *arg);
+
+/* The endpoint string a transport came from: its listener's description
+ * for an accepted connection (NULL once that listener is closed), the
+ * client string for one made by knit_endpoint_connect (normalised:
+ * "tcp:127.0.0.1:8080"), NULL for adopted transports. */
+const char *knit_transport_endpoint(const knit_transport *t);
 
 /* ---- connecting ------------------------------------------------------------ */
 typedef struct knit_connect knit_connect;

@@ -161,6 +161,9 @@ typedef struct knit_protocol_ops {
     void (*pause_producing)(knit_protocol *p);
     /* Output drained below the low-water mark: produce again. Optional. */
     void (*resume_producing)(knit_protocol *p);
+    /* A short static name ("http", "echo") shown by the manhole's
+     * connections(); costs nothing per connection. Optional. */
+    const char *name;
 } knit_protocol_ops;
 
 struct knit_protocol {
@@ -246,6 +249,40 @@ const char *knit_transport_kind(const knit_transport *t);
 int knit_transport_fd(const knit_transport *t);
 knit_reactor *knit_transport_reactor(const knit_transport *t);
 knit_protocol *knit_transport_protocol(const knit_transport *t);
+
+/* ---- the registry (the manhole's connections()) --------------------------
+ * Every socket transport (accepted by a listener, connected by an endpoint,
+ * adopted) is on an intrusive doubly-linked list of the thread that runs
+ * its reactor, from creation until it is freed (after connection_lost) —
+ * so also while it is closing and during its PROXY/TLS phase. The cost is
+ * 32 bytes per connection (the id, the start time, two byte counters; the
+ * links are the ones listeners used to keep their own lists with). Memory
+ * transports have an id and byte counts but are on no list. */
+typedef void (*knit_transport_visit_fn)(knit_transport *t, void *arg);
+/* Visit R's transports (R NULL: every transport of the calling thread), in
+ * creation order; returns how many were visited. FN may close or abort the
+ * transport it is given (that only queues its end; it stays on the list
+ * until freed from the loop) but must not run the reactor. */
+size_t knit_transports_visit(knit_reactor *r, knit_transport_visit_fn fn, void *arg);
+/* How many transports R (NULL: the calling thread) has now. */
+size_t knit_transports_count(knit_reactor *r);
+/* The transport of R with ID, or NULL (closed and freed, or never). */
+knit_transport *knit_transport_find(knit_reactor *r, uint64_t id);
+/* A process-wide unique id (> 0, never reused while the process lives). [any] */
+uint64_t knit_transport_id(const knit_transport *t);
+/* Reactor time the transport was created (0 for memory transports). */
+knit_time knit_transport_started(const knit_transport *t);
+/* Bytes received (delivered to the protocol, after TLS) and sent (taken by
+ * the socket or the TLS layer; memory: written). Either may be NULL. */
+void knit_transport_bytes(const knit_transport *t, uint64_t *in, uint64_t *out);
+/* True while reading is paused (knit_transport_pause_reading). */
+bool knit_transport_reading_paused(const knit_transport *t);
+/* "open", "closing" (lose_connection / abort / peer gone, not yet freed),
+ * "handshake" (PROXY header or TLS handshake, no protocol yet),
+ * "paused" (reading paused), "producer_paused" (output above the
+ * high-water mark). The first that applies, in the order closing,
+ * handshake, producer_paused, paused, open. [reactor] */
+const char *knit_transport_state(const knit_transport *t);
 
 /* Bytes of heap memory this connection's transport holds now (struct plus
  * buffers, TLS state excluded); for tests and the manhole. */

@@ -41,6 +41,7 @@ struct knit_connect {
     void *arg;
     knit_connect_options o;
     char *host;
+    char *desc; /* normalised client string; handed to the transport */
     char port[8];
     knit_sockaddr addrs[MAX_ADDRS];
     size_t naddrs, next;
@@ -66,6 +67,7 @@ static void maybe_free(knit_connect *c)
 {
     if (!c->done || c->resolving || c->starting || c->in_new || c->tls_t) return;
     free(c->host);
+    free(c->desc);
     knit_tls_ctx_unref(c->tls);
     free(c);
 }
@@ -109,6 +111,12 @@ static void attach(knit_connect *c, knit_transport *t)
         return;
     }
     if (c->o.high_water) knit_transport_set_water_marks(t, c->o.high_water, c->o.low_water);
+    if (c->desc) {
+        /* knit_transport_endpoint(): the string lives as long as T */
+        t->owner_fn = knit__connect_owner_freed;
+        t->owner = c->desc;
+        c->desc = NULL;
+    }
     knit__transport_attach(t, p);
     finish(c, p, 0);
 }
@@ -441,6 +449,30 @@ static int client_ctx(knit_tls_ctx **out, const knit_tls_options *o, char *err, 
     return rc;
 }
 
+void knit__connect_owner_freed(knit_transport *t, void *owner)
+{
+    (void)t;
+    free(owner);
+}
+
+/* "KIND:ARG:...:key=value" from a parsed string (no escaping: for display). */
+static char *format_desc(const knit_endpoint_desc *d)
+{
+    size_t n = strlen(d->kind) + 1;
+    for (size_t i = 0; i < d->nargs; i++)
+        n += strlen(d->args[i]) + 1;
+    for (size_t i = 0; i < d->nkw; i++)
+        n += strlen(d->keys[i]) + strlen(d->values[i]) + 2;
+    char *s = malloc(n), *p = s;
+    if (!s) return NULL;
+    p += sprintf(p, "%s", d->kind);
+    for (size_t i = 0; i < d->nargs; i++)
+        p += sprintf(p, ":%s", d->args[i]);
+    for (size_t i = 0; i < d->nkw; i++)
+        p += sprintf(p, ":%s=%s", d->keys[i], d->values[i]);
+    return s;
+}
+
 static knit_connect *new_connect(knit_reactor *r, knit_protocol_factory *f,
                                  const knit_connect_options *o, knit_connect_cb cb, void *arg,
                                  const knit_endpoint_desc *d)
@@ -451,6 +483,7 @@ static knit_connect *new_connect(knit_reactor *r, knit_protocol_factory *f,
     c->f = f;
     c->cb = cb;
     c->arg = arg;
+    c->desc = format_desc(d); /* NULL when out of memory: shown as unknown */
     if (o)
         c->o = *o;
     else
@@ -504,6 +537,7 @@ int knit__ep_tcp_connect(knit_reactor *r, const knit_endpoint_desc *d, knit_prot
 fail:
     if (c->deadline.id) knit_timer_cancel(r, c->deadline);
     free(c->host);
+    free(c->desc);
     knit_tls_ctx_unref(c->tls);
     free(c);
     return rc;
@@ -528,6 +562,7 @@ int knit__ep_unix_connect(knit_reactor *r, const knit_endpoint_desc *d, knit_pro
     int rc = start_soon(c);
     if (rc < 0) {
         if (c->deadline.id) knit_timer_cancel(r, c->deadline);
+        free(c->desc);
         free(c);
         return rc;
     }

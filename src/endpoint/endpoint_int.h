@@ -55,6 +55,9 @@ int knit__ep_unix_connect(knit_reactor *r, const knit_endpoint_desc *d, knit_pro
                           const knit_connect_options *o, knit_connect_cb cb, void *arg,
                           knit_connect **out, char *err, size_t n);
 
+/* Owner hook of client transports: t->owner is their endpoint string. */
+void knit__connect_owner_freed(knit_transport *t, void *owner);
+
 /* Connect to ADDRS in the given order with the happy-eyeballs stagger (for
  * tests: no resolution, no TLS). */
 int knit__endpoint_connect_addrs(knit_reactor *r, const knit_sockaddr *addrs, size_t n,

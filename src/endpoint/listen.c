@@ -7,7 +7,10 @@
  * Invariants: the listener never spins — on EMFILE/ENFILE/ENOBUFS/ENOMEM it
  * stops watching the socket and retries from a timer; at max_connections it
  * stops watching until a connection is freed. Each connection it accepted
- * is on its list (for counting and for close(abort_connections)).
+ * has t->owner == the listener (and owner_fn == conn_freed) until it is
+ * freed or the listener closes; the listener keeps no list of its own —
+ * it walks the thread's transport registry (stream.h) filtered by owner,
+ * which costs an idle connection nothing extra.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -33,7 +36,6 @@ struct knit_listener {
     knit_reactor *r;
     knit_protocol_factory *f;
     knit_listen_options o;
-    knit_transport *conns;
     size_t nconns;
     uint64_t accepted, emfile;
     knit_timer retry;
@@ -66,12 +68,8 @@ static void update(knit_listener *l)
 
 static void conn_freed(knit_transport *t, void *owner)
 {
+    (void)t;
     knit_listener *l = owner;
-    if (t->prev)
-        t->prev->next = t->next;
-    else
-        l->conns = t->next;
-    if (t->next) t->next->prev = t->prev;
     l->nconns--;
     if (l->at_limit && l->nconns < l->o.max_connections) {
         l->at_limit = false;
@@ -147,9 +145,6 @@ static void on_accept(knit_io *io, unsigned ev)
         if (rc < 0) continue;
         t->owner_fn = conn_freed;
         t->owner = l;
-        t->next = l->conns;
-        if (l->conns) l->conns->prev = t;
-        l->conns = t;
         l->nconns++;
         if (l->o.high_water) knit_transport_set_water_marks(t, l->o.high_water, l->o.low_water);
         if (phases) {
@@ -209,16 +204,49 @@ size_t knit_listeners_visit(knit_listener_visit_fn fn, void *arg)
     return n;
 }
 
+typedef struct owned_visit {
+    knit_listener *l;
+    knit_transport_visit_fn fn;
+    void *arg;
+    size_t n;
+} owned_visit;
+
+static void visit_owned(knit_transport *t, void *arg)
+{
+    owned_visit *v = arg;
+    if (t->owner_fn != conn_freed || t->owner != v->l) return;
+    v->n++;
+    if (v->fn) v->fn(t, v->arg);
+}
+
 size_t knit_listener_visit_connections(knit_listener *l, knit_transport_visit_fn fn, void *arg)
 {
-    size_t n = 0;
-    /* Closing a connection only queues its end; it stays linked until it
-     * is freed from the loop, so NEXT stays valid. */
-    for (knit_transport *t = l->conns, *next; t; t = next, n++) {
-        next = t->next;
-        fn(t, arg);
+    /* Closing a connection only queues its end; it stays on the registry
+     * until it is freed from the loop, so the walk stays valid. */
+    owned_visit v = {l, fn, arg, 0};
+    knit_transports_visit(l->r, visit_owned, &v);
+    return v.n;
+}
+
+const char *knit_transport_endpoint(const knit_transport *t)
+{
+    if (t->owner_fn == conn_freed) return knit_listener_description(t->owner);
+    if (t->owner_fn == knit__connect_owner_freed) return t->owner;
+    return NULL;
+}
+
+static void disown(knit_transport *t, void *arg)
+{
+    bool abort_connections = *(bool *)arg;
+    t->owner_fn = NULL;
+    t->owner = NULL;
+    /* Connections still in their PROXY/TLS phase point back at us. */
+    if (t->ext && t->ext->ready) {
+        t->ext->ready = NULL;
+        knit__transport_close(t, false, KNIT_CLOSE_SHUTDOWN, KNIT_ECLOSED);
+    } else if (abort_connections) {
+        knit_transport_close_with(t, false, KNIT_CLOSE_SHUTDOWN, 0);
     }
-    return n;
 }
 
 int knit_listener_address(const knit_listener *l, knit_sockaddr *out)
@@ -264,21 +292,7 @@ void knit_listener_close(knit_listener *l, bool abort_connections)
         unlink(l->unix_path);
         free(l->unix_path);
     }
-    knit_transport *t = l->conns;
-    while (t) {
-        knit_transport *next = t->next;
-        t->owner_fn = NULL;
-        t->owner = NULL;
-        t->prev = t->next = NULL;
-        /* Connections still in their PROXY/TLS phase point back at us. */
-        if (t->ext && t->ext->ready) {
-            t->ext->ready = NULL;
-            knit__transport_close(t, false, KNIT_CLOSE_SHUTDOWN, KNIT_ECLOSED);
-        } else if (abort_connections) {
-            knit_transport_close_with(t, false, KNIT_CLOSE_SHUTDOWN, 0);
-        }
-        t = next;
-    }
+    knit_listener_visit_connections(l, disown, &abort_connections);
     if (l->tprev) l->tprev->tnext = l->tnext;
     else if (tl_first == l) tl_first = l->tnext;
     if (l->tnext) l->tnext->tprev = l->tprev;

@@ -109,7 +109,10 @@ static void lr_lost(knit_protocol *p, knit_close_reason reason, int err)
 }
 
 static const knit_protocol_ops lr_ops = {
-    .connection_made = lr_made, .data_received = lr_data, .connection_lost = lr_lost};
+    .connection_made = lr_made,
+    .data_received = lr_data,
+    .connection_lost = lr_lost,
+    .name = "line_receiver"};
 
 void knit_line_receiver_init(knit_line_receiver *lr, const char *delim, size_t max_line)
 {
@@ -156,7 +159,10 @@ static void fr_lost(knit_protocol *p, knit_close_reason reason, int err)
 }
 
 static const knit_protocol_ops fr_ops = {
-    .connection_made = fr_made, .data_received = fr_data, .connection_lost = fr_lost};
+    .connection_made = fr_made,
+    .data_received = fr_data,
+    .connection_lost = fr_lost,
+    .name = "frame_receiver"};
 
 void knit_frame_receiver_init(knit_frame_receiver *fr, uint32_t max_frame)
 {

@@ -18,6 +18,7 @@ int knit_memory_transport_new(knit_protocol *p, knit_transport **out)
     t->high = KNIT_STREAM_HIGH_WATER;
     t->low = KNIT_STREAM_LOW_WATER;
     t->flags = TP_MEMORY;
+    t->id = knit__transport_next_id();
     *out = t;
     knit__transport_attach(t, p);
     return 0;
@@ -27,6 +28,7 @@ void knit_memory_transport_feed(knit_transport *t, const void *data, size_t len)
 {
     if (t->flags & (TP_CLOSING | TP_LOST_DONE)) return;
     if (knit_buf_append(&t->in, data, len) < 0) return;
+    t->bytes_in += len;
     if (t->read_pauses) return;
     t->proto->ops->data_received(t->proto, &t->in);
     if (knit_buf_empty(&t->in)) knit_buf_release(&t->in);

@@ -68,7 +68,10 @@ struct knit_transport {
     knit__tp_ext *ext; /* NULL for plain TCP/UNIX connections */
     knit__owner_fn owner_fn;
     void *owner;
-    knit_transport *prev, *next; /* owner's list */
+    knit_transport *prev, *next; /* this thread's registry (memory: unlinked) */
+    uint64_t id;                 /* knit_transport_id: process-wide sequence */
+    knit_time started;           /* reactor time at creation (memory: 0) */
+    uint64_t bytes_in, bytes_out; /* protocol bytes received / sent */
     uint32_t high, low;
     uint16_t flags;
     uint8_t reason; /* knit_close_reason once closing */
@@ -100,6 +103,9 @@ void knit__transport_close(knit_transport *t, bool flush, knit_close_reason reas
  * for t->ext->phase_timer. */
 void knit__transport_run_phases(knit_transport *t);
 void knit__transport_phase_timeout(knit_reactor *r, void *arg);
+
+/* The next transport id (process-wide, from 1). [any] */
+uint64_t knit__transport_next_id(void);
 
 /* Per-thread scratch for reads (KNIT_STREAM_READ_CHUNK bytes), or NULL. */
 uint8_t *knit__stream_scratch(void);

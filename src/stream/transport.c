@@ -15,10 +15,15 @@
  *    has run — so a protocol may abort() inside data_received and the read
  *    loop still sees valid memory when the callback returns.
  *  - After TP_CLOSED the fd is closed and nothing touches it again.
+ *  - Every socket transport is on its thread's registry (tl_first..tl_last,
+ *    linked through t->prev/t->next) from knit__transport_new until
+ *    free_transport, which is the only place that unlinks it; closing only
+ *    queues the free, so a visitor that closes T can still follow T->next.
  */
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <stdatomic.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <stdlib.h>
@@ -32,6 +37,98 @@
 #include "stream/stream_int.h"
 
 static _Thread_local uint8_t *scratch;
+
+/* The registry: this thread's socket transports, oldest first. A reactor
+ * and its transports live on one thread, so no lock; ids come from one
+ * process-wide counter so that they stay unique across reactors. */
+static _Thread_local knit_transport *tl_first, *tl_last;
+static atomic_uint_fast64_t next_id;
+
+uint64_t knit__transport_next_id(void)
+{
+    return (uint64_t)atomic_fetch_add_explicit(&next_id, 1, memory_order_relaxed) + 1;
+}
+
+static void registry_link(knit_transport *t)
+{
+    t->next = NULL;
+    t->prev = tl_last;
+    if (tl_last)
+        tl_last->next = t;
+    else
+        tl_first = t;
+    tl_last = t;
+}
+
+static void registry_unlink(knit_transport *t)
+{
+    if (t->prev)
+        t->prev->next = t->next;
+    else if (tl_first == t)
+        tl_first = t->next;
+    if (t->next)
+        t->next->prev = t->prev;
+    else if (tl_last == t)
+        tl_last = t->prev;
+    t->prev = t->next = NULL;
+}
+
+size_t knit_transports_visit(knit_reactor *r, knit_transport_visit_fn fn, void *arg)
+{
+    size_t n = 0;
+    for (knit_transport *t = tl_first, *next; t; t = next) {
+        next = t->next;
+        if (r && t->io._r != r) continue;
+        n++;
+        fn(t, arg);
+    }
+    return n;
+}
+
+size_t knit_transports_count(knit_reactor *r)
+{
+    size_t n = 0;
+    for (knit_transport *t = tl_first; t; t = t->next)
+        if (!r || t->io._r == r) n++;
+    return n;
+}
+
+knit_transport *knit_transport_find(knit_reactor *r, uint64_t id)
+{
+    for (knit_transport *t = tl_first; t; t = t->next)
+        if (t->id == id && (!r || t->io._r == r)) return t;
+    return NULL;
+}
+
+uint64_t knit_transport_id(const knit_transport *t)
+{
+    return t->id;
+}
+
+knit_time knit_transport_started(const knit_transport *t)
+{
+    return t->started;
+}
+
+void knit_transport_bytes(const knit_transport *t, uint64_t *in, uint64_t *out)
+{
+    if (in) *in = t->bytes_in;
+    if (out) *out = t->bytes_out;
+}
+
+bool knit_transport_reading_paused(const knit_transport *t)
+{
+    return t->read_pauses > 0;
+}
+
+const char *knit_transport_state(const knit_transport *t)
+{
+    if (t->flags & (TP_CLOSING | TP_CLOSED | TP_ABORT_REQ | TP_LOST_DONE)) return "closing";
+    if (!(t->flags & TP_ATTACHED)) return "handshake";
+    if (t->flags & TP_PAUSED) return "producer_paused";
+    if (t->read_pauses) return "paused";
+    return "open";
+}
 
 uint8_t *knit__stream_scratch(void)
 {
@@ -86,10 +183,17 @@ static ssize_t do_recv(knit_transport *t, void *buf, size_t n)
 
 static ssize_t do_send(knit_transport *t, const void *buf, size_t n)
 {
-    if (TP_LAYER(t)) return TP_LAYER(t)->send(t, buf, n);
+    if (TP_LAYER(t)) {
+        ssize_t r = TP_LAYER(t)->send(t, buf, n);
+        if (r > 0) t->bytes_out += (uint64_t)r;
+        return r;
+    }
     for (;;) {
         ssize_t r = send(t->io._fd, buf, n, MSG_NOSIGNAL);
-        if (r >= 0) return r;
+        if (r >= 0) {
+            t->bytes_out += (uint64_t)r;
+            return r;
+        }
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return KNIT_EAGAIN;
         return -errno;
@@ -104,6 +208,7 @@ static ssize_t do_sendv(knit_transport *t, const struct iovec *iov, int cnt)
             if (!iov[i].iov_len) continue;
             ssize_t r = TP_LAYER(t)->send(t, iov[i].iov_base, iov[i].iov_len);
             if (r < 0) return total ? total : r;
+            t->bytes_out += (uint64_t)r;
             total += r;
             if ((size_t)r < iov[i].iov_len) break;
         }
@@ -114,7 +219,10 @@ static ssize_t do_sendv(knit_transport *t, const struct iovec *iov, int cnt)
     m.msg_iovlen = (size_t)(cnt > IOV_MAX ? IOV_MAX : cnt);
     for (;;) {
         ssize_t r = sendmsg(t->io._fd, &m, MSG_NOSIGNAL);
-        if (r >= 0) return r;
+        if (r >= 0) {
+            t->bytes_out += (uint64_t)r;
+            return r;
+        }
         if (errno == EINTR) continue;
         if (errno == EAGAIN || errno == EWOULDBLOCK) return KNIT_EAGAIN;
         return -errno;
@@ -126,6 +234,7 @@ static ssize_t do_sendv(knit_transport *t, const struct iovec *iov, int cnt)
 static void free_transport(knit_transport *t)
 {
     if (t->owner_fn) t->owner_fn(t, t->owner);
+    registry_unlink(t);
     if (t->ext) {
         free(t->ext->proxied);
         free(t->ext);
@@ -351,6 +460,7 @@ int knit_transport_writev(knit_transport *t, const struct iovec *iov, int iovcnt
             return rc;
         }
     }
+    if (t->flags & TP_MEMORY) t->bytes_out += total; /* "sent" to the test */
     update_watch(t);
     check_high(t);
     return 0;
@@ -369,7 +479,9 @@ int knit_transport_write_buf(knit_transport *t, knit_buf *b)
         return KNIT_ECLOSED;
     }
     if (!knit_buf_empty(&t->out) || (t->flags & TP_MEMORY)) {
+        size_t len = knit_buf_len(b);
         int rc = knit_buf_move(&t->out, b);
+        if (rc == 0 && (t->flags & TP_MEMORY)) t->bytes_out += len;
         if (rc < 0) {
             knit_buf_release(b);
             if (!(t->flags & TP_MEMORY)) close_now(t, KNIT_CLOSE_NOMEM, rc, true);
@@ -468,6 +580,7 @@ static void do_read(knit_transport *t)
             return;
         }
         knit_buf_commit(b, (size_t)n);
+        t->bytes_in += (uint64_t)n;
         t->proto->ops->data_received(t->proto, b);
         if (use_scratch) {
             if (!knit_buf_empty(&sbuf) && !(t->flags & TP_CLOSED)) {
@@ -642,6 +755,9 @@ int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_o
         return rc;
     }
     knit_io_init(r, &t->io, fd, on_io, t);
+    t->id = knit__transport_next_id();
+    t->started = knit_reactor_now(r);
+    registry_link(t);
     knit_buf_init(&t->out);
     knit_buf_init(&t->in);
     t->high = KNIT_STREAM_HIGH_WATER;

@@ -396,7 +396,7 @@ static void c_lost(knit_protocol *p, knit_close_reason reason, int err)
     free(c);
 }
 
-static const knit_protocol_ops conn_ops = {NULL, c_data, NULL, c_lost, NULL, NULL};
+static const knit_protocol_ops conn_ops = {NULL, c_data, NULL, c_lost, NULL, NULL, "test_conn"};
 
 static knit_protocol *build(knit_protocol_factory *f, const knit_sockaddr *peer)
 {
@@ -463,6 +463,12 @@ static void echo_roundtrip(world *w, const char *client_desc)
     assert_int_equal(w->connected, before + 1);
     conn *c = (conn *)w->client;
     knit_transport *ct = c->proto.transport;
+    /* the registry names the client string (normalised), same kind */
+    const char *ep = knit_transport_endpoint(ct);
+    assert_non_null(ep);
+    size_t kl = strcspn(client_desc, ":");
+    assert_memory_equal(ep, client_desc, kl + 1);
+    assert_ptr_equal(knit_transport_find(w->r, knit_transport_id(ct)), ct);
     if (strcmp(knit_transport_kind(ct), "tcp") == 0) {
         assert_int_equal(knit_transport_set_nodelay(ct, true), 0);
         assert_int_equal(knit_transport_set_keepalive(ct, true, 30), 0);
@@ -1072,8 +1078,14 @@ static void test_introspection_and_peek(void **state)
         turn(&w, 1);
     for (int i = 0; i < 100 && knit_listener_connections(b) < 1; i++)
         turn(&w, 1);
+    /* the registry: the two accepted on A, the one in B's PROXY phase */
+    for (int i = 0; i < 100 && knit_transports_count(w.r) < 3; i++)
+        turn(&w, 1);
+    assert_int_equal(knit_transports_count(w.r), 3);
     /* peek: bytes wait on the socket while reading is paused, and stay */
     knit_transport *t = w.last->proto.transport;
+    assert_string_equal(knit_transport_endpoint(t), "tcp:0:interface=127.0.0.1");
+    assert_string_equal(knit_transport_state(t), "open");
     knit_transport_pause_reading(t);
     char buf[16];
     assert_int_equal(knit_transport_peek(t, buf, sizeof buf), KNIT_EAGAIN);

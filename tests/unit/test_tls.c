@@ -164,7 +164,7 @@ static void c_lost(knit_protocol *p, knit_close_reason reason, int err)
     free(c);
 }
 
-static const knit_protocol_ops ops = {c_made, c_data, NULL, c_lost, NULL, NULL};
+static const knit_protocol_ops ops = {c_made, c_data, NULL, c_lost, NULL, NULL, NULL};
 
 static knit_protocol *build(knit_protocol_factory *f, const knit_sockaddr *peer)
 {
