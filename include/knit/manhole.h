@@ -247,10 +247,35 @@ void knit_manhole_setfield_bool(lua_State *L, int idx, const char *k, bool v);
  *   knit_manhole_attach_pool    pool.stats([name]), pool.list()
  *   knit_manhole_attach_loop    loops(), loops.stop(name), loops.start(name)
  *   knit_manhole_attach_metrics metrics([prefix]), metrics.text()
- *   knit_manhole_attach_listener listeners() (address, open connections)
+ *   knit_manhole_attach_listener listeners() (endpoint, address, open
+ *                                connections, accepted, emfile_events)
  * A binding whose module is not linked into the program (or whose object
  * was never attached) raises a clear error instead. Returns 0, KNIT_ENOMEM,
- * KNIT_EEXIST for a loop name already attached. */
+ * KNIT_EEXIST for a loop name already attached; knit_manhole_attach_loop
+ * with NAME NULL uses the LoopingCall's own label (knit_looping_call_set_name;
+ * KNIT_EINVAL if it has none).
+ *
+ * Needing no attachment (the manhole's reactor is enough):
+ *   connections()      every open connection of the reactor — accepted by
+ *                      any listener, connected by an endpoint, adopted,
+ *                      the manhole's own — from the streams registry
+ *                      (stream.h), oldest first: {id, peer, endpoint (the
+ *                      listener's string or the client string; "-" if
+ *                      unknown), protocol (knit_protocol_ops.name; "?" if
+ *                      unset, "-" before a protocol is attached), kind
+ *                      (tcp/unix/tls), age (s), bytes_in, bytes_out,
+ *                      pending_out, state (open, closing, handshake,
+ *                      paused, producer_paused)}. At most 10,000 rows, then
+ *                      a "... N more" entry. connections.count() → N.
+ *   close(id[, abort]) knit_transport_lose_connection (flushes first) or,
+ *                      with ABORT true, knit_transport_abort; logged with
+ *                      who asked. An unknown id is an error. Closing the
+ *                      session's own connection ends it after this reply.
+ *   loops([name])      for each attached LoopingCall: interval (s), running,
+ *                      waiting, runs, failures, skipped, last_run (seconds
+ *                      ago, nil if never), next_run (seconds from now, nil
+ *                      if none), label. loops.stop(name), loops.start(name
+ *                      [, seconds]) find it by its attached name or label. */
 typedef struct knit_flags knit_flags;
 typedef struct knit_pool knit_pool;
 typedef struct knit_looping_call knit_looping_call;

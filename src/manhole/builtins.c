@@ -8,8 +8,9 @@
  * created a pool has no pool to show, and the binding says "not linked into
  * this program" instead of the library forcing the module in.
  *
- * Not bound yet, with the reason, in help(): connections()/close(id) (needs
- * a connection registry in streams — docs/requests/manhole-needs.md).
+ * connections()/close(id) read the streams registry (stream.h: every
+ * socket transport of this reactor, knit_transport_find by id); the
+ * endpoint module names where each came from (knit_transport_endpoint).
  */
 #include "manhole/internal.h"
 
@@ -31,6 +32,8 @@
 #pragma weak knit_pool_hist_bound
 #pragma weak knit_pool_name
 #pragma weak knit_looping_call_running
+#pragma weak knit_looping_call_get_stats
+#pragma weak knit_looping_call_name
 #pragma weak knit_looping_call_interval
 #pragma weak knit_looping_call_stop
 #pragma weak knit_looping_call_start
@@ -400,23 +403,53 @@ static void need_task_module(lua_State *L)
         luaL_error(L, "the task module (LoopingCall) is not linked into this program");
 }
 
+/* One loop's table: interval (s), running, waiting, runs, failures,
+ * skipped, last_run (seconds ago; nil if never), next_run (seconds from
+ * now; nil if none), label (the LoopingCall's own name, if set). */
+static void push_loop(lua_State *L, knit_looping_call *lc, knit_time now)
+{
+    knit_looping_call_stats st;
+    knit_looping_call_get_stats(lc, &st);
+    lua_createtable(L, 0, 9);
+    knit_manhole_setfield_num(L, -1, "interval", KNIT_TO_SEC(st.interval));
+    knit_manhole_setfield_bool(L, -1, "running", st.running);
+    knit_manhole_setfield_bool(L, -1, "waiting", st.waiting);
+    knit_manhole_setfield_int(L, -1, "runs", (lua_Integer)st.runs);
+    knit_manhole_setfield_int(L, -1, "failures", (lua_Integer)st.failures);
+    knit_manhole_setfield_int(L, -1, "skipped", (lua_Integer)st.skipped);
+    if (st.last_run >= 0) knit_manhole_setfield_num(L, -1, "last_run", KNIT_TO_SEC(now - st.last_run));
+    if (st.next_run >= 0) knit_manhole_setfield_num(L, -1, "next_run", KNIT_TO_SEC(st.next_run - now));
+    const char *label = knit_looping_call_name(lc);
+    if (label && *label) knit_manhole_setfield_str(L, -1, "label", label);
+}
+
+/* loops() -> {name = {interval, running, runs, failures, last_run, ...}};
+ * loops(name) -> that one loop's table. */
 static int l_loops(lua_State *L)
 {
     knit_manhole *m = mh_of(L);
     need_task_module(L);
+    if (!knit_looping_call_get_stats)
+        return luaL_error(L, "the task module is too old for loops() (no stats)");
+    knit_time now = m->r ? knit_reactor_now(m->r) : 0;
+    if (!lua_isnoneornil(L, 1)) {
+        const char *name = luaL_checkstring(L, 1);
+        for (size_t i = 0; i < m->nloops; i++)
+            if (strcmp(m->loops[i].name, name) == 0) {
+                push_loop(L, m->loops[i].lc, now);
+                return 1;
+            }
+        return luaL_error(L, "no LoopingCall named '%s'", name);
+    }
     lua_createtable(L, 0, (int)m->nloops);
     for (size_t i = 0; i < m->nloops; i++) {
-        knit_looping_call *lc = m->loops[i].lc;
-        lua_createtable(L, 0, 2);
-        knit_manhole_setfield_num(L, -1, "interval", KNIT_TO_SEC(knit_looping_call_interval(lc)));
-        knit_manhole_setfield_bool(L, -1, "running", knit_looping_call_running(lc));
-        /* last run, run count, failures: not exposed by task.h yet
-         * (docs/requests/manhole-needs.md) */
+        push_loop(L, m->loops[i].lc, now);
         lua_setfield(L, -2, m->loops[i].name);
     }
     return 1;
 }
 
+/* By the name it was attached under, else by the LoopingCall's own label. */
 static knit_looping_call *find_loop(lua_State *L)
 {
     knit_manhole *m = mh_of(L);
@@ -424,6 +457,8 @@ static knit_looping_call *find_loop(lua_State *L)
     const char *name = luaL_checkstring(L, 1);
     for (size_t i = 0; i < m->nloops; i++)
         if (strcmp(m->loops[i].name, name) == 0) return m->loops[i].lc;
+    for (size_t i = 0; knit_looping_call_name && i < m->nloops; i++)
+        if (strcmp(knit_looping_call_name(m->loops[i].lc), name) == 0) return m->loops[i].lc;
     luaL_error(L, "no LoopingCall named '%s'", name);
     return NULL;
 }
@@ -458,6 +493,8 @@ static int l_loops_start(lua_State *L)
 
 int knit_manhole_attach_loop(knit_manhole *m, const char *name, knit_looping_call *lc)
 {
+    if ((!name || !*name) && knit_looping_call_name) name = knit_looping_call_name(lc);
+    if (!name || !*name) return KNIT_EINVAL;
     for (size_t i = 0; i < m->nloops; i++)
         if (strcmp(m->loops[i].name, name) == 0) return KNIT_EEXIST;
     mh_loop_ref *nl = realloc(m->loops, (m->nloops + 1) * sizeof *nl);
@@ -609,6 +646,7 @@ static int l_listeners(lua_State *L)
         char addr[128] = "-";
         if (knit_listener_address(l, &a) == 0) knit_sockaddr_format(&a, addr, sizeof addr);
         knit_manhole_setfield_str(L, -1, "address", addr);
+        knit_manhole_setfield_str(L, -1, "endpoint", knit_listener_description(l));
         knit_manhole_setfield_int(L, -1, "connections", (lua_Integer)knit_listener_connections(l));
         knit_manhole_setfield_int(L, -1, "accepted", (lua_Integer)knit_listener_accepted(l));
         knit_manhole_setfield_int(L, -1, "emfile_events",
@@ -646,11 +684,110 @@ void knit_manhole_detach_listener(knit_manhole *m, knit_listener *l)
     }
 }
 
-/* ---- gaps ------------------------------------------------------------------------ */
+/* ---- connections ------------------------------------------------------------------ */
 
-static int l_not_yet(lua_State *L)
+#define CONNS_MAX 10000
+
+/* Copied in the visitor (which must not raise; see visit_timer), so the
+ * Lua tables are built from plain data after the walk. */
+typedef struct conn_item {
+    uint64_t id, bytes_in, bytes_out;
+    knit_time started;
+    size_t out_pending;
+    const char *kind, *state, *protocol; /* static strings */
+    char peer[96];
+    char endpoint[128];
+} conn_item;
+
+typedef struct conn_visit {
+    conn_item *items;
+    size_t cap, n, seen;
+} conn_visit;
+
+static void visit_conn(knit_transport *t, void *arg)
 {
-    return luaL_error(L, "%s", (const char *)knit_manhole_data(L));
+    conn_visit *v = arg;
+    v->seen++;
+    if (v->n == v->cap) return;
+    conn_item *it = &v->items[v->n++];
+    it->id = knit_transport_id(t);
+    knit_transport_bytes(t, &it->bytes_in, &it->bytes_out);
+    it->started = knit_transport_started(t);
+    it->out_pending = knit_transport_write_buffer_size(t);
+    it->kind = knit_transport_kind(t);
+    it->state = knit_transport_state(t);
+    knit_protocol *p = knit_transport_protocol(t);
+    it->protocol = p ? (p->ops->name ? p->ops->name : "?") : "-";
+    knit_sockaddr a;
+    if (knit_transport_peer(t, &a) == 0)
+        knit_sockaddr_format(&a, it->peer, sizeof it->peer);
+    else
+        snprintf(it->peer, sizeof it->peer, "-");
+    const char *ep = knit_transport_endpoint(t);
+    snprintf(it->endpoint, sizeof it->endpoint, "%s", ep ? ep : "-");
+}
+
+/* connections() -> array of {id, peer, endpoint, protocol, kind, age,
+ * bytes_in, bytes_out, pending_out, state}, oldest first. */
+static int l_connections(lua_State *L)
+{
+    knit_reactor *r = need_reactor(L);
+    size_t count = knit_transports_count(r);
+    conn_visit v = {.cap = count < CONNS_MAX ? count : CONNS_MAX};
+    v.items = lua_newuserdatauv(L, (v.cap ? v.cap : 1) * sizeof *v.items, 0);
+    knit_transports_visit(r, visit_conn, &v);
+    knit_time now = knit_reactor_now(r);
+    lua_createtable(L, (int)v.n, 0);
+    for (size_t i = 0; i < v.n; i++) {
+        conn_item *it = &v.items[i];
+        lua_createtable(L, 0, 10);
+        knit_manhole_setfield_int(L, -1, "id", (lua_Integer)it->id);
+        knit_manhole_setfield_str(L, -1, "peer", it->peer);
+        knit_manhole_setfield_str(L, -1, "endpoint", it->endpoint);
+        knit_manhole_setfield_str(L, -1, "protocol", it->protocol);
+        knit_manhole_setfield_str(L, -1, "kind", it->kind);
+        knit_manhole_setfield_num(L, -1, "age", KNIT_TO_SEC(now - it->started));
+        knit_manhole_setfield_int(L, -1, "bytes_in", (lua_Integer)it->bytes_in);
+        knit_manhole_setfield_int(L, -1, "bytes_out", (lua_Integer)it->bytes_out);
+        knit_manhole_setfield_int(L, -1, "pending_out", (lua_Integer)it->out_pending);
+        knit_manhole_setfield_str(L, -1, "state", it->state);
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
+    }
+    if (v.seen > v.n) {
+        lua_pushfstring(L, "... %I more", (lua_Integer)(v.seen - v.n));
+        lua_rawseti(L, -2, (lua_Integer)v.n + 1);
+    }
+    return 1;
+}
+
+/* connections.count() -> number of open transports on this reactor. */
+static int l_connections_count(lua_State *L)
+{
+    lua_pushinteger(L, (lua_Integer)knit_transports_count(need_reactor(L)));
+    return 1;
+}
+
+/* close(id[, abort]) -> true. Graceful (lose_connection: unsent output is
+ * flushed first) unless ABORT is true (abort: dropped, RST). */
+static int l_close(lua_State *L)
+{
+    knit_reactor *r = need_reactor(L);
+    lua_Integer id = luaL_checkinteger(L, 1);
+    bool abort_it = lua_toboolean(L, 2);
+    knit_transport *t = id > 0 ? knit_transport_find(r, (uint64_t)id) : NULL;
+    if (!t) return luaL_error(L, "no open connection with id %I", id);
+    char ids[24], peer[96] = "-";
+    snprintf(ids, sizeof ids, "%llu", (unsigned long long)id);
+    knit_sockaddr a;
+    if (knit_transport_peer(t, &a) == 0) knit_sockaddr_format(&a, peer, sizeof peer);
+    if (abort_it)
+        knit_transport_abort(t);
+    else
+        knit_transport_lose_connection(t);
+    knit_log_kv(KNIT_LOG_WARN, "manhole", abort_it ? "connection aborted" : "connection closed",
+                "who", who_of(L), "id", ids, "peer", peer, NULL);
+    lua_pushboolean(L, 1);
+    return 1;
 }
 
 /* ---- registration ---------------------------------------------------------------- */
@@ -661,38 +798,38 @@ int knit__manhole_register_builtins(knit_manhole *m)
         const char *name;
         lua_CFunction fn;
         const char *doc;
-        const char *gap; /* non-NULL: a marked gap, fn is l_not_yet */
     } b[] = {
-        {"log.level", l_log_level, "log.level([name]) -> level; sets it when a name is given",
-         NULL},
+        {"log.level", l_log_level, "log.level([name]) -> level; sets it when a name is given"},
         {"reactor.stats", l_reactor_stats,
-         "reactor.stats() -> iterations, events, timers, lag (seconds), ...", NULL},
+         "reactor.stats() -> iterations, events, timers, lag (seconds), ..."},
         {"reactor.timers", l_reactor_timers,
-         "reactor.timers() -> pending timers: due_in (s), callback name, arg", NULL},
-        {"flags", l_flags, "flags([name]) -> every flag's value, type, source, mutable", NULL},
+         "reactor.timers() -> pending timers: due_in (s), callback name, arg"},
+        {"flags", l_flags, "flags([name]) -> every flag's value, type, source, mutable"},
         {"flags.set", l_flags_set,
-         "flags.set(name, value) -> change a mutable flag (validated as on the command line)",
-         NULL},
+         "flags.set(name, value) -> change a mutable flag (validated as on the command line)"},
         {"pool.stats", l_pool_stats,
-         "pool.stats([name]) -> threads busy/idle, queue, wait/run histograms", NULL},
-        {"pool.list", l_pool_list, "pool.list() -> names of the attached pools", NULL},
-        {"loops", l_loops, "loops() -> LoopingCalls with interval and state", NULL},
-        {"loops.stop", l_loops_stop, "loops.stop(name) -> stop a LoopingCall", NULL},
+         "pool.stats([name]) -> threads busy/idle, queue, wait/run histograms"},
+        {"pool.list", l_pool_list, "pool.list() -> names of the attached pools"},
+        {"loops", l_loops,
+         "loops([name]) -> LoopingCalls: interval, running, runs, failures, skipped, "
+         "last_run (s ago), next_run (s)"},
+        {"loops.stop", l_loops_stop, "loops.stop(name) -> stop a LoopingCall"},
         {"loops.start", l_loops_start,
-         "loops.start(name[, seconds]) -> start it again (last interval by default)", NULL},
-        {"metrics", l_metrics, "metrics([prefix]) -> {series = value} snapshot", NULL},
-        {"metrics.text", l_metrics_text, "metrics.text() -> Prometheus exposition text", NULL},
+         "loops.start(name[, seconds]) -> start it again (last interval by default)"},
+        {"metrics", l_metrics, "metrics([prefix]) -> {series = value} snapshot"},
+        {"metrics.text", l_metrics_text, "metrics.text() -> Prometheus exposition text"},
         {"listeners", l_listeners,
-         "listeners() -> attached listeners: address, open connections, accepted", NULL},
-        {"connections", l_not_yet,
-         "connections() -> open connections (not yet: streams has no connection registry; "
-         "listeners() has counts)",
-         "connections() is not available yet: streams exposes no connection registry"},
-        {"close", l_not_yet, "close(id) -> close a connection (not yet, see connections)",
-         "close(id) is not available yet: streams exposes no connection registry"},
+         "listeners() -> attached listeners: endpoint, address, open connections, accepted"},
+        {"connections", l_connections,
+         "connections() -> open connections: id, peer, endpoint, protocol, kind, age (s), "
+         "bytes_in/out, state (open, closing, handshake, paused, producer_paused)"},
+        {"connections.count", l_connections_count,
+         "connections.count() -> number of open connections on this reactor"},
+        {"close", l_close,
+         "close(id[, abort]) -> close connection ID gracefully (flush first), or abort it now"},
     };
     for (size_t i = 0; i < sizeof b / sizeof b[0]; i++) {
-        int rc = knit_manhole_register_fn(m, b[i].name, b[i].fn, (void *)b[i].gap, b[i].doc);
+        int rc = knit_manhole_register_fn(m, b[i].name, b[i].fn, NULL, b[i].doc);
         if (rc < 0) return rc;
     }
     return knit__manhole_register_await(m);

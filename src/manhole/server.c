@@ -322,6 +322,7 @@ static void conn_lost(knit_protocol *p, knit_close_reason reason, int err)
 }
 
 static const knit_protocol_ops conn_ops = {
+    .name = "manhole",
     .connection_made = conn_made,
     .data_received = conn_data,
     .connection_lost = conn_lost,

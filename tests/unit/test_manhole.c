@@ -4,6 +4,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
+#include <unistd.h>
 
 #include <lauxlib.h>
 #include <lua.h>
@@ -16,6 +18,7 @@
 #include "knit/manhole.h"
 #include "knit/metrics.h"
 #include "knit/reactor.h"
+#include "knit/stream.h"
 #include "knit/task.h"
 
 typedef struct out {
@@ -658,6 +661,18 @@ static void tick(knit_result *res, void *arg)
     ticks++;
 }
 
+static void fail_tick(knit_result *res, void *arg)
+{
+    (void)arg;
+    knit_result_failf(res, KNIT_EIO, "disk on fire");
+}
+
+static void swallow(knit_result *res, void *arg)
+{
+    (void)arg;
+    knit_result_clear(res);
+}
+
 static void test_loops_bindings(void **state)
 {
     (void)state;
@@ -667,8 +682,39 @@ static void test_loops_bindings(void **state)
     assert_int_equal(knit_looping_call_start(lc, KNIT_SEC(2), false, NULL), 0);
     assert_int_equal(knit_manhole_attach_loop(f->m, "sweep", lc), 0);
     assert_int_equal(knit_manhole_attach_loop(f->m, "sweep", lc), KNIT_EEXIST);
-    assert_int_equal(rfeed(f, "loops()"), KNIT_MANHOLE_OK);
-    assert_string_equal(f->o.buf, "{\n  sweep = {interval = 2.0, running = true}\n}\n");
+    /* stats: nothing ran yet */
+    assert_int_equal(rfeed(f, "local l = loops().sweep return l.interval, l.running, l.runs, "
+                              "l.failures, l.last_run, l.next_run"),
+                     KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "2.0\ttrue\t0\t0\tnil\t2.0\n");
+    int before = ticks;
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(2)), 0);
+    assert_int_equal(ticks, before + 1);
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_MSEC(500)), 0);
+    assert_int_equal(rfeed(f, "local l = loops('sweep') return l.runs, l.last_run, l.next_run"),
+                     KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "1\t0.5\t1.5\n");
+    /* a loop whose function fails: counted, and it stops */
+    knit_looping_call *bad;
+    assert_int_equal(knit_looping_call_new(&bad, f->r, fail_tick, NULL), 0);
+    knit_looping_call_set_name(bad, "janitor");
+    assert_int_equal(knit_manhole_attach_loop(f->m, NULL, bad), 0); /* by its own label */
+    knit_deferred *d = NULL;
+    assert_int_equal(knit_looping_call_start(bad, KNIT_SEC(1), true, &d), 0);
+    knit_deferred_add_errback(d, swallow, NULL); /* the failure is expected */
+    knit_deferred_unref(d);
+    assert_int_equal(rfeed(f, "local l = loops().janitor return l.runs, l.failures, l.running, "
+                              "l.label"),
+                     KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "1\t1\tfalse\t\"janitor\"\n");
+    assert_int_equal(rfeed(f, "loops.start('janitor')"), KNIT_MANHOLE_OK);
+    assert_true(knit_looping_call_running(bad));
+    assert_int_equal(rfeed(f, "loops.stop('janitor')"), KNIT_MANHOLE_OK);
+    assert_false(knit_looping_call_running(bad));
+    assert_int_equal(rfeed(f, "loops('nope')"), KNIT_MANHOLE_FAILED);
+    assert_non_null(strstr(f->o.buf, "no LoopingCall named 'nope'"));
+    knit_manhole_detach_loop(f->m, bad);
+    knit_looping_call_free(bad);
     assert_int_equal(rfeed(f, "loops.stop('sweep')"), KNIT_MANHOLE_OK);
     assert_false(knit_looping_call_running(lc));
     assert_int_equal(rfeed(f, "loops.stop('sweep')"), KNIT_MANHOLE_FAILED);
@@ -726,11 +772,115 @@ static void test_ssh_endpoint_kind(void **state)
     assert_int_equal(knit_endpoint_check("unix:./x.manhole:mode=600", true, err, sizeof err), 0);
 }
 
+/* ---- connections() / close(id) over socketpairs on the fake-clock reactor ---- */
+
+typedef struct mconn {
+    knit_protocol proto;
+    int lost;
+    knit_close_reason reason;
+} mconn;
+
+static void mc_data(knit_protocol *p, knit_buf *in)
+{
+    knit_transport_write(p->transport, knit_buf_data(in), knit_buf_len(in)); /* echo */
+    knit_buf_consume(in, knit_buf_len(in));
+}
+static void mc_lost(knit_protocol *p, knit_close_reason reason, int err)
+{
+    (void)err;
+    ((mconn *)p)->lost++;
+    ((mconn *)p)->reason = reason;
+}
+static const knit_protocol_ops mc_ops = {
+    .data_received = mc_data, .connection_lost = mc_lost, .name = "echo"};
+static const knit_protocol_ops mc_anon_ops = {.data_received = mc_data,
+                                              .connection_lost = mc_lost};
+
+static void turn_until(rfx *f, int *flag)
+{
+    for (int i = 0; i < 1000 && !*flag; i++)
+        knit_reactor_run_once(f->r, 0);
+    for (int i = 0; i < 5; i++)
+        knit_reactor_run_once(f->r, 0); /* let the transport be freed */
+}
+
+static void test_connections_bindings(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    assert_int_equal(rfeed(f, "#connections(), connections.count()"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "0\t0\n");
+    int fds[2][2];
+    mconn c[2] = {{.proto.ops = &mc_ops}, {.proto.ops = &mc_anon_ops}};
+    knit_transport *t[2];
+    for (int i = 0; i < 2; i++) {
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds[i]), 0);
+        assert_int_equal(knit_transport_adopt(f->r, fds[i][0], &c[i].proto, &t[i]), 0);
+    }
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(3)), 0);
+    assert_int_equal(write(fds[0][1], "hello", 5), 5);
+    char buf[16];
+    ssize_t got = 0;
+    for (int i = 0; i < 1000 && got <= 0; i++) {
+        knit_reactor_run_once(f->r, 0);
+        got = recv(fds[0][1], buf, sizeof buf, MSG_DONTWAIT);
+    }
+    assert_int_equal(got, 5);
+    char code[160];
+    snprintf(code, sizeof code,
+             "local c = connections()[1] return #connections(), c.id == %llu, c.protocol, "
+             "c.kind, c.age, c.bytes_in, c.bytes_out, c.state, c.endpoint, c.peer",
+             (unsigned long long)knit_transport_id(t[0]));
+    assert_int_equal(rfeed(f, code), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "2\ttrue\t\"echo\"\t\"unix\"\t3.0\t5\t5\t\"open\"\t\"-\"\t"
+                                  "\"unix:\"\n");
+    assert_int_equal(rfeed(f, "connections()[2].protocol"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"?\"\n"); /* ops without a name */
+    knit_transport_pause_reading(t[1]);
+    assert_int_equal(rfeed(f, "connections()[2].state"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"paused\"\n");
+    knit_transport_resume_reading(t[1]);
+
+    /* close(id): graceful; still listed as closing until the loop frees it */
+    snprintf(code, sizeof code, "close(%llu)", (unsigned long long)knit_transport_id(t[0]));
+    assert_int_equal(rfeed(f, code), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "true\n");
+    assert_int_equal(rfeed(f, "connections()[1].state"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "\"closing\"\n");
+    turn_until(f, &c[0].lost);
+    assert_int_equal(c[0].reason, KNIT_CLOSE_DONE);
+    assert_int_equal(rfeed(f, "#connections()"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "1\n");
+    assert_int_equal(rfeed(f, code), KNIT_MANHOLE_FAILED); /* gone */
+    assert_non_null(strstr(f->o.buf, "no open connection with id"));
+    /* close(id, true): abort */
+    snprintf(code, sizeof code, "close(%llu, true)", (unsigned long long)knit_transport_id(t[1]));
+    assert_int_equal(rfeed(f, code), KNIT_MANHOLE_OK);
+    turn_until(f, &c[1].lost);
+    assert_int_equal(c[1].reason, KNIT_CLOSE_ABORTED);
+    assert_int_equal(rfeed(f, "connections.count()"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "0\n");
+    assert_int_equal(rfeed(f, "close('x')"), KNIT_MANHOLE_FAILED);
+    for (int i = 0; i < 2; i++)
+        close(fds[i][1]);
+    rfx_free(f);
+}
+
+static void test_help_lists_connections(void **state)
+{
+    fx *f = *state;
+    assert_int_equal(feed(f, "help()"), KNIT_MANHOLE_OK);
+    assert_non_null(strstr(f->o.buf, "connections() -> open connections"));
+    assert_non_null(strstr(f->o.buf, "close(id[, abort])"));
+    assert_non_null(strstr(f->o.buf, "listeners() -> attached listeners"));
+    assert_non_null(strstr(f->o.buf, "last_run"));
+}
+
 static void test_gaps_say_why(void **state)
 {
     fx *f = *state;
     assert_int_equal(feed(f, "connections()"), KNIT_MANHOLE_FAILED);
-    assert_non_null(strstr(f->o.buf, "not available yet"));
+    assert_non_null(strstr(f->o.buf, "no reactor"));
     assert_int_equal(feed(f, "pool.stats()"), KNIT_MANHOLE_FAILED);
     assert_int_equal(feed(f, "reactor.stats()"), KNIT_MANHOLE_FAILED);
     assert_non_null(strstr(f->o.buf, "no reactor"));
@@ -764,6 +914,8 @@ int main(void)
         cmocka_unit_test(test_loops_bindings),
         cmocka_unit_test(test_metrics_bindings),
         cmocka_unit_test(test_ssh_endpoint_kind),
+        cmocka_unit_test(test_connections_bindings),
+        cmocka_unit_test_setup_teardown(test_help_lists_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gaps_say_why, setup, teardown),
     };
     return KNIT_RUN_TESTS(tests);
