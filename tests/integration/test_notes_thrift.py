@@ -382,6 +382,10 @@ def run_cases(work, procs):
                        cwd=work, capture_output=True, text=True, timeout=TIMEOUT)
     check("--thrift-sasl=plain without --thrift-sasldb fails with a message",
           r.returncode != 0 and "--thrift-sasldb" in r.stderr, (r.returncode, r.stderr[-500:]))
+    r = subprocess.run([BIN, "--thrift=bogus:1", "--db=sqlite:x.db"], cwd=work,
+                       capture_output=True, text=True, timeout=TIMEOUT)
+    check("--thrift=bogus:1 is refused (exit 2, names the flag)",
+          r.returncode == 2 and "--thrift" in r.stderr, (r.returncode, r.stderr[-300:]))
     r = subprocess.run([BIN, "--thrift-sasl=scram", "--db=sqlite:x.db"], cwd=work,
                        capture_output=True, text=True, timeout=TIMEOUT)
     check("--thrift-sasl=scram is refused (exit 2)",
