@@ -55,13 +55,13 @@ class Notes:
 
     def __init__(self, workdir, name, *extra):
         self.workdir = workdir
-        self.port = free_port()
+        self.port = None  # both ports are tcp:0, read back from the startup line
         self.out_path = os.path.join(workdir, name + ".out")
         self.err_path = os.path.join(workdir, name + ".err")
         self.db = os.path.join(workdir, name + ".db")
         self.out = open(self.out_path, "w")
         self.err = open(self.err_path, "w")
-        args = [BIN, "--http=tcp:%d:interface=127.0.0.1" % self.port, "--db=sqlite:" + self.db,
+        args = [BIN, "--http=tcp:0:interface=127.0.0.1", "--db=sqlite:" + self.db,
                 "--thrift=tcp:0:interface=127.0.0.1", "--manhole=off"] + list(extra)
         self.proc = subprocess.Popen(args, cwd=workdir, stdout=self.out, stderr=self.err)
         self.tport = None
@@ -70,9 +70,10 @@ class Notes:
             if self.proc.poll() is not None:
                 raise AssertionError("knit-notes exited with %s at start:\n%s"
                                      % (self.proc.returncode, self.log()))
-            m = re.search(r"and thrift on 127\.0\.0\.1:(\d+)", self.stdout())
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+) and thrift on 127\.0\.0\.1:(\d+)",
+                          self.stdout())
             if m:
-                self.tport = int(m.group(1))
+                self.port, self.tport = int(m.group(1)), int(m.group(2))
                 return
             time.sleep(0.05)
         self.kill()
