@@ -216,6 +216,101 @@ def _(env):
     check(r.stdout == "true\n", r.stdout)
 
 
+FIND_CONN = ("for _, c in ipairs(connections()) do if c.peer == '%s' then "
+             "return c.id, c.endpoint, c.protocol, c.kind, c.bytes_in, c.bytes_out, c.state "
+             "end end return 'missing'")
+
+
+def conn_row(env, peer):
+    r = client(env.sock, "-e", FIND_CONN % peer)
+    check(r.returncode == 0, "rc %d: %s %s" % (r.returncode, r.stdout, r.stderr))
+    return r.stdout.strip().split("\t")
+
+
+def ping_socket(env):
+    s = socket.create_connection(("127.0.0.1", env.demo.ping_port), timeout=TIMEOUT)
+    s.sendall(b"ping\n")
+    data = b""
+    while not data.endswith(b"\n"):
+        chunk = s.recv(100)
+        check(chunk, "ping connection closed early")
+        data += chunk
+    check(data == b"pong\n", repr(data))
+    return s, "%s:%d" % s.getsockname()
+
+
+def wait_closed(s):
+    """True once the peer closed (EOF or reset) within TIMEOUT."""
+    s.settimeout(TIMEOUT)
+    try:
+        return s.recv(100) == b""
+    except ConnectionResetError:
+        return True
+
+
+@case("connections(): ping and manhole connections with endpoint, protocol, bytes, state")
+def _(env):
+    s, peer = ping_socket(env)
+    try:
+        row = conn_row(env, peer)
+        check(row[0] != '"missing"', "not listed: %s" % row)
+        check(row[1:] == ['"tcp:0:interface=127.0.0.1"', '"line_receiver"', '"tcp"', "5", "5",
+                          '"open"'], row)
+        # the manhole's own connection is listed too, on its unix: endpoint
+        # (the manhole adds mode=600 when the string has no mode)
+        r = client(env.sock, "-e", "local n = 0 for _, c in ipairs(connections()) do "
+                   "if c.protocol == 'manhole' and c.endpoint == 'unix:%s:mode=600' then "
+                   "n = n + 1 end "
+                   "end return n >= 1, connections.count() >= 2" % env.sock)
+        check(r.stdout == "true\ttrue\n", r.stdout + r.stderr)
+        r = client(env.sock, "-e", "return help()")
+        check("connections() -> open connections" in r.stdout and "close(id" in r.stdout,
+              r.stdout)
+    finally:
+        s.close()
+
+
+@case("close(id) ends a ping connection gracefully, close(id, true) aborts one")
+def _(env):
+    s1, peer1 = ping_socket(env)
+    s2, peer2 = ping_socket(env)
+    try:
+        id1 = conn_row(env, peer1)[0]
+        id2 = conn_row(env, peer2)[0]
+        check(id1 != id2 and id1.isdigit() and id2.isdigit(), (id1, id2))
+        r = client(env.sock, "-e", "return close(%s)" % id1)
+        check(r.returncode == 0 and r.stdout == "true\n", r.stdout + r.stderr)
+        check(wait_closed(s1), "graceful close did not reach the client")
+        r = client(env.sock, "-e", "return close(%s, true)" % id2)
+        check(r.returncode == 0 and r.stdout == "true\n", r.stdout + r.stderr)
+        check(wait_closed(s2), "abort did not reach the client")
+        deadline = time.time() + TIMEOUT
+        while time.time() < deadline and conn_row(env, peer1) != ['"missing"']:
+            time.sleep(0.05)
+        check(conn_row(env, peer1) == ['"missing"'], "closed connection still listed")
+        r = client(env.sock, "-e", "return close(%s)" % id1)
+        check(r.returncode == 1 and "no open connection with id" in r.stdout, r.stdout)
+        check(env.demo.ping() == "pong", "ping service broken after close()")
+        check("connection closed" in env.demo.log() and "connection aborted" in env.demo.log(),
+              "close() not logged")
+    finally:
+        s1.close()
+        s2.close()
+
+
+@case("loops(): runs, failures, last_run of the tick LoopingCall")
+def _(env):
+    r = client(env.sock, "-e", "local l = loops().tick return l.runs > 0, l.failures, "
+               "l.last_run ~= nil and l.last_run < 5, l.next_run ~= nil")
+    check(r.stdout == "true\t0\ttrue\ttrue\n", r.stdout + r.stderr)
+    r = client(env.sock, "-e", "loops.stop('tick') local l = loops('tick') "
+               "return l.running, l.next_run")
+    check(r.stdout == "false\tnil\n", r.stdout + r.stderr)
+    r = client(env.sock, "-e", "local a = loops('tick').runs loops.start('tick') "
+               "return loops('tick').running, a == loops('tick').runs")
+    check(r.stdout == "true\ttrue\n", r.stdout + r.stderr)
+
+
 @case("interactive knit-manhole on a pty: history file, await output at the prompt, Ctrl-C")
 def _(env):
     import pty
