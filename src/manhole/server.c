@@ -7,8 +7,8 @@
  * Evaluation runs synchronously inside data_received, so while a chunk runs
  * the reactor cannot read the socket. To notice Ctrl-C (a 0x03 byte) and a
  * client that hung up, the session's poll callback peeks at the socket
- * (recv MSG_PEEK|MSG_DONTWAIT: nothing is consumed, the transport still
- * reads every byte later) every KNIT_MANHOLE_POLL_INTERVAL instructions.
+ * (knit_transport_peek: nothing is consumed, the transport still reads
+ * every byte later) every KNIT_MANHOLE_POLL_INTERVAL instructions.
  *
  * Invariant: a connection's mh_conn outlives its transport (it is freed in
  * connection_lost), and its session is freed only when no evaluation is on
@@ -140,12 +140,12 @@ static bool conn_poll(void *arg)
     mh_conn *c = arg;
     if (c->overflow) return true;
     knit_transport *t = c->proto.transport;
-    int fd = t ? knit_transport_fd(t) : -1;
-    if (fd < 0) return true;
+    if (!t) return true;
     char buf[512];
-    ssize_t n = recv(fd, buf, sizeof buf, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0) return true; /* EOF: the client is gone */
-    if (n < 0) return !(errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR);
+    int n = knit_transport_peek(t, buf, sizeof buf);
+    if (n == 0) return true;           /* EOF: the client is gone */
+    if (n == KNIT_EAGAIN) return false; /* nothing waiting */
+    if (n < 0) return true;            /* closed, reset */
     if (memchr(buf, 0x03, (size_t)n)) knit_manhole_session_interrupt(c->s);
     return false;
 }
