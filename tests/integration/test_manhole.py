@@ -291,6 +291,13 @@ def _(env):
         r = client(env.sock, "-e", "return close(%s)" % id1)
         check(r.returncode == 1 and "no open connection with id" in r.stdout, r.stdout)
         check(env.demo.ping() == "pong", "ping service broken after close()")
+        # closing the session's own connection ends it; the manhole goes on
+        r = client(env.sock, "-e", "for _, c in ipairs(connections()) do "
+                   "if c.protocol == 'manhole' then close(c.id) end end return 1")
+        check(r.returncode != 0 and "closed by the server" in r.stdout + r.stderr,
+              "rc %d: %s %s" % (r.returncode, r.stdout, r.stderr))
+        r = client(env.sock, "-e", "return 2")
+        check(r.returncode == 0 and r.stdout == "2\n", r.stdout + r.stderr)
         check("connection closed" in env.demo.log() and "connection aborted" in env.demo.log(),
               "close() not logged")
     finally:
