@@ -417,8 +417,10 @@ static void push_loop(lua_State *L, knit_looping_call *lc, knit_time now)
     knit_manhole_setfield_int(L, -1, "runs", (lua_Integer)st.runs);
     knit_manhole_setfield_int(L, -1, "failures", (lua_Integer)st.failures);
     knit_manhole_setfield_int(L, -1, "skipped", (lua_Integer)st.skipped);
-    if (st.last_run >= 0) knit_manhole_setfield_num(L, -1, "last_run", KNIT_TO_SEC(now - st.last_run));
-    if (st.next_run >= 0) knit_manhole_setfield_num(L, -1, "next_run", KNIT_TO_SEC(st.next_run - now));
+    if (st.last_run >= 0)
+        knit_manhole_setfield_num(L, -1, "last_run", KNIT_TO_SEC(now - st.last_run));
+    if (st.next_run >= 0)
+        knit_manhole_setfield_num(L, -1, "next_run", KNIT_TO_SEC(st.next_run - now));
     const char *label = knit_looping_call_name(lc);
     if (label && *label) knit_manhole_setfield_str(L, -1, "label", label);
 }

@@ -143,9 +143,9 @@ static bool conn_poll(void *arg)
     if (!t) return true;
     char buf[512];
     int n = knit_transport_peek(t, buf, sizeof buf);
-    if (n == 0) return true;           /* EOF: the client is gone */
+    if (n == 0) return true;            /* EOF: the client is gone */
     if (n == KNIT_EAGAIN) return false; /* nothing waiting */
-    if (n < 0) return true;            /* closed, reset */
+    if (n < 0) return true;             /* closed, reset */
     if (memchr(buf, 0x03, (size_t)n)) knit_manhole_session_interrupt(c->s);
     return false;
 }

@@ -108,11 +108,10 @@ static void lr_lost(knit_protocol *p, knit_close_reason reason, int err)
     if (lr->connection_lost) lr->connection_lost(lr, reason, err);
 }
 
-static const knit_protocol_ops lr_ops = {
-    .connection_made = lr_made,
-    .data_received = lr_data,
-    .connection_lost = lr_lost,
-    .name = "line_receiver"};
+static const knit_protocol_ops lr_ops = {.connection_made = lr_made,
+                                         .data_received = lr_data,
+                                         .connection_lost = lr_lost,
+                                         .name = "line_receiver"};
 
 void knit_line_receiver_init(knit_line_receiver *lr, const char *delim, size_t max_line)
 {
@@ -158,11 +157,10 @@ static void fr_lost(knit_protocol *p, knit_close_reason reason, int err)
     if (fr->connection_lost) fr->connection_lost(fr, reason, err);
 }
 
-static const knit_protocol_ops fr_ops = {
-    .connection_made = fr_made,
-    .data_received = fr_data,
-    .connection_lost = fr_lost,
-    .name = "frame_receiver"};
+static const knit_protocol_ops fr_ops = {.connection_made = fr_made,
+                                         .data_received = fr_data,
+                                         .connection_lost = fr_lost,
+                                         .name = "frame_receiver"};
 
 void knit_frame_receiver_init(knit_frame_receiver *fr, uint32_t max_frame)
 {

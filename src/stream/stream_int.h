@@ -68,9 +68,9 @@ struct knit_transport {
     knit__tp_ext *ext; /* NULL for plain TCP/UNIX connections */
     knit__owner_fn owner_fn;
     void *owner;
-    knit_transport *prev, *next; /* this thread's registry (memory: unlinked) */
-    uint64_t id;                 /* knit_transport_id: process-wide sequence */
-    knit_time started;           /* reactor time at creation (memory: 0) */
+    knit_transport *prev, *next;  /* this thread's registry (memory: unlinked) */
+    uint64_t id;                  /* knit_transport_id: process-wide sequence */
+    knit_time started;            /* reactor time at creation (memory: 0) */
     uint64_t bytes_in, bytes_out; /* protocol bytes received / sent */
     uint32_t high, low;
     uint16_t flags;

@@ -793,8 +793,7 @@ static void mc_lost(knit_protocol *p, knit_close_reason reason, int err)
 }
 static const knit_protocol_ops mc_ops = {
     .data_received = mc_data, .connection_lost = mc_lost, .name = "echo"};
-static const knit_protocol_ops mc_anon_ops = {.data_received = mc_data,
-                                              .connection_lost = mc_lost};
+static const knit_protocol_ops mc_anon_ops = {.data_received = mc_data, .connection_lost = mc_lost};
 
 static void turn_until(rfx *f, int *flag)
 {

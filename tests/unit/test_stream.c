@@ -531,7 +531,7 @@ static void prod_resume(knit_protocol *pr)
 static void test_slow_reader_bounded_memory(void **state)
 {
     (void)state;
-    static const knit_protocol_ops ops = {prod_made, prod_data,  NULL,       prod_lost,
+    static const knit_protocol_ops ops = {prod_made,  prod_data,   NULL,      prod_lost,
                                           prod_pause, prod_resume, "producer"};
     knit_reactor *r;
     assert_int_equal(knit_reactor_new(&r, NULL), 0);
