@@ -482,6 +482,7 @@ static void on_lost(knit_protocol *proto, knit_close_reason reason, int err)
 }
 
 static const knit_protocol_ops cconn_ops = {
+    .name = "thrift-client",
     .connection_made = on_made,
     .data_received = on_data,
     .connection_lost = on_lost,

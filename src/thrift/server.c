@@ -597,6 +597,7 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
 }
 
 static const knit_protocol_ops conn_ops = {
+    .name = "thrift",
     .data_received = on_data,
     .connection_lost = on_lost,
 };
