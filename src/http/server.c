@@ -600,6 +600,31 @@ static size_t error_body(knit_http_server *s, int status, const char *text, char
     return n < 0 ? 0 : (size_t)n < cap ? (size_t)n : cap - 1;
 }
 
+/* The client address kept in C (see peer_family), or the transport's. */
+static void conn_peer(const struct conn *c, knit_sockaddr *out)
+{
+    if (c->peer_family == AF_INET) {
+        memset(&out->u.in, 0, sizeof out->u.in);
+        out->u.in.sin_family = AF_INET;
+        out->u.in.sin_port = c->peer_port;
+        memcpy(&out->u.in.sin_addr, c->peer_addr, 4);
+        out->len = sizeof out->u.in;
+    } else if (c->peer_family == AF_INET6) {
+        memset(&out->u.in6, 0, sizeof out->u.in6);
+        out->u.in6.sin6_family = AF_INET6;
+        out->u.in6.sin6_port = c->peer_port;
+        memcpy(&out->u.in6.sin6_addr, c->peer_addr, 16);
+        out->len = sizeof out->u.in6;
+    } else if (!c->proto.transport || knit_transport_peer(c->proto.transport, out) != 0) {
+        out->len = 0;
+    }
+}
+
+static void access_log_line(knit_http_server *s, const char *remote, int64_t wall,
+                            const char *method, const char *target_raw, int minor, int status,
+                            uint64_t bytes, const char *referer_raw, const char *ua_raw,
+                            knit_duration took);
+
 static void conn_error(struct conn *c, int status, const char *why)
 {
     knit_http_server *s = c->srv;
@@ -619,6 +644,14 @@ static void conn_error(struct conn *c, int status, const char *why)
         knit_transport_writev(c->proto.transport, iov, 2);
     }
     count_status(s, status);
+    if (s->o.access_log != KNIT_HTTP_LOG_NONE && !c->req) {
+        /* rejected before a request existed (bad head, head timeout) */
+        knit_sockaddr a;
+        char remote[64] = "-";
+        conn_peer(c, &a);
+        if (a.len) knit_sockaddr_format(&a, remote, sizeof remote);
+        access_log_line(s, remote, knit_wall_now(), NULL, NULL, 1, status, blen, NULL, NULL, 0);
+    }
     KNIT_DEBUG(MOD, "closing connection: %d %s", status, why);
     timer_set(c, T_NONE, 0);
     c->state = C_CLOSING;
@@ -691,21 +724,7 @@ static knit_http_request *request_new(struct conn *c, const char *head, size_t h
     }
     req->head_only = h->method_id == KNIT__HTTP_M_HEAD;
     req->close_after = !h->keep_alive;
-    if (c->peer_family == AF_INET) {
-        memset(&req->peer.u.in, 0, sizeof req->peer.u.in);
-        req->peer.u.in.sin_family = AF_INET;
-        req->peer.u.in.sin_port = c->peer_port;
-        memcpy(&req->peer.u.in.sin_addr, c->peer_addr, 4);
-        req->peer.len = sizeof req->peer.u.in;
-    } else if (c->peer_family == AF_INET6) {
-        memset(&req->peer.u.in6, 0, sizeof req->peer.u.in6);
-        req->peer.u.in6.sin6_family = AF_INET6;
-        req->peer.u.in6.sin6_port = c->peer_port;
-        memcpy(&req->peer.u.in6.sin6_addr, c->peer_addr, 16);
-        req->peer.len = sizeof req->peer.u.in6;
-    } else if (!c->proto.transport || knit_transport_peer(c->proto.transport, &req->peer) != 0) {
-        req->peer.len = 0;
-    }
+    conn_peer(c, &req->peer);
     req->tls = c->proto.transport && strcmp(knit_transport_kind(c->proto.transport), "tls") == 0;
     return req;
 fail:
@@ -750,12 +769,15 @@ static size_t log_escape(char *dst, size_t cap, const char *s, bool json)
     return o;
 }
 
-static void access_log(knit_http_request *req, knit_duration took)
+/* One access-log line. REMOTE "addr:port"; REQLINE false: the request line
+ * could not be parsed (logged as "-"). [reactor] */
+static void access_log_line(knit_http_server *s, const char *remote, int64_t wall,
+                            const char *method, const char *target_raw, int minor, int status,
+                            uint64_t bytes, const char *referer_raw, const char *ua_raw,
+                            knit_duration took)
 {
-    knit_http_server *s = req->srv;
-    if (s->o.access_log == KNIT_HTTP_LOG_NONE) return;
     char host[64], target[1024], ref[512], ua[512], line[2400];
-    snprintf(host, sizeof host, "%s", knit_http_remote_addr(req));
+    snprintf(host, sizeof host, "%s", remote);
     char *colon = strrchr(host, ':');
     if (colon && host[0] != 'u') *colon = 0; /* drop the port */
     if (host[0] == '[') {
@@ -764,35 +786,50 @@ static void access_log(knit_http_request *req, knit_duration took)
         if (br) *br = 0;
     }
     bool json = s->o.access_log == KNIT_HTTP_LOG_JSON;
-    log_escape(target, sizeof target, req->target, json);
-    log_escape(ref, sizeof ref, knit_http_header(req, "referer"), json);
-    log_escape(ua, sizeof ua, knit_http_header(req, "user-agent"), json);
-    time_t t = (time_t)(req->wall0 / 1000000000LL);
+    log_escape(target, sizeof target, target_raw, json);
+    log_escape(ref, sizeof ref, referer_raw, json);
+    log_escape(ua, sizeof ua, ua_raw, json);
+    time_t t = (time_t)(wall / 1000000000LL);
     struct tm tm;
     gmtime_r(&t, &tm);
+    char ts[40], version[16];
+    if (method)
+        snprintf(version, sizeof version, "HTTP/1.%d", minor);
+    else
+        snprintf(version, sizeof version, "-");
     int n;
     if (json) {
-        char ts[40];
         strftime(ts, sizeof ts, "%Y-%m-%dT%H:%M:%SZ", &tm);
         n = snprintf(line, sizeof line,
                      "{\"time\":\"%s\",\"remote\":\"%s\",\"method\":\"%s\",\"target\":\"%s\","
-                     "\"version\":\"HTTP/1.%d\",\"status\":%d,\"bytes\":%" PRIu64
+                     "\"version\":\"%s\",\"status\":%d,\"bytes\":%" PRIu64
                      ",\"referer\":\"%s\",\"user_agent\":\"%s\",\"duration\":%.6f}\n",
-                     ts, host, req->method, target, req->h.minor_version, req->status,
-                     req->body_sent, ref, ua, KNIT_TO_SEC(took));
-    } else {
-        char ts[40];
-        strftime(ts, sizeof ts, "%d/%b/%Y:%H:%M:%S +0000", &tm);
-        n = snprintf(line, sizeof line,
-                     "%s - - [%s] \"%s %s HTTP/1.%d\" %d %" PRIu64 " \"%s\" \"%s\" %.6f\n", host,
-                     ts, req->method, target, req->h.minor_version, req->status, req->body_sent,
+                     ts, host, method ? method : "-", method ? target : "-", version, status, bytes,
                      ref, ua, KNIT_TO_SEC(took));
+    } else {
+        char reqline[1100];
+        if (method)
+            snprintf(reqline, sizeof reqline, "%s %s %s", method, target, version);
+        else
+            snprintf(reqline, sizeof reqline, "-");
+        strftime(ts, sizeof ts, "%d/%b/%Y:%H:%M:%S +0000", &tm);
+        n = snprintf(line, sizeof line, "%s - - [%s] \"%s\" %d %" PRIu64 " \"%s\" \"%s\" %.6f\n",
+                     host, ts, reqline, status, bytes, ref, ua, KNIT_TO_SEC(took));
     }
     if (n > 0) {
         size_t len = (size_t)n < sizeof line ? (size_t)n : sizeof line - 1;
         ssize_t w = write(s->o.access_log_fd, line, len);
         (void)w;
     }
+}
+
+static void access_log(knit_http_request *req, knit_duration took)
+{
+    knit_http_server *s = req->srv;
+    if (s->o.access_log == KNIT_HTTP_LOG_NONE) return;
+    access_log_line(s, knit_http_remote_addr(req), req->wall0, req->method, req->target,
+                    req->h.minor_version, req->status, req->body_sent,
+                    knit_http_header(req, "referer"), knit_http_header(req, "user-agent"), took);
 }
 
 /* [reactor] The request is over for the connection: stats, log, next. */
