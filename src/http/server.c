@@ -1840,6 +1840,7 @@ static void on_made(knit_protocol *p)
 }
 
 static const knit_protocol_ops conn_ops = {
+    .name = "http",
     .connection_made = on_made,
     .data_received = on_data,
     .eof_received = on_eof,
