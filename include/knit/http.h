@@ -201,6 +201,7 @@ typedef struct knit_http_stats {
     uint64_t parse_errors, timeouts, rejected_busy;
     /* request time (head parsed → response written to the socket layer) */
     uint64_t latency[KNIT_HTTP_LATENCY_BUCKETS + 1];
+    uint64_t latency_sum_ns; /* sum of the request times counted above */
 } knit_http_stats;
 void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out);
 /* Count of answers with exactly STATUS (100..599). */

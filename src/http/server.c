@@ -858,6 +858,7 @@ static void request_maybe_end(knit_http_request *req)
         while (b < KNIT_HTTP_LATENCY_BUCKETS && us >= (1ull << (b + 4)))
             b++;
         s->st.latency[b]++;
+        s->st.latency_sum_ns += took > 0 ? (uint64_t)took : 0;
         access_log(req, took);
     }
     /* A body the client is still sending cannot be skipped safely: close. */

@@ -11,7 +11,8 @@
  *
  * Mirrored histograms: the pool and the HTTP server keep their own bucket
  * counts (with "<" bounds, where Prometheus buckets are "<="; a sample
- * exactly on a bound lands one bucket higher) and no sum, so _sum is NaN.
+ * exactly on a bound lands one bucket higher) and the sum of their samples
+ * in ns, exposed as _sum in seconds.
  */
 #include "knit/error.h"
 #include "knit/http.h"
@@ -155,8 +156,8 @@ static void collect_pool(knit_metrics *m, void *arg)
     knit_gauge_set(st->g[PG_BUSY], s.threads_busy);
     knit_gauge_set(st->g[PG_QUEUED], (double)s.queued);
     knit_gauge_set(st->g[PG_MAXQ], (double)s.max_queue);
-    knit_histogram_set_counts(st->wait, s.wait_hist, NAN);
-    knit_histogram_set_counts(st->run, s.run_hist, NAN);
+    knit_histogram_set_counts(st->wait, s.wait_hist, KNIT_TO_SEC(s.wait_sum_ns));
+    knit_histogram_set_counts(st->run, s.run_hist, KNIT_TO_SEC(s.run_sum_ns));
 }
 
 static knit_histogram *mirror(knit_metrics *m, const char *name, const char *help,
@@ -180,10 +181,10 @@ int knit_metrics_add_pool(knit_metrics *m, knit_pool *p)
     if (rc == 0) rc = series(m, pool_gauges, PG_N, 'g', "pool", name, (void **)st->g);
     if (rc == 0) {
         st->wait = mirror(m, "knit_pool_queue_wait_seconds",
-                          "Time jobs waited for a worker (sum not tracked: NaN).", "pool", name,
+                          "Time jobs waited for a worker.", "pool", name,
                           bounds, KNIT_POOL_HIST_BUCKETS - 1);
         st->run = mirror(m, "knit_pool_job_run_seconds",
-                         "Time jobs ran on a worker (sum not tracked: NaN).", "pool", name, bounds,
+                         "Time jobs ran on a worker.", "pool", name, bounds,
                          KNIT_POOL_HIST_BUCKETS - 1);
         if (!st->wait || !st->run) rc = KNIT_EEXIST;
     }
@@ -245,7 +246,7 @@ static void collect_http(knit_metrics *m, void *arg)
         knit_counter_set_total(st->by_class[i], s.by_status[i + 1]);
     for (size_t i = 0; i < NCODES; i++)
         knit_counter_set_total(st->by_code[i], knit_http_status_count(st->s, http_codes[i]));
-    knit_histogram_set_counts(st->latency, s.latency, NAN);
+    knit_histogram_set_counts(st->latency, s.latency, KNIT_TO_SEC(s.latency_sum_ns));
 }
 
 int knit_metrics_add_http(knit_metrics *m, knit_reactor *r, const knit_http_server *s,
@@ -282,8 +283,7 @@ int knit_metrics_add_http(knit_metrics *m, knit_reactor *r, const knit_http_serv
         for (int i = 0; i < KNIT_HTTP_LATENCY_BUCKETS; i++)
             bounds[i] = (double)(1u << (i + 4)) * 1e-6;
         st->latency = mirror(m, "knit_http_request_duration_seconds",
-                             "Request time, head parsed to response written (sum not tracked: "
-                             "NaN).",
+                             "Request time, head parsed to response written.",
                              "server", name, bounds, KNIT_HTTP_LATENCY_BUCKETS);
         if (!st->latency) rc = KNIT_EEXIST;
     }

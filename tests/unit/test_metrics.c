@@ -506,7 +506,13 @@ static void test_pool_collector(void **state)
     assert_true(val(x, "knit_pool_queue_capacity", "pool=\"work\"") == 4096);
     assert_true(val(x, "knit_pool_queue_wait_seconds_count", "pool=\"work\"") == 1);
     assert_true(val(x, "knit_pool_queue_wait_seconds_bucket", "pool=\"work\",le=\"+Inf\"") == 1);
-    assert_true(isnan(val(x, "knit_pool_queue_wait_seconds_sum", "pool=\"work\"")));
+    /* sums are real now: non-negative and finite (a job ran, so run time > 0) */
+    double wsum = val(x, "knit_pool_queue_wait_seconds_sum", "pool=\"work\"");
+    assert_false(isnan(wsum));
+    assert_true(wsum >= 0 && wsum < 60);
+    double rsum = val(x, "knit_pool_job_run_seconds_sum", "pool=\"work\"");
+    assert_false(isnan(rsum));
+    assert_true(rsum >= 0 && rsum < 60);
     free(x);
     assert_int_equal(knit_metrics_remove_pool(m, p), 0);
     assert_int_equal(knit_metrics_remove_pool(m, p), KNIT_ENOTFOUND);
@@ -584,6 +590,9 @@ static void test_http_route(void **state)
     assert_true(val(x, "knit_http_responses_total", "server=\"api\",code=\"200\"") == 1);
     assert_true(val(x, "knit_http_responses_by_class_total", "server=\"api\",class=\"2xx\"") == 1);
     assert_true(val(x, "knit_http_request_duration_seconds_count", "server=\"api\"") == 1);
+    double lsum = val(x, "knit_http_request_duration_seconds_sum", "server=\"api\"");
+    assert_false(isnan(lsum));
+    assert_true(lsum >= 0 && lsum < 60);
     assert_true(val(x, "knit_reactor_iterations_total", "reactor=\"web\"") > 0);
     assert_true(val(x, "knit_http_connections_open", "server=\"api\"") == 1);
     free(x);
