@@ -41,6 +41,7 @@
 #include "knit/service.h"
 #include "knit/task.h"
 #include "notes_api.h"
+#include "notes_json.h"
 #include "notes_manhole.h"
 #include "notes_thrift_svc.h"
 #include "store.h"
@@ -359,6 +360,27 @@ static void base_url(const char *desc, unsigned port, char *buf, size_t len)
         snprintf(buf, len, "http://%s:%u", host, port);
 }
 
+/* The answers the HTTP server gives before a notes handler runs (a full pool
+ * queue's 503, the parser's 400/414/431/505, a body over the server's own
+ * limit) get the same {"error": "..."} body as every other notes error.
+ * [reactor] */
+static int json_error_body(int status, const char *text, char *buf, size_t cap,
+                           const char **content_type, void *arg)
+{
+    (void)status, (void)arg;
+    char *body = notes_json_error(text);
+    if (!body) return -1;
+    size_t n = strlen(body);
+    int rc = -1;
+    if (n < cap) {
+        memcpy(buf, body, n);
+        *content_type = "application/json";
+        rc = (int)n;
+    }
+    free(body);
+    return rc;
+}
+
 static knit_deferred *http_start(knit_service *s, void *arg)
 {
     notes_main *m = arg;
@@ -370,6 +392,7 @@ static knit_deferred *http_start(knit_service *s, void *arg)
     ho.drain_timeout = m->shutdown_timeout - m->shutdown_timeout / 4;
     ho.access_log = m->access_fd >= 0 ? KNIT_HTTP_LOG_COMBINED : KNIT_HTTP_LOG_NONE;
     if (m->access_fd >= 0) ho.access_log_fd = m->access_fd;
+    ho.error_body = json_error_body;
     int rc = knit_http_server_new(m->r, &ho, &m->http);
     if (rc == 0) rc = knit_http_route(m->http, NULL, "/*", KNIT_HTTP_POOL, handle, m);
     if (rc < 0) return knit_deferred_failed(knit_failure_new(rc, "http server"));
