@@ -58,8 +58,10 @@ struct conn {
     bool paused;     /* reading paused at max_in_flight */
     bool in_receive; /* inside process() (defer resume) */
     /* Bytes taken from the transport while paused at max_in_flight: kept
-     * here, not in the transport, and processed when a call completes (see
-     * docs/requests/thrift-needs.md). Idle (no memory) otherwise. */
+     * here, not in the transport, and processed when a call completes. This
+     * predates the streams fix that re-delivers buffered input on
+     * resume_reading and can now go (docs/open-items.md). Idle (no memory)
+     * otherwise. */
     knit_buf held;
     unsigned in_flight;
     knit_time last_active;
