@@ -1049,7 +1049,11 @@ static int emit(knit_http_request *req, const void *a, size_t alen, const void *
 
 int knit_http_add_header(knit_http_request *req, const char *name, const char *value)
 {
-    if (req->started) return KNIT_EALREADY;
+    /* the reactor may have answered already (body error or timeout) */
+    if (req->pool_mode) pthread_mutex_lock(&req->mu);
+    bool started = req->started;
+    if (req->pool_mode) pthread_mutex_unlock(&req->mu);
+    if (started) return KNIT_EALREADY;
     for (const char *p = name; *p; p++)
         if (*p <= ' ' || *p == ':' || *p == 0x7f) return KNIT_EINVAL;
     for (const char *p = value; *p; p++)
@@ -1539,8 +1543,8 @@ static bool body_step(struct conn *c, knit_buf *buf)
         if (n < 0) {
             req->body_err = status == 413 ? KNIT_ELIMIT : KNIT_EPARSE;
             can_answer = !req->started;
-            req->started = true;
-            if (can_answer) req->finished = true;
+            /* a started handler owns started/close_after: leave them */
+            if (can_answer) req->started = req->finished = true;
         }
         pthread_cond_broadcast(&req->cv);
         pthread_mutex_unlock(&req->mu);
@@ -1551,7 +1555,7 @@ static bool body_step(struct conn *c, knit_buf *buf)
         if (!req->streaming) {
             c->req = NULL;
             request_free(req); /* never reached a handler */
-        } else {
+        } else if (can_answer) {
             req->close_after = true; /* conn_error counts the status */
         }
         if (can_answer) {
@@ -1907,12 +1911,13 @@ static void conn_timeout(knit_reactor *r, void *arg)
                 pthread_mutex_lock(&req->mu);
                 req->body_err = KNIT_ETIMEDOUT;
                 can_answer = !req->started;
-                req->started = true;
-                if (can_answer) req->finished = true;
+                /* Once the handler started answering, its response state
+                 * (started, close_after) is the worker's: do not write it. */
+                if (can_answer) req->started = req->finished = true;
                 pthread_cond_broadcast(&req->cv);
                 pthread_mutex_unlock(&req->mu);
             }
-            req->close_after = true;
+            if (can_answer) req->close_after = true;
             if (can_answer) {
                 conn_error(c, 408, "request body timed out");
             } else {

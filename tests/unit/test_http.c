@@ -5,6 +5,7 @@
  * Each test ends with knit_reactor_close() == 0: nothing left registered. */
 #include "testutil.h"
 
+#include <sched.h>
 #include <semaphore.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -631,6 +632,320 @@ static void test_error_body_hook(void **state)
     teardown_fx(&fx);
 }
 
+
+/* ---- worker/reactor boundary: the client leaves, timeouts, drain, 503 ---- */
+
+static sem_t rev_go;          /* the test lets the handler go on */
+static sem_t rev_at;          /* the handler reached its checkpoint */
+static int rev_rc1, rev_rc2;  /* what the handler saw */
+
+/* Pool handler streaming far more than the high-water mark until a write fails. */
+static void h_pool_big(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    static char block[65536];
+    rev_rc1 = knit_http_start(req, 200, NULL, -1);
+    sem_post(&rev_at);
+    int rc = 0;
+    for (int i = 0; i < 64 && rc == 0; i++)
+        rc = knit_http_write(req, block, sizeof block);
+    rev_rc2 = rc;
+    knit_http_finish(req);
+}
+
+/* Pool handler that reads its body to the end, then answers. */
+static void h_pool_read(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    char buf[4096];
+    ssize_t n;
+    sem_post(&rev_at);
+    while ((n = knit_http_read(req, buf, sizeof buf)) > 0)
+        ;
+    rev_rc1 = (int)n;
+    rev_rc2 = knit_http_respond(req, 200, NULL, "x", 1);
+}
+
+/* Pool handler that waits for the test, then answers. */
+static void h_pool_wait(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    sem_post(&rev_at);
+    sem_wait(&rev_go);
+    rev_rc2 = knit_http_respond(req, 200, NULL, "late", 4);
+}
+
+static void rev_setup(fixture *fx, knit_http_options *o)
+{
+    setup_fx(fx, true, o);
+    sem_init(&rev_go, 0, 0);
+    sem_init(&rev_at, 0, 0);
+    rev_rc1 = rev_rc2 = 12345;
+    assert_int_equal(knit_http_route(fx->s, "GET", "/pbig", KNIT_HTTP_POOL, h_pool_big, NULL), 0);
+    assert_int_equal(knit_http_route(fx->s, "POST", "/pread", KNIT_HTTP_POOL, h_pool_read, NULL),
+                     0);
+    assert_int_equal(knit_http_route(fx->s, NULL, "/pwait", KNIT_HTTP_POOL, h_pool_wait, NULL), 0);
+}
+
+static void rev_teardown(fixture *fx)
+{
+    knit_pool_shutdown(fx->pool, NULL, NULL);
+    for (int i = 0; i < 20000 && !knit_pool_is_shut_down(fx->pool); i++)
+        knit_reactor_run_once(fx->r, KNIT_MSEC(5));
+    assert_true(knit_pool_is_shut_down(fx->pool));
+    sem_destroy(&rev_go);
+    sem_destroy(&rev_at);
+    teardown_fx(fx);
+}
+
+/* Run the reactor until the pool has no job running or queued. */
+static void rev_settle(fixture *fx)
+{
+    knit_pool_stats ps;
+    for (int i = 0; i < 20000; i++) {
+        knit_reactor_run_once(fx->r, KNIT_MSEC(5));
+        knit_pool_get_stats(fx->pool, &ps);
+        if (ps.threads_busy == 0 && ps.queued == 0 && ps.completed == ps.submitted) break;
+    }
+    for (int i = 0; i < 50; i++)
+        knit_reactor_run_once(fx->r, 0);
+}
+
+static void test_pool_stream_client_leaves(void **state)
+{
+    (void)state;
+    fixture fx;
+    rev_setup(&fx, NULL);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /pbig HTTP/1.1\r\nHost: x\r\n\r\n");
+    sem_wait(&rev_at);
+    /* the client reads nothing: the worker blocks above high water */
+    for (int i = 0; i < 200 && !knit_transport_producer_paused(t); i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+    assert_true(knit_transport_producer_paused(t));
+    close_conn(t); /* the client is gone while the worker streams */
+    rev_settle(&fx);
+    assert_int_equal(rev_rc1, 0);
+    assert_int_equal(rev_rc2, KNIT_ECLOSED);
+    rev_teardown(&fx);
+}
+
+static void test_pool_body_client_leaves(void **state)
+{
+    (void)state;
+    fixture fx;
+    rev_setup(&fx, NULL);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "POST /pread HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc");
+    sem_wait(&rev_at);
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(1));
+    close_conn(t); /* gone while the worker waits for body bytes */
+    rev_settle(&fx);
+    assert_int_equal(rev_rc1, KNIT_ECLOSED);
+    assert_int_equal(rev_rc2, KNIT_ECLOSED);
+    rev_teardown(&fx);
+}
+
+static void test_pool_body_timeout_while_reading(void **state)
+{
+    (void)state;
+    fixture fx;
+    rev_setup(&fx, NULL);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "POST /pread HTTP/1.1\r\nHost: x\r\nContent-Length: 100000\r\n\r\nabc");
+    sem_wait(&rev_at);
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_HTTP_BODY_TIMEOUT + KNIT_SEC(1)), 0);
+    rev_settle(&fx);
+    assert_int_equal(rev_rc1, KNIT_ETIMEDOUT);
+    assert_int_equal(rev_rc2, KNIT_EALREADY);
+    const char *o = take(t);
+    assert_true(strncmp(o, "HTTP/1.1 408 ", 13) == 0);
+    assert_true(knit_memory_transport_lose_requested(t));
+    close_conn(t);
+    rev_settle(&fx);
+    knit_http_stats st;
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.connections_open, 0);
+    rev_teardown(&fx);
+}
+
+static void test_pool_drain_with_handler_in_flight(void **state)
+{
+    (void)state;
+    fixture fx;
+    rev_setup(&fx, NULL);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
+    sem_wait(&rev_at);
+    drained = 0;
+    knit_http_server_drain(fx.s, on_drained, NULL);
+    assert_false(knit_memory_transport_lose_requested(t));
+    sem_post(&rev_go);
+    const char *o = wait_for(&fx, t, "late");
+    assert_non_null(strstr(o, "Connection: close\r\n"));
+    rev_settle(&fx);
+    assert_true(knit_memory_transport_lose_requested(t));
+    close_conn(t);
+    assert_int_equal(drained, 1);
+    assert_int_equal(rev_rc2, 0);
+    rev_teardown(&fx);
+}
+
+static void test_pool_drain_timeout_aborts_handler(void **state)
+{
+    (void)state;
+    fixture fx;
+    rev_setup(&fx, NULL);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
+    sem_wait(&rev_at);
+    drained = 0;
+    knit_http_server_drain(fx.s, on_drained, NULL);
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_HTTP_DRAIN_TIMEOUT + KNIT_SEC(1)), 0);
+    assert_true(knit_memory_transport_aborted(t));
+    close_conn(t);
+    assert_int_equal(drained, 1);
+    sem_post(&rev_go); /* the handler answers a connection that is gone */
+    rev_settle(&fx);
+    assert_int_equal(rev_rc2, KNIT_ECLOSED);
+    rev_teardown(&fx);
+}
+
+static void test_pool_queue_full_503(void **state)
+{
+    (void)state;
+    fixture fx;
+    knit_http_options o;
+    knit_http_options_init(&o);
+    memset(&fx, 0, sizeof fx);
+    fx.clock = knit_clock_fake_new(0);
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = fx.clock;
+    assert_int_equal(knit_reactor_new(&fx.r, &ro), 0);
+    knit_pool_options po;
+    knit_pool_options_init(&po);
+    po.min_threads = po.max_threads = 1;
+    po.max_queue = 1;
+    po.shutdown_phase = -1;
+    assert_int_equal(knit_pool_new(&fx.pool, fx.r, &po), 0);
+    o.pool = fx.pool;
+    assert_int_equal(knit_http_server_new(fx.r, &o, &fx.s), 0);
+    sem_init(&rev_go, 0, 0);
+    sem_init(&rev_at, 0, 0);
+    assert_int_equal(knit_http_route(fx.s, NULL, "/pwait", KNIT_HTTP_POOL, h_pool_wait, NULL), 0);
+    knit_transport *a = open_conn(&fx), *b = open_conn(&fx), *c = open_conn(&fx),
+                   *d = open_conn(&fx);
+    feed(a, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
+    sem_wait(&rev_at); /* a runs */
+    feed(b, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\n"); /* b waits in the queue */
+    feed(c, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\nGET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
+    const char *oc = take(c);
+    assert_true(strncmp(oc, "HTTP/1.1 503 ", 13) == 0);
+    assert_non_null(strstr(oc, "Retry-After: 1\r\n"));
+    feed(d, "POST /pwait HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");
+    const char *od = take(d);
+    assert_true(strncmp(od, "HTTP/1.1 503 ", 13) == 0);
+    assert_true(knit_memory_transport_lose_requested(d)); /* body unread: closes */
+    close_conn(d);
+    close_conn(c);
+    close_conn(b); /* b leaves while queued */
+    sem_post(&rev_go);
+    sem_post(&rev_go);
+    wait_for(&fx, a, "late");
+    rev_settle(&fx);
+    close_conn(a);
+    knit_http_stats st;
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.connections_open, 0);
+    assert_true(st.rejected_busy >= 2);
+    rev_teardown(&fx);
+}
+
+
+static int rev_flag; /* set by the test with a relaxed store: no happens-before */
+
+static void rev_spin(void)
+{
+    while (!__atomic_load_n(&rev_flag, __ATOMIC_RELAXED))
+        sched_yield();
+}
+
+/* Pool handler that starts streaming before the body arrived, waits, then
+ * writes and finishes. */
+static void h_pool_early(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    rev_rc1 = knit_http_start(req, 200, NULL, -1);
+    sem_post(&rev_at);
+    rev_spin();
+    rev_rc2 = knit_http_write(req, "x", 1);
+    knit_http_finish(req);
+}
+
+/* Pool handler that waits (not reading its body), then answers. */
+static void h_pool_late_header(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    sem_post(&rev_at);
+    rev_spin();
+    rev_rc1 = knit_http_add_header(req, "X-A", "b");
+    rev_rc2 = knit_http_respond(req, 200, NULL, "ok", 2);
+}
+
+/* The body timeout answers 408 while a pool handler is busy; the handler's
+ * later calls see that the request was answered (TSan: no unlocked read of
+ * what the reactor wrote). */
+static void test_pool_body_timeout_while_busy(void **state)
+{
+    (void)state;
+    fixture fx;
+    rev_setup(&fx, NULL);
+    rev_flag = 0;
+    assert_int_equal(
+        knit_http_route(fx.s, "POST", "/plate", KNIT_HTTP_POOL, h_pool_late_header, NULL), 0);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "POST /plate HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc");
+    sem_wait(&rev_at);
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_HTTP_BODY_TIMEOUT + KNIT_SEC(1)), 0);
+    assert_true(strncmp(take(t), "HTTP/1.1 408 ", 13) == 0);
+    __atomic_store_n(&rev_flag, 1, __ATOMIC_RELAXED);
+    rev_settle(&fx);
+    assert_int_equal(rev_rc1, KNIT_EALREADY);
+    assert_int_equal(rev_rc2, KNIT_EALREADY);
+    close_conn(t);
+    rev_teardown(&fx);
+}
+
+/* The body timeout fires while a pool handler streams its answer (TSan:
+ * the reactor must not write the handler's response state). */
+static void test_pool_body_timeout_while_streaming(void **state)
+{
+    (void)state;
+    fixture fx;
+    rev_setup(&fx, NULL);
+    rev_flag = 0;
+    assert_int_equal(knit_http_route(fx.s, "POST", "/pearly", KNIT_HTTP_POOL, h_pool_early, NULL),
+                     0);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "POST /pearly HTTP/1.1\r\nHost: x\r\nContent-Length: 100\r\n\r\nabc");
+    sem_wait(&rev_at);
+    wait_for(&fx, t, "HTTP/1.1 200 OK");
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_HTTP_BODY_TIMEOUT + KNIT_SEC(1)), 0);
+    assert_true(knit_memory_transport_lose_requested(t));
+    __atomic_store_n(&rev_flag, 1, __ATOMIC_RELAXED);
+    rev_settle(&fx);
+    assert_int_equal(rev_rc1, 0);
+    assert_null(strstr(take(t), "408"));
+    close_conn(t);
+    knit_http_stats st;
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.timeouts, 1);
+    assert_int_equal(st.connections_open, 0);
+    rev_teardown(&fx);
+}
+
 static void test_reasons(void **state)
 {
     (void)state;
@@ -661,6 +976,14 @@ int main(void)
         cmocka_unit_test(test_idle_connection_is_small),
         cmocka_unit_test(test_error_body_hook),
         cmocka_unit_test(test_reasons),
+        cmocka_unit_test(test_pool_stream_client_leaves),
+        cmocka_unit_test(test_pool_body_client_leaves),
+        cmocka_unit_test(test_pool_body_timeout_while_reading),
+        cmocka_unit_test(test_pool_drain_with_handler_in_flight),
+        cmocka_unit_test(test_pool_drain_timeout_aborts_handler),
+        cmocka_unit_test(test_pool_queue_full_503),
+        cmocka_unit_test(test_pool_body_timeout_while_streaming),
+        cmocka_unit_test(test_pool_body_timeout_while_busy),
     };
     return KNIT_RUN_TESTS(tests);
 }
