@@ -1174,7 +1174,13 @@ size_t knit_http_body_len(const knit_http_request *req)
 {
     if (req->h.body == KNIT__HTTP_BODY_LENGTH) return (size_t)req->h.content_length;
     if (req->h.body == KNIT__HTTP_BODY_NONE) return 0;
-    return (size_t)req->dec.total; /* chunked: so far (all of it once read) */
+    if (!req->streaming) return (size_t)req->dec.total;
+    /* chunked, streamed: the reactor decodes under mu while we run */
+    knit_http_request *r = (knit_http_request *)req;
+    pthread_mutex_lock(&r->mu);
+    size_t n = (size_t)r->dec.total; /* so far (all of it once read) */
+    pthread_mutex_unlock(&r->mu);
+    return n;
 }
 
 static void body_resume_call(knit_reactor *r, void *arg);

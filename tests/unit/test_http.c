@@ -865,11 +865,28 @@ static void test_pool_queue_full_503(void **state)
 
 
 static int rev_flag; /* set by the test with a relaxed store: no happens-before */
+static size_t rev_len;
 
 static void rev_spin(void)
 {
     while (!__atomic_load_n(&rev_flag, __ATOMIC_RELAXED))
         sched_yield();
+}
+
+/* Pool handler that reads a piece of a chunked body, waits, asks how much
+ * was decoded so far, then reads the rest. */
+static void h_pool_len(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    char buf[64];
+    ssize_t n = knit_http_read(req, buf, sizeof buf);
+    sem_post(&rev_at);
+    rev_spin();
+    rev_len = knit_http_body_len(req);
+    while (n > 0)
+        n = knit_http_read(req, buf, sizeof buf);
+    rev_rc1 = (int)n;
+    rev_rc2 = knit_http_respond(req, 200, NULL, "ok", 2);
 }
 
 /* Pool handler that starts streaming before the body arrived, waits, then
@@ -914,6 +931,30 @@ static void test_pool_body_timeout_while_busy(void **state)
     rev_settle(&fx);
     assert_int_equal(rev_rc1, KNIT_EALREADY);
     assert_int_equal(rev_rc2, KNIT_EALREADY);
+    close_conn(t);
+    rev_teardown(&fx);
+}
+
+/* knit_http_body_len on a worker while the reactor decodes more chunks
+ * (TSan: the decoder state is written by the reactor under req->mu). */
+static void test_pool_body_len_while_decoding(void **state)
+{
+    (void)state;
+    fixture fx;
+    rev_setup(&fx, NULL);
+    rev_flag = 0;
+    assert_int_equal(knit_http_route(fx.s, "POST", "/plen", KNIT_HTTP_POOL, h_pool_len, NULL), 0);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "POST /plen HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n");
+    sem_wait(&rev_at);
+    feed(t, "4\r\ndefg\r\n");
+    __atomic_store_n(&rev_flag, 1, __ATOMIC_RELAXED);
+    feed(t, "0\r\n\r\n");
+    wait_for(&fx, t, "\r\n\r\nok");
+    rev_settle(&fx);
+    assert_int_equal(rev_len, 7);
+    assert_int_equal(rev_rc1, 0);
+    assert_int_equal(rev_rc2, 0);
     close_conn(t);
     rev_teardown(&fx);
 }
@@ -982,6 +1023,7 @@ int main(void)
         cmocka_unit_test(test_pool_drain_with_handler_in_flight),
         cmocka_unit_test(test_pool_drain_timeout_aborts_handler),
         cmocka_unit_test(test_pool_queue_full_503),
+        cmocka_unit_test(test_pool_body_len_while_decoding),
         cmocka_unit_test(test_pool_body_timeout_while_streaming),
         cmocka_unit_test(test_pool_body_timeout_while_busy),
     };
