@@ -1125,7 +1125,10 @@ int knit_http_finish(knit_http_request *req)
     if (req->declared >= 0 && req->body_sent != (uint64_t)req->declared) {
         /* Fewer bytes than announced: the framing is broken; close after. */
         req->close_after = true;
-        if (req->conn && knit_pool_current() == NULL && req->conn->proto.transport)
+        /* req->conn is the reactor's (cleared when the client leaves):
+         * look at it only there. A worker's short finish closes through
+         * close_after once worker_done ends the request. */
+        if (knit_pool_current() == NULL && req->conn && req->conn->proto.transport)
             knit_transport_lose_connection(req->conn->proto.transport);
     }
     if (req->chunked) return emit(req, "0\r\n\r\n", 5, NULL, 0, true);

@@ -935,6 +935,39 @@ static void test_pool_body_timeout_while_busy(void **state)
     rev_teardown(&fx);
 }
 
+/* Pool handler that announces 10 bytes, sends 5, waits, then finishes short. */
+static void h_pool_short(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    knit_http_start(req, 200, NULL, 10);
+    rev_rc1 = knit_http_write(req, "12345", 5);
+    sem_post(&rev_at);
+    rev_spin();
+    rev_rc2 = knit_http_finish(req);
+}
+
+/* The client leaves while a pool handler that will finish short waits
+ * (TSan: knit_http_finish on the worker must not read req->conn, which
+ * the reactor clears in connection_lost). */
+static void test_pool_finish_short_after_client_left(void **state)
+{
+    (void)state;
+    fixture fx;
+    rev_setup(&fx, NULL);
+    rev_flag = 0;
+    assert_int_equal(knit_http_route(fx.s, "GET", "/pshort", KNIT_HTTP_POOL, h_pool_short, NULL),
+                     0);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /pshort HTTP/1.1\r\nHost: x\r\n\r\n");
+    sem_wait(&rev_at);
+    close_conn(t);
+    __atomic_store_n(&rev_flag, 1, __ATOMIC_RELAXED);
+    rev_settle(&fx);
+    assert_int_equal(rev_rc1, 0);
+    assert_int_equal(rev_rc2, KNIT_ECLOSED);
+    rev_teardown(&fx);
+}
+
 /* knit_http_body_len on a worker while the reactor decodes more chunks
  * (TSan: the decoder state is written by the reactor under req->mu). */
 static void test_pool_body_len_while_decoding(void **state)
@@ -1024,6 +1057,7 @@ int main(void)
         cmocka_unit_test(test_pool_drain_timeout_aborts_handler),
         cmocka_unit_test(test_pool_queue_full_503),
         cmocka_unit_test(test_pool_body_len_while_decoding),
+        cmocka_unit_test(test_pool_finish_short_after_client_left),
         cmocka_unit_test(test_pool_body_timeout_while_streaming),
         cmocka_unit_test(test_pool_body_timeout_while_busy),
     };
