@@ -1388,16 +1388,17 @@ static void worker_run(void *arg)
 static void worker_done(void *arg)
 {
     knit_http_request *req = arg;
-    req->handler_returned = true;
     flush_out(req);
     if (!req->gone && !req->finished) {
         /* The handler returned without finishing: answer for it (we are on
-         * the reactor, so these write directly). */
+         * the reactor, so these write directly). handler_returned is still
+         * false, so this answer cannot end (free) the request under us. */
         if (!req->started)
             respond_simple(req, 500, NULL, NULL);
         else
             knit_http_finish(req);
     }
+    req->handler_returned = true;
     request_maybe_end(req);
 }
 

@@ -968,6 +968,99 @@ static void test_pool_finish_short_after_client_left(void **state)
     rev_teardown(&fx);
 }
 
+/* Pool handlers that return without answering, or without finishing. */
+static void h_pool_silent(knit_http_request *req, void *arg)
+{
+    (void)req;
+    (void)arg;
+}
+static void h_pool_unfinished(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    knit_http_start(req, 200, NULL, -1);
+    knit_http_write(req, "part", 4);
+}
+
+/* worker_done answers for them on the reactor (500, or the last chunk):
+ * that answer ends the request, and worker_done must not touch it after
+ * (ASan: heap-use-after-free in request_maybe_end before the fix). */
+static void test_pool_handler_returns_without_answer(void **state)
+{
+    (void)state;
+    fixture fx;
+    rev_setup(&fx, NULL);
+    assert_int_equal(knit_http_route(fx.s, "GET", "/psilent", KNIT_HTTP_POOL, h_pool_silent, NULL),
+                     0);
+    assert_int_equal(
+        knit_http_route(fx.s, "GET", "/punfin", KNIT_HTTP_POOL, h_pool_unfinished, NULL), 0);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /psilent HTTP/1.1\r\nHost: x\r\n\r\n");
+    wait_for(&fx, t, "HTTP/1.1 500 ");
+    feed(t, "GET /punfin HTTP/1.1\r\nHost: x\r\n\r\n");
+    wait_for(&fx, t, "part\r\n0\r\n\r\n");
+    rev_settle(&fx);
+    feed(t, "GET /psilent HTTP/1.1\r\nHost: x\r\n\r\n"); /* still keep-alive */
+    wait_for(&fx, t, "HTTP/1.1 500 ");
+    rev_settle(&fx);
+    knit_http_stats st;
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.requests, 3);
+    assert_int_equal(knit_http_status_count(fx.s, 500), 2);
+    close_conn(t);
+    rev_teardown(&fx);
+}
+
+/* A non-draining pool shutdown drops queued handlers: the server answers
+ * 500 for them on the reactor; the running one finishes normally. */
+static void test_pool_shutdown_drops_queued_handler(void **state)
+{
+    (void)state;
+    fixture fx;
+    memset(&fx, 0, sizeof fx);
+    fx.clock = knit_clock_fake_new(0);
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = fx.clock;
+    assert_int_equal(knit_reactor_new(&fx.r, &ro), 0);
+    knit_pool_options po;
+    knit_pool_options_init(&po);
+    po.min_threads = po.max_threads = 1;
+    po.drain = false;
+    po.shutdown_phase = -1;
+    assert_int_equal(knit_pool_new(&fx.pool, fx.r, &po), 0);
+    knit_http_options o;
+    knit_http_options_init(&o);
+    o.pool = fx.pool;
+    assert_int_equal(knit_http_server_new(fx.r, &o, &fx.s), 0);
+    sem_init(&rev_go, 0, 0);
+    sem_init(&rev_at, 0, 0);
+    assert_int_equal(knit_http_route(fx.s, NULL, "/pwait", KNIT_HTTP_POOL, h_pool_wait, NULL), 0);
+    knit_transport *a = open_conn(&fx), *b = open_conn(&fx), *c = open_conn(&fx);
+    feed(a, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
+    sem_wait(&rev_at);
+    feed(b, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\nGET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
+    feed(c, "POST /pwait HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");
+    assert_int_equal(knit_pool_shutdown(fx.pool, NULL, NULL), 0);
+    const char *ob = take(b);
+    assert_true(strncmp(ob, "HTTP/1.1 500 ", 13) == 0);
+    assert_non_null(strstr(ob, "HTTP/1.1 503 ")); /* the pipelined one: pool is stopping */
+    assert_true(strncmp(take(c), "HTTP/1.1 500 ", 13) == 0);
+    assert_true(knit_memory_transport_lose_requested(c));
+    close_conn(b);
+    close_conn(c);
+    sem_post(&rev_go);
+    for (int i = 0; i < 20000 && !knit_pool_is_shut_down(fx.pool); i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+    assert_non_null(strstr(take(a), "late"));
+    close_conn(a);
+    knit_http_stats st;
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.connections_open, 0);
+    sem_destroy(&rev_go);
+    sem_destroy(&rev_at);
+    teardown_fx(&fx);
+}
+
 /* knit_http_body_len on a worker while the reactor decodes more chunks
  * (TSan: the decoder state is written by the reactor under req->mu). */
 static void test_pool_body_len_while_decoding(void **state)
@@ -1058,6 +1151,8 @@ int main(void)
         cmocka_unit_test(test_pool_queue_full_503),
         cmocka_unit_test(test_pool_body_len_while_decoding),
         cmocka_unit_test(test_pool_finish_short_after_client_left),
+        cmocka_unit_test(test_pool_handler_returns_without_answer),
+        cmocka_unit_test(test_pool_shutdown_drops_queued_handler),
         cmocka_unit_test(test_pool_body_timeout_while_streaming),
         cmocka_unit_test(test_pool_body_timeout_while_busy),
     };
