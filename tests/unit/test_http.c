@@ -968,6 +968,31 @@ static void test_pool_finish_short_after_client_left(void **state)
     rev_teardown(&fx);
 }
 
+/* The write timeout fires while a pool handler is blocked above high water. */
+static void test_pool_write_timeout_while_streaming(void **state)
+{
+    (void)state;
+    fixture fx;
+    rev_setup(&fx, NULL);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /pbig HTTP/1.1\r\nHost: x\r\n\r\n");
+    sem_wait(&rev_at);
+    for (int i = 0; i < 200 && !knit_transport_producer_paused(t); i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+    assert_true(knit_transport_producer_paused(t));
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_HTTP_WRITE_TIMEOUT + KNIT_SEC(1)), 0);
+    int err = 0;
+    assert_int_equal(knit_memory_transport_requested_reason(t, &err), KNIT_CLOSE_TIMEOUT);
+    close_conn(t);
+    rev_settle(&fx);
+    assert_int_equal(rev_rc2, KNIT_ECLOSED);
+    knit_http_stats st;
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.timeouts, 1);
+    assert_int_equal(st.connections_open, 0);
+    rev_teardown(&fx);
+}
+
 /* Pool handlers that return without answering, or without finishing. */
 static void h_pool_silent(knit_http_request *req, void *arg)
 {
@@ -1151,6 +1176,7 @@ int main(void)
         cmocka_unit_test(test_pool_queue_full_503),
         cmocka_unit_test(test_pool_body_len_while_decoding),
         cmocka_unit_test(test_pool_finish_short_after_client_left),
+        cmocka_unit_test(test_pool_write_timeout_while_streaming),
         cmocka_unit_test(test_pool_handler_returns_without_answer),
         cmocka_unit_test(test_pool_shutdown_drops_queued_handler),
         cmocka_unit_test(test_pool_body_timeout_while_streaming),
