@@ -170,6 +170,9 @@ struct knit_http_server {
     void *drain_arg;
     knit_http_stats st;
     uint64_t by_code[600];
+    bool busy_warned;         /* a "pool queue full" warning was logged ... */
+    knit_time busy_logged;    /* ... at this time (at most one a second) */
+    uint64_t busy_unlogged;   /* 503s since that warning */
 };
 
 static void conn_continue(struct conn *c);
@@ -629,16 +632,17 @@ static void conn_error(struct conn *c, int status, const char *why)
 {
     knit_http_server *s = c->srv;
     if (c->state == C_CLOSING || !c->proto.transport) return;
-    char body[KNIT_HTTP_ERROR_BODY_MAX], head[512];
+    char body[KNIT_HTTP_ERROR_BODY_MAX], head[512], retry[40] = "";
     const char *ctype;
     size_t blen = error_body(s, status, why, body, sizeof body, &ctype);
+    if (status == 503) snprintf(retry, sizeof retry, "Retry-After: %u\r\n", s->o.retry_after);
     int n =
         snprintf(head, sizeof head,
                  "HTTP/1.1 %d %s\r\nDate: %s\r\n%s%s%sContent-Type: %s\r\n"
                  "Content-Length: %zu\r\nConnection: close\r\n%s\r\n",
                  status, knit_http_reason(status), http_date(), s->o.server_name ? "Server: " : "",
                  s->o.server_name ? s->o.server_name : "", s->o.server_name ? "\r\n" : "", ctype,
-                 blen, status == 503 ? "Retry-After: 1\r\n" : "");
+                 blen, retry);
     if (n > 0 && (size_t)n < sizeof head) {
         struct iovec iov[2] = {{head, (size_t)n}, {body, blen}};
         knit_transport_writev(c->proto.transport, iov, 2);
@@ -1477,7 +1481,18 @@ static void run_handler(struct conn *c, knit_http_request *req)
         pthread_mutex_destroy(&req->mu);
         pthread_cond_destroy(&req->cv);
         s->st.rejected_busy++;
-        KNIT_WARN(MOD, "pool queue full: 503 for %s %s", req->method, req->target);
+        /* Under overload this runs for every request: log at most once a
+         * second on the reactor, with the count since the last line. */
+        knit_time now = knit_reactor_now(s->r);
+        if (!s->busy_warned || now - s->busy_logged >= KNIT_SEC(1)) {
+            s->busy_warned = true;
+            KNIT_WARN(MOD, "pool queue full: 503 for %s %s (%llu more since the last warning)",
+                      req->method, req->target, (unsigned long long)s->busy_unlogged);
+            s->busy_logged = now;
+            s->busy_unlogged = 0;
+        } else {
+            s->busy_unlogged++;
+        }
         char ra[16];
         snprintf(ra, sizeof ra, "%u", s->o.retry_after);
         respond_simple(req, 503, "Retry-After", ra);

@@ -831,22 +831,31 @@ static void test_pool_queue_full_503(void **state)
     po.shutdown_phase = -1;
     assert_int_equal(knit_pool_new(&fx.pool, fx.r, &po), 0);
     o.pool = fx.pool;
+    o.retry_after = 7; /* both 503 paths must use the option */
     assert_int_equal(knit_http_server_new(fx.r, &o, &fx.s), 0);
     sem_init(&rev_go, 0, 0);
     sem_init(&rev_at, 0, 0);
     assert_int_equal(knit_http_route(fx.s, NULL, "/pwait", KNIT_HTTP_POOL, h_pool_wait, NULL), 0);
     knit_transport *a = open_conn(&fx), *b = open_conn(&fx), *c = open_conn(&fx),
                    *d = open_conn(&fx);
+    knit_test_log_begin();
     feed(a, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
     sem_wait(&rev_at); /* a runs */
     feed(b, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\n"); /* b waits in the queue */
     feed(c, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\nGET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
     const char *oc = take(c);
     assert_true(strncmp(oc, "HTTP/1.1 503 ", 13) == 0);
-    assert_non_null(strstr(oc, "Retry-After: 1\r\n"));
+    assert_non_null(strstr(oc, "Retry-After: 7\r\n"));
     feed(d, "POST /pwait HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");
     const char *od = take(d);
     assert_true(strncmp(od, "HTTP/1.1 503 ", 13) == 0);
+    assert_non_null(strstr(od, "Retry-After: 7\r\n"));
+    /* two 503s within one (fake) second: one warning line, not two */
+    const char *logs = knit_test_log_text();
+    const char *first = strstr(logs, "pool queue full");
+    assert_non_null(first);
+    assert_null(strstr(first + 1, "pool queue full"));
+    knit_test_log_end();
     assert_true(knit_memory_transport_lose_requested(d)); /* body unread: closes */
     close_conn(d);
     close_conn(c);
