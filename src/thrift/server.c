@@ -63,6 +63,17 @@ struct conn {
      * resume_reading and can now go (docs/open-items.md). Idle (no memory)
      * otherwise. */
     knit_buf held;
+    /* Unframed reads: the whole buffered message is re-scanned to find its
+     * end, so rescanning on every read would be quadratic in the message
+     * size (a client sending a 16 MB message in small pieces could hold the
+     * reactor for tens of seconds). A rescan runs at once only while the
+     * buffer is small or has doubled since the last incomplete scan (total
+     * work linear); otherwise one coalesced rescan is scheduled shortly, so
+     * a message whose last bytes just arrived is still dispatched. */
+    size_t scanned_len;      /* buffer length at the last incomplete scan */
+    knit_duration scan_cost; /* how long that scan took */
+    knit_timer rescan;
+    bool rescan_due;
     unsigned in_flight;
     knit_time last_active;
     knit_thrift_sasl *sasl;
@@ -400,6 +411,35 @@ static long unframed_length(conn *c, const uint8_t *p, size_t len)
     return (long)(r.p - p);
 }
 
+#define UNFRAMED_EAGER_SCAN 4096u /* below this, rescanning on each read is cheap */
+
+static void hold(conn *c, knit_buf *in);
+static void pump_held(conn *c);
+
+static void rescan_cb(knit_reactor *r, void *arg)
+{
+    (void)r;
+    conn *c = arg;
+    c->rescan = KNIT_TIMER_NONE;
+    if (c->lost) return;
+    c->rescan_due = true;
+    pump_held(c);
+}
+
+/* Keep the partial unframed message in the connection's own buffer (later
+ * reads append to it, see on_data) and rescan it once, a little later: after
+ * four times the last scan's cost, so rescans take at most a fifth of the
+ * reactor's time, and at least 200 us. */
+static void defer_rescan(conn *c, knit_buf *in)
+{
+    if (in != &c->held) hold(c, in);
+    if (knit_timer_active(c->srv->r, c->rescan)) return;
+    knit_duration d = 4 * c->scan_cost;
+    if (d < KNIT_USEC(200)) d = KNIT_USEC(200);
+    c->rescan = knit_call_later(c->srv->r, d, rescan_cb, c);
+    if (c->rescan.id == 0) c->rescan_due = true; /* no timer: scan now next time */
+}
+
 static bool at_capacity(conn *c)
 {
     if (c->in_flight < c->srv->o.max_in_flight) return false;
@@ -456,10 +496,22 @@ static void process(conn *c, knit_buf *in)
         }
         case M_UNFRAMED: {
             if (len == 0) return;
+            if (c->scanned_len && len > UNFRAMED_EAGER_SCAN && len < 2 * c->scanned_len &&
+                len < s->o.max_message && !c->rescan_due) {
+                defer_rescan(c, in);
+                return;
+            }
+            c->rescan_due = false;
             size_t lim = len < s->o.max_message ? len : s->o.max_message;
+            knit_time t0 = knit_reactor_now(s->r);
             long n = unframed_length(c, p, lim);
             if (n == 0 && len >= s->o.max_message) n = KNIT_ELIMIT;
-            if (n == 0) return;
+            if (n == 0) {
+                c->scanned_len = len;
+                c->scan_cost = knit_reactor_now(s->r) - t0;
+                return;
+            }
+            c->scanned_len = 0;
             if (n < 0) {
                 conn_fail(c, (int)n);
                 return;
@@ -588,6 +640,8 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
     conn *c = (conn *)p;
     knit_thrift_server *s = c->srv;
     c->lost = true;
+    knit_timer_cancel(s->r, c->rescan);
+    c->rescan = KNIT_TIMER_NONE;
     if (c->prev)
         c->prev->next = c->next;
     else
