@@ -15,9 +15,9 @@ deps:
 
 # Build and start the reference service in the foreground (Ctrl-C stops it).
 # Builds only what it runs, so the first run on a fresh machine is quick.
-run: $(BUILD)/build.ninja
+run: deps $(BUILD)/build.ninja
 	@ninja -C $(BUILD) examples/notes/knit-notes tools/knit-manhole/knit-manhole
-	@scripts/run
+	@scripts/run $(ARGS)
 
 # The whole suite: unit tests (plain, ASan+UBSan, TSan for threaded modules),
 # integration tests, short fuzz runs. Ends with "N passed, N failed".
