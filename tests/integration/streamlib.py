@@ -2,6 +2,7 @@
 knit-stream-echo (built in $KNIT_BUILD/bench/stream), read its address,
 stop it, count cases. Servers bind 127.0.0.1 only and stop by themselves
 (--seconds) even if a test dies."""
+import json
 import os
 import signal
 import socket
@@ -26,7 +27,18 @@ def need_echo():
     top = os.environ.get("KNIT_TOP", os.path.join(os.path.dirname(__file__), "..", ".."))
     lib = os.path.join(BUILD, "libknit.a")
     out = os.path.join(tempfile.mkdtemp(prefix="knit-echo-"), "knit-stream-echo")
-    p = subprocess.run(["cc", "-std=gnu17", "-D_GNU_SOURCE", "-O1", "-I", os.path.join(top, "include"),
+    # Link with the sanitizers the library was built with (KNIT_BUILD may be an
+    # ASan+UBSan build), or the link fails on the sanitizer runtime symbols.
+    san = []
+    try:
+        opts = json.loads(subprocess.run(["meson", "introspect", "--buildoptions", BUILD],
+                                         capture_output=True, text=True).stdout)
+        value = next((o["value"] for o in opts if o["name"] == "b_sanitize"), "none")
+        if value and value != "none":
+            san = ["-fsanitize=" + value]
+    except (OSError, ValueError):
+        pass
+    p = subprocess.run(["cc", *san, "-std=gnu17", "-D_GNU_SOURCE", "-O1", "-I", os.path.join(top, "include"),
                         os.path.join(top, "bench", "stream", "knit_echo.c"), lib, "-lssl",
                         "-lcrypto", "-lpthread", "-lm", "-o", out], capture_output=True, text=True)
     if p.returncode != 0:
