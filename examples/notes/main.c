@@ -7,19 +7,26 @@
  *
  * Threads: setup and every service start/stop run on the reactor thread.
  * HTTP handlers run on the pool's workers (they block on SQLite); so do the
- * expiry job (chained into its LoopingCall, so runs never overlap) and the
- * final checkpoint.
+ * expiry job (chained into its LoopingCall, so runs never overlap), the
+ * database check and the final checkpoint. /healthz and /readyz are the
+ * exception: inline routes answered on the reactor from state at hand, so
+ * they never wait behind busy workers.
  *
  * The service tree, started in this order and stopped in reverse:
  *   store    open (schema, WAL) / checkpoint + close on a worker
  *   expire   LoopingCall every --expire-interval
  *   summary  LoopingCall every minute
+ *   dbcheck  LoopingCall every --db-check-interval: while the store reports
+ *            a fault (disk full, ...), a probe write on the pool, so that
+ *            /readyz turns 200 again once the database takes writes
  *   manhole  Lua REPL on --manhole (notes_manhole.c) / close it, wait for its pool jobs
  *   thrift   Thrift API on --thrift (notes_thrift_svc.c) / drain, close
- *   http     listen and print where / /healthz turns 503, drain in-flight
+ *   http     listen and print where / /readyz turns 503, drain in-flight
  * so on SIGTERM the server drains first, the loops stop (waiting for an
  * expiry pass in progress), and only then is the database checkpointed and
- * closed; the pool drains and joins in the reactor's DURING phase. Exit 0.
+ * closed; the pool drains and joins in the reactor's DURING phase. Exit 0;
+ * exit 1 when the final checkpoint fails (a full disk): the WAL then keeps
+ * every committed write and the next start replays it.
  *
  * Invariant: nothing touches the store after its stop began — every user
  * (handlers, the expiry job) belongs to a service that stopped before it.
@@ -31,6 +38,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "knit/clock.h"
 #include "knit/error.h"
 #include "knit/flag.h"
 #include "knit/http.h"
@@ -101,6 +109,10 @@ static const knit_flag_def notes_flag_defs[] = {
                   .validate = validate_max_body),
     KNIT_FLAG_DEF("access-log", KNIT_FLAG_STRING, "",
                   "access log (Combined Log Format): a file, - for stdout, empty for none"),
+    KNIT_FLAG_DEF("db-check-interval", KNIT_FLAG_DURATION, "5s",
+                  "how often a database with a fault (disk full, ...) is tried again with a "
+                  "probe write",
+                  .validate = validate_positive_duration),
 };
 
 static int add_flags(knit_flags *fs, void *arg)
@@ -130,7 +142,7 @@ typedef struct notes_main {
     notes_store *store;
     notes_app *app;
     notes_thrift *thrift;
-    loop_svc expire, summary;
+    loop_svc expire, summary, dbcheck;
     /* configuration, read once in setup */
     const char *http_desc;
     const char *db;
@@ -185,6 +197,34 @@ static int read_body(knit_http_request *hr, uint64_t max, char **out, size_t *le
     return 0;
 }
 
+/* Write RESP out (KNIT_ECLOSED, the client left, needs nothing more: a
+ * write is committed either way). [handler] */
+static void answer(knit_http_request *hr, notes_resp *resp)
+{
+    if (resp->location[0]) knit_http_add_header(hr, "Location", resp->location);
+    if (resp->allow) knit_http_add_header(hr, "Allow", resp->allow);
+    if (resp->retry_after) {
+        char ra[16];
+        snprintf(ra, sizeof ra, "%u", resp->retry_after);
+        knit_http_add_header(hr, "Retry-After", ra);
+    }
+    knit_http_respond(hr, resp->status, resp->content_type, resp->body, resp->body_len);
+    notes_resp_clear(resp);
+}
+
+/* /healthz and /readyz: an inline route, answered on the reactor from the
+ * draining flag and the store's last known health. It never takes a worker
+ * nor touches the database, so a load balancer's checks are answered at
+ * once even when every worker is busy. [reactor] */
+static void handle_probe(knit_http_request *hr, void *arg)
+{
+    notes_main *m = arg;
+    notes_req req = {.method = knit_http_method(hr), .path = knit_http_path(hr)};
+    notes_resp resp;
+    notes_app_probe(m->app, &req, &resp);
+    answer(hr, &resp);
+}
+
 static void handle(knit_http_request *hr, void *arg)
 {
     notes_main *m = arg;
@@ -205,17 +245,7 @@ static void handle(knit_http_request *hr, void *arg)
     notes_resp resp;
     notes_app_handle(m->app, &req, &resp);
     free(body);
-    if (resp.location[0]) knit_http_add_header(hr, "Location", resp.location);
-    if (resp.allow) knit_http_add_header(hr, "Allow", resp.allow);
-    if (resp.retry_after) {
-        char ra[16];
-        snprintf(ra, sizeof ra, "%u", resp.retry_after);
-        knit_http_add_header(hr, "Retry-After", ra);
-    }
-    /* KNIT_ECLOSED (the client left) needs nothing more: a write is
-     * committed either way. */
-    knit_http_respond(hr, resp.status, resp.content_type, resp.body, resp.body_len);
-    notes_resp_clear(&resp);
+    answer(hr, &resp);
 }
 
 /* knit_main's registry (reactor statistics) appended to /metrics. [worker] */
@@ -253,14 +283,21 @@ static knit_deferred *store_start(knit_service *s, void *arg)
     return NULL;
 }
 
-/* [worker] The final checkpoint (TRUNCATE) and close. */
+/* [worker] The final checkpoint (TRUNCATE) and close. When the checkpoint
+ * fails (a full disk: copying the WAL into the database file needs room)
+ * nothing is lost — SQLite leaves the WAL in place with every committed
+ * write and the next start replays it — but the stop fails, so knit_main
+ * exits 1 (documented in docs/notes.md). */
 static void store_close_job(knit_result *res, void *arg)
 {
     notes_main *m = arg;
     int rc = notes_store_close(m->store);
     m->store = NULL;
     if (rc < 0)
-        knit_result_failf(res, rc, "final checkpoint of %s failed", m->db);
+        knit_result_failf(res, rc,
+                          "final checkpoint of %s failed; its -wal file keeps every committed "
+                          "write and the next start replays it",
+                          m->db);
     else
         KNIT_INFO("notes", "database checkpointed and closed");
 }
@@ -297,6 +334,24 @@ static void expire_tick(knit_result *res, void *arg)
         return;
     }
     knit_result_chain(res, d); /* the next beat waits for this pass */
+}
+
+/* [worker] One probe write; it clears the store's fault when it commits. */
+static void dbcheck_job(knit_result *res, void *arg)
+{
+    notes_store_probe(arg, knit_wall_now() / 1000000);
+}
+
+/* While the store reports a fault, try a write on the pool now and then:
+ * readiness reads the outcome, never waits for it. [reactor] */
+static void dbcheck_tick(knit_result *res, void *arg)
+{
+    notes_main *m = arg;
+    if (!m->store || notes_store_health(m->store, NULL, 0) == 0) return;
+    knit_deferred *d;
+    int rc = knit_defer_to_thread(m->pool, dbcheck_job, m->store, &d);
+    if (rc < 0) return; /* a full queue: the next beat tries again */
+    knit_result_chain(res, d);
 }
 
 static void summary_tick(knit_result *res, void *arg)
@@ -394,6 +449,10 @@ static knit_deferred *http_start(knit_service *s, void *arg)
     if (m->access_fd >= 0) ho.access_log_fd = m->access_fd;
     ho.error_body = json_error_body;
     int rc = knit_http_server_new(m->r, &ho, &m->http);
+    /* Health checks first, inline (see handle_probe); then everything else
+     * on the pool. */
+    if (rc == 0) rc = knit_http_route(m->http, NULL, "/healthz", KNIT_HTTP_INLINE, handle_probe, m);
+    if (rc == 0) rc = knit_http_route(m->http, NULL, "/readyz", KNIT_HTTP_INLINE, handle_probe, m);
     if (rc == 0) rc = knit_http_route(m->http, NULL, "/*", KNIT_HTTP_POOL, handle, m);
     if (rc < 0) return knit_deferred_failed(knit_failure_new(rc, "http server"));
     char err[256] = "";
@@ -431,7 +490,7 @@ static void http_drained(knit_http_server *s, void *arg)
 static knit_deferred *http_stop(knit_service *s, void *arg)
 {
     notes_main *m = arg;
-    notes_app_set_draining(m->app, true); /* /healthz answers 503 from now on */
+    notes_app_set_draining(m->app, true); /* /readyz answers 503 from now on */
     if (!m->http) return NULL;
     knit_deferred *d = knit_deferred_new();
     knit_deferred *ret = knit_deferred_ref(d);
@@ -495,9 +554,14 @@ static int setup(knit_app *app, void *arg)
                            .interval = knit_flags_duration(fs, "expire-interval")};
     m->summary = (loop_svc){
         .m = m, .name = "summary", .fn = summary_tick, .interval = NOTES_SUMMARY_INTERVAL};
+    m->dbcheck = (loop_svc){.m = m,
+                            .name = "dbcheck",
+                            .fn = dbcheck_tick,
+                            .interval = knit_flags_duration(fs, "db-check-interval")};
     if ((rc = add_service(app, "store", &store_ops, m)) < 0 ||
         (rc = add_service(app, "expire", &loop_ops, &m->expire)) < 0 ||
         (rc = add_service(app, "summary", &loop_ops, &m->summary)) < 0 ||
+        (rc = add_service(app, "dbcheck", &loop_ops, &m->dbcheck)) < 0 ||
         (rc = notes_manhole_add(app, &(notes_manhole_refs){m->pool, &m->store, &m->app,
                                                            &m->expire.lc, &m->summary.lc})) < 0 ||
         (rc = notes_thrift_add(app, &(notes_thrift_refs){m->pool, &m->store, m->max_body,
@@ -514,8 +578,10 @@ static void teardown(knit_app *app, void *arg)
     notes_main *m = arg;
     knit_looping_call_free(m->expire.lc);
     knit_looping_call_free(m->summary.lc);
+    knit_looping_call_free(m->dbcheck.lc);
     if (m->expire.done) knit_deferred_unref(m->expire.done);
     if (m->summary.done) knit_deferred_unref(m->summary.done);
+    if (m->dbcheck.done) knit_deferred_unref(m->dbcheck.done);
     knit_http_server_free(m->http);
     knit_pool_free(m->pool); /* joins the workers: nothing uses the store after this */
     if (m->store) {

@@ -56,8 +56,8 @@ exception BadRequest {
   1: string message,
 }
 
-// The database stayed locked (or the service is stopping): retry after
-// retry_after_seconds. HTTP: 503 with Retry-After.
+// The database stayed locked, its disk is full, or the service is stopping:
+// retry after retry_after_seconds. HTTP: 503 with Retry-After.
 exception Unavailable {
   1: string message,
   2: i32 retry_after_seconds = 1,

@@ -22,12 +22,13 @@ enum op {
     OP_UPDATE,
     OP_DELETE,
     OP_HEALTH,
+    OP_READY,
     OP_METRICS,
     OP_OTHER,
     OP__N
 };
-static const char *const op_names[OP__N] = {"create", "get",     "list",    "update",
-                                            "delete", "healthz", "metrics", "other"};
+static const char *const op_names[OP__N] = {"create",  "get",    "list",    "update", "delete",
+                                            "healthz", "readyz", "metrics", "other"};
 
 /* Status codes counted separately; anything else lands in the last slot. */
 static const int codes[] = {200, 201, 204, 400, 404, 405, 413, 500, 503, 0};
@@ -137,6 +138,14 @@ static void store_error(notes_resp *resp, int rc, int64_t id)
     case KNIT_EBUSY:
         error(resp, 503, "database busy, try again");
         resp->retry_after = 1;
+        break;
+    case KNIT_ENOSPC: /* nothing was written; the store names the file in the log */
+        error(resp, 503, "database disk is full, try again later");
+        resp->retry_after = NOTES_STORE_FAULT_RETRY_S;
+        break;
+    case KNIT_EACCES:
+        error(resp, 503, "database is read-only, try again later");
+        resp->retry_after = NOTES_STORE_FAULT_RETRY_S;
         break;
     case KNIT_ENOMEM:
         error(resp, 500, "out of memory");
@@ -379,13 +388,41 @@ static void do_list(notes_app *app, const notes_req *req, notes_resp *resp)
     notes_list_clear(&l);
 }
 
-static void do_health(notes_app *app, notes_resp *resp)
+/* ---- liveness and readiness [any, never blocks] ------------------------------- */
+
+int notes_app_ready(notes_app *app, char *why, size_t len)
 {
     if (__atomic_load_n(&app->draining, __ATOMIC_ACQUIRE)) {
-        error(resp, 503, "draining");
+        snprintf(why, len, "draining");
+        return KNIT_ESHUTDOWN;
+    }
+    char fault[NOTES_STORE_WHY_MAX];
+    int rc = notes_store_health(app->store, fault, sizeof fault);
+    if (rc < 0) {
+        snprintf(why, len, "database: %s", fault);
+        return rc;
+    }
+    return 0;
+}
+
+/* Liveness: the process answers. Nothing else: a liveness check that
+ * failed while draining or while the disk is full would get a healthy
+ * process restarted; readiness is /readyz. */
+static void do_health(notes_resp *resp)
+{
+    set_body(resp, 200, strdup("{\"status\":\"ok\"}"));
+}
+
+static void do_ready(notes_app *app, notes_resp *resp)
+{
+    char why[NOTES_STORE_WHY_MAX + 32];
+    int rc = notes_app_ready(app, why, sizeof why);
+    if (rc == 0) {
+        set_body(resp, 200, strdup("{\"status\":\"ready\"}"));
         return;
     }
-    set_body(resp, 200, strdup("{\"status\":\"ok\"}"));
+    error(resp, 503, "not ready: %s", why);
+    if (rc != KNIT_ESHUTDOWN) resp->retry_after = NOTES_STORE_FAULT_RETRY_S;
 }
 
 static void method_not_allowed(notes_resp *resp, const notes_req *req, const char *allow)
@@ -394,15 +431,27 @@ static void method_not_allowed(notes_resp *resp, const notes_req *req, const cha
     resp->allow = allow;
 }
 
+/* /healthz and /readyz, or OP_OTHER (RESP untouched) for any other path. */
+static enum op route_probe(notes_app *app, const notes_req *req, notes_resp *resp)
+{
+    const char *p = req->path ? req->path : "";
+    bool health = strcmp(p, "/healthz") == 0;
+    if (!health && strcmp(p, "/readyz") != 0) return OP_OTHER;
+    enum op op = health ? OP_HEALTH : OP_READY;
+    if (!is_get(req)) return method_not_allowed(resp, req, "GET, HEAD"), op;
+    if (health)
+        do_health(resp);
+    else
+        do_ready(app, resp);
+    return op;
+}
+
 /* Route and run; returns the op for the counters. */
 static enum op route(notes_app *app, const notes_req *req, notes_resp *resp)
 {
     const char *p = req->path ? req->path : "";
-    if (strcmp(p, "/healthz") == 0) {
-        if (!is_get(req)) return method_not_allowed(resp, req, "GET, HEAD"), OP_HEALTH;
-        do_health(app, resp);
-        return OP_HEALTH;
-    }
+    enum op probe = route_probe(app, req, resp);
+    if (probe != OP_OTHER) return probe;
     if (strcmp(p, "/metrics") == 0) {
         if (!is_get(req)) return method_not_allowed(resp, req, "GET, HEAD"), OP_METRICS;
         char *m = notes_app_metrics(app);
@@ -439,14 +488,27 @@ static enum op route(notes_app *app, const notes_req *req, notes_resp *resp)
     return OP_OTHER;
 }
 
+static void count(notes_app *app, enum op op, int status)
+{
+    size_t ci = NCODES - 1;
+    for (size_t i = 0; i + 1 < NCODES; i++)
+        if (codes[i] == status) ci = i;
+    __atomic_fetch_add(&app->count[op][ci], 1, __ATOMIC_RELAXED);
+}
+
 void notes_app_handle(notes_app *app, const notes_req *req, notes_resp *resp)
 {
     memset(resp, 0, sizeof *resp);
     enum op op = route(app, req, resp);
-    size_t ci = NCODES - 1;
-    for (size_t i = 0; i + 1 < NCODES; i++)
-        if (codes[i] == resp->status) ci = i;
-    __atomic_fetch_add(&app->count[op][ci], 1, __ATOMIC_RELAXED);
+    count(app, op, resp->status);
+}
+
+void notes_app_probe(notes_app *app, const notes_req *req, notes_resp *resp)
+{
+    memset(resp, 0, sizeof *resp);
+    enum op op = route_probe(app, req, resp);
+    if (op == OP_OTHER) error(resp, 404, "no such route: %.128s", req->path ? req->path : "");
+    count(app, op, resp->status);
 }
 
 /* ---- periodic work and metrics --------------------------------------------- */
@@ -495,7 +557,7 @@ void notes_app_summary(notes_app *app, char *buf, size_t len)
              " get=%" PRIu64 " list=%" PRIu64 " update=%" PRIu64 " delete=%" PRIu64
              " other=%" PRIu64,
              d[3], d[0], d[1], d[2], dop[OP_CREATE], dop[OP_GET], dop[OP_LIST], dop[OP_UPDATE],
-             dop[OP_DELETE], dop[OP_HEALTH] + dop[OP_METRICS] + dop[OP_OTHER]);
+             dop[OP_DELETE], dop[OP_HEALTH] + dop[OP_READY] + dop[OP_METRICS] + dop[OP_OTHER]);
 }
 
 /* A growing string for the exposition. */
@@ -569,9 +631,18 @@ char *notes_app_metrics(notes_app *app)
                   "# TYPE notes_notes gauge\nnotes_notes %" PRId64 "\n",
                   count);
     sb_printf(&b,
+              "# HELP notes_db_full_total Database calls that failed on a full disk (answered "
+              "503).\n# TYPE notes_db_full_total counter\nnotes_db_full_total %" PRIu64 "\n",
+              st.full);
+    sb_printf(&b,
               "# HELP notes_draining 1 while the service drains for shutdown.\n"
               "# TYPE notes_draining gauge\nnotes_draining %d\n",
               __atomic_load_n(&app->draining, __ATOMIC_ACQUIRE) ? 1 : 0);
+    char why[8];
+    sb_printf(&b,
+              "# HELP notes_ready 1 when /readyz answers 200 (not draining, database good).\n"
+              "# TYPE notes_ready gauge\nnotes_ready %d\n",
+              notes_app_ready(app, why, sizeof why) == 0 ? 1 : 0);
     if (app->extra_metrics) {
         char *more = app->extra_metrics(app->extra_metrics_arg);
         if (more) sb_printf(&b, "%s", more);

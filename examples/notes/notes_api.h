@@ -12,15 +12,23 @@
  *   GET    /notes/{id}        200, 400 (id not a positive integer), 404
  *   PUT    /notes/{id}        200, 400, 404, 413, 503
  *   DELETE /notes/{id}        204, 404, 503
- *   GET    /healthz           200 {"status":"ok"}, 503 while draining
+ *   GET    /healthz           liveness: 200 {"status":"ok"} whenever it answers
+ *   GET    /readyz            readiness: 200 {"status":"ready"}; 503 while
+ *                             draining or while the database has a fault
+ *                             (disk full, read-only file, I/O error)
  *   GET    /metrics           200 Prometheus text
  *   anything else             404; a known path with another method 405 + Allow
  * HEAD is answered like GET (the server drops the body).
- * SQLite busy → 503 with Retry-After: 1; other database errors → 500.
+ * SQLite busy → 503 with Retry-After: 1; disk full or a read-only file → 503
+ * with Retry-After: NOTES_STORE_FAULT_RETRY_S; other database errors → 500.
  *
  * Threads: notes_app_handle, notes_app_expire and notes_app_metrics are
- * [worker] (they block on SQLite); notes_app_set_draining and
- * notes_app_summary are [any]. Counters are atomics.
+ * [worker] (they block on SQLite); notes_app_probe, notes_app_ready,
+ * notes_app_set_draining and notes_app_summary are [any] and never block:
+ * the probes are answered from state already at hand (the draining flag,
+ * the store's last known health), so the service registers them as inline
+ * routes that never wait behind the handlers on the pool. Counters are
+ * atomics.
  */
 #ifndef NOTES_API_H
 #define NOTES_API_H
@@ -81,7 +89,17 @@ void notes_resp_clear(notes_resp *r);
  * may be NULL. [worker] */
 void notes_app_handle(notes_app *app, const notes_req *req, notes_resp *resp);
 
-/* /healthz answers 503 from now on. [any] */
+/* Answer /healthz or /readyz (any other path: 404). Never touches the
+ * database and never blocks: safe on the reactor thread. [any] */
+void notes_app_probe(notes_app *app, const notes_req *req, notes_resp *resp);
+
+/* Readiness, the rule /readyz answers by: 0 when this instance should take
+ * traffic; otherwise KNIT_ESHUTDOWN (draining) or the store's fault code
+ * (notes_store_health), with a reason in WHY (LEN bytes). Reads two flags'
+ * worth of state, never blocks. [any] */
+int notes_app_ready(notes_app *app, char *why, size_t len);
+
+/* /readyz answers 503 from now on. [any] */
 void notes_app_set_draining(notes_app *app, bool draining);
 
 /* Delete expired notes and log how many. [worker] */

@@ -294,6 +294,13 @@ static int store_error(notes_thrift *t, int method, int rc, int64_t id, const ex
                        rc == KNIT_EBUSY ? "database busy, try again"
                                         : "the notes service is stopping");
     }
+    if ((rc == KNIT_ENOSPC || rc == KNIT_EACCES) && x->un) { /* as the HTTP API's 503 */
+        count(t, method, O_UNAVAILABLE);
+        x->un->retry_after_seconds = NOTES_STORE_FAULT_RETRY_S;
+        return set_msg(&x->un->message, x->has_un, "%s",
+                       rc == KNIT_ENOSPC ? "database disk is full, try again later"
+                                         : "database is read-only, try again later");
+    }
     count(t, method, O_ERROR);
     return rc;
 }

@@ -15,14 +15,27 @@
  *   note_tags(tag, note_id, pos) WITHOUT ROWID, primary key (tag, note_id):
  *     listing by tag walks that key in note_id order, which is exactly the
  *     pagination order.
+ * Version 2 adds probe(id = 1, at): the one row notes_store_probe rewrites
+ * to learn whether the database takes writes again after a fault.
+ *
+ * Health: every call that fails for a reason in the storage itself (disk
+ * full, a read-only file, an I/O error, corruption) records a fault; the
+ * next write that commits clears it. notes_store_health reads that state
+ * without touching SQLite, so the reactor may ask it (readiness).
  */
 #include "store.h"
 
+#include <errno.h>
+#include <limits.h>
 #include <pthread.h>
+#include <stdarg.h>
 #include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+#include <unistd.h>
 
 #include "knit/error.h"
 #include "knit/log.h"
@@ -44,6 +57,7 @@ enum {
     ST_EXPIRE_TAGS,
     ST_EXPIRE,
     ST_COUNT,
+    ST_PROBE,
     ST__N
 };
 
@@ -73,7 +87,10 @@ static const char *const stmt_sql[ST__N] = {
                        " (SELECT id FROM notes WHERE expires_at <= ?1)",
     [ST_EXPIRE] = "DELETE FROM notes WHERE expires_at <= ?1",
     [ST_COUNT] = "SELECT count(*) FROM notes WHERE expires_at IS NULL OR expires_at > ?1",
+    [ST_PROBE] = "INSERT OR REPLACE INTO probe(id, at) VALUES (1, ?1)",
 };
+
+#define SCHEMA_VERSION 2
 
 static const char schema_sql[] =
     "BEGIN IMMEDIATE;"
@@ -90,12 +107,15 @@ static const char schema_sql[] =
     "  pos INTEGER NOT NULL,"
     "  PRIMARY KEY (tag, note_id)) WITHOUT ROWID;"
     "CREATE INDEX IF NOT EXISTS note_tags_note ON note_tags(note_id, pos);"
-    "PRAGMA user_version = 1;"
+    "CREATE TABLE IF NOT EXISTS probe(id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);"
+    "PRAGMA user_version = 2;"
     "COMMIT;";
 
 typedef struct conn {
     struct conn *next; /* free list */
     sqlite3 *db;
+    bool writing;     /* inside a write transaction (BEGIN IMMEDIATE) */
+    int64_t changes0; /* sqlite3_total_changes64 when it began */
     sqlite3_stmt *st[ST__N];
 } conn;
 
@@ -105,7 +125,16 @@ struct notes_store {
     conn *free;
     conn *conns;
     unsigned nconns;
+    char *path;
     notes_store_stats stats; /* updated with __atomic builtins */
+    /* The last fault (0: none since open or since the last committed
+     * write). fault is read without the lock as a fast path; fault, why and
+     * failures change together under hmu, which is never held across a
+     * call into SQLite. */
+    pthread_mutex_t hmu;
+    int fault;
+    char why[NOTES_STORE_WHY_MAX];
+    uint64_t failures; /* calls failed since the fault began */
 };
 
 void notes_store_options_init(notes_store_options *o)
@@ -136,6 +165,181 @@ void notes_list_clear(notes_list *l)
     memset(l, 0, sizeof *l);
 }
 
+/* ---- files ------------------------------------------------------------------ */
+
+/* snprintf for messages that carry a path: a long path is cut, which is
+ * fine in a message (and vsnprintf keeps gcc from warning about it). */
+__attribute__((format(printf, 3, 4))) static void msgf(char *buf, size_t len, const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(buf, len, fmt, ap);
+    va_end(ap);
+}
+
+/* "PATH" + SUFFIX into BUF. */
+static const char *aux_path(char *buf, size_t len, const char *path, const char *suffix)
+{
+    msgf(buf, len, "%s%s", path, suffix);
+    return buf;
+}
+
+/* The directory holding PATH ("." for a bare name). */
+static void dir_of(char *buf, size_t len, const char *path)
+{
+    const char *slash = strrchr(path, '/');
+    if (!slash)
+        msgf(buf, len, ".");
+    else if (slash == path)
+        msgf(buf, len, "/");
+    else
+        msgf(buf, len, "%.*s", (int)(slash - path), path);
+}
+
+/* Why FILE (which exists) cannot be written by this process, or false. */
+static bool unwritable(const char *file, char *why, size_t len)
+{
+    if (access(file, W_OK) == 0) return false;
+    int e = errno;
+    struct stat st;
+    if (e == EROFS)
+        msgf(why, len, "%s is on a read-only file system", file);
+    else if (stat(file, &st) == 0)
+        msgf(why, len, "%s is not writable by uid %u (mode %04o, owner uid %u)", file,
+             (unsigned)geteuid(), (unsigned)(st.st_mode & 07777), (unsigned)st.st_uid);
+    else
+        msgf(why, len, "%s is not writable: %s", file, strerror(e));
+    return true;
+}
+
+/* SQLite needs to write the database, its -wal and -shm files, and to
+ * create the last two next to it when they are missing. Name the first of
+ * them this process cannot write (the file at fault, not just "the
+ * database"), with what to do about it; false if every one looks
+ * writable. Files or directories that do not exist are left to SQLite to
+ * report. */
+static bool find_unwritable(const char *path, char *why, size_t len)
+{
+    static const char *const suffix[] = {"", "-wal", "-shm"};
+    char file[PATH_MAX + 8];
+    bool missing = false;
+    for (size_t i = 0; i < 3; i++) {
+        aux_path(file, sizeof file, path, suffix[i]);
+        struct stat st;
+        if (stat(file, &st) < 0) {
+            if (errno != ENOENT) { /* EACCES: a directory above it is closed to us */
+                msgf(why, len, "cannot reach %s: %s", file, strerror(errno));
+                return true;
+            }
+            missing = true;
+            continue;
+        }
+        if (!unwritable(file, why, len)) continue;
+        size_t n = strlen(why);
+        if (i == 1)
+            snprintf(why + n, len - n,
+                     "; make it writable again (do not delete it: it may hold committed notes)");
+        else if (i == 2)
+            snprintf(why + n, len - n,
+                     "; make it writable again, or delete it while no process has %s open", path);
+        return true;
+    }
+    if (missing) {
+        char dir[PATH_MAX];
+        dir_of(dir, sizeof dir, path);
+        if (access(dir, F_OK) == 0 && access(dir, W_OK | X_OK) < 0) {
+            int e = errno;
+            msgf(why, len, "directory %s is %s: SQLite must create %s-wal and %s-shm there", dir,
+                 e == EROFS ? "on a read-only file system" : "not writable", path, path);
+            return true;
+        }
+    }
+    return false;
+}
+
+/* Whether the file system holding PATH has no block left for us (root may
+ * use the reserved ones). Only asked after an I/O error. */
+static bool disk_full(const char *path)
+{
+    char dir[PATH_MAX];
+    dir_of(dir, sizeof dir, path);
+    struct statvfs v;
+    if (statvfs(dir, &v) < 0) return false;
+    return (geteuid() == 0 ? v.f_bfree : v.f_bavail) == 0;
+}
+
+/* SQLite creates the -wal and -shm files with the database file's mode, so
+ * a start against a read-only database leaves them read-only, and making
+ * the database writable again would not be enough. When the database is
+ * writable, give such leftovers of our own uid the database's mode back
+ * (what SQLite would have given them). Another uid's files are named by
+ * find_unwritable instead. */
+static void repair_aux_modes(const char *path)
+{
+    struct stat db;
+    if (stat(path, &db) < 0 || access(path, W_OK) < 0) return;
+    static const char *const suffix[] = {"-wal", "-shm"};
+    for (size_t i = 0; i < 2; i++) {
+        char file[PATH_MAX + 8];
+        aux_path(file, sizeof file, path, suffix[i]);
+        struct stat st;
+        if (stat(file, &st) < 0 || st.st_uid != geteuid()) continue;
+        if (access(file, W_OK) == 0 || errno != EACCES) continue;
+        mode_t mode = db.st_mode & 07777;
+        if (chmod(file, mode) < 0) continue; /* find_unwritable names it */
+        KNIT_WARN("notes", "%s had mode %04o (left by a start against a read-only %s); set to %04o",
+                  file, (unsigned)(st.st_mode & 07777), path, (unsigned)mode);
+    }
+}
+
+/* ---- health ---------------------------------------------------------------- */
+
+static void set_fault(notes_store *s, int code, const char *why)
+{
+    pthread_mutex_lock(&s->hmu);
+    bool news = s->fault != code;
+    if (news) {
+        __atomic_store_n(&s->fault, code, __ATOMIC_RELEASE);
+        s->failures = 0;
+    }
+    msgf(s->why, sizeof s->why, "%s", why); /* the latest detail */
+    s->failures++;
+    pthread_mutex_unlock(&s->hmu);
+    /* One line per new fault, not one per failed request: under a full
+     * disk every writer fails, and the log may live on that disk too. */
+    if (news)
+        KNIT_ERROR("notes", "database fault: %s; not ready until a write succeeds", why);
+    else
+        KNIT_DEBUG("notes", "database fault persists: %s", why);
+}
+
+/* A write committed: whatever the fault was, the database takes writes. */
+static void clear_fault(notes_store *s)
+{
+    if (!__atomic_load_n(&s->fault, __ATOMIC_ACQUIRE)) return;
+    pthread_mutex_lock(&s->hmu);
+    uint64_t n = s->failures;
+    bool was = s->fault != 0;
+    __atomic_store_n(&s->fault, 0, __ATOMIC_RELEASE);
+    s->why[0] = 0;
+    s->failures = 0;
+    pthread_mutex_unlock(&s->hmu);
+    if (was)
+        KNIT_INFO("notes", "database takes writes again (after %llu failed call%s)",
+                  (unsigned long long)n, n == 1 ? "" : "s");
+}
+
+int notes_store_health(notes_store *s, char *why, size_t len)
+{
+    if (why && len) why[0] = 0;
+    if (!__atomic_load_n(&s->fault, __ATOMIC_ACQUIRE)) return 0;
+    pthread_mutex_lock(&s->hmu);
+    int code = s->fault;
+    if (why && len) msgf(why, len, "%s", s->why);
+    pthread_mutex_unlock(&s->hmu);
+    return code;
+}
+
 /* ---- errors ---------------------------------------------------------------- */
 
 static void stat_inc(uint64_t *p)
@@ -143,9 +347,13 @@ static void stat_inc(uint64_t *p)
     __atomic_fetch_add(p, 1, __ATOMIC_RELAXED);
 }
 
-/* Map an SQLite result code to a knit code, logging the unexpected ones. */
+/* Map an SQLite result code to a knit code. Faults in the storage (disk
+ * full, read-only, I/O, corruption) are recorded for notes_store_health and
+ * logged once per new fault; other unexpected errors are logged each time. */
 static int db_error(notes_store *s, sqlite3 *db, int rc, const char *what)
 {
+    int sys = sqlite3_system_errno(db);
+    char why[NOTES_STORE_WHY_MAX];
     switch (rc & 0xff) {
     case SQLITE_BUSY:
     case SQLITE_LOCKED:
@@ -154,12 +362,48 @@ static int db_error(notes_store *s, sqlite3 *db, int rc, const char *what)
         return KNIT_EBUSY;
     case SQLITE_NOMEM:
         return KNIT_ENOMEM;
+    case SQLITE_FULL:
+        break;
+    case SQLITE_IOERR:
+        /* SQLite answers SQLITE_FULL for a write() that failed with ENOSPC,
+         * but an fsync that did (delayed allocation) is an I/O error, and
+         * the errno it keeps is not always the one that failed: look at
+         * the file system too. */
+        if (sys == ENOSPC || sys == EDQUOT || disk_full(s->path)) break;
+        if (sys == EROFS || sys == EACCES || sys == EPERM) goto readonly;
+        stat_inc(&s->stats.errors);
+        msgf(why, sizeof why, "I/O error on %s during %s: %s (%s)", s->path, what,
+             sqlite3_errmsg(db), sys ? strerror(sys) : sqlite3_errstr(rc));
+        set_fault(s, KNIT_EDB, why);
+        return KNIT_EDB;
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PERM:
+    readonly:
+        stat_inc(&s->stats.errors);
+        if (!find_unwritable(s->path, why, sizeof why))
+            msgf(why, sizeof why, "%s cannot be written during %s: %s", s->path, what,
+                 sqlite3_errmsg(db));
+        set_fault(s, KNIT_EACCES, why);
+        return KNIT_EACCES;
+    case SQLITE_CORRUPT:
+    case SQLITE_NOTADB:
+        stat_inc(&s->stats.errors);
+        msgf(why, sizeof why, "%s is damaged (%s): %s", s->path, what, sqlite3_errmsg(db));
+        set_fault(s, KNIT_EDB, why);
+        return KNIT_EDB;
     default:
         stat_inc(&s->stats.errors);
         KNIT_ERROR("notes", "sqlite error during %s: %s (%s)", what, sqlite3_errmsg(db),
                    sqlite3_errstr(rc));
         return KNIT_EDB;
     }
+    /* Disk full: nothing was written, and a write may work later. */
+    stat_inc(&s->stats.errors);
+    stat_inc(&s->stats.full);
+    msgf(why, sizeof why, "the disk holding %s is full (%s)", s->path, what);
+    set_fault(s, KNIT_ENOSPC, why);
+    return KNIT_ENOSPC;
 }
 
 /* ---- the connection pool --------------------------------------------------- */
@@ -200,15 +444,23 @@ static int exec_st(notes_store *s, conn *c, int which, const char *what)
 
 static int tx_begin(notes_store *s, conn *c, bool write)
 {
+    c->writing = write;
+    c->changes0 = sqlite3_total_changes64(c->db);
     return exec_st(s, c, write ? ST_BEGIN_W : ST_BEGIN_R, write ? "begin write" : "begin read");
 }
 
-/* Commit when RC is 0, otherwise roll back; returns the outcome. */
+/* Commit when RC is 0, otherwise roll back; returns the outcome. A write
+ * that changed rows and committed clears any fault: the database took
+ * writes again. (One that changed nothing wrote nothing, so it proves
+ * nothing: an expiry pass with nothing to delete commits on a full disk.) */
 static int tx_end(notes_store *s, conn *c, int rc)
 {
     if (rc == 0) {
         rc = exec_st(s, c, ST_COMMIT, "commit");
-        if (rc == 0) return 0;
+        if (rc == 0) {
+            if (c->writing && sqlite3_total_changes64(c->db) > c->changes0) clear_fault(s);
+            return 0;
+        }
     }
     if (!sqlite3_get_autocommit(c->db)) {
         sqlite3_stmt *st = c->st[ST_ROLLBACK];
@@ -226,22 +478,66 @@ static void close_conn(conn *c)
     memset(c, 0, sizeof *c);
 }
 
+/* The code and message for a failed open: which file is at fault when
+ * SQLite could not write, a full disk, a lock held too long, or SQLite's
+ * own message. */
+static int open_error(const char *path, sqlite3 *db, int rc, const char *doing, char *err,
+                      size_t errlen)
+{
+    char why[NOTES_STORE_WHY_MAX];
+    int sys = db ? sqlite3_system_errno(db) : 0;
+    switch (rc & 0xff) {
+    case SQLITE_BUSY:
+    case SQLITE_LOCKED:
+        msgf(err, errlen, "database %s stayed locked while %s", path, doing);
+        return KNIT_EBUSY;
+    case SQLITE_FULL:
+        msgf(err, errlen, "the disk holding %s is full (while %s)", path, doing);
+        return KNIT_ENOSPC;
+    case SQLITE_IOERR:
+        if (sys == ENOSPC || sys == EDQUOT) {
+            msgf(err, errlen, "the disk holding %s is full (while %s)", path, doing);
+            return KNIT_ENOSPC;
+        }
+        break;
+    case SQLITE_READONLY:
+    case SQLITE_CANTOPEN:
+    case SQLITE_PERM:
+        if (find_unwritable(path, why, sizeof why)) {
+            msgf(err, errlen, "cannot write database %s: %s", path, why);
+            return KNIT_EACCES;
+        }
+        break;
+    }
+    msgf(err, errlen, "cannot use database %s: %s (while %s)", path,
+         db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), doing);
+    return KNIT_EDB;
+}
+
 static int open_conn(const notes_store_options *o, conn *c, bool first, char *err, size_t errlen)
 {
+    const char *doing = "opening it";
     int rc = sqlite3_open_v2(
         o->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc != SQLITE_OK) {
-        snprintf(err, errlen, "cannot open database %s: %s", o->path,
-                 c->db ? sqlite3_errmsg(c->db) : sqlite3_errstr(rc));
-        goto fail;
-    }
+    if (rc != SQLITE_OK) goto sqlerr;
     sqlite3_extended_result_codes(c->db, 1);
+    /* SQLite falls back to read-only when it cannot open the file for
+     * writing; the service would then fail at its first write. */
+    if (sqlite3_db_readonly(c->db, "main") == 1) {
+        char why[NOTES_STORE_WHY_MAX];
+        if (!find_unwritable(o->path, why, sizeof why))
+            msgf(why, sizeof why, "SQLite could open it only for reading");
+        msgf(err, errlen, "cannot write database %s: %s", o->path, why);
+        close_conn(c);
+        return KNIT_EACCES;
+    }
     sqlite3_busy_timeout(c->db, (int)o->busy_timeout_ms);
     const char *sync = o->sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL";
     rc = sqlite3_exec(c->db, sync, NULL, NULL, NULL);
     if (rc != SQLITE_OK) goto sqlerr;
     if (first) {
         /* journal_mode answers with the mode now in force: check it is WAL. */
+        doing = "switching it to WAL";
         sqlite3_stmt *st = NULL;
         rc = sqlite3_prepare_v2(c->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
         if (rc != SQLITE_OK) goto sqlerr;
@@ -254,20 +550,37 @@ static int open_conn(const notes_store_options *o, conn *c, bool first, char *er
             snprintf(err, errlen, "database %s cannot use WAL mode", o->path);
             goto fail;
         }
-        rc = sqlite3_exec(c->db, schema_sql, NULL, NULL, NULL);
-        if (rc != SQLITE_OK) {
-            snprintf(err, errlen, "cannot create schema in %s: %s", o->path, sqlite3_errmsg(c->db));
-            sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-            goto fail;
+        /* Write the schema only when it is older than ours: a start then
+         * writes nothing, so it also works on a full disk (reads go on,
+         * writes answer 503 until space returns). */
+        doing = "reading its schema version";
+        rc = sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &st, NULL);
+        if (rc != SQLITE_OK) goto sqlerr;
+        rc = sqlite3_step(st);
+        int version = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
+        sqlite3_finalize(st);
+        if (rc != SQLITE_ROW) goto sqlerr;
+        if (version < SCHEMA_VERSION) {
+            doing = "creating its schema";
+            rc = sqlite3_exec(c->db, schema_sql, NULL, NULL, NULL);
+            if (rc != SQLITE_OK) {
+                int code = open_error(o->path, c->db, rc, doing, err, errlen);
+                sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
+                close_conn(c);
+                return code;
+            }
         }
     }
+    doing = "preparing statements";
     for (int i = 0; i < ST__N; i++) {
         rc = sqlite3_prepare_v3(c->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->st[i], NULL);
         if (rc != SQLITE_OK) goto sqlerr;
     }
     return 0;
 sqlerr:
-    snprintf(err, errlen, "database %s: %s", o->path, sqlite3_errmsg(c->db));
+    rc = open_error(o->path, c->db, rc, doing, err, errlen);
+    close_conn(c);
+    return rc;
 fail:
     close_conn(c);
     return (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED ? KNIT_EBUSY : KNIT_EDB;
@@ -301,17 +614,32 @@ int notes_store_open(notes_store **out, const notes_store_options *opts, char *e
         snprintf(err, errlen, "this SQLite library was built without thread support");
         return KNIT_ENOTSUP;
     }
+    /* Before SQLite touches anything: fix the modes of -wal/-shm files a
+     * start against a read-only database left behind, then name the file
+     * that is still not writable. Checking first also means a start against
+     * a read-only database fails without creating read-only -wal and -shm
+     * files itself. */
+    repair_aux_modes(o.path);
+    char why[NOTES_STORE_WHY_MAX];
+    if (find_unwritable(o.path, why, sizeof why)) {
+        snprintf(err, errlen, "cannot write database %s: %s", o.path, why);
+        return KNIT_EACCES;
+    }
     notes_store *s = calloc(1, sizeof *s);
     conn *conns = calloc(o.conns, sizeof *conns);
-    if (!s || !conns) {
+    char *path = strdup(o.path);
+    if (!s || !conns || !path) {
         free(s);
         free(conns);
+        free(path);
         snprintf(err, errlen, "out of memory");
         return KNIT_ENOMEM;
     }
     pthread_mutex_init(&s->mu, NULL);
     pthread_cond_init(&s->cv, NULL);
+    pthread_mutex_init(&s->hmu, NULL);
     s->conns = conns;
+    s->path = path;
     for (unsigned i = 0; i < o.conns; i++) {
         int rc = open_conn(&o, &conns[i], i == 0, err, errlen);
         if (rc < 0) {
@@ -319,7 +647,9 @@ int notes_store_open(notes_store **out, const notes_store_options *opts, char *e
                 close_conn(&conns[j]);
             pthread_cond_destroy(&s->cv);
             pthread_mutex_destroy(&s->mu);
+            pthread_mutex_destroy(&s->hmu);
             free(conns);
+            free(path);
             free(s);
             return rc;
         }
@@ -352,7 +682,9 @@ int notes_store_close(notes_store *s)
         close_conn(&s->conns[i]);
     pthread_cond_destroy(&s->cv);
     pthread_mutex_destroy(&s->mu);
+    pthread_mutex_destroy(&s->hmu);
     free(s->conns);
+    free(s->path);
     free(s);
     return rc;
 }
@@ -362,6 +694,20 @@ void notes_store_get_stats(notes_store *s, notes_store_stats *out)
     out->busy = __atomic_load_n(&s->stats.busy, __ATOMIC_RELAXED);
     out->errors = __atomic_load_n(&s->stats.errors, __ATOMIC_RELAXED);
     out->waits = __atomic_load_n(&s->stats.waits, __ATOMIC_RELAXED);
+    out->full = __atomic_load_n(&s->stats.full, __ATOMIC_RELAXED);
+}
+
+int notes_store_probe(notes_store *s, int64_t now_ms)
+{
+    conn *c = acquire(s);
+    int err = tx_begin(s, c, true);
+    if (!err) {
+        sqlite3_bind_int64(c->st[ST_PROBE], 1, now_ms);
+        err = exec_st(s, c, ST_PROBE, "probe write");
+        err = tx_end(s, c, err); /* clears the fault when it commits */
+    }
+    release(s, c);
+    return err;
 }
 
 /* ---- reading rows ---------------------------------------------------------- */

@@ -22,9 +22,29 @@
  *   KNIT_EBUSY      the database stayed locked for longer than busy_timeout_ms
  *                   (SQLITE_BUSY / SQLITE_LOCKED): a transient overload, the
  *                   HTTP layer answers 503
+ *   KNIT_ENOSPC     the disk is full (SQLITE_FULL, or an I/O error whose
+ *                   errno is ENOSPC/EDQUOT): nothing was written; the HTTP
+ *                   layer answers 503 and a later write succeeds once there
+ *                   is space again
+ *   KNIT_EACCES     a file cannot be written (SQLITE_READONLY and kin): the
+ *                   database, its -wal or -shm file, or their directory,
+ *                   named in notes_store_health and in the log
  *   KNIT_EINVAL     bad arguments (NULL text, negative limit, ...)
  *   KNIT_ENOMEM     out of memory
  *   KNIT_EDB        any other SQLite error (logged with SQLite's message)
+ *
+ * Health: ENOSPC, EACCES and the EDB that come from the storage itself (I/O
+ * error, corruption) are faults: notes_store_health reports the last one,
+ * with a message naming the file, until a write commits again (any write,
+ * or notes_store_probe). Busy, not found and bad arguments are not faults.
+ *
+ * Opening checks the files first: it names the database, -wal or -shm file
+ * (or their directory) this process cannot write instead of leaving SQLite
+ * to fail on "the database", and gives -wal/-shm files of our own uid that a
+ * start against a read-only database left read-only the database's mode
+ * again (SQLite creates them with the database's mode), so making the
+ * database writable is all it takes. The schema is written only when the
+ * database's is older, so opening writes nothing and works on a full disk.
  *
  * Time: the store never reads a clock. Callers pass NOW_MS (milliseconds
  * since the epoch); a note whose expires_at is <= now is treated as gone by
@@ -47,6 +67,8 @@ extern "C" {
 #define NOTES_STORE_DEFAULT_BUSY_MS 500
 #define NOTES_LIST_DEFAULT_LIMIT 50
 #define NOTES_LIST_MAX_LIMIT 1000
+#define NOTES_STORE_WHY_MAX 512     /* a fault's message, with a file path */
+#define NOTES_STORE_FAULT_RETRY_S 5 /* Retry-After (s) for ENOSPC/EACCES answers */
 
 typedef struct notes_store notes_store;
 
@@ -131,9 +153,25 @@ int notes_store_count(notes_store *s, int64_t now_ms, int64_t *count);
 /* Statistics since open. [any] */
 typedef struct notes_store_stats {
     uint64_t busy;   /* calls that ended in KNIT_EBUSY */
-    uint64_t errors; /* calls that ended in KNIT_EDB */
+    uint64_t errors; /* calls that ended in KNIT_EDB, KNIT_ENOSPC or KNIT_EACCES */
     uint64_t waits;  /* calls that had to wait for a free connection */
+    uint64_t full;   /* calls that ended in KNIT_ENOSPC */
 } notes_store_stats;
+
+/* The database's last known health, from state kept by the calls: 0 when
+ * no call failed with a fault since open or since the last write that
+ * committed; otherwise the fault's code (KNIT_ENOSPC, KNIT_EACCES,
+ * KNIT_EDB) and, in WHY (LEN bytes, may be NULL), a message naming the file
+ * ("the disk holding notes.db is full (commit)"). Never calls SQLite and
+ * never waits for a connection: safe on the reactor thread. [any] */
+int notes_store_health(notes_store *s, char *why, size_t len);
+
+/* One small write transaction (the probe table's single row) to learn
+ * whether the database takes writes: 0 (and the fault is cleared) or the
+ * code of the failure. For a periodic check while notes_store_health
+ * reports a fault, so that the fault clears when space returns even if no
+ * client writes. [any, blocks] */
+int notes_store_probe(notes_store *s, int64_t now_ms);
 
 void notes_store_get_stats(notes_store *s, notes_store_stats *out);
 

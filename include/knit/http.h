@@ -174,7 +174,15 @@ int knit_http_server_new(knit_reactor *r, const knit_http_options *opts, knit_ht
  * then knit_http_param(req, "*")); or with {name} segments
  * ("/notes/{id}"). Routes are tried in the order they were added; the first
  * match wins. ARG is borrowed for the server's lifetime. 0, KNIT_EINVAL
- * (bad pattern, pool mode without a pool) or KNIT_ENOMEM. */
+ * (bad pattern, pool mode without a pool) or KNIT_ENOMEM.
+ *
+ * Health checks: register liveness and readiness routes first and
+ * KNIT_HTTP_INLINE, and answer them from state the service already has (a
+ * draining flag, the outcome of the last database call, a check run now and
+ * then on the pool), never with a blocking call. A pool route would wait in
+ * the queue behind the very handlers that make the instance busy, and a load
+ * balancer would take it out just then. See /healthz and /readyz in
+ * examples/notes/main.c and docs/notes.md. */
 int knit_http_route(knit_http_server *s, const char *method, const char *pattern,
                     knit_http_mode mode, knit_http_handler fn, void *arg);
 

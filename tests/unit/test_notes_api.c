@@ -325,6 +325,9 @@ static void test_errors(void **state)
     assert_int_equal(call(f, "POST", "/healthz", NULL, &r), 405);
     assert_string_equal(r.allow, "GET, HEAD");
     notes_resp_clear(&r);
+    assert_int_equal(call(f, "DELETE", "/readyz", NULL, &r), 405);
+    assert_string_equal(r.allow, "GET, HEAD");
+    notes_resp_clear(&r);
 }
 
 static void test_busy_is_503(void **state)
@@ -349,32 +352,71 @@ static void test_busy_is_503(void **state)
     expect(f, "GET", "/metrics", NULL, 200, "notes_db_busy_total 2\n");
 }
 
+/* notes_app_probe (what the inline route calls) answers only the probes. */
+static void test_probe_entry(void **state)
+{
+    fixture *f = *state;
+    static const struct {
+        const char *method, *path;
+        int status;
+        const char *body;
+    } cases[] = {
+        {"GET", "/healthz", 200, "{\"status\":\"ok\"}\n"},
+        {"HEAD", "/readyz", 200, "{\"status\":\"ready\"}\n"},
+        {"POST", "/readyz", 405,
+         "{\"error\":\"method POST not allowed here (allowed: GET, HEAD)\"}\n"},
+        {"GET", "/notes", 404, "{\"error\":\"no such route: /notes\"}\n"},
+    };
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        notes_req req = {.method = cases[i].method, .path = cases[i].path};
+        notes_resp r;
+        notes_app_probe(f->app, &req, &r);
+        assert_int_equal(r.status, cases[i].status);
+        assert_string_equal(r.body, cases[i].body);
+        notes_resp_clear(&r);
+    }
+}
+
 static void test_health_metrics_summary(void **state)
 {
     fixture *f = *state;
     expect(f, "GET", "/healthz", NULL, 200, "{\"status\":\"ok\"}");
+    expect(f, "GET", "/readyz", NULL, 200, "{\"status\":\"ready\"}");
     notes_app_set_draining(f->app, true);
-    expect(f, "GET", "/healthz", NULL, 503, "draining");
+    /* Draining is a readiness matter: liveness stays 200, or a load
+     * balancer's liveness check would have a draining process restarted. */
+    expect(f, "GET", "/healthz", NULL, 200, "{\"status\":\"ok\"}");
+    notes_resp r;
+    assert_int_equal(call(f, "GET", "/readyz", NULL, &r), 503);
+    assert_string_equal(r.body, "{\"error\":\"not ready: draining\"}\n");
+    assert_int_equal(r.retry_after, 0);
+    notes_resp_clear(&r);
+    char why[64];
+    assert_int_equal(notes_app_ready(f->app, why, sizeof why), KNIT_ESHUTDOWN);
+    assert_string_equal(why, "draining");
     notes_app_set_draining(f->app, false);
+    assert_int_equal(notes_app_ready(f->app, why, sizeof why), 0);
     expect(f, "POST", "/notes", "{\"text\":\"a\"}", 201, NULL);
     expect(f, "GET", "/notes/9", NULL, 404, NULL);
     expect(f, "GET", "/nowhere", NULL, 404, NULL);
 
-    notes_resp r;
     assert_int_equal(call(f, "GET", "/metrics", NULL, &r), 200);
     assert_string_equal(r.content_type, "text/plain; version=0.0.4; charset=utf-8");
     assert_non_null(strstr(r.body, "# TYPE notes_requests_total counter\n"));
     assert_non_null(strstr(r.body, "notes_requests_total{op=\"create\",code=\"201\"} 1\n"));
     assert_non_null(strstr(r.body, "notes_requests_total{op=\"get\",code=\"404\"} 1\n"));
-    assert_non_null(strstr(r.body, "notes_requests_total{op=\"healthz\",code=\"503\"} 1\n"));
+    assert_non_null(strstr(r.body, "notes_requests_total{op=\"healthz\",code=\"200\"} 2\n"));
+    assert_non_null(strstr(r.body, "notes_requests_total{op=\"readyz\",code=\"503\"} 1\n"));
     assert_non_null(strstr(r.body, "notes_notes 1\n"));
     assert_non_null(strstr(r.body, "notes_draining 0\n"));
+    assert_non_null(strstr(r.body, "notes_ready 1\n"));
+    assert_non_null(strstr(r.body, "notes_db_full_total 0\n"));
     notes_resp_clear(&r);
 
     char line[256];
     notes_app_summary(f->app, line, sizeof line);
-    assert_string_equal(line, "requests=6 2xx=3 4xx=2 5xx=1 create=1 get=1 list=0 update=0 "
-                              "delete=0 other=4");
+    assert_string_equal(line, "requests=8 2xx=5 4xx=2 5xx=1 create=1 get=1 list=0 update=0 "
+                              "delete=0 other=6");
     notes_app_summary(f->app, line, sizeof line); /* only what is new since the last call */
     assert_string_equal(line, "requests=0 2xx=0 4xx=0 5xx=0 create=0 get=0 list=0 update=0 "
                               "delete=0 other=0");
@@ -414,6 +456,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_list, setup, teardown),
         cmocka_unit_test_setup_teardown(test_errors, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy_is_503, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_probe_entry, setup, teardown),
         cmocka_unit_test_setup_teardown(test_health_metrics_summary, setup, teardown),
         cmocka_unit_test_setup_teardown(test_expiry, setup, teardown),
     };

@@ -6,6 +6,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <signal.h>
+#include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
@@ -429,6 +431,72 @@ static void test_concurrent_writers(void **state)
     notes_list_clear(&l);
 }
 
+/* A fault is reported by notes_store_health, with the file named, until a
+ * write commits again; the probe clears it once writes work. The fault
+ * here: a file size limit (RLIMIT_FSIZE) that stops the WAL from growing,
+ * an I/O error to SQLite. (A full disk, KNIT_ENOSPC, is the same path with
+ * another code: tests/integration/test_notes_crash fills a tmpfs.) */
+static void test_health_fault_and_probe(void **state)
+{
+    fixture *f = *state;
+    char why[NOTES_STORE_WHY_MAX];
+    int64_t id = create(f->s, "kept", NULL, 0, 0, T0);
+    assert_int_equal(notes_store_health(f->s, why, sizeof why), 0);
+    assert_string_equal(why, "");
+    assert_int_equal(notes_store_probe(f->s, T0), 0);
+
+    char wal[160];
+    snprintf(wal, sizeof wal, "%s-wal", f->path);
+    struct stat wst;
+    assert_int_equal(stat(wal, &wst), 0);
+    struct rlimit old, lim;
+    assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
+    lim = old;
+    lim.rlim_cur = (rlim_t)wst.st_size; /* the WAL may not grow any more */
+    void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
+    assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
+    knit_test_log_begin();
+    notes_fields fl = {.text = "refused"};
+    notes_note n;
+    int rc1 = notes_store_create(f->s, &fl, T0, &n);
+    int rc2 = notes_store_update(f->s, id, &fl, T0, &n);
+    int rc3 = notes_store_probe(f->s, T0);
+    setrlimit(RLIMIT_FSIZE, &old);
+    signal(SIGXFSZ, prev);
+    assert_int_equal(rc1, KNIT_EDB);
+    assert_int_equal(rc2, KNIT_EDB);
+    assert_int_equal(rc3, KNIT_EDB);
+    /* One error line for the fault, not one per failed call. */
+    const char *log = knit_test_log_text();
+    const char *first = strstr(log, "database fault");
+    assert_non_null(first);
+    assert_null(strstr(first + 1, "database fault"));
+    knit_test_log_end();
+    assert_int_equal(notes_store_health(f->s, why, sizeof why), KNIT_EDB);
+    assert_non_null(strstr(why, "I/O error on "));
+    assert_non_null(strstr(why, f->path));
+    notes_store_stats st;
+    notes_store_get_stats(f->s, &st);
+    assert_int_equal(st.errors, 3);
+    assert_int_equal(st.full, 0);
+    assert_int_equal(st.busy, 0);
+
+    /* Reads go on; a not-found is no fault and clears nothing. */
+    assert_int_equal(notes_store_get(f->s, id, T0, &n), 0);
+    assert_string_equal(n.text, "kept"); /* the refused update left it alone */
+    notes_note_clear(&n);
+    assert_int_equal(notes_store_get(f->s, id + 100, T0, &n), KNIT_ENOTFOUND);
+    assert_int_equal(notes_store_health(f->s, NULL, 0), KNIT_EDB);
+
+    knit_test_log_begin();
+    assert_int_equal(notes_store_probe(f->s, T0), 0);
+    assert_non_null(strstr(knit_test_log_text(), "database takes writes again (after 3 failed"));
+    knit_test_log_end();
+    assert_int_equal(notes_store_health(f->s, why, sizeof why), 0);
+    assert_string_equal(why, "");
+    create(f->s, "after", NULL, 0, 0, T0);
+}
+
 static void test_open_errors(void **state)
 {
     (void)state;
@@ -482,6 +550,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_busy, setup, teardown),
         cmocka_unit_test_setup_teardown(test_busy_retried, setup, teardown),
         cmocka_unit_test_setup_teardown(test_concurrent_writers, setup, teardown),
+        cmocka_unit_test_setup_teardown(test_health_fault_and_probe, setup, teardown),
         cmocka_unit_test(test_open_errors),
         cmocka_unit_test_setup_teardown(test_not_a_database, setup, teardown),
     };
