@@ -80,13 +80,15 @@ bool knit_reactor_stopping(const knit_reactor *r);
 bool knit_reactor_in_thread(const knit_reactor *r);
 
 /* Free if nothing is registered (no fd watches, timers, signal handlers or
- * shutdown triggers); otherwise KNIT_EBUSY and nothing is freed. Must not be
- * running. Tests call this to prove they left nothing behind. */
+ * shutdown triggers) and no pool job's result waits to be delivered here;
+ * otherwise KNIT_EBUSY and nothing is freed. Must not be running. Tests call
+ * this to prove they left nothing behind. */
 int knit_reactor_close(knit_reactor *r);
 
 /* Free unconditionally: pending timers are dropped without running, watches
- * are forgotten (fds are not closed), queued cross-thread calls are dropped.
- * Must not be running. NULL is a no-op. */
+ * are forgotten (fds are not closed), queued cross-thread calls and job
+ * results are dropped (their done callbacks never run). Must not be running.
+ * NULL is a no-op. */
 void knit_reactor_free(knit_reactor *r);
 
 /* ---- time ----------------------------------------------------------------- */
@@ -225,6 +227,32 @@ typedef void (*knit_call_fn)(knit_reactor *r, void *arg);
  * dropped without running. [any] */
 int knit_call_from_thread(knit_reactor *r, knit_call_fn fn, void *arg);
 
+/* The same door under the name that says what it is for when several
+ * reactors run: queue FN(r, ARG) on R's thread from any thread — a worker,
+ * another reactor, or R itself (then it runs on R's next iteration).
+ * Same guarantees and return values as knit_call_from_thread. [any] */
+int knit_call_in_reactor(knit_reactor *r, knit_call_fn fn, void *arg);
+
+/* The reactor whose loop runs on the calling thread (inside
+ * knit_reactor_run or knit_reactor_run_once), or NULL on any other thread
+ * (a worker, or before a loop runs). [any] */
+knit_reactor *knit_reactor_current(void);
+
+/* ---- intrusive posts (private to knit's loop layer) ----------------------
+ *
+ * What the worker pool uses to hand a finished job back to the reactor that
+ * submitted it: the node is embedded in the job, so posting never allocates
+ * and never fails. Posts travel on the same queue as knit_call_from_thread
+ * (one channel, one wake-up per batch): a post runs after every
+ * knit_call_from_thread the posting thread made before posting. Not for
+ * applications (use knit_call_in_reactor); the fields are private. */
+typedef struct knit__post knit__post;
+typedef void (*knit__post_fn)(knit_reactor *r, knit__post *p);
+struct knit__post {
+    knit__post *_next;
+    knit__post_fn _fn;
+};
+
 /* ---- shutdown triggers (Twisted's addSystemEventTrigger) ----------------- */
 
 typedef enum knit_phase {
@@ -262,7 +290,7 @@ typedef struct knit_reactor_stats {
     uint64_t wakeups;        /* eventfd writes by other threads */
     size_t watched_fds;      /* active knit_io watches */
     size_t pending_timers;
-    size_t queued_calls;     /* cross-thread calls waiting */
+    size_t queued_calls;     /* cross-thread calls (and posted job results) waiting */
     size_t signal_handlers;
     knit_duration lag_last;  /* how late the last due timer ran */
     knit_duration lag_max;   /* worst lag since creation */

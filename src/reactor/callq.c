@@ -9,6 +9,10 @@
  * and writes again, and that write is not lost because the drain came
  * before. Calls made on the reactor thread itself skip the eventfd; the loop
  * checks `pending` before it blocks.
+ *
+ * Posts (knit__reactor_post) share the lock, the pending flag and the
+ * wake-up: they are intrusive nodes (a finished pool job carries its own),
+ * so handing a result back never allocates and cannot fail.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -57,6 +61,18 @@ static knit__callq_chunk *chunk_get(knit__callq *q)
     return c;
 }
 
+/* Mark the queue non-empty; returns whether the caller must write the
+ * eventfd (the empty → non-empty edge, from another thread). Under q->mu. */
+static bool mark_pending(knit_reactor *r, knit__callq *q)
+{
+    if (q->wake_pending) return false;
+    q->wake_pending = true;
+    __atomic_store_n(&q->pending, 1, __ATOMIC_RELEASE);
+    bool wake = !knit_reactor_in_thread(r);
+    if (wake) q->wakeups++;
+    return wake;
+}
+
 int knit_call_from_thread(knit_reactor *r, knit_call_fn fn, void *arg)
 {
     knit__callq *q = &r->callq;
@@ -78,15 +94,65 @@ int knit_call_from_thread(knit_reactor *r, knit_call_fn fn, void *arg)
     }
     c->items[c->tail++] = (knit__call){fn, arg};
     q->count++;
-    if (!q->wake_pending) {
-        q->wake_pending = true;
-        __atomic_store_n(&q->pending, 1, __ATOMIC_RELEASE);
-        wake = !knit_reactor_in_thread(r);
-        if (wake) q->wakeups++;
-    }
+    wake = mark_pending(r, q);
     pthread_mutex_unlock(&q->mu);
     if (wake) knit__reactor_wake(r);
     return 0;
+}
+
+int knit_call_in_reactor(knit_reactor *r, knit_call_fn fn, void *arg)
+{
+    return knit_call_from_thread(r, fn, arg);
+}
+
+void knit__reactor_post(knit_reactor *r, knit__post *p, knit__post_fn fn)
+{
+    knit__callq *q = &r->callq;
+    p->_fn = fn;
+    p->_next = NULL;
+    pthread_mutex_lock(&q->mu);
+    if (q->post_tail)
+        q->post_tail->_next = p;
+    else
+        q->post_head = p;
+    q->post_tail = p;
+    q->count++;
+    bool wake = mark_pending(r, q);
+    pthread_mutex_unlock(&q->mu);
+    if (wake) knit__reactor_wake(r);
+}
+
+knit__post *knit__reactor_take_posts(knit_reactor *r, bool (*match)(knit__post *, void *),
+                                     void *ctx)
+{
+    knit__callq *q = &r->callq;
+    knit__post *taken = NULL, **tail = &taken;
+    pthread_mutex_lock(&q->mu);
+    knit__post *prev = NULL;
+    for (knit__post *p = q->post_head; p;) {
+        knit__post *next = p->_next;
+        if (match(p, ctx)) {
+            if (prev)
+                prev->_next = next;
+            else
+                q->post_head = next;
+            if (q->post_tail == p) q->post_tail = prev;
+            q->count--;
+            p->_next = NULL;
+            *tail = p;
+            tail = &p->_next;
+        } else {
+            prev = p;
+        }
+        p = next;
+    }
+    pthread_mutex_unlock(&q->mu);
+    return taken;
+}
+
+uint64_t knit__reactor_post_batches(const knit_reactor *r)
+{
+    return r->callq.post_batches;
 }
 
 int knit__callq_run(knit_reactor *r)
@@ -96,6 +162,12 @@ int knit__callq_run(knit_reactor *r)
     pthread_mutex_lock(&q->mu);
     knit__callq_chunk *c = q->head;
     q->head = q->tail = NULL;
+    /* Posts are taken in the same critical section as the calls and run
+     * after them: a post appended before this point was appended after
+     * every call its thread made before it, and those calls are in C. So a
+     * job's result never overtakes the job's own knit_call_from_thread. */
+    knit__post *posts = q->post_head;
+    q->post_head = q->post_tail = NULL;
     q->count = 0;
     q->wake_pending = false;
     __atomic_store_n(&q->pending, 0, __ATOMIC_RELAXED);
@@ -116,6 +188,13 @@ int knit__callq_run(knit_reactor *r)
         done = c;
         ndone++;
         c = next;
+    }
+    if (posts) q->post_batches++;
+    while (posts) {
+        knit__post *next = posts->_next;
+        posts->_fn(r, posts); /* may free the node's owner */
+        posts = next;
+        n++;
     }
     r->st.calls_run += (uint64_t)n;
     if (done) {

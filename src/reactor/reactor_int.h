@@ -66,6 +66,8 @@ typedef struct knit__callq_chunk {
 typedef struct knit__callq {
     pthread_mutex_t mu;
     knit__callq_chunk *head, *tail; /* NULL when empty */
+    knit__post *post_head, *post_tail; /* intrusive posts, run after the calls */
+    uint64_t post_batches;             /* reactor only: batches that held posts */
     knit__callq_chunk *spare;       /* free chunks for reuse */
     unsigned nspare;
     size_t count;
@@ -78,6 +80,29 @@ int knit__callq_init(knit__callq *q);
 void knit__callq_free(knit__callq *q);
 /* Run everything queued so far; returns the number run. */
 int knit__callq_run(knit_reactor *r);
+
+/* ---- posts (the pool's completion path; see knit__post in reactor.h) ---- */
+
+/* Queue P to run FN on R's thread. Never fails. [any] */
+void knit__reactor_post(knit_reactor *r, knit__post *p, knit__post_fn fn);
+/* Unlink every queued post for which MATCH(p, CTX) is true and return them
+ * as a list (in queue order, linked through _next), without running them.
+ * For a blocking teardown that must deliver its own results. [any] */
+knit__post *knit__reactor_take_posts(knit_reactor *r, bool (*match)(knit__post *, void *),
+                                     void *ctx);
+/* Number of post batches run so far (a batch: the posts one pass took). */
+uint64_t knit__reactor_post_batches(const knit_reactor *r);
+
+/* ---- keeping the loop awake for an imminent cross-thread result ---------
+ *
+ * A submit of work whose result is expected back within BUDGET (recent jobs
+ * came back that fast) keeps the loop from sleeping in the backend for up
+ * to BUDGET while exactly one such job is outstanding: the loop polls with
+ * a zero timeout (fd events and timers still run), so the result is
+ * delivered without the 25-90 us sleep/wake of an eventfd round trip.
+ * Reactor thread only. */
+void knit__reactor_work_begin(knit_reactor *r, knit_duration budget);
+void knit__reactor_work_end(knit_reactor *r);
 
 /* ---- signals ------------------------------------------------------------- */
 
@@ -136,6 +161,10 @@ struct knit_reactor {
     knit_trigger *triggers[3];
     int phase_running; /* -1 none, else the phase whose triggers run */
     size_t phase_outstanding;
+
+    /* imminent cross-thread results (knit__reactor_work_begin) */
+    size_t work_inflight;
+    int64_t poll_start, poll_deadline; /* monotonic ns; 0 = not polling */
 
     int running;        /* atomic */
     int stop_requested; /* atomic */

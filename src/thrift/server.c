@@ -80,6 +80,7 @@ struct conn {
 };
 
 typedef struct call {
+    knit_work work; /* the pool job (blocking methods) */
     conn *c;
     const knit_thrift_processor *p;
     const knit_thrift_method *m;
@@ -226,18 +227,25 @@ static void call_finish(call *k)
 }
 
 /* [worker] */
-static void run_call(void *arg)
+static void run_call(knit_work *w)
 {
-    call *k = arg;
+    call *k = (call *)w;
     k->hrc = k->p->call(k->p, k->mi, k->args, k->res);
     call_encode(k, NULL);
     call_release_values(k);
 }
 
-/* [reactor] arg_destroy of the pool job: runs after run_call returned. */
-static void run_call_done(void *arg)
+/* [reactor] The pool job is over: it ran (STATUS 0), or a non-draining pool
+ * shutdown dropped it before it ran — then answer INTERNAL_ERROR here. */
+static void run_call_done(knit_work *w, int status)
 {
-    call_finish(arg);
+    call *k = (call *)w;
+    if (status != 0) {
+        k->hrc = status;
+        call_encode(k, "server shutting down: the call was not run");
+        call_release_values(k);
+    }
+    call_finish(k);
 }
 
 static void async_ok(knit_result *res, void *arg)
@@ -364,7 +372,7 @@ static int dispatch(conn *c, const uint8_t *msg, size_t len)
         knit_deferred_unref(d);
         return 0;
     }
-    rc = knit_call_in_thread(s->o.pool, run_call, k, run_call_done);
+    rc = knit_pool_submit(s->o.pool, s->r, &k->work, run_call, run_call_done);
     if (rc != 0) {
         /* The pool is full (or shutting down): answer now, never wait. */
         call_release_values(k);

@@ -150,6 +150,13 @@ static void on_value(knit_result *res, void *arg)
     last_value = *(long *)res->value;
     results++;
 }
+static void on_value_any(knit_result *res, void *arg)
+{
+    (void)res;
+    (void)arg;
+    if (!pthread_equal(pthread_self(), main_thread)) wrong_thread++;
+    results++;
+}
 static void on_error(knit_result *res, void *arg)
 {
     (void)arg;
@@ -1103,6 +1110,366 @@ static void test_stress_cancel_and_shutdown(void **state)
     free(s_fired);
 }
 
+/* ---- the job shape: knit_work on one pool shared by several reactors ------- */
+
+/* A reactor running on its own thread until told to stop. */
+typedef struct loop_thread {
+    knit_reactor *r;
+    pthread_t tid;
+} loop_thread;
+
+static void *loop_main(void *arg)
+{
+    loop_thread *lt = arg;
+    knit_reactor_run(lt->r);
+    return NULL;
+}
+
+static void loop_start(loop_thread *lt)
+{
+    lt->r = new_reactor();
+    assert_int_equal(pthread_create(&lt->tid, NULL, loop_main, lt), 0);
+}
+
+static void loop_join(loop_thread *lt)
+{
+    knit_reactor_stop(lt->r);
+    pthread_join(lt->tid, NULL);
+    assert_int_equal(knit_reactor_close(lt->r), 0);
+}
+
+#define XN 4000 /* jobs per reactor */
+
+typedef struct xjob {
+    knit_work w;
+    knit_reactor *want; /* the submitting reactor */
+    int marks;          /* calls the work made into its reactor, run there */
+    int id;
+} xjob;
+
+typedef struct xside {
+    loop_thread lt;
+    knit_pool *p;
+    int submitted, done, wrong_reactor, early, bad_status;
+    int inflight;
+    bool finished;
+    xjob jobs[XN];
+} xside;
+
+static void x_mark(knit_reactor *r, void *arg)
+{
+    xjob *j = arg;
+    if (knit_reactor_current() != r) j->marks = -1000;
+    j->marks++;
+}
+
+static void x_work(knit_work *w)
+{
+    xjob *j = (xjob *)w;
+    /* like a handler flushing output: two calls into its reactor, then
+     * the result must come after both */
+    knit_call_in_reactor(j->want, x_mark, j);
+    knit_call_in_reactor(j->want, x_mark, j);
+}
+
+static void x_submit(xside *x);
+
+static void x_done(knit_work *w, int status)
+{
+    xjob *j = (xjob *)w;
+    xside *x = (xside *)((char *)(j - j->id) - offsetof(xside, jobs));
+    if (knit_reactor_current() != j->want || !knit_reactor_in_thread(j->want)) x->wrong_reactor++;
+    if (j->marks != 2) x->early++;
+    if (status != 0) x->bad_status++;
+    x->done++;
+    x->inflight--;
+    x_submit(x);
+}
+
+static void x_submit(xside *x)
+{
+    while (x->submitted < XN && x->inflight < 32) {
+        xjob *j = &x->jobs[x->submitted];
+        j->id = x->submitted;
+        j->want = x->lt.r;
+        j->marks = 0;
+        assert_int_equal(knit_pool_submit(x->p, x->lt.r, &j->w, x_work, x_done), 0);
+        x->submitted++;
+        x->inflight++;
+    }
+    if (x->done == XN) __atomic_store_n(&x->finished, true, __ATOMIC_RELEASE);
+}
+
+static void x_start(knit_reactor *r, void *arg)
+{
+    (void)r;
+    x_submit(arg);
+}
+
+/* Two reactors on two threads share one pool (homed on a third): each
+ * job's done runs on the reactor that submitted it, exactly once, after the
+ * two calls the job made into that reactor. */
+static void test_work_done_on_its_own_reactor(void **state)
+{
+    (void)state;
+    knit_reactor *home = new_reactor();
+    knit_pool *p = new_pool(home, 3, 3, 256);
+    xside *xs = calloc(2, sizeof *xs);
+    for (int i = 0; i < 2; i++) {
+        xs[i].p = p;
+        loop_start(&xs[i].lt);
+        assert_int_equal(knit_call_in_reactor(xs[i].lt.r, x_start, &xs[i]), 0);
+    }
+    for (int i = 0; i < 2; i++)
+        while (!__atomic_load_n(&xs[i].finished, __ATOMIC_ACQUIRE))
+            sched_yield();
+    for (int i = 0; i < 2; i++) {
+        loop_join(&xs[i].lt);
+        assert_int_equal(xs[i].done, XN);
+        assert_int_equal(xs[i].wrong_reactor, 0);
+        assert_int_equal(xs[i].early, 0);
+        assert_int_equal(xs[i].bad_status, 0);
+    }
+    knit_pool_stats st;
+    knit_pool_get_stats(p, &st);
+    assert_int_equal(st.completed, 2 * XN);
+    finish(home, p);
+    free(xs);
+}
+
+/* ---- cancel --------------------------------------------------------------------- */
+
+typedef struct cjob {
+    knit_work w;
+    int status;
+    int ran, done;
+} cjob;
+static int c_in_cancel;
+static void c_work(knit_work *w)
+{
+    ((cjob *)w)->ran++;
+    gate_wait(&g_gate);
+}
+static void c_done(knit_work *w, int status)
+{
+    cjob *j = (cjob *)w;
+    assert_false(c_in_cancel); /* never inside knit_work_cancel */
+    j->status = status;
+    j->done++;
+}
+
+static void test_work_cancel(void **state)
+{
+    (void)state;
+    gate_init(&g_gate);
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_pool(r, 1, 1, 8);
+    cjob a = {0}, b = {0}, c = {0};
+    assert_int_equal(knit_pool_submit(p, r, &a.w, c_work, c_done), 0);
+    gate_wait_arrived(&g_gate, 1); /* A runs, B and C wait */
+    assert_int_equal(knit_pool_submit(p, r, &b.w, c_work, c_done), 0);
+    assert_int_equal(knit_pool_submit(p, r, &c.w, c_work, c_done), 0);
+    c_in_cancel = 1;
+    assert_int_equal(knit_work_cancel(&a.w), KNIT_EBUSY); /* running */
+    assert_int_equal(knit_work_cancel(&c.w), 0);
+    assert_int_equal(knit_work_cancel(&c.w), KNIT_EBUSY); /* once */
+    c_in_cancel = 0;
+    assert_int_equal(c.done, 0); /* later, from the queue */
+    knit_reactor_run_once(r, 0);
+    assert_int_equal(c.done, 1);
+    assert_int_equal(c.status, KNIT_ECANCELED);
+    assert_int_equal(c.ran, 0);
+    gate_open(&g_gate);
+    while (a.done + b.done < 2)
+        knit_reactor_run_once(r, KNIT_MSEC(50));
+    assert_int_equal(a.status, 0);
+    assert_int_equal(b.status, 0);
+    assert_int_equal(a.ran + b.ran, 2);
+    assert_int_equal(knit_work_cancel(&b.w), KNIT_EBUSY); /* finished */
+    knit_pool_stats st;
+    knit_pool_get_stats(p, &st);
+    assert_int_equal(st.cancelled, 1);
+    finish(r, p);
+    gate_destroy(&g_gate);
+}
+
+/* ---- shutdown with jobs from several reactors ------------------------------------ */
+
+typedef struct mjob {
+    knit_work w;
+    int *done, *dropped;
+} mjob;
+static void m_work(knit_work *w)
+{
+    (void)w;
+    gate_wait(&g_gate);
+}
+static void m_done(knit_work *w, int status)
+{
+    mjob *j = (mjob *)w;
+    if (status == KNIT_ESHUTDOWN)
+        __atomic_add_fetch(j->dropped, 1, __ATOMIC_RELEASE);
+    else if (status == 0)
+        __atomic_add_fetch(j->done, 1, __ATOMIC_RELEASE);
+    free(j);
+}
+typedef struct mside {
+    loop_thread lt;
+    knit_pool *p;
+    int done, dropped, submitted;
+} mside;
+static void m_submit(knit_reactor *r, void *arg)
+{
+    mside *x = arg;
+    for (int i = 0; i < 20; i++) {
+        mjob *j = calloc(1, sizeof *j);
+        j->done = &x->done;
+        j->dropped = &x->dropped;
+        assert_int_equal(knit_pool_submit(x->p, r, &j->w, m_work, m_done), 0);
+        __atomic_add_fetch(&x->submitted, 1, __ATOMIC_RELEASE);
+    }
+}
+static int m_pool_done;
+static int m_seen_at_done;
+static mside *m_sides;
+static void m_pool_finished(knit_pool *p, void *arg)
+{
+    (void)p;
+    (void)arg;
+    m_pool_done++;
+    /* Every job's done, on both reactors, ran before this. Read from the
+     * home reactor while the others may run: the counters are final. */
+    m_seen_at_done = __atomic_load_n(&m_sides[0].done, __ATOMIC_ACQUIRE) +
+                     __atomic_load_n(&m_sides[0].dropped, __ATOMIC_ACQUIRE) +
+                     __atomic_load_n(&m_sides[1].done, __ATOMIC_ACQUIRE) +
+                     __atomic_load_n(&m_sides[1].dropped, __ATOMIC_ACQUIRE);
+}
+
+static void test_shutdown_with_jobs_from_several_reactors(void **state)
+{
+    (void)state;
+    gate_init(&g_gate);
+    knit_reactor *home = new_reactor();
+    knit_pool_options o;
+    knit_pool_options_init(&o);
+    o.min_threads = o.max_threads = 2;
+    o.max_queue = 64;
+    o.drain = false;
+    o.shutdown_phase = -1;
+    knit_pool *p;
+    assert_int_equal(knit_pool_new(&p, home, &o), 0);
+    m_sides = calloc(2, sizeof *m_sides);
+    m_pool_done = 0;
+    for (int i = 0; i < 2; i++) {
+        m_sides[i].p = p;
+        loop_start(&m_sides[i].lt);
+        assert_int_equal(knit_call_in_reactor(m_sides[i].lt.r, m_submit, &m_sides[i]), 0);
+    }
+    gate_wait_arrived(&g_gate, 2); /* two run, 38 wait in the queue */
+    for (int i = 0; i < 2; i++)
+        while (__atomic_load_n(&m_sides[i].submitted, __ATOMIC_ACQUIRE) < 20)
+            sched_yield();
+    assert_int_equal(knit_pool_shutdown(p, m_pool_finished, NULL), 0);
+    gate_open(&g_gate); /* the two running jobs finish */
+    while (!m_pool_done)
+        knit_reactor_run_once(home, KNIT_MSEC(50));
+    assert_int_equal(m_seen_at_done, 40);
+    for (int i = 0; i < 2; i++) loop_join(&m_sides[i].lt);
+    assert_int_equal(m_sides[0].done + m_sides[1].done, 2);
+    assert_int_equal(m_sides[0].dropped + m_sides[1].dropped, 38);
+    assert_true(knit_pool_is_shut_down(p));
+    knit_pool_free(p);
+    assert_int_equal(knit_reactor_close(home), 0);
+    free(m_sides);
+    gate_destroy(&g_gate);
+}
+
+/* ---- per-worker state --------------------------------------------------------------- */
+
+static int wi_inits, wi_finis, wi_wrong;
+static pthread_mutex_t wi_mu = PTHREAD_MUTEX_INITIALIZER;
+typedef struct wres {
+    pthread_t tid;
+    int jobs;
+} wres;
+static void *wi_init(knit_pool *p, void *arg)
+{
+    (void)p;
+    assert_ptr_equal(arg, &wi_inits);
+    wres *w = calloc(1, sizeof *w);
+    w->tid = pthread_self();
+    pthread_mutex_lock(&wi_mu);
+    wi_inits++;
+    pthread_mutex_unlock(&wi_mu);
+    return w;
+}
+static void wi_fini(knit_pool *p, void *data, void *arg)
+{
+    (void)p;
+    (void)arg;
+    wres *w = data;
+    pthread_mutex_lock(&wi_mu);
+    if (!pthread_equal(w->tid, pthread_self())) wi_wrong++;
+    wi_finis++;
+    pthread_mutex_unlock(&wi_mu);
+    free(w);
+}
+static void wi_job(knit_result *res, void *arg)
+{
+    (void)arg;
+    wres *w = knit_pool_worker_data();
+    if (!w || !pthread_equal(w->tid, pthread_self()))
+        __atomic_add_fetch(&wi_wrong, 1, __ATOMIC_RELAXED);
+    else
+        w->jobs++; /* only its own thread touches it */
+    knit_result_set(res, NULL, NULL);
+}
+
+static void test_worker_init_fini_and_keep_idle(void **state)
+{
+    (void)state;
+    main_thread = pthread_self();
+    wi_inits = wi_finis = wi_wrong = 0;
+    knit_reactor *r = new_reactor();
+    knit_pool_options o;
+    knit_pool_options_init(&o);
+    o.min_threads = 0;
+    o.max_threads = 3;
+    o.idle_timeout = KNIT_MSEC(1); /* would exit at once ... */
+    o.keep_idle = true;            /* ... but keep_idle keeps them */
+    o.worker_init = wi_init;
+    o.worker_fini = wi_fini;
+    o.worker_arg = &wi_inits;
+    knit_pool *p;
+    assert_int_equal(knit_pool_new(&p, r, &o), 0);
+    assert_null(knit_pool_worker_data()); /* not a worker */
+    results = 0;
+    for (int i = 0; i < 300; i++) {
+        knit_deferred *d;
+        assert_int_equal(knit_defer_to_thread(p, wi_job, NULL, &d), 0);
+        knit_deferred_add_callbacks(d, on_value_any, on_error, NULL);
+        knit_deferred_unref(d);
+    }
+    run_until(r, &results, 300);
+    knit_pool_stats st;
+    knit_pool_get_stats(p, &st);
+    unsigned threads = st.threads;
+    assert_true(threads >= 1 && threads <= 3);
+    /* Idle for 50x idle_timeout: without keep_idle every thread would have
+     * exited by now (if the machine is too busy to run them, they simply
+     * have not, and the check still holds); with it, none does. */
+    struct timespec ts = {0, 50 * 1000 * 1000};
+    nanosleep(&ts, NULL);
+    knit_pool_get_stats(p, &st);
+    assert_int_equal(st.threads, threads);
+    pthread_mutex_lock(&wi_mu);
+    assert_int_equal(wi_inits, (int)st.threads_started);
+    pthread_mutex_unlock(&wi_mu);
+    finish(r, p);
+    assert_int_equal(wi_finis, wi_inits);
+    assert_int_equal(wi_wrong, 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1128,6 +1495,10 @@ int main(void)
         T(test_worker_chaining_a_deferred_fails),
         T(test_work_submitted_in_before_phase_runs),
         T(test_stress_cancel_and_shutdown),
+        T(test_work_done_on_its_own_reactor),
+        T(test_work_cancel),
+        T(test_shutdown_with_jobs_from_several_reactors),
+        T(test_worker_init_fini_and_keep_idle),
 #undef T
     };
     return KNIT_RUN_TESTS(tests);

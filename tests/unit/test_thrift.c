@@ -620,6 +620,8 @@ static void env_server(env *e, const knit_thrift_server_options *so, const char 
     snprintf(e->ep, sizeof e->ep, "tcp:127.0.0.1:%u", e->port);
 }
 
+static bool env_pool_drops; /* the next env_up's pool drops queued jobs on shutdown */
+
 static void env_up(env *e, const knit_thrift_server_options *so, size_t max_queue, unsigned threads)
 {
     memset(e, 0, sizeof *e);
@@ -631,6 +633,8 @@ static void env_up(env *e, const knit_thrift_server_options *so, size_t max_queu
     po.min_threads = po.max_threads = threads;
     po.max_queue = max_queue;
     po.shutdown_phase = -1;
+    po.drain = !env_pool_drops;
+    env_pool_drops = false;
     assert_int_equal(knit_pool_new(&e->pool, e->r, &po), 0);
     calc_Calc_processor_init(&e->calc, &calc_handler, e->r);
     calc_Other_processor_init(&e->other, &other_handler, NULL);
@@ -869,6 +873,38 @@ static void test_load_shedding(void **state)
     knit_thrift_server_stats ss;
     knit_thrift_server_get_stats(e.srv, &ss);
     assert_int_equal(ss.shed, 1);
+    env_down(&e, cl);
+}
+
+/* A call still queued when a non-draining pool shuts down is answered
+ * (INTERNAL_ERROR), not left hanging, and its decoded arguments are freed
+ * (ASan: the old completion-as-destructor path leaked them). */
+static void test_call_dropped_by_pool_shutdown(void **state)
+{
+    (void)state;
+    env e;
+    env_pool_drops = true;
+    env_up(&e, NULL, 4, 1);
+    knit_thrift_client *cl = env_client(&e, NULL);
+    outcome o1, o2;
+    call_gate(cl, 1, &o1);
+    run_until(&e, gate_waiters_1, NULL);
+    call_gate(cl, 2, &o2);
+    knit_thrift_server_stats ss;
+    do {
+        knit_reactor_run_once(e.r, KNIT_MSEC(5));
+        knit_thrift_server_get_stats(e.srv, &ss);
+    } while (ss.in_flight < 2);
+    assert_int_equal(knit_pool_shutdown(e.pool, NULL, NULL), 0);
+    run_until(&e, oc_done, &o2);
+    assert_int_equal(o2.code, KNIT_EAPP);
+    assert_non_null(strstr(o2.msg, "TApplicationException 6:"));
+    assert_non_null(strstr(o2.msg, "shutting down"));
+    assert_false(o1.done);
+    gate_set(true);
+    run_until(&e, oc_done, &o1);
+    assert_int_equal(o1.code, 0);
+    oc_free(&o1);
     env_down(&e, cl);
 }
 
@@ -1419,6 +1455,7 @@ int main(void)
         cmocka_unit_test(test_pipelined_out_of_order_and_oneway),
         cmocka_unit_test(test_unknown_method_and_multiplex),
         cmocka_unit_test(test_load_shedding),
+        cmocka_unit_test(test_call_dropped_by_pool_shutdown),
         cmocka_unit_test(test_client_timeout_and_late_reply),
         cmocka_unit_test(test_reconnect_with_backoff),
         cmocka_unit_test(test_sasl_end_to_end),
