@@ -339,6 +339,140 @@ typedef struct knit_gather_result {
  * Returns one reference to the new Deferred. [reactor] */
 #define knit_deferred_gather(ds, n) knit__deferred_gather((ds), (n), __FILE__, __LINE__)
 
+/* ---- DeferredList ----------------------------------------------------------
+ *
+ * Twisted's DeferredList: wait for every input and keep every outcome, or
+ * fire early on the first success or the first failure.
+ *
+ * Each item of the result is either a success (ok, value/destroy owned by
+ * the result unless taken: copy the value and set destroy = NULL) or a
+ * failure (ok false, failure owned by the result unless taken: set it to
+ * NULL after taking). */
+typedef struct knit_dlist_result {
+    size_t n;
+    size_t first; /* the input that fired the list early, or SIZE_MAX */
+    struct {
+        bool fired; /* false for inputs still pending when the list fired early */
+        bool ok;
+        void *value;
+        knit_destroy_fn destroy;
+        knit_failure *failure;
+    } items[];
+} knit_dlist_result;
+
+enum {
+    /* Fire with the first success (its index in `first`) instead of
+     * waiting for all; the other items hold what had arrived by then. */
+    KNIT_DLIST_FIRE_ON_ONE_RESULT = 1u << 0,
+    /* Fail with the first failure (a knit failure whose code is the
+     * input's, whose message names the input's index, and whose cause is
+     * the input's failure) instead of waiting for all. */
+    KNIT_DLIST_FIRE_ON_ONE_ERROR = 1u << 1,
+    /* Take each input's failure away from the input (it continues with a
+     * NULL success), so nothing is logged as unhandled. Without it a
+     * failed input keeps its failure (the list holds a copy), and that
+     * input logs it when freed, as Twisted does without consumeErrors. */
+    KNIT_DLIST_CONSUME_ERRORS = 1u << 2,
+};
+
+/* A Deferred that fires with a knit_dlist_result * (destroy: frees it and
+ * every item still owned) once all N inputs fired — or earlier, as FLAGS
+ * say. It never fails without FIRE_ON_ONE_ERROR. Inputs still pending when
+ * it fires early are left running, and their outcomes are dropped (their
+ * failures consumed if CONSUME_ERRORS). Cancelling the list before it fired
+ * cancels every pending input (Twisted's DeferredList.cancel): the list then
+ * fires as FLAGS say, with those inputs' KNIT_ECANCELED failures among its
+ * items. N == 0 fires at once with an empty result. Consumes the caller's
+ * reference to each input. Returns one reference. [reactor] */
+#define knit_deferred_list(ds, n, flags)                                                           \
+    knit__deferred_list((ds), (n), (flags), __FILE__, __LINE__)
+
+/* ---- DeferredSemaphore and DeferredLock -------------------------------------
+ *
+ * Limit how many of something run at once without blocking the reactor
+ * (Twisted's DeferredSemaphore / DeferredLock). Waiters are served in FIFO
+ * order. The number of waiters is bounded: an acquire beyond it fails at
+ * once with KNIT_EQUEUEFULL rather than growing without bound. */
+typedef struct knit_dsem knit_dsem;
+
+#define KNIT_DSEM_DEFAULT_MAX_WAITERS 4096u
+
+/* TOKENS >= 1 held at once; MAX_WAITERS (0 = the default) queued acquires.
+ * Returns 0 and *out, KNIT_EINVAL, or KNIT_ENOMEM. [reactor] */
+int knit_dsem_new(knit_dsem **out, unsigned tokens, size_t max_waiters);
+/* A Deferred that fires (NULL success) once a token is held: at once if
+ * one is free. The caller releases it with knit_dsem_release. Fails with
+ * KNIT_EQUEUEFULL when MAX_WAITERS already wait. Cancelling a waiting
+ * acquire removes it from the queue (no token is taken). [reactor] */
+knit_deferred *knit_dsem_acquire(knit_dsem *s);
+/* Give a token back; the oldest waiter gets it. Returns 0, or KNIT_EINVAL
+ * if no token is held (a bug in the caller; logged). [reactor] */
+int knit_dsem_release(knit_dsem *s);
+/* Acquire, run FN(ARG) — which returns a Deferred (or NULL for a NULL
+ * success) — and release when that Deferred fires; the returned Deferred
+ * fires with FN's outcome (Twisted's DeferredSemaphore.run). [reactor] */
+typedef knit_deferred *(*knit_dsem_fn)(void *arg);
+knit_deferred *knit_dsem_run(knit_dsem *s, knit_dsem_fn fn, void *arg);
+unsigned knit_dsem_available(const knit_dsem *s); /* free tokens */
+size_t knit_dsem_waiting(const knit_dsem *s);     /* queued acquires */
+/* Free. Acquires still waiting fail with KNIT_ESHUTDOWN. Tokens still held
+ * are forgotten (release after free is not allowed). NULL is a no-op. */
+void knit_dsem_free(knit_dsem *s);
+
+/* A DeferredLock is a semaphore with one token. */
+typedef knit_dsem knit_dlock;
+static inline int knit_dlock_new(knit_dlock **out)
+{
+    return knit_dsem_new(out, 1, 0);
+}
+static inline knit_deferred *knit_dlock_acquire(knit_dlock *l)
+{
+    return knit_dsem_acquire(l);
+}
+static inline int knit_dlock_release(knit_dlock *l)
+{
+    return knit_dsem_release(l);
+}
+static inline knit_deferred *knit_dlock_run(knit_dlock *l, knit_dsem_fn fn, void *arg)
+{
+    return knit_dsem_run(l, fn, arg);
+}
+static inline bool knit_dlock_locked(const knit_dlock *l)
+{
+    return knit_dsem_available(l) == 0;
+}
+static inline void knit_dlock_free(knit_dlock *l)
+{
+    knit_dsem_free(l);
+}
+
+/* ---- DeferredQueue ------------------------------------------------------------
+ *
+ * A producer/consumer queue on the reactor (Twisted's DeferredQueue): get
+ * returns a Deferred that fires with the next value, at once if one is
+ * queued. Both sides are bounded: at most SIZE values waiting for a
+ * consumer, at most BACKLOG consumers waiting for a value. */
+typedef struct knit_dqueue knit_dqueue;
+
+/* SIZE and BACKLOG >= 1. DESTROY frees values (those handed to a getter go
+ * with it as the result's destroy; those left at free are destroyed).
+ * Returns 0 and *out, KNIT_EINVAL, or KNIT_ENOMEM. [reactor] */
+int knit_dqueue_new(knit_dqueue **out, size_t size, size_t backlog, knit_destroy_fn destroy);
+/* Hand VALUE to the oldest waiting getter, or queue it. Returns 0, or
+ * KNIT_EQUEUEFULL when SIZE values already wait (VALUE is then still the
+ * caller's). [reactor] */
+int knit_dqueue_put(knit_dqueue *q, void *value);
+/* The next value: a Deferred that fires with it (the value owned by the
+ * result, destroyed with the queue's DESTROY), at once if one is queued.
+ * Fails with KNIT_EQUEUEFULL when BACKLOG getters already wait. Cancelling
+ * a waiting get removes it. [reactor] */
+knit_deferred *knit_dqueue_get(knit_dqueue *q);
+size_t knit_dqueue_len(const knit_dqueue *q);     /* values waiting */
+size_t knit_dqueue_waiting(const knit_dqueue *q); /* getters waiting */
+/* Free: queued values are destroyed; waiting getters fail with
+ * KNIT_ESHUTDOWN. NULL is a no-op. [reactor] */
+void knit_dqueue_free(knit_dqueue *q);
+
 /* ---- references and inspection -------------------------------------------- */
 
 /* Add a reference; returns D. [reactor] */
@@ -371,6 +505,8 @@ void knit__deferred_cancel(knit_deferred *d, const char *file, int line);
 void knit__deferred_add_timeout(knit_deferred *d, knit_reactor *r, knit_duration timeout,
                                 const char *file, int line);
 knit_deferred *knit__deferred_gather(knit_deferred **ds, size_t n, const char *file, int line);
+knit_deferred *knit__deferred_list(knit_deferred **ds, size_t n, unsigned flags, const char *file,
+                                   int line);
 
 #ifdef __cplusplus
 }
