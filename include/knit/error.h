@@ -60,7 +60,10 @@ extern "C" {
     X(ECANCELED, "operation cancelled")                                                            \
     X(EOVERFLOW, "value too large")                                                                \
     X(ENOTSOCK, "not a socket")                                                                    \
-    X(EAFNOSUPPORT, "address family not supported")
+    X(EAFNOSUPPORT, "address family not supported")                                                \
+    X(ESRCH, "no such process")                                                                    \
+    X(ENOEXEC, "exec format error")                                                                \
+    X(ECHILD, "no child processes")
 
 /* knit's own codes (X(NAME, message)). */
 #define KNIT_OWN_ERROR_MAP(X)                                                                      \
