@@ -42,7 +42,8 @@ struct knit_listener {
     size_t nconns;
     uint64_t accepted, emfile, reclaimed;
     knit_timer retry;
-    knit_timer reclaim_retry; /* at the cap with nothing to reclaim */
+    /* at the cap with nothing to reclaim: ask again when it fires */
+    knit_timer reclaim_retry;
     bool paused, at_limit, in_emfile, proxy;
     knit_tls_ctx *tls;
     char *unix_path; /* socket file to remove on close */
@@ -128,8 +129,7 @@ static void at_cap(knit_listener *l)
     l->reclaimed += n;
     /* Closed ones wake us through conn_freed; if every connection was busy,
      * look again later rather than wait for one to close on its own. */
-    if (n == 0)
-        l->reclaim_retry = knit_call_later(l->r, l->o.reclaim_retry, reclaim_retry_cb, l);
+    if (n == 0) l->reclaim_retry = knit_call_later(l->r, l->o.reclaim_retry, reclaim_retry_cb, l);
 }
 
 static void on_accept(knit_io *io, unsigned ev)

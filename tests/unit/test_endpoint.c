@@ -798,7 +798,7 @@ static void test_connection_limit_reclaim(void **state)
     assert_int_equal(rc.calls, 1); /* everything busy: nothing closed */
     assert_int_equal(rc.asked, KNIT_LISTEN_RECLAIM_BATCH);
     turn(&w, 5);
-    assert_int_equal(w.built, 2); /* c waits in the backlog ... */
+    assert_int_equal(w.built, 2);  /* c waits in the backlog ... */
     assert_int_equal(rc.calls, 1); /* ... and the listener does not spin */
     rc.allow = true;
     knit_reactor_advance(w.r, KNIT_LISTEN_RECLAIM_RETRY);
