@@ -1002,6 +1002,38 @@ static void test_pool_write_timeout_while_streaming(void **state)
     rev_teardown(&fx);
 }
 
+/* A pool handler streaming (blocked above its connection's high-water mark)
+ * when the output budget closes its connection: its write fails with
+ * KNIT_ECLOSED once the connection is gone; the worker is not stuck. */
+static void test_pool_stream_over_budget(void **state)
+{
+    (void)state;
+    fixture fx;
+    knit_http_options o;
+    knit_http_options_init(&o);
+    o.output_budget = KNIT_STREAM_HIGH_WATER / 2; /* one blocked streamer is over it */
+    rev_setup(&fx, &o);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /pbig HTTP/1.1\r\nHost: x\r\n\r\n");
+    sem_wait(&rev_at);
+    for (int i = 0; i < 2000 && !knit_memory_transport_aborted(t); i++) {
+        knit_reactor_run_once(fx.r, KNIT_MSEC(5)); /* the worker's writes */
+        knit_reactor_advance(fx.r, 0);            /* the budget check */
+    }
+    assert_true(knit_memory_transport_aborted(t)); /* shed */
+    int err = 0;
+    assert_int_equal(knit_memory_transport_requested_reason(t, &err), KNIT_CLOSE_NOMEM);
+    close_conn(t);
+    rev_settle(&fx);
+    assert_int_equal(rev_rc1, 0);
+    assert_int_equal(rev_rc2, KNIT_ECLOSED);
+    knit_http_stats st;
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.output_closed, 1);
+    assert_int_equal(st.output_queued, 0);
+    rev_teardown(&fx);
+}
+
 /* Pool handlers that return without answering, or without finishing. */
 static void h_pool_silent(knit_http_request *req, void *arg)
 {
@@ -1427,6 +1459,7 @@ int main(void)
         cmocka_unit_test(test_pool_body_len_while_decoding),
         cmocka_unit_test(test_pool_finish_short_after_client_left),
         cmocka_unit_test(test_pool_write_timeout_while_streaming),
+        cmocka_unit_test(test_pool_stream_over_budget),
         cmocka_unit_test(test_pool_handler_returns_without_answer),
         cmocka_unit_test(test_pool_shutdown_drops_queued_handler),
         cmocka_unit_test(test_pool_body_timeout_while_streaming),
