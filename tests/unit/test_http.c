@@ -1018,7 +1018,7 @@ static void test_pool_stream_over_budget(void **state)
     sem_wait(&rev_at);
     for (int i = 0; i < 2000 && !knit_memory_transport_aborted(t); i++) {
         knit_reactor_run_once(fx.r, KNIT_MSEC(5)); /* the worker's writes */
-        knit_reactor_advance(fx.r, 0);            /* the budget check */
+        knit_reactor_advance(fx.r, 0);             /* the budget check */
     }
     assert_true(knit_memory_transport_aborted(t)); /* shed */
     int err = 0;
