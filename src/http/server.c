@@ -1637,6 +1637,9 @@ static bool may_start(const struct conn *c)
 static void conn_park(struct conn *c)
 {
     knit_transport *t = c->proto.transport;
+    /* A first request held here was sent in time: the server is the one
+     * waiting now, not the client (T_FIRST would close it silently). */
+    if (c->timer_kind == T_FIRST) timer_set(c, T_NONE, 0);
     if (!c->read_paused) {
         c->read_paused = true;
         knit_transport_pause_reading(t);

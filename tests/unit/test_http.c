@@ -1340,13 +1340,19 @@ static void test_output_budget(void **state)
     assert_non_null(strstr(knit_test_log_text(), "output budget exceeded"));
     knit_test_log_end();
     assert_string_equal(take(c), ""); /* the victim's bytes still count ... */
+    knit_transport *d = open_conn(&fx); /* a first request, parked too */
+    feed(d, "GET /n/d HTTP/1.1\r\nHost: x\r\n\r\n");
     /* parked with a request waiting is not idle: the idle timer (armed at
-     * t=0, due at t=75) must not close it */
-    assert_int_equal(knit_reactor_advance(fx.r, KNIT_SEC(10)), 0);
+     * t=0, due at t=75) must not close it, nor d's first-request timer
+     * (header_timeout, 10 s) */
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_SEC(11)), 0);
     assert_false(closing(c));
+    assert_false(closing(d));
     close_conn(victim); /* ... until it is gone */
     assert_int_equal(knit_reactor_advance(fx.r, 0), 0);
     assert_non_null(strstr(take(c), "id=c "));
+    assert_non_null(strstr(take(d), "id=d "));
+    close_conn(d);
     assert_false(knit_memory_transport_reading_paused(c));
     knit_http_get_stats(fx.s, &st);
     assert_true(st.output_queued > WHOLE && st.output_queued < WHOLE + 4096);
