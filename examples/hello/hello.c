@@ -10,7 +10,10 @@
  * integration tests: POST /echo (echoes the body, streamed in pool mode),
  * POST /reject (403 without reading the body), GET /stream?n=BYTES
  * (a streamed, chunked body of that many bytes written in 16 KiB pieces from
- * a worker), GET /hello/{name}, GET /headers (echoes the X-Test headers).
+ * a worker), GET /big?n=BYTES (one whole answer of that many bytes, made
+ * with a single knit_http_respond), GET /hello/{name}, GET /headers (echoes
+ * the X-Test headers), GET /stats (the server's counters as "name value"
+ * lines, answered inline on the reactor).
  * SIGTERM / SIGINT drain the server: in-flight requests finish, then exit.
  * Prints "listening on PORT" on stdout once ready (so scripts can use
  * tcp:0). Logs nothing per request unless --access-log is given.
@@ -52,6 +55,10 @@ static const knit_flag_def hello_flags[] = {
     KNIT_FLAG_DEF("drain-timeout", KNIT_FLAG_DURATION, "30s", "in-flight requests on shutdown"),
     KNIT_FLAG_DEF("max-body", KNIT_FLAG_BYTES, "1MiB", "largest request body (413 beyond)"),
     KNIT_FLAG_DEF("max-connections", KNIT_FLAG_INT64, "10000", "open connections (0: unlimited)"),
+    KNIT_FLAG_DEF("write-timeout", KNIT_FLAG_DURATION, "60s",
+                  "close a client whose output stays above high water this long"),
+    KNIT_FLAG_DEF("output-budget", KNIT_FLAG_BYTES, "256MiB",
+                  "output queued for all clients together (0: unlimited)"),
 };
 
 static int64_t sleep_ms;
@@ -108,6 +115,46 @@ static void on_stream(knit_http_request *req, void *arg)
         n -= (long long)k;
     }
     knit_http_finish(req);
+}
+
+/* One whole answer of n bytes (at most 1 GiB): the case of a client that
+ * pipelines requests for large answers and never reads them. */
+static void on_big(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    const char *ns = knit_http_query(req, "n");
+    long long n = ns ? atoll(ns) : 1 << 20;
+    if (n < 0 || n > (1ll << 30)) {
+        knit_http_respond(req, 400, "text/plain", "n: 0 to 1 GiB\n", 14);
+        return;
+    }
+    char *body = malloc(n ? (size_t)n : 1);
+    if (!body) {
+        knit_http_respond(req, 503, "text/plain", "out of memory\n", 14);
+        return;
+    }
+    memset(body, 'b', (size_t)n);
+    knit_http_respond(req, 200, "application/octet-stream", body, (size_t)n);
+    free(body);
+}
+
+static knit_http_server *srv;
+
+/* [reactor] The server's counters, one "name value" per line. */
+static void on_stats(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    knit_http_stats st;
+    knit_http_get_stats(srv, &st);
+    char body[512];
+    int n = snprintf(body, sizeof body,
+                     "requests %llu\nconnections_open %llu\nconnections_total %llu\n"
+                     "timeouts %llu\nidle_closed %llu\noutput_closed %llu\noutput_queued %llu\n",
+                     (unsigned long long)st.requests, (unsigned long long)st.connections_open,
+                     (unsigned long long)st.connections_total, (unsigned long long)st.timeouts,
+                     (unsigned long long)st.idle_closed, (unsigned long long)st.output_closed,
+                     (unsigned long long)st.output_queued);
+    knit_http_respond(req, 200, "text/plain", body, (size_t)n);
 }
 
 static void on_name(knit_http_request *req, void *arg)
@@ -193,7 +240,8 @@ int main(int argc, char **argv)
     ho.drain_timeout = knit_flags_duration(fs, "drain-timeout");
     ho.max_body = knit_flags_uint64(fs, "max-body");
     ho.max_connections = (unsigned)knit_flags_int64(fs, "max-connections");
-    knit_http_server *srv;
+    ho.write_timeout = knit_flags_duration(fs, "write-timeout");
+    ho.output_budget = (size_t)knit_flags_uint64(fs, "output-budget");
     if (knit_http_server_new(r, &ho, &srv) != 0) return 1;
     knit_http_mode m = pool_mode ? KNIT_HTTP_POOL : KNIT_HTTP_INLINE;
     knit_http_route(srv, "GET", "/", m, on_hello, NULL);
@@ -202,6 +250,8 @@ int main(int argc, char **argv)
     knit_http_route(srv, "POST", "/reject", m, on_reject, NULL);
     knit_http_route(srv, "GET", "/hello/{name}", m, on_name, NULL);
     knit_http_route(srv, "GET", "/headers", m, on_headers, NULL);
+    knit_http_route(srv, "GET", "/big", m, on_big, NULL);
+    knit_http_route(srv, "GET", "/stats", KNIT_HTTP_INLINE, on_stats, NULL);
     char err[256];
     int rc = knit_http_listen(srv, knit_flags_string(fs, "http"), err, sizeof err);
     if (rc != 0) {

@@ -34,9 +34,15 @@
  * in every string, including inside haproxy:.
  *
  * Listening: accept4 in a loop (up to KNIT_LISTEN_ACCEPTS_PER_EVENT per
- * wake-up); at max_connections open connections the listener stops
- * accepting until one closes; on EMFILE/ENFILE/ENOBUFS/ENOMEM it stops
- * accepting, logs once, and retries after emfile_retry — never spins.
+ * wake-up); on EMFILE/ENFILE/ENOBUFS/ENOMEM it stops accepting, logs once,
+ * and retries after emfile_retry — never spins. At max_connections open
+ * connections the listener stops accepting (new clients wait in the kernel's
+ * backlog) and, when its options name a reclaim hook, asks the protocol side
+ * to close up to KNIT_LISTEN_RECLAIM_BATCH of its idle connections (nginx's
+ * ngx_drain_connections); it accepts again as soon as a connection is freed.
+ * When the hook finds nothing to close (every connection is busy) it asks
+ * again after reclaim_retry, as long as clients are waiting; without a hook
+ * the listener simply waits for a connection to close.
  *
  * Threads: every function is [reactor] unless marked [any]. A listener and
  * its connections belong to the reactor they were created on.
@@ -63,6 +69,8 @@ extern "C" {
 #define KNIT_LISTEN_BACKLOG 511
 #define KNIT_LISTEN_ACCEPTS_PER_EVENT 64
 #define KNIT_LISTEN_EMFILE_RETRY KNIT_MSEC(100)
+#define KNIT_LISTEN_RECLAIM_BATCH 32              /* idle connections closed per reclaim */
+#define KNIT_LISTEN_RECLAIM_RETRY KNIT_MSEC(100)  /* at the cap, none idle: ask again */
 #define KNIT_CONNECT_TIMEOUT KNIT_SEC(30)
 #define KNIT_HAPPY_EYEBALLS_DELAY KNIT_MSEC(250)  /* stagger between attempts */
 #define KNIT_PROXY_HEADER_TIMEOUT KNIT_SEC(10)    /* haproxy: header must arrive */
@@ -96,11 +104,22 @@ int knit_endpoint_check(const char *desc, bool server, char *err, size_t errlen)
 /* ---- listening ------------------------------------------------------------ */
 typedef struct knit_listener knit_listener;
 
+/* At max_connections: close up to N of L's idle connections, longest idle
+ * first, to make room for the clients waiting to be accepted, and return how
+ * many were closed (0: all are busy). Closing only queues the end of a
+ * connection; the listener accepts again once they are freed. A connection
+ * in the middle of a request must never be closed here. Runs on the
+ * listener's reactor from the accept loop; must not close L. */
+typedef size_t (*knit_listen_reclaim_fn)(knit_listener *l, size_t n, void *arg);
+
 typedef struct knit_listen_options {
     unsigned max_connections;  /* 0: unlimited */
     knit_duration emfile_retry; /* default KNIT_LISTEN_EMFILE_RETRY */
     size_t high_water, low_water; /* per-connection producer marks (0: defaults) */
     bool nodelay;               /* TCP_NODELAY on accepted sockets (default true) */
+    knit_listen_reclaim_fn reclaim; /* at max_connections (NULL: just wait) */
+    void *reclaim_arg;
+    knit_duration reclaim_retry; /* default (and when <= 0) KNIT_LISTEN_RECLAIM_RETRY */
 } knit_listen_options;
 
 void knit_listen_options_init(knit_listen_options *o);
@@ -124,6 +143,8 @@ size_t knit_listener_connections(const knit_listener *l);
 /* Total accepted, and times accepting was suspended by EMFILE & co. */
 uint64_t knit_listener_accepted(const knit_listener *l);
 uint64_t knit_listener_emfile_events(const knit_listener *l);
+/* Connections the reclaim hook closed to make room at max_connections. */
+uint64_t knit_listener_reclaimed(const knit_listener *l);
 /* Stop accepting for a while (e.g. graceful drain) / start again. */
 void knit_listener_pause(knit_listener *l);
 void knit_listener_resume(knit_listener *l);

@@ -75,6 +75,50 @@
  * buffer, at most max_pipeline of them, with reading paused meanwhile).
  * A handler that returns without answering gets a 500 (pool mode).
  *
+ * Output that clients do not read (every resource a client can hold is
+ * bounded; DESIGN.md):
+ *   - per connection: the next pipelined request is not started while the
+ *     connection's queued output is above its high-water mark
+ *     (KNIT_STREAM_HIGH_WATER) — output of streamed writes and of a whole
+ *     knit_http_respond alike — and starts once it drained below the low
+ *     mark; reading stays paused meanwhile. So a connection holds at most
+ *     high water plus one answer.
+ *   - write_timeout: a connection whose output stays above high water that
+ *     long is aborted. The deadline starts when the output rises above high
+ *     water and only the output draining below low water ends it: requests
+ *     (none start meanwhile), a request body still arriving, or a close
+ *     waiting for the output to flush do not reset it.
+ *   - output_budget (per server: the server is what can act on it, by
+ *     pausing its own requests and closing its own connections; a process
+ *     with several servers has one budget each): above it in total, no
+ *     request starts on any connection (those with one waiting are parked,
+ *     reading paused) and the server aborts the connections holding the
+ *     most unsent output (close reason out_of_memory) until the total is
+ *     back to 3/4 of the budget; then the parked connections go on. A
+ *     warning is logged (at most once a second) and stats.output_closed
+ *     counts them. Handlers already running go on: a pool handler streaming
+ *     with knit_http_write stays bounded by its connection's high-water
+ *     mark (it blocks above it) and gets KNIT_ECLOSED if its connection is
+ *     closed this way. Counted are the bytes in the connections' output
+ *     buffers; an answer a worker produced counts once the reactor flushed
+ *     it (when the handler returns, for knit_http_respond).
+ *
+ * Connection slots: at max_connections (per listener) the listener stops
+ * accepting and the server closes up to KNIT_LISTEN_RECLAIM_BATCH of that
+ * listener's idle connections, the longest idle first, to make room (nginx
+ * does the same): keep-alive connections between requests, and connections
+ * that have not sent a byte of their first request yet (otherwise clients
+ * that open connections and send nothing would keep everyone else out until
+ * header_timeout). A connection with a request under way — head or body
+ * arriving, handler running, answer above high water, or request bytes
+ * already waiting on the socket — is never closed for this. stats.idle_closed
+ * counts them (a warning is logged at most once a second). Only when every
+ * connection is busy do new clients wait, in the listen backlog, until one
+ * becomes idle or closes (the listener looks again every
+ * KNIT_LISTEN_RECLAIM_RETRY). The idle connections are kept in LRU order
+ * on an intrusive list (the links every connection already has), which
+ * costs the request path O(1).
+ *
  * Request bodies: for a pool route the handler starts as soon as the head
  * is parsed and reads the body while it arrives (knit_http_read blocks the
  * worker until the reactor has bytes; the reactor stops reading the socket
@@ -107,6 +151,7 @@ extern "C" {
 #define KNIT_HTTP_MAX_HEADERS 64u             /* field lines (431) */
 #define KNIT_HTTP_MAX_BODY (1u << 20)         /* request body bytes (413) */
 #define KNIT_HTTP_MAX_CONNECTIONS 10000u      /* open connections per listener */
+#define KNIT_HTTP_OUTPUT_BUDGET (256u << 20)  /* bytes queued for all clients (server) */
 #define KNIT_HTTP_MAX_PIPELINE 16u            /* requests queued behind the current one */
 #define KNIT_HTTP_HEADER_TIMEOUT KNIT_SEC(10) /* whole head must arrive (slowloris) */
 #define KNIT_HTTP_IDLE_TIMEOUT KNIT_SEC(75)   /* keep-alive idle (nginx: 75 s) */
@@ -149,8 +194,9 @@ typedef struct knit_http_options {
     const char *server_name; /* Server header; NULL: none. Default "knit" */
     size_t max_head, max_target, max_headers;
     uint64_t max_body;
-    unsigned max_connections; /* 0: unlimited */
+    unsigned max_connections; /* per listener; 0: unlimited */
     unsigned max_pipeline;
+    size_t output_budget;     /* bytes queued on all connections; 0: unlimited */
     knit_duration header_timeout, idle_timeout, body_timeout, write_timeout, drain_timeout;
     unsigned retry_after; /* seconds, for 503 */
     knit_http_log_format access_log;
@@ -207,6 +253,9 @@ typedef struct knit_http_stats {
     uint64_t status_200, status_404, status_400, status_503;
     uint64_t connections_open, connections_total;
     uint64_t parse_errors, timeouts, rejected_busy;
+    uint64_t idle_closed;   /* idle connections closed at max_connections */
+    uint64_t output_closed; /* connections closed over the output budget */
+    uint64_t output_queued; /* bytes queued for clients now (all connections) */
     /* request time (head parsed → response written to the socket layer) */
     uint64_t latency[KNIT_HTTP_LATENCY_BUCKETS + 1];
     uint64_t latency_sum_ns; /* sum of the request times counted above */

@@ -230,9 +230,12 @@ int knit_metrics_remove_pool(knit_metrics *m, struct knit_pool *p);
 /* HTTP server on reactor R, labelled server="NAME" (NULL: "http"):
  * counters knit_http_requests_total, _connections_total,
  * _parse_errors_total, _timeouts_total, _rejected_busy_total,
+ * _idle_closed_total (closed to make room at max_connections),
+ * _output_closed_total (closed over the output budget),
  * knit_http_responses_by_class_total{class="2xx"},
- * knit_http_responses_total{code="404"} (common codes); gauge
- * knit_http_connections_open; histogram knit_http_request_duration_seconds. */
+ * knit_http_responses_total{code="404"} (common codes); gauges
+ * knit_http_connections_open, knit_http_output_queued_bytes; histogram
+ * knit_http_request_duration_seconds. */
 int knit_metrics_add_http(knit_metrics *m, struct knit_reactor *r, const struct knit_http_server *s,
                           const char *name);
 int knit_metrics_remove_http(knit_metrics *m, const struct knit_http_server *s);

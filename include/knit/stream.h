@@ -166,9 +166,32 @@ typedef struct knit_protocol_ops {
     const char *name;
 } knit_protocol_ops;
 
+/* ---- output groups ---------------------------------------------------------
+ * The bytes waiting in the output buffers of many connections, summed, with
+ * water marks of their own: a server points each protocol it builds at one
+ * group (p->output_group, set in factory->build, before the transport is
+ * attached) to bound what all its slow readers hold together — the HTTP
+ * server's output budget (knit_http_options.output_budget). The transport
+ * adds and subtracts as its output buffer grows and drains, and takes its
+ * remaining bytes out when connection_lost is delivered. CHANGED runs when
+ * the sum rises above HIGH (g->over becomes true) and when it falls back to
+ * LOW or below (false). It runs from inside transport calls (a write, a
+ * flush, a close): it must not call transport functions — record, or
+ * schedule the work (knit_call_later with delay 0). The group must outlive
+ * the connections in it (until their connection_lost ran). [reactor] */
+typedef struct knit_output_group knit_output_group;
+struct knit_output_group {
+    size_t queued;    /* bytes queued now (knit maintains it) */
+    size_t high, low; /* water marks; high 0: CHANGED never runs */
+    bool over;        /* above HIGH and not yet back to LOW (knit maintains it) */
+    void (*changed)(knit_output_group *g, bool over); /* optional */
+    void *data;                                       /* yours */
+};
+
 struct knit_protocol {
     const knit_protocol_ops *ops;
-    knit_transport *transport; /* set by knit before connection_made */
+    knit_transport *transport;       /* set by knit before connection_made */
+    knit_output_group *output_group; /* optional, see above; set it in build */
 };
 
 /* Builds one protocol per accepted (or connected) connection. PEER is the

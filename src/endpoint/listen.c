@@ -6,7 +6,10 @@
  * are on the same reactor.
  * Invariants: the listener never spins — on EMFILE/ENFILE/ENOBUFS/ENOMEM it
  * stops watching the socket and retries from a timer; at max_connections it
- * stops watching until a connection is freed. Each connection it accepted
+ * stops watching until a connection is freed, after asking the reclaim hook
+ * (options.reclaim: the protocol side, which alone knows which connections
+ * are idle) to close some — and when the hook found none, it looks again
+ * from a timer while clients wait. Each connection it accepted
  * has t->owner == the listener (and owner_fn == conn_freed) until it is
  * freed or the listener closes; the listener keeps no list of its own —
  * it walks the thread's transport registry (stream.h) filtered by owner,
@@ -37,8 +40,10 @@ struct knit_listener {
     knit_protocol_factory *f;
     knit_listen_options o;
     size_t nconns;
-    uint64_t accepted, emfile;
+    uint64_t accepted, emfile, reclaimed;
     knit_timer retry;
+    /* at the cap with nothing to reclaim: ask again when it fires */
+    knit_timer reclaim_retry;
     bool paused, at_limit, in_emfile, proxy;
     knit_tls_ctx *tls;
     char *unix_path; /* socket file to remove on close */
@@ -54,6 +59,7 @@ void knit_listen_options_init(knit_listen_options *o)
 {
     memset(o, 0, sizeof *o);
     o->emfile_retry = KNIT_LISTEN_EMFILE_RETRY;
+    o->reclaim_retry = KNIT_LISTEN_RECLAIM_RETRY;
     o->nodelay = true;
 }
 
@@ -73,6 +79,8 @@ static void conn_freed(knit_transport *t, void *owner)
     l->nconns--;
     if (l->at_limit && l->nconns < l->o.max_connections) {
         l->at_limit = false;
+        if (l->reclaim_retry.id) knit_timer_cancel(l->r, l->reclaim_retry);
+        l->reclaim_retry = KNIT_TIMER_NONE;
         update(l);
     }
 }
@@ -99,13 +107,40 @@ static void retry_cb(knit_reactor *r, void *arg)
     update(l);
 }
 
+static void reclaim_retry_cb(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_listener *l = arg;
+    l->reclaim_retry = KNIT_TIMER_NONE;
+    /* Watch again: if clients still wait, on_accept finds the cap and asks
+     * the hook once more (connections may have gone idle meanwhile). */
+    l->at_limit = false;
+    update(l);
+}
+
+/* At max_connections (a client is waiting: the socket was readable). Stop
+ * accepting until a connection is freed; ask the hook to free some. */
+static void at_cap(knit_listener *l)
+{
+    l->at_limit = true;
+    update(l);
+    if (!l->o.reclaim || l->reclaim_retry.id) return;
+    size_t n = l->o.reclaim(l, KNIT_LISTEN_RECLAIM_BATCH, l->o.reclaim_arg);
+    l->reclaimed += n;
+    /* Closed ones wake us through conn_freed; if every connection was busy,
+     * look again later rather than wait for one to close on its own. */
+    if (n == 0) l->reclaim_retry = knit_call_later(l->r, l->o.reclaim_retry, reclaim_retry_cb, l);
+}
+
 static void on_accept(knit_io *io, unsigned ev)
 {
     knit_listener *l = io->data;
     for (int i = 0; i < KNIT_LISTEN_ACCEPTS_PER_EVENT; i++) {
         if (l->o.max_connections && l->nconns >= l->o.max_connections) {
-            l->at_limit = true;
-            update(l);
+            /* At the cap. On a fresh readiness event a client is waiting:
+             * act. Having just filled the last slot we cannot tell: keep
+             * watching, the next event (level-triggered) says so. */
+            if (i == 0) at_cap(l);
             return;
         }
         int fd = accept4(knit_io_fd(&l->io), NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -176,6 +211,7 @@ int knit_listener_adopt(knit_reactor *r, int fd, knit_protocol_factory *factory,
     else
         knit_listen_options_init(&l->o);
     if (l->o.emfile_retry <= 0) l->o.emfile_retry = KNIT_LISTEN_EMFILE_RETRY;
+    if (l->o.reclaim_retry <= 0) l->o.reclaim_retry = KNIT_LISTEN_RECLAIM_RETRY;
     knit_io_init(r, &l->io, fd, on_accept, l);
     int rc = knit_io_start(&l->io, KNIT_READABLE);
     if (rc < 0) {
@@ -269,6 +305,10 @@ uint64_t knit_listener_emfile_events(const knit_listener *l)
 {
     return l->emfile;
 }
+uint64_t knit_listener_reclaimed(const knit_listener *l)
+{
+    return l->reclaimed;
+}
 
 void knit_listener_pause(knit_listener *l)
 {
@@ -288,6 +328,7 @@ void knit_listener_close(knit_listener *l, bool abort_connections)
     knit_io_stop(&l->io);
     close(knit_io_fd(&l->io));
     if (l->retry.id) knit_timer_cancel(l->r, l->retry);
+    if (l->reclaim_retry.id) knit_timer_cancel(l->r, l->reclaim_retry);
     if (l->unix_path) {
         unlink(l->unix_path);
         free(l->unix_path);

@@ -15,6 +15,19 @@
  *   - one request at a time per connection (c->req); bytes of pipelined
  *     requests wait in c->pending with reading paused, so answers go out in
  *     order and memory is bounded;
+ *   - the next request of a connection is not started while its output is
+ *     above the high-water mark (the transport's producer is paused; a final
+ *     knit_http_respond counts too) nor while the server's queued output is
+ *     over its budget (may_start); such a connection is parked: reading
+ *     paused, its bytes in c->pending, continued by resume_producing or by
+ *     release_held;
+ *   - every connection is on exactly one list (c->where): its listener's
+ *     idle list, in the order the connections became idle (the head has been
+ *     idle the longest: the ones reclaimed at the connection cap), the held
+ *     list (waiting for the output budget), or the busy list. A connection
+ *     is appended to its idle list when it becomes idle (timer_set T_IDLE) or
+ *     is accepted; leaving it is lazy — reclaim checks each candidate and
+ *     moves the busy ones away — so the request path pays nothing;
  *   - a request is freed only when (a) its response was fully handed to the
  *     transport or the connection is gone, (b) its pool handler returned
  *     (worker_done ran), and (c) no flush call is queued for it;
@@ -69,8 +82,8 @@ enum { T_NONE, T_FIRST, T_HEADER, T_IDLE, T_BODY, T_WRITE };
 struct conn {
     knit_protocol proto;
     knit_http_server *srv;
-    knit_http_request *req; /* the one being read or answered */
-    struct conn *prev, *next;
+    knit_http_request *req;   /* the one being read or answered */
+    struct conn *prev, *next; /* on the list named by where */
     knit_timer timer;
     knit_time idle_since; /* when the connection last became idle */
     knit_buf *pending;    /* bytes received while a request was being answered;
@@ -86,6 +99,25 @@ struct conn {
     bool read_paused;
     bool in_process;
     bool peer_eof; /* the client half-closed: close after the answer */
+    uint8_t lslot; /* the listener slot that accepted it (s->slots) */
+    uint8_t where; /* W_IDLE, W_BUSY or W_HELD */
+    bool shed;     /* closed over the output budget */
+};
+
+enum { W_IDLE, W_BUSY, W_HELD };
+
+struct conn_list {
+    struct conn *head, *tail;
+};
+
+/* One per listener (and one more, the last, for connections made by the
+ * test hook): the factory that builds its connections and their idle list. */
+struct lslot {
+    knit_http_server *s;
+    knit_listener *l; /* NULL once closed (and for the test slot) */
+    knit_protocol_factory factory;
+    struct conn_list idle; /* head: idle the longest */
+    uint8_t idx;
 };
 
 /* ---- requests -------------------------------------------------------------- */
@@ -158,11 +190,12 @@ struct knit_http_server {
     knit_http_options o;
     knit__http_limits lim;
     struct route *routes, **routes_tail;
-    knit_protocol_factory factory;
-    knit_listener *listeners[MAX_LISTENERS];
+    struct lslot slots[MAX_LISTENERS + 1]; /* [MAX_LISTENERS]: the test hook's */
     size_t nlisteners;
-    struct conn *conns;
+    struct conn_list busy, held; /* idle ones are on their slot's list */
     size_t nconns;
+    knit_output_group outg; /* bytes queued on all connections vs output_budget */
+    knit_timer budget_timer;
     knit_trigger *trigger;
     bool draining;
     knit_timer drain_timer;
@@ -173,9 +206,70 @@ struct knit_http_server {
     bool busy_warned;         /* a "pool queue full" warning was logged ... */
     knit_time busy_logged;    /* ... at this time (at most one a second) */
     uint64_t busy_unlogged;   /* 503s since that warning */
+    /* the same for the reclaim and output budget warnings */
+    knit_time reclaim_logged, shed_logged;
+    uint64_t reclaim_unlogged, shed_unlogged;
+    bool reclaim_warned, shed_warned;
 };
 
 static void conn_continue(struct conn *c);
+
+/* ---- connection lists ---------------------------------------------------------- */
+
+static struct conn_list *list_of(struct conn *c)
+{
+    knit_http_server *s = c->srv;
+    if (c->where == W_IDLE) return &s->slots[c->lslot].idle;
+    return c->where == W_HELD ? &s->held : &s->busy;
+}
+
+static void list_unlink(struct conn *c)
+{
+    struct conn_list *l = list_of(c);
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        l->head = c->next;
+    if (c->next)
+        c->next->prev = c->prev;
+    else
+        l->tail = c->prev;
+    c->prev = c->next = NULL;
+}
+
+static void list_append(struct conn *c, uint8_t where)
+{
+    c->where = where;
+    struct conn_list *l = list_of(c);
+    c->prev = l->tail;
+    c->next = NULL;
+    if (l->tail)
+        l->tail->next = c;
+    else
+        l->head = c;
+    l->tail = c;
+}
+
+/* Move C to the tail of list WHERE (for the idle list: most recently idle). */
+static void conn_move(struct conn *c, uint8_t where)
+{
+    list_unlink(c);
+    list_append(c, where);
+}
+
+/* Every list of S, for walks over all connections: fills OUT, returns the
+ * count. A walk may close connections (that only queues their end) but
+ * must not move them between lists. */
+#define NLISTS (MAX_LISTENERS + 3)
+static size_t all_lists(knit_http_server *s, struct conn_list *out[NLISTS])
+{
+    size_t n = 0;
+    out[n++] = &s->busy;
+    out[n++] = &s->held;
+    for (size_t i = 0; i <= MAX_LISTENERS; i++)
+        out[n++] = &s->slots[i].idle;
+    return n;
+}
 
 /* ---- the pending-input buffer, allocated on demand ---------------------------- */
 
@@ -228,6 +322,7 @@ void knit_http_options_init(knit_http_options *o)
     o->idle_timeout = KNIT_HTTP_IDLE_TIMEOUT;
     o->body_timeout = KNIT_HTTP_BODY_TIMEOUT;
     o->write_timeout = KNIT_HTTP_WRITE_TIMEOUT;
+    o->output_budget = KNIT_HTTP_OUTPUT_BUDGET;
     o->drain_timeout = KNIT_HTTP_DRAIN_TIMEOUT;
     o->retry_after = KNIT_HTTP_RETRY_AFTER;
     o->access_log = KNIT_HTTP_LOG_NONE;
@@ -411,6 +506,8 @@ static char *pct_decode(knit_http_request *req, const char *s, size_t n, bool pl
 /* ---- server --------------------------------------------------------------------- */
 
 static knit_protocol *build_conn(knit_protocol_factory *f, const knit_sockaddr *peer);
+static size_t reclaim_cb(knit_listener *l, size_t n, void *arg);
+static void budget_changed(knit_output_group *g, bool over);
 
 static void drain_trigger(knit_reactor *r, knit_trigger *t, void *arg);
 
@@ -434,8 +531,18 @@ int knit_http_server_new(knit_reactor *r, const knit_http_options *opts, knit_ht
         return KNIT_EINVAL;
     }
     s->routes_tail = &s->routes;
-    s->factory.build = build_conn;
-    s->factory.data = s;
+    for (size_t i = 0; i <= MAX_LISTENERS; i++) {
+        s->slots[i].s = s;
+        s->slots[i].idx = (uint8_t)i;
+        s->slots[i].factory.build = build_conn;
+        s->slots[i].factory.data = &s->slots[i];
+    }
+    /* The output budget: over it, no request starts and the connections
+     * holding the most are closed until the total is back to 3/4 of it. */
+    s->outg.high = s->o.output_budget;
+    s->outg.low = s->o.output_budget - s->o.output_budget / 4;
+    s->outg.changed = budget_changed;
+    s->outg.data = s;
     int rc = knit_reactor_add_trigger(r, KNIT_PHASE_BEFORE, drain_trigger, s, &s->trigger);
     if (rc != 0) {
         free(s);
@@ -507,21 +614,25 @@ nomem:
 int knit_http_listen(knit_http_server *s, const char *desc, char *err, size_t errlen)
 {
     if (s->nlisteners == MAX_LISTENERS) return KNIT_ELIMIT;
+    struct lslot *ls = &s->slots[s->nlisteners];
     knit_listen_options lo;
     knit_listen_options_init(&lo);
     lo.max_connections = s->o.max_connections;
+    lo.reclaim = reclaim_cb; /* at the cap: close idle keep-alives to make room */
+    lo.reclaim_arg = ls;
     knit_listener *l;
-    int rc = knit_endpoint_listen(s->r, desc, &s->factory, &lo, &l, err, errlen);
+    int rc = knit_endpoint_listen(s->r, desc, &ls->factory, &lo, &l, err, errlen);
     if (rc != 0) return rc;
-    s->listeners[s->nlisteners++] = l;
+    ls->l = l;
+    s->nlisteners++;
     return 0;
 }
 
 unsigned knit_http_port(const knit_http_server *s, size_t n)
 {
-    if (n >= s->nlisteners || !s->listeners[n]) return 0;
+    if (n >= s->nlisteners || !s->slots[n].l) return 0;
     knit_sockaddr a;
-    if (knit_listener_address(s->listeners[n], &a) != 0) return 0;
+    if (knit_listener_address(s->slots[n].l, &a) != 0) return 0;
     if (a.u.sa.sa_family == AF_INET) return ntohs(a.u.in.sin_port);
     if (a.u.sa.sa_family == AF_INET6) return ntohs(a.u.in6.sin6_port);
     return 0;
@@ -531,6 +642,7 @@ void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out)
 {
     *out = s->st;
     out->connections_open = s->nconns;
+    out->output_queued = s->outg.queued;
     out->status_200 = s->by_code[200];
     out->status_404 = s->by_code[404];
     out->status_400 = s->by_code[400];
@@ -550,14 +662,21 @@ static void timer_set(struct conn *c, int kind, knit_duration d)
 {
     knit_reactor *r = c->srv->r;
     if (d <= 0) kind = T_NONE;
-    /* A client that does not read what we wrote is on the write timeout;
-     * the idle clock starts once the output drained (on_resume). */
-    if (kind == T_IDLE && c->timer_kind == T_WRITE) return;
+    /* A client that does not read what we wrote is on the write timeout
+     * until its output drains below low water (on_resume): no other
+     * deadline replaces it meanwhile — not the next request's (none starts
+     * while the output is above high water), not a body's, not a close
+     * that waits for the output to flush. The idle clock starts once the
+     * output drained. on_lost (transport gone) still cancels it. */
+    if (c->timer_kind == T_WRITE && kind != T_WRITE && c->proto.transport &&
+        knit_transport_producer_paused(c->proto.transport))
+        return;
     if (kind == T_IDLE) {
         /* Lazy idle timer: a keep-alive cycle only moves idle_since; the
          * timer re-arms itself when it fires early (conn_timeout). This
          * keeps the timer heap out of the per-request path. */
         c->idle_since = knit_reactor_now(r);
+        conn_move(c, W_IDLE); /* most recently idle: reclaimed last */
         if (c->timer_kind == T_IDLE) return;
     }
     if (kind == T_NONE) {
@@ -1499,6 +1618,206 @@ static void run_handler(struct conn *c, knit_http_request *req)
     }
 }
 
+/* ---- output: when a connection may start its next request, the budget ---------- */
+
+/* May C start its next request now? Not while its own output is above the
+ * high-water mark — the transport paused the producer; the answers already
+ * queued (a final knit_http_respond included) must drain below low water
+ * first — nor while the whole server's queued output is over its budget. */
+static bool may_start(const struct conn *c)
+{
+    if (c->proto.transport && knit_transport_producer_paused(c->proto.transport)) return false;
+    return !c->srv->outg.over;
+}
+
+/* C has bytes of a request it may not start (may_start): stop reading and
+ * wait — for resume_producing (its own output), or on the held list for
+ * the budget (release_held). The bytes stay in c->pending (the caller puts
+ * them there). */
+static void conn_park(struct conn *c)
+{
+    knit_transport *t = c->proto.transport;
+    /* A first request held here was sent in time: the server is the one
+     * waiting now, not the client (T_FIRST would close it silently). */
+    if (c->timer_kind == T_FIRST) timer_set(c, T_NONE, 0);
+    if (!c->read_paused) {
+        c->read_paused = true;
+        knit_transport_pause_reading(t);
+    }
+    if (!knit_transport_producer_paused(t)) conn_move(c, W_HELD);
+}
+
+/* The budget allows new work again: continue the parked connections, in the
+ * order they were parked, until it runs out again. */
+static void release_held(knit_http_server *s)
+{
+    struct conn *c;
+    while (!s->outg.over && (c = s->held.head) != NULL)
+        conn_continue(c); /* moves it off the held list first */
+}
+
+/* Log at most one line a second for a repeated event: true if this one may
+ * log; *UNLOGGED counts the ones that did not. */
+static bool log_once_a_second(knit_http_server *s, bool *warned, knit_time *at, uint64_t *unlogged)
+{
+    knit_time now = knit_reactor_now(s->r);
+    if (*warned && now - *at < KNIT_SEC(1)) {
+        (*unlogged)++;
+        return false;
+    }
+    *warned = true;
+    *at = now;
+    return true;
+}
+
+struct victim {
+    struct conn *c;
+    size_t queued;
+};
+
+static int victim_cmp(const void *a, const void *b)
+{
+    size_t x = ((const struct victim *)a)->queued, y = ((const struct victim *)b)->queued;
+    return x < y ? 1 : x > y ? -1 : 0;
+}
+
+/* Over the budget: abort the connections holding the most unsent output
+ * until the total is back to the low mark. O(connections log connections),
+ * once per time the budget is exceeded. */
+static void shed(knit_http_server *s)
+{
+    struct conn_list *ls[NLISTS];
+    size_t nl = all_lists(s, ls), n = 0;
+    for (size_t k = 0; k < nl; k++)
+        for (struct conn *c = ls[k]->head; c; c = c->next)
+            if (c->proto.transport && !c->shed &&
+                knit_transport_write_buffer_size(c->proto.transport))
+                n++;
+    if (n == 0) return;
+    struct victim one, *v = malloc(n * sizeof *v);
+    size_t m = 0;
+    if (!v) { /* out of memory: close the single largest now, the rest next time */
+        v = &one;
+        one.c = NULL;
+        one.queued = 0;
+    }
+    for (size_t k = 0; k < nl; k++) {
+        for (struct conn *c = ls[k]->head; c; c = c->next) {
+            size_t q = c->proto.transport && !c->shed
+                           ? knit_transport_write_buffer_size(c->proto.transport)
+                           : 0;
+            if (!q) continue;
+            if (v != &one) {
+                v[m].c = c;
+                v[m++].queued = q;
+            } else if (q > one.queued) {
+                one.c = c;
+                one.queued = q;
+                m = 1;
+            }
+        }
+    }
+    if (v != &one) qsort(v, m, sizeof *v, victim_cmp);
+    size_t total = s->outg.queued, before = total, closed = 0, freed = 0;
+    for (size_t i = 0; i < m && total > s->outg.low; i++) {
+        struct conn *c = v[i].c;
+        c->shed = true;
+        c->state = C_CLOSING;
+        timer_set(c, T_NONE, 0);
+        /* abort: the unsent output is what we must not keep */
+        knit_transport_close_with(c->proto.transport, false, KNIT_CLOSE_NOMEM, KNIT_ELIMIT);
+        total -= v[i].queued < total ? v[i].queued : total;
+        freed += v[i].queued;
+        closed++;
+    }
+    if (v != &one) free(v);
+    s->st.output_closed += closed;
+    if (closed && log_once_a_second(s, &s->shed_warned, &s->shed_logged, &s->shed_unlogged)) {
+        KNIT_WARN(MOD,
+                  "output budget exceeded (%zu bytes queued, budget %zu): new requests paused; "
+                  "closed %zu connections holding the most unsent output (%zu bytes) "
+                  "(%llu more times since the last warning)",
+                  before, s->outg.high, closed, freed, (unsigned long long)s->shed_unlogged);
+        s->shed_unlogged = 0;
+    }
+}
+
+static void budget_check(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_http_server *s = arg;
+    s->budget_timer = KNIT_TIMER_NONE;
+    if (s->outg.over) shed(s);
+    /* Sockets release their output at once when aborted; the budget may
+     * already be back (otherwise budget_changed calls us again). */
+    if (!s->outg.over) release_held(s);
+}
+
+/* From inside a transport call (stream.h): only schedule the work. */
+static void budget_changed(knit_output_group *g, bool over)
+{
+    (void)over;
+    knit_http_server *s = g->data;
+    if (!knit_timer_active(s->r, s->budget_timer))
+        s->budget_timer = knit_call_later(s->r, 0, budget_check, s);
+}
+
+/* ---- the connection cap: closing idle connections to make room ----------------- */
+
+/* Is C idle — no request, no byte of one buffered here or waiting on the
+ * socket, no output above high water — so that closing it loses nothing?
+ * Connections that never sent a request count as idle (as in nginx): the
+ * slowloris of connections must not keep new clients out. */
+static bool conn_reclaimable(struct conn *c)
+{
+    knit_transport *t = c->proto.transport;
+    if (!t || c->state != C_IDLE || c->req || !pend_empty(c) || knit_transport_closing(t) ||
+        knit_transport_producer_paused(t))
+        return false;
+    /* A request on its way (bytes on the socket not yet read) is not idle;
+     * 0 (the client closed) and "nothing waiting" are. TLS and memory
+     * transports cannot tell (ENOTSUP): idle. */
+    char b;
+    return knit_transport_peek(t, &b, 1) <= 0;
+}
+
+/* The listener of slot ARG is at max_connections: close up to N idle
+ * connections it accepted, longest idle first. */
+static size_t reclaim_cb(knit_listener *l, size_t n, void *arg)
+{
+    (void)l;
+    struct lslot *ls = arg;
+    knit_http_server *s = ls->s;
+    size_t closed = 0;
+    while (closed < n && ls->idle.head) {
+        struct conn *c = ls->idle.head;
+        bool idle = conn_reclaimable(c);
+        /* Off the idle list either way: busy ones come back when they are
+         * idle again (timer_set T_IDLE), which pays for this step. */
+        conn_move(c, W_BUSY);
+        if (!idle) continue;
+        c->state = C_CLOSING;
+        timer_set(c, T_NONE, 0);
+        knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_REFUSED, 0);
+        closed++;
+    }
+    s->st.idle_closed += closed;
+    if (log_once_a_second(s, &s->reclaim_warned, &s->reclaim_logged, &s->reclaim_unlogged)) {
+        if (closed)
+            KNIT_WARN(MOD,
+                      "at the connection limit (%u): closed %zu idle connections to make room "
+                      "(%llu more times since the last warning)",
+                      s->o.max_connections, closed, (unsigned long long)s->reclaim_unlogged);
+        else
+            KNIT_WARN(MOD,
+                      "at the connection limit (%u): every connection is busy; new clients "
+                      "wait (%llu more times since the last warning)",
+                      s->o.max_connections, (unsigned long long)s->reclaim_unlogged);
+        s->reclaim_unlogged = 0;
+    }
+    return closed;
+}
+
 /* ---- reading: head, body ------------------------------------------------------- */
 
 /* Feed body bytes into req->body (mu held when streaming). Returns bytes
@@ -1648,6 +1967,7 @@ static void process(struct conn *c, knit_buf *buf)
     knit_http_server *s = c->srv;
     c->in_process = true;
     while (c->state != C_HANDLING && c->state != C_CLOSING && !knit_buf_empty(buf)) {
+        if (c->state == C_IDLE && !may_start(c)) break; /* parked below */
         const char *data = (const char *)knit_buf_data(buf);
         size_t len = knit_buf_len(buf);
         if (c->state == C_BODY) {
@@ -1711,6 +2031,8 @@ static void process(struct conn *c, knit_buf *buf)
             c->state = C_CLOSING;
             timer_set(c, T_NONE, 0);
             knit_transport_lose_connection(c->proto.transport);
+        } else if (!knit_buf_empty(buf)) {
+            conn_park(c); /* may_start said no; the caller keeps the bytes */
         } else {
             timer_set(c, T_IDLE, s->o.idle_timeout);
         }
@@ -1721,10 +2043,12 @@ static void process(struct conn *c, knit_buf *buf)
 static void conn_continue(struct conn *c)
 {
     knit_http_server *s = c->srv;
+    if (c->where == W_HELD) conn_move(c, W_BUSY);
     if (!pend_empty(c)) process(c, c->pending);
     pend_trim(c, false);
     if (c->state == C_CLOSING) return;
     if (c->state == C_HANDLING) return;
+    if (c->state == C_IDLE && !pend_empty(c)) return; /* parked (may_start) */
     /* Read again unless a pool handler's body buffer is full (then
      * body_resume_call does it). A partial head left in pending needs
      * more bytes, so "pending not empty" is no reason to stay paused. */
@@ -1773,8 +2097,10 @@ static void on_data(knit_protocol *p, knit_buf *in)
         }
     } else {
         process(c, in);
-        if ((c->state == C_HANDLING || c->state == C_BODY) && !knit_buf_empty(in)) {
-            /* keep the next requests aside until this one is answered */
+        if ((c->state == C_HANDLING || c->state == C_BODY || c->state == C_IDLE) &&
+            !knit_buf_empty(in)) {
+            /* keep the next requests aside until this one is answered (or,
+             * C_IDLE: until the connection may start one, see may_start) */
             knit_buf *pb = pend_get(c);
             if (!pb || knit_buf_move(pb, in) != 0) {
                 conn_error(c, 503, "out of memory");
@@ -1817,11 +2143,7 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
             request_maybe_end(req);
         }
     }
-    if (c->prev)
-        c->prev->next = c->next;
-    else
-        s->conns = c->next;
-    if (c->next) c->next->prev = c->prev;
+    list_unlink(c);
     s->nconns--;
     free(c);
     if (s->draining) drain_check(s);
@@ -1843,7 +2165,7 @@ static void on_resume(knit_protocol *p)
     struct conn *c = container_of(p, struct conn, proto);
     if (c->timer_kind == T_WRITE) {
         timer_set(c, T_NONE, 0);
-        if (c->state == C_IDLE) timer_set(c, T_IDLE, c->srv->o.idle_timeout);
+        if (c->state == C_IDLE && pend_empty(c)) timer_set(c, T_IDLE, c->srv->o.idle_timeout);
     }
     if (c->req && c->req->pool_mode) {
         pthread_mutex_lock(&c->req->mu);
@@ -1851,6 +2173,8 @@ static void on_resume(knit_protocol *p)
         pthread_cond_broadcast(&c->req->cv);
         pthread_mutex_unlock(&c->req->mu);
     }
+    /* Pipelined requests waited for the output to drain (may_start). */
+    if (c->state == C_IDLE && !pend_empty(c) && c->proto.transport) conn_continue(c);
 }
 
 static bool on_eof(knit_protocol *p)
@@ -1881,7 +2205,8 @@ static const knit_protocol_ops conn_ops = {
 
 static knit_protocol *build_conn(knit_protocol_factory *f, const knit_sockaddr *peer)
 {
-    knit_http_server *s = f->data;
+    struct lslot *ls = f->data;
+    knit_http_server *s = ls->s;
     if (s->draining) return NULL;
     struct conn *c = calloc(1, sizeof *c);
     if (!c) return NULL;
@@ -1895,11 +2220,14 @@ static knit_protocol *build_conn(knit_protocol_factory *f, const knit_sockaddr *
         memcpy(c->peer_addr, &peer->u.in6.sin6_addr, 16);
     }
     c->proto.ops = &conn_ops;
+    c->proto.output_group = &s->outg;
     c->srv = s;
     c->pending = NULL;
-    c->next = s->conns;
-    if (s->conns) s->conns->prev = c;
-    s->conns = c;
+    c->lslot = ls->idx;
+    /* Not a request yet: reclaimable at the cap like an idle keep-alive
+     * (nginx's reusable connections), oldest first. */
+    c->idle_since = knit_reactor_now(s->r);
+    list_append(c, W_IDLE);
     s->nconns++;
     s->st.connections_total++;
     return &c->proto;
@@ -1916,9 +2244,11 @@ static void conn_timeout(knit_reactor *r, void *arg)
     knit_http_server *s = c->srv;
     if (kind == T_IDLE) {
         knit_duration since = knit_reactor_now(s->r) - c->idle_since;
-        if (c->state != C_IDLE || since < s->o.idle_timeout) {
+        /* parked with a request waiting (may_start) is not idle either */
+        bool busy = c->state != C_IDLE || !pend_empty(c);
+        if (busy || since < s->o.idle_timeout) {
             /* busy, or idle again since it was armed: re-arm, no timeout */
-            knit_duration d = c->state != C_IDLE ? s->o.idle_timeout : s->o.idle_timeout - since;
+            knit_duration d = busy ? s->o.idle_timeout : s->o.idle_timeout - since;
             c->timer = knit_call_later(s->r, d, conn_timeout, c);
             c->timer_kind = knit_timer_active(s->r, c->timer) ? T_IDLE : T_NONE;
             return;
@@ -1994,8 +2324,11 @@ static void drain_timeout(knit_reactor *r, void *arg)
     knit_http_server *s = arg;
     s->drain_timer = KNIT_TIMER_NONE;
     KNIT_WARN(MOD, "drain timeout: aborting %zu connections", s->nconns);
-    for (struct conn *c = s->conns; c; c = c->next)
-        if (c->proto.transport) knit_transport_abort(c->proto.transport);
+    struct conn_list *ls[NLISTS];
+    size_t nl = all_lists(s, ls);
+    for (size_t k = 0; k < nl; k++)
+        for (struct conn *c = ls[k]->head; c; c = c->next)
+            if (c->proto.transport) knit_transport_abort(c->proto.transport);
 }
 
 void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *, void *),
@@ -2006,15 +2339,19 @@ void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *
     s->drain_done = done;
     s->drain_arg = arg;
     for (size_t i = 0; i < s->nlisteners; i++) {
-        knit_listener_close(s->listeners[i], false);
-        s->listeners[i] = NULL;
+        knit_listener_close(s->slots[i].l, false);
+        s->slots[i].l = NULL;
     }
     s->nlisteners = 0;
-    for (struct conn *c = s->conns; c; c = c->next) {
-        if ((c->state == C_IDLE || c->state == C_HEAD) && c->proto.transport) {
-            c->state = C_CLOSING;
-            timer_set(c, T_NONE, 0);
-            knit_transport_lose_connection(c->proto.transport);
+    struct conn_list *ls[NLISTS];
+    size_t nl = all_lists(s, ls);
+    for (size_t k = 0; k < nl; k++) {
+        for (struct conn *c = ls[k]->head; c; c = c->next) {
+            if ((c->state == C_IDLE || c->state == C_HEAD) && c->proto.transport) {
+                c->state = C_CLOSING;
+                timer_set(c, T_NONE, 0);
+                knit_transport_lose_connection(c->proto.transport);
+            }
         }
     }
     if (s->nconns == 0) {
@@ -2046,9 +2383,11 @@ void knit_http_server_free(knit_http_server *s)
 {
     if (!s) return;
     for (size_t i = 0; i < s->nlisteners; i++)
-        knit_listener_close(s->listeners[i], true);
+        knit_listener_close(s->slots[i].l, true);
     if (s->trigger) knit_reactor_remove_trigger(s->r, s->trigger);
     if (knit_timer_active(s->r, s->drain_timer)) knit_timer_cancel(s->r, s->drain_timer);
+    /* after the listeners: aborting their connections may have armed it */
+    if (knit_timer_active(s->r, s->budget_timer)) knit_timer_cancel(s->r, s->budget_timer);
     /* Connections still open are aborted by the listener; their memory is
      * released from connection_lost, which needs the server: callers drain
      * first. Free what is left regardless. */
@@ -2069,7 +2408,12 @@ void knit_http_server_free(knit_http_server *s)
 
 knit_protocol *knit__http_server_accept(knit_http_server *s)
 {
-    return build_conn(&s->factory, NULL);
+    return build_conn(&s->slots[MAX_LISTENERS].factory, NULL);
+}
+
+size_t knit__http_server_reclaim(knit_http_server *s, size_t n)
+{
+    return reclaim_cb(NULL, n, &s->slots[MAX_LISTENERS]);
 }
 
 size_t knit__http_conn_size(void)

@@ -13,6 +13,11 @@
  * draining or out of memory). Hand it to knit_memory_transport_new. */
 knit_protocol *knit__http_server_accept(knit_http_server *s);
 
+/* What the reclaim hook does for a listener at max_connections, for the
+ * connections made by knit__http_server_accept: close up to N idle ones,
+ * longest idle first; returns how many. */
+size_t knit__http_server_reclaim(knit_http_server *s, size_t n);
+
 /* Bytes of the per-connection struct (the part knit's HTTP layer adds to
  * an idle keep-alive connection, on top of the transport). */
 size_t knit__http_conn_size(void);

@@ -210,20 +210,24 @@ static const int http_codes[] = {200, 201, 204, 206, 301, 302, 304, 400, 401,
                                  416, 429, 431, 500, 501, 502, 503, 504, 505};
 #define NCODES (sizeof http_codes / sizeof http_codes[0])
 
-enum { HC_REQUESTS, HC_CONNS, HC_PARSE, HC_TIMEOUTS, HC_BUSY, HC_N };
+enum { HC_REQUESTS, HC_CONNS, HC_PARSE, HC_TIMEOUTS, HC_BUSY, HC_IDLE_CLOSED, HC_OUT_CLOSED, HC_N };
 static const def http_counters[HC_N] = {
     {"knit_http_requests_total", "Requests answered."},
     {"knit_http_connections_total", "Connections accepted."},
     {"knit_http_parse_errors_total", "Requests rejected as malformed."},
     {"knit_http_timeouts_total", "Connections closed by a timeout."},
     {"knit_http_rejected_busy_total", "Requests answered 503 because the pool was full."},
+    {"knit_http_idle_closed_total",
+     "Idle connections closed to make room at the connection limit."},
+    {"knit_http_output_closed_total",
+     "Connections closed because the output queued for clients was over the budget."},
 };
 
 typedef struct http_state {
     knit_reactor *r;
     const knit_http_server *s;
     knit_counter *c[HC_N];
-    knit_gauge *open;
+    knit_gauge *open, *queued;
     knit_counter *by_class[5];
     knit_counter *by_code[NCODES];
     knit_histogram *latency;
@@ -241,7 +245,10 @@ static void collect_http(knit_metrics *m, void *arg)
     knit_counter_set_total(st->c[HC_PARSE], s.parse_errors);
     knit_counter_set_total(st->c[HC_TIMEOUTS], s.timeouts);
     knit_counter_set_total(st->c[HC_BUSY], s.rejected_busy);
+    knit_counter_set_total(st->c[HC_IDLE_CLOSED], s.idle_closed);
+    knit_counter_set_total(st->c[HC_OUT_CLOSED], s.output_closed);
     knit_gauge_set(st->open, (double)s.connections_open);
+    knit_gauge_set(st->queued, (double)s.output_queued);
     for (int i = 0; i < 5; i++)
         knit_counter_set_total(st->by_class[i], s.by_status[i + 1]);
     for (size_t i = 0; i < NCODES; i++)
@@ -263,6 +270,11 @@ int knit_metrics_add_http(knit_metrics *m, knit_reactor *r, const knit_http_serv
         rc = knit_metrics_gauge(m, "knit_http_connections_open", "Connections open now.", "server",
                                 &f);
     if (rc == 0 && !(st->open = knit_gauge_with(f, name))) rc = KNIT_ENOMEM;
+    if (rc == 0)
+        rc = knit_metrics_gauge(m, "knit_http_output_queued_bytes",
+                                "Bytes queued for clients that have not read them yet.", "server",
+                                &f);
+    if (rc == 0 && !(st->queued = knit_gauge_with(f, name))) rc = KNIT_ENOMEM;
     if (rc == 0)
         rc = knit_metrics_counter(m, "knit_http_responses_by_class_total",
                                   "Responses by status class.", "server,class", &f);

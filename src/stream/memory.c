@@ -48,8 +48,10 @@ knit_buf *knit_memory_transport_output(knit_transport *t)
 
 void knit_memory_transport_take(knit_transport *t, size_t n)
 {
+    size_t before = knit_buf_len(&t->out);
     knit_buf_consume(&t->out, n);
     if (knit_buf_empty(&t->out)) knit_buf_release(&t->out);
+    knit__transport_out_changed(t, before);
     if ((t->flags & TP_PAUSED) && knit_buf_len(&t->out) <= t->low) {
         t->flags &= (uint16_t)~TP_PAUSED;
         if (t->proto && t->proto->ops->resume_producing) t->proto->ops->resume_producing(t->proto);
@@ -83,6 +85,7 @@ void knit_memory_transport_close(knit_transport *t, knit_close_reason reason, in
 {
     if (t->flags & TP_LOST_DONE) return;
     t->flags |= TP_LOST_DONE | TP_CLOSING;
+    knit__transport_out_leave(t);
     knit_protocol *p = t->proto;
     t->proto = NULL;
     p->transport = NULL;

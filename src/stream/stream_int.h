@@ -104,6 +104,14 @@ void knit__transport_close(knit_transport *t, bool flush, knit_close_reason reas
 void knit__transport_run_phases(knit_transport *t);
 void knit__transport_phase_timeout(knit_reactor *r, void *arg);
 
+/* T's output buffer changed; it held BEFORE bytes: account the difference
+ * to the protocol's output group (stream.h) and signal its water marks.
+ * Every change of t->out goes through here while a protocol is attached. */
+void knit__transport_out_changed(knit_transport *t, size_t before);
+/* connection_lost is about to be delivered: take T's remaining output out
+ * of its protocol's group. */
+void knit__transport_out_leave(knit_transport *t);
+
 /* The next transport id (process-wide, from 1). [any] */
 uint64_t knit__transport_next_id(void);
 

@@ -255,6 +255,7 @@ static void lost_cb(knit_reactor *r, void *arg)
     t->flags |= TP_LOST_DONE;
     if (t->flags & TP_ATTACHED) {
         knit_protocol *p = t->proto;
+        knit__transport_out_leave(t);
         p->transport = NULL;
         t->proto = NULL;
         p->ops->connection_lost(p, (knit_close_reason)t->reason, t->err);
@@ -332,6 +333,34 @@ static void check_low(knit_transport *t)
     }
 }
 
+/* ---- output groups (stream.h) ------------------------------------------------ */
+
+static void group_add(knit_output_group *g, size_t before, size_t after)
+{
+    g->queued = g->queued - before + after; /* never below 0: BEFORE was counted */
+    if (!g->over && g->high && g->queued > g->high) {
+        g->over = true;
+        if (g->changed) g->changed(g, true);
+    } else if (g->over && g->queued <= g->low) {
+        g->over = false;
+        if (g->changed) g->changed(g, false);
+    }
+}
+
+void knit__transport_out_changed(knit_transport *t, size_t before)
+{
+    knit_output_group *g = t->proto ? t->proto->output_group : NULL;
+    size_t after = knit_buf_len(&t->out);
+    if (g && after != before) group_add(g, before, after);
+}
+
+void knit__transport_out_leave(knit_transport *t)
+{
+    knit_output_group *g = t->proto ? t->proto->output_group : NULL;
+    size_t len = knit_buf_len(&t->out);
+    if (g && len) group_add(g, len, 0);
+}
+
 /* ---- closing -------------------------------------------------------------- */
 
 static void close_now(knit_transport *t, knit_close_reason reason, int err, bool rst)
@@ -354,7 +383,9 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
         t->ext->layer = NULL;
     }
     close(t->io._fd);
+    size_t queued = knit_buf_len(&t->out);
     knit_buf_release(&t->out);
+    knit__transport_out_changed(t, queued);
     knit_buf_release(&t->in);
     call_soon(t, lost_cb);
 }
@@ -403,6 +434,7 @@ static void flush(knit_transport *t)
             return;
         }
         knit_buf_consume(&t->out, (size_t)n);
+        knit__transport_out_changed(t, len);
         if ((size_t)n < len && !TP_LAYER(t)) break; /* socket full: wait */
     }
     if (knit_buf_empty(&t->out)) {
@@ -452,7 +484,9 @@ int knit_transport_writev(knit_transport *t, const struct iovec *iov, int iovcnt
             done -= l;
             continue;
         }
+        size_t before = knit_buf_len(&t->out);
         int rc = knit_buf_append(&t->out, (const uint8_t *)iov[i].iov_base + done, l - done);
+        knit__transport_out_changed(t, before);
         done = 0;
         if (rc < 0) {
             if (t->flags & TP_MEMORY) return rc;
@@ -479,8 +513,9 @@ int knit_transport_write_buf(knit_transport *t, knit_buf *b)
         return KNIT_ECLOSED;
     }
     if (!knit_buf_empty(&t->out) || (t->flags & TP_MEMORY)) {
-        size_t len = knit_buf_len(b);
+        size_t len = knit_buf_len(b), before = knit_buf_len(&t->out);
         int rc = knit_buf_move(&t->out, b);
+        knit__transport_out_changed(t, before);
         if (rc == 0 && (t->flags & TP_MEMORY)) t->bytes_out += len;
         if (rc < 0) {
             knit_buf_release(b);
@@ -506,7 +541,9 @@ int knit_transport_write_buf(knit_transport *t, knit_buf *b)
         }
         if (n > 0) knit_buf_consume(b, (size_t)n);
     }
+    size_t before = knit_buf_len(&t->out);
     int rc = knit_buf_move(&t->out, b);
+    knit__transport_out_changed(t, before);
     knit_buf_release(b);
     if (rc < 0) {
         close_now(t, KNIT_CLOSE_NOMEM, rc, true);

@@ -740,6 +740,94 @@ static void test_connection_limit_and_refuse(void **state)
     assert_int_equal(knit_reactor_close(w.r), 0);
 }
 
+/* A reclaim hook: closes the oldest connection when allowed, else none. */
+typedef struct reclaimer {
+    int calls;
+    size_t asked;
+    bool allow;
+    size_t closed;
+} reclaimer;
+
+static void close_first(knit_transport *t, void *arg)
+{
+    reclaimer *rc = arg;
+    if (rc->closed == 0 && !knit_transport_closing(t)) {
+        knit_transport_lose_connection(t);
+        rc->closed++;
+    }
+}
+
+static size_t reclaim_hook(knit_listener *l, size_t n, void *arg)
+{
+    reclaimer *rc = arg;
+    rc->calls++;
+    rc->asked = n;
+    rc->closed = 0;
+    if (rc->allow) knit_listener_visit_connections(l, close_first, rc);
+    return rc->closed;
+}
+
+/* At max_connections the listener asks its reclaim hook to make room; when
+ * the hook finds nothing idle it asks again after reclaim_retry (while a
+ * client waits), and a slot it frees goes to the waiting client. */
+static void test_connection_limit_reclaim(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(KNIT_SEC(1));
+    world w;
+    world_init(&w, clk);
+    reclaimer rc = {0};
+    knit_listener *l;
+    knit_listen_options o;
+    knit_listen_options_init(&o);
+    o.max_connections = 2;
+    o.reclaim = reclaim_hook;
+    o.reclaim_arg = &rc;
+    char err[KNIT_ENDPOINT_ERRLEN];
+    assert_int_equal(
+        knit_endpoint_listen(w.r, "tcp:0:interface=127.0.0.1", &w.f, &o, &l, err, sizeof err), 0);
+    int port = listen_port(l);
+    int a = raw_connect(port), b = raw_connect(port);
+    for (int i = 0; i < 100 && w.built < 2; i++)
+        turn(&w, 1);
+    assert_int_equal(w.built, 2);
+    assert_int_equal(rc.calls, 0); /* below the cap: never asked */
+    int c = raw_connect(port);
+    for (int i = 0; i < 100 && rc.calls < 1; i++)
+        turn(&w, 1);
+    assert_int_equal(rc.calls, 1); /* everything busy: nothing closed */
+    assert_int_equal(rc.asked, KNIT_LISTEN_RECLAIM_BATCH);
+    turn(&w, 5);
+    assert_int_equal(w.built, 2);  /* c waits in the backlog ... */
+    assert_int_equal(rc.calls, 1); /* ... and the listener does not spin */
+    rc.allow = true;
+    knit_reactor_advance(w.r, KNIT_LISTEN_RECLAIM_RETRY);
+    for (int i = 0; i < 100 && w.built < 3; i++)
+        turn(&w, 1);
+    assert_int_equal(rc.calls, 2);
+    assert_int_equal(w.built, 3); /* c got the slot of the closed one */
+    assert_int_equal(knit_listener_reclaimed(l), 1);
+    assert_int_equal(knit_listener_connections(l), 2);
+    char buf[4];
+    ssize_t n = -1;
+    for (int i = 0; i < 100; i++) { /* the oldest (a) was the one closed */
+        turn(&w, 1);
+        n = recv(a, buf, sizeof buf, MSG_DONTWAIT);
+        if (n >= 0 || (errno != EAGAIN && errno != EWOULDBLOCK)) break;
+    }
+    assert_int_equal(n, 0);
+    close(a);
+    close(b);
+    close(c);
+    for (int i = 0; i < 100 && knit_listener_connections(l) > 0; i++)
+        turn(&w, 1);
+    assert_int_equal(knit_listener_connections(l), 0);
+    knit_listener_close(l, true);
+    turn(&w, 2);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+    knit_clock_free(clk);
+}
+
 static void test_emfile_pauses_and_recovers(void **state)
 {
     (void)state;
@@ -1135,6 +1223,7 @@ int main(void)
         cmocka_unit_test(test_unix_listen_stale_and_live),
         cmocka_unit_test(test_haproxy_wrapper),
         cmocka_unit_test(test_connection_limit_and_refuse),
+        cmocka_unit_test(test_connection_limit_reclaim),
         cmocka_unit_test(test_emfile_pauses_and_recovers),
         cmocka_unit_test(test_connect_refused_cancel_timeout),
         cmocka_unit_test(test_fd_endpoint),

@@ -1002,6 +1002,38 @@ static void test_pool_write_timeout_while_streaming(void **state)
     rev_teardown(&fx);
 }
 
+/* A pool handler streaming (blocked above its connection's high-water mark)
+ * when the output budget closes its connection: its write fails with
+ * KNIT_ECLOSED once the connection is gone; the worker is not stuck. */
+static void test_pool_stream_over_budget(void **state)
+{
+    (void)state;
+    fixture fx;
+    knit_http_options o;
+    knit_http_options_init(&o);
+    o.output_budget = KNIT_STREAM_HIGH_WATER / 2; /* one blocked streamer is over it */
+    rev_setup(&fx, &o);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /pbig HTTP/1.1\r\nHost: x\r\n\r\n");
+    sem_wait(&rev_at);
+    for (int i = 0; i < 2000 && !knit_memory_transport_aborted(t); i++) {
+        knit_reactor_run_once(fx.r, KNIT_MSEC(5)); /* the worker's writes */
+        knit_reactor_advance(fx.r, 0);             /* the budget check */
+    }
+    assert_true(knit_memory_transport_aborted(t)); /* shed */
+    int err = 0;
+    assert_int_equal(knit_memory_transport_requested_reason(t, &err), KNIT_CLOSE_NOMEM);
+    close_conn(t);
+    rev_settle(&fx);
+    assert_int_equal(rev_rc1, 0);
+    assert_int_equal(rev_rc2, KNIT_ECLOSED);
+    knit_http_stats st;
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.output_closed, 1);
+    assert_int_equal(st.output_queued, 0);
+    rev_teardown(&fx);
+}
+
 /* Pool handlers that return without answering, or without finishing. */
 static void h_pool_silent(knit_http_request *req, void *arg)
 {
@@ -1148,6 +1180,247 @@ static void test_pool_body_timeout_while_streaming(void **state)
     rev_teardown(&fx);
 }
 
+/* ---- output the client does not read; connection slots (issue 18 items 5, 9) ---- */
+
+#define WHOLE (1u << 20) /* far above the high-water mark */
+static char whole_body[WHOLE];
+
+/* Answers 1 MiB with one knit_http_respond (no streaming). */
+static void h_whole(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    if (!whole_body[0]) memset(whole_body, 'w', WHOLE); /* text, for take()/strstr */
+    knit_http_respond(req, 200, "application/octet-stream", whole_body, WHOLE);
+}
+
+/* Does the output not taken yet hold NEEDLE (anywhere in it)? */
+static bool out_has(knit_transport *t, const char *needle)
+{
+    knit_buf *b = knit_memory_transport_output(t);
+    return memmem(knit_buf_data(b), knit_buf_len(b), needle, strlen(needle)) != NULL;
+}
+
+static bool closing(knit_transport *t)
+{
+    return knit_memory_transport_lose_requested(t) || knit_memory_transport_aborted(t);
+}
+
+/* A pipelined request waits while the answers before it (a whole
+ * knit_http_respond, inline) keep the output above the high-water mark, and
+ * starts once they drained below the low mark. Before: it was started (and
+ * answered) at once, so a client that never reads made the server queue
+ * every answer it pipelined. */
+static void test_pipelining_waits_for_output_inline(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, NULL);
+    assert_int_equal(knit_http_route(fx.s, "GET", "/whole", KNIT_HTTP_INLINE, h_whole, NULL), 0);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /whole HTTP/1.1\r\nHost: x\r\n\r\nGET /n/2 HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_true(knit_transport_producer_paused(t));
+    assert_false(out_has(t, "id=2 "));
+    assert_true(knit_memory_transport_reading_paused(t));
+    feed(t, "GET /n/3 HTTP/1.1\r\nHost: x\r\n\r\n"); /* more while parked: kept */
+    knit_buf *o = knit_memory_transport_output(t);
+    knit_memory_transport_take(t, knit_buf_len(o) - KNIT_STREAM_LOW_WATER - 1);
+    assert_false(out_has(t, "id=2 ")); /* still above the low mark */
+    knit_memory_transport_take(t, 2);
+    const char *a = take(t);
+    assert_non_null(strstr(a, "id=2 "));
+    assert_non_null(strstr(a, "id=3 "));
+    assert_true(strstr(a, "id=2 ") < strstr(a, "id=3 "));
+    assert_false(knit_memory_transport_reading_paused(t));
+    close_conn(t);
+    teardown_fx(&fx);
+}
+
+/* The same with a pool handler's whole answer (flushed when it returns). */
+static void test_pipelining_waits_for_output_pool(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, true, NULL);
+    assert_int_equal(knit_http_route(fx.s, "GET", "/pwhole", KNIT_HTTP_POOL, h_whole, NULL), 0);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /pwhole HTTP/1.1\r\nHost: x\r\n\r\nGET /n/2 HTTP/1.1\r\nHost: x\r\n\r\n");
+    knit_buf *o = knit_memory_transport_output(t);
+    for (int i = 0; i < 20000 && knit_buf_len(o) < WHOLE; i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+    assert_true(knit_buf_len(o) >= WHOLE);
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(fx.r, 0);
+    assert_true(knit_transport_producer_paused(t));
+    assert_false(out_has(t, "id=2 "));
+    knit_memory_transport_take(t, knit_buf_len(o));
+    assert_non_null(strstr(take(t), "id=2 ")); /* inline: answered on resume */
+    close_conn(t);
+    teardown_fx(&fx);
+}
+
+/* The write timeout runs across pipelined requests: a client that pipelines
+ * and never reads is cut off write_timeout after its output rose above high
+ * water, although every answer was queued whole. Before: parsing the next
+ * request cancelled the deadline and nothing but the idle timeout (75 s)
+ * ended the connection. */
+static void test_write_timeout_across_pipelined(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, NULL); /* write 60 s, idle 75 s */
+    assert_int_equal(knit_http_route(fx.s, "GET", "/whole", KNIT_HTTP_INLINE, h_whole, NULL), 0);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /whole HTTP/1.1\r\nHost: x\r\n\r\nGET /whole HTTP/1.1\r\nHost: x\r\n\r\n"
+            "GET /whole HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_HTTP_WRITE_TIMEOUT - KNIT_SEC(1)), 0);
+    assert_false(closing(t));
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_SEC(2)), 0);
+    assert_true(knit_memory_transport_aborted(t));
+    int err = 0;
+    assert_int_equal(knit_memory_transport_requested_reason(t, &err), KNIT_CLOSE_TIMEOUT);
+    assert_true(knit_buf_len(knit_memory_transport_output(t)) < 2 * WHOLE); /* one answer */
+    close_conn(t);
+    teardown_fx(&fx);
+}
+
+/* ... and a close that waits for the output to flush (Connection: close)
+ * keeps the deadline: before, it was cancelled and the connection stayed
+ * open as long as the client did not read. */
+static void test_write_timeout_while_closing(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, NULL);
+    assert_int_equal(knit_http_route(fx.s, "GET", "/whole", KNIT_HTTP_INLINE, h_whole, NULL), 0);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "GET /whole HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    assert_true(knit_memory_transport_lose_requested(t));
+    assert_false(knit_memory_transport_aborted(t));
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_HTTP_WRITE_TIMEOUT + KNIT_SEC(1)), 0);
+    assert_true(knit_memory_transport_aborted(t));
+    close_conn(t);
+    teardown_fx(&fx);
+}
+
+/* Over the output budget: no new request starts, the connections holding
+ * the most unsent output are aborted until the total is back to 3/4 of the
+ * budget (logged, counted), then the parked requests go on. */
+static void test_output_budget(void **state)
+{
+    (void)state;
+    fixture fx;
+    knit_http_options o;
+    knit_http_options_init(&o);
+    o.output_budget = WHOLE + WHOLE / 2; /* two whole answers are over it */
+    o.write_timeout = KNIT_SEC(600);
+    setup_fx(&fx, false, &o);
+    assert_int_equal(knit_http_route(fx.s, "GET", "/whole", KNIT_HTTP_INLINE, h_whole, NULL), 0);
+    knit_test_log_begin();
+    knit_transport *c = open_conn(&fx);
+    feed(c, "GET / HTTP/1.1\r\nHost: x\r\n\r\n"); /* idle from t=0 (idle timeout 75 s) */
+    take(c);
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_SEC(70)), 0);
+    knit_transport *a = open_conn(&fx), *b = open_conn(&fx);
+    feed(a, "GET /whole HTTP/1.1\r\nHost: x\r\n\r\n");
+    knit_http_stats st;
+    knit_http_get_stats(fx.s, &st);
+    assert_true(st.output_queued > WHOLE);
+    feed(b, "GET /whole HTTP/1.1\r\nHost: x\r\n\r\nGET /whole HTTP/1.1\r\nHost: x\r\n\r\n");
+    feed(c, "GET /n/c HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_string_equal(take(c), ""); /* over the budget: parked */
+    assert_true(knit_memory_transport_reading_paused(c));
+    assert_int_equal(knit_reactor_advance(fx.r, 0), 0); /* the budget check */
+    /* a and b hold about as much: closing one is enough */
+    assert_true(knit_memory_transport_aborted(a) != knit_memory_transport_aborted(b));
+    knit_transport *victim = knit_memory_transport_aborted(a) ? a : b;
+    knit_transport *other = victim == a ? b : a;
+    int err = 0;
+    assert_int_equal(knit_memory_transport_requested_reason(victim, &err), KNIT_CLOSE_NOMEM);
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.output_closed, 1);
+    assert_non_null(strstr(knit_test_log_text(), "output budget exceeded"));
+    knit_test_log_end();
+    assert_string_equal(take(c), ""); /* the victim's bytes still count ... */
+    knit_transport *d = open_conn(&fx); /* a first request, parked too */
+    feed(d, "GET /n/d HTTP/1.1\r\nHost: x\r\n\r\n");
+    /* parked with a request waiting is not idle: the idle timer (armed at
+     * t=0, due at t=75) must not close it, nor d's first-request timer
+     * (header_timeout, 10 s) */
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_SEC(11)), 0);
+    assert_false(closing(c));
+    assert_false(closing(d));
+    close_conn(victim); /* ... until it is gone */
+    assert_int_equal(knit_reactor_advance(fx.r, 0), 0);
+    assert_non_null(strstr(take(c), "id=c "));
+    assert_non_null(strstr(take(d), "id=d "));
+    close_conn(d);
+    assert_false(knit_memory_transport_reading_paused(c));
+    knit_http_get_stats(fx.s, &st);
+    assert_true(st.output_queued > WHOLE && st.output_queued < WHOLE + 4096);
+    close_conn(other);
+    close_conn(c);
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.output_queued, 0);
+    teardown_fx(&fx);
+}
+
+/* At the connection cap: idle connections are closed longest idle first —
+ * keep-alives between requests and connections that never sent a byte —
+ * never one with a request under way. */
+static void test_reclaim_idle_lru(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, NULL);
+    knit_transport *a = open_conn(&fx); /* t=0: one request, then idle */
+    feed(a, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    take(a);
+    knit_transport *d = open_conn(&fx); /* accepted at t=0, but busy until t=3 */
+    feed(d, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
+    knit_reactor_advance(fx.r, KNIT_SEC(1));
+    knit_transport *b = open_conn(&fx); /* t=1: never sends anything */
+    knit_reactor_advance(fx.r, KNIT_SEC(1));
+    knit_transport *c = open_conn(&fx); /* t=2: half a head */
+    feed(c, "GET / HTTP/1.1\r\nHo");
+    knit_reactor_advance(fx.r, KNIT_SEC(1));
+    knit_http_respond(held, 200, NULL, "d", 1); /* t=3: d idle */
+    held = NULL;
+    take(d);
+    assert_int_equal(knit__http_server_reclaim(fx.s, 2), 2);
+    assert_true(knit_memory_transport_lose_requested(a));
+    assert_true(knit_memory_transport_lose_requested(b));
+    int err = 0;
+    assert_int_equal(knit_memory_transport_requested_reason(a, &err), KNIT_CLOSE_REFUSED);
+    assert_false(closing(c));
+    assert_false(closing(d));
+    assert_int_equal(knit__http_server_reclaim(fx.s, 5), 1); /* d; c is mid-request */
+    assert_true(knit_memory_transport_lose_requested(d));
+    assert_false(closing(c));
+    feed(c, "st: x\r\n\r\n");
+    assert_non_null(strstr(take(c), "Hello, World!"));
+    assert_int_equal(knit__http_server_reclaim(fx.s, 5), 1); /* idle now */
+    assert_true(knit_memory_transport_lose_requested(c));
+    knit_http_stats st;
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.idle_closed, 4);
+    close_conn(a);
+    close_conn(b);
+    close_conn(c);
+    close_conn(d);
+    /* a connection waiting for its answer, or parked behind its own output,
+     * is not idle either */
+    assert_int_equal(knit_http_route(fx.s, "GET", "/whole", KNIT_HTTP_INLINE, h_whole, NULL), 0);
+    knit_transport *e = open_conn(&fx), *f = open_conn(&fx);
+    feed(e, "GET /later HTTP/1.1\r\nHost: x\r\n\r\n");
+    feed(f, "GET /whole HTTP/1.1\r\nHost: x\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_int_equal(knit__http_server_reclaim(fx.s, 5), 0);
+    knit_http_respond(held, 200, NULL, "e", 1);
+    held = NULL;
+    close_conn(e);
+    close_conn(f);
+    teardown_fx(&fx);
+}
+
 static void test_reasons(void **state)
 {
     (void)state;
@@ -1178,6 +1451,12 @@ int main(void)
         cmocka_unit_test(test_idle_connection_is_small),
         cmocka_unit_test(test_error_body_hook),
         cmocka_unit_test(test_reasons),
+        cmocka_unit_test(test_pipelining_waits_for_output_inline),
+        cmocka_unit_test(test_pipelining_waits_for_output_pool),
+        cmocka_unit_test(test_write_timeout_across_pipelined),
+        cmocka_unit_test(test_write_timeout_while_closing),
+        cmocka_unit_test(test_output_budget),
+        cmocka_unit_test(test_reclaim_idle_lru),
         cmocka_unit_test(test_pool_stream_client_leaves),
         cmocka_unit_test(test_pool_body_client_leaves),
         cmocka_unit_test(test_pool_body_timeout_while_reading),
@@ -1187,6 +1466,7 @@ int main(void)
         cmocka_unit_test(test_pool_body_len_while_decoding),
         cmocka_unit_test(test_pool_finish_short_after_client_left),
         cmocka_unit_test(test_pool_write_timeout_while_streaming),
+        cmocka_unit_test(test_pool_stream_over_budget),
         cmocka_unit_test(test_pool_handler_returns_without_answer),
         cmocka_unit_test(test_pool_shutdown_drops_queued_handler),
         cmocka_unit_test(test_pool_body_timeout_while_streaming),

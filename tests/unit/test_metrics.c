@@ -595,6 +595,9 @@ static void test_http_route(void **state)
     assert_true(lsum >= 0 && lsum < 60);
     assert_true(val(x, "knit_reactor_iterations_total", "reactor=\"web\"") > 0);
     assert_true(val(x, "knit_http_connections_open", "server=\"api\"") == 1);
+    assert_true(val(x, "knit_http_idle_closed_total", "server=\"api\"") == 0);
+    assert_true(val(x, "knit_http_output_closed_total", "server=\"api\"") == 0);
+    assert_false(isnan(val(x, "knit_http_output_queued_bytes", "server=\"api\"")));
     free(x);
     knit_metrics_free(m);
     knit_http_server_free(s);

@@ -862,6 +862,101 @@ static void test_write_buf_paths(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+/* ---- output groups ------------------------------------------------------------ */
+
+static int group_over, group_under;
+static void group_changed(knit_output_group *g, bool over)
+{
+    (void)g;
+    if (over)
+        group_over++;
+    else
+        group_under++;
+}
+
+/* The sum follows every change of the members' output buffers (writes,
+ * write_buf, the peer reading, a flush, an abort, connection_lost) and the
+ * water marks signal once per crossing. */
+static void test_output_group(void **state)
+{
+    (void)state;
+    group_over = group_under = 0;
+    knit_output_group g = {.high = 100, .low = 40, .changed = group_changed};
+    rec a, b;
+    rec_init(&a);
+    rec_init(&b);
+    a.proto.output_group = &g;
+    b.proto.output_group = &g;
+    knit_transport *ta, *tb;
+    assert_int_equal(knit_memory_transport_new(&a.proto, &ta), 0);
+    assert_int_equal(knit_memory_transport_new(&b.proto, &tb), 0);
+    char blob[80] = {0};
+    assert_int_equal(knit_transport_write(ta, blob, 60), 0);
+    assert_int_equal(g.queued, 60);
+    knit_buf m = KNIT_BUF_INIT;
+    knit_buf_append(&m, blob, 30);
+    assert_int_equal(knit_transport_write_buf(tb, &m), 0);
+    assert_int_equal(g.queued, 90);
+    assert_int_equal(group_over, 0);
+    assert_int_equal(knit_transport_write(tb, blob, 20), 0); /* 110 > 100 */
+    assert_true(g.over);
+    assert_int_equal(group_over, 1);
+    assert_int_equal(knit_transport_write(tb, blob, 20), 0); /* once per crossing */
+    assert_int_equal(group_over, 1);
+    knit_memory_transport_take(ta, 60); /* 70: above low */
+    assert_int_equal(g.queued, 70);
+    assert_true(g.over);
+    knit_memory_transport_take(tb, 30); /* 40: back to low */
+    assert_int_equal(g.queued, 40);
+    assert_false(g.over);
+    assert_int_equal(group_under, 1);
+    knit_memory_transport_close(tb, KNIT_CLOSE_PEER, 0); /* its 40 leave the group */
+    assert_int_equal(g.queued, 0);
+    knit_memory_transport_close(ta, KNIT_CLOSE_PEER, 0);
+    knit_memory_transport_free(ta);
+    knit_memory_transport_free(tb); /* after lost: not counted again */
+    assert_int_equal(g.queued, 0);
+
+    /* a socket: queued when the peer does not read, drained by flushes,
+     * released by an abort */
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    int small = 4096;
+    setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    rec srv;
+    rec_init(&srv);
+    knit_output_group sg = {0};
+    srv.proto.output_group = &sg;
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+    size_t big = 1 << 20;
+    char *p = calloc(1, big);
+    assert_int_equal(knit_transport_write(t, p, big), 0);
+    assert_true(sg.queued > 0);
+    assert_int_equal(sg.queued, knit_transport_write_buffer_size(t));
+    fcntl(fds[1], F_SETFL, O_NONBLOCK);
+    size_t n = 0;
+    for (int i = 0; i < 100000 && n < big / 2; i++) {
+        knit_reactor_run_once(r, KNIT_MSEC(10));
+        ssize_t k;
+        while ((k = read(fds[1], p, big - n)) > 0)
+            n += (size_t)k;
+        assert_int_equal(sg.queued, knit_transport_write_buffer_size(t));
+    }
+    assert_true(sg.queued > 0 && sg.queued < big);
+    knit_transport_abort(t);
+    assert_int_equal(sg.queued, 0);
+    pump(r, lost_once, &srv);
+    free(p);
+    close(fds[1]);
+    knit_buf_release(&a.got);
+    knit_buf_release(&b.got);
+    knit_buf_release(&srv.got);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -883,6 +978,7 @@ int main(void)
         cmocka_unit_test(test_resume_redelivers_buffered_input),
         cmocka_unit_test(test_write_buf_paths),
         cmocka_unit_test(test_registry),
+        cmocka_unit_test(test_output_group),
     };
     return KNIT_RUN_TESTS(tests);
 }
