@@ -79,12 +79,13 @@ def recv_response(sock, head_only=False):
         return status, headers, b"", rest
     if "content-length" in headers:
         n = int(headers["content-length"])
+        rest = bytearray(rest)  # bytes += would copy the whole body per recv
         while len(rest) < n:
             d = sock.recv(65536)
             if not d:
                 raise EOFError("short body")
             rest += d
-        body, rest = rest[:n], rest[n:]
+        body, rest = bytes(rest[:n]), bytes(rest[n:])
     elif headers.get("transfer-encoding") == "chunked":
         parts = []
         rest = bytearray(rest)
