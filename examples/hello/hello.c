@@ -93,8 +93,9 @@ static void on_echo(knit_http_request *req, void *arg)
     if (n == 0) knit_http_finish(req);
 }
 
-/* Answers without reading the body: no 100 Continue is sent, and the
- * connection is closed after the answer. */
+/* Answers without reading the body. In pool mode (streamed) no 100
+ * Continue is sent, and then the connection is closed after the answer;
+ * without Expect the rest of the body is dropped and the connection kept. */
 static void on_reject(knit_http_request *req, void *arg)
 {
     (void)arg;
@@ -244,10 +245,12 @@ int main(int argc, char **argv)
     ho.output_budget = (size_t)knit_flags_uint64(fs, "output-budget");
     if (knit_http_server_new(r, &ho, &srv) != 0) return 1;
     knit_http_mode m = pool_mode ? KNIT_HTTP_POOL : KNIT_HTTP_INLINE;
+    /* pool mode: these two get the body while it arrives (or never read it) */
+    knit_http_mode ms = pool_mode ? KNIT_HTTP_POOL_STREAM : KNIT_HTTP_INLINE;
     knit_http_route(srv, "GET", "/", m, on_hello, NULL);
-    knit_http_route(srv, "POST", "/echo", m, on_echo, NULL);
+    knit_http_route(srv, "POST", "/echo", ms, on_echo, NULL);
     knit_http_route(srv, "GET", "/stream", KNIT_HTTP_POOL, on_stream, NULL);
-    knit_http_route(srv, "POST", "/reject", m, on_reject, NULL);
+    knit_http_route(srv, "POST", "/reject", ms, on_reject, NULL);
     knit_http_route(srv, "GET", "/hello/{name}", m, on_name, NULL);
     knit_http_route(srv, "GET", "/headers", m, on_headers, NULL);
     knit_http_route(srv, "GET", "/big", m, on_big, NULL);

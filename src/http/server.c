@@ -68,16 +68,20 @@ struct route {
     size_t nsegs;
     bool prefix; /* the last pattern segment was "*" */
     knit_http_mode mode;
+    uint64_t max_body; /* request bodies up to this (413 above) */
     knit_http_handler fn;
     void *arg;
 };
 
 /* ---- connections ----------------------------------------------------------- */
 
-enum { C_IDLE, C_HEAD, C_BODY, C_HANDLING, C_CLOSING };
+/* C_LINGER: answered and about to close; the write side is shut and what
+ * the client still sends is read and dropped (lingering close). */
+enum { C_IDLE, C_HEAD, C_BODY, C_HANDLING, C_CLOSING, C_LINGER };
 /* T_FIRST: a new connection must send its first request within
- * header_timeout (closed silently otherwise). */
-enum { T_NONE, T_FIRST, T_HEADER, T_IDLE, T_BODY, T_WRITE };
+ * header_timeout (closed silently otherwise). T_LINGER: the bounds of a
+ * lingering close, or of dropping an unread body (drain_step). */
+enum { T_NONE, T_FIRST, T_HEADER, T_IDLE, T_BODY, T_WRITE, T_LINGER };
 
 struct conn {
     knit_protocol proto;
@@ -85,10 +89,14 @@ struct conn {
     knit_http_request *req;   /* the one being read or answered */
     struct conn *prev, *next; /* on the list named by where */
     knit_timer timer;
-    knit_time idle_since; /* when the connection last became idle */
+    knit_time idle_since; /* when the connection last became idle, or began
+                             lingering / dropping an unread body */
     knit_buf *pending;    /* bytes received while a request was being answered;
                              allocated only then (NULL when idle: STYLE item 6) */
-    uint32_t head_prev;
+    union {
+        uint32_t head_prev; /* C_IDLE / C_HEAD: input length at the last parse */
+        uint32_t dropped;   /* C_LINGER, draining: bytes dropped (saturates) */
+    };
     uint8_t state;
     uint8_t timer_kind;
     /* The client address from accept, kept compact (no getpeername per
@@ -102,6 +110,7 @@ struct conn {
     uint8_t lslot; /* the listener slot that accepted it (s->slots) */
     uint8_t where; /* W_IDLE, W_BUSY or W_HELD */
     bool shed;     /* closed over the output budget */
+    bool lingered; /* counted in srv->lingering until connection_lost */
 };
 
 enum { W_IDLE, W_BUSY, W_HELD };
@@ -158,7 +167,10 @@ struct knit_http_request {
     bool body_pending; /* [mu] body bytes still to come from the client */
     bool collect_all;  /* [mu] knit_http_body: no per-request buffer cap */
     bool body_full;    /* [mu] the reactor stopped feeding: buffer at cap */
-    bool continue_sent;
+    bool continue_sent; /* [mu] */
+    bool failed;        /* [mu] a worker could not reach the reactor: abort */
+    bool discard;       /* answered: the rest of the body is read and dropped */
+    bool clock_on;      /* the body clock runs (the server waits for the client) */
     int body_err;     /* [mu] body framing error / limit, for knit_http_read */
     int calls_queued; /* [mu] knit_call_from_thread calls naming this request */
     bool gone;        /* [mu] the client is gone */
@@ -172,6 +184,12 @@ struct knit_http_request {
     knit_buf body; /* [mu] received, not yet read by the handler */
     uint64_t body_left;
     knit__http_chunked dec;
+    /* [reactor] body bounds: see "request bodies" below */
+    uint64_t body_rx;          /* body bytes taken from the connection */
+    size_t body_accounted;     /* bytes of body counted in srv->body_mem */
+    knit_time body_since;      /* the clock runs since then (clock_on) */
+    knit_time body_last;       /* bytes last arrived (or the clock started) */
+    knit_duration body_waited; /* clock time before body_since */
     /* response headers added by the handler */
     knit_buf rh;
     /* bytes produced on a worker, waiting for the reactor [mu] */
@@ -203,6 +221,8 @@ struct knit_http_server {
     void *drain_arg;
     knit_http_stats st;
     uint64_t by_code[600];
+    uint64_t body_mem;        /* bytes of request bodies held (max_body_memory) */
+    uint64_t lingering;       /* connections in C_LINGER */
     bool busy_warned;         /* a "pool queue full" warning was logged ... */
     knit_time busy_logged;    /* ... at this time (at most one a second) */
     uint64_t busy_unlogged;   /* 503s since that warning */
@@ -271,6 +291,35 @@ static size_t all_lists(knit_http_server *s, struct conn_list *out[NLISTS])
     return n;
 }
 
+/* ---- test hooks: out-of-memory paths (server_int.h) ------------------------- */
+
+static unsigned fail_alloc_at, fail_call_at; /* 0: off; N: the Nth next one fails */
+
+void knit__http_inject_failures(unsigned alloc_nth, unsigned call_nth)
+{
+    __atomic_store_n(&fail_alloc_at, alloc_nth, __ATOMIC_RELAXED);
+    __atomic_store_n(&fail_call_at, call_nth, __ATOMIC_RELAXED);
+}
+
+static bool inject(unsigned *at)
+{
+    unsigned v = __atomic_load_n(at, __ATOMIC_RELAXED);
+    while (v)
+        if (__atomic_compare_exchange_n(at, &v, v - 1, false, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+            return v == 1;
+    return false;
+}
+
+/* [worker] Ask the reactor to run FN(REQ); counted in calls_queued (mu
+ * held). Fails (KNIT_ENOMEM) only when the call cannot be queued. */
+static int call_reactor_locked(knit_http_request *req, knit_call_fn fn)
+{
+    req->calls_queued++;
+    int rc = inject(&fail_call_at) ? KNIT_ENOMEM : knit_call_from_thread(req->srv->r, fn, req);
+    if (rc != 0) req->calls_queued--;
+    return rc;
+}
+
 /* ---- the pending-input buffer, allocated on demand ---------------------------- */
 
 static inline bool pend_empty(const struct conn *c)
@@ -327,6 +376,19 @@ void knit_http_options_init(knit_http_options *o)
     o->retry_after = KNIT_HTTP_RETRY_AFTER;
     o->access_log = KNIT_HTTP_LOG_NONE;
     o->access_log_fd = 1;
+    o->body_deadline = KNIT_HTTP_BODY_DEADLINE;
+    o->body_rate_grace = KNIT_HTTP_BODY_GRACE;
+    o->body_min_rate = KNIT_HTTP_BODY_MIN_RATE;
+    o->max_body_memory = KNIT_HTTP_MAX_BODY_MEMORY;
+    o->linger_time = KNIT_HTTP_LINGER_TIME;
+    o->linger_timeout = KNIT_HTTP_LINGER_TIMEOUT;
+    o->linger_max = KNIT_HTTP_LINGER_MAX;
+}
+
+void knit_http_route_options_init(knit_http_route_options *o)
+{
+    memset(o, 0, sizeof *o);
+    o->mode = KNIT_HTTP_POOL;
 }
 
 const char *knit_http_reason(int status)
@@ -430,6 +492,7 @@ static const char *http_date(void)
 
 void *knit_http_alloc(knit_http_request *req, size_t n)
 {
+    if (inject(&fail_alloc_at)) return NULL;
     n = (n + 15) & ~(size_t)15;
     struct arena_chunk *ch = req->chunks;
     if (ch->cap - ch->used < n) {
@@ -555,8 +618,20 @@ int knit_http_server_new(knit_reactor *r, const knit_http_options *opts, knit_ht
 int knit_http_route(knit_http_server *s, const char *method, const char *pattern,
                     knit_http_mode mode, knit_http_handler fn, void *arg)
 {
-    if (!pattern || pattern[0] != '/' || !fn) return KNIT_EINVAL;
-    if (mode == KNIT_HTTP_POOL && !s->o.pool) return KNIT_EINVAL;
+    knit_http_route_options ro;
+    knit_http_route_options_init(&ro);
+    ro.mode = mode;
+    return knit_http_route_with(s, method, pattern, &ro, fn, arg);
+}
+
+int knit_http_route_with(knit_http_server *s, const char *method, const char *pattern,
+                         const knit_http_route_options *ro, knit_http_handler fn, void *arg)
+{
+    if (!pattern || pattern[0] != '/' || !fn || !ro) return KNIT_EINVAL;
+    knit_http_mode mode = ro->mode;
+    if (mode != KNIT_HTTP_POOL && mode != KNIT_HTTP_INLINE && mode != KNIT_HTTP_POOL_STREAM)
+        return KNIT_EINVAL;
+    if (mode != KNIT_HTTP_INLINE && !s->o.pool) return KNIT_EINVAL;
     struct route *rt = calloc(1, sizeof *rt);
     if (!rt) return KNIT_ENOMEM;
     rt->pattern = strdup(pattern);
@@ -588,6 +663,10 @@ int knit_http_route(knit_http_server *s, const char *method, const char *pattern
         p = e + 1;
     }
     rt->mode = mode;
+    rt->max_body = ro->max_body ? ro->max_body : s->o.max_body;
+    /* The parser rejects (413) a Content-Length above every route's limit;
+     * the route's own limit is checked once the route is known. */
+    if (rt->max_body > s->lim.max_body) s->lim.max_body = rt->max_body;
     rt->fn = fn;
     rt->arg = arg;
     *s->routes_tail = rt;
@@ -647,6 +726,8 @@ void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out)
     out->status_404 = s->by_code[404];
     out->status_400 = s->by_code[400];
     out->status_503 = s->by_code[503];
+    out->body_memory = s->body_mem;
+    out->lingering = s->lingering;
 }
 
 uint64_t knit_http_status_count(const knit_http_server *s, int status)
@@ -747,10 +828,87 @@ static void access_log_line(knit_http_server *s, const char *remote, int64_t wal
                             uint64_t bytes, const char *referer_raw, const char *ua_raw,
                             knit_duration took);
 
+/* ---- closing: now, or lingering ------------------------------------------------ */
+
+/* [reactor] Close now: once the output drained if FLUSH (and it can), else
+ * dropping it. */
+static void conn_close_now(struct conn *c, bool flush, knit_close_reason reason, int err)
+{
+    knit_transport *t = c->proto.transport;
+    timer_set(c, T_NONE, 0);
+    c->state = C_CLOSING;
+    if (t) knit_transport_close_with(t, flush, reason, err);
+}
+
+/* [reactor] (Re)arm the bound of a lingering close or of dropping an unread
+ * body: linger_timeout from now, and no later than linger_time after it
+ * began (c->idle_since). */
+static void linger_arm(struct conn *c)
+{
+    knit_http_server *s = c->srv;
+    knit_duration left = s->o.linger_time - (knit_reactor_now(s->r) - c->idle_since);
+    knit_duration d =
+        s->o.linger_timeout > 0 && s->o.linger_timeout < left ? s->o.linger_timeout : left;
+    timer_set(c, T_LINGER, d > 0 ? d : 1);
+}
+
+/* [reactor] N more bytes of C's input were dropped (lingering, or an
+ * unread body): false once that crosses linger_max (C is then closed). */
+static bool linger_drop(struct conn *c, size_t n)
+{
+    uint64_t d = (uint64_t)c->dropped + n;
+    c->dropped = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
+    if (d > c->srv->o.linger_max) {
+        KNIT_DEBUG(MOD, "dropped %" PRIu64 " bytes: closing", d);
+        conn_close_now(c, knit_transport_write_buffer_size(c->proto.transport) == 0,
+                       KNIT_CLOSE_PROTOCOL_ERROR, KNIT_ELIMIT);
+        return false;
+    }
+    linger_arm(c);
+    return true;
+}
+
+/* [reactor] C's last answer is written (or queued): close. With LINGER —
+ * the client may still be sending (an early error answer, a body not read)
+ * — close the lingering way (nginx's lingering_close): shut the write side
+ * once the answer is out, so the client reads it and sees EOF, and read and
+ * drop what it still sends until it closes or a linger bound is reached
+ * (see "Bounds" in http.h). Closing at once instead would make the kernel
+ * answer the unread bytes with a reset, which may destroy the answer
+ * before the client reads it. Without LINGER (or while draining, or when
+ * the client already half-closed): close once the output drained. */
+static void conn_end(struct conn *c, bool linger)
+{
+    knit_http_server *s = c->srv;
+    knit_transport *t = c->proto.transport;
+    if (!t || c->state == C_CLOSING || c->state == C_LINGER) return;
+    pend_trim(c, true);
+    if (linger && !s->draining && s->o.linger_time > 0 && !c->peer_eof &&
+        knit_transport_shutdown_write(t) == 0) {
+        c->state = C_LINGER;
+        c->lingered = true;
+        s->lingering++;
+        c->idle_since = knit_reactor_now(s->r);
+        c->dropped = 0;
+        if (c->read_paused) {
+            c->read_paused = false;
+            knit_transport_resume_reading(t);
+        }
+        linger_arm(c);
+        return;
+    }
+    timer_set(c, T_NONE, 0);
+    c->state = C_CLOSING;
+    knit_transport_lose_connection(t);
+}
+
+/* [reactor] Answer STATUS on C's behalf (no request, or one the handler
+ * has not answered) and end the connection: lingering, except after a
+ * timeout (408), where the client has had its time. */
 static void conn_error(struct conn *c, int status, const char *why)
 {
     knit_http_server *s = c->srv;
-    if (c->state == C_CLOSING || !c->proto.transport) return;
+    if (c->state == C_CLOSING || c->state == C_LINGER || !c->proto.transport) return;
     char body[KNIT_HTTP_ERROR_BODY_MAX], head[512], retry[40] = "";
     const char *ctype;
     size_t blen = error_body(s, status, why, body, sizeof body, &ctype);
@@ -776,12 +934,12 @@ static void conn_error(struct conn *c, int status, const char *why)
         access_log_line(s, remote, knit_wall_now(), NULL, NULL, 1, status, blen, NULL, NULL, 0);
     }
     KNIT_DEBUG(MOD, "closing connection: %d %s", status, why);
-    timer_set(c, T_NONE, 0);
-    c->state = C_CLOSING;
-    knit_transport_lose_connection(c->proto.transport);
+    conn_end(c, status != 408);
 }
 
 /* ---- requests: creation and end ---------------------------------------------- */
+
+static void request_free(knit_http_request *req);
 
 static knit_http_request *request_new(struct conn *c, const char *head, size_t head_len,
                                       const knit__http_request *h)
@@ -851,15 +1009,18 @@ static knit_http_request *request_new(struct conn *c, const char *head, size_t h
     req->tls = c->proto.transport && strcmp(knit_transport_kind(c->proto.transport), "tls") == 0;
     return req;
 fail:
-    free(req);
+    request_free(req); /* with the arena chunks a large head already took */
     return NULL;
 }
+
+static void body_account(knit_http_request *req);
 
 static void request_free(knit_http_request *req)
 {
     for (struct cleanup *cl = req->cleanups; cl; cl = cl->next)
         cl->fn(cl->arg);
     knit_buf_release(&req->body);
+    body_account(req);
     knit_buf_release(&req->rh);
     knit_buf_release(&req->out);
     if (req->pool_mode) {
@@ -955,6 +1116,9 @@ static void access_log(knit_http_request *req, knit_duration took)
                     knit_http_header(req, "referer"), knit_http_header(req, "user-agent"), took);
 }
 
+static bool body_drainable(const knit_http_request *req);
+static void drain_begin(struct conn *c, knit_http_request *req);
+
 /* [reactor] The request is over for the connection: stats, log, next. */
 static void request_maybe_end(knit_http_request *req)
 {
@@ -984,15 +1148,23 @@ static void request_maybe_end(knit_http_request *req)
         s->st.latency_sum_ns += took > 0 ? (uint64_t)took : 0;
         access_log(req, took);
     }
-    /* A body the client is still sending cannot be skipped safely: close. */
-    bool close = req->close_after || req->gone || req->body_pending || (c && c->peer_eof);
+    /* Answered before the whole body arrived: the rest is read and dropped
+     * (drain_begin) when build_head could promise that, else we close
+     * (lingering: the client is probably still sending). The handler has
+     * returned, so body_pending is the reactor's alone now. */
+    bool rest = req->body_pending;
+    bool close =
+        req->close_after || req->gone || (c && c->peer_eof) || (rest && !body_drainable(req));
+    if (c && c->state != C_CLOSING && c->state != C_LINGER && rest && !close && !s->draining) {
+        drain_begin(c, req);
+        return;
+    }
     request_free(req);
     if (!c) return;
     c->req = NULL;
+    if (c->state == C_CLOSING || c->state == C_LINGER) return; /* ended by the reactor */
     if (close || s->draining) {
-        timer_set(c, T_NONE, 0);
-        c->state = C_CLOSING;
-        if (c->proto.transport) knit_transport_lose_connection(c->proto.transport);
+        conn_end(c, rest || !pend_empty(c));
         return;
     }
     c->state = C_IDLE;
@@ -1010,10 +1182,10 @@ static int build_head(knit_http_request *req, knit_buf *b, int status, const cha
     bool v10 = req->h.minor_version == 0;
     /* may run on a worker: the reactor sets draining */
     if (__atomic_load_n(&s->draining, __ATOMIC_ACQUIRE)) req->close_after = true;
-    /* Answering before the whole body arrived: the rest cannot be skipped
-     * safely, so say we will close. */
+    /* Answering before the whole body arrived: say we will close unless
+     * the rest can be dropped (request_maybe_end decides the same way). */
     if (req->pool_mode) pthread_mutex_lock(&req->mu);
-    if (req->body_pending) req->close_after = true;
+    if (req->body_pending && !body_drainable(req)) req->close_after = true;
     if (req->pool_mode) pthread_mutex_unlock(&req->mu);
     req->status = status;
     req->declared = length;
@@ -1127,7 +1299,6 @@ static void flush_call(knit_reactor *r, void *arg)
 static int emit(knit_http_request *req, const void *a, size_t alen, const void *b, size_t blen,
                 bool final)
 {
-    knit_http_server *s = req->srv;
     /* On a pool worker (the handler) or on the reactor (everything else)?
      * knit_pool_current is a thread-local read: no shared state. */
     if (!req->pool_mode || knit_pool_current() == NULL) {
@@ -1150,7 +1321,7 @@ static int emit(knit_http_request *req, const void *a, size_t alen, const void *
     }
     /* worker: queue, ask the reactor to flush, wait while above high water */
     pthread_mutex_lock(&req->mu);
-    if (req->gone) {
+    if (req->gone || req->failed) {
         pthread_mutex_unlock(&req->mu);
         return KNIT_ECLOSED;
     }
@@ -1159,11 +1330,14 @@ static int emit(knit_http_request *req, const void *a, size_t alen, const void *
     if (final) req->finished = true;
     /* A final write is flushed by worker_done when the handler returns (one
      * wake-up for the whole response); intermediate writes go out now. */
-    if (!final) {
-        req->calls_queued++;
-        if (knit_call_from_thread(s->r, flush_call, req) != 0) req->calls_queued--;
+    if (!final && call_reactor_locked(req, flush_call) != 0) {
+        /* Nothing would flush what is queued: fail now (worker_done aborts
+         * the connection) instead of waiting for the client to leave. */
+        req->failed = true;
+        rc = KNIT_ENOMEM;
     }
-    while (!final && !req->gone && (req->paused || knit_buf_len(&req->out) > OUT_HIGH_WATER))
+    while (!final && !req->gone && !req->failed &&
+           (req->paused || knit_buf_len(&req->out) > OUT_HIGH_WATER))
         pthread_cond_wait(&req->cv, &req->mu);
     if (req->gone) rc = KNIT_ECLOSED;
     pthread_mutex_unlock(&req->mu);
@@ -1216,13 +1390,32 @@ int knit_http_respond(knit_http_request *req, int status, const char *content_ty
     return rc;
 }
 
+static void body_wanted_locked(knit_http_request *req);
+
 int knit_http_start(knit_http_request *req, int status, const char *content_type, int64_t length)
 {
     if (!claim_start(req)) return KNIT_EALREADY;
     knit_buf head = KNIT_BUF_INIT;
-    int rc = build_head(req, &head, status, content_type, length);
+    /* A streaming handler that starts its answer before reading the body
+     * may still read it: ask for it now, since a 100 cannot follow. */
+    bool cont = false;
+    if (req->streaming) {
+        pthread_mutex_lock(&req->mu);
+        cont = req->h.expect_continue && !req->continue_sent && req->body_pending;
+        if (cont) req->continue_sent = true;
+        pthread_mutex_unlock(&req->mu);
+    }
+    int rc = cont ? knit_buf_append(&head, "HTTP/1.1 100 Continue\r\n\r\n", 25) : 0;
+    if (rc == 0) rc = build_head(req, &head, status, content_type, length);
     if (rc == 0) rc = emit(req, knit_buf_data(&head), knit_buf_len(&head), NULL, 0, false);
     knit_buf_release(&head);
+    if (cont) {
+        /* let the reactor start the body clock and read */
+        pthread_mutex_lock(&req->mu);
+        req->body_full = true;
+        body_wanted_locked(req);
+        pthread_mutex_unlock(&req->mu);
+    }
     return rc;
 }
 
@@ -1312,7 +1505,9 @@ size_t knit_http_body_len(const knit_http_request *req)
 static void body_resume_call(knit_reactor *r, void *arg);
 
 /* [worker, mu held] Ask the reactor for 100 Continue (through the output
- * queue, so it precedes the answer) and to feed more body bytes. */
+ * queue, so it precedes the answer) and to feed more body bytes. If that
+ * call cannot be queued, the read fails (KNIT_ENOMEM) rather than waiting
+ * for bytes nobody will feed; worker_done aborts the connection. */
 static void body_wanted_locked(knit_http_request *req)
 {
     if (req->h.expect_continue && !req->continue_sent && !req->started) {
@@ -1320,10 +1515,9 @@ static void body_wanted_locked(knit_http_request *req)
         knit_buf_append(&req->out, "HTTP/1.1 100 Continue\r\n\r\n", 25);
         req->body_full = true; /* forces the call below, which also flushes */
     }
-    if (req->body_full) {
+    if (req->body_full && !req->failed) {
         req->body_full = false;
-        req->calls_queued++;
-        if (knit_call_from_thread(req->srv->r, body_resume_call, req) != 0) req->calls_queued--;
+        if (call_reactor_locked(req, body_resume_call) != 0) req->failed = true;
     }
 }
 
@@ -1333,9 +1527,11 @@ const void *knit_http_body(knit_http_request *req)
         pthread_mutex_lock(&req->mu);
         req->collect_all = true;
         body_wanted_locked(req);
-        while (req->body_pending && !req->body_err && !req->gone)
+        while (req->body_pending && !req->body_err && !req->gone && !req->failed)
             pthread_cond_wait(&req->cv, &req->mu);
+        bool whole = !req->body_pending;
         pthread_mutex_unlock(&req->mu);
+        if (!whole) return "";
     }
     if (!knit_buf_len(&req->body)) return "";
     return knit_buf_data(&req->body);
@@ -1351,7 +1547,8 @@ ssize_t knit_http_read(knit_http_request *req, void *buf, size_t n)
     }
     pthread_mutex_lock(&req->mu);
     body_wanted_locked(req);
-    while (knit_buf_empty(&req->body) && req->body_pending && !req->body_err && !req->gone) {
+    while (knit_buf_empty(&req->body) && req->body_pending && !req->body_err && !req->gone &&
+           !req->failed) {
         pthread_cond_wait(&req->cv, &req->mu);
         if (knit_buf_empty(&req->body)) body_wanted_locked(req);
     }
@@ -1364,6 +1561,8 @@ ssize_t knit_http_read(knit_http_request *req, void *buf, size_t n)
         if (req->body_full) body_wanted_locked(req);
     } else if (req->body_err) {
         rc = req->body_err;
+    } else if (req->failed) {
+        rc = KNIT_ENOMEM;
     } else if (req->body_pending) {
         rc = KNIT_ECLOSED; /* gone */
     } else {
@@ -1511,6 +1710,18 @@ static void worker_run(void *arg)
 static void worker_done(void *arg)
 {
     knit_http_request *req = arg;
+    pthread_mutex_lock(&req->mu);
+    bool failed = req->failed;
+    pthread_mutex_unlock(&req->mu);
+    if (failed) {
+        /* The worker could not reach the reactor (out of memory): what it
+         * queued may be a torn answer. Abort; on_lost ends the request. */
+        struct conn *c = req->conn;
+        if (c && c->proto.transport) conn_close_now(c, false, KNIT_CLOSE_NOMEM, KNIT_ENOMEM);
+        req->handler_returned = true;
+        request_maybe_end(req);
+        return;
+    }
     flush_out(req);
     if (!req->gone && !req->finished) {
         /* The handler returned without finishing: answer for it (we are on
@@ -1820,13 +2031,150 @@ static size_t reclaim_cb(knit_listener *l, size_t n, void *arg)
 
 /* ---- reading: head, body ------------------------------------------------------- */
 
+/* ---- request bodies ------------------------------------------------------------
+ *
+ * Who reads a body: by default the reactor collects it whole into req->body
+ * (body_step) and only then runs the handler (run_handler), so a slow
+ * uploader holds memory — counted in srv->body_mem against max_body_memory
+ * — and a connection, never a worker. KNIT_HTTP_POOL_STREAM routes run the
+ * handler at once and the reactor feeds req->body under req->mu, at most
+ * KNIT_HTTP_BODY_BUFFER unread bytes, pausing the socket above that.
+ *
+ * The body clock bounds the time a client takes (http.h, "Bounds"):
+ * body_timeout since bytes last arrived, body_deadline for all the time
+ * the server waited, and after body_rate_grace an average of body_min_rate
+ * bytes/s. It runs only while the server waits for the client: not while a
+ * streaming handler has not read what it was given, nor before a 100
+ * Continue the client waits for.
+ *
+ * An answer given before the whole body arrived (a 404, a handler that
+ * does not read) keeps the connection when the rest can be dropped
+ * (body_drainable): drain_step reads and drops it, bounded like lingering.
+ */
+
+/* [reactor] Keep srv->body_mem equal to the sum of the body buffers. */
+static void body_account(knit_http_request *req)
+{
+    size_t now = knit_buf_allocated(&req->body);
+    req->srv->body_mem += now;
+    req->srv->body_mem -= req->body_accounted;
+    req->body_accounted = now;
+}
+
+/* [reactor] May REQ's body buffer take N more bytes within max_body_memory?
+ * A knit_buf grows to the next power of two (at least KNIT_BUF_MIN_ALLOC);
+ * body_account corrects the count after the append should that change. */
+static bool body_fits(const knit_http_request *req, size_t n)
+{
+    const knit_http_server *s = req->srv;
+    if (!s->o.max_body_memory || knit_buf_avail(&req->body) >= n) return true;
+    uint64_t need = (uint64_t)knit_buf_len(&req->body) + n, grown = KNIT_BUF_MIN_ALLOC;
+    while (grown < need)
+        grown <<= 1;
+    return s->body_mem - req->body_accounted + grown <= s->o.max_body_memory;
+}
+
+/* Can the rest of REQ's body be read and dropped after an early answer,
+ * keeping the connection? Not when the client waits for a 100 Continue it
+ * was never sent (it may never send the body), nor for a Content-Length
+ * beyond linger_max; a chunked body is dropped while it stays within
+ * linger_max (drain_step closes beyond). Decided from the head only, so
+ * the answer is the same however the bytes arrive. [mu held in pool mode] */
+static bool body_drainable(const knit_http_request *req)
+{
+    const knit_http_options *o = &req->srv->o;
+    if (o->linger_time <= 0) return false;
+    if (req->h.expect_continue && !req->continue_sent) return false;
+    return req->h.body != KNIT__HTTP_BODY_LENGTH || req->h.content_length <= o->linger_max;
+}
+
+static void body_clock_start(knit_http_request *req, knit_time now)
+{
+    if (req->clock_on) return;
+    req->clock_on = true;
+    req->body_since = req->body_last = now;
+}
+
+static void body_clock_stop(knit_http_request *req, knit_time now)
+{
+    if (!req->clock_on) return;
+    req->clock_on = false;
+    req->body_waited += now - req->body_since;
+}
+
+/* The body bound REQ crossed at NOW (the 408's reason), or NULL; *LEFT:
+ * the time until the nearest one (INT64_MAX: none applies). */
+static const char *body_clock_check(const knit_http_request *req, knit_time now,
+                                    knit_duration *left)
+{
+    const knit_http_options *o = &req->srv->o;
+    knit_duration waited = req->body_waited + (now - req->body_since), l = INT64_MAX, d;
+    const char *why = NULL;
+    if (o->body_timeout > 0) {
+        d = o->body_timeout - (now - req->body_last);
+        if (d <= 0) why = "request body timed out";
+        l = d;
+    }
+    if (o->body_deadline > 0) {
+        d = o->body_deadline - waited;
+        if (d <= 0 && !why) why = "request body took too long";
+        l = d < l ? d : l;
+    }
+    if (o->body_min_rate > 0) {
+        /* waited <= grace + rx / rate, in ns without overflow */
+        uint64_t secs = req->body_rx / o->body_min_rate;
+        if (secs < (uint64_t)KNIT_TO_SEC(INT64_MAX / 4)) {
+            knit_duration allowed = o->body_rate_grace + KNIT_SEC((int64_t)secs) +
+                                    KNIT_SEC(1) * (int64_t)(req->body_rx % o->body_min_rate) /
+                                        (int64_t)o->body_min_rate;
+            d = allowed - waited;
+            if (d <= 0 && !why) why = "request body too slow";
+            l = d < l ? d : l;
+        }
+    }
+    *left = l;
+    return why;
+}
+
+/* [reactor] Arm C's timer for its request's body clock (or disarm it). */
+static void body_clock_arm(struct conn *c)
+{
+    knit_http_request *req = c->req;
+    if (!req || !req->clock_on) {
+        if (c->timer_kind == T_BODY) timer_set(c, T_NONE, 0);
+        return;
+    }
+    knit_duration left;
+    body_clock_check(req, knit_reactor_now(c->srv->r), &left);
+    if (left == INT64_MAX)
+        timer_set(c, T_NONE, 0);
+    else
+        timer_set(c, T_BODY, left > 0 ? left : 1);
+}
+
+/* [reactor] Re-arm the timer that bounds C's reading (after the write
+ * timer, which replaced it, was cancelled). */
+static void read_timer_rearm(struct conn *c)
+{
+    if (c->state == C_LINGER || (c->state == C_BODY && c->req && c->req->discard))
+        linger_arm(c);
+    else if (c->state == C_BODY)
+        body_clock_arm(c);
+}
+
 /* Feed body bytes into req->body (mu held when streaming). Returns bytes
  * consumed, or -1 with *status / *why set. */
 static ssize_t body_feed(knit_http_request *req, const char *data, size_t len, int *status,
                          const char **why)
 {
+    static const char *const full = "request bodies fill the memory set aside for them";
     if (req->h.body == KNIT__HTTP_BODY_LENGTH) {
         size_t n = len < req->body_left ? len : (size_t)req->body_left;
+        if (!body_fits(req, n)) {
+            *status = 503;
+            *why = full;
+            return -1;
+        }
         if (knit_buf_append(&req->body, data, n) != 0) {
             *status = 500;
             *why = "out of memory";
@@ -1845,6 +2193,11 @@ static ssize_t body_feed(knit_http_request *req, const char *data, size_t len, i
             *why = req->dec.error;
             return -1;
         }
+        if (dl && !body_fits(req, dl)) {
+            *status = 503;
+            *why = full;
+            return -1;
+        }
         if (dl && knit_buf_append(&req->body, d, dl) != 0) {
             *status = 500;
             *why = "out of memory";
@@ -1861,12 +2214,76 @@ static bool body_done(const knit_http_request *req)
     return req->h.body == KNIT__HTTP_BODY_LENGTH ? req->body_left == 0 : req->dec.done;
 }
 
+/* [reactor] REQ was answered before its whole body arrived, and the
+ * connection may go on: drop the rest of the body (drain_step), bounded
+ * like a lingering close (linger_max bytes, linger_time in all,
+ * linger_timeout between reads), then serve the next request. The
+ * (ended) request stays c->req until then, for its framing state. */
+static void drain_begin(struct conn *c, knit_http_request *req)
+{
+    knit_http_server *s = c->srv;
+    req->discard = true;
+    body_clock_stop(req, knit_reactor_now(s->r));
+    if (req->pool_mode) pthread_mutex_lock(&req->mu); /* the handler returned; for TSan */
+    knit_buf_release(&req->body);
+    req->body_full = false;
+    if (req->pool_mode) pthread_mutex_unlock(&req->mu);
+    body_account(req);
+    c->state = C_BODY;
+    c->idle_since = knit_reactor_now(s->r);
+    c->dropped = 0;
+    linger_arm(c);
+    if (!c->in_process) conn_continue(c); /* bytes kept aside; reading resumes */
+}
+
+/* [reactor] One step of dropping the rest of an answered request's body
+ * (drain_begin). At its end the connection goes on with the next request;
+ * bad framing or too many bytes close it. */
+static bool drain_step(struct conn *c, knit_buf *buf)
+{
+    knit_http_request *req = c->req;
+    const char *data = (const char *)knit_buf_data(buf);
+    size_t len = knit_buf_len(buf), used = 0;
+    if (req->h.body == KNIT__HTTP_BODY_LENGTH) {
+        used = len < req->body_left ? len : (size_t)req->body_left;
+        req->body_left -= used;
+    } else {
+        while (used < len && !req->dec.done) {
+            const char *d;
+            size_t dl;
+            ssize_t r = knit__http_chunked_decode(&req->dec, data + used, len - used, &d, &dl);
+            if (r < 0) {
+                knit_buf_consume(buf, len);
+                conn_close_now(c, knit_transport_write_buffer_size(c->proto.transport) == 0,
+                               KNIT_CLOSE_PROTOCOL_ERROR, KNIT_EPARSE);
+                return false;
+            }
+            used += (size_t)r;
+            if (r == 0) break;
+        }
+    }
+    knit_buf_consume(buf, used);
+    if (!linger_drop(c, used)) {
+        knit_buf_consume(buf, knit_buf_len(buf));
+        return false;
+    }
+    if (!body_done(req)) return true;
+    /* all of it dropped: on with the next request */
+    c->req = NULL;
+    request_free(req);
+    c->dropped = 0; /* head_prev: the next head is parsed from its start */
+    timer_set(c, T_NONE, 0);
+    c->state = C_IDLE;
+    return true;
+}
+
 /* One step of body reading for the request in C_BODY. Returns false to
  * stop processing input (error, or the handler's buffer is full). */
 static bool body_step(struct conn *c, knit_buf *buf)
 {
     knit_http_server *s = c->srv;
     knit_http_request *req = c->req;
+    if (req->discard) return drain_step(c, buf);
     const char *data = (const char *)knit_buf_data(buf);
     size_t len = knit_buf_len(buf);
     int status = 0;
@@ -1883,9 +2300,13 @@ static bool body_step(struct conn *c, knit_buf *buf)
     bool done = n >= 0 && body_done(req);
     if (done) req->body_pending = false;
     if (feed == 0) req->body_full = true;
+    body_account(req);
     if (req->streaming) {
         if (n < 0) {
-            req->body_err = status == 413 ? KNIT_ELIMIT : KNIT_EPARSE;
+            req->body_err = status == 413   ? KNIT_ELIMIT
+                            : status == 503 ? KNIT_ENOMEM
+                            : status == 500 ? KNIT_ENOMEM
+                                            : KNIT_EPARSE;
             can_answer = !req->started;
             /* a started handler owns started/close_after: leave them */
             if (can_answer) req->started = req->finished = true;
@@ -1894,7 +2315,7 @@ static bool body_step(struct conn *c, knit_buf *buf)
         pthread_mutex_unlock(&req->mu);
     }
     if (n < 0) {
-        s->st.parse_errors++;
+        if (status != 503) s->st.parse_errors++;
         knit_buf_consume(buf, len);
         if (!req->streaming) {
             c->req = NULL;
@@ -1913,7 +2334,14 @@ static bool body_step(struct conn *c, knit_buf *buf)
         return false;
     }
     knit_buf_consume(buf, (size_t)n);
+    knit_time now = knit_reactor_now(s->r);
+    if (n > 0) {
+        req->body_rx += (uint64_t)n;
+        body_clock_start(req, now);
+        req->body_last = now;
+    }
     if (done) {
+        body_clock_stop(req, now);
         timer_set(c, T_NONE, 0);
         c->state = C_HANDLING;
         if (!req->streaming) run_handler(c, req);
@@ -1921,7 +2349,9 @@ static bool body_step(struct conn *c, knit_buf *buf)
     }
     if (feed == 0) {
         /* The handler has not read what it has: stop reading the socket
-         * until it does (body_resume_call). */
+         * (and the clock: the client is not the one late) until it does
+         * (body_resume_call). */
+        body_clock_stop(req, now);
         timer_set(c, T_NONE, 0);
         if (!c->read_paused) {
             c->read_paused = true;
@@ -1929,7 +2359,7 @@ static bool body_step(struct conn *c, knit_buf *buf)
         }
         return false;
     }
-    timer_set(c, T_BODY, s->o.body_timeout);
+    body_clock_arm(c);
     return true;
 }
 
@@ -1943,12 +2373,12 @@ static void body_resume_call(knit_reactor *r, void *arg)
     pthread_mutex_unlock(&req->mu);
     flush_out(req); /* a queued 100 Continue */
     struct conn *c = req->conn;
-    if (c && c->req == req && c->state == C_BODY) {
+    if (c && c->req == req && c->state == C_BODY && !req->discard) {
         if (!pend_empty(c)) {
             process(c, c->pending);
             pend_trim(c, false);
         }
-        if (c->state == C_BODY && c->req == req) {
+        if (c->state == C_BODY && c->req == req && !req->discard) {
             pthread_mutex_lock(&req->mu);
             bool full = req->body_full;
             pthread_mutex_unlock(&req->mu);
@@ -1956,17 +2386,64 @@ static void body_resume_call(knit_reactor *r, void *arg)
                 c->read_paused = false;
                 knit_transport_resume_reading(c->proto.transport);
             }
-            if (!full) timer_set(c, T_BODY, c->srv->o.body_timeout);
+            if (!full) {
+                body_clock_start(req, knit_reactor_now(c->srv->r));
+                body_clock_arm(c);
+            }
         }
     }
     request_maybe_end(req);
 }
 
+/* [reactor] REQ's head announced a body and its route is known: check the
+ * route's limit and the memory budget, then start the handler (streaming
+ * routes) or start collecting the body. An answer given here ends the
+ * request (the body is then dropped, or the connection closes). */
+static void body_begin(struct conn *c, knit_http_request *req)
+{
+    knit_http_server *s = c->srv;
+    const struct route *rt = req->route;
+    const knit__http_request *h = &req->h;
+    knit_time now = knit_reactor_now(s->r);
+    if (h->body == KNIT__HTTP_BODY_LENGTH && h->content_length > rt->max_body) {
+        req->close_after = true; /* no 100 Continue: the client need not send it */
+        respond_simple(req, 413, NULL, NULL);
+        return;
+    }
+    knit__http_chunked_init(&req->dec, rt->max_body);
+    if (rt->mode == KNIT_HTTP_POOL_STREAM) {
+        req->streaming = true;
+        if (!h->expect_continue) body_clock_start(req, now); /* else at the 100 */
+        run_handler(c, req); /* (a 503 when the pool queue is full) */
+        if (c->req == req && c->state == C_BODY && !req->discard) body_clock_arm(c);
+        return;
+    }
+    if (h->body == KNIT__HTTP_BODY_LENGTH && s->o.max_body_memory &&
+        s->body_mem + h->content_length > s->o.max_body_memory) {
+        KNIT_DEBUG(MOD, "503 for %s %s: request bodies fill max_body_memory", req->method,
+                   req->target);
+        req->close_after = true;
+        char ra[16];
+        snprintf(ra, sizeof ra, "%u", s->o.retry_after);
+        respond_simple(req, 503, "Retry-After", ra);
+        return;
+    }
+    if (h->expect_continue && c->proto.transport) {
+        req->continue_sent = true;
+        knit_transport_write(c->proto.transport, "HTTP/1.1 100 Continue\r\n\r\n", 25);
+    }
+    body_clock_start(req, now);
+    body_clock_arm(c);
+}
+
+/* ---- reading: heads ------------------------------------------------------------ */
+
 static void process(struct conn *c, knit_buf *buf)
 {
     knit_http_server *s = c->srv;
     c->in_process = true;
-    while (c->state != C_HANDLING && c->state != C_CLOSING && !knit_buf_empty(buf)) {
+    while (c->state != C_HANDLING && c->state != C_CLOSING && c->state != C_LINGER &&
+           !knit_buf_empty(buf)) {
         if (c->state == C_IDLE && !may_start(c)) break; /* parked below */
         const char *data = (const char *)knit_buf_data(buf);
         size_t len = knit_buf_len(buf);
@@ -2010,20 +2487,14 @@ static void process(struct conn *c, knit_buf *buf)
             if (lookup(c, req)) run_handler(c, req);
             continue;
         }
-        /* A body follows. Pool routes get it streamed while it arrives;
-         * inline routes (which must not block) get it whole. */
+        /* A body follows: collected here before the handler runs, or
+         * streamed to it (body_begin). */
         req->body_left = h.content_length;
         req->body_pending = true;
-        knit__http_chunked_init(&req->dec, s->lim.max_body);
+        knit__http_chunked_init(&req->dec, s->lim.max_body); /* for drain_step */
         c->state = C_BODY;
-        if (!lookup(c, req)) continue; /* answered; closes (body unread) */
-        timer_set(c, T_BODY, s->o.body_timeout);
-        if (req->route->mode == KNIT_HTTP_POOL) {
-            req->streaming = true;
-            run_handler(c, req); /* 503 → ended and closing */
-        } else if (h.expect_continue && c->proto.transport) {
-            knit_transport_write(c->proto.transport, "HTTP/1.1 100 Continue\r\n\r\n", 25);
-        }
+        if (!lookup(c, req)) continue; /* answered: the body is dropped, or we close */
+        body_begin(c, req);
     }
     c->in_process = false;
     if (c->state == C_IDLE && c->proto.transport) {
@@ -2046,7 +2517,7 @@ static void conn_continue(struct conn *c)
     if (c->where == W_HELD) conn_move(c, W_BUSY);
     if (!pend_empty(c)) process(c, c->pending);
     pend_trim(c, false);
-    if (c->state == C_CLOSING) return;
+    if (c->state == C_CLOSING || c->state == C_LINGER) return;
     if (c->state == C_HANDLING) return;
     if (c->state == C_IDLE && !pend_empty(c)) return; /* parked (may_start) */
     /* Read again unless a pool handler's body buffer is full (then
@@ -2083,6 +2554,12 @@ static void on_data(knit_protocol *p, knit_buf *in)
         knit_buf_consume(in, knit_buf_len(in));
         return;
     }
+    if (c->state == C_LINGER) {
+        size_t n = knit_buf_len(in);
+        knit_buf_consume(in, n);
+        linger_drop(c, n);
+        return;
+    }
     if (c->state == C_HANDLING || !pend_empty(c)) {
         /* Pipelined bytes (or more of a partial head already kept aside). */
         knit_buf *pb = pend_get(c);
@@ -2097,6 +2574,12 @@ static void on_data(knit_protocol *p, knit_buf *in)
         }
     } else {
         process(c, in);
+        if (c->state == C_LINGER && !knit_buf_empty(in)) { /* behind an early answer */
+            size_t n = knit_buf_len(in);
+            knit_buf_consume(in, n);
+            linger_drop(c, n);
+            return;
+        }
         if ((c->state == C_HANDLING || c->state == C_BODY || c->state == C_IDLE) &&
             !knit_buf_empty(in)) {
             /* keep the next requests aside until this one is answered (or,
@@ -2125,6 +2608,7 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
     knit_http_server *s = c->srv;
     timer_set(c, T_NONE, 0);
     pend_trim(c, true);
+    if (c->lingered) s->lingering--;
     if (c->req) {
         knit_http_request *req = c->req;
         c->req = NULL;
@@ -2137,8 +2621,8 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
         } else {
             req->gone = true;
         }
-        if (!req->dispatched) {
-            request_free(req); /* never reached a handler */
+        if (!req->dispatched || req->ended) {
+            request_free(req); /* never reached a handler, or dropping its body */
         } else {
             request_maybe_end(req);
         }
@@ -2166,6 +2650,7 @@ static void on_resume(knit_protocol *p)
     if (c->timer_kind == T_WRITE) {
         timer_set(c, T_NONE, 0);
         if (c->state == C_IDLE && pend_empty(c)) timer_set(c, T_IDLE, c->srv->o.idle_timeout);
+        read_timer_rearm(c); /* reading a body, lingering: their bounds again */
     }
     if (c->req && c->req->pool_mode) {
         pthread_mutex_lock(&c->req->mu);
@@ -2254,6 +2739,24 @@ static void conn_timeout(knit_reactor *r, void *arg)
             return;
         }
     }
+    if (kind == T_LINGER) {
+        /* the end of a lingering close (normal), or of dropping a body */
+        bool linger = c->state == C_LINGER;
+        if (!linger) s->st.timeouts++;
+        conn_close_now(c, knit_transport_write_buffer_size(c->proto.transport) == 0,
+                       linger ? KNIT_CLOSE_DONE : KNIT_CLOSE_TIMEOUT, linger ? 0 : KNIT_ETIMEDOUT);
+        return;
+    }
+    const char *body_why = "request body timed out";
+    if (kind == T_BODY && (!c->req || !c->req->clock_on)) return; /* stale: the clock stopped */
+    if (kind == T_BODY) {
+        knit_duration left;
+        body_why = body_clock_check(c->req, knit_reactor_now(s->r), &left);
+        if (!body_why) { /* early (the clock was stopped meanwhile) */
+            body_clock_arm(c);
+            return;
+        }
+    }
     s->st.timeouts++;
     switch (kind) {
     case T_HEADER:
@@ -2274,7 +2777,7 @@ static void conn_timeout(knit_reactor *r, void *arg)
             }
             if (can_answer) req->close_after = true;
             if (can_answer) {
-                conn_error(c, 408, "request body timed out");
+                conn_error(c, 408, body_why);
             } else {
                 c->state = C_CLOSING;
                 knit_transport_lose_connection(c->proto.transport);
@@ -2286,7 +2789,7 @@ static void conn_timeout(knit_reactor *r, void *arg)
             c->req = NULL;
             request_free(req);
         }
-        conn_error(c, 408, kind == T_HEADER ? "request head timed out" : "request body timed out");
+        conn_error(c, 408, kind == T_HEADER ? "request head timed out" : body_why);
         break;
     case T_FIRST:
     case T_IDLE:
@@ -2347,6 +2850,10 @@ void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *
     size_t nl = all_lists(s, ls);
     for (size_t k = 0; k < nl; k++) {
         for (struct conn *c = ls[k]->head; c; c = c->next) {
+            if (c->state == C_LINGER) { /* answered: no reason to wait for it */
+                conn_close_now(c, true, KNIT_CLOSE_SHUTDOWN, 0);
+                continue;
+            }
             if ((c->state == C_IDLE || c->state == C_HEAD) && c->proto.transport) {
                 c->state = C_CLOSING;
                 timer_set(c, T_NONE, 0);

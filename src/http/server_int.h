@@ -22,4 +22,10 @@ size_t knit__http_server_reclaim(knit_http_server *s, size_t n);
  * an idle keep-alive connection, on top of the transport). */
 size_t knit__http_conn_size(void);
 
+/* Out-of-memory paths: make the ALLOC_NTH next arena allocation
+ * (knit_http_alloc, request_new included) and the CALL_NTH next cross-thread
+ * call a pool handler's request makes to the reactor (flush, body resume)
+ * fail as if memory ran out; 0 leaves that kind alone. Process-wide. [any] */
+void knit__http_inject_failures(unsigned alloc_nth, unsigned call_nth);
+
 #endif

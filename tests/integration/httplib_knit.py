@@ -79,15 +79,13 @@ def recv_response(sock, head_only=False):
         return status, headers, b"", rest
     if "content-length" in headers:
         n = int(headers["content-length"])
-        # A bytearray: `bytes +=` copies the whole body on every recv, which
-        # made a 48 MiB answer quadratic (and the test time out under load).
-        acc = bytearray(rest)
-        while len(acc) < n:
-            d = sock.recv(1 << 20)
+        rest = bytearray(rest)  # bytes += would copy the whole body per recv
+        while len(rest) < n:
+            d = sock.recv(65536)
             if not d:
                 raise EOFError("short body")
-            acc += d
-        body, rest = bytes(acc[:n]), bytes(acc[n:])
+            rest += d
+        body, rest = bytes(rest[:n]), bytes(rest[n:])
     elif headers.get("transfer-encoding") == "chunked":
         parts = []
         rest = bytearray(rest)
@@ -115,13 +113,12 @@ def recv_response(sock, head_only=False):
                 break
         body, rest = b"".join(parts), bytes(rest[pos:])
     else:
-        acc = bytearray(rest)
         while True:
-            d = sock.recv(1 << 20)
+            d = sock.recv(65536)
             if not d:
                 break
-            acc += d
-        body, rest = bytes(acc), b""
+            rest += d
+        body, rest = rest, b""
     return status, headers, body, rest
 
 
