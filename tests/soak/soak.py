@@ -1585,9 +1585,9 @@ def describe_config(svc):
         "- abort: %g/s mid-request disconnects (half head, head + half body, chunked half "
         "body, whole POST then close; FIN and RST alternately)" % ABORT_RATE,
         "- cut: %g/s mid-response disconnects on a %d-note list (a %d-byte answer; 16 KiB "
-        "receive buffer): close after 1 B..256 KiB (FIN, RST), or 8 pipelined requests "
-        "unread for %g s" % (CUT_RATE, BIG_NOTES, BIG_SIZE,
-                                                                        CUT_STALL),
+        "receive buffer): close after 1 B..256 KiB (FIN, RST)%s"
+        % (CUT_RATE, BIG_NOTES, BIG_SIZE, ", or 8 pipelined requests unread for %g s"
+           % CUT_STALL if CUT_STALL > 0 else ""),
         "- slow: %d trickled heads and %d trickled bodies (Content-Length and chunked) at all "
         "times, 1 byte per %g s, given up after %g s" % (SLOW_HEADS, SLOW_BODIES, SLOW_STEP,
                                                          SLOW_MAX),
