@@ -41,6 +41,14 @@ bench:
 	@scripts/deps bench
 	@scripts/bench
 
+# Soak (not in CI): SOAK_SECONDS (default 600) of mixed load on knit-notes with 10,000 idle
+# connections; prints the samples and the verdict, writes the Soak section of
+# docs/robustness.md, exits non-zero when not flat. Knobs: tests/soak/soak.py.
+.PHONY: soak
+soak: all
+	@scripts/deps test
+	@tests/soak/soak.py
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 

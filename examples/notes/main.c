@@ -57,6 +57,7 @@
 #define NOTES_VERSION "0.1.0"
 #define NOTES_SUMMARY_INTERVAL KNIT_SEC(60)
 #define NOTES_MAX_THREADS 256
+#define NOTES_MAX_CONNECTIONS 1000000u /* --max-connections upper bound */
 /* The server accepts bodies this much beyond --max-body; the handler stops
  * reading at --max-body + 1 and answers 413 itself, with a JSON body. */
 #define NOTES_BODY_SLACK (64 * 1024)
@@ -86,6 +87,15 @@ static int validate_positive_duration(const char *text, char *why, size_t whylen
     return KNIT_EINVAL;
 }
 
+static int validate_max_connections(const char *text, char *why, size_t whylen, void *arg)
+{
+    uint64_t n;
+    if (knit_parse_uint64(text, &n) == 0 && n <= NOTES_MAX_CONNECTIONS) return 0;
+    snprintf(why, whylen, "a number of connections from 0 (unlimited) to %u",
+             NOTES_MAX_CONNECTIONS);
+    return KNIT_EINVAL;
+}
+
 static int validate_max_body(const char *text, char *why, size_t whylen, void *arg)
 {
     uint64_t n;
@@ -107,6 +117,9 @@ static const knit_flag_def notes_flag_defs[] = {
                   "how often expired notes are deleted", .validate = validate_positive_duration),
     KNIT_FLAG_DEF("max-body", KNIT_FLAG_BYTES, "64KiB", "largest request body; larger get 413",
                   .validate = validate_max_body),
+    KNIT_FLAG_DEF("max-connections", KNIT_FLAG_UINT64, "10000",
+                  "open HTTP connections at once (0: unlimited)",
+                  .validate = validate_max_connections),
     KNIT_FLAG_DEF("access-log", KNIT_FLAG_STRING, "",
                   "access log (Combined Log Format): a file, - for stdout, empty for none"),
     KNIT_FLAG_DEF("db-check-interval", KNIT_FLAG_DURATION, "5s",
@@ -148,6 +161,7 @@ typedef struct notes_main {
     const char *db;
     unsigned threads;
     uint64_t max_body;
+    unsigned max_connections;
     knit_duration shutdown_timeout;
     int access_fd;
 } notes_main;
@@ -443,6 +457,7 @@ static knit_deferred *http_start(knit_service *s, void *arg)
     knit_http_options_init(&ho);
     ho.pool = m->pool;
     ho.max_body = m->max_body + NOTES_BODY_SLACK;
+    ho.max_connections = m->max_connections;
     /* Leave a quarter of the shutdown budget for the checkpoint. */
     ho.drain_timeout = m->shutdown_timeout - m->shutdown_timeout / 4;
     ho.access_log = m->access_fd >= 0 ? KNIT_HTTP_LOG_COMBINED : KNIT_HTTP_LOG_NONE;
@@ -524,6 +539,7 @@ static int setup(knit_app *app, void *arg)
     m->db = knit_flags_string(fs, "db") + strlen("sqlite:");
     m->threads = (unsigned)knit_flags_uint64(fs, "threads");
     m->max_body = knit_flags_uint64(fs, "max-body");
+    m->max_connections = (unsigned)knit_flags_uint64(fs, "max-connections");
     m->shutdown_timeout = knit_flags_duration(fs, "shutdown-timeout");
 
     const char *log = knit_flags_string(fs, "access-log");
