@@ -9,7 +9,10 @@ DESIGN.md's table (a lower-numbered layer below). Checked three ways:
   - includes: src/NAME/* and include/knit/NAME.h include no header of a
     higher layer, and public headers include only public headers;
   - no `#pragma weak` anywhere in src/ (a higher layer registers instead,
-    STYLE.md item 17).
+    STYLE.md item 17);
+  - every public header is in tests/headers/meson.build (which compiles each
+    alone), and knit-thriftc's generated code in the build names no
+    knit__/KNIT__ (internal) symbol.
 Reads $KNIT_BUILD/libknit.a and the sources under $KNIT_TOP; runs no process
 but nm (about a second)."""
 import glob, os, re, subprocess, sys
@@ -113,6 +116,25 @@ for f in glob.glob(os.path.join(TOP, "src/**/*.[ch]"), recursive=True):
             if re.match(r"\s*#\s*pragma\s+weak\b", line):
                 bad.append("%s:%d: %s" % (os.path.relpath(f, TOP), n, line.strip()))
 check("no #pragma weak in src/ (higher layers register instead)", not bad, "\n".join(bad))
+
+# ---- public headers and generated code ---------------------------------------------------
+
+with open(os.path.join(TOP, "tests/headers/meson.build")) as f:
+    listed = set(re.findall(r"'(knit/[a-z_/]+\.h)'", f.read()))
+headers = {os.path.relpath(f, os.path.join(TOP, "include"))
+           for f in glob.glob(os.path.join(TOP, "include/knit/**/*.h"), recursive=True)}
+check("every public header is compiled on its own (tests/headers/meson.build lists it)",
+      headers and headers <= listed, "missing: " + ", ".join(sorted(headers - listed)))
+
+gen = glob.glob(os.path.join(BUILD, "**/*_thrift.[ch]"), recursive=True)
+bad = []
+for f in gen:
+    with open(f, errors="replace") as fh:
+        for n, line in enumerate(fh, 1):
+            for m in re.findall(r"\b(?:knit__|KNIT__)\w*", line):
+                bad.append("%s:%d: %s" % (os.path.relpath(f, BUILD), n, m))
+check("knit-thriftc's generated code (%d files) calls only public names" % len(gen),
+      gen and not bad, "\n".join(bad[:20]))
 
 passed = sum(1 for _, ok in results if ok)
 print(f"{passed} passed, {len(results) - passed} failed")
