@@ -12,7 +12,9 @@ DESIGN.md's table (a lower-numbered layer below). Checked three ways:
     STYLE.md item 17);
   - every public header is in tests/headers/meson.build (which compiles each
     alone), and knit-thriftc's generated code in the build names no
-    knit__/KNIT__ (internal) symbol.
+    knit__/KNIT__ (internal) symbol;
+  - examples/ and tools/ are compiled with include/ only (no src/ directory
+    on their include path, from $KNIT_BUILD/compile_commands.json).
 Reads $KNIT_BUILD/libknit.a and the sources under $KNIT_TOP; runs no process
 but nm (about a second)."""
 import glob, os, re, subprocess, sys
@@ -135,6 +137,36 @@ for f in gen:
                 bad.append("%s:%d: %s" % (os.path.relpath(f, BUILD), n, m))
 check("knit-thriftc's generated code (%d files) calls only public names" % len(gen),
       gen and not bad, "\n".join(bad[:20]))
+
+# ---- examples and tools see include/ only ----------------------------------------------
+
+import json
+cc_path = os.path.join(BUILD, "compile_commands.json")
+with open(cc_path) as f:
+    commands = json.load(f)
+src_dir = os.path.realpath(os.path.join(TOP, "src"))
+checked, bad = 0, []
+for c in commands:
+    out = c.get("output", "")
+    if not (out.startswith("examples/") or out.startswith("tools/")):
+        continue
+    checked += 1
+    args = c["command"].split() if "command" in c else c["arguments"]
+    for i, a in enumerate(args):
+        d = None
+        for opt in ("-I", "-isystem", "-iquote", "-idirafter"):
+            if a == opt and i + 1 < len(args):
+                d = args[i + 1]
+            elif a.startswith(opt) and len(a) > len(opt) and opt == "-I":
+                d = a[2:]
+        if d is None:
+            continue
+        real = os.path.realpath(os.path.join(c["directory"], d))
+        if real == src_dir or real.startswith(src_dir + os.sep):
+            bad.append("%s: %s %s" % (out, a, d) if a in ("-isystem", "-iquote", "-idirafter", "-I")
+                       else "%s: %s" % (out, a))
+check("examples and tools are compiled with include/, never src/, on the path (%d objects)"
+      % checked, checked > 0 and not bad, "\n".join(sorted(set(bad))[:20]))
 
 passed = sum(1 for _, ok in results if ok)
 print(f"{passed} passed, {len(results) - passed} failed")
