@@ -6,9 +6,9 @@
  * (core, loop, streams): log, reactor, deferred, pool, task, stream,
  * endpoint. Modules above it (flag, metrics, service, the application)
  * register their own bindings into the manhole's registry
- * (knit_manhole_register_fn; flags() and metrics() come from
- * src/flag/manhole_bindings.c and src/metrics/manhole_bindings.c), so no
- * file here names a higher layer.
+ * (knit_manhole_register_fn; see "the registry" in knit/manhole.h), so no
+ * file here names a higher layer (tests/integration/test_layers.py checks
+ * libknit.a's symbols for that).
  *
  * connections()/close(id) read the streams registry (stream.h: every
  * socket transport of this reactor, knit_transport_find by id); the
