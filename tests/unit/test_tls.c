@@ -431,5 +431,5 @@ int main(void)
         cmocka_unit_test(test_tls_listener_bad_certificate),
     };
     knit_test_watchdog(120);
-    return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
+    return KNIT_RUN_TESTS_WITH(tests, setup_certs, teardown_certs);
 }

@@ -23,6 +23,18 @@ void knit_test_watchdog(unsigned seconds)
     alarm(seconds);
 }
 
+void knit_test_select(const struct CMUnitTest *tests, size_t n)
+{
+    const char *list = getenv("KNIT_TEST_LIST");
+    if (list && *list && strcmp(list, "0") != 0) {
+        for (size_t i = 0; i < n; i++)
+            printf("%s\n", tests[i].name);
+        exit(0);
+    }
+    const char *filter = getenv("KNIT_TEST_FILTER");
+    if (filter && *filter) cmocka_set_test_filter(filter);
+}
+
 static pthread_mutex_t cap_mu = PTHREAD_MUTEX_INITIALIZER;
 static char *cap_buf;
 static size_t cap_len, cap_cap;
