@@ -16,6 +16,7 @@
 #undef open_memstream
 
 #include <errno.h>
+#include <execinfo.h>
 #include <fcntl.h>
 #include <pthread.h>
 #include <stdint.h>
@@ -48,6 +49,19 @@ static pthread_t armed_thread;
 static long counted;
 static bool injected; /* the armed failure fired */
 static char last_site[300];
+static char exempt[256]; /* comma-separated prefixes */
+static bool held;
+
+static bool is_exempt(const char *file)
+{
+    for (const char *p = exempt; *p;) {
+        const char *e = strchr(p, ',');
+        size_t n = e ? (size_t)(e - p) : strlen(p);
+        if (n && strncmp(file, p, n) == 0) return true;
+        p += n + (e ? 1 : 0);
+    }
+    return false;
+}
 
 static pthread_once_t once = PTHREAD_ONCE_INIT;
 
@@ -131,6 +145,10 @@ static void say(const char *site, long hit, const char *func, const char *why)
                  why, site, hit, func);
     if (n > 0 && write(2, msg, (size_t)n) < 0) { /* nothing more to do */
     }
+    if (getenv("KNIT_FI_BACKTRACE")) { /* where the failing allocation came from */
+        void *frames[32];
+        backtrace_symbols_fd(frames, backtrace(frames, 32), 2);
+    }
 }
 
 /* Count one allocation at FILE:LINE; true if this one must fail. */
@@ -148,7 +166,8 @@ static bool should_fail(const char *file, int line, const char *func)
         fail = true;
         why = "KNIT_FI_FAIL";
     }
-    if (armed_nth && (!armed_this_thread || pthread_equal(armed_thread, pthread_self()))) {
+    if (armed_nth && (!armed_this_thread || pthread_equal(armed_thread, pthread_self())) && !held &&
+        !is_exempt(file)) {
         if (++counted == armed_nth) {
             fail = true;
             injected = true;
@@ -211,6 +230,20 @@ void knit__fi_arm(long nth, bool this_thread)
     counted = 0;
     injected = false;
     last_site[0] = 0;
+    pthread_mutex_unlock(&mu);
+}
+
+void knit__fi_exempt(const char *prefixes)
+{
+    pthread_mutex_lock(&mu);
+    snprintf(exempt, sizeof exempt, "%s", prefixes ? prefixes : "");
+    pthread_mutex_unlock(&mu);
+}
+
+void knit__fi_hold(bool on)
+{
+    pthread_mutex_lock(&mu);
+    held = on;
     pthread_mutex_unlock(&mu);
 }
 

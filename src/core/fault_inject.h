@@ -13,6 +13,7 @@
  *   KNIT_FI_RECORD=path                     append, at exit, one line per site
  *                                           reached: "site<TAB>hits<TAB>function"
  *                                           in the order first reached
+ *   KNIT_FI_BACKTRACE=1                     print a backtrace with each injected failure
  *   knit__fi_arm(n, this_thread)            (tests) fail the n-th allocation from now
  * Every injected failure prints "knit-fi: injected ... at SITE" on stderr, so a
  * runner can tell a run where the fault fired from one where it did not.
@@ -41,6 +42,14 @@ FILE *knit__fi_open_memstream(char **buf, size_t *len, const char *file, int lin
  * allocations made by the calling thread (deterministic next to worker threads);
  * otherwise count every thread's. [any] */
 void knit__fi_arm(long nth, bool this_thread);
+
+/* Allocations at sites starting with one of the comma-separated PREFIXES (e.g.
+ * "src/deferred/,src/stream/memory.c") are not counted by knit__fi_arm (the last
+ * call wins; NULL: none). [any] */
+void knit__fi_exempt(const char *prefixes);
+
+/* While ON, knit__fi_arm counts nothing (test scaffolding allocating). [any] */
+void knit__fi_hold(bool on);
 
 /* Stop counting; true if the armed failure was injected since knit__fi_arm. [any] */
 bool knit__fi_disarm(void);
