@@ -1,8 +1,9 @@
 /* fault_inject.h — allocation-failure injection for the fault build.
  *
  * Only the fault build uses this file (`meson setup build-fault -Dfault_inject=true`,
- * see scripts/faults and docs/fault-injection.md). There every source of libknit is
- * compiled with `-include core/fault_inject.h`, which redirects the allocators knit
+ * see scripts/faults and tests/fault/README.md). There every source of libknit (and the
+ * notes service's sources in its unit tests) is compiled with
+ * `-include core/fault_inject.h`, which redirects the allocators knit
  * calls (malloc, calloc, realloc, aligned_alloc, strdup, strndup, open_memstream) to
  * the wrappers below. Each wrapper knows its call site (file:line) and can be told to
  * return NULL (errno ENOMEM) there. Normal builds never see this header: zero cost.

@@ -11,7 +11,7 @@
 #include <cmocka.h>
 
 /* Abort the whole binary if it runs longer than SECONDS (a hung test must
- * fail, not stall CI). Call first thing in main(). */
+ * fail, not stall CI; KNIT_TEST_WATCHDOG=S overrides). Call first thing in main(). */
 void knit_test_watchdog(unsigned seconds);
 
 /* Capture knit log lines into a buffer (replacing the real output) until
