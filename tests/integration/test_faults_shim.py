@@ -6,6 +6,7 @@ Runs knit-hello and knit-notes under the LD_PRELOAD shim of tests/fault/knit_shi
   short_eintr_eagain  short reads/writes, EINTR and EAGAIN storms on every socket call:
                       every answer (GET /, POST /echo up to 300 KB, GET /stream) is
                       complete and correct: the faults are invisible to clients
+                      (inline and pool handlers; notes' JSON API likewise)
   reset               ECONNRESET on some reads: only those connections close (no more
                       failed requests than injected resets); the service keeps serving
   emfile              accept fails with EMFILE for ~1 s: the listener backs off (a
@@ -180,8 +181,8 @@ def check_hello_requests(port, rng, n, errors, lock):
         c.close()
 
 
-def case_short_eintr_eagain(workdir):
-    p = hello(workdir, "seed=11,short=0.5,eintr=0.2,eagain=0.05,storm=8")
+def case_short_eintr_eagain(workdir, *args):
+    p = hello(workdir, "seed=11,short=0.5,eintr=0.2,eagain=0.05,storm=8", *args)
     try:
         errors, lock = [], threading.Lock()
         threads = [threading.Thread(target=check_hello_requests,
@@ -201,6 +202,47 @@ def case_short_eintr_eagain(workdir):
         if stats.get(k, 0) == 0:
             raise AssertionError("the shim injected no %s (stats %s)" % (k, stats))
     return "72 requests correct under %(short)d short, %(eintr)d EINTR, %(eagain)d EAGAIN" % stats
+
+
+def case_short_eintr_eagain_pool(workdir):
+    return case_short_eintr_eagain(workdir, "--mode=pool")
+
+
+def notes_proc(workdir, name, shim, db, port):
+    def ready(p):
+        try:
+            st, _ = request(port, "GET", "/healthz", timeout=1)
+            return st == 200
+        except OSError:
+            return False
+    argv = [NOTES, "--http=tcp:%d:interface=127.0.0.1" % port, "--db=sqlite:" + db]
+    return Proc(workdir, name, argv, shim, ready, {"NOTES_THRIFT": "off"})
+
+
+def case_notes_short_eintr(workdir):
+    port = free_port()
+    p = notes_proc(workdir, "notes", "seed=3,short=0.5,eintr=0.2,eagain=0.05,storm=5",
+                   os.path.join(workdir, "notes.db"), port)
+    try:
+        ids = {}
+        for i in range(20):
+            text = "note %d " % i + "x" * (i * 997)
+            st, data = request(port, "POST", "/notes", body=json.dumps({"text": text}))
+            if st != 201:
+                raise AssertionError("POST %d answered %d: %r" % (i, st, data[:200]))
+            ids[json.loads(data)["id"]] = text
+        for nid, text in ids.items():
+            st, data = request(port, "GET", "/notes/%d" % nid)
+            if st != 200 or json.loads(data)["text"] != text:
+                raise AssertionError("GET /notes/%d: %d" % (nid, st))
+        st, data = request(port, "GET", "/notes?limit=100")
+        if st != 200:
+            raise AssertionError("list: %d" % st)
+    finally:
+        stats = p.stop()
+    if stats.get("short", 0) == 0 or stats.get("eintr", 0) == 0:
+        raise AssertionError("the shim injected nothing (stats %s)" % stats)
+    return "20 notes written and read back under %(short)d short, %(eintr)d EINTR, %(eagain)d EAGAIN" % stats
 
 
 def case_reset(workdir):
@@ -271,17 +313,8 @@ def case_enospc(workdir):
     flag = os.path.join(workdir, "full.flag")
     db = os.path.join(workdir, "notes.db")
     port = free_port()
-    env = {"NOTES_THRIFT": "off"}
 
-    def ready(p):
-        try:
-            st, _ = request(port, "GET", "/healthz", timeout=1)
-            return st == 200
-        except OSError:
-            return False
-
-    argv = [NOTES, "--http=tcp:%d:interface=127.0.0.1" % port, "--db=sqlite:" + db]
-    p = Proc(workdir, "notes", argv, "seed=1,enospc=%s,path=notes.db" % flag, ready, env)
+    p = notes_proc(workdir, "notes", "seed=1,enospc=%s,path=notes.db" % flag, db, port)
     acked, full_codes = {}, []
     try:
         def post(text):
@@ -321,7 +354,7 @@ def case_enospc(workdir):
     if len(bad) == len(full_codes):
         raise AssertionError("no write failed while the disk was full: the shim missed the db (%s)" % stats)
     # restart without the shim: every acknowledged note is there
-    p2 = Proc(workdir, "notes2", argv, None, ready, env)
+    p2 = notes_proc(workdir, "notes2", None, db, port)
     try:
         for nid, text in acked.items():
             st, data = request(port, "GET", "/notes/%d" % nid)
@@ -333,7 +366,8 @@ def case_enospc(workdir):
         full_codes, len(acked), stats.get("enospc", 0))
 
 
-CASES = [case_short_eintr_eagain, case_reset, case_emfile, case_enospc]
+CASES = [case_short_eintr_eagain, case_short_eintr_eagain_pool, case_notes_short_eintr, case_reset,
+         case_emfile, case_enospc]
 
 
 def main():
