@@ -29,7 +29,9 @@
 #include "http/server_int.h"
 #include "stream/stream_int.h"
 #include "knit/clock.h"
+#include "../../examples/notes/store.h"
 #include "knit/endpoint.h"
+#include "knit/flag.h"
 #include "knit/error.h"
 #include "knit/http.h"
 #include "knit/log.h"
@@ -47,12 +49,12 @@
 typedef int (*scenario_fn)(void);
 
 /* Run FN with the 1st, 2nd, ... allocation failing until a run with no failure. */
-static void sweep(const char *name, scenario_fn fn, int also_ok)
+static void sweep_threads(const char *name, scenario_fn fn, int also_ok, bool this_thread)
 {
     long n;
     int enomem = 0, degraded = 0, absorbed = 0;
     for (n = 1; n <= MAX_RUNS; n++) {
-        knit__fi_arm(n, true);
+        knit__fi_arm(n, this_thread);
         int rc = fn();
         bool fired = knit__fi_disarm();
         if (!fired) {
@@ -75,6 +77,11 @@ static void sweep(const char *name, scenario_fn fn, int also_ok)
     print_message("%s: %ld allocations failed one by one: %d KNIT_ENOMEM, %d clear errors, %d "
                   "absorbed\n",
                   name, n - 1, enomem, degraded, absorbed);
+}
+
+static void sweep(const char *name, scenario_fn fn, int also_ok)
+{
+    sweep_threads(name, fn, also_ok, true);
 }
 
 /* ---- reactor ---------------------------------------------------------------------- */
@@ -264,6 +271,15 @@ static void test_http_request(void **state)
 {
     (void)state;
     sweep("http request", sc_http, 0);
+}
+
+/* The same counting every thread's allocations, the pool worker's too (which
+ * allocation is the N-th then varies a little from run to run; each run is
+ * still judged the same way). */
+static void test_http_request_all_threads(void **state)
+{
+    (void)state;
+    sweep_threads("http request (all threads)", sc_http, 0, false);
 }
 
 /* ---- listener accept + transport (real TCP on 127.0.0.1) ----------------------------- */
@@ -530,15 +546,155 @@ static void test_metrics(void **state)
     sweep("metrics", sc_metrics, 0);
 }
 
+/* ---- flags: definitions, command line, environment ------------------------------- */
+
+static const knit_flag_def flag_defs[] = {
+    KNIT_FLAG_DEF("http", KNIT_FLAG_ENDPOINT, "tcp:8080:interface=127.0.0.1", "where"),
+    KNIT_FLAG_DEF("name", KNIT_FLAG_STRING, "x", "a name"),
+    KNIT_FLAG_DEF("n", KNIT_FLAG_INT64, "4", "a number"),
+    KNIT_FLAG_DEF("wait", KNIT_FLAG_DURATION, "1s", "a duration"),
+};
+
+static int sc_flags(void)
+{
+    knit_flags_options fo;
+    knit_flags_options_init(&fo);
+    fo.program = "faults";
+    fo.env_prefix = "FAULTS_";
+    knit_flags *fs;
+    int rc = knit_flags_new(&fs, &fo);
+    if (rc) return rc;
+    rc = knit_flags_add(fs, "main", "Main", flag_defs, sizeof flag_defs / sizeof flag_defs[0]);
+    if (!rc) {
+        char *argv[] = {"faults", "--name=hello", "--http=tcp:0:interface=127.0.0.1", "--n", "7",
+                        NULL};
+        char *envp[] = {"FAULTS_WAIT=250ms", NULL};
+        rc = knit_flags_parse(fs, 5, argv, envp);
+        if (!rc &&
+            (strcmp(knit_flags_string(fs, "name"), "hello") != 0 ||
+             knit_flags_int64(fs, "n") != 7 || knit_flags_duration(fs, "wait") != KNIT_MSEC(250)))
+            fail_msg("flags: wrong values after allocation %s", knit__fi_last_site());
+        /* A validator (the endpoint check) out of memory: the flag error says so. */
+    }
+    /* A validator (the endpoint check) ran out of memory, for a default or a value:
+     * the call says "bad flag" and the message names the flag and the cause. */
+    if (rc == KNIT_EBADFLAG && strstr(knit_flags_error(fs), "out of memory")) rc = DEGRADED;
+    if (rc == KNIT_EBADFLAG) fail_msg("flags: %s", knit_flags_error(fs));
+    knit_flags_free(fs);
+    return rc;
+}
+
+static void test_flags(void **state)
+{
+    (void)state;
+    sweep("flags", sc_flags, 0);
+}
+
+/* ---- LoopingCall ------------------------------------------------------------------- */
+
+static int beats;
+static void beat(knit_result *res, void *arg)
+{
+    (void)res;
+    (void)arg;
+    beats++;
+}
+
+static int sc_looping(void)
+{
+    knit_clock *clock = knit_clock_fake_new(0);
+    if (!clock) return KNIT_ENOMEM;
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = clock;
+    knit_reactor *r;
+    int rc = knit_reactor_new(&r, &ro);
+    if (rc) {
+        knit_clock_free(clock);
+        return rc;
+    }
+    knit_looping_call *lc = NULL;
+    beats = 0;
+    rc = knit_looping_call_new(&lc, r, beat, NULL);
+    if (!rc) rc = knit_looping_call_start(lc, KNIT_MSEC(10), true, NULL);
+    for (int i = 0; !rc && i < 5; i++)
+        knit_reactor_advance(r, KNIT_MSEC(10));
+    if (!rc && beats < 5) rc = DEGRADED; /* a beat's timer could not be armed: it said so */
+    knit_looping_call_free(lc);
+    int crc = knit_reactor_close(r);
+    knit_clock_free(clock);
+    if (crc)
+        fail_msg("reactor_close: %s after allocation %s", knit_strerror(crc), knit__fi_last_site());
+    return rc;
+}
+
+static void test_looping_call(void **state)
+{
+    (void)state;
+    sweep("looping call", sc_looping, 0);
+}
+
+/* ---- notes store (examples/notes/store.c over SQLite) ------------------------------ */
+
+static char store_dir[64];
+
+static int sc_store(void)
+{
+    char path[128], err[256];
+    snprintf(path, sizeof path, "%s/notes.db", store_dir);
+    notes_store_options so;
+    notes_store_options_init(&so);
+    so.path = path;
+    so.conns = 2;
+    so.sync_full = false;
+    notes_store *st;
+    int rc = notes_store_open(&st, &so, err, sizeof err);
+    if (!rc) {
+        const char *tags[] = {"a", "b"};
+        notes_fields f = {.text = "hello", .tags = tags, .ntags = 2};
+        notes_note n = {0}, g = {0};
+        notes_list l = {0};
+        rc = notes_store_create(st, &f, 1000, &n);
+        if (!rc) rc = notes_store_get(st, n.id, 1000, &g);
+        if (!rc && (strcmp(g.text, "hello") != 0 || g.ntags != 2))
+            fail_msg("store: wrong note after allocation %s", knit__fi_last_site());
+        if (!rc) rc = notes_store_list(st, "a", 0, 10, 1000, &l);
+        if (!rc && l.n != 1) fail_msg("store: list has %zu notes", l.n);
+        notes_list_clear(&l);
+        notes_note_clear(&g);
+        notes_note_clear(&n);
+        int crc = notes_store_close(st);
+        if (!rc) rc = crc;
+    }
+    static const char *const sfx[] = {"", "-wal", "-shm", "-journal"};
+    for (size_t i = 0; i < sizeof sfx / sizeof sfx[0]; i++) {
+        char p2[160];
+        snprintf(p2, sizeof p2, "%s%s", path, sfx[i]);
+        unlink(p2);
+    }
+    return rc;
+}
+
+static void test_notes_store(void **state)
+{
+    (void)state;
+    snprintf(store_dir, sizeof store_dir, "/tmp/knit-faults-XXXXXX");
+    assert_non_null(mkdtemp(store_dir));
+    sweep("notes store", sc_store, 0);
+    rmdir(store_dir);
+}
+
 int main(void)
 {
     /* deferred: aborts by design; memory.c: the test's own transport */
     knit__fi_exempt("src/deferred/,src/stream/memory.c");
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_reactor),      cmocka_unit_test(test_pool),
-        cmocka_unit_test(test_http_request), cmocka_unit_test(test_listener_accept),
-        cmocka_unit_test(test_thrift_call),  cmocka_unit_test(test_manhole_session),
-        cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_reactor),         cmocka_unit_test(test_pool),
+        cmocka_unit_test(test_http_request),    cmocka_unit_test(test_http_request_all_threads),
+        cmocka_unit_test(test_listener_accept), cmocka_unit_test(test_thrift_call),
+        cmocka_unit_test(test_manhole_session), cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_flags),           cmocka_unit_test(test_looping_call),
+        cmocka_unit_test(test_notes_store),
     };
     return KNIT_RUN_TESTS(tests);
 }
