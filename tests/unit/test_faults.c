@@ -456,6 +456,130 @@ static void test_listener_emfile(void **state)
     sweep("listener EMFILE", sc_listen_emfile, 0);
 }
 
+/* ---- TLS: listener, handshake, connector, echo (both ends on this thread) ---------- */
+
+static char tls_dir[64], tls_cert[128], tls_key[128];
+
+typedef struct tcli {
+    knit_protocol proto;
+    char got[16];
+    size_t have;
+} tcli;
+
+static tcli *tls_client;
+static int tls_connect_err, tls_connected;
+
+static void tcli_data(knit_protocol *p, knit_buf *in)
+{
+    tcli *c = (tcli *)p;
+    size_t n = knit_buf_len(in);
+    if (n > sizeof c->got - 1 - c->have) n = sizeof c->got - 1 - c->have;
+    memcpy(c->got + c->have, knit_buf_data(in), n);
+    c->have += n;
+    knit_buf_consume(in, knit_buf_len(in));
+}
+static void tcli_lost(knit_protocol *p, knit_close_reason reason, int err)
+{
+    (void)reason;
+    (void)err;
+    if (tls_client == (tcli *)p) tls_client = NULL;
+    lost++;
+    free(p);
+}
+static const knit_protocol_ops tcli_ops = {.data_received = tcli_data,
+                                           .connection_lost = tcli_lost};
+static knit_protocol *tcli_build(knit_protocol_factory *f, const knit_sockaddr *peer)
+{
+    (void)f;
+    (void)peer;
+    tcli *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->proto.ops = &tcli_ops;
+    return &c->proto;
+}
+static void on_tls_connect(knit_connect *h, knit_protocol *p, int err, void *arg)
+{
+    (void)h;
+    (void)arg;
+    tls_connected = 1;
+    tls_connect_err = err;
+    tls_client = err ? NULL : (tcli *)p;
+}
+
+static int sc_tls(void)
+{
+    knit_reactor *r;
+    int rc = knit_reactor_new(&r, NULL);
+    if (rc) return rc;
+    knit_protocol_factory f = {.build = echo_build}, cf = {.build = tcli_build};
+    knit_listener *l = NULL;
+    char err[256], desc[512];
+    snprintf(desc, sizeof desc, "ssl:0:interface=127.0.0.1:privateKey=%s:certKey=%s", tls_key,
+             tls_cert);
+    rc = knit_endpoint_listen(r, desc, &f, NULL, &l, err, sizeof err);
+    lost = 0;
+    tls_client = NULL;
+    tls_connected = tls_connect_err = 0;
+    int expect_lost = 0;
+    if (rc == 0) {
+        knit_sockaddr a;
+        assert_int_equal(knit_listener_address(l, &a), 0);
+        snprintf(desc, sizeof desc, "tls:localhost:%u:caCerts=%s", ntohs(a.u.in.sin_port),
+                 tls_cert);
+        rc = knit_endpoint_connect(r, desc, &cf, NULL, on_tls_connect, NULL, NULL, err, sizeof err);
+        for (int i = 0; rc == 0 && i < 4000 && !tls_connected; i++)
+            knit_reactor_run_once(r, KNIT_MSEC(1));
+        if (rc == 0 && !tls_connected)
+            fail_msg("tls: connect never completed after allocation %s", knit__fi_last_site());
+        if (rc == 0 && tls_connect_err) rc = DEGRADED; /* the connect callback got the error */
+        if (rc == 0 && tls_client) {
+            expect_lost = 2; /* the client and the server's side */
+            if (knit_transport_write(tls_client->proto.transport, "ping", 4) != 0) rc = DEGRADED;
+            for (int i = 0; rc == 0 && i < 4000 && tls_client && tls_client->have < 4; i++)
+                knit_reactor_run_once(r, KNIT_MSEC(1));
+            if (rc == 0 && (!tls_client || tls_client->have != 4))
+                rc = DEGRADED; /* a side closed: the client saw it */
+            if (tls_client) knit_transport_lose_connection(tls_client->proto.transport);
+        }
+        for (int i = 0; i < 2000 && lost < expect_lost; i++)
+            knit_reactor_run_once(r, KNIT_MSEC(1));
+        knit_listener_close(l, true);
+        for (int i = 0; i < 50; i++)
+            knit_reactor_run_once(r, KNIT_MSEC(1));
+    } else if (rc != KNIT_ENOMEM && rc != KNIT_ETLS) {
+        fail_msg("tls listen: %s (%s) after allocation %s", knit_strerror(rc), err,
+                 knit__fi_last_site());
+    } else if (rc == KNIT_ETLS) {
+        if (!strstr(err, "memory") && !strstr(err, "malloc"))
+            print_message("tls listen: %s\n", err);
+        rc = DEGRADED; /* OpenSSL setup failed with a message */
+    }
+    int crc = knit_reactor_close(r);
+    if (crc)
+        fail_msg("reactor_close: %s after allocation %s", knit_strerror(crc), knit__fi_last_site());
+    return rc;
+}
+
+static void test_tls_echo(void **state)
+{
+    (void)state;
+    snprintf(tls_dir, sizeof tls_dir, "/tmp/knit-faults-tls-XXXXXX");
+    assert_non_null(mkdtemp(tls_dir));
+    snprintf(tls_cert, sizeof tls_cert, "%s/c.pem", tls_dir);
+    snprintf(tls_key, sizeof tls_key, "%s/c.key", tls_dir);
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd,
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout %s -out %s -days 2 -subj /CN=localhost -addext "
+             "subjectAltName=DNS:localhost >/dev/null 2>&1",
+             tls_key, tls_cert);
+    assert_int_equal(system(cmd), 0);
+    sweep("tls echo", sc_tls, 0);
+    unlink(tls_cert);
+    unlink(tls_key);
+    rmdir(tls_dir);
+}
+
 /* ---- Thrift call setup (server and client in this process, real TCP) ----------------- */
 
 static int h_add(void *ctx, const calc_Calc_add_args *a, calc_Calc_add_result *res)
@@ -780,9 +904,10 @@ int main(void)
         cmocka_unit_test(test_reactor),         cmocka_unit_test(test_pool),
         cmocka_unit_test(test_http_request),    cmocka_unit_test(test_http_request_all_threads),
         cmocka_unit_test(test_listener_accept), cmocka_unit_test(test_listener_emfile),
-        cmocka_unit_test(test_thrift_call),     cmocka_unit_test(test_manhole_session),
-        cmocka_unit_test(test_metrics),         cmocka_unit_test(test_flags),
-        cmocka_unit_test(test_looping_call),    cmocka_unit_test(test_notes_store),
+        cmocka_unit_test(test_thrift_call),     cmocka_unit_test(test_tls_echo),
+        cmocka_unit_test(test_manhole_session), cmocka_unit_test(test_metrics),
+        cmocka_unit_test(test_flags),           cmocka_unit_test(test_looping_call),
+        cmocka_unit_test(test_notes_store),
     };
     return KNIT_RUN_TESTS(tests);
 }
