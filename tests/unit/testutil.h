@@ -29,8 +29,8 @@ void knit_test_select(const struct CMUnitTest *tests, size_t n);
 /* Run cmocka group TESTS with the watchdog armed (default 120 s). */
 #define KNIT_RUN_TESTS(tests) (knit_test_watchdog(120), KNIT_RUN_TESTS_WITH(tests, NULL, NULL))
 /* The same with group setup/teardown and without the watchdog. */
-#define KNIT_RUN_TESTS_WITH(tests, setup, teardown)                                        \
-    (knit_test_select(tests, sizeof(tests) / sizeof(tests)[0]),                            \
+#define KNIT_RUN_TESTS_WITH(tests, setup, teardown)                                                \
+    (knit_test_select(tests, sizeof(tests) / sizeof(tests)[0]),                                    \
      cmocka_run_group_tests(tests, setup, teardown))
 
 #endif
