@@ -119,6 +119,10 @@ knit_histogram *knit_histogram_new(knit_metrics *m, const char *name, const char
 
 /* ---- updates (lock-free) -------------------------------------------------- */
 
+/* Every update and value function accepts NULL (a series that could not be
+ * created for want of memory): updates do nothing, values read 0. Metrics never
+ * take the service down. */
+
 void knit_counter_add(knit_counter *c, uint64_t n);
 static inline void knit_counter_inc(knit_counter *c)
 {
