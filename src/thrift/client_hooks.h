@@ -25,8 +25,8 @@ int knit__thrift_client_new_detached(knit_reactor *r, const knit_thrift_client_o
 knit_protocol *knit__thrift_client_protocol(knit_thrift_client *cl, unsigned i);
 
 /* Bytes the unframed reply scanner has walked on all connections so far
- * (thrift/scan.h): a measure of reply-reading work that does not depend on
- * timing. */
+ * (thrift/scan.h; a failed step's bytes count when it is walked again): a
+ * measure of reply-reading work that does not depend on timing. */
 uint64_t knit__thrift_client_scan_bytes(const knit_thrift_client *cl);
 
 #endif

@@ -123,7 +123,7 @@ int knit__thrift_scan_message(knit__thrift_scan *s, const uint8_t *buf, size_t l
         int16_t last_fid = r->_last_fid;
         int8_t bool_val = r->_bool_val;
         int rc = step(s);
-        s->examined += (uint64_t)(r->p - at);
+        if (rc == 0 || rc == STEP_DONE) s->examined += (uint64_t)(r->p - at);
         if (rc == STEP_DONE) {
             *msg_len = (size_t)(r->p - buf);
             s->off = *msg_len;

@@ -9,10 +9,11 @@
  * its place instead: the walk is a sequence of atomic steps (message
  * header, field header, container header, one scalar value), and when the
  * bytes run out inside a step the step is undone and retried on the next
- * call with more bytes. Each byte is walked once, plus the retried part of
- * at most one unfinished step per call (a step reads at most a varint or a
- * fixed-size header before it knows it needs more; strings and container
- * sizes are checked against the bytes present before they are walked).
+ * call with more bytes. Each byte of the message is walked by exactly one
+ * completed step, however the bytes arrive; a call costs that plus one
+ * retried step, which is O(1): a step reads at most a varint or a
+ * fixed-size header before it knows it needs more (strings and container
+ * sizes are checked against the bytes present, never walked).
  *
  * The result is the same as knit_thrift_read_message_begin followed by
  * knit_thrift_skip(KNIT_TT_STRUCT) over all the bytes at once, with the
@@ -38,7 +39,8 @@ typedef struct knit__thrift_scan_frame {
 typedef struct knit__thrift_scan {
     knit_thrift_reader r; /* its nesting state (depth, field ids) carries over */
     size_t off;           /* bytes of the message walked so far */
-    uint64_t examined;    /* bytes walked in all calls, retried ones included */
+    uint64_t examined;    /* bytes walked by completed steps (== the message's
+                           * length once it is complete) */
     int nframes;
     int pending;  /* type of the value to walk next, or -1 */
     bool started; /* the message header was read */
