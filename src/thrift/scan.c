@@ -17,8 +17,9 @@ enum { STEP_DONE = 1 };
 
 void knit__thrift_scan_init(knit__thrift_scan *s, knit_thrift_proto proto)
 {
+    static const uint8_t none[1];
     memset(s, 0, sizeof *s);
-    knit_thrift_reader_init(&s->r, proto, NULL, 0);
+    knit_thrift_reader_init(&s->r, proto, none, 0); /* not NULL: NULL + 0 is UB */
     s->pending = -1;
 }
 
