@@ -34,8 +34,10 @@ asan:
 tsan:
 	@scripts/test --only tsan
 
+# Each libFuzzer target for FUZZ_SECONDS (default 300 here; 10 in `make
+# test`), merging the inputs that found new coverage into fuzz/corpus/.
 fuzz:
-	@scripts/test --only fuzz
+	@FUZZ_SECONDS=$${FUZZ_SECONDS:-300} FUZZ_MERGE=1 scripts/test --only fuzz
 
 # Allocation-failure sweep: every allocation site the unit suite reaches fails
 # once (build-fault/, ASan+UBSan); summary in build-fault/faults/summary.md.
