@@ -21,6 +21,7 @@ import sys
 import tempfile
 import time
 
+# imports-at-run-time: puresasl.client  (TSaslClientTransport imports it; test_python_deps.py)
 TOP = os.environ.get("KNIT_TOP", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../.."))
 BUILD = os.environ.get("KNIT_BUILD", os.path.join(TOP, "build"))
 EXE = os.path.join(BUILD, "examples/thrift-bench/knit-thrift-bench")
