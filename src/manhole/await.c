@@ -507,17 +507,31 @@ static int convert_lval(lua_State *L, void *value, void *arg)
     return 0;
 }
 
+/* A pending later(): on the manhole's list until it fires or is cancelled
+ * (knit_manhole_free cancels what is left: no timer outlives the manhole). */
 typedef struct later_ctx {
+    struct later_ctx *next, *prev;
+    knit_manhole *m;
     knit_deferred *d; /* the producer's reference */
     knit_reactor *r;
     knit_timer t;
     lval *v;
 } later_ctx;
 
+static void later_unlink(later_ctx *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->m->laters = c->next;
+    if (c->next) c->next->prev = c->prev;
+}
+
 static void later_fire(knit_reactor *r, void *arg)
 {
     (void)r;
     later_ctx *c = arg;
+    later_unlink(c);
     knit_deferred_set_canceller(c->d, NULL, NULL);
     knit_deferred *d = c->d;
     lval *v = c->v;
@@ -530,6 +544,7 @@ static void later_cancel(knit_deferred *d, void *arg)
 {
     (void)d;
     later_ctx *c = arg;
+    later_unlink(c);
     knit_timer_cancel(c->r, c->t);
     knit_deferred *dd = c->d;
     free(c->v);
@@ -584,8 +599,18 @@ static int l_later(lua_State *L)
         free(c);
         return luaL_error(L, "not enough memory");
     }
+    c->m = m;
+    c->next = m->laters;
+    if (c->next) c->next->prev = c;
+    m->laters = c;
     knit_manhole_push_deferred(L, ours, convert_lval, NULL);
     return 1;
+}
+
+void knit__manhole_cancel_laters(knit_manhole *m)
+{
+    while (m->laters) /* the canceller unlinks it */
+        knit_deferred_cancel(((later_ctx *)m->laters)->d);
 }
 
 int knit__manhole_register_await(knit_manhole *m)

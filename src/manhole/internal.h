@@ -61,6 +61,7 @@ struct knit_manhole {
     size_t nloops;
     mh_listener_ref *listeners_att; /* attached application listeners */
     size_t nlisteners;
+    void *laters; /* await.c: later() timers still pending */
 };
 
 /* await.c: called once a draining session's awaits are done (see
@@ -126,6 +127,9 @@ void knit__manhole_awaits_flush(knit_manhole_session *s);
  * Returns false, and never calls DONE, when nothing is pending (close at
  * once), the manhole has no reactor, or the session is draining already. */
 bool knit__manhole_drain(knit_manhole_session *s, mh_drain_fn done, void *arg);
+/* await.c: cancel every later() still pending (their Deferreds fail with
+ * ECANCELED), so that a manhole being freed leaves no timer behind. */
+void knit__manhole_cancel_laters(knit_manhole *m);
 /* await.c: give up draining now (Ctrl-C): writes the message with WHY, then
  * calls DONE(s, true, ARG) before returning. No-op when not draining. */
 void knit__manhole_drain_abandon(knit_manhole_session *s, const char *why);

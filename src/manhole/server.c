@@ -459,6 +459,8 @@ void knit__manhole_close_transports(knit_manhole *m)
         c->s = NULL;
         if (c->proto.transport) knit_transport_abort(c->proto.transport);
     }
+    /* and the reactor timers the sessions left behind (later()) */
+    knit__manhole_cancel_laters(m);
 }
 
 int knit_manhole_ssh_port(const knit_manhole *m)

@@ -19,7 +19,8 @@ import time
 import traceback
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from bounded import WaitTimeout, readline, recv_until, wait_pid, wait_proc  # noqa: E402
+from bounded import (WaitTimeout, communicate, readline, recv_until, wait_pid,  # noqa: E402
+                     wait_proc)
 
 TOP = os.environ.get("KNIT_TOP", os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
@@ -517,7 +518,8 @@ def _(env):
 def ssh_cmd(env, key, *extra, port=None):
     return ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+            "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
+            "-o", "ConnectTimeout=%d" % TIMEOUT,
             "-p", str(port or env.demo2.ssh_port)] + (["-i", key] if key else []) + \
         list(extra)
 
@@ -544,7 +546,8 @@ def _(env):
                                  "for i = 1, 300000 do print(i) end"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(1.0)  # let the SSH window fill before reading
-    out, _ = p.communicate(timeout=TIMEOUT)
+    # a throughput check, not a hang check: slow under ASan on a loaded machine
+    out, _ = communicate(p, 6 * TIMEOUT, "300,000 lines over ssh")
     lines = out.decode().split("\n")
     check(p.returncode == 0, "rc %d" % p.returncode)
     check(len(lines) == 300001 and lines[-2] == "300000", "%d lines" % len(lines))
@@ -738,28 +741,13 @@ def _(env):
 
 
 GAVE_UP = "manhole: gave up waiting for 1 pending await(): still pending after 1 s"
-# "never fires" here means after the session gave up; the timers must still
-# fire before the demos stop (a timer left at exit is a leak under ASan)
-LATE = 4
-
-
-def timer_count(sock):
-    r = client(sock, "-e", "return #reactor.timers()")
-    check(r.returncode == 0, "reactor.timers(): %s %s" % (r.stdout, r.stderr))
-    return int(r.stdout)
-
-
-def settle_timers(sock, before):
-    """Wait (bounded) until the later() timers the case left have fired."""
-    deadline = time.time() + LATE + TIMEOUT
-    while timer_count(sock) > before:
-        check(time.time() < deadline, "the cases' later() timers never fired")
-        time.sleep(0.2)
+# an await that never fires in time (the manhole cancels its timer when the
+# demo stops: none is left behind at exit)
+LATE = 600
 
 
 @case("end of input with an await that never fires: a message after the drain timeout")
 def _(env):
-    before = timer_count(env.drain_sock)
     t0 = time.time()
     r = ssh(env, env.key, "127.0.0.1", "await(later(%d, 1))" % LATE, port=env.demo3.ssh_port)
     check(r.returncode == 1 and r.stdout == "1\n" + GAVE_UP + "\n",
@@ -781,7 +769,6 @@ def _(env):
           "not logged: " + env.demo3.log()[-2000:])
     # the service is fine; the timers still pending fire into nothing later
     check(env.demo3.ping() == "pong", "no pong after")
-    settle_timers(env.drain_sock, before)
 
 
 def pty_spawn(argv, env_vars=None):
@@ -859,7 +846,6 @@ def _(env):
                 wait_pid(pid, TIMEOUT, "%s after SIGKILL" % name)
             os.close(fd)
     # Ctrl-C gives up at once
-    before = timer_count(env.sock), timer_count(env.unlimited)
     for name, argv, status in (("ssh", ssh_cmd(env, env.key, "-tt", "127.0.0.1"), 1),
                                ("knit-manhole", [CLIENT, env.sock], 1)):
         pid, fd = pty_spawn(argv, {"HOME": home})
@@ -883,8 +869,6 @@ def _(env):
                 wait_pid(pid, TIMEOUT, "%s after SIGKILL" % name)
             os.close(fd)
     check(env.demo2.ping() == "pong" and env.demo.ping() == "pong", "no pong after")
-    settle_timers(env.sock, before[0])
-    settle_timers(env.unlimited, before[1])
 
 
 def main():

@@ -594,6 +594,17 @@ static void test_await_outlived_by_deferred(void **state)
     rfx_free(f);
 }
 
+static void test_later_cancelled_with_the_manhole(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    /* later()s still pending when the manhole goes: their timers must go
+     * too (rfx_free asserts the reactor closes with nothing registered) */
+    assert_int_equal(rfeed(f, "await(later(600, 1)) d = later(700, 'x')"), KNIT_MANHOLE_OK);
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(1)), 0);
+    rfx_free(f);
+}
+
 /* ---- draining: the input ended with awaits pending (issue 18 item 12) ---- */
 
 typedef struct drained {
@@ -1001,6 +1012,7 @@ int main(void)
         cmocka_unit_test(test_await_fires_later),
         cmocka_unit_test(test_await_fired_and_cancelled),
         cmocka_unit_test(test_await_outlived_by_deferred),
+        cmocka_unit_test(test_later_cancelled_with_the_manhole),
         cmocka_unit_test(test_drain_waits_for_awaits),
         cmocka_unit_test(test_drain_gives_up_after_timeout),
         cmocka_unit_test(test_drain_session_freed),
