@@ -121,8 +121,9 @@ def group_of(path):
 
 
 # A child python imports MODULE (and each NAME from it, as a submodule when
-# there is one) and prints the files of every module loaded from outside the
-# standard library.
+# there is one) and prints the files of every module that import loaded from
+# outside the standard library (not what the interpreter loaded at start-up:
+# a .pth file of some unrelated package installed here imports its own).
 PROBE = r"""
 import importlib, json, sys, sysconfig
 mod, names = sys.argv[1], json.loads(sys.argv[2])
@@ -141,6 +142,8 @@ except Exception as e:
     sys.exit(0)
 files = set()
 for name, m in list(sys.modules.items()):
+    if name in before:  # loaded at start-up (site, .pth files), not by this import
+        continue
     f = getattr(m, "__file__", None)
     if f and not f.startswith(std):
         files.add(f)
