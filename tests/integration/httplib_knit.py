@@ -81,12 +81,13 @@ def recv_response(sock, head_only=False):
         return status, headers, b"", rest
     if "content-length" in headers:
         n = int(headers["content-length"])
+        rest = bytearray(rest)  # bytes += bytes copies it all each time: quadratic
         while len(rest) < n:
-            d = sock.recv(65536)
+            d = sock.recv(1 << 20)
             if not d:
                 raise EOFError("short body")
             rest += d
-        body, rest = rest[:n], rest[n:]
+        body, rest = bytes(rest[:n]), bytes(rest[n:])
     elif headers.get("transfer-encoding") == "chunked":
         parts = []
         rest = bytearray(rest)
@@ -114,12 +115,13 @@ def recv_response(sock, head_only=False):
                 break
         body, rest = b"".join(parts), bytes(rest[pos:])
     else:
+        rest = bytearray(rest)
         while True:
             d = sock.recv(65536)
             if not d:
                 break
             rest += d
-        body, rest = rest, b""
+        body, rest = bytes(rest), b""
     return status, headers, body, rest
 
 
