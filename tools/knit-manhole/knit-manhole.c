@@ -361,7 +361,7 @@ static int interactive(void)
     if (tty_saved) tcsetattr(0, TCSADRAIN, &tty_user);
     if (*hist) write_history(hist);
     if (status == 0) { /* Ctrl-D: pending awaits finish first */
-        draining = 1; /* before saying so: a Ctrl-C after the message gives up */
+        draining = 1;  /* before saying so: a Ctrl-C after the message gives up */
         if (pending_awaits > 0) {
             printf("waiting for %lu pending await()%s (Ctrl-C gives up)\n", pending_awaits,
                    pending_awaits == 1 ? "" : "s");
