@@ -6,10 +6,19 @@
  * answered. Threads: everything here runs on the reactor thread except the
  * handler of a pool route, which runs on a worker and reaches the
  * connection only through its request: it appends response bytes to
- * req->out under req->mu and asks the reactor to flush them
- * (knit_call_from_thread); it blocks on req->cv while the output is above
- * the high-water mark. The reactor sets req->gone (under req->mu) when the
- * client disappears, which makes every later write fail with KNIT_ECLOSED.
+ * req->out under req->mu and asks the request's reactor (req->r, the one
+ * its connection lives on) to flush them (knit_call_from_thread); it blocks
+ * on req->cv while the output is above the high-water mark. The reactor
+ * sets req->gone (under req->mu) when the client disappears, which makes
+ * every later write fail with KNIT_ECLOSED.
+ *
+ * A pool handler is one job of the pool's job shape (pool.h): req->work,
+ * submitted on req->r; worker_run calls the handler on a worker and
+ * worker_done runs on req->r once it returned — after every call the
+ * handler made to req->r (flushes, body resumes), which is what lets the
+ * request be freed there without counting those calls. The response
+ * functions know which side they run on from req->on_worker, which
+ * worker_run sets around the handler call (no thread-local guessing).
  *
  * Invariants that must not break:
  *   - one request at a time per connection (c->req); bytes of pipelined
@@ -29,8 +38,9 @@
  *     is accepted; leaving it is lazy — reclaim checks each candidate and
  *     moves the busy ones away — so the request path pays nothing;
  *   - a request is freed only when (a) its response was fully handed to the
- *     transport or the connection is gone, (b) its pool handler returned
- *     (worker_done ran), and (c) no flush call is queued for it;
+ *     transport or the connection is gone, and (b) its pool job is over
+ *     (worker_done ran: the handler returned, or the pool dropped the job);
+ *     no call of the handler to the reactor can still be queued then;
  *   - an idle keep-alive connection owns no buffer: c->pending is released,
  *     the transport's input is fully consumed, no request is allocated.
  */
@@ -146,6 +156,10 @@ struct cleanup {
 struct knit_http_request {
     knit_http_server *srv;
     struct conn *conn; /* NULL once the connection is gone [reactor] */
+    /* The reactor of the request's connection: where a pool handler's calls
+     * go and where its job's done runs (today always the server's). */
+    knit_reactor *r;
+    knit_work work; /* the pool job running the handler (pool mode) */
     const struct route *route;
     knit__http_request h; /* pointers into head (an arena copy) */
     char *method, *target, *path;
@@ -162,6 +176,10 @@ struct knit_http_request {
     bool close_after;
     bool started, finished, chunked, close_delimited;
     bool pool_mode, handler_returned;
+    /* [worker] true while worker_run runs the handler: the response
+     * functions take the worker's path. Only the handler's thread uses the
+     * request meanwhile (http.h), so no lock. */
+    bool on_worker;
     bool dispatched;   /* the handler was started */
     bool streaming;    /* pool route: body read by the worker while it arrives */
     bool body_pending; /* [mu] body bytes still to come from the client */
@@ -171,8 +189,7 @@ struct knit_http_request {
     bool failed;        /* [mu] a worker could not reach the reactor: abort */
     bool discard;       /* answered: the rest of the body is read and dropped */
     bool clock_on;      /* the body clock runs (the server waits for the client) */
-    int body_err;     /* [mu] body framing error / limit, for knit_http_read */
-    int calls_queued; /* [mu] knit_call_from_thread calls naming this request */
+    int body_err;       /* [mu] body framing error / limit, for knit_http_read */
     bool gone;        /* [mu] the client is gone */
     bool paused;      /* [mu] transport output above high water */
     bool ended;
@@ -310,14 +327,13 @@ static bool inject(unsigned *at)
     return false;
 }
 
-/* [worker] Ask the reactor to run FN(REQ); counted in calls_queued (mu
- * held). Fails (KNIT_ENOMEM) only when the call cannot be queued. */
-static int call_reactor_locked(knit_http_request *req, knit_call_fn fn)
+/* [worker] Ask the request's reactor to run FN(REQ). It runs before the
+ * handler's job is done (worker_done): the pool delivers a job's done after
+ * every call its work made to the same reactor, so REQ is still there.
+ * Fails (KNIT_ENOMEM) only when the call cannot be queued. */
+static int call_reactor(knit_http_request *req, knit_call_fn fn)
 {
-    req->calls_queued++;
-    int rc = inject(&fail_call_at) ? KNIT_ENOMEM : knit_call_from_thread(req->srv->r, fn, req);
-    if (rc != 0) req->calls_queued--;
-    return rc;
+    return inject(&fail_call_at) ? KNIT_ENOMEM : knit_call_from_thread(req->r, fn, req);
 }
 
 /* ---- the pending-input buffer, allocated on demand ---------------------------- */
@@ -941,6 +957,14 @@ static void conn_error(struct conn *c, int status, const char *why)
 
 static void request_free(knit_http_request *req);
 
+/* The reactor C's transport belongs to (the server's for transports that
+ * have none, such as the memory transport of the unit tests). */
+static knit_reactor *conn_reactor(const struct conn *c)
+{
+    knit_reactor *r = c->proto.transport ? knit_transport_reactor(c->proto.transport) : NULL;
+    return r ? r : c->srv->r;
+}
+
 static knit_http_request *request_new(struct conn *c, const char *head, size_t head_len,
                                       const knit__http_request *h)
 {
@@ -953,11 +977,12 @@ static knit_http_request *request_new(struct conn *c, const char *head, size_t h
     req->chunks = &req->first;
     req->srv = c->srv;
     req->conn = c;
+    req->r = conn_reactor(c);
     req->declared = -1;
     knit_buf_init(&req->body);
     knit_buf_init(&req->rh);
     knit_buf_init(&req->out);
-    req->t0 = knit_reactor_now(c->srv->r);
+    req->t0 = knit_reactor_now(req->r);
     req->wall0 = knit_wall_now();
 
     /* Copy the head and re-point the parsed fields into the copy. */
@@ -1124,14 +1149,8 @@ static void request_maybe_end(knit_http_request *req)
 {
     if (req->ended) return;
     /* Inline handlers end the request by responding/finishing, even after
-     * the client left; pool handlers by returning. */
-    if (req->pool_mode) {
-        if (!req->handler_returned) return;
-        pthread_mutex_lock(&req->mu);
-        int queued = req->calls_queued;
-        pthread_mutex_unlock(&req->mu);
-        if (queued) return;
-    }
+     * the client left; pool handlers by returning (worker_done). */
+    if (req->pool_mode && !req->handler_returned) return;
     bool answered = req->finished || (req->gone && req->pool_mode);
     if (!answered) return;
     req->ended = true;
@@ -1284,24 +1303,22 @@ static void flush_out(knit_http_request *req)
     pthread_mutex_unlock(&req->mu);
 }
 
+/* [reactor] A pool handler's write asked for a flush. The handler is
+ * still running (its job's done comes after this call): the request cannot
+ * end here. */
 static void flush_call(knit_reactor *r, void *arg)
 {
     (void)r;
-    knit_http_request *req = arg;
-    pthread_mutex_lock(&req->mu);
-    req->calls_queued--;
-    pthread_mutex_unlock(&req->mu);
-    flush_out(req);
-    request_maybe_end(req);
+    flush_out(arg);
 }
 
-/* Emit bytes of the response from whichever thread runs the handler. */
+/* Emit bytes of the response from whichever thread runs the handler: a
+ * pool handler on its worker (req->on_worker), or the reactor (inline
+ * handlers, and the server's own answers, including worker_done's). */
 static int emit(knit_http_request *req, const void *a, size_t alen, const void *b, size_t blen,
                 bool final)
 {
-    /* On a pool worker (the handler) or on the reactor (everything else)?
-     * knit_pool_current is a thread-local read: no shared state. */
-    if (!req->pool_mode || knit_pool_current() == NULL) {
+    if (!req->on_worker) {
         struct conn *c = req->conn;
         if (!c || !c->proto.transport || req->gone) {
             if (final) {
@@ -1330,7 +1347,7 @@ static int emit(knit_http_request *req, const void *a, size_t alen, const void *
     if (final) req->finished = true;
     /* A final write is flushed by worker_done when the handler returns (one
      * wake-up for the whole response); intermediate writes go out now. */
-    if (!final && call_reactor_locked(req, flush_call) != 0) {
+    if (!final && call_reactor(req, flush_call) != 0) {
         /* Nothing would flush what is queued: fail now (worker_done aborts
          * the connection) instead of waiting for the client to leave. */
         req->failed = true;
@@ -1444,7 +1461,7 @@ int knit_http_finish(knit_http_request *req)
         /* req->conn is the reactor's (cleared when the client leaves):
          * look at it only there. A worker's short finish closes through
          * close_after once worker_done ends the request. */
-        if (knit_pool_current() == NULL && req->conn && req->conn->proto.transport)
+        if (!req->on_worker && req->conn && req->conn->proto.transport)
             knit_transport_lose_connection(req->conn->proto.transport);
     }
     if (req->chunked) return emit(req, "0\r\n\r\n", 5, NULL, 0, true);
@@ -1517,7 +1534,7 @@ static void body_wanted_locked(knit_http_request *req)
     }
     if (req->body_full && !req->failed) {
         req->body_full = false;
-        if (call_reactor_locked(req, body_resume_call) != 0) req->failed = true;
+        if (call_reactor(req, body_resume_call) != 0) req->failed = true;
     }
 }
 
@@ -1700,16 +1717,34 @@ static bool method_matches(const struct route *rt, const knit_http_request *req)
 
 /* ---- dispatch -------------------------------------------------------------------- */
 
-static void worker_run(void *arg)
+/* [worker] The pool job: the route's handler. */
+static void worker_run(knit_work *w)
 {
-    knit_http_request *req = arg;
+    knit_http_request *req = container_of(w, knit_http_request, work);
+    req->on_worker = true;
     req->route->fn(req, req->route->arg);
+    req->on_worker = false;
 }
 
-/* [reactor] after the pool handler returned (or its job was dropped). */
-static void worker_done(void *arg)
+static void answer_not_run(knit_http_request *req, int rc);
+
+/* [reactor, req->r] The pool job is over: the handler returned (STATUS 0),
+ * or the pool dropped the job before it ran (a non-draining shutdown:
+ * KNIT_ESHUTDOWN). Every call the handler made to req->r has run by now
+ * (pool.h), so nothing else names REQ and it may end here. */
+static void worker_done(knit_work *w, int status)
 {
-    knit_http_request *req = arg;
+    knit_http_request *req = container_of(w, knit_http_request, work);
+    if (status != 0) {
+        /* The handler never ran: answer for it (503, as when the pool
+         * refuses the job at submission). answer_not_run writes directly,
+         * on_worker being false; handler_returned is still false, so the
+         * answer cannot end (free) the request under us. */
+        answer_not_run(req, status);
+        req->handler_returned = true;
+        request_maybe_end(req);
+        return;
+    }
     pthread_mutex_lock(&req->mu);
     bool failed = req->failed;
     pthread_mutex_unlock(&req->mu);
@@ -1804,7 +1839,7 @@ static void run_handler(struct conn *c, knit_http_request *req)
     req->pool_mode = true;
     pthread_mutex_init(&req->mu, NULL);
     pthread_cond_init(&req->cv, NULL);
-    int rc = knit_call_in_thread(s->o.pool, worker_run, req, worker_done);
+    int rc = knit_pool_submit(s->o.pool, req->r, &req->work, worker_run, worker_done);
     if (rc != 0) {
         req->pool_mode = false;
         req->streaming = false;
@@ -1823,10 +1858,22 @@ static void run_handler(struct conn *c, knit_http_request *req)
         } else {
             s->busy_unlogged++;
         }
-        char ra[16];
-        snprintf(ra, sizeof ra, "%u", s->o.retry_after);
-        respond_simple(req, 503, "Retry-After", ra);
+        answer_not_run(req, rc);
     }
+}
+
+/* [reactor] REQ's handler did not run and will not: the pool refused its
+ * job (RC KNIT_EQUEUEFULL or KNIT_ESHUTDOWN) or dropped it unrun (a
+ * non-draining shutdown). 503 with Retry-After, not 500: nothing of the
+ * request was done, so the client may safely send it again (even a POST),
+ * here once the pool is back or to another instance. */
+static void answer_not_run(knit_http_request *req, int rc)
+{
+    KNIT_DEBUG(MOD, "503 for %s %s: the handler did not run (%s)", req->method, req->target,
+               knit_strerror(rc));
+    char ra[16];
+    snprintf(ra, sizeof ra, "%u", req->srv->o.retry_after);
+    respond_simple(req, 503, "Retry-After", ra);
 }
 
 /* ---- output: when a connection may start its next request, the budget ---------- */
@@ -2363,14 +2410,13 @@ static bool body_step(struct conn *c, knit_buf *buf)
     return true;
 }
 
-/* [reactor] The worker read from a full body buffer (or wants 100). */
+/* [reactor] The worker read from a full body buffer (or wants 100). Its
+ * handler is still running (worker_done comes after this call): the
+ * request cannot end here. */
 static void body_resume_call(knit_reactor *r, void *arg)
 {
     (void)r;
     knit_http_request *req = arg;
-    pthread_mutex_lock(&req->mu);
-    req->calls_queued--;
-    pthread_mutex_unlock(&req->mu);
     flush_out(req); /* a queued 100 Continue */
     struct conn *c = req->conn;
     if (c && c->req == req && c->state == C_BODY && !req->discard) {
@@ -2387,12 +2433,11 @@ static void body_resume_call(knit_reactor *r, void *arg)
                 knit_transport_resume_reading(c->proto.transport);
             }
             if (!full) {
-                body_clock_start(req, knit_reactor_now(c->srv->r));
+                body_clock_start(req, knit_reactor_now(req->r));
                 body_clock_arm(c);
             }
         }
     }
-    request_maybe_end(req);
 }
 
 /* [reactor] REQ's head announced a body and its route is known: check the
