@@ -34,9 +34,10 @@
  *     idle list, in the order the connections became idle (the head has been
  *     idle the longest: the ones reclaimed at the connection cap), the held
  *     list (waiting for the output budget), or the busy list. A connection
- *     is appended to its idle list when it becomes idle (timer_set T_IDLE) or
- *     is accepted; leaving it is lazy — reclaim checks each candidate and
- *     moves the busy ones away — so the request path pays nothing;
+ *     is appended to its idle list when it becomes idle
+ *     (knit__http_timer_set T_IDLE) or is accepted; leaving it is lazy —
+ *     reclaim checks each candidate and moves the busy ones away — so the
+ *     request path pays nothing;
  *   - a request is freed only when (a) its response was fully handed to the
  *     transport or the connection is gone, and (b) its pool job is over
  *     (worker_done ran: the handler returned, or the pool dropped the job);
@@ -63,193 +64,7 @@
 
 #define MOD "http"
 #define ARENA0 2048u /* first arena chunk, inside the request allocation */
-#define MAX_LISTENERS 8
 #define OUT_HIGH_WATER KNIT_STREAM_HIGH_WATER
-
-#define container_of(ptr, type, member) ((type *)((char *)(ptr)-offsetof(type, member)))
-
-/* ---- routes --------------------------------------------------------------- */
-
-struct route {
-    struct route *next;
-    char *method;  /* NULL: any */
-    char *pattern; /* owned copy */
-    char **segs;   /* pattern segments ("{id}" kept with braces) */
-    size_t nsegs;
-    bool prefix; /* the last pattern segment was "*" */
-    knit_http_mode mode;
-    uint64_t max_body; /* request bodies up to this (413 above) */
-    knit_http_handler fn;
-    void *arg;
-};
-
-/* ---- connections ----------------------------------------------------------- */
-
-/* C_LINGER: answered and about to close; the write side is shut and what
- * the client still sends is read and dropped (lingering close). */
-enum { C_IDLE, C_HEAD, C_BODY, C_HANDLING, C_CLOSING, C_LINGER };
-/* T_FIRST: a new connection must send its first request within
- * header_timeout (closed silently otherwise). T_LINGER: the bounds of a
- * lingering close, or of dropping an unread body (drain_step). */
-enum { T_NONE, T_FIRST, T_HEADER, T_IDLE, T_BODY, T_WRITE, T_LINGER };
-
-struct conn {
-    knit_protocol proto;
-    knit_http_server *srv;
-    knit_http_request *req;   /* the one being read or answered */
-    struct conn *prev, *next; /* on the list named by where */
-    knit_timer timer;
-    knit_time idle_since; /* when the connection last became idle, or began
-                             lingering / dropping an unread body */
-    knit_buf *pending;    /* bytes received while a request was being answered;
-                             allocated only then (NULL when idle: STYLE item 6) */
-    union {
-        uint32_t head_prev; /* C_IDLE / C_HEAD: input length at the last parse */
-        uint32_t dropped;   /* C_LINGER, draining: bytes dropped (saturates) */
-    };
-    uint8_t state;
-    uint8_t timer_kind;
-    /* The client address from accept, kept compact (no getpeername per
-     * request): AF_INET/AF_INET6 or 0 (ask the transport). */
-    uint8_t peer_family;
-    uint16_t peer_port; /* network order */
-    uint8_t peer_addr[16];
-    bool read_paused;
-    bool in_process;
-    bool peer_eof; /* the client half-closed: close after the answer */
-    uint8_t lslot; /* the listener slot that accepted it (s->slots) */
-    uint8_t where; /* W_IDLE, W_BUSY or W_HELD */
-    bool shed;     /* closed over the output budget */
-    bool lingered; /* counted in srv->lingering until connection_lost */
-};
-
-enum { W_IDLE, W_BUSY, W_HELD };
-
-struct conn_list {
-    struct conn *head, *tail;
-};
-
-/* One per listener (and one more, the last, for connections made by the
- * test hook): the factory that builds its connections and their idle list. */
-struct lslot {
-    knit_http_server *s;
-    knit_listener *l; /* NULL once closed (and for the test slot) */
-    knit_protocol_factory factory;
-    struct conn_list idle; /* head: idle the longest */
-    uint8_t idx;
-};
-
-/* ---- requests -------------------------------------------------------------- */
-
-struct arena_chunk {
-    struct arena_chunk *next;
-    size_t cap, used;
-    _Alignas(16) char data[];
-};
-
-struct cleanup {
-    struct cleanup *next;
-    void (*fn)(void *);
-    void *arg;
-};
-
-struct knit_http_request {
-    knit_http_server *srv;
-    struct conn *conn; /* NULL once the connection is gone [reactor] */
-    /* The reactor of the request's connection: where a pool handler's calls
-     * go and where its job's done runs (today always the server's). */
-    knit_reactor *r;
-    knit_work work; /* the pool job running the handler (pool mode) */
-    const struct route *route;
-    knit__http_request h; /* pointers into head (an arena copy) */
-    char *method, *target, *path;
-    const char *query;
-    size_t query_len;
-    const char *pnames[KNIT_HTTP_MAX_PARAMS];
-    size_t pname_lens[KNIT_HTTP_MAX_PARAMS];
-    char *pvals[KNIT_HTTP_MAX_PARAMS];
-    unsigned nparams;
-    knit_sockaddr peer; /* formatted into remote on first use (printf is costly) */
-    char remote[64];
-    bool tls;
-    bool head_only; /* HEAD: no body bytes */
-    bool close_after;
-    bool started, finished, chunked, close_delimited;
-    bool pool_mode, handler_returned;
-    /* [worker] true while worker_run runs the handler: the response
-     * functions take the worker's path. Only the handler's thread uses the
-     * request meanwhile (http.h), so no lock. */
-    bool on_worker;
-    bool dispatched;   /* the handler was started */
-    bool streaming;    /* pool route: body read by the worker while it arrives */
-    bool body_pending; /* [mu] body bytes still to come from the client */
-    bool collect_all;  /* [mu] knit_http_body: no per-request buffer cap */
-    bool body_full;    /* [mu] the reactor stopped feeding: buffer at cap */
-    bool continue_sent; /* [mu] */
-    bool failed;        /* [mu] a worker could not reach the reactor: abort */
-    bool discard;       /* answered: the rest of the body is read and dropped */
-    bool clock_on;      /* the body clock runs (the server waits for the client) */
-    int body_err;       /* [mu] body framing error / limit, for knit_http_read */
-    bool gone;        /* [mu] the client is gone */
-    bool paused;      /* [mu] transport output above high water */
-    bool ended;
-    int status;
-    int64_t declared; /* Content-Length we announced, -1 unknown */
-    uint64_t body_sent;
-    uint64_t bytes_out;
-    /* body (collected by the reactor before dispatch) */
-    knit_buf body; /* [mu] received, not yet read by the handler */
-    uint64_t body_left;
-    knit__http_chunked dec;
-    /* [reactor] body bounds: see "request bodies" below */
-    uint64_t body_rx;          /* body bytes taken from the connection */
-    size_t body_accounted;     /* bytes of body counted in srv->body_mem */
-    knit_time body_since;      /* the clock runs since then (clock_on) */
-    knit_time body_last;       /* bytes last arrived (or the clock started) */
-    knit_duration body_waited; /* clock time before body_since */
-    /* response headers added by the handler */
-    knit_buf rh;
-    /* bytes produced on a worker, waiting for the reactor [mu] */
-    knit_buf out;
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    knit_time t0;
-    int64_t wall0;
-    struct cleanup *cleanups;
-    struct arena_chunk *chunks;
-    struct arena_chunk first; /* must be last: ARENA0 bytes follow */
-};
-
-struct knit_http_server {
-    knit_reactor *r;
-    knit_http_options o;
-    knit__http_limits lim;
-    struct route *routes, **routes_tail;
-    struct lslot slots[MAX_LISTENERS + 1]; /* [MAX_LISTENERS]: the test hook's */
-    size_t nlisteners;
-    struct conn_list busy, held; /* idle ones are on their slot's list */
-    size_t nconns;
-    knit_output_group outg; /* bytes queued on all connections vs output_budget */
-    knit_timer budget_timer;
-    knit_trigger *trigger;
-    bool draining;
-    knit_timer drain_timer;
-    void (*drain_done)(knit_http_server *, void *);
-    void *drain_arg;
-    knit_http_stats st;
-    uint64_t by_code[600];
-    uint64_t body_mem;        /* bytes of request bodies held (max_body_memory) */
-    uint64_t lingering;       /* connections in C_LINGER */
-    bool busy_warned;         /* a "pool queue full" warning was logged ... */
-    knit_time busy_logged;    /* ... at this time (at most one a second) */
-    uint64_t busy_unlogged;   /* 503s since that warning */
-    /* the same for the reclaim and output budget warnings */
-    knit_time reclaim_logged, shed_logged;
-    uint64_t reclaim_unlogged, shed_unlogged;
-    bool reclaim_warned, shed_warned;
-};
-
-static void conn_continue(struct conn *c);
 
 /* ---- connection lists ---------------------------------------------------------- */
 
@@ -297,7 +112,6 @@ static void conn_move(struct conn *c, uint8_t where)
 /* Every list of S, for walks over all connections: fills OUT, returns the
  * count. A walk may close connections (that only queues their end) but
  * must not move them between lists. */
-#define NLISTS (MAX_LISTENERS + 3)
 static size_t all_lists(knit_http_server *s, struct conn_list *out[NLISTS])
 {
     size_t n = 0;
@@ -331,21 +145,12 @@ static bool inject(unsigned *at)
  * handler's job is done (worker_done): the pool delivers a job's done after
  * every call its work made to the same reactor, so REQ is still there.
  * Fails (KNIT_ENOMEM) only when the call cannot be queued. */
-static int call_reactor(knit_http_request *req, knit_call_fn fn)
+int knit__http_call_reactor(knit_http_request *req, knit_call_fn fn)
 {
     return inject(&fail_call_at) ? KNIT_ENOMEM : knit_call_from_thread(req->r, fn, req);
 }
 
 /* ---- the pending-input buffer, allocated on demand ---------------------------- */
-
-static inline bool pend_empty(const struct conn *c)
-{
-    return !c->pending || knit_buf_empty(c->pending);
-}
-static inline size_t pend_len(const struct conn *c)
-{
-    return c->pending ? knit_buf_len(c->pending) : 0;
-}
 
 static knit_buf *pend_get(struct conn *c)
 {
@@ -357,7 +162,7 @@ static knit_buf *pend_get(struct conn *c)
 }
 
 /* Free the buffer once it is empty (or unconditionally with FORCE). */
-static void pend_trim(struct conn *c, bool force)
+void knit__http_pend_trim(struct conn *c, bool force)
 {
     if (c->pending && (force || knit_buf_empty(c->pending))) {
         knit_buf_release(c->pending);
@@ -365,11 +170,7 @@ static void pend_trim(struct conn *c, bool force)
         c->pending = NULL;
     }
 }
-static void process(struct conn *c, knit_buf *buf);
-static void request_maybe_end(knit_http_request *req);
 static void drain_check(knit_http_server *s);
-static void respond_simple(knit_http_request *req, int status, const char *extra_header,
-                           const char *extra_value);
 
 /* ---- options ------------------------------------------------------------------ */
 
@@ -489,7 +290,7 @@ const char *knit_http_reason(int status)
 
 /* ---- Date header: one formatted string per second per thread --------------- */
 
-static const char *http_date(void)
+const char *knit__http_date(void)
 {
     static __thread char buf[40];
     static __thread int64_t sec = -1;
@@ -536,7 +337,7 @@ int knit_http_on_cleanup(knit_http_request *req, void (*fn)(void *), void *arg)
     return 0;
 }
 
-static char *arena_strndup(knit_http_request *req, const char *s, size_t n)
+char *knit__http_strndup(knit_http_request *req, const char *s, size_t n)
 {
     char *p = knit_http_alloc(req, n + 1);
     if (!p) return NULL;
@@ -706,6 +507,20 @@ nomem:
     return KNIT_ENOMEM;
 }
 
+void knit__http_routes_free(knit_http_server *s)
+{
+    while (s->routes) {
+        struct route *rt = s->routes;
+        s->routes = rt->next;
+        for (size_t i = 0; i < rt->nsegs; i++)
+            free(rt->segs[i]);
+        free(rt->segs);
+        free(rt->pattern);
+        free(rt->method);
+        free(rt);
+    }
+}
+
 int knit_http_listen(knit_http_server *s, const char *desc, char *err, size_t errlen)
 {
     if (s->nlisteners == MAX_LISTENERS) return KNIT_ELIMIT;
@@ -755,7 +570,7 @@ uint64_t knit_http_status_count(const knit_http_server *s, int status)
 
 static void conn_timeout(knit_reactor *r, void *arg);
 
-static void timer_set(struct conn *c, int kind, knit_duration d)
+void knit__http_timer_set(struct conn *c, int kind, knit_duration d)
 {
     knit_reactor *r = c->srv->r;
     if (d <= 0) kind = T_NONE;
@@ -792,7 +607,7 @@ static void timer_set(struct conn *c, int kind, knit_duration d)
 
 /* ---- writing an error answer from the reactor and closing --------------------- */
 
-static void count_status(knit_http_server *s, int status)
+void knit__http_count_status(knit_http_server *s, int status)
 {
     s->st.requests++;
     if (status >= 100 && status < 600) {
@@ -803,8 +618,8 @@ static void count_status(knit_http_server *s, int status)
 
 /* The body of an answer the server makes itself: the application's
  * (options.error_body) or "TEXT\n" as text/plain. Returns the length. */
-static size_t error_body(knit_http_server *s, int status, const char *text, char *buf, size_t cap,
-                         const char **ctype)
+size_t knit__http_error_body(knit_http_server *s, int status, const char *text, char *buf,
+                             size_t cap, const char **ctype)
 {
     *ctype = "text/plain";
     if (s->o.error_body) {
@@ -820,7 +635,7 @@ static size_t error_body(knit_http_server *s, int status, const char *text, char
 }
 
 /* The client address kept in C (see peer_family), or the transport's. */
-static void conn_peer(const struct conn *c, knit_sockaddr *out)
+void knit__http_conn_peer(const struct conn *c, knit_sockaddr *out)
 {
     if (c->peer_family == AF_INET) {
         memset(&out->u.in, 0, sizeof out->u.in);
@@ -839,19 +654,14 @@ static void conn_peer(const struct conn *c, knit_sockaddr *out)
     }
 }
 
-static void access_log_line(knit_http_server *s, const char *remote, int64_t wall,
-                            const char *method, const char *target_raw, int minor, int status,
-                            uint64_t bytes, const char *referer_raw, const char *ua_raw,
-                            knit_duration took);
-
 /* ---- closing: now, or lingering ------------------------------------------------ */
 
 /* [reactor] Close now: once the output drained if FLUSH (and it can), else
  * dropping it. */
-static void conn_close_now(struct conn *c, bool flush, knit_close_reason reason, int err)
+void knit__http_conn_close_now(struct conn *c, bool flush, knit_close_reason reason, int err)
 {
     knit_transport *t = c->proto.transport;
-    timer_set(c, T_NONE, 0);
+    knit__http_timer_set(c, T_NONE, 0);
     c->state = C_CLOSING;
     if (t) knit_transport_close_with(t, flush, reason, err);
 }
@@ -859,28 +669,28 @@ static void conn_close_now(struct conn *c, bool flush, knit_close_reason reason,
 /* [reactor] (Re)arm the bound of a lingering close or of dropping an unread
  * body: linger_timeout from now, and no later than linger_time after it
  * began (c->idle_since). */
-static void linger_arm(struct conn *c)
+void knit__http_linger_arm(struct conn *c)
 {
     knit_http_server *s = c->srv;
     knit_duration left = s->o.linger_time - (knit_reactor_now(s->r) - c->idle_since);
     knit_duration d =
         s->o.linger_timeout > 0 && s->o.linger_timeout < left ? s->o.linger_timeout : left;
-    timer_set(c, T_LINGER, d > 0 ? d : 1);
+    knit__http_timer_set(c, T_LINGER, d > 0 ? d : 1);
 }
 
 /* [reactor] N more bytes of C's input were dropped (lingering, or an
  * unread body): false once that crosses linger_max (C is then closed). */
-static bool linger_drop(struct conn *c, size_t n)
+bool knit__http_linger_drop(struct conn *c, size_t n)
 {
     uint64_t d = (uint64_t)c->dropped + n;
     c->dropped = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
     if (d > c->srv->o.linger_max) {
         KNIT_DEBUG(MOD, "dropped %" PRIu64 " bytes: closing", d);
-        conn_close_now(c, knit_transport_write_buffer_size(c->proto.transport) == 0,
-                       KNIT_CLOSE_PROTOCOL_ERROR, KNIT_ELIMIT);
+        knit__http_conn_close_now(c, knit_transport_write_buffer_size(c->proto.transport) == 0,
+                                  KNIT_CLOSE_PROTOCOL_ERROR, KNIT_ELIMIT);
         return false;
     }
-    linger_arm(c);
+    knit__http_linger_arm(c);
     return true;
 }
 
@@ -893,12 +703,12 @@ static bool linger_drop(struct conn *c, size_t n)
  * answer the unread bytes with a reset, which may destroy the answer
  * before the client reads it. Without LINGER (or while draining, or when
  * the client already half-closed): close once the output drained. */
-static void conn_end(struct conn *c, bool linger)
+void knit__http_conn_end(struct conn *c, bool linger)
 {
     knit_http_server *s = c->srv;
     knit_transport *t = c->proto.transport;
     if (!t || c->state == C_CLOSING || c->state == C_LINGER) return;
-    pend_trim(c, true);
+    knit__http_pend_trim(c, true);
     if (linger && !s->draining && s->o.linger_time > 0 && !c->peer_eof &&
         knit_transport_shutdown_write(t) == 0) {
         c->state = C_LINGER;
@@ -910,10 +720,10 @@ static void conn_end(struct conn *c, bool linger)
             c->read_paused = false;
             knit_transport_resume_reading(t);
         }
-        linger_arm(c);
+        knit__http_linger_arm(c);
         return;
     }
-    timer_set(c, T_NONE, 0);
+    knit__http_timer_set(c, T_NONE, 0);
     c->state = C_CLOSING;
     knit_transport_lose_connection(t);
 }
@@ -921,41 +731,39 @@ static void conn_end(struct conn *c, bool linger)
 /* [reactor] Answer STATUS on C's behalf (no request, or one the handler
  * has not answered) and end the connection: lingering, except after a
  * timeout (408), where the client has had its time. */
-static void conn_error(struct conn *c, int status, const char *why)
+void knit__http_conn_error(struct conn *c, int status, const char *why)
 {
     knit_http_server *s = c->srv;
     if (c->state == C_CLOSING || c->state == C_LINGER || !c->proto.transport) return;
     char body[KNIT_HTTP_ERROR_BODY_MAX], head[512], retry[40] = "";
     const char *ctype;
-    size_t blen = error_body(s, status, why, body, sizeof body, &ctype);
+    size_t blen = knit__http_error_body(s, status, why, body, sizeof body, &ctype);
     if (status == 503) snprintf(retry, sizeof retry, "Retry-After: %u\r\n", s->o.retry_after);
-    int n =
-        snprintf(head, sizeof head,
-                 "HTTP/1.1 %d %s\r\nDate: %s\r\n%s%s%sContent-Type: %s\r\n"
-                 "Content-Length: %zu\r\nConnection: close\r\n%s\r\n",
-                 status, knit_http_reason(status), http_date(), s->o.server_name ? "Server: " : "",
-                 s->o.server_name ? s->o.server_name : "", s->o.server_name ? "\r\n" : "", ctype,
-                 blen, retry);
+    int n = snprintf(head, sizeof head,
+                     "HTTP/1.1 %d %s\r\nDate: %s\r\n%s%s%sContent-Type: %s\r\n"
+                     "Content-Length: %zu\r\nConnection: close\r\n%s\r\n",
+                     status, knit_http_reason(status), knit__http_date(),
+                     s->o.server_name ? "Server: " : "", s->o.server_name ? s->o.server_name : "",
+                     s->o.server_name ? "\r\n" : "", ctype, blen, retry);
     if (n > 0 && (size_t)n < sizeof head) {
         struct iovec iov[2] = {{head, (size_t)n}, {body, blen}};
         knit_transport_writev(c->proto.transport, iov, 2);
     }
-    count_status(s, status);
+    knit__http_count_status(s, status);
     if (s->o.access_log != KNIT_HTTP_LOG_NONE && !c->req) {
         /* rejected before a request existed (bad head, head timeout) */
         knit_sockaddr a;
         char remote[64] = "-";
-        conn_peer(c, &a);
+        knit__http_conn_peer(c, &a);
         if (a.len) knit_sockaddr_format(&a, remote, sizeof remote);
-        access_log_line(s, remote, knit_wall_now(), NULL, NULL, 1, status, blen, NULL, NULL, 0);
+        knit__http_access_log_line(s, remote, knit_wall_now(), NULL, NULL, 1, status, blen, NULL,
+                                   NULL, 0);
     }
     KNIT_DEBUG(MOD, "closing connection: %d %s", status, why);
-    conn_end(c, status != 408);
+    knit__http_conn_end(c, status != 408);
 }
 
 /* ---- requests: creation and end ---------------------------------------------- */
-
-static void request_free(knit_http_request *req);
 
 /* The reactor C's transport belongs to (the server's for transports that
  * have none, such as the memory transport of the unit tests). */
@@ -965,8 +773,8 @@ static knit_reactor *conn_reactor(const struct conn *c)
     return r ? r : c->srv->r;
 }
 
-static knit_http_request *request_new(struct conn *c, const char *head, size_t head_len,
-                                      const knit__http_request *h)
+knit_http_request *knit__http_request_new(struct conn *c, const char *head, size_t head_len,
+                                          const knit__http_request *h)
 {
     knit_http_request *req = malloc(sizeof *req + ARENA0);
     if (!req) return NULL;
@@ -1002,8 +810,8 @@ static knit_http_request *request_new(struct conn *c, const char *head, size_t h
     req->h.method += d;
     req->h.target += d;
     if (req->h.host) req->h.host += d;
-    req->method = arena_strndup(req, req->h.method, req->h.method_len);
-    req->target = arena_strndup(req, req->h.target, req->h.target_len);
+    req->method = knit__http_strndup(req, req->h.method, req->h.method_len);
+    req->target = knit__http_strndup(req, req->h.target, req->h.target_len);
     if (!req->method || !req->target) goto fail;
     const char *t = req->target, *q = strchr(t, '?');
     size_t plen = q ? (size_t)(q - t) : strlen(t);
@@ -1030,22 +838,20 @@ static knit_http_request *request_new(struct conn *c, const char *head, size_t h
     }
     req->head_only = h->method_id == KNIT__HTTP_M_HEAD;
     req->close_after = !h->keep_alive;
-    conn_peer(c, &req->peer);
+    knit__http_conn_peer(c, &req->peer);
     req->tls = c->proto.transport && strcmp(knit_transport_kind(c->proto.transport), "tls") == 0;
     return req;
 fail:
-    request_free(req); /* with the arena chunks a large head already took */
+    knit__http_request_free(req); /* with the arena chunks a large head already took */
     return NULL;
 }
 
-static void body_account(knit_http_request *req);
-
-static void request_free(knit_http_request *req)
+void knit__http_request_free(knit_http_request *req)
 {
     for (struct cleanup *cl = req->cleanups; cl; cl = cl->next)
         cl->fn(cl->arg);
     knit_buf_release(&req->body);
-    body_account(req);
+    knit__http_body_account(req);
     knit_buf_release(&req->rh);
     knit_buf_release(&req->out);
     if (req->pool_mode) {
@@ -1080,10 +886,10 @@ static size_t log_escape(char *dst, size_t cap, const char *s, bool json)
 
 /* One access-log line. REMOTE "addr:port"; REQLINE false: the request line
  * could not be parsed (logged as "-"). [reactor] */
-static void access_log_line(knit_http_server *s, const char *remote, int64_t wall,
-                            const char *method, const char *target_raw, int minor, int status,
-                            uint64_t bytes, const char *referer_raw, const char *ua_raw,
-                            knit_duration took)
+void knit__http_access_log_line(knit_http_server *s, const char *remote, int64_t wall,
+                                const char *method, const char *target_raw, int minor, int status,
+                                uint64_t bytes, const char *referer_raw, const char *ua_raw,
+                                knit_duration took)
 {
     char host[64], target[1024], ref[512], ua[512], line[2400];
     snprintf(host, sizeof host, "%s", remote);
@@ -1132,20 +938,18 @@ static void access_log_line(knit_http_server *s, const char *remote, int64_t wal
     }
 }
 
-static void access_log(knit_http_request *req, knit_duration took)
+void knit__http_access_log(knit_http_request *req, knit_duration took)
 {
     knit_http_server *s = req->srv;
     if (s->o.access_log == KNIT_HTTP_LOG_NONE) return;
-    access_log_line(s, knit_http_remote_addr(req), req->wall0, req->method, req->target,
-                    req->h.minor_version, req->status, req->body_sent,
-                    knit_http_header(req, "referer"), knit_http_header(req, "user-agent"), took);
+    knit__http_access_log_line(s, knit_http_remote_addr(req), req->wall0, req->method, req->target,
+                               req->h.minor_version, req->status, req->body_sent,
+                               knit_http_header(req, "referer"),
+                               knit_http_header(req, "user-agent"), took);
 }
 
-static bool body_drainable(const knit_http_request *req);
-static void drain_begin(struct conn *c, knit_http_request *req);
-
 /* [reactor] The request is over for the connection: stats, log, next. */
-static void request_maybe_end(knit_http_request *req)
+void knit__http_request_maybe_end(knit_http_request *req)
 {
     if (req->ended) return;
     /* Inline handlers end the request by responding/finishing, even after
@@ -1157,7 +961,7 @@ static void request_maybe_end(knit_http_request *req)
     knit_http_server *s = req->srv;
     struct conn *c = req->conn;
     if (req->status) {
-        count_status(s, req->status);
+        knit__http_count_status(s, req->status);
         knit_duration took = knit_reactor_now(s->r) - req->t0;
         uint64_t us = (uint64_t)(took / 1000);
         unsigned b = 0;
@@ -1165,29 +969,29 @@ static void request_maybe_end(knit_http_request *req)
             b++;
         s->st.latency[b]++;
         s->st.latency_sum_ns += took > 0 ? (uint64_t)took : 0;
-        access_log(req, took);
+        knit__http_access_log(req, took);
     }
     /* Answered before the whole body arrived: the rest is read and dropped
-     * (drain_begin) when build_head could promise that, else we close
+     * (knit__http_drain_begin) when build_head could promise that, else we close
      * (lingering: the client is probably still sending). The handler has
      * returned, so body_pending is the reactor's alone now. */
     bool rest = req->body_pending;
-    bool close =
-        req->close_after || req->gone || (c && c->peer_eof) || (rest && !body_drainable(req));
+    bool close = req->close_after || req->gone || (c && c->peer_eof) ||
+                 (rest && !knit__http_body_drainable(req));
     if (c && c->state != C_CLOSING && c->state != C_LINGER && rest && !close && !s->draining) {
-        drain_begin(c, req);
+        knit__http_drain_begin(c, req);
         return;
     }
-    request_free(req);
+    knit__http_request_free(req);
     if (!c) return;
     c->req = NULL;
     if (c->state == C_CLOSING || c->state == C_LINGER) return; /* ended by the reactor */
     if (close || s->draining) {
-        conn_end(c, rest || !pend_empty(c));
+        knit__http_conn_end(c, rest || !pend_empty(c));
         return;
     }
     c->state = C_IDLE;
-    if (!c->in_process) conn_continue(c);
+    if (!c->in_process) knit__http_conn_continue(c);
 }
 
 /* ---- response serialisation ----------------------------------------------------- */
@@ -1202,9 +1006,10 @@ static int build_head(knit_http_request *req, knit_buf *b, int status, const cha
     /* may run on a worker: the reactor sets draining */
     if (__atomic_load_n(&s->draining, __ATOMIC_ACQUIRE)) req->close_after = true;
     /* Answering before the whole body arrived: say we will close unless
-     * the rest can be dropped (request_maybe_end decides the same way). */
+     * the rest can be dropped (knit__http_request_maybe_end decides the
+     * same way). */
     if (req->pool_mode) pthread_mutex_lock(&req->mu);
-    if (req->body_pending && !body_drainable(req)) req->close_after = true;
+    if (req->body_pending && !knit__http_body_drainable(req)) req->close_after = true;
     if (req->pool_mode) pthread_mutex_unlock(&req->mu);
     req->status = status;
     req->declared = length;
@@ -1219,7 +1024,7 @@ static int build_head(knit_http_request *req, knit_buf *b, int status, const cha
     }
     /* Written by hand: printf was half of a small response's CPU time. */
     const char *reason = knit_http_reason(status);
-    const char *date = http_date();
+    const char *date = knit__http_date();
     size_t rlen = strlen(reason), slen = s->o.server_name ? strlen(s->o.server_name) : 0;
     size_t clen = ctype ? strlen(ctype) : 0, hlen = knit_buf_len(&req->rh);
     size_t need = 160 + rlen + slen + clen + hlen;
@@ -1280,7 +1085,7 @@ static int build_head(knit_http_request *req, knit_buf *b, int status, const cha
 }
 
 /* [reactor] Hand queued worker output to the transport. */
-static void flush_out(knit_http_request *req)
+void knit__http_flush_out(knit_http_request *req)
 {
     knit_buf tmp = KNIT_BUF_INIT;
     pthread_mutex_lock(&req->mu);
@@ -1309,7 +1114,7 @@ static void flush_out(knit_http_request *req)
 static void flush_call(knit_reactor *r, void *arg)
 {
     (void)r;
-    flush_out(arg);
+    knit__http_flush_out(arg);
 }
 
 /* Emit bytes of the response from whichever thread runs the handler: a
@@ -1323,7 +1128,7 @@ static int emit(knit_http_request *req, const void *a, size_t alen, const void *
         if (!c || !c->proto.transport || req->gone) {
             if (final) {
                 req->finished = true;
-                request_maybe_end(req);
+                knit__http_request_maybe_end(req);
             }
             return KNIT_ECLOSED;
         }
@@ -1332,7 +1137,7 @@ static int emit(knit_http_request *req, const void *a, size_t alen, const void *
         req->bytes_out += alen + blen;
         if (final) {
             req->finished = true;
-            request_maybe_end(req);
+            knit__http_request_maybe_end(req);
         }
         return rc;
     }
@@ -1347,7 +1152,7 @@ static int emit(knit_http_request *req, const void *a, size_t alen, const void *
     if (final) req->finished = true;
     /* A final write is flushed by worker_done when the handler returns (one
      * wake-up for the whole response); intermediate writes go out now. */
-    if (!final && call_reactor(req, flush_call) != 0) {
+    if (!final && knit__http_call_reactor(req, flush_call) != 0) {
         /* Nothing would flush what is queued: fail now (worker_done aborts
          * the connection) instead of waiting for the client to leave. */
         req->failed = true;
@@ -1407,8 +1212,6 @@ int knit_http_respond(knit_http_request *req, int status, const char *content_ty
     return rc;
 }
 
-static void body_wanted_locked(knit_http_request *req);
-
 int knit_http_start(knit_http_request *req, int status, const char *content_type, int64_t length)
 {
     if (!claim_start(req)) return KNIT_EALREADY;
@@ -1430,7 +1233,7 @@ int knit_http_start(knit_http_request *req, int status, const char *content_type
         /* let the reactor start the body clock and read */
         pthread_mutex_lock(&req->mu);
         req->body_full = true;
-        body_wanted_locked(req);
+        knit__http_body_wanted_locked(req);
         pthread_mutex_unlock(&req->mu);
     }
     return rc;
@@ -1525,7 +1328,7 @@ static void body_resume_call(knit_reactor *r, void *arg);
  * queue, so it precedes the answer) and to feed more body bytes. If that
  * call cannot be queued, the read fails (KNIT_ENOMEM) rather than waiting
  * for bytes nobody will feed; worker_done aborts the connection. */
-static void body_wanted_locked(knit_http_request *req)
+void knit__http_body_wanted_locked(knit_http_request *req)
 {
     if (req->h.expect_continue && !req->continue_sent && !req->started) {
         req->continue_sent = true;
@@ -1534,7 +1337,7 @@ static void body_wanted_locked(knit_http_request *req)
     }
     if (req->body_full && !req->failed) {
         req->body_full = false;
-        if (call_reactor(req, body_resume_call) != 0) req->failed = true;
+        if (knit__http_call_reactor(req, body_resume_call) != 0) req->failed = true;
     }
 }
 
@@ -1543,7 +1346,7 @@ const void *knit_http_body(knit_http_request *req)
     if (req->streaming) {
         pthread_mutex_lock(&req->mu);
         req->collect_all = true;
-        body_wanted_locked(req);
+        knit__http_body_wanted_locked(req);
         while (req->body_pending && !req->body_err && !req->gone && !req->failed)
             pthread_cond_wait(&req->cv, &req->mu);
         bool whole = !req->body_pending;
@@ -1563,11 +1366,11 @@ ssize_t knit_http_read(knit_http_request *req, void *buf, size_t n)
         return (ssize_t)n;
     }
     pthread_mutex_lock(&req->mu);
-    body_wanted_locked(req);
+    knit__http_body_wanted_locked(req);
     while (knit_buf_empty(&req->body) && req->body_pending && !req->body_err && !req->gone &&
            !req->failed) {
         pthread_cond_wait(&req->cv, &req->mu);
-        if (knit_buf_empty(&req->body)) body_wanted_locked(req);
+        if (knit_buf_empty(&req->body)) knit__http_body_wanted_locked(req);
     }
     ssize_t rc;
     if (!knit_buf_empty(&req->body)) {
@@ -1575,7 +1378,7 @@ ssize_t knit_http_read(knit_http_request *req, void *buf, size_t n)
         memcpy(buf, knit_buf_data(&req->body), n);
         knit_buf_consume(&req->body, n);
         rc = (ssize_t)n;
-        if (req->body_full) body_wanted_locked(req);
+        if (req->body_full) knit__http_body_wanted_locked(req);
     } else if (req->body_err) {
         rc = req->body_err;
     } else if (req->failed) {
@@ -1676,7 +1479,7 @@ static bool route_match(knit_http_request *req, const struct route *rt)
             if (len == 0) return false;
             req->pnames[np] = pat + 1;
             req->pname_lens[np] = plen - 2;
-            req->pvals[np] = arena_strndup(req, p, len);
+            req->pvals[np] = knit__http_strndup(req, p, len);
             if (!req->pvals[np]) return false;
             np++;
         } else if (plen != len || memcmp(pat, p, len) != 0) {
@@ -1742,7 +1545,7 @@ static void worker_done(knit_work *w, int status)
          * answer cannot end (free) the request under us. */
         answer_not_run(req, status);
         req->handler_returned = true;
-        request_maybe_end(req);
+        knit__http_request_maybe_end(req);
         return;
     }
     pthread_mutex_lock(&req->mu);
@@ -1752,45 +1555,46 @@ static void worker_done(knit_work *w, int status)
         /* The worker could not reach the reactor (out of memory): what it
          * queued may be a torn answer. Abort; on_lost ends the request. */
         struct conn *c = req->conn;
-        if (c && c->proto.transport) conn_close_now(c, false, KNIT_CLOSE_NOMEM, KNIT_ENOMEM);
+        if (c && c->proto.transport)
+            knit__http_conn_close_now(c, false, KNIT_CLOSE_NOMEM, KNIT_ENOMEM);
         req->handler_returned = true;
-        request_maybe_end(req);
+        knit__http_request_maybe_end(req);
         return;
     }
-    flush_out(req);
+    knit__http_flush_out(req);
     if (!req->gone && !req->finished) {
         /* The handler returned without finishing: answer for it (we are on
          * the reactor, so these write directly). handler_returned is still
          * false, so this answer cannot end (free) the request under us. */
         if (!req->started)
-            respond_simple(req, 500, NULL, NULL);
+            knit__http_respond_simple(req, 500, NULL, NULL);
         else
             knit_http_finish(req);
     }
     req->handler_returned = true;
-    request_maybe_end(req);
+    knit__http_request_maybe_end(req);
 }
 
-static void respond_simple(knit_http_request *req, int status, const char *extra_header,
-                           const char *extra_value)
+void knit__http_respond_simple(knit_http_request *req, int status, const char *extra_header,
+                               const char *extra_value)
 {
     if (extra_header) knit_http_add_header(req, extra_header, extra_value);
     char text[64], body[KNIT_HTTP_ERROR_BODY_MAX];
     snprintf(text, sizeof text, "%d %s", status, knit_http_reason(status));
     const char *ctype;
-    size_t n = error_body(req->srv, status, text, body, sizeof body, &ctype);
+    size_t n = knit__http_error_body(req->srv, status, text, body, sizeof body, &ctype);
     knit_http_respond(req, status, ctype, body, n);
 }
 
 /* Find the route for REQ. On a miss, answer 400 (bad path), 404 or 405 and
  * return false (the request has then ended). */
-static bool lookup(struct conn *c, knit_http_request *req)
+bool knit__http_lookup(struct conn *c, knit_http_request *req)
 {
     knit_http_server *s = c->srv;
     if (req->status == 400) { /* %00 in the path */
         req->close_after = true;
         req->status = 0;
-        respond_simple(req, 400, NULL, NULL);
+        knit__http_respond_simple(req, 400, NULL, NULL);
         return false;
     }
     const struct route *found = NULL;
@@ -1815,9 +1619,9 @@ static bool lookup(struct conn *c, knit_http_request *req)
         req->nparams = 0;
         if (path_matched) {
             allow[alen] = 0;
-            respond_simple(req, 405, "Allow", allow);
+            knit__http_respond_simple(req, 405, "Allow", allow);
         } else {
-            respond_simple(req, 404, NULL, NULL);
+            knit__http_respond_simple(req, 404, NULL, NULL);
         }
         return false;
     }
@@ -1827,7 +1631,7 @@ static bool lookup(struct conn *c, knit_http_request *req)
 
 /* Run the handler of req->route: inline now, or hand it to the pool (503
  * with Retry-After when the queue is full). */
-static void run_handler(struct conn *c, knit_http_request *req)
+void knit__http_run_handler(struct conn *c, knit_http_request *req)
 {
     knit_http_server *s = c->srv;
     const struct route *rt = req->route;
@@ -1873,7 +1677,7 @@ static void answer_not_run(knit_http_request *req, int rc)
                knit_strerror(rc));
     char ra[16];
     snprintf(ra, sizeof ra, "%u", req->srv->o.retry_after);
-    respond_simple(req, 503, "Retry-After", ra);
+    knit__http_respond_simple(req, 503, "Retry-After", ra);
 }
 
 /* ---- output: when a connection may start its next request, the budget ---------- */
@@ -1897,7 +1701,7 @@ static void conn_park(struct conn *c)
     knit_transport *t = c->proto.transport;
     /* A first request held here was sent in time: the server is the one
      * waiting now, not the client (T_FIRST would close it silently). */
-    if (c->timer_kind == T_FIRST) timer_set(c, T_NONE, 0);
+    if (c->timer_kind == T_FIRST) knit__http_timer_set(c, T_NONE, 0);
     if (!c->read_paused) {
         c->read_paused = true;
         knit_transport_pause_reading(t);
@@ -1911,7 +1715,7 @@ static void release_held(knit_http_server *s)
 {
     struct conn *c;
     while (!s->outg.over && (c = s->held.head) != NULL)
-        conn_continue(c); /* moves it off the held list first */
+        knit__http_conn_continue(c); /* moves it off the held list first */
 }
 
 /* Log at most one line a second for a repeated event: true if this one may
@@ -1981,7 +1785,7 @@ static void shed(knit_http_server *s)
         struct conn *c = v[i].c;
         c->shed = true;
         c->state = C_CLOSING;
-        timer_set(c, T_NONE, 0);
+        knit__http_timer_set(c, T_NONE, 0);
         /* abort: the unsent output is what we must not keep */
         knit_transport_close_with(c->proto.transport, false, KNIT_CLOSE_NOMEM, KNIT_ELIMIT);
         total -= v[i].queued < total ? v[i].queued : total;
@@ -2051,11 +1855,11 @@ static size_t reclaim_cb(knit_listener *l, size_t n, void *arg)
         struct conn *c = ls->idle.head;
         bool idle = conn_reclaimable(c);
         /* Off the idle list either way: busy ones come back when they are
-         * idle again (timer_set T_IDLE), which pays for this step. */
+         * idle again (knit__http_timer_set T_IDLE), which pays for this step. */
         conn_move(c, W_BUSY);
         if (!idle) continue;
         c->state = C_CLOSING;
-        timer_set(c, T_NONE, 0);
+        knit__http_timer_set(c, T_NONE, 0);
         knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_REFUSED, 0);
         closed++;
     }
@@ -2081,9 +1885,10 @@ static size_t reclaim_cb(knit_listener *l, size_t n, void *arg)
 /* ---- request bodies ------------------------------------------------------------
  *
  * Who reads a body: by default the reactor collects it whole into req->body
- * (body_step) and only then runs the handler (run_handler), so a slow
- * uploader holds memory — counted in srv->body_mem against max_body_memory
- * — and a connection, never a worker. KNIT_HTTP_POOL_STREAM routes run the
+ * (knit__http_body_step) and only then runs the handler
+ * (knit__http_run_handler), so a slow uploader holds memory — counted in
+ * srv->body_mem against max_body_memory — and a connection, never a
+ * worker. KNIT_HTTP_POOL_STREAM routes run the
  * handler at once and the reactor feeds req->body under req->mu, at most
  * KNIT_HTTP_BODY_BUFFER unread bytes, pausing the socket above that.
  *
@@ -2096,11 +1901,12 @@ static size_t reclaim_cb(knit_listener *l, size_t n, void *arg)
  *
  * An answer given before the whole body arrived (a 404, a handler that
  * does not read) keeps the connection when the rest can be dropped
- * (body_drainable): drain_step reads and drops it, bounded like lingering.
+ * (knit__http_body_drainable): drain_step reads and drops it, bounded like
+ * lingering.
  */
 
 /* [reactor] Keep srv->body_mem equal to the sum of the body buffers. */
-static void body_account(knit_http_request *req)
+void knit__http_body_account(knit_http_request *req)
 {
     size_t now = knit_buf_allocated(&req->body);
     req->srv->body_mem += now;
@@ -2110,7 +1916,8 @@ static void body_account(knit_http_request *req)
 
 /* [reactor] May REQ's body buffer take N more bytes within max_body_memory?
  * A knit_buf grows to the next power of two (at least KNIT_BUF_MIN_ALLOC);
- * body_account corrects the count after the append should that change. */
+ * knit__http_body_account corrects the count after the append should that
+ * change. */
 static bool body_fits(const knit_http_request *req, size_t n)
 {
     const knit_http_server *s = req->srv;
@@ -2127,7 +1934,7 @@ static bool body_fits(const knit_http_request *req, size_t n)
  * beyond linger_max; a chunked body is dropped while it stays within
  * linger_max (drain_step closes beyond). Decided from the head only, so
  * the answer is the same however the bytes arrive. [mu held in pool mode] */
-static bool body_drainable(const knit_http_request *req)
+bool knit__http_body_drainable(const knit_http_request *req)
 {
     const knit_http_options *o = &req->srv->o;
     if (o->linger_time <= 0) return false;
@@ -2151,8 +1958,8 @@ static void body_clock_stop(knit_http_request *req, knit_time now)
 
 /* The body bound REQ crossed at NOW (the 408's reason), or NULL; *LEFT:
  * the time until the nearest one (INT64_MAX: none applies). */
-static const char *body_clock_check(const knit_http_request *req, knit_time now,
-                                    knit_duration *left)
+const char *knit__http_body_clock_check(const knit_http_request *req, knit_time now,
+                                        knit_duration *left)
 {
     const knit_http_options *o = &req->srv->o;
     knit_duration waited = req->body_waited + (now - req->body_since), l = INT64_MAX, d;
@@ -2184,19 +1991,19 @@ static const char *body_clock_check(const knit_http_request *req, knit_time now,
 }
 
 /* [reactor] Arm C's timer for its request's body clock (or disarm it). */
-static void body_clock_arm(struct conn *c)
+void knit__http_body_clock_arm(struct conn *c)
 {
     knit_http_request *req = c->req;
     if (!req || !req->clock_on) {
-        if (c->timer_kind == T_BODY) timer_set(c, T_NONE, 0);
+        if (c->timer_kind == T_BODY) knit__http_timer_set(c, T_NONE, 0);
         return;
     }
     knit_duration left;
-    body_clock_check(req, knit_reactor_now(c->srv->r), &left);
+    knit__http_body_clock_check(req, knit_reactor_now(c->srv->r), &left);
     if (left == INT64_MAX)
-        timer_set(c, T_NONE, 0);
+        knit__http_timer_set(c, T_NONE, 0);
     else
-        timer_set(c, T_BODY, left > 0 ? left : 1);
+        knit__http_timer_set(c, T_BODY, left > 0 ? left : 1);
 }
 
 /* [reactor] Re-arm the timer that bounds C's reading (after the write
@@ -2204,9 +2011,9 @@ static void body_clock_arm(struct conn *c)
 static void read_timer_rearm(struct conn *c)
 {
     if (c->state == C_LINGER || (c->state == C_BODY && c->req && c->req->discard))
-        linger_arm(c);
+        knit__http_linger_arm(c);
     else if (c->state == C_BODY)
-        body_clock_arm(c);
+        knit__http_body_clock_arm(c);
 }
 
 /* Feed body bytes into req->body (mu held when streaming). Returns bytes
@@ -2266,7 +2073,7 @@ static bool body_done(const knit_http_request *req)
  * like a lingering close (linger_max bytes, linger_time in all,
  * linger_timeout between reads), then serve the next request. The
  * (ended) request stays c->req until then, for its framing state. */
-static void drain_begin(struct conn *c, knit_http_request *req)
+void knit__http_drain_begin(struct conn *c, knit_http_request *req)
 {
     knit_http_server *s = c->srv;
     req->discard = true;
@@ -2275,17 +2082,17 @@ static void drain_begin(struct conn *c, knit_http_request *req)
     knit_buf_release(&req->body);
     req->body_full = false;
     if (req->pool_mode) pthread_mutex_unlock(&req->mu);
-    body_account(req);
+    knit__http_body_account(req);
     c->state = C_BODY;
     c->idle_since = knit_reactor_now(s->r);
     c->dropped = 0;
-    linger_arm(c);
-    if (!c->in_process) conn_continue(c); /* bytes kept aside; reading resumes */
+    knit__http_linger_arm(c);
+    if (!c->in_process) knit__http_conn_continue(c); /* bytes kept aside; reading resumes */
 }
 
 /* [reactor] One step of dropping the rest of an answered request's body
- * (drain_begin). At its end the connection goes on with the next request;
- * bad framing or too many bytes close it. */
+ * (knit__http_drain_begin). At its end the connection goes on with the
+ * next request; bad framing or too many bytes close it. */
 static bool drain_step(struct conn *c, knit_buf *buf)
 {
     knit_http_request *req = c->req;
@@ -2301,8 +2108,9 @@ static bool drain_step(struct conn *c, knit_buf *buf)
             ssize_t r = knit__http_chunked_decode(&req->dec, data + used, len - used, &d, &dl);
             if (r < 0) {
                 knit_buf_consume(buf, len);
-                conn_close_now(c, knit_transport_write_buffer_size(c->proto.transport) == 0,
-                               KNIT_CLOSE_PROTOCOL_ERROR, KNIT_EPARSE);
+                knit__http_conn_close_now(c,
+                                          knit_transport_write_buffer_size(c->proto.transport) == 0,
+                                          KNIT_CLOSE_PROTOCOL_ERROR, KNIT_EPARSE);
                 return false;
             }
             used += (size_t)r;
@@ -2310,23 +2118,23 @@ static bool drain_step(struct conn *c, knit_buf *buf)
         }
     }
     knit_buf_consume(buf, used);
-    if (!linger_drop(c, used)) {
+    if (!knit__http_linger_drop(c, used)) {
         knit_buf_consume(buf, knit_buf_len(buf));
         return false;
     }
     if (!body_done(req)) return true;
     /* all of it dropped: on with the next request */
     c->req = NULL;
-    request_free(req);
+    knit__http_request_free(req);
     c->dropped = 0; /* head_prev: the next head is parsed from its start */
-    timer_set(c, T_NONE, 0);
+    knit__http_timer_set(c, T_NONE, 0);
     c->state = C_IDLE;
     return true;
 }
 
 /* One step of body reading for the request in C_BODY. Returns false to
  * stop processing input (error, or the handler's buffer is full). */
-static bool body_step(struct conn *c, knit_buf *buf)
+bool knit__http_body_step(struct conn *c, knit_buf *buf)
 {
     knit_http_server *s = c->srv;
     knit_http_request *req = c->req;
@@ -2347,7 +2155,7 @@ static bool body_step(struct conn *c, knit_buf *buf)
     bool done = n >= 0 && body_done(req);
     if (done) req->body_pending = false;
     if (feed == 0) req->body_full = true;
-    body_account(req);
+    knit__http_body_account(req);
     if (req->streaming) {
         if (n < 0) {
             req->body_err = status == 413   ? KNIT_ELIMIT
@@ -2366,16 +2174,16 @@ static bool body_step(struct conn *c, knit_buf *buf)
         knit_buf_consume(buf, len);
         if (!req->streaming) {
             c->req = NULL;
-            request_free(req); /* never reached a handler */
+            knit__http_request_free(req); /* never reached a handler */
         } else if (can_answer) {
-            req->close_after = true; /* conn_error counts the status */
+            req->close_after = true; /* knit__http_conn_error counts the status */
         }
         if (can_answer) {
-            conn_error(c, status, why);
+            knit__http_conn_error(c, status, why);
         } else {
             /* The handler already answered part of a response: just close. */
             c->state = C_CLOSING;
-            timer_set(c, T_NONE, 0);
+            knit__http_timer_set(c, T_NONE, 0);
             knit_transport_lose_connection(c->proto.transport);
         }
         return false;
@@ -2389,9 +2197,9 @@ static bool body_step(struct conn *c, knit_buf *buf)
     }
     if (done) {
         body_clock_stop(req, now);
-        timer_set(c, T_NONE, 0);
+        knit__http_timer_set(c, T_NONE, 0);
         c->state = C_HANDLING;
-        if (!req->streaming) run_handler(c, req);
+        if (!req->streaming) knit__http_run_handler(c, req);
         return true;
     }
     if (feed == 0) {
@@ -2399,14 +2207,14 @@ static bool body_step(struct conn *c, knit_buf *buf)
          * (and the clock: the client is not the one late) until it does
          * (body_resume_call). */
         body_clock_stop(req, now);
-        timer_set(c, T_NONE, 0);
+        knit__http_timer_set(c, T_NONE, 0);
         if (!c->read_paused) {
             c->read_paused = true;
             knit_transport_pause_reading(c->proto.transport);
         }
         return false;
     }
-    body_clock_arm(c);
+    knit__http_body_clock_arm(c);
     return true;
 }
 
@@ -2417,12 +2225,12 @@ static void body_resume_call(knit_reactor *r, void *arg)
 {
     (void)r;
     knit_http_request *req = arg;
-    flush_out(req); /* a queued 100 Continue */
+    knit__http_flush_out(req); /* a queued 100 Continue */
     struct conn *c = req->conn;
     if (c && c->req == req && c->state == C_BODY && !req->discard) {
         if (!pend_empty(c)) {
-            process(c, c->pending);
-            pend_trim(c, false);
+            knit__http_process(c, c->pending);
+            knit__http_pend_trim(c, false);
         }
         if (c->state == C_BODY && c->req == req && !req->discard) {
             pthread_mutex_lock(&req->mu);
@@ -2434,7 +2242,7 @@ static void body_resume_call(knit_reactor *r, void *arg)
             }
             if (!full) {
                 body_clock_start(req, knit_reactor_now(req->r));
-                body_clock_arm(c);
+                knit__http_body_clock_arm(c);
             }
         }
     }
@@ -2444,7 +2252,7 @@ static void body_resume_call(knit_reactor *r, void *arg)
  * route's limit and the memory budget, then start the handler (streaming
  * routes) or start collecting the body. An answer given here ends the
  * request (the body is then dropped, or the connection closes). */
-static void body_begin(struct conn *c, knit_http_request *req)
+void knit__http_body_begin(struct conn *c, knit_http_request *req)
 {
     knit_http_server *s = c->srv;
     const struct route *rt = req->route;
@@ -2452,15 +2260,15 @@ static void body_begin(struct conn *c, knit_http_request *req)
     knit_time now = knit_reactor_now(s->r);
     if (h->body == KNIT__HTTP_BODY_LENGTH && h->content_length > rt->max_body) {
         req->close_after = true; /* no 100 Continue: the client need not send it */
-        respond_simple(req, 413, NULL, NULL);
+        knit__http_respond_simple(req, 413, NULL, NULL);
         return;
     }
     knit__http_chunked_init(&req->dec, rt->max_body);
     if (rt->mode == KNIT_HTTP_POOL_STREAM) {
         req->streaming = true;
         if (!h->expect_continue) body_clock_start(req, now); /* else at the 100 */
-        run_handler(c, req); /* (a 503 when the pool queue is full) */
-        if (c->req == req && c->state == C_BODY && !req->discard) body_clock_arm(c);
+        knit__http_run_handler(c, req); /* (a 503 when the pool queue is full) */
+        if (c->req == req && c->state == C_BODY && !req->discard) knit__http_body_clock_arm(c);
         return;
     }
     if (h->body == KNIT__HTTP_BODY_LENGTH && s->o.max_body_memory &&
@@ -2470,7 +2278,7 @@ static void body_begin(struct conn *c, knit_http_request *req)
         req->close_after = true;
         char ra[16];
         snprintf(ra, sizeof ra, "%u", s->o.retry_after);
-        respond_simple(req, 503, "Retry-After", ra);
+        knit__http_respond_simple(req, 503, "Retry-After", ra);
         return;
     }
     if (h->expect_continue && c->proto.transport) {
@@ -2478,12 +2286,12 @@ static void body_begin(struct conn *c, knit_http_request *req)
         knit_transport_write(c->proto.transport, "HTTP/1.1 100 Continue\r\n\r\n", 25);
     }
     body_clock_start(req, now);
-    body_clock_arm(c);
+    knit__http_body_clock_arm(c);
 }
 
 /* ---- reading: heads ------------------------------------------------------------ */
 
-static void process(struct conn *c, knit_buf *buf)
+void knit__http_process(struct conn *c, knit_buf *buf)
 {
     knit_http_server *s = c->srv;
     c->in_process = true;
@@ -2493,7 +2301,7 @@ static void process(struct conn *c, knit_buf *buf)
         const char *data = (const char *)knit_buf_data(buf);
         size_t len = knit_buf_len(buf);
         if (c->state == C_BODY) {
-            if (!body_step(c, buf)) break;
+            if (!knit__http_body_step(c, buf)) break;
             continue;
         }
         knit__http_field fields[KNIT__HTTP_MAX_HEADERS_DEFAULT * 2];
@@ -2507,7 +2315,7 @@ static void process(struct conn *c, knit_buf *buf)
             c->head_prev = (uint32_t)len;
             if (c->state == C_IDLE) {
                 c->state = C_HEAD;
-                timer_set(c, T_HEADER, s->o.header_timeout);
+                knit__http_timer_set(c, T_HEADER, s->o.header_timeout);
             }
             break;
         }
@@ -2515,53 +2323,54 @@ static void process(struct conn *c, knit_buf *buf)
         if (r == KNIT__HTTP_ERROR) {
             s->st.parse_errors++;
             knit_buf_consume(buf, len);
-            conn_error(c, h.status, h.error);
+            knit__http_conn_error(c, h.status, h.error);
             break;
         }
-        knit_http_request *req = request_new(c, data, (size_t)r, &h);
+        knit_http_request *req = knit__http_request_new(c, data, (size_t)r, &h);
         knit_buf_consume(buf, (size_t)r);
         if (!req) {
-            conn_error(c, 503, "out of memory");
+            knit__http_conn_error(c, 503, "out of memory");
             break;
         }
         c->req = req;
-        /* an armed idle timer may stay (see timer_set); others are over */
-        if (c->timer_kind != T_IDLE) timer_set(c, T_NONE, 0);
+        /* an armed idle timer may stay (see knit__http_timer_set); others are
+         * over */
+        if (c->timer_kind != T_IDLE) knit__http_timer_set(c, T_NONE, 0);
         if (h.body == KNIT__HTTP_BODY_NONE) {
             c->state = C_HANDLING;
-            if (lookup(c, req)) run_handler(c, req);
+            if (knit__http_lookup(c, req)) knit__http_run_handler(c, req);
             continue;
         }
         /* A body follows: collected here before the handler runs, or
-         * streamed to it (body_begin). */
+         * streamed to it (knit__http_body_begin). */
         req->body_left = h.content_length;
         req->body_pending = true;
         knit__http_chunked_init(&req->dec, s->lim.max_body); /* for drain_step */
         c->state = C_BODY;
-        if (!lookup(c, req)) continue; /* answered: the body is dropped, or we close */
-        body_begin(c, req);
+        if (!knit__http_lookup(c, req)) continue; /* answered: the body is dropped, or we close */
+        knit__http_body_begin(c, req);
     }
     c->in_process = false;
     if (c->state == C_IDLE && c->proto.transport) {
         if (s->draining) {
             c->state = C_CLOSING;
-            timer_set(c, T_NONE, 0);
+            knit__http_timer_set(c, T_NONE, 0);
             knit_transport_lose_connection(c->proto.transport);
         } else if (!knit_buf_empty(buf)) {
             conn_park(c); /* may_start said no; the caller keeps the bytes */
         } else {
-            timer_set(c, T_IDLE, s->o.idle_timeout);
+            knit__http_timer_set(c, T_IDLE, s->o.idle_timeout);
         }
     }
 }
 
 /* [reactor] After a request ended: go on with buffered bytes or wait. */
-static void conn_continue(struct conn *c)
+void knit__http_conn_continue(struct conn *c)
 {
     knit_http_server *s = c->srv;
     if (c->where == W_HELD) conn_move(c, W_BUSY);
-    if (!pend_empty(c)) process(c, c->pending);
-    pend_trim(c, false);
+    if (!pend_empty(c)) knit__http_process(c, c->pending);
+    knit__http_pend_trim(c, false);
     if (c->state == C_CLOSING || c->state == C_LINGER) return;
     if (c->state == C_HANDLING) return;
     if (c->state == C_IDLE && !pend_empty(c)) return; /* parked (may_start) */
@@ -2581,11 +2390,11 @@ static void conn_continue(struct conn *c)
     if (c->state == C_IDLE && pend_empty(c)) {
         if (s->draining) {
             c->state = C_CLOSING;
-            timer_set(c, T_NONE, 0);
+            knit__http_timer_set(c, T_NONE, 0);
             knit_transport_lose_connection(c->proto.transport);
             return;
         }
-        timer_set(c, T_IDLE, s->o.idle_timeout);
+        knit__http_timer_set(c, T_IDLE, s->o.idle_timeout);
     }
 }
 
@@ -2602,27 +2411,27 @@ static void on_data(knit_protocol *p, knit_buf *in)
     if (c->state == C_LINGER) {
         size_t n = knit_buf_len(in);
         knit_buf_consume(in, n);
-        linger_drop(c, n);
+        knit__http_linger_drop(c, n);
         return;
     }
     if (c->state == C_HANDLING || !pend_empty(c)) {
         /* Pipelined bytes (or more of a partial head already kept aside). */
         knit_buf *pb = pend_get(c);
         if (!pb || knit_buf_append(pb, knit_buf_data(in), knit_buf_len(in)) != 0) {
-            conn_error(c, 503, "out of memory");
+            knit__http_conn_error(c, 503, "out of memory");
             return;
         }
         knit_buf_consume(in, knit_buf_len(in));
         if (c->state != C_HANDLING) {
-            process(c, c->pending);
-            pend_trim(c, false);
+            knit__http_process(c, c->pending);
+            knit__http_pend_trim(c, false);
         }
     } else {
-        process(c, in);
+        knit__http_process(c, in);
         if (c->state == C_LINGER && !knit_buf_empty(in)) { /* behind an early answer */
             size_t n = knit_buf_len(in);
             knit_buf_consume(in, n);
-            linger_drop(c, n);
+            knit__http_linger_drop(c, n);
             return;
         }
         if ((c->state == C_HANDLING || c->state == C_BODY || c->state == C_IDLE) &&
@@ -2631,7 +2440,7 @@ static void on_data(knit_protocol *p, knit_buf *in)
              * C_IDLE: until the connection may start one, see may_start) */
             knit_buf *pb = pend_get(c);
             if (!pb || knit_buf_move(pb, in) != 0) {
-                conn_error(c, 503, "out of memory");
+                knit__http_conn_error(c, 503, "out of memory");
                 return;
             }
         }
@@ -2651,8 +2460,8 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
     (void)err;
     struct conn *c = container_of(p, struct conn, proto);
     knit_http_server *s = c->srv;
-    timer_set(c, T_NONE, 0);
-    pend_trim(c, true);
+    knit__http_timer_set(c, T_NONE, 0);
+    knit__http_pend_trim(c, true);
     if (c->lingered) s->lingering--;
     if (c->req) {
         knit_http_request *req = c->req;
@@ -2667,9 +2476,9 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
             req->gone = true;
         }
         if (!req->dispatched || req->ended) {
-            request_free(req); /* never reached a handler, or dropping its body */
+            knit__http_request_free(req); /* never reached a handler, or dropping its body */
         } else {
-            request_maybe_end(req);
+            knit__http_request_maybe_end(req);
         }
     }
     list_unlink(c);
@@ -2686,15 +2495,16 @@ static void on_pause(knit_protocol *p)
         c->req->paused = true;
         pthread_mutex_unlock(&c->req->mu);
     }
-    timer_set(c, T_WRITE, c->srv->o.write_timeout);
+    knit__http_timer_set(c, T_WRITE, c->srv->o.write_timeout);
 }
 
 static void on_resume(knit_protocol *p)
 {
     struct conn *c = container_of(p, struct conn, proto);
     if (c->timer_kind == T_WRITE) {
-        timer_set(c, T_NONE, 0);
-        if (c->state == C_IDLE && pend_empty(c)) timer_set(c, T_IDLE, c->srv->o.idle_timeout);
+        knit__http_timer_set(c, T_NONE, 0);
+        if (c->state == C_IDLE && pend_empty(c))
+            knit__http_timer_set(c, T_IDLE, c->srv->o.idle_timeout);
         read_timer_rearm(c); /* reading a body, lingering: their bounds again */
     }
     if (c->req && c->req->pool_mode) {
@@ -2704,7 +2514,7 @@ static void on_resume(knit_protocol *p)
         pthread_mutex_unlock(&c->req->mu);
     }
     /* Pipelined requests waited for the output to drain (may_start). */
-    if (c->state == C_IDLE && !pend_empty(c) && c->proto.transport) conn_continue(c);
+    if (c->state == C_IDLE && !pend_empty(c) && c->proto.transport) knit__http_conn_continue(c);
 }
 
 static bool on_eof(knit_protocol *p)
@@ -2720,7 +2530,7 @@ static bool on_eof(knit_protocol *p)
 static void on_made(knit_protocol *p)
 {
     struct conn *c = container_of(p, struct conn, proto);
-    timer_set(c, T_FIRST, c->srv->o.header_timeout);
+    knit__http_timer_set(c, T_FIRST, c->srv->o.header_timeout);
 }
 
 static const knit_protocol_ops conn_ops = {
@@ -2788,17 +2598,18 @@ static void conn_timeout(knit_reactor *r, void *arg)
         /* the end of a lingering close (normal), or of dropping a body */
         bool linger = c->state == C_LINGER;
         if (!linger) s->st.timeouts++;
-        conn_close_now(c, knit_transport_write_buffer_size(c->proto.transport) == 0,
-                       linger ? KNIT_CLOSE_DONE : KNIT_CLOSE_TIMEOUT, linger ? 0 : KNIT_ETIMEDOUT);
+        knit__http_conn_close_now(c, knit_transport_write_buffer_size(c->proto.transport) == 0,
+                                  linger ? KNIT_CLOSE_DONE : KNIT_CLOSE_TIMEOUT,
+                                  linger ? 0 : KNIT_ETIMEDOUT);
         return;
     }
     const char *body_why = "request body timed out";
     if (kind == T_BODY && (!c->req || !c->req->clock_on)) return; /* stale: the clock stopped */
     if (kind == T_BODY) {
         knit_duration left;
-        body_why = body_clock_check(c->req, knit_reactor_now(s->r), &left);
+        body_why = knit__http_body_clock_check(c->req, knit_reactor_now(s->r), &left);
         if (!body_why) { /* early (the clock was stopped meanwhile) */
-            body_clock_arm(c);
+            knit__http_body_clock_arm(c);
             return;
         }
     }
@@ -2822,7 +2633,7 @@ static void conn_timeout(knit_reactor *r, void *arg)
             }
             if (can_answer) req->close_after = true;
             if (can_answer) {
-                conn_error(c, 408, body_why);
+                knit__http_conn_error(c, 408, body_why);
             } else {
                 c->state = C_CLOSING;
                 knit_transport_lose_connection(c->proto.transport);
@@ -2832,9 +2643,9 @@ static void conn_timeout(knit_reactor *r, void *arg)
         if (c->req) {
             knit_http_request *req = c->req;
             c->req = NULL;
-            request_free(req);
+            knit__http_request_free(req);
         }
-        conn_error(c, 408, kind == T_HEADER ? "request head timed out" : body_why);
+        knit__http_conn_error(c, 408, kind == T_HEADER ? "request head timed out" : body_why);
         break;
     case T_FIRST:
     case T_IDLE:
@@ -2896,12 +2707,12 @@ void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *
     for (size_t k = 0; k < nl; k++) {
         for (struct conn *c = ls[k]->head; c; c = c->next) {
             if (c->state == C_LINGER) { /* answered: no reason to wait for it */
-                conn_close_now(c, true, KNIT_CLOSE_SHUTDOWN, 0);
+                knit__http_conn_close_now(c, true, KNIT_CLOSE_SHUTDOWN, 0);
                 continue;
             }
             if ((c->state == C_IDLE || c->state == C_HEAD) && c->proto.transport) {
                 c->state = C_CLOSING;
-                timer_set(c, T_NONE, 0);
+                knit__http_timer_set(c, T_NONE, 0);
                 knit_transport_lose_connection(c->proto.transport);
             }
         }
@@ -2943,16 +2754,7 @@ void knit_http_server_free(knit_http_server *s)
     /* Connections still open are aborted by the listener; their memory is
      * released from connection_lost, which needs the server: callers drain
      * first. Free what is left regardless. */
-    while (s->routes) {
-        struct route *rt = s->routes;
-        s->routes = rt->next;
-        for (size_t i = 0; i < rt->nsegs; i++)
-            free(rt->segs[i]);
-        free(rt->segs);
-        free(rt->pattern);
-        free(rt->method);
-        free(rt);
-    }
+    knit__http_routes_free(s);
     free(s);
 }
 
