@@ -17,8 +17,10 @@
  *   access_log.c  access-log lines.
  *
  * Threads: every function here is [reactor] — the thread of the reactor
- * the request's connection lives on — unless marked [worker] (the pool
- * handler's thread) or [any].
+ * the request's connection lives on — unless marked [worker] (a pool
+ * handler's thread), [handler] (the thread running the request's handler,
+ * http.h) or [any]. The struct fields marked [mu] are shared with a pool
+ * handler under req->mu.
  *
  * Also hooks into the web container for knit's own unit tests
  * (tests/unit/test_http.c), at the end. */
@@ -346,9 +348,10 @@ size_t knit__http_server_reclaim(knit_http_server *s, size_t n);
 size_t knit__http_conn_size(void);
 
 /* Out-of-memory paths: make the ALLOC_NTH next arena allocation
- * (knit_http_alloc, request_new included) and the CALL_NTH next cross-thread
- * call a pool handler's request makes to the reactor (flush, body resume)
- * fail as if memory ran out; 0 leaves that kind alone. Process-wide. [any] */
+ * (knit_http_alloc, knit__http_request_new included) and the CALL_NTH next
+ * cross-thread call a pool handler's request makes to the reactor (flush,
+ * body resume) fail as if memory ran out; 0 leaves that kind alone.
+ * Process-wide. [any] */
 void knit__http_inject_failures(unsigned alloc_nth, unsigned call_nth);
 
 #endif

@@ -1,7 +1,8 @@
-/* Unit tests for the HTTP web container (src/http/server.c) over the memory
- * transport with a fake clock: no sockets, no sleeping. Timeouts are driven
- * with knit_reactor_advance; pool-mode tests run the reactor until the
- * worker's answer arrives (bounded by iterations, never by time).
+/* Unit tests for the HTTP web container (src/http/server.c and the files
+ * beside it) over the memory transport with a fake clock: no sockets, no
+ * sleeping. Timeouts are driven with knit_reactor_advance; pool-mode tests
+ * run the reactor until the worker's answer arrives (bounded by iterations,
+ * never by time).
  * Each test ends with knit_reactor_close() == 0: nothing left registered. */
 #include "testutil.h"
 
