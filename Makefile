@@ -1,7 +1,7 @@
 # Thin wrapper over Meson; the README names `make run` and `make test`.
 BUILD ?= build
 MESON_SETUP = meson setup --wipe
-.PHONY: all run test unit asan tsan fuzz bench clean format deps
+.PHONY: all run test unit asan tsan fuzz faults bench clean format deps
 
 all: $(BUILD)/build.ninja
 	ninja -C $(BUILD)
@@ -37,6 +37,12 @@ tsan:
 fuzz:
 	@scripts/test --only fuzz
 
+# Allocation-failure sweep: every allocation site the unit suite reaches fails
+# once (build-fault/, ASan+UBSan); summary in build-fault/faults/summary.md.
+faults:
+	@scripts/deps test
+	@scripts/faults
+
 bench:
 	@scripts/deps bench
 	@scripts/bench
@@ -53,4 +59,4 @@ format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf build build-asan build-tsan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz build-fault

@@ -119,6 +119,10 @@ knit_histogram *knit_histogram_new(knit_metrics *m, const char *name, const char
 
 /* ---- updates (lock-free) -------------------------------------------------- */
 
+/* Every update and value function accepts NULL (a series that could not be
+ * created for want of memory): updates do nothing, values read 0. Metrics never
+ * take the service down. */
+
 void knit_counter_add(knit_counter *c, uint64_t n);
 static inline void knit_counter_inc(knit_counter *c)
 {
@@ -244,6 +248,21 @@ int knit_metrics_remove_http(knit_metrics *m, const struct knit_http_server *s);
  * inline on the reactor that answers 200 with the exposition and
  * KNIT_METRICS_CONTENT_TYPE. Returns what knit_http_route returns. */
 int knit_metrics_route(struct knit_http_server *s, const char *path, knit_metrics *m);
+
+/* ---- in the manhole ---------------------------------------------------------
+ *
+ * Register metrics([prefix]) (a {["series{labels}"] = value} snapshot of the
+ * exposition, filtered by PREFIX) and metrics.text() (the exposition text)
+ * into manhole M's registry (knit/manhole.h, "the registry"), with MX as
+ * their data. MX is borrowed: it must stay valid while M's sessions can call
+ * them (until knit_manhole_free); NULL makes them answer "no metrics
+ * registry attached". Attaching again replaces MX for sessions started
+ * afterwards. Returns 0 or KNIT_ENOMEM. Built only with the manhole module.
+ * [reactor] (the manhole's thread)
+ * The function is named for the manhole it extends but lives here: metrics
+ * sits above the manhole in DESIGN.md's layers, so it registers itself. */
+struct knit_manhole;
+int knit_manhole_attach_metrics(struct knit_manhole *m, knit_metrics *mx);
 
 #ifdef __cplusplus
 }

@@ -175,6 +175,7 @@ struct knit_http_request {
     int calls_queued; /* [mu] knit_call_from_thread calls naming this request */
     bool gone;        /* [mu] the client is gone */
     bool paused;      /* [mu] transport output above high water */
+    bool out_lost;    /* [mu] a worker's output could not be queued (out of memory) */
     bool ended;
     int status;
     int64_t declared; /* Content-Length we announced, -1 unknown */
@@ -1266,6 +1267,7 @@ static void flush_out(knit_http_request *req)
     knit_buf tmp = KNIT_BUF_INIT;
     pthread_mutex_lock(&req->mu);
     knit_buf_move(&tmp, &req->out);
+    bool lost = req->out_lost;
     pthread_mutex_unlock(&req->mu);
     if (!knit_buf_empty(&tmp)) {
         struct conn *c = req->conn;
@@ -1275,6 +1277,10 @@ static void flush_out(knit_http_request *req)
         }
     }
     knit_buf_release(&tmp);
+    /* Part of the response never made it into req->out: the client must not
+     * take what it got for a whole answer. Send what came before, then close. */
+    if (lost && req->conn && req->conn->proto.transport && !req->gone)
+        knit_transport_close_with(req->conn->proto.transport, true, KNIT_CLOSE_NOMEM, KNIT_ENOMEM);
     /* The transport may have paused us; mirror it for the worker. */
     struct conn *c = req->conn;
     bool paused = c && c->proto.transport && knit_transport_producer_paused(c->proto.transport);
@@ -1325,8 +1331,9 @@ static int emit(knit_http_request *req, const void *a, size_t alen, const void *
         pthread_mutex_unlock(&req->mu);
         return KNIT_ECLOSED;
     }
-    int rc = knit_buf_append(&req->out, a, alen);
+    int rc = req->out_lost ? KNIT_ENOMEM : knit_buf_append(&req->out, a, alen);
     if (rc == 0 && blen) rc = knit_buf_append(&req->out, b, blen);
+    if (rc != 0) req->out_lost = true; /* nothing after the gap: flush_out closes */
     if (final) req->finished = true;
     /* A final write is flushed by worker_done when the handler returns (one
      * wake-up for the whole response); intermediate writes go out now. */

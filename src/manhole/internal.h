@@ -52,8 +52,6 @@ struct knit_manhole {
     mh_conn *conns;
     size_t nconns;
     int ssh_port;
-    knit_flags *flags;
-    knit_metrics *metrics;
     mh_pool_ref *pools;
     size_t npools;
     mh_loop_ref *loops;

@@ -546,9 +546,10 @@ int knit_thrift_client_new(knit_reactor *r, const knit_thrift_client_options *o,
     *out = NULL;
     if (!o || !o->endpoint) return KNIT_EINVAL;
     char err[KNIT_ENDPOINT_ERRLEN];
-    if (knit_endpoint_check(o->endpoint, false, err, sizeof err) != 0) {
+    int crc = knit_endpoint_check(o->endpoint, false, err, sizeof err);
+    if (crc != 0) {
         KNIT_WARN("thrift", "client endpoint: %s", err);
-        return KNIT_EBADENDPOINT;
+        return crc == KNIT_ENOMEM ? KNIT_ENOMEM : KNIT_EBADENDPOINT;
     }
     knit_thrift_client *cl = calloc(1, sizeof *cl);
     if (!cl) return KNIT_ENOMEM;

@@ -526,6 +526,15 @@ static void rfx_free(rfx *f)
     free(f);
 }
 
+/* A new session in place of the old one: it installs the registry as it is
+ * now (bindings registered after a session started reach only later ones). */
+static void rfx_restart(rfx *f)
+{
+    knit_manhole_session_free(f->s);
+    assert_int_equal(knit_manhole_session_new(f->m, "uid=test", out_write, &f->o, &f->s), 0);
+    knit_manhole_session_set_async(f->s, on_async, f);
+}
+
 static int rfeed(rfx *f, const char *line)
 {
     f->o.len = 0;
@@ -632,9 +641,23 @@ static void test_flags_bindings(void **state)
     assert_int_equal(knit_flags_add(fs, "test", "Test", defs, 3), 0);
     char *argv[] = {"prog", "--name=x", NULL};
     assert_int_equal(knit_flags_parse(fs, 2, argv, (char *[]){NULL}), 0);
+    /* flags() is not a built-in: the flag module registers it (flag.h). */
+    assert_int_equal(rfeed(f, "flags == nil, help('flags')"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "no binding starts with 'flags'\ntrue\n");
+    assert_int_equal(knit_manhole_attach_flags(f->m, NULL), 0);
+    rfx_restart(f);
     assert_int_equal(rfeed(f, "flags()"), KNIT_MANHOLE_FAILED);
     assert_non_null(strstr(f->o.buf, "no flag set attached"));
-    knit_manhole_attach_flags(f->m, fs);
+    assert_int_equal(knit_manhole_attach_flags(f->m, fs), 0);
+    assert_int_equal(rfeed(f, "flags()"), KNIT_MANHOLE_FAILED); /* this session keeps NULL */
+    assert_non_null(strstr(f->o.buf, "no flag set attached"));
+    rfx_restart(f);
+    assert_int_equal(rfeed(f, "help('flags')"), KNIT_MANHOLE_OK);
+    assert_non_null(
+        strstr(f->o.buf, "flags([name]) -> every flag's value, type, source, mutable\n"));
+    assert_non_null(strstr(f->o.buf,
+                           "flags.set(name, value) -> change a mutable flag (validated as "
+                           "on the command line)\n"));
     assert_int_equal(rfeed(f, "local t = flags() return t.threads.value, t.threads.mutable, "
                               "t.name.source, t.timeout.type"),
                      KNIT_MANHOLE_OK);
@@ -739,9 +762,18 @@ static void test_metrics_bindings(void **state)
     knit_gauge *g = knit_gauge_new(mx, "temp", "Temperature.");
     knit_counter_add(c, 3);
     knit_gauge_set(g, 21.5);
+    /* metrics() is not a built-in: the metrics module registers it. */
+    assert_int_equal(rfeed(f, "metrics == nil"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "true\n");
+    assert_int_equal(knit_manhole_attach_metrics(f->m, NULL), 0);
+    rfx_restart(f);
     assert_int_equal(rfeed(f, "metrics()"), KNIT_MANHOLE_FAILED);
     assert_non_null(strstr(f->o.buf, "no metrics registry attached"));
-    knit_manhole_attach_metrics(f->m, mx);
+    assert_int_equal(knit_manhole_attach_metrics(f->m, mx), 0);
+    rfx_restart(f);
+    assert_int_equal(rfeed(f, "help('metrics')"), KNIT_MANHOLE_OK);
+    assert_non_null(strstr(f->o.buf, "  metrics([prefix]) -> {series = value} snapshot\n"));
+    assert_non_null(strstr(f->o.buf, "  metrics.text() -> Prometheus exposition text\n"));
     assert_int_equal(rfeed(f, "metrics()"), KNIT_MANHOLE_OK);
     assert_string_equal(f->o.buf, "{jobs_total = 3, temp = 21.5}\n");
     assert_int_equal(rfeed(f, "metrics('temp')"), KNIT_MANHOLE_OK);

@@ -1185,6 +1185,7 @@ static void test_server_malformed_table(void **state)
         assert_int_equal(knit_thrift_server_add(srv, &calc), 0);
         knit_protocol_factory *f = knit_thrift_server_factory(srv);
         knit_protocol *p = f->build(f, NULL);
+        assert_non_null(p);
         knit_transport *t;
         assert_int_equal(knit_memory_transport_new(p, &t), 0);
         /* byte by byte, then whole: the verdict must not depend on packet boundaries */
@@ -1467,5 +1468,5 @@ int main(void)
         cmocka_unit_test(test_client_max_pending_queues),
     };
     knit_test_watchdog(120);
-    return cmocka_run_group_tests(tests, make_sasldb, remove_sasldb);
+    return KNIT_RUN_TESTS_WITH(tests, make_sasldb, remove_sasldb);
 }
