@@ -23,6 +23,8 @@
 #include "knit/endpoint.h"
 #include "knit/log.h"
 #include "knit/pool.h"
+#include "thrift/client_hooks.h"
+#include "thrift/scan.h"
 
 #define NBUCKETS 64
 
@@ -54,6 +56,10 @@ struct cconn {
     pending *buckets[NBUCKETS];
     unsigned npending;
     bool has_transport;
+    /* Unframed replies: where the walk of the reply being received stopped
+     * (thrift/scan.h), so each read walks only the new bytes. Rescanning
+     * the whole buffer on every read was quadratic in the reply's size. */
+    knit__thrift_scan scan;
 };
 
 struct knit_thrift_client {
@@ -71,6 +77,7 @@ struct knit_thrift_client {
     unsigned alive; /* conns whose transport has not reported connection_lost */
     uint64_t rng;
     knit_thrift_client_stats st;
+    uint64_t scan_bytes; /* bytes walked by finished unframed scans (tests) */
 };
 
 static void conn_start(cconn *cc);
@@ -363,22 +370,19 @@ static void on_data(knit_protocol *proto, knit_buf *in)
             handle_reply(cc, p + 4, n);
             knit_buf_consume(in, 4 + (size_t)n);
         } else {
-            knit_thrift_reader r;
+            /* Unframed: walk the reply to find its end, resuming where the
+             * previous read stopped (the unconsumed bytes stay in IN). */
             size_t lim = len < cl->o.max_frame ? len : cl->o.max_frame;
-            knit_thrift_reader_init(&r, cl->o.proto, p, lim);
-            const char *name;
-            size_t nl;
-            knit_thrift_msg_type t;
-            int32_t seq;
-            int rc = knit_thrift_read_message_begin(&r, &name, &nl, &t, &seq);
-            if (!rc) rc = knit_thrift_skip(&r, KNIT_TT_STRUCT);
+            size_t n = 0;
+            int rc = knit__thrift_scan_message(&cc->scan, p, lim, &n);
             if (rc == KNIT_EEOF && len < cl->o.max_frame) return;
+            cl->scan_bytes += cc->scan.examined;
+            knit__thrift_scan_init(&cc->scan, cl->o.proto);
             if (rc) {
                 knit_transport_close_with(cc->proto.transport, false, KNIT_CLOSE_PROTOCOL_ERROR,
-                                          rc);
+                                          rc == KNIT_EEOF ? KNIT_ELIMIT : rc);
                 return;
             }
-            size_t n = (size_t)(r.p - p);
             handle_reply(cc, p, n);
             knit_buf_consume(in, n);
         }
@@ -432,6 +436,8 @@ static void on_made(knit_protocol *proto)
     cc->has_transport = true;
     cl->alive++;
     cl->st.connects++;
+    cl->scan_bytes += cc->scan.examined;
+    knit__thrift_scan_init(&cc->scan, cl->o.proto);
     if (cl->o.sasl) {
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
@@ -540,8 +546,8 @@ void knit_thrift_client_options_init(knit_thrift_client_options *o)
     o->max_frame = KNIT_THRIFT_MAX_FRAME_DEFAULT;
 }
 
-int knit_thrift_client_new(knit_reactor *r, const knit_thrift_client_options *o,
-                           knit_thrift_client **out)
+static int client_create(knit_reactor *r, const knit_thrift_client_options *o, bool start,
+                         knit_thrift_client **out)
 {
     *out = NULL;
     if (!o || !o->endpoint) return KNIT_EINVAL;
@@ -592,10 +598,35 @@ int knit_thrift_client_new(knit_reactor *r, const knit_thrift_client_options *o,
         cc->factory.build = cbuild;
         cc->factory.data = cc;
         cc->cl = cl;
-        conn_start(cc);
+        if (start) conn_start(cc);
     }
     *out = cl;
     return 0;
+}
+
+int knit_thrift_client_new(knit_reactor *r, const knit_thrift_client_options *o,
+                           knit_thrift_client **out)
+{
+    return client_create(r, o, true, out);
+}
+
+int knit__thrift_client_new_detached(knit_reactor *r, const knit_thrift_client_options *o,
+                                     knit_thrift_client **out)
+{
+    return client_create(r, o, false, out);
+}
+
+knit_protocol *knit__thrift_client_protocol(knit_thrift_client *cl, unsigned i)
+{
+    return i < cl->nconns ? &cl->conns[i].proto : NULL;
+}
+
+uint64_t knit__thrift_client_scan_bytes(const knit_thrift_client *cl)
+{
+    uint64_t n = cl->scan_bytes;
+    for (unsigned i = 0; i < cl->nconns; i++)
+        n += cl->conns[i].scan.examined;
+    return n;
 }
 
 void knit_thrift_client_free(knit_thrift_client *cl)

@@ -26,6 +26,8 @@
 
 /* Generated in the build by knit-thriftc from tests/thrift/calc.thrift. */
 #include "calc_thrift.h"
+#include "thrift/client_hooks.h"
+#include "thrift/scan.h"
 
 /* Cyrus' DIGEST-MD5 plugin fetches OpenSSL ciphers it never frees (per
  * connection, EVP_CIPHER_fetch in libdigestmd5.so). The fast unwinder stops
@@ -1292,6 +1294,252 @@ static void test_unframed_large_message_in_pieces(void **state)
     knit_clock_free(clk);
 }
 
+/* ---- the client's unframed reply reading ------------------------------------ */
+
+/* A client whose one connection is a memory transport (no socket). */
+typedef struct detached {
+    knit_clock *clk;
+    knit_reactor *r;
+    knit_thrift_client *cl;
+    knit_transport *t;
+} detached;
+
+static void detached_up(detached *d, knit_thrift_proto proto, bool unframed)
+{
+    d->clk = knit_clock_fake_new(0);
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = d->clk;
+    assert_int_equal(knit_reactor_new(&d->r, &ro), 0);
+    knit_thrift_client_options co;
+    knit_thrift_client_options_init(&co);
+    co.endpoint = "tcp:127.0.0.1:9"; /* never dialled */
+    co.proto = proto;
+    co.unframed = unframed;
+    co.timeout = 0;
+    assert_int_equal(knit__thrift_client_new_detached(d->r, &co, &d->cl), 0);
+    assert_int_equal(knit_memory_transport_new(knit__thrift_client_protocol(d->cl, 0), &d->t), 0);
+}
+
+static void detached_down(detached *d)
+{
+    knit_thrift_client_free(d->cl);
+    knit_memory_transport_close(d->t, KNIT_CLOSE_PEER, 0);
+    knit_memory_transport_free(d->t);
+    assert_int_equal(knit_reactor_close(d->r), 0);
+    knit_clock_free(d->clk);
+}
+
+/* A reply to add(): NOISE unknown byte fields (id 9, skipped by the
+ * decoder), NESTED unknown nested containers, then success = VALUE. */
+static void add_reply(knit_thrift_writer *w, int32_t seqid, int noise, bool nested, int64_t value)
+{
+    knit_thrift_write_message_begin(w, "add", 3, KNIT_THRIFT_REPLY, seqid);
+    knit_thrift_write_struct_begin(w);
+    for (int i = 0; i < noise; i++) {
+        knit_thrift_write_field_begin(w, KNIT_TT_BYTE, 9);
+        knit_thrift_write_byte(w, 0);
+        knit_thrift_write_field_end(w);
+    }
+    if (nested) { /* 10: map<string, list<struct {1: bool, 2: double, 3: set<i16>}>> */
+        knit_thrift_write_field_begin(w, KNIT_TT_MAP, 10);
+        knit_thrift_write_map_begin(w, KNIT_TT_STRING, KNIT_TT_LIST, 2);
+        for (int k = 0; k < 2; k++) {
+            knit_thrift_write_string(w, k ? "key-one" : "k0");
+            knit_thrift_write_list_begin(w, KNIT_TT_STRUCT, 3);
+            for (int e = 0; e < 3; e++) {
+                knit_thrift_write_struct_begin(w);
+                knit_thrift_write_field_begin(w, KNIT_TT_BOOL, 1);
+                knit_thrift_write_bool(w, e & 1);
+                knit_thrift_write_field_end(w);
+                knit_thrift_write_field_begin(w, KNIT_TT_DOUBLE, 2);
+                knit_thrift_write_double(w, e * 1.5);
+                knit_thrift_write_field_end(w);
+                knit_thrift_write_field_begin(w, KNIT_TT_SET, 3);
+                knit_thrift_write_set_begin(w, KNIT_TT_I16, 2);
+                knit_thrift_write_i16(w, (int16_t)(e * 300));
+                knit_thrift_write_i16(w, -1);
+                knit_thrift_write_set_end(w);
+                knit_thrift_write_field_end(w);
+                knit_thrift_write_field_stop(w);
+                knit_thrift_write_struct_end(w);
+            }
+            knit_thrift_write_list_end(w);
+        }
+        knit_thrift_write_map_end(w);
+        knit_thrift_write_field_end(w);
+        knit_thrift_write_field_begin(w, KNIT_TT_LIST, 11); /* 11: list<bool> */
+        knit_thrift_write_list_begin(w, KNIT_TT_BOOL, 3);
+        knit_thrift_write_bool(w, true);
+        knit_thrift_write_bool(w, false);
+        knit_thrift_write_bool(w, true);
+        knit_thrift_write_list_end(w);
+        knit_thrift_write_field_end(w);
+    }
+    knit_thrift_write_field_begin(w, KNIT_TT_I64, 0);
+    knit_thrift_write_i64(w, value);
+    knit_thrift_write_field_end(w);
+    knit_thrift_write_field_stop(w);
+    knit_thrift_write_struct_end(w);
+    knit_thrift_write_message_end(w);
+}
+
+static void expect_sum(outcome *o, int64_t want)
+{
+    assert_true(o->done);
+    if (o->code) print_error("call failed: %s\n", o->msg);
+    assert_int_equal(o->code, 0);
+    calc_Calc_add_result *ar = o->value;
+    assert_true(ar->has_success);
+    assert_int_equal(ar->success, want);
+    oc_free(o);
+}
+
+/* Regression: the client found an unframed reply's end by walking the whole
+ * buffered reply again on every read, so a reply of many small fields
+ * delivered in small pieces cost time quadratic in its size (a hostile
+ * server could stall the client's reactor). The work is now counted in
+ * bytes walked (no timing): it must stay linear in the reply's size. */
+static void test_client_unframed_reply_in_pieces_is_linear(void **state)
+{
+    (void)state;
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
+    for (int pi = 0; pi < 2; pi++) {
+        detached d;
+        detached_up(&d, protos[pi], true);
+        outcome o;
+        call_add(d.cl, 40, 2, &o);
+        assert_true(knit_buf_len(knit_memory_transport_output(d.t)) > 0); /* sent */
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, protos[pi]);
+        add_reply(&w, 0, 20000, false, 42);
+        size_t n = w.len, pieces = 0;
+        for (size_t off = 0; off < n; off += 7, pieces++) {
+            assert_false(o.done); /* not before the last byte */
+            knit_memory_transport_feed(d.t, w.data + off, n - off < 7 ? n - off : 7);
+        }
+        expect_sum(&o, 42);
+        uint64_t walked = knit__thrift_client_scan_bytes(d.cl);
+        print_message("%s: %zu-byte reply in %zu pieces, %llu bytes walked\n",
+                      pi ? "compact" : "binary", n, pieces, (unsigned long long)walked);
+        /* each byte once, plus retried partial steps; the old rescanning
+         * walked about n * pieces / 2 (here ~ 10^9) */
+        assert_true(walked >= n);
+        assert_true(walked <= 2 * (uint64_t)n);
+        assert_false(knit_transport_closing(d.t));
+        knit_thrift_writer_free(&w);
+        detached_down(&d);
+    }
+}
+
+/* Two pipelined unframed replies with nested unknown fields, cut at every
+ * point (and fed byte by byte): both calls are answered, correctly, each
+ * only once its last byte is there. */
+static void test_client_unframed_reply_every_split(void **state)
+{
+    (void)state;
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
+    for (int pi = 0; pi < 2; pi++) {
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, protos[pi]);
+        add_reply(&w, 0, 3, true, 7);
+        size_t first = w.len;
+        add_reply(&w, 1, 0, true, -8);
+        size_t n = w.len;
+        for (size_t cut = 0; cut <= n; cut++) {
+            detached d;
+            detached_up(&d, protos[pi], true);
+            outcome a, b;
+            call_add(d.cl, 3, 4, &a);
+            call_add(d.cl, -4, -4, &b);
+            if (cut == n) { /* byte by byte */
+                for (size_t i = 0; i < n; i++) {
+                    assert_int_equal(a.done, i >= first);
+                    knit_memory_transport_feed(d.t, w.data + i, 1);
+                }
+            } else {
+                knit_memory_transport_feed(d.t, w.data, cut);
+                assert_int_equal(a.done, cut >= first);
+                assert_false(b.done);
+                knit_memory_transport_feed(d.t, w.data + cut, n - cut);
+            }
+            expect_sum(&a, 7);
+            expect_sum(&b, -8);
+            assert_false(knit_transport_closing(d.t));
+            detached_down(&d);
+        }
+        knit_thrift_writer_free(&w);
+    }
+}
+
+/* A malformed unframed reply closes the connection (and fails the call)
+ * however it is cut. */
+static void test_client_unframed_reply_malformed(void **state)
+{
+    (void)state;
+    knit_thrift_writer w;
+    knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
+    add_reply(&w, 0, 2, true, 1);
+    size_t n = w.len;
+    /* header 4 + name 4 + 3 + seqid 4, two 4-byte noise fields: then the
+     * map field's header (type, id); its type byte becomes invalid */
+    size_t bad = 15 + 2 * 4;
+    assert_int_equal(w.data[bad], KNIT_TT_MAP);
+    w.data[bad] = 0x7f;
+    for (size_t cut = 1; cut < n; cut++) {
+        detached d;
+        detached_up(&d, KNIT_THRIFT_BINARY, true);
+        outcome a;
+        call_add(d.cl, 0, 1, &a);
+        knit_memory_transport_feed(d.t, w.data, cut);
+        /* a field header is judged once its 3 bytes are there */
+        assert_int_equal(knit_transport_closing(d.t), cut >= bad + 3);
+        knit_memory_transport_feed(d.t, w.data + cut, n - cut);
+        assert_true(knit_transport_closing(d.t));
+        detached_down(&d);
+        assert_true(a.done);
+        assert_int_equal(a.code, KNIT_ECANCELED);
+    }
+    knit_thrift_writer_free(&w);
+}
+
+/* The resumable scanner agrees with a one-shot walk over every prefix. */
+static void test_scan_matches_skip(void **state)
+{
+    (void)state;
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
+    for (int pi = 0; pi < 2; pi++) {
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, protos[pi]);
+        add_reply(&w, 5, 2, true, 1);
+        size_t n = w.len;
+        knit__thrift_scan s;
+        knit__thrift_scan_init(&s, protos[pi]);
+        for (size_t k = 0; k <= n; k++) {
+            uint8_t *copy = malloc(k ? k : 1); /* exact size: ASan sees over-reads */
+            memcpy(copy, w.data, k);
+            size_t got = 0;
+            int rc = knit__thrift_scan_message(&s, copy, k, &got);
+            knit_thrift_reader r;
+            knit_thrift_reader_init(&r, protos[pi], copy, k);
+            const char *name;
+            size_t nl;
+            knit_thrift_msg_type t;
+            int32_t seq;
+            int want = knit_thrift_read_message_begin(&r, &name, &nl, &t, &seq);
+            if (!want) want = knit_thrift_skip(&r, KNIT_TT_STRUCT);
+            assert_int_equal(rc, want);
+            if (k < n) assert_int_equal(rc, KNIT_EEOF);
+            if (rc == 0) assert_int_equal(got, (size_t)(r.p - copy));
+            free(copy);
+        }
+        /* linear: each byte once, plus per call at most the retried part
+         * of one step (here a message header of 15 bytes at most) */
+        assert_true(s.examined <= n + 16 * (uint64_t)(n + 1));
+        knit_thrift_writer_free(&w);
+    }
+}
+
 /* max_in_flight = 1: while a call runs, the connection is not read; the next
  * pipelined call is taken only after the first completed. */
 static void test_max_in_flight_pauses_reading(void **state)
@@ -1451,6 +1699,10 @@ int main(void)
         cmocka_unit_test(test_sasl_framing_after_done),
         cmocka_unit_test(test_sasl_security_layer),
         cmocka_unit_test(test_server_malformed_table),
+        cmocka_unit_test(test_client_unframed_reply_in_pieces_is_linear),
+        cmocka_unit_test(test_client_unframed_reply_every_split),
+        cmocka_unit_test(test_client_unframed_reply_malformed),
+        cmocka_unit_test(test_scan_matches_skip),
         cmocka_unit_test(test_unframed_large_message_in_pieces),
         cmocka_unit_test(test_server_basic_calls),
         cmocka_unit_test(test_pipelined_out_of_order_and_oneway),
