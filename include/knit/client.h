@@ -51,8 +51,9 @@
  * in any state: a connection still open is aborted, and the service's
  * memory is released once its connection_lost has run (from the loop).
  *
- * In a service tree: knit_client_service_ops is a knit_service_ops whose
- * start/stop/free are the functions here, so
+ * In a service tree: knit_client_service_ops (declared in knit/service.h,
+ * the app layer above this one) is a knit_service_ops whose start/stop/free
+ * are the functions here, so
  *     knit_service_new(&s, "backend", &knit_client_service_ops, cs);
  * puts CS under knit_app's ordered start/stop (the tree owns CS from then
  * on and frees it with the service). The tree must run on CS's reactor.
@@ -85,7 +86,6 @@
 #include "knit/deferred.h"
 #include "knit/endpoint.h"
 #include "knit/reactor.h"
-#include "knit/service.h"
 #include "knit/stream.h"
 
 #ifdef __cplusplus
@@ -229,9 +229,6 @@ void knit_client_service_get_stats(const knit_client_service *cs, knit_client_st
 /* Free CS (see the life cycle). NULL is a no-op. Must not be called from
  * options.state_changed. */
 void knit_client_service_free(knit_client_service *cs);
-
-/* start / stop / free for knit_service_new (ARG is the client service). */
-extern const knit_service_ops knit_client_service_ops;
 
 #ifdef __cplusplus
 }

@@ -840,33 +840,3 @@ void knit_client_service_free(knit_client_service *cs)
     cs->busy--;
     release_if_done(cs);
 }
-
-/* ---- as a knit_service ------------------------------------------------------------- */
-
-static knit_deferred *svc_start(knit_service *s, void *arg)
-{
-    (void)s; /* the tree runs on cs->r (client.h) */
-    knit_client_service *cs = arg;
-    int rc = knit_client_service_start(cs);
-    if (rc)
-        return knit_deferred_failed(
-            knit_failure_new(rc, "client service for %s: %s", cs->endpoint, knit_strerror(rc)));
-    return NULL;
-}
-
-static knit_deferred *svc_stop(knit_service *s, void *arg)
-{
-    (void)s;
-    return knit_client_service_stop(arg);
-}
-
-static void svc_free(void *arg)
-{
-    knit_client_service_free(arg);
-}
-
-const knit_service_ops knit_client_service_ops = {
-    .start = svc_start,
-    .stop = svc_stop,
-    .free = svc_free,
-};
