@@ -12,9 +12,8 @@ static knit_deferred *cs_start(knit_service *s, void *arg)
     (void)s; /* the tree runs on the client service's reactor (service.h) */
     int rc = knit_client_service_start(cs);
     if (rc)
-        return knit_deferred_failed(knit_failure_new(rc, "client service for %s: %s",
-                                                     knit_client_service_endpoint(cs),
-                                                     knit_strerror(rc)));
+        return knit_deferred_failed(knit_failure_new(
+            rc, "client service for %s: %s", knit_client_service_endpoint(cs), knit_strerror(rc)));
     return NULL;
 }
 
