@@ -356,7 +356,8 @@ static void prep_ok(knit_result *res, void *arg)
     knit_deferred *d = conn->prep;
     conn->prep = NULL;
     knit_deferred_unref(d);
-    connected(conn->cs, conn);
+    /* stopped or freed while it prepared: the connection is closing */
+    if (running(conn->cs)) connected(conn->cs, conn);
 }
 
 static void prep_err(knit_result *res, void *arg)

@@ -746,6 +746,43 @@ static void test_prepare(void **state)
     world_down(&w);
 }
 
+/* Stopped while it prepares, and the handshake then succeeds: the service
+ * stays stopping, then stops — it does not count a connection nor
+ * reconnect. */
+static void test_stop_while_preparing(void **state)
+{
+    (void)state;
+    world w;
+    world_up(&w);
+    int port;
+    knit_listener *l = listen_on(&w, "tcp:0:interface=127.0.0.1", &port);
+    char ep[64];
+    snprintf(ep, sizeof ep, "tcp:127.0.0.1:%d", port);
+    knit_protocol_factory f = client_factory(&w);
+    knit_client_options o;
+    knit_client_options_init(&o);
+    prep_ctl pc = {0};
+    o.prepare = prepare_fn;
+    o.prepare_arg = &pc;
+    knit_client_service *cs = new_cs(&w, ep, &f, &o);
+    knit_client_service_start(cs);
+    RUN_UNTIL(&w, pc.calls == 1, "prepare");
+    seen sd;
+    watch(knit_client_service_stop(cs), &sd);
+    knit_deferred_callback(pc.d, NULL, NULL);
+    knit_deferred_unref(pc.d);
+    assert_int_equal(knit_client_service_state(cs), KNIT_CLIENT_STOPPING);
+    RUN_UNTIL(&w, sd.fired, "the stop");
+    assert_int_equal(knit_client_service_state(cs), KNIT_CLIENT_STOPPED);
+    knit_client_stats st;
+    knit_client_service_get_stats(cs, &st);
+    assert_int_equal(st.connects, 0);
+    assert_int_equal(knit_client_service_next_attempt(cs), -1);
+    knit_client_service_free(cs);
+    knit_listener_close(l, true);
+    world_down(&w);
+}
+
 /* ---- free from anywhere --------------------------------------------------------------- */
 
 static void free_in_cb(knit_result *res, void *arg)
@@ -941,6 +978,7 @@ int main(void)
         cmocka_unit_test(test_reconnect_after_restart),
         cmocka_unit_test(test_timeout_names_cause_and_hurry),
         cmocka_unit_test(test_prepare),
+        cmocka_unit_test(test_stop_while_preparing),
         cmocka_unit_test(test_free_from_callbacks_and_while_connecting),
         cmocka_unit_test(test_in_service_tree),
         cmocka_unit_test(test_unix_and_tls_kinds),
