@@ -295,9 +295,8 @@ static void on_total_timeout(knit_reactor *r, void *arg)
     x->t_total = KNIT_TIMER_NONE;
     char u[256];
     knit__httpc_url_safe(x->url, u, sizeof u);
-    knit_duration t = knit_reactor_now(c->r) - x->start;
     set_abort(x, KNIT_ETIMEDOUT, "%s %s: no complete answer within %.3f s", x->method, u,
-              KNIT_TO_SEC(t));
+              KNIT_TO_SEC(x->timeout));
     enter(c);
     abort_now(x);
     leave(c);
@@ -312,7 +311,7 @@ static void on_connect_timeout(knit_reactor *r, void *arg)
     char u[256];
     knit__httpc_url_safe(x->url, u, sizeof u);
     set_abort(x, KNIT_ECONNTIMEDOUT, "%s %s: no connection within %.3f s", x->method, u,
-              KNIT_TO_SEC(knit_reactor_now(c->r) - x->start));
+              KNIT_TO_SEC(x->connect_timeout));
     enter(c);
     abort_now(x);
     leave(c);
@@ -639,6 +638,8 @@ int knit__httpc_start(knit_httpc_xfer *x, knit_duration timeout, knit_duration c
 {
     knit_httpc *c = x->c;
     x->start = knit_reactor_now(c->r);
+    x->timeout = timeout;
+    x->connect_timeout = connect_to;
     if (timeout > 0) x->t_total = knit_call_later(c->r, timeout, on_total_timeout, x);
     if (connect_to > 0) x->t_conn = knit_call_later(c->r, connect_to, on_connect_timeout, x);
     /* link */
@@ -831,7 +832,9 @@ static knit_failure *make_failure(knit_httpc_xfer *x, CURLcode rc)
     case CURLE_HTTP2_STREAM:
     case CURLE_HTTP3:
     case CURLE_UNSUPPORTED_PROTOCOL:
-        code = rc == CURLE_UNSUPPORTED_PROTOCOL ? KNIT_EINVAL : KNIT_EHTTP;
+        /* after a connection: the server's answer (an unknown version or
+         * status); before: the URL (or a redirect to another scheme) */
+        code = rc == CURLE_UNSUPPORTED_PROTOCOL && !x->prereqs ? KNIT_EINVAL : KNIT_EHTTP;
         what = rc == CURLE_BAD_CONTENT_ENCODING ? "bad content coding" : "bad answer";
         break;
     case CURLE_URL_MALFORMAT:

@@ -56,6 +56,7 @@ struct knit_httpc_xfer {
     char *abort_msg;
     knit_timer t_conn, t_total, t_resume;
     knit_time start;
+    knit_duration timeout, connect_timeout;
     size_t max_body;
     hbuf head; /* the current response's fields: "name\0value\0" ... */
     size_t nheaders;

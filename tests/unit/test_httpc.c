@@ -503,10 +503,582 @@ static void test_redirects(void **state)
     teardown_fx(&fx);
 }
 
+
+/* ---- raw servers: misbehaving on purpose ------------------------------------------------ */
+
+typedef struct raw_server raw_server;
+/* Called for each request head (and its Content-Length body) received:
+ * CONN is the connection's index (0, 1, ...), REQ the request's index on
+ * it. Write an answer to T, close T, or do nothing (hang). */
+typedef void (*raw_fn)(raw_server *rs, int conn, int req, const char *head, knit_transport *t);
+
+struct raw_server {
+    knit_protocol_factory f;
+    knit_listener *l;
+    unsigned port;
+    int conns, open, requests;
+    raw_fn fn;
+};
+
+typedef struct raw_conn {
+    knit_protocol p;
+    raw_server *rs;
+    int idx, reqs;
+} raw_conn;
+
+static void raw_data(knit_protocol *p, knit_buf *in)
+{
+    raw_conn *rc = (raw_conn *)p;
+    for (;;) {
+        const char *d = (const char *)knit_buf_data(in);
+        size_t n = knit_buf_len(in);
+        const char *end = memmem(d, n, "\r\n\r\n", 4);
+        if (!end) return;
+        size_t head = (size_t)(end - d) + 4;
+        size_t body = 0;
+        const char *cl = strcasestr(d, "\r\ncontent-length:");
+        if (cl && cl < end) body = (size_t)strtoul(cl + 17, NULL, 10);
+        if (n < head + body) return;
+        char h[2048];
+        snprintf(h, sizeof h, "%.*s", (int)head, d);
+        knit_buf_consume(in, head + body);
+        rc->rs->requests++;
+        rc->rs->fn(rc->rs, rc->idx, rc->reqs++, h, p->transport);
+        if (!p->transport || knit_transport_closing(p->transport)) return;
+    }
+}
+
+static void raw_lost(knit_protocol *p, knit_close_reason why, int err)
+{
+    (void)why;
+    (void)err;
+    raw_conn *rc = (raw_conn *)p;
+    rc->rs->open--;
+    free(rc);
+}
+
+static const knit_protocol_ops raw_ops = {.data_received = raw_data, .connection_lost = raw_lost};
+
+static knit_protocol *raw_build(knit_protocol_factory *f, const knit_sockaddr *peer)
+{
+    (void)peer;
+    raw_server *rs = f->data;
+    raw_conn *rc = calloc(1, sizeof *rc);
+    rc->p.ops = &raw_ops;
+    rc->rs = rs;
+    rc->idx = rs->conns++;
+    rs->open++;
+    return &rc->p;
+}
+
+static void raw_start(raw_server *rs, knit_reactor *r, raw_fn fn)
+{
+    memset(rs, 0, sizeof *rs);
+    rs->fn = fn;
+    rs->f.build = raw_build;
+    rs->f.data = rs;
+    char err[KNIT_ENDPOINT_ERRLEN];
+    if (knit_endpoint_listen(r, "tcp:0:interface=127.0.0.1", &rs->f, NULL, &rs->l, err,
+                             sizeof err) < 0)
+        fail_msg("raw listen: %s", err);
+    knit_sockaddr a;
+    assert_int_equal(knit_listener_address(rs->l, &a), 0);
+    rs->port = ntohs(a.u.in.sin_port);
+}
+
+static void raw_stop(raw_server *rs, knit_reactor *r)
+{
+    knit_listener_close(rs->l, true);
+    for (int i = 0; i < 1000 && rs->open > 0; i++)
+        knit_reactor_run_once(r, 0);
+    assert_int_equal(rs->open, 0);
+}
+
+static void raw_write(knit_transport *t, const char *s)
+{
+    knit_transport_write(t, s, strlen(s));
+}
+
+/* Keep-alive answers, except that the second request on connection 0 gets
+ * the connection closed without an answer (a load balancer's idle close
+ * racing the request). */
+static void raw_closes_second(raw_server *rs, int conn, int req, const char *head,
+                              knit_transport *t)
+{
+    (void)rs;
+    (void)head;
+    if (conn == 0 && req == 1) {
+        knit_transport_lose_connection(t);
+        return;
+    }
+    raw_write(t, conn == 0 ? "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\none"
+                           : "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\ntwo");
+}
+
+static const char gz_body[] =
+    "\x1f\x8b\x08\x00\x00\x00\x00\x00\x02\x03\xcb\xce\xcb\x2c\xd1\xcd\x28\x29\x29\x48\x56\x48"
+    "\xaf\xca\x2c\x50\x28\x49\x2d\x2e\x51\xc8\xc9\xcc\x4b\xe5\xca\x1e\x95\x19\x95\x19\x95\x19"
+    "\x61\x32\x00\x56\x9d\x17\x04\x10\x04\x00\x00";
+static const char df_body[] = "\x78\x9c\xcb\xce\xcb\x2c\xd1\xcd\x28\x29\x29\x48\x56\x48\xaf\xca"
+                              "\x2c\x50\x28\x49\x2d\x2e\x51\xc8\xc9\xcc\x4b\xe5\xca\x1e\x95\x19"
+                              "\x95\x19\x95\x19\x61\x32\x00\x5c\x95\x7e\xe0";
+
+/* Answers by path: /gzip, /deflate, /chunked, /short (truncated), /bad. */
+static void raw_various(raw_server *rs, int conn, int req, const char *head, knit_transport *t)
+{
+    (void)rs;
+    (void)conn;
+    (void)req;
+    char buf[256];
+    if (strncmp(head, "GET /gzip ", 10) == 0 || strncmp(head, "GET /deflate ", 13) == 0) {
+        bool gz = head[5] == 'g';
+        if (gz && !strcasestr(head, "accept-encoding: gzip")) {
+            raw_write(t, "HTTP/1.1 406 Not Acceptable\r\nContent-Length: 0\r\n\r\n");
+            return;
+        }
+        size_t n = gz ? sizeof gz_body - 1 : sizeof df_body - 1;
+        snprintf(buf, sizeof buf,
+                 "HTTP/1.1 200 OK\r\nContent-Encoding: %s\r\nContent-Length: %zu\r\n\r\n",
+                 gz ? "gzip" : "deflate", n);
+        raw_write(t, buf);
+        knit_transport_write(t, gz ? gz_body : df_body, n);
+    } else if (strncmp(head, "GET /chunked ", 13) == 0) {
+        raw_write(t, "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nX-Folded: a\r\n b\r\n\r\n"
+                     "5\r\nhello\r\n6\r\n world\r\n0\r\n\r\n");
+    } else if (strncmp(head, "GET /short ", 11) == 0) {
+        raw_write(t, "HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nshort");
+        knit_transport_lose_connection(t);
+    } else {
+        raw_write(t, "HTTP/1.1 2x0 Weird\r\n\r\n");
+        knit_transport_lose_connection(t);
+    }
+}
+
+static void test_retry_keepalive_closed(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, NULL);
+    raw_server rs;
+    raw_start(&rs, fx.r, raw_closes_second);
+    knit_httpc *c = client(&fx, NULL);
+    char url[128], msg[512];
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/x", rs.port);
+    knit_deferred *d = get_wait(&fx, c, url);
+    assert_string_equal(resp_of(d, "first GET")->body, "one");
+    knit_deferred_unref(d);
+    /* the second GET goes out on the kept connection, which the server
+     * closes: sent again once, on a fresh connection */
+    d = get_wait(&fx, c, url);
+    const knit_httpc_response *rsp = resp_of(d, "second GET");
+    assert_string_equal(rsp->body, "two");
+    assert_true(rsp->retried);
+    assert_false(rsp->reused);
+    knit_deferred_unref(d);
+    assert_int_equal(rs.conns, 2);
+    assert_int_equal(rs.requests, 3);
+    knit_httpc_stats st;
+    knit_httpc_get_stats(c, &st);
+    assert_int_equal(st.retried, 1);
+    knit_httpc_free(c);
+    raw_stop(&rs, fx.r);
+
+    /* a POST in the same position is not sent twice */
+    raw_start(&rs, fx.r, raw_closes_second);
+    c = client(&fx, NULL);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/x", rs.port);
+    d = get_wait(&fx, c, url);
+    knit_deferred_unref(d);
+    d = knit_httpc_post(c, url, NULL, "payload", 7);
+    wait_fired(fx.r, d, "POST on a closed keep-alive");
+    assert_int_equal(fail_of(d, msg, sizeof msg), KNIT_ECLOSED);
+    assert_non_null(strstr(msg, "not idempotent"));
+    knit_deferred_unref(d);
+    assert_int_equal(rs.requests, 2); /* the POST reached the server once */
+    knit_httpc_free(c);
+    raw_stop(&rs, fx.r);
+    teardown_fx(&fx);
+}
+
+static void test_decoding_and_framing(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, NULL);
+    raw_server rs;
+    raw_start(&rs, fx.r, raw_various);
+    knit_httpc *c = client(&fx, NULL);
+    char url[128], msg[512], want[1100] = "";
+    for (int i = 0; i < 40; i++)
+        strcat(want, "knit-httpc gzip test line\n");
+    const char *paths[] = {"/gzip", "/deflate"};
+    for (int i = 0; i < 2; i++) {
+        snprintf(url, sizeof url, "http://127.0.0.1:%u%s", rs.port, paths[i]);
+        knit_deferred *d = get_wait(&fx, c, url);
+        const knit_httpc_response *rsp = resp_of(d, paths[i]);
+        assert_int_equal(rsp->status, 200);
+        assert_int_equal(rsp->body_len, 1040);
+        assert_string_equal(rsp->body, want);
+        knit_deferred_unref(d);
+    }
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/chunked", rs.port);
+    knit_deferred *d = get_wait(&fx, c, url);
+    const knit_httpc_response *rsp = resp_of(d, "chunked");
+    assert_string_equal(rsp->body, "hello world");
+    assert_string_equal(knit_httpc_header_get(rsp, "x-folded"), "a b");
+    assert_string_equal(knit_httpc_header_get(rsp, "transfer-encoding"), "chunked");
+    knit_deferred_unref(d);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/short", rs.port);
+    d = get_wait(&fx, c, url);
+    assert_int_equal(fail_of(d, msg, sizeof msg), KNIT_ECLOSED);
+    assert_non_null(strstr(msg, "before the end of the body"));
+    knit_deferred_unref(d);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/bad", rs.port);
+    d = get_wait(&fx, c, url);
+    int bad_code = fail_of(d, msg, sizeof msg);
+    if (bad_code != KNIT_EHTTP) fail_msg("bad answer: %s %s", knit_err_name(bad_code), msg);
+    knit_deferred_unref(d);
+    knit_httpc_free(c);
+    /* decode off: the bytes as sent */
+    knit_httpc_options o;
+    knit_httpc_options_init(&o);
+    o.proxy_env = false;
+    o.decode = false;
+    c = client(&fx, &o);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/deflate", rs.port);
+    d = get_wait(&fx, c, url);
+    rsp = resp_of(d, "deflate raw");
+    assert_int_equal(rsp->body_len, sizeof df_body - 1);
+    assert_memory_equal(rsp->body, df_body, rsp->body_len);
+    knit_deferred_unref(d);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/gzip", rs.port);
+    d = get_wait(&fx, c, url);
+    assert_int_equal(resp_of(d, "gzip not asked")->status, 406);
+    knit_deferred_unref(d);
+    knit_httpc_free(c);
+    raw_stop(&rs, fx.r);
+    teardown_fx(&fx);
+}
+
+static void test_errors(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, "tcp:0:interface=127.0.0.1");
+    knit_httpc *c = client(&fx, NULL);
+    char url[128], msg[512];
+    /* a port nobody listens on */
+    int s = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+    socklen_t al = sizeof a;
+    assert_int_equal(bind(s, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(getsockname(s, (struct sockaddr *)&a, &al), 0);
+    close(s);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/", ntohs(a.sin_port));
+    knit_deferred *d = get_wait(&fx, c, url);
+    assert_int_equal(fail_of(d, msg, sizeof msg), KNIT_ECONNREFUSED);
+    assert_non_null(strstr(msg, "cannot connect"));
+    knit_deferred_unref(d);
+    /* a name that does not resolve (.invalid is reserved, RFC 6761) */
+    d = get_wait(&fx, c, "http://knit-test.invalid/");
+    assert_int_equal(fail_of(d, msg, sizeof msg), KNIT_EDNS);
+    assert_non_null(strstr(msg, "knit-test.invalid"));
+    knit_deferred_unref(d);
+    /* the body limit */
+    knit_httpc_req rq;
+    url_of(&fx, url, sizeof url, "/big");
+    knit_httpc_req_init(&rq, "GET", url);
+    rq.max_body = 1000;
+    d = knit_httpc_request(c, &rq);
+    wait_fired(fx.r, d, "GET /big with a limit");
+    assert_int_equal(fail_of(d, msg, sizeof msg), KNIT_ELIMIT);
+    assert_non_null(strstr(msg, "over the limit of 1000 bytes"));
+    knit_deferred_unref(d);
+    d = get_wait(&fx, c, url); /* the default limit lets it through */
+    assert_int_equal(resp_of(d, "GET /big")->body_len, 100000);
+    knit_deferred_unref(d);
+    knit_httpc_free(c);
+    /* the bound on requests in flight */
+    knit_httpc_options o;
+    knit_httpc_options_init(&o);
+    o.proxy_env = false;
+    o.max_pending = 2;
+    c = client(&fx, &o);
+    url_of(&fx, url, sizeof url, "/hello");
+    knit_deferred *ds[3];
+    for (int i = 0; i < 3; i++)
+        ds[i] = knit_httpc_get(c, url, NULL);
+    assert_int_equal(fail_of(ds[2], msg, sizeof msg), KNIT_EQUEUEFULL);
+    for (int i = 0; i < 2; i++) {
+        wait_fired(fx.r, ds[i], "GET under max_pending");
+        assert_int_equal(resp_of(ds[i], "GET")->status, 200);
+    }
+    for (int i = 0; i < 3; i++)
+        knit_deferred_unref(ds[i]);
+    knit_httpc_free(c);
+    teardown_fx(&fx);
+}
+
+/* Fake clock: the whole-exchange timeout and the connect timeout. */
+static void test_timeouts(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, true, "tcp:0:interface=127.0.0.1");
+    knit_httpc_options o;
+    knit_httpc_options_init(&o);
+    o.proxy_env = false;
+    o.timeout = KNIT_SEC(5);
+    o.connect_timeout = KNIT_SEC(2);
+    knit_httpc *c = client(&fx, &o);
+    char url[128], msg[512];
+    url_of(&fx, url, sizeof url, "/never");
+    knit_deferred *d = knit_httpc_get(c, url, NULL);
+    for (unsigned i = 0; i < TURNS && nheld == 0; i++) {
+        knit_reactor_run_once(fx.r, 0);
+        knit_reactor_advance(fx.r, 0);
+    }
+    if (nheld == 0) fail_msg("timed out waiting for the server to get the request");
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_SEC(4)), 0);
+    assert_false(knit_deferred_fired(d));
+    knit_reactor_advance(fx.r, KNIT_MSEC(1001));
+    assert_true(knit_deferred_fired(d));
+    assert_int_equal(fail_of(d, msg, sizeof msg), KNIT_ETIMEDOUT);
+    assert_non_null(strstr(msg, "no complete answer within 5.0"));
+    knit_deferred_unref(d);
+
+    /* a listener whose accept queue is full: the SYN is dropped */
+    int l = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(0x7f000001)};
+    socklen_t al = sizeof a;
+    assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(l, 0), 0);
+    assert_int_equal(getsockname(l, (struct sockaddr *)&a, &al), 0);
+    int filler = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+    connect(filler, (struct sockaddr *)&a, sizeof a);
+    usleep(100000);
+    snprintf(url, sizeof url, "http://127.0.0.1:%u/", ntohs(a.sin_port));
+    d = knit_httpc_get(c, url, NULL);
+    for (int i = 0; i < 20; i++) {
+        knit_reactor_run_once(fx.r, 0);
+        knit_reactor_advance(fx.r, 0);
+    }
+    assert_false(knit_deferred_fired(d));
+    knit_reactor_advance(fx.r, KNIT_MSEC(2100));
+    assert_true(knit_deferred_fired(d));
+    assert_int_equal(fail_of(d, msg, sizeof msg), KNIT_ECONNTIMEDOUT);
+    if (!strstr(msg, "no connection within 2.0")) fail_msg("msg: %s", msg);
+    knit_deferred_unref(d);
+    close(filler);
+    close(l);
+    knit_httpc_stats st;
+    knit_httpc_get_stats(c, &st);
+    assert_int_equal(st.timeouts, 2);
+    knit_httpc_free(c);
+    teardown_fx(&fx);
+}
+
+/* ---- streaming ------------------------------------------------------------------------------ */
+
+typedef struct sink {
+    size_t bytes, chunks, pauses;
+    int status;
+    bool paused, pause_each, cancel_after_first;
+    knit_httpc_xfer *x;
+    knit_deferred *d;
+} sink;
+
+static int sink_head(knit_httpc_xfer *x, const knit_httpc_response *h, void *arg)
+{
+    (void)x;
+    sink *k = arg;
+    k->status = h->status;
+    return 0;
+}
+
+static int sink_chunk(knit_httpc_xfer *x, const void *data, size_t len, void *arg)
+{
+    sink *k = arg;
+    if (k->paused) fail_msg("a chunk arrived while paused");
+    for (size_t i = 0; i < len; i++)
+        if (((const char *)data)[i] != 's') fail_msg("bad byte in the streamed body");
+    k->bytes += len;
+    k->chunks++;
+    k->x = x;
+    if (k->cancel_after_first) {
+        knit_deferred_cancel(k->d); /* from inside the client's callback */
+        return 0;
+    }
+    if (k->pause_each) {
+        knit_httpc_pause(x);
+        k->paused = true;
+        k->pauses++;
+    }
+    return 0;
+}
+
+static void test_streaming_backpressure(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, "tcp:0:interface=127.0.0.1");
+    knit_httpc *c = client(&fx, NULL);
+    char url[128];
+    url_of(&fx, url, sizeof url, "/stream");
+    sink k = {.pause_each = true};
+    knit_httpc_req rq;
+    knit_httpc_req_init(&rq, "GET", url);
+    rq.on_head = sink_head;
+    rq.on_chunk = sink_chunk;
+    rq.arg = &k;
+    knit_deferred *d = knit_httpc_request(c, &rq);
+    for (unsigned i = 0; i < TURNS && !knit_deferred_fired(d); i++) {
+        knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+        if (k.paused && !knit_deferred_fired(d)) {
+            /* while paused nothing arrives, however long we wait */
+            size_t before = k.bytes;
+            for (int j = 0; j < 3; j++)
+                knit_reactor_run_once(fx.r, KNIT_MSEC(2));
+            assert_int_equal(k.bytes, before);
+            k.paused = false;
+            if (!knit_deferred_fired(d)) knit_httpc_resume(k.x); /* X lives until then */
+        }
+    }
+    if (!knit_deferred_fired(d)) fail_msg("timed out waiting for the streamed body");
+    const knit_httpc_response *rsp = resp_of(d, "streamed GET");
+    assert_int_equal(k.status, 200);
+    assert_int_equal(rsp->status, 200);
+    assert_int_equal(rsp->body_len, 0);
+    assert_int_equal(k.bytes, (size_t)STREAM_BLOCK * STREAM_BLOCKS);
+    assert_true(k.pauses >= 16);
+    knit_deferred_unref(d);
+    knit_httpc_free(c);
+    teardown_fx(&fx);
+}
+
+static void test_cancel(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, "tcp:0:interface=127.0.0.1");
+    knit_httpc *c = client(&fx, NULL);
+    char url[128], msg[256];
+    /* mid-body, from inside on_chunk */
+    url_of(&fx, url, sizeof url, "/stream");
+    sink k = {.cancel_after_first = true};
+    knit_httpc_req rq;
+    knit_httpc_req_init(&rq, "GET", url);
+    rq.on_chunk = sink_chunk;
+    rq.arg = &k;
+    k.d = knit_httpc_request(c, &rq);
+    wait_fired(fx.r, k.d, "the cancelled stream");
+    assert_int_equal(fail_of(k.d, msg, sizeof msg), KNIT_ECANCELED);
+    assert_non_null(strstr(msg, "cancelled"));
+    assert_int_equal(k.chunks, 1);
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(2));
+    assert_int_equal(k.chunks, 1); /* nothing after the cancel */
+    knit_deferred_unref(k.d);
+    knit_httpc_stats st;
+    knit_httpc_get_stats(c, &st);
+    assert_int_equal(st.in_flight, 0);
+    assert_int_equal(st.cancelled, 1);
+    assert_int_equal(st.connections_open, 0); /* its connection was closed */
+    knit_http_stats hs; /* ... and the server's worker, writing, sees it go */
+    for (unsigned i = 0; i < TURNS; i++) {
+        knit_http_get_stats(fx.s, &hs);
+        if (hs.connections_open == 0) break;
+        knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+    }
+    assert_int_equal(hs.connections_open, 0);
+    /* waiting for the head, from outside */
+    url_of(&fx, url, sizeof url, "/never");
+    knit_deferred *d = knit_httpc_get(c, url, NULL);
+    for (unsigned i = 0; i < TURNS && nheld == 0; i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+    assert_int_equal(nheld, 1);
+    knit_deferred_cancel(d);
+    assert_int_equal(fail_of(d, NULL, 0), KNIT_ECANCELED);
+    knit_deferred_unref(d);
+    knit_httpc_get_stats(c, &st);
+    assert_int_equal(st.in_flight, 0);
+    assert_int_equal(st.connections_open, 0);
+    /* (the server, holding the request, reads no more and notices only
+     * when it answers: teardown does that) */
+    knit_httpc_free(c);
+    teardown_fx(&fx);
+}
+
+typedef struct source {
+    size_t total, sent;
+    bool paused_once, paused;
+    knit_httpc_xfer *x;
+} source;
+
+static ssize_t source_fn(knit_httpc_xfer *x, void *buf, size_t cap, void *arg)
+{
+    source *s = arg;
+    s->x = x;
+    if (s->sent >= 100000 && !s->paused_once) {
+        s->paused_once = s->paused = true;
+        return KNIT_EAGAIN;
+    }
+    size_t n = s->total - s->sent;
+    if (n > cap) n = cap;
+    if (n > 7000) n = 7000;
+    for (size_t i = 0; i < n; i++)
+        ((char *)buf)[i] = (char)((s->sent + i) % 251);
+    s->sent += n;
+    return (ssize_t)n;
+}
+
+static void test_upload_stream(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, "tcp:0:interface=127.0.0.1");
+    knit_httpc *c = client(&fx, NULL);
+    char url[128], want[64];
+    url_of(&fx, url, sizeof url, "/count");
+    size_t sum = 0;
+    for (size_t i = 0; i < 300000; i++)
+        sum += (i % 251);
+    snprintf(want, sizeof want, "300000 %zu", sum);
+    for (int chunked = 0; chunked < 2; chunked++) {
+        source src = {.total = 300000};
+        knit_httpc_req rq;
+        knit_httpc_req_init(&rq, "PUT", url);
+        rq.body_fn = source_fn;
+        rq.body_size = chunked ? -1 : 300000;
+        rq.arg = &src;
+        knit_deferred *d = knit_httpc_request(c, &rq);
+        for (unsigned i = 0; i < TURNS && !knit_deferred_fired(d); i++) {
+            knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+            if (src.paused) {
+                src.paused = false;
+                knit_httpc_resume(src.x);
+            }
+        }
+        if (!knit_deferred_fired(d)) fail_msg("timed out waiting for the upload");
+        assert_true(src.paused_once);
+        assert_string_equal(resp_of(d, "streamed PUT")->body, want);
+        knit_deferred_unref(d);
+    }
+    knit_httpc_free(c);
+    teardown_fx(&fx);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_get_and_reuse),
     cmocka_unit_test(test_requests_shapes),
     cmocka_unit_test(test_redirects),
+    cmocka_unit_test(test_retry_keepalive_closed),
+    cmocka_unit_test(test_decoding_and_framing),
+    cmocka_unit_test(test_errors),
+    cmocka_unit_test(test_timeouts),
+    cmocka_unit_test(test_streaming_backpressure),
+    cmocka_unit_test(test_cancel),
+    cmocka_unit_test(test_upload_stream),
 };
 
 int main(void)
