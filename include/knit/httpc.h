@@ -332,15 +332,17 @@ int knit_httpc_blocking_get(knit_httpc *c, const char *url, knit_httpc_response 
 
 /* ---- the test double (treq's StubTreq) -------------------------------------------------
  *
- * A client whose requests never leave the process: every connection is one
- * end of a socketpair whose other end is handed to SERVER as if accepted
- * there, so the server's router, handlers (pool or inline), limits and
- * error answers all run as in production while the client runs the very
- * same code as a real one (redirects, decoding, timeouts, streaming,
- * limits). No port is bound and no name is resolved: whatever the URL's
- * host, the request reaches SERVER. https:// URLs are sent in clear (the
- * server sees no TLS). Proxies are never used. SERVER must live on the
- * same reactor R and outlive the client. OPTS as for knit_httpc_new.
+ * A client whose requests never leave the process: it connects to a
+ * private AF_UNIX socket of its own (in a fresh mkdtemp directory under
+ * $TMPDIR or /tmp, mode 0700, removed by knit_httpc_free) and hands every
+ * connection accepted there to SERVER as if SERVER had accepted it, so the
+ * server's router, handlers (pool or inline), limits and error answers all
+ * run as in production while the client runs the very same code as a real
+ * one (redirects, decoding, timeouts, streaming, limits, reuse). No port is
+ * bound and no name is resolved: whatever the URL's host, the request
+ * reaches SERVER. https:// URLs are sent in clear as http:// (so on port 80
+ * unless the URL names one). Proxies are never used. SERVER must live on
+ * the same reactor R and outlive the client. OPTS as for knit_httpc_new.
  * With a fake clock, drive it with knit_httpc_run_until. */
 struct knit_http_server;
 int knit_httpc_stub_new(knit_reactor *r, struct knit_http_server *server,

@@ -31,6 +31,14 @@ int knit_httpc_blocking(knit_httpc *c, const knit_httpc_req *rq, knit_httpc_resp
                                         rq->method ? rq->method : "GET", rq->url ? rq->url : "-");
         return KNIT_EINVAL;
     }
+    if (knit_reactor_current()) {
+        /* a reactor thread would wait for itself (or stall its own loop) */
+        if (failure)
+            *failure = knit_failure_new(KNIT_EINVAL, "%s %s: the blocking form was called on a "
+                                                     "reactor thread",
+                                        rq->method ? rq->method : "GET", rq->url ? rq->url : "-");
+        return KNIT_EINVAL;
+    }
     bcall b = {c, rq};
     knit_result res = KNIT_RESULT_INIT;
     int rc = knit_blocking_call_from_thread(knit_httpc_reactor(c), start, &b, &res);

