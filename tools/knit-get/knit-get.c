@@ -3,8 +3,8 @@
  *
  *   knit-get URL... [--concurrency=N] [--requests=N] [--timeout=D] [--method=M]
  *            [--data=BYTES] [--header='Name: value']... [--body] [--cacert=FILE]
- *            [--insecure] [--proxy=URL] [--connect-timeout=D] [--max-redirects=N]
- *            [--http1.1]
+ *            [--cert=FILE [--key=FILE]] [--insecure] [--proxy=URL]
+ *            [--connect-timeout=D] [--max-redirects=N] [--http1.1]
  *
  * Without --requests it asks each URL once (at most N at a time) and prints
  * one line per answer, as answers come:
@@ -118,8 +118,8 @@ static int usage(const char *why)
     fprintf(stderr,
             "usage: knit-get URL... [--concurrency=N] [--requests=N] [--timeout=D]\n"
             "         [--method=M] [--data=BYTES] [--header='Name: value']... [--body]\n"
-            "         [--cacert=FILE] [--insecure] [--proxy=URL] [--connect-timeout=D]\n"
-            "         [--max-redirects=N] [--http1.1]\n"
+            "         [--cacert=FILE] [--cert=FILE [--key=FILE]] [--insecure] [--proxy=URL]\n"
+            "         [--connect-timeout=D] [--max-redirects=N] [--http1.1]\n"
             "  --concurrency=N     requests in flight at once (default 1)\n"
             "  --requests=N        send N requests in all and print a summary line\n"
             "  --timeout=D         whole exchange, e.g. 5s, 250ms (default %.0fs)\n"
@@ -183,6 +183,10 @@ int main(int argc, char **argv)
             g.headers[nheaders++] = v;
         } else if ((v = opt(a, "--cacert"))) {
             o.ca_file = v;
+        } else if ((v = opt(a, "--cert"))) {
+            o.client_cert = v;
+        } else if ((v = opt(a, "--key"))) {
+            o.client_key = v;
         } else if ((v = opt(a, "--proxy"))) {
             o.proxy = v;
         } else if ((v = opt(a, "--max-redirects"))) {
