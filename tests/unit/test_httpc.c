@@ -27,6 +27,8 @@
 #include "knit/http.h"
 #include "knit/httpc.h"
 #include "knit/log.h"
+#include "knit/manhole.h"
+#include "knit/metrics.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
 #include "knit/stream.h"
@@ -1481,6 +1483,90 @@ static void test_free_with_requests(void **state)
     teardown_fx(&fx);
 }
 
+/* ---- metrics and the manhole ------------------------------------------------------------- */
+
+typedef struct expo {
+    knit_metrics *m;
+    char *text;
+} expo;
+
+static void expose_now(knit_reactor *r, void *arg)
+{
+    (void)r;
+    expo *e = arg;
+    assert_int_equal(knit_metrics_expose(e->m, &e->text, NULL), 0);
+}
+
+static void mh_write(const char *data, size_t len, void *arg)
+{
+    char *out = arg;
+    size_t l = strlen(out);
+    if (l + len >= 4096) len = 4095 - l;
+    memcpy(out + l, data, len);
+    out[l + len] = 0;
+}
+
+static void test_metrics_and_manhole(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, "tcp:0:interface=127.0.0.1");
+    knit_httpc *c = client(&fx, NULL);
+    char url[128], line[512];
+    url_of(&fx, url, sizeof url, "/hello");
+    for (int i = 0; i < 2; i++) {
+        knit_deferred *d = get_wait(&fx, c, url);
+        knit_deferred_unref(d);
+    }
+    knit_metrics *m;
+    assert_int_equal(knit_metrics_new(&m), 0);
+    assert_int_equal(knit_metrics_add_httpc(m, c), 0);
+    expo e = {m, NULL};
+    knit_call_later(fx.r, 0, expose_now, &e); /* reactor-owned: expose on its thread */
+    for (int i = 0; i < 100 && !e.text; i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(10));
+    assert_non_null(e.text);
+    snprintf(line, sizeof line,
+             "knit_httpc_requests_total{client=\"httpc\",method=\"GET\",class=\"2xx\","
+             "host=\"127.0.0.1:%u\"} 2\n", fx.port);
+    if (!strstr(e.text, line)) fail_msg("no %s in:\n%s", line, e.text);
+    assert_non_null(strstr(e.text, "knit_httpc_reused_total{client=\"httpc\"} 1\n"));
+    assert_non_null(strstr(e.text, "knit_httpc_connections_open{client=\"httpc\"} 1\n"));
+    assert_non_null(strstr(e.text, "knit_httpc_request_duration_seconds_count{client=\"httpc\"} 2\n"));
+    free(e.text);
+    assert_int_equal(knit_metrics_remove_httpc(m, c), 0);
+    knit_metrics_free(m);
+
+    knit_manhole *mh;
+    assert_int_equal(knit_manhole_new(&mh, fx.r, NULL), 0);
+    assert_int_equal(knit_manhole_attach_httpc(mh, c, NULL), 0);
+    static char out[4096];
+    out[0] = 0;
+    knit_manhole_session *s;
+    assert_int_equal(knit_manhole_session_new(mh, "test", mh_write, out, &s), 0);
+    const char *ev = "return httpc.stats().requests, httpc.stats()['2xx']";
+    if (knit_manhole_session_eval(s, ev, strlen(ev)) != KNIT_MANHOLE_OK) fail_msg("eval: %s", out);
+    if (!strstr(out, "2\t2")) fail_msg("httpc.stats(): %s", out);
+    snprintf(line, sizeof line, "d = httpc.get('%s')", url);
+    assert_int_equal(knit_manhole_session_eval(s, line, strlen(line)), KNIT_MANHOLE_OK);
+    const char *q = "return d:fired()";
+    for (unsigned i = 0; i < TURNS; i++) {
+        out[0] = 0;
+        assert_int_equal(knit_manhole_session_eval(s, q, strlen(q)), KNIT_MANHOLE_OK);
+        if (strstr(out, "true")) break;
+        knit_reactor_run_once(fx.r, KNIT_MSEC(10));
+    }
+    if (!strstr(out, "true")) fail_msg("timed out waiting for httpc.get in the manhole");
+    out[0] = 0;
+    const char *r2 = "local v = d:result() return v.status, v.body, v.headers['Content-Length']";
+    assert_int_equal(knit_manhole_session_eval(s, r2, strlen(r2)), KNIT_MANHOLE_OK);
+    if (!strstr(out, "200\t\"Hello\"\t\"5\"")) fail_msg("httpc.get result: %s", out);
+    knit_manhole_session_free(s);
+    knit_manhole_free(mh);
+    knit_httpc_free(c);
+    teardown_fx(&fx);
+}
+
 static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_get_and_reuse),
     cmocka_unit_test(test_requests_shapes),
@@ -1499,6 +1585,7 @@ static const struct CMUnitTest tests[] = {
     cmocka_unit_test(test_thousand_concurrent),
     cmocka_unit_test(test_idle_and_counts),
     cmocka_unit_test(test_free_with_requests),
+    cmocka_unit_test(test_metrics_and_manhole),
 };
 
 int main(void)
