@@ -417,9 +417,14 @@ static size_t header_cb(char *buf, size_t size, size_t n, void *ud)
         v++;
     while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
         end--;
-    if (knit__hbuf_add(&x->head, buf, nl) < 0 || knit__hbuf_add(&x->head, "", 1) < 0 ||
-        knit__hbuf_add(&x->head, v, (size_t)(end - v)) < 0 || knit__hbuf_add(&x->head, "", 1) < 0)
-        return 0;
+    size_t vl = (size_t)(end - v);
+    if (knit__hbuf_reserve(&x->head, x->head.cap ? nl + vl + 2 : 512) < 0) return 0;
+    char *w = x->head.p + x->head.len; /* "name\0value\0" */
+    memcpy(w, buf, nl);
+    w[nl] = 0;
+    memcpy(w + nl + 1, v, vl);
+    w[nl + 1 + vl] = 0;
+    x->head.len += nl + vl + 2;
     x->nheaders++;
     return len;
 }
@@ -500,22 +505,40 @@ static size_t read_cb(char *buf, size_t size, size_t n, void *ud)
 
 /* ---- starting ----------------------------------------------------------------------- */
 
-CURL *knit__httpc_easy_get(knit_httpc *c)
+/* Easy handles are kept for reuse (SPARE_EASY at most). A "clean" one was
+ * last used by a plain request — no body, no auth, GET — so only the
+ * per-request options need setting again; any other is reset and set up
+ * from scratch. (curl_easy_reset and the constant options cost about as
+ * much as the rest of a small request's client-side work.) */
+CURL *knit__httpc_easy_get(knit_httpc *c, bool *clean)
 {
     if (c->nspare) {
-        CURL *e = c->spare[--c->nspare];
-        curl_easy_reset(e);
+        c->nspare--;
+        CURL *e = c->spare[c->nspare];
+        *clean = c->spare_clean[c->nspare];
+        if (!*clean) curl_easy_reset(e);
         return e;
     }
+    *clean = false;
     return curl_easy_init();
 }
 
-static void easy_put(knit_httpc *c, CURL *e)
+static void easy_put(knit_httpc *c, CURL *e, bool clean)
 {
     if (!e) return;
     if (c->nspare < SPARE_EASY && !c->closing) {
-        if (!c->spare) c->spare = calloc(SPARE_EASY, sizeof *c->spare);
+        if (!c->spare) {
+            c->spare = calloc(SPARE_EASY, sizeof *c->spare);
+            c->spare_clean = calloc(SPARE_EASY, sizeof *c->spare_clean);
+            if (!c->spare || !c->spare_clean) {
+                free(c->spare);
+                free(c->spare_clean);
+                c->spare = NULL;
+                c->spare_clean = NULL;
+            }
+        }
         if (c->spare) {
+            c->spare_clean[c->nspare] = clean;
             c->spare[c->nspare++] = e;
             return;
         }
@@ -523,50 +546,31 @@ static void easy_put(knit_httpc *c, CURL *e)
     curl_easy_cleanup(e);
 }
 
-int knit__httpc_setopts(knit_httpc_xfer *x, const knit_httpc_req *rq, knit_duration connect_to,
-                        unsigned max_redirects, int follow)
-{
-    knit_httpc *c = x->c;
-    CURL *e = x->easy;
-    int bad = 0;
 #define SET(opt, val) bad |= curl_easy_setopt(e, opt, val) != CURLE_OK
-    SET(CURLOPT_PRIVATE, x);
-    SET(CURLOPT_URL, x->url);
+
+/* The options every request of C shares (after curl_easy_reset). */
+static int set_constant(knit_httpc *c, CURL *e)
+{
+    int bad = 0;
     SET(CURLOPT_NOSIGNAL, 1L);
-    SET(CURLOPT_ERRORBUFFER, x->errbuf);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_WRITEFUNCTION, write_cb);
-    SET(CURLOPT_WRITEDATA, x);
     SET(CURLOPT_HEADERFUNCTION, header_cb);
-    SET(CURLOPT_HEADERDATA, x);
     SET(CURLOPT_OPENSOCKETFUNCTION, open_cb);
-    SET(CURLOPT_OPENSOCKETDATA, x);
     SET(CURLOPT_CLOSESOCKETFUNCTION, close_cb);
     SET(CURLOPT_CLOSESOCKETDATA, c);
     SET(CURLOPT_PREREQFUNCTION, prereq_cb);
-    SET(CURLOPT_PREREQDATA, x);
     SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
-    if (getenv("KNIT_HTTPC_VERBOSE")) SET(CURLOPT_VERBOSE, 1L);
-    SET(CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_to / 1000000));
+    if (c->verbose) SET(CURLOPT_VERBOSE, 1L);
     SET(CURLOPT_MAXAGE_CONN, (long)(c->o.idle_timeout / 1000000000LL));
     if (c->o.user_agent[0]) SET(CURLOPT_USERAGENT, c->o.user_agent);
     if (c->o.decode) SET(CURLOPT_ACCEPT_ENCODING, "gzip, deflate");
     SET(CURLOPT_HTTP_VERSION,
         c->o.http2 ? (long)CURL_HTTP_VERSION_2TLS : (long)CURL_HTTP_VERSION_1_1);
-    /* Over TLS with h2 on offer, wait for a connection that may multiplex
-     * rather than open one per request; in clear (HTTP/1.1) that would
-     * hold every request to a new host behind the first answer. */
-    if (c->o.http2 && strncasecmp(x->url, "https:", 6) == 0 && !c->server)
-        SET(CURLOPT_PIPEWAIT, 1L);
-    bool follows = follow == KNIT_HTTPC_FOLLOW_ALWAYS ||
-                   (follow == KNIT_HTTPC_FOLLOW_DEFAULT && x->idempotent);
-    SET(CURLOPT_FOLLOWLOCATION, follows ? 1L : 0L);
-    SET(CURLOPT_MAXREDIRS, (long)max_redirects);
     if (c->server) {
         /* The stub: every connection goes to its private listener. */
         SET(CURLOPT_UNIX_SOCKET_PATH, c->stub_name);
-        SET(CURLOPT_PROXY, "");
     } else {
         SET(CURLOPT_SSL_VERIFYPEER, c->o.verify ? 1L : 0L);
         SET(CURLOPT_SSL_VERIFYHOST, c->o.verify ? 2L : 0L);
@@ -577,15 +581,47 @@ int knit__httpc_setopts(knit_httpc_xfer *x, const knit_httpc_req *rq, knit_durat
             SET(CURLOPT_SSLKEY, c->o.client_key ? c->o.client_key : c->o.client_cert);
             if (c->o.client_key_password) SET(CURLOPT_KEYPASSWD, c->o.client_key_password);
         }
-        bool https = strncasecmp(x->url, "https:", 6) == 0;
-        const char *proxy = https ? c->proxy_https : c->proxy_http;
-        SET(CURLOPT_PROXY, proxy ? proxy : "");
-        if (proxy && c->no_proxy) SET(CURLOPT_NOPROXY, c->no_proxy);
         if (c->resolve) SET(CURLOPT_RESOLVE, c->resolve);
     }
-    /* method and body */
+    return bad;
+}
+
+int knit__httpc_setopts(knit_httpc_xfer *x, const knit_httpc_req *rq, bool clean,
+                        knit_duration connect_to, unsigned max_redirects, int follow)
+{
+    knit_httpc *c = x->c;
+    CURL *e = x->easy;
+    int bad = clean ? 0 : set_constant(c, e);
+    /* per request, on every handle */
+    SET(CURLOPT_PRIVATE, x);
+    SET(CURLOPT_URL, x->url);
+    SET(CURLOPT_ERRORBUFFER, x->errbuf);
+    SET(CURLOPT_WRITEDATA, x);
+    SET(CURLOPT_HEADERDATA, x);
+    SET(CURLOPT_OPENSOCKETDATA, x);
+    SET(CURLOPT_PREREQDATA, x);
+    SET(CURLOPT_CONNECTTIMEOUT_MS, (long)(connect_to / 1000000));
+    /* Over TLS with h2 on offer, wait for a connection that may multiplex
+     * rather than open one per request; in clear (HTTP/1.1) that would
+     * hold every request to a new host behind the first answer. */
+    bool https = strncasecmp(x->url, "https:", 6) == 0;
+    SET(CURLOPT_PIPEWAIT, c->o.http2 && https && !c->server ? 1L : 0L);
+    bool follows = follow == KNIT_HTTPC_FOLLOW_ALWAYS ||
+                   (follow == KNIT_HTTPC_FOLLOW_DEFAULT && x->idempotent);
+    SET(CURLOPT_FOLLOWLOCATION, follows ? 1L : 0L);
+    SET(CURLOPT_MAXREDIRS, (long)max_redirects);
+    SET(CURLOPT_HTTPHEADER, x->hdrs);
+    if (c->server) {
+        SET(CURLOPT_PROXY, "");
+    } else {
+        const char *proxy = https ? c->proxy_https : c->proxy_http;
+        SET(CURLOPT_PROXY, proxy ? proxy : "");
+        SET(CURLOPT_NOPROXY, proxy ? c->no_proxy : NULL);
+    }
+    /* method, body, auth: these leave the handle dirty (reset before reuse) */
     const char *m = x->method;
     bool has_body = x->body_copy || x->body_fn;
+    x->easy_dirty = strcmp(m, "GET") != 0 || has_body || rq->user || rq->bearer;
     if (strcmp(m, "HEAD") == 0) {
         SET(CURLOPT_NOBODY, 1L);
     } else if (strcmp(m, "GET") != 0 || has_body) {
@@ -611,10 +647,9 @@ int knit__httpc_setopts(knit_httpc_xfer *x, const knit_httpc_req *rq, knit_durat
         SET(CURLOPT_HTTPAUTH, (long)CURLAUTH_BEARER);
         SET(CURLOPT_XOAUTH2_BEARER, rq->bearer);
     }
-    SET(CURLOPT_HTTPHEADER, x->hdrs);
-#undef SET
     return bad ? KNIT_EINVAL : 0;
 }
+#undef SET
 
 static int multi_add(knit_httpc_xfer *x)
 {
@@ -696,7 +731,13 @@ void knit__httpc_xfer_free(knit_httpc_xfer *x)
     knit_timer_cancel(c->r, x->t_total);
     knit_timer_cancel(c->r, x->t_conn);
     knit_timer_cancel(c->r, x->t_resume);
-    easy_put(c, x->easy);
+    if (x->easy) {
+        /* nothing of X may stay reachable from a spare handle */
+        curl_easy_setopt(x->easy, CURLOPT_HTTPHEADER, NULL);
+        curl_easy_setopt(x->easy, CURLOPT_ERRORBUFFER, NULL);
+        curl_easy_setopt(x->easy, CURLOPT_PRIVATE, NULL);
+    }
+    easy_put(c, x->easy, !x->easy_dirty);
     curl_slist_free_all(x->hdrs);
     knit__hbuf_free(&x->head);
     knit__hbuf_free(&x->body);
@@ -947,6 +988,7 @@ static void resubmit(knit_httpc_xfer *x)
     x->body.len = 0;
     x->errbuf[0] = 0;
     curl_easy_setopt(x->easy, CURLOPT_FRESH_CONNECT, 1L);
+    x->easy_dirty = true;
     if (multi_add(x) < 0) {
         set_abort(x, KNIT_EFAILED, "%s: cannot restart the request", x->method);
         finish(x, CURLE_ABORTED_BY_CALLBACK);
@@ -1161,6 +1203,7 @@ int knit__httpc_new_common(knit_reactor *r, const knit_httpc_options *opts,
     if (!c) return KNIT_ENOMEM;
     c->r = r;
     c->server = server;
+    c->verbose = getenv("KNIT_HTTPC_VERBOSE") != NULL; /* libcurl's trace on stderr */
     c->stub_fd = -1;
     bool oom = false;
     c->s_name = dup_or_null(o.name ? o.name : "httpc", &oom);
@@ -1256,6 +1299,7 @@ static void free_now(knit_httpc *c)
     if (c->server) knit__httpc_stub_close(c);
     free(c->socks);
     free(c->spare);
+    free(c->spare_clean);
     curl_slist_free_all(c->resolve);
     for (size_t i = 0; i < c->nhosts; i++)
         free(c->hosts[i]);

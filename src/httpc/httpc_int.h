@@ -51,6 +51,7 @@ struct knit_httpc_xfer {
     bool got_status;        /* a final (non-1xx) status line since the last prereq */
     bool opened_socket;     /* this transfer opened a socket since the last prereq */
     bool head_called, paused_recv, paused_send, body_fn_used;
+    bool easy_dirty; /* method/body/auth options set: reset the handle before reuse */
     unsigned prereqs;
     int status;
     int abort_code;        /* set by us (limits, callbacks, timeouts): wins over curl's */
@@ -96,7 +97,9 @@ struct knit_httpc {
     hsock **socks; /* by curl fd */
     size_t nsocks;
     CURL **spare; /* easy handles kept for reuse */
+    bool *spare_clean;
     size_t nspare;
+    bool verbose;
     knit_httpc_stats st;
     uint64_t counts[HTTPC_NMETHODS][HTTPC_NCLASSES][KNIT_HTTPC_MAX_HOST_LABELS + 1];
     char *hosts[KNIT_HTTPC_MAX_HOST_LABELS];
@@ -120,10 +123,12 @@ void knit__httpc_url_safe(const char *url, char *out, size_t n);
 knit_httpc_response *knit__httpc_response_build(knit_httpc_xfer *x, bool take_body);
 
 /* client.c */
-CURL *knit__httpc_easy_get(knit_httpc *c); /* a reset easy handle, or NULL */
-/* Set every option of X's easy handle. 0 or KNIT_EINVAL. */
-int knit__httpc_setopts(knit_httpc_xfer *x, const knit_httpc_req *rq, knit_duration connect_to,
-                        unsigned max_redirects, int follow);
+/* An easy handle, or NULL; *CLEAN: set up by an earlier plain request. */
+CURL *knit__httpc_easy_get(knit_httpc *c, bool *clean);
+/* Set the options of X's easy handle (all of them unless CLEAN). 0 or
+ * KNIT_EINVAL. */
+int knit__httpc_setopts(knit_httpc_xfer *x, const knit_httpc_req *rq, bool clean,
+                        knit_duration connect_to, unsigned max_redirects, int follow);
 /* Timers, the client's list, the multi: 0 or a negative code (then X is
  * not started and the caller frees it with knit__httpc_xfer_free). */
 int knit__httpc_start(knit_httpc_xfer *x, knit_duration timeout, knit_duration connect_to);

@@ -216,7 +216,12 @@ knit_httpc_response *knit__httpc_response_build(knit_httpc_xfer *x, bool take)
         curl_easy_getinfo(x->easy, CURLINFO_EFFECTIVE_URL, &eff);
         curl_easy_getinfo(x->easy, CURLINFO_HTTP_VERSION, &ver);
     }
-    r->url = strdup(eff ? eff : x->url);
+    if (take && (!eff || strcmp(eff, x->url) == 0)) {
+        r->url = x->url; /* the common case: no redirect, no copy */
+        x->url = NULL;
+    } else {
+        r->url = strdup(eff ? eff : x->url);
+    }
     r->pub.url = r->url ? r->url : "";
     r->pub.version = ver == CURL_HTTP_VERSION_1_0   ? 10
                      : ver == CURL_HTTP_VERSION_2_0 ? 20
@@ -355,24 +360,35 @@ knit_deferred *knit_httpc_request(knit_httpc *c, const knit_httpc_req *rq)
         x->body_len = rq->body_len;
     }
     if ((x->body_copy || x->body_fn) && !ctype) ctype = "application/octet-stream";
-    /* headers: ours first, so that the user's lines replace them */
-    struct curl_slist *h = curl_slist_append(NULL, "Expect:"); /* no 100-continue round trip */
+    /* headers: ours first, so that the user's lines replace them; none at
+     * all for a plain GET (libcurl then checks no list for every header) */
+    bool has_body = x->body_copy || x->body_fn;
+    struct curl_slist *h = NULL;
     char line[320];
-    if (h && ctype) {
+    bool hoom = false;
+    if (has_body) /* no 100-continue round trip */
+        hoom |= !(h = curl_slist_append(h, "Expect:"));
+    if (!hoom && ctype) {
         snprintf(line, sizeof line, "Content-Type: %s", ctype);
-        h = curl_slist_append(h, line) ? h : NULL;
+        struct curl_slist *n = curl_slist_append(h, line);
+        hoom |= !n;
+        h = n ? n : h;
     }
-    if (h && x->body_fn && rq->body_size < 0)
-        h = curl_slist_append(h, "Transfer-Encoding: chunked") ? h : NULL;
-    for (const char *const *p = rq->headers; h && p && *p; p++)
-        if (!curl_slist_append(h, *p)) {
-            curl_slist_free_all(h);
-            h = NULL;
-        }
+    if (!hoom && x->body_fn && rq->body_size < 0) {
+        struct curl_slist *n = curl_slist_append(h, "Transfer-Encoding: chunked");
+        hoom |= !n;
+        h = n ? n : h;
+    }
+    for (const char *const *p = rq->headers; !hoom && p && *p; p++) {
+        struct curl_slist *n = curl_slist_append(h, *p);
+        hoom |= !n;
+        h = n ? n : h;
+    }
     x->hdrs = h;
-    if (!h) oom = true;
+    if (hoom) oom = true;
     x->host_idx = oom ? KNIT_HTTPC_MAX_HOST_LABELS : host_idx(c, x->url);
-    if (!oom) x->easy = knit__httpc_easy_get(c);
+    bool clean = false;
+    if (!oom) x->easy = knit__httpc_easy_get(c, &clean);
     if (oom || !x->easy) {
         curl_slist_free_all(x->hdrs);
         free(x->method);
@@ -385,7 +401,7 @@ knit_deferred *knit_httpc_request(knit_httpc *c, const knit_httpc_req *rq)
     knit_duration connect_to = rq->connect_timeout > 0 ? rq->connect_timeout : c->o.connect_timeout;
     knit_duration timeout = rq->timeout ? rq->timeout : c->o.timeout;
     unsigned redirs = rq->max_redirects ? rq->max_redirects : c->o.max_redirects;
-    if (knit__httpc_setopts(x, rq, connect_to, redirs, rq->follow) < 0) {
+    if (knit__httpc_setopts(x, rq, clean, connect_to, redirs, rq->follow) < 0) {
         x->d = NULL;
         knit__httpc_xfer_free(x);
         return failed(KNIT_EINVAL, "%s %s: libcurl refused an option", method, url);
