@@ -117,8 +117,13 @@
  * this for you). knit_failure and knit_result functions are [any]: they only
  * touch the object passed in.
  *
- * Memory: allocation failure of these small objects aborts the process with
- * a message (as h2o does); no function here returns NULL or KNIT_ENOMEM.
+ * Memory (a deliberate policy, as h2o's): allocation failure of a Deferred,
+ * its callback pairs, a timeout, a gather or a knit_deferred_list result
+ * aborts the process with a message on stderr; those functions never return
+ * NULL. A knit_failure never fails (a static ENOMEM failure stands in). The
+ * toolkit below (dsem, dlock, dqueue) returns KNIT_ENOMEM from its
+ * constructors and fails the Deferreds of its waits with KNIT_ENOMEM instead.
+ * docs/robustness.md (Fault injection) records this and why.
  */
 #ifndef KNIT_DEFERRED_H
 #define KNIT_DEFERRED_H

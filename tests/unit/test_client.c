@@ -985,5 +985,5 @@ int main(void)
         cmocka_unit_test(test_waiters_bounded_and_cancel),
     };
     knit_test_watchdog(120);
-    return cmocka_run_group_tests(tests, group_setup, group_teardown);
+    return KNIT_RUN_TESTS_WITH(tests, group_setup, group_teardown);
 }

@@ -210,7 +210,10 @@ int main(int argc, char **argv)
     }
     if (!g.nurls) return usage("no URL");
     if (!g.method) g.method = g.data ? "POST" : "GET";
-    g.headers = nheaders ? g.headers : NULL;
+    if (!nheaders) { /* no --header: the request takes NULL, and the array is not kept */
+        free(g.headers);
+        g.headers = NULL;
+    }
     g.bench = requests > 0;
     g.total = g.bench ? requests : g.nurls;
     if (g.bench && !(g.lat_ms = calloc(g.total, sizeof *g.lat_ms))) return 1;
