@@ -58,7 +58,12 @@ struct knit_manhole {
     size_t nloops;
     mh_listener_ref *listeners_att; /* attached application listeners */
     size_t nlisteners;
+    const knit_manhole_engine *engine; /* NULL: Lua (knit_manhole_set_engine) */
+    void *engine_arg;
 };
+
+/* A transport's callback for the end of an engine's PENDING evaluation. */
+typedef void (*mh_done_fn)(knit_manhole_session *s, int status, void *arg);
 
 /* Why an evaluation is being interrupted. */
 enum { STOP_NONE, STOP_BUDGET, STOP_USER, STOP_HANGUP };
@@ -93,7 +98,17 @@ struct knit_manhole_session {
     int next_await_id;
     knit_manhole_async_fn async_fn;
     void *async_arg;
+    /* with an engine: its per-session state, and the pending evaluation */
+    const knit_manhole_engine *engine;
+    void *eng;
+    bool pending;       /* feed/eval returned KNIT_MANHOLE_PENDING; done not yet called */
+    mh_done_fn done_fn; /* the transport's, set with knit__manhole_session_set_done */
+    void *done_arg;
 };
+
+/* session.c: the transport that serves S hears about the end of a pending
+ * evaluation through FN. */
+void knit__manhole_session_set_done(knit_manhole_session *s, mh_done_fn fn, void *arg);
 
 /* session.c */
 knit_manhole_session *knit__manhole_session_of(lua_State *L);
