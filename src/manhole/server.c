@@ -10,13 +10,19 @@
  * (knit_transport_peek: nothing is consumed, the transport still reads
  * every byte later) every KNIT_MANHOLE_POLL_INTERVAL instructions.
  *
+ * End of input: a client that half-closes (knit-manhole does when its
+ * input ends) with await()s pending keeps its session until they are done
+ * (knit__manhole_drain, bounded by the drain timeout); the server then
+ * closes. With nothing pending it closes at once, as before.
+ *
  * With an engine (knit_manhole_set_engine) evaluation may be PENDING: the
  * session runs it elsewhere and knit_manhole_session_done ends it. Meanwhile
  * input stays in the transport's buffer (scanned for a Ctrl-C byte, which
  * interrupts the evaluation; reading pauses once KNIT_MANHOLE_MAX_CHUNK bytes
- * wait), and a client's half-close interrupts the evaluation (as a hangup
- * does in Lua) and keeps the connection until the answer is out. When it is done, the buffered
- * input is delivered again (pausing and resuming reading re-delivers it from the loop).
+ * wait); a client's half-close keeps the connection until the answer is out,
+ * and a client that left interrupts the evaluation (as a hangup does in Lua).
+ * When it is done, the buffered input is delivered again (pausing and
+ * resuming reading re-delivers it from the loop).
  *
  * Invariant: a connection's mh_conn outlives its transport (it is freed in
  * connection_lost), and its session is freed only when no evaluation is on
@@ -25,6 +31,7 @@
 #include "manhole/internal.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,6 +69,7 @@ struct mh_conn {
     size_t cc_scanned; /* input bytes already searched for Ctrl-C meanwhile */
     bool read_paused;  /* too much input waiting behind it */
     bool eof;          /* the client half-closed meanwhile: close once it is done */
+    bool draining; /* the client half-closed; pending awaits finishing */
 };
 
 /* ---- output framing ------------------------------------------------------- */
@@ -370,17 +378,43 @@ static void conn_data(knit_protocol *p, knit_buf *in)
     }
 }
 
-/* The client half-closed (or left: a UNIX socket cannot tell): with an
- * evaluation pending, interrupt it as the Lua manhole does when its client
- * is gone, and keep the connection until its answer is out (conn_done closes
- * it then). An evaluation that ignores the interrupt keeps the session until
- * it ends on its own. */
+/* Draining is over: the awaits fired (their output and "+await 0" are
+ * written) or the session gave up on them (the message is written). */
+static void conn_drained(knit_manhole_session *s, bool gave_up, void *arg)
+{
+    mh_conn *c = arg;
+    c->draining = false;
+    if (gave_up) send_status(c, "error");
+    if (c->proto.transport) knit_transport_lose_connection(c->proto.transport);
+}
+
+/* True when the peer of a UNIX socket has closed both directions (it left),
+ * not only its writing side (a half-close): Linux reports POLLHUP then. */
+static bool peer_gone(knit_transport *t)
+{
+    int fd = t ? knit_transport_fd(t) : -1;
+    if (fd < 0) return true;
+    struct pollfd pfd = {.fd = fd, .events = 0};
+    return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR));
+}
+
+/* The client half-closed: its input has ended. Keep writing while the
+ * session's pending awaits finish (see the file comment). With an engine's
+ * evaluation pending, keep the connection until its answer is out (conn_done
+ * closes it then); a client that left altogether interrupts it first, as the
+ * Lua manhole does when its client is gone (an evaluation that ignores the
+ * interrupt keeps the session until it ends on its own). */
 static bool conn_eof(knit_protocol *p)
 {
     mh_conn *c = (mh_conn *)p;
-    if (!c->s || !c->s->pending || c->overflow) return false;
-    c->eof = true;
-    knit_manhole_session_interrupt(c->s);
+    if (c->draining) return true;
+    if (c->s && c->s->pending && !c->overflow) {
+        c->eof = true;
+        if (peer_gone(p->transport)) knit_manhole_session_interrupt(c->s);
+        return true;
+    }
+    if (!c->s || c->overflow || !knit__manhole_drain(c->s, conn_drained, c)) return false;
+    c->draining = true;
     return true;
 }
 
@@ -512,6 +546,8 @@ void knit__manhole_close_transports(knit_manhole *m)
         c->s = NULL;
         if (c->proto.transport) knit_transport_abort(c->proto.transport);
     }
+    /* and the reactor timers the sessions left behind (later()) */
+    knit__manhole_cancel_laters(m);
 }
 
 int knit_manhole_ssh_port(const knit_manhole *m)
