@@ -181,8 +181,7 @@ static PyObject *k_histogram(PyObject *self, PyObject *args, PyObject *kw)
         n = (size_t)PySequence_Fast_GET_SIZE(seq);
         if (n < 1 || n > KNIT_METRICS_MAX_BUCKETS) {
             Py_DECREF(seq);
-            return PyErr_Format(PyExc_ValueError, "from 1 to %d buckets",
-                                KNIT_METRICS_MAX_BUCKETS);
+            return PyErr_Format(PyExc_ValueError, "from 1 to %d buckets", KNIT_METRICS_MAX_BUCKETS);
         }
         for (size_t i = 0; i < n; i++)
             b[i] = PyFloat_AsDouble(PySequence_Fast_GET_ITEM(seq, (Py_ssize_t)i));
@@ -317,7 +316,7 @@ static PyObject *k_call_later(PyObject *self, PyObject *args)
 /* ---- reactor-side queries ------------------------------------------------------------------ */
 
 typedef struct query {
-    int what; /* 0 stats, 1 connections, 2 flags */
+    int what;   /* 0 stats, 1 connections, 2 flags */
     char *text; /* a Python literal built on the reactor, evaluated here */
     size_t len, cap;
 } query;
@@ -328,8 +327,8 @@ static void q_put(query *q, const char *fmt, ...)
     for (;;) {
         va_list ap;
         va_start(ap, fmt);
-        int n = vsnprintf(q->text ? q->text + q->len : NULL, q->text ? q->cap - q->len : 0, fmt,
-                          ap);
+        int n =
+            vsnprintf(q->text ? q->text + q->len : NULL, q->text ? q->cap - q->len : 0, fmt, ap);
         va_end(ap);
         if (n < 0) return;
         if (q->text && q->len + (size_t)n < q->cap) {
@@ -410,8 +409,8 @@ static void run_query(knit_result *res, void *arg)
               "'calls_run': %llu, 'watched_fds': %zu, 'pending_timers': %zu, "
               "'lag_max': %.6f},",
               (unsigned long long)rs.iterations, (unsigned long long)rs.events,
-              (unsigned long long)rs.timers_fired, (unsigned long long)rs.calls_run,
-              rs.watched_fds, rs.pending_timers, KNIT_TO_SEC(rs.lag_max));
+              (unsigned long long)rs.timers_fired, (unsigned long long)rs.calls_run, rs.watched_fds,
+              rs.pending_timers, KNIT_TO_SEC(rs.lag_max));
         q_put(q,
               "'pool': {'threads': %u, 'busy': %u, 'queued': %zu, 'max_queue': %zu, "
               "'submitted': %llu, 'completed': %llu, 'rejected': %llu},",
@@ -450,8 +449,7 @@ static PyObject *ask_reactor(int what)
     Py_END_ALLOW_THREADS if (rc < 0)
     {
         free(q.text);
-        return PyErr_Format(PyExc_RuntimeError, "cannot reach the reactor: %s",
-                            knit_strerror(rc));
+        return PyErr_Format(PyExc_RuntimeError, "cannot reach the reactor: %s", knit_strerror(rc));
     }
     knit_result_clear(&res);
     if (!q.text) return PyErr_NoMemory();
@@ -495,9 +493,11 @@ static PyMethodDef knit_methods[] = {
 };
 
 static struct PyModuleDef knit_module = {
-    PyModuleDef_HEAD_INIT, .m_name = "knit",
+    PyModuleDef_HEAD_INIT,
+    .m_name = "knit",
     .m_doc = "knit-wsgi's bridge to knit: logging, metrics, the pool, the reactor.",
-    .m_size = -1, .m_methods = knit_methods,
+    .m_size = -1,
+    .m_methods = knit_methods,
 };
 
 /* LoopingCall in Python on top of call_later: the next run is scheduled when
@@ -531,10 +531,9 @@ static PyObject *PyInit_knit(void)
     if (PyType_Ready(&MetricType) < 0 || PyType_Ready(&DelayedType) < 0) return NULL;
     PyObject *m = PyModule_Create(&knit_module);
     if (!m) return NULL;
-    PyObject *rt =
-        PyErr_NewExceptionWithDoc("knit.RequestTimeout",
-                                  "The request ran longer than --request-timeout.",
-                                  PyExc_Exception, NULL);
+    PyObject *rt = PyErr_NewExceptionWithDoc("knit.RequestTimeout",
+                                             "The request ran longer than --request-timeout.",
+                                             PyExc_Exception, NULL);
     if (!rt || PyModule_AddObject(m, "RequestTimeout", rt) < 0) {
         Py_XDECREF(rt);
         Py_DECREF(m);

@@ -49,7 +49,7 @@ typedef struct item {
 typedef struct psess {
     knit_manhole_session *s; /* [reactor] NULL once closed */
     knit_reactor *r;
-    int refs; /* atomic */
+    int refs;  /* atomic */
     bool more; /* [reactor] the last line left an incomplete statement */
     pthread_mutex_t mu;
     pthread_cond_t cv;
@@ -60,8 +60,8 @@ typedef struct psess {
     unsigned long thread_id;
 } psess;
 
-static PyObject *helper;         /* the helper module (Console, router) */
-static int threads_alive;        /* session threads not yet ended (atomic) */
+static PyObject *helper;  /* the helper module (Console, router) */
+static int threads_alive; /* session threads not yet ended (atomic) */
 
 static void ps_unref(psess *p)
 {
@@ -162,9 +162,10 @@ static void *ps_main(void *arg)
         int kind = it->kind;
         free(it);
         p->evaluating = true;
-        PyObject *r = console && src ? PyObject_CallMethod(console, kind == IN_FEED ? "feed" : "chunk",
-                                                           "O", src)
-                                     : NULL;
+        PyObject *r =
+            console && src
+                ? PyObject_CallMethod(console, kind == IN_FEED ? "feed" : "chunk", "O", src)
+                : NULL;
         p->evaluating = false;
         Py_XDECREF(src);
         int status = KNIT_MANHOLE_FAILED;
@@ -429,8 +430,9 @@ int pymanhole_attach(knit_manhole *m)
                  "knit.connections(), knit.flags()",
                  Py_GetVersion());
         char *sp = strchr(banner + 7, ' '); /* "3.11.2 (main, ...)": keep the number */
-        if (sp && sp < banner + 7 + 12) memmove(sp, strstr(banner, " in knit-wsgi"),
-                                                 strlen(strstr(banner, " in knit-wsgi")) + 1);
+        if (sp && sp < banner + 7 + 12)
+            memmove(sp, strstr(banner, " in knit-wsgi"),
+                    strlen(strstr(banner, " in knit-wsgi")) + 1);
         engine.banner = banner;
         rc = knit_manhole_set_engine(m, &engine, wsgi_global->r);
     }

@@ -83,9 +83,9 @@ void wsgi_gil_release(void)
 typedef struct wreq {
     knit_http_request *req;
     wsgi_server *w;
-    bool started;  /* start_response called (status and headers stored) */
-    bool sent;     /* the head went to the client */
-    bool broken;   /* a write failed: the client is gone */
+    bool started; /* start_response called (status and headers stored) */
+    bool sent;    /* the head went to the client */
+    bool broken;  /* a write failed: the client is gone */
     int status;
     PyObject *headers; /* the list start_response got (strong) */
     int64_t length;    /* Content-Length the app set, or -1 */
@@ -203,8 +203,7 @@ char *wsgi_log_exception(const char *what, bool want_text)
     char *text = NULL;
     PyObject *mod = PyImport_ImportModule("traceback");
     PyObject *lines =
-        mod ? PyObject_CallMethod(mod, "format_exception", "OOO", type, value,
-                                  tb ? tb : Py_None)
+        mod ? PyObject_CallMethod(mod, "format_exception", "OOO", type, value, tb ? tb : Py_None)
             : NULL;
     PyObject *sep = lines ? PyUnicode_FromString("") : NULL;
     PyObject *joined = sep ? PyUnicode_Join(sep, lines) : NULL;
@@ -238,10 +237,10 @@ static bool is_tchar(unsigned char c)
  * latter; RFC 9110 7.6.1): dropped, with a warning. */
 static bool hop_by_hop(const char *name)
 {
-    static const char *const names[] = {"connection",          "keep-alive", "proxy-authenticate",
-                                        "proxy-authorization", "te",         "trailer",
-                                        "transfer-encoding",   "upgrade",    "date",
-                                        "server"};
+    static const char *const names[] = {
+        "connection", "keep-alive", "proxy-authenticate", "proxy-authorization",
+        "te",         "trailer",    "transfer-encoding",  "upgrade",
+        "date",       "server"};
     for (size_t i = 0; i < sizeof names / sizeof names[0]; i++)
         if (strcasecmp(name, names[i]) == 0) return true;
     return false;
@@ -271,8 +270,8 @@ static int check_response(PyObject *status, PyObject *headers, int *code)
     if (!sb) return -1;
     const char *s = PyBytes_AS_STRING(sb);
     Py_ssize_t n = PyBytes_GET_SIZE(sb);
-    bool ok = n >= 4 && s[0] >= '1' && s[0] <= '5' && s[1] >= '0' && s[1] <= '9' &&
-              s[2] >= '0' && s[2] <= '9' && s[3] == ' ';
+    bool ok = n >= 4 && s[0] >= '1' && s[0] <= '5' && s[1] >= '0' && s[1] <= '9' && s[2] >= '0' &&
+              s[2] <= '9' && s[3] == ' ';
     for (Py_ssize_t i = 0; ok && i < n; i++)
         if ((unsigned char)s[i] < 0x20 || s[i] == 0x7f) ok = false;
     if (!ok) {
@@ -290,8 +289,7 @@ static int check_response(PyObject *status, PyObject *headers, int *code)
     for (Py_ssize_t i = 0; i < PyList_GET_SIZE(headers); i++) {
         PyObject *h = PyList_GET_ITEM(headers, i);
         if (!PyTuple_Check(h) || PyTuple_GET_SIZE(h) != 2) {
-            PyErr_Format(PyExc_TypeError, "response header %zd must be a (name, value) tuple",
-                         i);
+            PyErr_Format(PyExc_TypeError, "response header %zd must be a (name, value) tuple", i);
             return -1;
         }
         PyObject *nb = latin1(PyTuple_GET_ITEM(h, 0), "header name");
@@ -348,8 +346,7 @@ static int send_head(wreq *q, int64_t extra_length)
             errno = 0;
             long long v = strtoll(value, &end, 10);
             if (errno || end == value || *end || v < 0) {
-                PyErr_Format(PyExc_ValueError, "invalid Content-Length %R",
-                             PyTuple_GET_ITEM(h, 1));
+                PyErr_Format(PyExc_ValueError, "invalid Content-Length %R", PyTuple_GET_ITEM(h, 1));
                 rc = -1;
             } else {
                 length = v;
@@ -360,8 +357,8 @@ static int send_head(wreq *q, int64_t extra_length)
             Py_INCREF(ctype_b);
             ctype = value;
         } else if (hop_by_hop(name)) {
-            knit_log_kv(KNIT_LOG_WARN, "wsgi", "dropped a hop-by-hop response header", "name",
-                        name, NULL);
+            knit_log_kv(KNIT_LOG_WARN, "wsgi", "dropped a hop-by-hop response header", "name", name,
+                        NULL);
         } else if (knit_http_add_header(q->req, name, value) < 0) {
             PyErr_Format(PyExc_ValueError, "response header %R refused by the server",
                          PyTuple_GET_ITEM(h, 0));
@@ -830,8 +827,8 @@ static int send_file(wreq *q, int fd, off_t pos, off_t size)
 /* ---- the environ -------------------------------------------------------------------------- */
 
 static PyObject *k_method, *k_script, *k_path, *k_query, *k_ctype, *k_clen, *k_sname, *k_sport,
-    *k_proto, *k_raddr, *k_rport, *k_version, *k_scheme, *k_input, *k_errors, *k_mthread,
-    *k_mproc, *k_once, *k_fw, *k_term, *k_uri;
+    *k_proto, *k_raddr, *k_rport, *k_version, *k_scheme, *k_input, *k_errors, *k_mthread, *k_mproc,
+    *k_once, *k_fw, *k_term, *k_uri;
 static PyObject *v_version, *v_http, *v_https, *v_proto10, *v_proto11, *v_empty;
 
 static int set_str(PyObject *env, PyObject *key, const char *s, Py_ssize_t n)
@@ -928,8 +925,7 @@ static PyObject *make_environ(wsgi_server *w, knit_http_request *req, PyObject *
     if (rc == 0) rc = set_str(env, k_uri, target, -1);
     if (rc == 0) rc = set_str(env, k_sname, w->server_name, -1);
     if (rc == 0) rc = set_str(env, k_sport, w->server_port, -1);
-    if (rc == 0)
-        rc = PyDict_SetItem(env, k_proto, knit_http_version(req) ? v_proto11 : v_proto10);
+    if (rc == 0) rc = PyDict_SetItem(env, k_proto, knit_http_version(req) ? v_proto11 : v_proto10);
     if (rc == 0) rc = set_str(env, k_raddr, host, -1);
     if (rc == 0) rc = set_str(env, k_rport, port, -1);
     if (rc == 0) rc = add_headers(env, req);

@@ -37,10 +37,10 @@
 #define WSGI_DEFAULT_HTTP "tcp:8000:interface=127.0.0.1"
 #define WSGI_DEFAULT_THREADS "16"
 #define WSGI_MAX_THREADS 1024
-#define WSGI_DEFAULT_QUEUE "4096"      /* requests waiting for a worker (then 503) */
-#define WSGI_DEFAULT_MAX_BODY "1GiB"   /* streamed to the app, never held whole */
-#define WSGI_READ_CHUNK (64u * 1024u)  /* wsgi.input read-all / readline refill */
-#define WSGI_FILE_CHUNK (128u * 1024u) /* wsgi.file_wrapper: bytes per write */
+#define WSGI_DEFAULT_QUEUE "4096"         /* requests waiting for a worker (then 503) */
+#define WSGI_DEFAULT_MAX_BODY "1GiB"      /* streamed to the app, never held whole */
+#define WSGI_READ_CHUNK (64u * 1024u)     /* wsgi.input read-all / readline refill */
+#define WSGI_FILE_CHUNK (128u * 1024u)    /* wsgi.file_wrapper: bytes per write */
 #define WSGI_WATCHDOG_TICK KNIT_MSEC(100) /* --request-timeout resolution */
 
 typedef struct wsgi_server {
@@ -56,10 +56,10 @@ typedef struct wsgi_server {
     knit_http_server *http;
     knit_metrics *mx;
     knit_flags *flags;
-    knit_counter *app_errors;    /* exceptions from the application */
-    knit_counter *bad_headers;   /* invalid status/headers refused */
-    knit_counter *timeouts;      /* --request-timeout answers (504) */
-    knit_gauge *in_flight;       /* requests inside the application */
+    knit_counter *app_errors;  /* exceptions from the application */
+    knit_counter *bad_headers; /* invalid status/headers refused */
+    knit_counter *timeouts;    /* --request-timeout answers (504) */
+    knit_gauge *in_flight;     /* requests inside the application */
 } wsgi_server;
 
 extern wsgi_server *wsgi_global; /* the one server of the process */
