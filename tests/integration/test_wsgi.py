@@ -474,6 +474,14 @@ def t_manhole(workdir):
         assert st == "error" and "KeyboardInterrupt" in out, (out, st)
         assert mh.send("2 + 2", "after the interrupt") == ("4\n", "ok")
         mh.sock.close()
+        # knit-manhole speaks to the Python manhole as to the Lua one
+        client = os.path.join(BUILD, "tools", "knit-manhole", "knit-manhole")
+        p = subprocess.run([client, path, "-e", "import sys; sys.version_info[:2]"],
+                           capture_output=True, text=True, timeout=TIMEOUT)
+        assert p.returncode == 0 and p.stdout == "(3, 11)\n", (p.returncode, p.stdout, p.stderr)
+        p = subprocess.run([client, path, "-e", "1/0"], capture_output=True, text=True,
+                           timeout=TIMEOUT)
+        assert p.returncode == 1 and "ZeroDivisionError" in p.stdout + p.stderr, p
     finally:
         s.stop()
 
