@@ -416,7 +416,8 @@ int knit_http_finish(knit_http_request *req);
  * connection is closed without the answer's end (no last chunk; fewer bytes
  * than the Content-Length), so the client sees the answer is incomplete
  * instead of taking a truncated body for a whole one. In pool mode the close
- * happens once the handler returns; later writes are refused. Before the
+ * happens once the handler returns, and later writes are refused; inline it
+ * ends the request as knit_http_finish does (REQ is not used again). Before the
  * head went out the server answers 500 instead (as for a handler that
  * returns without answering). 0, or KNIT_EALREADY when already finished. */
 int knit_http_abort(knit_http_request *req);

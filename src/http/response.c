@@ -427,10 +427,13 @@ int knit_http_abort(knit_http_request *req)
     if (req->finished) return KNIT_EALREADY;
     req->aborted = true;
     req->close_after = true;
-    /* Inline: close at once (the reactor's request); pool: worker_done closes
-     * once the handler returned. */
-    if (!req->on_worker && !req->pool_mode && req->conn && req->conn->proto.transport)
+    if (req->pool_mode) return 0; /* worker_done closes once the handler returned */
+    /* Inline: this ends the request, as knit_http_finish would (nothing else
+     * will), and closes at once (the reactor's request). */
+    req->finished = true;
+    if (req->conn && req->conn->proto.transport)
         knit__http_conn_close_now(req->conn, true, KNIT_CLOSE_ABORTED, KNIT_ECLOSED);
+    knit__http_request_maybe_end(req);
     return 0;
 }
 
