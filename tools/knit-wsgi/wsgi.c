@@ -118,7 +118,7 @@ static void errors_emit(ErrorsObject *e, bool all)
         knit_log_emit(KNIT_LOG_WARN, "wsgi", "%.*s", (int)(e->len - start), e->buf + start);
         start = e->len;
     }
-    memmove(e->buf, e->buf + start, e->len - start);
+    if (start) memmove(e->buf, e->buf + start, e->len - start);
     e->len -= start;
 }
 
@@ -136,7 +136,7 @@ static PyObject *errors_write(ErrorsObject *e, PyObject *arg)
         e->buf = nb;
         e->cap = cap;
     }
-    memcpy(e->buf + e->len, s, (size_t)n);
+    if (n) memcpy(e->buf + e->len, s, (size_t)n);
     e->len += (size_t)n;
     errors_emit(e, e->len > 8192); /* a line longer than that is logged in pieces */
     return PyLong_FromSsize_t(n);
@@ -521,7 +521,7 @@ static PyObject *input_read_impl(InputObject *in, Py_ssize_t n)
         size_t cap = have + WSGI_READ_CHUNK, len = have;
         char *b = malloc(cap);
         if (!b) return PyErr_NoMemory();
-        memcpy(b, in->buf + in->off, have);
+        if (have) memcpy(b, in->buf + in->off, have);
         in->off = in->len = 0;
         for (;;) {
             if (cap - len < WSGI_READ_CHUNK / 2) {
@@ -549,7 +549,7 @@ static PyObject *input_read_impl(InputObject *in, Py_ssize_t n)
     if (!out) return NULL;
     char *dst = PyBytes_AS_STRING(out);
     size_t got = have < (size_t)n ? have : (size_t)n;
-    memcpy(dst, in->buf + in->off, got);
+    if (got) memcpy(dst, in->buf + in->off, got);
     in->off += got;
     while (got < (size_t)n) {
         ssize_t r = body_read(in, dst + got, (size_t)n - got);
@@ -584,10 +584,11 @@ static PyObject *input_readline_impl(InputObject *in, Py_ssize_t limit)
     for (;;) {
         size_t have = in->len - in->off;
         size_t upto = limit >= 0 && (size_t)limit < have ? (size_t)limit : have;
-        char *nl = memchr(in->buf + in->off + scanned, '\n', upto - scanned);
+        char *nl =
+            upto > scanned ? memchr(in->buf + in->off + scanned, '\n', upto - scanned) : NULL;
         if (nl || (limit >= 0 && have >= (size_t)limit) || in->eof) {
             size_t n = nl ? (size_t)(nl - (in->buf + in->off)) + 1 : upto;
-            PyObject *out = PyBytes_FromStringAndSize(in->buf + in->off, (Py_ssize_t)n);
+            PyObject *out = PyBytes_FromStringAndSize(n ? in->buf + in->off : "", (Py_ssize_t)n);
             in->off += n;
             return out;
         }

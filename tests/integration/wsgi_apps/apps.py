@@ -171,7 +171,7 @@ def upload_app(environ, start_response):
             break
         h.update(b)
         n += len(b)
-    return text(start_response, ("%d %s" % (n, h.hexdigest())).encode())
+    return text(start_response, ("%d %s\n" % (n, h.hexdigest())).encode())
 
 
 def sleep_app(environ, start_response):
