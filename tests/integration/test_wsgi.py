@@ -48,7 +48,7 @@ def case(name):
 class Server:
     """One knit-wsgi process; its log (stderr) captured to a file."""
 
-    def __init__(self, workdir, name, *args):
+    def __init__(self, workdir, name, *args, http="tcp:0:interface=127.0.0.1"):
         self.err_path = os.path.join(workdir, name + ".log")
         self.err = open(self.err_path, "w")
         env = dict(os.environ, WSGI_TEST_DIR=workdir)
@@ -59,7 +59,7 @@ class Server:
 
         env.pop("PYTHONPATH", None)
         self.proc = subprocess.Popen(
-            [WSGI, "--http=tcp:0:interface=127.0.0.1", "--pythonpath=" + APPS] + list(args),
+            [WSGI, "--http=" + http, "--pythonpath=" + APPS] + list(args),
             cwd=workdir, stdout=subprocess.PIPE, stderr=self.err, text=True, env=env)
         line = readline(self.proc.stdout, TIMEOUT, "knit-wsgi's 'serving ... (port N' line")
         m = re.search(r"\(port (\d+)", line or "")
@@ -492,6 +492,45 @@ def t_manhole(workdir):
         s.stop()
 
 
+def t_proxy_and_tls(workdir):
+    import ssl
+    s = Server(workdir, "proxy", "--app=apps:application",
+               http="haproxy:tcp:0:interface=127.0.0.1")
+    try:
+        sock = socket.create_connection(("127.0.0.1", s.port), timeout=TIMEOUT)
+        sock.sendall(b"PROXY TCP4 203.0.113.7 127.0.0.1 4242 80\r\n"
+                     b"GET /v/environ HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+        resp = b""
+        while True:
+            d = sock.recv(65536)
+            if not d:
+                break
+            resp += d
+        sock.close()
+        e = json.loads(resp.split(b"\r\n\r\n", 1)[1])
+        assert (e["REMOTE_ADDR"], e["REMOTE_PORT"]) == ("203.0.113.7", "4242"), e
+    finally:
+        s.stop()
+    key, cert = os.path.join(workdir, "k.pem"), os.path.join(workdir, "c.pem")
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
+                    "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
+                    "-days", "2", "-subj", "/CN=localhost"], check=True, capture_output=True,
+                   timeout=TIMEOUT)
+    s = Server(workdir, "tls", "--app=apps:application",
+               http="ssl:0:privateKey=%s:certKey=%s:interface=127.0.0.1" % (key, cert))
+    try:
+        ctx = ssl.create_default_context()
+        ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+        c = http.client.HTTPSConnection("127.0.0.1", s.port, timeout=TIMEOUT, context=ctx)
+        c.request("GET", "/v/environ")
+        r = c.getresponse()
+        e = json.loads(r.read())
+        c.close()
+        assert e["wsgi.url_scheme"] == "https", e
+    finally:
+        s.stop()
+
+
 def t_bad_app(workdir):
     with open(os.path.join(workdir, "broken.py"), "w") as f:
         f.write("def application(:\n")
@@ -559,6 +598,8 @@ def main():
     run("SIGTERM drains the requests in flight, exit 0", t_drain, workdir)
     run("Python manhole: evaluate, _, multi-line, tracebacks, bindings, Ctrl-C", t_manhole,
         workdir)
+    run("REMOTE_ADDR from the PROXY protocol; wsgi.url_scheme https behind ssl:",
+        t_proxy_and_tls, workdir)
     run("bad --app and flag values: a clear message, exit 2", t_bad_app, workdir)
     print("%d passed, %d failed" % (passed, failed))
     return 1 if failed else 0
