@@ -388,6 +388,9 @@ static int send_bytes(wreq *q, const char *data, size_t len)
     wsgi_gil_release();
     int rc = knit_http_write(q->req, data, len);
     wsgi_gil_acquire();
+    if (rc == KNIT_EINVAL)
+        knit_log_kv(KNIT_LOG_ERROR, "wsgi", "the application sent more than its Content-Length",
+                    "target", knit_http_target(q->req), NULL);
     if (rc < 0) q->broken = true;
     return rc;
 }
