@@ -411,6 +411,16 @@ int knit_http_respond(knit_http_request *req, int status, const char *content_ty
 int knit_http_start(knit_http_request *req, int status, const char *content_type, int64_t length);
 int knit_http_write(knit_http_request *req, const void *data, size_t len);
 int knit_http_finish(knit_http_request *req);
+/* Break off an answer that cannot be completed (the code producing it
+ * failed after the head went out): what was written is sent, then the
+ * connection is closed without the answer's end (no last chunk; fewer bytes
+ * than the Content-Length), so the client sees the answer is incomplete
+ * instead of taking a truncated body for a whole one. In pool mode the close
+ * happens once the handler returns, and later writes are refused; inline it
+ * ends the request as knit_http_finish does (REQ is not used again). Before the
+ * head went out the server answers 500 instead (as for a handler that
+ * returns without answering). 0, or KNIT_EALREADY when already finished. */
+int knit_http_abort(knit_http_request *req);
 
 /* "OK", "Not Found", ...; "Unknown" for others. [any] */
 const char *knit_http_reason(int status);

@@ -372,6 +372,9 @@ typedef enum knit_manhole_status {
     KNIT_MANHOLE_OK = 0,     /* evaluated (or the line was blank) */
     KNIT_MANHOLE_MORE = 1,   /* incomplete chunk: send the next line */
     KNIT_MANHOLE_FAILED = 2, /* syntax or runtime error, interrupted; printed */
+    /* Only from an engine's feed/eval (see "other languages" below): the
+     * evaluation goes on elsewhere; knit_manhole_session_done reports it. */
+    KNIT_MANHOLE_PENDING = 3,
 } knit_manhole_status;
 
 /* Start a session. WHO names the user in logs ("uid=1000", "key=SHA256:...").
@@ -411,7 +414,8 @@ void knit_manhole_session_set_async(knit_manhole_session *s, knit_manhole_async_
 /* Number of await()s of this session that have not fired yet. */
 size_t knit_manhole_session_awaits(const knit_manhole_session *s);
 
-/* True while an evaluation of this session is on the stack. */
+/* True while an evaluation of this session is on the stack, or (with an
+ * engine) pending. */
 bool knit_manhole_session_busy(const knit_manhole_session *s);
 
 const char *knit_manhole_session_who(const knit_manhole_session *s);
@@ -426,6 +430,68 @@ void knit_manhole_session_write(knit_manhole_session *s, const char *data, size_
 /* Free a session (closing its Lua state). Must not be called from inside
  * its own evaluation. Pending await()s are forgotten. NULL is a no-op. */
 void knit_manhole_session_free(knit_manhole_session *s);
+
+/* ---- other languages: an evaluation engine ---------------------------------
+ *
+ * A program that embeds another interpreter (tools/knit-wsgi embeds CPython)
+ * can keep everything of the manhole but the language: the transports (the
+ * UNIX socket with its peer-credential check, SSH with key authentication,
+ * the line protocol knit-manhole speaks, connection logging, the output
+ * bound) stay, and what a session does with its input is the engine's.
+ * Sessions of a manhole with an engine have no Lua state
+ * (knit_manhole_session_lua returns NULL; the registry and await() are not
+ * used); the engine logs its evaluations itself.
+ *
+ * An engine may evaluate somewhere else than on the reactor thread (on a
+ * thread of its own, so that a long evaluation never stalls the reactor and
+ * Ctrl-C can interrupt code the reactor could not). Then feed/eval return
+ * KNIT_MANHOLE_PENDING, and the engine later calls
+ * knit_manhole_session_done(s, status) on the reactor thread, after the
+ * evaluation's output (knit_manhole_session_write, also on the reactor
+ * thread only). Until then the transports hand the session no more input:
+ * lines typed ahead wait (reading stops once KNIT_MANHOLE_MAX_CHUNK bytes
+ * wait), except a Ctrl-C byte (0x03), which calls INTERRUPT at once.
+ *
+ * Each function gets the engine's per-session STATE (what OPEN stored):
+ *   open       a session starts (a client connected and passed the checks);
+ *              store the per-session state in *STATE. 0, or a negative code
+ *              (the connection is then closed). [reactor]
+ *   feed       one line of input, without its '\n' (LEN may be 0); returns a
+ *              knit_manhole_status (PENDING: see above) or a negative code.
+ *   eval       a whole chunk ("\x01N" in the line protocol, knit-manhole -e,
+ *              an SSH exec request); the same returns.
+ *   reset      drop a pending incomplete chunk (Ctrl-C at a continuation
+ *              prompt). Not called while an evaluation is pending.
+ *   prompt     "> " / ">> " style prompt for SSH terminals; may be NULL.
+ *   interrupt  Ctrl-C while an evaluation is pending (or running), or the
+ *              client left (not a half-close): interrupt it.
+ *              [reactor]; may be NULL.
+ *   close      the session ends (the client left, the manhole is freed). An
+ *              evaluation may still be pending: the engine lets it end on
+ *              its own and must not call knit_manhole_session_done (nor
+ *              write to the session) for it afterwards. [reactor]
+ * BANNER follows the manhole's name in the greeting ("Python 3.11 ...").
+ * ENGINE and ARG are borrowed until knit_manhole_free. Set the engine before
+ * knit_manhole_listen; sessions started before keep Lua. Returns 0 or
+ * KNIT_EINVAL (a required function missing). [reactor] */
+typedef struct knit_manhole_engine {
+    const char *banner;
+    int (*open)(knit_manhole_session *s, void *arg, void **state);
+    int (*feed)(void *state, const char *line, size_t len);
+    int (*eval)(void *state, const char *chunk, size_t len);
+    void (*reset)(void *state);
+    const char *(*prompt)(void *state);
+    void (*interrupt)(void *state);
+    void (*close)(void *state);
+} knit_manhole_engine;
+
+int knit_manhole_set_engine(knit_manhole *m, const knit_manhole_engine *engine, void *arg);
+
+/* The engine reports the end of a PENDING evaluation with its status
+ * (KNIT_MANHOLE_OK, _MORE, _FAILED, or a negative code): the transport
+ * sends the status and takes the next input. Call it on the reactor thread,
+ * at most once per PENDING, never after the engine's close. [reactor] */
+void knit_manhole_session_done(knit_manhole_session *s, int status);
 
 /* ---- transports ------------------------------------------------------------ */
 

@@ -446,7 +446,14 @@ static void worker_done(knit_work *w, int status)
         return;
     }
     knit__http_flush_out(req);
-    if (!req->gone && !req->finished) {
+    if (!req->gone && !req->finished && req->aborted && req->started) {
+        /* knit_http_abort: the handler broke its answer off. What it wrote
+         * goes out, then the connection closes without the answer's end,
+         * so the client sees it broke. */
+        struct conn *c = req->conn;
+        if (c && c->proto.transport)
+            knit__http_conn_close_now(c, true, KNIT_CLOSE_ABORTED, KNIT_ECLOSED);
+    } else if (!req->gone && !req->finished) {
         /* The handler returned without finishing: answer for it (we are on
          * the reactor, so these write directly). handler_returned is still
          * false, so this answer cannot end (free) the request under us. */

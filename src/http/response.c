@@ -408,6 +408,7 @@ int knit_http_start(knit_http_request *req, int status, const char *content_type
 int knit_http_write(knit_http_request *req, const void *data, size_t len)
 {
     if (!req->started || req->finished) return KNIT_EALREADY;
+    if (req->aborted) return KNIT_ECLOSED;
     if (len == 0) return 0;
     if (req->declared >= 0 && req->body_sent + len > (uint64_t)req->declared) return KNIT_EINVAL;
     req->body_sent += len;
@@ -419,6 +420,21 @@ int knit_http_write(knit_http_request *req, const void *data, size_t len)
         return rc ? rc : emit(req, "\r\n", 2, NULL, 0, false);
     }
     return emit(req, data, len, NULL, 0, false);
+}
+
+int knit_http_abort(knit_http_request *req)
+{
+    if (req->finished) return KNIT_EALREADY;
+    req->aborted = true;
+    req->close_after = true;
+    if (req->pool_mode) return 0; /* worker_done closes once the handler returned */
+    /* Inline: this ends the request, as knit_http_finish would (nothing else
+     * will), and closes at once (the reactor's request). */
+    req->finished = true;
+    if (req->conn && req->conn->proto.transport)
+        knit__http_conn_close_now(req->conn, true, KNIT_CLOSE_ABORTED, KNIT_ECLOSED);
+    knit__http_request_maybe_end(req);
+    return 0;
 }
 
 int knit_http_finish(knit_http_request *req)

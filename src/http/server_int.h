@@ -151,6 +151,7 @@ struct knit_http_request {
     bool tls;
     bool head_only; /* HEAD: no body bytes */
     bool close_after;
+    bool aborted; /* knit_http_abort: close once the handler returned, no clean end */
     bool started, finished, chunked, close_delimited;
     bool pool_mode, handler_returned;
     /* [worker] true while worker_run runs the handler: the response

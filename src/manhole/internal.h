@@ -60,11 +60,16 @@ struct knit_manhole {
     mh_listener_ref *listeners_att; /* attached application listeners */
     size_t nlisteners;
     void *laters; /* await.c: later() timers still pending */
+    const knit_manhole_engine *engine; /* NULL: Lua (knit_manhole_set_engine) */
+    void *engine_arg;
 };
 
 /* await.c: called once a draining session's awaits are done (see
  * knit__manhole_drain). */
 typedef void (*mh_drain_fn)(knit_manhole_session *s, bool gave_up, void *arg);
+
+/* A transport's callback for the end of an engine's PENDING evaluation. */
+typedef void (*mh_done_fn)(knit_manhole_session *s, int status, void *arg);
 
 /* Why an evaluation is being interrupted. */
 enum { STOP_NONE, STOP_BUDGET, STOP_USER, STOP_HANGUP };
@@ -99,12 +104,22 @@ struct knit_manhole_session {
     int next_await_id;
     knit_manhole_async_fn async_fn;
     void *async_arg;
+    /* with an engine: its per-session state, and the pending evaluation */
+    const knit_manhole_engine *engine;
+    void *eng;
+    bool pending;       /* feed/eval returned KNIT_MANHOLE_PENDING; done not yet called */
+    mh_done_fn done_fn; /* the transport's, set with knit__manhole_session_set_done */
+    void *done_arg;
     /* draining (input ended, awaits pending): see knit__manhole_drain */
     mh_drain_fn drain_fn; /* non-NULL while draining */
     void *drain_arg;
     knit_timer drain_deadline; /* gives up */
     knit_timer drain_now;      /* the last await fired: finish */
 };
+
+/* session.c: the transport that serves S hears about the end of a pending
+ * evaluation through FN. */
+void knit__manhole_session_set_done(knit_manhole_session *s, mh_done_fn fn, void *arg);
 
 /* session.c */
 knit_manhole_session *knit__manhole_session_of(lua_State *L);

@@ -15,6 +15,15 @@
  * (knit__manhole_drain, bounded by the drain timeout); the server then
  * closes. With nothing pending it closes at once, as before.
  *
+ * With an engine (knit_manhole_set_engine) evaluation may be PENDING: the
+ * session runs it elsewhere and knit_manhole_session_done ends it. Meanwhile
+ * input stays in the transport's buffer (scanned for a Ctrl-C byte, which
+ * interrupts the evaluation; reading pauses once KNIT_MANHOLE_MAX_CHUNK bytes
+ * wait); a client's half-close keeps the connection until the answer is out,
+ * and a client that left interrupts the evaluation (as a hangup does in Lua).
+ * When it is done, the buffered input is delivered again (pausing and
+ * resuming reading re-delivers it from the loop).
+ *
  * Invariant: a connection's mh_conn outlives its transport (it is freed in
  * connection_lost), and its session is freed only when no evaluation is on
  * the stack (connection_lost and knit_manhole_free both run from the loop).
@@ -22,6 +31,7 @@
 #include "manhole/internal.h"
 
 #include <errno.h>
+#include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -55,6 +65,10 @@ struct mh_conn {
     char who[96];
     knit_time started;
     bool overflow; /* output over KNIT_MANHOLE_MAX_PENDING_OUTPUT: dropped */
+    /* engine sessions: an evaluation is pending (see the file comment) */
+    size_t cc_scanned; /* input bytes already searched for Ctrl-C meanwhile */
+    bool read_paused;  /* too much input waiting behind it */
+    bool eof;          /* the client half-closed meanwhile: close once it is done */
     bool draining; /* the client half-closed; pending awaits finishing */
 };
 
@@ -195,6 +209,35 @@ static void after_eval(mh_conn *c, int st)
     if (c->overflow && c->proto.transport) knit_transport_abort(c->proto.transport);
 }
 
+/* The status of one input, unless the engine answers later. */
+static void input_done(mh_conn *c, int st)
+{
+    if (st == KNIT_MANHOLE_PENDING) {
+        c->cc_scanned = 0;
+        return;
+    }
+    after_eval(c, st);
+}
+
+/* The engine finished a pending evaluation: answer, then go on with the
+ * input that waited (re-delivered from the loop), or close after a
+ * half-close. */
+static void conn_done(knit_manhole_session *s, int st, void *arg)
+{
+    mh_conn *c = arg;
+    (void)s;
+    after_eval(c, st);
+    knit_transport *t = c->proto.transport;
+    if (!t || knit_transport_closing(t)) return;
+    if (c->eof) {
+        knit_transport_lose_connection(t);
+        return;
+    }
+    if (!c->read_paused) knit_transport_pause_reading(t);
+    c->read_paused = false;
+    knit_transport_resume_reading(t);
+}
+
 /* An await() fired and printed: end its output with "+await N". */
 static void conn_async(knit_manhole_session *s, size_t pending, void *arg)
 {
@@ -203,6 +246,8 @@ static void conn_async(knit_manhole_session *s, size_t pending, void *arg)
     snprintf(word, sizeof word, "await %zu", pending);
     send_status(c, word);
 }
+
+static void conn_done(knit_manhole_session *s, int st, void *arg);
 
 static void conn_made(knit_protocol *p)
 {
@@ -237,13 +282,17 @@ static void conn_made(knit_protocol *p)
     }
     knit_manhole_session_set_poll(c->s, conn_poll, c);
     knit_manhole_session_set_async(c->s, conn_async, c);
+    knit__manhole_session_set_done(c->s, conn_done, c);
     c->started = c->m->r ? knit_reactor_now(c->m->r) : 0;
     knit_log_kv(KNIT_LOG_INFO, "manhole", "connection", "who", c->who, "endpoint", c->ls->desc,
                 NULL);
-    char hello[160];
-    int n = snprintf(hello, sizeof hello,
-                     "%s manhole, Lua 5.4 on the reactor thread; help() lists the bindings",
-                     c->m->name);
+    char hello[256];
+    int n = c->m->engine && c->m->engine->banner
+                ? snprintf(hello, sizeof hello, "%s manhole, %s", c->m->name, c->m->engine->banner)
+                : snprintf(hello, sizeof hello,
+                           "%s manhole, Lua 5.4 on the reactor thread; help() lists the bindings",
+                           c->m->name);
+    if (n >= (int)sizeof hello) n = (int)sizeof hello - 1;
     send_tagged(c, '|', hello, (size_t)n);
     send_status(c, "ready");
 }
@@ -271,11 +320,26 @@ static void handle_line(mh_conn *c, const char *line, size_t len)
             return;
         }
         c->chunk_need = (size_t)n;
-        if (n == 0) after_eval(c, knit_manhole_session_eval(c->s, "", 0));
+        if (n == 0) input_done(c, knit_manhole_session_eval(c->s, "", 0));
         return;
     }
     int st = knit_manhole_session_feed(c->s, line, len);
-    after_eval(c, st);
+    input_done(c, st);
+}
+
+/* Input that arrives while an engine's evaluation is pending: look for
+ * Ctrl-C, keep the rest for later (see the file comment). */
+static void pending_data(mh_conn *c, knit_buf *in)
+{
+    const char *d = (const char *)knit_buf_data(in);
+    size_t n = knit_buf_len(in);
+    if (c->cc_scanned < n && memchr(d + c->cc_scanned, 0x03, n - c->cc_scanned))
+        knit_manhole_session_interrupt(c->s);
+    c->cc_scanned = n;
+    if (n > KNIT_MANHOLE_MAX_CHUNK && !c->read_paused) {
+        c->read_paused = true;
+        knit_transport_pause_reading(c->proto.transport);
+    }
 }
 
 static void conn_data(knit_protocol *p, knit_buf *in)
@@ -286,13 +350,17 @@ static void conn_data(knit_protocol *p, knit_buf *in)
         return;
     }
     while (p->transport && !knit_transport_closing(p->transport)) {
+        if (c->s->pending) {
+            pending_data(c, in);
+            return;
+        }
         if (c->chunk_need) {
             if (knit_buf_len(in) < c->chunk_need) return;
             size_t n = c->chunk_need;
             c->chunk_need = 0;
             int st = knit_manhole_session_eval(c->s, (const char *)knit_buf_data(in), n);
             knit_buf_consume(in, n);
-            after_eval(c, st);
+            input_done(c, st);
             continue;
         }
         const char *line;
@@ -320,12 +388,31 @@ static void conn_drained(knit_manhole_session *s, bool gave_up, void *arg)
     if (c->proto.transport) knit_transport_lose_connection(c->proto.transport);
 }
 
+/* True when the peer of a UNIX socket has closed both directions (it left),
+ * not only its writing side (a half-close): Linux reports POLLHUP then. */
+static bool peer_gone(knit_transport *t)
+{
+    int fd = t ? knit_transport_fd(t) : -1;
+    if (fd < 0) return true;
+    struct pollfd pfd = {.fd = fd, .events = 0};
+    return poll(&pfd, 1, 0) == 1 && (pfd.revents & (POLLHUP | POLLERR));
+}
+
 /* The client half-closed: its input has ended. Keep writing while the
- * session's pending awaits finish (see the file comment). */
+ * session's pending awaits finish (see the file comment). With an engine's
+ * evaluation pending, keep the connection until its answer is out (conn_done
+ * closes it then); a client that left altogether interrupts it first, as the
+ * Lua manhole does when its client is gone (an evaluation that ignores the
+ * interrupt keeps the session until it ends on its own). */
 static bool conn_eof(knit_protocol *p)
 {
     mh_conn *c = (mh_conn *)p;
     if (c->draining) return true;
+    if (c->s && c->s->pending && !c->overflow) {
+        c->eof = true;
+        if (peer_gone(p->transport)) knit_manhole_session_interrupt(c->s);
+        return true;
+    }
     if (!c->s || c->overflow || !knit__manhole_drain(c->s, conn_drained, c)) return false;
     c->draining = true;
     return true;

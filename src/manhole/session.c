@@ -706,8 +706,42 @@ static int run_req(knit_manhole_session *s, eval_req *q)
     return q->result;
 }
 
+/* ---- sessions served by an engine (knit_manhole_set_engine) -------------- */
+
+static int engine_result(knit_manhole_session *s, int st)
+{
+    if (st == KNIT_MANHOLE_PENDING) s->pending = true;
+    return st;
+}
+
+int knit_manhole_set_engine(knit_manhole *m, const knit_manhole_engine *engine, void *arg)
+{
+    if (engine && (!engine->open || !engine->feed || !engine->eval || !engine->close))
+        return KNIT_EINVAL;
+    m->engine = engine;
+    m->engine_arg = arg;
+    return 0;
+}
+
+void knit__manhole_session_set_done(knit_manhole_session *s, mh_done_fn fn, void *arg)
+{
+    s->done_fn = fn;
+    s->done_arg = arg;
+}
+
+void knit_manhole_session_done(knit_manhole_session *s, int status)
+{
+    if (!s->pending) return; /* an engine bug; never report twice */
+    s->pending = false;
+    if (s->done_fn) s->done_fn(s, status, s->done_arg);
+}
+
 int knit_manhole_session_feed(knit_manhole_session *s, const char *line, size_t len)
 {
+    if (s->engine) {
+        if (s->pending) return KNIT_EBUSY;
+        return engine_result(s, s->engine->feed(s->eng, line, len));
+    }
     if (len > KNIT_MANHOLE_MAX_LINE) {
         s->chunk_len = 0;
         write_str(s, "input line too long: chunk discarded\n");
@@ -719,6 +753,10 @@ int knit_manhole_session_feed(knit_manhole_session *s, const char *line, size_t 
 
 int knit_manhole_session_eval(knit_manhole_session *s, const char *chunk, size_t len)
 {
+    if (s->engine) {
+        if (s->pending) return KNIT_EBUSY;
+        return engine_result(s, s->engine->eval(s->eng, chunk, len));
+    }
     if (len > KNIT_MANHOLE_MAX_CHUNK) {
         write_str(s, "input too long\n");
         return KNIT_ELIMIT;
@@ -730,16 +768,30 @@ int knit_manhole_session_eval(knit_manhole_session *s, const char *chunk, size_t
 
 void knit_manhole_session_reset(knit_manhole_session *s)
 {
+    if (s->engine) {
+        if (!s->pending && s->engine->reset) s->engine->reset(s->eng);
+        return;
+    }
     s->chunk_len = 0;
 }
 
 const char *knit_manhole_session_prompt(const knit_manhole_session *s)
 {
+    if (s->engine) {
+        const char *p = s->engine->prompt ? s->engine->prompt(s->eng) : NULL;
+        return p ? p : "> ";
+    }
     return s->chunk_len ? ">> " : "> ";
 }
 
 void knit_manhole_session_interrupt(knit_manhole_session *s)
 {
+    /* An engine's interrupt is [reactor] (the transports call it there);
+     * the Lua flag is async-signal-safe. */
+    if (s->engine) {
+        if (s->engine->interrupt) s->engine->interrupt(s->eng);
+        return;
+    }
     __atomic_store_n(&s->interrupt_req, 1, __ATOMIC_RELAXED);
 }
 
@@ -751,7 +803,7 @@ void knit_manhole_session_set_poll(knit_manhole_session *s, knit_manhole_poll_fn
 
 bool knit_manhole_session_busy(const knit_manhole_session *s)
 {
-    return s->running > 0;
+    return s->running > 0 || s->pending;
 }
 const char *knit_manhole_session_who(const knit_manhole_session *s)
 {
@@ -807,6 +859,17 @@ int knit_manhole_session_new(knit_manhole *m, const char *who, knit_manhole_writ
     s->mem_limit = m->o.memory_limit;
     s->id = ++m->next_session_id;
     if (!s->who) goto oom;
+    if (m->engine) {
+        s->engine = m->engine;
+        int rc = s->engine->open(s, m->engine_arg, &s->eng);
+        if (rc < 0) {
+            s->engine = NULL; /* nothing to close */
+            knit_manhole_session_free(s);
+            return rc;
+        }
+        *out = s;
+        return 0;
+    }
     s->L = lua_newstate(mh_alloc, s);
     if (!s->L) goto oom;
     lua_atpanic(s->L, mh_panic);
@@ -834,6 +897,7 @@ oom:
 void knit_manhole_session_free(knit_manhole_session *s)
 {
     if (!s) return;
+    if (s->engine) s->engine->close(s->eng); /* a pending evaluation ends on its own */
     knit__manhole_awaits_forget(s);
     if (s->L) lua_close(s->L);
     free(s->who);

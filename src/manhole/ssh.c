@@ -31,6 +31,10 @@
  * disconnect ... Bye Bye", dropped what it had not yet written to stdout and
  * exited 255.
  *
+ * An engine's pending evaluation (knit_manhole_set_engine) keeps in_eval set
+ * (Ctrl-C in ch_data interrupts it) and stops process() until ssh_done; the
+ * input that arrives meanwhile waits in c->in.
+ *
  * Authentication: public key only (ssh_set_auth_methods), checked against
  * the authorizedKeys file, which is re-read for every attempt so edits take
  * effect without a restart. Password and keyboard-interactive are refused
@@ -90,6 +94,8 @@ struct ssh_conn {
     struct ssh_channel_callbacks_struct ccb;
     bool kex_done, authed, pty, started, exec, eof, dead, processing, in_eval, finished;
     bool closed_sent;
+    bool pending; /* an engine's evaluation is pending (see the file comment) */
+    bool more;    /* the last input left an incomplete chunk */
     bool draining;   /* input ended; the session's pending awaits are finishing */
     int exit_status; /* once finished; while draining, the status so far */
     bool any_error;
@@ -365,6 +371,8 @@ static void ssh_async(knit_manhole_session *s, size_t pending, void *arg)
     update_io(c);
 }
 
+static void ssh_done(knit_manhole_session *s, int st, void *arg);
+
 static void start_session(ssh_conn *c)
 {
     int rc = knit_manhole_session_new(c->ls->m, c->who, ssh_write, c, &c->s);
@@ -375,6 +383,7 @@ static void start_session(ssh_conn *c)
     }
     knit_manhole_session_set_poll(c->s, ssh_poll, c);
     knit_manhole_session_set_async(c->s, ssh_async, c);
+    knit__manhole_session_set_done(c->s, ssh_done, c);
     knit_log_kv(KNIT_LOG_INFO, "manhole", "connection", "who", c->who, "peer", c->peer, "endpoint",
                 c->ls->desc, "mode",
                 c->exec  ? "exec"
@@ -382,11 +391,16 @@ static void start_session(ssh_conn *c)
                          : "shell-nopty",
                 NULL);
     if (!c->exec && c->pty) {
-        char hello[200];
-        snprintf(hello, sizeof hello,
-                 "%s manhole, Lua 5.4 on the reactor thread; help() lists the bindings, "
-                 "Ctrl-C interrupts, Ctrl-D quits\n",
-                 c->ls->m->name);
+        char hello[320];
+        const knit_manhole_engine *e = c->ls->m->engine;
+        if (e && e->banner)
+            snprintf(hello, sizeof hello, "%s manhole, %s; Ctrl-C interrupts, Ctrl-D quits\n",
+                     c->ls->m->name, e->banner);
+        else
+            snprintf(hello, sizeof hello,
+                     "%s manhole, Lua 5.4 on the reactor thread; help() lists the bindings, "
+                     "Ctrl-C interrupts, Ctrl-D quits\n",
+                     c->ls->m->name);
         put_str(c, hello);
         prompt(c);
     }
@@ -411,6 +425,12 @@ static void finish_channel(ssh_conn *c, int status)
     flush_out(c);
     if (c->out_len == 0) close_channel(c);
     /* else drive() closes it once the client's window let the output out */
+}
+
+static void note_status(ssh_conn *c, int st)
+{
+    if (st == KNIT_MANHOLE_FAILED || st < 0) c->any_error = true;
+    c->more = st == KNIT_MANHOLE_MORE;
 }
 
 static void conn_free(ssh_conn *c);
@@ -452,8 +472,12 @@ static int eval_line(ssh_conn *c, const char *line, size_t len)
 {
     c->in_eval = true;
     int st = knit_manhole_session_feed(c->s, line, len);
+    if (st == KNIT_MANHOLE_PENDING) {
+        c->pending = true; /* in_eval stays set: Ctrl-C interrupts (ch_data) */
+        return st;
+    }
     c->in_eval = false;
-    if (st == KNIT_MANHOLE_FAILED || st < 0) c->any_error = true;
+    note_status(c, st);
     return st;
 }
 
@@ -487,6 +511,11 @@ static void pty_input(ssh_conn *c)
                 i = 0;
                 eval_line(c, copy, n);
                 free(copy);
+            }
+            if (c->pending) { /* ssh_done prompts and goes on */
+                if (b == '\r' && c->in_len && c->in[0] == '\n') buf_consume(c->in, &c->in_len, 1);
+                flush_out(c);
+                return;
             }
             prompt(c);
             if (b == '\r' && i < c->in_len && c->in[i] == '\n') i++;
@@ -544,12 +573,16 @@ static void line_input(ssh_conn *c)
         buf_consume(c->in, &c->in_len, (size_t)(nl - c->in) + 1);
         if (!(n == 1 && copy[0] == 0x03)) eval_line(c, copy, n);
         free(copy);
-        if (c->dead) return;
+        if (c->dead || c->pending) return;
     }
     if (c->eof) {
-        if (c->in_len) eval_line(c, c->in, c->in_len);
-        c->in_len = 0;
-        if (knit_manhole_session_prompt(c->s)[1] == '>') c->any_error = true; /* incomplete */
+        if (c->in_len) {
+            size_t n = c->in_len;
+            c->in_len = 0;
+            eval_line(c, c->in, n);
+            if (c->pending) return; /* ssh_done comes back here */
+        }
+        if (c->more) c->any_error = true; /* incomplete */
         end_of_input(c, c->any_error ? 1 : 0);
     }
 }
@@ -568,7 +601,7 @@ static void draining_input(ssh_conn *c)
 
 static void process(ssh_conn *c)
 {
-    if (c->processing || c->dead || !c->started || c->finished) return;
+    if (c->processing || c->dead || !c->started || c->finished || c->pending) return;
     c->processing = true;
     if (!c->s) start_session(c);
     if (c->s && c->draining) {
@@ -578,9 +611,13 @@ static void process(ssh_conn *c)
         c->exec_cmd = NULL;
         c->in_eval = true;
         int st = knit_manhole_session_eval(c->s, cmd, strlen(cmd));
-        c->in_eval = false;
         free(cmd);
-        end_of_input(c, st == KNIT_MANHOLE_OK ? 0 : 1);
+        if (st == KNIT_MANHOLE_PENDING) {
+            c->pending = true; /* ssh_done finishes the channel */
+        } else {
+            c->in_eval = false;
+            end_of_input(c, st == KNIT_MANHOLE_OK ? 0 : 1);
+        }
     } else if (c->s && !c->exec) {
         if (c->pty)
             pty_input(c);
@@ -588,6 +625,28 @@ static void process(ssh_conn *c)
             line_input(c);
     }
     c->processing = false;
+}
+
+/* An engine's pending evaluation ended: report it as a synchronous one would
+ * have been, then take the input that waited. From the reactor loop (the
+ * engine's callback), never inside drive(): the connection is freed later,
+ * by drive(), if it died meanwhile. */
+static void ssh_done(knit_manhole_session *s, int st, void *arg)
+{
+    ssh_conn *c = arg;
+    (void)s;
+    c->pending = false;
+    c->in_eval = false;
+    note_status(c, st);
+    if (c->exec) {
+        end_of_input(c, st == KNIT_MANHOLE_OK ? 0 : 1);
+    } else {
+        prompt(c);
+        process(c);
+    }
+    flush_out(c);
+    if (c->finished && c->out_len == 0) close_channel(c);
+    if (!c->dead) update_io(c);
 }
 
 /* ---- connection life ------------------------------------------------------- */

@@ -224,6 +224,9 @@ def main():
     bench_ready = all(p in installed for p in groups["bench"])
     local_idl = idl_modules()
     std = set(sys.stdlib_module_names)
+    # Modules a program of this tree gives the Python it embeds: knit-wsgi's
+    # "knit" (tools/knit-wsgi/pyknit.c), imported by the apps it runs.
+    embedded = {"knit"}
 
     # module -> {(names...)}, and who imports it
     wanted = {}
@@ -240,7 +243,7 @@ def main():
             continue
         for mod, names in imps:
             top = mod.split(".")[0]
-            if top in std or top == "__future__" or top in local_idl:
+            if top in std or top == "__future__" or top in local_idl or top in embedded:
                 continue
             if os.path.exists(os.path.join(here, top + ".py")) or \
                     os.path.isdir(os.path.join(here, top)):

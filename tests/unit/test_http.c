@@ -515,6 +515,50 @@ static void test_stream_chunked_inline(void **state)
     teardown_fx(&fx);
 }
 
+static int abort_rc_write, abort_rc_abort;
+
+/* A producer that fails after the head went out: knit_http_abort. */
+static void h_abort(knit_http_request *req, void *arg)
+{
+    knit_http_start(req, 200, NULL, -1);
+    knit_http_write(req, "abc", 3);
+    abort_rc_abort = knit_http_abort(req);
+    /* pool: later writes are refused; inline: REQ has ended */
+    abort_rc_write = arg ? KNIT_ECLOSED : knit_http_write(req, "more", 4);
+}
+
+/* A broken-off chunked answer never gets its last chunk (a client would
+ * take the truncated body for a whole one), and the connection closes. */
+static void test_abort_breaks_answer_off(void **state)
+{
+    (void)state;
+    for (int mode = 0; mode < 2; mode++) {
+        fixture fx;
+        setup_fx(&fx, true, NULL);
+        assert_int_equal(knit_http_route(fx.s, "GET", "/abort",
+                                         mode ? KNIT_HTTP_INLINE : KNIT_HTTP_POOL, h_abort,
+                                         mode ? &fx : NULL),
+                         0);
+        abort_rc_write = abort_rc_abort = 1;
+        knit_transport *t = open_conn(&fx);
+        feed(t, "GET /abort HTTP/1.1\r\nHost: x\r\n\r\n");
+        static char all[4096];
+        snprintf(all, sizeof all, "%s", wait_for(&fx, t, "3\r\nabc\r\n"));
+        for (int i = 0; i < 200 && !knit_memory_transport_lose_requested(t); i++)
+            knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+        strncat(all, take(t), sizeof all - strlen(all) - 1);
+        assert_null(strstr(all, "\r\n0\r\n\r\n"));
+        assert_true(knit_memory_transport_lose_requested(t));
+        assert_int_equal(abort_rc_abort, 0);
+        assert_int_equal(abort_rc_write, KNIT_ECLOSED);
+        close_conn(t);
+        knit_pool_shutdown(fx.pool, NULL, NULL);
+        for (int i = 0; i < 20000 && !knit_pool_is_shut_down(fx.pool); i++)
+            knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+        teardown_fx(&fx);
+    }
+}
+
 static void test_pool_mode(void **state)
 {
     (void)state;
@@ -2301,6 +2345,7 @@ int main(void)
         cmocka_unit_test(test_body_inline_and_continue),
         cmocka_unit_test(test_stream_chunked_inline),
         cmocka_unit_test(test_pool_mode),
+        cmocka_unit_test(test_abort_breaks_answer_off),
         cmocka_unit_test(test_pool_body_backpressure),
         cmocka_unit_test(test_drain),
         cmocka_unit_test(test_idle_connection_is_small),

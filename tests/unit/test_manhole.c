@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <lauxlib.h>
@@ -1011,6 +1012,223 @@ static void test_help_lists_connections(void **state)
     assert_non_null(strstr(f->o.buf, "last_run"));
 }
 
+/* ---- an engine (knit_manhole_set_engine) over the UNIX transport ---------- */
+
+/* A fake engine answering later, from a reactor timer: "x" prints "got x";
+ * "more" asks for another line; "hang" waits for Ctrl-C. */
+typedef struct feng {
+    knit_reactor *r;
+    int opened, closed, resets, interrupts;
+    knit_manhole_session *s;
+    knit_timer t;
+    char line[64];
+    bool hang, waiting, more;
+} feng;
+
+static void feng_answer(knit_reactor *r, void *arg)
+{
+    feng *e = arg;
+    e->t = KNIT_TIMER_NONE;
+    e->waiting = false;
+    if (strcmp(e->line, "more") == 0) {
+        e->more = true;
+        knit_manhole_session_done(e->s, KNIT_MANHOLE_MORE);
+        return;
+    }
+    char msg[96];
+    int n = snprintf(msg, sizeof msg, "got %s\n", e->line);
+    knit_manhole_session_write(e->s, msg, (size_t)n);
+    knit_manhole_session_done(e->s, KNIT_MANHOLE_OK);
+}
+
+static int feng_open(knit_manhole_session *s, void *arg, void **state)
+{
+    feng *e = arg;
+    e->opened++;
+    e->s = s;
+    *state = e;
+    return 0;
+}
+
+static int feng_feed(void *state, const char *line, size_t len)
+{
+    feng *e = state;
+    snprintf(e->line, sizeof e->line, "%.*s", (int)len, line);
+    e->waiting = true;
+    e->more = false;
+    e->hang = strcmp(e->line, "hang") == 0;
+    if (!e->hang) e->t = knit_call_later(e->r, KNIT_MSEC(1), feng_answer, e);
+    return KNIT_MANHOLE_PENDING;
+}
+
+static void feng_reset(void *state)
+{
+    ((feng *)state)->resets++;
+}
+
+static const char *feng_prompt(void *state)
+{
+    return ((feng *)state)->more ? "... " : ">>> ";
+}
+
+static void feng_interrupt(void *state)
+{
+    feng *e = state;
+    e->interrupts++;
+    if (!e->hang || !e->waiting) return;
+    e->waiting = false;
+    knit_manhole_session_write(e->s, "KeyboardInterrupt\n", 18);
+    knit_manhole_session_done(e->s, KNIT_MANHOLE_FAILED);
+}
+
+static void feng_close(void *state)
+{
+    feng *e = state;
+    e->closed++;
+    knit_timer_cancel(e->r, e->t); /* a pending answer is never given now */
+    e->s = NULL;
+}
+
+static const knit_manhole_engine feng_ops = {
+    .banner = "Fake 1.0",
+    .open = feng_open,
+    .feed = feng_feed,
+    .eval = feng_feed,
+    .reset = feng_reset,
+    .prompt = feng_prompt,
+    .interrupt = feng_interrupt,
+    .close = feng_close,
+};
+
+/* Run the reactor until the client socket has received a text ending in
+ * WANT (appended to BUF); fails naming what it waited for. */
+static void client_until(knit_reactor *r, int fd, char *buf, size_t cap, const char *want)
+{
+    size_t len = strlen(buf);
+    for (int i = 0; i < 5000; i++) {
+        size_t wl = strlen(want);
+        if (len >= wl && strcmp(buf + len - wl, want) == 0) return;
+        knit_reactor_run_once(r, KNIT_MSEC(2));
+        ssize_t n = recv(fd, buf + len, cap - 1 - len, MSG_DONTWAIT);
+        if (n > 0) {
+            len += (size_t)n;
+            buf[len] = 0;
+        }
+    }
+    fail_msg("waited for \"%s\" from the manhole; got \"%s\"", want, buf);
+}
+
+static int client_connect(const char *path)
+{
+    struct sockaddr_un sa = {.sun_family = AF_UNIX};
+    snprintf(sa.sun_path, sizeof sa.sun_path, "%s", path);
+    int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fd >= 0);
+    assert_int_equal(connect(fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    return fd;
+}
+
+static void test_engine_over_unix_socket(void **state)
+{
+    (void)state;
+    knit_log_set_level(KNIT_LOG_WARN);
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    knit_manhole *m;
+    assert_int_equal(knit_manhole_new(&m, r, NULL), 0);
+    feng e = {.r = r};
+    knit_manhole_engine bad = {.open = feng_open};
+    assert_int_equal(knit_manhole_set_engine(m, &bad, &e), KNIT_EINVAL);
+    assert_int_equal(knit_manhole_set_engine(m, &feng_ops, &e), 0);
+    char dir[] = "/tmp/knit-mh-XXXXXX", path[64], ep[96];
+    assert_non_null(mkdtemp(dir));
+    snprintf(path, sizeof path, "%s/s", dir);
+    snprintf(ep, sizeof ep, "unix:%s", path);
+    assert_int_equal(knit_manhole_listen(m, ep), 0);
+
+    int fd = client_connect(path);
+    char buf[4096] = "";
+    client_until(r, fd, buf, sizeof buf, "+ready\n");
+    assert_string_equal(buf, "|knit manhole, Fake 1.0\n+ready\n");
+    assert_int_equal(e.opened, 1);
+    assert_null(knit_manhole_session_lua(e.s));
+
+    /* one line answered later; two typed ahead are answered in order */
+    buf[0] = 0;
+    assert_int_equal(write(fd, "a\n", 2), 2);
+    client_until(r, fd, buf, sizeof buf, "+ok\n");
+    assert_string_equal(buf, "|got a\n+ok\n");
+    buf[0] = 0;
+    assert_int_equal(write(fd, "b\nmore\nc\n", 9), 9);
+    client_until(r, fd, buf, sizeof buf, "|got c\n+ok\n");
+    assert_string_equal(buf, "|got b\n+ok\n+more\n|got c\n+ok\n");
+
+    /* a whole chunk */
+    buf[0] = 0;
+    assert_int_equal(write(fd,
+                           "\x01"
+                           "5\nx = 1",
+                           8),
+                     8);
+    client_until(r, fd, buf, sizeof buf, "+ok\n");
+    assert_string_equal(buf, "|got x = 1\n+ok\n");
+
+    /* Ctrl-C reaches a pending evaluation; the 0x03 line then resets */
+    buf[0] = 0;
+    assert_int_equal(write(fd, "hang\n", 5), 5);
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(1));
+    assert_true(e.waiting);
+    assert_int_equal(write(fd, "\x03\n", 2), 2);
+    client_until(r, fd, buf, sizeof buf, "+error\n");
+    assert_string_equal(buf, "|KeyboardInterrupt\n+error\n");
+    assert_int_equal(e.interrupts, 1);
+    buf[0] = 0;
+    assert_int_equal(write(fd, "d\n", 2), 2);
+    client_until(r, fd, buf, sizeof buf, "+ok\n");
+    assert_string_equal(buf, "|got d\n+ok\n");
+    assert_int_equal(e.resets, 1);
+
+    /* a half-close with an answer pending: the answer, then EOF */
+    buf[0] = 0;
+    assert_int_equal(write(fd, "e\n", 2), 2);
+    assert_int_equal(shutdown(fd, SHUT_WR), 0);
+    client_until(r, fd, buf, sizeof buf, "+ok\n");
+    assert_string_equal(buf, "|got e\n+ok\n");
+    ssize_t n = -1;
+    for (int i = 0; i < 5000 && n != 0; i++) {
+        knit_reactor_run_once(r, KNIT_MSEC(2));
+        char c;
+        n = recv(fd, &c, 1, MSG_DONTWAIT);
+    }
+    assert_int_equal(n, 0);
+    close(fd);
+    for (int i = 0; i < 5000 && e.closed < 1; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(2));
+    assert_int_equal(e.closed, 1);
+
+    /* a client that leaves while its evaluation is pending: interrupted, closed */
+    fd = client_connect(path);
+    buf[0] = 0;
+    client_until(r, fd, buf, sizeof buf, "+ready\n");
+    assert_int_equal(write(fd, "hang\n", 5), 5);
+    for (int i = 0; i < 5000 && !e.waiting; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(1));
+    assert_true(e.waiting);
+    close(fd);
+    for (int i = 0; i < 5000 && e.closed < 2; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(2));
+    assert_int_equal(e.closed, 2);
+    assert_int_equal(e.opened, 2);
+
+    knit_manhole_free(m);
+    for (int i = 0; i < 10; i++)
+        knit_reactor_run_once(r, 0);
+    assert_int_equal(knit_reactor_close(r), 0);
+    unlink(path);
+    rmdir(dir);
+}
+
 static void test_gaps_say_why(void **state)
 {
     fx *f = *state;
@@ -1056,6 +1274,7 @@ int main(void)
         cmocka_unit_test(test_connections_bindings),
         cmocka_unit_test_setup_teardown(test_help_lists_connections, setup, teardown),
         cmocka_unit_test_setup_teardown(test_gaps_say_why, setup, teardown),
+        cmocka_unit_test(test_engine_over_unix_socket),
     };
     return KNIT_RUN_TESTS(tests);
 }
