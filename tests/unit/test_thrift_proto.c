@@ -627,12 +627,49 @@ static void test_detect(void **state)
                      KNIT_THRIFT_SASL);
     assert_int_equal(knit_thrift_detect((const uint8_t *)"GET / HTTP/1.1", 14, &p),
                      KNIT_THRIFT_DETECT_UNKNOWN);
-    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x20GE", 6, &p),
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x20\x01\x02", 6, &p),
                      KNIT_THRIFT_DETECT_UNKNOWN);
     p = KNIT_THRIFT_COMPACT; /* framed old non-strict binary: name length first */
     assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x20\x00\x00", 6, &p),
                      KNIT_THRIFT_FRAMED);
     assert_int_equal(p, KNIT_THRIFT_BINARY);
+    /* issue 13, fault 2: unframed old non-strict binary (name length, then the
+     * name's printable bytes; a 1-byte name is followed by the type) */
+    p = KNIT_THRIFT_COMPACT;
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x03"
+                                                         "add\x01",
+                                        8, &p),
+                     KNIT_THRIFT_UNFRAMED);
+    assert_int_equal(p, KNIT_THRIFT_BINARY);
+    p = KNIT_THRIFT_COMPACT;
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x01"
+                                                         "f\x01",
+                                        6, &p),
+                     KNIT_THRIFT_UNFRAMED);
+    assert_int_equal(p, KNIT_THRIFT_BINARY);
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x01"
+                                                         "f\x02",
+                                        6, &p),
+                     KNIT_THRIFT_DETECT_UNKNOWN);
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x00\x01\x00", 6, &p),
+                     KNIT_THRIFT_DETECT_UNKNOWN);
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x03"
+                                                         "a\x80",
+                                        6, &p),
+                     KNIT_THRIFT_DETECT_UNKNOWN);
+    /* THeader (magic 0x0fff after the length), JSON framed and unframed */
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x20\x0f\xff", 6, &p),
+                     KNIT_THRIFT_HEADER);
+    p = KNIT_THRIFT_BINARY;
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x20[1", 6, &p),
+                     KNIT_THRIFT_FRAMED);
+    assert_int_equal(p, KNIT_THRIFT_JSON);
+    p = KNIT_THRIFT_BINARY;
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"[1,\"add\"", 8, &p),
+                     KNIT_THRIFT_UNFRAMED);
+    assert_int_equal(p, KNIT_THRIFT_JSON);
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"[", 1, &p), KNIT_THRIFT_DETECT_NEED_MORE);
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"[2", 2, &p), KNIT_THRIFT_DETECT_UNKNOWN);
 }
 
 static void test_writer_take_and_reset(void **state)
