@@ -23,6 +23,7 @@
 #include "knit/endpoint.h"
 #include "knit/log.h"
 #include "knit/pool.h"
+#include "thrift/client_frame.h"
 
 #define NBUCKETS 64
 
@@ -71,6 +72,7 @@ struct knit_thrift_client {
     unsigned alive; /* conns whose transport has not reported connection_lost */
     uint64_t rng;
     knit_thrift_client_stats st;
+    knit__thrift_cframe *frame; /* THeader framing (client_frame.c), NULL: plain */
 };
 
 static void conn_start(cconn *cc);
@@ -360,7 +362,19 @@ static void on_data(knit_protocol *proto, knit_buf *in)
                 return;
             }
             if (len - 4 < n) return;
-            handle_reply(cc, p + 4, n);
+            const uint8_t *msg;
+            size_t ml;
+            knit_thrift_writer scratch;
+            knit_thrift_writer_init(&scratch, cl->o.proto);
+            int rc = knit__thrift_cframe_unwrap(cl->frame, p + 4, n, cl->o.max_frame, &msg, &ml,
+                                                &scratch);
+            if (rc == 0) handle_reply(cc, msg, ml);
+            knit_thrift_writer_free(&scratch);
+            if (rc) {
+                knit_transport_close_with(cc->proto.transport, false, KNIT_CLOSE_PROTOCOL_ERROR,
+                                          rc);
+                return;
+            }
             knit_buf_consume(in, 4 + (size_t)n);
         } else {
             knit_thrift_reader r;
@@ -372,6 +386,7 @@ static void on_data(knit_protocol *proto, knit_buf *in)
             int32_t seq;
             int rc = knit_thrift_read_message_begin(&r, &name, &nl, &t, &seq);
             if (!rc) rc = knit_thrift_skip(&r, KNIT_TT_STRUCT);
+            if (!rc) rc = knit_thrift_read_message_end(&r); /* JSON's ']' */
             if (rc == KNIT_EEOF && len < cl->o.max_frame) return;
             if (rc) {
                 knit_transport_close_with(cc->proto.transport, false, KNIT_CLOSE_PROTOCOL_ERROR,
@@ -393,6 +408,7 @@ static void client_maybe_free(knit_thrift_client *cl)
     free(cl->conns);
     free(cl->endpoint);
     free(cl->prefix);
+    knit__thrift_cframe_free(cl->frame);
     free(cl);
 }
 
@@ -577,13 +593,16 @@ int knit_thrift_client_new(knit_reactor *r, const knit_thrift_client_options *o,
     }
     cl->nconns = cl->o.connections;
     cl->conns = calloc(cl->nconns, sizeof *cl->conns);
-    if (!cl->endpoint || !cl->conns || (o->service && !cl->prefix)) {
+    int frc = knit__thrift_cframe_new(&cl->o, &cl->frame);
+    if (!cl->endpoint || !cl->conns || (o->service && !cl->prefix) || frc) {
         free(cl->conns);
         free(cl->endpoint);
         free(cl->prefix);
+        knit__thrift_cframe_free(cl->frame);
         free(cl);
-        return KNIT_ENOMEM;
+        return frc ? frc : KNIT_ENOMEM;
     }
+    if (cl->frame) cl->o.unframed = false;
     cl->rng = (uint64_t)knit_wall_now() | 1;
     for (unsigned i = 0; i < cl->nconns; i++) {
         cconn *cc = &cl->conns[i];
@@ -642,14 +661,13 @@ int knit_thrift_client_call(knit_thrift_client *cl, const knit_thrift_method *m,
     if (cl->next_seqid < 0) cl->next_seqid = 0;
     knit_thrift_writer w;
     knit_thrift_writer_init(&w, cl->o.proto);
-    static const uint8_t zero[4];
-    knit_thrift_write_raw(&w, zero, 4);
+    knit__thrift_cframe_begin(cl->frame, &w);
     int rc = knit_thrift_encode_call(&w, m, cl->prefix, seqid, args);
+    if (!rc) rc = knit__thrift_cframe_end(cl->frame, &w, seqid);
     if (rc) {
         knit_thrift_writer_free(&w);
         return rc;
     }
-    knit_thrift_put_be32(w.data, (uint32_t)(w.len - 4));
     pending *p = calloc(1, sizeof *p);
     if (!p) {
         knit_thrift_writer_free(&w);

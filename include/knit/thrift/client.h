@@ -7,6 +7,13 @@
  * made while no connection is up wait (bounded by max_waiting and by their
  * timeout) and are sent once one is.
  *
+ * Protocols: binary, compact or JSON, framed or unframed, or in THeader
+ * frames (`header`): then every call carries the client's info headers and,
+ * when the client has a timeout, fbthrift's client_timeout (ms) so the
+ * server drops the call if it is still queued when the client gives up;
+ * `header_zlib` compresses the calls (replies are inflated whatever the
+ * server chose). THeader does not combine with SASL (KNIT_EINVAL).
+ *
  * Failures of a call's Deferred: KNIT_EAPP (a TApplicationException: the
  * failure message is "TApplicationException TYPE: MESSAGE"), KNIT_ETIMEDOUT,
  * KNIT_ECLOSED (the connection dropped with the call in flight; it is not
@@ -32,6 +39,7 @@
 #include "knit/clock.h"
 #include "knit/deferred.h"
 #include "knit/reactor.h"
+#include "knit/thrift/header.h"
 #include "knit/thrift/proto.h"
 #include "knit/thrift/runtime.h"
 #include "knit/thrift/sasl.h"
@@ -62,6 +70,10 @@ typedef struct knit_thrift_client_options {
     const char *service;                  /* multiplexed: send "SERVICE:method" */
     const knit_thrift_sasl_options *sasl; /* NULL: no SASL; copied, strings borrowed */
     uint32_t max_frame;                   /* largest reply; default 16,384,000 */
+    bool header;                          /* THeader frames (PROTO inside); unframed ignored */
+    bool header_zlib;                     /* THeader: compress calls with zlib */
+    const knit_thrift_header_kv *headers; /* THeader: info headers sent with every call (copied) */
+    size_t nheaders;
 } knit_thrift_client_options;
 
 typedef struct knit_thrift_client_stats {
