@@ -119,6 +119,10 @@ knit_histogram *knit_histogram_new(knit_metrics *m, const char *name, const char
 
 /* ---- updates (lock-free) -------------------------------------------------- */
 
+/* Every update and value function accepts NULL (a series that could not be
+ * created for want of memory): updates do nothing, values read 0. Metrics never
+ * take the service down. */
+
 void knit_counter_add(knit_counter *c, uint64_t n);
 static inline void knit_counter_inc(knit_counter *c)
 {
@@ -252,6 +256,17 @@ int knit_metrics_remove_http(knit_metrics *m, const struct knit_http_server *s);
 int knit_metrics_add_thrift(knit_metrics *m, struct knit_reactor *r,
                             const struct knit_thrift_server *s, const char *name);
 int knit_metrics_remove_thrift(knit_metrics *m, const struct knit_thrift_server *s);
+
+/* HTTP client C (knit/httpc.h), labelled client="NAME" (knit_httpc_name):
+ * counter knit_httpc_requests_total{method,class,host} (class "2xx"...,
+ * "error" for no response), counters knit_httpc_connections_total,
+ * _reused_total, _retried_total, _redirects_total, _timeouts_total,
+ * _cancelled_total, _response_bytes_total; gauges
+ * knit_httpc_connections_open, _requests_in_flight; histogram
+ * knit_httpc_request_duration_seconds. Reactor-owned like the server's. */
+struct knit_httpc;
+int knit_metrics_add_httpc(knit_metrics *m, struct knit_httpc *c);
+int knit_metrics_remove_httpc(knit_metrics *m, struct knit_httpc *c);
 
 /* Serve M at PATH (NULL: "/metrics") on server S: a GET route running
  * inline on the reactor that answers 200 with the exposition and

@@ -134,12 +134,14 @@ void knit_flags_write_config(const knit_flags *fs, FILE *out)
                 format_value(f, small, sizeof small);
             }
             size_t vl = strlen(val);
+            /* Quoted when the file reader would otherwise change it: spaces
+             * at either end are trimmed, and a value starting with ';' or
+             * '#' would be taken for a comment (found by fuzz_flag_config). */
             bool quote = vl == 0 || isspace((unsigned char)val[0]) ||
-                         isspace((unsigned char)val[vl - 1]) || val[0] == '"';
-            char env[KNIT_FLAG_NAME_MAX + 64] = "";
+                         isspace((unsigned char)val[vl - 1]) || val[0] == '"' || val[0] == ';' ||
+                         val[0] == '#';
             fprintf(out, "%s = %s%s%s ; %s\n", f->def->name, quote ? "\"" : "", val,
                     quote ? "\"" : "", knit_flag_origin(f));
-            (void)env;
             if (val != small) free(val);
         }
     }
