@@ -92,7 +92,7 @@ struct knit_thrift_client {
     unsigned alive; /* conns whose transport has not reported connection_lost */
     knit_thrift_client_stats st;
     knit__thrift_cframe *frame; /* THeader framing (client_frame.c), NULL: plain */
-    uint64_t scan_bytes; /* bytes walked by finished unframed scans (tests) */
+    uint64_t scan_bytes;        /* bytes walked by finished unframed scans (tests) */
 };
 
 static void flush_waiting(knit_thrift_client *cl);
@@ -379,11 +379,12 @@ static void cs_state(knit_client_service *cs, knit_client_state st, void *arg)
 
 /* ---- replies ----------------------------------------------------------------------- */
 
-static void handle_reply(cconn *cc, const uint8_t *msg, size_t len)
+/* A reply MSG[0, LEN) in PROTO (the client's, or what a THeader reply says). */
+static void handle_reply(cconn *cc, knit_thrift_proto proto, const uint8_t *msg, size_t len)
 {
     knit_thrift_client *cl = cc->cl;
     knit_thrift_reader r;
-    knit_thrift_reader_init(&r, cl->o.proto, msg, len);
+    knit_thrift_reader_init(&r, proto, msg, len);
     const char *name;
     size_t nl;
     knit_thrift_msg_type type;
@@ -407,7 +408,7 @@ static void handle_reply(cconn *cc, const uint8_t *msg, size_t len)
     int32_t at = 0;
     knit_tstr amsg = {0};
     int32_t seq2;
-    int rc = knit_thrift_decode_reply(p->m, cl->o.proto, msg, len, &seq2, res, &at, &amsg);
+    int rc = knit_thrift_decode_reply(p->m, proto, msg, len, &seq2, res, &at, &amsg);
     knit_deferred *d = p->d;
     knit_deferred_set_canceller(d, NULL, NULL);
     if (rc == 0) {
@@ -465,7 +466,7 @@ static void on_data(knit_protocol *proto, knit_buf *in)
                                           rc);
                 return;
             }
-            handle_reply(cc, msg, ml);
+            handle_reply(cc, cl->o.proto, msg, ml);
             knit_buf_consume(in, used);
         } else if (!cl->o.unframed) {
             if (len < 4) return;
@@ -480,9 +481,10 @@ static void on_data(knit_protocol *proto, knit_buf *in)
             size_t ml;
             knit_thrift_writer scratch;
             knit_thrift_writer_init(&scratch, cl->o.proto);
+            knit_thrift_proto mp = cl->o.proto;
             int rc = knit__thrift_cframe_unwrap(cl->frame, p + 4, n, cl->o.max_frame, &msg, &ml,
-                                                &scratch);
-            if (rc == 0) handle_reply(cc, msg, ml);
+                                                &mp, &scratch);
+            if (rc == 0) handle_reply(cc, mp, msg, ml);
             knit_thrift_writer_free(&scratch);
             if (rc) {
                 knit_transport_close_with(cc->proto.transport, false, KNIT_CLOSE_PROTOCOL_ERROR,
@@ -504,7 +506,7 @@ static void on_data(knit_protocol *proto, knit_buf *in)
                                           rc == KNIT_EEOF ? KNIT_ELIMIT : rc);
                 return;
             }
-            handle_reply(cc, p, n);
+            handle_reply(cc, cl->o.proto, p, n);
             knit_buf_consume(in, n);
         }
     }

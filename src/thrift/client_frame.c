@@ -123,7 +123,7 @@ int knit__thrift_cframe_end(const knit__thrift_cframe *f, knit_thrift_writer *w,
 
 int knit__thrift_cframe_unwrap(const knit__thrift_cframe *f, const uint8_t *frame, size_t len,
                                size_t max, const uint8_t **msg, size_t *mlen,
-                               knit_thrift_writer *scratch)
+                               knit_thrift_proto *proto, knit_thrift_writer *scratch)
 {
     if (!f || !knit_thrift_is_header_frame(frame, len)) { /* a plain frame */
         *msg = frame;
@@ -133,7 +133,7 @@ int knit__thrift_cframe_unwrap(const knit__thrift_cframe *f, const uint8_t *fram
     knit_thrift_header h;
     int rc = knit_thrift_header_parse(frame, len, &h);
     if (rc) return rc;
-    if (h.proto != f->proto) return KNIT_ETHRIFT;
+    *proto = h.proto; /* Apache's C++ THeader server answers binary to compact calls */
     if (!h.zlib) {
         *msg = h.payload;
         *mlen = h.payload_len;

@@ -24,10 +24,13 @@ int knit__thrift_cframe_end(const knit__thrift_cframe *f, knit_thrift_writer *w,
 
 /* on_data, for each reply frame FRAME[0, LEN) (after its length): the
  * message in it, in *MSG / *MLEN (pointing into FRAME or into SCRATCH, an
- * initialised writer the caller frees). 0 or KNIT_ETHRIFT / KNIT_ELIMIT /
- * KNIT_ENOTSUP / KNIT_ENOMEM (close the connection). */
+ * initialised writer the caller frees), and for a THeader reply its
+ * protocol in *PROTO (left alone otherwise: a THeader server may answer in
+ * another protocol than the call's, as Apache's C++ one does). 0 or
+ * KNIT_ETHRIFT / KNIT_ELIMIT / KNIT_ENOTSUP / KNIT_ENOMEM (close the
+ * connection). */
 int knit__thrift_cframe_unwrap(const knit__thrift_cframe *f, const uint8_t *frame, size_t len,
                                size_t max, const uint8_t **msg, size_t *mlen,
-                               knit_thrift_writer *scratch);
+                               knit_thrift_proto *proto, knit_thrift_writer *scratch);
 
 #endif
