@@ -1287,7 +1287,10 @@ static void test_unframed_large_message_in_pieces(void **state)
     size_t n = 17 + FIELDS * 4 + 1;
     unsigned char *m = malloc(n), *q = m;
     /* "later" is asynchronous (answered on the reactor), so no pool is needed */
-    memcpy(q, "\x80\x01\x00\x01\x00\x00\x00\x05" "later\x00\x00\x00\x01", 17);
+    memcpy(q,
+           "\x80\x01\x00\x01\x00\x00\x00\x05"
+           "later\x00\x00\x00\x01",
+           17);
     q += 17;
     for (int i = 0; i < FIELDS; i++) { /* byte field id 9 (unknown: skipped) */
         *q++ = 3;
@@ -1439,8 +1442,9 @@ static void expect_sum(outcome *o, int64_t want)
 static void test_client_unframed_reply_in_pieces_is_linear(void **state)
 {
     (void)state;
-    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
-    for (int pi = 0; pi < 2; pi++) {
+    static const char *const pnames[] = {"binary", "compact", "json"};
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT, KNIT_THRIFT_JSON};
+    for (int pi = 0; pi < 3; pi++) {
         detached d;
         detached_up(&d, protos[pi], true);
         outcome o;
@@ -1456,8 +1460,8 @@ static void test_client_unframed_reply_in_pieces_is_linear(void **state)
         }
         expect_sum(&o, 42);
         uint64_t walked = knit__thrift_client_scan_bytes(d.cl);
-        print_message("%s: %zu-byte reply in %zu pieces, %llu bytes walked\n",
-                      pi ? "compact" : "binary", n, pieces, (unsigned long long)walked);
+        print_message("%s: %zu-byte reply in %zu pieces, %llu bytes walked\n", pnames[pi], n,
+                      pieces, (unsigned long long)walked);
         /* each byte once; the old rescanning walked about n * pieces / 2 */
         assert_true(walked == n);
         assert_false(knit_transport_closing(d.t));
@@ -1472,8 +1476,9 @@ static void test_client_unframed_reply_in_pieces_is_linear(void **state)
 static void test_client_unframed_reply_every_split(void **state)
 {
     (void)state;
-    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
-    for (int pi = 0; pi < 2; pi++) {
+    /* JSON too: its closing '}' and ']' may be the bytes that arrive last */
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT, KNIT_THRIFT_JSON};
+    for (int pi = 0; pi < 3; pi++) {
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, protos[pi]);
         add_reply(&w, 0, 3, true, 7);
@@ -1541,8 +1546,8 @@ static void test_client_unframed_reply_malformed(void **state)
 static void test_scan_matches_skip(void **state)
 {
     (void)state;
-    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
-    for (int pi = 0; pi < 2; pi++) {
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT, KNIT_THRIFT_JSON};
+    for (int pi = 0; pi < 3; pi++) {
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, protos[pi]);
         add_reply(&w, 5, 2, true, 1);
@@ -1562,6 +1567,7 @@ static void test_scan_matches_skip(void **state)
             int32_t seq;
             int want = knit_thrift_read_message_begin(&r, &name, &nl, &t, &seq);
             if (!want) want = knit_thrift_skip(&r, KNIT_TT_STRUCT);
+            if (!want) want = knit_thrift_read_message_end(&r); /* JSON's ']' */
             assert_int_equal(rc, want);
             if (k < n) assert_int_equal(rc, KNIT_EEOF);
             if (rc == 0) assert_int_equal(got, (size_t)(r.p - copy));
@@ -1821,6 +1827,45 @@ static void theader_wrap(knit_thrift_writer *w, int32_t seqid, bool zlib,
     {                                                                                              \
         k, sizeof k - 1, v, sizeof v - 1                                                           \
     }
+
+/* Apache's C++ THeader server answers a compact call in binary (its frame
+ * says so: protocol id 0). The client refused such a reply as a protocol
+ * error; a THeader reply is read in the protocol its header names. */
+static void test_client_theader_reply_in_other_protocol(void **state)
+{
+    (void)state;
+    detached d;
+    d.clk = knit_clock_fake_new(0);
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = d.clk;
+    assert_int_equal(knit_reactor_new(&d.r, &ro), 0);
+    knit_thrift_client_options co;
+    knit_thrift_client_options_init(&co);
+    co.endpoint = "tcp:127.0.0.1:9"; /* never dialled */
+    co.proto = KNIT_THRIFT_COMPACT;
+    co.header = true;
+    co.timeout = 0;
+    assert_int_equal(knit__thrift_client_new_detached(d.r, &co, &d.cl), 0);
+    assert_int_equal(knit_memory_transport_new(knit__thrift_client_protocol(d.cl, 0), &d.t), 0);
+    outcome o;
+    call_add(d.cl, 40, 2, &o);
+    knit_buf *out = knit_memory_transport_output(d.t);
+    assert_true(knit_buf_len(out) > 14);
+    knit_thrift_header h;
+    const uint8_t *sent = knit_buf_data(out);
+    assert_int_equal(knit_thrift_header_parse(sent + 4, knit_buf_len(out) - 4, &h), 0);
+    assert_int_equal(h.proto, KNIT_THRIFT_COMPACT); /* the call: compact in THeader */
+    knit_thrift_writer w;
+    knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
+    add_reply(&w, h.seqid, 0, false, 42);
+    theader_wrap(&w, h.seqid, false, NULL, 0);
+    knit_memory_transport_feed(d.t, w.data, w.len);
+    knit_thrift_writer_free(&w);
+    expect_sum(&o, 42);
+    assert_false(knit_transport_closing(d.t));
+    detached_down(&d);
+}
 
 /* Issue 13, fault 1: a multiplexed call is answered with the method name
  * alone — Apache's C++ and Java clients skip a reply named "Other:hello" and
@@ -2539,6 +2584,7 @@ int main(void)
         cmocka_unit_test(test_deadline_expires_in_queue),
         cmocka_unit_test(test_queue_timeout),
         cmocka_unit_test(test_http_route),
+        cmocka_unit_test(test_client_theader_reply_in_other_protocol),
         cmocka_unit_test(test_client_down_names_cause_and_recovers_at_once),
         cmocka_unit_test(test_client_fail_fast),
     };
