@@ -101,10 +101,9 @@ static int cmp64(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(
-            stderr,
-            "usage: thrift-load PORT CONNS SECONDS add|echo SIZE|sleep_us US [binary|compact] "
-            "[header]\n");
+        fprintf(stderr,
+                "usage: thrift-load PORT CONNS SECONDS add|echo SIZE|sleep_us US [binary|compact] "
+                "[header]\n");
         return 2;
     }
     int port = atoi(argv[1]);
