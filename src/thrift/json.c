@@ -190,7 +190,7 @@ static void string_body(knit_thrift_writer *w, const uint8_t *p, size_t len)
         }
         put(w, e, en);
     }
-    put(w, p + len - run, run);
+    if (run) put(w, p + len - run, run); /* an empty string may have P NULL */
     putc_(w, '"');
 }
 

@@ -726,6 +726,33 @@ static void test_compact_list_bool_type_codes(void **state)
     knit_thrift_writer_free(&w);
 }
 
+/* An empty string whose pointer is NULL (an unset knit_tstr) is written as
+ * "" in every protocol. JSON added NULL + 0 (UBSan: "applying zero offset to
+ * null pointer"; found by fuzz_thrift_json). Run under ASan+UBSan. */
+static void test_empty_string_null_pointer(void **state)
+{
+    (void)state;
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT, KNIT_THRIFT_JSON};
+    for (int i = 0; i < 3; i++) {
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, protos[i]);
+        knit_thrift_write_binary(&w, NULL, 0);
+        assert_int_equal(w.err, 0);
+        knit_thrift_reader r;
+        knit_thrift_reader_init(&r, protos[i], w.data, w.len);
+        const uint8_t *p;
+        size_t n = 99;
+        assert_int_equal(knit_thrift_read_binary(&r, &p, &n), 0);
+        assert_int_equal(n, 0);
+        assert_int_equal(knit_thrift_reader_remaining(&r), 0);
+        if (protos[i] == KNIT_THRIFT_JSON) assert_memory_equal(w.data, "\"\"", 2);
+        knit_thrift_writer_reset(&w);
+        knit_thrift_write_bytes(&w, NULL, 0); /* base64 in JSON */
+        assert_int_equal(w.err, 0);
+        knit_thrift_writer_free(&w);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -741,6 +768,7 @@ int main(void)
         cmocka_unit_test(test_detect),
         cmocka_unit_test(test_writer_take_and_reset),
         cmocka_unit_test(test_compact_list_bool_type_codes),
+        cmocka_unit_test(test_empty_string_null_pointer),
     };
     return KNIT_RUN_TESTS(tests);
 }
