@@ -1,6 +1,6 @@
 /* thrift-load — a Thrift load generator for bench/thrift.
  *
- *   thrift-load PORT CONNS SECONDS METHOD [ARG] [binary|compact]
+ *   thrift-load PORT CONNS SECONDS METHOD [ARG] [binary|compact] [header]
  *     METHOD add            add(1, 2)
  *            echo SIZE      echo of SIZE bytes
  *            sleep_us US    sleep_us(US)
@@ -13,6 +13,8 @@
  * Replies are checked to be REPLY messages with the right seqid. Each
  * connection encodes its request once and resends the same bytes (one call
  * outstanding per connection, so the constant seqid is unambiguous).
+ * "header": the calls go in THeader frames (the protocol inside, no info
+ * headers) and the replies' THeader frames are checked the same way.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -39,6 +41,7 @@ typedef struct lconn {
 } lconn;
 
 static knit_thrift_proto proto = KNIT_THRIFT_BINARY;
+static bool header;
 static const char *method;
 static long arg;
 
@@ -77,6 +80,13 @@ static void build_request(lconn *c)
     knit_thrift_write_field_stop(&w);
     knit_thrift_write_struct_end(&w);
     knit_thrift_put_be32(w.data, (uint32_t)(w.len - 4));
+    if (header) {
+        knit_thrift_writer h;
+        knit_thrift_writer_init(&h, proto);
+        knit_thrift_header_write(&h, 0, c->seqid, proto, false, NULL, 0, w.data + 4, w.len - 4);
+        knit_thrift_writer_free(&w);
+        w = h;
+    }
     free(c->req);
     c->req = knit_thrift_writer_take(&w, &c->req_len);
     c->sent = 0;
@@ -91,9 +101,9 @@ static int cmp64(const void *a, const void *b)
 int main(int argc, char **argv)
 {
     if (argc < 5) {
-        fprintf(
-            stderr,
-            "usage: thrift-load PORT CONNS SECONDS add|echo SIZE|sleep_us US [binary|compact]\n");
+        fprintf(stderr,
+                "usage: thrift-load PORT CONNS SECONDS add|echo SIZE|sleep_us US [binary|compact] "
+                "[header]\n");
         return 2;
     }
     int port = atoi(argv[1]);
@@ -102,7 +112,10 @@ int main(int argc, char **argv)
     method = argv[4];
     int ai = 5;
     if (strcmp(method, "add") != 0) arg = argc > ai ? atol(argv[ai++]) : 0;
-    if (argc > ai && strcmp(argv[ai], "compact") == 0) proto = KNIT_THRIFT_COMPACT;
+    for (; ai < argc; ai++) {
+        if (strcmp(argv[ai], "compact") == 0) proto = KNIT_THRIFT_COMPACT;
+        if (strcmp(argv[ai], "header") == 0) header = true;
+    }
 
     int ep = epoll_create1(0);
     lconn *cs = calloc((size_t)nconns, sizeof *cs);
@@ -164,8 +177,19 @@ int main(int argc, char **argv)
             uint32_t fl = knit_thrift_get_be32(c->in);
             if (c->in_len < 4 + (size_t)fl) continue;
             int64_t done = now_ns();
+            const uint8_t *msg = c->in + 4;
+            size_t ml = fl;
+            knit_thrift_header hd;
+            if (header) {
+                if (knit_thrift_header_parse(msg, ml, &hd) == 0 && !hd.zlib) {
+                    msg = hd.payload;
+                    ml = hd.payload_len;
+                } else {
+                    ml = 0; /* counted as an error below */
+                }
+            }
             knit_thrift_reader rd;
-            knit_thrift_reader_init(&rd, proto, c->in + 4, fl);
+            knit_thrift_reader_init(&rd, proto, msg, ml);
             const char *nm;
             size_t nl;
             knit_thrift_msg_type mt;

@@ -2,8 +2,13 @@
  * server (used by tests/integration/test_thrift_interop.py to call Apache
  * Thrift's Python and C++ servers).
  *
- *   knit-thrift-bench-client ENDPOINT binary|compact framed|unframed
+ *   knit-thrift-bench-client [--service=NAME] ENDPOINT binary|compact|json
+ *                            framed|unframed|header|header-zlib
  *                            [USER PASSWORD]       (SASL PLAIN when given)
+ *
+ * --service=NAME: multiplexed calls ("NAME:add"). header: THeader frames
+ * (the protocol inside, an info header x-from=knit and client_timeout);
+ * header-zlib: THeader with the zlib transform.
  *
  * Pipelines 100 add calls and a 1 MiB echo on one connection, calls
  * sleep_us(500), prints "ok" and exits 0 when every answer was right.
@@ -53,8 +58,15 @@ static void got_error(knit_result *res, void *arg)
 
 int main(int argc, char **argv)
 {
+    const char *service = NULL;
+    if (argc > 1 && strncmp(argv[1], "--service=", 10) == 0) {
+        service = argv[1] + 10;
+        argv++;
+        argc--;
+    }
     if (argc < 4) {
-        fprintf(stderr, "usage: knit-thrift-bench-client ENDPOINT binary|compact framed|unframed "
+        fprintf(stderr, "usage: knit-thrift-bench-client [--service=NAME] ENDPOINT "
+                        "binary|compact|json framed|unframed|header|header-zlib "
                         "[USER PASSWORD]\n");
         return 2;
     }
@@ -63,8 +75,18 @@ int main(int argc, char **argv)
     knit_thrift_client_options o;
     knit_thrift_client_options_init(&o);
     o.endpoint = argv[1];
-    o.proto = strcmp(argv[2], "compact") == 0 ? KNIT_THRIFT_COMPACT : KNIT_THRIFT_BINARY;
+    o.proto = strcmp(argv[2], "compact") == 0 ? KNIT_THRIFT_COMPACT
+              : strcmp(argv[2], "json") == 0  ? KNIT_THRIFT_JSON
+                                              : KNIT_THRIFT_BINARY;
     o.unframed = strcmp(argv[3], "unframed") == 0;
+    o.header = strncmp(argv[3], "header", 6) == 0;
+    o.header_zlib = strcmp(argv[3], "header-zlib") == 0;
+    static const knit_thrift_header_kv from = {"x-from", 6, "knit", 4};
+    if (o.header) {
+        o.headers = &from;
+        o.nheaders = 1;
+    }
+    o.service = service;
     o.timeout = KNIT_SEC(20);
     knit_thrift_sasl_options so;
     if (argc >= 6) {

@@ -3,7 +3,8 @@
  *
  *   knit-thrift-bench --thrift=tcp:9090:interface=127.0.0.1 --threads=4
  *                     [--protocol=binary|compact] [--mode=pool|inline]
- *                     [--queue=N] [--sasl-db=PATH]
+ *                     [--queue=N] [--sasl-db=PATH] [--multiplex]
+ *                     [--http=ENDPOINT] [--queue-timeout=DURATION]
  *
  * Every handler is a plain blocking function run on the pool (--mode=pool,
  * the default). --mode=inline runs echo and add on the reactor as
@@ -11,6 +12,14 @@
  * worker. The server accepts framed and unframed, binary and compact, and
  * SASL (PLAIN, SCRAM-SHA-256 when --sasl-db is given) on the same port;
  * --protocol only says what the benchmark clients are expected to use.
+ * Also THeader and JSON on the same port. --multiplex says that Bench is to
+ * be reached under the multiplexed name too ("Bench:add"; the server
+ * routes "SERVICE:method" by the processor's service name whether or not
+ * the flag is given: it is accepted for the benchmark scripts and Apache's
+ * test-server command lines, and changes nothing).
+ * --http=ENDPOINT serves the same processor over HTTP (POST /thrift, any
+ * Thrift protocol; prints "http on PORT"). --queue-timeout sheds calls that
+ * waited longer for a worker (TApplicationException TIMEOUT).
  * Prints "listening on PORT" once ready; SIGTERM/SIGINT stop it.
  *
  * The process sets its timer slack to 1 ns before starting the workers (they
@@ -28,6 +37,7 @@
 #include "bench_thrift.h"
 #include "knit/deferred.h"
 #include "knit/flag.h"
+#include "knit/http.h"
 #include "knit/log.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
@@ -46,6 +56,12 @@ static const knit_flag_def bench_flags[] = {
                   .choices = modes),
     KNIT_FLAG_DEF("queue", KNIT_FLAG_INT64, "4096", "pool queue length (LOADSHEDDING beyond it)"),
     KNIT_FLAG_DEF("sasl-db", KNIT_FLAG_STRING, "", "sasldb file: accept SASL PLAIN/SCRAM-SHA-256"),
+    KNIT_FLAG_DEF("multiplex", KNIT_FLAG_BOOL, "false",
+                  "serve Bench under the multiplexed name \"Bench\" too (always on)"),
+    KNIT_FLAG_DEF("http", KNIT_FLAG_ENDPOINT, "",
+                  "also serve Bench over HTTP here (POST /thrift); empty: no HTTP"),
+    KNIT_FLAG_DEF("queue-timeout", KNIT_FLAG_DURATION, "0s",
+                  "answer TIMEOUT to calls that waited longer than this for a worker (0: never)"),
     KNIT_FLAG_DEF("spin", KNIT_FLAG_DURATION, "20us",
                   "pool workers spin this long before sleeping"),
 };
@@ -159,6 +175,7 @@ int main(int argc, char **argv)
     knit_thrift_server_options_init(&o);
     o.pool = pool;
     if (db && *db) o.sasl = &so;
+    o.queue_timeout = knit_flags_duration(fs, "queue-timeout");
     knit_thrift_server *srv;
     if (knit_thrift_server_new(r, &o, &srv) != 0 || knit_thrift_server_add(srv, &proc) != 0)
         return 1;
@@ -172,8 +189,20 @@ int main(int argc, char **argv)
     unsigned port =
         a.u.sa.sa_family == AF_INET6 ? ntohs(a.u.in6.sin6_port) : ntohs(a.u.in.sin_port);
     printf("listening on %u\n", port);
+    knit_http_server *hs = NULL;
+    const char *http = knit_flags_string(fs, "http");
+    if (http && *http) {
+        if (knit_http_server_new(r, NULL, &hs) != 0 ||
+            knit_thrift_server_http_route(srv, hs, "/thrift") != 0 ||
+            knit_http_listen(hs, http, err, sizeof err) != 0) {
+            fprintf(stderr, "knit-thrift-bench: http: %s\n", hs ? err : "cannot start");
+            return 1;
+        }
+        printf("http on %u\n", knit_http_port(hs, 0));
+    }
     fflush(stdout);
     knit_reactor_run(r);
+    knit_http_server_free(hs); /* before the Thrift server: the route borrows it */
     knit_thrift_server_close(srv);
     knit_pool_free(pool);
     knit_signal_stop(s1);

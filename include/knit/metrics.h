@@ -205,6 +205,7 @@ int knit_metrics_remove_collector(knit_metrics *m, knit_metrics_collect_fn fn, v
 struct knit_reactor;
 struct knit_pool;
 struct knit_http_server;
+struct knit_thrift_server;
 
 /* Each collector below exports another module's statistics and is keyed by
  * the object it watches; remove it (or free the registry) before freeing
@@ -243,6 +244,18 @@ int knit_metrics_remove_pool(knit_metrics *m, struct knit_pool *p);
 int knit_metrics_add_http(knit_metrics *m, struct knit_reactor *r, const struct knit_http_server *s,
                           const char *name);
 int knit_metrics_remove_http(knit_metrics *m, const struct knit_http_server *s);
+
+/* Thrift server on reactor R, labelled server="NAME" (NULL: "thrift"):
+ * counters knit_thrift_connections_total, _calls_total, _replies_total,
+ * _app_exceptions_total, _shed_total (LOADSHEDDING), _deadline_expired_total
+ * and _queue_timeouts_total (TIMEOUT answers: client_timeout passed in the
+ * queue / waited longer than queue_timeout), _protocol_errors_total,
+ * _sasl_failures_total, _idle_closed_total, _header_frames_total,
+ * _http_requests_total; gauges knit_thrift_connections_open,
+ * knit_thrift_calls_in_flight. Reactor-owned like the HTTP server's. */
+int knit_metrics_add_thrift(knit_metrics *m, struct knit_reactor *r,
+                            const struct knit_thrift_server *s, const char *name);
+int knit_metrics_remove_thrift(knit_metrics *m, const struct knit_thrift_server *s);
 
 /* HTTP client C (knit/httpc.h), labelled client="NAME" (knit_httpc_name):
  * counter knit_httpc_requests_total{method,class,host} (class "2xx"...,

@@ -1,7 +1,8 @@
-/* knit/thrift.h — Apache Thrift for knit: the binary and compact protocols,
- * framing and transport detection, TApplicationException, the runtime used by
- * knit-thriftc's generated code, the SASL transport, the half-sync/half-async
- * server and the pipelining client.
+/* knit/thrift.h — Apache Thrift for knit: the binary, compact and JSON
+ * protocols, framing, THeader and transport detection,
+ * TApplicationException, the runtime used by knit-thriftc's generated code,
+ * the SASL transport, the half-sync/half-async server (also over HTTP) and
+ * the pipelining client.
  *
  * One include for users, one header per concern inside (each says at its top
  * what it holds, its threads and who owns what, and compiles on its own):
@@ -10,6 +11,7 @@
  *                          framing, transport detection         [any]
  *   knit/thrift/runtime.h  knit_tstr, method descriptors, processors,
  *                          knit_thrift_process, call/reply envelopes  [any]
+ *   knit/thrift/header.h   THeader frames: parse, write, zlib     [any]
  *   knit/thrift/sasl.h     SASL negotiation state machine, wrap/unwrap
  *                                                               one thread per object
  *   knit/thrift/server.h   knit_thrift_server_*                 [reactor]
@@ -24,6 +26,7 @@
 #define KNIT_THRIFT_H
 
 #include "knit/thrift/client.h"
+#include "knit/thrift/header.h"
 #include "knit/thrift/proto.h"
 #include "knit/thrift/runtime.h"
 #include "knit/thrift/sasl.h"

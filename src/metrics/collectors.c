@@ -1,5 +1,5 @@
 /* collectors.c — other modules' statistics as metrics: the reactor, the
- * worker pool and the HTTP server.
+ * worker pool, the HTTP server and the Thrift server.
  *
  * Each collector owns a small state (its series pointers; the series belong
  * to the registry) registered with knit__metrics_add_owned, keyed by the
@@ -19,6 +19,7 @@
 #include "knit/metrics.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
+#include "knit/thrift/server.h"
 #include "metrics/internal.h"
 
 #include <math.h>
@@ -311,6 +312,106 @@ int knit_metrics_add_http(knit_metrics *m, knit_reactor *r, const knit_http_serv
 int knit_metrics_remove_http(knit_metrics *m, const knit_http_server *s)
 {
     return knit__metrics_remove_owned(m, collect_http, (void *)s);
+}
+
+/* ---- thrift ---------------------------------------------------------------------------- */
+
+enum {
+    TC_CONNS,
+    TC_CALLS,
+    TC_REPLIES,
+    TC_APPEX,
+    TC_SHED,
+    TC_EXPIRED,
+    TC_QTIMEOUT,
+    TC_PROTO,
+    TC_SASL,
+    TC_IDLE,
+    TC_HEADER,
+    TC_HTTP,
+    TC_N
+};
+static const def thrift_counters[TC_N] = {
+    {"knit_thrift_connections_total", "Connections accepted."},
+    {"knit_thrift_calls_total", "Calls dispatched."},
+    {"knit_thrift_replies_total", "Replies written (exceptions included)."},
+    {"knit_thrift_app_exceptions_total", "TApplicationExceptions sent."},
+    {"knit_thrift_shed_total", "Calls refused with LOADSHEDDING: the pool queue was full."},
+    {"knit_thrift_deadline_expired_total",
+     "Calls answered TIMEOUT: their client_timeout passed while they waited for a worker."},
+    {"knit_thrift_queue_timeouts_total",
+     "Calls answered TIMEOUT: they waited longer than queue_timeout for a worker."},
+    {"knit_thrift_protocol_errors_total", "Connections closed for malformed input."},
+    {"knit_thrift_sasl_failures_total", "SASL negotiations that failed."},
+    {"knit_thrift_idle_closed_total", "Connections closed for being idle."},
+    {"knit_thrift_header_frames_total", "THeader frames received."},
+    {"knit_thrift_http_requests_total", "Thrift calls received over HTTP."},
+};
+
+typedef struct thrift_state {
+    knit_reactor *r;
+    const knit_thrift_server *s;
+    knit_counter *c[TC_N];
+    knit_gauge *open, *in_flight;
+} thrift_state;
+
+static void collect_thrift(knit_metrics *m, void *arg)
+{
+    (void)m;
+    thrift_state *st = arg;
+    if (!knit_reactor_in_thread(st->r)) return;
+    knit_thrift_server_stats s;
+    knit_thrift_server_get_stats(st->s, &s);
+    const uint64_t v[TC_N] = {
+        [TC_CONNS] = s.connections,
+        [TC_CALLS] = s.calls,
+        [TC_REPLIES] = s.replies,
+        [TC_APPEX] = s.app_exceptions,
+        [TC_SHED] = s.shed,
+        [TC_EXPIRED] = s.expired,
+        [TC_QTIMEOUT] = s.queue_timeouts,
+        [TC_PROTO] = s.protocol_errors,
+        [TC_SASL] = s.sasl_failures,
+        [TC_IDLE] = s.idle_closed,
+        [TC_HEADER] = s.header_calls,
+        [TC_HTTP] = s.http_calls,
+    };
+    for (int i = 0; i < TC_N; i++)
+        knit_counter_set_total(st->c[i], v[i]);
+    knit_gauge_set(st->open, (double)s.open);
+    knit_gauge_set(st->in_flight, (double)s.in_flight);
+}
+
+int knit_metrics_add_thrift(knit_metrics *m, knit_reactor *r, const knit_thrift_server *s,
+                            const char *name)
+{
+    thrift_state *st = calloc(1, sizeof *st);
+    if (!st) return KNIT_ENOMEM;
+    st->r = r;
+    st->s = s;
+    if (!name) name = "thrift";
+    int rc = series(m, thrift_counters, TC_N, 'c', "server", name, (void **)st->c);
+    knit_metric *f;
+    if (rc == 0)
+        rc = knit_metrics_gauge(m, "knit_thrift_connections_open", "Connections open now.",
+                                "server", &f);
+    if (rc == 0 && !(st->open = knit_gauge_with(f, name))) rc = KNIT_ENOMEM;
+    if (rc == 0)
+        rc = knit_metrics_gauge(m, "knit_thrift_calls_in_flight", "Calls running or queued now.",
+                                "server", &f);
+    if (rc == 0 && !(st->in_flight = knit_gauge_with(f, name))) rc = KNIT_ENOMEM;
+    if (rc == 0) rc = knit__metrics_add_owned(m, collect_thrift, st, (void *)s);
+    if (rc < 0) {
+        free(st);
+        return rc;
+    }
+    collect_thrift(m, st);
+    return 0;
+}
+
+int knit_metrics_remove_thrift(knit_metrics *m, const knit_thrift_server *s)
+{
+    return knit__metrics_remove_owned(m, collect_thrift, (void *)s);
 }
 
 /* ---- the /metrics route ------------------------------------------------------------------ */

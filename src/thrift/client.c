@@ -34,6 +34,7 @@
 #include "knit/endpoint.h"
 #include "knit/log.h"
 #include "knit/pool.h"
+#include "thrift/client_frame.h"
 #include "thrift/client_hooks.h"
 #include "thrift/scan.h"
 
@@ -90,7 +91,8 @@ struct knit_thrift_client {
     unsigned soon;  /* our queued call-soons (they hold the struct) */
     unsigned alive; /* conns whose transport has not reported connection_lost */
     knit_thrift_client_stats st;
-    uint64_t scan_bytes; /* bytes walked by finished unframed scans (tests) */
+    knit__thrift_cframe *frame; /* THeader framing (client_frame.c), NULL: plain */
+    uint64_t scan_bytes;        /* bytes walked by finished unframed scans (tests) */
 };
 
 static void flush_waiting(knit_thrift_client *cl);
@@ -377,11 +379,12 @@ static void cs_state(knit_client_service *cs, knit_client_state st, void *arg)
 
 /* ---- replies ----------------------------------------------------------------------- */
 
-static void handle_reply(cconn *cc, const uint8_t *msg, size_t len)
+/* A reply MSG[0, LEN) in PROTO (the client's, or what a THeader reply says). */
+static void handle_reply(cconn *cc, knit_thrift_proto proto, const uint8_t *msg, size_t len)
 {
     knit_thrift_client *cl = cc->cl;
     knit_thrift_reader r;
-    knit_thrift_reader_init(&r, cl->o.proto, msg, len);
+    knit_thrift_reader_init(&r, proto, msg, len);
     const char *name;
     size_t nl;
     knit_thrift_msg_type type;
@@ -405,7 +408,7 @@ static void handle_reply(cconn *cc, const uint8_t *msg, size_t len)
     int32_t at = 0;
     knit_tstr amsg = {0};
     int32_t seq2;
-    int rc = knit_thrift_decode_reply(p->m, cl->o.proto, msg, len, &seq2, res, &at, &amsg);
+    int rc = knit_thrift_decode_reply(p->m, proto, msg, len, &seq2, res, &at, &amsg);
     knit_deferred *d = p->d;
     knit_deferred_set_canceller(d, NULL, NULL);
     if (rc == 0) {
@@ -463,7 +466,7 @@ static void on_data(knit_protocol *proto, knit_buf *in)
                                           rc);
                 return;
             }
-            handle_reply(cc, msg, ml);
+            handle_reply(cc, cl->o.proto, msg, ml);
             knit_buf_consume(in, used);
         } else if (!cl->o.unframed) {
             if (len < 4) return;
@@ -474,7 +477,20 @@ static void on_data(knit_protocol *proto, knit_buf *in)
                 return;
             }
             if (len - 4 < n) return;
-            handle_reply(cc, p + 4, n);
+            const uint8_t *msg;
+            size_t ml;
+            knit_thrift_writer scratch;
+            knit_thrift_writer_init(&scratch, cl->o.proto);
+            knit_thrift_proto mp = cl->o.proto;
+            int rc = knit__thrift_cframe_unwrap(cl->frame, p + 4, n, cl->o.max_frame, &msg, &ml,
+                                                &mp, &scratch);
+            if (rc == 0) handle_reply(cc, mp, msg, ml);
+            knit_thrift_writer_free(&scratch);
+            if (rc) {
+                knit_transport_close_with(cc->proto.transport, false, KNIT_CLOSE_PROTOCOL_ERROR,
+                                          rc);
+                return;
+            }
             knit_buf_consume(in, 4 + (size_t)n);
         } else {
             /* Unframed: walk the reply to find its end, resuming where the
@@ -490,7 +506,7 @@ static void on_data(knit_protocol *proto, knit_buf *in)
                                           rc == KNIT_EEOF ? KNIT_ELIMIT : rc);
                 return;
             }
-            handle_reply(cc, p, n);
+            handle_reply(cc, cl->o.proto, p, n);
             knit_buf_consume(in, n);
         }
     }
@@ -504,6 +520,7 @@ static void client_maybe_free(knit_thrift_client *cl)
     free(cl->conns);
     free(cl->endpoint);
     free(cl->prefix);
+    knit__thrift_cframe_free(cl->frame);
     free(cl);
 }
 
@@ -643,6 +660,7 @@ static void client_release(knit_thrift_client *cl)
     free(cl->conns);
     free(cl->endpoint);
     free(cl->prefix);
+    knit__thrift_cframe_free(cl->frame);
     free(cl);
 }
 
@@ -686,10 +704,12 @@ static int client_create(knit_reactor *r, const knit_thrift_client_options *o, b
     cl->nconns = cl->o.connections;
     cl->conns = calloc(cl->nconns, sizeof *cl->conns);
     int rc = knit_dqueue_new(&cl->waitq, 1, cl->o.max_waiting, NULL);
-    if (rc || !cl->endpoint || !cl->conns || (o->service && !cl->prefix)) {
+    int frc = knit__thrift_cframe_new(&cl->o, &cl->frame);
+    if (rc || frc || !cl->endpoint || !cl->conns || (o->service && !cl->prefix)) {
         client_release(cl);
-        return KNIT_ENOMEM;
+        return frc && frc != KNIT_ENOMEM ? frc : KNIT_ENOMEM;
     }
+    if (cl->frame) cl->o.unframed = false;
     knit_client_options co;
     knit_client_options_init(&co);
     co.backoff.initial = cl->o.backoff_initial;
@@ -828,14 +848,13 @@ int knit_thrift_client_call(knit_thrift_client *cl, const knit_thrift_method *m,
     if (cl->next_seqid < 0) cl->next_seqid = 0;
     knit_thrift_writer w;
     knit_thrift_writer_init(&w, cl->o.proto);
-    static const uint8_t zero[4];
-    knit_thrift_write_raw(&w, zero, 4);
+    knit__thrift_cframe_begin(cl->frame, &w);
     int rc = knit_thrift_encode_call(&w, m, cl->prefix, seqid, args);
+    if (!rc) rc = knit__thrift_cframe_end(cl->frame, &w, seqid);
     if (rc) {
         knit_thrift_writer_free(&w);
         return rc;
     }
-    knit_thrift_put_be32(w.data, (uint32_t)(w.len - 4));
     pending *p = calloc(1, sizeof *p);
     if (!p) {
         knit_thrift_writer_free(&w);

@@ -3,7 +3,8 @@
  * Owns: writer buffer growth, message headers, compact field headers,
  * container headers (where sizes are checked against the bytes left), skip,
  * TApplicationException, and first-bytes transport detection. The per-value
- * encoders and decoders are inline in include/knit/thrift.h.
+ * encoders and decoders are inline in include/knit/thrift/proto.h; JSON's
+ * are in json.c.
  *
  * Invariant: nothing here allocates based on a size read from the input, and
  * nothing reads past reader->end. Every container header proves that the
@@ -15,6 +16,8 @@
 #include "knit/thrift/proto.h"
 
 #include <stdlib.h>
+
+#include "thrift/json_int.h"
 
 /* ---- writer ------------------------------------------------------------------ */
 
@@ -31,6 +34,7 @@ void knit_thrift_writer_reset(knit_thrift_writer *w)
     w->_depth = 0;
     w->_last_fid = 0;
     w->_bool_pending = false;
+    w->_jdepth = 0;
 }
 
 void knit_thrift_writer_free(knit_thrift_writer *w)
@@ -80,7 +84,9 @@ int knit__thrift_writer_grow(knit_thrift_writer *w, size_t n)
 void knit_thrift_write_message_begin(knit_thrift_writer *w, const char *name, size_t name_len,
                                      knit_thrift_msg_type type, int32_t seqid)
 {
-    if (w->proto == KNIT_THRIFT_BINARY) {
+    if (w->proto == KNIT_THRIFT_JSON) {
+        knit__tw_json_message_begin(w, name, name_len, type, seqid);
+    } else if (w->proto == KNIT_THRIFT_BINARY) {
         knit__tw_be32(w, 0x80010000u | (uint32_t)type);
         knit_thrift_write_binary(w, name, name_len);
         knit__tw_be32(w, (uint32_t)seqid);
@@ -166,6 +172,7 @@ static bool ttype_valid(unsigned t)
 /* Smallest encoding of one value of type T, in bytes. */
 static size_t min_size(knit_thrift_proto proto, knit_thrift_type t)
 {
+    if (proto == KNIT_THRIFT_JSON) return 1; /* "1", and a ',' before it */
     switch (t) {
     case KNIT_TT_BOOL:
     case KNIT_TT_BYTE:
@@ -193,6 +200,7 @@ static size_t min_size(knit_thrift_proto proto, knit_thrift_type t)
 
 int knit__thrift_read_field_begin_slow(knit_thrift_reader *r, knit_thrift_type *type, int16_t *id)
 {
+    if (r->proto == KNIT_THRIFT_JSON) return knit__tr_json_field_begin(r, type, id);
     /* compact */
     if (r->p >= r->end) return KNIT_EEOF;
     uint8_t b = *r->p++;
@@ -232,7 +240,10 @@ int knit_thrift_read_map_begin(knit_thrift_reader *r, knit_thrift_type *ktype,
     uint32_t n;
     unsigned kt, vt;
     if (r->_depth >= KNIT_THRIFT_MAX_DEPTH) return KNIT_ELIMIT;
-    if (r->proto == KNIT_THRIFT_BINARY) {
+    if (r->proto == KNIT_THRIFT_JSON) {
+        int rc = knit__tr_json_map_begin(r, &kt, &vt, &n);
+        if (rc) return rc;
+    } else if (r->proto == KNIT_THRIFT_BINARY) {
         if (r->end - r->p < 6) return KNIT_EEOF;
         kt = r->p[0];
         vt = r->p[1];
@@ -274,7 +285,10 @@ int knit_thrift_read_list_begin(knit_thrift_reader *r, knit_thrift_type *etype, 
     uint32_t n;
     unsigned et;
     if (r->_depth >= KNIT_THRIFT_MAX_DEPTH) return KNIT_ELIMIT;
-    if (r->proto == KNIT_THRIFT_BINARY) {
+    if (r->proto == KNIT_THRIFT_JSON) {
+        int rc = knit__tr_json_list_begin(r, &et, &n);
+        if (rc) return rc;
+    } else if (r->proto == KNIT_THRIFT_BINARY) {
         if (r->end - r->p < 5) return KNIT_EEOF;
         et = r->p[0];
         n = knit_thrift_get_be32(r->p + 1);
@@ -309,7 +323,9 @@ int knit_thrift_read_message_begin(knit_thrift_reader *r, const char **name, siz
     unsigned t;
     const uint8_t *np;
     size_t nl;
-    if (r->proto == KNIT_THRIFT_BINARY) {
+    if (r->proto == KNIT_THRIFT_JSON) {
+        if ((rc = knit__tr_json_message_begin(r, &np, &nl, &t, seqid))) return rc;
+    } else if (r->proto == KNIT_THRIFT_BINARY) {
         if (r->end - r->p < 4) return KNIT_EEOF;
         uint32_t v = knit_thrift_get_be32(r->p);
         if (v & 0x80000000u) {
@@ -373,6 +389,7 @@ int knit_thrift_skip(knit_thrift_reader *r, knit_thrift_type type)
         return knit_thrift_read_double(r, &v);
     }
     case KNIT_TT_STRING: {
+        if (r->proto == KNIT_THRIFT_JSON) return knit__tr_json_skip_string(r);
         const uint8_t *p;
         size_t n;
         return knit_thrift_read_binary(r, &p, &n);
@@ -422,9 +439,11 @@ void knit_thrift_write_app_exception(knit_thrift_writer *w, const char *method, 
     if (message) {
         knit_thrift_write_field_begin(w, KNIT_TT_STRING, 1);
         knit_thrift_write_string(w, message);
+        knit_thrift_write_field_end(w);
     }
     knit_thrift_write_field_begin(w, KNIT_TT_I32, 2);
     knit_thrift_write_i32(w, (int32_t)type);
+    knit_thrift_write_field_end(w);
     knit_thrift_write_field_stop(w);
     knit_thrift_write_struct_end(w);
     knit_thrift_write_message_end(w);
@@ -445,7 +464,13 @@ int knit_thrift_read_app_exception(knit_thrift_reader *r, int32_t *type, const c
         if (ft == KNIT_TT_STOP) break;
         if (id == 1 && ft == KNIT_TT_STRING) {
             const uint8_t *p;
-            if ((rc = knit_thrift_read_binary(r, &p, message_len))) return rc;
+            rc = knit_thrift_read_binary(r, &p, message_len);
+            if (rc == KNIT_ENOTSUP && r->proto == KNIT_THRIFT_JSON) {
+                *message_len = 0; /* escaped: not zero-copy (see the header) */
+                if ((rc = knit__tr_json_skip_string(r))) return rc;
+                continue;
+            }
+            if (rc) return rc;
             *message = (const char *)p;
         } else if (id == 2 && ft == KNIT_TT_I32) {
             if ((rc = knit_thrift_read_i32(r, type))) return rc;
@@ -469,7 +494,16 @@ int knit_thrift_detect_proto(const uint8_t *p, size_t len, knit_thrift_proto *pr
         *proto = KNIT_THRIFT_COMPACT;
         return 0;
     }
+    if (p[0] == '[' && p[1] == '1') {
+        *proto = KNIT_THRIFT_JSON;
+        return 0;
+    }
     return KNIT_ETHRIFT;
+}
+
+static bool printable(uint8_t c)
+{
+    return c > 0x20 && c < 0x7f;
 }
 
 knit_thrift_transport knit_thrift_detect(const uint8_t *p, size_t len, knit_thrift_proto *proto)
@@ -477,7 +511,8 @@ knit_thrift_transport knit_thrift_detect(const uint8_t *p, size_t len, knit_thri
     if (len < 1) return KNIT_THRIFT_DETECT_NEED_MORE;
     switch (p[0]) {
     case 0x80:
-    case 0x82: {
+    case 0x82:
+    case '[': {
         int rc = knit_thrift_detect_proto(p, len, proto);
         if (rc == KNIT_EEOF) return KNIT_THRIFT_DETECT_NEED_MORE;
         return rc ? KNIT_THRIFT_DETECT_UNKNOWN : KNIT_THRIFT_UNFRAMED;
@@ -491,11 +526,23 @@ knit_thrift_transport knit_thrift_detect(const uint8_t *p, size_t len, knit_thri
         if (len < 6) return KNIT_THRIFT_DETECT_NEED_MORE;
         int rc = knit_thrift_detect_proto(p + 4, 2, proto);
         if (rc == 0) return KNIT_THRIFT_FRAMED;
+        if (p[4] == 0x0f && p[5] == 0xff) return KNIT_THRIFT_HEADER;
         /* an old non-strict binary message starts with its name's length
          * (a small positive i32): accept it in a frame as binary */
         if (p[4] == 0 && p[5] == 0) {
             *proto = KNIT_THRIFT_BINARY;
             return KNIT_THRIFT_FRAMED;
+        }
+        /* ... and unframed, the name's bytes follow that length at once: no
+         * frame holds a message starting with a printable byte (other than
+         * the '[' of JSON, tested above). A 1-byte name is followed by the
+         * message type. */
+        uint32_t nl = knit_thrift_get_be32(p);
+        if (nl >= 1 && printable(p[4]) &&
+            (nl == 1 ? (p[5] == KNIT_THRIFT_CALL || p[5] == KNIT_THRIFT_ONEWAY)
+                     : printable(p[5]))) {
+            *proto = KNIT_THRIFT_BINARY;
+            return KNIT_THRIFT_UNFRAMED;
         }
         return KNIT_THRIFT_DETECT_UNKNOWN;
     }

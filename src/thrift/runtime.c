@@ -9,6 +9,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "thrift/json_int.h"
+
 int knit_tstr_set(knit_tstr *s, const void *p, size_t len)
 {
     char *n = malloc(len + 1);
@@ -38,11 +40,18 @@ void knit_tstr_free(knit_tstr *s)
 
 int knit_thrift_read_tstr(knit_thrift_reader *r, knit_tstr *s)
 {
+    if (r->proto == KNIT_THRIFT_JSON) return knit__tr_json_tstr(r, s, false);
     const uint8_t *p;
     size_t n;
     int rc = knit_thrift_read_binary(r, &p, &n);
     if (rc) return rc;
     return knit_tstr_set(s, p, n);
+}
+
+int knit_thrift_read_tbytes(knit_thrift_reader *r, knit_tstr *s)
+{
+    if (r->proto == KNIT_THRIFT_JSON) return knit__tr_json_tstr(r, s, true);
+    return knit_thrift_read_tstr(r, s);
 }
 
 const char *knit_thrift_enum_name(const knit_thrift_enum_entry *e, size_t n, int32_t v)
@@ -94,12 +103,9 @@ int knit_thrift_process(const knit_thrift_processor *p, knit_thrift_proto proto,
     int32_t seqid;
     int rc = knit_thrift_read_message_begin(&r, &name, &nl, &type, &seqid);
     if (rc) return rc;
-    if (type != KNIT_THRIFT_CALL && type != KNIT_THRIFT_ONEWAY) {
-        app_error(out, name, nl, seqid, KNIT_TAPP_INVALID_MESSAGE_TYPE, "invalid message type for ",
-                  name, nl, "");
-        return KNIT_ETHRIFT;
-    }
-    /* the multiplexed protocol's "Service:method" */
+    /* the multiplexed protocol's "Service:method": replies carry the method
+     * name alone, as Apache's TMultiplexedProcessor answers (its C++ and Java
+     * clients compare the reply's name with the method's) */
     size_t sl = strlen(p->service);
     const char *mname = name;
     size_t ml = nl;
@@ -107,10 +113,15 @@ int knit_thrift_process(const knit_thrift_processor *p, knit_thrift_proto proto,
         mname += sl + 1;
         ml -= sl + 1;
     }
+    if (type != KNIT_THRIFT_CALL && type != KNIT_THRIFT_ONEWAY) {
+        app_error(out, mname, ml, seqid, KNIT_TAPP_INVALID_MESSAGE_TYPE,
+                  "invalid message type for ", mname, ml, "");
+        return KNIT_ETHRIFT;
+    }
     int i = knit_thrift_processor_find(p, mname, ml);
     if (i < 0 || p->mode(p, (size_t)i) != KNIT_THRIFT_BLOCKING) {
         if (type == KNIT_THRIFT_ONEWAY) return 0;
-        app_error(out, name, nl, seqid, KNIT_TAPP_UNKNOWN_METHOD, "Invalid method name: '", mname,
+        app_error(out, mname, ml, seqid, KNIT_TAPP_UNKNOWN_METHOD, "Invalid method name: '", mname,
                   ml, "'");
         return 0;
     }
@@ -125,20 +136,27 @@ int knit_thrift_process(const knit_thrift_processor *p, knit_thrift_proto proto,
     if ((rc = m->args_init(args))) goto out;
     if ((rc = m->args_read(&r, args))) {
         if (!m->oneway)
-            app_error(out, name, nl, seqid, KNIT_TAPP_PROTOCOL_ERROR, "bad arguments for ", mname,
+            app_error(out, mname, ml, seqid, KNIT_TAPP_PROTOCOL_ERROR, "bad arguments for ", mname,
                       ml, "");
         goto out_args;
     }
     if (res && (rc = m->result_init(res))) goto out_args;
     int hrc = p->call(p, (size_t)i, args, res);
     if (!m->oneway) {
+        size_t mark = out->len;
         if (hrc == 0) {
-            knit_thrift_write_message_begin(out, name, nl, KNIT_THRIFT_REPLY, seqid);
+            knit_thrift_write_message_begin(out, mname, ml, KNIT_THRIFT_REPLY, seqid);
             m->result_write(out, res);
             knit_thrift_write_message_end(out);
-        } else {
+            if (out->err && out->err != KNIT_ENOMEM) { /* a result that cannot be encoded */
+                hrc = out->err;
+                knit_thrift_writer_reset(out);
+                out->len = mark;
+            }
+        }
+        if (hrc != 0) {
             const char *e = knit_strerror(hrc);
-            app_error(out, name, nl, seqid, KNIT_TAPP_INTERNAL_ERROR, "", e, strlen(e), "");
+            app_error(out, mname, ml, seqid, KNIT_TAPP_INTERNAL_ERROR, "", e, strlen(e), "");
         }
         m->result_free(res);
     }
@@ -184,12 +202,36 @@ int knit_thrift_decode_reply(const knit_thrift_method *m, knit_thrift_proto prot
     int rc = knit_thrift_read_message_begin(&r, &name, &nl, &type, seqid);
     if (rc) return rc;
     if (type == KNIT_THRIFT_EXCEPTION) {
-        const char *msg;
-        size_t ml;
-        int32_t at;
-        if ((rc = knit_thrift_read_app_exception(&r, &at, &msg, &ml))) return rc;
+        /* as knit_thrift_read_app_exception, but the message is copied (a
+         * JSON message with escapes is decoded) */
+        int32_t at = KNIT_TAPP_UNKNOWN;
+        knit_tstr msg = {0};
+        if ((rc = knit_thrift_read_struct_begin(&r))) return rc;
+        for (;;) {
+            knit_thrift_type ft;
+            int16_t id;
+            if ((rc = knit_thrift_read_field_begin(&r, &ft, &id))) break;
+            if (ft == KNIT_TT_STOP) break;
+            if (id == 1 && ft == KNIT_TT_STRING)
+                rc = knit_thrift_read_tstr(&r, &msg);
+            else if (id == 2 && ft == KNIT_TT_I32)
+                rc = knit_thrift_read_i32(&r, &at);
+            else
+                rc = knit_thrift_skip(&r, ft);
+            if (rc) break;
+        }
+        if (!rc) rc = knit_thrift_read_struct_end(&r);
+        if (rc) {
+            knit_tstr_free(&msg);
+            return rc;
+        }
         if (app_type) *app_type = at;
-        if (app_msg && (rc = knit_tstr_set(app_msg, msg ? msg : "", ml))) return rc;
+        if (app_msg) {
+            knit_tstr_free(app_msg);
+            *app_msg = msg;
+        } else {
+            knit_tstr_free(&msg);
+        }
         return KNIT_EAPP;
     }
     if (type != KNIT_THRIFT_REPLY || m->oneway) return KNIT_ETHRIFT;

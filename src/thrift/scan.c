@@ -77,7 +77,11 @@ static int step(knit__thrift_scan *s)
         s->pending = -1;
         return 0;
     }
-    if (s->nframes == 0) return STEP_DONE;
+    if (s->nframes == 0) {
+        /* the message's end: nothing in binary and compact, JSON's ']' */
+        if ((rc = knit_thrift_read_message_end(r))) return rc;
+        return STEP_DONE;
+    }
     knit__thrift_scan_frame *f = &s->frames[s->nframes - 1];
     switch (f->kind) {
     case KNIT_TT_STRUCT: {
@@ -85,7 +89,7 @@ static int step(knit__thrift_scan *s)
         int16_t id;
         if ((rc = knit_thrift_read_field_begin(r, &ft, &id))) return rc;
         if (ft == KNIT_TT_STOP) {
-            knit_thrift_read_struct_end(r);
+            if ((rc = knit_thrift_read_struct_end(r))) return rc; /* JSON: '}' */
             s->nframes--;
         } else {
             s->pending = ft;
@@ -94,7 +98,7 @@ static int step(knit__thrift_scan *s)
     }
     case KNIT_TT_MAP:
         if (f->left == 0) {
-            knit_thrift_read_map_end(r);
+            if ((rc = knit_thrift_read_map_end(r))) return rc;
             s->nframes--;
         } else {
             s->pending = f->left & 1 ? f->t2 : f->t1; /* keys at even counts */
@@ -103,7 +107,7 @@ static int step(knit__thrift_scan *s)
         return 0;
     default:
         if (f->left == 0) {
-            knit_thrift_read_list_end(r);
+            if ((rc = knit_thrift_read_list_end(r))) return rc;
             s->nframes--;
         } else {
             s->pending = f->t1;
@@ -123,6 +127,12 @@ int knit__thrift_scan_message(knit__thrift_scan *s, const uint8_t *buf, size_t l
         const uint8_t *at = r->p;
         int16_t last_fid = r->_last_fid;
         int8_t bool_val = r->_bool_val;
+        /* JSON keeps nesting contexts in the reader that a step may change
+         * before it runs out of bytes: undo those by a copy (binary and
+         * compact need only the three fields above). */
+        knit_thrift_reader saved;
+        bool json = r->proto == KNIT_THRIFT_JSON;
+        if (json) saved = *r;
         int rc = step(s);
         if (rc == 0 || rc == STEP_DONE) s->examined += (uint64_t)(r->p - at);
         if (rc == STEP_DONE) {
@@ -132,6 +142,7 @@ int knit__thrift_scan_message(knit__thrift_scan *s, const uint8_t *buf, size_t l
         }
         if (rc == KNIT_EEOF) {
             /* undo the unfinished step; it runs again with more bytes */
+            if (json) *r = saved;
             r->p = at;
             r->_last_fid = last_fid;
             r->_bool_val = bool_val;

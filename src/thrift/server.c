@@ -1,19 +1,29 @@
 /* server.c — the half-sync/half-async Thrift server.
  *
  * Owns: listeners, one `conn` per connection (a knit_protocol), one `call`
- * per call in flight. Runs on the reactor thread, except run_call(), which
- * runs on a pool worker and touches only its own call (handler, args,
- * result, reply encoding).
+ * per call in flight (from a connection, or from an HTTP request through
+ * http.c). Runs on the reactor thread, except run_call(), which runs on a
+ * pool worker and touches only its own call (handler, args, result, reply
+ * encoding, the THeader info headers the handler reads and sets).
  *
  * Invariants:
  *   - a conn is freed only when the transport is gone AND no call of it is in
  *     flight (calls point at their conn); replies of a dead conn are dropped;
- *   - the server is freed only once closed and every conn is freed;
+ *   - the server is freed only once closed, every conn is freed and no HTTP
+ *     call is in flight (they point at the server);
  *   - nothing is dispatched from a SASL connection before the negotiation
  *     reported DONE;
  *   - the reactor never blocks: a call the pool refuses is answered at once
  *     (LOADSHEDDING), and a connection at max_in_flight is paused, not
- *     buffered.
+ *     buffered;
+ *   - a reply is framed the way its call came: framed, unframed, THeader
+ *     (same protocol, flags, seqid, zlib when the call was compressed), SASL,
+ *     or an HTTP body; and it names the method alone, even for a
+ *     multiplexed "Service:method" call (Apache's clients compare the name).
+ *
+ * Deadlines (issue 13): a THeader call may carry client_timeout (ms); a call
+ * whose deadline passed, or that waited queue_timeout for a worker, is not
+ * run: the worker that takes it answers TApplicationException TIMEOUT (12).
  */
 #include "knit/thrift/server.h"
 
@@ -24,8 +34,10 @@
 #include "knit/endpoint.h"
 #include "knit/log.h"
 #include "knit/pool.h"
+#include "thrift/server_int.h"
 
 #define MAX_LISTENERS 8
+#define CLIENT_TIMEOUT_MAX_MS 86400000u /* a day: larger client_timeout values are ignored */
 
 enum mode { M_DETECT, M_FRAMED, M_UNFRAMED, M_SASL_NEG, M_SASL_DATA };
 
@@ -42,6 +54,7 @@ struct knit_thrift_server {
     knit_protocol_factory factory;
     conn *conns;         /* doubly linked list of open (not yet lost) connections */
     size_t nconns_alive; /* conns not yet freed */
+    size_t http_calls;   /* HTTP calls in flight (they hold the server) */
     bool closed;
     knit_timer sweep;
     knit_thrift_server_stats st;
@@ -79,44 +92,100 @@ struct conn {
     knit_thrift_sasl *sasl;
 };
 
+/* How a reply is framed: as its call came. */
+enum framing { F_RAW, F_FRAMED, F_HEADER };
+
+typedef struct replyfmt {
+    uint8_t framing;
+    bool zlib;       /* THeader: compress the reply (the call was) */
+    uint16_t hflags; /* THeader: echoed */
+    int32_t hseq;    /* THeader: echoed */
+    knit_thrift_proto proto;
+} replyfmt;
+
+enum shed { SHED_NONE, SHED_DEADLINE, SHED_QUEUE };
+
 typedef struct call {
     knit_work work; /* the pool job (blocking methods) */
-    conn *c;
+    knit_thrift_server *s;
+    conn *c;                /* the connection it came on, or NULL (HTTP) */
+    knit_http_request *req; /* the HTTP request to answer, or NULL */
+    bool http;              /* counted in s->http_calls */
     const knit_thrift_processor *p;
     const knit_thrift_method *m;
     size_t mi;
     int32_t seqid;
-    knit_thrift_proto proto;
-    bool framed; /* prefix the reply with a 4-byte length */
+    replyfmt f;
+    uint8_t shed; /* enum shed: set by the worker, counted by the reactor */
     int hrc;
+    knit_thrift_app_error app_type; /* the exception sent when hrc != 0 */
+    knit_reactor *r;                /* for the clock ([any]) */
+    knit_time deadline;             /* client_timeout; 0: none */
+    knit_time queued;               /* when it was handed to the pool */
+    knit_duration queue_timeout;
+    knit_thrift_header_kv *info; /* the call's THeader info headers (one block), or NULL */
+    size_t ninfo;
+    knit_thrift_header_kv *rinfo; /* reply info headers set by the handler (each one block) */
+    size_t nrinfo, caprinfo;
     void *args, *res;
     knit_thrift_writer out;
     size_t name_len;
-    char name[]; /* then args, res (aligned) */
+    char name[]; /* the method name alone; then args, res (aligned) */
 } call;
+
+/* The call whose handler runs on this thread now (knit_thrift_call_*). */
+static __thread call *current;
 
 static void conn_maybe_free(conn *c);
 static void pump_held(conn *c);
+static void server_maybe_free(knit_thrift_server *s);
 
 /* ---- replies ----------------------------------------------------------------------- */
 
-/* Start a reply in W: a length placeholder when framed. */
-static void reply_begin(knit_thrift_writer *w, bool framed)
+/* Start a reply in W: room for the framing before the message. */
+static void reply_begin(knit_thrift_writer *w, const replyfmt *f)
 {
-    if (framed) {
-        static const uint8_t zero[4];
+    static const uint8_t zero[KNIT_THRIFT_HEADER_PREFIX];
+    if (f->framing == F_FRAMED)
         knit_thrift_write_raw(w, zero, 4);
-    }
+    else if (f->framing == F_HEADER)
+        knit_thrift_write_raw(w, zero, KNIT_THRIFT_HEADER_PREFIX);
 }
 
-static void reply_end(knit_thrift_writer *w, bool framed)
+/* Finish the framing of the reply in W (any thread). A THeader reply that is
+ * compressed or carries info headers is rebuilt around its payload. */
+static void reply_end(knit_thrift_writer *w, const replyfmt *f, const knit_thrift_header_kv *info,
+                      size_t ninfo)
 {
-    if (framed && !w->err && w->len >= 4) knit_thrift_put_be32(w->data, (uint32_t)(w->len - 4));
+    if (w->err) return;
+    if (f->framing == F_FRAMED && w->len >= 4) {
+        knit_thrift_put_be32(w->data, (uint32_t)(w->len - 4));
+    } else if (f->framing == F_HEADER && w->len >= KNIT_THRIFT_HEADER_PREFIX) {
+        size_t pl = w->len - KNIT_THRIFT_HEADER_PREFIX;
+        if (!f->zlib && !ninfo) {
+            knit_thrift_header_fill_prefix(w->data, f->hflags, f->hseq, f->proto, pl);
+            return;
+        }
+        knit_thrift_writer h;
+        knit_thrift_writer_init(&h, f->proto);
+        int rc = knit_thrift_header_write(&h, f->hflags, f->hseq, f->proto, f->zlib, info, ninfo,
+                                          w->data + KNIT_THRIFT_HEADER_PREFIX, pl);
+        knit_thrift_writer_free(w);
+        *w = h;
+        if (rc && !w->err) w->err = rc;
+    }
 }
 
 static bool conn_framed(const conn *c)
 {
     return c->mode == M_FRAMED || (c->mode == M_SASL_DATA && knit_thrift_sasl_ssf(c->sasl) == 0);
+}
+
+/* The framing of a plain (not THeader) message arriving on C. */
+static replyfmt conn_fmt(const conn *c)
+{
+    replyfmt f = {.framing = conn_framed(c) ? F_FRAMED : F_RAW, .proto = c->tproto};
+    return f;
 }
 
 /* Hand finished reply bytes (already framed unless SASL with a layer) to the transport. */
@@ -139,18 +208,33 @@ static void conn_send(conn *c, knit_thrift_writer *w)
     s->st.replies++;
 }
 
-static void send_app_error(conn *c, knit_thrift_proto proto, const char *name, size_t nl,
-                           int32_t seqid, knit_thrift_app_error type, const char *msg)
+/* Send W to whoever asked: connection C or HTTP request REQ. */
+static void deliver(knit_thrift_server *s, conn *c, knit_http_request *req, const replyfmt *f,
+                    knit_thrift_writer *w)
+{
+    if (c) {
+        conn_send(c, w);
+    } else if (req) {
+        if (w->err)
+            knit__thrift_http_fail(req, 500, knit_strerror(w->err));
+        else
+            knit__thrift_http_reply(req, f->proto, w->data, w->len);
+        s->st.replies++;
+    }
+}
+
+static void send_app_error(knit_thrift_server *s, conn *c, knit_http_request *req,
+                           const replyfmt *f, const char *name, size_t nl, int32_t seqid,
+                           knit_thrift_app_error type, const char *msg)
 {
     knit_thrift_writer w;
-    knit_thrift_writer_init(&w, proto);
-    bool framed = conn_framed(c);
-    reply_begin(&w, framed);
+    knit_thrift_writer_init(&w, f->proto);
+    reply_begin(&w, f);
     knit_thrift_write_app_exception(&w, name, nl, seqid, type, msg);
-    reply_end(&w, framed);
-    conn_send(c, &w);
+    reply_end(&w, f, NULL, 0);
+    deliver(s, c, req, f, &w);
     knit_thrift_writer_free(&w);
-    c->srv->st.app_exceptions++;
+    s->st.app_exceptions++;
 }
 
 /* ---- calls ----------------------------------------------------------------------------- */
@@ -160,8 +244,11 @@ static size_t align16(size_t n)
     return (n + 15) & ~(size_t)15;
 }
 
-static call *call_new(conn *c, const knit_thrift_processor *p, size_t mi, const char *name,
-                      size_t nl, int32_t seqid, knit_thrift_proto proto)
+/* A call of method MI of P named NAME (the method alone), with a copy of the
+ * INFO headers of its THeader frame. */
+static call *call_new(knit_thrift_server *s, const knit_thrift_processor *p, size_t mi,
+                      const char *name, size_t nl, int32_t seqid, const replyfmt *f,
+                      const knit_thrift_header *h)
 {
     const knit_thrift_method *m = p->methods[mi];
     size_t head = align16(sizeof(call) + nl + 1);
@@ -170,20 +257,58 @@ static call *call_new(conn *c, const knit_thrift_processor *p, size_t mi, const 
     call *k = malloc(head + asz + rsz);
     if (!k) return NULL;
     memset(k, 0, sizeof *k);
-    k->c = c;
+    if (h && h->ninfo) {
+        size_t bytes = h->ninfo * sizeof *k->info;
+        for (size_t i = 0; i < h->ninfo; i++)
+            bytes += h->info[i].key_len + h->info[i].value_len + 2;
+        k->info = malloc(bytes);
+        if (!k->info) {
+            free(k);
+            return NULL;
+        }
+        char *sp = (char *)(k->info + h->ninfo);
+        for (size_t i = 0; i < h->ninfo; i++) {
+            const knit_thrift_header_kv *in = &h->info[i];
+            knit_thrift_header_kv *o = &k->info[i];
+            memcpy(sp, in->key, in->key_len);
+            sp[in->key_len] = 0;
+            o->key = sp;
+            o->key_len = in->key_len;
+            sp += in->key_len + 1;
+            memcpy(sp, in->value, in->value_len);
+            sp[in->value_len] = 0;
+            o->value = sp;
+            o->value_len = in->value_len;
+            sp += in->value_len + 1;
+        }
+        k->ninfo = h->ninfo;
+    }
+    k->s = s;
+    k->r = s->r;
     k->p = p;
     k->m = m;
     k->mi = mi;
     k->seqid = seqid;
-    k->proto = proto;
-    k->framed = conn_framed(c);
+    k->f = *f;
+    k->app_type = KNIT_TAPP_INTERNAL_ERROR;
+    k->queue_timeout = s->o.queue_timeout;
     k->name_len = nl;
     memcpy(k->name, name, nl);
     k->name[nl] = 0;
     k->args = (char *)k + head;
     k->res = m->oneway ? NULL : (char *)k + head + asz;
-    knit_thrift_writer_init(&k->out, proto);
+    knit_thrift_writer_init(&k->out, f->proto);
     return k;
+}
+
+static void call_free(call *k)
+{
+    knit_thrift_writer_free(&k->out);
+    free(k->info);
+    for (size_t i = 0; i < k->nrinfo; i++)
+        free((void *)k->rinfo[i].key);
+    free(k->rinfo);
+    free(k);
 }
 
 /* Encode the reply of a finished call into k->out (any thread). */
@@ -191,16 +316,25 @@ static void call_encode(call *k, const char *errmsg)
 {
     if (k->m->oneway) return;
     knit_thrift_writer *w = &k->out;
-    reply_begin(w, k->framed);
+    reply_begin(w, &k->f);
+    size_t body = w->len;
+    char why[96];
     if (k->hrc == 0) {
         knit_thrift_write_message_begin(w, k->name, k->name_len, KNIT_THRIFT_REPLY, k->seqid);
         k->m->result_write(w, k->res);
         knit_thrift_write_message_end(w);
-    } else {
-        knit_thrift_write_app_exception(w, k->name, k->name_len, k->seqid, KNIT_TAPP_INTERNAL_ERROR,
-                                        errmsg ? errmsg : knit_strerror(k->hrc));
+        if (w->err && w->err != KNIT_ENOMEM) { /* a result that cannot be encoded */
+            k->hrc = w->err;
+            snprintf(why, sizeof why, "the result could not be encoded: %s", knit_strerror(w->err));
+            errmsg = why;
+            knit_thrift_writer_reset(w);
+            w->len = body;
+        }
     }
-    reply_end(w, k->framed);
+    if (k->hrc != 0)
+        knit_thrift_write_app_exception(w, k->name, k->name_len, k->seqid, k->app_type,
+                                        errmsg ? errmsg : knit_strerror(k->hrc));
+    reply_end(w, &k->f, k->rinfo, k->nrinfo);
 }
 
 static void call_release_values(call *k)
@@ -213,15 +347,23 @@ static void call_release_values(call *k)
 static void call_finish(call *k)
 {
     conn *c = k->c;
+    knit_thrift_server *s = k->s;
+    if (k->shed == SHED_DEADLINE) s->st.expired++;
+    if (k->shed == SHED_QUEUE) s->st.queue_timeouts++;
     if (!k->m->oneway) {
-        if (k->hrc) c->srv->st.app_exceptions++;
-        conn_send(c, &k->out);
+        if (k->hrc) s->st.app_exceptions++;
+        deliver(s, c, k->req, &k->f, &k->out);
     }
-    knit_thrift_writer_free(&k->out);
-    free(k);
+    bool http = k->http;
+    call_free(k);
+    s->st.in_flight--;
+    if (http) {
+        s->http_calls--;
+        server_maybe_free(s);
+        return;
+    }
     c->in_flight--;
-    c->srv->st.in_flight--;
-    c->last_active = knit_reactor_now(c->srv->r);
+    c->last_active = knit_reactor_now(s->r);
     if (c->paused && !c->in_receive && !c->lost) pump_held(c);
     conn_maybe_free(c);
 }
@@ -230,7 +372,23 @@ static void call_finish(call *k)
 static void run_call(knit_work *w)
 {
     call *k = (call *)w;
+    knit_time now = knit_reactor_now(k->r); /* [any]: the reactor's clock, fake in tests */
+    if (k->deadline && now >= k->deadline)
+        k->shed = SHED_DEADLINE;
+    else if (k->queue_timeout > 0 && now - k->queued >= k->queue_timeout)
+        k->shed = SHED_QUEUE;
+    if (k->shed) {
+        k->hrc = KNIT_ETIMEDOUT;
+        k->app_type = KNIT_TAPP_TIMEOUT;
+        call_encode(k, k->shed == SHED_DEADLINE
+                           ? "deadline exceeded: client_timeout passed while the call was queued"
+                           : "queue timeout: the call waited too long for a worker");
+        call_release_values(k);
+        return;
+    }
+    current = k;
     k->hrc = k->p->call(k->p, k->mi, k->args, k->res);
+    current = NULL;
     call_encode(k, NULL);
     call_release_values(k);
 }
@@ -269,20 +427,20 @@ static void async_err(knit_result *res, void *arg)
     call_finish(k);
 }
 
-/* Find the processor and method for NAME (multiplexed "Service:method" or plain). */
+/* Find the processor and method for NAME (multiplexed "Service:method" or
+ * plain). MNAME and ML get the method name alone in both cases, also when the
+ * service is unknown (NULL is returned then). */
 static const knit_thrift_processor *route(knit_thrift_server *s, const char *name, size_t nl,
                                           const char **mname, size_t *ml)
 {
     const char *colon = memchr(name, ':', nl);
     if (colon) {
         size_t sl = (size_t)(colon - name);
+        *mname = colon + 1;
+        *ml = nl - sl - 1;
         for (size_t i = 0; i < s->nprocs; i++) {
             const char *sv = s->procs[i]->service;
-            if (strlen(sv) == sl && memcmp(sv, name, sl) == 0) {
-                *mname = colon + 1;
-                *ml = nl - sl - 1;
-                return s->procs[i];
-            }
+            if (strlen(sv) == sl && memcmp(sv, name, sl) == 0) return s->procs[i];
         }
         return NULL;
     }
@@ -291,17 +449,30 @@ static const knit_thrift_processor *route(knit_thrift_server *s, const char *nam
     return s->nprocs ? s->procs[0] : NULL;
 }
 
-/* Dispatch one whole message MSG[0, LEN). Returns 0, or a negative code when
- * the connection must be closed (the message could not be parsed). */
-static int dispatch(conn *c, const uint8_t *msg, size_t len)
+/* client_timeout (decimal ms) of a THeader frame: the call's deadline, 0 if none. */
+static knit_time deadline_of(knit_thrift_server *s, const knit_thrift_header *h)
 {
-    knit_thrift_server *s = c->srv;
-    if (!c->tproto_known) {
-        if (knit_thrift_detect_proto(msg, len, &c->tproto) != 0) return KNIT_ETHRIFT;
-        c->tproto_known = true;
+    size_t vl;
+    const char *v = h ? knit_thrift_header_get(h, KNIT_THRIFT_HEADER_CLIENT_TIMEOUT, &vl) : NULL;
+    if (!v || vl == 0 || vl > 10) return 0;
+    uint64_t ms = 0;
+    for (size_t i = 0; i < vl; i++) {
+        if (v[i] < '0' || v[i] > '9') return 0;
+        ms = ms * 10 + (uint64_t)(v[i] - '0');
     }
+    if (ms == 0 || ms > CLIENT_TIMEOUT_MAX_MS) return 0;
+    return knit_reactor_now(s->r) + KNIT_MSEC((int64_t)ms);
+}
+
+/* Dispatch one whole message MSG[0, LEN), from connection C or HTTP request
+ * REQ, to be answered as F says; H is its THeader frame (or NULL). Returns 0,
+ * or a negative code when the message could not be parsed (the connection
+ * is closed; an HTTP request answered 400). */
+static int dispatch(knit_thrift_server *s, conn *c, knit_http_request *req, const replyfmt *f,
+                    const knit_thrift_header *h, const uint8_t *msg, size_t len)
+{
     knit_thrift_reader r;
-    knit_thrift_reader_init(&r, c->tproto, msg, len);
+    knit_thrift_reader_init(&r, f->proto, msg, len);
     r.string_limit = s->o.string_limit;
     r.container_limit = s->o.container_limit;
     if (s->o.strict_read) r.flags |= KNIT_THRIFT_STRICT_READ;
@@ -311,15 +482,15 @@ static int dispatch(conn *c, const uint8_t *msg, size_t len)
     int32_t seqid;
     int rc = knit_thrift_read_message_begin(&r, &name, &nl, &type, &seqid);
     if (rc) return rc;
+    const char *mname;
+    size_t ml;
+    const knit_thrift_processor *p = route(s, name, nl, &mname, &ml);
     if (type != KNIT_THRIFT_CALL && type != KNIT_THRIFT_ONEWAY) {
-        send_app_error(c, c->tproto, name, nl, seqid, KNIT_TAPP_INVALID_MESSAGE_TYPE,
+        send_app_error(s, c, req, f, mname, ml, seqid, KNIT_TAPP_INVALID_MESSAGE_TYPE,
                        "expected a call");
         return 0;
     }
     s->st.calls++;
-    const char *mname;
-    size_t ml;
-    const knit_thrift_processor *p = route(s, name, nl, &mname, &ml);
     int mi = p ? knit_thrift_processor_find(p, mname, ml) : -1;
     int mode = mi >= 0 ? p->mode(p, (size_t)mi) : 0;
     if (mi < 0 || !mode || (mode == KNIT_THRIFT_BLOCKING && !s->o.pool)) {
@@ -327,40 +498,58 @@ static int dispatch(conn *c, const uint8_t *msg, size_t len)
             char msgbuf[160];
             snprintf(msgbuf, sizeof msgbuf, "Invalid method name: '%.*s'",
                      (int)(nl > 100 ? 100 : nl), name);
-            send_app_error(c, c->tproto, name, nl, seqid, KNIT_TAPP_UNKNOWN_METHOD, msgbuf);
+            send_app_error(s, c, req, f, mname, ml, seqid, KNIT_TAPP_UNKNOWN_METHOD, msgbuf);
+        } else if (req) {
+            knit__thrift_http_reply(req, f->proto, NULL, 0);
         }
         return 0;
     }
-    call *k = call_new(c, p, (size_t)mi, name, nl, seqid, c->tproto);
+    call *k = call_new(s, p, (size_t)mi, mname, ml, seqid, f, h);
     if (!k) {
         if (type == KNIT_THRIFT_CALL)
-            send_app_error(c, c->tproto, name, nl, seqid, KNIT_TAPP_INTERNAL_ERROR,
+            send_app_error(s, c, req, f, mname, ml, seqid, KNIT_TAPP_INTERNAL_ERROR,
                            "out of memory");
+        else if (req)
+            knit__thrift_http_fail(req, 503, "out of memory");
         return 0;
     }
     const knit_thrift_method *m = k->m;
     if ((rc = m->args_init(k->args)) != 0) {
-        free(k);
+        call_free(k);
         return rc;
     }
     if ((rc = m->args_read(&r, k->args)) != 0) {
         m->args_free(k->args);
-        knit_thrift_writer_free(&k->out);
-        free(k);
+        call_free(k);
         if (type == KNIT_THRIFT_CALL)
-            send_app_error(c, c->tproto, name, nl, seqid, KNIT_TAPP_PROTOCOL_ERROR,
+            send_app_error(s, c, req, f, mname, ml, seqid, KNIT_TAPP_PROTOCOL_ERROR,
                            knit_strerror(rc));
-        return c->mode == M_UNFRAMED ? rc : 0;
+        else if (req)
+            knit__thrift_http_fail(req, 400, knit_strerror(rc));
+        return c && c->mode == M_UNFRAMED ? rc : 0;
     }
     if (k->res && (rc = m->result_init(k->res)) != 0) {
         m->args_free(k->args);
-        free(k);
+        call_free(k);
         return rc;
     }
-    c->in_flight++;
+    k->c = c;
+    if (req) {
+        k->http = true;
+        s->http_calls++;
+        if (m->oneway) /* answered now: nothing comes back */
+            knit__thrift_http_reply(req, f->proto, NULL, 0);
+        else
+            k->req = req;
+    } else {
+        c->in_flight++;
+    }
     s->st.in_flight++;
+    k->deadline = deadline_of(s, h);
     if (mode == KNIT_THRIFT_ASYNC) {
+        current = k;
         knit_deferred *d = p->call_async(p, k->mi, k->args, k->res);
+        current = NULL;
         if (!d) {
             k->hrc = KNIT_EFAILED;
             call_encode(k, "handler returned no Deferred");
@@ -372,22 +561,133 @@ static int dispatch(conn *c, const uint8_t *msg, size_t len)
         knit_deferred_unref(d);
         return 0;
     }
+    k->queued = knit_reactor_now(s->r);
     rc = knit_pool_submit(s->o.pool, s->r, &k->work, run_call, run_call_done);
     if (rc != 0) {
         /* The pool is full (or shutting down): answer now, never wait. */
-        call_release_values(k);
-        knit_thrift_writer_free(&k->out);
-        free(k);
-        c->in_flight--;
-        s->st.in_flight--;
         if (rc == KNIT_EQUEUEFULL) s->st.shed++;
-        if (type == KNIT_THRIFT_CALL)
-            send_app_error(c, c->tproto, name, nl, seqid,
-                           rc == KNIT_EQUEUEFULL ? KNIT_TAPP_LOADSHEDDING
-                                                 : KNIT_TAPP_INTERNAL_ERROR,
-                           rc == KNIT_EQUEUEFULL ? "server overloaded" : knit_strerror(rc));
+        k->hrc = rc;
+        k->app_type = rc == KNIT_EQUEUEFULL ? KNIT_TAPP_LOADSHEDDING : KNIT_TAPP_INTERNAL_ERROR;
+        call_encode(k, rc == KNIT_EQUEUEFULL ? "server overloaded" : knit_strerror(rc));
+        call_release_values(k);
+        call_finish(k);
     }
     return 0;
+}
+
+/* A THeader frame FRAME[0, LEN) from C (or from HTTP request REQ). */
+static int dispatch_header(knit_thrift_server *s, conn *c, knit_http_request *req,
+                           const uint8_t *frame, size_t len)
+{
+    knit_thrift_header h;
+    int rc = knit_thrift_header_parse(frame, len, &h);
+    replyfmt f = {
+        .framing = F_HEADER, .zlib = h.zlib, .hflags = h.flags, .hseq = h.seqid, .proto = h.proto};
+    if (rc == KNIT_ENOTSUP) { /* an unknown transform or protocol: the frame is whole */
+        f.zlib = false;
+        send_app_error(s, c, req, &f, "", 0, h.seqid, KNIT_TAPP_INVALID_TRANSFORM,
+                       "unsupported THeader transform or protocol");
+        return 0;
+    }
+    if (rc) return rc;
+    s->st.header_calls++;
+    if (!h.zlib) return dispatch(s, c, req, &f, &h, h.payload, h.payload_len);
+    knit_thrift_writer plain;
+    knit_thrift_writer_init(&plain, h.proto);
+    rc = knit_thrift_header_inflate(h.payload, h.payload_len, s->o.max_frame, &plain);
+    if (!rc) rc = dispatch(s, c, req, &f, &h, plain.data, plain.len);
+    knit_thrift_writer_free(&plain);
+    return rc;
+}
+
+/* A message (or THeader frame) from C in frame FRAME[0, LEN). */
+static int dispatch_frame(conn *c, const uint8_t *frame, size_t len)
+{
+    knit_thrift_server *s = c->srv;
+    if (knit_thrift_is_header_frame(frame, len)) return dispatch_header(s, c, NULL, frame, len);
+    if (!c->tproto_known) {
+        if (knit_thrift_detect_proto(frame, len, &c->tproto) != 0) return KNIT_ETHRIFT;
+        c->tproto_known = true;
+    }
+    replyfmt f = conn_fmt(c);
+    return dispatch(s, c, NULL, &f, NULL, frame, len);
+}
+
+int knit__thrift_server_http_call(knit_thrift_server *s, knit_http_request *req,
+                                  const uint8_t *body, size_t len)
+{
+    if (s->closed) return KNIT_ESHUTDOWN;
+    s->st.http_calls++;
+    if (knit_thrift_is_header_frame(body, len)) return KNIT_ETHRIFT; /* THeader needs a frame */
+    if (len >= 4 && knit_thrift_is_header_frame(body + 4, len - 4)) {
+        uint32_t n = knit_thrift_get_be32(body);
+        if (n != len - 4) return KNIT_ETHRIFT;
+        return dispatch_header(s, NULL, req, body + 4, n);
+    }
+    replyfmt f = {.framing = F_RAW};
+    if (knit_thrift_detect_proto(body, len, &f.proto) != 0) return KNIT_ETHRIFT;
+    return dispatch(s, NULL, req, &f, NULL, body, len);
+}
+
+size_t knit__thrift_server_max_message(const knit_thrift_server *s)
+{
+    return s->o.max_message;
+}
+
+knit_duration knit__thrift_server_queue_timeout(const knit_thrift_server *s)
+{
+    return s->o.queue_timeout;
+}
+
+/* ---- inside a handler ------------------------------------------------------------------ */
+
+const char *knit_thrift_call_header(const char *key, size_t *len)
+{
+    call *k = current;
+    if (!k) return NULL;
+    size_t kl = strlen(key);
+    for (size_t i = k->ninfo; i-- > 0;) {
+        if (k->info[i].key_len == kl && memcmp(k->info[i].key, key, kl) == 0) {
+            if (len) *len = k->info[i].value_len;
+            return k->info[i].value;
+        }
+    }
+    return NULL;
+}
+
+size_t knit_thrift_call_headers(const knit_thrift_header_kv **out)
+{
+    call *k = current;
+    *out = k ? k->info : NULL;
+    return k ? k->ninfo : 0;
+}
+
+int knit_thrift_call_set_reply_header(const char *key, const char *value)
+{
+    call *k = current;
+    if (!k) return KNIT_ENOTCONN;
+    if (k->f.framing != F_HEADER) return 0; /* nowhere to put it */
+    if (k->nrinfo == KNIT_THRIFT_HEADER_MAX_INFO) return KNIT_ELIMIT;
+    if (k->nrinfo == k->caprinfo) {
+        size_t cap = k->caprinfo ? 2 * k->caprinfo : 4;
+        knit_thrift_header_kv *n = realloc(k->rinfo, cap * sizeof *n);
+        if (!n) return KNIT_ENOMEM;
+        k->rinfo = n;
+        k->caprinfo = cap;
+    }
+    size_t kl = strlen(key), vl = strlen(value);
+    char *b = malloc(kl + vl + 2);
+    if (!b) return KNIT_ENOMEM;
+    memcpy(b, key, kl + 1);
+    memcpy(b + kl + 1, value, vl + 1);
+    k->rinfo[k->nrinfo++] = (knit_thrift_header_kv){b, kl, b + kl + 1, vl};
+    return 0;
+}
+
+knit_time knit_thrift_call_deadline(void)
+{
+    call *k = current;
+    return k ? k->deadline : 0;
 }
 
 /* ---- connections ------------------------------------------------------------------------- */
@@ -414,6 +714,7 @@ static long unframed_length(conn *c, const uint8_t *p, size_t len)
     int32_t seq;
     int rc = knit_thrift_read_message_begin(&r, &name, &nl, &t, &seq);
     if (!rc) rc = knit_thrift_skip(&r, KNIT_TT_STRUCT);
+    if (!rc) rc = knit_thrift_read_message_end(&r); /* JSON's ']' */
     if (rc == KNIT_EEOF) return 0;
     if (rc) return rc;
     return (long)(r.p - p);
@@ -479,6 +780,8 @@ static void process(conn *c, knit_buf *in)
                        !s->o.require_sasl) {
                 c->mode = t == KNIT_THRIFT_FRAMED ? M_FRAMED : M_UNFRAMED;
                 c->tproto_known = true;
+            } else if (t == KNIT_THRIFT_HEADER && !s->o.require_sasl) {
+                c->mode = M_FRAMED; /* each frame says its protocol */
             } else {
                 conn_fail(c, KNIT_ETHRIFT);
                 return;
@@ -494,7 +797,7 @@ static void process(conn *c, knit_buf *in)
             }
             if (len - 4 < n) return;
             if (at_capacity(c)) return;
-            int rc = dispatch(c, p + 4, n);
+            int rc = dispatch_frame(c, p + 4, n);
             knit_buf_consume(in, 4 + (size_t)n);
             if (rc) {
                 conn_fail(c, rc);
@@ -525,7 +828,8 @@ static void process(conn *c, knit_buf *in)
                 return;
             }
             if (at_capacity(c)) return;
-            int rc = dispatch(c, p, (size_t)n);
+            replyfmt f = conn_fmt(c);
+            int rc = dispatch(s, c, NULL, &f, NULL, p, (size_t)n);
             knit_buf_consume(in, (size_t)n);
             if (rc) {
                 conn_fail(c, rc);
@@ -567,7 +871,7 @@ static void process(conn *c, knit_buf *in)
                 conn_fail(c, rc);
                 return;
             }
-            rc = dispatch(c, msg, ml);
+            rc = dispatch_frame(c, msg, ml);
             knit_buf_consume(in, used);
             if (rc) {
                 conn_fail(c, rc);
@@ -626,7 +930,7 @@ static void on_data(knit_protocol *p, knit_buf *in)
 
 static void server_maybe_free(knit_thrift_server *s)
 {
-    if (!s->closed || s->nconns_alive) return;
+    if (!s->closed || s->nconns_alive || s->http_calls) return;
     free(s);
 }
 

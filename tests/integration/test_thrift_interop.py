@@ -10,6 +10,17 @@ way round, knit's client (knit-thrift-bench-client) calls python3-thrift's
 TThreadedServer (framed/unframed, binary/compact) and Apache's C++
 TNonblockingServer. Also sends malformed input over raw sockets. Stops the
 server with SIGTERM.
+
+Issue 13: TJSONProtocol (framed and buffered), THeaderProtocol (binary and
+compact inside, zlib, info headers), old non-strict binary unframed, Thrift
+over HTTP (THttpClient, all three protocols), multiplexed calls from
+Apache's C++ client (which compares reply names: a server answering
+"Bench:add" makes it fail), the C++ client over JSON and THeader, and the
+reverse: knit's client against python3-thrift's JSON and THeader servers and
+Apache's C++ compact, multiplexed and THeader servers. Deadlines end to end:
+a THeader call whose client_timeout passes while it waits behind a slow call
+is answered TApplicationException 12 (TIMEOUT), and so is one that waited
+longer than --queue-timeout.
 """
 import os
 import shutil
@@ -19,6 +30,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
 from bounded import readline, wait_proc
@@ -58,7 +70,7 @@ def wait_port(port):
 def serve(port, pname, framed, gendir):
     """--serve: a python3-thrift server for bench.thrift (the peer for knit's client)."""
     sys.path.insert(0, gendir)
-    from thrift.protocol import TBinaryProtocol, TCompactProtocol
+    from thrift.protocol import TBinaryProtocol, TCompactProtocol, TJSONProtocol, THeaderProtocol
     from thrift.server import TServer
     from thrift.transport import TSocket, TTransport
     from bench import Bench
@@ -73,8 +85,14 @@ def serve(port, pname, framed, gendir):
         def sleep_us(self, us):
             time.sleep(us / 1e6)
 
-    pf = TCompactProtocol.TCompactProtocolFactory() if pname == "compact" else \
-        TBinaryProtocol.TBinaryProtocolFactory()
+    if framed == "header":  # THeaderProtocol answers in the protocol and transforms of the call
+        pf = THeaderProtocol.THeaderProtocolFactory()
+    elif pname == "json":
+        pf = TJSONProtocol.TJSONProtocolFactory()
+    elif pname == "compact":
+        pf = TCompactProtocol.TCompactProtocolFactory()
+    else:
+        pf = TBinaryProtocol.TBinaryProtocolFactory()
     tf = TTransport.TFramedTransportFactory() if framed == "framed" else \
         TTransport.TBufferedTransportFactory()
     server = TServer.TThreadedServer(Bench.Processor(Handler()),
@@ -96,17 +114,22 @@ subprocess.run(["thrift", "--gen", "py", "-out", tmp, IDL], check=True, stderr=s
                timeout=60)
 sys.path.insert(0, tmp)
 
-from thrift.protocol import TBinaryProtocol, TCompactProtocol  # noqa: E402
-from thrift.transport import TSocket, TTransport  # noqa: E402
+from thrift.protocol import TBinaryProtocol, TCompactProtocol, TJSONProtocol  # noqa: E402
+from thrift.protocol import THeaderProtocol, TMultiplexedProtocol  # noqa: E402
+from thrift.transport import THeaderTransport, THttpClient, TSocket, TTransport  # noqa: E402
 from thrift.Thrift import TApplicationException  # noqa: E402
 from bench import Bench  # noqa: E402
 
-proc = subprocess.Popen([EXE, "--thrift=tcp:0:interface=127.0.0.1", "--threads=4", "--sasl-db=" + sasldb],
+proc = subprocess.Popen([EXE, "--thrift=tcp:0:interface=127.0.0.1", "--threads=4", "--sasl-db=" + sasldb,
+                         "--multiplex", "--http=tcp:0:interface=127.0.0.1"],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 try:
     line = readline(proc.stdout, 30, "knit-thrift-bench's \"listening on\" line")
     check("announces its port", line.startswith("listening on "))
     port = int(line.split()[-1])
+    line = readline(proc.stdout, 30, "knit-thrift-bench's \"http on\" line")
+    check("announces its HTTP port", line.startswith("http on "))
+    hport = int(line.split()[-1])
 
     def client(framed, proto, sasl=None):
         sock = TSocket.TSocket("127.0.0.1", port)
@@ -143,6 +166,126 @@ try:
     c = Bench.Client(TBinaryProtocol.TBinaryProtocol(t, strictRead=False, strictWrite=False))
     check("framed binary, old non-strict headers", c.add(40, 2) == 42 and c.echo("old") == "old")
     t.close()
+
+    # Fault 2: the same old client without framing (it was dropped).
+    sock = TSocket.TSocket("127.0.0.1", port)
+    sock.setTimeout(10000)
+    t = TTransport.TBufferedTransport(sock)
+    t.open()
+    c = Bench.Client(TBinaryProtocol.TBinaryProtocol(t, strictRead=False, strictWrite=False))
+    check("unframed binary, old non-strict headers", c.add(40, 2) == 42 and c.echo("old") == "old")
+    t.close()
+
+    # TJSONProtocol, framed and buffered (what the JavaScript clients speak).
+    for framed in (True, False):
+        kind = ("framed" if framed else "unframed") + " JSON"
+        t, c = client(framed, TJSONProtocol.TJSONProtocol)
+        check(kind + ": 50 adds", all(c.add(i, -2 * i) == -i for i in range(50)))
+        s = "h\u00e9llo \"q\" \\ \n\u2603 " * 100
+        check(kind + ": echo escapes and UTF-8", c.echo(s) == s)
+        big = "x" * (1 << 20)
+        check(kind + ": echo 1 MiB", c.echo(big) == big)
+        t.close()
+
+    # THeaderProtocol: binary and compact inside, zlib, info headers.
+    def header_client(subproto, zlib=False):
+        sock = TSocket.TSocket("127.0.0.1", port)
+        sock.setTimeout(10000)
+        sock.open()
+        p = THeaderProtocol.THeaderProtocol(sock, (THeaderTransport.THeaderClientType.HEADERS,),
+                                            subproto)
+        if zlib:
+            p.add_transform(THeaderTransport.THeaderTransformID.ZLIB)
+        return sock, p, Bench.Client(p)
+
+    for pname, sub in (("binary", THeaderTransport.THeaderSubprotocolID.BINARY),
+                       ("compact", THeaderTransport.THeaderSubprotocolID.COMPACT)):
+        for zlib in (False, True):
+            kind = "THeader %s%s" % (pname, " + zlib" if zlib else "")
+            sock, p, c = header_client(sub, zlib)
+            p.set_header(b"x-from", b"python")
+            ok = all(c.add(i, -2 * i) == -i for i in range(50))
+            check(kind + ": 50 adds (an info header on the first)", ok)
+            big = "z" * (1 << 20)
+            check(kind + ": echo 1 MiB", c.echo(big) == big)
+            sock.close()
+    # multiplexed over THeader
+    sock, p, _ = header_client(THeaderTransport.THeaderSubprotocolID.COMPACT)
+    c = Bench.Client(TMultiplexedProtocol.TMultiplexedProtocol(p, "Bench"))
+    check("THeader compact, multiplexed: add", c.add(2, 3) == 5)
+    sock.close()
+
+    # Thrift over HTTP: THttpClient POSTs each call; all three protocols.
+    for pname, proto in (("binary", TBinaryProtocol.TBinaryProtocol),
+                         ("compact", TCompactProtocol.TCompactProtocol),
+                         ("JSON", TJSONProtocol.TJSONProtocol)):
+        t = THttpClient.THttpClient("http://127.0.0.1:%d/thrift" % hport)
+        t.setTimeout(10000)
+        c = Bench.Client(proto(t))
+        ok = all(c.add(i, 7) == i + 7 for i in range(20))
+        check("HTTP %s (THttpClient): 20 adds" % pname, ok)
+        s = "h\u00e9llo " * 1000
+        check("HTTP %s: echo" % pname, c.echo(s) == s)
+        t.close()
+    t = THttpClient.THttpClient("http://127.0.0.1:%d/thrift" % hport)
+    t.setTimeout(10000)
+    c = Bench.Client(TMultiplexedProtocol.TMultiplexedProtocol(TBinaryProtocol.TBinaryProtocol(t), "Bench"))
+    check("HTTP binary, multiplexed: add", c.add(20, 22) == 42)
+    t.close()
+
+    # Deadlines: one worker, busy with a slow call; a call queued behind it
+    # is answered TIMEOUT (12) instead of run, when its THeader client_timeout
+    # passed (100 ms) or when it waited longer than --queue-timeout (300 ms).
+    dproc = subprocess.Popen([EXE, "--thrift=tcp:0:interface=127.0.0.1", "--threads=1",
+                              "--queue-timeout=300ms"], stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True)
+    try:
+        dport = int(readline(dproc.stdout, 30, "the deadline server's \"listening on\" line").split()[-1])
+
+        def busy(ms):
+            bs = TSocket.TSocket("127.0.0.1", dport)
+            bs.setTimeout(20000)
+            bt = TTransport.TFramedTransport(bs)
+            bt.open()
+            th = threading.Thread(target=lambda: (Bench.Client(TBinaryProtocol.TBinaryProtocol(bt))
+                                                  .sleep_us(ms * 1000), bt.close()))
+            th.start()
+            time.sleep(0.2)  # the slow call is on the worker before the next one is sent
+            return th
+
+        def app_error(call):
+            try:
+                call()
+                return None
+            except TApplicationException as e:
+                return e
+
+        th = busy(900)
+        sock = TSocket.TSocket("127.0.0.1", dport)
+        sock.setTimeout(20000)
+        sock.open()
+        hp = THeaderProtocol.THeaderProtocol(sock, (THeaderTransport.THeaderClientType.HEADERS,))
+        hp.set_header(b"client_timeout", b"100")
+        e = app_error(lambda: Bench.Client(hp).add(1, 2))
+        check("client_timeout passed in the queue: TApplicationException TIMEOUT (12)",
+              e is not None and e.type == 12 and "deadline" in str(e.message), repr(e))
+        th.join(30)
+        check("after the slow call, the same THeader connection works", Bench.Client(hp).add(1, 2) == 3)
+        sock.close()
+        th = busy(900)
+        t, c = None, None
+        sock = TSocket.TSocket("127.0.0.1", dport)
+        sock.setTimeout(20000)
+        t = TTransport.TFramedTransport(sock)
+        t.open()
+        e = app_error(lambda: Bench.Client(TBinaryProtocol.TBinaryProtocol(t)).add(1, 2))
+        check("waited longer than --queue-timeout: TApplicationException TIMEOUT (12)",
+              e is not None and e.type == 12 and "queue timeout" in str(e.message), repr(e))
+        th.join(30)
+        t.close()
+    finally:
+        dproc.kill()
+        wait_proc(dproc, 30, "the deadline server after SIGKILL")
 
     t, c = client(True, TBinaryProtocol.TBinaryProtocol, sasl=("alice", "sekrit"))
     check("SASL PLAIN (pure-sasl): add", c.add(20, 22) == 42)
@@ -192,10 +335,14 @@ try:
           (raw(b"\x01\x00\x00\x00\x05PLAIN\x07\x00\x00\x00\x00") or b"")[:1] in (b"\x04", b""))
 
     if os.path.exists(CPP):
-        for proto in ("binary", "compact"):
-            r = subprocess.run([CPP, str(port), proto], capture_output=True, text=True, timeout=60)
-            check("Apache C++ client (%s, framed)" % proto, r.returncode == 0 and "ok" in r.stdout,
-                  r.stdout + r.stderr)
+        # Fault 1: Apache's C++ client compares each reply's name with the
+        # method's; multiplexed, it hung on knit's "Bench:add" replies.
+        for proto in ("binary", "compact", "json", "header-binary", "header-compact"):
+            for mux in ([], ["multiplexed"]):
+                r = subprocess.run([CPP, str(port), proto] + mux, capture_output=True, text=True,
+                                   timeout=60)
+                check("Apache C++ client (%s%s)" % (proto, ", multiplexed" if mux else ""),
+                      r.returncode == 0 and "ok" in r.stdout, r.stdout + r.stderr)
     else:
         print("skip Apache C++ client: %s not built" % CPP)
 
@@ -204,36 +351,54 @@ try:
     check("knit client -> knit server, SASL PLAIN",
           subprocess.run([KCLIENT, "tcp:127.0.0.1:%d" % port, "binary", "framed", "alice", "sekrit"],
                          capture_output=True, text=True, timeout=60).stdout.strip() == "ok")
-    for framed in ("framed", "unframed"):
-        for pname in ("binary", "compact"):
-            pport = free_port()
-            srv = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", str(pport), pname,
-                                    framed, tmp], stdout=subprocess.PIPE, text=True)
-            try:
-                readline(srv.stdout, 30, "the python3-thrift server's \"serving\" line")
-                wait_port(pport)
-                r = subprocess.run([KCLIENT, "tcp:127.0.0.1:%d" % pport, pname, framed],
-                                   capture_output=True, text=True, timeout=60)
-                check("knit client -> python3-thrift server (%s %s)" % (framed, pname),
-                      r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr)
-            finally:
-                srv.kill()
-                wait_proc(srv, 30, "the python3-thrift server after SIGKILL")
+    check("knit client -> knit server, multiplexed THeader compact + zlib",
+          subprocess.run([KCLIENT, "--service=Bench", "tcp:127.0.0.1:%d" % port, "compact",
+                          "header-zlib"], capture_output=True, text=True,
+                         timeout=60).stdout.strip() == "ok")
+    check("knit client -> knit server, unframed JSON",
+          subprocess.run([KCLIENT, "tcp:127.0.0.1:%d" % port, "json", "unframed"],
+                         capture_output=True, text=True, timeout=60).stdout.strip() == "ok")
+    pairs = [(f, p) for f in ("framed", "unframed") for p in ("binary", "compact", "json")]
+    pairs += [(f, p) for f in ("header", "header-zlib") for p in ("binary", "compact")]
+    for framed, pname in pairs:
+        pport = free_port()
+        srv = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", str(pport), pname,
+                                "header" if framed.startswith("header") else framed, tmp],
+                               stdout=subprocess.PIPE, text=True)
+        try:
+            readline(srv.stdout, 30, "the python3-thrift server's \"serving\" line")
+            wait_port(pport)
+            r = subprocess.run([KCLIENT, "tcp:127.0.0.1:%d" % pport, pname, framed],
+                               capture_output=True, text=True, timeout=60)
+            check("knit client -> python3-thrift server (%s %s)" % (framed, pname),
+                  r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr)
+        finally:
+            srv.kill()
+            wait_proc(srv, 30, "the python3-thrift server after SIGKILL")
     APACHE = os.path.join(BUILD, "bench/thrift/apache-thrift-bench")
     if os.path.exists(APACHE):
-        aport = free_port()
-        asrv = subprocess.Popen([APACHE, str(aport), "2"], stdout=subprocess.PIPE,
-                                stderr=subprocess.DEVNULL, text=True)
-        try:
-            readline(asrv.stdout, 30, "apache-thrift-bench's first line")
-            wait_port(aport)
-            r = subprocess.run([KCLIENT, "tcp:127.0.0.1:%d" % aport, "binary", "framed"],
-                               capture_output=True, text=True, timeout=60)
-            check("knit client -> Apache C++ TNonblockingServer", r.returncode == 0 and
-                  r.stdout.strip() == "ok", r.stdout + r.stderr)
-        finally:
-            asrv.kill()
-            wait_proc(asrv, 30, "apache-thrift-bench after SIGKILL")
+        # MODE of apache-thrift-bench, then knit client arguments
+        for mode, kargs in (("binary", ["binary", "framed"]),
+                            ("compact", ["compact", "framed"]),
+                            ("multiplexed", ["--service=Bench", "binary", "framed"]),
+                            ("header", ["binary", "header"]),
+                            ("header", ["compact", "header"])):
+            aport = free_port()
+            asrv = subprocess.Popen([APACHE, str(aport), "2", mode], stdout=subprocess.PIPE,
+                                    stderr=subprocess.DEVNULL, text=True)
+            try:
+                readline(asrv.stdout, 30, "apache-thrift-bench's first line")
+                wait_port(aport)
+                if kargs[0].startswith("--"):
+                    argv = [KCLIENT, kargs[0], "tcp:127.0.0.1:%d" % aport] + kargs[1:]
+                else:
+                    argv = [KCLIENT, "tcp:127.0.0.1:%d" % aport] + kargs
+                r = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+                check("knit client -> Apache C++ server (%s; client %s)" % (mode, " ".join(kargs)),
+                      r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr)
+            finally:
+                asrv.kill()
+                wait_proc(asrv, 30, "apache-thrift-bench after SIGKILL")
 
     check("server still alive", proc.poll() is None)
     proc.send_signal(signal.SIGTERM)

@@ -17,13 +17,18 @@
 
 #include "knit/deferred.h"
 #include "knit/endpoint.h"
+#include "knit/http.h"
 #include "knit/log.h"
+#include "knit/manhole.h"
+#include "knit/metrics.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
 #include "knit/thrift.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <pthread.h>
+#include <sys/socket.h>
 
 /* Generated in the build by knit-thriftc from tests/thrift/calc.thrift. */
 #include "calc_thrift.h"
@@ -523,11 +528,15 @@ static knit_deferred *h_later_async(void *ctx, const calc_Calc_later_args *a,
     return knit_deferred_ref(j->d);
 }
 
+/* Greets with the call's THeader info header "greeting" when there is one,
+ * and answers with a reply header "handled: yes". */
 static int h_hello(void *ctx, const calc_Other_hello_args *a, calc_Other_hello_result *res)
 {
     (void)ctx;
     char buf[128];
-    int n = snprintf(buf, sizeof buf, "hello, %s", knit_tstr_cstr(&a->name));
+    const char *g = knit_thrift_call_header("greeting", NULL);
+    if (g) knit_thrift_call_set_reply_header("handled", "yes");
+    int n = snprintf(buf, sizeof buf, "%s, %s", g ? g : "hello", knit_tstr_cstr(&a->name));
     res->has_success = true;
     return knit_tstr_set(&res->success, buf, (size_t)n);
 }
@@ -698,19 +707,40 @@ static void call_gate(knit_thrift_client *cl, int32_t n, outcome *o)
     oc_watch(d, o);
 }
 
+/* Every protocol and framing knit's client speaks, against one port. */
+static const struct variant {
+    const char *name;
+    knit_thrift_proto proto;
+    bool unframed, header, zlib;
+} variants[] = {
+    {"framed binary", KNIT_THRIFT_BINARY, false, false, false},
+    {"unframed binary", KNIT_THRIFT_BINARY, true, false, false},
+    {"framed compact", KNIT_THRIFT_COMPACT, false, false, false},
+    {"unframed compact", KNIT_THRIFT_COMPACT, true, false, false},
+    {"framed json", KNIT_THRIFT_JSON, false, false, false},
+    {"unframed json", KNIT_THRIFT_JSON, true, false, false},
+    {"theader binary", KNIT_THRIFT_BINARY, false, true, false},
+    {"theader compact", KNIT_THRIFT_COMPACT, false, true, false},
+    {"theader json", KNIT_THRIFT_JSON, false, true, false},
+    {"theader compact zlib", KNIT_THRIFT_COMPACT, false, true, true},
+};
+
 static void test_server_basic_calls(void **state)
 {
     (void)state;
-    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
-    for (int pi = 0; pi < 2; pi++) {
-        for (int unframed = 0; unframed < 2; unframed++) {
+    for (size_t vi = 0; vi < sizeof variants / sizeof variants[0]; vi++) {
+        const struct variant *v = &variants[vi];
+        print_message("variant: %s\n", v->name);
+        {
             env e;
             env_up(&e, NULL, 64, 2);
             knit_thrift_client_options co;
             knit_thrift_client_options_init(&co);
             co.endpoint = e.ep;
-            co.proto = protos[pi];
-            co.unframed = unframed;
+            co.proto = v->proto;
+            co.unframed = v->unframed;
+            co.header = v->header;
+            co.header_zlib = v->zlib;
             knit_thrift_client *cl;
             assert_int_equal(knit_thrift_client_new(e.r, &co, &cl), 0);
             outcome o;
@@ -1257,7 +1287,10 @@ static void test_unframed_large_message_in_pieces(void **state)
     size_t n = 17 + FIELDS * 4 + 1;
     unsigned char *m = malloc(n), *q = m;
     /* "later" is asynchronous (answered on the reactor), so no pool is needed */
-    memcpy(q, "\x80\x01\x00\x01\x00\x00\x00\x05" "later\x00\x00\x00\x01", 17);
+    memcpy(q,
+           "\x80\x01\x00\x01\x00\x00\x00\x05"
+           "later\x00\x00\x00\x01",
+           17);
     q += 17;
     for (int i = 0; i < FIELDS; i++) { /* byte field id 9 (unknown: skipped) */
         *q++ = 3;
@@ -1409,8 +1442,9 @@ static void expect_sum(outcome *o, int64_t want)
 static void test_client_unframed_reply_in_pieces_is_linear(void **state)
 {
     (void)state;
-    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
-    for (int pi = 0; pi < 2; pi++) {
+    static const char *const pnames[] = {"binary", "compact", "json"};
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT, KNIT_THRIFT_JSON};
+    for (int pi = 0; pi < 3; pi++) {
         detached d;
         detached_up(&d, protos[pi], true);
         outcome o;
@@ -1426,8 +1460,8 @@ static void test_client_unframed_reply_in_pieces_is_linear(void **state)
         }
         expect_sum(&o, 42);
         uint64_t walked = knit__thrift_client_scan_bytes(d.cl);
-        print_message("%s: %zu-byte reply in %zu pieces, %llu bytes walked\n",
-                      pi ? "compact" : "binary", n, pieces, (unsigned long long)walked);
+        print_message("%s: %zu-byte reply in %zu pieces, %llu bytes walked\n", pnames[pi], n,
+                      pieces, (unsigned long long)walked);
         /* each byte once; the old rescanning walked about n * pieces / 2 */
         assert_true(walked == n);
         assert_false(knit_transport_closing(d.t));
@@ -1442,8 +1476,9 @@ static void test_client_unframed_reply_in_pieces_is_linear(void **state)
 static void test_client_unframed_reply_every_split(void **state)
 {
     (void)state;
-    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
-    for (int pi = 0; pi < 2; pi++) {
+    /* JSON too: its closing '}' and ']' may be the bytes that arrive last */
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT, KNIT_THRIFT_JSON};
+    for (int pi = 0; pi < 3; pi++) {
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, protos[pi]);
         add_reply(&w, 0, 3, true, 7);
@@ -1511,8 +1546,8 @@ static void test_client_unframed_reply_malformed(void **state)
 static void test_scan_matches_skip(void **state)
 {
     (void)state;
-    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
-    for (int pi = 0; pi < 2; pi++) {
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT, KNIT_THRIFT_JSON};
+    for (int pi = 0; pi < 3; pi++) {
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, protos[pi]);
         add_reply(&w, 5, 2, true, 1);
@@ -1532,6 +1567,7 @@ static void test_scan_matches_skip(void **state)
             int32_t seq;
             int want = knit_thrift_read_message_begin(&r, &name, &nl, &t, &seq);
             if (!want) want = knit_thrift_skip(&r, KNIT_TT_STRUCT);
+            if (!want) want = knit_thrift_read_message_end(&r); /* JSON's ']' */
             assert_int_equal(rc, want);
             if (k < n) assert_int_equal(rc, KNIT_EEOF);
             if (rc == 0) assert_int_equal(got, (size_t)(r.p - copy));
@@ -1640,6 +1676,636 @@ static void test_client_connection_pool(void **state)
     knit_thrift_server_get_stats(e.srv, &ss);
     assert_int_equal(ss.connections, 3);
     env_down(&e, cl);
+}
+
+/* ---- raw sockets: what other Thrift implementations send ------------------------- */
+
+typedef struct raw {
+    int fd;
+    uint8_t *buf;
+    size_t len, cap;
+} raw;
+
+static void raw_open(env *e, raw *x)
+{
+    memset(x, 0, sizeof *x);
+    x->fd = socket(AF_INET, SOCK_STREAM, 0);
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons((uint16_t)e->port)};
+    sa.sin_addr.s_addr = htonl(0x7f000001);
+    assert_int_equal(connect(x->fd, (struct sockaddr *)&sa, sizeof sa), 0);
+    fcntl(x->fd, F_SETFL, fcntl(x->fd, F_GETFL) | O_NONBLOCK);
+}
+
+static void raw_close(raw *x)
+{
+    close(x->fd);
+    free(x->buf);
+}
+
+static void raw_send(env *e, raw *x, const void *p, size_t n)
+{
+    const uint8_t *b = p;
+    for (int i = 0; n && i < 100000; i++) {
+        ssize_t w = write(x->fd, b, n);
+        if (w > 0) {
+            b += w;
+            n -= (size_t)w;
+        } else {
+            knit_reactor_run_once(e->r, KNIT_MSEC(1));
+        }
+    }
+    assert_int_equal(n, 0);
+}
+
+/* Read until COMPLETE says a whole reply is buffered (its length), running
+ * the reactor meanwhile; bounded, failing with WHAT. */
+static size_t raw_until(env *e, raw *x, long (*complete)(const uint8_t *, size_t), const char *what)
+{
+    for (int i = 0; i < 20000; i++) {
+        long n = complete(x->buf, x->len);
+        if (n > 0) return (size_t)n;
+        if (x->cap - x->len < 65536) {
+            x->cap = x->cap ? 2 * x->cap : 131072;
+            x->buf = realloc(x->buf, x->cap);
+        }
+        ssize_t r = read(x->fd, x->buf + x->len, x->cap - x->len);
+        if (r > 0) {
+            x->len += (size_t)r;
+            continue;
+        }
+        if (r == 0) break;
+        knit_reactor_run_once(e->r, KNIT_MSEC(2));
+    }
+    print_error("raw socket: no whole reply (%s) after %zu bytes\n", what, x->len);
+    fail();
+    return 0;
+}
+
+static void raw_consume(raw *x, size_t n)
+{
+    memmove(x->buf, x->buf + n, x->len - n);
+    x->len -= n;
+}
+
+static long frame_complete(const uint8_t *p, size_t len)
+{
+    if (len < 4 || len - 4 < knit_thrift_get_be32(p)) return 0;
+    return 4 + (long)knit_thrift_get_be32(p);
+}
+
+static long unframed_binary_complete(const uint8_t *p, size_t len)
+{
+    knit_thrift_reader r;
+    knit_thrift_reader_init(&r, KNIT_THRIFT_BINARY, p, len);
+    const char *nm;
+    size_t nl;
+    knit_thrift_msg_type t;
+    int32_t seq;
+    int rc = knit_thrift_read_message_begin(&r, &nm, &nl, &t, &seq);
+    if (!rc) rc = knit_thrift_skip(&r, KNIT_TT_STRUCT);
+    return rc ? 0 : (long)(r.p - p);
+}
+
+/* The envelope of MSG: name, type, seqid; for an exception its type. */
+typedef struct envelope {
+    char name[64];
+    knit_thrift_msg_type type;
+    int32_t seqid;
+    int32_t app_type;
+    char text[128]; /* hello's answer, or the exception's message */
+} envelope;
+
+static void open_envelope(knit_thrift_proto proto, const uint8_t *msg, size_t len, envelope *ev)
+{
+    memset(ev, 0, sizeof *ev);
+    knit_thrift_reader r;
+    knit_thrift_reader_init(&r, proto, msg, len);
+    const char *nm;
+    size_t nl;
+    assert_int_equal(knit_thrift_read_message_begin(&r, &nm, &nl, &ev->type, &ev->seqid), 0);
+    snprintf(ev->name, sizeof ev->name, "%.*s", (int)nl, nm);
+    if (ev->type == KNIT_THRIFT_EXCEPTION) {
+        const char *m;
+        size_t ml;
+        assert_int_equal(knit_thrift_read_app_exception(&r, &ev->app_type, &m, &ml), 0);
+        snprintf(ev->text, sizeof ev->text, "%.*s", (int)ml, m ? m : "");
+    } else if (strcmp(ev->name, "hello") == 0) {
+        calc_Other_hello_result res;
+        calc_Other_hello_result_init(&res);
+        assert_int_equal(calc_Other_hello_result_read(&r, &res), 0);
+        snprintf(ev->text, sizeof ev->text, "%s", knit_tstr_cstr(&res.success));
+        calc_Other_hello_result_free(&res);
+    }
+}
+
+/* A call of Other.hello(NAME) as METHOD_NAME ("hello", "Other:hello", ...). */
+static void encode_hello(knit_thrift_writer *w, const char *method_name, int32_t seqid,
+                         const char *name)
+{
+    knit_thrift_write_message_begin(w, method_name, strlen(method_name), KNIT_THRIFT_CALL, seqid);
+    calc_Other_hello_args a;
+    calc_Other_hello_args_init(&a);
+    knit_tstr_set(&a.name, name, strlen(name));
+    calc_Other_hello_args_write(w, &a);
+    calc_Other_hello_args_free(&a);
+    knit_thrift_write_message_end(w);
+}
+
+/* Wrap the message in W into a THeader frame with INFO headers. */
+static void theader_wrap(knit_thrift_writer *w, int32_t seqid, bool zlib,
+                         const knit_thrift_header_kv *info, size_t n)
+{
+    knit_thrift_writer f;
+    knit_thrift_writer_init(&f, w->proto);
+    assert_int_equal(
+        knit_thrift_header_write(&f, 0, seqid, w->proto, zlib, info, n, w->data, w->len), 0);
+    knit_thrift_writer_free(w);
+    *w = f;
+}
+
+#define KV(k, v)                                                                                   \
+    {                                                                                              \
+        k, sizeof k - 1, v, sizeof v - 1                                                           \
+    }
+
+/* Apache's C++ THeader server answers a compact call in binary (its frame
+ * says so: protocol id 0). The client refused such a reply as a protocol
+ * error; a THeader reply is read in the protocol its header names. */
+static void test_client_theader_reply_in_other_protocol(void **state)
+{
+    (void)state;
+    detached d;
+    d.clk = knit_clock_fake_new(0);
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = d.clk;
+    assert_int_equal(knit_reactor_new(&d.r, &ro), 0);
+    knit_thrift_client_options co;
+    knit_thrift_client_options_init(&co);
+    co.endpoint = "tcp:127.0.0.1:9"; /* never dialled */
+    co.proto = KNIT_THRIFT_COMPACT;
+    co.header = true;
+    co.timeout = 0;
+    assert_int_equal(knit__thrift_client_new_detached(d.r, &co, &d.cl), 0);
+    assert_int_equal(knit_memory_transport_new(knit__thrift_client_protocol(d.cl, 0), &d.t), 0);
+    outcome o;
+    call_add(d.cl, 40, 2, &o);
+    knit_buf *out = knit_memory_transport_output(d.t);
+    assert_true(knit_buf_len(out) > 14);
+    knit_thrift_header h;
+    const uint8_t *sent = knit_buf_data(out);
+    assert_int_equal(knit_thrift_header_parse(sent + 4, knit_buf_len(out) - 4, &h), 0);
+    assert_int_equal(h.proto, KNIT_THRIFT_COMPACT); /* the call: compact in THeader */
+    knit_thrift_writer w;
+    knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
+    add_reply(&w, h.seqid, 0, false, 42);
+    theader_wrap(&w, h.seqid, false, NULL, 0);
+    knit_memory_transport_feed(d.t, w.data, w.len);
+    knit_thrift_writer_free(&w);
+    expect_sum(&o, 42);
+    assert_false(knit_transport_closing(d.t));
+    detached_down(&d);
+}
+
+/* Issue 13, fault 1: a multiplexed call is answered with the method name
+ * alone — Apache's C++ and Java clients skip a reply named "Other:hello" and
+ * wait forever. Exceptions too. */
+static void test_multiplexed_reply_names(void **state)
+{
+    (void)state;
+    env e;
+    env_up(&e, NULL, 64, 1);
+    raw x;
+    raw_open(&e, &x);
+    const char *names[] = {"Other:hello", "Other:nope", "Nobody:hello"};
+    const char *want[] = {"hello", "nope", "hello"};
+    const knit_thrift_msg_type types[] = {KNIT_THRIFT_REPLY, KNIT_THRIFT_EXCEPTION,
+                                          KNIT_THRIFT_EXCEPTION};
+    for (int i = 0; i < 3; i++) {
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
+        uint8_t zero[4] = {0};
+        knit_thrift_write_raw(&w, zero, 4);
+        encode_hello(&w, names[i], 10 + i, "mux");
+        knit_thrift_put_be32(w.data, (uint32_t)(w.len - 4));
+        raw_send(&e, &x, w.data, w.len);
+        knit_thrift_writer_free(&w);
+        size_t n = raw_until(&e, &x, frame_complete, names[i]);
+        envelope ev;
+        open_envelope(KNIT_THRIFT_BINARY, x.buf + 4, n - 4, &ev);
+        assert_string_equal(ev.name, want[i]);
+        assert_int_equal(ev.type, types[i]);
+        assert_int_equal(ev.seqid, 10 + i);
+        if (i == 0) assert_string_equal(ev.text, "hello, mux");
+        if (i > 0) assert_int_equal(ev.app_type, KNIT_TAPP_UNKNOWN_METHOD);
+        raw_consume(&x, n);
+    }
+    raw_close(&x);
+    env_down(&e, NULL);
+}
+
+/* Issue 13, fault 2: an old client writing non-strict binary without
+ * framing (name length, name, type byte, seqid) is served, not dropped. */
+static void test_unframed_non_strict_binary(void **state)
+{
+    (void)state;
+    env e;
+    env_up(&e, NULL, 64, 1);
+    raw x;
+    raw_open(&e, &x);
+    for (int i = 0; i < 2; i++) { /* twice: the connection stays usable */
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
+        knit_thrift_write_binary(&w, "Other:hello", 11); /* non-strict: the name first */
+        uint8_t type = KNIT_THRIFT_CALL;
+        knit_thrift_write_raw(&w, &type, 1);
+        knit_thrift_write_i32(&w, 77 + i);
+        calc_Other_hello_args a;
+        calc_Other_hello_args_init(&a);
+        knit_tstr_set(&a.name, "old", 3);
+        calc_Other_hello_args_write(&w, &a);
+        calc_Other_hello_args_free(&a);
+        raw_send(&e, &x, w.data, w.len);
+        knit_thrift_writer_free(&w);
+        size_t n = raw_until(&e, &x, unframed_binary_complete, "unframed non-strict reply");
+        envelope ev;
+        open_envelope(KNIT_THRIFT_BINARY, x.buf, n, &ev);
+        assert_int_equal(ev.type, KNIT_THRIFT_REPLY);
+        assert_int_equal(ev.seqid, 77 + i);
+        assert_string_equal(ev.text, "hello, old");
+        raw_consume(&x, n);
+    }
+    raw_close(&x);
+    env_down(&e, NULL);
+}
+
+/* THeader from another implementation: info headers reach the handler, the
+ * handler's reply header comes back, the reply echoes seqid and protocol,
+ * a compressed call gets a compressed reply, an unknown transform gets
+ * INVALID_TRANSFORM and the connection goes on. */
+static void test_theader_info_headers(void **state)
+{
+    (void)state;
+    env e;
+    env_up(&e, NULL, 64, 1);
+    raw x;
+    raw_open(&e, &x);
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT, KNIT_THRIFT_JSON};
+    for (int i = 0; i < 6; i++) {
+        knit_thrift_proto proto = protos[i % 3];
+        bool zlib = i >= 3;
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, proto);
+        encode_hello(&w, "Other:hello", 500 + i, "header");
+        const knit_thrift_header_kv info[] = {KV("greeting", "bonjour"), KV("other", "x")};
+        theader_wrap(&w, 500 + i, zlib, info, 2);
+        raw_send(&e, &x, w.data, w.len);
+        knit_thrift_writer_free(&w);
+        size_t n = raw_until(&e, &x, frame_complete, "THeader reply");
+        knit_thrift_header h;
+        assert_int_equal(knit_thrift_header_parse(x.buf + 4, n - 4, &h), 0);
+        assert_int_equal(h.seqid, 500 + i);
+        assert_int_equal(h.proto, proto);
+        assert_int_equal(h.zlib, zlib);
+        size_t vl;
+        const char *v = knit_thrift_header_get(&h, "handled", &vl);
+        assert_non_null(v);
+        assert_int_equal(vl, 3);
+        assert_memory_equal(v, "yes", 3);
+        knit_thrift_writer plain;
+        knit_thrift_writer_init(&plain, proto);
+        const uint8_t *msg = h.payload;
+        size_t ml = h.payload_len;
+        if (zlib) {
+            assert_int_equal(knit_thrift_header_inflate(msg, ml, 1 << 20, &plain), 0);
+            msg = plain.data;
+            ml = plain.len;
+        }
+        envelope ev;
+        open_envelope(proto, msg, ml, &ev);
+        assert_string_equal(ev.name, "hello");
+        assert_int_equal(ev.seqid, 500 + i);
+        assert_string_equal(ev.text, "bonjour, header");
+        knit_thrift_writer_free(&plain);
+        raw_consume(&x, n);
+    }
+    /* an unknown transform (3, snappy): INVALID_TRANSFORM, then the next call works */
+    static const uint8_t snappy[] = {0, 0, 0, 14, 0x0f, 0xff, 0, 0, 0, 0, 0, 9, 0, 1, 0, 1, 3, 0};
+    raw_send(&e, &x, snappy, sizeof snappy);
+    size_t n = raw_until(&e, &x, frame_complete, "INVALID_TRANSFORM");
+    knit_thrift_header h;
+    assert_int_equal(knit_thrift_header_parse(x.buf + 4, n - 4, &h), 0);
+    assert_int_equal(h.seqid, 9);
+    envelope ev;
+    open_envelope(KNIT_THRIFT_BINARY, h.payload, h.payload_len, &ev);
+    assert_int_equal(ev.type, KNIT_THRIFT_EXCEPTION);
+    assert_int_equal(ev.app_type, KNIT_TAPP_INVALID_TRANSFORM);
+    raw_consume(&x, n);
+    knit_thrift_writer w;
+    knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
+    encode_hello(&w, "Other:hello", 1, "again");
+    theader_wrap(&w, 1, false, NULL, 0);
+    raw_send(&e, &x, w.data, w.len);
+    knit_thrift_writer_free(&w);
+    n = raw_until(&e, &x, frame_complete, "THeader reply after INVALID_TRANSFORM");
+    assert_int_equal(knit_thrift_header_parse(x.buf + 4, n - 4, &h), 0);
+    assert_null(knit_thrift_header_get(&h, "handled", NULL)); /* no greeting, no reply header */
+    open_envelope(KNIT_THRIFT_BINARY, h.payload, h.payload_len, &ev);
+    assert_string_equal(ev.text, "hello, again");
+    raw_close(&x);
+    knit_thrift_server_stats st;
+    knit_thrift_server_get_stats(e.srv, &st);
+    assert_int_equal(st.header_calls, 7);
+    env_down(&e, NULL);
+}
+
+static uint64_t calls_wanted;
+static bool calls_at_least(void *arg)
+{
+    env *e = arg;
+    knit_thrift_server_stats st;
+    knit_thrift_server_get_stats(e->srv, &st);
+    return st.calls >= calls_wanted;
+}
+
+struct expo {
+    knit_metrics *mx;
+    char *text;
+};
+
+static void expose_cb(knit_reactor *r, void *arg)
+{
+    (void)r;
+    struct expo *ex = arg;
+    assert_int_equal(knit_metrics_expose(ex->mx, &ex->text, NULL), 0);
+}
+
+static void out_append(const char *data, size_t len, void *arg)
+{
+    char *buf = arg;
+    size_t have = strlen(buf);
+    if (have + len >= 256) len = 255 - have;
+    memcpy(buf + have, data, len);
+    buf[have + len] = 0;
+}
+
+/* Deadlines on the fake clock: a call whose client_timeout passed while it
+ * waited for the only worker is answered TIMEOUT (12) without running; a
+ * call with time left runs; knit's client sends client_timeout whenever it
+ * speaks THeader. Then metrics and the manhole show the count. */
+static void test_deadline_expires_in_queue(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(KNIT_SEC(1000));
+    env_clock = clk;
+    env e;
+    env_up(&e, NULL, 64, 1);
+    knit_thrift_client *plain = env_client(&e, NULL);
+    outcome og;
+    call_gate(plain, 1, &og); /* holds the only worker */
+    run_until(&e, gate_waiters_1, NULL);
+    raw x;
+    raw_open(&e, &x);
+    const knit_thrift_header_kv short_tmo[] = {KV("client_timeout", "100")};
+    const knit_thrift_header_kv long_tmo[] = {KV("client_timeout", "60000")};
+    knit_thrift_writer w;
+    knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
+    encode_hello(&w, "Other:hello", 1, "late");
+    theader_wrap(&w, 1, false, short_tmo, 1);
+    raw_send(&e, &x, w.data, w.len);
+    knit_thrift_writer_reset(&w);
+    encode_hello(&w, "Other:hello", 2, "in time");
+    theader_wrap(&w, 2, false, long_tmo, 1);
+    raw_send(&e, &x, w.data, w.len);
+    knit_thrift_writer_free(&w);
+    /* knit's own client, THeader with a 100 ms timeout: it sends client_timeout */
+    knit_thrift_client_options co;
+    knit_thrift_client_options_init(&co);
+    co.endpoint = e.ep;
+    co.header = true;
+    co.timeout = KNIT_MSEC(100);
+    co.service = "Other";
+    knit_thrift_client *hc;
+    assert_int_equal(knit_thrift_client_new(e.r, &co, &hc), 0);
+    calc_Other_hello_args ha;
+    calc_Other_hello_args_init(&ha);
+    knit_tstr_set(&ha.name, "knit", 4);
+    knit_deferred *d;
+    assert_int_equal(calc_Other_hello_call(hc, &ha, &d), 0);
+    calc_Other_hello_args_free(&ha);
+    outcome oh;
+    oc_watch(d, &oh);
+    calls_wanted = 4;
+    run_until(&e, calls_at_least, &e); /* gate + the three hellos are queued */
+    assert_int_equal(knit_reactor_advance(e.r, KNIT_MSEC(150)), 0);
+    assert_true(oh.done); /* the client gave up itself ... */
+    assert_int_equal(oh.code, KNIT_ETIMEDOUT);
+    gate_set(true); /* ... and the server will not run its call either */
+    run_until(&e, oc_done, &og);
+    oc_free(&og);
+    size_t n = raw_until(&e, &x, frame_complete, "reply to the late call");
+    knit_thrift_header h;
+    assert_int_equal(knit_thrift_header_parse(x.buf + 4, n - 4, &h), 0);
+    envelope ev;
+    open_envelope(KNIT_THRIFT_BINARY, h.payload, h.payload_len, &ev);
+    assert_int_equal(ev.seqid, 1);
+    assert_int_equal(ev.type, KNIT_THRIFT_EXCEPTION);
+    assert_int_equal(ev.app_type, KNIT_TAPP_TIMEOUT);
+    assert_non_null(strstr(ev.text, "client_timeout"));
+    raw_consume(&x, n);
+    n = raw_until(&e, &x, frame_complete, "reply to the call in time");
+    assert_int_equal(knit_thrift_header_parse(x.buf + 4, n - 4, &h), 0);
+    open_envelope(KNIT_THRIFT_BINARY, h.payload, h.payload_len, &ev);
+    assert_int_equal(ev.seqid, 2);
+    assert_int_equal(ev.type, KNIT_THRIFT_REPLY);
+    assert_string_equal(ev.text, "hello, in time");
+    raw_close(&x);
+    knit_thrift_client_stats cs;
+    for (int i = 0; i < 2000; i++) {
+        knit_thrift_client_get_stats(hc, &cs);
+        if (cs.late_replies) break;
+        knit_reactor_run_once(e.r, KNIT_MSEC(2));
+    }
+    assert_int_equal(cs.late_replies, 1); /* its TIMEOUT answer came after it gave up */
+    knit_thrift_server_stats st;
+    knit_thrift_server_get_stats(e.srv, &st);
+    assert_int_equal(st.expired, 2);
+    assert_int_equal(st.queue_timeouts, 0);
+
+    /* visible in metrics ... */
+    knit_metrics *mx;
+    assert_int_equal(knit_metrics_new(&mx), 0);
+    assert_int_equal(knit_metrics_add_thrift(mx, e.r, e.srv, NULL), 0);
+    /* reactor-owned stats are read by an exposition on the reactor thread */
+    struct expo ex = {mx, NULL};
+    assert_int_equal(knit_call_from_thread(e.r, expose_cb, &ex), 0);
+    for (int i = 0; i < 1000 && !ex.text; i++)
+        knit_reactor_run_once(e.r, KNIT_MSEC(1));
+    char *text = ex.text;
+    assert_non_null(text);
+    assert_non_null(strstr(text, "knit_thrift_deadline_expired_total{server=\"thrift\"} 2\n"));
+    assert_non_null(strstr(text, "knit_thrift_queue_timeouts_total{server=\"thrift\"} 0\n"));
+    free(text);
+    assert_int_equal(knit_metrics_remove_thrift(mx, e.srv), 0);
+    knit_metrics_free(mx);
+    /* ... and in the manhole */
+    knit_manhole *mh;
+    assert_int_equal(knit_manhole_new(&mh, e.r, NULL), 0);
+    assert_int_equal(knit_manhole_attach_thrift(mh, e.srv), 0);
+    char out[256] = "";
+    knit_manhole_session *ms;
+    assert_int_equal(knit_manhole_session_new(mh, "uid=test", out_append, out, &ms), 0);
+    const char *q = "s = thrift.stats() print(s.expired, s.queue_timeouts, s.header_calls)";
+    assert_int_equal(knit_manhole_session_eval(ms, q, strlen(q)), KNIT_MANHOLE_OK);
+    assert_string_equal(out, "2\t0\t3\n");
+    knit_manhole_session_free(ms);
+    knit_manhole_free(mh);
+
+    knit_thrift_client_free(hc);
+    env_down(&e, plain);
+    knit_clock_free(clk);
+}
+
+/* queue_timeout on the fake clock: a call that waited longer for a worker
+ * is answered TIMEOUT, whatever the client sent. */
+static void test_queue_timeout(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(KNIT_SEC(1000));
+    env_clock = clk;
+    knit_thrift_server_options so;
+    knit_thrift_server_options_init(&so);
+    so.queue_timeout = KNIT_MSEC(50);
+    env e;
+    env_up(&e, &so, 64, 1);
+    knit_thrift_client *cl = env_client(&e, NULL);
+    outcome og, o1, o2;
+    call_gate(cl, 1, &og);
+    run_until(&e, gate_waiters_1, NULL);
+    call_add(cl, 1, 2, &o1);
+    calls_wanted = 2;
+    run_until(&e, calls_at_least, &e); /* the add is queued; no time passes */
+    gate_set(true);
+    run_until(&e, oc_done, &og);
+    run_until(&e, oc_done, &o1);
+    assert_int_equal(o1.code, 0); /* no time passed: it ran */
+    oc_free(&o1);
+    oc_free(&og);
+    gate_set(false);
+    call_gate(cl, 2, &og);
+    run_until(&e, gate_waiters_1, NULL);
+    call_add(cl, 3, 4, &o2);
+    calls_wanted = 4;
+    run_until(&e, calls_at_least, &e); /* the add is queued */
+    assert_int_equal(knit_reactor_advance(e.r, KNIT_MSEC(60)), 0);
+    gate_set(true);
+    run_until(&e, oc_done, &og);
+    oc_free(&og);
+    run_until(&e, oc_done, &o2);
+    assert_int_equal(o2.code, KNIT_EAPP);
+    assert_non_null(strstr(o2.msg, "TApplicationException 12:"));
+    assert_non_null(strstr(o2.msg, "queue timeout"));
+    knit_thrift_server_stats st;
+    knit_thrift_server_get_stats(e.srv, &st);
+    assert_int_equal(st.queue_timeouts, 1);
+    assert_int_equal(st.expired, 0);
+    env_down(&e, cl);
+    knit_clock_free(clk);
+}
+
+/* Thrift over HTTP: a POST route on a knit HTTP server, bodies in binary,
+ * compact, JSON or a THeader frame; 400 for garbage, 405 for GET. */
+static void test_http_route(void **state)
+{
+    (void)state;
+    env e;
+    env_up(&e, NULL, 64, 1);
+    knit_http_options ho;
+    knit_http_options_init(&ho);
+    ho.access_log = KNIT_HTTP_LOG_NONE;
+    knit_http_server *hs;
+    assert_int_equal(knit_http_server_new(e.r, &ho, &hs), 0);
+    assert_int_equal(knit_thrift_server_http_route(e.srv, hs, "/thrift"), 0);
+    char err[256];
+    assert_int_equal(knit_http_listen(hs, "tcp:0:interface=127.0.0.1", err, sizeof err), 0);
+    unsigned tport = e.port;
+    e.port = knit_http_port(hs, 0);
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT, KNIT_THRIFT_JSON,
+                                  KNIT_THRIFT_COMPACT};
+    for (int i = 0; i < 5; i++) {
+        raw x;
+        raw_open(&e, &x);
+        knit_thrift_writer w;
+        knit_thrift_proto proto = protos[i % 4];
+        knit_thrift_writer_init(&w, proto);
+        if (i < 4) encode_hello(&w, "Other:hello", 40 + i, "web");
+        if (i == 3) theader_wrap(&w, 43, true, NULL, 0);
+        if (i == 4) knit_thrift_write_raw(&w, "garbage!", 8);
+        char head[160];
+        int hl = snprintf(head, sizeof head,
+                          "POST /thrift HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-thrift"
+                          "\r\nContent-Length: %zu\r\nConnection: close\r\n\r\n",
+                          w.len);
+        raw_send(&e, &x, head, (size_t)hl);
+        raw_send(&e, &x, w.data, w.len);
+        knit_thrift_writer_free(&w);
+        for (int k = 0; k < 20000; k++) { /* read to EOF */
+            if (x.cap - x.len < 4096) {
+                x.cap = x.cap ? 2 * x.cap : 65536;
+                x.buf = realloc(x.buf, x.cap);
+            }
+            ssize_t r = read(x.fd, x.buf + x.len, x.cap - x.len);
+            if (r == 0) break;
+            if (r > 0)
+                x.len += (size_t)r;
+            else
+                knit_reactor_run_once(e.r, KNIT_MSEC(2));
+        }
+        x.buf[x.len < x.cap ? x.len : x.cap - 1] = 0;
+        const char *body = memmem(x.buf, x.len, "\r\n\r\n", 4);
+        assert_non_null(body);
+        body += 4;
+        size_t bl = x.len - (size_t)((const uint8_t *)body - x.buf);
+        if (i == 4) {
+            assert_memory_equal(x.buf, "HTTP/1.1 400 ", 13);
+            raw_close(&x);
+            continue;
+        }
+        assert_memory_equal(x.buf, "HTTP/1.1 200 ", 13);
+        assert_non_null(memmem(x.buf, x.len,
+                               proto == KNIT_THRIFT_JSON ? "application/vnd.apache.thrift.json"
+                                                         : "application/x-thrift",
+                               proto == KNIT_THRIFT_JSON ? 34 : 20));
+        const uint8_t *msg = (const uint8_t *)body;
+        size_t ml = bl;
+        knit_thrift_writer plain;
+        knit_thrift_writer_init(&plain, proto);
+        if (i == 3) {
+            knit_thrift_header h;
+            assert_int_equal(knit_thrift_header_parse(msg + 4, ml - 4, &h), 0);
+            assert_true(h.zlib);
+            assert_int_equal(knit_thrift_header_inflate(h.payload, h.payload_len, 1 << 20, &plain),
+                             0);
+            msg = plain.data;
+            ml = plain.len;
+        }
+        envelope ev;
+        open_envelope(proto, msg, ml, &ev);
+        assert_string_equal(ev.name, "hello");
+        assert_int_equal(ev.seqid, 40 + i);
+        assert_string_equal(ev.text, "hello, web");
+        knit_thrift_writer_free(&plain);
+        raw_close(&x);
+    }
+    knit_thrift_server_stats st;
+    knit_thrift_server_get_stats(e.srv, &st);
+    assert_int_equal(st.http_calls, 5);
+    knit_http_server_drain(hs, NULL, NULL);
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(e.r, KNIT_MSEC(1));
+    knit_http_server_free(hs);
+    e.port = tport;
+    env_down(&e, NULL);
 }
 
 /* DIGEST-MD5 with a required security layer over the network: every call
@@ -1912,6 +2578,13 @@ int main(void)
         cmocka_unit_test(test_max_in_flight_pauses_reading),
         cmocka_unit_test(test_client_connection_pool),
         cmocka_unit_test(test_client_max_pending_queues),
+        cmocka_unit_test(test_multiplexed_reply_names),
+        cmocka_unit_test(test_unframed_non_strict_binary),
+        cmocka_unit_test(test_theader_info_headers),
+        cmocka_unit_test(test_deadline_expires_in_queue),
+        cmocka_unit_test(test_queue_timeout),
+        cmocka_unit_test(test_http_route),
+        cmocka_unit_test(test_client_theader_reply_in_other_protocol),
         cmocka_unit_test(test_client_down_names_cause_and_recovers_at_once),
         cmocka_unit_test(test_client_fail_fast),
     };

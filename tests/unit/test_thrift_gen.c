@@ -15,7 +15,11 @@
 #include "rich_thrift.h"
 #include "thrift_rich_golden.h"
 
-#define PROTO(p) ((p) ? KNIT_THRIFT_COMPACT : KNIT_THRIFT_BINARY)
+/* p = 0, 1, 2: binary, compact, JSON (the golden arrays' _bin, _cmp, _json) */
+#define NPROTO 3
+#define PROTO(p) ((knit_thrift_proto)(p))
+#define G(n, p) ((p) == 0 ? n##_bin : (p) == 1 ? n##_cmp : n##_json)
+#define GL(n, p) ((p) == 0 ? n##_bin_len : (p) == 1 ? n##_cmp_len : n##_json_len)
 
 static void check_bytes(const char *what, const knit_thrift_writer *w, const uint8_t *want,
                         size_t wl)
@@ -30,11 +34,11 @@ static void check_bytes(const char *what, const knit_thrift_writer *w, const uin
 }
 
 /* Decode GOLD with READ into a fresh value, re-encode, compare. */
-#define ROUND_TRIP(T, gold_bin, gold_cmp, check)                                                   \
+#define ROUND_TRIP(T, gold, check)                                                                 \
     do {                                                                                           \
-        for (int p_ = 0; p_ < 2; p_++) {                                                           \
-            const uint8_t *g_ = p_ ? gold_cmp : gold_bin;                                          \
-            size_t gl_ = p_ ? gold_cmp##_len : gold_bin##_len;                                     \
+        for (int p_ = 0; p_ < NPROTO; p_++) {                                                      \
+            const uint8_t *g_ = G(gold, p_);                                                       \
+            size_t gl_ = GL(gold, p_);                                                             \
             T v_;                                                                                  \
             assert_int_equal(T##_init(&v_), 0);                                                    \
             knit_thrift_reader r_;                                                                 \
@@ -73,7 +77,7 @@ static void check_scalars(const rich_Scalars *s)
 static void test_scalars_round_trip(void **state)
 {
     (void)state;
-    ROUND_TRIP(rich_Scalars, scalars_bin, scalars_cmp, check_scalars);
+    ROUND_TRIP(rich_Scalars, scalars, check_scalars);
 }
 
 /* The same value built by hand encodes to the golden bytes. */
@@ -92,12 +96,11 @@ static void test_scalars_built_by_hand(void **state)
     assert_int_equal(knit_tstr_set(&s.bin, "\x00\x01\x02\xff", 4), 0);
     s.kind = rich_Kind_NEG;
     s.color = rich_inc_Color_BLUE;
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < NPROTO; p++) {
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, PROTO(p));
         assert_int_equal(rich_Scalars_write(&w, &s), 0);
-        check_bytes("scalars", &w, p ? scalars_cmp : scalars_bin,
-                    p ? scalars_cmp_len : scalars_bin_len);
+        check_bytes("scalars", &w, G(scalars, p), GL(scalars, p));
         knit_thrift_writer_free(&w);
     }
     rich_Scalars_free(&s);
@@ -144,7 +147,7 @@ static void check_everything(const rich_Everything *e)
 static void test_everything_round_trip(void **state)
 {
     (void)state;
-    ROUND_TRIP(rich_Everything, everything_bin, everything_cmp, check_everything);
+    ROUND_TRIP(rich_Everything, everything, check_everything);
 }
 
 static void check_choice(const rich_Choice *c)
@@ -159,7 +162,7 @@ static void check_choice(const rich_Choice *c)
 static void test_union_round_trip(void **state)
 {
     (void)state;
-    ROUND_TRIP(rich_Choice, choice_bin, choice_cmp, check_choice);
+    ROUND_TRIP(rich_Choice, choice, check_choice);
 }
 
 /* init applies every IDL default; the result encodes like Python's Defaults(). */
@@ -182,12 +185,11 @@ static void test_defaults(void **state)
     assert_int_equal(d.m.len, 1);
     assert_int_equal(d.m.items[0].key, 1);
     assert_string_equal(knit_tstr_cstr(&d.m.items[0].value), "one");
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < NPROTO; p++) {
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, PROTO(p));
         assert_int_equal(rich_Defaults_write(&w, &d), 0);
-        check_bytes("defaults", &w, p ? defaults_cmp : defaults_bin,
-                    p ? defaults_cmp_len : defaults_bin_len);
+        check_bytes("defaults", &w, G(defaults, p), GL(defaults, p));
         knit_thrift_writer_free(&w);
     }
     rich_Defaults e;
@@ -248,9 +250,9 @@ static void test_consts_and_enums(void **state)
 static void test_truncated_everything(void **state)
 {
     (void)state;
-    for (int p = 0; p < 2; p++) {
-        const uint8_t *g = p ? everything_cmp : everything_bin;
-        size_t gl = p ? everything_cmp_len : everything_bin_len;
+    for (int p = 0; p < NPROTO; p++) {
+        const uint8_t *g = G(everything, p);
+        size_t gl = GL(everything, p);
         for (size_t cut = 0; cut < gl; cut++) {
             uint8_t *copy = malloc(cut ? cut : 1);
             memcpy(copy, g, cut);
@@ -390,19 +392,18 @@ static const rich_Rich_handler handler = {
 
 struct msg_case {
     const char *name;
-    const uint8_t *call[2];
-    size_t call_len[2];
-    const uint8_t *reply[2];
-    size_t reply_len[2];
+    const uint8_t *call[NPROTO];
+    size_t call_len[NPROTO];
+    const uint8_t *reply[NPROTO];
+    size_t reply_len[NPROTO];
 };
 
 #define MC(n)                                                                                      \
     {                                                                                              \
-#n, {call_##n##_bin, call_##n##_cmp },                                                     \
-             {call_##n##_bin_len, call_##n##_cmp_len }, {reply_##n##_bin, reply_##n##_cmp },       \
-        {                                                                                          \
-            reply_##n##_bin_len, reply_##n##_cmp_len                                               \
-        }                                                                                          \
+#n, {call_##n##_bin, call_##n##_cmp, call_##n##_json },                                    \
+             {call_##n##_bin_len, call_##n##_cmp_len, call_##n##_json_len },                       \
+              {reply_##n##_bin, reply_##n##_cmp, reply_##n##_json },                               \
+               {reply_##n##_bin_len, reply_##n##_cmp_len, reply_##n##_json_len },                  \
     }
 static const struct msg_case msg_cases[] = {
     MC(ping), MC(echo), MC(add), MC(pick), MC(pick_bad), MC(nothing), MC(fire),
@@ -416,7 +417,7 @@ static void test_processor_matches_python(void **state)
     rich_Rich_processor_init(&proc, &handler, NULL);
     fired = 0;
     for (size_t i = 0; i < sizeof msg_cases / sizeof msg_cases[0]; i++) {
-        for (int p = 0; p < 2; p++) {
+        for (int p = 0; p < NPROTO; p++) {
             const struct msg_case *mc = &msg_cases[i];
             knit_thrift_writer w;
             knit_thrift_writer_init(&w, PROTO(p));
@@ -426,7 +427,7 @@ static void test_processor_matches_python(void **state)
             knit_thrift_writer_free(&w);
         }
     }
-    assert_int_equal(fired, 2);
+    assert_int_equal(fired, NPROTO);
 }
 
 /* The client envelope: encode_call writes Python's call bytes, decode_reply
@@ -434,7 +435,7 @@ static void test_processor_matches_python(void **state)
 static void test_client_envelopes(void **state)
 {
     (void)state;
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < NPROTO; p++) {
         rich_Rich_add_args a;
         rich_Rich_add_args_init(&a);
         a.a = 1LL << 40;
@@ -442,17 +443,15 @@ static void test_client_envelopes(void **state)
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, PROTO(p));
         assert_int_equal(knit_thrift_encode_call(&w, &rich_Rich_add_method, NULL, 0, &a), 0);
-        check_bytes("call add", &w, p ? call_add_cmp : call_add_bin,
-                    p ? call_add_cmp_len : call_add_bin_len);
+        check_bytes("call add", &w, G(call_add, p), GL(call_add, p));
         knit_thrift_writer_free(&w);
         rich_Rich_add_args_free(&a);
 
         rich_Rich_add_result res;
         rich_Rich_add_result_init(&res);
         int32_t seq = -1;
-        assert_int_equal(knit_thrift_decode_reply(
-                             &rich_Rich_add_method, PROTO(p), p ? reply_add_cmp : reply_add_bin,
-                             p ? reply_add_cmp_len : reply_add_bin_len, &seq, &res, NULL, NULL),
+        assert_int_equal(knit_thrift_decode_reply(&rich_Rich_add_method, PROTO(p), G(reply_add, p),
+                                                  GL(reply_add, p), &seq, &res, NULL, NULL),
                          0);
         assert_int_equal(seq, 0);
         assert_true(res.has_success && res.success == (1LL << 40) - 3);
@@ -460,11 +459,10 @@ static void test_client_envelopes(void **state)
 
         rich_Rich_pick_result pr;
         rich_Rich_pick_result_init(&pr);
-        assert_int_equal(
-            knit_thrift_decode_reply(
-                &rich_Rich_pick_method, PROTO(p), p ? reply_pick_bad_cmp : reply_pick_bad_bin,
-                p ? reply_pick_bad_cmp_len : reply_pick_bad_bin_len, &seq, &pr, NULL, NULL),
-            0);
+        assert_int_equal(knit_thrift_decode_reply(&rich_Rich_pick_method, PROTO(p),
+                                                  G(reply_pick_bad, p), GL(reply_pick_bad, p), &seq,
+                                                  &pr, NULL, NULL),
+                         0);
         assert_false(pr.has_success);
         assert_true(pr.has_oops);
         assert_int_equal(pr.oops.code, 404);
@@ -478,8 +476,7 @@ static void test_client_envelopes(void **state)
             *rich_list_i32_add(&fa.xs) = i;
         knit_thrift_writer_init(&w, PROTO(p));
         assert_int_equal(knit_thrift_encode_call(&w, &rich_Rich_fire_method, NULL, 0, &fa), 0);
-        check_bytes("call fire", &w, p ? call_fire_cmp : call_fire_bin,
-                    p ? call_fire_cmp_len : call_fire_bin_len);
+        check_bytes("call fire", &w, G(call_fire, p), GL(call_fire, p));
         knit_thrift_writer_free(&w);
         rich_Rich_fire_args_free(&fa);
     }
@@ -493,11 +490,10 @@ static void test_processor_errors(void **state)
     h.add = NULL; /* not implemented: UNKNOWN_METHOD */
     knit_thrift_processor proc;
     rich_Rich_processor_init(&proc, &h, NULL);
-    for (int p = 0; p < 2; p++) {
+    for (int p = 0; p < NPROTO; p++) {
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, PROTO(p));
-        assert_int_equal(knit_thrift_process(&proc, PROTO(p), p ? call_add_cmp : call_add_bin,
-                                             p ? call_add_cmp_len : call_add_bin_len, &w),
+        assert_int_equal(knit_thrift_process(&proc, PROTO(p), G(call_add, p), GL(call_add, p), &w),
                          0);
         rich_Rich_add_result res;
         rich_Rich_add_result_init(&res);
@@ -527,7 +523,130 @@ static void test_processor_errors(void **state)
                          0);
         assert_int_equal(seq, 9);
         assert_int_equal(pr.success, 2);
+        /* issue 13, fault 1: the reply names the method alone, as Apache's
+         * TMultiplexedProcessor answers (its C++ client waits forever on a
+         * reply named "Rich:ping") */
+        knit_thrift_reader rr;
+        knit_thrift_reader_init(&rr, PROTO(p), out.data, out.len);
+        const char *nm;
+        size_t nl;
+        knit_thrift_msg_type mt;
+        assert_int_equal(knit_thrift_read_message_begin(&rr, &nm, &nl, &mt, &seq), 0);
+        assert_int_equal(mt, KNIT_THRIFT_REPLY);
+        assert_int_equal(nl, 4);
+        assert_memory_equal(nm, "ping", 4);
+        /* ... and so do the exceptions of a multiplexed call */
+        knit_thrift_writer_reset(&w);
+        knit_thrift_writer_reset(&out);
+        rich_Rich_add_args aa;
+        rich_Rich_add_args_init(&aa);
+        assert_int_equal(knit_thrift_encode_call(&w, &rich_Rich_add_method, "Rich:", 3, &aa), 0);
+        assert_int_equal(knit_thrift_process(&proc, PROTO(p), w.data, w.len, &out), 0);
+        knit_thrift_reader_init(&rr, PROTO(p), out.data, out.len);
+        assert_int_equal(knit_thrift_read_message_begin(&rr, &nm, &nl, &mt, &seq), 0);
+        assert_int_equal(mt, KNIT_THRIFT_EXCEPTION);
+        assert_int_equal(nl, 3);
+        assert_memory_equal(nm, "add", 3);
         knit_thrift_writer_free(&out);
+        knit_thrift_writer_free(&w);
+    }
+}
+
+/* Issue 13, fault 3: a union is written only with exactly one member set
+ * (KNIT_EINVAL otherwise) and read only with exactly one (KNIT_ETHRIFT). */
+static void test_union_exactly_one(void **state)
+{
+    (void)state;
+    for (int p = 0; p < NPROTO; p++) {
+        rich_Choice c;
+        assert_int_equal(rich_Choice_init(&c), 0);
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, PROTO(p));
+        assert_int_equal(rich_Choice_write(&w, &c), KNIT_EINVAL); /* none */
+        knit_thrift_writer_reset(&w);
+        c.has_number = true;
+        c.number = 3;
+        assert_int_equal(rich_Choice_write(&w, &c), 0);
+        size_t one_len = w.len;
+        uint8_t one[64];
+        assert_true(one_len <= sizeof one);
+        memcpy(one, w.data, one_len);
+        knit_thrift_writer_reset(&w);
+        c.has_text = true; /* two */
+        assert_int_equal(rich_Choice_write(&w, &c), KNIT_EINVAL);
+        /* nested: the error reaches the enclosing struct's writer */
+        rich_Everything e;
+        assert_int_equal(rich_Everything_init(&e), 0);
+        e.has_choice = true; /* set, with no member */
+        knit_thrift_writer_reset(&w);
+        assert_int_equal(rich_Everything_write(&w, &e), KNIT_EINVAL);
+        rich_Everything_free(&e);
+        rich_Choice_free(&c);
+
+        /* reading: one member is fine, none or two are not */
+        knit_thrift_reader r;
+        assert_int_equal(rich_Choice_init(&c), 0);
+        knit_thrift_reader_init(&r, PROTO(p), one, one_len);
+        assert_int_equal(rich_Choice_read(&r, &c), 0);
+        assert_true(c.has_number && c.number == 3);
+        rich_Choice_free(&c);
+        knit_thrift_writer_reset(&w);
+        knit_thrift_write_struct_begin(&w);
+        knit_thrift_write_field_stop(&w);
+        knit_thrift_write_struct_end(&w);
+        assert_int_equal(rich_Choice_init(&c), 0);
+        knit_thrift_reader_init(&r, PROTO(p), w.data, w.len);
+        assert_int_equal(rich_Choice_read(&r, &c), KNIT_ETHRIFT);
+        rich_Choice_free(&c);
+        knit_thrift_writer_reset(&w);
+        knit_thrift_write_struct_begin(&w);
+        knit_thrift_write_field_begin(&w, KNIT_TT_I32, 1);
+        knit_thrift_write_i32(&w, 1);
+        knit_thrift_write_field_end(&w);
+        knit_thrift_write_field_begin(&w, KNIT_TT_STRING, 2);
+        knit_thrift_write_string(&w, "t");
+        knit_thrift_write_field_end(&w);
+        knit_thrift_write_field_stop(&w);
+        knit_thrift_write_struct_end(&w);
+        assert_int_equal(w.err, 0);
+        assert_int_equal(rich_Choice_init(&c), 0);
+        knit_thrift_reader_init(&r, PROTO(p), w.data, w.len);
+        assert_int_equal(rich_Choice_read(&r, &c), KNIT_ETHRIFT);
+        rich_Choice_free(&c); /* what was read is freed (ASan) */
+        knit_thrift_writer_free(&w);
+    }
+}
+
+/* A handler whose result cannot be encoded (a union left empty) gets an
+ * INTERNAL_ERROR exception, not a reply cut short. */
+static int h_pick_empty(void *ctx, const rich_Rich_pick_args *a, rich_Rich_pick_result *res)
+{
+    (void)ctx;
+    (void)a;
+    res->has_success = true; /* and no member of the Choice set */
+    return 0;
+}
+
+static void test_unencodable_result(void **state)
+{
+    (void)state;
+    rich_Rich_handler h = handler;
+    h.pick = h_pick_empty;
+    knit_thrift_processor proc;
+    rich_Rich_processor_init(&proc, &h, NULL);
+    for (int p = 0; p < NPROTO; p++) {
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, PROTO(p));
+        assert_int_equal(
+            knit_thrift_process(&proc, PROTO(p), G(call_pick, p), GL(call_pick, p), &w), 0);
+        rich_Rich_pick_result res;
+        rich_Rich_pick_result_init(&res);
+        int32_t seq, at = -1;
+        assert_int_equal(knit_thrift_decode_reply(&rich_Rich_pick_method, PROTO(p), w.data, w.len,
+                                                  &seq, &res, &at, NULL),
+                         KNIT_EAPP);
+        assert_int_equal(at, KNIT_TAPP_INTERNAL_ERROR);
+        rich_Rich_pick_result_free(&res);
         knit_thrift_writer_free(&w);
     }
 }
@@ -547,6 +666,8 @@ int main(void)
         cmocka_unit_test(test_processor_matches_python),
         cmocka_unit_test(test_client_envelopes),
         cmocka_unit_test(test_processor_errors),
+        cmocka_unit_test(test_union_exactly_one),
+        cmocka_unit_test(test_unencodable_result),
     };
     return KNIT_RUN_TESTS(tests);
 }

@@ -627,12 +627,49 @@ static void test_detect(void **state)
                      KNIT_THRIFT_SASL);
     assert_int_equal(knit_thrift_detect((const uint8_t *)"GET / HTTP/1.1", 14, &p),
                      KNIT_THRIFT_DETECT_UNKNOWN);
-    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x20GE", 6, &p),
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x20\x01\x02", 6, &p),
                      KNIT_THRIFT_DETECT_UNKNOWN);
     p = KNIT_THRIFT_COMPACT; /* framed old non-strict binary: name length first */
     assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x20\x00\x00", 6, &p),
                      KNIT_THRIFT_FRAMED);
     assert_int_equal(p, KNIT_THRIFT_BINARY);
+    /* issue 13, fault 2: unframed old non-strict binary (name length, then the
+     * name's printable bytes; a 1-byte name is followed by the type) */
+    p = KNIT_THRIFT_COMPACT;
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x03"
+                                                         "add\x01",
+                                        8, &p),
+                     KNIT_THRIFT_UNFRAMED);
+    assert_int_equal(p, KNIT_THRIFT_BINARY);
+    p = KNIT_THRIFT_COMPACT;
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x01"
+                                                         "f\x01",
+                                        6, &p),
+                     KNIT_THRIFT_UNFRAMED);
+    assert_int_equal(p, KNIT_THRIFT_BINARY);
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x01"
+                                                         "f\x02",
+                                        6, &p),
+                     KNIT_THRIFT_DETECT_UNKNOWN);
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x00\x01\x00", 6, &p),
+                     KNIT_THRIFT_DETECT_UNKNOWN);
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x03"
+                                                         "a\x80",
+                                        6, &p),
+                     KNIT_THRIFT_DETECT_UNKNOWN);
+    /* THeader (magic 0x0fff after the length), JSON framed and unframed */
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x20\x0f\xff", 6, &p),
+                     KNIT_THRIFT_HEADER);
+    p = KNIT_THRIFT_BINARY;
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"\x00\x00\x00\x20[1", 6, &p),
+                     KNIT_THRIFT_FRAMED);
+    assert_int_equal(p, KNIT_THRIFT_JSON);
+    p = KNIT_THRIFT_BINARY;
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"[1,\"add\"", 8, &p),
+                     KNIT_THRIFT_UNFRAMED);
+    assert_int_equal(p, KNIT_THRIFT_JSON);
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"[", 1, &p), KNIT_THRIFT_DETECT_NEED_MORE);
+    assert_int_equal(knit_thrift_detect((const uint8_t *)"[2", 2, &p), KNIT_THRIFT_DETECT_UNKNOWN);
 }
 
 static void test_writer_take_and_reset(void **state)
@@ -689,6 +726,36 @@ static void test_compact_list_bool_type_codes(void **state)
     knit_thrift_writer_free(&w);
 }
 
+/* An empty string whose pointer is NULL (an unset knit_tstr) is written as
+ * "" in every protocol. JSON added NULL + 0 (clang's UBSan: "applying zero
+ * offset to null pointer"; found by fuzz_thrift_json). gcc's UBSan, which
+ * the asan stage uses, does not flag NULL + 0: the check that fails without
+ * the fix is the finding kept in fuzz/corpus/thrift_json (clang, the fuzz
+ * stage); this test pins the behaviour. */
+static void test_empty_string_null_pointer(void **state)
+{
+    (void)state;
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT, KNIT_THRIFT_JSON};
+    for (int i = 0; i < 3; i++) {
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, protos[i]);
+        knit_thrift_write_binary(&w, NULL, 0);
+        assert_int_equal(w.err, 0);
+        knit_thrift_reader r;
+        knit_thrift_reader_init(&r, protos[i], w.data, w.len);
+        const uint8_t *p;
+        size_t n = 99;
+        assert_int_equal(knit_thrift_read_binary(&r, &p, &n), 0);
+        assert_int_equal(n, 0);
+        assert_int_equal(knit_thrift_reader_remaining(&r), 0);
+        if (protos[i] == KNIT_THRIFT_JSON) assert_memory_equal(w.data, "\"\"", 2);
+        knit_thrift_writer_reset(&w);
+        knit_thrift_write_bytes(&w, NULL, 0); /* base64 in JSON */
+        assert_int_equal(w.err, 0);
+        knit_thrift_writer_free(&w);
+    }
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -704,6 +771,7 @@ int main(void)
         cmocka_unit_test(test_detect),
         cmocka_unit_test(test_writer_take_and_reset),
         cmocka_unit_test(test_compact_list_bool_type_codes),
+        cmocka_unit_test(test_empty_string_null_pointer),
     };
     return KNIT_RUN_TESTS(tests);
 }

@@ -13,6 +13,13 @@
  * makes the next attempt start within that timeout (at once when the last
  * one is older than it), so a server that came back answers the first call.
  *
+ * Protocols: binary, compact or JSON, framed or unframed, or in THeader
+ * frames (`header`): then every call carries the client's info headers and,
+ * when the client has a timeout, fbthrift's client_timeout (ms) so the
+ * server drops the call if it is still queued when the client gives up;
+ * `header_zlib` compresses the calls (replies are inflated whatever the
+ * server chose). THeader does not combine with SASL (KNIT_EINVAL).
+ *
  * Failures of a call's Deferred: KNIT_EAPP (a TApplicationException: the
  * failure message is "TApplicationException TYPE: MESSAGE"), KNIT_ETIMEDOUT
  * (for a call that never got a connection, its cause is the connection's
@@ -41,6 +48,7 @@
 #include "knit/clock.h"
 #include "knit/deferred.h"
 #include "knit/reactor.h"
+#include "knit/thrift/header.h"
 #include "knit/thrift/proto.h"
 #include "knit/thrift/runtime.h"
 #include "knit/thrift/sasl.h"
@@ -72,6 +80,10 @@ typedef struct knit_thrift_client_options {
     const knit_thrift_sasl_options *sasl; /* NULL: no SASL; copied, strings borrowed */
     uint32_t max_frame;                   /* largest reply; default 16,384,000 */
     unsigned fail_after_failures; /* 0 (default): calls wait for a connection; N: fail fast */
+    bool header;                          /* THeader frames (PROTO inside); unframed ignored */
+    bool header_zlib;                     /* THeader: compress calls with zlib */
+    const knit_thrift_header_kv *headers; /* THeader: info headers sent with every call (copied) */
+    size_t nheaders;
 } knit_thrift_client_options;
 
 typedef struct knit_thrift_client_stats {

@@ -9,9 +9,10 @@
  * ------
  * A knit_thrift_writer encodes into a growable byte buffer it owns; a
  * knit_thrift_reader decodes from a (pointer, length) slice it does not own.
- * Both speak either protocol, chosen at init (KNIT_THRIFT_BINARY or
- * KNIT_THRIFT_COMPACT); the hot encoders/decoders are inline so the per-value
- * cost is one predictable branch on the protocol plus the bytes.
+ * Both speak any of the three protocols, chosen at init (KNIT_THRIFT_BINARY,
+ * KNIT_THRIFT_COMPACT or KNIT_THRIFT_JSON); the hot encoders/decoders are
+ * inline so the per-value cost is one predictable branch on the protocol plus
+ * the bytes (JSON, the slow one, is out of line in src/thrift/json.c).
  *
  * Output is byte-exact with Apache Thrift 0.17 (C++, Python, Java):
  *   binary   big-endian, strict message header (0x8001 | version | type);
@@ -22,6 +23,16 @@
  *            header (type code 1 = true, 2 = false), doubles little-endian,
  *            list<bool> elements as one byte each; the element type code of
  *            list/set<bool> is written as 1 and read as 1 or 2.
+ *   json     TJSONProtocol: [1,"name",TYPE,SEQID,{...}], fields as
+ *            "ID":{"TYPE":VALUE}, maps ["K","V",N,{...}], lists ["E",N,...];
+ *            map keys quoted, bools 0/1, doubles with 17 significant digits
+ *            ("NaN", "Infinity", "-Infinity" quoted), binary values (written
+ *            with knit_thrift_write_bytes) as padded base64 (read with or
+ *            without padding), strings with Python's escapes plus \u00XX for
+ *            the other control characters. No whitespace, as Apache writes it
+ *            and reads it. A string with escapes cannot be returned zero-copy:
+ *            knit_thrift_read_binary fails with KNIT_ENOTSUP on one, use
+ *            knit_thrift_read_tstr (runtime.h), which generated code does.
  *
  * Reader limits (a peer never makes us allocate by its declared sizes):
  *   - every string/binary length and container size is checked against the
@@ -63,12 +74,17 @@ extern "C" {
 #define KNIT_THRIFT_MAX_DEPTH 64                /* struct/container nesting */
 #define KNIT_THRIFT_MAX_FRAME_DEFAULT 16384000u /* framed transport, bytes */
 #define KNIT_THRIFT_WRITER_INITIAL 256          /* first allocation of a writer */
+/* JSON nesting (arrays and objects): a struct level is two (the object and a
+ * field's {"type":...} wrapper), a map two, so this covers
+ * KNIT_THRIFT_MAX_DEPTH Thrift levels plus the message's array. */
+#define KNIT_THRIFT_JSON_MAX_NEST (2 * KNIT_THRIFT_MAX_DEPTH + 8)
 
 /* ---- types ------------------------------------------------------------------ */
 
 typedef enum knit_thrift_proto {
     KNIT_THRIFT_BINARY = 0,
     KNIT_THRIFT_COMPACT = 1,
+    KNIT_THRIFT_JSON = 2, /* TJSONProtocol */
 } knit_thrift_proto;
 
 /* TType codes (the binary protocol's wire values). */
@@ -109,6 +125,7 @@ typedef enum knit_thrift_app_error {
     KNIT_TAPP_INVALID_PROTOCOL = 9,
     KNIT_TAPP_UNSUPPORTED_CLIENT_TYPE = 10,
     KNIT_TAPP_LOADSHEDDING = 11, /* fbthrift: the server refused the call */
+    KNIT_TAPP_TIMEOUT = 12,      /* fbthrift: the call's deadline (or the queue timeout) passed */
 } knit_thrift_app_error;
 
 /* Compact protocol type codes (internal, exposed for the inline code). */
@@ -136,14 +153,19 @@ typedef struct knit_thrift_writer {
     uint8_t *data; /* encoded bytes [0, len) */
     size_t len;
     size_t cap;
-    int err; /* sticky: first error (KNIT_ENOMEM, KNIT_ELIMIT), 0 if none */
+    /* sticky: first error (KNIT_ENOMEM, KNIT_ELIMIT; KNIT_EINVAL from generated
+     * code for a union without exactly one member set), 0 if none */
+    int err;
     knit_thrift_proto proto;
     /* compact state */
     int _depth;
     int16_t _last_fid;
     int16_t _bool_fid;
     bool _bool_pending;
+    /* json state: nesting depth; contexts in _jctx (not cleared by init) */
+    uint8_t _jdepth;
     int16_t _fid_stack[KNIT_THRIFT_MAX_DEPTH];
+    uint8_t _jctx[KNIT_THRIFT_JSON_MAX_NEST];
 } knit_thrift_writer;
 
 /* Start an empty writer (no allocation until the first byte). */
@@ -262,12 +284,25 @@ static inline uint8_t knit__thrift_ctype(knit_thrift_type t)
     return map[(unsigned)t & 15];
 }
 
+/* JSON encoders (src/thrift/json.c), called by the inline functions below. */
+void knit__tw_json_struct_begin(knit_thrift_writer *w);
+void knit__tw_json_end(knit_thrift_writer *w, char close); /* '}' or ']' */
+void knit__tw_json_field_begin(knit_thrift_writer *w, knit_thrift_type type, int16_t id);
+void knit__tw_json_map_begin(knit_thrift_writer *w, knit_thrift_type ktype, knit_thrift_type vtype,
+                             uint32_t size);
+void knit__tw_json_map_end(knit_thrift_writer *w);
+void knit__tw_json_list_begin(knit_thrift_writer *w, knit_thrift_type etype, uint32_t size);
+void knit__tw_json_int(knit_thrift_writer *w, int64_t v);
+void knit__tw_json_double(knit_thrift_writer *w, double v);
+void knit__tw_json_string(knit_thrift_writer *w, const void *p, size_t len);
+void knit__tw_json_base64(knit_thrift_writer *w, const void *p, size_t len);
+
 /* Message header. NAME is NAME_LEN bytes (not necessarily NUL-terminated). */
 void knit_thrift_write_message_begin(knit_thrift_writer *w, const char *name, size_t name_len,
                                      knit_thrift_msg_type type, int32_t seqid);
 static inline void knit_thrift_write_message_end(knit_thrift_writer *w)
 {
-    (void)w;
+    if (w->proto == KNIT_THRIFT_JSON) knit__tw_json_end(w, ']');
 }
 
 static inline void knit_thrift_write_struct_begin(knit_thrift_writer *w)
@@ -279,12 +314,18 @@ static inline void knit_thrift_write_struct_begin(knit_thrift_writer *w)
         }
         w->_fid_stack[w->_depth++] = w->_last_fid;
         w->_last_fid = 0;
+    } else if (w->proto == KNIT_THRIFT_JSON) {
+        knit__tw_json_struct_begin(w);
     }
 }
 
 static inline void knit_thrift_write_struct_end(knit_thrift_writer *w)
 {
-    if (w->proto == KNIT_THRIFT_COMPACT && w->_depth > 0) w->_last_fid = w->_fid_stack[--w->_depth];
+    if (w->proto == KNIT_THRIFT_COMPACT) {
+        if (w->_depth > 0) w->_last_fid = w->_fid_stack[--w->_depth];
+    } else if (w->proto == KNIT_THRIFT_JSON) {
+        knit__tw_json_end(w, '}');
+    }
 }
 
 static inline void knit__tw_compact_field(knit_thrift_writer *w, uint8_t ctype, int16_t id)
@@ -311,6 +352,8 @@ static inline void knit_thrift_write_field_begin(knit_thrift_writer *w, knit_thr
         d[1] = (uint8_t)((uint16_t)id >> 8);
         d[2] = (uint8_t)id;
         w->len += 3;
+    } else if (__builtin_expect(w->proto == KNIT_THRIFT_JSON, 0)) {
+        knit__tw_json_field_begin(w, type, id);
     } else if (type == KNIT_TT_BOOL) {
         w->_bool_pending = true;
         w->_bool_fid = id;
@@ -320,11 +363,11 @@ static inline void knit_thrift_write_field_begin(knit_thrift_writer *w, knit_thr
 }
 static inline void knit_thrift_write_field_end(knit_thrift_writer *w)
 {
-    (void)w;
+    if (w->proto == KNIT_THRIFT_JSON) knit__tw_json_end(w, '}');
 }
 static inline void knit_thrift_write_field_stop(knit_thrift_writer *w)
 {
-    knit__tw_u8(w, 0);
+    if (w->proto != KNIT_THRIFT_JSON) knit__tw_u8(w, 0);
 }
 
 static inline void knit_thrift_write_map_begin(knit_thrift_writer *w, knit_thrift_type ktype,
@@ -334,6 +377,8 @@ static inline void knit_thrift_write_map_begin(knit_thrift_writer *w, knit_thrif
         knit__tw_u8(w, (uint8_t)ktype);
         knit__tw_u8(w, (uint8_t)vtype);
         knit__tw_be32(w, size);
+    } else if (__builtin_expect(w->proto == KNIT_THRIFT_JSON, 0)) {
+        knit__tw_json_map_begin(w, ktype, vtype, size);
     } else if (size == 0) {
         knit__tw_u8(w, 0);
     } else {
@@ -343,7 +388,7 @@ static inline void knit_thrift_write_map_begin(knit_thrift_writer *w, knit_thrif
 }
 static inline void knit_thrift_write_map_end(knit_thrift_writer *w)
 {
-    (void)w;
+    if (w->proto == KNIT_THRIFT_JSON) knit__tw_json_map_end(w);
 }
 
 static inline void knit_thrift_write_list_begin(knit_thrift_writer *w, knit_thrift_type etype,
@@ -352,6 +397,8 @@ static inline void knit_thrift_write_list_begin(knit_thrift_writer *w, knit_thri
     if (w->proto == KNIT_THRIFT_BINARY) {
         knit__tw_u8(w, (uint8_t)etype);
         knit__tw_be32(w, size);
+    } else if (__builtin_expect(w->proto == KNIT_THRIFT_JSON, 0)) {
+        knit__tw_json_list_begin(w, etype, size);
     } else if (size <= 14) {
         knit__tw_u8(w, (uint8_t)(size << 4 | knit__thrift_ctype(etype)));
     } else {
@@ -361,7 +408,7 @@ static inline void knit_thrift_write_list_begin(knit_thrift_writer *w, knit_thri
 }
 static inline void knit_thrift_write_list_end(knit_thrift_writer *w)
 {
-    (void)w;
+    if (w->proto == KNIT_THRIFT_JSON) knit__tw_json_end(w, ']');
 }
 static inline void knit_thrift_write_set_begin(knit_thrift_writer *w, knit_thrift_type etype,
                                                uint32_t size)
@@ -370,13 +417,15 @@ static inline void knit_thrift_write_set_begin(knit_thrift_writer *w, knit_thrif
 }
 static inline void knit_thrift_write_set_end(knit_thrift_writer *w)
 {
-    (void)w;
+    knit_thrift_write_list_end(w);
 }
 
 static inline void knit_thrift_write_bool(knit_thrift_writer *w, bool v)
 {
     if (w->proto == KNIT_THRIFT_BINARY) {
         knit__tw_u8(w, v ? 1 : 0);
+    } else if (__builtin_expect(w->proto == KNIT_THRIFT_JSON, 0)) {
+        knit__tw_json_int(w, v ? 1 : 0);
     } else if (w->_bool_pending) {
         w->_bool_pending = false;
         knit__tw_compact_field(w, v ? KNIT__CT_TRUE : KNIT__CT_FALSE, w->_bool_fid);
@@ -387,13 +436,18 @@ static inline void knit_thrift_write_bool(knit_thrift_writer *w, bool v)
 
 static inline void knit_thrift_write_byte(knit_thrift_writer *w, int8_t v)
 {
-    knit__tw_u8(w, (uint8_t)v);
+    if (__builtin_expect(w->proto == KNIT_THRIFT_JSON, 0))
+        knit__tw_json_int(w, v);
+    else
+        knit__tw_u8(w, (uint8_t)v);
 }
 
 static inline void knit_thrift_write_i16(knit_thrift_writer *w, int16_t v)
 {
     if (w->proto == KNIT_THRIFT_BINARY)
         knit__tw_be16(w, (uint16_t)v);
+    else if (__builtin_expect(w->proto == KNIT_THRIFT_JSON, 0))
+        knit__tw_json_int(w, v);
     else
         knit__tw_varint32(w, knit__zigzag32(v));
 }
@@ -402,6 +456,8 @@ static inline void knit_thrift_write_i32(knit_thrift_writer *w, int32_t v)
 {
     if (w->proto == KNIT_THRIFT_BINARY)
         knit__tw_be32(w, (uint32_t)v);
+    else if (__builtin_expect(w->proto == KNIT_THRIFT_JSON, 0))
+        knit__tw_json_int(w, v);
     else
         knit__tw_varint32(w, knit__zigzag32(v));
 }
@@ -410,6 +466,8 @@ static inline void knit_thrift_write_i64(knit_thrift_writer *w, int64_t v)
 {
     if (w->proto == KNIT_THRIFT_BINARY)
         knit__tw_be64(w, (uint64_t)v);
+    else if (__builtin_expect(w->proto == KNIT_THRIFT_JSON, 0))
+        knit__tw_json_int(w, v);
     else
         knit__tw_varint64(w, knit__zigzag64(v));
 }
@@ -420,6 +478,8 @@ static inline void knit_thrift_write_double(knit_thrift_writer *w, double v)
     memcpy(&bits, &v, 8);
     if (w->proto == KNIT_THRIFT_BINARY) {
         knit__tw_be64(w, bits);
+    } else if (__builtin_expect(w->proto == KNIT_THRIFT_JSON, 0)) {
+        knit__tw_json_double(w, v);
     } else {
         uint8_t *d = knit__tw_reserve(w, 8);
         if (!d) return;
@@ -428,11 +488,16 @@ static inline void knit_thrift_write_double(knit_thrift_writer *w, double v)
     }
 }
 
-/* A string or binary value of LEN bytes. */
+/* A string value of LEN bytes (in binary and compact, also a binary value:
+ * the encoding is the same; in JSON, an escaped string). */
 static inline void knit_thrift_write_binary(knit_thrift_writer *w, const void *p, size_t len)
 {
     if (__builtin_expect(len > INT32_MAX, 0)) {
         if (!w->err) w->err = KNIT_ELIMIT;
+        return;
+    }
+    if (__builtin_expect(w->proto == KNIT_THRIFT_JSON, 0)) {
+        knit__tw_json_string(w, p, len);
         return;
     }
     uint8_t *d = knit__tw_reserve(w, len + 5);
@@ -453,6 +518,21 @@ static inline void knit_thrift_write_string(knit_thrift_writer *w, const char *s
     knit_thrift_write_binary(w, s, strlen(s));
 }
 
+/* A value of IDL type `binary` (base64 in JSON; as knit_thrift_write_binary
+ * otherwise). */
+static inline void knit_thrift_write_bytes(knit_thrift_writer *w, const void *p, size_t len)
+{
+    if (__builtin_expect(w->proto == KNIT_THRIFT_JSON, 0)) {
+        if (__builtin_expect(len > INT32_MAX, 0)) {
+            if (!w->err) w->err = KNIT_ELIMIT;
+            return;
+        }
+        knit__tw_json_base64(w, p, len);
+        return;
+    }
+    knit_thrift_write_binary(w, p, len);
+}
+
 /* ---- reader ----------------------------------------------------------------- */
 
 enum {
@@ -469,7 +549,9 @@ typedef struct knit_thrift_reader {
     int _depth;
     int16_t _last_fid;
     int8_t _bool_val; /* compact: value carried by the last bool field header, -1 none */
+    uint8_t _jdepth;  /* json: nesting depth; contexts in _jctx (not cleared by init) */
     int16_t _fid_stack[KNIT_THRIFT_MAX_DEPTH];
+    uint8_t _jctx[KNIT_THRIFT_JSON_MAX_NEST];
 } knit_thrift_reader;
 
 /* Read from DATA[0, LEN); the bytes must outlive the reader's results. */
@@ -485,12 +567,24 @@ static inline int knit__tr_need(const knit_thrift_reader *r, size_t n)
     return (size_t)(r->end - r->p) >= n ? 0 : KNIT_EEOF;
 }
 
+/* JSON decoders (src/thrift/json.c), called by the inline functions below. */
+int knit__tr_json_end(knit_thrift_reader *r, char close); /* the ']' of a message */
+int knit__tr_json_list_end(knit_thrift_reader *r);
+int knit__tr_json_struct_begin(knit_thrift_reader *r);
+int knit__tr_json_struct_end(knit_thrift_reader *r);
+int knit__tr_json_map_end(knit_thrift_reader *r);
+int knit__tr_json_int(knit_thrift_reader *r, int64_t min, int64_t max, int64_t *out);
+int knit__tr_json_double(knit_thrift_reader *r, double *out);
+int knit__tr_json_binary(knit_thrift_reader *r, const uint8_t **p, size_t *len);
+
 /* Message header. *NAME points into the slice (NAME_LEN bytes, no NUL). */
 int knit_thrift_read_message_begin(knit_thrift_reader *r, const char **name, size_t *name_len,
                                    knit_thrift_msg_type *type, int32_t *seqid);
+/* The end of the message: nothing in binary and compact, the closing ']' in
+ * JSON (a reader that found the end of an unframed message calls it). */
 static inline int knit_thrift_read_message_end(knit_thrift_reader *r)
 {
-    (void)r;
+    if (r->proto == KNIT_THRIFT_JSON) return knit__tr_json_end(r, ']');
     return 0;
 }
 
@@ -518,6 +612,7 @@ static inline int64_t knit__unzigzag64(uint64_t v)
 static inline int knit_thrift_read_struct_begin(knit_thrift_reader *r)
 {
     if (__builtin_expect(r->_depth >= KNIT_THRIFT_MAX_DEPTH, 0)) return KNIT_ELIMIT;
+    if (__builtin_expect(r->proto == KNIT_THRIFT_JSON, 0)) return knit__tr_json_struct_begin(r);
     r->_fid_stack[r->_depth++] = r->_last_fid;
     r->_last_fid = 0;
     return 0;
@@ -525,6 +620,7 @@ static inline int knit_thrift_read_struct_begin(knit_thrift_reader *r)
 
 static inline int knit_thrift_read_struct_end(knit_thrift_reader *r)
 {
+    if (__builtin_expect(r->proto == KNIT_THRIFT_JSON, 0)) return knit__tr_json_struct_end(r);
     if (r->_depth > 0) r->_last_fid = r->_fid_stack[--r->_depth];
     return 0;
 }
@@ -570,11 +666,13 @@ static inline int knit_thrift_read_set_begin(knit_thrift_reader *r, knit_thrift_
 }
 static inline int knit__tr_container_end(knit_thrift_reader *r)
 {
+    if (__builtin_expect(r->proto == KNIT_THRIFT_JSON, 0)) return knit__tr_json_list_end(r);
     if (r->_depth > 0) r->_depth--;
     return 0;
 }
 static inline int knit_thrift_read_map_end(knit_thrift_reader *r)
 {
+    if (__builtin_expect(r->proto == KNIT_THRIFT_JSON, 0)) return knit__tr_json_map_end(r);
     return knit__tr_container_end(r);
 }
 static inline int knit_thrift_read_list_end(knit_thrift_reader *r)
@@ -588,6 +686,12 @@ static inline int knit_thrift_read_set_end(knit_thrift_reader *r)
 
 static inline int knit_thrift_read_bool(knit_thrift_reader *r, bool *v)
 {
+    if (__builtin_expect(r->proto == KNIT_THRIFT_JSON, 0)) {
+        int64_t x;
+        int rc = knit__tr_json_int(r, 0, 1, &x);
+        if (!rc) *v = x != 0;
+        return rc;
+    }
     if (r->proto == KNIT_THRIFT_COMPACT && r->_bool_val >= 0) {
         *v = r->_bool_val != 0;
         r->_bool_val = -1;
@@ -601,6 +705,12 @@ static inline int knit_thrift_read_bool(knit_thrift_reader *r, bool *v)
 
 static inline int knit_thrift_read_byte(knit_thrift_reader *r, int8_t *v)
 {
+    if (__builtin_expect(r->proto == KNIT_THRIFT_JSON, 0)) {
+        int64_t x;
+        int rc = knit__tr_json_int(r, INT8_MIN, INT8_MAX, &x);
+        if (!rc) *v = (int8_t)x;
+        return rc;
+    }
     if (__builtin_expect(r->p >= r->end, 0)) return KNIT_EEOF;
     *v = (int8_t)*r->p++;
     return 0;
@@ -613,6 +723,12 @@ static inline int knit_thrift_read_i16(knit_thrift_reader *r, int16_t *v)
         *v = (int16_t)((uint16_t)r->p[0] << 8 | r->p[1]);
         r->p += 2;
         return 0;
+    }
+    if (__builtin_expect(r->proto == KNIT_THRIFT_JSON, 0)) {
+        int64_t x;
+        int rc = knit__tr_json_int(r, INT16_MIN, INT16_MAX, &x);
+        if (!rc) *v = (int16_t)x;
+        return rc;
     }
     uint32_t u;
     int rc = knit__tr_varint32(r, &u);
@@ -633,6 +749,12 @@ static inline int knit_thrift_read_i32(knit_thrift_reader *r, int32_t *v)
         r->p += 4;
         return 0;
     }
+    if (__builtin_expect(r->proto == KNIT_THRIFT_JSON, 0)) {
+        int64_t x;
+        int rc = knit__tr_json_int(r, INT32_MIN, INT32_MAX, &x);
+        if (!rc) *v = (int32_t)x;
+        return rc;
+    }
     uint32_t u;
     int rc = knit__tr_varint32(r, &u);
     if (rc) return rc;
@@ -650,6 +772,8 @@ static inline int knit_thrift_read_i64(knit_thrift_reader *r, int64_t *v)
         r->p += 8;
         return 0;
     }
+    if (__builtin_expect(r->proto == KNIT_THRIFT_JSON, 0))
+        return knit__tr_json_int(r, INT64_MIN, INT64_MAX, v);
     uint64_t u;
     int rc = knit__thrift_read_varint64(r, &u);
     if (rc) return rc;
@@ -659,6 +783,7 @@ static inline int knit_thrift_read_i64(knit_thrift_reader *r, int64_t *v)
 
 static inline int knit_thrift_read_double(knit_thrift_reader *r, double *v)
 {
+    if (__builtin_expect(r->proto == KNIT_THRIFT_JSON, 0)) return knit__tr_json_double(r, v);
     if (__builtin_expect(r->end - r->p < 8, 0)) return KNIT_EEOF;
     uint64_t u;
     memcpy(&u, r->p, 8);
@@ -668,10 +793,13 @@ static inline int knit_thrift_read_double(knit_thrift_reader *r, double *v)
     return 0;
 }
 
-/* A string/binary value: *P points into the slice, *LEN bytes. */
+/* A string/binary value: *P points into the slice, *LEN bytes. In JSON, a
+ * string without escapes (KNIT_ENOTSUP for one with escapes, and for a
+ * base64 binary value: use knit_thrift_read_tstr / _tbytes, runtime.h). */
 static inline int knit_thrift_read_binary(knit_thrift_reader *r, const uint8_t **p, size_t *len)
 {
     uint32_t n;
+    if (__builtin_expect(r->proto == KNIT_THRIFT_JSON, 0)) return knit__tr_json_binary(r, p, len);
     if (r->proto == KNIT_THRIFT_BINARY) {
         if (__builtin_expect(r->end - r->p < 4, 0)) return KNIT_EEOF;
         memcpy(&n, r->p, 4);
@@ -704,7 +832,8 @@ void knit_thrift_write_app_exception(knit_thrift_writer *w, const char *method, 
                                      const char *message);
 
 /* Read the exception struct (after the message header). *MESSAGE points into
- * the slice (may be NULL / 0 when absent). */
+ * the slice (may be NULL / 0 when absent; in JSON also when it has escapes:
+ * knit_thrift_decode_reply, runtime.h, decodes those). */
 int knit_thrift_read_app_exception(knit_thrift_reader *r, int32_t *type, const char **message,
                                    size_t *message_len);
 
@@ -729,19 +858,27 @@ typedef enum knit_thrift_transport {
     KNIT_THRIFT_UNFRAMED = 2,
     KNIT_THRIFT_FRAMED = 3,
     KNIT_THRIFT_SASL = 4,
+    KNIT_THRIFT_HEADER = 5, /* THeader frames (knit/thrift/header.h); the protocol is per frame */
 } knit_thrift_transport;
 
 /* Look at the first bytes a client sent and name the transport and, for
  * framed/unframed, the protocol (*PROTO). SASL's protocol is known only after
- * negotiation (its first frame). Needs at most 6 bytes.
+ * negotiation (its first frame), THeader's from each frame's header. Needs at
+ * most 6 bytes.
  *   unframed binary: 80 01 ..        unframed compact: 82 (21|41|61|81) ..
- *   framed: 4-byte length (< 2^24) then 80 01 or 82 .., or 00 00 (an old
+ *   unframed JSON:   [ 1 ..
+ *   unframed old non-strict binary: its name length (4 bytes, 1 .. 2^24-1),
+ *           then the name: printable ASCII (21..7e); a 1-byte name is
+ *           followed by the message type (01 or 04)
+ *   framed: 4-byte length (< 2^24) then 80 01, 82 .., [ 1, or 00 00 (an old
  *           non-strict binary message: its name length comes first)
+ *   THeader: 4-byte length then 0f ff (the magic)
  *   SASL:   01 (START) | len(4) | mechanism name */
 knit_thrift_transport knit_thrift_detect(const uint8_t *p, size_t len, knit_thrift_proto *proto);
 
-/* Detect the protocol of one message from its first two bytes. Returns 0 or
- * KNIT_ETHRIFT (KNIT_EEOF when fewer than 2 bytes). */
+/* Detect the protocol of one message from its first two bytes (80 01
+ * binary, 82 x1 compact, [ 1 JSON). Returns 0 or KNIT_ETHRIFT (KNIT_EEOF
+ * when fewer than 2 bytes). */
 int knit_thrift_detect_proto(const uint8_t *p, size_t len, knit_thrift_proto *proto);
 
 #ifdef __cplusplus

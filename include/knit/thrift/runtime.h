@@ -55,6 +55,9 @@ static inline const char *knit_tstr_cstr(const knit_tstr *s)
 /* Read a string/binary value into S (freed first). 0 or a reader error
  * (as knit_thrift_read_binary), KNIT_ENOMEM. [any] */
 int knit_thrift_read_tstr(knit_thrift_reader *r, knit_tstr *s);
+/* Read a value of IDL type `binary` into S: as knit_thrift_read_tstr, but
+ * base64 in JSON. [any] */
+int knit_thrift_read_tbytes(knit_thrift_reader *r, knit_tstr *s);
 
 typedef struct knit_thrift_enum_entry {
     const char *name;

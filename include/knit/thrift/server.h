@@ -5,10 +5,20 @@
  * method runs on the pool (the worker also encodes the reply), async
  * methods run on the reactor. Several calls per connection are in flight at
  * once and answered as they complete (clients match them by seqid); oneway
- * calls get no reply. One port serves framed and unframed binary/compact and
- * SASL, told apart by the first bytes (knit_thrift_detect), and several
- * services through the multiplexed protocol ("Service:method"; plain names
- * go to the first service added).
+ * calls get no reply. One port serves framed and unframed binary, compact
+ * and JSON (strict and old non-strict binary), THeader (binary, compact or
+ * JSON inside, zlib, info headers) and SASL, told apart by the first bytes
+ * (knit_thrift_detect), and several services through the multiplexed
+ * protocol ("Service:method"; plain names go to the first service added).
+ * Replies name the method alone, as Apache's multiplexed servers answer.
+ * The same processors can be served over HTTP too (knit_thrift_server_http_route).
+ *
+ * Deadlines: a THeader call's client_timeout info header (ms) sets its
+ * deadline; a blocking call whose deadline passed while it waited for a
+ * worker, or that waited longer than queue_timeout, is not run: it is
+ * answered with TApplicationException TIMEOUT (12) and counted (stats
+ * expired / queue_timeouts). A handler can read its deadline
+ * (knit_thrift_call_deadline) and its call's info headers.
  *
  * Limits: frames above max_frame and unframed messages above max_message
  * close the connection; strings/containers are checked against the bytes of
@@ -38,6 +48,7 @@
 #include "knit/clock.h"
 #include "knit/reactor.h"
 #include "knit/stream.h"
+#include "knit/thrift/header.h"
 #include "knit/thrift/proto.h"
 #include "knit/thrift/runtime.h"
 #include "knit/thrift/sasl.h"
@@ -52,6 +63,8 @@ extern "C" {
 
 typedef struct knit_thrift_server knit_thrift_server;
 typedef struct knit_pool knit_pool;
+struct knit_http_server;
+struct knit_manhole;
 
 typedef struct knit_thrift_server_options {
     knit_pool *pool;                      /* runs blocking handler methods; required for them */
@@ -65,6 +78,10 @@ typedef struct knit_thrift_server_options {
     bool strict_read;                     /* binary: refuse old non-strict headers */
     const knit_thrift_sasl_options *sasl; /* NULL: SASL clients are refused */
     bool require_sasl;                    /* refuse clients that do not start with SASL */
+    /* A blocking call that waited longer than this for a worker is answered
+     * with TIMEOUT instead of run (an overloaded server answers fast rather
+     * than work on calls nobody waits for). 0 = no limit (the default). */
+    knit_duration queue_timeout;
 } knit_thrift_server_options;
 
 typedef struct knit_thrift_server_stats {
@@ -77,7 +94,11 @@ typedef struct knit_thrift_server_stats {
     uint64_t protocol_errors; /* connections closed for malformed input */
     uint64_t sasl_failures;
     uint64_t idle_closed;
-    size_t in_flight; /* calls running now */
+    size_t in_flight;        /* calls running now */
+    uint64_t expired;        /* TIMEOUT answers: client_timeout passed in the queue */
+    uint64_t queue_timeouts; /* TIMEOUT answers: waited longer than queue_timeout */
+    uint64_t header_calls;   /* THeader frames received */
+    uint64_t http_calls;     /* HTTP requests received */
 } knit_thrift_server_stats;
 
 void knit_thrift_server_options_init(knit_thrift_server_options *o);
@@ -97,6 +118,52 @@ int knit_thrift_server_address(const knit_thrift_server *s, knit_sockaddr *out);
 knit_protocol_factory *knit_thrift_server_factory(knit_thrift_server *s);
 void knit_thrift_server_get_stats(const knit_thrift_server *s, knit_thrift_server_stats *out);
 void knit_thrift_server_close(knit_thrift_server *s);
+
+/* ---- Thrift over HTTP ---------------------------------------------------------
+ *
+ * Serve S's processors at PATH on HTTP server H: a POST route (inline on
+ * H's reactor, which must be S's) whose body is one Thrift message — binary,
+ * compact or JSON, told apart by its first bytes whatever the Content-Type
+ * (python3-thrift's THttpClient sends application/x-thrift for all) — or one
+ * THeader frame. The reply is the body of a 200 (Content-Type
+ * application/vnd.apache.thrift.json for JSON, application/x-thrift
+ * otherwise; a oneway call gets an empty 200 at once); a body that is not a
+ * Thrift message gets 400. Calls run as they do from a connection (pool,
+ * deadlines, stats). Bodies up to max_message (413 above). H must be drained
+ * or freed before S is closed (the route borrows S); S is freed only once
+ * the HTTP calls in flight are answered. 0 or what knit_http_route_with
+ * returns. [reactor] */
+int knit_thrift_server_http_route(knit_thrift_server *s, struct knit_http_server *h,
+                                  const char *path);
+
+/* ---- inside a handler ------------------------------------------------------------
+ *
+ * For the handler method running on the calling thread ([handler]: a
+ * blocking method on its worker; an async method until call_async returns).
+ * Elsewhere they find no call (NULL, 0, KNIT_ENOTCONN). */
+
+/* The value of the call's THeader info header KEY (NUL-terminated; *LEN gets
+ * its length, which may include NULs), or NULL. Valid until the handler
+ * returns. */
+const char *knit_thrift_call_header(const char *key, size_t *len);
+/* All of the call's info headers, in frame order: the count, and *OUT. */
+size_t knit_thrift_call_headers(const knit_thrift_header_kv **out);
+/* Add an info header to the reply (copied). A call that did not come in a
+ * THeader frame has no headers to reply with: 0 and nothing happens.
+ * KNIT_ELIMIT beyond KNIT_THRIFT_HEADER_MAX_INFO, KNIT_ENOMEM. */
+int knit_thrift_call_set_reply_header(const char *key, const char *value);
+/* The call's deadline on the reactor's clock (knit_reactor_now), or 0. */
+knit_time knit_thrift_call_deadline(void);
+
+/* ---- metrics and manhole -------------------------------------------------------
+ *
+ * The metrics collector for a server is knit_metrics_add_thrift (metrics.h,
+ * which sits above this module). In the manhole: register thrift.stats()
+ * (a table of the stats above plus queue_timeout in seconds) into manhole
+ * M's registry with S as its data; S NULL makes it answer "no thrift server
+ * attached" (do that, or free the manhole, before closing S). Built only
+ * with the manhole module. 0 or KNIT_ENOMEM. [reactor] */
+int knit_manhole_attach_thrift(struct knit_manhole *m, knit_thrift_server *s);
 
 #ifdef __cplusplus
 }
