@@ -1,21 +1,24 @@
 # Thin wrapper over Meson; the README names `make run` and `make test`.
+# Any order of make, make run, make test, make bench works on a fresh machine:
+# each installs what it needs first (scripts/deps), and scripts/configure
+# (re)configures the build directory when the installed packages changed
+# since it was configured, so optional benchmark peers installed later
+# (libuv, libthrift, ...) are picked up rather than missed or half-built.
 BUILD ?= build
-MESON_SETUP = meson setup --wipe
-.PHONY: all run test unit asan tsan fuzz faults bench clean format deps
+.PHONY: all run test unit asan tsan fuzz faults bench clean format deps configure
 
-all: $(BUILD)/build.ninja
+all: configure
 	ninja -C $(BUILD)
 
-$(BUILD)/build.ninja:
-	@scripts/deps build
-	meson setup $(BUILD)
+configure: deps
+	@scripts/configure $(BUILD)
 
 deps:
 	@scripts/deps build
 
 # Build and start the reference service in the foreground (Ctrl-C stops it).
 # Builds only what it runs, so the first run on a fresh machine is quick.
-run: deps $(BUILD)/build.ninja
+run: configure
 	@ninja -C $(BUILD) examples/notes/knit-notes tools/knit-manhole/knit-manhole
 	@scripts/run $(ARGS)
 

@@ -48,6 +48,9 @@ static const knit_flag_def hello_flags[] = {
                   "so a 1 ms sleep is not stretched"),
     KNIT_FLAG_DEF("pool-spin", KNIT_FLAG_DURATION, "20us",
                   "idle workers spin this long before sleeping (0: never)"),
+    KNIT_FLAG_DEF("reactor-poll", KNIT_FLAG_DURATION, "20us",
+                  "after a pool submit, the reactor polls this long for fast results (0: "
+                  "never); 0 with --pool-spin=0 makes instruction counts repeatable"),
     KNIT_FLAG_DEF("access-log", KNIT_FLAG_ENUM, "none", "access log to stdout",
                   .choices = log_formats),
     KNIT_FLAG_DEF("idle-timeout", KNIT_FLAG_DURATION, "75s", "keep-alive idle timeout"),
@@ -227,6 +230,7 @@ int main(int argc, char **argv)
     po.min_threads = po.max_threads = (unsigned)knit_flags_int64(fs, "threads");
     po.max_queue = (size_t)knit_flags_int64(fs, "queue");
     po.spin = knit_flags_duration(fs, "pool-spin");
+    po.reactor_poll = knit_flags_duration(fs, "reactor-poll");
     if (knit_pool_new(&pool, r, &po) != 0) {
         fprintf(stderr, "knit-hello: cannot start the pool\n");
         return 1;

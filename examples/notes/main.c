@@ -44,6 +44,7 @@
 #include "knit/http.h"
 #include "knit/log.h"
 #include "knit/metrics.h"
+#include "notes_webhook.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
 #include "knit/service.h"
@@ -133,6 +134,7 @@ static int add_flags(knit_flags *fs, void *arg)
     int rc = knit_flags_add(fs, "notes", "Notes service", notes_flag_defs,
                             sizeof notes_flag_defs / sizeof notes_flag_defs[0]);
     if (rc == 0) rc = notes_thrift_add_flags(fs); /* --thrift, --thrift-sasl[db] */
+    if (rc == 0) rc = notes_webhook_add_flags(fs); /* --webhook */
     return rc < 0 ? rc : notes_manhole_add_flags(fs); /* --manhole */
 }
 
@@ -156,6 +158,7 @@ typedef struct notes_main {
     notes_app *app;
     notes_thrift *thrift;
     loop_svc expire, summary, dbcheck;
+    notes_webhook *webhook; /* NULL without --webhook */
     /* configuration, read once in setup */
     const char *http_desc;
     const char *db;
@@ -164,6 +167,7 @@ typedef struct notes_main {
     unsigned max_connections;
     knit_duration shutdown_timeout;
     int access_fd;
+    const char *webhook_url;
 } notes_main;
 
 /* ---- the HTTP handler [worker] --------------------------------------------------- */
@@ -259,6 +263,9 @@ static void handle(knit_http_request *hr, void *arg)
     notes_resp resp;
     notes_app_handle(m->app, &req, &resp);
     free(body);
+    /* A created note goes to --webhook, from a pool job of its own. */
+    if (m->webhook && resp.status == 201 && resp.body)
+        notes_webhook_send(m->webhook, resp.body, resp.body_len);
     answer(hr, &resp);
 }
 
@@ -464,6 +471,11 @@ static knit_deferred *http_start(knit_service *s, void *arg)
     if (m->access_fd >= 0) ho.access_log_fd = m->access_fd;
     ho.error_body = json_error_body;
     int rc = knit_http_server_new(m->r, &ho, &m->http);
+    if (rc == 0 && m->webhook_url[0] && !m->webhook) {
+        rc = notes_webhook_new(&m->webhook, m->r, m->pool, m->webhook_url,
+                               knit_app_metrics(m->kapp));
+        if (rc < 0) return knit_deferred_failed(knit_failure_new(rc, "--webhook client"));
+    }
     /* Health checks first, inline (see handle_probe); then everything else
      * on the pool. */
     if (rc == 0) rc = knit_http_route(m->http, NULL, "/healthz", KNIT_HTTP_INLINE, handle_probe, m);
@@ -541,6 +553,7 @@ static int setup(knit_app *app, void *arg)
     m->max_body = knit_flags_uint64(fs, "max-body");
     m->max_connections = (unsigned)knit_flags_uint64(fs, "max-connections");
     m->shutdown_timeout = knit_flags_duration(fs, "shutdown-timeout");
+    m->webhook_url = knit_flags_string(fs, "webhook");
 
     const char *log = knit_flags_string(fs, "access-log");
     m->access_fd = -1;
@@ -600,6 +613,7 @@ static void teardown(knit_app *app, void *arg)
     if (m->dbcheck.done) knit_deferred_unref(m->dbcheck.done);
     knit_http_server_free(m->http);
     knit_pool_free(m->pool); /* joins the workers: nothing uses the store after this */
+    notes_webhook_free(m->webhook); /* no worker can be posting any more */
     if (m->store) {
         int rc = notes_store_close(m->store);
         if (rc < 0) KNIT_ERROR("notes", "final checkpoint failed: %s", knit_strerror(rc));

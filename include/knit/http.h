@@ -71,7 +71,10 @@
  * draining); HEAD answered by the GET route with the body suppressed; 404;
  * 405 with Allow; 400/413/414/417/431/501/505 from the parser, each followed
  * by closing the connection (lingering, see "Bounds"); 503 with Retry-After
- * when the pool queue is full or request bodies fill max_body_memory;
+ * when the pool queue is full, when the pool is shutting down (for a request
+ * whose handler a non-draining shutdown dropped before it ran, too: nothing
+ * of it was done, so it may be sent again) or request bodies fill
+ * max_body_memory;
  * keep-alive and pipelining (answers in request order; one request is
  * handled at a time per connection and the next ones wait in the input
  * buffer, at most max_pipeline of them, with reading paused meanwhile).

@@ -110,6 +110,21 @@
  * The "ok" status carries the number of await()s still pending when there
  * are any ("+ok 1"). When one fires, its output arrives outside the
  * request/response rhythm, followed by "+await N" (N still pending).
+ * End of input: when the client half-closes (shutdown(SHUT_WR)), the server
+ * finishes the session's pending await()s, printing each as usual, then
+ * closes; if they have not all fired within drain_timeout it prints
+ * "manhole: gave up waiting for N pending await()s: ...", sends "+error"
+ * and closes. knit-manhole half-closes when its input ends (-e, a script on
+ * stdin, Ctrl-D) and prints everything until the server closes.
+ *
+ * ---- end of input on every transport ------------------------------------
+ * A session's pending await()s are never dropped because the client's input
+ * ended: the UNIX transport on a half-close, SSH on channel EOF (piped
+ * input, ssh -T), after an exec request's command, or on Ctrl-D in a pty,
+ * all wait for them (at most drain_timeout, then a message says what was
+ * given up) before the session closes; SSH's exit status is then 1. Ctrl-C
+ * in an SSH pty gives up at once. Only a client that goes away entirely
+ * loses them.
  *
  * ---- threads ---------------------------------------------------------------
  * Everything here is [reactor] (or, without a reactor, the one thread that
@@ -165,6 +180,9 @@ extern "C" {
 #define KNIT_MANHOLE_SSH_AUTH_TIMEOUT KNIT_SEC(30)
 /* Output buffered for a slow client before the connection is dropped. */
 #define KNIT_MANHOLE_MAX_PENDING_OUTPUT (4 * 1024 * 1024)
+/* When a session's input ends with await()s pending, it waits this long
+ * for them before it closes (knit_manhole_options.drain_timeout). */
+#define KNIT_MANHOLE_DEFAULT_DRAIN_TIMEOUT KNIT_SEC(30)
 
 typedef struct knit_reactor knit_reactor;
 typedef struct knit_manhole knit_manhole;
@@ -177,6 +195,9 @@ typedef struct knit_manhole_options {
     size_t max_output;   /* bytes of one pretty-printed result */
     size_t memory_limit; /* bytes per session's Lua state; 0 = unlimited */
     const char *name;    /* for logs and the greeting; default "knit" */
+    /* how long a session whose input ended waits for its pending await()s
+     * before it closes; 0 = KNIT_MANHOLE_DEFAULT_DRAIN_TIMEOUT */
+    knit_duration drain_timeout;
 } knit_manhole_options;
 
 void knit_manhole_options_init(knit_manhole_options *o);

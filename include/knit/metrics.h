@@ -244,6 +244,17 @@ int knit_metrics_add_http(knit_metrics *m, struct knit_reactor *r, const struct 
                           const char *name);
 int knit_metrics_remove_http(knit_metrics *m, const struct knit_http_server *s);
 
+/* HTTP client C (knit/httpc.h), labelled client="NAME" (knit_httpc_name):
+ * counter knit_httpc_requests_total{method,class,host} (class "2xx"...,
+ * "error" for no response), counters knit_httpc_connections_total,
+ * _reused_total, _retried_total, _redirects_total, _timeouts_total,
+ * _cancelled_total, _response_bytes_total; gauges
+ * knit_httpc_connections_open, _requests_in_flight; histogram
+ * knit_httpc_request_duration_seconds. Reactor-owned like the server's. */
+struct knit_httpc;
+int knit_metrics_add_httpc(knit_metrics *m, struct knit_httpc *c);
+int knit_metrics_remove_httpc(knit_metrics *m, struct knit_httpc *c);
+
 /* Serve M at PATH (NULL: "/metrics") on server S: a GET route running
  * inline on the reactor that answers 200 with the exposition and
  * KNIT_METRICS_CONTENT_TYPE. Returns what knit_http_route returns. */

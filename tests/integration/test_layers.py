@@ -35,7 +35,7 @@ def check(name, cond, detail=""):
 LAYERS = [
     ("core", ["core", "error", "log", "clock", "buf"]),
     ("loop", ["reactor", "deferred", "pool", "task"]),
-    ("streams", ["stream", "tls", "endpoint", "process"]),  # process: children as streams (issue 12)
+    ("streams", ["stream", "tls", "endpoint", "client", "udp", "process"]),  # process: children as streams; client: ClientService; udp: datagrams (issue 12)
     ("protocols", ["http", "httpc", "thrift", "manhole", "db"]),
     ("app", ["flag", "service", "metrics"]),
 ]

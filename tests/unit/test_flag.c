@@ -517,7 +517,7 @@ static void test_bad_values(void **state)
         {"--http=tpc:8080",
          "notes: flag --http: bad value \"tpc:8080\" from argv: expected an endpoint like "
          "tcp:8080 (unknown endpoint kind \"tpc\": expected one of tcp, tcp6, unix, ssl, tls, "
-         "systemd, fd, haproxy)"},
+         "systemd, fd, haproxy, udp)"},
         {"--http=tcp:99999", "notes: flag --http: bad value \"tcp:99999\" from argv: expected an "
                              "endpoint like tcp:8080 (tcp: port \"99999\": expected a number "
                              "0-65535)"},

@@ -1,7 +1,8 @@
-/* Unit tests for the HTTP web container (src/http/server.c) over the memory
- * transport with a fake clock: no sockets, no sleeping. Timeouts are driven
- * with knit_reactor_advance; pool-mode tests run the reactor until the
- * worker's answer arrives (bounded by iterations, never by time).
+/* Unit tests for the HTTP web container (src/http/server.c and the files
+ * beside it) over the memory transport with a fake clock: no sockets, no
+ * sleeping. Timeouts are driven with knit_reactor_advance; pool-mode tests
+ * run the reactor until the worker's answer arrives (bounded by iterations,
+ * never by time).
  * Each test ends with knit_reactor_close() == 0: nothing left registered. */
 #include "testutil.h"
 
@@ -1097,8 +1098,12 @@ static void test_pool_handler_returns_without_answer(void **state)
     rev_teardown(&fx);
 }
 
-/* A non-draining pool shutdown drops queued handlers: the server answers
- * 500 for them on the reactor; the running one finishes normally. */
+/* A non-draining pool shutdown drops queued handlers: their job's done
+ * runs with KNIT_ESHUTDOWN and the server answers 503 with Retry-After for
+ * them on the reactor (the handler never ran: the client may send the
+ * request again), then frees them (ASan: no leak); the running one finishes
+ * normally. A dropped streaming handler's unread body is dropped and the
+ * connection goes on. */
 static void test_pool_shutdown_drops_queued_handler(void **state)
 {
     (void)state;
@@ -1122,29 +1127,48 @@ static void test_pool_shutdown_drops_queued_handler(void **state)
     sem_init(&rev_go, 0, 0);
     sem_init(&rev_at, 0, 0);
     assert_int_equal(knit_http_route(fx.s, NULL, "/pwait", KNIT_HTTP_POOL, h_pool_wait, NULL), 0);
+    assert_int_equal(
+        knit_http_route(fx.s, NULL, "/pwaits", KNIT_HTTP_POOL_STREAM, h_pool_wait, NULL), 0);
     knit_transport *a = open_conn(&fx), *b = open_conn(&fx), *c = open_conn(&fx);
+    knit_transport *d = open_conn(&fx);
     feed(a, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
     sem_wait(&rev_at);
     feed(b, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\nGET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
     feed(c, "POST /pwait HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabcdefghij");
+    feed(d, "POST /pwaits HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nabc");
     assert_int_equal(knit_pool_shutdown(fx.pool, NULL, NULL), 0);
     knit_reactor_run_once(fx.r, 0); /* dropped jobs' done runs from the reactor's queue */
     const char *ob = take(b);
-    assert_true(strncmp(ob, "HTTP/1.1 500 ", 13) == 0);
-    assert_non_null(strstr(ob, "HTTP/1.1 503 ")); /* the pipelined one: pool is stopping */
-    assert_true(strncmp(take(c), "HTTP/1.1 500 ", 13) == 0);
+    assert_true(strncmp(ob, "HTTP/1.1 503 ", 13) == 0);
+    assert_non_null(strstr(ob, "Retry-After: "));
+    assert_non_null(strstr(ob + 13, "HTTP/1.1 503 ")); /* the pipelined one: pool is stopping */
+    const char *oc = take(c);
+    assert_true(strncmp(oc, "HTTP/1.1 503 ", 13) == 0);
+    assert_non_null(strstr(oc, "Retry-After: "));
+    assert_null(strstr(oc, "Connection: close"));
     /* its body was collected before it was queued: the connection stays */
     assert_false(knit_memory_transport_lose_requested(c) || knit_memory_transport_write_shut(c));
+    /* the streaming one: answered before its body came; the rest is dropped
+     * and the connection serves the next request (503: the pool is down) */
+    assert_true(strncmp(take(d), "HTTP/1.1 503 ", 13) == 0);
+    feed(d, "defghijGET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_true(strncmp(take(d), "HTTP/1.1 503 ", 13) == 0);
+    assert_false(knit_memory_transport_lose_requested(d) || knit_memory_transport_write_shut(d));
     close_conn(b);
     close_conn(c);
+    close_conn(d);
     sem_post(&rev_go);
     for (int i = 0; i < 20000 && !knit_pool_is_shut_down(fx.pool); i++)
         knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+    assert_true(knit_pool_is_shut_down(fx.pool));
     assert_non_null(strstr(take(a), "late"));
     close_conn(a);
+    assert_int_equal(sem_trywait(&rev_at), -1); /* only a's handler ever ran */
     knit_http_stats st;
     knit_http_get_stats(fx.s, &st);
     assert_int_equal(st.connections_open, 0);
+    assert_int_equal(knit_http_status_count(fx.s, 503), 5);
+    assert_int_equal(knit_http_status_count(fx.s, 200), 1);
     sem_destroy(&rev_go);
     sem_destroy(&rev_at);
     teardown_fx(&fx);
@@ -1675,6 +1699,178 @@ static void test_worker_call_out_of_memory(void **state)
     rev_teardown(&fx);
 }
 
+/* ---- the pool job's done comes after the handler's own calls (issue 16) ---- */
+
+/* Pool handler: a chunked answer of N one-byte writes, each asking the
+ * reactor to flush (two cross-thread calls per write), then return at
+ * once — finished (fin=1) or not (worker_done finishes it). */
+static void h_pool_write_return(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    const char *n = knit_http_query(req, "n"), *fin = knit_http_query(req, "fin");
+    knit_http_start(req, 200, "text/plain", -1);
+    for (int i = 0; n && i < atoi(n); i++) {
+        char b = (char)('a' + i % 26);
+        knit_http_write(req, &b, 1);
+    }
+    if (fin && fin[0] == '1') knit_http_finish(req);
+}
+
+/* The body h_pool_write_return sends for N writes, chunk-coded. */
+static void write_return_body(char *out, size_t cap, int n)
+{
+    size_t o = 0;
+    for (int i = 0; i < n; i++)
+        o += (size_t)snprintf(out + o, cap - o, "1\r\n%c\r\n", (char)('a' + i % 26));
+    snprintf(out + o, cap - o, "0\r\n\r\n");
+}
+
+/* Many pool handlers that write then return at once, on several
+ * connections and two workers. The request is freed in its job's done
+ * (worker_done) without counting the flush calls still queued: that is
+ * right only because the pool runs done after every call the handler made
+ * to the request's reactor. Were a flush to run after done, it would touch
+ * a freed request (ASan, TSan) or lose bytes; so every answer must arrive
+ * whole and in order, and nothing may be left over. */
+static void test_pool_done_after_handler_flushes(void **state)
+{
+    (void)state;
+    enum { CONNS = 4, ROUNDS = 60 };
+    fixture fx;
+    memset(&fx, 0, sizeof fx);
+    fx.clock = knit_clock_fake_new(0);
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = fx.clock;
+    assert_int_equal(knit_reactor_new(&fx.r, &ro), 0);
+    knit_pool_options po;
+    knit_pool_options_init(&po);
+    po.min_threads = po.max_threads = 2;
+    po.shutdown_phase = -1;
+    assert_int_equal(knit_pool_new(&fx.pool, fx.r, &po), 0);
+    knit_http_options o;
+    knit_http_options_init(&o);
+    o.pool = fx.pool;
+    assert_int_equal(knit_http_server_new(fx.r, &o, &fx.s), 0);
+    assert_int_equal(knit_http_route(fx.s, "GET", "/wr", KNIT_HTTP_POOL, h_pool_write_return, NULL),
+                     0);
+    knit_transport *t[CONNS];
+    static char acc[CONNS][4096], want[CONNS][4096];
+    for (int k = 0; k < CONNS; k++)
+        t[k] = open_conn(&fx);
+    for (int round = 0; round < ROUNDS; round++) {
+        for (int k = 0; k < CONNS; k++) {
+            int n = 1 + (round * CONNS + k) % 40, fin = (round + k) % 2;
+            char reqline[128];
+            snprintf(reqline, sizeof reqline, "GET /wr?n=%d&fin=%d HTTP/1.1\r\nHost: x\r\n\r\n", n,
+                     fin);
+            write_return_body(want[k], sizeof want[k], n);
+            acc[k][0] = 0;
+            feed(t[k], reqline);
+        }
+        int complete = 0;
+        for (int i = 0; i < 20000 && complete < CONNS; i++) {
+            knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+            complete = 0;
+            for (int k = 0; k < CONNS; k++) {
+                strncat(acc[k], take(t[k]), sizeof acc[k] - strlen(acc[k]) - 1);
+                size_t al = strlen(acc[k]), wl = strlen(want[k]);
+                if (al >= wl && strcmp(acc[k] + al - wl, want[k]) == 0) complete++;
+            }
+        }
+        if (complete < CONNS)
+            fail_msg("round %d: %d of %d answers complete", round, complete, CONNS);
+        for (int k = 0; k < CONNS; k++) {
+            /* exactly one answer: head, then the body and nothing else */
+            assert_true(strncmp(acc[k], "HTTP/1.1 200 ", 13) == 0);
+            const char *body = strstr(acc[k], "\r\n\r\n");
+            assert_non_null(body);
+            assert_string_equal(body + 4, want[k]);
+        }
+    }
+    rev_settle(&fx);
+    knit_http_stats st;
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.requests, CONNS * ROUNDS);
+    assert_int_equal(knit_http_status_count(fx.s, 200), CONNS * ROUNDS);
+    for (int k = 0; k < CONNS; k++) {
+        assert_false(knit_memory_transport_lose_requested(t[k]));
+        close_conn(t[k]);
+    }
+    knit_http_get_stats(fx.s, &st);
+    assert_int_equal(st.connections_open, 0);
+    knit_pool_shutdown(fx.pool, NULL, NULL);
+    for (int i = 0; i < 20000 && !knit_pool_is_shut_down(fx.pool); i++)
+        knit_reactor_run_once(fx.r, KNIT_MSEC(5));
+    assert_true(knit_pool_is_shut_down(fx.pool));
+    teardown_fx(&fx);
+}
+
+/* A connection on another reactor than the server's (the next step of
+ * issue 16: a reactor per core, each owning its connections): a pool
+ * handler's flushes and its job's done go to the reactor of the request's
+ * connection. Only that reactor runs here (both on this thread, so the
+ * server's own timers on the other are harmless): a call or a done sent to
+ * the server's reactor would never run, and the answer — finished by
+ * worker_done (fin=0) — would never complete. */
+static void test_pool_request_on_connection_reactor(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, true, NULL);
+    assert_int_equal(knit_http_route(fx.s, "GET", "/wr", KNIT_HTTP_POOL, h_pool_write_return, NULL),
+                     0);
+    knit_clock *clock2 = knit_clock_fake_new(0);
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = clock2;
+    knit_reactor *r2;
+    assert_int_equal(knit_reactor_new(&r2, &ro), 0);
+    int fds[2];
+    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r2, fds[0], knit__http_server_accept(fx.s), &t), 0);
+    char want[512], got[2048];
+    write_return_body(want, sizeof want, 30);
+    for (int round = 0; round < 3; round++) {
+        const char *rq = "GET /wr?n=30&fin=0 HTTP/1.1\r\nHost: x\r\n\r\n";
+        assert_int_equal(write(fds[1], rq, strlen(rq)), (ssize_t)strlen(rq));
+        size_t len = 0;
+        got[0] = 0;
+        for (int i = 0; i < 20000; i++) {
+            knit_reactor_run_once(r2, KNIT_MSEC(5));
+            ssize_t n = recv(fds[1], got + len, sizeof got - 1 - len, MSG_DONTWAIT);
+            if (n > 0) len += (size_t)n;
+            got[len] = 0;
+            if (len >= strlen(want) && strcmp(got + len - strlen(want), want) == 0) break;
+        }
+        const char *body = strstr(got, "\r\n\r\n");
+        if (!body || strcmp(body + 4, want) != 0)
+            fail_msg("round %d: the answer never completed on the connection's reactor: %s", round,
+                     got);
+    }
+    close(fds[1]);
+    knit_http_stats st;
+    for (int i = 0; i < 20000; i++) {
+        knit_reactor_run_once(r2, KNIT_MSEC(5));
+        knit_http_get_stats(fx.s, &st);
+        if (st.connections_open == 0) break;
+    }
+    assert_int_equal(st.connections_open, 0);
+    assert_int_equal(knit_http_status_count(fx.s, 200), 3);
+    for (int i = 0; i < 50; i++)
+        knit_reactor_run_once(r2, 0); /* the transport is freed from the loop */
+    knit_pool_shutdown(fx.pool, NULL, NULL);
+    for (int i = 0; i < 20000 && !knit_pool_is_shut_down(fx.pool); i++) {
+        knit_reactor_run_once(fx.r, KNIT_MSEC(1));
+        knit_reactor_run_once(r2, 0);
+    }
+    assert_true(knit_pool_is_shut_down(fx.pool));
+    teardown_fx(&fx);
+    assert_int_equal(knit_reactor_close(r2), 0);
+    knit_clock_free(clock2);
+}
+
 /* ---- issue 18 item 6: an unread body and a pipelined request, over a real socket ---- */
 
 typedef struct race_client {
@@ -2142,6 +2338,8 @@ int main(void)
         cmocka_unit_test(test_request_new_out_of_memory),
         cmocka_unit_test(test_worker_call_out_of_memory),
         cmocka_unit_test(test_unread_body_then_pipelined_1000),
+        cmocka_unit_test(test_pool_done_after_handler_flushes),
+        cmocka_unit_test(test_pool_request_on_connection_reactor),
     };
     return KNIT_RUN_TESTS(tests);
 }

@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "knit/deferred.h"
@@ -622,14 +623,19 @@ static void env_server(env *e, const knit_thrift_server_options *so, const char 
     snprintf(e->ep, sizeof e->ep, "tcp:127.0.0.1:%u", e->port);
 }
 
-static bool env_pool_drops; /* the next env_up's pool drops queued jobs on shutdown */
+static bool env_pool_drops;   /* the next env_up's pool drops queued jobs on shutdown */
+static knit_clock *env_clock; /* the next env_up's reactor runs on this fake clock */
 
 static void env_up(env *e, const knit_thrift_server_options *so, size_t max_queue, unsigned threads)
 {
     memset(e, 0, sizeof *e);
     gate_set(false);
     notes = 0;
-    assert_int_equal(knit_reactor_new(&e->r, NULL), 0);
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = env_clock;
+    env_clock = NULL;
+    assert_int_equal(knit_reactor_new(&e->r, &ro), 0);
     knit_pool_options po;
     knit_pool_options_init(&po);
     po.min_threads = po.max_threads = threads;
@@ -1683,6 +1689,198 @@ static void test_sasl_security_layer_end_to_end(void **state)
     env_down(&e, cl);
 }
 
+/* ---- issue 12: a call against a stopped server ---------------------------------------- */
+
+/* The whole failure, causes included. */
+typedef struct why {
+    bool done;
+    int code, cause_code;
+    void *value;
+    knit_destroy_fn destroy;
+    char text[600];
+} why;
+
+static void why_ok(knit_result *res, void *arg)
+{
+    why *w = arg;
+    w->done = true;
+    w->value = knit_result_take(res, &w->destroy);
+}
+
+static void why_err(knit_result *res, void *arg)
+{
+    why *w = arg;
+    w->done = true;
+    w->code = res->failure->code;
+    w->cause_code = res->failure->cause ? res->failure->cause->code : 0;
+    knit_failure_format(res->failure, w->text, sizeof w->text);
+    knit_failure_free(knit_result_take_failure(res));
+}
+
+static void call_add_why(knit_thrift_client *cl, int64_t a, int64_t b, why *w)
+{
+    calc_Calc_add_args args = {.a = a, .b = b};
+    knit_deferred *d;
+    assert_int_equal(calc_Calc_add_call(cl, &args, &d), 0);
+    memset(w, 0, sizeof *w);
+    knit_deferred_add_callbacks(d, why_ok, why_err, w);
+    knit_deferred_unref(d);
+}
+
+static void why_free(why *w)
+{
+    if (w->destroy) w->destroy(w->value);
+    w->value = NULL;
+    w->destroy = NULL;
+}
+
+/* Run the loop (IO, calls; a fake clock does not move) until COND, for at
+ * most 20 s of real time. */
+static void run_until_rt(env *e, bool (*cond)(void *), void *arg, const char *what)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (!cond(arg)) {
+        knit_reactor_run_once(e->r, 0);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (t1.tv_sec - t0.tv_sec > 20) fail_msg("timed out waiting for %s", what);
+        if (!cond(arg)) usleep(100);
+    }
+}
+
+static bool why_done(void *arg)
+{
+    return ((why *)arg)->done;
+}
+
+static bool failed_at_least(void *arg)
+{
+    void **a = arg;
+    knit_thrift_client_stats cs;
+    knit_thrift_client_get_stats(a[0], &cs);
+    return cs.connect_failures >= (uint64_t)(uintptr_t)a[1];
+}
+
+static void wait_failures(env *e, knit_thrift_client *cl, unsigned n)
+{
+    void *a[2] = {cl, (void *)(uintptr_t)n};
+    run_until_rt(e, failed_at_least, a, "refused connection attempts");
+}
+
+static void down_client(knit_thrift_client_options *o)
+{
+    o->timeout = KNIT_SEC(1);
+    o->backoff_initial = o->backoff_max = KNIT_SEC(10); /* the backoff has grown */
+}
+
+/* Against a stopped server, a call that times out waiting for a connection
+ * says why: ETIMEDOUT caused by ECONNREFUSED (it used to be "caused by
+ * ECANCELED", the refusal only in a debug log). When the server is back,
+ * the next call succeeds at once although the 10 s backoff still runs (it
+ * used to fail for about 9 s more). Fake clock, real sockets. */
+static void test_client_down_names_cause_and_recovers_at_once(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(KNIT_SEC(100));
+    env e;
+    env_clock = clk;
+    env_up(&e, NULL, 64, 1);
+    char listen[64];
+    snprintf(listen, sizeof listen, "tcp:%u:interface=127.0.0.1", e.port);
+    knit_thrift_server_close(e.srv);
+    e.srv = NULL;
+    knit_thrift_client *cl = env_client(&e, down_client);
+    wait_failures(&e, cl, 1);
+    why w;
+    call_add_why(cl, 1, 2, &w);
+    knit_reactor_advance(e.r, KNIT_SEC(1));
+    assert_true(w.done);
+    assert_int_equal(w.code, KNIT_ETIMEDOUT);
+    if (w.cause_code != KNIT_ECONNREFUSED) fail_msg("failure: %s", w.text);
+    assert_non_null(strstr(w.text, "thrift call add: no connection to tcp:127.0.0.1:"));
+    assert_non_null(strstr(w.text, "within 1.000 s"));
+    assert_non_null(strstr(w.text, "caused by ECONNREFUSED: connect tcp:127.0.0.1:"));
+    wait_failures(&e, cl, 2); /* the attempt the call brought forward, refused too */
+    /* the server comes back; 3 s later the 10 s backoff still runs */
+    env_server(&e, NULL, listen);
+    knit_reactor_advance(e.r, KNIT_SEC(3));
+    call_add_why(cl, 20, 22, &w);
+    run_until_rt(&e, why_done, &w, "the call after the server came back (no clock advance)");
+    if (w.code) fail_msg("failure: %s", w.text);
+    assert_int_equal(((calc_Calc_add_result *)w.value)->success, 42);
+    why_free(&w);
+    /* an in-flight call's timeout says so, with no made-up cause */
+    calc_Calc_gate_args ga = {.n = 1};
+    knit_deferred *d;
+    assert_int_equal(calc_Calc_gate_call(cl, &ga, &d), 0);
+    memset(&w, 0, sizeof w);
+    knit_deferred_add_callbacks(d, why_ok, why_err, &w);
+    knit_deferred_unref(d);
+    run_until_rt(&e, gate_has_waiter, NULL, "the gate call to run");
+    knit_reactor_advance(e.r, KNIT_SEC(1));
+    assert_true(w.done);
+    assert_int_equal(w.code, KNIT_ETIMEDOUT);
+    assert_int_equal(w.cause_code, 0);
+    assert_non_null(strstr(w.text, "thrift call gate: no reply within 1.000 s"));
+    env_down(&e, cl);
+    knit_clock_free(clk);
+}
+
+static bool client_up(void *arg)
+{
+    knit_thrift_client_stats cs;
+    knit_thrift_client_get_stats(arg, &cs);
+    return cs.up > 0;
+}
+
+static void fail_fast_client(knit_thrift_client_options *o)
+{
+    down_client(o);
+    o->fail_after_failures = 1;
+}
+
+/* fail_after_failures = 1: a call waiting when the attempt fails, and a
+ * call made while it keeps failing, fail with ECONNREFUSED at once; the
+ * failed call still brings the next attempt forward, so once the server is
+ * back the following call goes through. */
+static void test_client_fail_fast(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(KNIT_SEC(100));
+    env e;
+    env_clock = clk;
+    env_up(&e, NULL, 64, 1);
+    char listen[64];
+    snprintf(listen, sizeof listen, "tcp:%u:interface=127.0.0.1", e.port);
+    knit_thrift_server_close(e.srv);
+    e.srv = NULL;
+    knit_thrift_client *cl = env_client(&e, fail_fast_client);
+    why w1, w2;
+    call_add_why(cl, 1, 1, &w1); /* before the first attempt ended: waits */
+    assert_false(w1.done);
+    run_until_rt(&e, why_done, &w1, "the waiting call to fail fast");
+    assert_int_equal(w1.code, KNIT_ECONNREFUSED);
+    assert_non_null(strstr(w1.text, "thrift call add: no connection to tcp:127.0.0.1:"));
+    assert_non_null(strstr(w1.text, "caused by ECONNREFUSED: connect tcp:127.0.0.1:"));
+    call_add_why(cl, 2, 2, &w2);
+    assert_true(w2.done); /* at once */
+    assert_int_equal(w2.code, KNIT_ECONNREFUSED);
+    assert_non_null(strstr(w2.text, "thrift call add: no connection to"));
+    knit_thrift_client_stats cs;
+    knit_thrift_client_get_stats(cl, &cs);
+    assert_int_equal(cs.waiting, 0);
+    env_server(&e, NULL, listen);
+    knit_reactor_advance(e.r, KNIT_SEC(1)); /* the attempt w2 brought forward */
+    run_until_rt(&e, client_up, cl, "the reconnection");
+    call_add_why(cl, 3, 3, &w1);
+    run_until_rt(&e, why_done, &w1, "the call");
+    assert_int_equal(w1.code, 0);
+    assert_int_equal(((calc_Calc_add_result *)w1.value)->success, 6);
+    why_free(&w1);
+    env_down(&e, cl);
+    knit_clock_free(clk);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1714,6 +1912,8 @@ int main(void)
         cmocka_unit_test(test_max_in_flight_pauses_reading),
         cmocka_unit_test(test_client_connection_pool),
         cmocka_unit_test(test_client_max_pending_queues),
+        cmocka_unit_test(test_client_down_names_cause_and_recovers_at_once),
+        cmocka_unit_test(test_client_fail_fast),
     };
     knit_test_watchdog(120);
     return KNIT_RUN_TESTS_WITH(tests, make_sasldb, remove_sasldb);

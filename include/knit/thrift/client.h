@@ -3,15 +3,24 @@
  * A client for one endpoint: a small pool of connections, calls pipelined
  * on them (matched by seqid, replies may come in any order), a per-call
  * timeout (the Deferred fails with KNIT_ETIMEDOUT; a late reply is
- * discarded), reconnection with exponential backoff, SASL on connect. Calls
- * made while no connection is up wait (bounded by max_waiting and by their
- * timeout) and are sent once one is.
+ * discarded), SASL on connect. Each connection is kept up by a
+ * ClientService (knit/client.h): reconnection with a jittered exponential
+ * backoff (backoff_initial doubling up to backoff_max, +-25%). Calls made
+ * while no connection is up wait (bounded by max_waiting and by their
+ * timeout) and are sent once one is — or, with fail_after_failures N, fail
+ * at once with the connection's last error once N attempts in a row have
+ * failed. A call that arrives while the backoff has grown past its timeout
+ * makes the next attempt start within that timeout (at once when the last
+ * one is older than it), so a server that came back answers the first call.
  *
  * Failures of a call's Deferred: KNIT_EAPP (a TApplicationException: the
- * failure message is "TApplicationException TYPE: MESSAGE"), KNIT_ETIMEDOUT,
- * KNIT_ECLOSED (the connection dropped with the call in flight; it is not
- * retried: it may have run), KNIT_EQUEUEFULL, KNIT_ECANCELED, a decode
- * error.
+ * failure message is "TApplicationException TYPE: MESSAGE"), KNIT_ETIMEDOUT
+ * (for a call that never got a connection, its cause is the connection's
+ * last error, e.g. "ECONNREFUSED: connect tcp:127.0.0.1:9090: connection
+ * refused"), KNIT_ECLOSED (the connection dropped with the call in flight;
+ * it is not retried: it may have run), the connection's last error with
+ * fail_after_failures (KNIT_ECONNREFUSED, KNIT_EDNS, KNIT_ESASL, ...),
+ * KNIT_EQUEUEFULL, KNIT_ECANCELED, a decode error.
  *
  * Threads: [reactor], except knit_thrift_client_call_sync which is
  * [worker] (any thread but the reactor's).
@@ -62,6 +71,7 @@ typedef struct knit_thrift_client_options {
     const char *service;                  /* multiplexed: send "SERVICE:method" */
     const knit_thrift_sasl_options *sasl; /* NULL: no SASL; copied, strings borrowed */
     uint32_t max_frame;                   /* largest reply; default 16,384,000 */
+    unsigned fail_after_failures; /* 0 (default): calls wait for a connection; N: fail fast */
 } knit_thrift_client_options;
 
 typedef struct knit_thrift_client_stats {
