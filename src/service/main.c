@@ -75,9 +75,19 @@ static const knit_flag_def service_flags[] = {
                   .opts = KNIT_FLAG_MUTABLE),
 };
 
+/* --pool-threads=0 would leave pool routes and knit_pool_submit with no
+ * worker to run them: refuse it with the flag's name rather than round it up. */
+static int at_least_one(const char *text, char *why, size_t whylen, void *arg)
+{
+    (void)arg;
+    if (strtoull(text, NULL, 10) >= 1) return 0;
+    snprintf(why, whylen, "1 or more: a pool needs a worker");
+    return KNIT_EINVAL;
+}
+
 static const knit_flag_def pool_flags[] = {
     KNIT_FLAG_DEF("pool-threads", KNIT_FLAG_UINT64, KNIT_SERVICE_POOL_THREADS,
-                  "worker threads for blocking work"),
+                  "worker threads for blocking work", .validate = at_least_one),
     KNIT_FLAG_DEF("pool-queue", KNIT_FLAG_UINT64, KNIT_SERVICE_POOL_QUEUE,
                   "jobs that may wait for a worker before new ones are refused"),
 };
@@ -279,9 +289,8 @@ static int build(knit_app *app)
     if (!o->no_pool) {
         knit_pool_options po;
         knit_pool_options_init(&po);
-        po.name = "pool";
-        uint64_t threads = knit_flags_uint64(app->fs, "pool-threads");
-        po.max_threads = threads ? (unsigned)threads : 1;
+        po.name = o->program; /* metrics: pool="PROGRAM" */
+        po.max_threads = (unsigned)knit_flags_uint64(app->fs, "pool-threads"); /* >= 1 */
         po.min_threads = po.max_threads;
         po.max_queue = (size_t)knit_flags_uint64(app->fs, "pool-queue");
         if ((rc = knit_pool_new(&app->pool, app->r, &po)) < 0) goto fail;
