@@ -34,9 +34,10 @@ static char manhole_out[256];
 static void collect(const char *data, size_t len, void *arg)
 {
     (void)arg;
-    strncat(manhole_out, data, len < sizeof manhole_out - strlen(manhole_out) - 1
-                                   ? len
-                                   : sizeof manhole_out - strlen(manhole_out) - 1);
+    strncat(manhole_out, data,
+            len < sizeof manhole_out - strlen(manhole_out) - 1
+                ? len
+                : sizeof manhole_out - strlen(manhole_out) - 1);
 }
 
 static int fail(const char *what, int rc)
