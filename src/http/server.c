@@ -232,6 +232,11 @@ unsigned knit_http_port(const knit_http_server *s, size_t n)
     return 0;
 }
 
+knit_listener *knit_http_listener(const knit_http_server *s, size_t n)
+{
+    return n < s->nlisteners ? s->slots[n].l : NULL;
+}
+
 void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out)
 {
     *out = s->st;
