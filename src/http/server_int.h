@@ -58,6 +58,7 @@ struct route {
     uint64_t max_body; /* request bodies up to this (413 above) */
     knit_http_handler fn;
     void *arg;
+    knit_http_json_handler json; /* a route table's value-returning handler (json.c) */
 };
 
 /* ---- connections ----------------------------------------------------------- */
