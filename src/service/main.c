@@ -20,6 +20,7 @@
 #include "knit/metrics.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
+#include "service/app_int.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -41,6 +42,7 @@ struct knit_app {
     knit_timer deadline;
     bool stopping, forced;
     int status;
+    struct knit__app_extras *extras; /* app_extras.c: knit_app_http, knit_app_manhole */
 };
 
 /* ---- the "service" flag group (defaults live in service.h) ------------------------ */
@@ -243,6 +245,9 @@ static int setup_flags(knit_app *app, int argc, char **argv)
         rc = knit_flags_add(app->fs, "pool", "Worker pool", pool_flags,
                             sizeof pool_flags / sizeof pool_flags[0]);
     if (rc == 0 && o->add_flags) rc = o->add_flags(app->fs, o->arg);
+    if (rc == 0 && o->flags)
+        rc = knit_flags_add(app->fs, o->program, o->program, o->flags,
+                            o->nflags ? o->nflags : (size_t)-1);
     if (rc < 0) {
         const char *e = knit_flags_error(app->fs);
         if (*e)
@@ -316,6 +321,7 @@ static void teardown(knit_app *app)
         knit_timer_cancel(app->r, app->deadline);
     if (app->trigger && !app->trigger_ran) knit_reactor_remove_trigger(app->r, app->trigger);
     if (app->o->teardown && app->r) app->o->teardown(app, app->o->arg);
+    knit__app_extras_free(app); /* HTTP servers and the manhole, before the pool */
     if (app->metrics && app->pool) knit_metrics_remove_pool(app->metrics, app->pool);
     knit_pool_free(app->pool);
     if (app->root && (knit_service_get_state(app->root) == KNIT_SERVICE_STARTING ||
@@ -399,4 +405,13 @@ knit_metrics *knit_app_metrics(const knit_app *app)
 knit_service *knit_app_services(const knit_app *app)
 {
     return app->root;
+}
+
+struct knit__app_extras **knit__app_extras(knit_app *app)
+{
+    return &app->extras;
+}
+const char *knit__app_program(const knit_app *app)
+{
+    return app->o->program;
 }
