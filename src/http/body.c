@@ -390,7 +390,9 @@ bool knit__http_body_step(struct conn *c, knit_buf *buf)
         if (status != 503) s->st.parse_errors++;
         knit_buf_consume(buf, len);
         knit__http_early e;
-        bool logged = !req->streaming && s->o.access_log != KNIT_HTTP_LOG_NONE;
+        /* Logged here: a collected body's request is freed below, and a
+         * streaming one's ends with no status of its own (see request.c). */
+        bool logged = can_answer && s->o.access_log != KNIT_HTTP_LOG_NONE;
         if (logged) knit__http_early_from_req(&e, req); /* before it is freed */
         if (!req->streaming) {
             c->req = NULL;

@@ -428,9 +428,10 @@ void knit__http_conn_error_logged(struct conn *c, int status, const char *why,
         knit_transport_writev(c->proto.transport, iov, 2);
     }
     knit__http_count_status(s, status);
-    if (s->o.access_log != KNIT_HTTP_LOG_NONE && !c->req) {
-        /* rejected before a request existed (bad head, head timeout, a body
-         * over its limit): with the request line when there was one */
+    if (s->o.access_log != KNIT_HTTP_LOG_NONE && (!c->req || e)) {
+        /* rejected before a request existed (bad head, head timeout), or
+         * for one its handler never answered (E: a body over its limit);
+         * with the request line when there was one */
         knit_sockaddr a;
         char remote[64] = "-";
         knit__http_conn_peer(c, &a);
