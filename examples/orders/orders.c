@@ -1,7 +1,8 @@
 /* knit-orders — the first service of issue 12, the knit way: a JSON API over
  * SQLite with blocking routes on the worker pool, an inline health route,
- * metrics, an access log, a manhole and a drain on SIGTERM. twisted/orders.py
- * is the same service on Klein; docs/getting-started.md walks through it.
+ * metrics, an access log, a manhole and a drain on SIGTERM.
+ * docs/getting-started.md walks through it and ends with the same service
+ * on Twisted + Klein (56 lines of code to this file's 111).
  *
  *   knit-orders --http=tcp:8080 --db=orders.db --manhole=unix:orders.manhole:mode=600
  *   curl -XPOST localhost:8080/orders -d '{"item": "tea", "qty": 2}'
