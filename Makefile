@@ -5,7 +5,7 @@
 # since it was configured, so optional benchmark peers installed later
 # (libuv, libthrift, ...) are picked up rather than missed or half-built.
 BUILD ?= build
-.PHONY: all run test unit asan tsan fuzz faults bench clean format deps configure
+.PHONY: all run test unit asan tsan fuzz faults bench clean format deps configure install
 
 all: configure
 	ninja -C $(BUILD)
@@ -21,6 +21,19 @@ deps:
 run: configure
 	@ninja -C $(BUILD) examples/notes/knit-notes tools/knit-manhole/knit-manhole
 	@scripts/run $(ARGS)
+
+# Install the library (libknit.so.0 and libknit.a), include/knit/, knit.pc
+# and the tools under PREFIX (default /usr/local), staged below DESTDIR when
+# set (packaging): `make install PREFIX=/opt/knit DESTDIR=/tmp/stage`. Then
+# build programs with `pkg-config --cflags --libs knit` (docs/getting-started.md).
+# The prefix is a Meson configure option: a different PREFIX reconfigures
+# $(BUILD) (no recompilation; only install paths and knit.pc change).
+PREFIX ?= /usr/local
+DESTDIR ?=
+install: configure
+	@scripts/install-prefix $(BUILD) "$(PREFIX)"
+	ninja -C $(BUILD)
+	meson install -C $(BUILD) --no-rebuild $(if $(DESTDIR),--destdir "$(DESTDIR)")
 
 # The whole suite: unit tests (plain, ASan+UBSan, TSan for threaded modules),
 # integration tests, short fuzz runs. Ends with "N passed, N failed".

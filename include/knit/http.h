@@ -309,6 +309,10 @@ int knit_http_route_with(knit_http_server *s, const char *method, const char *pa
 int knit_http_listen(knit_http_server *s, const char *desc, char *err, size_t errlen);
 /* The port of the Nth listener (after tcp:0), or 0. */
 unsigned knit_http_port(const knit_http_server *s, size_t n);
+/* The Nth listener (knit/endpoint.h: address, connections, accepted), or
+ * NULL past the last one and once the server closed them (draining). Owned
+ * by the server. (knit_manhole_attach_listeners takes this shape.) */
+struct knit_listener *knit_http_listener(const knit_http_server *s, size_t n);
 
 /* Start draining now (what the shutdown trigger does). DONE, if given, runs
  * on the reactor once every connection is closed. Idempotent. */
@@ -421,6 +425,64 @@ int knit_http_finish(knit_http_request *req);
  * head went out the server answers 500 instead (as for a handler that
  * returns without answering). 0, or KNIT_EALREADY when already finished. */
 int knit_http_abort(knit_http_request *req);
+
+/* ---- JSON answers, handlers that return one, route tables [handler] -------------
+ *
+ * For JSON services (Jansson's json_t; include <jansson.h> to build values):
+ *
+ *   static int get_order(knit_http_request *req, void *db, json_t **out) {
+ *       json_t *o = db_find(db, knit_http_param(req, "id"));      // pool: may block
+ *       if (!o) return knit_http_respond_error(req, 404, "no such order");
+ *       *out = o;                                                 // the answer's body
+ *       return 200;
+ *   }
+ *   static const knit_http_route_def routes[] = {
+ *       {"GET", "/orders/{id}", KNIT_HTTP_POOL, .json = get_order},
+ *       {"GET", "/health", KNIT_HTTP_INLINE, .fn = health},
+ *   };
+ *   knit_http_routes(srv, routes, 2, db);
+ */
+struct json_t;
+
+/* Answer STATUS with VALUE as JSON (application/json; compact, UTF-8).
+ * Takes VALUE's reference (decref'd here, whatever happens); NULL — a
+ * json_pack that failed — answers 500. Returns what knit_http_respond
+ * returns. */
+int knit_http_respond_json(knit_http_request *req, int status, struct json_t *value);
+/* Answer STATUS with {"error": MESSAGE} (printf-style). Returns 0 (the
+ * request is answered), or what knit_http_respond returns. */
+int knit_http_respond_error(knit_http_request *req, int status, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+/* The request body parsed as JSON: a new reference (json_decref it), or
+ * NULL after answering 400 {"error": "body: <what>, line L column C"}
+ * (also for an empty body). */
+struct json_t *knit_http_body_json(knit_http_request *req);
+
+/* A handler that returns its answer: set *OUT to the JSON body (a new
+ * reference, handed to the server; NULL: no body) and return the status
+ * (200, 201, ...); or answer REQ itself (knit_http_respond_error, ...) and
+ * return 0; or return a negative knit code: the server answers 500
+ * {"error": knit_strerror(code)} and logs it. Runs where its route says
+ * (pool or inline). */
+typedef int (*knit_http_json_handler)(knit_http_request *req, void *arg, struct json_t **out);
+
+/* One row of a route table: METHOD and PATTERN as for knit_http_route, the
+ * mode, and either FN (a plain handler) or JSON (one that returns a value);
+ * ARG NULL takes the table's ARG. MAX_BODY 0: the server's. */
+typedef struct knit_http_route_def {
+    const char *method;
+    const char *pattern;
+    knit_http_mode mode;
+    knit_http_handler fn;
+    knit_http_json_handler json;
+    void *arg;
+    uint64_t max_body;
+} knit_http_route_def;
+
+/* Add N routes from DEFS (read now; need not outlive the call), in order.
+ * Stops at the first that fails and returns its code (KNIT_EINVAL also for
+ * a row with neither or both of FN and JSON). [reactor] */
+int knit_http_routes(knit_http_server *s, const knit_http_route_def *defs, size_t n, void *arg);
 
 /* "OK", "Not Found", ...; "Unknown" for others. [any] */
 const char *knit_http_reason(int status);

@@ -332,6 +332,15 @@ typedef struct knit_listener knit_listener;
 
 int knit_manhole_attach_listener(knit_manhole *m, const char *name, knit_listener *l);
 void knit_manhole_detach_listener(knit_manhole *m, knit_listener *l);
+/* Listeners that come and go (an HTTP server listens after it was attached
+ * and closes its listeners when it drains): listeners() asks GET(ARG, i)
+ * for i = 0, 1, ... until it returns NULL, and shows them as NAME, NAME.1,
+ * NAME.2, ... ARG must stay valid until knit_manhole_detach_listeners(M, ARG)
+ * or the manhole is freed. KNIT_EEXIST for a name already attached. */
+typedef knit_listener *(*knit_manhole_listeners_fn)(void *arg, size_t i);
+int knit_manhole_attach_listeners(knit_manhole *m, const char *name, knit_manhole_listeners_fn get,
+                                  void *arg);
+void knit_manhole_detach_listeners(knit_manhole *m, void *arg);
 
 int knit_manhole_attach_pool(knit_manhole *m, knit_pool *p);
 void knit_manhole_detach_pool(knit_manhole *m, knit_pool *p);

@@ -171,6 +171,11 @@ typedef struct knit_main_options {
     /* Add the program's flags (knit_flags_add, as many groups as it likes).
      * Return 0, or a negative code to fail (exit status 1). */
     int (*add_flags)(knit_flags *fs, void *arg);
+    /* Or, simpler for one table: NFLAGS flags from FLAGS (0: FLAGS ends
+     * with an entry whose name is NULL), added as a group named after the
+     * program, after add_flags. */
+    const knit_flag_def *flags;
+    size_t nflags;
     /* Called after the flags were parsed, logging was set up and the
      * reactor and pool exist: add services to knit_app_services(app) (and
      * anything else). Return 0, or a negative code to fail (exit 1; log
@@ -199,6 +204,50 @@ knit_service *knit_app_services(const knit_app *app); /* the root multi, "main" 
 /* Begin a graceful stop as SIGTERM would, ending with exit status STATUS
  * (when the stop itself goes well). */
 void knit_app_stop(knit_app *app, int status);
+
+/* ---- HTTP servers and the manhole of a knit_main program ---------------------------
+ *
+ * What every service wired by hand, done once (examples/orders uses both):
+ *
+ *   knit_http_server *srv;                            // pool, metrics, drain, listen:
+ *   knit_app_http(app, "http", knit_flags_string(fs, "http"), &ho, &srv);
+ *   knit_http_route(srv, ...);
+ *   knit_app_manhole(app, knit_flags_string(fs, "manhole"), NULL);
+ *
+ * Both are [reactor] (from setup, or later on the reactor thread); the app
+ * frees them after the loop ended, before the pool (the servers have
+ * drained by then), so teardown has nothing to do for them. */
+struct knit_http_server;
+struct knit_http_options;
+struct knit_manhole;
+
+/* Create HTTP server NAME (at most KNIT_SERVICE_NAME_MAX bytes) on the app's
+ * reactor with OPTS (NULL: defaults; copied), and:
+ *   - a service NAME in knit_app_services (added now: it starts after the
+ *     services added before it and stops before them) that listens on
+ *     ENDPOINT when it starts (a listen error fails the start: the program
+ *     exits 1 saying why; "listening" with the port is logged) and drains
+ *     the server when it stops. ENDPOINT NULL or "": call knit_http_listen
+ *     yourself;
+ *   - the app's pool for pool routes when OPTS->pool is NULL;
+ *   - a drain that ends within --shutdown-timeout: OPTS->drain_timeout left
+ *     at KNIT_HTTP_DRAIN_TIMEOUT becomes 3/4 of --shutdown-timeout (as read
+ *     now), so in-flight requests finish or are aborted before the process's
+ *     deadline and a slow request does not turn a clean stop into a forced
+ *     one (exit 3); any other value is kept;
+ *   - its metrics in knit_app_metrics (server="NAME");
+ *   - its listeners in the app manhole's listeners() as NAME, NAME.1, ...
+ * 0 and *OUT (owned by the app), or a negative code. */
+int knit_app_http(knit_app *app, const char *name, const char *endpoint,
+                  const struct knit_http_options *opts, struct knit_http_server **out);
+
+/* The app's manhole (knit/manhole.h), made on the first call with the
+ * program's name and with flags(), pool.stats(), metrics() and listeners()
+ * of every knit_app_http server (made before or after) attached. Listens on
+ * ENDPOINT when it is neither NULL nor "" (each call may add one). 0 and
+ * *OUT (owned by the app; OUT may be NULL), or a negative code (a listen
+ * error is also logged with the endpoint). */
+int knit_app_manhole(knit_app *app, const char *endpoint, struct knit_manhole **out);
 
 #ifdef __cplusplus
 }

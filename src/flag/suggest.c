@@ -1,5 +1,6 @@
 /* suggest.c — "did you mean": the closest flag name to an unknown one, by
  * edit distance (KNIT_FLAG_SUGGEST_DIST, or a third of the name's length),
+ * else a flag whose name is a whole-word prefix of it (or that it prefixes),
  * for the messages of every source and of knit_flags_set.
  */
 #include "flag/flag_int.h"
@@ -63,5 +64,23 @@ const char *knit__flag_suggest(const knit_flags *fs, const char *name, bool *neg
             }
         }
     }
-    return best;
+    if (best) return best;
+    /* Too far by edit distance, but one name is the other plus more words:
+     * "http-port" (or ORDERS_HTTP_PORT) for --http, "idle" for the only
+     * "idle-..." flag. The longest known prefix wins; a shorter name must
+     * extend exactly one flag. */
+    size_t bestl = 0, nlonger = 0;
+    const char *longer = NULL;
+    for (size_t i = 0; i < fs->n; i++) {
+        const char *fn = fs->flags[i]->def->name;
+        size_t fl = strlen(fn);
+        if (fl < l && strncmp(name, fn, fl) == 0 && name[fl] == '-' && fl > bestl) {
+            best = fn;
+            bestl = fl;
+        } else if (fl > l && strncmp(fn, name, l) == 0 && fn[l] == '-') {
+            longer = fn;
+            nlonger++;
+        }
+    }
+    return best ? best : nlonger == 1 ? longer : NULL;
 }

@@ -93,3 +93,47 @@ void knit__http_access_log(knit_http_request *req, knit_duration took)
                                knit_http_header(req, "referer"),
                                knit_http_header(req, "user-agent"), took);
 }
+
+/* ---- requests answered before a handler ----------------------------------------- */
+
+static void copy_span(char *dst, size_t cap, const char *s, size_t n)
+{
+    if (!s) {
+        dst[0] = 0;
+        return;
+    }
+    if (n >= cap) n = cap - 1;
+    memcpy(dst, s, n);
+    dst[n] = 0;
+}
+
+bool knit__http_early_from_head(knit__http_early *e, const knit__http_request *h)
+{
+    memset(e, 0, sizeof *e);
+    /* The request line counts only once all of it parsed: method, target
+     * and version. */
+    if (!h->method || !h->target || h->minor_version < 0) return false;
+    copy_span(e->method, sizeof e->method, h->method, h->method_len);
+    copy_span(e->target, sizeof e->target, h->target, h->target_len);
+    e->minor = h->minor_version;
+    for (size_t i = 0; i < h->num_fields; i++) {
+        const knit__http_field *f = &h->fields[i];
+        if (knit__http_name_is(f->name, f->name_len, "user-agent", 10) && !e->ua[0])
+            copy_span(e->ua, sizeof e->ua, f->value, f->value_len);
+        else if (knit__http_name_is(f->name, f->name_len, "referer", 7) && !e->referer[0])
+            copy_span(e->referer, sizeof e->referer, f->value, f->value_len);
+    }
+    return true;
+}
+
+void knit__http_early_from_req(knit__http_early *e, knit_http_request *req)
+{
+    const char *ua = knit_http_header(req, "user-agent");
+    const char *ref = knit_http_header(req, "referer");
+    memset(e, 0, sizeof *e);
+    copy_span(e->method, sizeof e->method, req->method, strlen(req->method));
+    copy_span(e->target, sizeof e->target, req->target, strlen(req->target));
+    copy_span(e->ua, sizeof e->ua, ua, ua ? strlen(ua) : 0);
+    copy_span(e->referer, sizeof e->referer, ref, ref ? strlen(ref) : 0);
+    e->minor = req->h.minor_version;
+}

@@ -389,6 +389,11 @@ bool knit__http_body_step(struct conn *c, knit_buf *buf)
     if (n < 0) {
         if (status != 503) s->st.parse_errors++;
         knit_buf_consume(buf, len);
+        knit__http_early e;
+        /* Logged here: a collected body's request is freed below, and a
+         * streaming one's ends with no status of its own (see request.c). */
+        bool logged = can_answer && s->o.access_log != KNIT_HTTP_LOG_NONE;
+        if (logged) knit__http_early_from_req(&e, req); /* before it is freed */
         if (!req->streaming) {
             c->req = NULL;
             knit__http_request_free(req); /* never reached a handler */
@@ -396,7 +401,7 @@ bool knit__http_body_step(struct conn *c, knit_buf *buf)
             req->close_after = true; /* knit__http_conn_error counts the status */
         }
         if (can_answer) {
-            knit__http_conn_error(c, status, why);
+            knit__http_conn_error_logged(c, status, why, logged ? &e : NULL);
         } else {
             /* The handler already answered part of a response: just close. */
             c->state = C_CLOSING;

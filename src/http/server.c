@@ -232,6 +232,11 @@ unsigned knit_http_port(const knit_http_server *s, size_t n)
     return 0;
 }
 
+knit_listener *knit_http_listener(const knit_http_server *s, size_t n)
+{
+    return n < s->nlisteners ? s->slots[n].l : NULL;
+}
+
 void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out)
 {
     *out = s->st;
@@ -400,6 +405,12 @@ void knit__http_conn_end(struct conn *c, bool linger)
  * timeout (408), where the client has had its time. */
 void knit__http_conn_error(struct conn *c, int status, const char *why)
 {
+    knit__http_conn_error_logged(c, status, why, NULL);
+}
+
+void knit__http_conn_error_logged(struct conn *c, int status, const char *why,
+                                  const knit__http_early *e)
+{
     knit_http_server *s = c->srv;
     if (c->state == C_CLOSING || c->state == C_LINGER || !c->proto.transport) return;
     char body[KNIT_HTTP_ERROR_BODY_MAX], head[512], retry[40] = "";
@@ -417,14 +428,19 @@ void knit__http_conn_error(struct conn *c, int status, const char *why)
         knit_transport_writev(c->proto.transport, iov, 2);
     }
     knit__http_count_status(s, status);
-    if (s->o.access_log != KNIT_HTTP_LOG_NONE && !c->req) {
-        /* rejected before a request existed (bad head, head timeout) */
+    if (s->o.access_log != KNIT_HTTP_LOG_NONE && (!c->req || e)) {
+        /* rejected before a request existed (bad head, head timeout), or
+         * for one its handler never answered (E: a body over its limit);
+         * with the request line when there was one */
         knit_sockaddr a;
         char remote[64] = "-";
         knit__http_conn_peer(c, &a);
         if (a.len) knit_sockaddr_format(&a, remote, sizeof remote);
-        knit__http_access_log_line(s, remote, knit_wall_now(), NULL, NULL, 1, status, blen, NULL,
-                                   NULL, 0);
+        bool line = e && e->method[0];
+        knit__http_access_log_line(s, remote, knit_wall_now(), line ? e->method : NULL,
+                                   line ? e->target : NULL, line ? e->minor : 1, status, blen,
+                                   e && e->referer[0] ? e->referer : NULL,
+                                   e && e->ua[0] ? e->ua : NULL, 0);
     }
     KNIT_DEBUG(MOD, "closing connection: %d %s", status, why);
     knit__http_conn_end(c, status != 408);
@@ -663,8 +679,10 @@ void knit__http_process(struct conn *c, knit_buf *buf)
         c->head_prev = 0;
         if (r == KNIT__HTTP_ERROR) {
             s->st.parse_errors++;
+            knit__http_early e; /* copied before the bytes it points into go */
+            bool line = s->o.access_log != KNIT_HTTP_LOG_NONE && knit__http_early_from_head(&e, &h);
             knit_buf_consume(buf, len);
-            knit__http_conn_error(c, h.status, h.error);
+            knit__http_conn_error_logged(c, h.status, h.error, line ? &e : NULL);
             break;
         }
         knit_http_request *req = knit__http_request_new(c, data, (size_t)r, &h);

@@ -58,6 +58,7 @@ struct route {
     uint64_t max_body; /* request bodies up to this (413 above) */
     knit_http_handler fn;
     void *arg;
+    knit_http_json_handler json; /* a route table's value-returning handler (json.c) */
 };
 
 /* ---- connections ----------------------------------------------------------- */
@@ -246,6 +247,13 @@ bool knit__http_linger_drop(struct conn *c, size_t n);
 void knit__http_conn_end(struct conn *c, bool linger);
 /* Answer STATUS on C's behalf and end the connection. */
 void knit__http_conn_error(struct conn *c, int status, const char *why);
+/* The same for a request the server answers itself before (or instead of)
+ * its handler — a head the parser refused after its request line (413 for
+ * a Content-Length over max_body, 417, 431, ...), a body over its limit:
+ * the access log names its method, target, referer and user agent. */
+struct knit__http_early;
+void knit__http_conn_error_logged(struct conn *c, int status, const char *why,
+                                  const struct knit__http_early *e);
 /* Parse and start the requests in BUF (C's input or c->pending). */
 void knit__http_process(struct conn *c, knit_buf *buf);
 /* After a request ended: go on with buffered bytes or wait. */
@@ -333,6 +341,21 @@ void knit__http_access_log_line(knit_http_server *s, const char *remote, int64_t
                                 knit_duration took);
 /* The line for REQ, when the server logs. */
 void knit__http_access_log(knit_http_request *req, knit_duration took);
+
+/* What the access log says about a request answered early, copied out of
+ * the head (or request) it came from, which may be gone when the line is
+ * written. method[0] == 0: no request line. */
+typedef struct knit__http_early {
+    char method[32];
+    char target[1024]; /* longer targets are cut (the log escapes to 1024 anyway) */
+    char referer[256];
+    char ua[256];
+    int minor;
+} knit__http_early;
+/* From a parsed (possibly refused) head H; false when there is nothing to
+ * log beyond "-" (the request line itself was bad). */
+bool knit__http_early_from_head(knit__http_early *e, const knit__http_request *h);
+void knit__http_early_from_req(knit__http_early *e, knit_http_request *req);
 
 /* ---- hooks for knit's unit tests ------------------------------------------------ */
 

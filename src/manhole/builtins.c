@@ -385,28 +385,45 @@ void knit__manhole_free_attachments(knit_manhole *m)
 
 /* ---- listeners ------------------------------------------------------------------- */
 
+static void push_listener(lua_State *L, knit_listener *l, const char *name)
+{
+    lua_createtable(L, 0, 4);
+    knit_sockaddr a;
+    char addr[128] = "-";
+    if (knit_listener_address(l, &a) == 0) knit_sockaddr_format(&a, addr, sizeof addr);
+    knit_manhole_setfield_str(L, -1, "address", addr);
+    knit_manhole_setfield_str(L, -1, "endpoint", knit_listener_description(l));
+    knit_manhole_setfield_int(L, -1, "connections", (lua_Integer)knit_listener_connections(l));
+    knit_manhole_setfield_int(L, -1, "accepted", (lua_Integer)knit_listener_accepted(l));
+    knit_manhole_setfield_int(L, -1, "emfile_events", (lua_Integer)knit_listener_emfile_events(l));
+    lua_setfield(L, -2, name);
+}
+
 static int l_listeners(lua_State *L)
 {
     knit_manhole *m = mh_of(L);
     lua_createtable(L, 0, (int)m->nlisteners);
     for (size_t i = 0; i < m->nlisteners; i++) {
-        knit_listener *l = m->listeners_att[i].l;
-        lua_createtable(L, 0, 4);
-        knit_sockaddr a;
-        char addr[128] = "-";
-        if (knit_listener_address(l, &a) == 0) knit_sockaddr_format(&a, addr, sizeof addr);
-        knit_manhole_setfield_str(L, -1, "address", addr);
-        knit_manhole_setfield_str(L, -1, "endpoint", knit_listener_description(l));
-        knit_manhole_setfield_int(L, -1, "connections", (lua_Integer)knit_listener_connections(l));
-        knit_manhole_setfield_int(L, -1, "accepted", (lua_Integer)knit_listener_accepted(l));
-        knit_manhole_setfield_int(L, -1, "emfile_events",
-                                  (lua_Integer)knit_listener_emfile_events(l));
-        lua_setfield(L, -2, m->listeners_att[i].name);
+        const mh_listener_ref *ref = &m->listeners_att[i];
+        if (!ref->get) {
+            push_listener(L, ref->l, ref->name);
+            continue;
+        }
+        knit_listener *l;
+        for (size_t k = 0; (l = ref->get(ref->arg, k)) != NULL; k++) {
+            char name[160];
+            if (k == 0)
+                snprintf(name, sizeof name, "%s", ref->name);
+            else
+                snprintf(name, sizeof name, "%s.%zu", ref->name, k);
+            push_listener(L, l, name);
+        }
     }
     return 1;
 }
 
-int knit_manhole_attach_listener(knit_manhole *m, const char *name, knit_listener *l)
+static int attach(knit_manhole *m, const char *name, knit_listener *l,
+                  knit_manhole_listeners_fn get, void *arg)
 {
     for (size_t i = 0; i < m->nlisteners; i++)
         if (strcmp(m->listeners_att[i].name, name) == 0) return KNIT_EEXIST;
@@ -415,16 +432,40 @@ int knit_manhole_attach_listener(knit_manhole *m, const char *name, knit_listene
     m->listeners_att = nl;
     char *copy = strdup(name);
     if (!copy) return KNIT_ENOMEM;
-    m->listeners_att[m->nlisteners].name = copy;
-    m->listeners_att[m->nlisteners].l = l;
+    m->listeners_att[m->nlisteners] = (mh_listener_ref){copy, l, get, arg};
     m->nlisteners++;
     return 0;
+}
+
+int knit_manhole_attach_listener(knit_manhole *m, const char *name, knit_listener *l)
+{
+    return attach(m, name, l, NULL, NULL);
+}
+
+int knit_manhole_attach_listeners(knit_manhole *m, const char *name, knit_manhole_listeners_fn get,
+                                  void *arg)
+{
+    if (!get) return KNIT_EINVAL;
+    return attach(m, name, NULL, get, arg);
+}
+
+void knit_manhole_detach_listeners(knit_manhole *m, void *arg)
+{
+    for (size_t i = 0; i < m->nlisteners; i++) {
+        if (m->listeners_att[i].get && m->listeners_att[i].arg == arg) {
+            free(m->listeners_att[i].name);
+            memmove(&m->listeners_att[i], &m->listeners_att[i + 1],
+                    (m->nlisteners - i - 1) * sizeof *m->listeners_att);
+            m->nlisteners--;
+            return;
+        }
+    }
 }
 
 void knit_manhole_detach_listener(knit_manhole *m, knit_listener *l)
 {
     for (size_t i = 0; i < m->nlisteners; i++) {
-        if (m->listeners_att[i].l == l) {
+        if (!m->listeners_att[i].get && m->listeners_att[i].l == l) {
             free(m->listeners_att[i].name);
             memmove(&m->listeners_att[i], &m->listeners_att[i + 1],
                     (m->nlisteners - i - 1) * sizeof *m->listeners_att);

@@ -34,7 +34,9 @@ typedef struct mh_pool_ref {
 
 typedef struct mh_listener_ref {
     char *name;
-    knit_listener *l;
+    knit_listener *l;              /* one listener, or NULL with: */
+    knit_manhole_listeners_fn get; /* a set asked for at each listeners() */
+    void *arg;
 } mh_listener_ref;
 
 typedef struct mh_loop_ref {

@@ -291,13 +291,14 @@ int knit__manhole_help(lua_State *L)
     luaL_Buffer b;
     luaL_buffinit(L, &b);
     if (plen == 0) {
+        /* The transports' greeting already said "NAME manhole, Lua 5.4 on the
+         * reactor thread": not again here. */
         lua_pushfstring(L,
-                        "%s manhole: Lua 5.4 on the reactor thread. Expressions print their "
-                        "value; `_` is the last result.\n"
+                        "Expressions print their value; `_` is the last result.\n"
                         "Each evaluation may run %I instructions; Ctrl-C interrupts.\n"
                         "  help([prefix])  this list\n"
                         "  print(...)      prints here, not on the service's stdout\n",
-                        m->name, (lua_Integer)m->o.budget);
+                        (lua_Integer)m->o.budget);
         luaL_addvalue(&b);
     }
     size_t width = 14;

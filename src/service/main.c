@@ -20,6 +20,7 @@
 #include "knit/metrics.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
+#include "service/app_int.h"
 
 #include <signal.h>
 #include <stdio.h>
@@ -41,6 +42,7 @@ struct knit_app {
     knit_timer deadline;
     bool stopping, forced;
     int status;
+    struct knit__app_extras *extras; /* app_extras.c: knit_app_http, knit_app_manhole */
 };
 
 /* ---- the "service" flag group (defaults live in service.h) ------------------------ */
@@ -75,9 +77,19 @@ static const knit_flag_def service_flags[] = {
                   .opts = KNIT_FLAG_MUTABLE),
 };
 
+/* --pool-threads=0 would leave pool routes and knit_pool_submit with no
+ * worker to run them: refuse it with the flag's name rather than round it up. */
+static int at_least_one(const char *text, char *why, size_t whylen, void *arg)
+{
+    (void)arg;
+    if (strtoull(text, NULL, 10) >= 1) return 0;
+    snprintf(why, whylen, "1 or more: a pool needs a worker");
+    return KNIT_EINVAL;
+}
+
 static const knit_flag_def pool_flags[] = {
     KNIT_FLAG_DEF("pool-threads", KNIT_FLAG_UINT64, KNIT_SERVICE_POOL_THREADS,
-                  "worker threads for blocking work"),
+                  "worker threads for blocking work", .validate = at_least_one),
     KNIT_FLAG_DEF("pool-queue", KNIT_FLAG_UINT64, KNIT_SERVICE_POOL_QUEUE,
                   "jobs that may wait for a worker before new ones are refused"),
 };
@@ -233,6 +245,9 @@ static int setup_flags(knit_app *app, int argc, char **argv)
         rc = knit_flags_add(app->fs, "pool", "Worker pool", pool_flags,
                             sizeof pool_flags / sizeof pool_flags[0]);
     if (rc == 0 && o->add_flags) rc = o->add_flags(app->fs, o->arg);
+    if (rc == 0 && o->flags)
+        rc = knit_flags_add(app->fs, o->program, o->program, o->flags,
+                            o->nflags ? o->nflags : (size_t)-1);
     if (rc < 0) {
         const char *e = knit_flags_error(app->fs);
         if (*e)
@@ -279,9 +294,8 @@ static int build(knit_app *app)
     if (!o->no_pool) {
         knit_pool_options po;
         knit_pool_options_init(&po);
-        po.name = "pool";
-        uint64_t threads = knit_flags_uint64(app->fs, "pool-threads");
-        po.max_threads = threads ? (unsigned)threads : 1;
+        po.name = o->program; /* metrics: pool="PROGRAM" */
+        po.max_threads = (unsigned)knit_flags_uint64(app->fs, "pool-threads"); /* >= 1 */
         po.min_threads = po.max_threads;
         po.max_queue = (size_t)knit_flags_uint64(app->fs, "pool-queue");
         if ((rc = knit_pool_new(&app->pool, app->r, &po)) < 0) goto fail;
@@ -307,6 +321,7 @@ static void teardown(knit_app *app)
         knit_timer_cancel(app->r, app->deadline);
     if (app->trigger && !app->trigger_ran) knit_reactor_remove_trigger(app->r, app->trigger);
     if (app->o->teardown && app->r) app->o->teardown(app, app->o->arg);
+    knit__app_extras_free(app); /* HTTP servers and the manhole, before the pool */
     if (app->metrics && app->pool) knit_metrics_remove_pool(app->metrics, app->pool);
     knit_pool_free(app->pool);
     if (app->root && (knit_service_get_state(app->root) == KNIT_SERVICE_STARTING ||
@@ -390,4 +405,13 @@ knit_metrics *knit_app_metrics(const knit_app *app)
 knit_service *knit_app_services(const knit_app *app)
 {
     return app->root;
+}
+
+struct knit__app_extras **knit__app_extras(knit_app *app)
+{
+    return &app->extras;
+}
+const char *knit__app_program(const knit_app *app)
+{
+    return app->o->program;
 }

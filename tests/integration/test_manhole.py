@@ -151,6 +151,9 @@ def _(env):
     check(r.returncode == 0, r.stderr)
     check("demo.count() -> the counter" in r.stdout, r.stdout)
     check("log.level" in r.stdout, r.stdout)
+    # the greeting names the manhole and Lua once; help() does not repeat it
+    said = (r.stdout + r.stderr).count("Lua 5.4 on the reactor thread")
+    check(said == 1, "header printed %d times:\n%s%s" % (said, r.stderr, r.stdout))
     r = client(env.sock, "-e", "return log.level('debug'), log.level('info')")
     check(r.stdout == '"debug"\t"info"\n', repr(r.stdout))
     r = client(env.sock, "-e", "log.level('shouting')")

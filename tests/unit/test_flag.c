@@ -361,6 +361,16 @@ static void test_env(void **state)
     const char *env3[] = {"NOTES_THRADS=3", NULL};
     expect_error(NULL, env3,
                  "notes: unknown flag NOTES_THRADS from env (did you mean NOTES_THREADS?)");
+    /* too far by edit distance, but a known flag plus a word (issue 12) */
+    const char *envp4[] = {"NOTES_HTTP_PORT=80", NULL};
+    expect_error(NULL, envp4,
+                 "notes: unknown flag NOTES_HTTP_PORT from env (did you mean NOTES_HTTP?)");
+    const char *envp5[] = {"NOTES_HTTP_IDLE_TIMEOUT=1s", NULL};
+    expect_error(NULL, envp5,
+                 "notes: unknown flag NOTES_HTTP_IDLE_TIMEOUT from env (did you mean "
+                 "NOTES_HTTP_IDLE?)");
+    const char *envp6[] = {"NOTES_CODES_ALLOWED=1", NULL};
+    expect_error(NULL, envp6, "notes: unknown flag NOTES_CODES_ALLOWED from env");
     x = mk();
     knit_flags_free(x->fs);
     knit_flags_options o;

@@ -7,6 +7,7 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <jansson.h>
 #include <malloc.h>
 #include <netinet/in.h>
 #include <pthread.h>
@@ -274,6 +275,86 @@ static void test_routes(void **state)
                      KNIT_EINVAL);
     assert_int_equal(knit_http_route(fx.s, "GET", "/p", KNIT_HTTP_POOL, h_hello, NULL),
                      KNIT_EINVAL); /* no pool */
+    teardown_fx(&fx);
+}
+
+/* ---- JSON answers and route tables (issue 12) ---------------------------------------- */
+
+static int j_echo(knit_http_request *req, void *arg, json_t **out)
+{
+    json_t *body = knit_http_body_json(req);
+    if (!body) return 0; /* answered 400 */
+    *out = json_pack("{s:o, s:s}", "got", body, "arg", (const char *)arg);
+    return 201;
+}
+
+static int j_fail(knit_http_request *req, void *arg, json_t **out)
+{
+    *out = json_string("dropped"); /* a failure drops what was set */
+    return KNIT_EIO;
+}
+
+static int j_self(knit_http_request *req, void *arg, json_t **out)
+{
+    return knit_http_respond_error(req, 409, "taken: %s", knit_http_param(req, "k"));
+}
+
+static int j_none(knit_http_request *req, void *arg, json_t **out)
+{
+    return 204;
+}
+
+static void test_json_route_table(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, NULL);
+    static const knit_http_route_def routes[] = {
+        {"POST", "/j", KNIT_HTTP_INLINE, .json = j_echo},
+        {"GET", "/fail", KNIT_HTTP_INLINE, .json = j_fail},
+        {"PUT", "/k/{k}", KNIT_HTTP_INLINE, .json = j_self},
+        {"DELETE", "/k/{k}", KNIT_HTTP_INLINE, .json = j_none, .arg = (void *)"own"},
+        {"GET", "/plain", KNIT_HTTP_INLINE, .fn = h_hello},
+    };
+    assert_int_equal(knit_http_routes(fx.s, routes, 5, (void *)"table"), 0);
+    knit_transport *t = open_conn(&fx);
+    feed(t, "POST /j HTTP/1.1\r\nHost: x\r\nContent-Length: 7\r\n\r\n[1,\"a\"]");
+    const char *o = take(t);
+    if (strncmp(o, "HTTP/1.1 201 ", 13) != 0) fail_msg("got %s", o);
+    assert_non_null(strstr(o, "\r\nContent-Type: application/json\r\n"));
+    assert_non_null(strstr(o, "\r\n\r\n{\"got\":[1,\"a\"],\"arg\":\"table\"}\n"));
+    feed(t, "POST /j HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\r\n{no}");
+    o = take(t);
+    assert_true(strncmp(o, "HTTP/1.1 400 ", 13) == 0);
+    assert_non_null(strstr(o, "{\"error\":\"body: "));
+    assert_non_null(strstr(o, "line 1 column "));
+    feed(t, "POST /j HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    assert_non_null(strstr(take(t), "{\"error\":\"body: a JSON value is required\"}"));
+    feed(t, "GET /fail HTTP/1.1\r\nHost: x\r\n\r\n");
+    o = take(t);
+    assert_true(strncmp(o, "HTTP/1.1 500 ", 13) == 0);
+    char want[256];
+    snprintf(want, sizeof want, "{\"error\":\"%s\"}", knit_strerror(KNIT_EIO));
+    assert_non_null(strstr(o, want));
+    assert_null(strstr(o, "dropped"));
+    feed(t, "PUT /k/a%22b HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n");
+    o = take(t);
+    assert_true(strncmp(o, "HTTP/1.1 409 ", 13) == 0);
+    assert_non_null(strstr(o, "{\"error\":\"taken: a\\\"b\"}")); /* escaped */
+    feed(t, "DELETE /k/a HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_true(strncmp(take(t), "HTTP/1.1 204 ", 13) == 0);
+    feed(t, "GET /plain HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert_non_null(strstr(take(t), "Hello, World!"));
+    close_conn(t);
+    /* a row needs exactly one of fn and json; pool rows need a pool */
+    knit_http_route_def bad = {"GET", "/b", KNIT_HTTP_INLINE, .fn = NULL};
+    assert_int_equal(knit_http_routes(fx.s, &bad, 1, NULL), KNIT_EINVAL);
+    bad.fn = h_hello;
+    bad.json = j_none;
+    assert_int_equal(knit_http_routes(fx.s, &bad, 1, NULL), KNIT_EINVAL);
+    bad.fn = NULL;
+    bad.mode = KNIT_HTTP_POOL;
+    assert_int_equal(knit_http_routes(fx.s, &bad, 1, NULL), KNIT_EINVAL);
     teardown_fx(&fx);
 }
 
@@ -2333,6 +2414,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_get_inline),
         cmocka_unit_test(test_routes),
+        cmocka_unit_test(test_json_route_table),
         cmocka_unit_test(test_pipelining_in_order),
         cmocka_unit_test(test_pipelining_paused_then_partial_head),
         cmocka_unit_test(test_answer_later_after_client_left),

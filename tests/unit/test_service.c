@@ -374,6 +374,36 @@ static void test_tree_api(void **state)
     done(x);
 }
 
+/* Failures name where they were made relative to the source root
+ * ("src/service/service.c"), not as the compiler saw the path from the build
+ * directory ("../src/service/service.c"): -fmacro-prefix-map in meson.build. */
+static void where_failed(knit_result *res, void *arg)
+{
+    knit_failure *f = knit_result_take_failure(res);
+    snprintf(arg, 256, "%s", f ? f->file : "no failure");
+    knit_failure_free(f);
+}
+
+static void test_failure_paths_from_source_root(void **state)
+{
+    (void)state;
+    struct fx *x = mk();
+    outcome o;
+    watch(knit_service_start(x->root, x->r), &o);
+    assert_true(o.fired && o.code == 0);
+    char file[256] = "";
+    knit_deferred *d = knit_service_start(x->root, x->r); /* already running */
+    knit_deferred_add_callbacks(d, where_failed, where_failed, file);
+    knit_deferred_unref(d);
+    assert_string_equal(file, "src/service/service.c");
+    knit_failure *f = knit_failure_new(KNIT_EINVAL, "here");
+    assert_string_equal(f->file, "tests/unit/test_service.c");
+    knit_failure_free(f);
+    watch(knit_service_stop(x->root), &o);
+    assert_true(o.fired);
+    done(x);
+}
+
 /* ---- sd_notify -------------------------------------------------------------------------- */
 
 static void test_sd_notify(void **state)
@@ -429,6 +459,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_order),
+        cmocka_unit_test(test_failure_paths_from_source_root),
         cmocka_unit_test(test_async_start_stop),
         cmocka_unit_test(test_failing_start_rolls_back),
         cmocka_unit_test(test_async_failing_start),
