@@ -1,21 +1,24 @@
 # Thin wrapper over Meson; the README names `make run` and `make test`.
+# Any order of make, make run, make test, make bench works on a fresh machine:
+# each installs what it needs first (scripts/deps), and scripts/configure
+# (re)configures the build directory when the installed packages changed
+# since it was configured, so optional benchmark peers installed later
+# (libuv, libthrift, ...) are picked up rather than missed or half-built.
 BUILD ?= build
-MESON_SETUP = meson setup --wipe
-.PHONY: all run test unit asan tsan fuzz bench clean format deps
+.PHONY: all run test unit asan tsan fuzz faults bench clean format deps configure
 
-all: $(BUILD)/build.ninja
+all: configure
 	ninja -C $(BUILD)
 
-$(BUILD)/build.ninja:
-	@scripts/deps build
-	meson setup $(BUILD)
+configure: deps
+	@scripts/configure $(BUILD)
 
 deps:
 	@scripts/deps build
 
 # Build and start the reference service in the foreground (Ctrl-C stops it).
 # Builds only what it runs, so the first run on a fresh machine is quick.
-run: deps $(BUILD)/build.ninja
+run: configure
 	@ninja -C $(BUILD) examples/notes/knit-notes tools/knit-manhole/knit-manhole
 	@scripts/run $(ARGS)
 
@@ -34,15 +37,31 @@ asan:
 tsan:
 	@scripts/test --only tsan
 
+# Each libFuzzer target for FUZZ_SECONDS (default 300 here; 10 in `make
+# test`), merging the inputs that found new coverage into fuzz/corpus/.
 fuzz:
-	@scripts/test --only fuzz
+	@FUZZ_SECONDS=$${FUZZ_SECONDS:-300} FUZZ_MERGE=1 scripts/test --only fuzz
+
+# Allocation-failure sweep: every allocation site the unit suite reaches fails
+# once (build-fault/, ASan+UBSan); summary in build-fault/faults/summary.md.
+faults:
+	@scripts/deps test
+	@scripts/faults
 
 bench:
 	@scripts/deps bench
 	@scripts/bench
 
+# Soak (not in CI): SOAK_SECONDS (default 600) of mixed load on knit-notes with 10,000 idle
+# connections; prints the samples and the verdict, writes the Soak section of
+# docs/robustness.md, exits non-zero when not flat. Knobs: tests/soak/soak.py.
+.PHONY: soak
+soak: all
+	@scripts/deps test
+	@tests/soak/soak.py
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf build build-asan build-tsan build-fuzz
+	rm -rf build build-asan build-tsan build-fuzz build-fault

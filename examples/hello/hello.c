@@ -48,6 +48,9 @@ static const knit_flag_def hello_flags[] = {
                   "so a 1 ms sleep is not stretched"),
     KNIT_FLAG_DEF("pool-spin", KNIT_FLAG_DURATION, "20us",
                   "idle workers spin this long before sleeping (0: never)"),
+    KNIT_FLAG_DEF("reactor-poll", KNIT_FLAG_DURATION, "20us",
+                  "after a pool submit, the reactor polls this long for fast results (0: "
+                  "never); 0 with --pool-spin=0 makes instruction counts repeatable"),
     KNIT_FLAG_DEF("access-log", KNIT_FLAG_ENUM, "none", "access log to stdout",
                   .choices = log_formats),
     KNIT_FLAG_DEF("idle-timeout", KNIT_FLAG_DURATION, "75s", "keep-alive idle timeout"),
@@ -93,8 +96,9 @@ static void on_echo(knit_http_request *req, void *arg)
     if (n == 0) knit_http_finish(req);
 }
 
-/* Answers without reading the body: no 100 Continue is sent, and the
- * connection is closed after the answer. */
+/* Answers without reading the body. In pool mode (streamed) no 100
+ * Continue is sent, and then the connection is closed after the answer;
+ * without Expect the rest of the body is dropped and the connection kept. */
 static void on_reject(knit_http_request *req, void *arg)
 {
     (void)arg;
@@ -226,6 +230,7 @@ int main(int argc, char **argv)
     po.min_threads = po.max_threads = (unsigned)knit_flags_int64(fs, "threads");
     po.max_queue = (size_t)knit_flags_int64(fs, "queue");
     po.spin = knit_flags_duration(fs, "pool-spin");
+    po.reactor_poll = knit_flags_duration(fs, "reactor-poll");
     if (knit_pool_new(&pool, r, &po) != 0) {
         fprintf(stderr, "knit-hello: cannot start the pool\n");
         return 1;
@@ -244,10 +249,12 @@ int main(int argc, char **argv)
     ho.output_budget = (size_t)knit_flags_uint64(fs, "output-budget");
     if (knit_http_server_new(r, &ho, &srv) != 0) return 1;
     knit_http_mode m = pool_mode ? KNIT_HTTP_POOL : KNIT_HTTP_INLINE;
+    /* pool mode: these two get the body while it arrives (or never read it) */
+    knit_http_mode ms = pool_mode ? KNIT_HTTP_POOL_STREAM : KNIT_HTTP_INLINE;
     knit_http_route(srv, "GET", "/", m, on_hello, NULL);
-    knit_http_route(srv, "POST", "/echo", m, on_echo, NULL);
+    knit_http_route(srv, "POST", "/echo", ms, on_echo, NULL);
     knit_http_route(srv, "GET", "/stream", KNIT_HTTP_POOL, on_stream, NULL);
-    knit_http_route(srv, "POST", "/reject", m, on_reject, NULL);
+    knit_http_route(srv, "POST", "/reject", ms, on_reject, NULL);
     knit_http_route(srv, "GET", "/hello/{name}", m, on_name, NULL);
     knit_http_route(srv, "GET", "/headers", m, on_headers, NULL);
     knit_http_route(srv, "GET", "/big", m, on_big, NULL);

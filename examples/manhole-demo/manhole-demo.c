@@ -1,13 +1,16 @@
 /* knit-manhole-demo — a tiny service with a manhole in it.
  *
  *   knit-manhole-demo [-m ENDPOINT]... [-t TCP_ENDPOINT] [-b BUDGET]
+ *                     [-d SECONDS]
  *
  * Serves a line protocol on TCP_ENDPOINT (default tcp:0:interface=127.0.0.1):
  * "ping" answers "pong", anything else is echoed. Opens a manhole on each
  * -m endpoint (e.g. -m unix:./demo.manhole -m ssh:0:hostKey=...). Registers
  * demo.count(), demo.bump([n]) and keeps a heartbeat timer, so the bindings
- * have something to show. Prints "ping-port N", "ssh-port N" (if any) and
- * "ready" on stdout once listening. SIGINT/SIGTERM stop it.
+ * have something to show. -d sets the manhole's drain timeout (how long a
+ * session whose input ended waits for pending await()s). Prints
+ * "ping-port N", "ssh-port N" (if any) and "ready" on stdout once
+ * listening. SIGINT/SIGTERM stop it.
  */
 #include <signal.h>
 #include <stdio.h>
@@ -147,7 +150,7 @@ int main(int argc, char **argv)
     knit_manhole_options_init(&mo);
     mo.name = "knit-manhole-demo";
     int opt;
-    while ((opt = getopt(argc, argv, "m:t:b:")) != -1) {
+    while ((opt = getopt(argc, argv, "m:t:b:d:")) != -1) {
         switch (opt) {
         case 'm':
             if (neps < 8) eps[neps++] = optarg;
@@ -158,8 +161,12 @@ int main(int argc, char **argv)
         case 'b':
             mo.budget = strtoull(optarg, NULL, 10);
             break;
+        case 'd':
+            mo.drain_timeout = KNIT_FROM_SEC(strtod(optarg, NULL));
+            break;
         default:
-            fprintf(stderr, "usage: knit-manhole-demo [-m ENDPOINT]... [-t TCP] [-b BUDGET]\n");
+            fprintf(stderr, "usage: knit-manhole-demo [-m ENDPOINT]... [-t TCP] [-b BUDGET] "
+                            "[-d SECONDS]\n");
             return 2;
         }
     }

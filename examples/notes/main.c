@@ -44,6 +44,7 @@
 #include "knit/http.h"
 #include "knit/log.h"
 #include "knit/metrics.h"
+#include "notes_webhook.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
 #include "knit/service.h"
@@ -57,6 +58,7 @@
 #define NOTES_VERSION "0.1.0"
 #define NOTES_SUMMARY_INTERVAL KNIT_SEC(60)
 #define NOTES_MAX_THREADS 256
+#define NOTES_MAX_CONNECTIONS 1000000u /* --max-connections upper bound */
 /* The server accepts bodies this much beyond --max-body; the handler stops
  * reading at --max-body + 1 and answers 413 itself, with a JSON body. */
 #define NOTES_BODY_SLACK (64 * 1024)
@@ -86,6 +88,15 @@ static int validate_positive_duration(const char *text, char *why, size_t whylen
     return KNIT_EINVAL;
 }
 
+static int validate_max_connections(const char *text, char *why, size_t whylen, void *arg)
+{
+    uint64_t n;
+    if (knit_parse_uint64(text, &n) == 0 && n <= NOTES_MAX_CONNECTIONS) return 0;
+    snprintf(why, whylen, "a number of connections from 0 (unlimited) to %u",
+             NOTES_MAX_CONNECTIONS);
+    return KNIT_EINVAL;
+}
+
 static int validate_max_body(const char *text, char *why, size_t whylen, void *arg)
 {
     uint64_t n;
@@ -107,6 +118,9 @@ static const knit_flag_def notes_flag_defs[] = {
                   "how often expired notes are deleted", .validate = validate_positive_duration),
     KNIT_FLAG_DEF("max-body", KNIT_FLAG_BYTES, "64KiB", "largest request body; larger get 413",
                   .validate = validate_max_body),
+    KNIT_FLAG_DEF("max-connections", KNIT_FLAG_UINT64, "10000",
+                  "open HTTP connections at once (0: unlimited)",
+                  .validate = validate_max_connections),
     KNIT_FLAG_DEF("access-log", KNIT_FLAG_STRING, "",
                   "access log (Combined Log Format): a file, - for stdout, empty for none"),
     KNIT_FLAG_DEF("db-check-interval", KNIT_FLAG_DURATION, "5s",
@@ -120,6 +134,7 @@ static int add_flags(knit_flags *fs, void *arg)
     int rc = knit_flags_add(fs, "notes", "Notes service", notes_flag_defs,
                             sizeof notes_flag_defs / sizeof notes_flag_defs[0]);
     if (rc == 0) rc = notes_thrift_add_flags(fs); /* --thrift, --thrift-sasl[db] */
+    if (rc == 0) rc = notes_webhook_add_flags(fs); /* --webhook */
     return rc < 0 ? rc : notes_manhole_add_flags(fs); /* --manhole */
 }
 
@@ -143,13 +158,16 @@ typedef struct notes_main {
     notes_app *app;
     notes_thrift *thrift;
     loop_svc expire, summary, dbcheck;
+    notes_webhook *webhook; /* NULL without --webhook */
     /* configuration, read once in setup */
     const char *http_desc;
     const char *db;
     unsigned threads;
     uint64_t max_body;
+    unsigned max_connections;
     knit_duration shutdown_timeout;
     int access_fd;
+    const char *webhook_url;
 } notes_main;
 
 /* ---- the HTTP handler [worker] --------------------------------------------------- */
@@ -245,6 +263,9 @@ static void handle(knit_http_request *hr, void *arg)
     notes_resp resp;
     notes_app_handle(m->app, &req, &resp);
     free(body);
+    /* A created note goes to --webhook, from a pool job of its own. */
+    if (m->webhook && resp.status == 201 && resp.body)
+        notes_webhook_send(m->webhook, resp.body, resp.body_len);
     answer(hr, &resp);
 }
 
@@ -443,12 +464,18 @@ static knit_deferred *http_start(knit_service *s, void *arg)
     knit_http_options_init(&ho);
     ho.pool = m->pool;
     ho.max_body = m->max_body + NOTES_BODY_SLACK;
+    ho.max_connections = m->max_connections;
     /* Leave a quarter of the shutdown budget for the checkpoint. */
     ho.drain_timeout = m->shutdown_timeout - m->shutdown_timeout / 4;
     ho.access_log = m->access_fd >= 0 ? KNIT_HTTP_LOG_COMBINED : KNIT_HTTP_LOG_NONE;
     if (m->access_fd >= 0) ho.access_log_fd = m->access_fd;
     ho.error_body = json_error_body;
     int rc = knit_http_server_new(m->r, &ho, &m->http);
+    if (rc == 0 && m->webhook_url[0] && !m->webhook) {
+        rc = notes_webhook_new(&m->webhook, m->r, m->pool, m->webhook_url,
+                               knit_app_metrics(m->kapp));
+        if (rc < 0) return knit_deferred_failed(knit_failure_new(rc, "--webhook client"));
+    }
     /* Health checks first, inline (see handle_probe); then everything else
      * on the pool. */
     if (rc == 0) rc = knit_http_route(m->http, NULL, "/healthz", KNIT_HTTP_INLINE, handle_probe, m);
@@ -524,7 +551,9 @@ static int setup(knit_app *app, void *arg)
     m->db = knit_flags_string(fs, "db") + strlen("sqlite:");
     m->threads = (unsigned)knit_flags_uint64(fs, "threads");
     m->max_body = knit_flags_uint64(fs, "max-body");
+    m->max_connections = (unsigned)knit_flags_uint64(fs, "max-connections");
     m->shutdown_timeout = knit_flags_duration(fs, "shutdown-timeout");
+    m->webhook_url = knit_flags_string(fs, "webhook");
 
     const char *log = knit_flags_string(fs, "access-log");
     m->access_fd = -1;
@@ -584,6 +613,7 @@ static void teardown(knit_app *app, void *arg)
     if (m->dbcheck.done) knit_deferred_unref(m->dbcheck.done);
     knit_http_server_free(m->http);
     knit_pool_free(m->pool); /* joins the workers: nothing uses the store after this */
+    notes_webhook_free(m->webhook); /* no worker can be posting any more */
     if (m->store) {
         int rc = notes_store_close(m->store);
         if (rc < 0) KNIT_ERROR("notes", "final checkpoint failed: %s", knit_strerror(rc));

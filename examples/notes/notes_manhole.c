@@ -29,6 +29,7 @@
 #include "knit/error.h"
 #include "knit/log.h"
 #include "knit/manhole.h"
+#include "knit/metrics.h"
 #include "notes_json.h"
 
 /* ---- the --manhole flag ---------------------------------------------------------- */

@@ -86,7 +86,9 @@ extern "C" {
     X(EBADFLAG, "bad flag")                                                                        \
     X(EBADENDPOINT, "bad endpoint description")                                                    \
     X(EDB, "database error")                                                                       \
-    X(ELUA, "Lua error")
+    X(ELUA, "Lua error")                                                                           \
+    X(ECONNTIMEDOUT, "connect timed out")                                                          \
+    X(EREDIRECTS, "too many redirects")
 
 /* errno-range codes: KNIT_ENOMEM == -ENOMEM. */
 enum knit_errno_code {

@@ -273,6 +273,24 @@ int knit_format_bytes(uint64_t n, char *buf, size_t len);
 #define KNIT_FLAG_ENDPOINT_CLIENT 1
 int knit_flag_validate_endpoint(const char *text, char *why, size_t whylen, void *arg);
 
+/* ---- in the manhole ---------------------------------------------------------
+ *
+ * Register flags([name]) and flags.set(name, value) into manhole M's
+ * registry (knit/manhole.h, "the registry"), with FS as their data:
+ *   flags()          {name = {value, type, source, origin, mutable, group}}
+ *   flags(name)      one flag's value as text
+ *   flags.set(n, v)  knit_flags_set (validated as on the command line; the
+ *                    change or refusal is logged with who asked)
+ * FS is borrowed: it must stay valid while M's sessions can call them (until
+ * knit_manhole_free); NULL makes them answer "no flag set attached".
+ * Attaching again replaces FS for sessions started afterwards. Returns 0 or
+ * KNIT_ENOMEM. Built only with the manhole module. [reactor] (the manhole's
+ * thread)
+ * The function is named for the manhole it extends but lives here: flag
+ * sits above the manhole in DESIGN.md's layers, so it registers itself. */
+struct knit_manhole;
+int knit_manhole_attach_flags(struct knit_manhole *m, knit_flags *fs);
+
 #ifdef __cplusplus
 }
 #endif

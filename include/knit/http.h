@@ -36,6 +36,7 @@
  *   knit_http_server_new(r, &o, &srv);
  *   knit_http_route(srv, "GET", "/notes/{id}", KNIT_HTTP_POOL, get_note, db);
  *   knit_http_route(srv, "GET", "/later", KNIT_HTTP_INLINE, get_later, svc);
+ *   knit_http_route(srv, "PUT", "/files/{name}", KNIT_HTTP_POOL_STREAM, put_file, dir);
  *   knit_http_listen(srv, "tcp:8080:interface=127.0.0.1", err, sizeof err);
  *
  * ---- Life cycle -----------------------------------------------------------
@@ -69,8 +70,12 @@
  * asked, on HTTP/1.0 without keep-alive, after a framing error, while
  * draining); HEAD answered by the GET route with the body suppressed; 404;
  * 405 with Allow; 400/413/414/417/431/501/505 from the parser, each followed
- * by closing the connection; 503 with Retry-After when the pool queue is
- * full; keep-alive and pipelining (answers in request order; one request is
+ * by closing the connection (lingering, see "Bounds"); 503 with Retry-After
+ * when the pool queue is full, when the pool is shutting down (for a request
+ * whose handler a non-draining shutdown dropped before it ran, too: nothing
+ * of it was done, so it may be sent again) or request bodies fill
+ * max_body_memory;
+ * keep-alive and pipelining (answers in request order; one request is
  * handled at a time per connection and the next ones wait in the input
  * buffer, at most max_pipeline of them, with reading paused meanwhile).
  * A handler that returns without answering gets a 500 (pool mode).
@@ -119,15 +124,53 @@
  * on an intrusive list (the links every connection already has), which
  * costs the request path O(1).
  *
- * Request bodies: for a pool route the handler starts as soon as the head
- * is parsed and reads the body while it arrives (knit_http_read blocks the
- * worker until the reactor has bytes; the reactor stops reading the socket
- * while KNIT_HTTP_BODY_BUFFER unread bytes wait). `Expect: 100-continue` is
- * answered with 100 only when the handler first reads the body. A handler
- * that answers without reading the whole body gets its connection closed
- * after the answer (the rest of the body cannot be skipped safely). Inline
- * routes, which must not block, run once the reactor has the whole body
- * (up to max_body; 100 is then sent when the reactor starts reading it).
+ * Request bodies (see also "Bounds" below):
+ *   - By default (KNIT_HTTP_POOL and KNIT_HTTP_INLINE routes) the reactor
+ *     collects the whole body (Content-Length or chunked, up to the route's
+ *     max_body) before the handler runs, so a slow uploader never holds a
+ *     worker: the handler is dispatched once the last byte arrived, and
+ *     knit_http_body / knit_http_read then never block.
+ *   - KNIT_HTTP_POOL_STREAM routes opt into streaming: the handler starts on
+ *     a worker as soon as the head is parsed and reads the body while it
+ *     arrives (knit_http_read blocks the worker until the reactor has bytes;
+ *     the reactor stops reading the socket while KNIT_HTTP_BODY_BUFFER unread
+ *     bytes wait). For uploads larger than memory should hold; a
+ *     handler that wants to reject a request early (403 before a 1 GB
+ *     upload) can do it without reading.
+ *   `Expect: 100-continue` is answered with 100 when the server is about to
+ *   read a body it will accept: when the reactor starts collecting it, or
+ *   for a streaming route when the handler first reads it or starts a
+ *   streamed answer (knit_http_start) before that. Never after a final
+ *   answer; a Content-Length over the route's limit gets 413 without 100.
+ *   A handler (or a server answer such as 404) that answers before the
+ *   whole body arrived keeps the connection: the server reads and drops the
+ *   rest of the body (at most linger_max bytes, within the lingering time
+ *   bounds), then serves the next request. It closes instead, with
+ *   Connection: close, when the client was never sent its 100 Continue
+ *   (it may not send the body at all) or the rest exceeds linger_max.
+ *
+ * Bounds on what a client can hold:
+ *   - time: header_timeout for the head; for a body, body_timeout between
+ *     two arrivals, body_deadline for the whole body and, after
+ *     body_rate_grace, an average of at least body_min_rate bytes/s
+ *     (Apache mod_reqtimeout's "body=20,minrate=500"); the clock stops while
+ *     a streaming handler has not read what it was given. Then 408.
+ *   - memory: each body is at most its route's max_body (413); all body
+ *     bytes the server holds (collected bodies, streaming buffers) at most
+ *     max_body_memory (503 with Retry-After; before 100 Continue when the
+ *     Content-Length already says it would not fit).
+ *   - workers: only streaming routes give a worker to a body in progress.
+ *   - lingering close: after an answer that leaves unread input behind (an
+ *     early error such as 400/413/503, or Connection: close with body bytes
+ *     still coming), the server shuts its write side (the client sees the
+ *     answer and EOF) and reads and drops what the client still sends, for
+ *     at most linger_time in all, linger_timeout between reads and
+ *     linger_max bytes, then closes — so a client that sends its whole body
+ *     before reading (curl, Python's http.client) reads its 413 instead of
+ *     "connection reset". A lingering connection holds no buffer, no
+ *     request once its handler (if any) returned, and counts toward
+ *     max_connections as usual.
+ *     Timeouts (408) and shutdown close without lingering.
  */
 #ifndef KNIT_HTTP_H
 #define KNIT_HTTP_H
@@ -155,7 +198,14 @@ extern "C" {
 #define KNIT_HTTP_MAX_PIPELINE 16u            /* requests queued behind the current one */
 #define KNIT_HTTP_HEADER_TIMEOUT KNIT_SEC(10) /* whole head must arrive (slowloris) */
 #define KNIT_HTTP_IDLE_TIMEOUT KNIT_SEC(75)   /* keep-alive idle (nginx: 75 s) */
-#define KNIT_HTTP_BODY_TIMEOUT KNIT_SEC(60)   /* between body reads */
+#define KNIT_HTTP_BODY_TIMEOUT KNIT_SEC(60)   /* between two arrivals of body bytes */
+#define KNIT_HTTP_BODY_DEADLINE KNIT_SEC(300) /* a whole request body */
+#define KNIT_HTTP_BODY_MIN_RATE 500u          /* body bytes/s on average, once ... */
+#define KNIT_HTTP_BODY_GRACE KNIT_SEC(20)     /* ... this long has passed */
+#define KNIT_HTTP_MAX_BODY_MEMORY (64u << 20) /* bodies the server holds (503) */
+#define KNIT_HTTP_LINGER_TIME KNIT_SEC(30)    /* lingering close: in all (nginx) */
+#define KNIT_HTTP_LINGER_TIMEOUT KNIT_SEC(5)  /* lingering close: between reads */
+#define KNIT_HTTP_LINGER_MAX (64u << 20)      /* lingering close: bytes dropped */
 #define KNIT_HTTP_WRITE_TIMEOUT KNIT_SEC(60)  /* output stuck above high water */
 #define KNIT_HTTP_DRAIN_TIMEOUT KNIT_SEC(30)  /* in-flight requests on shutdown */
 #define KNIT_HTTP_RETRY_AFTER 1u              /* seconds, on 503 */
@@ -170,8 +220,11 @@ typedef struct knit_http_server knit_http_server;
 typedef struct knit_http_request knit_http_request;
 
 typedef enum knit_http_mode {
-    KNIT_HTTP_POOL = 0,   /* run on a worker thread (may block) */
-    KNIT_HTTP_INLINE = 1, /* run on the reactor (must not block) */
+    KNIT_HTTP_POOL = 0,   /* run on a worker thread (may block); body collected first */
+    KNIT_HTTP_INLINE = 1, /* run on the reactor (must not block); body collected first */
+    /* Run on a worker as soon as the head is parsed; the handler reads the
+     * body while it arrives (knit_http_read blocks). See "Request bodies". */
+    KNIT_HTTP_POOL_STREAM = 2,
 } knit_http_mode;
 
 typedef enum knit_http_log_format {
@@ -190,7 +243,7 @@ typedef int (*knit_http_error_body_fn)(int status, const char *text, char *buf, 
 #define KNIT_HTTP_ERROR_BODY_MAX 1024u
 
 typedef struct knit_http_options {
-    knit_pool *pool;         /* required for KNIT_HTTP_POOL routes; not owned */
+    knit_pool *pool;         /* required for pool (and pool-stream) routes; not owned */
     const char *server_name; /* Server header; NULL: none. Default "knit" */
     size_t max_head, max_target, max_headers;
     uint64_t max_body;
@@ -203,6 +256,13 @@ typedef struct knit_http_options {
     int access_log_fd;                  /* default 1 (stdout); not owned */
     knit_http_error_body_fn error_body; /* NULL: "TEXT\n" as text/plain */
     void *error_body_arg;
+    /* Request bodies and lingering close (see "Bounds" at the top); 0
+     * turns the bound off, except linger_time (0: close without lingering). */
+    knit_duration body_deadline, body_rate_grace;
+    uint32_t body_min_rate;   /* bytes/s */
+    uint64_t max_body_memory; /* bytes of request bodies held at once */
+    knit_duration linger_time, linger_timeout;
+    uint64_t linger_max;
 } knit_http_options;
 
 void knit_http_options_init(knit_http_options *o);
@@ -232,6 +292,18 @@ int knit_http_server_new(knit_reactor *r, const knit_http_options *opts, knit_ht
 int knit_http_route(knit_http_server *s, const char *method, const char *pattern,
                     knit_http_mode mode, knit_http_handler fn, void *arg);
 
+/* knit_http_route with per-route settings. MAX_BODY: the largest request
+ * body this route accepts (413 above it); 0 means the server's max_body. A
+ * route may allow more than the server's max_body (a streaming upload
+ * route, say) or less. */
+typedef struct knit_http_route_options {
+    knit_http_mode mode; /* default KNIT_HTTP_POOL */
+    uint64_t max_body;   /* default 0: options.max_body */
+} knit_http_route_options;
+void knit_http_route_options_init(knit_http_route_options *o);
+int knit_http_route_with(knit_http_server *s, const char *method, const char *pattern,
+                         const knit_http_route_options *ro, knit_http_handler fn, void *arg);
+
 /* Listen on endpoint string DESC ("tcp:8080:interface=127.0.0.1", see
  * endpoint.h). 0, or a negative code with a message in ERR. */
 int knit_http_listen(knit_http_server *s, const char *desc, char *err, size_t errlen);
@@ -259,6 +331,8 @@ typedef struct knit_http_stats {
     /* request time (head parsed → response written to the socket layer) */
     uint64_t latency[KNIT_HTTP_LATENCY_BUCKETS + 1];
     uint64_t latency_sum_ns; /* sum of the request times counted above */
+    uint64_t body_memory;    /* bytes of request bodies held now */
+    uint64_t lingering;      /* connections in lingering close now */
 } knit_http_stats;
 void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out);
 /* Count of answers with exactly STATUS (100..599). */
@@ -287,15 +361,21 @@ const char *knit_http_header_next(const knit_http_request *req, const char *name
 const char *knit_http_remote_addr(const knit_http_request *req); /* "127.0.0.1:51234" */
 bool knit_http_is_tls(const knit_http_request *req);
 
-/* Request body. knit_http_read: up to N bytes (blocking a pool handler
- * until some arrive): the count, 0 at the end of the body, or KNIT_EPARSE
- * (bad chunked framing), KNIT_ELIMIT (over max_body), KNIT_ETIMEDOUT (body
- * timeout), KNIT_ECLOSED (client gone) — the server has then answered 400 /
- * 413 / 408 itself if the handler had not started answering.
- * knit_http_body: the whole body (waits for all of it, up to max_body; use
- * it instead of, not after, knit_http_read); "" when there is none.
+/* Request body. knit_http_read: up to N bytes: the count, 0 at the end of
+ * the body. On a collected body (KNIT_HTTP_POOL, KNIT_HTTP_INLINE routes)
+ * it never blocks and never fails. On a streaming route it blocks the
+ * worker until bytes arrive and may return KNIT_EPARSE (bad chunked
+ * framing), KNIT_ELIMIT (over max_body), KNIT_ETIMEDOUT (a body time
+ * bound), KNIT_ENOMEM (the server cannot hold more body memory, or could
+ * not reach the reactor: the connection is then aborted) or KNIT_ECLOSED
+ * (client gone) — the server has then answered 400 / 413 / 408 / 503
+ * itself if the handler had not started answering.
+ * knit_http_body: the whole body (on a streaming route it waits for all of
+ * it, up to max_body; use it instead of, not after, knit_http_read); ""
+ * when there is none or a streaming read failed.
  * knit_http_body_len: Content-Length, or for chunked bodies the bytes
- * decoded so far (all of them after knit_http_body). */
+ * decoded so far (all of them on a collected body, or after
+ * knit_http_body). */
 size_t knit_http_body_len(const knit_http_request *req);
 const void *knit_http_body(knit_http_request *req);
 ssize_t knit_http_read(knit_http_request *req, void *buf, size_t n);
@@ -323,7 +403,11 @@ int knit_http_respond(knit_http_request *req, int status, const char *content_ty
  * Writes from a worker block while the connection's output is above its
  * high-water mark (up to write_timeout, then the connection is aborted).
  * Returns 0, KNIT_ECLOSED (client gone or timed out), KNIT_EALREADY,
- * KNIT_EINVAL (more bytes than LENGTH). */
+ * KNIT_EINVAL (more bytes than LENGTH), KNIT_ENOMEM (a worker could not
+ * hand the bytes to the reactor: the connection is aborted once the
+ * handler returns, and later writes fail with KNIT_ECLOSED). On a
+ * streaming route whose client sent `Expect: 100-continue`, start sends
+ * 100 Continue ahead of the answer unless the body was read already. */
 int knit_http_start(knit_http_request *req, int status, const char *content_type, int64_t length);
 int knit_http_write(knit_http_request *req, const void *data, size_t len);
 int knit_http_finish(knit_http_request *req);

@@ -19,7 +19,7 @@
  *
  *   knit_manhole *mh;
  *   knit_manhole_new(&mh, reactor, NULL);               // built-ins registered
- *   knit_manhole_attach_flags(mh, flags);                // flags(), flags.set
+ *   knit_manhole_attach_flags(mh, flags);                // flags(), flags.set (flag.h)
  *   knit_manhole_attach_pool(mh, pool);                  // pool.stats()
  *   knit_manhole_register_fn(mh, "notes.count", l_count, store,
  *                            "notes.count() -> number of notes");
@@ -110,6 +110,21 @@
  * The "ok" status carries the number of await()s still pending when there
  * are any ("+ok 1"). When one fires, its output arrives outside the
  * request/response rhythm, followed by "+await N" (N still pending).
+ * End of input: when the client half-closes (shutdown(SHUT_WR)), the server
+ * finishes the session's pending await()s, printing each as usual, then
+ * closes; if they have not all fired within drain_timeout it prints
+ * "manhole: gave up waiting for N pending await()s: ...", sends "+error"
+ * and closes. knit-manhole half-closes when its input ends (-e, a script on
+ * stdin, Ctrl-D) and prints everything until the server closes.
+ *
+ * ---- end of input on every transport ------------------------------------
+ * A session's pending await()s are never dropped because the client's input
+ * ended: the UNIX transport on a half-close, SSH on channel EOF (piped
+ * input, ssh -T), after an exec request's command, or on Ctrl-D in a pty,
+ * all wait for them (at most drain_timeout, then a message says what was
+ * given up) before the session closes; SSH's exit status is then 1. Ctrl-C
+ * in an SSH pty gives up at once. Only a client that goes away entirely
+ * loses them.
  *
  * ---- threads ---------------------------------------------------------------
  * Everything here is [reactor] (or, without a reactor, the one thread that
@@ -165,6 +180,9 @@ extern "C" {
 #define KNIT_MANHOLE_SSH_AUTH_TIMEOUT KNIT_SEC(30)
 /* Output buffered for a slow client before the connection is dropped. */
 #define KNIT_MANHOLE_MAX_PENDING_OUTPUT (4 * 1024 * 1024)
+/* When a session's input ends with await()s pending, it waits this long
+ * for them before it closes (knit_manhole_options.drain_timeout). */
+#define KNIT_MANHOLE_DEFAULT_DRAIN_TIMEOUT KNIT_SEC(30)
 
 typedef struct knit_reactor knit_reactor;
 typedef struct knit_manhole knit_manhole;
@@ -177,6 +195,9 @@ typedef struct knit_manhole_options {
     size_t max_output;   /* bytes of one pretty-printed result */
     size_t memory_limit; /* bytes per session's Lua state; 0 = unlimited */
     const char *name;    /* for logs and the greeting; default "knit" */
+    /* how long a session whose input ended waits for its pending await()s
+     * before it closes; 0 = KNIT_MANHOLE_DEFAULT_DRAIN_TIMEOUT */
+    knit_duration drain_timeout;
 } knit_manhole_options;
 
 void knit_manhole_options_init(knit_manhole_options *o);
@@ -201,12 +222,41 @@ void knit_manhole_free(knit_manhole *m);
 
 knit_reactor *knit_manhole_reactor(const knit_manhole *m);
 
-/* ---- bindings --------------------------------------------------------------
+/* ---- the registry ------------------------------------------------------------
+ *
+ * Every binding a session sees comes from the manhole's registry of
+ * bindings. knit_manhole_new registers the built-ins, which look only at
+ * the manhole's own layer and the layers below it (log.level, reactor.*,
+ * pool.*, loops*, listeners(), connections*, close(), await(), later()).
+ * The manhole names no module above it in DESIGN.md's order (core <- loop
+ * <- streams <- protocols <- app): those modules, and the application,
+ * register their bindings here themselves (as a Redis connection type
+ * registers itself with connTypeRegister):
+ *   flag.h     knit_manhole_attach_flags(m, fs)    flags(), flags.set(name, value)
+ *   metrics.h  knit_manhole_attach_metrics(m, mx)  metrics([prefix]), metrics.text()
+ *   the application: knit_manhole_register_fn / _value ("notes.count", ...)
+ * A name nobody registered is simply absent (help() does not list it; calling
+ * it is Lua's "attempt to call a nil value").
+ *
+ * Who may call it, and when: the module that owns what a binding shows, or
+ * the application, on the manhole's thread ([reactor]), after
+ * knit_manhole_new and for as long as the manhole lives (normally before
+ * knit_manhole_listen). A session installs the registry's bindings when it
+ * starts: sessions started afterwards see a new or replaced binding, sessions
+ * already open keep what they installed.
+ *
+ * Ownership: NAME and DOC are copied. DATA is borrowed and never freed by the
+ * manhole: it must stay valid as long as a session that installed the
+ * binding can call it — until knit_manhole_free (which ends every session
+ * the transports serve; caller-owned sessions are freed before it). To
+ * retire DATA earlier, register the NAME again with other DATA and free the
+ * old one once the sessions that started before are gone.
  *
  * NAME is a global name or a dotted path ("notes.get"); intermediate tables
  * are created as needed. A name can be both a function and a table: register
  * "flags" and "flags.set" and `flags()` calls the first while `flags.set`
- * is the second (the table gets a __call metamethod).
+ * is the second (the table gets a __call metamethod). Bindings are installed
+ * in name order, whatever the order of registration.
  * DOC is a one-line description shown by help(); conventionally it starts
  * with the call's signature: "notes.get(id) -> note or nil".
  * Registering a NAME again replaces the earlier binding (for new sessions).
@@ -243,14 +293,13 @@ void knit_manhole_setfield_bool(lua_State *L, int idx, const char *k, bool v);
  * The reactor comes from knit_manhole_new. Other objects are attached by the
  * application (not owned; each must stay valid until it is detached or the
  * manhole is freed):
- *   knit_manhole_attach_flags   flags(), flags.set(name, value)
  *   knit_manhole_attach_pool    pool.stats([name]), pool.list()
  *   knit_manhole_attach_loop    loops(), loops.stop(name), loops.start(name)
- *   knit_manhole_attach_metrics metrics([prefix]), metrics.text()
  *   knit_manhole_attach_listener listeners() (endpoint, address, open
  *                                connections, accepted, emfile_events)
- * A binding whose module is not linked into the program (or whose object
- * was never attached) raises a clear error instead. Returns 0, KNIT_ENOMEM,
+ * (flags() and metrics() are not built in: see "the registry" above.)
+ * A built-in whose object was never attached raises a clear error instead
+ * (loops() and listeners() show an empty table). Returns 0, KNIT_ENOMEM,
  * KNIT_EEXIST for a loop name already attached; knit_manhole_attach_loop
  * with NAME NULL uses the LoopingCall's own label (knit_looping_call_set_name;
  * KNIT_EINVAL if it has none).
@@ -276,18 +325,14 @@ void knit_manhole_setfield_bool(lua_State *L, int idx, const char *k, bool v);
  *                      ago, nil if never), next_run (seconds from now, nil
  *                      if none), label. loops.stop(name), loops.start(name
  *                      [, seconds]) find it by its attached name or label. */
-typedef struct knit_flags knit_flags;
 typedef struct knit_pool knit_pool;
 typedef struct knit_looping_call knit_looping_call;
 typedef struct knit_deferred knit_deferred;
-typedef struct knit_metrics knit_metrics;
 typedef struct knit_listener knit_listener;
 
 int knit_manhole_attach_listener(knit_manhole *m, const char *name, knit_listener *l);
 void knit_manhole_detach_listener(knit_manhole *m, knit_listener *l);
 
-void knit_manhole_attach_metrics(knit_manhole *m, knit_metrics *mx);
-void knit_manhole_attach_flags(knit_manhole *m, knit_flags *fs);
 int knit_manhole_attach_pool(knit_manhole *m, knit_pool *p);
 void knit_manhole_detach_pool(knit_manhole *m, knit_pool *p);
 int knit_manhole_attach_loop(knit_manhole *m, const char *name, knit_looping_call *lc);

@@ -119,6 +119,10 @@ knit_histogram *knit_histogram_new(knit_metrics *m, const char *name, const char
 
 /* ---- updates (lock-free) -------------------------------------------------- */
 
+/* Every update and value function accepts NULL (a series that could not be
+ * created for want of memory): updates do nothing, values read 0. Metrics never
+ * take the service down. */
+
 void knit_counter_add(knit_counter *c, uint64_t n);
 static inline void knit_counter_inc(knit_counter *c)
 {
@@ -240,10 +244,36 @@ int knit_metrics_add_http(knit_metrics *m, struct knit_reactor *r, const struct 
                           const char *name);
 int knit_metrics_remove_http(knit_metrics *m, const struct knit_http_server *s);
 
+/* HTTP client C (knit/httpc.h), labelled client="NAME" (knit_httpc_name):
+ * counter knit_httpc_requests_total{method,class,host} (class "2xx"...,
+ * "error" for no response), counters knit_httpc_connections_total,
+ * _reused_total, _retried_total, _redirects_total, _timeouts_total,
+ * _cancelled_total, _response_bytes_total; gauges
+ * knit_httpc_connections_open, _requests_in_flight; histogram
+ * knit_httpc_request_duration_seconds. Reactor-owned like the server's. */
+struct knit_httpc;
+int knit_metrics_add_httpc(knit_metrics *m, struct knit_httpc *c);
+int knit_metrics_remove_httpc(knit_metrics *m, struct knit_httpc *c);
+
 /* Serve M at PATH (NULL: "/metrics") on server S: a GET route running
  * inline on the reactor that answers 200 with the exposition and
  * KNIT_METRICS_CONTENT_TYPE. Returns what knit_http_route returns. */
 int knit_metrics_route(struct knit_http_server *s, const char *path, knit_metrics *m);
+
+/* ---- in the manhole ---------------------------------------------------------
+ *
+ * Register metrics([prefix]) (a {["series{labels}"] = value} snapshot of the
+ * exposition, filtered by PREFIX) and metrics.text() (the exposition text)
+ * into manhole M's registry (knit/manhole.h, "the registry"), with MX as
+ * their data. MX is borrowed: it must stay valid while M's sessions can call
+ * them (until knit_manhole_free); NULL makes them answer "no metrics
+ * registry attached". Attaching again replaces MX for sessions started
+ * afterwards. Returns 0 or KNIT_ENOMEM. Built only with the manhole module.
+ * [reactor] (the manhole's thread)
+ * The function is named for the manhole it extends but lives here: metrics
+ * sits above the manhole in DESIGN.md's layers, so it registers itself. */
+struct knit_manhole;
+int knit_manhole_attach_metrics(struct knit_manhole *m, knit_metrics *mx);
 
 #ifdef __cplusplus
 }

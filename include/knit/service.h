@@ -140,6 +140,15 @@ knit_service *knit_service_child(const knit_service *s, const char *name);
 typedef void (*knit_service_visit_fn)(knit_service *s, int depth, void *arg);
 void knit_service_visit(knit_service *s, knit_service_visit_fn fn, void *arg);
 
+/* ---- services of lower layers ---------------------------------------------------- */
+
+/* A ClientService (knit/client.h) as a leaf service: ARG is the
+ * knit_client_service *; start/stop are knit_client_service_start/stop and
+ * free is knit_client_service_free (the tree owns it once added):
+ *     knit_service_new(&s, "backend", &knit_client_service_ops, cs);
+ * Start it on the client service's own reactor. */
+extern const knit_service_ops knit_client_service_ops;
+
 /* ---- sd_notify ------------------------------------------------------------------- */
 
 /* Send STATE ("READY=1", "STOPPING=1", "STATUS=...") to the socket named by

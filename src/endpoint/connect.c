@@ -1,8 +1,8 @@
 /* connect.c — client connections: tcp:, tls:, unix:; name resolution off
  * the reactor thread; happy eyeballs; connect timeout; cancellation.
  *
- * Thread: the reactor thread that called knit_endpoint_connect, except the
- * resolver thread, which only runs getaddrinfo and hands the result back
+ * Thread: the reactor thread that called knit_endpoint_connect; names are
+ * resolved on a resolver thread (resolve.c) that hands the result back
  * with knit_call_from_thread.
  * Invariants: the user callback runs exactly once; the knit_connect struct
  * lives until the callback ran and nothing else refers to it (resolver
@@ -12,7 +12,6 @@
 #include <errno.h>
 #include <netdb.h>
 #include <pthread.h>
-#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -310,60 +309,25 @@ static void interleave(knit_connect *c, const struct addrinfo *ai)
     }
 }
 
-typedef struct resolve_job {
-    knit_connect *c;
-    struct addrinfo *res;
-    int gai;
-} resolve_job;
-
-static void resolved(knit_reactor *r, void *arg)
+static void resolved(knit_reactor *r, struct addrinfo *res, int gai, void *arg)
 {
-    resolve_job *j = arg;
-    knit_connect *c = j->c;
+    (void)r;
+    knit_connect *c = arg;
     c->resolving = false;
-    if (!c->done) {
-        if (j->gai != 0) {
-            KNIT_INFO("endpoint", "resolving %s: %s", c->host, gai_strerror(j->gai));
-            finish(c, NULL, KNIT_EDNS);
-        } else {
-            interleave(c, j->res);
-            if (c->naddrs == 0)
-                finish(c, NULL, KNIT_EDNS);
-            else
-                start_next(c);
-        }
-    } else {
+    if (c->done) {
         maybe_free(c);
+        return;
     }
-    if (j->res) freeaddrinfo(j->res);
-    free(j);
-}
-
-/* Resolver threads alive in the process: bounded (STYLE 8), a connect
- * beyond the bound fails at once with KNIT_EQUEUEFULL rather than piling
- * up threads behind a slow DNS server. */
-static atomic_int resolvers;
-
-int knit_endpoint_resolving(void)
-{
-    return atomic_load(&resolvers);
-}
-
-static void *resolver(void *arg)
-{
-    resolve_job *j = arg;
-    knit_signal_block_all();
-    struct addrinfo hints = {0};
-    hints.ai_socktype = SOCK_STREAM;
-    hints.ai_flags = AI_ADDRCONFIG;
-    j->gai = getaddrinfo(j->c->host, j->c->port, &hints, &j->res);
-    if (knit_call_from_thread(j->c->r, resolved, j) != 0) {
-        /* Cannot report back; the reactor will time the connect out. */
-        if (j->res) freeaddrinfo(j->res);
-        free(j);
+    if (gai != 0) {
+        KNIT_INFO("endpoint", "resolving %s: %s", c->host, gai_strerror(gai));
+        finish(c, NULL, KNIT_EDNS);
+        return;
     }
-    atomic_fetch_sub(&resolvers, 1); /* after the hand-off: see knit_endpoint_resolving */
-    return NULL;
+    interleave(c, res);
+    if (c->naddrs == 0)
+        finish(c, NULL, KNIT_EDNS);
+    else
+        start_next(c);
 }
 
 static int start(knit_connect *c, char *err, size_t n)
@@ -377,37 +341,11 @@ static int start(knit_connect *c, char *err, size_t n)
         freeaddrinfo(res);
         return start_soon(c);
     }
-    if (atomic_fetch_add(&resolvers, 1) >= KNIT_RESOLVER_MAX_THREADS) {
-        atomic_fetch_sub(&resolvers, 1);
-        KNIT_WARN("endpoint", "resolving %s: %d name resolutions already in flight", c->host,
-                  KNIT_RESOLVER_MAX_THREADS);
-        if (err && n)
-            snprintf(err, n, "resolving \"%s\": too many name resolutions in flight (max %d)",
-                     c->host, KNIT_RESOLVER_MAX_THREADS);
-        return KNIT_EQUEUEFULL;
-    }
-    resolve_job *j = calloc(1, sizeof *j);
-    if (!j) {
-        atomic_fetch_sub(&resolvers, 1);
-        return KNIT_ENOMEM;
-    }
-    j->c = c;
+    /* a name: resolved off the reactor thread (resolve.c) */
     c->resolving = true;
-    pthread_t th;
-    pthread_attr_t at;
-    pthread_attr_init(&at);
-    pthread_attr_setdetachstate(&at, PTHREAD_CREATE_DETACHED);
-    pthread_attr_setstacksize(&at, 256 * 1024);
-    int rc = pthread_create(&th, &at, resolver, j);
-    pthread_attr_destroy(&at);
-    if (rc != 0) {
-        atomic_fetch_sub(&resolvers, 1);
-        c->resolving = false;
-        free(j);
-        if (err && n) snprintf(err, n, "cannot start a resolver thread: %s", strerror(rc));
-        return -rc;
-    }
-    return 0;
+    int rc = knit__resolve(c->r, c->host, c->port, SOCK_STREAM, resolved, c, err, n);
+    if (rc) c->resolving = false;
+    return rc;
 }
 
 /* Client TLS contexts are shared by every connect with the same TLS

@@ -55,6 +55,17 @@ int knit__ep_unix_connect(knit_reactor *r, const knit_endpoint_desc *d, knit_pro
                           const knit_connect_options *o, knit_connect_cb cb, void *arg,
                           knit_connect **out, char *err, size_t n);
 
+/* Resolve HOST/PORT (getaddrinfo with SOCKTYPE, AI_ADDRCONFIG) on a
+ * resolver thread (resolve.c), at most KNIT_RESOLVER_MAX_THREADS in the
+ * process. CB runs once on R's thread with the result (RES freed after CB
+ * returns; GAI is getaddrinfo's code); ARG must stay valid until then. 0,
+ * or KNIT_EQUEUEFULL / KNIT_ENOMEM / a thread error + ERR (CB will not
+ * run). */
+struct addrinfo;
+typedef void (*knit__resolve_cb)(knit_reactor *r, struct addrinfo *res, int gai, void *arg);
+int knit__resolve(knit_reactor *r, const char *host, const char *port, int socktype,
+                  knit__resolve_cb cb, void *arg, char *err, size_t n);
+
 /* Owner hook of client transports: t->owner is their endpoint string. */
 void knit__connect_owner_freed(knit_transport *t, void *owner);
 

@@ -42,6 +42,9 @@ static const ep_spec systemd_spec = {
     {0}, 0, 0, systemd_opts, "systemd:domain=INET|INET6|UNIX:index=N or systemd:name=NAME"};
 static const char *const no_opts[] = {NULL};
 static const ep_spec fd_spec = {{"fd"}, 1, 1, no_opts, "fd:N"};
+static const char *const udp_server_opts[] = {"interface", NULL};
+static const ep_spec udp_server = {{"port"}, 1, 1, udp_server_opts, "udp:PORT[:interface=ADDR]"};
+static const ep_spec udp_client = {{"host", "port"}, 2, 2, no_opts, "udp:HOST:PORT"};
 
 static int check_listen_common(const knit_endpoint_desc *d, const ep_spec *s, int family, char *err,
                                size_t n)
@@ -223,6 +226,46 @@ static int haproxy_check(const knit_endpoint_desc *d, bool server, char *err, si
     return 0;
 }
 
+/* udp: datagram endpoints (knit/udp.h). Registered here so that
+ * knit_endpoint_check (and flags of kind endpoint) know the strings; the
+ * stream entry points refuse them with a message naming the right call. */
+static int udp_check(const knit_endpoint_desc *d, bool server, char *err, size_t n)
+{
+    int rc;
+    const ep_spec *s = server ? &udp_server : &udp_client;
+    if ((rc = knit__ep_check_shape(d, s, err, n))) return rc;
+    if (!server) {
+        if ((rc = knit__ep_check_nonempty(d, "host", knit__ep_param(d, s, "host"),
+                                          "a host name or address", err, n)))
+            return rc;
+        return knit__ep_check_port(d, knit__ep_param(d, s, "port"), false, err, n);
+    }
+    if ((rc = knit__ep_check_port(d, knit__ep_param(d, s, "port"), true, err, n))) return rc;
+    const char *v = knit_endpoint_desc_get(d, "interface");
+    if (v && (rc = knit__ep_check_ip(d, "interface", v, AF_UNSPEC, err, n))) return rc;
+    return 0;
+}
+
+static int udp_stream_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
+                             const knit_listen_options *o, knit_listener **out, char *err, size_t n)
+{
+    return knit__ep_fail(err, n,
+                         "%s: a datagram endpoint: open it with knit_udp_listen (knit/udp.h), "
+                         "not as a stream listener",
+                         d->kind);
+}
+
+static int udp_stream_connect(knit_reactor *r, const knit_endpoint_desc *d,
+                              knit_protocol_factory *f, const knit_connect_options *o,
+                              knit_connect_cb cb, void *arg, knit_connect **out, char *err,
+                              size_t n)
+{
+    return knit__ep_fail(err, n,
+                         "%s: a datagram endpoint: open it with knit_udp_connect (knit/udp.h), "
+                         "not as a stream connection",
+                         d->kind);
+}
+
 static const knit_endpoint_kind k_tcp = {"tcp", tcp_check, knit__ep_tcp_listen,
                                          knit__ep_tcp_connect};
 static const knit_endpoint_kind k_tcp6 = {"tcp6", tcp_check, knit__ep_tcp_listen,
@@ -236,10 +279,11 @@ static const knit_endpoint_kind k_systemd = {"systemd", systemd_check, knit__ep_
 static const knit_endpoint_kind k_fd = {"fd", fd_check, knit__ep_fd_listen, NULL};
 static const knit_endpoint_kind k_haproxy = {"haproxy", haproxy_check, knit__ep_haproxy_listen,
                                              NULL};
+static const knit_endpoint_kind k_udp = {"udp", udp_check, udp_stream_listen, udp_stream_connect};
 
 const knit_endpoint_kind *const *knit__endpoint_builtin_kinds(void)
 {
     static const knit_endpoint_kind *const all[] = {&k_tcp,     &k_tcp6, &k_unix,    &k_ssl, &k_tls,
-                                                    &k_systemd, &k_fd,   &k_haproxy, NULL};
+                                                    &k_systemd, &k_fd,   &k_haproxy, &k_udp, NULL};
     return all;
 }

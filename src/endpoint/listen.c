@@ -155,9 +155,12 @@ static void on_accept(knit_io *io, unsigned ev)
                     KNIT_WARN("endpoint",
                               "accept: %s; pausing accepts for %lld ms (logged once per listener)",
                               strerror(e), (long long)(l->o.emfile_retry / 1000000));
-                l->in_emfile = true;
-                update(l);
                 l->retry = knit_call_later(l->r, l->o.emfile_retry, retry_cb, l);
+                /* No timer (out of memory): stay armed rather than pause with
+                 * nothing to resume us; the next readiness retries accept (busy
+                 * while descriptors stay short, but never stopped for good). */
+                l->in_emfile = l->retry.id != 0;
+                update(l);
                 return;
             }
             KNIT_WARN("endpoint", "accept: %s", strerror(e));

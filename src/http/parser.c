@@ -21,8 +21,8 @@ enum {
     C_TARGET = 2, /* allowed in a request-target (RFC 3986 chars, no '#') */
     C_VALUE = 4,  /* field-vchar, obs-text, SP, HTAB */
     C_HEX = 8,
-    C_HOST = 16,  /* allowed in a Host value: reg-name, IP literal, port */
-    C_QDTEXT = 32 /* quoted-string text (no '"' or '\\') */
+    C_REGNAME = 16, /* reg-name characters but '%' (RFC 3986 unreserved, sub-delims) */
+    C_QDTEXT = 32   /* quoted-string text (no '"' or '\\') */
 };
 
 static unsigned char cls[256];
@@ -40,7 +40,7 @@ static void cls_init(void)
         if (alpha || digit || (c && strchr("-._~:/?[]@!$&'()*+,;=%", c))) t[c] |= C_TARGET;
         if ((c >= 0x20 && c != 0x7f) || c == '\t') t[c] |= C_VALUE;
         if (digit || (c >= 'a' && c <= 'f') || (c >= 'A' && c <= 'F')) t[c] |= C_HEX;
-        if (alpha || digit || (c && strchr("-._~!$&'()*+,;=:[]%", c))) t[c] |= C_HOST;
+        if (alpha || digit || (c && strchr("-._~!$&'()*+,;=", c))) t[c] |= C_REGNAME;
         if (c == '\t' || c == ' ' || c == 0x21 || (c >= 0x23 && c <= 0x5b) ||
             (c >= 0x5d && c <= 0x7e) || c >= 0x80)
             t[c] |= C_QDTEXT;
@@ -142,6 +142,133 @@ static bool list_next(const char **pp, const char *end, const char **es, size_t 
     return true;
 }
 
+/* ---- authority (Host values, absolute-form and authority-form targets) -- */
+
+/* dec-octet "." dec-octet "." dec-octet "." dec-octet (RFC 3986 3.2.2):
+ * 0-255, no leading zeros. */
+static bool ipv4_ok(const char *p, const char *end)
+{
+    for (int part = 0; part < 4; part++) {
+        if (part) {
+            if (p == end || *p != '.') return false;
+            p++;
+        }
+        const char *d = p;
+        unsigned v = 0;
+        while (p < end && p - d < 3 && *p >= '0' && *p <= '9')
+            v = v * 10 + (unsigned)(*p++ - '0');
+        if (p == d || v > 255 || (p - d > 1 && *d == '0')) return false;
+    }
+    return p == end;
+}
+
+/* IPv6address (RFC 3986 3.2.2): 1-4 hex digit groups separated by ':', at
+ * most one "::" standing for one or more zero groups, eight groups in all
+ * (an IPv4 tail counts for two). No zone identifier. */
+static bool ipv6_ok(const char *p, const char *end)
+{
+    int groups = 0;
+    bool elided = false;
+    if (end - p >= 2 && p[0] == ':' && p[1] == ':') {
+        elided = true;
+        p += 2;
+        if (p == end) return true;
+    }
+    for (;;) {
+        const char *g = p;
+        while (p < end && p - g < 5 && IS(*p, C_HEX))
+            p++;
+        if (p < end && *p == '.') { /* the IPv4 tail ends the address */
+            if (!ipv4_ok(g, end)) return false;
+            groups += 2;
+            break;
+        }
+        if (p == g || p - g > 4) return false;
+        groups++;
+        if (p == end) break;
+        if (*p++ != ':' || p == end) return false;
+        if (*p == ':') {
+            if (elided) return false;
+            elided = true;
+            if (++p == end) break;
+        }
+    }
+    return elided ? groups <= 7 : groups == 8;
+}
+
+/* IP-literal contents between the brackets: IPv6address or IPvFuture
+ * ("v" 1*HEXDIG "." 1*( unreserved / sub-delims / ":" )). */
+static bool ip_literal_ok(const char *p, const char *end)
+{
+    if (p < end && (*p | 0x20) == 'v') {
+        const char *h = ++p;
+        while (p < end && IS(*p, C_HEX))
+            p++;
+        if (p == h || p == end || *p++ != '.' || p == end) return false;
+        for (; p < end; p++)
+            if (!IS(*p, C_REGNAME) && *p != ':') return false;
+        return true;
+    }
+    return ipv6_ok(p, end);
+}
+
+/* Check S[0, N) as uri-host [ ":" port ] (RFC 9110 4.2.3 and 7.2, RFC 3986
+ * 3.2): a non-empty reg-name (with valid %XX) or a bracketed IP literal, at
+ * most one ':' port of digits (required, and non-empty, when NEED_PORT: the
+ * authority-form of CONNECT, RFC 9112 3.2.3), no userinfo. Returns NULL when
+ * it is fine, else a short static reason. */
+__attribute__((noinline, cold)) static const char *authority_error_full(const char *s, size_t n,
+                                                                        bool need_port)
+{
+    const char *p = s, *end = s + n;
+    if (p < end && *p == '[') {
+        const char *close = memchr(p, ']', n);
+        if (!close) return "unbalanced '[' in host";
+        if (!ip_literal_ok(p + 1, close)) return "malformed IP literal in host";
+        p = close + 1;
+    } else {
+        for (;;) {
+            p = scan_class(p, end, C_REGNAME);
+            if (p == end || *p != '%') break;
+            if (end - p < 3 || !IS(p[1], C_HEX) || !IS(p[2], C_HEX))
+                return "bad percent-encoding in host";
+            p += 3;
+        }
+        if (p == s && (p == end || *p == ':')) return "empty host";
+    }
+    if (p < end && *p == ':') {
+        const char *port = ++p;
+        while (p < end && *p >= '0' && *p <= '9')
+            p++;
+        if (p == port && need_port) return "missing port";
+    } else if (need_port && p == end) {
+        return "missing port";
+    }
+    if (p == end) return NULL;
+    /* Name the mistake; only the error path pays for the look. */
+    if (memchr(s, '@', n)) return "userinfo in authority";
+    if (*p == ':') return "more than one port";
+    if (*p == '[' || *p == ']') return "unbalanced brackets in host";
+    return "invalid character in host";
+}
+
+/* authority_error_full with the common shapes ("name", "name:port") checked
+ * inline: a Host value is on every request. */
+static inline const char *authority_error(const char *s, size_t n, bool need_port)
+{
+    const char *end = s + n, *p = scan_class(s, end, C_REGNAME);
+    if (p != s) {
+        if (p == end && !need_port) return NULL;
+        if (p < end && *p == ':') {
+            const char *port = ++p;
+            while (p < end && (unsigned char)(*p - '0') < 10)
+                p++;
+            if (p == end && (p != port || !need_port)) return NULL;
+        }
+    }
+    return authority_error_full(s, n, need_port);
+}
+
 /* ---- per-request scratch for the framing headers ----------------------- */
 
 typedef struct scan_state {
@@ -165,9 +292,14 @@ static int on_content_length(knit__http_request *req, scan_state *st, const char
     size_t en;
     bool any = false;
     while (list_next(&p, end, &es, &en)) {
-        if (en == 0 || en > 19) return fail(req, 400, "malformed Content-Length");
+        if (en == 0) return fail(req, 400, "malformed Content-Length");
+        /* Leading zeros are valid 1*DIGIT; past them, 19 digits always fit. */
+        size_t i = 0;
+        while (i + 1 < en && es[i] == '0')
+            i++;
+        if (en - i > 19) return fail(req, 400, "malformed Content-Length");
         uint64_t x = 0;
-        for (size_t i = 0; i < en; i++) {
+        for (; i < en; i++) {
             if (es[i] < '0' || es[i] > '9') return fail(req, 400, "malformed Content-Length");
             x = x * 10 + (uint64_t)(es[i] - '0');
         }
@@ -225,7 +357,8 @@ static void on_connection(scan_state *st, const char *v, size_t n)
 static int on_host(knit__http_request *req, scan_state *st, const char *v, size_t n)
 {
     if (++st->host_count > 1) return fail(req, 400, "more than one Host");
-    if (scan_class(v, v + n, C_HOST) != v + n) return fail(req, 400, "invalid Host");
+    const char *why = authority_error(v, n, false);
+    if (why) return fail(req, 400, why);
     req->host = v;
     req->host_len = (uint32_t)n;
     return 0;
@@ -434,18 +567,28 @@ ssize_t knit__http_parse_request(const char *buf, size_t len, size_t prev_len,
     }
     req->target = t;
     req->target_len = (uint32_t)(p - t);
-    if (*t == '/') {
+    if (req->method_id == KNIT__HTTP_M_CONNECT) {
+        /* authority-form, and only that: uri-host ":" port (RFC 9112 3.2.3) */
+        if (authority_error(t, req->target_len, true))
+            return fail(req, 400, "CONNECT needs an authority-form host:port target");
+    } else if (*t == '/') {
         /* origin-form */
     } else if (*t == '*') {
         if (req->target_len != 1 || req->method_id != KNIT__HTTP_M_OPTIONS)
             return fail(req, 400, "asterisk-form only for OPTIONS");
-    } else if (req->method_id == KNIT__HTTP_M_CONNECT) {
-        /* authority-form: host:port */
-        for (const char *q = t; q < p; q++)
-            if (!IS(*q, C_HOST)) return fail(req, 400, "malformed authority-form target");
-    } else if (!((req->target_len > 7 && NAME_IS(t, 7, "http://")) ||
-                 (req->target_len > 8 && NAME_IS(t, 8, "https://")))) {
-        return fail(req, 400, "malformed request-target");
+    } else {
+        /* absolute-form: "http://" or "https://" authority path-abempty [ "?" query ] */
+        size_t skip = 0;
+        if (req->target_len >= 7 && NAME_IS(t, 7, "http://"))
+            skip = 7;
+        else if (req->target_len >= 8 && NAME_IS(t, 8, "https://"))
+            skip = 8;
+        if (!skip) return fail(req, 400, "malformed request-target");
+        const char *a = t + skip, *ae = a;
+        while (ae < p && *ae != '/' && *ae != '?')
+            ae++;
+        const char *why = authority_error(a, (size_t)(ae - a), false);
+        if (why) return fail(req, 400, why);
     }
     p++;
 
@@ -466,9 +609,10 @@ ssize_t knit__http_parse_request(const char *buf, size_t len, size_t prev_len,
             return fail(req, 400, "malformed HTTP-version");
         NEED(9);
         if (p[8] != '\r') return fail(req, 400, "malformed request line");
-        if (p[5] != '1' || (p[7] != '0' && p[7] != '1'))
-            return fail(req, 505, "HTTP version not supported");
-        req->minor_version = p[7] - '0';
+        if (p[5] != '1') return fail(req, 505, "HTTP version not supported");
+        /* HTTP/1.x above 1.1 is served as 1.1, the highest minor version we
+         * conform to (RFC 9112 2.3, RFC 9110 2.5). */
+        req->minor_version = p[7] == '0' ? 0 : 1;
         NEED(10);
         if (p[9] != '\n') return fail(req, 400, "bare CR");
         p += 10;

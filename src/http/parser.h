@@ -26,13 +26,20 @@
  * Strictness (RFC 9110, RFC 9112): lines end in CRLF only (a bare CR or bare
  * LF is an error); exactly one SP between the request-line parts; the
  * method is a token; the target is origin-form, absolute-form (http/https),
- * asterisk-form (OPTIONS only) or authority-form (CONNECT only) and contains
- * only URI characters with valid %XX escapes; the version is HTTP/1.0 or
- * HTTP/1.1 (other HTTP/d.d: 505); field names are tokens immediately
- * followed by ':' (whitespace before the colon, obs-fold, empty names: 400);
- * field values hold only VCHAR, obs-text, SP and HTAB. Framing: Content-Length
- * together with Transfer-Encoding, differing or malformed Content-Length
- * values, Transfer-Encoding in HTTP/1.0, Transfer-Encoding whose final coding
+ * asterisk-form (OPTIONS only) or authority-form (CONNECT, which takes
+ * nothing else) and contains only URI characters with valid %XX escapes;
+ * the version is HTTP/1.0 or HTTP/1.1, and HTTP/1.2 to HTTP/1.9 are served
+ * as HTTP/1.1 (minor_version 1, RFC 9112 2.3; other HTTP/d.d: 505). The
+ * authority of an absolute-form target and a Host value are uri-host
+ * [":" port] (RFC 9110 4.2.3, 7.2; RFC 3986 3.2): a non-empty reg-name or a
+ * well-formed bracketed IP literal, at most one port of digits, no
+ * userinfo; CONNECT's authority-form needs a non-empty port (RFC 9112
+ * 3.2.3). Field names are tokens immediately followed by ':' (whitespace
+ * before the colon, obs-fold, empty names: 400); field values hold only
+ * VCHAR, obs-text, SP and HTAB. Framing: Content-Length is 1*DIGIT (leading
+ * zeros allowed) or a list of equal such values. Content-Length together
+ * with Transfer-Encoding, differing or malformed Content-Length values,
+ * Transfer-Encoding in HTTP/1.0, Transfer-Encoding whose final coding
  * is not chunked or that names chunked twice are 400; another coding before
  * a final chunked is 501; a missing or repeated Host in HTTP/1.1 is 400; an
  * Expect other than 100-continue is 417; Content-Length above max_body is
@@ -106,7 +113,7 @@ typedef struct knit__http_request {
     uint32_t target_len;
     size_t num_fields;
     int method_id;     /* enum knit__http_method */
-    int minor_version; /* 0 or 1 */
+    int minor_version; /* 0 or 1 (HTTP/1.2-1.9 are served as 1.1) */
     int body;          /* enum knit__http_body */
     uint64_t content_length;
     bool keep_alive; /* after Connection and version rules */

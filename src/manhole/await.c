@@ -15,6 +15,13 @@
  *
  * A session that dies first sets its pending awaits' session pointer to
  * NULL; their callbacks then just drop the outcome.
+ *
+ * Draining: when a session's input ends with awaits pending, its transport
+ * calls knit__manhole_drain instead of closing. The session then lives on
+ * until the last pending await is unlinked (fired, or its Deferred freed),
+ * which arms a zero-delay timer that calls the transport back (so the
+ * transport never runs from inside a Deferred callback), or until the drain
+ * deadline, which writes why it gave up first.
  */
 #include "manhole/internal.h"
 
@@ -254,6 +261,8 @@ void knit__manhole_awaits_flush(knit_manhole_session *s)
 
 /* ---- await ------------------------------------------------------------------ */
 
+static void on_drain_now(knit_reactor *r, void *arg);
+
 static void aw_unlink(mh_await *a)
 {
     knit_manhole_session *s = a->s;
@@ -265,6 +274,16 @@ static void aw_unlink(mh_await *a)
     if (a->next) a->next->prev = a->prev;
     s->nawaits--;
     a->s = NULL;
+    if (s->drain_fn && s->nawaits == 0 && s->drain_now.id == KNIT_TIMER_NONE.id) {
+        /* the last one: finish once its output is written (aw_complete
+         * prints after unlinking), from the loop */
+        s->drain_now = knit_call_later(s->m->r, 0, on_drain_now, s);
+        if (s->drain_now.id == KNIT_TIMER_NONE.id) /* no memory: the deadline will do */
+            KNIT_WARN("manhole",
+                      "session %llu: cannot arm the drain timer; waiting for the "
+                      "deadline",
+                      (unsigned long long)s->id);
+    }
 }
 
 static void aw_destroy(void *arg)
@@ -350,6 +369,12 @@ static int l_await(lua_State *L)
 
 void knit__manhole_awaits_forget(knit_manhole_session *s)
 {
+    if (s->drain_fn) { /* the session dies draining: its transport is going too */
+        s->drain_fn = NULL;
+        knit_timer_cancel(s->m->r, s->drain_deadline);
+        knit_timer_cancel(s->m->r, s->drain_now);
+        s->drain_deadline = s->drain_now = KNIT_TIMER_NONE;
+    }
     while (s->awaits)
         aw_unlink(s->awaits);
     done_queue *q = s->done_q;
@@ -362,6 +387,76 @@ void knit__manhole_awaits_forget(knit_manhole_session *s)
         free(q);
         s->done_q = NULL;
     }
+}
+
+/* ---- draining: input ended, awaits pending ---------------------------------- */
+
+static void drain_finish(knit_manhole_session *s, bool gave_up)
+{
+    mh_drain_fn fn = s->drain_fn;
+    void *arg = s->drain_arg;
+    if (!fn) return;
+    s->drain_fn = NULL;
+    s->drain_arg = NULL;
+    knit_timer_cancel(s->m->r, s->drain_deadline);
+    knit_timer_cancel(s->m->r, s->drain_now);
+    s->drain_deadline = s->drain_now = KNIT_TIMER_NONE;
+    fn(s, gave_up, arg); /* may free S */
+}
+
+static void on_drain_now(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_manhole_session *s = arg;
+    s->drain_now = KNIT_TIMER_NONE;
+    if (s->nawaits == 0) drain_finish(s, false);
+}
+
+void knit__manhole_drain_abandon(knit_manhole_session *s, const char *why)
+{
+    if (!s->drain_fn) return;
+    char msg[200];
+    int n = snprintf(msg, sizeof msg, "manhole: gave up waiting for %zu pending await()%s: %s\n",
+                     s->nawaits, s->nawaits == 1 ? "" : "s", why);
+    if (n > 0)
+        knit_manhole_session_write(s, msg, (size_t)n < sizeof msg ? (size_t)n : sizeof msg - 1);
+    char id[24], pending[24];
+    snprintf(id, sizeof id, "%llu", (unsigned long long)s->id);
+    snprintf(pending, sizeof pending, "%zu", s->nawaits);
+    knit_log_kv(KNIT_LOG_WARN, "manhole", "gave up pending awaits at end of input", "who", s->who,
+                "session", id, "pending", pending, "why", why, NULL);
+    drain_finish(s, true);
+}
+
+static knit_duration drain_timeout(const knit_manhole_session *s)
+{
+    return s->m->o.drain_timeout > 0 ? s->m->o.drain_timeout : KNIT_MANHOLE_DEFAULT_DRAIN_TIMEOUT;
+}
+
+static void on_drain_deadline(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_manhole_session *s = arg;
+    s->drain_deadline = KNIT_TIMER_NONE;
+    char why[64];
+    snprintf(why, sizeof why, "still pending after %.3g s", KNIT_TO_SEC(drain_timeout(s)));
+    knit__manhole_drain_abandon(s, why);
+}
+
+bool knit__manhole_drain(knit_manhole_session *s, mh_drain_fn done, void *arg)
+{
+    if (!s->m->r || s->nawaits == 0 || s->drain_fn || !done) return false;
+    s->drain_deadline = knit_call_later(s->m->r, drain_timeout(s), on_drain_deadline, s);
+    if (s->drain_deadline.id == KNIT_TIMER_NONE.id) {
+        KNIT_WARN("manhole",
+                  "session %llu: cannot arm the drain deadline; closing with %zu "
+                  "await()s pending",
+                  (unsigned long long)s->id, s->nawaits);
+        return false;
+    }
+    s->drain_fn = done;
+    s->drain_arg = arg;
+    return true;
 }
 
 size_t knit_manhole_session_awaits(const knit_manhole_session *s)
@@ -412,17 +507,31 @@ static int convert_lval(lua_State *L, void *value, void *arg)
     return 0;
 }
 
+/* A pending later(): on the manhole's list until it fires or is cancelled
+ * (knit_manhole_free cancels what is left: no timer outlives the manhole). */
 typedef struct later_ctx {
+    struct later_ctx *next, *prev;
+    knit_manhole *m;
     knit_deferred *d; /* the producer's reference */
     knit_reactor *r;
     knit_timer t;
     lval *v;
 } later_ctx;
 
+static void later_unlink(later_ctx *c)
+{
+    if (c->prev)
+        c->prev->next = c->next;
+    else
+        c->m->laters = c->next;
+    if (c->next) c->next->prev = c->prev;
+}
+
 static void later_fire(knit_reactor *r, void *arg)
 {
     (void)r;
     later_ctx *c = arg;
+    later_unlink(c);
     knit_deferred_set_canceller(c->d, NULL, NULL);
     knit_deferred *d = c->d;
     lval *v = c->v;
@@ -435,6 +544,7 @@ static void later_cancel(knit_deferred *d, void *arg)
 {
     (void)d;
     later_ctx *c = arg;
+    later_unlink(c);
     knit_timer_cancel(c->r, c->t);
     knit_deferred *dd = c->d;
     free(c->v);
@@ -489,8 +599,18 @@ static int l_later(lua_State *L)
         free(c);
         return luaL_error(L, "not enough memory");
     }
+    c->m = m;
+    c->next = m->laters;
+    if (c->next) c->next->prev = c;
+    m->laters = c;
     knit_manhole_push_deferred(L, ours, convert_lval, NULL);
     return 1;
+}
+
+void knit__manhole_cancel_laters(knit_manhole *m)
+{
+    while (m->laters) /* the canceller unlinks it */
+        knit_deferred_cancel(((later_ctx *)m->laters)->d);
 }
 
 int knit__manhole_register_await(knit_manhole *m)

@@ -1,12 +1,14 @@
 /* builtins.c — the bindings every manhole has: reactor.*, log.level,
- * flags(), pool.*, loops(), metrics(). Runs on the reactor thread like every
- * binding.
+ * pool.*, loops(), listeners(), connections(), close(). Runs on the
+ * reactor thread like every binding.
  *
- * Modules a program may not link (pool, task from the loop layer; flag and
- * metrics from the app layer, which sits above the manhole in DESIGN.md's
- * layering) are referenced through weak symbols: a program that never
- * created a pool has no pool to show, and the binding says "not linked into
- * this program" instead of the library forcing the module in.
+ * Only modules below the manhole in DESIGN.md's layering are named here
+ * (core, loop, streams): log, reactor, deferred, pool, task, stream,
+ * endpoint. Modules above it (flag, metrics, service, the application)
+ * register their own bindings into the manhole's registry
+ * (knit_manhole_register_fn; see "the registry" in knit/manhole.h), so no
+ * file here names a higher layer (tests/integration/test_layers.py checks
+ * libknit.a's symbols for that).
  *
  * connections()/close(id) read the streams registry (stream.h: every
  * socket transport of this reactor, knit_transport_find by id); the
@@ -21,34 +23,10 @@
 
 #include "knit/endpoint.h"
 #include "knit/error.h"
-#include "knit/flag.h"
 #include "knit/log.h"
-#include "knit/metrics.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
 #include "knit/task.h"
-
-#pragma weak knit_pool_get_stats
-#pragma weak knit_pool_hist_bound
-#pragma weak knit_pool_name
-#pragma weak knit_looping_call_running
-#pragma weak knit_looping_call_get_stats
-#pragma weak knit_looping_call_name
-#pragma weak knit_looping_call_interval
-#pragma weak knit_looping_call_stop
-#pragma weak knit_looping_call_start
-#pragma weak knit_deferred_unref
-#pragma weak knit_flags_find
-#pragma weak knit_flags_set
-#pragma weak knit_flags_error
-#pragma weak knit_flags_visit
-#pragma weak knit_flag_def_of
-#pragma weak knit_flag_group
-#pragma weak knit_flag_source_of
-#pragma weak knit_flag_origin
-#pragma weak knit_flag_format
-#pragma weak knit_flag_type_name
-#pragma weak knit_metrics_expose
 
 static knit_manhole *mh_of(lua_State *L)
 {
@@ -187,128 +165,11 @@ static int l_reactor_timers(lua_State *L)
     return 1;
 }
 
-/* ---- flags -------------------------------------------------------------------- */
-
-static knit_flags *need_flags(lua_State *L)
-{
-    knit_manhole *m = mh_of(L);
-    if (!knit_flags_visit) luaL_error(L, "the flag module is not linked into this program");
-    if (!m || !m->flags) luaL_error(L, "no flag set attached (knit_manhole_attach_flags)");
-    return m->flags;
-}
-
-static const char *source_name(knit_flag_source s)
-{
-    switch (s) {
-    case KNIT_FLAG_SRC_DEFAULT:
-        return "default";
-    case KNIT_FLAG_SRC_FILE:
-        return "file";
-    case KNIT_FLAG_SRC_ENV:
-        return "env";
-    case KNIT_FLAG_SRC_ARGV:
-        return "argv";
-    case KNIT_FLAG_SRC_RUNTIME:
-        return "runtime";
-    }
-    return "?";
-}
-
-typedef struct flag_visit {
-    const knit_flag **items;
-    size_t cap, n;
-} flag_visit;
-
-/* Never raises (see visit_timer). */
-static void visit_flag(const knit_flag *f, void *arg)
-{
-    flag_visit *v = arg;
-    if (v->items && v->n < v->cap) v->items[v->n] = f;
-    v->n++;
-}
-
-static void push_flag(lua_State *L, const knit_flag *f)
-{
-    const knit_flag_def *d = knit_flag_def_of(f);
-    char small[256];
-    int n = knit_flag_format(f, small, sizeof small);
-    lua_createtable(L, 0, 6);
-    if (n >= 0 && (size_t)n < sizeof small) {
-        lua_pushlstring(L, small, (size_t)n);
-    } else if (n > 0) {
-        char *big = lua_newuserdatauv(L, (size_t)n + 1, 0);
-        knit_flag_format(f, big, (size_t)n + 1);
-        lua_pushlstring(L, big, (size_t)n);
-        lua_remove(L, -2);
-    } else {
-        lua_pushliteral(L, "");
-    }
-    lua_setfield(L, -2, "value");
-    knit_manhole_setfield_str(L, -1, "type", knit_flag_type_name(d->type));
-    knit_manhole_setfield_str(L, -1, "source", source_name(knit_flag_source_of(f)));
-    knit_manhole_setfield_str(L, -1, "origin", knit_flag_origin(f));
-    knit_manhole_setfield_bool(L, -1, "mutable", (d->opts & KNIT_FLAG_MUTABLE) != 0);
-    knit_manhole_setfield_str(L, -1, "group", knit_flag_group(f));
-}
-
-/* flags() -> {name = {value, type, source, origin, mutable, group}, ...};
- * flags(name) -> the value text of one flag. */
-static int l_flags(lua_State *L)
-{
-    knit_flags *fs = need_flags(L);
-    if (!lua_isnoneornil(L, 1)) {
-        const char *name = luaL_checkstring(L, 1);
-        const knit_flag *f = knit_flags_find(fs, name);
-        if (!f) return luaL_error(L, "no flag named '%s'", name);
-        char buf[1024];
-        int n = knit_flag_format(f, buf, sizeof buf);
-        lua_pushlstring(L, buf, n < 0 ? 0 : (size_t)n < sizeof buf ? (size_t)n : sizeof buf - 1);
-        return 1;
-    }
-    flag_visit v = {0};
-    knit_flags_visit(fs, visit_flag, &v); /* count */
-    v.cap = v.n;
-    v.n = 0;
-    v.items = lua_newuserdatauv(L, (v.cap ? v.cap : 1) * sizeof *v.items, 0);
-    knit_flags_visit(fs, visit_flag, &v);
-    lua_createtable(L, 0, (int)v.cap);
-    for (size_t i = 0; i < v.n && i < v.cap; i++) {
-        push_flag(L, v.items[i]);
-        lua_setfield(L, -2, knit_flag_def_of(v.items[i])->name);
-    }
-    return 1;
-}
-
-/* flags.set(name, value) -> new value text; validated as on the command line. */
-static int l_flags_set(lua_State *L)
-{
-    knit_flags *fs = need_flags(L);
-    const char *name = luaL_checkstring(L, 1);
-    const char *value = luaL_tolstring(L, 2, NULL);
-    if (lua_type(L, 2) == LUA_TBOOLEAN) value = lua_toboolean(L, 2) ? "true" : "false";
-    int rc = knit_flags_set(fs, name, value);
-    if (rc < 0) {
-        knit_log_kv(KNIT_LOG_WARN, "manhole", "flag change refused", "who", who_of(L), "flag", name,
-                    "value", value, "why", knit_flags_error(fs), NULL);
-        return luaL_error(L, "%s", knit_flags_error(fs));
-    }
-    knit_log_kv(KNIT_LOG_WARN, "manhole", "flag changed", "who", who_of(L), "flag", name, "value",
-                value, NULL);
-    lua_settop(L, 1);
-    return l_flags(L);
-}
-
 /* ---- pool ----------------------------------------------------------------------- */
-
-static void need_pool_module(lua_State *L)
-{
-    if (!knit_pool_get_stats) luaL_error(L, "the pool module is not linked into this program");
-}
 
 static knit_pool *find_pool(lua_State *L, int arg)
 {
     knit_manhole *m = mh_of(L);
-    need_pool_module(L);
     if (!m || m->npools == 0) luaL_error(L, "no pool attached (knit_manhole_attach_pool)");
     if (lua_isnoneornil(L, arg)) return m->pools[0].p;
     const char *name = luaL_checkstring(L, arg);
@@ -361,7 +222,6 @@ static int l_pool_stats(lua_State *L)
 static int l_pool_list(lua_State *L)
 {
     knit_manhole *m = mh_of(L);
-    need_pool_module(L);
     lua_createtable(L, (int)m->npools, 0);
     for (size_t i = 0; i < m->npools; i++) {
         lua_pushstring(L, knit_pool_name(m->pools[i].p));
@@ -390,18 +250,7 @@ void knit_manhole_detach_pool(knit_manhole *m, knit_pool *p)
     }
 }
 
-void knit_manhole_attach_flags(knit_manhole *m, knit_flags *fs)
-{
-    m->flags = fs;
-}
-
 /* ---- loops ----------------------------------------------------------------------- */
-
-static void need_task_module(lua_State *L)
-{
-    if (!knit_looping_call_running)
-        luaL_error(L, "the task module (LoopingCall) is not linked into this program");
-}
 
 /* One loop's table: interval (s), running, waiting, runs, failures,
  * skipped, last_run (seconds ago; nil if never), next_run (seconds from
@@ -430,9 +279,6 @@ static void push_loop(lua_State *L, knit_looping_call *lc, knit_time now)
 static int l_loops(lua_State *L)
 {
     knit_manhole *m = mh_of(L);
-    need_task_module(L);
-    if (!knit_looping_call_get_stats)
-        return luaL_error(L, "the task module is too old for loops() (no stats)");
     knit_time now = m->r ? knit_reactor_now(m->r) : 0;
     if (!lua_isnoneornil(L, 1)) {
         const char *name = luaL_checkstring(L, 1);
@@ -455,11 +301,10 @@ static int l_loops(lua_State *L)
 static knit_looping_call *find_loop(lua_State *L)
 {
     knit_manhole *m = mh_of(L);
-    need_task_module(L);
     const char *name = luaL_checkstring(L, 1);
     for (size_t i = 0; i < m->nloops; i++)
         if (strcmp(m->loops[i].name, name) == 0) return m->loops[i].lc;
-    for (size_t i = 0; knit_looping_call_name && i < m->nloops; i++)
+    for (size_t i = 0; i < m->nloops; i++)
         if (strcmp(knit_looping_call_name(m->loops[i].lc), name) == 0) return m->loops[i].lc;
     luaL_error(L, "no LoopingCall named '%s'", name);
     return NULL;
@@ -486,7 +331,7 @@ static int l_loops_start(lua_State *L)
     knit_deferred *d = NULL;
     int rc = knit_looping_call_start(lc, iv, false, &d);
     if (rc < 0) return luaL_error(L, "%s", knit_strerror(rc));
-    if (d && knit_deferred_unref) knit_deferred_unref(d);
+    if (d) knit_deferred_unref(d);
     knit_log_kv(KNIT_LOG_WARN, "manhole", "loop started", "who", who_of(L), "loop",
                 lua_tostring(L, 1), NULL);
     lua_pushboolean(L, 1);
@@ -495,7 +340,7 @@ static int l_loops_start(lua_State *L)
 
 int knit_manhole_attach_loop(knit_manhole *m, const char *name, knit_looping_call *lc)
 {
-    if ((!name || !*name) && knit_looping_call_name) name = knit_looping_call_name(lc);
+    if (!name || !*name) name = knit_looping_call_name(lc);
     if (!name || !*name) return KNIT_EINVAL;
     for (size_t i = 0; i < m->nloops; i++)
         if (strcmp(m->loops[i].name, name) == 0) return KNIT_EEXIST;
@@ -536,103 +381,6 @@ void knit__manhole_free_attachments(knit_manhole *m)
     m->loops = NULL;
     m->pools = NULL;
     m->nloops = m->npools = 0;
-}
-
-/* ---- metrics --------------------------------------------------------------------- */
-
-static knit_metrics *need_metrics(lua_State *L)
-{
-    knit_manhole *m = mh_of(L);
-    if (!knit_metrics_expose) luaL_error(L, "the metrics module is not linked into this program");
-    if (!m || !m->metrics)
-        luaL_error(L, "no metrics registry attached (knit_manhole_attach_metrics)");
-    return m->metrics;
-}
-
-/* A malloc'd pointer owned by a userdata, so that a Lua error (memory)
- * between malloc and free cannot leak it: __gc frees what is left. */
-static int cbox_gc(lua_State *L)
-{
-    void **box = lua_touserdata(L, 1);
-    free(*box);
-    *box = NULL;
-    return 0;
-}
-
-static void **push_cbox(lua_State *L)
-{
-    void **box = lua_newuserdatauv(L, sizeof *box, 0);
-    *box = NULL;
-    if (luaL_newmetatable(L, "knit.manhole.cbox")) {
-        lua_pushcfunction(L, cbox_gc);
-        lua_setfield(L, -2, "__gc");
-    }
-    lua_setmetatable(L, -2);
-    return box;
-}
-
-/* Push the exposition text as a Lua string. */
-static void push_exposition(lua_State *L)
-{
-    knit_metrics *mx = need_metrics(L);
-    void **box = push_cbox(L);
-    size_t len = 0;
-    int rc = knit_metrics_expose(mx, (char **)box, &len);
-    if (rc < 0) luaL_error(L, "metrics: %s", knit_strerror(rc));
-    lua_pushlstring(L, *box, len);
-    free(*box);
-    *box = NULL;
-    lua_remove(L, -2);
-}
-
-/* metrics([prefix]) -> {["series{labels}"] = value, ...} */
-static int l_metrics(lua_State *L)
-{
-    size_t plen = 0;
-    const char *prefix = luaL_optlstring(L, 1, "", &plen);
-    push_exposition(L);
-    size_t len;
-    const char *text = lua_tolstring(L, -1, &len);
-    lua_newtable(L);
-    const char *p = text, *end = text + len;
-    while (p < end) {
-        const char *nl = memchr(p, '\n', (size_t)(end - p));
-        const char *le = nl ? nl : end;
-        if (le > p && *p != '#' &&
-            (plen == 0 || ((size_t)(le - p) >= plen && memcmp(p, prefix, plen) == 0))) {
-            const char *sp = le;
-            while (sp > p && sp[-1] != ' ')
-                sp--;
-            if (sp > p + 1) {
-                char num[64];
-                size_t nn = (size_t)(le - sp) < sizeof num - 1 ? (size_t)(le - sp) : sizeof num - 1;
-                memcpy(num, sp, nn);
-                num[nn] = 0;
-                lua_pushlstring(L, p, (size_t)(sp - 1 - p));
-                char *e;
-                double v = strtod(num, &e);
-                if (e != num && v == (double)(lua_Integer)v && v > -9e15 && v < 9e15)
-                    lua_pushinteger(L, (lua_Integer)v);
-                else
-                    lua_pushnumber(L, v);
-                lua_rawset(L, -3);
-            }
-        }
-        p = le + 1;
-    }
-    return 1;
-}
-
-/* metrics.text() -> the Prometheus exposition text */
-static int l_metrics_text(lua_State *L)
-{
-    push_exposition(L);
-    return 1;
-}
-
-void knit_manhole_attach_metrics(knit_manhole *m, knit_metrics *mx)
-{
-    m->metrics = mx;
 }
 
 /* ---- listeners ------------------------------------------------------------------- */
@@ -806,9 +554,6 @@ int knit__manhole_register_builtins(knit_manhole *m)
          "reactor.stats() -> iterations, events, timers, lag (seconds), ..."},
         {"reactor.timers", l_reactor_timers,
          "reactor.timers() -> pending timers: due_in (s), callback name, arg"},
-        {"flags", l_flags, "flags([name]) -> every flag's value, type, source, mutable"},
-        {"flags.set", l_flags_set,
-         "flags.set(name, value) -> change a mutable flag (validated as on the command line)"},
         {"pool.stats", l_pool_stats,
          "pool.stats([name]) -> threads busy/idle, queue, wait/run histograms"},
         {"pool.list", l_pool_list, "pool.list() -> names of the attached pools"},
@@ -818,8 +563,6 @@ int knit__manhole_register_builtins(knit_manhole *m)
         {"loops.stop", l_loops_stop, "loops.stop(name) -> stop a LoopingCall"},
         {"loops.start", l_loops_start,
          "loops.start(name[, seconds]) -> start it again (last interval by default)"},
-        {"metrics", l_metrics, "metrics([prefix]) -> {series = value} snapshot"},
-        {"metrics.text", l_metrics_text, "metrics.text() -> Prometheus exposition text"},
         {"listeners", l_listeners,
          "listeners() -> attached listeners: endpoint, address, open connections, accepted"},
         {"connections", l_connections,

@@ -11,6 +11,7 @@
 #include <lua.h>
 
 #include "knit/manhole.h"
+#include "knit/reactor.h"
 
 enum { BIND_FN, BIND_VALUE };
 
@@ -52,15 +53,18 @@ struct knit_manhole {
     mh_conn *conns;
     size_t nconns;
     int ssh_port;
-    knit_flags *flags;
-    knit_metrics *metrics;
     mh_pool_ref *pools;
     size_t npools;
     mh_loop_ref *loops;
     size_t nloops;
     mh_listener_ref *listeners_att; /* attached application listeners */
     size_t nlisteners;
+    void *laters; /* await.c: later() timers still pending */
 };
+
+/* await.c: called once a draining session's awaits are done (see
+ * knit__manhole_drain). */
+typedef void (*mh_drain_fn)(knit_manhole_session *s, bool gave_up, void *arg);
 
 /* Why an evaluation is being interrupted. */
 enum { STOP_NONE, STOP_BUDGET, STOP_USER, STOP_HANGUP };
@@ -95,6 +99,11 @@ struct knit_manhole_session {
     int next_await_id;
     knit_manhole_async_fn async_fn;
     void *async_arg;
+    /* draining (input ended, awaits pending): see knit__manhole_drain */
+    mh_drain_fn drain_fn; /* non-NULL while draining */
+    void *drain_arg;
+    knit_timer drain_deadline; /* gives up */
+    knit_timer drain_now;      /* the last await fired: finish */
 };
 
 /* session.c */
@@ -106,6 +115,22 @@ void knit__manhole_pp_push(knit_manhole_session *s, lua_State *L, int idx);
 void knit__manhole_awaits_forget(knit_manhole_session *s);
 /* await.c: print completed awaits (the session must be idle). */
 void knit__manhole_awaits_flush(knit_manhole_session *s);
+/* await.c: the session's input has ended (the client half-closed, piped
+ * input ran out, an SSH exec command was evaluated, Ctrl-D). If await()s are
+ * pending, wait for them — each prints as usual when it fires — and then
+ * call DONE(s, false, ARG); if they have not all fired within the
+ * manhole's drain_timeout, write "manhole: gave up waiting for N pending
+ * await()s: ..." and call DONE(s, true, ARG). DONE runs once, from a reactor
+ * timer (never inside this call or an evaluation); it may free the session.
+ * Returns false, and never calls DONE, when nothing is pending (close at
+ * once), the manhole has no reactor, or the session is draining already. */
+bool knit__manhole_drain(knit_manhole_session *s, mh_drain_fn done, void *arg);
+/* await.c: cancel every later() still pending (their Deferreds fail with
+ * ECANCELED), so that a manhole being freed leaves no timer behind. */
+void knit__manhole_cancel_laters(knit_manhole *m);
+/* await.c: give up draining now (Ctrl-C): writes the message with WHY, then
+ * calls DONE(s, true, ARG) before returning. No-op when not draining. */
+void knit__manhole_drain_abandon(knit_manhole_session *s, const char *why);
 
 /* manhole.c */
 int knit__manhole_install(knit_manhole_session *s, lua_State *L);

@@ -10,6 +10,11 @@
  * (knit_transport_peek: nothing is consumed, the transport still reads
  * every byte later) every KNIT_MANHOLE_POLL_INTERVAL instructions.
  *
+ * End of input: a client that half-closes (knit-manhole does when its
+ * input ends) with await()s pending keeps its session until they are done
+ * (knit__manhole_drain, bounded by the drain timeout); the server then
+ * closes. With nothing pending it closes at once, as before.
+ *
  * Invariant: a connection's mh_conn outlives its transport (it is freed in
  * connection_lost), and its session is freed only when no evaluation is on
  * the stack (connection_lost and knit_manhole_free both run from the loop).
@@ -50,6 +55,7 @@ struct mh_conn {
     char who[96];
     knit_time started;
     bool overflow; /* output over KNIT_MANHOLE_MAX_PENDING_OUTPUT: dropped */
+    bool draining; /* the client half-closed; pending awaits finishing */
 };
 
 /* ---- output framing ------------------------------------------------------- */
@@ -304,6 +310,27 @@ static void conn_data(knit_protocol *p, knit_buf *in)
     }
 }
 
+/* Draining is over: the awaits fired (their output and "+await 0" are
+ * written) or the session gave up on them (the message is written). */
+static void conn_drained(knit_manhole_session *s, bool gave_up, void *arg)
+{
+    mh_conn *c = arg;
+    c->draining = false;
+    if (gave_up) send_status(c, "error");
+    if (c->proto.transport) knit_transport_lose_connection(c->proto.transport);
+}
+
+/* The client half-closed: its input has ended. Keep writing while the
+ * session's pending awaits finish (see the file comment). */
+static bool conn_eof(knit_protocol *p)
+{
+    mh_conn *c = (mh_conn *)p;
+    if (c->draining) return true;
+    if (!c->s || c->overflow || !knit__manhole_drain(c->s, conn_drained, c)) return false;
+    c->draining = true;
+    return true;
+}
+
 static void conn_lost(knit_protocol *p, knit_close_reason reason, int err)
 {
     mh_conn *c = (mh_conn *)p;
@@ -325,6 +352,7 @@ static const knit_protocol_ops conn_ops = {
     .name = "manhole",
     .connection_made = conn_made,
     .data_received = conn_data,
+    .eof_received = conn_eof,
     .connection_lost = conn_lost,
 };
 
@@ -431,6 +459,8 @@ void knit__manhole_close_transports(knit_manhole *m)
         c->s = NULL;
         if (c->proto.transport) knit_transport_abort(c->proto.transport);
     }
+    /* and the reactor timers the sessions left behind (later()) */
+    knit__manhole_cancel_laters(m);
 }
 
 int knit_manhole_ssh_port(const knit_manhole *m)

@@ -21,6 +21,16 @@
  * vanished client are noticed while a chunk runs. Connections are freed only
  * at the end of drive() (or at close), never inside a callback.
  *
+ * End of input — the exec request's command evaluated, channel EOF after
+ * piped input, Ctrl-D in a pty — does not close the channel while the
+ * session has await()s pending: the session drains them first
+ * (knit__manhole_drain, bounded by the drain timeout; Ctrl-C in a pty gives
+ * up at once), then the exit status (1 if it gave up), EOF and close follow.
+ * Closing first dropped the awaits' output, and writing it into the closed
+ * channel made libssh fail and disconnect, so OpenSSH printed "Received
+ * disconnect ... Bye Bye", dropped what it had not yet written to stdout and
+ * exited 255.
+ *
  * Authentication: public key only (ssh_set_auth_methods), checked against
  * the authorizedKeys file, which is re-read for every attempt so edits take
  * effect without a restart. Password and keyboard-interactive are refused
@@ -80,7 +90,8 @@ struct ssh_conn {
     struct ssh_channel_callbacks_struct ccb;
     bool kex_done, authed, pty, started, exec, eof, dead, processing, in_eval, finished;
     bool closed_sent;
-    int exit_status;
+    bool draining;   /* input ended; the session's pending awaits are finishing */
+    int exit_status; /* once finished; while draining, the status so far */
     bool any_error;
     int auth_attempts;
     char who[160];
@@ -145,7 +156,7 @@ static void flush_out(ssh_conn *c)
 
 static void put_raw(ssh_conn *c, const char *d, size_t n)
 {
-    if (c->dead || !c->chan) return;
+    if (c->dead || !c->chan || c->closed_sent) return; /* never into a closed channel */
     if (c->out_len + n > KNIT_MANHOLE_MAX_PENDING_OUTPUT) {
         c->dead = true; /* a client that does not read: drop it */
         KNIT_WARN("manhole", "%s: output backlog over %d bytes, dropping connection", c->who,
@@ -182,7 +193,7 @@ static void put_str(ssh_conn *c, const char *str)
 
 static void prompt(ssh_conn *c)
 {
-    if (!c->pty || !c->s) return;
+    if (!c->pty || !c->s || c->draining || c->finished) return;
     put_str(c, knit_manhole_session_prompt(c->s));
     if (c->line_len) put_raw(c, c->line, c->line_len);
     flush_out(c);
@@ -402,6 +413,41 @@ static void finish_channel(ssh_conn *c, int status)
     /* else drive() closes it once the client's window let the output out */
 }
 
+static void conn_free(ssh_conn *c);
+
+/* Draining is over (see the file comment): from a reactor timer, or from
+ * draining_input (Ctrl-C) inside drive(). */
+static void ssh_drained(knit_manhole_session *s, bool gave_up, void *arg)
+{
+    ssh_conn *c = arg;
+    c->draining = false;
+    finish_channel(c, gave_up ? 1 : c->exit_status);
+    if (c->processing) return; /* drive() goes on from here */
+    if (c->dead)
+        conn_free(c); /* an await's output overflowed the backlog meanwhile */
+    else
+        update_io(c);
+}
+
+/* The session's input has ended: finish now, or once its awaits are done. */
+static void end_of_input(ssh_conn *c, int status)
+{
+    if (c->draining || c->finished) return;
+    if (c->s && !c->dead && knit__manhole_drain(c->s, ssh_drained, c)) {
+        c->draining = true;
+        c->exit_status = status;
+        if (c->pty) {
+            char msg[96];
+            size_t n = knit_manhole_session_awaits(c->s);
+            snprintf(msg, sizeof msg, "waiting for %zu pending await()%s (Ctrl-C gives up)\n", n,
+                     n == 1 ? "" : "s");
+            put_str(c, msg);
+        }
+        return;
+    }
+    finish_channel(c, status);
+}
+
 static int eval_line(ssh_conn *c, const char *line, size_t len)
 {
     c->in_eval = true;
@@ -468,8 +514,8 @@ static void pty_input(ssh_conn *c)
         case 0x04:
             if (c->line_len == 0) {
                 put_str(c, "\n");
-                finish_channel(c, 0);
                 c->in_len = 0;
+                end_of_input(c, 0);
                 return;
             }
             break;
@@ -504,7 +550,19 @@ static void line_input(ssh_conn *c)
         if (c->in_len) eval_line(c, c->in, c->in_len);
         c->in_len = 0;
         if (knit_manhole_session_prompt(c->s)[1] == '>') c->any_error = true; /* incomplete */
-        finish_channel(c, c->any_error ? 1 : 0);
+        end_of_input(c, c->any_error ? 1 : 0);
+    }
+}
+
+/* Input while draining: Ctrl-C in a pty gives up on the awaits; the rest is
+ * dropped (the session takes no more input). */
+static void draining_input(ssh_conn *c)
+{
+    bool ctrl_c = c->pty && memchr(c->in, 0x03, c->in_len) != NULL;
+    c->in_len = 0;
+    if (ctrl_c) {
+        put_str(c, "^C\n");
+        knit__manhole_drain_abandon(c->s, "interrupted by Ctrl-C");
     }
 }
 
@@ -513,14 +571,16 @@ static void process(ssh_conn *c)
     if (c->processing || c->dead || !c->started || c->finished) return;
     c->processing = true;
     if (!c->s) start_session(c);
-    if (c->s && c->exec && c->exec_cmd) {
+    if (c->s && c->draining) {
+        draining_input(c);
+    } else if (c->s && c->exec && c->exec_cmd) {
         char *cmd = c->exec_cmd;
         c->exec_cmd = NULL;
         c->in_eval = true;
         int st = knit_manhole_session_eval(c->s, cmd, strlen(cmd));
         c->in_eval = false;
         free(cmd);
-        finish_channel(c, st == KNIT_MANHOLE_OK ? 0 : 1);
+        end_of_input(c, st == KNIT_MANHOLE_OK ? 0 : 1);
     } else if (c->s && !c->exec) {
         if (c->pty)
             pty_input(c);
@@ -540,6 +600,7 @@ static void conn_free(ssh_conn *c)
     else
         ls->conns = c->next;
     if (c->next) c->next->prev = c->prev;
+    ls->nconns--; /* else after KNIT_MANHOLE_MAX_CONNECTIONS in all, every one was refused */
     knit_io_stop(&c->io);
     knit_timer_cancel(ls->m->r, c->auth_timer);
     if (c->s || c->authed)

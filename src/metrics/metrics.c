@@ -147,7 +147,7 @@ int knit_metrics_new(knit_metrics **out)
 
 static void free_series(knit_metric *f, series *s)
 {
-    for (size_t i = 0; i < f->nlabels; i++)
+    for (size_t i = 0; s->values && i < f->nlabels; i++) /* NULL: new_series failed early */
         free(s->values[i]);
     free(s->values);
     if (f->type == KNIT_METRIC_HISTOGRAM && s->u.h) free(s->u.h->w);
@@ -438,12 +438,14 @@ static inline double bitsd(uint64_t u)
 
 void knit_counter_add(knit_counter *c, uint64_t n)
 {
+    if (!c) return; /* a series that could not be created (out of memory) */
     atomic_fetch_add_explicit(&c->s[shard_index()].v, n, memory_order_relaxed);
 }
 
 uint64_t knit_counter_value(const knit_counter *c)
 {
     uint64_t t = 0;
+    if (!c) return 0;
     for (size_t i = 0; i < KNIT_METRICS_SHARDS; i++)
         t += atomic_load_explicit(&((struct knit_counter *)c)->s[i].v, memory_order_relaxed);
     return t;
@@ -451,6 +453,7 @@ uint64_t knit_counter_value(const knit_counter *c)
 
 void knit_counter_set_total(knit_counter *c, uint64_t total)
 {
+    if (!c) return;
     atomic_store_explicit(&c->s[0].v, total, memory_order_relaxed);
     for (size_t i = 1; i < KNIT_METRICS_SHARDS; i++)
         atomic_store_explicit(&c->s[i].v, 0, memory_order_relaxed);
@@ -458,6 +461,7 @@ void knit_counter_set_total(knit_counter *c, uint64_t total)
 
 void knit_gauge_set(knit_gauge *g, double v)
 {
+    if (!g) return;
     atomic_store_explicit(&g->bits, dbits(v), memory_order_relaxed);
 }
 
@@ -471,16 +475,19 @@ static void add_double(_Atomic uint64_t *w, double d)
 
 void knit_gauge_add(knit_gauge *g, double d)
 {
+    if (!g) return;
     add_double(&g->bits, d);
 }
 
 double knit_gauge_value(const knit_gauge *g)
 {
+    if (!g) return 0;
     return bitsd(atomic_load_explicit(&((knit_gauge *)g)->bits, memory_order_relaxed));
 }
 
 void knit_histogram_observe(knit_histogram *h, double v)
 {
+    if (!h) return;
     const knit_metric *f = h->f;
     size_t n = f->nbounds, b;
     if (n <= 8) {
@@ -507,6 +514,7 @@ void knit_histogram_observe(knit_histogram *h, double v)
 
 void knit_histogram_set_counts(knit_histogram *h, const uint64_t *counts, double sum)
 {
+    if (!h) return;
     size_t n = h->f->nbounds;
     for (size_t k = 0; k < KNIT_METRICS_SHARDS; k++)
         for (size_t b = 0; b <= n + 1; b++)
@@ -519,6 +527,7 @@ void knit_histogram_set_counts(knit_histogram *h, const uint64_t *counts, double
 uint64_t knit_histogram_count(const knit_histogram *h)
 {
     uint64_t t = 0;
+    if (!h) return 0;
     size_t n = h->f->nbounds;
     for (size_t s = 0; s < KNIT_METRICS_SHARDS; s++)
         for (size_t b = 0; b <= n; b++)
@@ -529,6 +538,7 @@ uint64_t knit_histogram_count(const knit_histogram *h)
 double knit_histogram_sum(const knit_histogram *h)
 {
     double t = 0;
+    if (!h) return 0;
     size_t n = h->f->nbounds;
     for (size_t s = 0; s < KNIT_METRICS_SHARDS; s++)
         t += bitsd(atomic_load_explicit(&h->w[s * h->stride + n + 1], memory_order_relaxed));

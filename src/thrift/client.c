@@ -1,32 +1,45 @@
 /* client.c — the Thrift client: a pool of pipelined connections to one
- * endpoint, per-call timeouts, reconnect with backoff, SASL on connect.
+ * endpoint, per-call timeouts, SASL on connect; each connection is kept up
+ * by a ClientService (knit/client.h: reconnect with a jittered backoff, the
+ * last connection error, hurry).
  *
- * Owns: `cconn`s (one per pool slot; reused across reconnects), `pending`
- * calls (in a conn's seqid table once sent, in the client's waiting queue
- * before). Runs on the reactor thread; knit_thrift_client_call_sync hops
- * there with knit_blocking_call_from_thread.
+ * Owns: `cconn`s (one per pool slot; its protocol is reused across
+ * reconnects: the ClientService's factory hands out the same one each time,
+ * and never two at once), `pending` calls (in a conn's seqid table once
+ * sent; before that, waiting for a slot as a getter of `waitq`, a bounded
+ * DeferredQueue whose values are connections with a free slot). Runs on the
+ * reactor thread; knit_thrift_client_call_sync hops there with
+ * knit_blocking_call_from_thread.
  *
  * Invariants:
  *   - every pending call holds one reference to its Deferred and fires it
- *     exactly once (reply, failure, timeout through the canceller, close);
+ *     exactly once (reply, failure, its timeout timer, cancel, close);
+ *   - a pending call is in exactly one place: waiting (p->getter set), in
+ *     flight (p->cc set, in cc's table), or nowhere while it is being sent;
+ *   - `waitq` never holds a value: a connection slot is put only while a
+ *     call waits, and is taken at once by the oldest waiting call;
  *   - seqids are unique per client (so a call keeps its encoding whichever
  *     connection carries it); replies with an unknown seqid are dropped;
  *   - the client struct is freed only after every conn's transport is gone
- *     (connection_lost comes from the loop, after knit_thrift_client_free).
+ *     (connection_lost comes from the loop, after knit_thrift_client_free)
+ *     and no call-soon of ours is queued.
  */
 #include "knit/thrift.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 
+#include "knit/client.h"
 #include "knit/deferred.h"
 #include "knit/endpoint.h"
 #include "knit/log.h"
 #include "knit/pool.h"
+#include "thrift/client_hooks.h"
+#include "thrift/scan.h"
 
 #define NBUCKETS 64
 
-enum cstate { C_DOWN, C_CONNECTING, C_SASL, C_UP };
+enum cstate { C_DOWN, C_SASL, C_UP };
 
 typedef struct pending pending;
 typedef struct cconn cconn;
@@ -34,9 +47,11 @@ typedef struct cconn cconn;
 struct pending {
     pending *next;
     knit_thrift_client *cl;
-    cconn *cc; /* NULL while waiting */
+    cconn *cc; /* the connection carrying it, once sent */
     const knit_thrift_method *m;
     knit_deferred *d;
+    knit_deferred *getter; /* while waiting for a slot: our knit_dqueue_get */
+    knit_timer timer;      /* the call's timeout */
     int32_t seqid;
     uint8_t *msg; /* 4-byte length + message, until sent */
     size_t len;
@@ -46,14 +61,18 @@ struct cconn {
     knit_protocol proto;
     knit_protocol_factory factory;
     knit_thrift_client *cl;
+    knit_client_service *cs; /* NULL for a detached client (client_hooks.h) */
     enum cstate st;
-    knit_connect *connecting;
-    knit_timer retry;
-    knit_duration backoff;
     knit_thrift_sasl *sasl;
+    knit_deferred *sasl_d; /* the ClientService's prepare step while SASL runs (ours) */
+    int sasl_start_err;
     pending *buckets[NBUCKETS];
     unsigned npending;
     bool has_transport;
+    /* Unframed replies: where the walk of the reply being received stopped
+     * (thrift/scan.h), so each read walks only the new bytes. Rescanning
+     * the whole buffer on every read was quadratic in the reply's size. */
+    knit__thrift_scan scan;
 };
 
 struct knit_thrift_client {
@@ -65,15 +84,17 @@ struct knit_thrift_client {
     unsigned nconns;
     unsigned rr;
     int32_t next_seqid;
-    pending *wait_head, *wait_tail;
-    unsigned nwaiting;
+    knit_dqueue *waitq; /* calls waiting for a slot (getters); bounded by max_waiting */
     bool closing;
+    bool fail_soon; /* a call-soon to fail waiting calls fast is queued */
+    unsigned soon;  /* our queued call-soons (they hold the struct) */
     unsigned alive; /* conns whose transport has not reported connection_lost */
-    uint64_t rng;
     knit_thrift_client_stats st;
+    uint64_t scan_bytes; /* bytes walked by finished unframed scans (tests) */
 };
 
-static void conn_start(cconn *cc);
+static void flush_waiting(knit_thrift_client *cl);
+static void sasl_done(cconn *cc, int rc);
 
 /* ---- results --------------------------------------------------------------------- */
 
@@ -108,6 +129,7 @@ static void *result_new(const knit_thrift_method *m)
 
 static void pending_free(pending *p)
 {
+    if (p->timer.id) knit_timer_cancel(p->cl->r, p->timer);
     free(p->msg);
     if (p->d) knit_deferred_unref(p->d);
     free(p);
@@ -139,69 +161,73 @@ static pending *map_remove(cconn *cc, int32_t seqid)
     return NULL;
 }
 
-static void wait_push(knit_thrift_client *cl, pending *p)
-{
-    p->next = NULL;
-    p->cc = NULL;
-    if (cl->wait_tail)
-        cl->wait_tail->next = p;
-    else
-        cl->wait_head = p;
-    cl->wait_tail = p;
-    cl->nwaiting++;
-    cl->st.waiting++;
-}
-
-static pending *wait_pop(knit_thrift_client *cl)
-{
-    pending *p = cl->wait_head;
-    if (!p) return NULL;
-    cl->wait_head = p->next;
-    if (!cl->wait_head) cl->wait_tail = NULL;
-    p->next = NULL;
-    cl->nwaiting--;
-    cl->st.waiting--;
-    return p;
-}
-
-static bool wait_remove(knit_thrift_client *cl, pending *target)
-{
-    pending *prev = NULL;
-    for (pending *p = cl->wait_head; p; prev = p, p = p->next) {
-        if (p != target) continue;
-        if (prev)
-            prev->next = p->next;
-        else
-            cl->wait_head = p->next;
-        if (cl->wait_tail == p) cl->wait_tail = prev;
-        p->next = NULL;
-        cl->nwaiting--;
-        cl->st.waiting--;
-        return true;
-    }
-    return false;
-}
-
-/* Fail P's Deferred with CODE and free P (P must already be unlinked). */
-static void pending_fail(pending *p, int code, const char *why)
+/* Fail P's Deferred with F and free P (P must already be unlinked). */
+static void pending_fail_with(pending *p, knit_failure *f)
 {
     knit_deferred *d = p->d;
     knit_deferred_set_canceller(d, NULL, NULL);
-    knit_deferred_errback(
-        d, knit_failure_new(code, "thrift call %.*s: %s", (int)p->m->name_len, p->m->name, why));
+    knit_deferred_errback(d, f);
     pending_free(p);
 }
 
-/* Canceller (user cancel or timeout): forget the call; a late reply is dropped. */
+static void pending_fail(pending *p, int code, const char *why)
+{
+    pending_fail_with(
+        p, knit_failure_new(code, "thrift call %.*s: %s", (int)p->m->name_len, p->m->name, why));
+}
+
+/* Stop waiting for a slot: the getter is cancelled (got_none sees
+ * p->getter NULL and lets it go). */
+static void unwait(pending *p)
+{
+    knit_deferred *g = p->getter;
+    p->getter = NULL;
+    knit_deferred_cancel(g);
+    knit_deferred_unref(g);
+}
+
+/* Why there is no connection: the most recent error of the connections'
+ * ClientServices, as a new failure (NULL when none has failed yet). */
+static knit_failure *last_connect_failure(knit_thrift_client *cl)
+{
+    for (unsigned i = 0; i < cl->nconns; i++)
+        if (cl->conns[i].cs && knit_client_service_last_error(cl->conns[i].cs, NULL))
+            return knit_client_service_last_failure(cl->conns[i].cs);
+    return NULL;
+}
+
+static void call_timeout(knit_reactor *r, void *arg)
+{
+    (void)r;
+    pending *p = arg;
+    knit_thrift_client *cl = p->cl;
+    p->timer = KNIT_TIMER_NONE;
+    cl->st.timeouts++;
+    double secs = KNIT_TO_SEC(cl->o.timeout);
+    if (p->getter) {
+        /* never sent: say why there was no connection (issue 12) */
+        unwait(p);
+        pending_fail_with(p,
+                          knit_failure_wrap(last_connect_failure(cl), KNIT_ETIMEDOUT,
+                                            "thrift call %.*s: no connection to %s within %.3f s",
+                                            (int)p->m->name_len, p->m->name, cl->endpoint, secs));
+        return;
+    }
+    if (p->cc) map_remove(p->cc, p->seqid); /* a late reply is dropped */
+    pending_fail_with(p,
+                      knit_failure_new(KNIT_ETIMEDOUT, "thrift call %.*s: no reply within %.3f s",
+                                       (int)p->m->name_len, p->m->name, secs));
+}
+
+/* Canceller (the caller cancelled): forget the call; a late reply is dropped. */
 static void on_cancel(knit_deferred *d, void *arg)
 {
     (void)d;
     pending *p = arg;
-    if (p->cc)
+    if (p->getter)
+        unwait(p);
+    else if (p->cc)
         map_remove(p->cc, p->seqid);
-    else
-        wait_remove(p->cl, p);
-    p->cl->st.timeouts++;
     pending_free(p);
 }
 
@@ -249,12 +275,103 @@ static cconn *pick(knit_thrift_client *cl)
     return NULL;
 }
 
+/* ---- waiting for a slot ------------------------------------------------------------ */
+
+/* The slot arrived: a connection with room (or NULL: fail fast, no
+ * connection). */
+static void got_slot(knit_result *res, void *arg)
+{
+    pending *p = arg;
+    knit_deferred *g = p->getter;
+    p->getter = NULL;
+    knit_deferred_unref(g); /* the chain holds its own while it runs */
+    cconn *cc = res->value;
+    if (cc) {
+        send_on(cc, p);
+        return;
+    }
+    knit_failure *f = last_connect_failure(p->cl);
+    if (!f) f = knit_failure_new(KNIT_ECONNREFUSED, "no connection to %s", p->cl->endpoint);
+    pending_fail_with(p, knit_failure_wrap(f, f->code, "thrift call %.*s: no connection to %s",
+                                           (int)p->m->name_len, p->m->name, p->cl->endpoint));
+}
+
+static void got_none(knit_result *res, void *arg)
+{
+    pending *p = arg;
+    knit_failure *f = knit_result_take_failure(res);
+    if (!p->getter) { /* we cancelled it: timeout or the caller's cancel */
+        knit_failure_free(f);
+        return;
+    }
+    knit_deferred *g = p->getter;
+    p->getter = NULL;
+    knit_deferred_unref(g);
+    if (f->code == KNIT_ESHUTDOWN) { /* the queue was freed: the client is closing */
+        knit_failure_free(f);
+        pending_fail(p, KNIT_ECANCELED, "client closed");
+        return;
+    }
+    pending_fail_with(p, knit_failure_wrap(f, f->code, "thrift call %.*s: waiting for a connection",
+                                           (int)p->m->name_len, p->m->name));
+}
+
+static void wait_for_slot(knit_thrift_client *cl, pending *p)
+{
+    knit_deferred *g = knit_dqueue_get(cl->waitq);
+    p->getter = g;
+    knit_deferred_add_callbacks(g, got_slot, got_none, p);
+}
+
+/* Hand free slots to waiting calls, oldest first. */
 static void flush_waiting(knit_thrift_client *cl)
 {
-    while (cl->wait_head) {
+    while (!cl->closing && knit_dqueue_waiting(cl->waitq) > 0) {
         cconn *cc = pick(cl);
-        if (!cc) return;
-        send_on(cc, wait_pop(cl));
+        if (!cc || knit_dqueue_put(cl->waitq, cc) != 0) return;
+    }
+}
+
+/* fail_after_failures: every connection is down and has failed that many
+ * attempts in a row. */
+static bool failing_fast(const knit_thrift_client *cl)
+{
+    if (!cl->o.fail_after_failures) return false;
+    for (unsigned i = 0; i < cl->nconns; i++) {
+        const cconn *cc = &cl->conns[i];
+        if (cc->st == C_UP || !cc->cs) return false;
+        knit_client_stats st;
+        knit_client_service_get_stats(cc->cs, &st);
+        if (st.consecutive_failures < cl->o.fail_after_failures) return false;
+    }
+    return true;
+}
+
+static void client_maybe_free(knit_thrift_client *cl);
+
+static void fail_fast_cb(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_thrift_client *cl = arg;
+    cl->soon--;
+    cl->fail_soon = false;
+    while (!cl->closing && failing_fast(cl) && knit_dqueue_waiting(cl->waitq) > 0)
+        if (knit_dqueue_put(cl->waitq, NULL) != 0) break;
+    client_maybe_free(cl);
+}
+
+/* A connection's ClientService changed state. Waiting calls are failed
+ * from the loop, not from inside the service's transition. */
+static void cs_state(knit_client_service *cs, knit_client_state st, void *arg)
+{
+    (void)cs;
+    cconn *cc = arg;
+    knit_thrift_client *cl = cc->cl;
+    if (st != KNIT_CLIENT_WAITING || cl->closing || cl->fail_soon) return;
+    if (!failing_fast(cl) || knit_dqueue_waiting(cl->waitq) == 0) return;
+    if (knit_call_from_thread(cl->r, fail_fast_cb, cl) == 0) {
+        cl->fail_soon = true;
+        cl->soon++;
     }
 }
 
@@ -308,7 +425,7 @@ static void handle_reply(cconn *cc, const uint8_t *msg, size_t len)
     knit_tstr_free(&amsg);
     pending_free(p);
     /* a slot is free on this connection: calls waiting for one can go */
-    if (cl->wait_head && !cl->closing) flush_waiting(cl);
+    flush_waiting(cl);
 }
 
 static void on_data(knit_protocol *proto, knit_buf *in)
@@ -330,13 +447,10 @@ static void on_data(knit_protocol *proto, knit_buf *in)
             if (rc == KNIT_THRIFT_SASL_MORE) return;
             if (rc < 0) {
                 KNIT_WARN("thrift", "client sasl failed: %s", knit_thrift_sasl_error(cc->sasl));
-                knit_transport_close_with(cc->proto.transport, false, KNIT_CLOSE_PROTOCOL_ERROR,
-                                          rc);
+                sasl_done(cc, rc);
                 return;
             }
-            cc->st = C_UP;
-            cc->backoff = 0;
-            flush_waiting(cl);
+            sasl_done(cc, 0);
             continue;
         }
         if (cc->sasl) {
@@ -363,22 +477,19 @@ static void on_data(knit_protocol *proto, knit_buf *in)
             handle_reply(cc, p + 4, n);
             knit_buf_consume(in, 4 + (size_t)n);
         } else {
-            knit_thrift_reader r;
+            /* Unframed: walk the reply to find its end, resuming where the
+             * previous read stopped (the unconsumed bytes stay in IN). */
             size_t lim = len < cl->o.max_frame ? len : cl->o.max_frame;
-            knit_thrift_reader_init(&r, cl->o.proto, p, lim);
-            const char *name;
-            size_t nl;
-            knit_thrift_msg_type t;
-            int32_t seq;
-            int rc = knit_thrift_read_message_begin(&r, &name, &nl, &t, &seq);
-            if (!rc) rc = knit_thrift_skip(&r, KNIT_TT_STRUCT);
+            size_t n = 0;
+            int rc = knit__thrift_scan_message(&cc->scan, p, lim, &n);
             if (rc == KNIT_EEOF && len < cl->o.max_frame) return;
+            cl->scan_bytes += cc->scan.examined;
+            knit__thrift_scan_init(&cc->scan, cl->o.proto);
             if (rc) {
                 knit_transport_close_with(cc->proto.transport, false, KNIT_CLOSE_PROTOCOL_ERROR,
-                                          rc);
+                                          rc == KNIT_EEOF ? KNIT_ELIMIT : rc);
                 return;
             }
-            size_t n = (size_t)(r.p - p);
             handle_reply(cc, p, n);
             knit_buf_consume(in, n);
         }
@@ -389,40 +500,34 @@ static void on_data(knit_protocol *proto, knit_buf *in)
 
 static void client_maybe_free(knit_thrift_client *cl)
 {
-    if (!cl->closing || cl->alive) return;
+    if (!cl->closing || cl->alive || cl->soon) return;
     free(cl->conns);
     free(cl->endpoint);
     free(cl->prefix);
     free(cl);
 }
 
-static knit_duration next_backoff(knit_thrift_client *cl, cconn *cc)
+/* SASL finished on CC: RC 0 (authenticated) or a negative code. */
+static void sasl_done(cconn *cc, int rc)
 {
-    knit_duration b = cc->backoff ? cc->backoff * 2 : cl->o.backoff_initial;
-    if (b > cl->o.backoff_max) b = cl->o.backoff_max;
-    cc->backoff = b;
-    /* ±25% jitter (xorshift), so a fleet of clients does not reconnect in step */
-    cl->rng ^= cl->rng << 13;
-    cl->rng ^= cl->rng >> 7;
-    cl->rng ^= cl->rng << 17;
-    knit_duration j = (knit_duration)(cl->rng % 1000) * (b / 2) / 1000 - b / 4;
-    return b + j;
-}
-
-static void retry_cb(knit_reactor *r, void *arg)
-{
-    (void)r;
-    cconn *cc = arg;
-    cc->retry = KNIT_TIMER_NONE;
-    if (!cc->cl->closing) conn_start(cc);
-}
-
-static void schedule_retry(cconn *cc)
-{
-    knit_thrift_client *cl = cc->cl;
-    cc->st = C_DOWN;
-    if (cl->closing) return;
-    cc->retry = knit_call_later(cl->r, next_backoff(cl, cc), retry_cb, cc);
+    knit_deferred *d = cc->sasl_d;
+    cc->sasl_d = NULL;
+    if (rc) {
+        if (d) { /* the ClientService closes the connection and retries */
+            knit_deferred_errback(
+                d, knit_failure_new(rc, "thrift sasl: %s", knit_thrift_sasl_error(cc->sasl)));
+            knit_deferred_unref(d);
+        } else {
+            knit_transport_close_with(cc->proto.transport, false, KNIT_CLOSE_PROTOCOL_ERROR, rc);
+        }
+        return;
+    }
+    cc->st = C_UP;
+    if (d) {
+        knit_deferred_callback(d, NULL, NULL);
+        knit_deferred_unref(d);
+    }
+    flush_waiting(cc->cl);
 }
 
 static void on_made(knit_protocol *proto)
@@ -430,8 +535,11 @@ static void on_made(knit_protocol *proto)
     cconn *cc = (cconn *)proto;
     knit_thrift_client *cl = cc->cl;
     cc->has_transport = true;
+    cc->sasl_start_err = 0;
     cl->alive++;
     cl->st.connects++;
+    cl->scan_bytes += cc->scan.examined;
+    knit__thrift_scan_init(&cc->scan, cl->o.proto);
     if (cl->o.sasl) {
         knit_thrift_writer w;
         knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
@@ -439,46 +547,63 @@ static void on_made(knit_protocol *proto)
         if (!rc) rc = knit_thrift_sasl_client_start(cc->sasl, &w);
         if (!rc) knit_transport_write(proto->transport, w.data, w.len);
         knit_thrift_writer_free(&w);
-        if (rc) {
-            knit_transport_close_with(proto->transport, false, KNIT_CLOSE_PROTOCOL_ERROR, rc);
-            return;
-        }
         cc->st = C_SASL;
+        if (rc) {
+            if (cc->cs)
+                cc->sasl_start_err = rc; /* sasl_prepare fails the connection */
+            else
+                knit_transport_close_with(proto->transport, false, KNIT_CLOSE_PROTOCOL_ERROR, rc);
+        }
         return;
     }
     cc->st = C_UP;
-    cc->backoff = 0;
     flush_waiting(cl);
+}
+
+/* The ClientService's prepare step: a connection counts as up once SASL
+ * has authenticated it (its failure is then the connection's last error). */
+static knit_deferred *sasl_prepare(knit_client_service *cs, knit_protocol *p, void *arg)
+{
+    (void)cs;
+    (void)arg;
+    cconn *cc = (cconn *)p;
+    if (!cc->cl->o.sasl) return NULL;
+    if (cc->sasl_start_err)
+        return knit_deferred_failed(knit_failure_new(cc->sasl_start_err, "thrift sasl start: %s",
+                                                     knit_strerror(cc->sasl_start_err)));
+    if (cc->st == C_UP) return NULL;
+    cc->sasl_d = knit_deferred_new();
+    return knit_deferred_ref(cc->sasl_d);
 }
 
 static void on_lost(knit_protocol *proto, knit_close_reason reason, int err)
 {
-    (void)reason;
-    (void)err;
     cconn *cc = (cconn *)proto;
     knit_thrift_client *cl = cc->cl;
-    bool was_up = cc->st == C_UP;
     cc->has_transport = false;
+    cc->st = C_DOWN;
     cl->st.disconnects++;
+    char why[96];
+    snprintf(why, sizeof why, "connection closed (%s%s%s)", knit_close_reason_name(reason),
+             err ? ": " : "", err ? knit_strerror(err) : "");
     for (unsigned b = 0; b < NBUCKETS; b++) {
         while (cc->buckets[b]) {
             pending *p = cc->buckets[b];
             cc->buckets[b] = p->next;
             cc->npending--;
             cl->st.pending--;
-            pending_fail(p, KNIT_ECLOSED, "connection closed");
+            pending_fail(p, KNIT_ECLOSED, why);
         }
     }
     knit_thrift_sasl_free(cc->sasl);
     cc->sasl = NULL;
-    cl->alive--;
-    if (cl->closing) {
-        cc->st = C_DOWN;
-        client_maybe_free(cl);
-        return;
+    if (cc->sasl_d) { /* the ClientService has cancelled its prepare step */
+        knit_deferred_unref(cc->sasl_d);
+        cc->sasl_d = NULL;
     }
-    if (was_up) cc->backoff = 0;
-    schedule_retry(cc);
+    cl->alive--;
+    /* reconnecting is the ClientService's business */
+    client_maybe_free(cl);
 }
 
 static const knit_protocol_ops cconn_ops = {
@@ -493,36 +618,6 @@ static knit_protocol *cbuild(knit_protocol_factory *f, const knit_sockaddr *peer
     (void)peer;
     cconn *cc = f->data;
     return &cc->proto;
-}
-
-static void on_connect(knit_connect *k, knit_protocol *p, int err, void *arg)
-{
-    (void)k;
-    cconn *cc = arg;
-    cc->connecting = NULL;
-    if (p) return; /* on_made did the rest */
-    cc->cl->st.connect_failures++;
-    if (err != KNIT_ECANCELED)
-        KNIT_DEBUG("thrift", "connect %s: %s", cc->cl->endpoint, knit_strerror(err));
-    schedule_retry(cc);
-}
-
-static void conn_start(cconn *cc)
-{
-    knit_thrift_client *cl = cc->cl;
-    knit_connect_options co;
-    knit_connect_options_init(&co);
-    if (cl->o.connect_timeout) co.timeout = cl->o.connect_timeout;
-    char err[KNIT_ENDPOINT_ERRLEN];
-    cc->st = C_CONNECTING;
-    int rc = knit_endpoint_connect(cl->r, cl->endpoint, &cc->factory, &co, on_connect, cc,
-                                   &cc->connecting, err, sizeof err);
-    if (rc) {
-        cc->connecting = NULL;
-        KNIT_WARN("thrift", "connect %s: %s", cl->endpoint, err);
-        cl->st.connect_failures++;
-        schedule_retry(cc);
-    }
 }
 
 /* ---- public -------------------------------------------------------------------------------- */
@@ -540,15 +635,27 @@ void knit_thrift_client_options_init(knit_thrift_client_options *o)
     o->max_frame = KNIT_THRIFT_MAX_FRAME_DEFAULT;
 }
 
-int knit_thrift_client_new(knit_reactor *r, const knit_thrift_client_options *o,
-                           knit_thrift_client **out)
+static void client_release(knit_thrift_client *cl)
+{
+    for (unsigned i = 0; cl->conns && i < cl->nconns; i++)
+        knit_client_service_free(cl->conns[i].cs);
+    knit_dqueue_free(cl->waitq);
+    free(cl->conns);
+    free(cl->endpoint);
+    free(cl->prefix);
+    free(cl);
+}
+
+static int client_create(knit_reactor *r, const knit_thrift_client_options *o, bool start,
+                         knit_thrift_client **out)
 {
     *out = NULL;
     if (!o || !o->endpoint) return KNIT_EINVAL;
     char err[KNIT_ENDPOINT_ERRLEN];
-    if (knit_endpoint_check(o->endpoint, false, err, sizeof err) != 0) {
+    int crc = knit_endpoint_check(o->endpoint, false, err, sizeof err);
+    if (crc != 0) {
         KNIT_WARN("thrift", "client endpoint: %s", err);
-        return KNIT_EBADENDPOINT;
+        return crc == KNIT_ENOMEM ? KNIT_ENOMEM : KNIT_EBADENDPOINT;
     }
     knit_thrift_client *cl = calloc(1, sizeof *cl);
     if (!cl) return KNIT_ENOMEM;
@@ -559,6 +666,7 @@ int knit_thrift_client_new(knit_reactor *r, const knit_thrift_client_options *o,
     if (!cl->o.max_waiting) cl->o.max_waiting = KNIT_THRIFT_CLIENT_MAX_WAITING_DEFAULT;
     if (!cl->o.backoff_initial) cl->o.backoff_initial = KNIT_THRIFT_BACKOFF_INITIAL;
     if (!cl->o.backoff_max) cl->o.backoff_max = KNIT_THRIFT_BACKOFF_MAX;
+    if (cl->o.backoff_max < cl->o.backoff_initial) cl->o.backoff_max = cl->o.backoff_initial;
     if (!cl->o.max_frame) cl->o.max_frame = KNIT_THRIFT_MAX_FRAME_DEFAULT;
     if (o->sasl) {
         cl->sasl = *o->sasl;
@@ -577,37 +685,77 @@ int knit_thrift_client_new(knit_reactor *r, const knit_thrift_client_options *o,
     }
     cl->nconns = cl->o.connections;
     cl->conns = calloc(cl->nconns, sizeof *cl->conns);
-    if (!cl->endpoint || !cl->conns || (o->service && !cl->prefix)) {
-        free(cl->conns);
-        free(cl->endpoint);
-        free(cl->prefix);
-        free(cl);
+    int rc = knit_dqueue_new(&cl->waitq, 1, cl->o.max_waiting, NULL);
+    if (rc || !cl->endpoint || !cl->conns || (o->service && !cl->prefix)) {
+        client_release(cl);
         return KNIT_ENOMEM;
     }
-    cl->rng = (uint64_t)knit_wall_now() | 1;
+    knit_client_options co;
+    knit_client_options_init(&co);
+    co.backoff.initial = cl->o.backoff_initial;
+    co.backoff.max = cl->o.backoff_max;
+    if (cl->o.connect_timeout) co.connect.timeout = cl->o.connect_timeout;
+    co.prepare = sasl_prepare;
+    co.state_changed = cs_state;
     for (unsigned i = 0; i < cl->nconns; i++) {
         cconn *cc = &cl->conns[i];
         cc->proto.ops = &cconn_ops;
         cc->factory.build = cbuild;
         cc->factory.data = cc;
         cc->cl = cl;
-        conn_start(cc);
+        if (!start) continue;
+        co.state_arg = cc;
+        if ((rc = knit_client_service_new(r, cl->endpoint, &cc->factory, &co, &cc->cs, err,
+                                          sizeof err)) != 0) {
+            KNIT_WARN("thrift", "client %s: %s", cl->endpoint, err);
+            client_release(cl);
+            return rc;
+        }
+    }
+    for (unsigned i = 0; start && i < cl->nconns; i++) {
+        if ((rc = knit_client_service_start(cl->conns[i].cs)) != 0) {
+            client_release(cl);
+            return rc;
+        }
     }
     *out = cl;
     return 0;
+}
+
+int knit_thrift_client_new(knit_reactor *r, const knit_thrift_client_options *o,
+                           knit_thrift_client **out)
+{
+    return client_create(r, o, true, out);
+}
+
+int knit__thrift_client_new_detached(knit_reactor *r, const knit_thrift_client_options *o,
+                                     knit_thrift_client **out)
+{
+    return client_create(r, o, false, out);
+}
+
+knit_protocol *knit__thrift_client_protocol(knit_thrift_client *cl, unsigned i)
+{
+    return i < cl->nconns ? &cl->conns[i].proto : NULL;
+}
+
+uint64_t knit__thrift_client_scan_bytes(const knit_thrift_client *cl)
+{
+    uint64_t n = cl->scan_bytes;
+    for (unsigned i = 0; i < cl->nconns; i++)
+        n += cl->conns[i].scan.examined;
+    return n;
 }
 
 void knit_thrift_client_free(knit_thrift_client *cl)
 {
     if (!cl || cl->closing) return;
     cl->closing = true;
-    pending *p;
-    while ((p = wait_pop(cl)) != NULL)
-        pending_fail(p, KNIT_ECANCELED, "client closed");
+    /* waiting calls fail with ESHUTDOWN from the queue: got_none says ECANCELED */
+    knit_dqueue_free(cl->waitq);
+    cl->waitq = NULL;
     for (unsigned i = 0; i < cl->nconns; i++) {
         cconn *cc = &cl->conns[i];
-        knit_timer_cancel(cl->r, cc->retry);
-        if (cc->connecting) knit_connect_cancel(cc->connecting);
         for (unsigned b = 0; b < NBUCKETS; b++) {
             while (cc->buckets[b]) {
                 pending *q = cc->buckets[b];
@@ -617,8 +765,13 @@ void knit_thrift_client_free(knit_thrift_client *cl)
                 pending_fail(q, KNIT_ECANCELED, "client closed");
             }
         }
-        if (cc->has_transport && cc->proto.transport)
+        if (cc->cs) {
+            /* aborts the connection; its connection_lost comes from the loop */
+            knit_client_service_free(cc->cs);
+            cc->cs = NULL;
+        } else if (cc->has_transport && cc->proto.transport) {
             knit_transport_close_with(cc->proto.transport, false, KNIT_CLOSE_SHUTDOWN, 0);
+        }
     }
     client_maybe_free(cl);
 }
@@ -627,8 +780,29 @@ void knit_thrift_client_get_stats(const knit_thrift_client *cl, knit_thrift_clie
 {
     *out = cl->st;
     out->up = 0;
-    for (unsigned i = 0; i < cl->nconns; i++)
+    out->connect_failures = 0;
+    for (unsigned i = 0; i < cl->nconns; i++) {
         out->up += cl->conns[i].st == C_UP;
+        if (cl->conns[i].cs) {
+            knit_client_stats cst;
+            knit_client_service_get_stats(cl->conns[i].cs, &cst);
+            out->connect_failures += cst.failures;
+        }
+    }
+    out->waiting = cl->waitq ? knit_dqueue_waiting(cl->waitq) : 0;
+}
+
+/* No connection is up: if a connection's backoff has grown past the call
+ * timeout, make its next attempt within that timeout — at once when its
+ * last attempt is older — rather than after the backoff (issue 12: calls
+ * kept failing for ~9 s after the server came back). */
+static void hurry_all(knit_thrift_client *cl)
+{
+    if (cl->o.timeout <= 0) return;
+    for (unsigned i = 0; i < cl->nconns; i++)
+        if (cl->conns[i].st == C_UP) return;
+    for (unsigned i = 0; i < cl->nconns; i++)
+        if (cl->conns[i].cs) knit_client_service_hurry(cl->conns[i].cs, cl->o.timeout);
 }
 
 int knit_thrift_client_call(knit_thrift_client *cl, const knit_thrift_method *m, const void *args,
@@ -637,7 +811,19 @@ int knit_thrift_client_call(knit_thrift_client *cl, const knit_thrift_method *m,
     *out = NULL;
     if (cl->closing) return KNIT_ECLOSED;
     cconn *cc = pick(cl);
-    if (!cc && cl->nwaiting >= cl->o.max_waiting) return KNIT_EQUEUEFULL;
+    if (!cc && knit_dqueue_waiting(cl->waitq) >= cl->o.max_waiting) return KNIT_EQUEUEFULL;
+    if (!cc && failing_fast(cl)) {
+        /* fail_after_failures: no connection, and it keeps failing. The
+         * call still brings the next attempt forward (see below), so the
+         * next call finds a server that came back. */
+        hurry_all(cl);
+        knit_failure *f = last_connect_failure(cl);
+        cl->st.calls++;
+        *out = knit_deferred_failed(knit_failure_wrap(f, f ? f->code : KNIT_ECONNREFUSED,
+                                                      "thrift call %.*s: no connection to %s",
+                                                      (int)m->name_len, m->name, cl->endpoint));
+        return 0;
+    }
     int32_t seqid = cl->next_seqid++;
     if (cl->next_seqid < 0) cl->next_seqid = 0;
     knit_thrift_writer w;
@@ -663,11 +849,13 @@ int knit_thrift_client_call(knit_thrift_client *cl, const knit_thrift_method *m,
     *out = knit_deferred_ref(p->d);
     cl->st.calls++;
     knit_deferred_set_canceller(p->d, on_cancel, p);
-    if (cl->o.timeout > 0) knit_deferred_add_timeout(p->d, cl->r, cl->o.timeout);
-    if (cc)
+    if (cl->o.timeout > 0) p->timer = knit_call_later(cl->r, cl->o.timeout, call_timeout, p);
+    if (cc) {
         send_on(cc, p);
-    else
-        wait_push(cl, p);
+        return 0;
+    }
+    wait_for_slot(cl, p);
+    hurry_all(cl);
     return 0;
 }
 

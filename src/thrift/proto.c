@@ -12,7 +12,7 @@
  *
  * Threads: [any]; no shared state.
  */
-#include "knit/thrift.h"
+#include "knit/thrift/proto.h"
 
 #include <stdlib.h>
 

@@ -4,7 +4,7 @@
  *
  * Threads: [any]; nothing here touches shared state.
  */
-#include "knit/thrift.h"
+#include "knit/thrift/runtime.h"
 
 #include <stdio.h>
 #include <stdlib.h>
@@ -36,7 +36,7 @@ void knit_tstr_free(knit_tstr *s)
     s->len = 0;
 }
 
-int knit__thrift_read_tstr(knit_thrift_reader *r, knit_tstr *s)
+int knit_thrift_read_tstr(knit_thrift_reader *r, knit_tstr *s)
 {
     const uint8_t *p;
     size_t n;

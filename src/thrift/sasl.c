@@ -13,7 +13,7 @@
  *     COMPLETE message has been queued; nothing before that is data;
  *   - after a failure every call fails (state FAILED).
  */
-#include "knit/thrift.h"
+#include "knit/thrift/sasl.h"
 
 #include <pthread.h>
 #include <sasl/sasl.h>

@@ -15,7 +15,7 @@
  *     (LOADSHEDDING), and a connection at max_in_flight is paused, not
  *     buffered.
  */
-#include "knit/thrift.h"
+#include "knit/thrift/server.h"
 
 #include <stdio.h>
 #include <stdlib.h>

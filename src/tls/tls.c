@@ -371,7 +371,8 @@ bool knit__tls_ctx_is_server(const knit_tls_ctx *c)
 
 typedef struct tls_state {
     SSL *ssl;
-    char *host; /* client: SNI/verification name; also SSL app data */
+    char *host;        /* client: SNI/verification name; also SSL app data */
+    knit_tls_ctx *ctx; /* a reference: OpenSSL's callbacks read it while SSL lives */
 } tls_state;
 
 static SSL *ssl_of(const knit_transport *t)
@@ -471,6 +472,7 @@ static void l_free(knit_transport *t)
     if (!s) return;
     SSL_free(s->ssl);
     free(s->host);
+    knit_tls_ctx_unref(s->ctx);
     free(s);
     t->ext->layer_state = NULL;
 }
@@ -483,6 +485,8 @@ int knit__tls_layer_new(knit_tls_ctx *c, int fd, const char *host, const knit__l
 {
     tls_state *s = calloc(1, sizeof *s);
     if (!s) return KNIT_ENOMEM;
+    s->ctx = knit_tls_ctx_ref(c);
+    int rc = KNIT_ETLS;
     ERR_clear_error();
     s->ssl = SSL_new(c->ssl);
     if (!s->ssl || SSL_set_fd(s->ssl, fd) != 1) goto fail;
@@ -492,7 +496,10 @@ int knit__tls_layer_new(knit_tls_ctx *c, int fd, const char *host, const knit__l
         SSL_set_connect_state(s->ssl);
         if (host && *host) {
             s->host = strdup(host);
-            if (!s->host) goto fail;
+            if (!s->host) {
+                rc = KNIT_ENOMEM;
+                goto fail;
+            }
             SSL_set_app_data(s->ssl, s->host);
             unsigned char ip[16];
             bool is_ip = inet_pton(AF_INET, host, ip) == 1 || inet_pton(AF_INET6, host, ip) == 1;
@@ -514,11 +521,12 @@ int knit__tls_layer_new(knit_tls_ctx *c, int fd, const char *host, const knit__l
     *state = s;
     return 0;
 fail:
-    take_error("SSL_new", NULL, 0);
+    if (rc == KNIT_ETLS) take_error("SSL_new", NULL, 0);
     if (s->ssl) SSL_free(s->ssl);
     free(s->host);
+    knit_tls_ctx_unref(s->ctx);
     free(s);
-    return KNIT_ETLS;
+    return rc;
 }
 
 /* ---- session queries ---------------------------------------------------------- */

@@ -6,6 +6,8 @@ import socket
 import subprocess
 import time
 
+from bounded import readline, wait_proc
+
 BUILD = os.environ.get("KNIT_BUILD") or os.path.join(
     os.path.dirname(os.path.abspath(__file__)), "..", "..", "build")
 HELLO = os.path.join(BUILD, "examples", "hello", "knit-hello")
@@ -16,7 +18,7 @@ class Server:
         self.proc = subprocess.Popen(
             [HELLO, "--http=" + endpoint] + list(args),
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        line = self.proc.stdout.readline()
+        line = readline(self.proc.stdout, 30, "knit-hello's \"listening on\" line")
         if not line.startswith("listening on "):
             self.proc.kill()
             raise RuntimeError("knit-hello did not start: %r %s" % (line, self.proc.stderr.read()))
@@ -33,7 +35,7 @@ class Server:
                 self.proc.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
+                wait_proc(self.proc, 20, "knit-hello after SIGKILL")
                 return False
         return True
 
@@ -79,15 +81,13 @@ def recv_response(sock, head_only=False):
         return status, headers, b"", rest
     if "content-length" in headers:
         n = int(headers["content-length"])
-        # A bytearray: `bytes +=` copies the whole body on every recv, which
-        # made a 48 MiB answer quadratic (and the test time out under load).
-        acc = bytearray(rest)
-        while len(acc) < n:
+        rest = bytearray(rest)  # bytes += bytes copies it all each time: quadratic
+        while len(rest) < n:
             d = sock.recv(1 << 20)
             if not d:
                 raise EOFError("short body")
-            acc += d
-        body, rest = bytes(acc[:n]), bytes(acc[n:])
+            rest += d
+        body, rest = bytes(rest[:n]), bytes(rest[n:])
     elif headers.get("transfer-encoding") == "chunked":
         parts = []
         rest = bytearray(rest)
@@ -115,13 +115,13 @@ def recv_response(sock, head_only=False):
                 break
         body, rest = b"".join(parts), bytes(rest[pos:])
     else:
-        acc = bytearray(rest)
+        rest = bytearray(rest)
         while True:
-            d = sock.recv(1 << 20)
+            d = sock.recv(65536)
             if not d:
                 break
-            acc += d
-        body, rest = bytes(acc), b""
+            rest += d
+        body, rest = bytes(rest), b""
     return status, headers, body, rest
 
 

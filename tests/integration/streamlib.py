@@ -11,6 +11,9 @@ import sys
 import tempfile
 import traceback
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bounded import readline  # noqa: E402
+
 BUILD = os.environ.get("KNIT_BUILD", os.path.join(os.path.dirname(__file__), "..", "..", "build"))
 ECHO = os.path.join(BUILD, "bench", "stream", "knit-stream-echo")
 
@@ -32,7 +35,7 @@ def need_echo():
     san = []
     try:
         opts = json.loads(subprocess.run(["meson", "introspect", "--buildoptions", BUILD],
-                                         capture_output=True, text=True).stdout)
+                                         capture_output=True, text=True, timeout=120).stdout)
         value = next((o["value"] for o in opts if o["name"] == "b_sanitize"), "none")
         if value and value != "none":
             san = ["-fsanitize=" + value]
@@ -40,7 +43,8 @@ def need_echo():
         pass
     p = subprocess.run(["cc", *san, "-std=gnu17", "-D_GNU_SOURCE", "-O1", "-I", os.path.join(top, "include"),
                         os.path.join(top, "bench", "stream", "knit_echo.c"), lib, "-lssl",
-                        "-lcrypto", "-lpthread", "-lm", "-o", out], capture_output=True, text=True)
+                        "-lcrypto", "-lpthread", "-lm", "-o", out], capture_output=True, text=True,
+                       timeout=600)
     if p.returncode != 0:
         print(f"knit-stream-echo not built at {ECHO} and cannot be compiled:\n{p.stderr}")
         print("0 passed, 1 failed")
@@ -82,7 +86,7 @@ class Server:
                                   env=env, pass_fds=pass_fds)
         self.addrs = []
         for _ in endpoints:
-            line = self.p.stdout.readline()
+            line = readline(self.p.stdout, 30, "knit-stream-echo's \"listening\" line")
             if not line.startswith("listening "):
                 err = self.p.stderr.read() if self.p.poll() is not None else ""
                 self.p.kill()
@@ -111,7 +115,7 @@ class Server:
         """SIGUSR1: the server prints rss_kb, heap_inuse (malloc in-use bytes)
         and open connections."""
         self.p.send_signal(signal.SIGUSR1)
-        line = self.p.stdout.readline()
+        line = readline(self.p.stdout, 30, "knit-stream-echo's report after SIGUSR1")
         return {k: int(v) for k, v in (x.split("=") for x in line.split())}
 
     def rss_kb(self):
@@ -150,7 +154,7 @@ def make_cert(d, name="localhost", san="DNS:localhost,IP:127.0.0.1"):
     subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt",
                     "ec_paramgen_curve:prime256v1", "-nodes", "-keyout", key, "-out", cert,
                     "-days", "2", "-subj", "/CN=" + name, "-addext", "subjectAltName=" + san],
-                   check=True, capture_output=True)
+                   check=True, capture_output=True, timeout=120)
     return key, cert
 
 

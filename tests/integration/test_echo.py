@@ -2,6 +2,8 @@
 """knit-echo (the bare-reactor example): echoes bytes, survives many clients
 and a client that vanishes, stops cleanly on SIGTERM with exit status 0."""
 import os, signal, socket, subprocess, sys, time
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bounded import readline  # noqa: E402
 
 BUILD = os.environ.get("KNIT_BUILD", os.path.join(os.path.dirname(__file__), "../../build"))
 EXE = os.path.join(BUILD, "examples/echo/knit-echo")
@@ -17,7 +19,7 @@ def free_port():
 port = free_port()
 proc = subprocess.Popen([EXE, str(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 try:
-    line = proc.stdout.readline()
+    line = readline(proc.stdout, 20, "knit-echo's first line (where it listens)")
     check("announces where it listens", f"127.0.0.1:{port}" in line)
     deadline = time.time() + 5
     while True:
@@ -40,7 +42,7 @@ try:
     for i, s in enumerate(clients): s.sendall(b"%d\n" % i)
     check("50 concurrent clients each get their own bytes",
           all(s.recv(16) == b"%d\n" % i for i, s in enumerate(clients)))
-    rst = socket.create_connection(("127.0.0.1", port))
+    rst = socket.create_connection(("127.0.0.1", port), timeout=5)
     rst.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
     rst.close()  # RST
     c.sendall(b"still there?\n")

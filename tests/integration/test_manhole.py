@@ -18,6 +18,10 @@ import tempfile
 import time
 import traceback
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bounded import (WaitTimeout, communicate, readline, recv_until, wait_pid,  # noqa: E402
+                     wait_proc)
+
 TOP = os.environ.get("KNIT_TOP", os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))))
 BUILD = os.environ.get("KNIT_BUILD", os.path.join(TOP, "build"))
@@ -39,7 +43,8 @@ class Demo:
         self.ssh_port = None
         deadline = time.time() + TIMEOUT
         while time.time() < deadline:
-            line = self.proc.stdout.readline()
+            line = readline(self.proc.stdout, max(deadline - time.time(), 0.1),
+                            "knit-manhole-demo's start-up lines (up to \"ready\")")
             if not line:
                 raise RuntimeError("demo exited early: " + self.log())
             w = line.split()
@@ -62,12 +67,12 @@ class Demo:
     def ping(self, timeout=TIMEOUT):
         with socket.create_connection(("127.0.0.1", self.ping_port), timeout=timeout) as s:
             s.sendall(b"ping\n")
-            data = b""
-            while not data.endswith(b"\n"):
-                chunk = s.recv(100)
-                if not chunk:
-                    break
-                data += chunk
+            try:
+                data = recv_until(s, b"\n", timeout, "the ping service's answer")
+            except EOFError:
+                return ""
+            except WaitTimeout as e:  # a socket timeout, as callers expect, with a message
+                raise socket.timeout(str(e)) from None
             return data.decode().strip()
 
     def http_ping(self, timeout=TIMEOUT):
@@ -87,7 +92,7 @@ class Demo:
                 self.proc.wait(TIMEOUT)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-                self.proc.wait()
+                wait_proc(self.proc, TIMEOUT, "knit-manhole-demo after SIGKILL")
         self.err.close()
         return self.proc.returncode
 
@@ -230,11 +235,7 @@ def conn_row(env, peer):
 def ping_socket(env):
     s = socket.create_connection(("127.0.0.1", env.demo.ping_port), timeout=TIMEOUT)
     s.sendall(b"ping\n")
-    data = b""
-    while not data.endswith(b"\n"):
-        chunk = s.recv(100)
-        check(chunk, "ping connection closed early")
-        data += chunk
+    data = recv_until(s, b"\n", TIMEOUT, "pong on a fresh ping connection")
     check(data == b"pong\n", repr(data))
     return s, "%s:%d" % s.getsockname()
 
@@ -246,6 +247,8 @@ def wait_closed(s):
         return s.recv(100) == b""
     except ConnectionResetError:
         return True
+    except socket.timeout:
+        return False
 
 
 @case("connections(): ping and manhole connections with endpoint, protocol, bytes, state")
@@ -354,15 +357,17 @@ def _(env):
         os.write(fd, b"'fresh'\r")
         out = read_until(b'"fresh"')
         check('"fresh"' in out and "error" not in out, out)
+        # Ctrl-D right after the answer, before the prompt is back: the
+        # client must still take it for EOF (it once read a NUL and hung)
         os.write(fd, b"\x04")
-        _, st = os.waitpid(pid, 0)
+        st = wait_pid(pid, TIMEOUT, "knit-manhole to exit after Ctrl-D")
         pid = None
         check(os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, "exit status %r" % st)
         check(os.path.exists(os.path.join(home, ".knit_manhole_history")), "no history file")
     finally:
         if pid:
             os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
+            wait_pid(pid, TIMEOUT, "knit-manhole after SIGKILL")
         os.close(fd)
 
 
@@ -371,9 +376,7 @@ def raw_session(path, payload, timeout=TIMEOUT):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(timeout)
     s.connect(path)
-    data = b""
-    while b"+ready\n" not in data:
-        data += s.recv(4096)
+    recv_until(s, b"+ready\n", timeout, "the manhole's greeting")
     s.sendall(payload)
     out = b""
     try:
@@ -442,7 +445,7 @@ def _(env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     time.sleep(0.5)
     busy.kill()
-    busy.wait()
+    wait_proc(busy, TIMEOUT, "the killed knit-manhole")
     check(env.demo2.ping() == "pong", "no pong after the client vanished")
     deadline = time.time() + TIMEOUT
     while "result=interrupted-hangup" not in env.demo2.log() and time.time() < deadline:
@@ -458,9 +461,7 @@ def _(env):
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     s.settimeout(TIMEOUT)
     s.connect(env.unlimited)
-    data = b""
-    while b"+ready\n" not in data:
-        data += s.recv(4096)
+    recv_until(s, b"+ready\n", TIMEOUT, "the manhole's greeting")
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     s.sendall(b"for i = 1, 1e9 do print(i) end\n")
     deadline = time.time() + TIMEOUT
@@ -517,13 +518,14 @@ def _(env):
 def ssh_cmd(env, key, *extra, port=None):
     return ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR", "-o", "ConnectTimeout=10",
+            "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
+            "-o", "ConnectTimeout=%d" % TIMEOUT,
             "-p", str(port or env.demo2.ssh_port)] + (["-i", key] if key else []) + \
         list(extra)
 
 
-def ssh(env, key, *args, input=None):
-    return subprocess.run(ssh_cmd(env, key, *args), input=input, capture_output=True,
+def ssh(env, key, *args, input=None, port=None):
+    return subprocess.run(ssh_cmd(env, key, *args, port=port), input=input, capture_output=True,
                           text=True, timeout=TIMEOUT)
 
 
@@ -544,7 +546,8 @@ def _(env):
                                  "for i = 1, 300000 do print(i) end"),
                          stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(1.0)  # let the SSH window fill before reading
-    out, _ = p.communicate(timeout=TIMEOUT)
+    # a throughput check, not a hang check: slow under ASan on a loaded machine
+    out, _ = communicate(p, 6 * TIMEOUT, "300,000 lines over ssh")
     lines = out.decode().split("\n")
     check(p.returncode == 0, "rc %d" % p.returncode)
     check(len(lines) == 300001 and lines[-2] == "300000", "%d lines" % len(lines))
@@ -581,7 +584,7 @@ def _(env):
     log = env.demo2.log()
     check("generated host key" in log and "fingerprint=SHA256:" in log, "no fingerprint")
     fp = subprocess.run(["ssh-keygen", "-l", "-f", env.host_key], capture_output=True,
-                        text=True).stdout.split()[1]
+                        text=True, timeout=TIMEOUT).stdout.split()[1]
     check("fingerprint=" + fp in log, "fingerprint differs from ssh-keygen's " + fp)
 
 
@@ -592,7 +595,7 @@ def _(env):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     time.sleep(1.0)
     busy.kill()
-    busy.wait()
+    wait_proc(busy, TIMEOUT, "the killed ssh client")
     check(env.demo2.ping() == "pong", "no pong after the ssh client vanished")
     deadline = time.time() + TIMEOUT
     while env.demo2.log().count("result=interrupted-hangup") == before and time.time() < deadline:
@@ -644,8 +647,228 @@ def _(env):
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        os.waitpid(pid, 0)
+        wait_pid(pid, TIMEOUT, "the ssh client after SIGKILL")
         os.close(fd)
+
+
+# ---- end of input with await()s pending (issue 18 item 12) -----------------
+# The session must finish them before it closes, on every transport; each
+# way of ending the input is tried REPEAT times, a few clients at a time.
+REPEAT = 100
+PARALLEL = 4
+
+
+def awaited(i):
+    """(chunk, expected stdout) for try I: a pool job, a timer of a few ms,
+    or one due at once (it fires on the next turn of the loop)."""
+    kind = i % 3
+    if kind == 0:
+        return "return await(demo.work, %d)" % (1 + i % 7), "1\nawait #1: nil\n"
+    delay = 0 if kind == 2 else 0.001 * (i % 20)
+    return "return await(later(%g, %d))" % (delay, i), "1\nawait #1: %d\n" % i
+
+
+def repeat(fn, n=REPEAT):
+    """Run fn(i) for i in range(n), PARALLEL at a time; fail with the first
+    few failures (fn returns None or a description of what went wrong)."""
+    from concurrent.futures import ThreadPoolExecutor
+    with ThreadPoolExecutor(PARALLEL) as ex:
+        bad = [b for b in ex.map(fn, range(n)) if b]
+    check(not bad, "%d of %d failed, e.g.:\n%s" % (len(bad), n, "\n".join(bad[:3])))
+
+
+@case("ssh exec with an await pending: its result, then exit 0 (100 times)")
+def _(env):
+    def one(i):
+        chunk, want = awaited(i)
+        r = ssh(env, env.key, "127.0.0.1", chunk)
+        if r.returncode != 0 or r.stdout != want:
+            return "try %d: rc %d stdout %r stderr %r" % (i, r.returncode, r.stdout, r.stderr)
+    repeat(one)
+
+
+@case("ssh, piped input ending right after an await line: its result (100 times)")
+def _(env):
+    def one(i):
+        chunk, want = awaited(i)
+        r = ssh(env, env.key, "-T", "127.0.0.1", input=chunk + "\n")
+        if r.returncode != 0 or r.stdout != want:
+            return "try %d: rc %d stdout %r stderr %r" % (i, r.returncode, r.stdout, r.stderr)
+    repeat(one)
+
+
+def unix_half_close(path, payload, timeout=TIMEOUT):
+    """Send PAYLOAD after the greeting, half-close, read until the server
+    closes; returns what came after the greeting."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(timeout)
+    try:
+        s.connect(path)
+        recv_until(s, b"+ready\n", timeout, "the manhole's greeting")
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        out = b""
+        end = time.time() + timeout
+        while time.time() < end:
+            chunk = s.recv(65536)
+            if not chunk:
+                return out.decode(errors="replace")
+            out += chunk
+        raise AssertionError("the manhole did not close within %g s after the client's "
+                             "half-close; got %r" % (timeout, out))
+    finally:
+        s.close()
+
+
+@case("unix: knit-manhole stdin / -e / a raw half-close ending after an await line (100 times)")
+def _(env):
+    def one(i):
+        chunk, want = awaited(i)
+        how = ("stdin", "-e", "raw")[i % 3]
+        if how == "raw":
+            out = unix_half_close(env.sock, chunk.encode() + b"\n")
+            first, second = want.splitlines()
+            raw = "|%s\n+ok 1\n|%s\n+await 0\n" % (first, second)
+            return None if out == raw else "try %d (raw): %r, wanted %r" % (i, out, raw)
+        if how == "-e":
+            r = client(env.sock, "-e", chunk)
+        else:
+            r = client(env.sock, input=chunk + "\n")
+        if r.returncode != 0 or r.stdout != want:
+            return "try %d (%s): rc %d stdout %r stderr %r" % (i, how, r.returncode, r.stdout,
+                                                               r.stderr)
+    repeat(one)
+
+
+GAVE_UP = "manhole: gave up waiting for 1 pending await(): still pending after 1 s"
+# an await that never fires in time (the manhole cancels its timer when the
+# demo stops: none is left behind at exit)
+LATE = 600
+
+
+@case("end of input with an await that never fires: a message after the drain timeout")
+def _(env):
+    t0 = time.time()
+    r = ssh(env, env.key, "127.0.0.1", "await(later(%d, 1))" % LATE, port=env.demo3.ssh_port)
+    check(r.returncode == 1 and r.stdout == "1\n" + GAVE_UP + "\n",
+          "ssh exec: rc %d %r %r" % (r.returncode, r.stdout, r.stderr))
+    r = ssh(env, env.key, "-T", "127.0.0.1", input="await(later(%d, 1))\n" % LATE,
+            port=env.demo3.ssh_port)
+    check(r.returncode == 1 and r.stdout == "1\n" + GAVE_UP + "\n",
+          "ssh piped: rc %d %r %r" % (r.returncode, r.stdout, r.stderr))
+    r = client(env.drain_sock, "-e", "await(later(%d, 1))" % LATE)
+    check(r.returncode == 1 and r.stdout == "1\n" + GAVE_UP + "\n",
+          "-e: rc %d %r %r" % (r.returncode, r.stdout, r.stderr))
+    r = client(env.drain_sock, input="await(later(%d, 1))\n" % LATE)
+    check(r.returncode == 1 and r.stdout == "1\n" + GAVE_UP + "\n",
+          "stdin: rc %d %r %r" % (r.returncode, r.stdout, r.stderr))
+    out = unix_half_close(env.drain_sock, b"await(later(%d, 1))\n" % LATE)
+    check(out == "|1\n+ok 1\n|" + GAVE_UP + "\n+error\n", "raw: %r" % out)
+    check(time.time() - t0 < 5 * 1 + TIMEOUT, "took %.1f s" % (time.time() - t0))
+    check(env.demo3.log().count("gave up pending awaits at end of input") == 5,
+          "not logged: " + env.demo3.log()[-2000:])
+    # the service is fine; the timers still pending fire into nothing later
+    check(env.demo3.ping() == "pong", "no pong after")
+
+
+def pty_spawn(argv, env_vars=None):
+    import pty
+    pid, fd = pty.fork()
+    if pid == 0:
+        if env_vars:
+            os.environ.update(env_vars)
+        os.execvp(argv[0], argv)
+    return pid, fd
+
+
+def pty_read_until(fd, marker, t=TIMEOUT):
+    import select
+    out = b""
+    end = time.time() + t
+    while marker not in out and time.time() < end:
+        r, _, _ = select.select([fd], [], [], 0.05)
+        if r:
+            try:
+                out += os.read(fd, 4096)
+            except OSError:
+                break
+    return out.decode(errors="replace")
+
+
+@case("interactive knit-manhole: Ctrl-D typed while a line is evaluated still quits")
+def _(env):
+    # The terminal used to be back in canonical mode while the client waited
+    # for an answer; a Ctrl-D typed then became a NUL byte for libedit, and
+    # the client never exited (issue 18 item 3).
+    home = os.path.join(env.work, "home")
+    os.makedirs(home, exist_ok=True)
+    for n in range(3):
+        pid, fd = pty_spawn([CLIENT, env.sock], {"HOME": home})
+        try:
+            check("> " in pty_read_until(fd, b"> "), "no prompt")
+            os.write(fd, b"local n = 0 for i = 1, 2e7 do n = n + 1 end return n\r")
+            time.sleep(0.1 * (n + 1))  # the loop runs for a while: ^D arrives meanwhile
+            os.write(fd, b"\x04")
+            out = pty_read_until(fd, b"20000000")
+            check("20000000" in out, "no answer: %r" % out)
+            st = wait_pid(pid, TIMEOUT, "knit-manhole to exit after a Ctrl-D typed ahead")
+            pid = None
+            check(os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, "exit status %r" % st)
+        finally:
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                wait_pid(pid, TIMEOUT, "knit-manhole after SIGKILL")
+            os.close(fd)
+
+
+@case("Ctrl-D with an await pending, in a pty (ssh and knit-manhole): waits for it")
+def _(env):
+    home = os.path.join(env.work, "home")
+    os.makedirs(home, exist_ok=True)
+    for name, argv in (("ssh", ssh_cmd(env, env.key, "-tt", "127.0.0.1")),
+                       ("knit-manhole", [CLIENT, env.sock])):
+        pid, fd = pty_spawn(argv, {"HOME": home})
+        try:
+            check("> " in pty_read_until(fd, b"> "), "%s: no prompt" % name)
+            os.write(fd, b"await(later(0.5, 'late'))\r")
+            out = pty_read_until(fd, b"1\r\n")
+            check("1\r\n" in out, "%s: no await id: %r" % (name, out))
+            os.write(fd, b"\x04")
+            out = pty_read_until(fd, b'await #1: "late"')
+            check("waiting for 1 pending await() (Ctrl-C gives up)" in out and
+                  'await #1: "late"' in out, "%s: %r" % (name, out))
+            st = wait_pid(pid, TIMEOUT, "%s to exit once the await fired" % name)
+            pid = None
+            check(os.WIFEXITED(st) and os.WEXITSTATUS(st) == 0, "%s: status %r" % (name, st))
+        finally:
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                wait_pid(pid, TIMEOUT, "%s after SIGKILL" % name)
+            os.close(fd)
+    # Ctrl-C gives up at once
+    for name, argv, status in (("ssh", ssh_cmd(env, env.key, "-tt", "127.0.0.1"), 1),
+                               ("knit-manhole", [CLIENT, env.sock], 1)):
+        pid, fd = pty_spawn(argv, {"HOME": home})
+        try:
+            check("> " in pty_read_until(fd, b"> "), "%s: no prompt" % name)
+            os.write(fd, b"await(later(%d, 'never'))\r" % LATE)
+            check("1\r\n" in pty_read_until(fd, b"1\r\n"), "%s: no await id" % name)
+            os.write(fd, b"\x04")
+            out = pty_read_until(fd, b"Ctrl-C gives up")
+            check("waiting for 1 pending await()" in out, "%s: %r" % (name, out))
+            os.write(fd, b"\x03")
+            out = pty_read_until(fd, b"gave up")
+            check("gave up" in out, "%s: %r" % (name, out))
+            st = wait_pid(pid, TIMEOUT, "%s to exit after Ctrl-C" % name)
+            pid = None
+            check(os.WIFEXITED(st) and os.WEXITSTATUS(st) == status,
+                  "%s: status %r" % (name, st))
+        finally:
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                wait_pid(pid, TIMEOUT, "%s after SIGKILL" % name)
+            os.close(fd)
+    check(env.demo2.ping() == "pong" and env.demo.ping() == "pong", "no pong after")
 
 
 def main():
@@ -670,7 +893,7 @@ def main():
         env.wrong_key = os.path.join(work, "id_wrong")
         for k in (env.key, env.wrong_key):
             subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test",
-                            "-f", k], check=True)
+                            "-f", k], check=True, timeout=TIMEOUT)
         auth = os.path.join(work, "authorized_keys")
         with open(env.key + ".pub") as src, open(auth, "w") as dst:
             dst.write("# test key\n" + src.read())
@@ -679,6 +902,11 @@ def main():
                          "-m", "unix:%s:mode=666" % env.open_sock,
                          "-m", "ssh:0:interface=127.0.0.1:hostKey=%s:authorizedKeys=%s"
                          % (env.host_key, auth))
+        # a 1 s drain timeout, for the cases that give up on awaits
+        env.drain_sock = os.path.join(work, "drain.manhole")
+        env.demo3 = Demo(work, "demo3", "-d", "1", "-m", "unix:" + env.drain_sock,
+                         "-m", "ssh:0:interface=127.0.0.1:hostKey=%s:authorizedKeys=%s"
+                         % (os.path.join(work, "host_key3"), auth))
         try:
             for name, fn in results:
                 try:
@@ -690,7 +918,7 @@ def main():
                     traceback.print_exc(file=sys.stdout)
                     failed += 1
         finally:
-            for d in (env.demo, env.demo2):
+            for d in (env.demo, env.demo2, env.demo3):
                 rc = d.stop()
                 log = d.log()
                 if rc != 0:

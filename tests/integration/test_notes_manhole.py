@@ -113,7 +113,7 @@ class Notes:
     def kill(self):
         if self.proc.poll() is None:
             self.proc.kill()
-            self.proc.wait()
+            self.proc.wait(TIMEOUT)
 
 
 def client(path, *args, timeout=TIMEOUT):
@@ -331,7 +331,7 @@ def _(env):
     d = tempfile.mkdtemp(dir=env.work)
     key = os.path.join(d, "id_test")
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", key],
-                   check=True)
+                   check=True, timeout=TIMEOUT)
     ep = "ssh:0:interface=127.0.0.1:hostKey=%s:authorizedKeys=%s" % (
         os.path.join(d, "host_key"), key + ".pub")
     svc = Notes(d, "ssh", "--manhole=" + ep)

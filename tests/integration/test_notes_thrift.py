@@ -26,6 +26,8 @@ import tempfile
 import time
 import traceback
 
+from bounded import readline
+
 TOP = os.environ.get("KNIT_TOP", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../.."))
 BUILD = os.environ.get("KNIT_BUILD", os.path.join(TOP, "build"))
 BIN = os.path.join(BUILD, "examples", "notes", "knit-notes")
@@ -127,7 +129,7 @@ class Notes:
     def kill(self):
         if self.proc.poll() is None:
             os.kill(self.proc.pid, signal.SIGKILL)
-            self.proc.wait()
+            self.proc.wait(TIMEOUT)
 
 
 def main():
@@ -143,7 +145,7 @@ def main():
     procs = []
     try:
         subprocess.run(["thrift", "--gen", "py", "-out", work, IDL], check=True,
-                       stderr=subprocess.DEVNULL)
+                       stderr=subprocess.DEVNULL, timeout=TIMEOUT)
         sys.path.insert(0, work)
         run_cases(work, procs)
     except Exception as e:  # noqa: BLE001 - report, then count it
@@ -370,7 +372,7 @@ def run_cases(work, procs):
     p = subprocess.Popen([BIN, "--http=tcp:%d:interface=127.0.0.1" % port, "--thrift=off",
                           "--manhole=off", "--db=sqlite:" + os.path.join(work, "off.db")],
                          cwd=work, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = p.stdout.readline()
+    line = readline(p.stdout, TIMEOUT, "knit-notes --thrift=off's startup line")
     os.kill(p.pid, signal.SIGTERM)
     p.communicate(timeout=TIMEOUT)
     check("--thrift=off: no Thrift in the startup line, exit 0",
@@ -395,7 +397,7 @@ def run_cases(work, procs):
     # ---- SASL PLAIN ---------------------------------------------------------------------
     sasldb = os.path.join(work, "sasldb2")
     subprocess.run("printf '%%s' 'sekrit' | /usr/sbin/saslpasswd2 -p -f %s -u localhost -c alice"
-                   % sasldb, shell=True, check=True)
+                   % sasldb, shell=True, check=True, timeout=TIMEOUT)
     ss = Notes(work, "sasl", "--thrift-sasl=plain", "--thrift-sasldb=" + sasldb)
     procs.append(ss)
     check("SASL: the startup line says so", "(SASL PLAIN)" in ss.stdout(), ss.stdout())

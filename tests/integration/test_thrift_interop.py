@@ -21,6 +21,9 @@ import sys
 import tempfile
 import time
 
+from bounded import readline, wait_proc
+
+# imports-at-run-time: puresasl.client  (TSaslClientTransport imports it; test_python_deps.py)
 TOP = os.environ.get("KNIT_TOP", os.path.join(os.path.dirname(os.path.abspath(__file__)), "../.."))
 BUILD = os.environ.get("KNIT_BUILD", os.path.join(TOP, "build"))
 EXE = os.path.join(BUILD, "examples/thrift-bench/knit-thrift-bench")
@@ -88,8 +91,9 @@ if len(sys.argv) > 1 and sys.argv[1] == "--serve":
 tmp = tempfile.mkdtemp(prefix="knit-thrift-it.")
 sasldb = os.path.join(tmp, "sasldb2")
 subprocess.run("printf '%%s' 'sekrit' | /usr/sbin/saslpasswd2 -p -f %s -u localhost -c alice" % sasldb,
-               shell=True, check=True)
-subprocess.run(["thrift", "--gen", "py", "-out", tmp, IDL], check=True, stderr=subprocess.DEVNULL)
+               shell=True, check=True, timeout=60)
+subprocess.run(["thrift", "--gen", "py", "-out", tmp, IDL], check=True, stderr=subprocess.DEVNULL,
+               timeout=60)
 sys.path.insert(0, tmp)
 
 from thrift.protocol import TBinaryProtocol, TCompactProtocol  # noqa: E402
@@ -100,7 +104,7 @@ from bench import Bench  # noqa: E402
 proc = subprocess.Popen([EXE, "--thrift=tcp:0:interface=127.0.0.1", "--threads=4", "--sasl-db=" + sasldb],
                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 try:
-    line = proc.stdout.readline()
+    line = readline(proc.stdout, 30, "knit-thrift-bench's \"listening on\" line")
     check("announces its port", line.startswith("listening on "))
     port = int(line.split()[-1])
 
@@ -206,7 +210,7 @@ try:
             srv = subprocess.Popen([sys.executable, os.path.abspath(__file__), "--serve", str(pport), pname,
                                     framed, tmp], stdout=subprocess.PIPE, text=True)
             try:
-                srv.stdout.readline()  # "serving"
+                readline(srv.stdout, 30, "the python3-thrift server's \"serving\" line")
                 wait_port(pport)
                 r = subprocess.run([KCLIENT, "tcp:127.0.0.1:%d" % pport, pname, framed],
                                    capture_output=True, text=True, timeout=60)
@@ -214,14 +218,14 @@ try:
                       r.returncode == 0 and r.stdout.strip() == "ok", r.stdout + r.stderr)
             finally:
                 srv.kill()
-                srv.wait()
+                wait_proc(srv, 30, "the python3-thrift server after SIGKILL")
     APACHE = os.path.join(BUILD, "bench/thrift/apache-thrift-bench")
     if os.path.exists(APACHE):
         aport = free_port()
         asrv = subprocess.Popen([APACHE, str(aport), "2"], stdout=subprocess.PIPE,
                                 stderr=subprocess.DEVNULL, text=True)
         try:
-            asrv.stdout.readline()
+            readline(asrv.stdout, 30, "apache-thrift-bench's first line")
             wait_port(aport)
             r = subprocess.run([KCLIENT, "tcp:127.0.0.1:%d" % aport, "binary", "framed"],
                                capture_output=True, text=True, timeout=60)
@@ -229,7 +233,7 @@ try:
                   r.stdout.strip() == "ok", r.stdout + r.stderr)
         finally:
             asrv.kill()
-            asrv.wait()
+            wait_proc(asrv, 30, "apache-thrift-bench after SIGKILL")
 
     check("server still alive", proc.poll() is None)
     proc.send_signal(signal.SIGTERM)

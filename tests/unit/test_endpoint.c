@@ -115,7 +115,7 @@ static void test_malformed_strings_table(void **state)
         {"t cp:80", true, "kind \"t cp\": expected letters, digits, '-' or '_' (e.g. tcp)"},
         {"foo:80", true,
          "unknown endpoint kind \"foo\": expected one of tcp, tcp6, unix, ssl, tls, systemd, fd, "
-         "haproxy"},
+         "haproxy, udp"},
         {"tcp:", true, "tcp: port \"\": expected a number 0-65535"},
         {"tcp:80x", true, "tcp: port \"80x\": expected a number 0-65535"},
         {"tcp:65536", true, "tcp: port \"65536\": expected a number 0-65535"},

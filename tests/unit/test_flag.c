@@ -517,7 +517,7 @@ static void test_bad_values(void **state)
         {"--http=tpc:8080",
          "notes: flag --http: bad value \"tpc:8080\" from argv: expected an endpoint like "
          "tcp:8080 (unknown endpoint kind \"tpc\": expected one of tcp, tcp6, unix, ssl, tls, "
-         "systemd, fd, haproxy)"},
+         "systemd, fd, haproxy, udp)"},
         {"--http=tcp:99999", "notes: flag --http: bad value \"tcp:99999\" from argv: expected an "
                              "endpoint like tcp:8080 (tcp: port \"99999\": expected a number "
                              "0-65535)"},
@@ -647,6 +647,26 @@ static void test_print_config(void **state)
     unlink(q);
     free(p);
     free(q);
+
+    /* A value starting with ';' or '#' is quoted, or it would read back as a
+     * comment (an empty value): found by fuzz_flag_config. */
+    const char *starts[] = {";x", "#y"};
+    for (int i = 0; i < 2; i++) {
+        x = mk();
+        char arg[32];
+        snprintf(arg, sizeof arg, "--name=%s", starts[i]);
+        const char *args3[] = {arg, "--print-config", NULL};
+        assert_int_equal(parse(x, args3, NULL), KNIT_FLAGS_EXIT);
+        char *r = write_tmp(strchr(x->out, '\n') + 1);
+        done(x);
+        x = mk();
+        const char *args4[] = {"--config", r, NULL};
+        assert_int_equal(parse(x, args4, NULL), 0);
+        assert_string_equal(knit_flags_string(x->fs, "name"), starts[i]);
+        done(x);
+        unlink(r);
+        free(r);
+    }
 }
 
 static void test_runtime_set(void **state)

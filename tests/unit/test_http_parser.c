@@ -214,6 +214,15 @@ static void test_bodies(void **state)
     assert_int_equal(req.content_length, 7);
     OK("POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 007\r\n\r\n");
     assert_int_equal(req.content_length, 7);
+    /* leading zeros are 1*DIGIT too, however many (RFC 9110 8.6) */
+    OK("POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 000000000000000000000000000007\r\n\r\n");
+    assert_int_equal(req.content_length, 7);
+    OK("POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 00000000000000000000\r\n\r\n");
+    assert_int_equal(req.body, KNIT__HTTP_BODY_NONE);
+    OK("POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 0000000000000000000001048576\r\n\r\n");
+    assert_int_equal(req.content_length, 1048576);
+    OK("POST /p HTTP/1.1\r\nHost: h\r\nContent-Length: 7, 0000000000000000000007\r\n\r\n");
+    assert_int_equal(req.content_length, 7);
     OK("POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
     assert_int_equal(req.body, KNIT__HTTP_BODY_CHUNKED);
     OK("POST /p HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: ChUnKeD\r\n\r\n");
@@ -296,9 +305,28 @@ static void test_reject_version(void **state)
 {
     (void)state;
     BAD("GET / HTTP/2.0\r\nHost: h\r\n\r\n", 505);
-    BAD("GET / HTTP/1.2\r\nHost: h\r\n\r\n", 505);
     BAD("GET / HTTP/0.9\r\nHost: h\r\n\r\n", 505);
     BAD("GET / HTTP/3.0\r\n\r\n", 505);
+    BAD("GET / HTTP/2.1\r\nHost: h\r\n\r\n", 505);
+}
+
+/* HTTP/1.x above 1.1 is served as HTTP/1.1 (RFC 9112 2.3): parsed with the
+ * 1.1 rules (Host required, keep-alive by default, chunked allowed). */
+static void test_version_above_1_1(void **state)
+{
+    (void)state;
+    OK("GET / HTTP/1.2\r\nHost: h\r\n\r\n");
+    assert_int_equal(req.minor_version, 1);
+    assert_true(req.keep_alive);
+    OK("GET / HTTP/1.9\r\nHost: h\r\nConnection: close\r\n\r\n");
+    assert_int_equal(req.minor_version, 1);
+    assert_false(req.keep_alive);
+    OK("POST / HTTP/1.5\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n");
+    assert_int_equal(req.body, KNIT__HTTP_BODY_CHUNKED);
+    OK("PUT / HTTP/1.3\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 1\r\n\r\n");
+    assert_true(req.expect_continue);
+    BAD("GET / HTTP/1.2\r\n\r\n", 400); /* like 1.1: Host is required */
+    BAD("PUT / HTTP/1.4\r\nHost: h\r\nExpect: x\r\n\r\n", 417);
 }
 
 static void test_reject_target(void **state)
@@ -321,6 +349,137 @@ static void test_reject_target(void **state)
     BAD("OPTIONS *x HTTP/1.1\r\nHost: h\r\n\r\n", 400);
     BAD("GET ftp://x/ HTTP/1.1\r\nHost: h\r\n\r\n", 400);
     BAD("CONNECT a/b:1 HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+}
+
+/* Host values and the authority of absolute-form targets: uri-host [":" port]
+ * (RFC 9110 4.2.3, 7.2; RFC 3986 3.2). */
+static void test_authority_valid(void **state)
+{
+    (void)state;
+    static const char *const hosts[] = {
+        "h",
+        "h:80",
+        "h:",
+        "127.0.0.1",
+        "127.0.0.1:8080",
+        "www.example.com:443",
+        "a%41b",
+        "x-y_z~.!$&'()*+,;=",
+        "[::1]",
+        "[::1]:8080",
+        "[::]",
+        "[2001:db8::1]",
+        "[1:2:3:4:5:6:7:8]",
+        "[1:2:3:4:5:6:7::]",
+        "[::ffff:192.0.2.1]:1",
+        "[1:2:3:4:5:6:1.2.3.4]",
+        "[fe80::a:B:c]",
+        "[v1.x:y]",
+        "[V1f.a+b]",
+        "h:0080",
+    };
+    char s[256];
+    for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) {
+        int n = snprintf(s, sizeof s, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", hosts[i]);
+        check_all(s, (size_t)n, n, 0, NULL);
+        assert_int_equal(req.host_len, strlen(hosts[i]));
+        n = snprintf(s, sizeof s, "GET http://%s/p?q HTTP/1.1\r\nHost: h\r\n\r\n", hosts[i]);
+        check_all(s, (size_t)n, n, 0, NULL);
+        n = snprintf(s, sizeof s, "GET https://%s HTTP/1.1\r\nHost: h\r\n\r\n", hosts[i]);
+        check_all(s, (size_t)n, n, 0, NULL);
+        n = snprintf(s, sizeof s, "GET http://%s?q HTTP/1.1\r\nHost: h\r\n\r\n", hosts[i]);
+        check_all(s, (size_t)n, n, 0, NULL);
+    }
+}
+
+static void test_authority_rejected(void **state)
+{
+    (void)state;
+    static const char *const hosts[] = {
+        "",                        /* empty host */
+        ":80",                     /* empty host with a port */
+        "h:1:2",                   /* more than one port */
+        "h::80",                   /* the same */
+        "[::1]:1:2",               /* the same after an IP literal */
+        "h:8a",                    /* port not digits */
+        "[::1",                    /* unbalanced brackets */
+        "::1]",                    /* the same */
+        "[::1]]",                  /* the same */
+        "h]",                      /* the same */
+        "[[::1]]",                 /* the same */
+        "::1",                     /* IPv6 without brackets (two ports) */
+        "u@h",                     /* userinfo */
+        "u:p@h:80",                /* the same */
+        "@h",                      /* the same, empty */
+        "[::1]x",                  /* junk after the literal */
+        "[]",                      /* empty literal */
+        "[1:2:3:4:5:6:7:8:9]",     /* nine groups */
+        "[1:2:3:4:5:6:7]",         /* seven groups, no "::" */
+        "[1::2::3]",               /* two "::" */
+        "[1:::2]",                 /* ":::" */
+        "[:1:2:3:4:5:6:7]",        /* lone leading ':' */
+        "[1:2:3:4:5:6:7:]",        /* lone trailing ':' */
+        "[12345::]",               /* group of five digits */
+        "[::g]",                   /* not hex */
+        "[::1%25eth0]",            /* zone id */
+        "[::256.1.1.1]",           /* IPv4 tail out of range */
+        "[::01.1.1.1]",            /* IPv4 tail leading zero */
+        "[::1.1.1]",               /* IPv4 tail short */
+        "[1.2.3.4]",               /* IPv4 in brackets */
+        "[1:2:3:4:5:6:7:1.2.3.4]", /* nine groups with the tail */
+        "[v.x]",                   /* IPvFuture without version */
+        "[v1.]",                   /* IPvFuture without address */
+        "[v1x]",                   /* IPvFuture without '.' */
+        "a%2",                     /* bad percent-encoding */
+        "a%zz",                    /* the same */
+        "h\"",                     /* not a reg-name character */
+    };
+    char s[256];
+    for (size_t i = 0; i < sizeof hosts / sizeof hosts[0]; i++) {
+        int n = snprintf(s, sizeof s, "GET / HTTP/1.1\r\nHost: %s\r\n\r\n", hosts[i]);
+        check_all(s, (size_t)n, KNIT__HTTP_ERROR, 400, NULL);
+        /* absolute-form (bytes the target may not hold are 400 anyway) */
+        n = snprintf(s, sizeof s, "GET http://%s/ HTTP/1.1\r\nHost: h\r\n\r\n", hosts[i]);
+        check_all(s, (size_t)n, KNIT__HTTP_ERROR, 400, NULL);
+        n = snprintf(s, sizeof s, "GET https://%s HTTP/1.1\r\nHost: h\r\n\r\n", hosts[i]);
+        check_all(s, (size_t)n, KNIT__HTTP_ERROR, 400, NULL);
+        /* and in HTTP/1.0, where Host is optional but still checked */
+        n = snprintf(s, sizeof s, "GET / HTTP/1.0\r\nHost: %s\r\n\r\n", hosts[i]);
+        check_all(s, (size_t)n, KNIT__HTTP_ERROR, 400, NULL);
+    }
+    BAD("GET http:// HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("GET http:///x HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("GET http://?q HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("GET http:x/ HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("GET http:/x/ HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+}
+
+/* CONNECT takes the authority-form, uri-host ":" port, and nothing else
+ * (RFC 9112 3.2.3; RFC 9110 9.3.6: there is no default port). */
+static void test_connect_target(void **state)
+{
+    (void)state;
+    OK("CONNECT h:443 HTTP/1.1\r\nHost: h:443\r\n\r\n");
+    assert_int_equal(req.method_id, KNIT__HTTP_M_CONNECT);
+    assert_int_equal(req.target_len, 5);
+    OK("CONNECT [::1]:8443 HTTP/1.1\r\nHost: [::1]:8443\r\n\r\n");
+    OK("CONNECT 192.0.2.1:1 HTTP/1.1\r\nHost: 192.0.2.1:1\r\n\r\n");
+    BAD("CONNECT / HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("CONNECT /h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("CONNECT * HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("CONNECT http://h:443/ HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("CONNECT h HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("CONNECT h: HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("CONNECT :443 HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("CONNECT h:443:1 HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("CONNECT u@h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("CONNECT [::1 HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("CONNECT [::1]:x HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("CONNECT h:443/x HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("CONNECT h:443?x HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    /* other methods do not take the authority-form */
+    BAD("GET h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 400);
+    BAD("OPTIONS h:443 HTTP/1.1\r\nHost: h\r\n\r\n", 400);
 }
 
 static void test_reject_fields(void **state)
@@ -374,6 +533,12 @@ static void test_reject_content_length(void **state)
     BAD("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 18446744073709551616\r\n\r\n", 400);
     BAD("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 1048577\r\n\r\n", 413);
     BAD("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 9999999999999999999\r\n\r\n", 413);
+    /* leading zeros do not hide an overflow, a bad digit or a differing value */
+    BAD("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0099999999999999999999\r\n\r\n", 400);
+    BAD("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 00000000000000000000x\r\n\r\n", 400);
+    BAD("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 0000000000000000000000-1\r\n\r\n", 400);
+    BAD("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 05, 006\r\n\r\n", 400);
+    BAD("POST / HTTP/1.1\r\nHost: h\r\nContent-Length: 000000000000000000001048577\r\n\r\n", 413);
 }
 
 static void test_reject_transfer_encoding(void **state)
@@ -744,7 +909,11 @@ int main(void)
         cmocka_unit_test(test_limits_exact_fit),
         cmocka_unit_test(test_reject_request_line),
         cmocka_unit_test(test_reject_version),
+        cmocka_unit_test(test_version_above_1_1),
         cmocka_unit_test(test_reject_target),
+        cmocka_unit_test(test_authority_valid),
+        cmocka_unit_test(test_authority_rejected),
+        cmocka_unit_test(test_connect_target),
         cmocka_unit_test(test_reject_fields),
         cmocka_unit_test(test_reject_host),
         cmocka_unit_test(test_reject_content_length),

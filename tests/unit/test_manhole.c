@@ -20,6 +20,7 @@
 #include "knit/reactor.h"
 #include "knit/stream.h"
 #include "knit/task.h"
+#include "manhole/internal.h" /* knit__manhole_drain */
 
 typedef struct out {
     char buf[1 << 17];
@@ -526,6 +527,15 @@ static void rfx_free(rfx *f)
     free(f);
 }
 
+/* A new session in place of the old one: it installs the registry as it is
+ * now (bindings registered after a session started reach only later ones). */
+static void rfx_restart(rfx *f)
+{
+    knit_manhole_session_free(f->s);
+    assert_int_equal(knit_manhole_session_new(f->m, "uid=test", out_write, &f->o, &f->s), 0);
+    knit_manhole_session_set_async(f->s, on_async, f);
+}
+
 static int rfeed(rfx *f, const char *line)
 {
     f->o.len = 0;
@@ -593,6 +603,109 @@ static void test_await_outlived_by_deferred(void **state)
     rfx_free(f);
 }
 
+static void test_later_cancelled_with_the_manhole(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    /* later()s still pending when the manhole goes: their timers must go
+     * too (rfx_free asserts the reactor closes with nothing registered) */
+    assert_int_equal(rfeed(f, "await(later(600, 1)) d = later(700, 'x')"), KNIT_MANHOLE_OK);
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(1)), 0);
+    rfx_free(f);
+}
+
+/* ---- draining: the input ended with awaits pending (issue 18 item 12) ---- */
+
+typedef struct drained {
+    int calls;
+    bool gave_up;
+} drained;
+
+static void on_drained(knit_manhole_session *s, bool gave_up, void *arg)
+{
+    (void)s;
+    drained *d = arg;
+    d->calls++;
+    d->gave_up = gave_up;
+}
+
+static void test_drain_waits_for_awaits(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    drained d = {0};
+    /* nothing pending: the transport closes at once, no callback */
+    assert_false(knit__manhole_drain(f->s, on_drained, &d));
+    assert_int_equal(rfeed(f, "await(later(2, 'a')) await(later(3, 'b'))"), KNIT_MANHOLE_OK);
+    assert_true(knit__manhole_drain(f->s, on_drained, &d));
+    assert_false(knit__manhole_drain(f->s, on_drained, &d)); /* once */
+    f->o.len = 0;
+    f->o.buf[0] = 0;
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(2)), 0);
+    assert_string_equal(f->o.buf, "await #1: \"a\"\n");
+    assert_int_equal(knit_reactor_advance(f->r, 0), 0);
+    assert_int_equal(d.calls, 0); /* one still pending */
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(1)), 0);
+    assert_int_equal(knit_reactor_advance(f->r, 0), 0);
+    assert_string_equal(f->o.buf, "await #1: \"a\"\nawait #2: \"b\"\n");
+    assert_int_equal(d.calls, 1);
+    assert_false(d.gave_up);
+    /* long after: the deadline was cancelled */
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(60)), 0);
+    assert_int_equal(d.calls, 1);
+    rfx_free(f);
+}
+
+static void test_drain_gives_up_after_timeout(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    f->m->o.drain_timeout = KNIT_SEC(5);
+    drained d = {0};
+    assert_int_equal(rfeed(f, "await(later(100, 1))"), KNIT_MANHOLE_OK);
+    assert_true(knit__manhole_drain(f->s, on_drained, &d));
+    f->o.len = 0;
+    f->o.buf[0] = 0;
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(4)), 0);
+    assert_int_equal(d.calls, 0);
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(1)), 0);
+    assert_int_equal(d.calls, 1);
+    assert_true(d.gave_up);
+    assert_string_equal(f->o.buf, "manhole: gave up waiting for 1 pending await(): still pending "
+                                  "after 5 s\n");
+    /* the default when the option is 0 */
+    f->m->o.drain_timeout = 0;
+    assert_true(knit__manhole_drain(f->s, on_drained, &d));
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_MANHOLE_DEFAULT_DRAIN_TIMEOUT - 1), 0);
+    assert_int_equal(d.calls, 1);
+    assert_int_equal(knit_reactor_advance(f->r, 1), 0);
+    assert_int_equal(d.calls, 2);
+    /* Ctrl-C: give up at once */
+    assert_true(knit__manhole_drain(f->s, on_drained, &d));
+    knit__manhole_drain_abandon(f->s, "interrupted by Ctrl-C");
+    assert_int_equal(d.calls, 3);
+    assert_non_null(strstr(f->o.buf, "pending await(): interrupted by Ctrl-C\n"));
+    knit__manhole_drain_abandon(f->s, "again"); /* not draining: nothing */
+    assert_int_equal(d.calls, 3);
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(100)), 0); /* later() fires */
+    assert_int_equal(d.calls, 3);
+    rfx_free(f);
+}
+
+static void test_drain_session_freed(void **state)
+{
+    (void)state;
+    rfx *f = rfx_new();
+    drained d = {0};
+    assert_int_equal(rfeed(f, "await(later(1, 1))"), KNIT_MANHOLE_OK);
+    assert_true(knit__manhole_drain(f->s, on_drained, &d));
+    knit_manhole_session_free(f->s); /* the client went away entirely */
+    f->s = NULL;
+    assert_int_equal(knit_reactor_advance(f->r, KNIT_SEC(60)), 0);
+    assert_int_equal(d.calls, 0);
+    rfx_free(f);
+}
+
 void mh_test_timer(knit_reactor *r, void *arg);
 void mh_test_timer(knit_reactor *r, void *arg)
 {
@@ -632,9 +745,23 @@ static void test_flags_bindings(void **state)
     assert_int_equal(knit_flags_add(fs, "test", "Test", defs, 3), 0);
     char *argv[] = {"prog", "--name=x", NULL};
     assert_int_equal(knit_flags_parse(fs, 2, argv, (char *[]){NULL}), 0);
+    /* flags() is not a built-in: the flag module registers it (flag.h). */
+    assert_int_equal(rfeed(f, "flags == nil, help('flags')"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "no binding starts with 'flags'\ntrue\n");
+    assert_int_equal(knit_manhole_attach_flags(f->m, NULL), 0);
+    rfx_restart(f);
     assert_int_equal(rfeed(f, "flags()"), KNIT_MANHOLE_FAILED);
     assert_non_null(strstr(f->o.buf, "no flag set attached"));
-    knit_manhole_attach_flags(f->m, fs);
+    assert_int_equal(knit_manhole_attach_flags(f->m, fs), 0);
+    assert_int_equal(rfeed(f, "flags()"), KNIT_MANHOLE_FAILED); /* this session keeps NULL */
+    assert_non_null(strstr(f->o.buf, "no flag set attached"));
+    rfx_restart(f);
+    assert_int_equal(rfeed(f, "help('flags')"), KNIT_MANHOLE_OK);
+    assert_non_null(
+        strstr(f->o.buf, "flags([name]) -> every flag's value, type, source, mutable\n"));
+    assert_non_null(strstr(f->o.buf,
+                           "flags.set(name, value) -> change a mutable flag (validated as "
+                           "on the command line)\n"));
     assert_int_equal(rfeed(f, "local t = flags() return t.threads.value, t.threads.mutable, "
                               "t.name.source, t.timeout.type"),
                      KNIT_MANHOLE_OK);
@@ -739,9 +866,18 @@ static void test_metrics_bindings(void **state)
     knit_gauge *g = knit_gauge_new(mx, "temp", "Temperature.");
     knit_counter_add(c, 3);
     knit_gauge_set(g, 21.5);
+    /* metrics() is not a built-in: the metrics module registers it. */
+    assert_int_equal(rfeed(f, "metrics == nil"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "true\n");
+    assert_int_equal(knit_manhole_attach_metrics(f->m, NULL), 0);
+    rfx_restart(f);
     assert_int_equal(rfeed(f, "metrics()"), KNIT_MANHOLE_FAILED);
     assert_non_null(strstr(f->o.buf, "no metrics registry attached"));
-    knit_manhole_attach_metrics(f->m, mx);
+    assert_int_equal(knit_manhole_attach_metrics(f->m, mx), 0);
+    rfx_restart(f);
+    assert_int_equal(rfeed(f, "help('metrics')"), KNIT_MANHOLE_OK);
+    assert_non_null(strstr(f->o.buf, "  metrics([prefix]) -> {series = value} snapshot\n"));
+    assert_non_null(strstr(f->o.buf, "  metrics.text() -> Prometheus exposition text\n"));
     assert_int_equal(rfeed(f, "metrics()"), KNIT_MANHOLE_OK);
     assert_string_equal(f->o.buf, "{jobs_total = 3, temp = 21.5}\n");
     assert_int_equal(rfeed(f, "metrics('temp')"), KNIT_MANHOLE_OK);
@@ -908,6 +1044,10 @@ int main(void)
         cmocka_unit_test(test_await_fires_later),
         cmocka_unit_test(test_await_fired_and_cancelled),
         cmocka_unit_test(test_await_outlived_by_deferred),
+        cmocka_unit_test(test_later_cancelled_with_the_manhole),
+        cmocka_unit_test(test_drain_waits_for_awaits),
+        cmocka_unit_test(test_drain_gives_up_after_timeout),
+        cmocka_unit_test(test_drain_session_freed),
         cmocka_unit_test(test_reactor_bindings),
         cmocka_unit_test(test_flags_bindings),
         cmocka_unit_test(test_loops_bindings),

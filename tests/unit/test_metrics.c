@@ -604,6 +604,24 @@ static void test_http_route(void **state)
     knit_reactor_free(r);
 }
 
+/* A series that could not be created (NULL: out of memory) takes updates and
+ * reads 0: metrics never take the service down (found by scripts/faults). */
+static void test_null_series(void **state)
+{
+    (void)state;
+    knit_counter_add(NULL, 3);
+    knit_counter_inc(NULL);
+    knit_counter_set_total(NULL, 7);
+    assert_int_equal(knit_counter_value(NULL), 0);
+    knit_gauge_set(NULL, 1.5);
+    knit_gauge_inc(NULL);
+    assert_true(knit_gauge_value(NULL) == 0.0);
+    knit_histogram_observe(NULL, 0.25);
+    knit_histogram_set_counts(NULL, (const uint64_t[]){1, 2}, 3.0);
+    assert_int_equal(knit_histogram_count(NULL), 0);
+    assert_true(knit_histogram_sum(NULL) == 0.0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -617,6 +635,7 @@ int main(void)
         cmocka_unit_test(test_pool_collector),
         cmocka_unit_test(test_visit),
         cmocka_unit_test(test_http_route),
+        cmocka_unit_test(test_null_series),
     };
     return KNIT_RUN_TESTS(tests);
 }

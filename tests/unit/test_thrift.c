@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "knit/deferred.h"
@@ -26,6 +27,8 @@
 
 /* Generated in the build by knit-thriftc from tests/thrift/calc.thrift. */
 #include "calc_thrift.h"
+#include "thrift/client_hooks.h"
+#include "thrift/scan.h"
 
 /* Cyrus' DIGEST-MD5 plugin fetches OpenSSL ciphers it never frees (per
  * connection, EVP_CIPHER_fetch in libdigestmd5.so). The fast unwinder stops
@@ -620,14 +623,19 @@ static void env_server(env *e, const knit_thrift_server_options *so, const char 
     snprintf(e->ep, sizeof e->ep, "tcp:127.0.0.1:%u", e->port);
 }
 
-static bool env_pool_drops; /* the next env_up's pool drops queued jobs on shutdown */
+static bool env_pool_drops;   /* the next env_up's pool drops queued jobs on shutdown */
+static knit_clock *env_clock; /* the next env_up's reactor runs on this fake clock */
 
 static void env_up(env *e, const knit_thrift_server_options *so, size_t max_queue, unsigned threads)
 {
     memset(e, 0, sizeof *e);
     gate_set(false);
     notes = 0;
-    assert_int_equal(knit_reactor_new(&e->r, NULL), 0);
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = env_clock;
+    env_clock = NULL;
+    assert_int_equal(knit_reactor_new(&e->r, &ro), 0);
     knit_pool_options po;
     knit_pool_options_init(&po);
     po.min_threads = po.max_threads = threads;
@@ -1185,6 +1193,7 @@ static void test_server_malformed_table(void **state)
         assert_int_equal(knit_thrift_server_add(srv, &calc), 0);
         knit_protocol_factory *f = knit_thrift_server_factory(srv);
         knit_protocol *p = f->build(f, NULL);
+        assert_non_null(p);
         knit_transport *t;
         assert_int_equal(knit_memory_transport_new(p, &t), 0);
         /* byte by byte, then whole: the verdict must not depend on packet boundaries */
@@ -1289,6 +1298,248 @@ static void test_unframed_large_message_in_pieces(void **state)
     knit_thrift_server_close(srv);
     assert_int_equal(knit_reactor_close(r), 0);
     knit_clock_free(clk);
+}
+
+/* ---- the client's unframed reply reading ------------------------------------ */
+
+/* A client whose one connection is a memory transport (no socket). */
+typedef struct detached {
+    knit_clock *clk;
+    knit_reactor *r;
+    knit_thrift_client *cl;
+    knit_transport *t;
+} detached;
+
+static void detached_up(detached *d, knit_thrift_proto proto, bool unframed)
+{
+    d->clk = knit_clock_fake_new(0);
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = d->clk;
+    assert_int_equal(knit_reactor_new(&d->r, &ro), 0);
+    knit_thrift_client_options co;
+    knit_thrift_client_options_init(&co);
+    co.endpoint = "tcp:127.0.0.1:9"; /* never dialled */
+    co.proto = proto;
+    co.unframed = unframed;
+    co.timeout = 0;
+    assert_int_equal(knit__thrift_client_new_detached(d->r, &co, &d->cl), 0);
+    assert_int_equal(knit_memory_transport_new(knit__thrift_client_protocol(d->cl, 0), &d->t), 0);
+}
+
+static void detached_down(detached *d)
+{
+    knit_thrift_client_free(d->cl);
+    knit_memory_transport_close(d->t, KNIT_CLOSE_PEER, 0);
+    knit_memory_transport_free(d->t);
+    assert_int_equal(knit_reactor_close(d->r), 0);
+    knit_clock_free(d->clk);
+}
+
+/* A reply to add(): NOISE unknown byte fields (id 9, skipped by the
+ * decoder), NESTED unknown nested containers, then success = VALUE. */
+static void add_reply(knit_thrift_writer *w, int32_t seqid, int noise, bool nested, int64_t value)
+{
+    knit_thrift_write_message_begin(w, "add", 3, KNIT_THRIFT_REPLY, seqid);
+    knit_thrift_write_struct_begin(w);
+    for (int i = 0; i < noise; i++) {
+        knit_thrift_write_field_begin(w, KNIT_TT_BYTE, 9);
+        knit_thrift_write_byte(w, 0);
+        knit_thrift_write_field_end(w);
+    }
+    if (nested) { /* 10: map<string, list<struct {1: bool, 2: double, 3: set<i16>}>> */
+        knit_thrift_write_field_begin(w, KNIT_TT_MAP, 10);
+        knit_thrift_write_map_begin(w, KNIT_TT_STRING, KNIT_TT_LIST, 2);
+        for (int k = 0; k < 2; k++) {
+            knit_thrift_write_string(w, k ? "key-one" : "k0");
+            knit_thrift_write_list_begin(w, KNIT_TT_STRUCT, 3);
+            for (int e = 0; e < 3; e++) {
+                knit_thrift_write_struct_begin(w);
+                knit_thrift_write_field_begin(w, KNIT_TT_BOOL, 1);
+                knit_thrift_write_bool(w, e & 1);
+                knit_thrift_write_field_end(w);
+                knit_thrift_write_field_begin(w, KNIT_TT_DOUBLE, 2);
+                knit_thrift_write_double(w, e * 1.5);
+                knit_thrift_write_field_end(w);
+                knit_thrift_write_field_begin(w, KNIT_TT_SET, 3);
+                knit_thrift_write_set_begin(w, KNIT_TT_I16, 2);
+                knit_thrift_write_i16(w, (int16_t)(e * 300));
+                knit_thrift_write_i16(w, -1);
+                knit_thrift_write_set_end(w);
+                knit_thrift_write_field_end(w);
+                knit_thrift_write_field_stop(w);
+                knit_thrift_write_struct_end(w);
+            }
+            knit_thrift_write_list_end(w);
+        }
+        knit_thrift_write_map_end(w);
+        knit_thrift_write_field_end(w);
+        knit_thrift_write_field_begin(w, KNIT_TT_LIST, 11); /* 11: list<bool> */
+        knit_thrift_write_list_begin(w, KNIT_TT_BOOL, 3);
+        knit_thrift_write_bool(w, true);
+        knit_thrift_write_bool(w, false);
+        knit_thrift_write_bool(w, true);
+        knit_thrift_write_list_end(w);
+        knit_thrift_write_field_end(w);
+    }
+    knit_thrift_write_field_begin(w, KNIT_TT_I64, 0);
+    knit_thrift_write_i64(w, value);
+    knit_thrift_write_field_end(w);
+    knit_thrift_write_field_stop(w);
+    knit_thrift_write_struct_end(w);
+    knit_thrift_write_message_end(w);
+}
+
+static void expect_sum(outcome *o, int64_t want)
+{
+    assert_true(o->done);
+    if (o->code) print_error("call failed: %s\n", o->msg);
+    assert_int_equal(o->code, 0);
+    calc_Calc_add_result *ar = o->value;
+    assert_true(ar->has_success);
+    assert_int_equal(ar->success, want);
+    oc_free(o);
+}
+
+/* Regression: the client found an unframed reply's end by walking the whole
+ * buffered reply again on every read, so a reply of many small fields
+ * delivered in small pieces cost time quadratic in its size (a hostile
+ * server could stall the client's reactor). The work is now counted in
+ * bytes walked (no timing): it must stay linear in the reply's size. */
+static void test_client_unframed_reply_in_pieces_is_linear(void **state)
+{
+    (void)state;
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
+    for (int pi = 0; pi < 2; pi++) {
+        detached d;
+        detached_up(&d, protos[pi], true);
+        outcome o;
+        call_add(d.cl, 40, 2, &o);
+        assert_true(knit_buf_len(knit_memory_transport_output(d.t)) > 0); /* sent */
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, protos[pi]);
+        add_reply(&w, 0, 20000, false, 42);
+        size_t n = w.len, pieces = 0;
+        for (size_t off = 0; off < n; off += 7, pieces++) {
+            assert_false(o.done); /* not before the last byte */
+            knit_memory_transport_feed(d.t, w.data + off, n - off < 7 ? n - off : 7);
+        }
+        expect_sum(&o, 42);
+        uint64_t walked = knit__thrift_client_scan_bytes(d.cl);
+        print_message("%s: %zu-byte reply in %zu pieces, %llu bytes walked\n",
+                      pi ? "compact" : "binary", n, pieces, (unsigned long long)walked);
+        /* each byte once; the old rescanning walked about n * pieces / 2 */
+        assert_true(walked == n);
+        assert_false(knit_transport_closing(d.t));
+        knit_thrift_writer_free(&w);
+        detached_down(&d);
+    }
+}
+
+/* Two pipelined unframed replies with nested unknown fields, cut at every
+ * point (and fed byte by byte): both calls are answered, correctly, each
+ * only once its last byte is there. */
+static void test_client_unframed_reply_every_split(void **state)
+{
+    (void)state;
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
+    for (int pi = 0; pi < 2; pi++) {
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, protos[pi]);
+        add_reply(&w, 0, 3, true, 7);
+        size_t first = w.len;
+        add_reply(&w, 1, 0, true, -8);
+        size_t n = w.len;
+        for (size_t cut = 0; cut <= n; cut++) {
+            detached d;
+            detached_up(&d, protos[pi], true);
+            outcome a, b;
+            call_add(d.cl, 3, 4, &a);
+            call_add(d.cl, -4, -4, &b);
+            if (cut == n) { /* byte by byte */
+                for (size_t i = 0; i < n; i++) {
+                    assert_int_equal(a.done, i >= first);
+                    knit_memory_transport_feed(d.t, w.data + i, 1);
+                }
+            } else {
+                knit_memory_transport_feed(d.t, w.data, cut);
+                assert_int_equal(a.done, cut >= first);
+                assert_false(b.done);
+                knit_memory_transport_feed(d.t, w.data + cut, n - cut);
+            }
+            expect_sum(&a, 7);
+            expect_sum(&b, -8);
+            assert_false(knit_transport_closing(d.t));
+            detached_down(&d);
+        }
+        knit_thrift_writer_free(&w);
+    }
+}
+
+/* A malformed unframed reply closes the connection (and fails the call)
+ * however it is cut. */
+static void test_client_unframed_reply_malformed(void **state)
+{
+    (void)state;
+    knit_thrift_writer w;
+    knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
+    add_reply(&w, 0, 2, true, 1);
+    size_t n = w.len;
+    /* header 4 + name 4 + 3 + seqid 4, two 4-byte noise fields: then the
+     * map field's header (type, id); its type byte becomes invalid */
+    size_t bad = 15 + 2 * 4;
+    assert_int_equal(w.data[bad], KNIT_TT_MAP);
+    w.data[bad] = 0x7f;
+    for (size_t cut = 1; cut < n; cut++) {
+        detached d;
+        detached_up(&d, KNIT_THRIFT_BINARY, true);
+        outcome a;
+        call_add(d.cl, 0, 1, &a);
+        knit_memory_transport_feed(d.t, w.data, cut);
+        /* a field header is judged once its 3 bytes are there */
+        assert_int_equal(knit_transport_closing(d.t), cut >= bad + 3);
+        knit_memory_transport_feed(d.t, w.data + cut, n - cut);
+        assert_true(knit_transport_closing(d.t));
+        detached_down(&d);
+        assert_true(a.done);
+        assert_int_equal(a.code, KNIT_ECANCELED);
+    }
+    knit_thrift_writer_free(&w);
+}
+
+/* The resumable scanner agrees with a one-shot walk over every prefix. */
+static void test_scan_matches_skip(void **state)
+{
+    (void)state;
+    knit_thrift_proto protos[] = {KNIT_THRIFT_BINARY, KNIT_THRIFT_COMPACT};
+    for (int pi = 0; pi < 2; pi++) {
+        knit_thrift_writer w;
+        knit_thrift_writer_init(&w, protos[pi]);
+        add_reply(&w, 5, 2, true, 1);
+        size_t n = w.len;
+        knit__thrift_scan s;
+        knit__thrift_scan_init(&s, protos[pi]);
+        for (size_t k = 0; k <= n; k++) {
+            uint8_t *copy = malloc(k ? k : 1); /* exact size: ASan sees over-reads */
+            memcpy(copy, w.data, k);
+            size_t got = 0;
+            int rc = knit__thrift_scan_message(&s, copy, k, &got);
+            knit_thrift_reader r;
+            knit_thrift_reader_init(&r, protos[pi], copy, k);
+            const char *name;
+            size_t nl;
+            knit_thrift_msg_type t;
+            int32_t seq;
+            int want = knit_thrift_read_message_begin(&r, &name, &nl, &t, &seq);
+            if (!want) want = knit_thrift_skip(&r, KNIT_TT_STRUCT);
+            assert_int_equal(rc, want);
+            if (k < n) assert_int_equal(rc, KNIT_EEOF);
+            if (rc == 0) assert_int_equal(got, (size_t)(r.p - copy));
+            free(copy);
+        }
+        assert_true(s.examined == n); /* each byte walked once */
+        knit_thrift_writer_free(&w);
+    }
 }
 
 /* max_in_flight = 1: while a call runs, the connection is not read; the next
@@ -1438,6 +1689,198 @@ static void test_sasl_security_layer_end_to_end(void **state)
     env_down(&e, cl);
 }
 
+/* ---- issue 12: a call against a stopped server ---------------------------------------- */
+
+/* The whole failure, causes included. */
+typedef struct why {
+    bool done;
+    int code, cause_code;
+    void *value;
+    knit_destroy_fn destroy;
+    char text[600];
+} why;
+
+static void why_ok(knit_result *res, void *arg)
+{
+    why *w = arg;
+    w->done = true;
+    w->value = knit_result_take(res, &w->destroy);
+}
+
+static void why_err(knit_result *res, void *arg)
+{
+    why *w = arg;
+    w->done = true;
+    w->code = res->failure->code;
+    w->cause_code = res->failure->cause ? res->failure->cause->code : 0;
+    knit_failure_format(res->failure, w->text, sizeof w->text);
+    knit_failure_free(knit_result_take_failure(res));
+}
+
+static void call_add_why(knit_thrift_client *cl, int64_t a, int64_t b, why *w)
+{
+    calc_Calc_add_args args = {.a = a, .b = b};
+    knit_deferred *d;
+    assert_int_equal(calc_Calc_add_call(cl, &args, &d), 0);
+    memset(w, 0, sizeof *w);
+    knit_deferred_add_callbacks(d, why_ok, why_err, w);
+    knit_deferred_unref(d);
+}
+
+static void why_free(why *w)
+{
+    if (w->destroy) w->destroy(w->value);
+    w->value = NULL;
+    w->destroy = NULL;
+}
+
+/* Run the loop (IO, calls; a fake clock does not move) until COND, for at
+ * most 20 s of real time. */
+static void run_until_rt(env *e, bool (*cond)(void *), void *arg, const char *what)
+{
+    struct timespec t0, t1;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (!cond(arg)) {
+        knit_reactor_run_once(e->r, 0);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        if (t1.tv_sec - t0.tv_sec > 20) fail_msg("timed out waiting for %s", what);
+        if (!cond(arg)) usleep(100);
+    }
+}
+
+static bool why_done(void *arg)
+{
+    return ((why *)arg)->done;
+}
+
+static bool failed_at_least(void *arg)
+{
+    void **a = arg;
+    knit_thrift_client_stats cs;
+    knit_thrift_client_get_stats(a[0], &cs);
+    return cs.connect_failures >= (uint64_t)(uintptr_t)a[1];
+}
+
+static void wait_failures(env *e, knit_thrift_client *cl, unsigned n)
+{
+    void *a[2] = {cl, (void *)(uintptr_t)n};
+    run_until_rt(e, failed_at_least, a, "refused connection attempts");
+}
+
+static void down_client(knit_thrift_client_options *o)
+{
+    o->timeout = KNIT_SEC(1);
+    o->backoff_initial = o->backoff_max = KNIT_SEC(10); /* the backoff has grown */
+}
+
+/* Against a stopped server, a call that times out waiting for a connection
+ * says why: ETIMEDOUT caused by ECONNREFUSED (it used to be "caused by
+ * ECANCELED", the refusal only in a debug log). When the server is back,
+ * the next call succeeds at once although the 10 s backoff still runs (it
+ * used to fail for about 9 s more). Fake clock, real sockets. */
+static void test_client_down_names_cause_and_recovers_at_once(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(KNIT_SEC(100));
+    env e;
+    env_clock = clk;
+    env_up(&e, NULL, 64, 1);
+    char listen[64];
+    snprintf(listen, sizeof listen, "tcp:%u:interface=127.0.0.1", e.port);
+    knit_thrift_server_close(e.srv);
+    e.srv = NULL;
+    knit_thrift_client *cl = env_client(&e, down_client);
+    wait_failures(&e, cl, 1);
+    why w;
+    call_add_why(cl, 1, 2, &w);
+    knit_reactor_advance(e.r, KNIT_SEC(1));
+    assert_true(w.done);
+    assert_int_equal(w.code, KNIT_ETIMEDOUT);
+    if (w.cause_code != KNIT_ECONNREFUSED) fail_msg("failure: %s", w.text);
+    assert_non_null(strstr(w.text, "thrift call add: no connection to tcp:127.0.0.1:"));
+    assert_non_null(strstr(w.text, "within 1.000 s"));
+    assert_non_null(strstr(w.text, "caused by ECONNREFUSED: connect tcp:127.0.0.1:"));
+    wait_failures(&e, cl, 2); /* the attempt the call brought forward, refused too */
+    /* the server comes back; 3 s later the 10 s backoff still runs */
+    env_server(&e, NULL, listen);
+    knit_reactor_advance(e.r, KNIT_SEC(3));
+    call_add_why(cl, 20, 22, &w);
+    run_until_rt(&e, why_done, &w, "the call after the server came back (no clock advance)");
+    if (w.code) fail_msg("failure: %s", w.text);
+    assert_int_equal(((calc_Calc_add_result *)w.value)->success, 42);
+    why_free(&w);
+    /* an in-flight call's timeout says so, with no made-up cause */
+    calc_Calc_gate_args ga = {.n = 1};
+    knit_deferred *d;
+    assert_int_equal(calc_Calc_gate_call(cl, &ga, &d), 0);
+    memset(&w, 0, sizeof w);
+    knit_deferred_add_callbacks(d, why_ok, why_err, &w);
+    knit_deferred_unref(d);
+    run_until_rt(&e, gate_has_waiter, NULL, "the gate call to run");
+    knit_reactor_advance(e.r, KNIT_SEC(1));
+    assert_true(w.done);
+    assert_int_equal(w.code, KNIT_ETIMEDOUT);
+    assert_int_equal(w.cause_code, 0);
+    assert_non_null(strstr(w.text, "thrift call gate: no reply within 1.000 s"));
+    env_down(&e, cl);
+    knit_clock_free(clk);
+}
+
+static bool client_up(void *arg)
+{
+    knit_thrift_client_stats cs;
+    knit_thrift_client_get_stats(arg, &cs);
+    return cs.up > 0;
+}
+
+static void fail_fast_client(knit_thrift_client_options *o)
+{
+    down_client(o);
+    o->fail_after_failures = 1;
+}
+
+/* fail_after_failures = 1: a call waiting when the attempt fails, and a
+ * call made while it keeps failing, fail with ECONNREFUSED at once; the
+ * failed call still brings the next attempt forward, so once the server is
+ * back the following call goes through. */
+static void test_client_fail_fast(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(KNIT_SEC(100));
+    env e;
+    env_clock = clk;
+    env_up(&e, NULL, 64, 1);
+    char listen[64];
+    snprintf(listen, sizeof listen, "tcp:%u:interface=127.0.0.1", e.port);
+    knit_thrift_server_close(e.srv);
+    e.srv = NULL;
+    knit_thrift_client *cl = env_client(&e, fail_fast_client);
+    why w1, w2;
+    call_add_why(cl, 1, 1, &w1); /* before the first attempt ended: waits */
+    assert_false(w1.done);
+    run_until_rt(&e, why_done, &w1, "the waiting call to fail fast");
+    assert_int_equal(w1.code, KNIT_ECONNREFUSED);
+    assert_non_null(strstr(w1.text, "thrift call add: no connection to tcp:127.0.0.1:"));
+    assert_non_null(strstr(w1.text, "caused by ECONNREFUSED: connect tcp:127.0.0.1:"));
+    call_add_why(cl, 2, 2, &w2);
+    assert_true(w2.done); /* at once */
+    assert_int_equal(w2.code, KNIT_ECONNREFUSED);
+    assert_non_null(strstr(w2.text, "thrift call add: no connection to"));
+    knit_thrift_client_stats cs;
+    knit_thrift_client_get_stats(cl, &cs);
+    assert_int_equal(cs.waiting, 0);
+    env_server(&e, NULL, listen);
+    knit_reactor_advance(e.r, KNIT_SEC(1)); /* the attempt w2 brought forward */
+    run_until_rt(&e, client_up, cl, "the reconnection");
+    call_add_why(cl, 3, 3, &w1);
+    run_until_rt(&e, why_done, &w1, "the call");
+    assert_int_equal(w1.code, 0);
+    assert_int_equal(((calc_Calc_add_result *)w1.value)->success, 6);
+    why_free(&w1);
+    env_down(&e, cl);
+    knit_clock_free(clk);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1450,6 +1893,10 @@ int main(void)
         cmocka_unit_test(test_sasl_framing_after_done),
         cmocka_unit_test(test_sasl_security_layer),
         cmocka_unit_test(test_server_malformed_table),
+        cmocka_unit_test(test_client_unframed_reply_in_pieces_is_linear),
+        cmocka_unit_test(test_client_unframed_reply_every_split),
+        cmocka_unit_test(test_client_unframed_reply_malformed),
+        cmocka_unit_test(test_scan_matches_skip),
         cmocka_unit_test(test_unframed_large_message_in_pieces),
         cmocka_unit_test(test_server_basic_calls),
         cmocka_unit_test(test_pipelined_out_of_order_and_oneway),
@@ -1465,7 +1912,9 @@ int main(void)
         cmocka_unit_test(test_max_in_flight_pauses_reading),
         cmocka_unit_test(test_client_connection_pool),
         cmocka_unit_test(test_client_max_pending_queues),
+        cmocka_unit_test(test_client_down_names_cause_and_recovers_at_once),
+        cmocka_unit_test(test_client_fail_fast),
     };
     knit_test_watchdog(120);
-    return cmocka_run_group_tests(tests, make_sasldb, remove_sasldb);
+    return KNIT_RUN_TESTS_WITH(tests, make_sasldb, remove_sasldb);
 }

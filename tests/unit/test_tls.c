@@ -421,6 +421,30 @@ static void test_tls_listener_bad_certificate(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+/* A client context that is not in the connector's cache (the cache is full, or
+ * out of memory) must outlive the connections using it: OpenSSL's new-session
+ * callback reads it when the TLS 1.3 ticket arrives, after the connector has
+ * dropped its reference (a use-after-free under ASan before; found by
+ * scripts/faults failing the cache's strdup). Runs last: it fills the cache. */
+static void test_tls_uncached_client_ctx(void **state)
+{
+    (void)state;
+    world w;
+    int port;
+    knit_listener *l = serve(&w, "", &port);
+    char desc[512];
+    for (int i = 0; i <= 16; i++) { /* 16 fill the cache, the 17th is not cached */
+        snprintf(desc, sizeof desc, "tls:localhost:%d:caCerts=%s:alpn=p%d", port, cert, i);
+        assert_int_equal(connect_to(&w, desc), 0);
+        roundtrip(&w);
+        close_client(&w);
+    }
+    knit_listener_close(l, true);
+    for (int i = 0; i < 20; i++)
+        turn(&w);
+    assert_int_equal(knit_reactor_close(w.r), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -429,7 +453,8 @@ int main(void)
         cmocka_unit_test(test_tls_verification_failures),
         cmocka_unit_test(test_tls_extra_cert_chain),
         cmocka_unit_test(test_tls_listener_bad_certificate),
+        cmocka_unit_test(test_tls_uncached_client_ctx), /* last: fills the ctx cache */
     };
     knit_test_watchdog(120);
-    return cmocka_run_group_tests(tests, setup_certs, teardown_certs);
+    return KNIT_RUN_TESTS_WITH(tests, setup_certs, teardown_certs);
 }

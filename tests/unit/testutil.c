@@ -19,8 +19,22 @@ static void on_alarm(int sig)
 
 void knit_test_watchdog(unsigned seconds)
 {
+    const char *env = getenv("KNIT_TEST_WATCHDOG"); /* seconds; scripts/faults raises it */
+    if (env && atoi(env) > 0) seconds = (unsigned)atoi(env);
     signal(SIGALRM, on_alarm);
     alarm(seconds);
+}
+
+void knit_test_select(const struct CMUnitTest *tests, size_t n)
+{
+    const char *list = getenv("KNIT_TEST_LIST");
+    if (list && *list && strcmp(list, "0") != 0) {
+        for (size_t i = 0; i < n; i++)
+            printf("%s\n", tests[i].name);
+        exit(0);
+    }
+    const char *filter = getenv("KNIT_TEST_FILTER");
+    if (filter && *filter) cmocka_set_test_filter(filter);
 }
 
 static pthread_mutex_t cap_mu = PTHREAD_MUTEX_INITIALIZER;

@@ -12,6 +12,23 @@
  * Speaks the line protocol described in include/knit/manhole.h. Ctrl-C while
  * a chunk runs sends 0x03, which interrupts it on the server; Ctrl-C at a
  * continuation prompt drops the pending chunk; Ctrl-D quits.
+ *
+ * End of input (after -e's chunk, at the end of a script, on Ctrl-D): the
+ * client half-closes the connection and prints what the server still
+ * sends until it closes — the output of await()s still pending, which the
+ * server finishes (within its drain timeout) before closing. Ctrl-C then
+ * gives up on them.
+ *
+ * The terminal between lines: libedit puts the terminal in raw mode while
+ * it edits a line and back in the user's cooked (canonical) mode when the
+ * handler is removed. A Ctrl-D typed while a line was evaluated used to
+ * reach the canonical line discipline, which turns an EOF at the start of
+ * a line into an end-of-line marker that reads as a NUL byte once libedit
+ * switched back to raw mode: libedit saw ^@, not ^D, and the client went on
+ * reading its terminal (the hang of issue 18). So while no line is being
+ * edited the terminal stays non-canonical without echo (typeahead waits,
+ * unechoed, for libedit, which shows it); the user's settings come back on
+ * exit.
  */
 #include <errno.h>
 #include <fcntl.h>
@@ -23,12 +40,15 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/un.h>
+#include <termios.h>
 #include <unistd.h>
 
 #include <editline/readline.h>
 
 static int sock = -1;
-static volatile sig_atomic_t waiting; /* a chunk is being evaluated */
+static volatile sig_atomic_t waiting;  /* a chunk is being evaluated */
+static volatile sig_atomic_t draining; /* input ended: waiting for the server to close */
+static unsigned long pending_awaits;   /* from the last "+ok N" / "+await N" */
 
 /* ---- buffered reading of server lines ---------------------------------- */
 
@@ -106,6 +126,10 @@ static const char *until_status(void)
         case '+':
             fflush(o);
             snprintf(word, sizeof word, "%s", line + 1);
+            if (strncmp(word, "ok", 2) == 0)
+                pending_awaits = strtoul(word + 2, NULL, 10);
+            else if (strncmp(word, "await", 5) == 0)
+                pending_awaits = strtoul(word + 5, NULL, 10);
             return word;
         default: /* unknown tag: show it, stay compatible */
             fwrite(line, 1, (size_t)n, o);
@@ -121,6 +145,12 @@ static volatile sig_atomic_t interrupted;
 static void on_sigint(int sig)
 {
     (void)sig;
+    if (draining) { /* Ctrl-C while the server finishes pending awaits: give up */
+        static const char msg[] = "\nknit-manhole: gave up on pending await()s\n";
+        ssize_t w = write(2, msg, sizeof msg - 1);
+        (void)w;
+        _exit(1);
+    }
     if (!waiting) interrupted = 1;
     if (sock >= 0) {
         static const char cc[] = "\x03\n";
@@ -147,6 +177,25 @@ static int connect_path(const char *path)
     return fd;
 }
 
+/* The input has ended: half-close, and print what the server still sends
+ * (pending await()s finishing) until it closes. Returns 0, or 1 when the
+ * server gave up on awaits ("+error") or closed with some still pending. */
+static int drain(void)
+{
+    draining = 1;
+    if (shutdown(sock, SHUT_WR) < 0) return pending_awaits ? 1 : 0;
+    int status = 0;
+    const char *st;
+    while ((st = until_status()) != NULL)
+        if (strcmp(st, "error") == 0) status = 1;
+    if (status == 0 && pending_awaits > 0) {
+        fprintf(stderr, "knit-manhole: connection closed with %lu await()s pending\n",
+                pending_awaits);
+        status = 1;
+    }
+    return status;
+}
+
 static int eval_chunk(const char *chunk)
 {
     char hdr[32];
@@ -162,18 +211,10 @@ static int eval_chunk(const char *chunk)
         fprintf(stderr, "knit-manhole: connection closed by the server\n");
         return 3;
     }
-    if (strncmp(st, "ok", 2) != 0) return 1;
-    /* "ok N": N await()s pending; wait for them ("+await N" after each) */
-    unsigned long pending = strtoul(st + 2, NULL, 10);
-    while (pending > 0) {
-        st = until_status();
-        if (!st) {
-            fprintf(stderr, "knit-manhole: connection closed with await()s pending\n");
-            return 1;
-        }
-        if (strncmp(st, "await", 5) == 0) pending = strtoul(st + 5, NULL, 10);
-    }
-    return 0;
+    int status = strncmp(st, "ok", 2) == 0 ? 0 : 1;
+    /* "ok N": N await()s pending; the server finishes them, then closes */
+    int d = drain();
+    return status ? status : d;
 }
 
 /* Lines from a non-terminal stdin, one at a time, like typing them. */
@@ -205,6 +246,10 @@ static int feed_stdin(void)
         status = 1;
     }
     free(line);
+    if (status != 3) { /* end of input: pending awaits finish first */
+        int d = drain();
+        if (status == 0) status = d;
+    }
     return status;
 }
 
@@ -213,6 +258,22 @@ static int feed_stdin(void)
 
 static char *entered; /* the line libedit completed */
 static bool input_eof;
+
+static struct termios tty_user; /* the terminal as we found it */
+static bool tty_saved;
+
+/* libedit is not editing a line: keep the terminal non-canonical without
+ * echo (see the file comment), signals on (Ctrl-C still interrupts). */
+static void editor_off(void)
+{
+    rl_callback_handler_remove(); /* puts the user's cooked mode back... */
+    if (!tty_saved) return;
+    struct termios t = tty_user; /* ...which must not see a Ctrl-D: */
+    t.c_lflag &= (tcflag_t) ~(ICANON | ECHO | ECHONL);
+    t.c_cc[VMIN] = 1;
+    t.c_cc[VTIME] = 0;
+    tcsetattr(0, TCSANOW, &t);
+}
 
 static void on_line(char *line)
 {
@@ -241,13 +302,14 @@ static int interactive(void)
     }
     const char *prompt = "> ";
     int status = 0;
+    tty_saved = tcgetattr(0, &tty_user) == 0;
     rl_callback_handler_install(prompt, on_line);
     for (;;) {
         struct pollfd p[2] = {{.fd = 0, .events = POLLIN}, {.fd = sock, .events = POLLIN}};
         int n = rlen > 0 ? 1 : poll(p, 2, -1);
         if (interrupted) { /* Ctrl-C at the prompt: drop the line (server dropped its chunk) */
             interrupted = 0;
-            rl_callback_handler_remove();
+            editor_off();
             fputs("^C\n", stdout);
             fflush(stdout);
             prompt = "> ";
@@ -266,8 +328,11 @@ static int interactive(void)
             }
             continue;
         }
-        if (!(p[0].revents & (POLLIN | POLLHUP))) continue;
-        rl_callback_read_char();
+        if (!(p[0].revents & (POLLIN | POLLHUP | POLLERR | POLLNVAL))) continue;
+        if (p[0].revents & POLLIN) rl_callback_read_char();
+        /* the terminal hung up: libedit's reads fail without calling
+         * on_line, and poll would report it again forever */
+        if (!entered && (p[0].revents & (POLLHUP | POLLERR | POLLNVAL))) input_eof = true;
         if (input_eof) {
             putchar('\n');
             break;
@@ -275,7 +340,7 @@ static int interactive(void)
         if (!entered) continue;
         char *line = entered;
         entered = NULL;
-        rl_callback_handler_remove();
+        editor_off();
         if (*line) add_history(line);
         waiting = 1;
         bool ok = send_all(line, strlen(line)) && send_all("\n", 1);
@@ -293,7 +358,17 @@ static int interactive(void)
         rl_callback_handler_install(prompt, on_line);
     }
     rl_callback_handler_remove();
+    if (tty_saved) tcsetattr(0, TCSADRAIN, &tty_user);
     if (*hist) write_history(hist);
+    if (status == 0) { /* Ctrl-D: pending awaits finish first */
+        draining = 1;  /* before saying so: a Ctrl-C after the message gives up */
+        if (pending_awaits > 0) {
+            printf("waiting for %lu pending await()%s (Ctrl-C gives up)\n", pending_awaits,
+                   pending_awaits == 1 ? "" : "s");
+            fflush(stdout);
+        }
+        status = drain();
+    }
     return status;
 }
 
