@@ -114,7 +114,8 @@ static int validate_max_body(const char *text, char *why, size_t whylen, void *a
 static const knit_flag_def notes_flag_defs[] = {
     KNIT_FLAG_DEF("http", KNIT_FLAG_ENDPOINT, "tcp:8080:interface=127.0.0.1",
                   "where the HTTP API listens (endpoint string)"),
-    KNIT_FLAG_DEF("db", KNIT_FLAG_STRING, "sqlite:notes.db", "the database: sqlite:PATH or postgresql://...",
+    KNIT_FLAG_DEF("db", KNIT_FLAG_STRING, "sqlite:notes.db",
+                  "the database: sqlite:PATH or postgresql://...",
                   .validate = validate_db),
     KNIT_FLAG_DEF("threads", KNIT_FLAG_UINT64, "4", "worker threads (and SQLite connections)",
                   .validate = validate_threads),

@@ -123,8 +123,8 @@ struct notes_store {
     bool thr_started;
     knit_db *db;
     bool sqlite;
-    char *path;  /* SQLite: the file; PostgreSQL: NULL */
-    char *label; /* for messages: the file, or the URL without its password */
+    char *path;              /* SQLite: the file; PostgreSQL: NULL */
+    char *label;             /* for messages: the file, or the URL without its password */
     notes_store_stats stats; /* updated with __atomic builtins */
     /* The last fault (0: none since open or since the last committed
      * write). fault is read without the lock as a fast path; fault, why and
@@ -432,9 +432,9 @@ full:
 typedef struct txc {
     notes_store *s;
     knit_db_tx *tx;
-    int err;         /* first failure (a statement's, or the body's own) */
-    bool changed;    /* a statement changed rows */
-    void *arg;       /* the call's own */
+    int err;      /* first failure (a statement's, or the body's own) */
+    bool changed; /* a statement changed rows */
+    void *arg;    /* the call's own */
     int (*body)(struct txc *c);
 } txc;
 
@@ -470,8 +470,8 @@ static int run_tx(notes_store *s, bool read_only, int (*body)(txc *), void *arg,
 {
     txc c = {.s = s, .arg = arg, .body = body};
     knit_result out;
-    int rc = knit_db_interaction_blocking(s->db, read_only ? KNIT_DB_READ_ONLY : 0, tx_body, &c,
-                                          &out);
+    int rc =
+        knit_db_interaction_blocking(s->db, read_only ? KNIT_DB_READ_ONLY : 0, tx_body, &c, &out);
     if (rc == 0) {
         knit_result_clear(&out);
         if (!read_only && c.changed) clear_fault(s);
@@ -641,8 +641,7 @@ static void *schema_run(void *arg)
         if (j->rc == KNIT_ENOSPC && s->sqlite)
             msgf(j->err, j->errlen, "the disk holding %s is full (while creating its schema)",
                  s->path);
-        else if (j->rc == KNIT_EACCES && s->sqlite &&
-                 find_unwritable(s->path, j->err, j->errlen))
+        else if (j->rc == KNIT_EACCES && s->sqlite && find_unwritable(s->path, j->err, j->errlen))
             ;
         else
             msgf(j->err, j->errlen, "cannot use database %s: %s (while creating its schema)",
@@ -720,8 +719,8 @@ int notes_store_open(notes_store **out, const notes_store_options *opts, char *e
     } else if (strncmp(o.url, "sqlite:", 7) == 0) {
         path = o.url + 7;
     } else if (strncmp(o.url, "postgresql:", 11) != 0 && strncmp(o.url, "postgres:", 9) != 0) {
-        snprintf(err, errlen, "the database URL must start with sqlite: or postgresql: (got \"%s\")",
-                 o.url);
+        snprintf(err, errlen,
+                 "the database URL must start with sqlite: or postgresql: (got \"%s\")", o.url);
         return KNIT_EINVAL;
     }
     bool sqlite = !o.url || path;
