@@ -471,16 +471,32 @@ void knit_db_get_stats(const knit_db *db, knit_db_stats *out);
 /* Upper bound of histogram bucket I (INT64_MAX for the last). [any] */
 knit_duration knit_db_hist_bound(unsigned i);
 
+/* ---- as metrics ----------------------------------------------------------------------
+ * Mirror DB's statistics into registry M (knit/metrics.h), labelled
+ * db="NAME": counter knit_db_queries_total{db,outcome} (ok, failed,
+ * timeout, cancelled, rejected, conn_lost), counters
+ * knit_db_busy_retries_total, _reconnects_total, _resent_total; gauges
+ * knit_db_connections, _connections_up, _connections_busy,
+ * _connections_idle, knit_db_queue_length, _queue_capacity; histogram
+ * knit_db_query_duration_seconds ("<" bounds, as the pool's). Remove it
+ * (or free the registry) before freeing DB. Built with the metrics module
+ * only. [any] (the statistics are atomics) */
+struct knit_metrics;
+int knit_metrics_add_db(struct knit_metrics *m, knit_db *db);
+int knit_metrics_remove_db(struct knit_metrics *m, knit_db *db);
+
 /* ---- in the manhole ---------------------------------------------------------------------
- * Register db.stats() (the statistics above as a table) and db.query(sql)
- * (runs SQL and returns a Deferred of a list of rows, each a table keyed by
- * column name: `await(db.query("select count(*) from notes"))`) into the
- * manhole M's registry, on M's reactor, which must be DB's home reactor.
- * NAME is the Lua table ("db" when NULL). DB must outlive M's sessions.
- * Returns 0 or a code from knit_manhole_register_fn. Built with the manhole
- * module only. [reactor] */
+ * Register NAME.stats() (the statistics above as a table) and
+ * NAME.query(sql, ...) (runs SQL with the further arguments bound as $1,
+ * $2, ... and returns a Deferred of a list of rows, each a table keyed by
+ * column name, NULL cells absent: `await(db.query("select count(*) as n
+ * from notes"))`) into the manhole M's registry (knit_manhole_register_fn),
+ * as httpc does. NAME is the Lua table ("db" when NULL). The bindings check
+ * that M's reactor is DB's home. DB must outlive M's sessions. Returns 0 or
+ * a code from knit_manhole_register_fn. Built with the manhole module only.
+ * [reactor] (M's) */
 struct knit_manhole;
-int knit_manhole_attach_db(struct knit_manhole *m, const char *name, knit_db *db);
+int knit_manhole_attach_db(struct knit_manhole *m, knit_db *db, const char *name);
 
 #ifdef __cplusplus
 }

@@ -21,6 +21,8 @@
 #include "knit/db.h"
 #include "knit/deferred.h"
 #include "knit/error.h"
+#include "knit/manhole.h"
+#include "knit/metrics.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
 
@@ -902,6 +904,82 @@ static void test_sqlite_memory(void **state)
     close_db(f->r, db);
 }
 
+/* ---- metrics and the manhole ------------------------------------------------------------- */
+
+static void mh_write(const char *data, size_t len, void *arg)
+{
+    char *out = arg;
+    size_t l = strlen(out);
+    if (l + len >= 4096) len = 4095 - l;
+    memcpy(out + l, data, len);
+    out[l + len] = 0;
+}
+
+/* Outcomes counted by kind, the latency histogram and the pool gauges in
+ * the registry; db.stats() and db.query() (a Deferred, with parameters) in
+ * a manhole session. */
+static void test_sqlite_metrics_manhole(void **state)
+{
+    sfix *f = *state;
+    exec(f->r, f->db, "CREATE TABLE m(id INTEGER PRIMARY KEY, s TEXT, x REAL)", NULL, 0);
+    exec(f->r, f->db, "INSERT INTO m VALUES (1, 'one', 1.5), (2, NULL, NULL)", NULL, 0);
+    knit_deferred *d;
+    assert_int_equal(knit_db_query(f->db, "SELECT nope FROM m", NULL, 0, &d), 0);
+    knit_failure_free(failure_of(f->r, d, "a failing query"));
+
+    knit_metrics *m;
+    assert_int_equal(knit_metrics_new(&m), 0);
+    assert_int_equal(knit_metrics_add_db(m, f->db), 0);
+    char *text = NULL;
+    assert_int_equal(knit_metrics_expose(m, &text, NULL), 0);
+    const char *want[] = {
+        "knit_db_queries_total{db=\"db\",outcome=\"ok\"} 2\n",
+        "knit_db_queries_total{db=\"db\",outcome=\"failed\"} 1\n",
+        "knit_db_queries_total{db=\"db\",outcome=\"timeout\"} 0\n",
+        "knit_db_connections{db=\"db\"} 4\n",
+        "knit_db_connections_busy{db=\"db\"} 0\n",
+        "knit_db_queue_length{db=\"db\"} 0\n",
+        "knit_db_query_duration_seconds_count{db=\"db\"} 3\n",
+    };
+    for (size_t i = 0; i < sizeof want / sizeof want[0]; i++)
+        if (!strstr(text, want[i])) fail_msg("no %s in:\n%s", want[i], text);
+    free(text);
+    assert_int_equal(knit_metrics_remove_db(m, f->db), 0);
+    knit_metrics_free(m);
+
+    knit_manhole *mh;
+    assert_int_equal(knit_manhole_new(&mh, f->r, NULL), 0);
+    assert_int_equal(knit_manhole_attach_db(mh, f->db, NULL), 0);
+    static char out[4096];
+    out[0] = 0;
+    knit_manhole_session *s;
+    assert_int_equal(knit_manhole_session_new(mh, "test", mh_write, out, &s), 0);
+    const char *ev = "return db.stats().ok, db.stats().failed, db.stats().kind";
+    if (knit_manhole_session_eval(s, ev, strlen(ev)) != KNIT_MANHOLE_OK) fail_msg("eval: %s", out);
+    if (!strstr(out, "2\t1\t\"sqlite\"")) fail_msg("db.stats(): %s", out);
+    const char *q1 = "d = db.query('SELECT id, s, x FROM m WHERE id >= $1 ORDER BY id', 1)";
+    assert_int_equal(knit_manhole_session_eval(s, q1, strlen(q1)), KNIT_MANHOLE_OK);
+    const char *q = "return d:fired()";
+    int64_t deadline = mono_ms() + WAIT_S * 1000;
+    for (;;) {
+        out[0] = 0;
+        assert_int_equal(knit_manhole_session_eval(s, q, strlen(q)), KNIT_MANHOLE_OK);
+        if (strstr(out, "true")) break;
+        if (mono_ms() > deadline) fail_msg("timed out waiting for db.query in the manhole");
+        knit_reactor_run_once(f->r, KNIT_MSEC(10));
+    }
+    out[0] = 0;
+    const char *r2 = "local v = d:result() return #v, v[1].id, v[1].s, v[1].x, v[2].id, v[2].s";
+    assert_int_equal(knit_manhole_session_eval(s, r2, strlen(r2)), KNIT_MANHOLE_OK);
+    if (!strstr(out, "2\t1\t\"one\"\t1.5\t2\tnil")) fail_msg("db.query result: %s", out);
+    out[0] = 0;
+    const char *bad = "db.query('SELECT 1', {})";
+    assert_int_not_equal(knit_manhole_session_eval(s, bad, strlen(bad)), KNIT_MANHOLE_OK);
+    if (!strstr(out, "cannot be bound")) fail_msg("a table parameter: %s", out);
+    knit_manhole_session_free(s);
+    knit_manhole_free(mh);
+}
+
 /* ---- PostgreSQL ------------------------------------------------------------------------ */
 
 #ifndef KNIT_PGTMP
@@ -1424,6 +1502,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sqlite_shutdown_trigger, ssetup, steardown),
         cmocka_unit_test_setup_teardown(test_sqlite_open_errors, ssetup, steardown),
         cmocka_unit_test_setup_teardown(test_sqlite_memory, ssetup, steardown),
+        cmocka_unit_test_setup_teardown(test_sqlite_metrics_manhole, ssetup, steardown),
     };
     const struct CMUnitTest pg_tests[] = {
         cmocka_unit_test_setup_teardown(test_pg_types, psetup, pteardown),
