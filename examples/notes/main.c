@@ -317,7 +317,16 @@ static void store_opened(knit_result *res, void *arg)
         knit_result_failf(res, rc, "notes app");
         return;
     }
+    /* knit_db_* series on /metrics (the collector reads atomics: any thread). */
+    rc = knit_metrics_add_db(knit_app_metrics(m->kapp), notes_store_db(m->store));
+    if (rc < 0) KNIT_WARN("notes", "database metrics: %s", knit_strerror(rc));
     knit_log_kv(KNIT_LOG_INFO, "notes", "database open", "path", m->db, NULL);
+}
+
+/* [reactor] Before the store goes away: its collector first. */
+static void store_unwatch(notes_main *m)
+{
+    if (m->store) knit_metrics_remove_db(knit_app_metrics(m->kapp), notes_store_db(m->store));
 }
 
 static knit_deferred *store_start(knit_service *s, void *arg)
@@ -353,6 +362,7 @@ static knit_deferred *store_stop(knit_service *s, void *arg)
 {
     notes_main *m = arg;
     if (!m->store) return NULL;
+    store_unwatch(m);
     knit_deferred *d;
     if (knit_defer_to_thread(m->pool, store_close_job, m, &d) == 0) return d;
     /* The pool refuses work: close here, on the reactor thread. */
@@ -642,6 +652,7 @@ static void teardown(knit_app *app, void *arg)
     knit_pool_free(m->pool); /* joins the workers: nothing uses the store after this */
     notes_webhook_free(m->webhook); /* no worker can be posting any more */
     if (m->store) {
+        store_unwatch(m);
         int rc = notes_store_close(m->store);
         if (rc < 0) KNIT_ERROR("notes", "final checkpoint failed: %s", knit_strerror(rc));
     }
