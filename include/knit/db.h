@@ -209,7 +209,7 @@ typedef struct knit_db_options {
     bool sync_normal;           /* synchronous=NORMAL instead of FULL (faster; a crash of
                                    the machine may lose the last commits) */
     /* PostgreSQL */
-    bool no_prepare; /* never name prepared statements (pgbouncer, transaction mode) */
+    bool no_prepare;   /* never name prepared statements (pgbouncer, transaction mode) */
     unsigned pipeline; /* queries in flight per connection; default 16; 1 = no pipelining */
 } knit_db_options;
 
@@ -452,12 +452,12 @@ typedef struct knit_db_stats {
     unsigned conns_busy; /* running a query or holding a transaction */
     size_t queued;       /* calls waiting for a connection */
     size_t max_queue;
-    uint64_t ok;        /* calls that succeeded */
-    uint64_t failed;    /* ... failed in the database (statement errors, busy, I/O) */
-    uint64_t timeouts;  /* ... over statement_timeout or acquire_timeout */
-    uint64_t cancelled; /* ... cancelled by their caller */
-    uint64_t rejected;  /* refused at the door: queue full, shutting down, server down */
-    uint64_t conn_lost; /* ... failed because their connection broke */
+    uint64_t ok;           /* calls that succeeded */
+    uint64_t failed;       /* ... failed in the database (statement errors, busy, I/O) */
+    uint64_t timeouts;     /* ... over statement_timeout or acquire_timeout */
+    uint64_t cancelled;    /* ... cancelled by their caller */
+    uint64_t rejected;     /* refused at the door: queue full, shutting down, server down */
+    uint64_t conn_lost;    /* ... failed because their connection broke */
     uint64_t busy_retries; /* SQLITE_BUSY retries */
     uint64_t reconnects;   /* PostgreSQL connections re-established */
     uint64_t resent;       /* PostgreSQL queries sent again after a stray cancel */

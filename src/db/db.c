@@ -57,8 +57,7 @@ knit_failure *knit__db_fail(int code, const char *sqlstate, const char *fmt, ...
     /* Trim the newline libpq ends its messages with. */
     while (n > 0 && (msg[n - 1] == '\n' || msg[n - 1] == ' '))
         msg[--n] = 0;
-    if (sqlstate && sqlstate[0])
-        return knit_failure_new(code, "%s (SQLSTATE %.5s)", msg, sqlstate);
+    if (sqlstate && sqlstate[0]) return knit_failure_new(code, "%s (SQLSTATE %.5s)", msg, sqlstate);
     return knit_failure_new(code, "%s", msg);
 }
 
@@ -198,7 +197,8 @@ static int take_param(knit_db *db, const char *key, const char *val, char *err, 
     } else {
         return 0;
     }
-    if (rc == KNIT_EINVAL) snprintf(err, errlen, "bad value for URL parameter %s: \"%s\"", key, val);
+    if (rc == KNIT_EINVAL)
+        snprintf(err, errlen, "bad value for URL parameter %s: \"%s\"", key, val);
     return rc < 0 ? rc : 1;
 }
 
@@ -718,8 +718,8 @@ static int submit_async(knit_db *db, knit__dbreq *q, knit_deferred **out)
     return 0;
 }
 
-static int call_async(knit_db *db, int kind, const char *sql, const knit_db_value *params,
-                      size_t n, knit_deferred **out)
+static int call_async(knit_db *db, int kind, const char *sql, const knit_db_value *params, size_t n,
+                      knit_deferred **out)
 {
     *out = NULL;
     int rc = check_args(db, sql, params, n);
@@ -762,13 +762,13 @@ static int run_blocking(knit_db *db, knit__dbreq *q)
 {
     if (DB_LOAD(db->closing)) {
         DB_INC(db->st_rejected);
-        knit__dbreq_set_failure(q, knit_failure_new(KNIT_ESHUTDOWN, "database %s is closing",
-                                                    db->name));
+        knit__dbreq_set_failure(
+            q, knit_failure_new(KNIT_ESHUTDOWN, "database %s is closing", db->name));
         return KNIT_ESHUTDOWN;
     }
     if (!knit__db_may_block()) {
-        knit__dbreq_set_failure(q, knit_failure_new(KNIT_EINVAL,
-                                                    "blocking database call on a reactor thread"));
+        knit__dbreq_set_failure(
+            q, knit_failure_new(KNIT_EINVAL, "blocking database call on a reactor thread"));
         return KNIT_EINVAL;
     }
     knit__dbwaiter w;
@@ -781,8 +781,9 @@ static int run_blocking(knit_db *db, knit__dbreq *q)
     if (rc < 0) {
         q->refs = 1;
         DB_INC(db->st_rejected);
-        if (!q->failure) knit__dbreq_set_failure(q, knit_failure_new(rc, "database %s: %s",
-                                                                     db->name, knit_strerror(rc)));
+        if (!q->failure)
+            knit__dbreq_set_failure(
+                q, knit_failure_new(rc, "database %s: %s", db->name, knit_strerror(rc)));
     } else {
         pthread_mutex_lock(&w.mu);
         while (!w.done)
@@ -880,8 +881,8 @@ knit_db_kind knit_db_tx_kind(const knit_db_tx *tx)
     return tx->db->kind;
 }
 
-static int tx_stmt(knit_db_tx *tx, int kind, const char *sql, const knit_db_value *params,
-                   size_t n, knit_db_rows **rows, knit_failure **err)
+static int tx_stmt(knit_db_tx *tx, int kind, const char *sql, const knit_db_value *params, size_t n,
+                   knit_db_rows **rows, knit_failure **err)
 {
     knit_failure *f = NULL;
     *rows = NULL;

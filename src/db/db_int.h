@@ -43,13 +43,13 @@ typedef struct knit__dbreq knit__dbreq;
 typedef struct knit__pgconn knit__pgconn;
 
 struct knit__dbreq {
-    knit_work work;          /* SQLite jobs, PostgreSQL interaction bodies */
-    knit__post post;         /* PostgreSQL: to the home reactor and back */
-    knit__post cancel_post;  /* PostgreSQL: a cancel from the caller's reactor */
+    knit_work work;         /* SQLite jobs, PostgreSQL interaction bodies */
+    knit__post post;        /* PostgreSQL: to the home reactor and back */
+    knit__post cancel_post; /* PostgreSQL: a cancel from the caller's reactor */
     knit_db *db;
-    int kind;                /* RQ_* */
-    unsigned flags;          /* KNIT_DB_READ_ONLY */
-    bool owned;              /* sql/params point into this allocation */
+    int kind;       /* RQ_* */
+    unsigned flags; /* KNIT_DB_READ_ONLY */
+    bool owned;     /* sql/params point into this allocation */
     const char *sql;
     const knit_db_value *params;
     size_t nparams;
@@ -67,15 +67,15 @@ struct knit__dbreq {
     int cancel;             /* atomic: 1 cancelled by the caller */
     int refs;               /* atomic */
     /* ---- PostgreSQL, home reactor only ---- */
-    knit__dbreq *next;      /* in the queue or a connection's pipeline */
-    knit__pgconn *conn;     /* the connection it was sent on / the tx holds */
-    knit__dbreq *tx;        /* a statement of this interaction (tx request) */
-    int64_t deadline;       /* queue: acquire deadline (mono ns) */
-    int pg_state;           /* pg.c's own */
-    int pg_phase;           /* results expected: prepare, then query, then sync */
-    void *pg_stmt;          /* the cache entry a prepare creates */
-    int pg_resends;         /* times sent again after a stray cancel */
-    bool home_done;         /* the home reactor is finished with it */
+    knit__dbreq *next;  /* in the queue or a connection's pipeline */
+    knit__pgconn *conn; /* the connection it was sent on / the tx holds */
+    knit__dbreq *tx;    /* a statement of this interaction (tx request) */
+    int64_t deadline;   /* queue: acquire deadline (mono ns) */
+    int pg_state;       /* pg.c's own */
+    int pg_phase;       /* results expected: prepare, then query, then sync */
+    void *pg_stmt;      /* the cache entry a prepare creates */
+    int pg_resends;     /* times sent again after a stray cancel */
+    bool home_done;     /* the home reactor is finished with it */
 };
 
 /* ---- the database ---------------------------------------------------------------- */
@@ -189,8 +189,8 @@ int knit__pg_tx_stmt(knit_db_tx *tx, int kind, const char *sql, const knit_db_va
 /* An interaction's handle, on the thread running its body. */
 struct knit_db_tx {
     knit_db *db;
-    knit__dbreq *q;    /* the interaction's request */
-    void *conn;        /* the backend's connection */
+    knit__dbreq *q; /* the interaction's request */
+    void *conn;     /* the backend's connection */
     bool read_only;
     knit_failure *first; /* a copy of the first failed statement's failure */
 };

@@ -84,7 +84,7 @@ struct knit__pgconn {
     knit__dbreq *tx; /* the interaction holding it */
     bool reserved;   /* kept free for a waiting interaction */
     int64_t head_since;
-    int64_t cancel_at; /* when we last sent a cancel (mono ns), 0 = never */
+    int64_t cancel_at;           /* when we last sent a cancel (mono ns), 0 = never */
     knit__dbreq *cancelled_head; /* the head we sent a cancel for */
     /* named prepared statements (the first KNIT_DB_STMT_CACHE distinct ones) */
     pstmt cache[KNIT_DB_STMT_CACHE];
@@ -143,8 +143,7 @@ static int map_sqlstate(const char *s)
     if (!strcmp(s, "25006")) return KNIT_EACCES;
     if (!strcmp(s, "57014")) return KNIT_ECANCELED;
     if (!strcmp(s, "08P01")) return KNIT_EINVAL; /* e.g. a parameter count that does not match */
-    if (!strncmp(s, "08", 2) || !strcmp(s, "57P01") || !strcmp(s, "57P02") ||
-        !strcmp(s, "57P03"))
+    if (!strncmp(s, "08", 2) || !strcmp(s, "57P01") || !strcmp(s, "57P02") || !strcmp(s, "57P03"))
         return KNIT_ECONNRESET;
     if (!strcmp(s, "53300")) return KNIT_ECONNREFUSED;
     if (!strcmp(s, "53200")) return KNIT_ENOMEM;
@@ -158,8 +157,7 @@ static knit_failure *result_failure(const PGresult *r)
     const char *detail = PQresultErrorField(r, PG_DIAG_MESSAGE_DETAIL);
     if (!msg) msg = PQresultErrorMessage(r);
     if (!msg || !*msg) msg = PQresStatus(PQresultStatus(r));
-    if (detail)
-        return knit__db_fail(map_sqlstate(state), state, "%s (%s)", msg, detail);
+    if (detail) return knit__db_fail(map_sqlstate(state), state, "%s (%s)", msg, detail);
     return knit__db_fail(map_sqlstate(state), state, "%s", msg);
 }
 
@@ -786,8 +784,8 @@ static void read_results(knit__pgconn *c)
             } else if (!q->home_done && !q->failure) {
                 knit_db_rows *rows = convert(r, q->kind == RQ_QUERY);
                 if (!rows)
-                    knit__dbreq_set_failure(q, knit_failure_new(KNIT_ENOMEM,
-                                                                "out of memory reading rows"));
+                    knit__dbreq_set_failure(
+                        q, knit_failure_new(KNIT_ENOMEM, "out of memory reading rows"));
                 knit_db_rows_free(q->rows);
                 q->rows = rows;
             }
@@ -923,8 +921,7 @@ static void conn_broken(knit__pgconn *c, const char *why)
         if (q->kind == RQ_TXBEGIN || q->kind == RQ_TXEND) q->tx->conn = NULL;
         if (!q->home_done)
             fail_req(q, knit__db_fail(KNIT_ECONNRESET, "08006",
-                                      "%s; the statement may or may not have been committed",
-                                      msg));
+                                      "%s; the statement may or may not have been committed", msg));
         knit__dbreq_unref(q);
         q = next;
     }
@@ -1040,7 +1037,8 @@ static void connect_poll(knit__pgconn *c)
         }
         if (want != c->events) {
             c->events = want;
-            if (knit_io_start(&c->io, (unsigned)want) < 0) conn_failed(c, "cannot watch the socket");
+            if (knit_io_start(&c->io, (unsigned)want) < 0)
+                conn_failed(c, "cannot watch the socket");
         }
         return;
     }
@@ -1294,7 +1292,8 @@ void knit__pg_stats(const knit_db *db, knit_db_stats *out)
     out->queued = DB_LOAD(db->be.pg->qlen);
 }
 
-/* ---- calls arriving at home -------------------------------------------------------------------- */
+/* ---- calls arriving at home --------------------------------------------------------------------
+ */
 
 static void cancel_home(knit__dbreq *q);
 
@@ -1382,7 +1381,8 @@ int knit__pg_submit(knit_db *db, knit__dbreq *q, knit_reactor *r)
     return 0;
 }
 
-/* ---- cancel ---------------------------------------------------------------------------------------- */
+/* ---- cancel
+ * ---------------------------------------------------------------------------------------- */
 
 static void cancel_home(knit__dbreq *q)
 {
@@ -1440,7 +1440,8 @@ void knit__pg_cancel(knit__dbreq *q)
     }
 }
 
-/* ---- blocking ------------------------------------------------------------------------------------- */
+/* ---- blocking
+ * ------------------------------------------------------------------------------------- */
 
 static void tx_body(knit__dbreq *q);
 
@@ -1470,7 +1471,8 @@ int knit__pg_blocking(knit_db *db, knit__dbreq *q)
     return 0;
 }
 
-/* ---- interactions --------------------------------------------------------------------------------- */
+/* ---- interactions
+ * --------------------------------------------------------------------------------- */
 
 /* Run one request of an interaction at home and wait for it. [body thread] */
 static void run_home(knit__dbreq *s)
@@ -1491,8 +1493,8 @@ static void run_home(knit__dbreq *s)
     s->waiter = NULL;
 }
 
-static knit__dbreq *sub_new(knit__dbreq *tx, int kind, const char *sql,
-                            const knit_db_value *params, size_t n)
+static knit__dbreq *sub_new(knit__dbreq *tx, int kind, const char *sql, const knit_db_value *params,
+                            size_t n)
 {
     knit__dbreq *s = calloc(1, sizeof *s);
     if (!s) return NULL;

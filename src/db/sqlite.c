@@ -67,28 +67,50 @@ struct knit__sqdb {
 static const char *code_name(int rc)
 {
     switch (rc & 0xff) {
-    case SQLITE_ERROR: return "SQLITE_ERROR";
-    case SQLITE_INTERNAL: return "SQLITE_INTERNAL";
-    case SQLITE_PERM: return "SQLITE_PERM";
-    case SQLITE_ABORT: return "SQLITE_ABORT";
-    case SQLITE_BUSY: return "SQLITE_BUSY";
-    case SQLITE_LOCKED: return "SQLITE_LOCKED";
-    case SQLITE_NOMEM: return "SQLITE_NOMEM";
-    case SQLITE_READONLY: return "SQLITE_READONLY";
-    case SQLITE_INTERRUPT: return "SQLITE_INTERRUPT";
-    case SQLITE_IOERR: return "SQLITE_IOERR";
-    case SQLITE_CORRUPT: return "SQLITE_CORRUPT";
-    case SQLITE_FULL: return "SQLITE_FULL";
-    case SQLITE_CANTOPEN: return "SQLITE_CANTOPEN";
-    case SQLITE_PROTOCOL: return "SQLITE_PROTOCOL";
-    case SQLITE_SCHEMA: return "SQLITE_SCHEMA";
-    case SQLITE_TOOBIG: return "SQLITE_TOOBIG";
-    case SQLITE_CONSTRAINT: return "SQLITE_CONSTRAINT";
-    case SQLITE_MISMATCH: return "SQLITE_MISMATCH";
-    case SQLITE_MISUSE: return "SQLITE_MISUSE";
-    case SQLITE_RANGE: return "SQLITE_RANGE";
-    case SQLITE_NOTADB: return "SQLITE_NOTADB";
-    default: return "SQLITE_?";
+    case SQLITE_ERROR:
+        return "SQLITE_ERROR";
+    case SQLITE_INTERNAL:
+        return "SQLITE_INTERNAL";
+    case SQLITE_PERM:
+        return "SQLITE_PERM";
+    case SQLITE_ABORT:
+        return "SQLITE_ABORT";
+    case SQLITE_BUSY:
+        return "SQLITE_BUSY";
+    case SQLITE_LOCKED:
+        return "SQLITE_LOCKED";
+    case SQLITE_NOMEM:
+        return "SQLITE_NOMEM";
+    case SQLITE_READONLY:
+        return "SQLITE_READONLY";
+    case SQLITE_INTERRUPT:
+        return "SQLITE_INTERRUPT";
+    case SQLITE_IOERR:
+        return "SQLITE_IOERR";
+    case SQLITE_CORRUPT:
+        return "SQLITE_CORRUPT";
+    case SQLITE_FULL:
+        return "SQLITE_FULL";
+    case SQLITE_CANTOPEN:
+        return "SQLITE_CANTOPEN";
+    case SQLITE_PROTOCOL:
+        return "SQLITE_PROTOCOL";
+    case SQLITE_SCHEMA:
+        return "SQLITE_SCHEMA";
+    case SQLITE_TOOBIG:
+        return "SQLITE_TOOBIG";
+    case SQLITE_CONSTRAINT:
+        return "SQLITE_CONSTRAINT";
+    case SQLITE_MISMATCH:
+        return "SQLITE_MISMATCH";
+    case SQLITE_MISUSE:
+        return "SQLITE_MISUSE";
+    case SQLITE_RANGE:
+        return "SQLITE_RANGE";
+    case SQLITE_NOTADB:
+        return "SQLITE_NOTADB";
+    default:
+        return "SQLITE_?";
     }
 }
 
@@ -237,7 +259,8 @@ static int open_conn(knit_db *db, sq_conn *c, bool first, char *err, size_t errl
     sqlite3_busy_timeout(c->h, (int)(db->o.busy_timeout / 1000000));
     sqlite3_progress_handler(c->h, PROGRESS_OPS, progress, c);
     doing = "setting synchronous";
-    rc = sqlite3_exec(c->h, db->o.sync_normal ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL",
+    rc = sqlite3_exec(c->h,
+                      db->o.sync_normal ? "PRAGMA synchronous=NORMAL" : "PRAGMA synchronous=FULL",
                       NULL, NULL, NULL);
     if (rc != SQLITE_OK) goto fail;
     if (first && !sq->memory) {
@@ -306,7 +329,8 @@ static void worker_fini(knit_pool *p, void *data, void *arg)
              * truncate it. When that fails (a full disk) nothing is lost:
              * the WAL keeps every commit and the next open replays it. */
             int logn = 0, done = 0;
-            int rc = sqlite3_wal_checkpoint_v2(c->h, NULL, SQLITE_CHECKPOINT_TRUNCATE, &logn, &done);
+            int rc =
+                sqlite3_wal_checkpoint_v2(c->h, NULL, SQLITE_CHECKPOINT_TRUNCATE, &logn, &done);
             if (rc != SQLITE_OK) {
                 knit_failure *f = sq_failure(db, c->h, rc, "final checkpoint");
                 pthread_mutex_lock(&sq->fmu);
@@ -419,14 +443,17 @@ static int prepare(sq_conn *c, const char *sql, sqlite3_stmt **out, knit_failure
         *f = sq_failure(c->db, c->h, rc, "prepare");
         return (*f)->code;
     }
-    while (tail && (*tail == ' ' || *tail == '\t' || *tail == '\n' || *tail == '\r' || *tail == ';'))
+    while (tail &&
+           (*tail == ' ' || *tail == '\t' || *tail == '\n' || *tail == '\r' || *tail == ';'))
         tail++;
     bool more = tail && *tail;
     free(rewritten);
     if (!st || more) {
         sqlite3_finalize(st);
-        *f = knit__db_fail(KNIT_EINVAL, "42601", "%s", st || more ? "one statement per call: "
-                           "run several in an interaction" : "empty statement");
+        *f = knit__db_fail(KNIT_EINVAL, "42601", "%s",
+                           st || more ? "one statement per call: "
+                                        "run several in an interaction"
+                                      : "empty statement");
         return KNIT_EINVAL;
     }
     char *copy = strdup(sql);
@@ -745,18 +772,18 @@ static void sq_work(knit_work *w)
     } else if (DB_LOAD(q->cancel)) {
         knit__dbreq_set_failure(q, knit__db_fail(KNIT_ECANCELED, "57014", "cancelled"));
     } else if (db->o.acquire_timeout > 0 && knit__db_mono_ns() - q->t0 > db->o.acquire_timeout) {
-        knit__dbreq_set_failure(
-            q, knit__db_fail(KNIT_ETIMEDOUT, "08000", "no connection of %s within acquire_timeout "
-                                                      "(%lld ms)",
-                             db->name, (long long)(db->o.acquire_timeout / 1000000)));
+        knit__dbreq_set_failure(q, knit__db_fail(KNIT_ETIMEDOUT, "08000",
+                                                 "no connection of %s within acquire_timeout "
+                                                 "(%lld ms)",
+                                                 db->name,
+                                                 (long long)(db->o.acquire_timeout / 1000000)));
     } else {
         DB_INC(db->conns_busy);
         if (q->kind == RQ_TX) {
             run_tx(c, q);
         } else {
             knit_db_rows *rows;
-            if (run_stmt(c, q, NULL, q->sql, q->params, q->nparams, q->kind == RQ_QUERY, &rows,
-                         &f))
+            if (run_stmt(c, q, NULL, q->sql, q->params, q->nparams, q->kind == RQ_QUERY, &rows, &f))
                 knit__dbreq_set_failure(q, f);
             else
                 q->rows = rows;
@@ -868,8 +895,7 @@ static void pool_down(knit_pool *p, void *arg)
 
 void knit__sq_close(knit_db *db)
 {
-    if (knit_pool_shutdown(db->be.sq->pool, pool_down, db) < 0)
-        knit__db_close_finished(db, NULL);
+    if (knit_pool_shutdown(db->be.sq->pool, pool_down, db) < 0) knit__db_close_finished(db, NULL);
 }
 
 void knit__sq_free(knit_db *db)

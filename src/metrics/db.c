@@ -21,17 +21,19 @@ static const char *const outcomes[O_N] = {"ok",        "failed",   "timeout",
 
 static const struct {
     const char *name, *help;
-} counters[C_N] = {
-    {"knit_db_busy_retries_total", "SQLITE_BUSY retries (with backoff)."},
-    {"knit_db_reconnects_total", "PostgreSQL connections re-established."},
-    {"knit_db_resent_total", "PostgreSQL queries sent again after a stray cancel."},
-}, gauges[G_N] = {
-    {"knit_db_connections", "Connections configured."},
-    {"knit_db_connections_up", "Connections open (SQLite: opened by their worker)."},
-    {"knit_db_connections_busy", "Connections running a query or holding a transaction."},
-    {"knit_db_connections_idle", "Connections open and not busy."},
-    {"knit_db_queue_length", "Calls waiting for a connection."},
-    {"knit_db_queue_capacity", "Calls that may wait before new ones are refused."},
+} counters[C_N] =
+    {
+        {"knit_db_busy_retries_total", "SQLITE_BUSY retries (with backoff)."},
+        {"knit_db_reconnects_total", "PostgreSQL connections re-established."},
+        {"knit_db_resent_total", "PostgreSQL queries sent again after a stray cancel."},
+},
+  gauges[G_N] = {
+      {"knit_db_connections", "Connections configured."},
+      {"knit_db_connections_up", "Connections open (SQLite: opened by their worker)."},
+      {"knit_db_connections_busy", "Connections running a query or holding a transaction."},
+      {"knit_db_connections_idle", "Connections open and not busy."},
+      {"knit_db_queue_length", "Calls waiting for a connection."},
+      {"knit_db_queue_capacity", "Calls that may wait before new ones are refused."},
 };
 
 typedef struct db_state {
@@ -54,12 +56,9 @@ static void collect_db(knit_metrics *m, void *arg)
     uint64_t cv[C_N] = {s.busy_retries, s.reconnects, s.resent};
     for (int i = 0; i < C_N; i++)
         knit_counter_set_total(st->c_[i], cv[i]);
-    double gv[G_N] = {s.conns,
-                      s.conns_up,
-                      s.conns_busy,
-                      s.conns_up > s.conns_busy ? s.conns_up - s.conns_busy : 0,
-                      (double)s.queued,
-                      (double)s.max_queue};
+    double gv[G_N] = {s.conns,          s.conns_up,
+                      s.conns_busy,     s.conns_up > s.conns_busy ? s.conns_up - s.conns_busy : 0,
+                      (double)s.queued, (double)s.max_queue};
     for (int i = 0; i < G_N; i++)
         knit_gauge_set(st->g[i], gv[i]);
     knit_histogram_set_counts(st->latency, s.hist, (double)s.lat_sum_ns / 1e9);

@@ -201,21 +201,22 @@ static int steardown(void **state)
 static void check_types(knit_reactor *r, knit_db *db, bool pg)
 {
     exec(r, db, "DROP TABLE IF EXISTS t", NULL, 0);
-    exec(r, db,
-         pg ? "CREATE TABLE t(id BIGINT PRIMARY KEY, i BIGINT, f DOUBLE PRECISION, s TEXT,"
-              " b BYTEA, ok BOOLEAN, n TEXT)"
-            : "CREATE TABLE t(id INTEGER PRIMARY KEY, i INTEGER, f REAL, s TEXT, b BLOB, ok BOOLEAN,"
-              " n TEXT)",
-         NULL, 0);
+    exec(
+        r, db,
+        pg ? "CREATE TABLE t(id BIGINT PRIMARY KEY, i BIGINT, f DOUBLE PRECISION, s TEXT,"
+             " b BYTEA, ok BOOLEAN, n TEXT)"
+           : "CREATE TABLE t(id INTEGER PRIMARY KEY, i INTEGER, f REAL, s TEXT, b BLOB, ok BOOLEAN,"
+             " n TEXT)",
+        NULL, 0);
     static const unsigned char blob[] = {0, 1, 2, 0xfe, 0xff, '\\', 'x'};
     const char *uni = "h\xc3\xa9llo \xe2\x9c\x93 'quoted' $1";
-    knit_db_value p[] = {knit_db_int(1),      knit_db_int(-9007199254740993LL),
-                         knit_db_float(2.5),  knit_db_text(uni),
-                         knit_db_blob(blob, sizeof blob), knit_db_bool(true),
+    knit_db_value p[] = {knit_db_int(1),    knit_db_int(-9007199254740993LL), knit_db_float(2.5),
+                         knit_db_text(uni), knit_db_blob(blob, sizeof blob),  knit_db_bool(true),
                          knit_db_null()};
     assert_int_equal(exec(r, db, "INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, $7)", p, 7), 1);
-    knit_db_value p2[] = {knit_db_int(2), knit_db_null(), knit_db_null(), knit_db_text(""),
-                          knit_db_blob("", 0), knit_db_bool(false), knit_db_null()};
+    knit_db_value p2[] = {knit_db_int(2),   knit_db_null(),      knit_db_null(),
+                          knit_db_text(""), knit_db_blob("", 0), knit_db_bool(false),
+                          knit_db_null()};
     assert_int_equal(exec(r, db, "INSERT INTO t VALUES ($1, $2, $3, $4, $5, $6, $7)", p2, 7), 1);
 
     knit_db_rows *rows = query(r, db, "SELECT id, i, f, s, b, ok, n FROM t ORDER BY id", NULL, 0);
@@ -286,7 +287,7 @@ static void check_types(knit_reactor *r, knit_db *db, bool pg)
 typedef struct txarg {
     int64_t id;
     const char *text;
-    bool fail_after; /* leave a failure after the insert */
+    bool fail_after;   /* leave a failure after the insert */
     bool ignore_error; /* run a failing statement and return success anyway */
 } txarg;
 
@@ -846,13 +847,13 @@ static void test_sqlite_open_errors(void **state)
     assert_non_null(strstr(err, "conns"));
     assert_int_equal(knit_db_open(&db, f->r, "sqlite:/tmp/x.db?bogus=1", NULL, err, sizeof err),
                      KNIT_EINVAL);
-    assert_int_equal(knit_db_open(&db, f->r, "sqlite:/tmp/x.db?statement_timeout=soon", NULL, err,
-                                  sizeof err),
-                     KNIT_EINVAL);
+    assert_int_equal(
+        knit_db_open(&db, f->r, "sqlite:/tmp/x.db?statement_timeout=soon", NULL, err, sizeof err),
+        KNIT_EINVAL);
     assert_non_null(strstr(err, "statement_timeout"));
-    assert_int_equal(knit_db_open(&db, f->r, "sqlite:/nonexistent-knit-dir/x/t.db", NULL, err,
-                                  sizeof err),
-                     KNIT_EACCES);
+    assert_int_equal(
+        knit_db_open(&db, f->r, "sqlite:/nonexistent-knit-dir/x/t.db", NULL, err, sizeof err),
+        KNIT_EACCES);
     assert_non_null(strstr(err, "/nonexistent-knit-dir/x/t.db"));
     /* Not a database. */
     char path[192];
@@ -1165,9 +1166,8 @@ static void test_pg_thousand_in_flight(void **state)
         knit_deferred *d;
         ones[i] = (many_one){&m, (int64_t)i * 3};
         knit_db_value p[] = {knit_db_int(i)};
-        assert_int_equal(knit_db_query(f->db, i % 2 ? "SELECT $1 * 3" : "SELECT $1::bigint * 3",
-                                       p, 1, &d),
-                         0);
+        assert_int_equal(
+            knit_db_query(f->db, i % 2 ? "SELECT $1 * 3" : "SELECT $1::bigint * 3", p, 1, &d), 0);
         knit_deferred_add_both(d, many_cb, &ones[i]);
         knit_deferred_unref(d);
     }
@@ -1328,8 +1328,8 @@ static void test_pg_init_sql(void **state)
     close_db(f->r, f->db);
     f->db = popen_db(f->r, "conns=3&init_sql=SET%20application_name%20TO%20'knit-test'");
     for (int i = 0; i < 12; i++) {
-        knit_db_rows *rows = query(f->r, f->db, "SELECT current_setting('application_name')",
-                                   NULL, 0);
+        knit_db_rows *rows =
+            query(f->r, f->db, "SELECT current_setting('application_name')", NULL, 0);
         assert_string_equal(knit_db_rows_text(rows, 0, 0, NULL), "knit-test");
         knit_db_rows_free(rows);
     }
@@ -1520,7 +1520,7 @@ int main(void)
     knit_test_watchdog(900);
     if (getenv("KNIT_TEST_FILTER")) cmocka_set_test_filter(getenv("KNIT_TEST_FILTER"));
     int failed = cmocka_run_group_tests_name("sqlite", sqlite_tests, NULL, NULL);
-    failed += cmocka_run_group_tests_name("postgresql", pg_tests, pg_group_setup,
-                                          pg_group_teardown);
+    failed +=
+        cmocka_run_group_tests_name("postgresql", pg_tests, pg_group_setup, pg_group_teardown);
     return failed;
 }
