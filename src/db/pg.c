@@ -49,6 +49,12 @@
 
 #define CONNECT_TIMEOUT KNIT_SEC(10)
 #define VICTIM_WINDOW KNIT_SEC(5) /* a stray cancel may hit a query this long after */
+/* A cancel that reached the server before its query started running there
+ * (PostgreSQL cancels only what a backend runs at that moment) is lost:
+ * while the same query is still the head, the cancel is sent again after
+ * this long, doubling up to the max. */
+#define CANCEL_AGAIN_MIN KNIT_MSEC(100)
+#define CANCEL_AGAIN_MAX KNIT_SEC(2)
 #define MAX_RESENDS 3
 
 /* internal request kinds, beside RQ_QUERY/RQ_EXEC/RQ_TX */
@@ -86,6 +92,8 @@ struct knit__pgconn {
     int64_t head_since;
     int64_t cancel_at;           /* when we last sent a cancel (mono ns), 0 = never */
     knit__dbreq *cancelled_head; /* the head we sent a cancel for */
+    knit_timer cancel_timer;     /* sends it again while that head is still running */
+    knit_duration cancel_again;  /* the next wait before sending it again */
     /* named prepared statements (the first KNIT_DB_STMT_CACHE distinct ones) */
     pstmt cache[KNIT_DB_STMT_CACHE];
     unsigned ncache, next_name;
@@ -391,10 +399,31 @@ static void cancel_free(void *arg)
     check_closed(pg);
 }
 
+static void send_cancel(knit__pgconn *c);
+
+/* The head a cancel was sent for still runs: send it again. */
+static void on_cancel_again(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit__pgconn *c = arg;
+    c->cancel_timer = KNIT_TIMER_NONE;
+    if (!c->c || !c->head || c->head != c->cancelled_head) return;
+    KNIT_DEBUG(MOD, "%s: a cancelled query still runs: cancelling it again", c->db->name);
+    c->cancelled_head = NULL;
+    c->cancel_again *= 2;
+    if (c->cancel_again > CANCEL_AGAIN_MAX) c->cancel_again = CANCEL_AGAIN_MAX;
+    send_cancel(c);
+}
+
 /* Ask the server to cancel what C's backend runs now (C's head). */
 static void send_cancel(knit__pgconn *c)
 {
     if (!c->c || !c->head || c->cancelled_head == c->head) return;
+    knit_reactor *r = c->db->r;
+    if (!knit_timer_active(r, c->cancel_timer)) {
+        if (c->cancel_again == 0) c->cancel_again = CANCEL_AGAIN_MIN;
+        c->cancel_timer = knit_call_later(r, c->cancel_again, on_cancel_again, c);
+    }
     cancel_job *j = calloc(1, sizeof *j);
     PGcancel *pc = j ? PQgetCancel(c->c) : NULL;
     if (!pc) {
@@ -439,6 +468,7 @@ static void new_head(knit__pgconn *c)
     c->st_timer = KNIT_TIMER_NONE;
     if (!c->head) return;
     c->head_since = knit__db_mono_ns();
+    c->cancel_again = CANCEL_AGAIN_MIN; /* a new head: its cancels start over */
     if (DB_LOAD(c->head->cancel) || (c->head->tx && DB_LOAD(c->head->tx->cancel))) {
         send_cancel(c);
         return;
@@ -829,7 +859,8 @@ static void close_conn(knit__pgconn *c)
     c->events = 0;
     if (knit_timer_active(r, c->st_timer)) knit_timer_cancel(r, c->st_timer);
     if (knit_timer_active(r, c->connect_timer)) knit_timer_cancel(r, c->connect_timer);
-    c->st_timer = c->connect_timer = KNIT_TIMER_NONE;
+    if (knit_timer_active(r, c->cancel_timer)) knit_timer_cancel(r, c->cancel_timer);
+    c->st_timer = c->connect_timer = c->cancel_timer = KNIT_TIMER_NONE;
     if (c->c) PQfinish(c->c);
     c->c = NULL;
     c->fd = -1;

@@ -57,7 +57,9 @@ struct knit__sqdb {
     knit_pool *pool;
     pthread_mutex_t wmu; /* the write lock: one writer at a time */
     bool memory;
-    int live; /* atomic: connections open */
+    int live;   /* atomic: connections open */
+    int opened; /* atomic: connections that opened (worker_init) */
+    int closed; /* atomic: ... and were closed again (worker_fini) */
     pthread_mutex_t fmu;
     knit_failure *final; /* the last connection's checkpoint failure */
 };
@@ -295,21 +297,42 @@ fail:;
     return code;
 }
 
+static void backoff_sleep(knit_duration *d);
+
+/* Open the worker's connection C, retrying SQLITE_BUSY (another connection
+ * recovering the WAL index or checkpointing) with backoff as statements
+ * do. [worker] */
+static void worker_open(knit_db *db, sq_conn *c)
+{
+    knit_duration pause = KNIT_DB_BUSY_BACKOFF_MIN;
+    for (unsigned tries = 0;; tries++) {
+        c->open_code = open_conn(db, c, false, c->open_err, sizeof c->open_err);
+        if (c->open_code != KNIT_EBUSY || tries >= db->o.busy_retries) break;
+        backoff_sleep(&pause);
+    }
+    if (c->open_code == 0) {
+        DB_INC(db->be.sq->live);
+        DB_INC(db->be.sq->opened);
+        DB_INC(db->conns_up);
+    } else {
+        KNIT_ERROR(MOD, "%s: a worker could not open its connection: %s", db->name, c->open_err);
+    }
+}
+
 static void *worker_init(knit_pool *p, void *arg)
 {
     (void)p;
     knit_db *db = arg;
     sq_conn *c = calloc(1, sizeof *c);
     if (!c) return NULL;
-    c->open_code = open_conn(db, c, false, c->open_err, sizeof c->open_err);
-    if (c->open_code == 0) {
-        DB_INC(db->be.sq->live);
-        DB_INC(db->conns_up);
-    } else {
-        KNIT_ERROR(MOD, "%s: a worker could not open its connection: %s", db->name, c->open_err);
-    }
+    worker_open(db, c);
     return c;
 }
+
+/* The final checkpoint waits up to this many 1 ms steps for the other
+ * connections to be closed, then retries SQLITE_BUSY this many times. */
+#define FINAL_WAIT_STEPS 5000
+#define FINAL_BUSY_TRIES 8u
 
 static void worker_fini(knit_pool *p, void *data, void *arg)
 {
@@ -327,10 +350,24 @@ static void worker_fini(knit_pool *p, void *data, void *arg)
         if (__atomic_sub_fetch(&sq->live, 1, __ATOMIC_ACQ_REL) == 0 && !sq->memory) {
             /* The last connection: copy the WAL into the database file and
              * truncate it. When that fails (a full disk) nothing is lost:
-             * the WAL keeps every commit and the next open replays it. */
-            int logn = 0, done = 0;
-            int rc =
-                sqlite3_wal_checkpoint_v2(c->h, NULL, SQLITE_CHECKPOINT_TRUNCATE, &logn, &done);
+             * the WAL keeps every commit and the next open replays it.
+             * Other workers may still be inside sqlite3_close (whose own
+             * attempt at a checkpoint takes the locks this one needs): wait
+             * for them first (bounded), then retry SQLITE_BUSY with backoff
+             * as statements do. */
+            for (int i = 0; i < FINAL_WAIT_STEPS && DB_LOAD(sq->closed) + 1 < DB_LOAD(sq->opened);
+                 i++) {
+                struct timespec ts = {0, 1000000}; /* 1 ms */
+                nanosleep(&ts, NULL);
+            }
+            int logn = 0, done = 0, rc;
+            knit_duration pause = KNIT_DB_BUSY_BACKOFF_MIN;
+            for (unsigned tries = 0;; tries++) {
+                rc =
+                    sqlite3_wal_checkpoint_v2(c->h, NULL, SQLITE_CHECKPOINT_TRUNCATE, &logn, &done);
+                if ((rc & 0xff) != SQLITE_BUSY || tries >= FINAL_BUSY_TRIES) break;
+                backoff_sleep(&pause);
+            }
             if (rc != SQLITE_OK) {
                 knit_failure *f = sq_failure(db, c->h, rc, "final checkpoint");
                 pthread_mutex_lock(&sq->fmu);
@@ -345,6 +382,7 @@ static void worker_fini(knit_pool *p, void *data, void *arg)
         }
         sqlite3_close(c->h);
         c->h = NULL;
+        DB_INC(sq->closed);
         DB_SUB(db->conns_up, 1);
     }
     free(c);
@@ -766,6 +804,9 @@ static void sq_work(knit_work *w)
     knit_db *db = q->db;
     sq_conn *c = knit_pool_worker_data();
     knit_failure *f = NULL;
+    /* A connection that could not be opened is tried again by each job (and
+     * the job fails with the reason if it still cannot be). */
+    if (c && !c->h && !DB_LOAD(db->closing)) worker_open(db, c);
     if (!c || !c->h) {
         knit__dbreq_set_failure(q, knit__db_fail(c ? c->open_code : KNIT_ENOMEM, NULL, "%s",
                                                  c ? c->open_err : "out of memory"));

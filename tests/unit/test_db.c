@@ -820,6 +820,37 @@ static void test_sqlite_close_reopen(void **state)
     f->db = NULL;
 }
 
+/* The final checkpoint (TRUNCATE) runs once every other connection is
+ * closed: connections still closing made it fail with SQLITE_BUSY when the
+ * busy timeout was short (seen under load in test_notes_api). */
+static void test_sqlite_close_many_conns(void **state)
+{
+    sfix *f = *state;
+    close_db(f->r, f->db);
+    f->db = NULL;
+    for (int round = 0; round < 20; round++) {
+        knit_db_options o;
+        knit_db_options_init(&o);
+        o.sync_normal = true;
+        o.conns = 16;
+        o.busy_timeout = KNIT_MSEC(1);
+        o.busy_retries = 0;
+        f->db = sopen(f, NULL, &o);
+        if (round == 0)
+            exec(f->r, f->db, "CREATE TABLE t(id INTEGER PRIMARY KEY, s TEXT)", NULL, 0);
+        /* Reads on every connection, so each has the WAL open. */
+        knit_deferred *d[32];
+        for (int i = 0; i < 32; i++)
+            assert_int_equal(knit_db_query(f->db, "SELECT count(*) FROM t", NULL, 0, &d[i]), 0);
+        for (int i = 0; i < 32; i++) {
+            knit_db_rows_free(rows_of(f->r, d[i], "a read"));
+        }
+        exec(f->r, f->db, "INSERT INTO t(s) VALUES ('x')", NULL, 0);
+        close_db(f->r, f->db);
+        f->db = NULL;
+    }
+}
+
 /* The reactor's shutdown closes a database nobody closed. */
 static void test_sqlite_shutdown_trigger(void **state)
 {
@@ -1499,6 +1530,7 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_sqlite_blocking, ssetup, steardown),
         cmocka_unit_test_setup_teardown(test_sqlite_reactors, ssetup, steardown),
         cmocka_unit_test_setup_teardown(test_sqlite_close_reopen, ssetup, steardown),
+        cmocka_unit_test_setup_teardown(test_sqlite_close_many_conns, ssetup, steardown),
         cmocka_unit_test_setup_teardown(test_sqlite_shutdown_trigger, ssetup, steardown),
         cmocka_unit_test_setup_teardown(test_sqlite_open_errors, ssetup, steardown),
         cmocka_unit_test_setup_teardown(test_sqlite_memory, ssetup, steardown),
