@@ -1,0 +1,389 @@
+/* test_reactors.c — several reactors (knit_reactor_group) and listeners
+ * spread over them: cross-reactor calls, placement of new connections on
+ * the reactor with the fewest live ones (both ways of listening), and the
+ * group's stop order (every reactor finishes before reactor 0's DURING
+ * phase). Threaded: also runs under TSan.
+ *
+ * The client side runs on a thread of its own with blocking sockets and
+ * bounded waits; it only records what it saw, and the asserts run on the
+ * main thread once the reactors stopped.
+ */
+#include <arpa/inet.h>
+#include <errno.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "knit/endpoint.h"
+#include "knit/error.h"
+#include "knit/pool.h"
+#include "knit/reactor.h"
+#include "knit/stream.h"
+#include "testutil.h"
+
+#define NREACT 3
+
+/* ---- cross-reactor calls ------------------------------------------------------------ */
+
+typedef struct hop_state {
+    knit_reactor_group *g;
+    knit_reactor *seen[NREACT + 1]; /* the reactor each hop ran on */
+    int hops;
+} hop_state;
+
+static void hop(knit_reactor *r, void *arg)
+{
+    hop_state *h = arg;
+    /* Each hop runs on the reactor it was sent to, which is the one
+     * running on this thread. */
+    h->seen[h->hops] = knit_reactor_current() == r ? r : NULL;
+    h->hops++;
+    if (h->hops <= NREACT) {
+        unsigned next = (unsigned)h->hops % NREACT;
+        knit_call_in_reactor(knit_reactor_group_get(h->g, next), hop, h);
+    } else {
+        knit_reactor_stop(knit_reactor_group_get(h->g, 0));
+    }
+}
+
+static void test_cross_reactor_calls(void **state)
+{
+    (void)state;
+    knit_reactor *r0;
+    assert_int_equal(knit_reactor_new(&r0, NULL), 0);
+    knit_reactor_group *g;
+    assert_int_equal(knit_reactor_group_new(&g, r0, NREACT, NULL), 0);
+    assert_int_equal(knit_reactor_group_size(g), NREACT);
+    assert_ptr_equal(knit_reactor_group_get(g, 0), r0);
+    for (unsigned i = 0; i < NREACT; i++) {
+        knit_reactor *ri = knit_reactor_group_get(g, i);
+        assert_ptr_equal(knit_reactor_group_of(ri), g);
+        assert_int_equal(knit_reactor_group_index(ri), i);
+    }
+    assert_null(knit_reactor_group_get(g, NREACT));
+    hop_state h = {.g = g};
+    /* 0 → 1 → 2 → 0, the first hop sent before anything runs */
+    assert_int_equal(knit_call_in_reactor(knit_reactor_group_get(g, 1), hop, &h), 0);
+    h.hops = 1;
+    h.seen[0] = r0;
+    assert_int_equal(knit_reactor_group_start(g), 0);
+    assert_int_equal(knit_reactor_group_start(g), KNIT_EALREADY);
+    assert_int_equal(knit_reactor_run(r0), 0);
+    knit_reactor_group_join(g);
+    assert_int_equal(h.hops, NREACT + 1);
+    for (int i = 0; i <= NREACT; i++)
+        assert_ptr_equal(h.seen[i], knit_reactor_group_get(g, (unsigned)i % NREACT));
+    assert_int_equal(knit_reactor_group_close(g), 0);
+    assert_int_equal(knit_reactor_close(r0), 0);
+}
+
+/* A group of one is just the reactor: no thread, no trigger. */
+static void test_group_of_one(void **state)
+{
+    (void)state;
+    knit_reactor *r0;
+    assert_int_equal(knit_reactor_new(&r0, NULL), 0);
+    knit_reactor_group *g;
+    assert_int_equal(knit_reactor_group_new(&g, r0, 1, NULL), 0);
+    assert_int_equal(knit_reactor_group_size(g), 1);
+    assert_int_equal(knit_reactor_group_start(g), 0);
+    assert_ptr_equal(knit_reactor_group_least_loaded(g, r0), r0);
+    knit_reactor_group_join(g);
+    assert_int_equal(knit_reactor_group_close(g), 0);
+    assert_null(knit_reactor_group_of(r0));
+    assert_true(knit_reactor_default_count() >= 1);
+    assert_int_equal(knit_reactor_close(r0), 0);
+}
+
+/* ---- stop order ------------------------------------------------------------------- */
+
+typedef struct stop_state {
+    knit_reactor_group *g;
+    int members_done;    /* atomic: member BEFORE triggers completed */
+    int seen_at_during;  /* members_done when reactor 0's DURING ran */
+    bool members_running_at_during;
+    knit_trigger *mt[NREACT];
+} stop_state;
+
+static void member_finish(knit_reactor *r, void *arg)
+{
+    stop_state *s = arg;
+    knit_trigger *t = s->mt[knit_reactor_group_index(r)];
+    __atomic_add_fetch(&s->members_done, 1, __ATOMIC_SEQ_CST);
+    knit_trigger_done(t);
+}
+
+/* A member's BEFORE trigger that finishes only a few loop turns later (as a
+ * draining server would): bounce through reactor 0 and back. */
+static void bounce_back(knit_reactor *r, void *arg)
+{
+    (void)r;
+    stop_state *s = arg;
+    (void)s;
+}
+
+static void member_before(knit_reactor *r, knit_trigger *t, void *arg)
+{
+    stop_state *s = arg;
+    s->mt[knit_reactor_group_index(r)] = t;
+    knit_call_in_reactor(knit_reactor_group_get(s->g, 0), bounce_back, s);
+    knit_call_later(r, KNIT_MSEC(20), member_finish, s);
+}
+
+static void r0_during(knit_reactor *r, knit_trigger *t, void *arg)
+{
+    (void)r;
+    stop_state *s = arg;
+    s->seen_at_during = __atomic_load_n(&s->members_done, __ATOMIC_SEQ_CST);
+    bool running = false;
+    for (unsigned i = 1; i < NREACT; i++)
+        running |= knit_reactor_in_thread(knit_reactor_group_get(s->g, i));
+    s->members_running_at_during = running;
+    knit_trigger_done(t);
+}
+
+static void add_member_triggers(knit_reactor *r, void *arg)
+{
+    knit_trigger *t;
+    knit_reactor_add_trigger(r, KNIT_PHASE_BEFORE, member_before, arg, &t);
+}
+
+static void stop_soon(knit_reactor *r, void *arg)
+{
+    (void)arg;
+    knit_reactor_stop(r);
+}
+
+static void test_group_stop_order(void **state)
+{
+    (void)state;
+    knit_reactor *r0;
+    assert_int_equal(knit_reactor_new(&r0, NULL), 0);
+    stop_state s = {0};
+    assert_int_equal(knit_reactor_group_new(&s.g, r0, NREACT, NULL), 0);
+    for (unsigned i = 1; i < NREACT; i++)
+        assert_int_equal(
+            knit_call_in_reactor(knit_reactor_group_get(s.g, i), add_member_triggers, &s), 0);
+    knit_trigger *t;
+    assert_int_equal(knit_reactor_add_trigger(r0, KNIT_PHASE_DURING, r0_during, &s, &t), 0);
+    assert_int_equal(knit_reactor_group_start(s.g), 0);
+    knit_call_later(r0, KNIT_MSEC(10), stop_soon, NULL);
+    assert_int_equal(knit_reactor_run(r0), 0);
+    /* DURING on reactor 0 (where the pool drains) ran after every member's
+     * BEFORE phase finished and its loop returned. */
+    assert_int_equal(s.seen_at_during, NREACT - 1);
+    assert_false(s.members_running_at_during);
+    knit_reactor_group_join(s.g);
+    assert_int_equal(knit_reactor_group_close(s.g), 0);
+    assert_int_equal(knit_reactor_close(r0), 0);
+}
+
+/* ---- spread listeners -------------------------------------------------------------- */
+
+/* The server protocol answers each byte with its reactor's index. */
+typedef struct idx_conn {
+    knit_protocol proto;
+    knit_reactor *r;
+} idx_conn;
+
+static void idx_data(knit_protocol *p, knit_buf *in)
+{
+    idx_conn *c = (idx_conn *)p;
+    char b = (char)('0' + knit_reactor_group_index(c->r));
+    for (size_t i = 0; i < knit_buf_len(in); i++)
+        knit_transport_write(p->transport, &b, 1);
+    knit_buf_consume(in, knit_buf_len(in));
+}
+
+static void idx_lost(knit_protocol *p, knit_close_reason why, int err)
+{
+    (void)why;
+    (void)err;
+    free(p);
+}
+
+static const knit_protocol_ops idx_ops = {.data_received = idx_data, .connection_lost = idx_lost};
+
+static knit_protocol *idx_build(knit_protocol_factory *f, const knit_sockaddr *peer)
+{
+    (void)f;
+    (void)peer;
+    idx_conn *c = calloc(1, sizeof *c);
+    if (!c) return NULL;
+    c->proto.ops = &idx_ops;
+    /* build runs on the reactor the connection was placed on */
+    c->r = knit_reactor_current();
+    return &c->proto;
+}
+
+#define NCONN 6
+#define NLATE 2
+
+typedef struct client_state {
+    knit_reactor_group *g;
+    int port;
+    int idx[NCONN + NLATE]; /* reactor index each connection reported, -1: none */
+    size_t live_after_close; /* reactor 0's live count once its clients left */
+    const char *failed;      /* what a bounded wait gave up on */
+    knit_listener *l;
+} client_state;
+
+static int connect_to(int port)
+{
+    int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return -1;
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) < 0) {
+        close(fd);
+        return -1;
+    }
+    return fd;
+}
+
+/* Send one byte, wait (bounded: 10 s) for the reactor index. */
+static int ask_index(int fd)
+{
+    if (write(fd, "?", 1) != 1) return -1;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    if (poll(&p, 1, 10000) != 1) return -1;
+    char b;
+    if (read(fd, &b, 1) != 1) return -1;
+    return b - '0';
+}
+
+static void stop_all(knit_reactor *r, void *arg)
+{
+    client_state *cs = arg;
+    knit_listener_close(cs->l, true);
+    knit_reactor_stop(r);
+}
+
+static void *client_main(void *arg)
+{
+    client_state *cs = arg;
+    int fds[NCONN + NLATE];
+    for (int i = 0; i < NCONN + NLATE; i++) {
+        fds[i] = -1;
+        cs->idx[i] = -1;
+    }
+    /* One at a time: each is placed (and counted) before the next comes. */
+    for (int i = 0; i < NCONN && !cs->failed; i++) {
+        fds[i] = connect_to(cs->port);
+        if (fds[i] < 0 || (cs->idx[i] = ask_index(fds[i])) < 0) cs->failed = "first connections";
+    }
+    /* The clients of reactor 0 leave; wait (bounded) until it counts none. */
+    knit_reactor *r0 = knit_reactor_group_get(cs->g, 0);
+    for (int i = 0; i < NCONN; i++)
+        if (cs->idx[i] == 0) {
+            close(fds[i]);
+            fds[i] = -1;
+        }
+    for (int k = 0; k < 1000 && knit_reactor_live_connections(r0) > 0; k++) {
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    cs->live_after_close = knit_reactor_live_connections(r0);
+    if (cs->live_after_close && !cs->failed) cs->failed = "reactor 0's connections to close";
+    /* New ones go to the reactor that has fewest: reactor 0. */
+    for (int i = NCONN; i < NCONN + NLATE && !cs->failed; i++) {
+        fds[i] = connect_to(cs->port);
+        if (fds[i] < 0 || (cs->idx[i] = ask_index(fds[i])) < 0) cs->failed = "late connections";
+    }
+    for (int i = 0; i < NCONN + NLATE; i++)
+        if (fds[i] >= 0) close(fds[i]);
+    /* Stop once every reactor saw its clients go (bounded: 10 s). */
+    for (int k = 0; k < 1000; k++) {
+        size_t live = 0;
+        for (unsigned i = 0; i < NREACT; i++)
+            live += knit_reactor_live_connections(knit_reactor_group_get(cs->g, i));
+        if (live == 0) break;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+        if (k == 999 && !cs->failed) cs->failed = "every connection to close";
+    }
+    knit_call_from_thread(r0, stop_all, cs);
+    return NULL;
+}
+
+static void spread_case(const char *desc_fmt)
+{
+    knit_reactor *r0;
+    assert_int_equal(knit_reactor_new(&r0, NULL), 0);
+    client_state cs = {0};
+    assert_int_equal(knit_reactor_group_new(&cs.g, r0, NREACT, NULL), 0);
+    knit_protocol_factory f = {idx_build, NULL};
+    knit_listen_options lo;
+    knit_listen_options_init(&lo);
+    lo.spread = true;
+    char err[KNIT_ENDPOINT_ERRLEN];
+    assert_int_equal(knit_endpoint_listen(r0, desc_fmt, &f, &lo, &cs.l, err, sizeof err), 0);
+    knit_sockaddr a;
+    assert_int_equal(knit_listener_address(cs.l, &a), 0);
+    cs.port = ntohs(a.u.in.sin_port);
+    assert_int_equal(knit_reactor_group_start(cs.g), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, client_main, &cs), 0);
+    assert_int_equal(knit_reactor_run(r0), 0);
+    pthread_join(th, NULL);
+    knit_reactor_group_join(cs.g);
+    if (cs.failed) fail_msg("%s: waited in vain for %s", desc_fmt, cs.failed);
+    int per[NREACT] = {0};
+    for (int i = 0; i < NCONN; i++) {
+        assert_in_range(cs.idx[i], 0, NREACT - 1);
+        per[cs.idx[i]]++;
+    }
+    /* Sequential clients: each went to the least loaded reactor, so the
+     * first NCONN are spread evenly. */
+    for (int k = 0; k < NREACT; k++)
+        assert_int_equal(per[k], NCONN / NREACT);
+    assert_int_equal(cs.live_after_close, 0);
+    for (int i = NCONN; i < NCONN + NLATE; i++)
+        assert_int_equal(cs.idx[i], 0);
+    for (unsigned k = 0; k < NREACT; k++)
+        assert_int_equal(knit_reactor_live_connections(knit_reactor_group_get(cs.g, k)), 0);
+    assert_int_equal(knit_reactor_group_close(cs.g), 0);
+    assert_int_equal(knit_reactor_close(r0), 0);
+}
+
+static void test_spread_shared(void **state)
+{
+    (void)state;
+    spread_case("tcp:0:interface=127.0.0.1");
+}
+
+static void test_spread_reuseport(void **state)
+{
+    (void)state;
+    spread_case("tcp:0:interface=127.0.0.1:spread=reuseport");
+}
+
+static void test_spread_option_checked(void **state)
+{
+    (void)state;
+    char err[KNIT_ENDPOINT_ERRLEN];
+    assert_int_equal(knit_endpoint_check("tcp:0:spread=mine", true, err, sizeof err),
+                     KNIT_EBADENDPOINT);
+    assert_non_null(strstr(err, "spread"));
+    assert_int_equal(knit_endpoint_check("tcp:0:spread=reuseport", true, err, sizeof err), 0);
+    assert_int_equal(knit_endpoint_check("tcp:0:spread=shared", true, err, sizeof err), 0);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_cross_reactor_calls),
+        cmocka_unit_test(test_group_of_one),
+        cmocka_unit_test(test_group_stop_order),
+        cmocka_unit_test(test_spread_shared),
+        cmocka_unit_test(test_spread_reuseport),
+        cmocka_unit_test(test_spread_option_checked),
+    };
+    return KNIT_RUN_TESTS(tests);
+}
