@@ -369,6 +369,10 @@ size_t knit_reactor_live_connections(const knit_reactor *r);
 void knit_reactor_live_add(knit_reactor *r, long delta);
 /* The number of online CPUs (the default --io-threads), at least 1. [any] */
 unsigned knit_reactor_default_count(void);
+/* What --io-threads=N means: N when N > 0, else $KNIT_IO_THREADS when it
+ * holds a number from 1 (the test suite's second pass sets it), else
+ * knit_reactor_default_count(); at most KNIT_REACTOR_GROUP_MAX. [any] */
+unsigned knit_io_threads(unsigned n);
 
 #ifdef __cplusplus
 }

@@ -225,6 +225,16 @@ struct knit_http_server {
     knit_time reclaim_logged, shed_logged;
     uint64_t reclaim_unlogged, shed_unlogged;
     bool reclaim_warned, shed_warned;
+    /* Several reactors (options.spread). On a part: the server it serves
+     * for (NULL on that server itself). On the server: its parts by
+     * reactor index (NULL at its own), how many have not reported their
+     * drain yet, and the parts' own drain: done, and tell the server. */
+    knit_http_server *primary;
+    knit_http_server *parts[KNIT_REACTOR_GROUP_MAX];
+    unsigned nparts;
+    unsigned parts_draining;
+    bool drained, notify_primary;
+    knit_trigger *trigger_wait; /* the drain trigger, waiting for a drain in progress */
 };
 
 /* ---- server.c: connections ------------------------------------------------------ */

@@ -50,6 +50,18 @@ unsigned knit_reactor_default_count(void)
     return (unsigned)n;
 }
 
+unsigned knit_io_threads(unsigned n)
+{
+    if (n == 0) {
+        const char *e = getenv("KNIT_IO_THREADS");
+        char *end = NULL;
+        unsigned long v = e ? strtoul(e, &end, 10) : 0;
+        n = e && *e && end && !*end && v > 0 ? (unsigned)(v > KNIT_REACTOR_GROUP_MAX ? KNIT_REACTOR_GROUP_MAX : v)
+                                             : knit_reactor_default_count();
+    }
+    return n > KNIT_REACTOR_GROUP_MAX ? KNIT_REACTOR_GROUP_MAX : n;
+}
+
 int knit_reactor_group_new(knit_reactor_group **out, knit_reactor *first, unsigned n,
                            const knit_reactor_options *opts)
 {
