@@ -44,6 +44,12 @@
  * again after reclaim_retry, as long as clients are waiting; without a hook
  * the listener simply waits for a connection to close.
  *
+ * Accept sequence (h2o's h2o_accept): accept → the PROXY header (haproxy:,
+ * read here, before the transport exists, within
+ * KNIT_PROXY_HEADER_TIMEOUT; a bad or missing header closes the socket) →
+ * the transport, with the header's addresses as its peer/local → the TLS
+ * handshake (ssl:, KNIT_TLS_HANDSHAKE_TIMEOUT) → the factory's protocol.
+ *
  * Several reactors: with knit_listen_options.spread and R in a reactor
  * group of N > 1, the listener has a part on every reactor of the group,
  * each accepting on its own thread (the returned listener is R's part; the
@@ -203,8 +209,11 @@ const char *knit_listener_description(const knit_listener *l);
  * order; returns how many were visited. FN must not close listeners. */
 typedef void (*knit_listener_visit_fn)(knit_listener *l, void *arg);
 size_t knit_listeners_visit(knit_listener_visit_fn fn, void *arg);
-/* Visit the listener's open connections (also those still in their PROXY
- * or TLS handshake phase: knit_transport_protocol() is NULL for them).
+/* Visit the listener's open connections (also those still in their TLS
+ * handshake: knit_transport_protocol() is NULL for them). A haproxy:
+ * connection still waiting for its PROXY header is not a transport yet
+ * (the accept sequence reads the header first): it counts in
+ * knit_listener_connections but is not visited.
  * FN may abort or close a connection (that only queues its end). Returns
  * how many were visited. Client connections are not on any listener. */
 size_t knit_listener_visit_connections(knit_listener *l, knit_transport_visit_fn fn, void *arg);

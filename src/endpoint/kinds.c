@@ -9,9 +9,9 @@
 
 static const char *const tcp_server_opts[] = {"interface", "backlog", "reuseport", "spread", NULL};
 static const ep_spec tcp_server = {
-    {"port"}, 1, 1, tcp_server_opts, "tcp:PORT[:interface=ADDR][:backlog=N][:reuseport=yes][:spread=shared|reuseport]"};
+    {"port"}, 1, 1, tcp_server_opts, "tcp:PORT[:interface=ADDR][:backlog=N][:reuseport=yes]"};
 static const ep_spec tcp6_server = {
-    {"port"}, 1, 1, tcp_server_opts, "tcp6:PORT[:interface=ADDR6][:backlog=N][:reuseport=yes][:spread=shared|reuseport]"};
+    {"port"}, 1, 1, tcp_server_opts, "tcp6:PORT[:interface=ADDR6][:backlog=N][:reuseport=yes]"};
 static const char *const ssl_opts[] = {"privateKey", "certKey", "extraCertChain",
                                        "interface",  "backlog", "reuseport",
                                        "minVersion", "alpn",    "sniCertDir", "spread", NULL};

@@ -77,6 +77,7 @@ struct knit_listener {
     int backlog;
     bool spread_reuseport; /* the string asked for spread=reuseport */
     uint64_t handed;       /* accepted here, handed to another reactor */
+    struct proxy_wait *pw_first; /* connections waiting for their PROXY header */
 };
 
 /* Listeners of the reactor running on this thread (each reactor thread has
@@ -100,10 +101,10 @@ static void update(knit_listener *l)
         knit_io_stop(&l->io);
 }
 
-static void conn_freed(knit_transport *t, void *owner)
+/* One of L's connections is gone (a transport freed, or one that never got
+ * past its PROXY header). */
+static void slot_freed(knit_listener *l)
 {
-    (void)t;
-    knit_listener *l = owner;
     l->nconns--;
     knit_reactor_live_add(l->r, -1);
     if (l->at_limit && l->nconns < l->o.max_connections) {
@@ -112,6 +113,12 @@ static void conn_freed(knit_transport *t, void *owner)
         l->reclaim_retry = KNIT_TIMER_NONE;
         update(l);
     }
+}
+
+static void conn_freed(knit_transport *t, void *owner)
+{
+    (void)t;
+    slot_freed(owner);
 }
 
 static void conn_ready(knit_transport *t, int err, void *arg)
@@ -161,12 +168,29 @@ static void at_cap(knit_listener *l)
     if (n == 0) l->reclaim_retry = knit_call_later(l->r, l->o.reclaim_retry, reclaim_retry_cb, l);
 }
 
-/* Make the connection for FD, accepted (or handed over) for L; L's reactor
- * already counts it as live. */
-static void conn_setup(knit_listener *l, int fd)
+/* ---- the accept sequence: accept → PROXY header → TLS → protocol -------------------
+ *
+ * Each step is chosen at accept (STYLE item 16, h2o's h2o_accept): a
+ * haproxy: listener first reads the PROXY header here, on a watch of its
+ * own, before any transport exists (the stream layer knows nothing of it);
+ * then the transport is made, with the addresses the header gave, and runs
+ * the TLS handshake when the listener has a TLS context; then the factory
+ * builds the protocol. A connection counts in l->nconns (and as live on
+ * the reactor) through every step. */
+
+typedef struct proxy_wait {
+    knit_io io;
+    knit_listener *l;
+    knit_timer timer;
+    size_t have;
+    struct proxy_wait *prev, *next; /* on l->pw_first */
+    uint8_t buf[1024];              /* header bytes taken so far */
+} proxy_wait;
+
+/* The transport for FD (past its PROXY header, if any: A holds the
+ * addresses it gave, or NULL), then TLS, then the protocol. */
+static void transport_setup(knit_listener *l, int fd, const knit_sockaddr *a)
 {
-    int one = 1;
-    if (l->o.nodelay) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
     const knit__layer_ops *ops = NULL;
     void *state = NULL;
     if (l->tls && knit__tls_layer_new(l->tls, fd, NULL, &ops, &state) < 0) {
@@ -175,10 +199,8 @@ static void conn_setup(knit_listener *l, int fd)
         return;
     }
     knit_transport *t;
-    bool phases = l->proxy || ops;
-    knit_duration to = l->proxy ? KNIT_PROXY_HEADER_TIMEOUT : KNIT_TLS_HANDSHAKE_TIMEOUT;
-    /* Link before the phases start: they may finish (or fail) at once. */
-    int rc = knit__transport_new(l->r, fd, l->proxy, ops, state, NULL, NULL, 0, &t);
+    /* Link before the phase starts: it may finish (or fail) at once. */
+    int rc = knit__transport_new(l->r, fd, ops, state, NULL, NULL, 0, &t);
     if (rc < 0) {
         knit_reactor_live_add(l->r, -1);
         return;
@@ -187,13 +209,123 @@ static void conn_setup(knit_listener *l, int fd)
     t->owner = l;
     l->nconns++;
     if (l->o.high_water) knit_transport_set_water_marks(t, l->o.high_water, l->o.low_water);
-    if (phases) {
-        t->ext->ready = conn_ready; /* ext exists: PROXY or TLS */
+    if (a && a[0].len && knit__transport_set_proxied(t, &a[0], &a[1]) < 0) {
+        knit__transport_close(t, false, KNIT_CLOSE_NOMEM, KNIT_ENOMEM);
+        return;
+    }
+    if (ops) {
+        t->ext->ready = conn_ready; /* ext exists: TLS */
         t->ext->ready_arg = l;
-        t->ext->phase_timer = knit_call_later(l->r, to, knit__transport_phase_timeout, t);
+        t->ext->phase_timer =
+            knit_call_later(l->r, KNIT_TLS_HANDSHAKE_TIMEOUT, knit__transport_phase_timeout, t);
         knit__transport_run_phases(t);
     } else {
         conn_ready(t, 0, l);
+    }
+}
+
+/* The PROXY step is over: on to the transport (A non-NULL) or dropped. */
+static void proxy_end(proxy_wait *pw, const knit_sockaddr *a)
+{
+    knit_listener *l = pw->l;
+    int fd = knit_io_fd(&pw->io);
+    knit_io_stop(&pw->io);
+    if (pw->timer.id) knit_timer_cancel(l->r, pw->timer);
+    if (pw->prev) pw->prev->next = pw->next;
+    else l->pw_first = pw->next;
+    if (pw->next) pw->next->prev = pw->prev;
+    free(pw);
+    if (a) {
+        l->nconns--; /* transport_setup counts it again */
+        transport_setup(l, fd, a);
+        return;
+    }
+    close(fd);
+    knit_reactor_live_add(l->r, -1);
+    slot_freed(l);
+}
+
+static void proxy_timeout(knit_reactor *r, void *arg)
+{
+    (void)r;
+    proxy_wait *pw = arg;
+    pw->timer = KNIT_TIMER_NONE;
+    knit_log_kv(KNIT_LOG_DEBUG, "endpoint", "no PROXY header in time; closed", "endpoint",
+                knit_listener_description(pw->l), NULL);
+    proxy_end(pw, NULL);
+}
+
+static void proxy_readable(knit_io *io, unsigned ev)
+{
+    (void)ev;
+    proxy_wait *pw = io->data;
+    int fd = knit_io_fd(io);
+    uint8_t peek[sizeof pw->buf];
+    ssize_t n = recv(fd, peek, sizeof pw->buf - pw->have, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n <= 0) { /* EOF or an error before the header ended */
+        proxy_end(pw, NULL);
+        return;
+    }
+    memcpy(pw->buf + pw->have, peek, (size_t)n);
+    knit_sockaddr a[2];
+    size_t avail = pw->have + (size_t)n;
+    int rc = knit_proxy_header_parse(pw->buf, avail, &a[0], &a[1]);
+    if (rc < 0 || (rc == 0 && avail == sizeof pw->buf)) {
+        knit_log_kv(KNIT_LOG_DEBUG, "endpoint", "bad PROXY header; closed", "endpoint",
+                    knit_listener_description(pw->l), NULL);
+        proxy_end(pw, NULL);
+        return;
+    }
+    /* Every peeked byte up to the header's end is header: take exactly those
+     * off the socket, so what follows (maybe TLS) stays there. */
+    size_t take = rc == 0 ? (size_t)n : (size_t)rc - pw->have;
+    ssize_t got = recv(fd, peek, take, 0);
+    if (got != (ssize_t)take) {
+        proxy_end(pw, NULL);
+        return;
+    }
+    pw->have += take;
+    if (rc > 0) proxy_end(pw, a);
+}
+
+/* Make the connection for FD, accepted (or handed over) for L; L's reactor
+ * already counts it as live. */
+static void conn_setup(knit_listener *l, int fd)
+{
+    int one = 1;
+    if (l->o.nodelay) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (!l->proxy) {
+        transport_setup(l, fd, NULL);
+        return;
+    }
+    proxy_wait *pw = calloc(1, sizeof *pw);
+    if (!pw) {
+        close(fd);
+        knit_reactor_live_add(l->r, -1);
+        return;
+    }
+    pw->l = l;
+    knit_io_init(l->r, &pw->io, fd, proxy_readable, pw);
+    pw->next = l->pw_first;
+    if (pw->next) pw->next->prev = pw;
+    l->pw_first = pw;
+    l->nconns++;
+    pw->timer = knit_call_later(l->r, KNIT_PROXY_HEADER_TIMEOUT, proxy_timeout, pw);
+    if (!pw->timer.id || knit_io_start(&pw->io, KNIT_READABLE) < 0) proxy_end(pw, NULL);
+}
+
+/* Listener L closes: drop the connections still waiting for a header. */
+static void proxy_drop_all(knit_listener *l)
+{
+    while (l->pw_first) {
+        proxy_wait *pw = l->pw_first;
+        knit_io_stop(&pw->io);
+        if (pw->timer.id) knit_timer_cancel(l->r, pw->timer);
+        close(knit_io_fd(&pw->io));
+        knit_reactor_live_add(l->r, -1);
+        l->pw_first = pw->next;
+        free(pw);
     }
 }
 
@@ -438,6 +570,7 @@ static void part_close(knit_listener *l, bool abort_connections, bool on_thread)
         unlink(l->unix_path);
         free(l->unix_path);
     }
+    proxy_drop_all(l);
     if (on_thread) {
         knit_listener_visit_connections(l, disown, &abort_connections);
         if (l->tprev) l->tprev->tnext = l->tnext;

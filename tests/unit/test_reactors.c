@@ -20,7 +20,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "http/server_int.h" /* req->r: the reactor a request lives on */
 #include "knit/endpoint.h"
+#include "knit/http.h"
 #include "knit/error.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
@@ -375,6 +377,143 @@ static void test_spread_option_checked(void **state)
     assert_int_equal(knit_endpoint_check("tcp:0:spread=shared", true, err, sizeof err), 0);
 }
 
+/* ---- drain with several reactors ---------------------------------------------------- */
+
+typedef struct drain_state {
+    knit_reactor_group *g;
+    knit_reactor *r0;
+    int port;
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int in_handler;   /* [mu] handlers running */
+    bool release;     /* [mu] let them answer */
+    int where[2];     /* reactor index of each request, in arrival order */
+    char answer[2][256];
+    const char *failed;
+} drain_state;
+
+static void slow_handler(knit_http_request *req, void *arg)
+{
+    drain_state *d = arg;
+    pthread_mutex_lock(&d->mu);
+    if (d->in_handler < 2) d->where[d->in_handler] = (int)knit_reactor_group_index(req->r);
+    d->in_handler++;
+    pthread_cond_broadcast(&d->cv);
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 20;
+    while (!d->release)
+        if (pthread_cond_timedwait(&d->cv, &d->mu, &until) != 0) break;
+    pthread_mutex_unlock(&d->mu);
+    knit_http_respond(req, 200, "text/plain", "done\n", 5);
+}
+
+static bool wait_handlers(drain_state *d, int n)
+{
+    struct timespec until;
+    clock_gettime(CLOCK_REALTIME, &until);
+    until.tv_sec += 10;
+    pthread_mutex_lock(&d->mu);
+    while (d->in_handler < n)
+        if (pthread_cond_timedwait(&d->cv, &d->mu, &until) != 0) break;
+    bool ok = d->in_handler >= n;
+    pthread_mutex_unlock(&d->mu);
+    return ok;
+}
+
+static void stop_r0(knit_reactor *r, void *arg)
+{
+    (void)arg;
+    knit_reactor_stop(r);
+}
+
+static void *drain_client(void *arg)
+{
+    drain_state *d = arg;
+    static const char get[] = "GET /slow HTTP/1.1\r\nHost: x\r\n\r\n";
+    int fds[2] = {-1, -1};
+    for (int i = 0; i < 2 && !d->failed; i++) {
+        fds[i] = connect_to(d->port);
+        if (fds[i] < 0 || write(fds[i], get, sizeof get - 1) != (ssize_t)(sizeof get - 1))
+            d->failed = "a connection";
+        else if (!wait_handlers(d, i + 1))
+            d->failed = "the handler to start";
+    }
+    if (!d->failed) {
+        /* Both requests are in flight, one per reactor: stop everything. */
+        knit_call_from_thread(d->r0, stop_r0, NULL);
+        knit_reactor *r1 = knit_reactor_group_get(d->g, 1);
+        for (int k = 0; k < 1000 && !knit_reactor_stopping(r1); k++) {
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        if (!knit_reactor_stopping(r1)) d->failed = "reactor 1 to stop";
+    }
+    pthread_mutex_lock(&d->mu);
+    d->release = true;
+    pthread_cond_broadcast(&d->cv);
+    pthread_mutex_unlock(&d->mu);
+    for (int i = 0; i < 2; i++) {
+        if (fds[i] < 0) continue;
+        size_t got = 0;
+        struct pollfd p = {.fd = fds[i], .events = POLLIN};
+        while (got < sizeof d->answer[i] - 1 && poll(&p, 1, 10000) == 1) {
+            ssize_t n = read(fds[i], d->answer[i] + got, sizeof d->answer[i] - 1 - got);
+            if (n <= 0) break;
+            got += (size_t)n;
+            if (strstr(d->answer[i], "done\n")) break;
+        }
+        close(fds[i]);
+    }
+    if (d->failed) knit_call_from_thread(d->r0, stop_r0, NULL);
+    return NULL;
+}
+
+static void test_http_drain_on_every_reactor(void **state)
+{
+    (void)state;
+    drain_state d = {0};
+    pthread_mutex_init(&d.mu, NULL);
+    pthread_cond_init(&d.cv, NULL);
+    assert_int_equal(knit_reactor_new(&d.r0, NULL), 0);
+    assert_int_equal(knit_reactor_group_new(&d.g, d.r0, 2, NULL), 0);
+    knit_pool *pool;
+    knit_pool_options po;
+    knit_pool_options_init(&po);
+    po.min_threads = po.max_threads = 2;
+    assert_int_equal(knit_pool_new(&pool, d.r0, &po), 0);
+    knit_http_options ho;
+    knit_http_options_init(&ho);
+    ho.pool = pool;
+    ho.spread = true;
+    knit_http_server *srv;
+    assert_int_equal(knit_http_server_new(d.r0, &ho, &srv), 0);
+    assert_int_equal(knit_http_route(srv, "GET", "/slow", KNIT_HTTP_POOL, slow_handler, &d), 0);
+    char err[256];
+    assert_int_equal(knit_http_listen(srv, "tcp:0:interface=127.0.0.1", err, sizeof err), 0);
+    d.port = (int)knit_http_port(srv, 0);
+    assert_int_equal(knit_reactor_group_start(d.g), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, drain_client, &d), 0);
+    assert_int_equal(knit_reactor_run(d.r0), 0);
+    pthread_join(th, NULL);
+    knit_reactor_group_join(d.g);
+    if (d.failed) fail_msg("waited in vain for %s", d.failed);
+    /* one request per reactor, each answered although its reactor was
+     * stopping when the answer was made */
+    assert_int_not_equal(d.where[0], d.where[1]);
+    for (int i = 0; i < 2; i++) {
+        assert_non_null(strstr(d.answer[i], "HTTP/1.1 200"));
+        assert_non_null(strstr(d.answer[i], "done\n"));
+    }
+    knit_http_server_free(srv);
+    knit_pool_free(pool);
+    assert_int_equal(knit_reactor_group_close(d.g), 0);
+    assert_int_equal(knit_reactor_close(d.r0), 0);
+    pthread_mutex_destroy(&d.mu);
+    pthread_cond_destroy(&d.cv);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -384,6 +523,7 @@ int main(void)
         cmocka_unit_test(test_spread_shared),
         cmocka_unit_test(test_spread_reuseport),
         cmocka_unit_test(test_spread_option_checked),
+        cmocka_unit_test(test_http_drain_on_every_reactor),
     };
     return KNIT_RUN_TESTS(tests);
 }
