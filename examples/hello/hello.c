@@ -225,9 +225,8 @@ int main(int argc, char **argv)
     knit_reactor *r;
     if (knit_reactor_new(&r, NULL) != 0) return 1;
     knit_reactor_group *group;
-    if (knit_reactor_group_new(&group, r,
-                               knit_io_threads((unsigned)knit_flags_uint64(fs, "io-threads")),
-                               NULL) != 0)
+    if (knit_reactor_group_new(
+            &group, r, knit_io_threads((unsigned)knit_flags_uint64(fs, "io-threads")), NULL) != 0)
         return 1;
     knit_signal *s1, *s2;
     knit_signal_start(r, SIGTERM, on_signal, NULL, &s1);

@@ -38,11 +38,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <time.h>
 
 #include "http/parser.h"
 #include "http/server_int.h"
-#include "reactor/reactor_int.h"
 #include "knit/endpoint.h"
 #include "knit/error.h"
 #include "knit/log.h"
@@ -126,7 +124,6 @@ void knit__http_pend_trim(struct conn *c, bool force)
         c->pending = NULL;
     }
 }
-static void drain_check(knit_http_server *s);
 
 /* ---- options ------------------------------------------------------------------ */
 
@@ -164,10 +161,7 @@ static knit_protocol *build_conn(knit_protocol_factory *f, const knit_sockaddr *
 static size_t reclaim_cb(knit_listener *l, size_t n, void *arg);
 static void budget_changed(knit_output_group *g, bool over);
 
-static void drain_trigger(knit_reactor *r, knit_trigger *t, void *arg);
-
-/* The server object on R, without its drain trigger. */
-static int server_alloc(knit_reactor *r, const knit_http_options *opts, knit_http_server **out)
+int knit__http_server_alloc(knit_reactor *r, const knit_http_options *opts, knit_http_server **out)
 {
     knit_http_server *s = calloc(1, sizeof *s);
     if (!s) return KNIT_ENOMEM;
@@ -203,60 +197,22 @@ static int server_alloc(knit_reactor *r, const knit_http_options *opts, knit_htt
     return 0;
 }
 
-/* On a part's reactor: its drain trigger (the reactor's stop drains it). */
-static void part_attach(knit_reactor *r, void *arg)
-{
-    knit_http_server *p = arg;
-    if (knit_reactor_add_trigger(r, KNIT_PHASE_BEFORE, drain_trigger, p, &p->trigger) != 0)
-        KNIT_WARN(MOD, "reactor %u: cannot register the drain of its part",
-                  knit_reactor_group_index(r));
-}
-
-static void parts_free(knit_http_server *s);
-
 int knit_http_server_new(knit_reactor *r, const knit_http_options *opts, knit_http_server **out)
 {
     knit_http_server *s;
-    int rc = server_alloc(r, opts, &s);
+    int rc = knit__http_server_alloc(r, opts, &s);
     if (rc != 0) return rc;
-    rc = knit_reactor_add_trigger(r, KNIT_PHASE_BEFORE, drain_trigger, s, &s->trigger);
+    rc = knit_reactor_add_trigger(r, KNIT_PHASE_BEFORE, knit__http_drain_trigger, s, &s->trigger);
     if (rc != 0) {
         free(s);
         return rc;
     }
-    knit_reactor_group *g = knit_reactor_group_of(r);
-    if (s->o.spread && knit_reactor_group_size(g) > 1) {
-        unsigned me = knit_reactor_group_index(r);
-        s->nparts = knit_reactor_group_size(g);
-        for (unsigned i = 0; i < s->nparts && rc == 0; i++) {
-            if (i == me) continue;
-            knit_http_server *p;
-            if ((rc = server_alloc(knit_reactor_group_get(g, i), &s->o, &p)) != 0) break;
-            p->primary = s;
-            s->parts[i] = p;
-            if ((rc = knit_call_in_reactor(p->r, part_attach, p)) != 0) {
-                s->parts[i] = NULL;
-                free(p);
-            }
-        }
-        if (rc != 0) {
-            knit_http_server_free(s);
-            return rc;
-        }
+    if (s->o.spread && (rc = knit__http_parts_new(s)) != 0) {
+        knit_http_server_free(s);
+        return rc;
     }
     *out = s;
     return 0;
-}
-
-/* The part of a spread server that serves reactor R (knit_listen_member_fn). */
-static void listen_member(knit_reactor *r, unsigned index, void *arg, knit_listen_member *out)
-{
-    struct lslot *ls = arg;
-    knit_http_server *p = index < ls->s->nparts ? ls->s->parts[index] : NULL;
-    (void)r;
-    if (!p) return; /* keep the server's own slot */
-    out->factory = &p->slots[ls->idx].factory;
-    out->reclaim_arg = &p->slots[ls->idx];
 }
 
 int knit_http_listen(knit_http_server *s, const char *desc, char *err, size_t errlen)
@@ -270,7 +226,7 @@ int knit_http_listen(knit_http_server *s, const char *desc, char *err, size_t er
     lo.reclaim_arg = ls;
     if (s->nparts > 1) {
         lo.spread = true;
-        lo.member = listen_member;
+        lo.member = knit__http_listen_member;
         lo.member_arg = ls;
     }
     knit_listener *l;
@@ -293,11 +249,7 @@ unsigned knit_http_port(const knit_http_server *s, size_t n)
 
 void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out)
 {
-    knit_reactor *cur = knit_reactor_current();
-    if (s->nparts > 1 && cur && cur != s->r) {
-        unsigned i = knit_reactor_group_index(cur);
-        if (i < s->nparts && s->parts[i] && s->parts[i]->r == cur) s = s->parts[i];
-    }
+    s = knit__http_part_here(s);
     *out = s->st;
     out->connections_open = s->nconns;
     out->output_queued = s->outg.queued;
@@ -889,7 +841,7 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
     list_unlink(c);
     s->nconns--;
     free(c);
-    if (s->draining) drain_check(s);
+    if (s->draining) knit__http_drain_check(s);
 }
 
 static void on_pause(knit_protocol *p)
@@ -1068,15 +1020,7 @@ static void conn_timeout(knit_reactor *r, void *arg)
 
 /* ---- drain ---------------------------------------------------------------------- */
 
-static void part_drained(knit_reactor *r, void *arg)
-{
-    (void)r;
-    knit_http_server *s = arg;
-    s->parts_draining--;
-    drain_check(s);
-}
-
-static void drain_finish(knit_http_server *s)
+void knit__http_drain_finish(knit_http_server *s)
 {
     s->drained = true;
     if (s->trigger_wait) {
@@ -1084,11 +1028,7 @@ static void drain_finish(knit_http_server *s)
         s->trigger_wait = NULL;
         knit_trigger_done(t);
     }
-    if (s->primary && s->notify_primary) {
-        s->notify_primary = false;
-        if (knit_call_in_reactor(s->primary->r, part_drained, s->primary) != 0)
-            KNIT_WARN(MOD, "a part cannot report its drain");
-    }
+    if (s->primary && s->notify_primary) knit__http_part_report(s);
     if (knit_timer_active(s->r, s->drain_timer)) knit_timer_cancel(s->r, s->drain_timer);
     s->drain_timer = KNIT_TIMER_NONE;
     void (*done)(knit_http_server *, void *) = s->drain_done;
@@ -1096,24 +1036,10 @@ static void drain_finish(knit_http_server *s)
     if (done) done(s, s->drain_arg);
 }
 
-static void drain_check(knit_http_server *s)
+void knit__http_drain_check(knit_http_server *s)
 {
-    if (s->draining && !s->drained && s->nconns == 0 && s->parts_draining == 0) drain_finish(s);
-}
-
-/* On a part's reactor: drain it (unless its reactor's stop already does)
- * and report to the server when done. */
-static void part_drain(knit_reactor *r, void *arg)
-{
-    (void)r;
-    knit_http_server *p = arg;
-    p->notify_primary = true;
-    if (!p->draining)
-        knit_http_server_drain(p, NULL, NULL);
-    else if (p->drained) {
-        p->drained = false; /* report once more, for this drain */
-        drain_finish(p);
-    }
+    if (s->draining && !s->drained && s->nconns == 0 && s->parts_draining == 0)
+        knit__http_drain_finish(s);
 }
 
 static void drain_timeout(knit_reactor *r, void *arg)
@@ -1141,12 +1067,7 @@ void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *
         s->slots[i].l = NULL;
     }
     s->nlisteners = 0;
-    for (unsigned i = 0; i < s->nparts; i++) {
-        knit_http_server *p = s->parts[i];
-        if (!p) continue;
-        /* a reactor whose loop is over has drained its part already */
-        if (knit_call_in_reactor(p->r, part_drain, p) == 0) s->parts_draining++;
-    }
+    knit__http_parts_drain(s);
     struct conn_list *ls[NLISTS];
     size_t nl = all_lists(s, ls);
     for (size_t k = 0; k < nl; k++) {
@@ -1163,7 +1084,7 @@ void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *
         }
     }
     if (s->nconns == 0 && s->parts_draining == 0) {
-        drain_finish(s);
+        knit__http_drain_finish(s);
         return;
     }
     s->drain_timer = knit_call_later(s->r, s->o.drain_timeout, drain_timeout, s);
@@ -1175,7 +1096,7 @@ static void drain_done_trigger(knit_http_server *s, void *arg)
     knit_trigger_done(arg);
 }
 
-static void drain_trigger(knit_reactor *r, knit_trigger *t, void *arg)
+void knit__http_drain_trigger(knit_reactor *r, knit_trigger *t, void *arg)
 {
     (void)r;
     knit_http_server *s = arg;
@@ -1205,43 +1126,9 @@ void knit_http_server_free(knit_http_server *s)
     /* Connections still open are aborted by the listener; their memory is
      * released from connection_lost, which needs the server: callers drain
      * first. Free what is left regardless. */
-    parts_free(s);
+    knit__http_parts_free(s);
     knit__http_routes_free(s);
     free(s);
-}
-
-static void part_free(knit_http_server *p)
-{
-    if (p->trigger) knit_reactor_remove_trigger(p->r, p->trigger);
-    if (knit_timer_active(p->r, p->drain_timer)) knit_timer_cancel(p->r, p->drain_timer);
-    if (knit_timer_active(p->r, p->budget_timer)) knit_timer_cancel(p->r, p->budget_timer);
-    free(p);
-}
-
-static void part_free_call(knit_reactor *r, void *arg)
-{
-    (void)r;
-    part_free(arg);
-}
-
-/* Free each part on its own reactor, or from here once its loop is over. */
-static void parts_free(knit_http_server *s)
-{
-    for (unsigned i = 0; i < s->nparts; i++) {
-        knit_http_server *p = s->parts[i];
-        if (!p) continue;
-        s->parts[i] = NULL;
-        if (knit__reactor_running(p->r) && knit_call_in_reactor(p->r, part_free_call, p) == 0)
-            continue;
-        /* a reactor that ever ran is ending (its last calls are running):
-         * wait until its thread is done with it */
-        bool ran = __atomic_load_n(&p->r->thread, __ATOMIC_RELAXED) != 0;
-        for (int k = 0; k < 20000 && ran && !knit__reactor_finished(p->r); k++) {
-            struct timespec ts = {0, 100 * 1000};
-            nanosleep(&ts, NULL);
-        }
-        part_free(p);
-    }
 }
 
 /* ---- test hooks (server_int.h) --------------------------------------------------- */

@@ -35,7 +35,7 @@ struct knit_reactor_group {
     pthread_t threads[KNIT_REACTOR_GROUP_MAX];
     bool have_thread[KNIT_REACTOR_GROUP_MAX];
     bool started, joined;
-    knit_trigger *trigger; /* on reactor 0, until it ran */
+    knit_trigger *trigger;   /* on reactor 0, until it ran */
     knit_trigger *waiting_t; /* the started trigger, until done [reactor 0] */
     int trigger_ran;         /* atomic */
     int claimed;             /* atomic: the trigger was (or is being) completed */
@@ -56,8 +56,9 @@ unsigned knit_io_threads(unsigned n)
         const char *e = getenv("KNIT_IO_THREADS");
         char *end = NULL;
         unsigned long v = e ? strtoul(e, &end, 10) : 0;
-        n = e && *e && end && !*end && v > 0 ? (unsigned)(v > KNIT_REACTOR_GROUP_MAX ? KNIT_REACTOR_GROUP_MAX : v)
-                                             : knit_reactor_default_count();
+        n = e && *e && end && !*end && v > 0
+                ? (unsigned)(v > KNIT_REACTOR_GROUP_MAX ? KNIT_REACTOR_GROUP_MAX : v)
+                : knit_reactor_default_count();
     }
     return n > KNIT_REACTOR_GROUP_MAX ? KNIT_REACTOR_GROUP_MAX : n;
 }
@@ -148,7 +149,8 @@ static void *member_main(void *p)
     free(ma);
     knit_signal_block_all();
     int rc = knit_reactor_run(r);
-    if (rc < 0) KNIT_ERROR("reactor", "%s: loop ended: %s", knit_reactor_name(r), knit_strerror(rc));
+    if (rc < 0)
+        KNIT_ERROR("reactor", "%s: loop ended: %s", knit_reactor_name(r), knit_strerror(rc));
     /* Calls that came in while the loop was ending (a listener part to
      * close, a connection handed over) run here, once; later ones are
      * refused, and their callers do the work themselves once `finished`

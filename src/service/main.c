@@ -275,9 +275,9 @@ static int build(knit_app *app)
     ro.name = o->program;
     int rc = knit_reactor_new(&app->r, &ro);
     if (rc < 0) goto fail;
-    if ((rc = knit_reactor_group_new(&app->group, app->r,
-                                     knit_io_threads((unsigned)knit_flags_uint64(app->fs, "io-threads")),
-                                     &ro)) < 0)
+    if ((rc = knit_reactor_group_new(
+             &app->group, app->r,
+             knit_io_threads((unsigned)knit_flags_uint64(app->fs, "io-threads")), &ro)) < 0)
         goto fail;
     /* Before any thread exists: the signals must be blocked everywhere. */
     if ((rc = knit_signal_start(app->r, SIGTERM, on_stop_signal, app, &app->sigterm)) < 0 ||

@@ -107,8 +107,8 @@ static void test_group_of_one(void **state)
 
 typedef struct stop_state {
     knit_reactor_group *g;
-    int members_done;    /* atomic: member BEFORE triggers completed */
-    int seen_at_during;  /* members_done when reactor 0's DURING ran */
+    int members_done;   /* atomic: member BEFORE triggers completed */
+    int seen_at_during; /* members_done when reactor 0's DURING ran */
     bool members_running_at_during;
     knit_trigger *mt[NREACT];
 } stop_state;
@@ -230,7 +230,7 @@ static knit_protocol *idx_build(knit_protocol_factory *f, const knit_sockaddr *p
 typedef struct client_state {
     knit_reactor_group *g;
     int port;
-    int idx[NCONN + NLATE]; /* reactor index each connection reported, -1: none */
+    int idx[NCONN + NLATE];  /* reactor index each connection reported, -1: none */
     size_t live_after_close; /* reactor 0's live count once its clients left */
     const char *failed;      /* what a bounded wait gave up on */
     knit_listener *l;
@@ -385,9 +385,9 @@ typedef struct drain_state {
     int port;
     pthread_mutex_t mu;
     pthread_cond_t cv;
-    int in_handler;   /* [mu] handlers running */
-    bool release;     /* [mu] let them answer */
-    int where[2];     /* reactor index of each request, in arrival order */
+    int in_handler; /* [mu] handlers running */
+    bool release;   /* [mu] let them answer */
+    int where[2];   /* reactor index of each request, in arrival order */
     char answer[2][256];
     const char *failed;
 } drain_state;
