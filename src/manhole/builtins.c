@@ -490,8 +490,9 @@ static int l_connections(lua_State *L)
     lua_createtable(L, (int)v.n, 0);
     for (size_t i = 0; i < v.n; i++) {
         conn_item *it = &v.items[i];
-        lua_createtable(L, 0, 10);
+        lua_createtable(L, 0, 11);
         knit_manhole_setfield_int(L, -1, "id", (lua_Integer)it->id);
+        knit_manhole_setfield_int(L, -1, "reactor", (lua_Integer)knit_reactor_group_index(r));
         knit_manhole_setfield_str(L, -1, "peer", it->peer);
         knit_manhole_setfield_str(L, -1, "endpoint", it->endpoint);
         knit_manhole_setfield_str(L, -1, "protocol", it->protocol);
@@ -506,6 +507,35 @@ static int l_connections(lua_State *L)
     if (v.seen > v.n) {
         lua_pushfstring(L, "... %I more", (lua_Integer)(v.seen - v.n));
         lua_rawseti(L, -2, (lua_Integer)v.n + 1);
+    }
+    return 1;
+}
+
+/* reactors() -> array of {index, name, connections, stopping, here} for every
+ * reactor of the manhole's group (--io-threads); a reactor not in a group
+ * is a group of one. Only [any] facts are read: other reactors' loops are
+ * not touched from here.
+ * TODO(issue 16): connections() and close(id) see only the manhole's own
+ * reactor; listing and closing across reactors (a call into each, the
+ * answers gathered back) is not done yet. */
+static int l_reactors(lua_State *L)
+{
+    knit_reactor *me = need_reactor(L);
+    knit_reactor_group *g = knit_reactor_group_of(me);
+    unsigned n = g ? knit_reactor_group_size(g) : 1;
+    lua_createtable(L, (int)n, 0);
+    for (unsigned i = 0; i < n; i++) {
+        knit_reactor *r = g ? knit_reactor_group_get(g, i) : me;
+        lua_createtable(L, 0, 5);
+        knit_manhole_setfield_int(L, -1, "index", (lua_Integer)i);
+        knit_manhole_setfield_str(L, -1, "name", knit_reactor_name(r));
+        knit_manhole_setfield_int(L, -1, "connections",
+                                  (lua_Integer)knit_reactor_live_connections(r));
+        lua_pushboolean(L, knit_reactor_stopping(r));
+        lua_setfield(L, -2, "stopping");
+        lua_pushboolean(L, r == me);
+        lua_setfield(L, -2, "here");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     return 1;
 }
@@ -566,8 +596,11 @@ int knit__manhole_register_builtins(knit_manhole *m)
         {"listeners", l_listeners,
          "listeners() -> attached listeners: endpoint, address, open connections, accepted"},
         {"connections", l_connections,
-         "connections() -> open connections: id, peer, endpoint, protocol, kind, age (s), "
+         "connections() -> open connections (this reactor): id, reactor, peer, endpoint, "
+         "protocol, kind, age (s), "
          "bytes_in/out, state (open, closing, handshake, paused, producer_paused)"},
+        {"reactors", l_reactors,
+         "reactors() -> every reactor (--io-threads): index, name, connections, stopping, here"},
         {"connections.count", l_connections_count,
          "connections.count() -> number of open connections on this reactor"},
         {"close", l_close,

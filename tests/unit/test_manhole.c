@@ -945,6 +945,11 @@ static void test_connections_bindings(void **state)
     rfx *f = rfx_new();
     assert_int_equal(rfeed(f, "#connections(), connections.count()"), KNIT_MANHOLE_OK);
     assert_string_equal(f->o.buf, "0\t0\n");
+    /* a reactor outside a group is a group of one */
+    assert_int_equal(
+        rfeed(f, "local r = reactors()[1] return #reactors(), r.index, r.here, r.connections"),
+        KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "1\t0\ttrue\t0\n");
     int fds[2][2];
     mconn c[2] = {{.proto.ops = &mc_ops}, {.proto.ops = &mc_anon_ops}};
     knit_transport *t[2];
