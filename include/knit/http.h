@@ -279,7 +279,8 @@ typedef void (*knit_http_handler)(knit_http_request *req, void *arg);
  * there). Listeners spread over the group (knit/endpoint.h: a connection
  * goes to the reactor with the fewest live connections); a connection and
  * its requests live on one reactor, whose part counts them (stats,
- * max_connections, output_budget and the drain timeout are per part), and
+ * output_budget and the drain timeout are per part; max_connections is
+ * split evenly between the parts, rounded up), and
  * a pool handler's job comes back to that reactor. Routes are shared:
  * add them all before knit_http_listen. INLINE handlers then run on every
  * reactor's thread: whatever they touch must allow that. Stopping a

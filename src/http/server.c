@@ -225,6 +225,9 @@ int knit_http_listen(knit_http_server *s, const char *desc, char *err, size_t er
     lo.reclaim = reclaim_cb; /* at the cap: close idle keep-alives to make room */
     lo.reclaim_arg = ls;
     if (s->nparts > 1) {
+        /* the cap is the server's: each reactor's part takes its share */
+        if (lo.max_connections)
+            lo.max_connections = (lo.max_connections + s->nparts - 1) / s->nparts;
         lo.spread = true;
         lo.member = knit__http_listen_member;
         lo.member_arg = ls;
