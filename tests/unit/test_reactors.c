@@ -23,6 +23,8 @@
 #include "http/server_int.h" /* req->r: the reactor a request lives on */
 #include "knit/endpoint.h"
 #include "knit/http.h"
+#include "knit/log.h"
+#include "knit/manhole.h"
 #include "knit/error.h"
 #include "knit/pool.h"
 #include "knit/reactor.h"
@@ -514,6 +516,172 @@ static void test_http_drain_on_every_reactor(void **state)
     pthread_cond_destroy(&d.cv);
 }
 
+/* ---- the manhole across reactors ------------------------------------------------------ */
+
+typedef struct mh_state {
+    knit_reactor_group *g;
+    knit_reactor *r0;
+    knit_listener *l;
+    int port;
+    knit_manhole *m;
+    knit_manhole_session *s;
+    char out[4096]; /* [reactor 0] the session's output */
+    size_t outlen;
+    int step, polls;
+    char listed[64]; /* what connections.all() gave: "N\tID" */
+    char closed[64]; /* the await line of close.any */
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    bool done; /* [mu] the manhole part is over */
+    const char *failed;
+    int idx[2];
+    bool b_eof, a_alive;
+} mh_state;
+
+static void mh_write(const char *data, size_t len, void *arg)
+{
+    mh_state *st = arg;
+    if (st->outlen + len >= sizeof st->out) len = sizeof st->out - 1 - st->outlen;
+    memcpy(st->out + st->outlen, data, len);
+    st->outlen += len;
+    st->out[st->outlen] = 0;
+}
+
+static void mh_eval(mh_state *st, const char *code)
+{
+    st->outlen = 0;
+    st->out[0] = 0;
+    knit_manhole_session_eval(st->s, code, strlen(code));
+}
+
+static void mh_finish(mh_state *st, const char *failed)
+{
+    pthread_mutex_lock(&st->mu);
+    if (failed && !st->failed) st->failed = failed;
+    st->done = true;
+    pthread_cond_broadcast(&st->cv);
+    pthread_mutex_unlock(&st->mu);
+}
+
+/* [reactor 0] One step per tick: list, then close the connection that lives
+ * on reactor 1 (each waits, bounded, for its Deferred). */
+static void mh_tick(knit_reactor *r, void *arg)
+{
+    mh_state *st = arg;
+    if (++st->polls > 1000) {
+        mh_finish(st, st->step < 2 ? "connections.all() to fire" : "close.any() to fire");
+        return;
+    }
+    if (st->step == 0) {
+        mh_eval(st, "d = connections.all() await(d)");
+        st->step = 1;
+    } else if (st->step == 1 && strstr(st->out, "await #")) {
+        mh_eval(st, "local s = 0 for _, c in ipairs(d:result()) do if c.reactor == 1 then "
+                    "s = c.id end end return #d:result(), s");
+        snprintf(st->listed, sizeof st->listed, "%.60s", st->out);
+        char code[128];
+        snprintf(code, sizeof code, "await(close.any(%s))", strchr(st->out, '\t') + 1);
+        mh_eval(st, code);
+        st->step = 2;
+    } else if (st->step == 2 && strstr(st->out, "await #")) {
+        snprintf(st->closed, sizeof st->closed, "%.60s", strstr(st->out, "await #"));
+        mh_finish(st, NULL);
+        return;
+    }
+    knit_call_later(r, KNIT_MSEC(5), mh_tick, st);
+}
+
+static void mh_stop(knit_reactor *r, void *arg)
+{
+    mh_state *st = arg;
+    knit_listener_close(st->l, true);
+    knit_reactor_stop(r);
+}
+
+static void *mh_client(void *arg)
+{
+    mh_state *st = arg;
+    int fds[2];
+    for (int i = 0; i < 2; i++) {
+        fds[i] = connect_to(st->port);
+        st->idx[i] = fds[i] < 0 ? -1 : ask_index(fds[i]);
+    }
+    if (st->idx[0] != 0 || st->idx[1] != 1) st->failed = "one connection on each reactor";
+    if (!st->failed) {
+        knit_call_from_thread(st->r0, mh_tick, st);
+        struct timespec until;
+        clock_gettime(CLOCK_REALTIME, &until);
+        until.tv_sec += 20;
+        pthread_mutex_lock(&st->mu);
+        while (!st->done)
+            if (pthread_cond_timedwait(&st->cv, &st->mu, &until) != 0) break;
+        if (!st->done && !st->failed) st->failed = "the manhole";
+        pthread_mutex_unlock(&st->mu);
+    }
+    /* B (on reactor 1) was closed by the manhole on reactor 0; A was not */
+    struct pollfd p = {.fd = fds[1], .events = POLLIN};
+    char b;
+    st->b_eof = fds[1] >= 0 && poll(&p, 1, 10000) == 1 && read(fds[1], &b, 1) == 0;
+    st->a_alive = fds[0] >= 0 && ask_index(fds[0]) == 0;
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0) close(fds[i]);
+    for (int k = 0; k < 1000; k++) {
+        if (knit_reactor_live_connections(knit_reactor_group_get(st->g, 0)) +
+                knit_reactor_live_connections(knit_reactor_group_get(st->g, 1)) ==
+            0)
+            break;
+        struct timespec ts = {0, 10 * 1000 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    knit_call_from_thread(st->r0, mh_stop, st);
+    return NULL;
+}
+
+static void test_manhole_across_reactors(void **state)
+{
+    (void)state;
+    mh_state st = {0};
+    pthread_mutex_init(&st.mu, NULL);
+    pthread_cond_init(&st.cv, NULL);
+    knit_log_set_level(KNIT_LOG_ERROR); /* close.any's audit line is a warning */
+    assert_int_equal(knit_manhole_init(), 0);
+    assert_int_equal(knit_reactor_new(&st.r0, NULL), 0);
+    assert_int_equal(knit_reactor_group_new(&st.g, st.r0, 2, NULL), 0);
+    assert_int_equal(knit_manhole_new(&st.m, st.r0, NULL), 0);
+    assert_int_equal(knit_manhole_session_new(st.m, "uid=test", mh_write, &st, &st.s), 0);
+    knit_protocol_factory f = {idx_build, NULL};
+    knit_listen_options lo;
+    knit_listen_options_init(&lo);
+    lo.spread = true;
+    char err[KNIT_ENDPOINT_ERRLEN];
+    assert_int_equal(
+        knit_endpoint_listen(st.r0, "tcp:0:interface=127.0.0.1", &f, &lo, &st.l, err, sizeof err),
+        0);
+    knit_sockaddr a;
+    assert_int_equal(knit_listener_address(st.l, &a), 0);
+    st.port = ntohs(a.u.in.sin_port);
+    assert_int_equal(knit_reactor_group_start(st.g), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, mh_client, &st), 0);
+    assert_int_equal(knit_reactor_run(st.r0), 0);
+    pthread_join(th, NULL);
+    knit_reactor_group_join(st.g);
+    if (st.failed) fail_msg("waited in vain for %s (manhole said: %s)", st.failed, st.out);
+    /* both connections listed, the one of reactor 1 found by its id ... */
+    assert_int_equal(atoi(st.listed), 2);
+    assert_true(atoi(strchr(st.listed, '\t') + 1) > 0);
+    /* ... and closed there: the Deferred says reactor 1 */
+    assert_non_null(strstr(st.closed, ": 1"));
+    assert_true(st.b_eof);
+    assert_true(st.a_alive);
+    knit_manhole_session_free(st.s);
+    knit_manhole_free(st.m);
+    assert_int_equal(knit_reactor_group_close(st.g), 0);
+    assert_int_equal(knit_reactor_close(st.r0), 0);
+    pthread_mutex_destroy(&st.mu);
+    pthread_cond_destroy(&st.cv);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -524,6 +692,7 @@ int main(void)
         cmocka_unit_test(test_spread_reuseport),
         cmocka_unit_test(test_spread_option_checked),
         cmocka_unit_test(test_http_drain_on_every_reactor),
+        cmocka_unit_test(test_manhole_across_reactors),
     };
     return KNIT_RUN_TESTS(tests);
 }
