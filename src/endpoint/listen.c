@@ -505,11 +505,20 @@ const char *knit_transport_endpoint(const knit_transport *t)
     return NULL;
 }
 
+/* A connection of a closed listener: it still counts as live on its
+ * reactor until it is freed. */
+static void orphan_freed(knit_transport *t, void *owner)
+{
+    (void)t;
+    knit_reactor_live_add(owner, -1);
+}
+
 static void disown(knit_transport *t, void *arg)
 {
     bool abort_connections = *(bool *)arg;
-    t->owner_fn = NULL;
-    t->owner = NULL;
+    knit_listener *l = t->owner;
+    t->owner_fn = orphan_freed;
+    t->owner = l->r;
     /* Connections still in their PROXY/TLS phase point back at us. */
     if (t->ext && t->ext->ready) {
         t->ext->ready = NULL;

@@ -508,6 +508,10 @@ static void test_http_drain_on_every_reactor(void **state)
         assert_non_null(strstr(d.answer[i], "HTTP/1.1 200"));
         assert_non_null(strstr(d.answer[i], "done\n"));
     }
+    /* the drain closed the listener while both requests ran: their
+     * connections still counted as live until they were gone */
+    for (unsigned i = 0; i < 2; i++)
+        assert_int_equal(knit_reactor_live_connections(knit_reactor_group_get(d.g, i)), 0);
     knit_http_server_free(srv);
     knit_pool_free(pool);
     assert_int_equal(knit_reactor_group_close(d.g), 0);
