@@ -22,6 +22,7 @@
  *    queues the free, so a visitor that closes T can still follow T->next.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdatomic.h>
@@ -130,9 +131,23 @@ const char *knit_transport_state(const knit_transport *t)
     return "open";
 }
 
+/* A thread's scratch is freed when the thread ends (reactor threads of a
+ * group come and go; the key's destructor runs at their exit). */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_key_make(void)
+{
+    pthread_key_create(&scratch_key, free);
+}
+
 uint8_t *knit__stream_scratch(void)
 {
-    if (!scratch) scratch = malloc(KNIT_STREAM_READ_CHUNK);
+    if (!scratch) {
+        scratch = malloc(KNIT_STREAM_READ_CHUNK);
+        pthread_once(&scratch_once, scratch_key_make);
+        if (scratch) pthread_setspecific(scratch_key, scratch);
+    }
     return scratch;
 }
 
