@@ -110,6 +110,8 @@ static void test_group_of_one(void **state)
 typedef struct stop_state {
     knit_reactor_group *g;
     int members_done;   /* atomic: member BEFORE triggers completed */
+    int members_ready;  /* atomic: members that registered their trigger */
+    int polls;
     int seen_at_during; /* members_done when reactor 0's DURING ran */
     bool members_running_at_during;
     knit_trigger *mt[NREACT];
@@ -154,13 +156,22 @@ static void r0_during(knit_reactor *r, knit_trigger *t, void *arg)
 
 static void add_member_triggers(knit_reactor *r, void *arg)
 {
+    stop_state *s = arg;
     knit_trigger *t;
     knit_reactor_add_trigger(r, KNIT_PHASE_BEFORE, member_before, arg, &t);
+    __atomic_add_fetch(&s->members_ready, 1, __ATOMIC_SEQ_CST);
 }
 
+/* Stop once every member registered its trigger (a reactor stopped before
+ * its first turn never runs the calls queued for it before its phases);
+ * bounded: 10 s. */
 static void stop_soon(knit_reactor *r, void *arg)
 {
-    (void)arg;
+    stop_state *s = arg;
+    if (__atomic_load_n(&s->members_ready, __ATOMIC_SEQ_CST) < NREACT - 1 && ++s->polls < 1000) {
+        knit_call_later(r, KNIT_MSEC(10), stop_soon, s);
+        return;
+    }
     knit_reactor_stop(r);
 }
 
@@ -177,10 +188,11 @@ static void test_group_stop_order(void **state)
     knit_trigger *t;
     assert_int_equal(knit_reactor_add_trigger(r0, KNIT_PHASE_DURING, r0_during, &s, &t), 0);
     assert_int_equal(knit_reactor_group_start(s.g), 0);
-    knit_call_later(r0, KNIT_MSEC(10), stop_soon, NULL);
+    knit_call_later(r0, KNIT_MSEC(10), stop_soon, &s);
     assert_int_equal(knit_reactor_run(r0), 0);
     /* DURING on reactor 0 (where the pool drains) ran after every member's
      * BEFORE phase finished and its loop returned. */
+    assert_int_equal(s.members_ready, NREACT - 1); /* else: waited in vain for the members */
     assert_int_equal(s.seen_at_during, NREACT - 1);
     assert_false(s.members_running_at_during);
     knit_reactor_group_join(s.g);
