@@ -252,20 +252,6 @@ static int timer_cb(CURLM *m, long ms, void *userp)
 
 /* ---- aborting ------------------------------------------------------------------ */
 
-static void set_abort(knit_httpc_xfer *x, int code, const char *fmt, ...)
-    __attribute__((format(printf, 3, 4)));
-static void set_abort(knit_httpc_xfer *x, int code, const char *fmt, ...)
-{
-    if (x->abort_code) return; /* the first reason wins */
-    x->abort_code = code;
-    va_list ap;
-    va_start(ap, fmt);
-    char *m = NULL;
-    if (vasprintf(&m, fmt, ap) < 0) m = NULL;
-    va_end(ap);
-    x->abort_msg = m;
-}
-
 static void queue_op(knit_httpc_xfer *x, unsigned op)
 {
     knit_httpc *c = x->c;
@@ -298,8 +284,8 @@ static void on_total_timeout(knit_reactor *r, void *arg)
     x->t_total = KNIT_TIMER_NONE;
     char u[256];
     knit__httpc_url_safe(x->url, u, sizeof u);
-    set_abort(x, KNIT_ETIMEDOUT, "%s %s: no complete answer within %.3f s", x->method, u,
-              KNIT_TO_SEC(x->timeout));
+    knit__httpc_set_abort(x, KNIT_ETIMEDOUT, "%s %s: no complete answer within %.3f s", x->method,
+                          u, KNIT_TO_SEC(x->timeout));
     enter(c);
     abort_now(x);
     leave(c);
@@ -313,194 +299,11 @@ static void on_connect_timeout(knit_reactor *r, void *arg)
     x->t_conn = KNIT_TIMER_NONE;
     char u[256];
     knit__httpc_url_safe(x->url, u, sizeof u);
-    set_abort(x, KNIT_ECONNTIMEDOUT, "%s %s: no connection within %.3f s", x->method, u,
-              KNIT_TO_SEC(x->connect_timeout));
+    knit__httpc_set_abort(x, KNIT_ECONNTIMEDOUT, "%s %s: no connection within %.3f s", x->method, u,
+                          KNIT_TO_SEC(x->connect_timeout));
     enter(c);
     abort_now(x);
     leave(c);
-}
-
-/* ---- curl's per-transfer callbacks -------------------------------------------------- */
-
-static int prereq_cb(void *clientp, char *pip, char *lip, int pport, int lport)
-{
-    (void)pip;
-    (void)lip;
-    (void)pport;
-    (void)lport;
-    knit_httpc_xfer *x = clientp;
-    if (x->cancelled || x->abort_code) return CURL_PREREQFUNC_ABORT;
-    bool fresh = x->opened_socket;
-    x->opened_socket = false;
-    if (x->prereqs > 0 && !x->got_status) {
-        /* libcurl is sending the request again: the connection it reused
-         * died before any answer. Only once, only idempotent, only fresh. */
-        char u[256];
-        knit__httpc_url_safe(x->url, u, sizeof u);
-        if (!x->idempotent || x->body_fn) {
-            set_abort(x, KNIT_ECLOSED,
-                      "%s %s: the server closed a reused connection before answering; not "
-                      "sent again (%s)",
-                      x->method, u, x->body_fn ? "streamed body" : "not idempotent");
-            return CURL_PREREQFUNC_ABORT;
-        }
-        if (x->retried) {
-            set_abort(x, KNIT_ECLOSED,
-                      "%s %s: the server closed the connection before answering, again after "
-                      "one retry on a fresh connection",
-                      x->method, u);
-            return CURL_PREREQFUNC_ABORT;
-        }
-        x->retried = true;
-        x->c->st.retried++;
-        if (!fresh) {
-            x->resubmit = true; /* on a connection of our choosing: a new one */
-            return CURL_PREREQFUNC_ABORT;
-        }
-    }
-    x->prereqs++;
-    x->got_status = false;
-    x->reused = !fresh;
-    if (!fresh) x->c->st.reused++;
-    if (!x->connected) {
-        x->connected = true;
-        knit_timer_cancel(x->c->r, x->t_conn);
-        x->t_conn = KNIT_TIMER_NONE;
-    }
-    return CURL_PREREQFUNC_OK;
-}
-
-static size_t header_cb(char *buf, size_t size, size_t n, void *ud)
-{
-    knit_httpc_xfer *x = ud;
-    size_t len = size * n;
-    if (x->cancelled || x->abort_code) return 0;
-    if (len >= 5 && memcmp(buf, "HTTP/", 5) == 0) {
-        const char *sp = memchr(buf, ' ', len);
-        int status = 0;
-        if (sp)
-            for (const char *p = sp + 1; p < buf + len && *p >= '0' && *p <= '9'; p++)
-                status = status * 10 + (*p - '0');
-        x->status = status;
-        x->head.len = 0;
-        x->nheaders = 0;
-        if (status >= 200) x->got_status = true;
-        return len;
-    }
-    size_t l = len;
-    while (l && (buf[l - 1] == '\r' || buf[l - 1] == '\n'))
-        l--;
-    if (l == 0) return len; /* the end of a head */
-    if (x->head.len + l + 2 > KNIT_HTTPC_MAX_HEAD) {
-        char u[256];
-        knit__httpc_url_safe(x->url, u, sizeof u);
-        set_abort(x, KNIT_ELIMIT, "%s %s: response head over %u bytes", x->method, u,
-                  KNIT_HTTPC_MAX_HEAD);
-        return 0;
-    }
-    if ((buf[0] == ' ' || buf[0] == '\t') && x->nheaders > 0) {
-        /* obs-fold: part of the previous value */
-        x->head.len--; /* drop the previous value's NUL */
-        size_t s = 0;
-        while (s < l && (buf[s] == ' ' || buf[s] == '\t'))
-            s++;
-        if (knit__hbuf_add(&x->head, " ", 1) < 0 || knit__hbuf_add(&x->head, buf + s, l - s) < 0 ||
-            knit__hbuf_add(&x->head, "", 1) < 0)
-            return 0;
-        return len;
-    }
-    const char *colon = memchr(buf, ':', l);
-    if (!colon) return len; /* curl already validated; ignore oddities */
-    size_t nl = (size_t)(colon - buf);
-    const char *v = colon + 1, *end = buf + l;
-    while (v < end && (*v == ' ' || *v == '\t'))
-        v++;
-    while (end > v && (end[-1] == ' ' || end[-1] == '\t'))
-        end--;
-    size_t vl = (size_t)(end - v);
-    if (knit__hbuf_reserve(&x->head, x->head.cap ? nl + vl + 2 : 512) < 0) return 0;
-    char *w = x->head.p + x->head.len; /* "name\0value\0" */
-    memcpy(w, buf, nl);
-    w[nl] = 0;
-    memcpy(w + nl + 1, v, vl);
-    w[nl + 1 + vl] = 0;
-    x->head.len += nl + vl + 2;
-    x->nheaders++;
-    return len;
-}
-
-static int call_on_head(knit_httpc_xfer *x)
-{
-    x->head_called = true;
-    if (!x->on_head) return 0;
-    knit_httpc_response *h = knit__httpc_response_build(x, false);
-    if (!h) return KNIT_ENOMEM;
-    int rc = x->on_head(x, h, x->arg);
-    /* the head's strings were copied: give the buffer back for the final response */
-    knit_httpc_response_free(h);
-    return rc;
-}
-
-static size_t write_cb(char *p, size_t size, size_t n, void *ud)
-{
-    knit_httpc_xfer *x = ud;
-    size_t len = size * n;
-    if (x->cancelled || x->abort_code) return 0;
-    if (x->paused_recv) return CURL_WRITEFUNC_PAUSE; /* curl keeps these bytes for later */
-    if (x->streaming) {
-        if (!x->head_called) {
-            int rc = call_on_head(x);
-            if (rc < 0 || x->cancelled) {
-                if (rc < 0) set_abort(x, rc, "%s: on_head refused the response", x->method);
-                return 0;
-            }
-        }
-        x->c->st.bytes_in += len;
-        int rc = x->on_chunk(x, p, len, x->arg);
-        if (rc < 0 && !x->cancelled) set_abort(x, rc, "%s: on_chunk failed", x->method);
-        if (rc < 0 || x->cancelled) return 0;
-        return len; /* a pause asked for now takes effect at the next piece */
-    }
-    if (x->body.len + len > x->max_body) {
-        char u[256];
-        knit__httpc_url_safe(x->url, u, sizeof u);
-        set_abort(x, KNIT_ELIMIT, "%s %s: response body over the limit of %zu bytes", x->method,
-                  u, x->max_body);
-        return 0;
-    }
-    if (x->body.cap == 0) {
-        curl_off_t cl = -1;
-        if (curl_easy_getinfo(x->easy, CURLINFO_CONTENT_LENGTH_DOWNLOAD_T, &cl) == CURLE_OK &&
-            cl > 0 && (uint64_t)cl <= x->max_body)
-            knit__hbuf_reserve(&x->body, (size_t)cl);
-    }
-    if (knit__hbuf_add(&x->body, p, len) < 0) {
-        set_abort(x, KNIT_ENOMEM, "%s: out of memory for the response body", x->method);
-        return 0;
-    }
-    x->c->st.bytes_in += len;
-    return len;
-}
-
-static size_t read_cb(char *buf, size_t size, size_t n, void *ud)
-{
-    knit_httpc_xfer *x = ud;
-    if (x->cancelled || x->abort_code) return CURL_READFUNC_ABORT;
-    if (!x->body_fn) return 0;
-    x->body_fn_used = true;
-    ssize_t r = x->body_fn(x, buf, size * n, x->arg);
-    if (x->cancelled) return CURL_READFUNC_ABORT;
-    if (r == KNIT_EAGAIN) {
-        x->paused_send = true;
-        return CURL_READFUNC_PAUSE;
-    }
-    if (r < 0) {
-        set_abort(x, (int)r, "%s: the request body callback failed: %s", x->method,
-                  knit_strerror((int)r));
-        return CURL_READFUNC_ABORT;
-    }
-    if ((size_t)r > size * n) r = (ssize_t)(size * n);
-    return (size_t)r;
 }
 
 /* ---- starting ----------------------------------------------------------------------- */
@@ -555,12 +358,12 @@ static int set_constant(knit_httpc *c, CURL *e)
     SET(CURLOPT_NOSIGNAL, 1L);
     SET(CURLOPT_PROTOCOLS_STR, "http,https");
     SET(CURLOPT_REDIR_PROTOCOLS_STR, "http,https");
-    SET(CURLOPT_WRITEFUNCTION, write_cb);
-    SET(CURLOPT_HEADERFUNCTION, header_cb);
+    SET(CURLOPT_WRITEFUNCTION, knit__httpc_write_cb);
+    SET(CURLOPT_HEADERFUNCTION, knit__httpc_header_cb);
     SET(CURLOPT_OPENSOCKETFUNCTION, open_cb);
     SET(CURLOPT_CLOSESOCKETFUNCTION, close_cb);
     SET(CURLOPT_CLOSESOCKETDATA, c);
-    SET(CURLOPT_PREREQFUNCTION, prereq_cb);
+    SET(CURLOPT_PREREQFUNCTION, knit__httpc_prereq_cb);
     SET(CURLOPT_SUPPRESS_CONNECT_HEADERS, 1L);
     if (c->verbose) SET(CURLOPT_VERBOSE, 1L);
     SET(CURLOPT_MAXAGE_CONN, (long)(c->o.idle_timeout / 1000000000LL));
@@ -628,7 +431,7 @@ int knit__httpc_setopts(knit_httpc_xfer *x, const knit_httpc_req *rq, bool clean
         if (strcmp(m, "POST") != 0) SET(CURLOPT_CUSTOMREQUEST, m);
         if (x->body_fn) {
             SET(CURLOPT_POST, 1L);
-            SET(CURLOPT_READFUNCTION, read_cb);
+            SET(CURLOPT_READFUNCTION, knit__httpc_read_cb);
             SET(CURLOPT_READDATA, x);
             SET(CURLOPT_POSTFIELDSIZE_LARGE, (curl_off_t)rq->body_size);
         } else if (x->body_copy) {
@@ -694,8 +497,10 @@ int knit__httpc_start(knit_httpc_xfer *x, knit_duration timeout, knit_duration c
     int rc = multi_add(x);
     if (rc < 0) {
         /* unlink again; the caller fails the request */
-        if (x->prev) x->prev->next = x->next;
-        else c->xfers = x->next;
+        if (x->prev)
+            x->prev->next = x->next;
+        else
+            c->xfers = x->next;
         if (x->next) x->next->prev = x->prev;
         c->st.in_flight--;
         knit_timer_cancel(c->r, x->t_total);
@@ -762,8 +567,10 @@ static void detach(knit_httpc_xfer *x)
             p = p->op_next;
         }
         if (p) {
-            if (prev) prev->op_next = x->op_next;
-            else c->ops = x->op_next;
+            if (prev)
+                prev->op_next = x->op_next;
+            else
+                c->ops = x->op_next;
             if (c->ops_tail == x) c->ops_tail = prev;
         }
         x->ops = 0;
@@ -784,129 +591,6 @@ static void detach(knit_httpc_xfer *x)
         knit_timer_cancel(c->r, c->idle_timer);
         c->idle_timer = knit_call_later(c->r, c->o.idle_timeout, on_idle, c);
     }
-}
-
-static int code_of_errno(long e, int dflt)
-{
-    switch (e) {
-    case ECONNREFUSED:
-        return KNIT_ECONNREFUSED;
-    case ENETUNREACH:
-        return KNIT_ENETUNREACH;
-    case EHOSTUNREACH:
-        return KNIT_EHOSTUNREACH;
-    case ECONNRESET:
-        return KNIT_ECONNRESET;
-    case ETIMEDOUT:
-        return KNIT_ECONNTIMEDOUT;
-    case EADDRNOTAVAIL:
-        return KNIT_EADDRNOTAVAIL;
-    case EMFILE:
-        return KNIT_EMFILE;
-    case ENFILE:
-        return KNIT_ENFILE;
-    case EPIPE:
-        return KNIT_ECLOSED;
-    default:
-        return dflt;
-    }
-}
-
-/* The failure for a transfer that did not end well. */
-static knit_failure *make_failure(knit_httpc_xfer *x, CURLcode rc)
-{
-    char u[256];
-    knit__httpc_url_safe(x->url, u, sizeof u);
-    if (x->abort_code && x->abort_msg)
-        return knit_failure_new(x->abort_code, "%s", x->abort_msg);
-    if (x->abort_code) return knit_failure_new(x->abort_code, "%s %s", x->method, u);
-    const char *detail = x->errbuf[0] ? x->errbuf : curl_easy_strerror(rc);
-    long oserr = 0;
-    curl_easy_getinfo(x->easy, CURLINFO_OS_ERRNO, &oserr);
-    int code;
-    const char *what;
-    switch (rc) {
-    case CURLE_COULDNT_RESOLVE_HOST:
-    case CURLE_COULDNT_RESOLVE_PROXY:
-        code = KNIT_EDNS;
-        what = rc == CURLE_COULDNT_RESOLVE_PROXY ? "cannot resolve the proxy"
-                                                 : "cannot resolve the host";
-        break;
-    case CURLE_COULDNT_CONNECT:
-        code = code_of_errno(oserr, KNIT_ECONNREFUSED);
-        what = "cannot connect";
-        break;
-    case CURLE_OPERATION_TIMEDOUT:
-        code = x->connected ? KNIT_ETIMEDOUT : KNIT_ECONNTIMEDOUT;
-        what = x->connected ? "timed out" : "connect timed out";
-        break;
-    case CURLE_PEER_FAILED_VERIFICATION:
-    case CURLE_SSL_CACERT_BADFILE:
-    case CURLE_SSL_CONNECT_ERROR:
-    case CURLE_SSL_CERTPROBLEM:
-    case CURLE_SSL_CIPHER:
-    case CURLE_SSL_ENGINE_NOTFOUND:
-    case CURLE_SSL_ENGINE_SETFAILED:
-    case CURLE_SSL_ISSUER_ERROR:
-    case CURLE_SSL_CRL_BADFILE:
-    case CURLE_SSL_PINNEDPUBKEYNOTMATCH:
-    case CURLE_SSL_INVALIDCERTSTATUS:
-    case CURLE_SSL_SHUTDOWN_FAILED:
-    case CURLE_USE_SSL_FAILED:
-    case CURLE_SSL_CLIENTCERT:
-        code = KNIT_ETLS;
-        what = rc == CURLE_PEER_FAILED_VERIFICATION ? "TLS verification failed" : "TLS failed";
-        break;
-    case CURLE_TOO_MANY_REDIRECTS:
-        code = KNIT_EREDIRECTS;
-        what = "too many redirects";
-        break;
-    case CURLE_GOT_NOTHING:
-        code = KNIT_ECLOSED;
-        what = "the server closed the connection without answering";
-        break;
-    case CURLE_PARTIAL_FILE:
-        code = KNIT_ECLOSED;
-        what = "the server closed the connection before the end of the body";
-        break;
-    case CURLE_RECV_ERROR:
-    case CURLE_SEND_ERROR:
-        code = code_of_errno(oserr, KNIT_ECLOSED);
-        what = rc == CURLE_RECV_ERROR ? "receive failed" : "send failed";
-        break;
-    case CURLE_BAD_CONTENT_ENCODING:
-    case CURLE_WEIRD_SERVER_REPLY:
-    case CURLE_HTTP2:
-    case CURLE_HTTP2_STREAM:
-    case CURLE_HTTP3:
-    case CURLE_UNSUPPORTED_PROTOCOL:
-        /* after a connection: the server's answer (an unknown version or
-         * status); before: the URL (or a redirect to another scheme) */
-        code = rc == CURLE_UNSUPPORTED_PROTOCOL && !x->prereqs ? KNIT_EINVAL : KNIT_EHTTP;
-        what = rc == CURLE_BAD_CONTENT_ENCODING ? "bad content coding" : "bad answer";
-        break;
-    case CURLE_URL_MALFORMAT:
-        code = KNIT_EINVAL;
-        what = "bad URL";
-        break;
-    case CURLE_OUT_OF_MEMORY:
-        code = KNIT_ENOMEM;
-        what = "out of memory";
-        break;
-    case CURLE_FILESIZE_EXCEEDED:
-        code = KNIT_ELIMIT;
-        what = "response too large";
-        break;
-    case CURLE_ABORTED_BY_CALLBACK:
-        code = KNIT_ECANCELED;
-        what = "aborted";
-        break;
-    default:
-        code = KNIT_EHTTP;
-        what = curl_easy_strerror(rc);
-        break;
-    }
-    return knit_failure_new(code, "%s %s: %s (%s)", x->method, u, what, detail);
 }
 
 static unsigned class_of(int status)
@@ -943,8 +627,8 @@ static void finish(knit_httpc_xfer *x, CURLcode rc)
     knit_deferred *d = x->d;
     x->d = NULL;
     if (rc == CURLE_OK && !x->abort_code && x->streaming && !x->head_called) {
-        int hrc = call_on_head(x);
-        if (hrc < 0) set_abort(x, hrc, "%s: on_head refused the response", x->method);
+        int hrc = knit__httpc_call_on_head(x);
+        if (hrc < 0) knit__httpc_set_abort(x, hrc, "%s: on_head refused the response", x->method);
     }
     if (rc == CURLE_OK && !x->abort_code && !x->cancelled) {
         knit_httpc_response *resp = knit__httpc_response_build(x, true);
@@ -962,7 +646,7 @@ static void finish(knit_httpc_xfer *x, CURLcode rc)
         knit_deferred_unref(d);
         return;
     }
-    knit_failure *f = make_failure(x, rc);
+    knit_failure *f = knit__httpc_make_failure(x, rc);
     if (f->code == KNIT_ETIMEDOUT || f->code == KNIT_ECONNTIMEDOUT) c->st.timeouts++;
     count(c, x, 0, took);
     knit__httpc_xfer_free(x);
@@ -990,7 +674,7 @@ static void resubmit(knit_httpc_xfer *x)
     curl_easy_setopt(x->easy, CURLOPT_FRESH_CONNECT, 1L);
     x->easy_dirty = true;
     if (multi_add(x) < 0) {
-        set_abort(x, KNIT_EFAILED, "%s: cannot restart the request", x->method);
+        knit__httpc_set_abort(x, KNIT_EFAILED, "%s: cannot restart the request", x->method);
         finish(x, CURLE_ABORTED_BY_CALLBACK);
     }
 }
@@ -1021,8 +705,8 @@ static bool run_ops(knit_httpc *c)
             if (mc == CURLM_OK) {
                 x->in_multi = true;
             } else {
-                set_abort(x, KNIT_EFAILED, "%s: libcurl refused the request: %s", x->method,
-                          curl_multi_strerror(mc));
+                knit__httpc_set_abort(x, KNIT_EFAILED, "%s: libcurl refused the request: %s",
+                                      x->method, curl_multi_strerror(mc));
                 finish(x, CURLE_ABORTED_BY_CALLBACK);
             }
         }
@@ -1227,8 +911,10 @@ int knit__httpc_new_common(knit_reactor *r, const knit_httpc_options *opts,
     }
     for (const char *const *p = o.resolve; p && *p && !oom; p++) {
         struct curl_slist *n = curl_slist_append(c->resolve, *p);
-        if (!n) oom = true;
-        else c->resolve = n;
+        if (!n)
+            oom = true;
+        else
+            c->resolve = n;
     }
     o.name = c->s_name;
     o.user_agent = c->s_ua;
@@ -1271,7 +957,7 @@ static void free_now(knit_httpc *c)
         }
         char u[256];
         knit__httpc_url_safe(x->url, u, sizeof u);
-        set_abort(x, KNIT_ESHUTDOWN, "%s %s: the client was closed", x->method, u);
+        knit__httpc_set_abort(x, KNIT_ESHUTDOWN, "%s %s: the client was closed", x->method, u);
         finish(x, CURLE_ABORTED_BY_CALLBACK);
     }
     c->ops = c->ops_tail = NULL;
@@ -1364,7 +1050,8 @@ size_t knit_httpc_visit_counts(const knit_httpc *c, knit_httpc_count_fn fn, void
     return n;
 }
 
-/* ---- running a reactor until a Deferred fired ------------------------------------------------- */
+/* ---- running a reactor until a Deferred fired -------------------------------------------------
+ */
 
 int knit_httpc_run_until(knit_reactor *r, knit_deferred *d, unsigned max_turns)
 {

@@ -17,7 +17,8 @@ typedef struct hbuf {
     char *p;
     size_t len, cap;
 } hbuf;
-int knit__hbuf_add(hbuf *b, const void *data, size_t n); /* 0 or KNIT_ENOMEM; keeps p NUL-terminated */
+int knit__hbuf_add(hbuf *b, const void *data,
+                   size_t n); /* 0 or KNIT_ENOMEM; keeps p NUL-terminated */
 int knit__hbuf_reserve(hbuf *b, size_t n);
 void knit__hbuf_free(hbuf *b);
 
@@ -48,13 +49,13 @@ struct knit_httpc_xfer {
     knit_httpc_xfer *op_next;     /* c->ops while ops != 0 */
     unsigned ops;
     bool in_multi, cancelled, idempotent, streaming, connected, reused, retried, resubmit;
-    bool got_status;        /* a final (non-1xx) status line since the last prereq */
-    bool opened_socket;     /* this transfer opened a socket since the last prereq */
+    bool got_status;    /* a final (non-1xx) status line since the last prereq */
+    bool opened_socket; /* this transfer opened a socket since the last prereq */
     bool head_called, paused_recv, paused_send, body_fn_used;
     bool easy_dirty; /* method/body/auth options set: reset the handle before reuse */
     unsigned prereqs;
     int status;
-    int abort_code;        /* set by us (limits, callbacks, timeouts): wins over curl's */
+    int abort_code; /* set by us (limits, callbacks, timeouts): wins over curl's */
     char *abort_msg;
     knit_timer t_conn, t_total, t_resume;
     knit_time start;
@@ -88,7 +89,7 @@ struct knit_httpc {
     int stub_fd;                     /* the stub's private listener (AF_UNIX) */
     knit_io stub_io;
     char stub_name[108];
-    knit_httpc_options o;            /* strings point into the copies below */
+    knit_httpc_options o; /* strings point into the copies below */
     char *s_name, *s_ua, *s_ca_file, *s_ca_dir, *s_cert, *s_key, *s_keypw;
     char *proxy_http, *proxy_https, *no_proxy;
     struct curl_slist *resolve;
@@ -134,6 +135,19 @@ int knit__httpc_setopts(knit_httpc_xfer *x, const knit_httpc_req *rq, bool clean
 int knit__httpc_start(knit_httpc_xfer *x, knit_duration timeout, knit_duration connect_to);
 void knit__httpc_xfer_free(knit_httpc_xfer *x);
 void knit__httpc_cancel(knit_deferred *d, void *arg); /* the Deferred's canceller */
+
+/* transfer.c: libcurl's per-transfer callbacks (CURLOPT_*FUNCTION, their
+ * data the transfer), the abort reason (the first one wins) and the failure
+ * a finished transfer turns into. [reactor] */
+void knit__httpc_set_abort(knit_httpc_xfer *x, int code, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+int knit__httpc_prereq_cb(void *clientp, char *pip, char *lip, int pport, int lport);
+size_t knit__httpc_header_cb(char *buf, size_t size, size_t n, void *ud);
+size_t knit__httpc_write_cb(char *p, size_t size, size_t n, void *ud);
+size_t knit__httpc_read_cb(char *buf, size_t size, size_t n, void *ud);
+/* Run the user's on_head for X once its head is complete: 0 or their code. */
+int knit__httpc_call_on_head(knit_httpc_xfer *x);
+knit_failure *knit__httpc_make_failure(knit_httpc_xfer *x, CURLcode rc);
 
 /* stub.c: the stub's private listener, whose connections go to c->server. */
 int knit__httpc_stub_listen(knit_httpc *c);
