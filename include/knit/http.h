@@ -263,12 +263,32 @@ typedef struct knit_http_options {
     uint64_t max_body_memory; /* bytes of request bodies held at once */
     knit_duration linger_time, linger_timeout;
     uint64_t linger_max;
+    /* Several reactors: when the server's reactor is in a group of N > 1
+     * (knit/reactor.h), serve on all of them — see "Several reactors". */
+    bool spread;
 } knit_http_options;
 
 void knit_http_options_init(knit_http_options *o);
 
 /* Handler: answer REQ with the response functions below. */
 typedef void (*knit_http_handler)(knit_http_request *req, void *arg);
+
+/* Several reactors (options.spread, R in a reactor group of N > 1): the
+ * server has a part on every reactor of the group (R's is the returned
+ * server; the others are made here and attach to their reactors from
+ * there). Listeners spread over the group (knit/endpoint.h: a connection
+ * goes to the reactor with the fewest live connections); a connection and
+ * its requests live on one reactor, whose part counts them (stats,
+ * output_budget and the drain timeout are per part; max_connections is
+ * split evenly between the parts, rounded up), and
+ * a pool handler's job comes back to that reactor. Routes are shared:
+ * add them all before knit_http_listen. INLINE handlers then run on every
+ * reactor's thread: whatever they touch must allow that. Stopping a
+ * reactor drains its part (its own trigger); knit_http_server_drain on the
+ * returned server drains every part and calls DONE once all are done;
+ * knit_http_server_free frees every part (after the drain, as always).
+ * knit_http_get_stats counts the part of the reactor running on the
+ * calling thread (R's elsewhere). */
 
 /* Create a server on R (the drain trigger is registered here). OPTS may be
  * NULL. 0 and *out, or KNIT_EINVAL / KNIT_ENOMEM. */

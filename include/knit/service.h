@@ -43,6 +43,11 @@
  *                    --shutdown-timeout; second signal: stop at once.
  *   SIGHUP           reopen the --log-file (logrotate).
  *
+ * --io-threads=N (flag of the "service" group; 0, the default, means
+ * $KNIT_IO_THREADS when set, else one per online CPU) runs N reactors:
+ * reactor 0 on the main thread, the others on threads of their own
+ * (knit_app_reactors).
+ *
  * With NOTIFY_SOCKET set (systemd Type=notify), it sends READY=1 once the
  * tree has started and STOPPING=1 when stopping begins.
  *
@@ -83,6 +88,7 @@ enum {
 };
 
 typedef struct knit_reactor knit_reactor;
+typedef struct knit_reactor_group knit_reactor_group;
 typedef struct knit_service knit_service;
 
 typedef enum knit_service_state {
@@ -196,7 +202,12 @@ void knit_main_options_init(knit_main_options *o);
 int knit_main(int argc, char **argv, const knit_main_options *o);
 
 /* For setup (and services) during knit_main. [reactor] */
-knit_reactor *knit_app_reactor(const knit_app *app);
+knit_reactor *knit_app_reactor(const knit_app *app); /* reactor 0: the main thread's */
+/* The reactors of --io-threads (knit/reactor.h); reactor 0 is
+ * knit_app_reactor. Servers made with their spread option serve on all of
+ * them; everything else stays on reactor 0. On SIGTERM every reactor
+ * drains its own connections before the pool shuts down. */
+knit_reactor_group *knit_app_reactors(const knit_app *app);
 knit_pool *knit_app_pool(const knit_app *app); /* NULL with no_pool */
 knit_flags *knit_app_flags(const knit_app *app);
 knit_metrics *knit_app_metrics(const knit_app *app);  /* has the reactor collector */

@@ -32,6 +32,7 @@ struct knit_app {
     const knit_main_options *o;
     knit_flags *fs;
     knit_reactor *r;
+    knit_reactor_group *group; /* r and --io-threads - 1 more */
     knit_pool *pool;
     knit_metrics *metrics;
     knit_service *root;
@@ -75,6 +76,9 @@ static const knit_flag_def service_flags[] = {
     KNIT_FLAG_DEF("shutdown-timeout", KNIT_FLAG_DURATION, KNIT_SERVICE_SHUTDOWN_TIMEOUT,
                   "on SIGTERM/SIGINT, stop at once if stopping takes longer than this",
                   .opts = KNIT_FLAG_MUTABLE),
+    KNIT_FLAG_DEF("io-threads", KNIT_FLAG_UINT64, "0",
+                  "reactor threads doing network IO (0: $KNIT_IO_THREADS, else one per online "
+                  "CPU; 1: everything on the main thread)"),
 };
 
 /* --pool-threads=0 would leave pool routes and knit_pool_submit with no
@@ -286,6 +290,10 @@ static int build(knit_app *app)
     ro.name = o->program;
     int rc = knit_reactor_new(&app->r, &ro);
     if (rc < 0) goto fail;
+    if ((rc = knit_reactor_group_new(
+             &app->group, app->r,
+             knit_io_threads((unsigned)knit_flags_uint64(app->fs, "io-threads")), &ro)) < 0)
+        goto fail;
     /* Before any thread exists: the signals must be blocked everywhere. */
     if ((rc = knit_signal_start(app->r, SIGTERM, on_stop_signal, app, &app->sigterm)) < 0 ||
         (rc = knit_signal_start(app->r, SIGINT, on_stop_signal, app, &app->sigint)) < 0 ||
@@ -302,6 +310,7 @@ static int build(knit_app *app)
     }
     if ((rc = knit_metrics_new(&app->metrics)) < 0 ||
         (rc = knit_metrics_add_reactor(app->metrics, app->r)) < 0 ||
+        (rc = knit_metrics_add_reactor_group(app->metrics, app->group)) < 0 ||
         (app->pool && (rc = knit_metrics_add_pool(app->metrics, app->pool)) < 0))
         goto fail;
     if ((rc = knit_service_new_multi(&app->root, "main")) < 0) goto fail;
@@ -333,9 +342,11 @@ static void teardown(knit_app *app)
         knit_service_free(app->root);
     }
     if (app->metrics) {
+        knit_metrics_remove_reactor_group(app->metrics, app->group);
         knit_metrics_remove_reactor(app->metrics, app->r);
         knit_metrics_free(app->metrics);
     }
+    knit_reactor_group_free(app->group); /* joined after the loop */
     if (app->sigterm) knit_signal_stop(app->sigterm);
     if (app->sigint) knit_signal_stop(app->sigint);
     if (app->sighup) knit_signal_stop(app->sighup);
@@ -361,8 +372,18 @@ int knit_main(int argc, char **argv, const knit_main_options *o)
     }
     if (status < 0) {
         knit_call_later(app.r, 0, start_tree, &app);
-        int rc = knit_reactor_run(app.r);
+        int rc = knit_reactor_group_start(app.group);
+        if (rc < 0) {
+            knit_log_kv(KNIT_LOG_ERROR, "service", "cannot start the reactor threads", "error",
+                        knit_strerror(rc), NULL);
+            app.status = KNIT_EXIT_FAILURE;
+            knit_reactor_stop(app.r);
+        }
+        rc = knit_reactor_run(app.r);
         app.loop_done = true;
+        /* Every reactor finished in reactor 0's BEFORE phase (or is told to
+         * stop at once after a forced stop, which exits below). */
+        if (!app.forced) knit_reactor_group_join(app.group);
         if (rc < 0) {
             KNIT_ERROR("service", "reactor: %s", knit_strerror(rc));
             if (app.status == 0) app.status = KNIT_EXIT_FAILURE;
@@ -389,6 +410,10 @@ int knit_main(int argc, char **argv, const knit_main_options *o)
 knit_reactor *knit_app_reactor(const knit_app *app)
 {
     return app->r;
+}
+knit_reactor_group *knit_app_reactors(const knit_app *app)
+{
+    return app->group;
 }
 knit_pool *knit_app_pool(const knit_app *app)
 {

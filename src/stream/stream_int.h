@@ -33,7 +33,7 @@ enum {
     TP_EOF = 1u << 5,        /* peer's EOF seen */
     TP_PAUSED = 1u << 6,     /* producer told to pause */
     TP_UNIX = 1u << 7,       /* AF_UNIX socket */
-    TP_PROXY = 1u << 8,      /* phase: waiting for the PROXY header */
+    /* 1u << 8 was the PROXY phase, now read by the endpoint layer */
     TP_HANDSHAKE = 1u << 9,  /* phase: TLS handshake */
     TP_ATTACHED = 1u << 10,  /* a protocol is attached */
     TP_LOST_DONE = 1u << 11, /* connection_lost delivered (memory) */
@@ -41,22 +41,22 @@ enum {
     TP_TLS_SHUT = 1u << 13,  /* TLS close_notify in progress */
 };
 
-/* Called once when the pre-protocol phases (PROXY header, TLS handshake)
- * end: err 0 → attach a protocol with knit__transport_attach (or close);
+/* Called once when the pre-protocol phase (the TLS handshake) ends: err 0 → attach a protocol with knit__transport_attach (or close);
  * err < 0 → the transport is already closing and will free itself. */
 typedef void (*knit__ready_fn)(knit_transport *t, int err, void *arg);
 
 /* Owner hook: runs right before the transport is freed (listener counts). */
 typedef void (*knit__owner_fn)(knit_transport *t, void *owner);
 
-/* State only some connections need (TLS, PROXY header, pre-protocol
- * phases), kept out of line so a plain idle TCP connection stays small. */
+/* State only some connections need (TLS, addresses from a PROXY header,
+ * the pre-protocol phase), kept out of line so a plain idle TCP connection
+ * stays small. */
 typedef struct knit__tp_ext {
     const knit__layer_ops *layer;
     void *layer_state;    /* SSL * for TLS */
     knit__ready_fn ready; /* pre-protocol completion */
     void *ready_arg;
-    knit_timer phase_timer; /* PROXY/handshake deadline */
+    knit_timer phase_timer; /* handshake deadline */
     knit_sockaddr *proxied; /* [0] src, [1] dst from a PROXY header; else NULL */
 } knit__tp_ext;
 
@@ -88,19 +88,24 @@ knit__tp_ext *knit__transport_ext(knit_transport *t);
 
 /* Create a socket transport for a connected FD (non-blocking from now on;
  * owned by the transport even on failure). With READY NULL a protocol must
- * be attached at once; otherwise the PROXY phase (PROXY true) and the TLS
- * handshake (LAYER non-NULL; its state already in LAYER_STATE) run first.
- * PHASE_TIMEOUT bounds them (0: none). */
-int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_ops *layer,
-                        void *layer_state, knit__ready_fn ready, void *ready_arg,
-                        knit_duration phase_timeout, knit_transport **out);
+ * be attached at once (or the caller sets t->ext->ready and runs the
+ * phases itself); otherwise the TLS handshake (LAYER non-NULL; its state
+ * already in LAYER_STATE) runs first. PHASE_TIMEOUT bounds it (0: none). */
+int knit__transport_new(knit_reactor *r, int fd, const knit__layer_ops *layer, void *layer_state,
+                        knit__ready_fn ready, void *ready_arg, knit_duration phase_timeout,
+                        knit_transport **out);
+/* The peer and local addresses a PROXY header gave (the endpoint layer
+ * read it before the transport existed): knit_transport_peer/_local
+ * answer these from now on. 0 or KNIT_ENOMEM. */
+int knit__transport_set_proxied(knit_transport *t, const knit_sockaddr *src,
+                                const knit_sockaddr *dst);
 /* Attach P and run connection_made; starts reading. */
 void knit__transport_attach(knit_transport *t, knit_protocol *p);
 /* Close without a protocol (refused by the factory / limit): frees later. */
 void knit__transport_close(knit_transport *t, bool flush, knit_close_reason reason, int err);
 
-/* Drive the PROXY/TLS phases (after setting t->ext->ready); the timer callback
- * for t->ext->phase_timer. */
+/* Drive the TLS phase (after setting t->ext->ready); the timer callback for
+ * t->ext->phase_timer. */
 void knit__transport_run_phases(knit_transport *t);
 void knit__transport_phase_timeout(knit_reactor *r, void *arg);
 

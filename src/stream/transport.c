@@ -1,6 +1,7 @@
 /* transport.c — socket transports: buffered non-blocking writes, reads into
  * per-thread scratch memory, flow control, half-close, abort, and the
- * pre-protocol phases (PROXY header, TLS handshake) used by endpoints.
+ * pre-protocol TLS handshake. (The PROXY header is read before a transport
+ * exists, by the endpoint layer's accept sequence: src/endpoint/listen.c.)
  *
  * Thread: everything runs on the reactor thread that owns the transport.
  *
@@ -21,6 +22,7 @@
  *    queues the free, so a visitor that closes T can still follow T->next.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdatomic.h>
@@ -31,7 +33,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "knit/endpoint.h" /* knit_proxy_header_parse */
 #include "knit/error.h"
 #include "knit/log.h"
 #include "stream/stream_int.h"
@@ -130,9 +131,23 @@ const char *knit_transport_state(const knit_transport *t)
     return "open";
 }
 
+/* A thread's scratch is freed when the thread ends (reactor threads of a
+ * group come and go; the key's destructor runs at their exit). */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+
+static void scratch_key_make(void)
+{
+    pthread_key_create(&scratch_key, free);
+}
+
 uint8_t *knit__stream_scratch(void)
 {
-    if (!scratch) scratch = malloc(KNIT_STREAM_READ_CHUNK);
+    if (!scratch) {
+        scratch = malloc(KNIT_STREAM_READ_CHUNK);
+        pthread_once(&scratch_once, scratch_key_make);
+        if (scratch) pthread_setspecific(scratch_key, scratch);
+    }
     return scratch;
 }
 
@@ -302,9 +317,7 @@ static void update_watch(knit_transport *t)
 {
     if (t->flags & (TP_CLOSED | TP_MEMORY)) return;
     unsigned ev = 0;
-    if (t->flags & TP_PROXY) {
-        ev = KNIT_READABLE;
-    } else if (t->flags & (TP_HANDSHAKE | TP_TLS_SHUT)) {
+    if (t->flags & (TP_HANDSHAKE | TP_TLS_SHUT)) {
         ev = t->layer_want ? t->layer_want : KNIT_READABLE;
     } else {
         bool reading =
@@ -467,7 +480,7 @@ int knit_transport_writev(knit_transport *t, const struct iovec *iov, int iovcnt
         total += iov[i].iov_len;
     if (total == 0) return 0;
     size_t done = 0;
-    if (!(t->flags & (TP_MEMORY | TP_HANDSHAKE | TP_PROXY)) && knit_buf_empty(&t->out) &&
+    if (!(t->flags & (TP_MEMORY | TP_HANDSHAKE)) && knit_buf_empty(&t->out) &&
         !t->layer_want) {
         ssize_t n = do_sendv(t, iov, iovcnt);
         if (n < 0 && n != KNIT_EAGAIN) {
@@ -532,7 +545,7 @@ int knit_transport_write_buf(knit_transport *t, knit_buf *b)
         return 0;
     }
     /* Try the socket first; then keep B's memory as the output buffer. */
-    if (!(t->flags & (TP_HANDSHAKE | TP_PROXY)) && !t->layer_want) {
+    if (!(t->flags & TP_HANDSHAKE) && !t->layer_want) {
         ssize_t n = do_send(t, iov.iov_base, iov.iov_len);
         if (n < 0 && n != KNIT_EAGAIN) {
             knit_buf_release(b);
@@ -651,57 +664,8 @@ static void phases_done(knit_transport *t)
     if (fn) fn(t, 0, t->ext->ready_arg);
 }
 
-static void proxy_step(knit_transport *t)
-{
-    uint8_t buf[1024];
-    size_t have = knit_buf_len(&t->in);
-    memcpy(buf, knit_buf_data(&t->in), have);
-    ssize_t n = recv(t->io._fd, buf + have, sizeof buf - have, MSG_PEEK);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
-    if (n <= 0) {
-        close_now(t, n == 0 ? KNIT_CLOSE_PROXY_ERROR : KNIT_CLOSE_IO_ERROR,
-                  n == 0 ? KNIT_EEOF : -errno, false);
-        return;
-    }
-    knit_sockaddr a[2];
-    int rc = knit_proxy_header_parse(buf, have + (size_t)n, &a[0], &a[1]);
-    if (rc < 0 || (rc == 0 && have + (size_t)n == sizeof buf)) {
-        close_now(t, KNIT_CLOSE_PROXY_ERROR, KNIT_EPARSE, true);
-        return;
-    }
-    /* Every peeked byte up to the header end is header: take exactly those
-     * off the socket so what follows (maybe TLS) stays there. */
-    size_t take = rc == 0 ? (size_t)n : (size_t)rc - have;
-    uint8_t sink[1024];
-    ssize_t got = recv(t->io._fd, sink, take, 0);
-    if (got != (ssize_t)take) {
-        close_now(t, KNIT_CLOSE_IO_ERROR, got < 0 ? -errno : KNIT_EIO, false);
-        return;
-    }
-    if (rc == 0) {
-        if (knit_buf_append(&t->in, sink, take) < 0)
-            close_now(t, KNIT_CLOSE_NOMEM, KNIT_ENOMEM, true);
-        return;
-    }
-    knit_buf_release(&t->in);
-    t->flags &= (uint16_t)~TP_PROXY;
-    if (a[0].len) {
-        t->ext->proxied = malloc(2 * sizeof(knit_sockaddr));
-        if (!t->ext->proxied) {
-            close_now(t, KNIT_CLOSE_NOMEM, KNIT_ENOMEM, true);
-            return;
-        }
-        memcpy(t->ext->proxied, a, sizeof a);
-    }
-    knit__transport_run_phases(t);
-}
-
 void knit__transport_run_phases(knit_transport *t)
 {
-    if (t->flags & TP_PROXY) {
-        update_watch(t);
-        return;
-    }
     if (t->flags & TP_HANDSHAKE) {
         int rc = TP_LAYER(t)->handshake(t);
         if (rc == KNIT_EAGAIN) {
@@ -732,9 +696,7 @@ static void on_io(knit_io *io, unsigned ev)
 {
     knit_transport *t = io->data;
     t->soon++; /* hold t across callbacks that may close it */
-    if (t->flags & TP_PROXY) {
-        proxy_step(t);
-    } else if (t->flags & TP_HANDSHAKE) {
+    if (t->flags & TP_HANDSHAKE) {
         knit__transport_run_phases(t);
     } else if (t->flags & TP_TLS_SHUT) {
         int rc = TP_LAYER(t)->shutdown(t);
@@ -771,16 +733,16 @@ knit__tp_ext *knit__transport_ext(knit_transport *t)
     return t->ext;
 }
 
-int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_ops *layer,
-                        void *layer_state, knit__ready_fn ready, void *ready_arg,
-                        knit_duration phase_timeout_d, knit_transport **out)
+int knit__transport_new(knit_reactor *r, int fd, const knit__layer_ops *layer, void *layer_state,
+                        knit__ready_fn ready, void *ready_arg, knit_duration phase_timeout_d,
+                        knit_transport **out)
 {
     knit_transport *t = NULL;
     int fl = fcntl(fd, F_GETFL);
     int rc = 0;
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) rc = -errno;
     if (rc == 0 && !(t = calloc(1, sizeof *t))) rc = KNIT_ENOMEM;
-    if (rc == 0 && (layer || proxy || ready) && !knit__transport_ext(t)) rc = KNIT_ENOMEM;
+    if (rc == 0 && (layer || ready) && !knit__transport_ext(t)) rc = KNIT_ENOMEM;
     if (rc < 0) {
         if (layer) {
             knit__tp_ext tmp = {.layer = layer, .layer_state = layer_state};
@@ -809,7 +771,6 @@ int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_o
     socklen_t sl = sizeof ss;
     if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX)
         t->flags |= TP_UNIX;
-    if (proxy) t->flags |= TP_PROXY;
     if (layer) t->flags |= TP_HANDSHAKE;
     *out = t;
     if (ready) {
@@ -820,6 +781,17 @@ int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_o
         knit__transport_run_phases(t);
         soon_release(t);
     }
+    return 0;
+}
+
+int knit__transport_set_proxied(knit_transport *t, const knit_sockaddr *src,
+                                const knit_sockaddr *dst)
+{
+    if (!knit__transport_ext(t)) return KNIT_ENOMEM;
+    if (!t->ext->proxied && !(t->ext->proxied = malloc(2 * sizeof(knit_sockaddr))))
+        return KNIT_ENOMEM;
+    t->ext->proxied[0] = *src;
+    t->ext->proxied[1] = *dst;
     return 0;
 }
 
@@ -840,7 +812,7 @@ void knit__transport_attach(knit_transport *t, knit_protocol *p)
 int knit_transport_adopt(knit_reactor *r, int fd, knit_protocol *p, knit_transport **out)
 {
     knit_transport *t;
-    int rc = knit__transport_new(r, fd, false, NULL, NULL, NULL, NULL, 0, &t);
+    int rc = knit__transport_new(r, fd, NULL, NULL, NULL, NULL, 0, &t);
     if (rc < 0) return rc;
     if (out) *out = t;
     knit__transport_attach(t, p);
