@@ -90,31 +90,27 @@ knit__backend *knit__reactor_backend(knit_reactor *r);
 
 /* ---- completion operations (io_uring only) ------------------------------
  *
- * A knit__cop is embedded in its owner (8-byte aligned) and must stay valid
- * until its final completion: one without KNIT__COP_MORE in FLAGS. RES is
- * the kernel's result (bytes, 0 for EOF, or a negative errno). For a
- * multishot receive, DATA points at the received bytes in a buffer shared
- * by the ring (valid only during the callback; the backend recycles it
- * after the callback returns). */
+ * Operations are identified by their OWNER (the stream layer passes the
+ * transport: 8-byte aligned, valid until the final completion) and the
+ * completions go to one handler per kind, given with each start (always
+ * the same function), so an owner spends no memory on a callback pointer.
+ * A final completion is one without KNIT__COP_MORE in FLAGS. RES is the
+ * kernel's result (bytes, 0 for EOF, or a negative errno). For a receive,
+ * DATA points at the bytes in a buffer shared by the ring, valid only
+ * during the call (the backend recycles it when the handler returns). */
 #define KNIT__COP_MORE 1u /* more completions will follow for this op */
 
-typedef struct knit__cop knit__cop;
-typedef void (*knit__cop_fn)(knit__cop *op, int res, unsigned flags, const uint8_t *data);
-struct knit__cop {
-    knit__cop_fn fn;
-};
+typedef void (*knit__cop_fn)(void *owner, int res, unsigned flags, const uint8_t *data);
 
 static inline bool knit__backend_has_cops(const knit__backend *b) { return b->cops; }
 
-/* Start a multishot receive on FD into the ring's provided buffers: idle
- * sockets own no buffer. A -ENOBUFS final completion means the shared
- * buffers ran out; the owner simply starts it again. */
-int knit__cop_recv(knit__backend *b, int fd, knit__cop *op);
-/* Send LEN bytes at BUF (which must stay untouched until OP completes). */
-int knit__cop_send(knit__backend *b, int fd, const void *buf, size_t len, knit__cop *op);
-/* Ask the kernel to end OP early (it completes with -ECANCELED, or with
- * whatever it had already done). */
-int knit__cop_cancel(knit__backend *b, knit__cop *op);
+/* Start a multishot receive on FD into the ring's provided buffers (idle
+ * sockets own no buffer). A -ENOBUFS final completion means the shared
+ * buffers ran out; the owner simply starts it again. One per OWNER. */
+int knit__cop_recv(knit__backend *b, int fd, void *owner, knit__cop_fn fn);
+/* Ask the kernel to end OWNER's receive early (it completes with
+ * -ECANCELED, or with what it had already received). */
+int knit__cop_recv_cancel(knit__backend *b, void *owner);
 /* Operations in flight (not yet finally completed). */
 size_t knit__backend_cops_inflight(const knit__backend *b);
 

@@ -11,9 +11,9 @@
  * is asynchronous) is recognised as stale and dropped, even if the fd
  * number has been reused.
  *
- * Completion operations (knit__cop) carry their own pointer as user_data:
- * multishot receives into a provided-buffer ring shared by every socket of
- * this reactor (an idle socket owns no buffer), and sends.
+ * Completion operations carry their owner's pointer (and a tag) as
+ * user_data: multishot receives into a provided-buffer ring shared by every
+ * socket of this reactor (an idle socket owns no buffer).
  *
  * Every submission of an iteration (re-arms, new polls, receives, sends,
  * cancels) goes to the kernel in the one io_uring_enter that also waits,
@@ -45,7 +45,9 @@
 /* Completions taken per wait (the rest wait for the next iteration). */
 #define KNIT__URING_BATCH 1024u
 
-enum { UD_COP = 0, UD_POLL = 1, UD_IGNORE = 2 };
+/* user_data: a tag in the low 3 bits, then an fd and generation (polls) or
+ * the owner's pointer (completion operations). */
+enum { UD_POLL = 1, UD_IGNORE = 2, UD_RECV = 3, UD_TAG = 7 };
 
 typedef struct ufd {
     uint32_t gen;  /* bumped when a watch stops: older completions are stale */
@@ -70,6 +72,7 @@ typedef struct uring_backend {
     size_t br_size;
     uint8_t *bufs;
     size_t inflight; /* completion ops not finally completed */
+    knit__cop_fn recv_fn;
 } uring_backend;
 
 static void ur_free(knit__backend *kb);
@@ -167,7 +170,7 @@ static struct io_uring_sqe *get_sqe(uring_backend *b)
 
 static uint64_t poll_ud(int fd, uint32_t gen)
 {
-    return ((uint64_t)gen << 32) | ((uint64_t)(uint32_t)fd << 2) | UD_POLL;
+    return ((uint64_t)gen << 32) | ((uint64_t)(uint32_t)fd << 3) | UD_POLL;
 }
 
 static int arm(uring_backend *b, int fd)
@@ -327,8 +330,8 @@ static int ur_poll(knit__backend *kb, knit_duration timeout, knit__ready **out)
     /* Readiness first, so the reactor gets the whole batch of ready fds ... */
     for (unsigned i = 0; i < n; i++) {
         uint64_t ud = b->batch[i].user_data;
-        if ((ud & 3) != UD_POLL) continue;
-        int fd = (int)((uint32_t)ud >> 2);
+        if ((ud & UD_TAG) != UD_POLL) continue;
+        int fd = (int)((uint32_t)ud >> 3);
         uint32_t gen = (uint32_t)(ud >> 32);
         if ((size_t)fd >= b->nfds) continue;
         ufd *f = &b->fds[fd];
@@ -342,15 +345,15 @@ static int ur_poll(knit__backend *kb, knit_duration timeout, knit__ready **out)
     /* ... then completions, whose callbacks run here, before the fds'. */
     for (unsigned i = 0; i < n; i++) {
         struct io_uring_cqe *c = &b->batch[i];
-        if ((c->user_data & 3) != UD_COP || !c->user_data) continue;
-        knit__cop *op = (knit__cop *)(uintptr_t)c->user_data;
+        if ((c->user_data & UD_TAG) != UD_RECV) continue;
+        void *owner = (void *)(uintptr_t)(c->user_data & ~(uint64_t)UD_TAG);
         unsigned flags = (c->flags & IORING_CQE_F_MORE) ? KNIT__COP_MORE : 0;
         if (!flags) b->inflight--;
         const uint8_t *data = NULL;
         bool has_buf = c->flags & IORING_CQE_F_BUFFER;
         unsigned bid = c->flags >> IORING_CQE_BUFFER_SHIFT;
         if (has_buf) data = b->bufs + (size_t)bid * KNIT__URING_BUF_SIZE;
-        op->fn(op, c->res, flags, data);
+        b->recv_fn(owner, c->res, flags, data);
         if (has_buf) recycle(b, bid);
     }
     *out = b->ready;
@@ -359,39 +362,28 @@ static int ur_poll(knit__backend *kb, knit_duration timeout, knit__ready **out)
 
 /* ---- completion operations ------------------------------------------------- */
 
-int knit__cop_recv(knit__backend *kb, int fd, knit__cop *op)
+int knit__cop_recv(knit__backend *kb, int fd, void *owner, knit__cop_fn fn)
 {
     uring_backend *b = (uring_backend *)kb;
     if (!kb->cops) return KNIT_ENOTSUP;
     struct io_uring_sqe *sqe = get_sqe(b);
     if (!sqe) return KNIT_ENOMEM;
+    b->recv_fn = fn;
     io_uring_prep_recv_multishot(sqe, fd, NULL, 0, 0);
     sqe->flags |= IOSQE_BUFFER_SELECT;
     sqe->buf_group = KNIT__URING_BGID;
-    io_uring_sqe_set_data(sqe, op);
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)owner | UD_RECV);
     b->inflight++;
     return 0;
 }
 
-int knit__cop_send(knit__backend *kb, int fd, const void *buf, size_t len, knit__cop *op)
+int knit__cop_recv_cancel(knit__backend *kb, void *owner)
 {
     uring_backend *b = (uring_backend *)kb;
     if (!kb->cops) return KNIT_ENOTSUP;
     struct io_uring_sqe *sqe = get_sqe(b);
     if (!sqe) return KNIT_ENOMEM;
-    io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
-    io_uring_sqe_set_data(sqe, op);
-    b->inflight++;
-    return 0;
-}
-
-int knit__cop_cancel(knit__backend *kb, knit__cop *op)
-{
-    uring_backend *b = (uring_backend *)kb;
-    if (!kb->cops) return KNIT_ENOTSUP;
-    struct io_uring_sqe *sqe = get_sqe(b);
-    if (!sqe) return KNIT_ENOMEM;
-    io_uring_prep_cancel(sqe, op, 0);
+    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)owner | UD_RECV, 0);
     io_uring_sqe_set_data64(sqe, UD_IGNORE);
     return 0;
 }

@@ -10,21 +10,15 @@ int knit__uring_new(knit__backend **out, unsigned max_events)
     return KNIT_ENOTSUP; /* built without liburing-dev */
 }
 
-int knit__cop_recv(knit__backend *b, int fd, knit__cop *op)
+int knit__cop_recv(knit__backend *b, int fd, void *owner, knit__cop_fn fn)
 {
-    (void)b, (void)fd, (void)op;
+    (void)b, (void)fd, (void)owner, (void)fn;
     return KNIT_ENOTSUP;
 }
 
-int knit__cop_send(knit__backend *b, int fd, const void *buf, size_t len, knit__cop *op)
+int knit__cop_recv_cancel(knit__backend *b, void *owner)
 {
-    (void)b, (void)fd, (void)buf, (void)len, (void)op;
-    return KNIT_ENOTSUP;
-}
-
-int knit__cop_cancel(knit__backend *b, knit__cop *op)
-{
-    (void)b, (void)op;
+    (void)b, (void)owner;
     return KNIT_ENOTSUP;
 }
 
