@@ -23,10 +23,12 @@
 #include <errno.h>
 #include <liburing.h>
 #include <poll.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/utsname.h>
 
 #include "knit/error.h"
 #include "knit/reactor.h"
@@ -108,6 +110,14 @@ static int setup_bufs(uring_backend *b)
     return 0;
 }
 
+static bool kernel_at_least(int major, int minor)
+{
+    struct utsname u;
+    int ma = 0, mi = 0;
+    if (uname(&u) < 0 || sscanf(u.release, "%d.%d", &ma, &mi) != 2) return false;
+    return ma > major || (ma == major && mi >= minor);
+}
+
 int knit__uring_new(knit__backend **out, unsigned max_events)
 {
     (void)max_events; /* completions are taken in batches of KNIT__URING_BATCH */
@@ -136,8 +146,10 @@ int knit__uring_new(knit__backend **out, unsigned max_events)
         rc = KNIT_ENOTSUP;
         goto fail;
     }
-    /* Provided-buffer rings need 5.19; without them receives use readiness. */
-    b->base.cops = setup_bufs(b) == 0;
+    /* Completion receives need provided-buffer rings (5.19) and multishot
+     * receive (6.0, which no feature bit announces: the release says);
+     * without them every socket uses readiness on the ring. */
+    b->base.cops = kernel_at_least(6, 0) && setup_bufs(b) == 0;
     *out = &b->base;
     return 0;
 fail:
