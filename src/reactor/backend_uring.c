@@ -32,7 +32,6 @@
 
 #include "knit/error.h"
 #include "knit/reactor.h"
-#include "knit/stream.h"
 #include "reactor/backend.h"
 
 /* Submission queue entries; the completion queue gets KNIT__URING_CQ_MULT
