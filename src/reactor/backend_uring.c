@@ -15,6 +15,14 @@
  * user_data: multishot receives into a provided-buffer ring shared by every
  * socket of this reactor (an idle socket owns no buffer).
  *
+ * Not built yet (issue 15, said plainly): sends through the ring (a
+ * response is still one send/sendmsg from the caller's memory: queued
+ * output would have to stay pinned until its completion), multishot accept
+ * (listeners use a readiness poll and accept4, once per connection), and
+ * TLS on completions (OpenSSL memory BIOs fed from the receive ring): TLS
+ * transports run in readiness mode, where OpenSSL's socket BIO makes the
+ * same reads and writes as on epoll.
+ *
  * Every submission of an iteration (re-arms, new polls, receives, sends,
  * cancels) goes to the kernel in the one io_uring_enter that also waits,
  * with the timeout passed along (EXT_ARG), so no timerfd and no separate
