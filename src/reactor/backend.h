@@ -57,7 +57,10 @@ int knit__epoll_new(knit__backend **out, unsigned max_events);
 /* Fails (never logs) when io_uring is unavailable: the caller falls back. */
 int knit__uring_new(knit__backend **out, unsigned max_events);
 
-static inline const char *knit__backend_name(const knit__backend *b) { return b->ops->name; }
+static inline const char *knit__backend_name(const knit__backend *b)
+{
+    return b->ops->name;
+}
 static inline void knit__backend_free(knit__backend *b)
 {
     if (b) b->ops->free(b);
@@ -102,7 +105,10 @@ knit__backend *knit__reactor_backend(knit_reactor *r);
 
 typedef void (*knit__cop_fn)(void *owner, int res, unsigned flags, const uint8_t *data);
 
-static inline bool knit__backend_has_cops(const knit__backend *b) { return b->cops; }
+static inline bool knit__backend_has_cops(const knit__backend *b)
+{
+    return b->cops;
+}
 
 /* Start a multishot receive on FD into the ring's provided buffers (idle
  * sockets own no buffer). A -ENOBUFS final completion means the shared

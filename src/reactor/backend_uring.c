@@ -89,8 +89,7 @@ static int ur_set(knit__backend *kb, int fd, unsigned old_events, unsigned new_e
 static int ur_poll(knit__backend *kb, knit_duration timeout, knit__ready **out);
 static void ur_invalidate(knit__backend *kb, int fd);
 
-static const knit__backend_ops uring_ops = {"io_uring", ur_free, ur_set, ur_poll,
-                                            ur_invalidate};
+static const knit__backend_ops uring_ops = {"io_uring", ur_free, ur_set, ur_poll, ur_invalidate};
 
 static int setup_bufs(uring_backend *b)
 {
@@ -99,13 +98,13 @@ static int setup_bufs(uring_backend *b)
     if (br == MAP_FAILED) return -errno;
     b->br = br;
     /* The buffers: anonymous memory, so pages never written stay free. */
-    void *bufs = mmap(NULL, (size_t)KNIT__URING_BUFS * KNIT__URING_BUF_SIZE,
-                      PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
+    void *bufs = mmap(NULL, (size_t)KNIT__URING_BUFS * KNIT__URING_BUF_SIZE, PROT_READ | PROT_WRITE,
+                      MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (bufs == MAP_FAILED) return -errno;
     b->bufs = bufs;
-    struct io_uring_buf_reg reg = {
-        .ring_addr = (uint64_t)(uintptr_t)br, .ring_entries = KNIT__URING_BUFS,
-        .bgid = KNIT__URING_BGID};
+    struct io_uring_buf_reg reg = {.ring_addr = (uint64_t)(uintptr_t)br,
+                                   .ring_entries = KNIT__URING_BUFS,
+                                   .bgid = KNIT__URING_BGID};
     int rc = io_uring_register_buf_ring(&b->ring, &reg, 0);
     if (rc < 0) return rc;
     io_uring_buf_ring_init(b->br);
@@ -308,9 +307,8 @@ static void push_rearm(uring_backend *b, int fd)
 
 static void recycle(uring_backend *b, unsigned bid)
 {
-    io_uring_buf_ring_add(b->br, b->bufs + (size_t)bid * KNIT__URING_BUF_SIZE,
-                          KNIT__URING_BUF_SIZE, (unsigned short)bid,
-                          io_uring_buf_ring_mask(KNIT__URING_BUFS), 0);
+    io_uring_buf_ring_add(b->br, b->bufs + (size_t)bid * KNIT__URING_BUF_SIZE, KNIT__URING_BUF_SIZE,
+                          (unsigned short)bid, io_uring_buf_ring_mask(KNIT__URING_BUFS), 0);
     io_uring_buf_ring_advance(b->br, 1);
 }
 

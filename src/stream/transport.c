@@ -424,7 +424,7 @@ static void update_watch(knit_transport *t)
     } else {
         bool reading =
             (t->flags & TP_ATTACHED) && !t->read_pauses && !(t->flags & (TP_CLOSING | TP_EOF));
-        if ((t->uflags & TU_MODE)) {
+        if (t->uflags & TU_MODE) {
             if (!recv_want(t, reading && !(t->uflags & TU_EOF))) return; /* closed */
             reading = false;
         }
@@ -702,7 +702,7 @@ static void on_eof(knit_transport *t)
 
 static void do_read(knit_transport *t)
 {
-    if ((t->uflags & TU_MODE)) {
+    if (t->uflags & TU_MODE) {
         /* io_uring: bytes come by completion (on_recv); here only an EOF
          * held back while the protocol could not take it. */
         if ((t->uflags & TU_EOF) && (t->flags & TP_ATTACHED) && !t->read_pauses &&
@@ -1145,7 +1145,8 @@ int knit_transport_peek(knit_transport *t, void *buf, size_t n)
 {
     if ((t->flags & TP_MEMORY) || TP_LAYER(t)) return KNIT_ENOTSUP;
     if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
-    if ((t->uflags & TU_MODE) && !knit_buf_empty(&t->in) && (t->read_pauses || !(t->flags & TP_ATTACHED))) {
+    if ((t->uflags & TU_MODE) && !knit_buf_empty(&t->in) &&
+        (t->read_pauses || !(t->flags & TP_ATTACHED))) {
         /* io_uring: received bytes the protocol has not been given yet */
         size_t have = knit_buf_len(&t->in);
         if (have > n) have = n;
