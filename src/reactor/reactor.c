@@ -400,7 +400,10 @@ int knit_reactor_advance(knit_reactor *r, knit_duration d)
 int knit_reactor_close(knit_reactor *r)
 {
     if (__atomic_load_n(&r->running, __ATOMIC_ACQUIRE)) return KNIT_EBUSY;
-    size_t user_watches = r->nwatched - internal_watches(r);
+    /* io_uring receives of open connections count as watches: on epoll
+     * those connections would hold fd watches. */
+    size_t user_watches =
+        r->nwatched - internal_watches(r) + knit__backend_cops_inflight(r->be);
     bool triggers = r->triggers[0] || r->triggers[1] || r->triggers[2];
     pthread_mutex_lock(&r->callq.mu);
     bool posts = r->callq.post_head != NULL;
