@@ -43,6 +43,11 @@ typedef struct knit_reactor_options {
     knit_clock *clock;    /* NULL: the real monotonic clock. Not owned. */
     unsigned max_events;  /* epoll_wait batch size; default 256 */
     const char *name;     /* for logs and stats; default "reactor" */
+    /* "epoll" or "io_uring"; NULL or "": $KNIT_BACKEND, else epoll. When
+     * io_uring cannot be set up (sysctl kernel.io_uring_disabled, seccomp,
+     * old kernel) the reactor uses epoll and logs one line per process;
+     * an unknown name makes knit_reactor_new fail with KNIT_EINVAL. */
+    const char *backend;
 } knit_reactor_options;
 
 void knit_reactor_options_init(knit_reactor_options *o);
@@ -294,10 +299,13 @@ typedef struct knit_reactor_stats {
     size_t signal_handlers;
     knit_duration lag_last;  /* how late the last due timer ran */
     knit_duration lag_max;   /* worst lag since creation */
+    const char *backend;     /* "epoll" or "io_uring" (static string) */
 } knit_reactor_stats;
 
 void knit_reactor_get_stats(knit_reactor *r, knit_reactor_stats *out);
 const char *knit_reactor_name(const knit_reactor *r); /* [any] */
+/* The backend in use, "epoll" or "io_uring" (after any fallback). [any] */
+const char *knit_reactor_backend(const knit_reactor *r);
 
 /* ---- several reactors (a group) ---------------------------------------------
  *

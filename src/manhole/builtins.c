@@ -76,6 +76,7 @@ static int l_reactor_stats(lua_State *L)
     knit_reactor_get_stats(r, &st);
     lua_createtable(L, 0, 12);
     knit_manhole_setfield_str(L, -1, "name", knit_reactor_name(r));
+    knit_manhole_setfield_str(L, -1, "backend", st.backend);
     knit_manhole_setfield_int(L, -1, "iterations", (lua_Integer)st.iterations);
     knit_manhole_setfield_int(L, -1, "events", (lua_Integer)st.events);
     knit_manhole_setfield_int(L, -1, "timers_fired", (lua_Integer)st.timers_fired);

@@ -103,6 +103,16 @@ int knit_metrics_add_reactor(knit_metrics *m, knit_reactor *r)
     const char *name = knit_reactor_name(r);
     int rc = series(m, reactor_counters, RC_N, 'c', "reactor", name, (void **)st->c);
     if (rc == 0) rc = series(m, reactor_gauges, RG_N, 'g', "reactor", name, (void **)st->g);
+    if (rc == 0) {
+        /* Which IO backend the reactor runs on (issue 15): an info series. */
+        knit_metric *f;
+        rc = knit_metrics_gauge(m, "knit_reactor_backend_info",
+                                "The reactor's IO backend (epoll or io_uring), value 1.",
+                                "reactor,backend", &f);
+        knit_gauge *g = rc == 0 ? knit_gauge_with(f, name, knit_reactor_backend(r)) : NULL;
+        if (rc == 0 && !g) rc = KNIT_ENOMEM;
+        if (g) knit_gauge_set(g, 1);
+    }
     if (rc == 0) rc = knit__metrics_add_owned(m, collect_reactor, st, r);
     if (rc < 0) {
         free(st);

@@ -50,6 +50,8 @@ struct knit_app {
 
 static const char *const log_levels[] = {"trace", "debug", "info", "warn", "error", "off", NULL};
 static const char *const log_formats[] = {"logfmt", "json", NULL};
+/* --backend: "auto" leaves the choice to $KNIT_BACKEND, else epoll. */
+static const char *const backends[] = {"auto", "epoll", "io_uring", NULL};
 
 static void log_level_changed(knit_flags *fs, const knit_flag *f, void *arg)
 {
@@ -73,6 +75,10 @@ static const knit_flag_def service_flags[] = {
                   .opts = KNIT_FLAG_MUTABLE, .changed = log_format_changed),
     KNIT_FLAG_DEF("log-file", KNIT_FLAG_STRING, "",
                   "append log lines to this file (reopened on SIGHUP); empty: stderr"),
+    KNIT_FLAG_DEF("backend", KNIT_FLAG_ENUM, "auto",
+                  "reactor IO backend: epoll, io_uring (falls back to epoll where unavailable), "
+                  "or auto ($KNIT_BACKEND, else epoll)",
+                  .choices = backends),
     KNIT_FLAG_DEF("shutdown-timeout", KNIT_FLAG_DURATION, KNIT_SERVICE_SHUTDOWN_TIMEOUT,
                   "on SIGTERM/SIGINT, stop at once if stopping takes longer than this",
                   .opts = KNIT_FLAG_MUTABLE),
@@ -215,7 +221,7 @@ static void tree_started(knit_result *res, void *arg)
     if (app->stopping) return; /* a signal came during start; the trigger stops it */
     knit_sd_notify("READY=1");
     knit_log_kv(KNIT_LOG_INFO, "service", "started", "program", app->o->program, "version",
-                app->o->version, NULL);
+                app->o->version, "backend", knit_reactor_backend(app->r), NULL);
 }
 
 static void start_tree(knit_reactor *r, void *arg)
@@ -288,6 +294,8 @@ static int build(knit_app *app)
     knit_reactor_options ro;
     knit_reactor_options_init(&ro);
     ro.name = o->program;
+    int be = knit_flags_enum(app->fs, "backend");
+    ro.backend = be > 0 ? backends[be] : NULL;
     int rc = knit_reactor_new(&app->r, &ro);
     if (rc < 0) goto fail;
     if ((rc = knit_reactor_group_new(

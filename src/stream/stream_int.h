@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include "knit/stream.h"
+#include "reactor/backend.h"
 
 /* A layer between the socket and the transport's byte stream: TLS. The
  * default (NULL layer) uses recv/send on the fd directly. Return values:
@@ -78,7 +79,8 @@ struct knit_transport {
     uint8_t read_pauses;
     uint8_t layer_want; /* readiness a layer is waiting for */
     uint8_t soon;       /* queued call-soon callbacks holding t */
-    int16_t _pad;
+    uint8_t uflags;     /* io_uring receive (TU_* in transport.c; 0 on epoll) */
+    uint8_t _pad;
     int err;
 };
 

@@ -16,6 +16,18 @@
  *    has run — so a protocol may abort() inside data_received and the read
  *    loop still sees valid memory when the callback returns.
  *  - After TP_CLOSED the fd is closed and nothing touches it again.
+ *  - On the io_uring backend a plain TCP transport (no TLS layer) receives
+ *    by completion instead of readiness: one multishot receive into the
+ *    reactor's provided-buffer ring, kept in flight while the transport
+ *    wants to read (update_watch → recv_want) and cancelled when it stops
+ *    (pause, EOF, close). The bytes are handed to data_received straight
+ *    from the shared ring buffer (no copy; leftovers go to t->in as with
+ *    the scratch area), so an idle connection still owns no buffer. The
+ *    receive holds t (t->soon) until its final completion. Bytes that
+ *    arrive while the protocol may not take them (paused, still in a
+ *    pre-protocol phase) are kept in t->in and delivered on resume; an
+ *    EOF seen then is remembered (TU_EOF). Writes, TLS, UNIX sockets and
+ *    the PROXY phase use readiness (polls on the same ring).
  *  - Every socket transport is on its thread's registry (tl_first..tl_last,
  *    linked through t->prev/t->next) from knit__transport_new until
  *    free_transport, which is the only place that unlinks it; closing only
@@ -36,6 +48,15 @@
 #include "knit/error.h"
 #include "knit/log.h"
 #include "stream/stream_int.h"
+
+/* t->uflags: the io_uring receive (see the file comment). */
+enum {
+    TU_MODE = 1u << 3,   /* this transport receives by completion */
+    TU_RECV = 1u << 0,   /* a multishot receive is in flight (holds t) */
+    TU_CANCEL = 1u << 1, /* ... and its cancellation was requested */
+    TU_EOF = 1u << 2,    /* the peer's EOF arrived while it could not be delivered */
+    TU_LOST = 1u << 4,   /* closed: queue lost_cb at the receive's final completion */
+};
 
 static _Thread_local uint8_t *scratch;
 
@@ -161,6 +182,9 @@ const char *knit_close_reason_name(knit_close_reason r)
 }
 
 static void on_io(knit_io *io, unsigned ev);
+static void on_eof(knit_transport *t);
+static bool recv_want(knit_transport *t, bool want);
+static void update_watch(knit_transport *t);
 static void close_now(knit_transport *t, knit_close_reason reason, int err, bool rst);
 static void finish_close(knit_transport *t);
 static void flush(knit_transport *t);
@@ -311,6 +335,97 @@ static void call_soon(knit_transport *t, knit_call_fn fn)
         KNIT_ERROR("stream", "out of memory: leaking a closed transport");
 }
 
+/* ---- the io_uring receive ------------------------------------------------------ */
+
+static void on_recv(void *owner, int res, unsigned cflags, const uint8_t *data);
+
+/* Start or stop T's multishot receive. False if T got closed doing so. */
+static bool recv_want(knit_transport *t, bool want)
+{
+    knit__backend *b = knit__reactor_backend(t->io._r);
+    if (want) {
+        /* In flight (even with a cancel pending: its final completion
+         * starts it again if still wanted). */
+        if (t->uflags & TU_RECV) return true;
+        int rc = knit__cop_recv(b, t->io._fd, t, on_recv);
+        if (rc < 0) {
+            close_now(t, reason_for(rc), rc, true);
+            return false;
+        }
+        t->uflags |= TU_RECV;
+        t->soon++;
+    } else if ((t->uflags & TU_RECV) && !(t->uflags & TU_CANCEL)) {
+        /* If even the cancel cannot be queued, bytes that still arrive are
+         * kept in t->in (on_recv): nothing is lost, only backpressure
+         * waits for the next completion. */
+        if (knit__cop_recv_cancel(b, t) == 0) t->uflags |= TU_CANCEL;
+    }
+    return true;
+}
+
+/* Hand N received bytes at DATA (the ring's buffer) to the protocol, or
+ * keep them in t->in while it may not take them. */
+static void recv_deliver(knit_transport *t, const uint8_t *data, size_t n)
+{
+    t->bytes_in += (uint64_t)n;
+    bool can = (t->flags & TP_ATTACHED) && !t->read_pauses && !(t->flags & (TP_CLOSING | TP_EOF));
+    if (t->flags & TP_CLOSING) return; /* closing: input is dropped, as epoll would not read it */
+    if (!can || !knit_buf_empty(&t->in)) {
+        int rc = knit_buf_append(&t->in, data, n);
+        if (rc < 0) {
+            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+            return;
+        }
+        if (!can) return;
+        t->proto->ops->data_received(t->proto, &t->in);
+        if (knit_buf_empty(&t->in)) knit_buf_release(&t->in);
+        return;
+    }
+    knit_buf sbuf;
+    knit_buf_init_borrowed(&sbuf, (uint8_t *)data, n);
+    knit_buf_commit(&sbuf, n);
+    t->proto->ops->data_received(t->proto, &sbuf);
+    if (!knit_buf_empty(&sbuf) && !(t->flags & TP_CLOSED)) {
+        int rc = knit_buf_move(&t->in, &sbuf);
+        if (rc < 0) {
+            knit_buf_release(&sbuf);
+            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+            return;
+        }
+    }
+    knit_buf_release(&sbuf); /* a protocol may have grown it onto the heap */
+}
+
+static void on_recv(void *owner, int res, unsigned cflags, const uint8_t *data)
+{
+    knit_transport *t = owner;
+    bool final = !(cflags & KNIT__COP_MORE);
+    if (final) t->uflags &= (uint8_t) ~(TU_RECV | TU_CANCEL);
+    if (!(t->flags & TP_CLOSED)) {
+        if (res > 0 && data) {
+            recv_deliver(t, data, (size_t)res);
+        } else if (res == 0) {
+            /* EOF: deliver now if the protocol may take it, else later
+             * (do_read, from resume_reading) */
+            if ((t->flags & TP_ATTACHED) && !t->read_pauses && !(t->flags & (TP_CLOSING | TP_EOF)))
+                on_eof(t);
+            else
+                t->uflags |= TU_EOF;
+        } else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR &&
+                   res != -EAGAIN) {
+            close_now(t, reason_for(res), res, false);
+        }
+        /* -ENOBUFS: the shared buffers ran out this batch; they are
+         * recycled as their callbacks return, so start again. */
+        if (final && !(t->flags & TP_CLOSED)) update_watch(t);
+    }
+    if (final && (t->uflags & TU_LOST)) {
+        t->uflags &= (uint8_t)~TU_LOST;
+        call_soon(t, lost_cb);
+    }
+    if (final) soon_release(t);
+}
+
 /* ---- watch management ----------------------------------------------------- */
 
 static void update_watch(knit_transport *t)
@@ -322,6 +437,10 @@ static void update_watch(knit_transport *t)
     } else {
         bool reading =
             (t->flags & TP_ATTACHED) && !t->read_pauses && !(t->flags & (TP_CLOSING | TP_EOF));
+        if (t->uflags & TU_MODE) {
+            if (!recv_want(t, reading && !(t->uflags & TU_EOF))) return; /* closed */
+            reading = false;
+        }
         if (reading) ev |= KNIT_READABLE;
         if (!knit_buf_empty(&t->out)) ev |= KNIT_WRITABLE;
         ev |= t->layer_want;
@@ -387,6 +506,9 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
         t->ext->phase_timer = KNIT_TIMER_NONE;
     }
     knit_io_stop(&t->io);
+    if ((t->uflags & TU_RECV) && !(t->uflags & TU_CANCEL) &&
+        knit__cop_recv_cancel(knit__reactor_backend(t->io._r), t) == 0)
+        t->uflags |= TU_CANCEL; /* its final completion releases t */
     if (rst && !(t->flags & TP_UNIX)) {
         struct linger lg = {1, 0};
         setsockopt(t->io._fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
@@ -400,7 +522,14 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
     knit_buf_release(&t->out);
     knit__transport_out_changed(t, queued);
     knit_buf_release(&t->in);
-    call_soon(t, lost_cb);
+    /* With a receive still in the kernel, connection_lost waits for its
+     * final completion (the cancel makes it come at the next loop
+     * iteration): after connection_lost the kernel holds nothing of t, so
+     * t is freed there, as on epoll. */
+    if (t->uflags & TU_RECV)
+        t->uflags |= TU_LOST;
+    else
+        call_soon(t, lost_cb);
 }
 
 /* The output is empty and the connection should end cleanly. */
@@ -586,6 +715,18 @@ static void on_eof(knit_transport *t)
 
 static void do_read(knit_transport *t)
 {
+    if (t->uflags & TU_MODE) {
+        /* io_uring: bytes come by completion (on_recv); here only an EOF
+         * held back while the protocol could not take it. */
+        if ((t->uflags & TU_EOF) && (t->flags & TP_ATTACHED) && !t->read_pauses &&
+            !(t->flags & (TP_CLOSED | TP_CLOSING | TP_EOF))) {
+            t->uflags &= (uint8_t)~TU_EOF;
+            on_eof(t);
+            return;
+        }
+        if (!(t->flags & TP_CLOSED)) update_watch(t);
+        return;
+    }
     for (int i = 0; i < KNIT_STREAM_READS_PER_EVENT || (TP_LAYER(t) && TP_LAYER(t)->pending(t));
          i++) {
         if ((t->flags & (TP_CLOSED | TP_CLOSING | TP_EOF)) || t->read_pauses ||
@@ -769,8 +910,13 @@ int knit__transport_new(knit_reactor *r, int fd, const knit__layer_ops *layer, v
     }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX)
-        t->flags |= TP_UNIX;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_UNIX) t->flags |= TP_UNIX;
+        /* TCP without TLS receives by completion on io_uring. */
+        if ((ss.ss_family == AF_INET || ss.ss_family == AF_INET6) && !layer &&
+            knit__backend_has_cops(knit__reactor_backend(r)))
+            t->uflags |= TU_MODE;
+    }
     if (layer) t->flags |= TP_HANDSHAKE;
     *out = t;
     if (ready) {
@@ -971,6 +1117,15 @@ int knit_transport_peek(knit_transport *t, void *buf, size_t n)
 {
     if ((t->flags & TP_MEMORY) || TP_LAYER(t)) return KNIT_ENOTSUP;
     if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
+    if ((t->uflags & TU_MODE) && !knit_buf_empty(&t->in) &&
+        (t->read_pauses || !(t->flags & TP_ATTACHED))) {
+        /* io_uring: received bytes the protocol has not been given yet */
+        size_t have = knit_buf_len(&t->in);
+        if (have > n) have = n;
+        memcpy(buf, knit_buf_data(&t->in), have);
+        return (int)(have > INT32_MAX ? INT32_MAX : have);
+    }
+    if ((t->uflags & TU_MODE) && (t->uflags & TU_EOF)) return 0;
     for (;;) {
         ssize_t r = recv(t->io._fd, buf, n, MSG_PEEK | MSG_DONTWAIT);
         if (r >= 0) return (int)(r > INT32_MAX ? INT32_MAX : r);

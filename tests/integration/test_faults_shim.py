@@ -69,6 +69,9 @@ class Proc:
         if shim is not None:
             env["LD_PRELOAD"] = preload_for(argv[0])
             env["KNIT_SHIM"] = shim + ",stats=" + self.stats
+            # The shim wraps libc's socket calls; on io_uring reads complete
+            # in the ring without them, so the faults must meet epoll.
+            env["KNIT_BACKEND"] = "epoll"
         self.out = open(self.out_path, "w")
         self.err = open(self.err_path, "w")
         self.proc = subprocess.Popen(argv, cwd=workdir, stdout=self.out, stderr=self.err, env=env)

@@ -722,6 +722,10 @@ static void test_reactor_bindings(void **state)
     assert_string_equal(f->o.buf, "1\n");
     assert_int_equal(rfeed(f, "reactor.stats().name"), KNIT_MANHOLE_OK);
     assert_string_equal(f->o.buf, "\"reactor\"\n");
+    char want[64];
+    snprintf(want, sizeof want, "\"%s\"\n", knit_reactor_backend(f->r)); /* epoll, io_uring */
+    assert_int_equal(rfeed(f, "reactor.stats().backend"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, want);
     assert_int_equal(rfeed(f, "local t = reactor.timers() return #t, t[1].due_in, "
                               "type(t[1].callback)"),
                      KNIT_MANHOLE_OK);
