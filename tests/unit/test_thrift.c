@@ -1475,6 +1475,56 @@ static void test_client_call_on_closing_connection_goes_out_on_the_next(void **s
     detached_down(&d);
 }
 
+static bool open_conns_1(void *arg)
+{
+    knit_thrift_server_stats ss;
+    knit_thrift_server_get_stats(arg, &ss);
+    return ss.open == 1;
+}
+
+static bool open_conns_0(void *arg)
+{
+    knit_thrift_server_stats ss;
+    knit_thrift_server_get_stats(arg, &ss);
+    return ss.open == 0;
+}
+
+/* knit_thrift_server_drain (issue 14): the idle connection closes at once;
+ * the busy one stays open while its call runs, serves a call that arrives
+ * meanwhile, and closes right after its last reply; nothing is dropped. */
+static void test_server_drain_closes_between_calls(void **state)
+{
+    (void)state;
+    env e;
+    env_up(&e, NULL, 64, 2);
+    knit_thrift_client *idle = env_client(&e, NULL), *busy = env_client(&e, NULL);
+    outcome oi, o1, o2;
+    call_add(idle, 1, 1, &oi);
+    run_until(&e, oc_done, &oi);
+    assert_int_equal(oi.code, 0);
+    oc_free(&oi);
+    call_gate(busy, 1, &o1);
+    run_until(&e, gate_waiters_1, NULL);
+
+    knit_thrift_server_drain(e.srv);
+    run_until(&e, client_disconnected, idle); /* closed between calls */
+    run_until(&e, open_conns_1, e.srv);
+    assert_false(client_disconnected(busy));
+    call_add(busy, 2, 3, &o2); /* pipelined behind the running call: still served */
+    run_until(&e, oc_done, &o2);
+    expect_sum(&o2, 5);
+    assert_false(o1.done);
+    assert_false(client_disconnected(busy));
+    gate_set(true);
+    run_until(&e, oc_done, &o1);
+    assert_int_equal(o1.code, 0); /* answered, then the connection closes */
+    oc_free(&o1);
+    run_until(&e, client_disconnected, busy);
+    run_until(&e, open_conns_0, e.srv);
+    knit_thrift_client_free(idle);
+    env_down(&e, busy);
+}
+
 /* Two pipelined unframed replies with nested unknown fields, cut at every
  * point (and fed byte by byte): both calls are answered, correctly, each
  * only once its last byte is there. */
@@ -1936,6 +1986,7 @@ int main(void)
         cmocka_unit_test(test_client_unframed_reply_every_split),
         cmocka_unit_test(test_client_unframed_reply_malformed),
         cmocka_unit_test(test_client_call_on_closing_connection_goes_out_on_the_next),
+        cmocka_unit_test(test_server_drain_closes_between_calls),
         cmocka_unit_test(test_scan_matches_skip),
         cmocka_unit_test(test_unframed_large_message_in_pieces),
         cmocka_unit_test(test_server_basic_calls),
