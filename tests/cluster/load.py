@@ -51,6 +51,7 @@ lock = threading.Lock()
 events = []   # [kind, op, start, end, ok, detail, retried]
 acked = []    # texts of acknowledged writes
 seq = [0]
+reconnects = {"http": 0, "thrift": 0}  # connections found closed between requests
 
 
 def record(kind, op, t0, ok, detail="", retried=False):
@@ -87,6 +88,8 @@ class HTTPWorker:
     def conn(self):
         if self.c is None or peer_closed(self.c.sock):
             if self.c:
+                with lock:
+                    reconnects["http"] += 1
                 self.c.close()
             self.c = http.client.HTTPConnection(self.host, self.port, timeout=10)
             self.c.connect()
@@ -144,6 +147,9 @@ class ThriftWorker:
 
     def client(self):
         if self.t is None or peer_closed(self.sock.handle):
+            if self.t is not None:
+                with lock:
+                    reconnects["thrift"] += 1  # closed between calls (a drain): never sent
             self.reset()
             self.sock = TSocket.TSocket(self.host, self.port)
             self.sock.setTimeout(10000)
@@ -204,6 +210,6 @@ for t in threads:
 for t in threads:
     t.join(a.seconds + 60)
 with open(a.out + ".tmp", "w") as f:
-    json.dump({"events": events, "acked": acked,
+    json.dump({"events": events, "acked": acked, "reconnects": reconnects,
                "stuck": sum(t.is_alive() for t in threads)}, f)
 os.rename(a.out + ".tmp", a.out)
