@@ -1,19 +1,20 @@
 /* examples/notes/main.c — knit-notes: the reference service.
  *
  * What it owns: the notes flags, a worker pool sized by --threads, the HTTP
- * server, the SQLite store and two LoopingCalls (expiry, per-minute
+ * server, the store (knit_db: SQLite, or PostgreSQL with --db=postgresql://...)
+ * and two LoopingCalls (expiry, per-minute
  * summary). knit_main (knit/service.h) owns the rest: flag parsing (exit 2
  * on a bad flag), logging, the reactor, signals and the service tree.
  *
  * Threads: setup and every service start/stop run on the reactor thread.
- * HTTP handlers run on the pool's workers (they block on SQLite); so do the
- * expiry job (chained into its LoopingCall, so runs never overlap), the
- * database check and the final checkpoint. /healthz and /readyz are the
+ * HTTP handlers run on the pool's workers (they block on the database); so do
+ * the store's opening, the expiry job (chained into its LoopingCall, so runs
+ * never overlap), the database check and the final checkpoint. /healthz and /readyz are the
  * exception: inline routes answered on the reactor from state at hand, so
  * they never wait behind busy workers.
  *
  * The service tree, started in this order and stopped in reverse:
- *   store    open (schema, WAL) / checkpoint + close on a worker
+ *   store    open (schema, WAL) on a worker / checkpoint + close on a worker
  *   expire   LoopingCall every --expire-interval
  *   summary  LoopingCall every minute
  *   dbcheck  LoopingCall every --db-check-interval: while the store reports
@@ -39,6 +40,7 @@
 #include <unistd.h>
 
 #include "knit/clock.h"
+#include "knit/db.h"
 #include "knit/error.h"
 #include "knit/flag.h"
 #include "knit/http.h"
@@ -72,7 +74,9 @@
 static int validate_db(const char *text, char *why, size_t whylen, void *arg)
 {
     if (strncmp(text, "sqlite:", 7) == 0 && text[7]) return 0;
-    snprintf(why, whylen, "sqlite:PATH, e.g. sqlite:notes.db");
+    if (strncmp(text, "postgresql://", 13) == 0 || strncmp(text, "postgres://", 11) == 0) return 0;
+    snprintf(why, whylen,
+             "sqlite:PATH or postgresql://[user@][host][:port]/DB[?...], e.g. sqlite:notes.db");
     return KNIT_EINVAL;
 }
 
@@ -114,7 +118,8 @@ static int validate_max_body(const char *text, char *why, size_t whylen, void *a
 static const knit_flag_def notes_flag_defs[] = {
     KNIT_FLAG_DEF("http", KNIT_FLAG_ENDPOINT, "tcp:8080:interface=127.0.0.1",
                   "where the HTTP API listens (endpoint string)"),
-    KNIT_FLAG_DEF("db", KNIT_FLAG_STRING, "sqlite:notes.db", "the database, sqlite:PATH",
+    KNIT_FLAG_DEF("db", KNIT_FLAG_STRING, "sqlite:notes.db",
+                  "the database: sqlite:PATH or postgresql://...",
                   .validate = validate_db),
     KNIT_FLAG_DEF("threads", KNIT_FLAG_UINT64, "4", "worker threads (and SQLite connections)",
                   .validate = validate_threads),
@@ -168,7 +173,8 @@ typedef struct notes_main {
     knit_deferred *http_drain; /* fires once the HTTP server drained (ours: one ref) */
     /* configuration, read once in setup */
     const char *http_desc;
-    const char *db;
+    const char *db;     /* for messages: the SQLite file, or the URL without its password */
+    const char *db_url; /* --db */
     unsigned threads;
     uint64_t max_body;
     unsigned max_connections;
@@ -287,28 +293,57 @@ static char *extra_metrics(void *arg)
 
 /* ---- service: store -------------------------------------------------------------- */
 
-/* Opening runs on the reactor thread: it is quick (schema, WAL switch) and
- * nothing is being served yet, since the http service starts last. */
-static knit_deferred *store_start(knit_service *s, void *arg)
+/* [worker] Opening blocks (SQLite: the file, WAL, the schema; PostgreSQL:
+ * connecting, the schema), so it runs on a worker; nothing is served yet,
+ * since the http service starts last. */
+static void store_open_job(knit_result *res, void *arg)
 {
     notes_main *m = arg;
     notes_store_options so;
     notes_store_options_init(&so);
-    so.path = m->db;
+    so.url = m->db_url;
     so.conns = m->threads;
     char err[512];
     int rc = notes_store_open(&m->store, &so, err, sizeof err);
-    if (rc < 0) return knit_deferred_failed(knit_failure_new(rc, "%s", err));
+    if (rc < 0) knit_result_failf(res, rc, "%s", err);
+}
+
+/* [reactor] The store is open: the application on top of it. */
+static void store_opened(knit_result *res, void *arg)
+{
+    notes_main *m = arg;
+    if (strncmp(m->db_url, "sqlite:", 7) != 0) m->db = knit_db_url(notes_store_db(m->store));
     notes_app_options ao;
     notes_app_options_init(&ao);
     ao.store = m->store;
     ao.max_body = m->max_body;
     ao.extra_metrics = extra_metrics;
     ao.extra_metrics_arg = m;
-    rc = notes_app_new(&m->app, &ao);
-    if (rc < 0) return knit_deferred_failed(knit_failure_new(rc, "notes app"));
+    int rc = notes_app_new(&m->app, &ao);
+    if (rc < 0) {
+        knit_result_failf(res, rc, "notes app");
+        return;
+    }
+    /* knit_db_* series on /metrics (the collector reads atomics: any thread). */
+    rc = knit_metrics_add_db(knit_app_metrics(m->kapp), notes_store_db(m->store));
+    if (rc < 0) KNIT_WARN("notes", "database metrics: %s", knit_strerror(rc));
     knit_log_kv(KNIT_LOG_INFO, "notes", "database open", "path", m->db, NULL);
-    return NULL;
+}
+
+/* [reactor] Before the store goes away: its collector first. */
+static void store_unwatch(notes_main *m)
+{
+    if (m->store) knit_metrics_remove_db(knit_app_metrics(m->kapp), notes_store_db(m->store));
+}
+
+static knit_deferred *store_start(knit_service *s, void *arg)
+{
+    notes_main *m = arg;
+    knit_deferred *d;
+    int rc = knit_defer_to_thread(m->pool, store_open_job, m, &d);
+    if (rc < 0) return knit_deferred_failed(knit_failure_new(rc, "opening the database"));
+    knit_deferred_add_callback(d, store_opened, m);
+    return d;
 }
 
 /* [worker] The final checkpoint (TRUNCATE) and close. When the checkpoint
@@ -334,6 +369,7 @@ static knit_deferred *store_stop(knit_service *s, void *arg)
 {
     notes_main *m = arg;
     if (!m->store) return NULL;
+    store_unwatch(m);
     knit_deferred *d;
     if (knit_defer_to_thread(m->pool, store_close_job, m, &d) == 0) return d;
     /* The pool refuses work: close here, on the reactor thread. */
@@ -600,7 +636,8 @@ static int setup(knit_app *app, void *arg)
     m->kapp = app;
     m->r = knit_app_reactor(app);
     m->http_desc = knit_flags_string(fs, "http");
-    m->db = knit_flags_string(fs, "db") + strlen("sqlite:");
+    m->db_url = knit_flags_string(fs, "db");
+    m->db = strncmp(m->db_url, "sqlite:", 7) == 0 ? m->db_url + 7 : "postgresql";
     m->threads = (unsigned)knit_flags_uint64(fs, "threads");
     m->max_body = knit_flags_uint64(fs, "max-body");
     m->max_connections = (unsigned)knit_flags_uint64(fs, "max-connections");
@@ -671,6 +708,7 @@ static void teardown(knit_app *app, void *arg)
     knit_pool_free(m->pool); /* joins the workers: nothing uses the store after this */
     notes_webhook_free(m->webhook); /* no worker can be posting any more */
     if (m->store) {
+        store_unwatch(m);
         int rc = notes_store_close(m->store);
         if (rc < 0) KNIT_ERROR("notes", "final checkpoint failed: %s", knit_strerror(rc));
     }

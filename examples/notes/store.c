@@ -1,27 +1,35 @@
-/* examples/notes/store.c — SQLite storage for the notes service.
+/* examples/notes/store.c — the notes service's storage, on knit_db.
  *
- * Owns: the database file, a fixed pool of sqlite3 connections (each opened
- * SQLITE_OPEN_NOMUTEX, i.e. SQLite's multi-thread mode: safe as long as one
- * connection is used by one thread at a time) and their prepared statements.
+ * Owns: one knit_db (SQLite by default: a file in WAL mode; or PostgreSQL)
+ * and the reactor that is its home, run on a thread of the store's own.
+ * The store's calls are blocking ([any] thread that runs no reactor: the
+ * service calls them on its worker threads) and use knit_db's blocking
+ * forms: a call is one interaction (one transaction on one connection),
+ * committed before the call returns 0 — so "a 2xx means committed" holds on
+ * both databases.
+ *   Why a reactor of its own: the store's API is blocking and usable from
+ * any thread, before the service's reactor runs and after it stopped (tests,
+ * the final close in teardown); knit_db needs a running home reactor for
+ * PostgreSQL (libpq runs non-blocking there) and to deliver SQLite jobs.
+ * The thread costs nothing while idle.
  *
- * Invariant: a connection is touched only by the thread that took it from
- * the free list, between acquire() and release(). Every statement is reset
- * before the connection goes back, and no transaction is left open.
- *
- * Schema (version 1):
- *   notes(id INTEGER PRIMARY KEY AUTOINCREMENT, text, created_at, expires_at)
- *     AUTOINCREMENT so that an id is never reused after a delete: a cursor
- *     or a stale link never finds a different note.
- *   note_tags(tag, note_id, pos) WITHOUT ROWID, primary key (tag, note_id):
- *     listing by tag walks that key in note_id order, which is exactly the
- *     pagination order.
- * Version 2 adds probe(id = 1, at): the one row notes_store_probe rewrites
- * to learn whether the database takes writes again after a fault.
+ * Schema (version 2; the same tables on both databases):
+ *   notes(id, text, created_at, expires_at): SQLite INTEGER PRIMARY KEY
+ *     AUTOINCREMENT, PostgreSQL bigserial — an id is never reused after a
+ *     delete: a cursor or a stale link never finds a different note.
+ *   note_tags(tag, note_id, pos), primary key (tag, note_id): listing by tag
+ *     walks that key in note_id order, which is exactly the pagination order.
+ *   probe(id = 1, at): the one row notes_store_probe rewrites to learn
+ *     whether the database takes writes again after a fault.
+ * SQLite keeps the version in PRAGMA user_version; on PostgreSQL the schema
+ * is created when the probe table is missing. Every statement is written
+ * once, with $N parameters, in SQL both databases accept.
  *
  * Health: every call that fails for a reason in the storage itself (disk
- * full, a read-only file, an I/O error, corruption) records a fault; the
- * next write that commits clears it. notes_store_health reads that state
- * without touching SQLite, so the reactor may ask it (readiness).
+ * full, a read-only file, an I/O error, corruption, a PostgreSQL server
+ * that cannot be reached) records a fault; the next write that commits
+ * clears it. notes_store_health reads that state without touching the
+ * database, so the reactor may ask it (readiness).
  */
 #include "store.h"
 
@@ -29,7 +37,6 @@
 #include <limits.h>
 #include <pthread.h>
 #include <stdarg.h>
-#include <sqlite3.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -37,104 +44,101 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include "knit/db.h"
 #include "knit/error.h"
 #include "knit/log.h"
+#include "knit/reactor.h"
 
-enum {
-    ST_BEGIN_R,
-    ST_BEGIN_W,
-    ST_COMMIT,
-    ST_ROLLBACK,
-    ST_INSERT_NOTE,
-    ST_INSERT_TAG,
-    ST_GET,
-    ST_TAGS,
-    ST_LIST,
-    ST_LIST_TAG,
-    ST_UPDATE,
-    ST_DEL_TAGS,
-    ST_DELETE,
-    ST_EXPIRE_TAGS,
-    ST_EXPIRE,
-    ST_COUNT,
-    ST_PROBE,
-    ST__N
-};
+#define LIVE "(expires_at IS NULL OR expires_at > $2)"
 
-#define LIVE "(expires_at IS NULL OR expires_at > ?2)"
-
-static const char *const stmt_sql[ST__N] = {
-    [ST_BEGIN_R] = "BEGIN",
-    [ST_BEGIN_W] = "BEGIN IMMEDIATE",
-    [ST_COMMIT] = "COMMIT",
-    [ST_ROLLBACK] = "ROLLBACK",
-    [ST_INSERT_NOTE] = "INSERT INTO notes(text, created_at, expires_at) VALUES (?1, ?2, ?3)",
-    [ST_INSERT_TAG] = "INSERT OR IGNORE INTO note_tags(tag, note_id, pos) VALUES (?1, ?2, ?3)",
-    [ST_GET] = "SELECT id, text, created_at, expires_at FROM notes WHERE id = ?1 AND " LIVE,
-    [ST_TAGS] = "SELECT tag FROM note_tags WHERE note_id = ?1 ORDER BY pos",
-    [ST_LIST] = "SELECT id, text, created_at, expires_at FROM notes"
-                " WHERE id > ?1 AND " LIVE " ORDER BY id LIMIT ?3",
-    [ST_LIST_TAG] = "SELECT n.id, n.text, n.created_at, n.expires_at"
-                    " FROM note_tags t JOIN notes n ON n.id = t.note_id"
-                    " WHERE t.tag = ?4 AND t.note_id > ?1"
-                    " AND (n.expires_at IS NULL OR n.expires_at > ?2)"
-                    " ORDER BY t.note_id LIMIT ?3",
-    [ST_UPDATE] = "UPDATE notes SET text = ?3, expires_at = coalesce(?4, expires_at)"
-                  " WHERE id = ?1 AND " LIVE,
-    [ST_DEL_TAGS] = "DELETE FROM note_tags WHERE note_id = ?1",
-    [ST_DELETE] = "DELETE FROM notes WHERE id = ?1 AND " LIVE,
-    [ST_EXPIRE_TAGS] = "DELETE FROM note_tags WHERE note_id IN"
-                       " (SELECT id FROM notes WHERE expires_at <= ?1)",
-    [ST_EXPIRE] = "DELETE FROM notes WHERE expires_at <= ?1",
-    [ST_COUNT] = "SELECT count(*) FROM notes WHERE expires_at IS NULL OR expires_at > ?1",
-    [ST_PROBE] = "INSERT OR REPLACE INTO probe(id, at) VALUES (1, ?1)",
-};
+#define SQL_INSERT_NOTE                                                                            \
+    "INSERT INTO notes(text, created_at, expires_at) VALUES ($1, $2, $3) RETURNING id"
+#define SQL_INSERT_TAG                                                                             \
+    "INSERT INTO note_tags(tag, note_id, pos) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING"
+#define SQL_GET "SELECT id, text, created_at, expires_at FROM notes WHERE id = $1 AND " LIVE
+#define SQL_TAGS "SELECT tag FROM note_tags WHERE note_id = $1 ORDER BY pos"
+#define SQL_LIST                                                                                   \
+    "SELECT id, text, created_at, expires_at FROM notes"                                           \
+    " WHERE id > $1 AND " LIVE " ORDER BY id LIMIT $3"
+#define SQL_LIST_TAG                                                                               \
+    "SELECT n.id, n.text, n.created_at, n.expires_at"                                              \
+    " FROM note_tags t JOIN notes n ON n.id = t.note_id"                                           \
+    " WHERE t.tag = $4 AND t.note_id > $1"                                                         \
+    " AND (n.expires_at IS NULL OR n.expires_at > $2)"                                             \
+    " ORDER BY t.note_id LIMIT $3"
+#define SQL_UPDATE                                                                                 \
+    "UPDATE notes SET text = $3, expires_at = coalesce($4, expires_at) WHERE id = $1 AND " LIVE
+#define SQL_DEL_TAGS "DELETE FROM note_tags WHERE note_id = $1"
+#define SQL_DELETE "DELETE FROM notes WHERE id = $1 AND " LIVE
+#define SQL_EXPIRE_TAGS                                                                            \
+    "DELETE FROM note_tags WHERE note_id IN (SELECT id FROM notes WHERE expires_at <= $1)"
+#define SQL_EXPIRE "DELETE FROM notes WHERE expires_at <= $1"
+#define SQL_COUNT "SELECT count(*) FROM notes WHERE expires_at IS NULL OR expires_at > $1"
+/* Delete, then insert: an upsert that leaves the row as it was writes
+ * nothing on SQLite (an identical cell is not rewritten), and the probe
+ * must write to prove anything. */
+#define SQL_PROBE_DEL "DELETE FROM probe WHERE id = 1"
+#define SQL_PROBE "INSERT INTO probe(id, at) VALUES (1, $1)"
 
 #define SCHEMA_VERSION 2
 
-static const char schema_sql[] =
-    "BEGIN IMMEDIATE;"
+static const char *const schema_sqlite[] = {
     "CREATE TABLE IF NOT EXISTS notes("
     "  id INTEGER PRIMARY KEY AUTOINCREMENT,"
     "  text TEXT NOT NULL,"
     "  created_at INTEGER NOT NULL,"
-    "  expires_at INTEGER);"
-    "CREATE INDEX IF NOT EXISTS notes_expires ON notes(expires_at)"
-    "  WHERE expires_at IS NOT NULL;"
+    "  expires_at INTEGER)",
+    "CREATE INDEX IF NOT EXISTS notes_expires ON notes(expires_at) WHERE expires_at IS NOT NULL",
     "CREATE TABLE IF NOT EXISTS note_tags("
     "  tag TEXT NOT NULL,"
     "  note_id INTEGER NOT NULL,"
     "  pos INTEGER NOT NULL,"
-    "  PRIMARY KEY (tag, note_id)) WITHOUT ROWID;"
-    "CREATE INDEX IF NOT EXISTS note_tags_note ON note_tags(note_id, pos);"
-    "CREATE TABLE IF NOT EXISTS probe(id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL);"
-    "PRAGMA user_version = 2;"
-    "COMMIT;";
+    "  PRIMARY KEY (tag, note_id)) WITHOUT ROWID",
+    "CREATE INDEX IF NOT EXISTS note_tags_note ON note_tags(note_id, pos)",
+    "CREATE TABLE IF NOT EXISTS probe(id INTEGER PRIMARY KEY CHECK (id = 1), at INTEGER NOT NULL)",
+    "PRAGMA user_version = 2",
+    NULL,
+};
 
-typedef struct conn {
-    struct conn *next; /* free list */
-    sqlite3 *db;
-    bool writing;     /* inside a write transaction (BEGIN IMMEDIATE) */
-    int64_t changes0; /* sqlite3_total_changes64 when it began */
-    sqlite3_stmt *st[ST__N];
-} conn;
+static const char *const schema_pg[] = {
+    "CREATE TABLE IF NOT EXISTS notes("
+    "  id BIGSERIAL PRIMARY KEY,"
+    "  text TEXT NOT NULL,"
+    "  created_at BIGINT NOT NULL,"
+    "  expires_at BIGINT)",
+    "CREATE INDEX IF NOT EXISTS notes_expires ON notes(expires_at) WHERE expires_at IS NOT NULL",
+    "CREATE TABLE IF NOT EXISTS note_tags("
+    "  tag TEXT NOT NULL,"
+    "  note_id BIGINT NOT NULL,"
+    "  pos BIGINT NOT NULL,"
+    "  PRIMARY KEY (tag, note_id))",
+    "CREATE INDEX IF NOT EXISTS note_tags_note ON note_tags(note_id, pos)",
+    "CREATE TABLE IF NOT EXISTS probe(id INTEGER PRIMARY KEY CHECK (id = 1), at BIGINT NOT NULL)",
+    NULL,
+};
 
 struct notes_store {
-    pthread_mutex_t mu;
-    pthread_cond_t cv;
-    conn *free;
-    conn *conns;
-    unsigned nconns;
-    char *path;
+    knit_reactor *r; /* the database's home, run by thr */
+    pthread_t thr;
+    bool thr_started;
+    knit_db *db;
+    bool sqlite;
+    char *path;              /* SQLite: the file; PostgreSQL: NULL */
+    char *label;             /* for messages: the file, or the URL without its password */
     notes_store_stats stats; /* updated with __atomic builtins */
     /* The last fault (0: none since open or since the last committed
      * write). fault is read without the lock as a fast path; fault, why and
      * failures change together under hmu, which is never held across a
-     * call into SQLite. */
+     * call into the database. */
     pthread_mutex_t hmu;
     int fault;
     char why[NOTES_STORE_WHY_MAX];
     uint64_t failures; /* calls failed since the fault began */
+    /* close: the home reactor reports knit_db_close's outcome */
+    pthread_mutex_t cmu;
+    pthread_cond_t ccv;
+    bool closed;
+    int close_rc;
 };
 
 void notes_store_options_init(notes_store_options *o)
@@ -347,243 +351,352 @@ static void stat_inc(uint64_t *p)
     __atomic_fetch_add(p, 1, __ATOMIC_RELAXED);
 }
 
-/* Map an SQLite result code to a knit code. Faults in the storage (disk
- * full, read-only, I/O, corruption) are recorded for notes_store_health and
- * logged once per new fault; other unexpected errors are logged each time. */
-static int db_error(notes_store *s, sqlite3 *db, int rc, const char *what)
+/* The knit code a store call returns for a failed database call (RC, with
+ * the database's failure F, may be NULL). Faults in the storage (disk full,
+ * read-only, I/O, corruption, a server out of reach) are recorded for
+ * notes_store_health and logged once per new fault; other unexpected errors
+ * are logged each time. */
+static int db_error(notes_store *s, int rc, const knit_failure *f, const char *what)
 {
-    int sys = sqlite3_system_errno(db);
+    const char *msg = f ? f->message : knit_strerror(rc);
     char why[NOTES_STORE_WHY_MAX];
-    switch (rc & 0xff) {
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
+    char state[6] = "";
+    if (f) knit_db_sqlstate(f, state);
+    switch (rc) {
+    case KNIT_ENOTFOUND:
+    case KNIT_EINVAL:
+    case KNIT_ENOMEM:
+    case KNIT_ESHUTDOWN:
+        return rc;
+    case KNIT_EBUSY:
+    case KNIT_EQUEUEFULL:
+    case KNIT_ETIMEDOUT:
         stat_inc(&s->stats.busy);
-        KNIT_WARN("notes", "database busy during %s: %s", what, sqlite3_errmsg(db));
+        KNIT_WARN("notes", "database busy during %s: %s", what, msg);
         return KNIT_EBUSY;
-    case SQLITE_NOMEM:
-        return KNIT_ENOMEM;
-    case SQLITE_FULL:
-        break;
-    case SQLITE_IOERR:
-        /* SQLite answers SQLITE_FULL for a write() that failed with ENOSPC,
-         * but an fsync that did (delayed allocation) is an I/O error, and
-         * the errno it keeps is not always the one that failed: look at
-         * the file system too. */
-        if (sys == ENOSPC || sys == EDQUOT || disk_full(s->path)) break;
-        if (sys == EROFS || sys == EACCES || sys == EPERM) goto readonly;
+    case KNIT_ECONNREFUSED:
+    case KNIT_ECONNRESET:
+        /* PostgreSQL out of reach (or the connection broke with this call
+         * in flight: it may or may not have committed, and the caller is
+         * not told it did). Transient: answered like a busy database. */
         stat_inc(&s->stats.errors);
-        msgf(why, sizeof why, "I/O error on %s during %s: %s (%s)", s->path, what,
-             sqlite3_errmsg(db), sys ? strerror(sys) : sqlite3_errstr(rc));
+        msgf(why, sizeof why, "database %s out of reach during %s: %s", s->label, what, msg);
         set_fault(s, KNIT_EDB, why);
-        return KNIT_EDB;
-    case SQLITE_READONLY:
-    case SQLITE_CANTOPEN:
-    case SQLITE_PERM:
-    readonly:
+        return KNIT_EBUSY;
+    case KNIT_ENOSPC:
+        goto full;
+    case KNIT_EACCES:
+        if (strcmp(state, "25006") == 0) break; /* a write in a read-only transaction: a bug */
         stat_inc(&s->stats.errors);
-        if (!find_unwritable(s->path, why, sizeof why))
-            msgf(why, sizeof why, "%s cannot be written during %s: %s", s->path, what,
-                 sqlite3_errmsg(db));
+        if (!s->sqlite || !find_unwritable(s->path, why, sizeof why))
+            msgf(why, sizeof why, "%s cannot be written during %s: %s", s->label, what, msg);
         set_fault(s, KNIT_EACCES, why);
         return KNIT_EACCES;
-    case SQLITE_CORRUPT:
-    case SQLITE_NOTADB:
-        stat_inc(&s->stats.errors);
-        msgf(why, sizeof why, "%s is damaged (%s): %s", s->path, what, sqlite3_errmsg(db));
-        set_fault(s, KNIT_EDB, why);
-        return KNIT_EDB;
+    case KNIT_EDB:
+        /* SQLite's I/O errors come as 58030: an fsync that failed for a
+         * full disk (delayed allocation) is one, so look at the disk too. */
+        if (strcmp(state, "58030") == 0 && s->sqlite && disk_full(s->path)) goto full;
+        if (strcmp(state, "58030") == 0 || strcmp(state, "XX001") == 0 ||
+            strcmp(state, "58P01") == 0) {
+            stat_inc(&s->stats.errors);
+            if (state[0] == 'X')
+                msgf(why, sizeof why, "%s is damaged (%s): %s", s->label, what, msg);
+            else
+                msgf(why, sizeof why, "I/O error on %s during %s: %s", s->label, what, msg);
+            set_fault(s, KNIT_EDB, why);
+            return KNIT_EDB;
+        }
+        break;
     default:
-        stat_inc(&s->stats.errors);
-        KNIT_ERROR("notes", "sqlite error during %s: %s (%s)", what, sqlite3_errmsg(db),
-                   sqlite3_errstr(rc));
-        return KNIT_EDB;
+        break;
     }
+    stat_inc(&s->stats.errors);
+    KNIT_ERROR("notes", "database error during %s: %s (%s)", what, msg, knit_strerror(rc));
+    return KNIT_EDB;
+full:
     /* Disk full: nothing was written, and a write may work later. */
     stat_inc(&s->stats.errors);
     stat_inc(&s->stats.full);
-    msgf(why, sizeof why, "the disk holding %s is full (%s)", s->path, what);
+    if (s->sqlite)
+        msgf(why, sizeof why, "the disk holding %s is full (%s)", s->path, what);
+    else
+        msgf(why, sizeof why, "the disk of database %s is full (%s): %s", s->label, what, msg);
     set_fault(s, KNIT_ENOSPC, why);
     return KNIT_ENOSPC;
 }
 
-/* ---- the connection pool --------------------------------------------------- */
+/* ---- transactions ---------------------------------------------------------- */
 
-static conn *acquire(notes_store *s)
+/* One store call's transaction: its body runs statements through st_*,
+ * which stop at the first failure. */
+typedef struct txc {
+    notes_store *s;
+    knit_db_tx *tx;
+    int err;      /* first failure (a statement's, or the body's own) */
+    bool changed; /* a statement changed rows */
+    void *arg;    /* the call's own */
+    int (*body)(struct txc *c);
+} txc;
+
+static int st_exec(txc *c, const char *sql, const knit_db_value *p, size_t n, int64_t *changes)
 {
-    pthread_mutex_lock(&s->mu);
-    if (!s->free) {
-        stat_inc(&s->stats.waits);
-        while (!s->free)
-            pthread_cond_wait(&s->cv, &s->mu);
+    int64_t ch = 0;
+    int rc = knit_db_tx_exec(c->tx, sql, p, n, &ch, NULL);
+    if (rc) return rc; /* the interaction fails with the statement's failure */
+    if (ch > 0) c->changed = true;
+    if (changes) *changes = ch;
+    return 0;
+}
+
+static int st_query(txc *c, const char *sql, const knit_db_value *p, size_t n, knit_db_rows **out)
+{
+    return knit_db_tx_query(c->tx, sql, p, n, out, NULL);
+}
+
+static void tx_body(knit_db_tx *tx, knit_result *res, void *arg)
+{
+    txc *c = arg;
+    c->tx = tx;
+    c->err = c->body(c);
+    if (c->err) knit_result_failf(res, c->err, "%s", knit_strerror(c->err));
+}
+
+/* Run BODY in one transaction (a write one unless READ_ONLY); returns 0
+ * once committed, or the store's code for the failure. A write that
+ * changed rows and committed clears any fault: the database took writes
+ * again. (One that changed nothing wrote nothing, so it proves nothing: an
+ * expiry pass with nothing to delete commits on a full disk.) */
+static int run_tx(notes_store *s, bool read_only, int (*body)(txc *), void *arg, const char *what)
+{
+    txc c = {.s = s, .arg = arg, .body = body};
+    knit_result out;
+    int rc =
+        knit_db_interaction_blocking(s->db, read_only ? KNIT_DB_READ_ONLY : 0, tx_body, &c, &out);
+    if (rc == 0) {
+        knit_result_clear(&out);
+        if (!read_only && c.changed) clear_fault(s);
+        return 0;
     }
-    conn *c = s->free;
-    s->free = c->next;
-    pthread_mutex_unlock(&s->mu);
-    return c;
+    /* The body's own outcome (not found, out of memory) is not a database
+     * failure. */
+    if (c.err && c.err == rc && (rc == KNIT_ENOTFOUND || rc == KNIT_EINVAL)) {
+        knit_result_clear(&out);
+        return rc;
+    }
+    rc = db_error(s, rc, out.failure, what);
+    knit_result_clear(&out);
+    return rc;
 }
 
-static void release(notes_store *s, conn *c)
+/* ---- reading rows ---------------------------------------------------------- */
+
+static char *cell_strdup(const knit_db_rows *r, size_t row, size_t col)
 {
-    pthread_mutex_lock(&s->mu);
-    c->next = s->free;
-    s->free = c;
-    pthread_cond_signal(&s->cv);
-    pthread_mutex_unlock(&s->mu);
+    size_t n = 0;
+    const char *t = knit_db_rows_text(r, row, col, &n);
+    char *p = malloc(n + 1);
+    if (!p) return NULL;
+    if (n) memcpy(p, t, n);
+    p[n] = 0;
+    return p;
 }
 
-/* Run a statement that returns no rows (BEGIN, COMMIT, INSERT...). */
-static int exec_st(notes_store *s, conn *c, int which, const char *what)
+/* Load the tags of note N->id into N. */
+static int load_tags(txc *c, notes_note *n)
 {
-    sqlite3_stmt *st = c->st[which];
-    int rc = sqlite3_step(st);
-    int err = (rc == SQLITE_DONE || rc == SQLITE_ROW) ? 0 : db_error(s, c->db, rc, what);
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
+    knit_db_value p[] = {knit_db_int(n->id)};
+    knit_db_rows *rows = NULL;
+    int err = st_query(c, SQL_TAGS, p, 1, &rows);
+    if (err) return err;
+    size_t cnt = knit_db_rows_count(rows);
+    if (cnt) {
+        n->tags = calloc(cnt, sizeof *n->tags);
+        if (!n->tags) err = KNIT_ENOMEM;
+    }
+    for (size_t i = 0; !err && i < cnt; i++) {
+        n->tags[i] = cell_strdup(rows, i, 0);
+        if (!n->tags[i])
+            err = KNIT_ENOMEM;
+        else
+            n->ntags++;
+    }
+    knit_db_rows_free(rows);
     return err;
 }
 
-static int tx_begin(notes_store *s, conn *c, bool write)
+/* Fill N from row ROW of R (id, text, created_at, expires_at) and its tags. */
+static int read_note(txc *c, const knit_db_rows *r, size_t row, notes_note *n)
 {
-    c->writing = write;
-    c->changes0 = sqlite3_total_changes64(c->db);
-    return exec_st(s, c, write ? ST_BEGIN_W : ST_BEGIN_R, write ? "begin write" : "begin read");
+    memset(n, 0, sizeof *n);
+    n->id = knit_db_rows_int(r, row, 0);
+    n->text = cell_strdup(r, row, 1);
+    n->created_at = knit_db_rows_int(r, row, 2);
+    n->expires_at = knit_db_rows_is_null(r, row, 3) ? 0 : knit_db_rows_int(r, row, 3);
+    if (!n->text) return KNIT_ENOMEM;
+    int err = load_tags(c, n);
+    if (err) notes_note_clear(n);
+    return err;
 }
 
-/* Commit when RC is 0, otherwise roll back; returns the outcome. A write
- * that changed rows and committed clears any fault: the database took
- * writes again. (One that changed nothing wrote nothing, so it proves
- * nothing: an expiry pass with nothing to delete commits on a full disk.) */
-static int tx_end(notes_store *s, conn *c, int rc)
+/* Inside a transaction: fetch live note ID into OUT. */
+static int get_in_tx(txc *c, int64_t id, int64_t now_ms, notes_note *out)
 {
-    if (rc == 0) {
-        rc = exec_st(s, c, ST_COMMIT, "commit");
-        if (rc == 0) {
-            if (c->writing && sqlite3_total_changes64(c->db) > c->changes0) clear_fault(s);
-            return 0;
-        }
-    }
-    if (!sqlite3_get_autocommit(c->db)) {
-        sqlite3_stmt *st = c->st[ST_ROLLBACK];
-        sqlite3_step(st); /* an error here leaves nothing better to report */
-        sqlite3_reset(st);
-    }
-    return rc;
+    knit_db_value p[] = {knit_db_int(id), knit_db_int(now_ms)};
+    knit_db_rows *rows = NULL;
+    int err = st_query(c, SQL_GET, p, 2, &rows);
+    if (err) return err;
+    if (knit_db_rows_count(rows) == 0)
+        err = KNIT_ENOTFOUND;
+    else
+        err = read_note(c, rows, 0, out);
+    knit_db_rows_free(rows);
+    return err;
 }
 
-static void close_conn(conn *c)
+/* ---- open and close -------------------------------------------------------- */
+
+static void *reactor_main(void *arg)
 {
-    for (int i = 0; i < ST__N; i++)
-        sqlite3_finalize(c->st[i]);
-    sqlite3_close(c->db);
-    memset(c, 0, sizeof *c);
+    notes_store *s = arg;
+    knit_signal_block_all(); /* signals are the service's reactor's business */
+    int rc = knit_reactor_run(s->r);
+    if (rc < 0) KNIT_ERROR("notes", "database reactor: %s", knit_strerror(rc));
+    return NULL;
 }
 
-/* The code and message for a failed open: which file is at fault when
- * SQLite could not write, a full disk, a lock held too long, or SQLite's
- * own message. */
-static int open_error(const char *path, sqlite3 *db, int rc, const char *doing, char *err,
-                      size_t errlen)
+static int schema_version_sqlite(notes_store *s, int *version, char *err, size_t errlen)
 {
-    char why[NOTES_STORE_WHY_MAX];
-    int sys = db ? sqlite3_system_errno(db) : 0;
-    switch (rc & 0xff) {
-    case SQLITE_BUSY:
-    case SQLITE_LOCKED:
-        msgf(err, errlen, "database %s stayed locked while %s", path, doing);
-        return KNIT_EBUSY;
-    case SQLITE_FULL:
-        msgf(err, errlen, "the disk holding %s is full (while %s)", path, doing);
-        return KNIT_ENOSPC;
-    case SQLITE_IOERR:
-        if (sys == ENOSPC || sys == EDQUOT) {
-            msgf(err, errlen, "the disk holding %s is full (while %s)", path, doing);
-            return KNIT_ENOSPC;
-        }
-        break;
-    case SQLITE_READONLY:
-    case SQLITE_CANTOPEN:
-    case SQLITE_PERM:
-        if (find_unwritable(path, why, sizeof why)) {
-            msgf(err, errlen, "cannot write database %s: %s", path, why);
-            return KNIT_EACCES;
-        }
-        break;
+    knit_db_rows *rows = NULL;
+    knit_failure *f = NULL;
+    int rc = knit_db_query_blocking(s->db, "PRAGMA user_version", NULL, 0, &rows, &f);
+    if (rc) {
+        msgf(err, errlen, "cannot read the schema version of %s: %s", s->label,
+             f ? f->message : knit_strerror(rc));
+        knit_failure_free(f);
+        return rc;
     }
-    msgf(err, errlen, "cannot use database %s: %s (while %s)", path,
-         db ? sqlite3_errmsg(db) : sqlite3_errstr(rc), doing);
-    return KNIT_EDB;
+    *version = (int)knit_db_rows_int(rows, 0, 0);
+    knit_db_rows_free(rows);
+    return 0;
 }
 
-static int open_conn(const notes_store_options *o, conn *c, bool first, char *err, size_t errlen)
+static int schema_present_pg(notes_store *s, bool *present, char *err, size_t errlen)
 {
-    const char *doing = "opening it";
-    int rc = sqlite3_open_v2(
-        o->path, &c->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE | SQLITE_OPEN_NOMUTEX, NULL);
-    if (rc != SQLITE_OK) goto sqlerr;
-    sqlite3_extended_result_codes(c->db, 1);
-    /* SQLite falls back to read-only when it cannot open the file for
-     * writing; the service would then fail at its first write. */
-    if (sqlite3_db_readonly(c->db, "main") == 1) {
-        char why[NOTES_STORE_WHY_MAX];
-        if (!find_unwritable(o->path, why, sizeof why))
-            msgf(why, sizeof why, "SQLite could open it only for reading");
-        msgf(err, errlen, "cannot write database %s: %s", o->path, why);
-        close_conn(c);
-        return KNIT_EACCES;
+    knit_db_rows *rows = NULL;
+    knit_failure *f = NULL;
+    int rc = knit_db_query_blocking(s->db,
+                                    "SELECT count(*) FROM information_schema.tables"
+                                    " WHERE table_schema = current_schema() AND table_name = $1",
+                                    (knit_db_value[]){knit_db_text("probe")}, 1, &rows, &f);
+    if (rc) {
+        msgf(err, errlen, "cannot reach database %s: %s", s->label,
+             f ? f->message : knit_strerror(rc));
+        knit_failure_free(f);
+        return rc;
     }
-    sqlite3_busy_timeout(c->db, (int)o->busy_timeout_ms);
-    const char *sync = o->sync_full ? "PRAGMA synchronous=FULL" : "PRAGMA synchronous=NORMAL";
-    rc = sqlite3_exec(c->db, sync, NULL, NULL, NULL);
-    if (rc != SQLITE_OK) goto sqlerr;
-    if (first) {
-        /* journal_mode answers with the mode now in force: check it is WAL. */
-        doing = "switching it to WAL";
-        sqlite3_stmt *st = NULL;
-        rc = sqlite3_prepare_v2(c->db, "PRAGMA journal_mode=WAL", -1, &st, NULL);
-        if (rc != SQLITE_OK) goto sqlerr;
-        rc = sqlite3_step(st);
-        const unsigned char *mode = rc == SQLITE_ROW ? sqlite3_column_text(st, 0) : NULL;
-        bool wal = mode && strcmp((const char *)mode, "wal") == 0;
-        sqlite3_finalize(st);
-        if (rc != SQLITE_ROW) goto sqlerr;
-        if (!wal) {
-            snprintf(err, errlen, "database %s cannot use WAL mode", o->path);
-            goto fail;
-        }
-        /* Write the schema only when it is older than ours: a start then
-         * writes nothing, so it also works on a full disk (reads go on,
-         * writes answer 503 until space returns). */
-        doing = "reading its schema version";
-        rc = sqlite3_prepare_v2(c->db, "PRAGMA user_version", -1, &st, NULL);
-        if (rc != SQLITE_OK) goto sqlerr;
-        rc = sqlite3_step(st);
-        int version = rc == SQLITE_ROW ? sqlite3_column_int(st, 0) : 0;
-        sqlite3_finalize(st);
-        if (rc != SQLITE_ROW) goto sqlerr;
-        if (version < SCHEMA_VERSION) {
-            doing = "creating its schema";
-            rc = sqlite3_exec(c->db, schema_sql, NULL, NULL, NULL);
-            if (rc != SQLITE_OK) {
-                int code = open_error(o->path, c->db, rc, doing, err, errlen);
-                sqlite3_exec(c->db, "ROLLBACK", NULL, NULL, NULL);
-                close_conn(c);
-                return code;
-            }
-        }
-    }
-    doing = "preparing statements";
-    for (int i = 0; i < ST__N; i++) {
-        rc = sqlite3_prepare_v3(c->db, stmt_sql[i], -1, SQLITE_PREPARE_PERSISTENT, &c->st[i], NULL);
-        if (rc != SQLITE_OK) goto sqlerr;
+    *present = knit_db_rows_int(rows, 0, 0) > 0;
+    knit_db_rows_free(rows);
+    return 0;
+}
+
+static int schema_body(txc *c)
+{
+    for (const char *const *q = c->arg; *q; q++) {
+        int err = st_exec(c, *q, NULL, 0, NULL);
+        if (err) return err;
     }
     return 0;
-sqlerr:
-    rc = open_error(o->path, c->db, rc, doing, err, errlen);
-    close_conn(c);
+}
+
+typedef struct schema_job {
+    notes_store *s;
+    char *err;
+    size_t errlen;
+    int rc;
+} schema_job;
+
+/* Write the schema only when the database's is older than ours: a start
+ * then writes nothing, so it also works on a full disk (reads go on,
+ * writes answer 503 until space returns). [blocks] */
+static void *schema_run(void *arg)
+{
+    schema_job *j = arg;
+    notes_store *s = j->s;
+    bool need;
+    if (s->sqlite) {
+        int version = 0;
+        j->rc = schema_version_sqlite(s, &version, j->err, j->errlen);
+        need = version < SCHEMA_VERSION;
+    } else {
+        bool present = false;
+        j->rc = schema_present_pg(s, &present, j->err, j->errlen);
+        need = !present;
+    }
+    if (j->rc || !need) return NULL;
+    txc c = {.s = s, .arg = (void *)(s->sqlite ? schema_sqlite : schema_pg), .body = schema_body};
+    knit_result out;
+    j->rc = knit_db_interaction_blocking(s->db, 0, tx_body, &c, &out);
+    if (j->rc) {
+        const char *m = out.failure ? out.failure->message : knit_strerror(j->rc);
+        if (j->rc == KNIT_ENOSPC && s->sqlite)
+            msgf(j->err, j->errlen, "the disk holding %s is full (while creating its schema)",
+                 s->path);
+        else if (j->rc == KNIT_EACCES && s->sqlite && find_unwritable(s->path, j->err, j->errlen))
+            ;
+        else
+            msgf(j->err, j->errlen, "cannot use database %s: %s (while creating its schema)",
+                 s->label, m);
+    }
+    knit_result_clear(&out);
+    return NULL;
+}
+
+/* Close the database on its reactor, then stop that reactor and free. */
+static void on_closed(knit_result *res, void *arg)
+{
+    notes_store *s = arg;
+    knit_failure *f = knit_result_take_failure(res);
+    pthread_mutex_lock(&s->cmu);
+    s->close_rc = f ? f->code : 0;
+    s->closed = true;
+    pthread_cond_signal(&s->ccv);
+    pthread_mutex_unlock(&s->cmu);
+    if (f) KNIT_ERROR("notes", "closing database %s: %s", s->label, f->message);
+    knit_failure_free(f);
+}
+
+static void close_on_reactor(knit_reactor *r, void *arg)
+{
+    (void)r;
+    notes_store *s = arg;
+    knit_deferred *d = knit_db_close(s->db);
+    knit_deferred_add_both(d, on_closed, s);
+    knit_deferred_unref(d);
+}
+
+static int store_free(notes_store *s)
+{
+    int rc = 0;
+    if (s->thr_started) {
+        if (knit_call_in_reactor(s->r, close_on_reactor, s) == 0) {
+            pthread_mutex_lock(&s->cmu);
+            while (!s->closed)
+                pthread_cond_wait(&s->ccv, &s->cmu);
+            rc = s->close_rc;
+            pthread_mutex_unlock(&s->cmu);
+        }
+        knit_reactor_stop(s->r);
+        pthread_join(s->thr, NULL);
+    }
+    knit_db_free(s->db); /* tears down at once if the close above could not run */
+    knit_reactor_free(s->r);
+    pthread_mutex_destroy(&s->hmu);
+    pthread_mutex_destroy(&s->cmu);
+    pthread_cond_destroy(&s->ccv);
+    free(s->path);
+    free(s->label);
+    free(s);
     return rc;
-fail:
-    close_conn(c);
-    return (rc & 0xff) == SQLITE_BUSY || (rc & 0xff) == SQLITE_LOCKED ? KNIT_EBUSY : KNIT_EDB;
 }
 
 int notes_store_open(notes_store **out, const notes_store_options *opts, char *err, size_t errlen)
@@ -600,8 +713,19 @@ int notes_store_open(notes_store **out, const notes_store_options *opts, char *e
         o = *opts;
     else
         notes_store_options_init(&o);
-    if (!o.path || !o.path[0] || strcmp(o.path, ":memory:") == 0) {
-        snprintf(err, errlen, "the database needs a file path (got \"%s\")", o.path ? o.path : "");
+    const char *path = NULL;
+    if (!o.url) {
+        path = o.path;
+    } else if (strncmp(o.url, "sqlite:", 7) == 0) {
+        path = o.url + 7;
+    } else if (strncmp(o.url, "postgresql:", 11) != 0 && strncmp(o.url, "postgres:", 9) != 0) {
+        snprintf(err, errlen,
+                 "the database URL must start with sqlite: or postgresql: (got \"%s\")", o.url);
+        return KNIT_EINVAL;
+    }
+    bool sqlite = !o.url || path;
+    if (sqlite && (!path || !path[0] || strcmp(path, ":memory:") == 0)) {
+        snprintf(err, errlen, "the database needs a file path (got \"%s\")", path ? path : "");
         return KNIT_EINVAL;
     }
     if (o.conns == 0) o.conns = NOTES_STORE_DEFAULT_CONNS;
@@ -610,194 +734,166 @@ int notes_store_open(notes_store **out, const notes_store_options *opts, char *e
                  NOTES_STORE_MAX_CONNS);
         return KNIT_EINVAL;
     }
-    if (sqlite3_threadsafe() == 0) {
-        snprintf(err, errlen, "this SQLite library was built without thread support");
-        return KNIT_ENOTSUP;
-    }
-    /* Before SQLite touches anything: fix the modes of -wal/-shm files a
-     * start against a read-only database left behind, then name the file
-     * that is still not writable. Checking first also means a start against
-     * a read-only database fails without creating read-only -wal and -shm
-     * files itself. */
-    repair_aux_modes(o.path);
-    char why[NOTES_STORE_WHY_MAX];
-    if (find_unwritable(o.path, why, sizeof why)) {
-        snprintf(err, errlen, "cannot write database %s: %s", o.path, why);
-        return KNIT_EACCES;
+    if (sqlite) {
+        /* Before SQLite touches anything: fix the modes of -wal/-shm files
+         * a start against a read-only database left behind, then name the
+         * file that is still not writable. Checking first also means a start
+         * against a read-only database fails without creating read-only
+         * -wal and -shm files itself. */
+        repair_aux_modes(path);
+        char why[NOTES_STORE_WHY_MAX];
+        if (find_unwritable(path, why, sizeof why)) {
+            snprintf(err, errlen, "cannot write database %s: %s", path, why);
+            return KNIT_EACCES;
+        }
     }
     notes_store *s = calloc(1, sizeof *s);
-    conn *conns = calloc(o.conns, sizeof *conns);
-    char *path = strdup(o.path);
-    if (!s || !conns || !path) {
-        free(s);
-        free(conns);
-        free(path);
+    if (!s) {
         snprintf(err, errlen, "out of memory");
         return KNIT_ENOMEM;
     }
-    pthread_mutex_init(&s->mu, NULL);
-    pthread_cond_init(&s->cv, NULL);
     pthread_mutex_init(&s->hmu, NULL);
-    s->conns = conns;
-    s->path = path;
-    for (unsigned i = 0; i < o.conns; i++) {
-        int rc = open_conn(&o, &conns[i], i == 0, err, errlen);
-        if (rc < 0) {
-            for (unsigned j = 0; j < i; j++)
-                close_conn(&conns[j]);
-            pthread_cond_destroy(&s->cv);
-            pthread_mutex_destroy(&s->mu);
-            pthread_mutex_destroy(&s->hmu);
-            free(conns);
-            free(path);
-            free(s);
-            return rc;
-        }
-        conns[i].next = s->free;
-        s->free = &conns[i];
-        s->nconns = i + 1;
+    pthread_mutex_init(&s->cmu, NULL);
+    pthread_cond_init(&s->ccv, NULL);
+    s->sqlite = sqlite;
+    char *url = NULL;
+    int rc = 0;
+    if (sqlite) {
+        s->path = strdup(path);
+        s->label = strdup(path);
+        size_t n = strlen(path) + 8;
+        url = malloc(n);
+        if (url) snprintf(url, n, "sqlite:%s", path);
+    } else {
+        url = strdup(o.url);
     }
+    if (!url || (sqlite && (!s->path || !s->label))) {
+        snprintf(err, errlen, "out of memory");
+        rc = KNIT_ENOMEM;
+        goto fail;
+    }
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.name = "notes-db";
+    rc = knit_reactor_new(&s->r, &ro);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot create the database's reactor: %s", knit_strerror(rc));
+        goto fail;
+    }
+    knit_db_options dbo;
+    knit_db_options_init(&dbo);
+    dbo.name = "notes-db";
+    dbo.conns = o.conns;
+    dbo.busy_timeout = KNIT_MSEC(o.busy_timeout_ms);
+    dbo.sync_normal = !o.sync_full;
+    dbo.shutdown_phase = -1; /* closed by notes_store_close */
+    rc = knit_db_open(&s->db, s->r, url, &dbo, err, errlen);
+    /* A file SQLite cannot open although nothing is unwritable (a missing
+     * directory) is no permission problem: the database is unusable. */
+    char why[NOTES_STORE_WHY_MAX];
+    if (rc == KNIT_EACCES && sqlite && !find_unwritable(path, why, sizeof why)) rc = KNIT_EDB;
+    if (rc < 0) goto fail;
+    if (!sqlite) {
+        s->label = strdup(knit_db_url(s->db));
+        if (!s->label) {
+            snprintf(err, errlen, "out of memory");
+            rc = KNIT_ENOMEM;
+            goto fail;
+        }
+    }
+    rc = -pthread_create(&s->thr, NULL, reactor_main, s);
+    if (rc < 0) {
+        snprintf(err, errlen, "cannot start the database's thread: %s", strerror(-rc));
+        goto fail;
+    }
+    s->thr_started = true;
+    /* The blocking calls of the schema step may not run on a reactor
+     * thread (the service opens the store on its reactor, before it
+     * serves anything): run it on a short-lived thread then. */
+    schema_job j = {.s = s, .err = err, .errlen = errlen};
+    if (knit_reactor_current()) {
+        pthread_t t;
+        rc = -pthread_create(&t, NULL, schema_run, &j);
+        if (rc < 0) {
+            snprintf(err, errlen, "cannot start a thread: %s", strerror(-rc));
+            goto fail;
+        }
+        pthread_join(t, NULL);
+    } else {
+        schema_run(&j);
+    }
+    rc = j.rc;
+    if (rc < 0) goto fail;
+    free(url);
     *out = s;
     return 0;
+fail:
+    free(url);
+    store_free(s);
+    return rc;
 }
 
 int notes_store_checkpoint(notes_store *s, bool truncate)
 {
-    conn *c = acquire(s);
-    int logn = 0, done = 0;
-    int rc = sqlite3_wal_checkpoint_v2(
-        c->db, NULL, truncate ? SQLITE_CHECKPOINT_TRUNCATE : SQLITE_CHECKPOINT_PASSIVE, &logn,
-        &done);
-    int err = rc == SQLITE_OK ? 0 : db_error(s, c->db, rc, "checkpoint");
-    if (err == 0) KNIT_DEBUG("notes", "checkpoint: %d of %d WAL frames copied", done, logn);
-    release(s, c);
-    return err;
+    if (!s->sqlite) return 0; /* PostgreSQL checkpoints by itself */
+    knit_db_rows *rows = NULL;
+    knit_failure *f = NULL;
+    int rc = knit_db_query_blocking(
+        s->db, truncate ? "PRAGMA wal_checkpoint(TRUNCATE)" : "PRAGMA wal_checkpoint(PASSIVE)",
+        NULL, 0, &rows, &f);
+    if (rc) {
+        rc = db_error(s, rc, f, "checkpoint");
+        knit_failure_free(f);
+        return rc;
+    }
+    KNIT_DEBUG("notes", "checkpoint: %lld of %lld WAL frames copied",
+               (long long)knit_db_rows_int(rows, 0, 2), (long long)knit_db_rows_int(rows, 0, 1));
+    knit_db_rows_free(rows);
+    return 0;
 }
 
 int notes_store_close(notes_store *s)
 {
     if (!s) return 0;
-    int rc = s->nconns ? notes_store_checkpoint(s, true) : 0;
-    for (unsigned i = 0; i < s->nconns; i++)
-        close_conn(&s->conns[i]);
-    pthread_cond_destroy(&s->cv);
-    pthread_mutex_destroy(&s->mu);
-    pthread_mutex_destroy(&s->hmu);
-    free(s->conns);
-    free(s->path);
-    free(s);
-    return rc;
+    return store_free(s); /* knit_db_close checkpoints SQLite's WAL (TRUNCATE) last */
 }
 
 void notes_store_get_stats(notes_store *s, notes_store_stats *out)
 {
     out->busy = __atomic_load_n(&s->stats.busy, __ATOMIC_RELAXED);
     out->errors = __atomic_load_n(&s->stats.errors, __ATOMIC_RELAXED);
-    out->waits = __atomic_load_n(&s->stats.waits, __ATOMIC_RELAXED);
+    knit_db_stats ds;
+    knit_db_get_stats(s->db, &ds);
+    out->waits = ds.queued; /* knit_db queues the calls: those waiting now */
     out->full = __atomic_load_n(&s->stats.full, __ATOMIC_RELAXED);
 }
 
-int notes_store_probe(notes_store *s, int64_t now_ms)
+knit_db *notes_store_db(notes_store *s)
 {
-    conn *c = acquire(s);
-    int err = tx_begin(s, c, true);
-    if (!err) {
-        sqlite3_bind_int64(c->st[ST_PROBE], 1, now_ms);
-        err = exec_st(s, c, ST_PROBE, "probe write");
-        err = tx_end(s, c, err); /* clears the fault when it commits */
-    }
-    release(s, c);
-    return err;
-}
-
-/* ---- reading rows ---------------------------------------------------------- */
-
-static char *col_strdup(sqlite3_stmt *st, int i)
-{
-    const unsigned char *t = sqlite3_column_text(st, i);
-    int n = sqlite3_column_bytes(st, i);
-    char *p = malloc((size_t)n + 1);
-    if (!p) return NULL;
-    if (n) memcpy(p, t, (size_t)n);
-    p[n] = 0;
-    return p;
-}
-
-/* Load the tags of note N->id into N. */
-static int load_tags(notes_store *s, conn *c, notes_note *n)
-{
-    sqlite3_stmt *st = c->st[ST_TAGS];
-    sqlite3_bind_int64(st, 1, n->id);
-    size_t cap = 0;
-    int rc, err = 0;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n->ntags == cap) {
-            size_t ncap = cap ? cap * 2 : 4;
-            char **p = realloc(n->tags, ncap * sizeof *p);
-            if (!p) {
-                err = KNIT_ENOMEM;
-                break;
-            }
-            n->tags = p;
-            cap = ncap;
-        }
-        char *t = col_strdup(st, 0);
-        if (!t) {
-            err = KNIT_ENOMEM;
-            break;
-        }
-        n->tags[n->ntags++] = t;
-    }
-    if (!err && rc != SQLITE_DONE) err = db_error(s, c->db, rc, "reading tags");
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return err;
-}
-
-/* Fill N from the current row of ST (id, text, created_at, expires_at). */
-static int read_note(notes_store *s, conn *c, sqlite3_stmt *st, notes_note *n)
-{
-    memset(n, 0, sizeof *n);
-    n->id = sqlite3_column_int64(st, 0);
-    n->text = col_strdup(st, 1);
-    n->created_at = sqlite3_column_int64(st, 2);
-    n->expires_at = sqlite3_column_type(st, 3) == SQLITE_NULL ? 0 : sqlite3_column_int64(st, 3);
-    if (!n->text) return KNIT_ENOMEM;
-    int err = load_tags(s, c, n);
-    if (err) notes_note_clear(n);
-    return err;
-}
-
-/* Inside a transaction: fetch live note ID into OUT. */
-static int get_in_tx(notes_store *s, conn *c, int64_t id, int64_t now_ms, notes_note *out)
-{
-    sqlite3_stmt *st = c->st[ST_GET];
-    sqlite3_bind_int64(st, 1, id);
-    sqlite3_bind_int64(st, 2, now_ms);
-    int rc = sqlite3_step(st);
-    int err;
-    if (rc == SQLITE_ROW)
-        err = read_note(s, c, st, out);
-    else if (rc == SQLITE_DONE)
-        err = KNIT_ENOTFOUND;
-    else
-        err = db_error(s, c->db, rc, "get");
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    return err;
+    return s->db;
 }
 
 /* ---- writes ---------------------------------------------------------------- */
 
-static int insert_tags(notes_store *s, conn *c, int64_t id, const notes_fields *f)
+static int probe_body(txc *c)
 {
-    sqlite3_stmt *st = c->st[ST_INSERT_TAG];
+    int err = st_exec(c, SQL_PROBE_DEL, NULL, 0, NULL);
+    if (!err)
+        err = st_exec(c, SQL_PROBE, (knit_db_value[]){knit_db_int(*(int64_t *)c->arg)}, 1, NULL);
+    return err;
+}
+
+int notes_store_probe(notes_store *s, int64_t now_ms)
+{
+    return run_tx(s, false, probe_body, &now_ms, "probe write"); /* clears the fault */
+}
+
+static int insert_tags(txc *c, int64_t id, const notes_fields *f)
+{
     for (size_t i = 0; i < f->ntags; i++) {
         if (!f->tags[i]) return KNIT_EINVAL;
-        sqlite3_bind_text(st, 1, f->tags[i], -1, SQLITE_STATIC);
-        sqlite3_bind_int64(st, 2, id);
-        sqlite3_bind_int64(st, 3, (sqlite3_int64)i);
-        int err = exec_st(s, c, ST_INSERT_TAG, "insert tag");
+        knit_db_value p[] = {knit_db_text(f->tags[i]), knit_db_int(id), knit_db_int((int64_t)i)};
+        int err = st_exec(c, SQL_INSERT_TAG, p, 3, NULL);
         if (err) return err;
     }
     return 0;
@@ -808,30 +904,55 @@ static bool fields_ok(const notes_fields *f)
     return f && f->text && (f->ntags == 0 || f->tags) && f->ttl_ms >= 0;
 }
 
+typedef struct write_args {
+    int64_t id;
+    const notes_fields *f;
+    int64_t now_ms;
+    notes_note *out;
+    int64_t deleted;
+} write_args;
+
+static int create_body(txc *c)
+{
+    write_args *a = c->arg;
+    const notes_fields *f = a->f;
+    knit_db_value p[] = {knit_db_text(f->text), knit_db_int(a->now_ms),
+                         f->ttl_ms > 0 ? knit_db_int(a->now_ms + f->ttl_ms) : knit_db_null()};
+    knit_db_rows *rows = NULL;
+    int err = st_query(c, SQL_INSERT_NOTE, p, 3, &rows);
+    if (err) return err;
+    c->changed = true;
+    int64_t id = knit_db_rows_int(rows, 0, 0);
+    knit_db_rows_free(rows);
+    err = insert_tags(c, id, f);
+    /* Read back what was stored (tags deduplicated, in order) before
+     * committing, so the answer is exactly the committed row. */
+    if (!err) err = get_in_tx(c, id, INT64_MIN, a->out);
+    return err;
+}
+
 int notes_store_create(notes_store *s, const notes_fields *f, int64_t now_ms, notes_note *out)
 {
     memset(out, 0, sizeof *out);
     if (!fields_ok(f)) return KNIT_EINVAL;
-    conn *c = acquire(s);
-    int err = tx_begin(s, c, true);
-    if (err) goto done;
-    sqlite3_stmt *st = c->st[ST_INSERT_NOTE];
-    sqlite3_bind_text(st, 1, f->text, -1, SQLITE_STATIC);
-    sqlite3_bind_int64(st, 2, now_ms);
-    if (f->ttl_ms > 0)
-        sqlite3_bind_int64(st, 3, now_ms + f->ttl_ms);
-    else
-        sqlite3_bind_null(st, 3);
-    err = exec_st(s, c, ST_INSERT_NOTE, "insert note");
-    int64_t id = err ? 0 : sqlite3_last_insert_rowid(c->db);
-    if (!err) err = insert_tags(s, c, id, f);
-    /* Read back what was stored (tags deduplicated, in order) before
-     * committing, so the answer is exactly the committed row. */
-    if (!err) err = get_in_tx(s, c, id, INT64_MIN, out);
-    err = tx_end(s, c, err);
+    write_args a = {.f = f, .now_ms = now_ms, .out = out};
+    int err = run_tx(s, false, create_body, &a, "insert note");
     if (err) notes_note_clear(out);
-done:
-    release(s, c);
+    return err;
+}
+
+static int update_body(txc *c)
+{
+    write_args *a = c->arg;
+    const notes_fields *f = a->f;
+    knit_db_value p[] = {knit_db_int(a->id), knit_db_int(a->now_ms), knit_db_text(f->text),
+                         f->ttl_ms > 0 ? knit_db_int(a->now_ms + f->ttl_ms) : knit_db_null()};
+    int64_t changes = 0;
+    int err = st_exec(c, SQL_UPDATE, p, 4, &changes);
+    if (!err && changes == 0) err = KNIT_ENOTFOUND;
+    if (!err) err = st_exec(c, SQL_DEL_TAGS, (knit_db_value[]){knit_db_int(a->id)}, 1, NULL);
+    if (!err) err = insert_tags(c, a->id, f);
+    if (!err) err = get_in_tx(c, a->id, INT64_MIN, a->out);
     return err;
 }
 
@@ -840,84 +961,92 @@ int notes_store_update(notes_store *s, int64_t id, const notes_fields *f, int64_
 {
     memset(out, 0, sizeof *out);
     if (!fields_ok(f)) return KNIT_EINVAL;
-    conn *c = acquire(s);
-    int err = tx_begin(s, c, true);
-    if (err) goto done;
-    sqlite3_stmt *st = c->st[ST_UPDATE];
-    sqlite3_bind_int64(st, 1, id);
-    sqlite3_bind_int64(st, 2, now_ms);
-    sqlite3_bind_text(st, 3, f->text, -1, SQLITE_STATIC);
-    if (f->ttl_ms > 0)
-        sqlite3_bind_int64(st, 4, now_ms + f->ttl_ms);
-    else
-        sqlite3_bind_null(st, 4);
-    err = exec_st(s, c, ST_UPDATE, "update note");
-    if (!err && sqlite3_changes(c->db) == 0) err = KNIT_ENOTFOUND;
-    if (!err) {
-        sqlite3_bind_int64(c->st[ST_DEL_TAGS], 1, id);
-        err = exec_st(s, c, ST_DEL_TAGS, "delete tags");
-    }
-    if (!err) err = insert_tags(s, c, id, f);
-    if (!err) err = get_in_tx(s, c, id, INT64_MIN, out);
-    err = tx_end(s, c, err);
+    write_args a = {.id = id, .f = f, .now_ms = now_ms, .out = out};
+    int err = run_tx(s, false, update_body, &a, "update note");
     if (err) notes_note_clear(out);
-done:
-    release(s, c);
+    return err;
+}
+
+static int delete_body(txc *c)
+{
+    write_args *a = c->arg;
+    int64_t changes = 0;
+    int err = st_exec(c, SQL_DELETE, (knit_db_value[]){knit_db_int(a->id), knit_db_int(a->now_ms)},
+                      2, &changes);
+    if (!err && changes == 0) err = KNIT_ENOTFOUND;
+    if (!err) err = st_exec(c, SQL_DEL_TAGS, (knit_db_value[]){knit_db_int(a->id)}, 1, NULL);
     return err;
 }
 
 int notes_store_delete(notes_store *s, int64_t id, int64_t now_ms)
 {
-    conn *c = acquire(s);
-    int err = tx_begin(s, c, true);
-    if (err) goto done;
-    sqlite3_stmt *st = c->st[ST_DELETE];
-    sqlite3_bind_int64(st, 1, id);
-    sqlite3_bind_int64(st, 2, now_ms);
-    err = exec_st(s, c, ST_DELETE, "delete note");
-    if (!err && sqlite3_changes(c->db) == 0) err = KNIT_ENOTFOUND;
-    if (!err) {
-        sqlite3_bind_int64(c->st[ST_DEL_TAGS], 1, id);
-        err = exec_st(s, c, ST_DEL_TAGS, "delete tags");
-    }
-    err = tx_end(s, c, err);
-done:
-    release(s, c);
+    write_args a = {.id = id, .now_ms = now_ms};
+    return run_tx(s, false, delete_body, &a, "delete note");
+}
+
+static int expire_body(txc *c)
+{
+    write_args *a = c->arg;
+    knit_db_value p[] = {knit_db_int(a->now_ms)};
+    int err = st_exec(c, SQL_EXPIRE_TAGS, p, 1, NULL);
+    if (!err) err = st_exec(c, SQL_EXPIRE, p, 1, &a->deleted);
     return err;
 }
 
 int notes_store_expire(notes_store *s, int64_t now_ms, int64_t *deleted)
 {
     if (deleted) *deleted = 0;
-    conn *c = acquire(s);
-    int err = tx_begin(s, c, true);
-    if (err) goto done;
-    sqlite3_bind_int64(c->st[ST_EXPIRE_TAGS], 1, now_ms);
-    err = exec_st(s, c, ST_EXPIRE_TAGS, "expire tags");
-    int64_t n = 0;
-    if (!err) {
-        sqlite3_bind_int64(c->st[ST_EXPIRE], 1, now_ms);
-        err = exec_st(s, c, ST_EXPIRE, "expire notes");
-        n = err ? 0 : sqlite3_changes64(c->db);
-    }
-    err = tx_end(s, c, err);
-    if (!err && deleted) *deleted = n;
-done:
-    release(s, c);
+    write_args a = {.now_ms = now_ms};
+    int err = run_tx(s, false, expire_body, &a, "expire notes");
+    if (!err && deleted) *deleted = a.deleted;
     return err;
 }
 
 /* ---- reads ----------------------------------------------------------------- */
 
+static int get_body(txc *c)
+{
+    write_args *a = c->arg;
+    return get_in_tx(c, a->id, a->now_ms, a->out);
+}
+
 int notes_store_get(notes_store *s, int64_t id, int64_t now_ms, notes_note *out)
 {
     memset(out, 0, sizeof *out);
-    conn *c = acquire(s);
     /* One read transaction so the note and its tags come from one snapshot. */
-    int err = tx_begin(s, c, false);
-    if (!err) err = tx_end(s, c, get_in_tx(s, c, id, now_ms, out));
+    write_args a = {.id = id, .now_ms = now_ms, .out = out};
+    int err = run_tx(s, true, get_body, &a, "get");
     if (err) notes_note_clear(out);
-    release(s, c);
+    return err;
+}
+
+typedef struct list_args {
+    const char *tag;
+    int64_t after;
+    unsigned limit;
+    int64_t now_ms;
+    notes_list *out;
+} list_args;
+
+static int list_body(txc *c)
+{
+    list_args *a = c->arg;
+    knit_db_value p[] = {knit_db_int(a->after), knit_db_int(a->now_ms),
+                         knit_db_int((int64_t)a->limit + 1), /* one more: a next page? */
+                         knit_db_text(a->tag)};
+    knit_db_rows *rows = NULL;
+    int err = st_query(c, a->tag ? SQL_LIST_TAG : SQL_LIST, p, a->tag ? 4 : 3, &rows);
+    if (err) return err;
+    size_t cnt = knit_db_rows_count(rows);
+    bool more = cnt > a->limit;
+    if (more) cnt = a->limit;
+    notes_list *l = a->out;
+    for (size_t i = 0; !err && i < cnt; i++) {
+        err = read_note(c, rows, i, &l->items[l->n]);
+        if (!err) l->n++;
+    }
+    l->next = more && l->n ? l->items[l->n - 1].id : 0;
+    knit_db_rows_free(rows);
     return err;
 }
 
@@ -926,57 +1055,27 @@ int notes_store_list(notes_store *s, const char *tag, int64_t after, unsigned li
 {
     memset(out, 0, sizeof *out);
     if (limit == 0 || limit > NOTES_LIST_MAX_LIMIT || after < 0) return KNIT_EINVAL;
-    notes_note *items = calloc(limit, sizeof *items);
-    if (!items) return KNIT_ENOMEM;
-    conn *c = acquire(s);
-    int err = tx_begin(s, c, false);
-    if (err) goto done;
-    sqlite3_stmt *st = c->st[tag ? ST_LIST_TAG : ST_LIST];
-    sqlite3_bind_int64(st, 1, after);
-    sqlite3_bind_int64(st, 2, now_ms);
-    sqlite3_bind_int64(st, 3, (sqlite3_int64)limit + 1); /* one more: is there a next page? */
-    if (tag) sqlite3_bind_text(st, 4, tag, -1, SQLITE_STATIC);
-    size_t n = 0;
-    bool more = false;
-    int rc;
-    while ((rc = sqlite3_step(st)) == SQLITE_ROW) {
-        if (n == limit) {
-            more = true;
-            break;
-        }
-        err = read_note(s, c, st, &items[n]);
-        if (err) break;
-        n++;
-    }
-    if (!err && rc != SQLITE_ROW && rc != SQLITE_DONE) err = db_error(s, c->db, rc, "list");
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    err = tx_end(s, c, err);
-    out->items = items;
-    out->n = n;
-    out->next = more && n ? items[n - 1].id : 0;
-    items = NULL;
+    out->items = calloc(limit, sizeof *out->items);
+    if (!out->items) return KNIT_ENOMEM;
+    list_args a = {.tag = tag, .after = after, .limit = limit, .now_ms = now_ms, .out = out};
+    int err = run_tx(s, true, list_body, &a, "list");
     if (err) notes_list_clear(out);
-done:
-    release(s, c);
-    free(items);
     return err;
 }
 
 int notes_store_count(notes_store *s, int64_t now_ms, int64_t *count)
 {
     *count = 0;
-    conn *c = acquire(s);
-    sqlite3_stmt *st = c->st[ST_COUNT];
-    sqlite3_bind_int64(st, 1, now_ms);
-    int rc = sqlite3_step(st);
-    int err = 0;
-    if (rc == SQLITE_ROW)
-        *count = sqlite3_column_int64(st, 0);
-    else
-        err = db_error(s, c->db, rc, "count");
-    sqlite3_reset(st);
-    sqlite3_clear_bindings(st);
-    release(s, c);
-    return err;
+    knit_db_rows *rows = NULL;
+    knit_failure *f = NULL;
+    int rc = knit_db_query_blocking(s->db, SQL_COUNT, (knit_db_value[]){knit_db_int(now_ms)}, 1,
+                                    &rows, &f);
+    if (rc) {
+        rc = db_error(s, rc, f, "count");
+        knit_failure_free(f);
+        return rc;
+    }
+    *count = knit_db_rows_int(rows, 0, 0);
+    knit_db_rows_free(rows);
+    return 0;
 }

@@ -1,27 +1,33 @@
-/* examples/notes/store.h — the notes service's storage: SQLite in WAL mode.
+/* examples/notes/store.h — the notes service's storage, on knit_db: SQLite in
+ * WAL mode by default, or PostgreSQL (notes_store_options.url).
  *
- * What it owns: one SQLite database file and a small pool of connections to
- * it, each with its own prepared statements. A connection is used by one
- * thread at a time: every call takes a free connection from the pool (waiting
- * on a condition variable if all are busy), runs its transaction and gives
- * the connection back. Size the pool like the worker pool (one connection per
- * worker thread) and no call ever waits for a connection.
+ * What it owns: one knit_db (a pool of connections: SQLite connections owned
+ * by the database's worker threads, or PostgreSQL connections driven by
+ * libpq non-blocking) and the reactor thread that is the database's home.
+ * Every call is one transaction (knit_db_interaction_blocking): it returns
+ * once committed or rolled back. Size conns like the worker pool (one
+ * connection per worker thread) and no call waits for a connection.
  *
- * Threads: every function except notes_store_open/close is [any] and may
- * block (it is meant to run on a worker thread). open and close must not
- * race with any other call.
+ * Threads: every function except notes_store_open/close is [any thread that
+ * runs no reactor] and blocks (it is meant to run on a worker thread);
+ * notes_store_health also runs on a reactor thread. open and close must not
+ * race with any other call; open may run on a reactor thread.
  *
- * Durability: a function that returns 0 after a write has committed it
- * (WAL, synchronous=FULL by default: the WAL is fsynced at each commit).
- * Writes use BEGIN IMMEDIATE so that a writer waits for the write lock up
- * front (SQLite's busy handler retries for busy_timeout_ms) instead of
- * failing halfway through a transaction.
+ * Durability: a function that returns 0 after a write has committed it.
+ * SQLite: WAL, synchronous=FULL by default (the WAL is fsynced at each
+ * commit); write transactions take knit_db's write lock and BEGIN IMMEDIATE
+ * so that a writer waits for the lock up front (SQLite's busy handler, then
+ * knit_db's retries with backoff) instead of failing halfway through.
+ * PostgreSQL: the server's own durability (synchronous_commit).
  *
  * Errors (knit/error.h codes):
  *   KNIT_ENOTFOUND  no such note (or it has expired)
  *   KNIT_EBUSY      the database stayed locked for longer than busy_timeout_ms
- *                   (SQLITE_BUSY / SQLITE_LOCKED): a transient overload, the
- *                   HTTP layer answers 503
+ *                   and knit_db's retries (SQLITE_BUSY / SQLITE_LOCKED;
+ *                   PostgreSQL lock or serialization failures), every
+ *                   connection stayed busy past the acquire timeout, or the
+ *                   PostgreSQL server cannot be reached (also a fault, see
+ *                   Health): a transient condition, the HTTP layer answers 503
  *   KNIT_ENOSPC     the disk is full (SQLITE_FULL, or an I/O error whose
  *                   errno is ENOSPC/EDQUOT): nothing was written; the HTTP
  *                   layer answers 503 and a later write succeeds once there
@@ -31,7 +37,7 @@
  *                   named in notes_store_health and in the log
  *   KNIT_EINVAL     bad arguments (NULL text, negative limit, ...)
  *   KNIT_ENOMEM     out of memory
- *   KNIT_EDB        any other SQLite error (logged with SQLite's message)
+ *   KNIT_EDB        any other database error (logged with the database's message)
  *
  * Health: ENOSPC, EACCES and the EDB that come from the storage itself (I/O
  * error, corruption) are faults: notes_store_health reports the last one,
@@ -73,7 +79,9 @@ extern "C" {
 typedef struct notes_store notes_store;
 
 typedef struct notes_store_options {
-    const char *path;         /* database file; ":memory:" is refused (not shareable) */
+    const char *url;          /* "sqlite:PATH" or "postgresql://..." (knit/db.h); NULL: path */
+    const char *path;         /* SQLite database file, when url is NULL; ":memory:" is refused
+                                 (not shareable) */
     unsigned conns;           /* connections in the pool; default NOTES_STORE_DEFAULT_CONNS */
     unsigned busy_timeout_ms; /* how long a statement waits for a lock; default 500 */
     bool sync_full;           /* synchronous=FULL (default true); false = NORMAL */
@@ -110,18 +118,21 @@ typedef struct notes_list {
 
 void notes_list_clear(notes_list *l);
 
-/* Open (creating if needed) the database at opts->path, switch it to WAL,
- * create the schema and open the connection pool. Returns 0 and *out or a
+/* Open (creating if needed) the database at opts->url (or opts->path),
+ * switch SQLite to WAL, create the schema when missing and open the
+ * connection pool. A PostgreSQL server that cannot be reached fails the
+ * open (KNIT_ECONNREFUSED). Returns 0 and *out or a
  * code; on failure nothing is left open and ERR (if not NULL, ERRLEN bytes)
  * holds a message. */
 int notes_store_open(notes_store **out, const notes_store_options *opts, char *err, size_t errlen);
 
-/* Checkpoint the WAL into the database file (TRUNCATE mode), close every
- * connection and free the store. No call may be running. NULL is a no-op.
+/* Checkpoint the WAL into the database file (TRUNCATE mode; SQLite), close
+ * every connection and free the store. No call may be running. NULL is a no-op.
  * Returns 0, or the checkpoint's error (the store is freed regardless). */
 int notes_store_close(notes_store *s);
 
-/* Checkpoint now (PASSIVE unless TRUNCATE is true). [any] */
+/* Checkpoint now (PASSIVE unless TRUNCATE is true); PostgreSQL: nothing to
+ * do, returns 0. [any] */
 int notes_store_checkpoint(notes_store *s, bool truncate);
 
 /* Insert a note; fills *out (which the caller clears) with what was stored. */
@@ -154,7 +165,7 @@ int notes_store_count(notes_store *s, int64_t now_ms, int64_t *count);
 typedef struct notes_store_stats {
     uint64_t busy;   /* calls that ended in KNIT_EBUSY */
     uint64_t errors; /* calls that ended in KNIT_EDB, KNIT_ENOSPC or KNIT_EACCES */
-    uint64_t waits;  /* calls that had to wait for a free connection */
+    uint64_t waits;  /* calls waiting for a free connection now (knit_db queues them) */
     uint64_t full;   /* calls that ended in KNIT_ENOSPC */
 } notes_store_stats;
 
@@ -163,7 +174,8 @@ typedef struct notes_store_stats {
  * committed; otherwise the fault's code (KNIT_ENOSPC, KNIT_EACCES,
  * KNIT_EDB) and, in WHY (LEN bytes, may be NULL), a message naming the file
  * ("the disk holding notes.db is full (commit)"). Never calls SQLite and
- * never waits for a connection: safe on the reactor thread. [any] */
+ * never waits for a connection: safe on the reactor thread. A PostgreSQL
+ * server out of reach is a KNIT_EDB fault ("database ... out of reach"). [any] */
 int notes_store_health(notes_store *s, char *why, size_t len);
 
 /* One small write transaction (the probe table's single row) to learn
@@ -174,6 +186,11 @@ int notes_store_health(notes_store *s, char *why, size_t len);
 int notes_store_probe(notes_store *s, int64_t now_ms);
 
 void notes_store_get_stats(notes_store *s, notes_store_stats *out);
+
+/* The knit_db underneath (its statistics; its home is the store's own
+ * reactor). [any] */
+struct knit_db;
+struct knit_db *notes_store_db(notes_store *s);
 
 #ifdef __cplusplus
 }

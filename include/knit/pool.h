@@ -161,13 +161,19 @@ struct knit_work {
     knit_pool *_pool;
     int _state;
     int _status;
+    bool _polled; /* submitted on R's own thread: R polls for the result */
     int64_t _t_submit, _t_end;
 };
 
-/* Queue W to run WORK(W) on a worker, then DONE(W, status) on reactor R,
- * which must be the calling thread's reactor (or not running yet). Returns
- * 0, KNIT_EQUEUEFULL (queue at max_queue), KNIT_ESHUTDOWN (pool shutting
- * down) or KNIT_EINVAL: then nothing was queued and DONE will not run. */
+/* Queue W to run WORK(W) on a worker, then DONE(W, status) on reactor R:
+ * normally the calling thread's reactor (or one not running yet). A thread
+ * that runs no reactor (a worker of another pool waiting for the outcome
+ * itself, as knit_db's blocking calls do) may submit too, naming any
+ * reactor the pool serves as R: DONE then runs there, so R must keep
+ * running until it has (or be freed only after knit_pool_free delivered
+ * it). Returns 0, KNIT_EQUEUEFULL (queue at max_queue), KNIT_ESHUTDOWN
+ * (pool shutting down) or KNIT_EINVAL: then nothing was queued and DONE
+ * will not run. [reactor] or [any] as just said */
 int knit_pool_submit(knit_pool *p, knit_reactor *r, knit_work *w, knit_work_fn work,
                      knit_work_done_fn done);
 

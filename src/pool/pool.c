@@ -103,7 +103,7 @@ void knit__pool_deliver(knit_reactor *r, knit__post *post)
 {
     knit_work *w = (knit_work *)((char *)post - offsetof(knit_work, _post));
     knit_pool *p = w->_pool;
-    knit__reactor_work_end(r);
+    if (w->_polled) knit__reactor_work_end(r);
     if (w->_t_end)
         __atomic_store_n(&p->last_ready_ns, w->_t_end - w->_t_submit, __ATOMIC_RELAXED);
     /* One batch = the posts one pass of this reactor's queue took. */
@@ -399,6 +399,8 @@ int knit_pool_submit(knit_pool *p, knit_reactor *r, knit_work *w, knit_work_fn w
     w->_status = 0;
     w->_t_end = 0;
     w->_t_submit = knit__mono_ns();
+    bool polled = knit_reactor_in_thread(r); /* W may be gone once queued */
+    w->_polled = polled;
     bool grow = false;
     pthread_mutex_lock(&p->mu);
     if (p->stopping) {
@@ -447,7 +449,10 @@ int knit_pool_submit(knit_pool *p, knit_reactor *r, knit_work *w, knit_work_fn w
     if (p->o.reactor_poll > 0 && p->ncpu >= 2 &&
         __atomic_load_n(&p->last_ready_ns, __ATOMIC_RELAXED) <= p->o.reactor_poll)
         budget = p->o.reactor_poll;
-    knit__reactor_work_begin(r, budget);
+    /* The poll hint is R's own state: only R's thread may touch it. A
+     * submit from another thread (a worker that waits for the result
+     * itself) is not an imminent result for R anyway. */
+    if (polled) knit__reactor_work_begin(r, budget);
     if (grow) {
         reap_exited(p);
         spawn(p); /* failure is logged; the queued job still runs on others,

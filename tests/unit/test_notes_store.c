@@ -433,7 +433,7 @@ static void test_concurrent_writers(void **state)
 
 /* A fault is reported by notes_store_health, with the file named, until a
  * write commits again; the probe clears it once writes work. The fault
- * here: a file size limit (RLIMIT_FSIZE) that stops the WAL from growing,
+ * here: a file size limit (RLIMIT_FSIZE) that stops every write to the WAL,
  * an I/O error to SQLite. (A full disk, KNIT_ENOSPC, is the same path with
  * another code: tests/integration/test_notes_crash fills a tmpfs.) */
 static void test_health_fault_and_probe(void **state)
@@ -445,14 +445,14 @@ static void test_health_fault_and_probe(void **state)
     assert_string_equal(why, "");
     assert_int_equal(notes_store_probe(f->s, T0), 0);
 
-    char wal[160];
-    snprintf(wal, sizeof wal, "%s-wal", f->path);
-    struct stat wst;
-    assert_int_equal(stat(wal, &wst), 0);
     struct rlimit old, lim;
     assert_int_equal(getrlimit(RLIMIT_FSIZE, &old), 0);
     lim = old;
-    lim.rlim_cur = (rlim_t)wst.st_size; /* the WAL may not grow any more */
+    /* No file may be written at all. (A limit at the WAL's current size is
+     * not enough: after a checkpoint SQLite writes the WAL again from its
+     * start, into a file it does not truncate, and small transactions fit
+     * in the space already there.) */
+    lim.rlim_cur = 0;
     void (*prev)(int) = signal(SIGXFSZ, SIG_IGN);
     assert_int_equal(setrlimit(RLIMIT_FSIZE, &lim), 0);
     knit_test_log_begin();

@@ -1237,6 +1237,74 @@ static void test_work_done_on_its_own_reactor(void **state)
     free(xs);
 }
 
+/* Submitting from threads that run no reactor (a worker of another pool
+ * that waits for the outcome itself): DONE still runs on the named
+ * reactor, which runs on its own thread meanwhile. The reactor's poll
+ * hint is not touched from those threads (TSan saw a race on it before). */
+#define FN_THREADS 4
+#define FN_JOBS 500
+
+typedef struct fjob {
+    knit_work w;
+    knit_reactor *want;
+    int *done, *wrong;
+    int ran;
+} fjob;
+
+static void f_work(knit_work *w)
+{
+    ((fjob *)w)->ran = 1;
+}
+
+static void f_done(knit_work *w, int status)
+{
+    fjob *j = (fjob *)w;
+    if (status != 0 || !j->ran || !knit_reactor_in_thread(j->want)) (*j->wrong)++;
+    (*j->done)++; /* only ever on the reactor thread */
+    free(j);
+}
+
+typedef struct fside {
+    knit_pool *p;
+    knit_reactor *r;
+    int done, wrong;
+} fside;
+
+static void *f_thread(void *arg)
+{
+    fside *x = arg;
+    for (int i = 0; i < FN_JOBS; i++) {
+        fjob *j = calloc(1, sizeof *j);
+        j->want = x->r;
+        j->done = &x->done;
+        j->wrong = &x->wrong;
+        while (knit_pool_submit(x->p, x->r, &j->w, f_work, f_done) == KNIT_EQUEUEFULL)
+            sched_yield();
+    }
+    return NULL;
+}
+
+static void test_submit_from_threads_without_reactor(void **state)
+{
+    (void)state;
+    loop_thread lt;
+    loop_start(&lt);
+    fside x = {.r = lt.r};
+    x.p = new_pool(lt.r, 2, 2, 4096);
+    pthread_t th[FN_THREADS];
+    for (int i = 0; i < FN_THREADS; i++)
+        assert_int_equal(pthread_create(&th[i], NULL, f_thread, &x), 0);
+    for (int i = 0; i < FN_THREADS; i++)
+        pthread_join(th[i], NULL);
+    /* Stopping runs the pool's shutdown trigger, which waits until every
+     * done was delivered; after the join the counters are ours to read. */
+    loop_join(&lt);
+    assert_true(knit_pool_is_shut_down(x.p));
+    assert_int_equal(x.done, FN_THREADS * FN_JOBS);
+    assert_int_equal(x.wrong, 0);
+    knit_pool_free(x.p);
+}
+
 /* ---- cancel --------------------------------------------------------------------- */
 
 typedef struct cjob {
@@ -1499,6 +1567,7 @@ int main(void)
         T(test_work_cancel),
         T(test_shutdown_with_jobs_from_several_reactors),
         T(test_worker_init_fini_and_keep_idle),
+        T(test_submit_from_threads_without_reactor),
 #undef T
     };
     return KNIT_RUN_TESTS(tests);
