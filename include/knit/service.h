@@ -51,6 +51,14 @@
  * With NOTIFY_SOCKET set (systemd Type=notify), it sends READY=1 once the
  * tree has started and STOPPING=1 when stopping begins.
  *
+ * A drain grace (options.pre_stop): at the first stop signal, before the
+ * tree (and the reactor's BEFORE triggers, which stop listeners) stops,
+ * pre_stop runs and may return a Deferred; the tree stops once it fired.
+ * Meanwhile everything keeps serving — the time a load balancer needs to
+ * see the instance report "draining" and send new clients elsewhere. The
+ * --shutdown-timeout deadline counts from the signal, grace included; a
+ * second signal stops at once as usual.
+ *
  * After a forced stop (second signal, --shutdown-timeout) it does not wait
  * for running pool jobs or services still stopping: it ends the process
  * with _exit(KNIT_EXIT_FORCED). Otherwise it tears everything down and
@@ -190,6 +198,12 @@ typedef struct knit_main_options {
     /* Called after the loop ended, before the pool and the reactor are
      * freed (the tree has been stopped). Optional. */
     void (*teardown)(knit_app *app, void *arg);
+    /* Optional: runs at the first SIGTERM/SIGINT/knit_app_stop while the
+     * tree is running, before it stops (see "A drain grace" above). Return
+     * NULL to stop at once, or a Deferred (one reference, handed over) that
+     * fires when stopping may begin; a failure is logged and stopping
+     * begins anyway. Not called when the start failed. [reactor] */
+    knit_deferred *(*pre_stop)(knit_app *app, void *arg);
     void *arg;
     bool no_pool; /* do not build a worker pool (no --pool-* flags) */
     bool env_unknown_warn; /* see knit_flags_options.env_unknown_warn */

@@ -42,6 +42,7 @@ struct knit_app {
     bool loop_done; /* knit_reactor_run returned: triggers are gone */
     knit_timer deadline;
     bool stopping, forced;
+    bool started; /* the tree started: options.pre_stop applies */
     int status;
     struct knit__app_extras *extras; /* app_extras.c: knit_app_http, knit_app_manhole */
 };
@@ -123,6 +124,21 @@ static void on_deadline(knit_reactor *r, void *arg)
     knit_reactor_stop_now(r);
 }
 
+/* options.pre_stop finished (or failed): the tree may stop now. */
+static void pre_stop_done(knit_result *res, void *arg)
+{
+    knit_app *app = arg;
+    knit_failure *f = knit_result_take_failure(res);
+    if (f) {
+        char buf[256];
+        knit_failure_format(f, buf, sizeof buf);
+        knit_failure_free(f);
+        knit_log_kv(KNIT_LOG_WARN, "service", "pre-stop step failed; stopping anyway", "error", buf,
+                    NULL);
+    }
+    knit_reactor_stop(app->r);
+}
+
 static void begin_stop(knit_app *app, const char *why)
 {
     if (app->stopping) return;
@@ -131,7 +147,13 @@ static void begin_stop(knit_app *app, const char *why)
     knit_sd_notify("STOPPING=1");
     app->deadline =
         knit_call_later(app->r, knit_flags_duration(app->fs, "shutdown-timeout"), on_deadline, app);
-    knit_reactor_stop(app->r);
+    knit_deferred *d = app->started && app->o->pre_stop ? app->o->pre_stop(app, app->o->arg) : NULL;
+    if (!d) {
+        knit_reactor_stop(app->r);
+        return;
+    }
+    knit_deferred_add_callbacks(d, pre_stop_done, pre_stop_done, app);
+    knit_deferred_unref(d); /* whoever fires it holds it */
 }
 
 static void on_stop_signal(knit_reactor *r, int signo, void *arg)
@@ -219,6 +241,7 @@ static void tree_started(knit_result *res, void *arg)
         return;
     }
     if (app->stopping) return; /* a signal came during start; the trigger stops it */
+    app->started = true;
     knit_sd_notify("READY=1");
     knit_log_kv(KNIT_LOG_INFO, "service", "started", "program", app->o->program, "version",
                 app->o->version, "backend", knit_reactor_backend(app->r), NULL);

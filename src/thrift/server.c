@@ -56,6 +56,7 @@ struct knit_thrift_server {
     size_t nconns_alive; /* conns not yet freed */
     size_t http_calls;   /* HTTP calls in flight (they hold the server) */
     bool closed;
+    bool draining; /* knit_thrift_server_drain: close each conn once it is idle */
     knit_timer sweep;
     knit_thrift_server_stats st;
 };
@@ -88,6 +89,7 @@ struct conn {
     knit_timer rescan;
     bool rescan_due;
     unsigned in_flight;
+    bool partial; /* part of a request is buffered (not yet dispatched) */
     knit_time last_active;
     knit_thrift_sasl *sasl;
 };
@@ -139,6 +141,7 @@ static __thread call *current;
 static void conn_maybe_free(conn *c);
 static void pump_held(conn *c);
 static void server_maybe_free(knit_thrift_server *s);
+static void close_if_idle(conn *c);
 
 /* ---- replies ----------------------------------------------------------------------- */
 
@@ -365,6 +368,7 @@ static void call_finish(call *k)
     c->in_flight--;
     c->last_active = knit_reactor_now(s->r);
     if (c->paused && !c->in_receive && !c->lost) pump_held(c);
+    if (c->srv->draining) close_if_idle(c);
     conn_maybe_free(c);
 }
 
@@ -916,6 +920,7 @@ static void on_data(knit_protocol *p, knit_buf *in)
     c->last_active = knit_reactor_now(c->srv->r);
     if (c->paused || !knit_buf_empty(&c->held)) {
         hold(c, in);
+        c->partial = false; /* what is left is in c->held */
         pump_held(c);
         return;
     }
@@ -926,6 +931,8 @@ static void on_data(knit_protocol *p, knit_buf *in)
         hold(c, in);
         pump_held(c); /* calls may have completed inside (async handlers) */
     }
+    c->partial = !knit_buf_empty(in);
+    if (c->srv->draining) close_if_idle(c); /* a call that completed inline */
 }
 
 static void server_maybe_free(knit_thrift_server *s)
@@ -974,7 +981,7 @@ static knit_protocol *build(knit_protocol_factory *f, const knit_sockaddr *peer)
 {
     (void)peer;
     knit_thrift_server *s = f->data;
-    if (s->closed) return NULL;
+    if (s->closed || s->draining) return NULL;
     if (s->o.max_connections && s->st.open >= s->o.max_connections) return NULL;
     conn *c = calloc(1, sizeof *c);
     if (!c) return NULL;
@@ -1100,4 +1107,28 @@ void knit_thrift_server_close(knit_thrift_server *s)
         if (c->proto.transport)
             knit_transport_close_with(c->proto.transport, false, KNIT_CLOSE_SHUTDOWN, 0);
     server_maybe_free(s);
+}
+
+/* Draining: a connection with no call in flight and no request bytes
+ * waiting is closed (its replies flushed first). A connection half-way
+ * through a request is left alone: the request completes, is answered, and
+ * the connection closes after that. */
+static void close_if_idle(conn *c)
+{
+    knit_transport *t = c->proto.transport;
+    if (c->lost || c->in_flight || c->partial || !t || knit_transport_closing(t) ||
+        !knit_buf_empty(&c->held))
+        return;
+    knit_transport_close_with(t, true, KNIT_CLOSE_SHUTDOWN, 0);
+}
+
+void knit_thrift_server_drain(knit_thrift_server *s)
+{
+    if (s->closed || s->draining) return;
+    s->draining = true;
+    for (size_t i = 0; i < s->nlisteners; i++)
+        knit_listener_close(s->listeners[i], false);
+    s->nlisteners = 0;
+    for (conn *c = s->conns; c; c = c->next)
+        close_if_idle(c);
 }

@@ -1470,6 +1470,95 @@ static void test_client_unframed_reply_in_pieces_is_linear(void **state)
     }
 }
 
+/* Regression (issue 14): a call made while its connection was closing —
+ * the server closed it between calls (a drain, its idle timeout) and the
+ * client had read the EOF but connection_lost was not delivered yet — was
+ * written into the closing transport and failed with KNIT_ECLOSED ("write
+ * failed") although not a byte of it was sent. Such a call now waits for
+ * the next connection and goes out on it. */
+static void test_client_call_on_closing_connection_goes_out_on_the_next(void **state)
+{
+    (void)state;
+    detached d;
+    detached_up(&d, KNIT_THRIFT_BINARY, false);
+    /* The server closed the idle connection: EOF, and (what a socket
+     * transport does by itself for a protocol without eof_received) the
+     * transport closes; connection_lost comes later, from the loop. */
+    knit_memory_transport_feed_eof(d.t);
+    knit_transport_lose_connection(d.t);
+    assert_true(knit_transport_closing(d.t));
+    outcome o;
+    call_add(d.cl, 40, 2, &o);
+    if (o.done) print_error("the call failed: %s\n", o.msg);
+    assert_false(o.done);
+    assert_int_equal(knit_buf_len(knit_memory_transport_output(d.t)), 0); /* never sent */
+    knit_memory_transport_close(d.t, KNIT_CLOSE_PEER, 0);
+    knit_memory_transport_free(d.t);
+    /* the reconnection (a detached client is reconnected by hand) */
+    assert_int_equal(knit_memory_transport_new(knit__thrift_client_protocol(d.cl, 0), &d.t), 0);
+    assert_true(knit_buf_len(knit_memory_transport_output(d.t)) > 0); /* sent on the new one */
+    knit_thrift_writer w;
+    knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
+    static const uint8_t zero[4];
+    knit_thrift_write_raw(&w, zero, 4);
+    add_reply(&w, 0, 0, false, 42);
+    knit_thrift_put_be32(w.data, (uint32_t)(w.len - 4));
+    knit_memory_transport_feed(d.t, w.data, w.len);
+    knit_thrift_writer_free(&w);
+    expect_sum(&o, 42);
+    detached_down(&d);
+}
+
+static bool open_conns_1(void *arg)
+{
+    knit_thrift_server_stats ss;
+    knit_thrift_server_get_stats(arg, &ss);
+    return ss.open == 1;
+}
+
+static bool open_conns_0(void *arg)
+{
+    knit_thrift_server_stats ss;
+    knit_thrift_server_get_stats(arg, &ss);
+    return ss.open == 0;
+}
+
+/* knit_thrift_server_drain (issue 14): the idle connection closes at once;
+ * the busy one stays open while its call runs, serves a call that arrives
+ * meanwhile, and closes right after its last reply; nothing is dropped. */
+static void test_server_drain_closes_between_calls(void **state)
+{
+    (void)state;
+    env e;
+    env_up(&e, NULL, 64, 2);
+    knit_thrift_client *idle = env_client(&e, NULL), *busy = env_client(&e, NULL);
+    outcome oi, o1, o2;
+    call_add(idle, 1, 1, &oi);
+    run_until(&e, oc_done, &oi);
+    assert_int_equal(oi.code, 0);
+    oc_free(&oi);
+    call_gate(busy, 1, &o1);
+    run_until(&e, gate_waiters_1, NULL);
+
+    knit_thrift_server_drain(e.srv);
+    run_until(&e, client_disconnected, idle); /* closed between calls */
+    run_until(&e, open_conns_1, e.srv);
+    assert_false(client_disconnected(busy));
+    call_add(busy, 2, 3, &o2); /* pipelined behind the running call: still served */
+    run_until(&e, oc_done, &o2);
+    expect_sum(&o2, 5);
+    assert_false(o1.done);
+    assert_false(client_disconnected(busy));
+    gate_set(true);
+    run_until(&e, oc_done, &o1);
+    assert_int_equal(o1.code, 0); /* answered, then the connection closes */
+    oc_free(&o1);
+    run_until(&e, client_disconnected, busy);
+    run_until(&e, open_conns_0, e.srv);
+    knit_thrift_client_free(idle);
+    env_down(&e, busy);
+}
+
 /* Two pipelined unframed replies with nested unknown fields, cut at every
  * point (and fed byte by byte): both calls are answered, correctly, each
  * only once its last byte is there. */
@@ -2562,6 +2651,8 @@ int main(void)
         cmocka_unit_test(test_client_unframed_reply_in_pieces_is_linear),
         cmocka_unit_test(test_client_unframed_reply_every_split),
         cmocka_unit_test(test_client_unframed_reply_malformed),
+        cmocka_unit_test(test_client_call_on_closing_connection_goes_out_on_the_next),
+        cmocka_unit_test(test_server_drain_closes_between_calls),
         cmocka_unit_test(test_scan_matches_skip),
         cmocka_unit_test(test_unframed_large_message_in_pieces),
         cmocka_unit_test(test_server_basic_calls),

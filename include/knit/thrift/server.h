@@ -118,6 +118,15 @@ int knit_thrift_server_address(const knit_thrift_server *s, knit_sockaddr *out);
 knit_protocol_factory *knit_thrift_server_factory(knit_thrift_server *s);
 void knit_thrift_server_get_stats(const knit_thrift_server *s, knit_thrift_server_stats *out);
 void knit_thrift_server_close(knit_thrift_server *s);
+/* Graceful drain (Thrift has no drain signal of its own): stop listening,
+ * close the connections that have no call in flight now, and from then on
+ * close each connection as soon as its last call in flight was answered
+ * (the reply is flushed first). Calls that arrive on a connection before it
+ * closes are still served. Clients see the connection close between calls
+ * and reconnect (knit's client sends a call that found its connection
+ * closing on a new one). Close the server once in_flight (stats) is 0 or
+ * a deadline passed. Idempotent. */
+void knit_thrift_server_drain(knit_thrift_server *s);
 
 /* ---- Thrift over HTTP ---------------------------------------------------------
  *
