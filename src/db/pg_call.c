@@ -241,6 +241,11 @@ static knit__dbreq *sub_new(knit__dbreq *tx, int kind, const char *sql, const kn
     if (!s) return NULL;
     s->db = tx->db;
     s->kind = kind;
+    /* The sub holds its interaction: a BEGIN that outlived its call (timed
+     * out, cancelled), or one failed by a broken connection, still reaches
+     * S->tx on the home reactor after the body has returned and the caller
+     * dropped the interaction. Released with the sub (knit__dbreq_unref). */
+    __atomic_add_fetch(&tx->refs, 1, __ATOMIC_RELAXED);
     s->tx = tx;
     s->sql = sql;
     s->params = params;

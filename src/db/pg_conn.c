@@ -113,6 +113,12 @@ void knit__pg_conn_broken(knit__pgconn *c, const char *why)
     pthread_mutex_lock(&pg->emu);
     snprintf(pg->down_err, sizeof pg->down_err, "%s", msg);
     pthread_mutex_unlock(&pg->emu);
+    /* Detach the connection's interaction before failing anything: failing
+     * its BEGIN or COMMIT wakes the body, whose caller may then drop it. */
+    if (c->tx) {
+        c->tx->conn = NULL;
+        c->tx = NULL;
+    }
     knit__dbreq *q = c->head;
     c->head = c->tail = NULL;
     c->inflight = 0;
@@ -128,10 +134,6 @@ void knit__pg_conn_broken(knit__pgconn *c, const char *why)
                                  "%s; the statement may or may not have been committed", msg));
         knit__dbreq_unref(q);
         q = next;
-    }
-    if (c->tx) {
-        c->tx->conn = NULL;
-        c->tx = NULL;
     }
     c->reserved = false;
     close_conn(c);
