@@ -157,17 +157,18 @@ void knit_thrift_server_drain(knit_thrift_server *s);
 /* ---- Thrift over HTTP ---------------------------------------------------------
  *
  * Serve S's processors at PATH on HTTP server H: a POST route (inline on
- * H's reactor, which must be S's) whose body is one Thrift message — binary,
- * compact or JSON, told apart by its first bytes whatever the Content-Type
- * (python3-thrift's THttpClient sends application/x-thrift for all) — or one
- * THeader frame. The reply is the body of a 200 (Content-Type
- * application/vnd.apache.thrift.json for JSON, application/x-thrift
- * otherwise; a oneway call gets an empty 200 at once); a body that is not a
- * Thrift message gets 400. Calls run as they do from a connection (pool,
- * deadlines, stats). Bodies up to max_message (413 above). H must be drained
- * or freed before S is closed (the route borrows S); S is freed only once
- * the HTTP calls in flight are answered. 0 or what knit_http_route_with
- * returns. [reactor] */
+ * H's reactor, which must be S's; when both spread over a reactor group,
+ * each request is served by S's part on its connection's reactor) whose
+ * body is one Thrift message — binary, compact or JSON, told apart by its
+ * first bytes whatever the Content-Type (python3-thrift's THttpClient sends
+ * application/x-thrift for all) — or one THeader frame. The reply is the
+ * body of a 200 (Content-Type application/vnd.apache.thrift.json for JSON,
+ * application/x-thrift otherwise; a oneway call gets an empty 200 at
+ * once); a body that is not a Thrift message gets 400. Calls run as they
+ * do from a connection (pool, deadlines, stats). Bodies up to max_message
+ * (413 above). H must be drained or freed before S is closed (the route
+ * borrows S); S is freed only once the HTTP calls in flight are answered.
+ * 0 or what knit_http_route_with returns. [reactor] */
 int knit_thrift_server_http_route(knit_thrift_server *s, struct knit_http_server *h,
                                   const char *path);
 
