@@ -4,7 +4,8 @@
  * reactor of the group, made with the server's options, serving its
  * services — and the messages between the server and its parts: attach
  * (the part's idle sweep and drain trigger, armed on its own reactor),
- * drain, close; and the end of them all: the server and its parts are
+ * drain, close; the public functions that reach every part (get_stats,
+ * drain, close); and the end of them all: the server and its parts are
  * freed together by whichever of them is done last (`alive`).
  *
  * Threads: the server's functions run on its reactor; a part's (attach,
@@ -21,6 +22,7 @@
  * closed and empty.
  */
 #include <stdlib.h>
+#include <string.h>
 #include <time.h>
 
 #include "knit/error.h"
@@ -170,16 +172,54 @@ static void part_do(knit_thrift_server *p, knit_call_fn fn)
     fn(p->r, p);
 }
 
-void knit__thrift_parts_drain(knit_thrift_server *s)
+static void parts_drain(knit_thrift_server *s)
 {
     for (unsigned i = 0; i < s->nparts; i++)
         if (s->parts[i]) part_do(s->parts[i], part_drain_call);
 }
 
-void knit__thrift_parts_close(knit_thrift_server *s)
+static void parts_close(knit_thrift_server *s)
 {
     for (unsigned i = 0; i < s->nparts; i++)
         if (s->parts[i]) part_do(s->parts[i], part_close_call);
+}
+
+/* ---- the public functions that reach every part ----------------------------------------- */
+
+static void stats_add(knit_thrift_server_stats *o, const knit_thrift_server_stats *st)
+{
+#define F(f) o->f += __atomic_load_n(&st->f, __ATOMIC_RELAXED)
+    F(connections), F(open), F(calls), F(replies), F(app_exceptions), F(shed);
+    F(protocol_errors), F(sasl_failures), F(idle_closed), F(in_flight), F(expired);
+    F(queue_timeouts), F(header_calls), F(http_calls);
+#undef F
+}
+
+void knit_thrift_server_get_stats(const knit_thrift_server *s, knit_thrift_server_stats *out)
+{
+    memset(out, 0, sizeof *out);
+    stats_add(out, &s->st);
+    for (unsigned i = 0; i < s->nparts; i++)
+        if (s->parts[i]) stats_add(out, &s->parts[i]->st);
+}
+
+void knit_thrift_server_close(knit_thrift_server *s)
+{
+    if (s->closed) return;
+    /* The listeners first (every reactor's part of them), then the parts,
+     * then this reactor's connections: the last may free everything. */
+    for (size_t i = 0; i < s->nlisteners; i++)
+        knit_listener_close(s->listeners[i], false);
+    s->nlisteners = 0;
+    parts_close(s);
+    knit__thrift_close_here(s);
+}
+
+void knit_thrift_server_drain(knit_thrift_server *s)
+{
+    if (s->closed || s->draining) return;
+    knit__thrift_drain_here(s); /* the listeners first: no part gets more */
+    parts_drain(s);
 }
 
 knit_thrift_server *knit__thrift_part_here(knit_thrift_server *s)

@@ -2,9 +2,11 @@
  *
  * Owns: listeners, one `conn` per connection (a knit_protocol), one `call`
  * per call in flight (from a connection, or from an HTTP request through
- * http.c). Runs on the reactor thread, except run_call(), which runs on a
- * pool worker and touches only its own call (handler, args, result, reply
- * encoding, the THeader info headers the handler reads and sets).
+ * http.c) — of the server, or of one of its parts on another reactor
+ * (parts.c; each part runs this code on its own reactor's thread). Runs on
+ * the reactor thread, except run_call(), which runs on a pool worker and
+ * touches only its own call (handler, args, result, reply encoding, the
+ * THeader info headers the handler reads and sets).
  *
  * Invariants:
  *   - a conn is freed only when the transport is gone AND no call of it is in
@@ -1112,23 +1114,6 @@ knit_protocol_factory *knit_thrift_server_factory(knit_thrift_server *s)
     return &s->factory;
 }
 
-static void stats_add(knit_thrift_server_stats *o, const knit_thrift_server_stats *st)
-{
-#define F(f) o->f += __atomic_load_n(&st->f, __ATOMIC_RELAXED)
-    F(connections), F(open), F(calls), F(replies), F(app_exceptions), F(shed);
-    F(protocol_errors), F(sasl_failures), F(idle_closed), F(in_flight), F(expired);
-    F(queue_timeouts), F(header_calls), F(http_calls);
-#undef F
-}
-
-void knit_thrift_server_get_stats(const knit_thrift_server *s, knit_thrift_server_stats *out)
-{
-    memset(out, 0, sizeof *out);
-    stats_add(out, &s->st);
-    for (unsigned i = 0; i < s->nparts; i++)
-        if (s->parts[i]) stats_add(out, &s->parts[i]->st);
-}
-
 void knit__thrift_close_here(knit_thrift_server *s)
 {
     if (s->closed) return;
@@ -1141,18 +1126,6 @@ void knit__thrift_close_here(knit_thrift_server *s)
         if (c->proto.transport)
             knit_transport_close_with(c->proto.transport, false, KNIT_CLOSE_SHUTDOWN, 0);
     server_maybe_free(s);
-}
-
-void knit_thrift_server_close(knit_thrift_server *s)
-{
-    if (s->closed) return;
-    /* The listeners first (every reactor's part of them), then the parts,
-     * then this reactor's connections: the last may free everything. */
-    for (size_t i = 0; i < s->nlisteners; i++)
-        knit_listener_close(s->listeners[i], false);
-    s->nlisteners = 0;
-    knit__thrift_parts_close(s);
-    knit__thrift_close_here(s);
 }
 
 void knit__thrift_abort_conns(knit_thrift_server *s)
@@ -1183,11 +1156,4 @@ void knit__thrift_drain_here(knit_thrift_server *s)
     s->nlisteners = 0;
     for (conn *c = s->conns; c; c = c->next)
         close_if_idle(c);
-}
-
-void knit_thrift_server_drain(knit_thrift_server *s)
-{
-    if (s->closed || s->draining) return;
-    knit__thrift_drain_here(s); /* the listeners first: no part gets more */
-    knit__thrift_parts_drain(s);
 }

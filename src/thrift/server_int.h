@@ -90,10 +90,6 @@ int knit__thrift_parts_new(knit_thrift_server *s);
 /* knit_listen_member_fn of a spread listener; ARG is the server. */
 void knit__thrift_listen_member(knit_reactor *r, unsigned index, void *arg,
                                 knit_listen_member *out);
-/* Ask every part to drain / close, each on its reactor (or from here once
- * that reactor's loop is over). */
-void knit__thrift_parts_drain(knit_thrift_server *s);
-void knit__thrift_parts_close(knit_thrift_server *s);
 /* A part's trigger waits and nothing holds the part any more: let its
  * reactor go on stopping. */
 void knit__thrift_part_quiet(knit_thrift_server *p);
