@@ -514,6 +514,11 @@ static knit_deferred *thrift_start(knit_service *s, void *arg)
     knit_thrift_server_options o;
     knit_thrift_server_options_init(&o);
     o.pool = t->refs.pool;
+    /* --io-threads: connections spread over every reactor (the handlers
+     * run on workers either way); a stopping reactor waits for its calls
+     * as long as the drain below does. */
+    o.spread = true;
+    o.drain_timeout = t->refs.shutdown_timeout - t->refs.shutdown_timeout / 4;
     uint64_t frame = t->refs.max_body + NOTES_THRIFT_FRAME_SLACK;
     o.max_frame =
         frame > KNIT_THRIFT_MAX_FRAME_DEFAULT ? KNIT_THRIFT_MAX_FRAME_DEFAULT : (uint32_t)frame;

@@ -2636,6 +2636,201 @@ static void test_client_fail_fast(void **state)
     knit_clock_free(clk);
 }
 
+/* ---- several reactors (options.spread) --------------------------------------------------- */
+
+/* async "later": answers with the index of the reactor it runs on */
+static knit_deferred *h_where_async(void *ctx, const calc_Calc_later_args *a,
+                                    calc_Calc_later_result *res)
+{
+    (void)ctx;
+    (void)a;
+    knit_reactor *cur = knit_reactor_current();
+    res->success = cur ? (int32_t)knit_reactor_group_index(cur) : -1;
+    res->has_success = true;
+    return knit_deferred_succeed(NULL, NULL);
+}
+
+static const calc_Calc_handler spread_handler = {
+    .add = h_add, .gate = h_gate, .later_async = h_where_async};
+
+typedef struct spread_env {
+    env e; /* e.r: reactor 0, run by the test's thread */
+    knit_reactor_group *g;
+    knit_thrift_client *cl[2]; /* the first connection of each lands on its own reactor */
+} spread_env;
+
+static int32_t where_of(spread_env *s, knit_thrift_client *cl)
+{
+    calc_Calc_later_args args = {.n = 0};
+    knit_deferred *d;
+    assert_int_equal(calc_Calc_later_call(cl, &args, &d), 0);
+    outcome o;
+    oc_watch(d, &o);
+    run_until_rt(&s->e, oc_done, &o, "the answer to where()");
+    if (o.code) print_error("where() failed: %s\n", o.msg);
+    assert_int_equal(o.code, 0);
+    int32_t w = ((calc_Calc_later_result *)o.value)->success;
+    oc_free(&o);
+    return w;
+}
+
+static bool gate_waiters_2(void *arg)
+{
+    (void)arg;
+    return gate_waiters() == 2;
+}
+
+static bool stats_open_is(void *arg)
+{
+    spread_env *s = arg;
+    knit_thrift_server_stats ss;
+    knit_thrift_server_get_stats(s->e.srv, &ss);
+    return ss.open == (size_t)s->e.port; /* e.port reused as the wanted count */
+}
+
+/* A spread server on a group of 2 reactors, one client connection on each
+ * (proved by an async method that names its reactor, and by the reactors'
+ * live connection counts). */
+static void spread_up(spread_env *s)
+{
+    memset(s, 0, sizeof *s);
+    gate_set(false);
+    assert_int_equal(knit_reactor_new(&s->e.r, NULL), 0);
+    assert_int_equal(knit_reactor_group_new(&s->g, s->e.r, 2, NULL), 0);
+    knit_pool_options po;
+    knit_pool_options_init(&po);
+    po.min_threads = po.max_threads = 3;
+    po.shutdown_phase = -1;
+    assert_int_equal(knit_pool_new(&s->e.pool, s->e.r, &po), 0);
+    calc_Calc_processor_init(&s->e.calc, &spread_handler, NULL);
+    calc_Other_processor_init(&s->e.other, &other_handler, NULL);
+    knit_thrift_server_options o;
+    knit_thrift_server_options_init(&o);
+    o.spread = true;
+    env_server(&s->e, &o, "tcp:0:interface=127.0.0.1");
+    assert_int_equal(knit_reactor_group_start(s->g), 0);
+    /* One connection at a time: the second finds the first counted and
+     * goes to the other reactor. */
+    int32_t w[2];
+    for (int i = 0; i < 2; i++) {
+        s->cl[i] = env_client(&s->e, NULL);
+        w[i] = where_of(s, s->cl[i]);
+        assert_true(w[i] == 0 || w[i] == 1);
+    }
+    assert_int_not_equal(w[0], w[1]);
+    if (w[0] == 1) { /* cl[i] on reactor i from here on */
+        knit_thrift_client *t = s->cl[0];
+        s->cl[0] = s->cl[1];
+        s->cl[1] = t;
+    }
+    for (unsigned i = 0; i < 2; i++)
+        assert_int_equal(knit_reactor_live_connections(knit_reactor_group_get(s->g, i)), 1);
+}
+
+/* Close the server, stop the group, and prove nothing was left anywhere. */
+static void spread_down(spread_env *s)
+{
+    gate_set(true);
+    for (int i = 0; i < 2; i++)
+        knit_thrift_client_free(s->cl[i]);
+    knit_thrift_server_close(s->e.srv);
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(s->e.r, KNIT_MSEC(1));
+    knit_reactor_stop(s->e.r); /* stops reactor 1 too (the group's trigger) */
+    assert_int_equal(knit_reactor_run(s->e.r), 0);
+    knit_reactor_group_join(s->g);
+    knit_pool_free(s->e.pool);
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(s->e.r, KNIT_MSEC(1));
+    for (unsigned i = 0; i < 2; i++)
+        assert_int_equal(knit_reactor_live_connections(knit_reactor_group_get(s->g, i)), 0);
+    assert_int_equal(knit_reactor_group_close(s->g), 0);
+    assert_int_equal(knit_reactor_close(s->e.r), 0);
+}
+
+static void expect_gate(outcome *o, int32_t want)
+{
+    assert_true(o->done);
+    if (o->code) print_error("gate failed: %s\n", o->msg);
+    assert_int_equal(o->code, 0);
+    assert_int_equal(((calc_Calc_gate_result *)o->value)->success, want);
+    oc_free(o);
+}
+
+/* Issue 16: connections land on both reactors and are answered there;
+ * knit_thrift_server_drain with a call in flight on each reactor: both
+ * connections stay while their calls run, serve calls pipelined behind
+ * them, answer everything, then close; the counters are the sum of both
+ * reactors. */
+static void test_spread_drain_across_reactors(void **state)
+{
+    (void)state;
+    spread_env s;
+    spread_up(&s);
+    outcome g[2], a[2];
+    for (int i = 0; i < 2; i++)
+        call_gate(s.cl[i], 10 + i, &g[i]);
+    run_until_rt(&s.e, gate_waiters_2, NULL, "a gate call running on each reactor");
+    knit_thrift_server_stats ss;
+    knit_thrift_server_get_stats(s.e.srv, &ss);
+    assert_int_equal(ss.open, 2);
+    assert_int_equal(ss.in_flight, 2);
+    assert_int_equal(ss.connections, 2);
+
+    knit_thrift_server_drain(s.e.srv);
+    for (int i = 0; i < 2; i++)
+        call_add(s.cl[i], i, 100, &a[i]); /* behind the running call: still served */
+    for (int i = 0; i < 2; i++)
+        run_until_rt(&s.e, oc_done, &a[i], "a call pipelined behind a draining call");
+    for (int i = 0; i < 2; i++) {
+        expect_sum(&a[i], i + 100);
+        assert_false(g[i].done);
+        assert_false(client_disconnected(s.cl[i]));
+    }
+    gate_set(true);
+    for (int i = 0; i < 2; i++) {
+        run_until_rt(&s.e, oc_done, &g[i], "the gate call's answer");
+        expect_gate(&g[i], 10 + i);
+        run_until_rt(&s.e, client_disconnected, s.cl[i], "the drained connection to close");
+    }
+    s.e.port = 0;
+    run_until_rt(&s.e, stats_open_is, &s, "no connection open on any reactor");
+    knit_thrift_server_get_stats(s.e.srv, &ss);
+    assert_int_equal(ss.in_flight, 0);
+    assert_int_equal(ss.calls, 6); /* 2 where(), 2 gates, 2 adds */
+    assert_int_equal(ss.replies, 6);
+    spread_down(&s);
+}
+
+/* Stopping reactor 1 alone drains its part there: its call in flight is
+ * answered, then its connection closes and the reactor ends; reactor 0's
+ * connection is served as before. */
+static void test_spread_member_stop_drains_its_part(void **state)
+{
+    (void)state;
+    spread_env s;
+    spread_up(&s);
+    outcome g[2], a;
+    for (int i = 0; i < 2; i++)
+        call_gate(s.cl[i], 20 + i, &g[i]);
+    run_until_rt(&s.e, gate_waiters_2, NULL, "a gate call running on each reactor");
+    knit_reactor *r1 = knit_reactor_group_get(s.g, 1);
+    knit_reactor_stop(r1);
+    gate_set(true);
+    for (int i = 0; i < 2; i++) {
+        run_until_rt(&s.e, oc_done, &g[i], "the gate call's answer");
+        expect_gate(&g[i], 20 + i);
+    }
+    run_until_rt(&s.e, client_disconnected, s.cl[1], "reactor 1's connection to close");
+    s.e.port = 1;
+    run_until_rt(&s.e, stats_open_is, &s, "one connection open (reactor 0's)");
+    assert_false(client_disconnected(s.cl[0]));
+    call_add(s.cl[0], 1, 2, &a);
+    run_until_rt(&s.e, oc_done, &a, "a call on reactor 0");
+    expect_sum(&a, 3);
+    spread_down(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2678,6 +2873,8 @@ int main(void)
         cmocka_unit_test(test_client_theader_reply_in_other_protocol),
         cmocka_unit_test(test_client_down_names_cause_and_recovers_at_once),
         cmocka_unit_test(test_client_fail_fast),
+        cmocka_unit_test(test_spread_drain_across_reactors),
+        cmocka_unit_test(test_spread_member_stop_drains_its_part),
     };
     knit_test_watchdog(120);
     return KNIT_RUN_TESTS_WITH(tests, make_sasldb, remove_sasldb);
