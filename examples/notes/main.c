@@ -513,6 +513,10 @@ static knit_deferred *http_start(knit_service *s, void *arg)
     ho.access_log = m->access_fd >= 0 ? KNIT_HTTP_LOG_COMBINED : KNIT_HTTP_LOG_NONE;
     if (m->access_fd >= 0) ho.access_log_fd = m->access_fd;
     ho.error_body = json_error_body;
+    /* --io-threads: connections spread over every reactor, as Thrift's do.
+     * The inline probes read only atomic state (notes_app_ready) and the
+     * pool handlers reach the store through its own locking. */
+    ho.spread = true;
     int rc = knit_http_server_new(m->r, &ho, &m->http);
     if (rc == 0 && m->webhook_url[0] && !m->webhook) {
         rc = notes_webhook_new(&m->webhook, m->r, m->pool, m->webhook_url,
