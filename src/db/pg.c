@@ -941,6 +941,12 @@ static void conn_broken(knit__pgconn *c, const char *why)
     pthread_mutex_lock(&pg->emu);
     snprintf(pg->down_err, sizeof pg->down_err, "%s", msg);
     pthread_mutex_unlock(&pg->emu);
+    /* Detach the transaction first: failing what is in flight wakes its
+     * worker, which may end the interaction and free the tx at once. */
+    if (c->tx) {
+        c->tx->conn = NULL;
+        c->tx = NULL;
+    }
     knit__dbreq *q = c->head;
     c->head = c->tail = NULL;
     c->inflight = 0;
@@ -955,10 +961,6 @@ static void conn_broken(knit__pgconn *c, const char *why)
                                       "%s; the statement may or may not have been committed", msg));
         knit__dbreq_unref(q);
         q = next;
-    }
-    if (c->tx) {
-        c->tx->conn = NULL;
-        c->tx = NULL;
     }
     c->reserved = false;
     close_conn(c);
