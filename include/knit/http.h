@@ -335,7 +335,9 @@ unsigned knit_http_port(const knit_http_server *s, size_t n);
 struct knit_listener *knit_http_listener(const knit_http_server *s, size_t n);
 
 /* Start draining now (what the shutdown trigger does). DONE, if given, runs
- * on the reactor once every connection is closed. Idempotent. */
+ * on the reactor once every connection is closed and every pool handler's
+ * job is over (one whose client left, or whose connection the drain timeout
+ * aborted, included): after DONE, knit_http_server_free is safe. Idempotent. */
 void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *, void *),
                             void *arg);
 /* Free the server: listeners closed, connections aborted. Not while

@@ -1059,7 +1059,8 @@ void knit__http_drain_finish(knit_http_server *s)
 
 void knit__http_drain_check(knit_http_server *s)
 {
-    if (s->draining && !s->drained && s->nconns == 0 && s->parts_draining == 0)
+    if (s->draining && !s->drained && s->nconns == 0 && s->pool_live == 0 &&
+        s->parts_draining == 0)
         knit__http_drain_finish(s);
 }
 
@@ -1104,7 +1105,7 @@ void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *
             }
         }
     }
-    if (s->nconns == 0 && s->parts_draining == 0) {
+    if (s->nconns == 0 && s->pool_live == 0 && s->parts_draining == 0) {
         knit__http_drain_finish(s);
         return;
     }

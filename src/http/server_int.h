@@ -209,6 +209,9 @@ struct knit_http_server {
     size_t nlisteners;
     struct conn_list busy, held; /* idle ones are on their slot's list */
     size_t nconns;
+    /* pool-mode requests not yet freed: their job may still run after the
+     * client left (nconns no longer counts them); drain waits for them */
+    size_t pool_live;
     knit_output_group outg; /* bytes queued on all connections vs output_budget */
     knit_timer budget_timer;
     knit_trigger *trigger;

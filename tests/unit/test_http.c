@@ -947,10 +947,16 @@ static void test_pool_drain_timeout_aborts_handler(void **state)
     assert_int_equal(knit_reactor_advance(fx.r, KNIT_HTTP_DRAIN_TIMEOUT + KNIT_SEC(1)), 0);
     assert_true(knit_memory_transport_aborted(t));
     close_conn(t);
-    assert_int_equal(drained, 1);
+    /* Every connection is closed, but the handler still runs and its job's
+     * done still names the server: drained before it, the owner could free
+     * the server under it (an ASan use-after-free in test_notes_crash). */
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(fx.r, 0);
+    assert_int_equal(drained, 0);
     sem_post(&rev_go); /* the handler answers a connection that is gone */
     rev_settle(&fx);
     assert_int_equal(rev_rc2, KNIT_ECLOSED);
+    assert_int_equal(drained, 1);
     rev_teardown(&fx);
 }
 
