@@ -992,7 +992,8 @@ static knit_protocol *build(knit_protocol_factory *f, const knit_sockaddr *peer)
     return &c->proto;
 }
 
-/* Close connections idle for idle_timeout (no call in flight, no bytes). */
+/* Close connections idle for idle_timeout (no call in flight, no bytes);
+ * draining, those quiet for drain_idle. */
 static void sweep(knit_reactor *r, void *arg)
 {
     knit_thrift_server *s = arg;
@@ -1000,7 +1001,9 @@ static void sweep(knit_reactor *r, void *arg)
     for (conn *c = s->conns; c; c = c->next) {
         if (c->in_flight || !c->proto.transport || knit_transport_closing(c->proto.transport))
             continue;
-        if (now - c->last_active >= s->o.idle_timeout) {
+        if (s->draining && now - c->last_active >= s->o.drain_idle) {
+            close_if_idle(c);
+        } else if (s->o.idle_timeout > 0 && now - c->last_active >= s->o.idle_timeout) {
             ST_ADD(s, idle_closed, 1);
             knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_TIMEOUT, 0);
         }
@@ -1010,8 +1013,9 @@ static void sweep(knit_reactor *r, void *arg)
 
 void knit__thrift_sweep_start(knit_thrift_server *s)
 {
-    if (s->o.idle_timeout <= 0 || s->closed) return;
+    if (s->closed || (s->o.idle_timeout <= 0 && !s->draining)) return;
     knit_duration every = s->o.idle_timeout / 4;
+    if (s->draining && (every <= 0 || s->o.drain_idle / 4 < every)) every = s->o.drain_idle / 4;
     if (every < KNIT_MSEC(10)) every = KNIT_MSEC(10);
     s->sweep = knit_call_later(s->r, every, sweep, s);
 }
@@ -1033,6 +1037,7 @@ void knit_thrift_server_options_init(knit_thrift_server_options *o)
     o->max_in_flight = KNIT_THRIFT_MAX_IN_FLIGHT_DEFAULT;
     o->idle_timeout = KNIT_THRIFT_IDLE_TIMEOUT_DEFAULT;
     o->drain_timeout = KNIT_THRIFT_DRAIN_TIMEOUT_DEFAULT;
+    o->drain_idle = KNIT_THRIFT_DRAIN_IDLE_DEFAULT;
 }
 
 int knit__thrift_server_alloc(knit_reactor *r, const knit_thrift_server_options *o,
@@ -1154,6 +1159,12 @@ void knit__thrift_drain_here(knit_thrift_server *s)
     for (size_t i = 0; i < s->nlisteners; i++)
         knit_listener_close(s->listeners[i], false);
     s->nlisteners = 0;
+    knit_time now = knit_reactor_now(s->r);
     for (conn *c = s->conns; c; c = c->next)
-        close_if_idle(c);
+        if (now - c->last_active >= s->o.drain_idle) close_if_idle(c);
+    /* The rest close after their next reply, or on the sweep (now at the
+     * drain's cadence) once quiet for drain_idle. */
+    if (knit_timer_active(s->r, s->sweep)) knit_timer_cancel(s->r, s->sweep);
+    s->sweep = KNIT_TIMER_NONE;
+    knit__thrift_sweep_start(s);
 }

@@ -1559,6 +1559,56 @@ static void test_server_drain_closes_between_calls(void **state)
     env_down(&e, busy);
 }
 
+/* Draining spares a connection that was active within drain_idle (its
+ * client may be writing a call right now; through a proxy it would see the
+ * close only after sending): it closes right after its next reply, or once
+ * it has been quiet for drain_idle (fake clock). One quiet for longer
+ * closes at once. */
+static void test_server_drain_spares_recent_connections(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(KNIT_SEC(1000));
+    env_clock = clk;
+    knit_thrift_server_options so;
+    knit_thrift_server_options_init(&so);
+    so.drain_idle = KNIT_SEC(5);
+    env e;
+    env_up(&e, &so, 64, 2);
+    knit_thrift_client *old = env_client(&e, NULL), *next = env_client(&e, NULL),
+                       *quiet = env_client(&e, NULL);
+    outcome o;
+    call_add(old, 1, 1, &o);
+    run_until(&e, oc_done, &o);
+    oc_free(&o);
+    assert_int_equal(knit_reactor_advance(e.r, KNIT_SEC(6)), 0); /* OLD: quiet 6 s */
+    call_add(next, 1, 2, &o);
+    run_until(&e, oc_done, &o);
+    oc_free(&o);
+    call_add(quiet, 1, 3, &o);
+    run_until(&e, oc_done, &o);
+    oc_free(&o);
+
+    knit_thrift_server_drain(e.srv);
+    run_until(&e, client_disconnected, old); /* quiet past drain_idle: at once */
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(e.r, KNIT_MSEC(5));
+    assert_false(client_disconnected(next));
+    assert_false(client_disconnected(quiet));
+    call_add(next, 2, 3, &o); /* still served, and the close follows the reply */
+    run_until(&e, oc_done, &o);
+    assert_int_equal(o.code, 0);
+    expect_sum(&o, 5);
+    run_until(&e, client_disconnected, next);
+    assert_false(client_disconnected(quiet));
+    assert_int_equal(knit_reactor_advance(e.r, KNIT_SEC(6)), 0); /* QUIET: past drain_idle */
+    run_until(&e, client_disconnected, quiet);
+    run_until(&e, open_conns_0, e.srv);
+    knit_thrift_client_free(old);
+    knit_thrift_client_free(next);
+    env_down(&e, quiet);
+    knit_clock_free(clk);
+}
+
 /* Two pipelined unframed replies with nested unknown fields, cut at every
  * point (and fed byte by byte): both calls are answered, correctly, each
  * only once its last byte is there. */
@@ -2848,6 +2898,7 @@ int main(void)
         cmocka_unit_test(test_client_unframed_reply_malformed),
         cmocka_unit_test(test_client_call_on_closing_connection_goes_out_on_the_next),
         cmocka_unit_test(test_server_drain_closes_between_calls),
+        cmocka_unit_test(test_server_drain_spares_recent_connections),
         cmocka_unit_test(test_scan_matches_skip),
         cmocka_unit_test(test_unframed_large_message_in_pieces),
         cmocka_unit_test(test_server_basic_calls),

@@ -79,6 +79,7 @@ extern "C" {
 #define KNIT_THRIFT_IDLE_TIMEOUT_DEFAULT KNIT_SEC(600)
 #define KNIT_THRIFT_MAX_SERVICES 16
 #define KNIT_THRIFT_DRAIN_TIMEOUT_DEFAULT KNIT_SEC(30) /* a stopping reactor's part */
+#define KNIT_THRIFT_DRAIN_IDLE_DEFAULT KNIT_MSEC(500) /* see options.drain_idle */
 
 typedef struct knit_thrift_server knit_thrift_server;
 typedef struct knit_pool knit_pool;
@@ -107,6 +108,14 @@ typedef struct knit_thrift_server_options {
     /* How long a part whose reactor stops waits for its calls in flight
      * before aborting its connections. Default 30 s; 0 = no bound. */
     knit_duration drain_timeout;
+    /* Draining closes a connection right after a reply (a synchronous
+     * client sees the close before it can send its next call), or once it
+     * has been quiet for drain_idle. Closing a connection at the moment its
+     * client writes a call is the one race a drain cannot rule out (Thrift
+     * has no drain signal; through a proxy the close reaches the client
+     * late), so it is left to connections quiet that long. Default 500 ms;
+     * 0 closes quiet connections at once. */
+    knit_duration drain_idle;
 } knit_thrift_server_options;
 
 typedef struct knit_thrift_server_stats {
@@ -145,9 +154,10 @@ knit_protocol_factory *knit_thrift_server_factory(knit_thrift_server *s);
 void knit_thrift_server_get_stats(const knit_thrift_server *s, knit_thrift_server_stats *out);
 void knit_thrift_server_close(knit_thrift_server *s);
 /* Graceful drain (Thrift has no drain signal of its own): stop listening,
- * close the connections that have no call in flight now, and from then on
- * close each connection as soon as its last call in flight was answered
- * (the reply is flushed first). Calls that arrive on a connection before it
+ * close the connections that have no call in flight and have been quiet for
+ * options.drain_idle, and from then on close each connection as soon as its
+ * last call in flight was answered (the reply is flushed first) or once it
+ * has been quiet for drain_idle. Calls that arrive on a connection before it
  * closes are still served. Clients see the connection close between calls
  * and reconnect (knit's client sends a call that found its connection
  * closing on a new one). Close the server once in_flight (stats) is 0 or
