@@ -1082,7 +1082,6 @@ static void test_ring_partial_sends_large_output(void **state)
     sp(fds);
     int small = 8192;
     setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
-    setsockopt(fds[1], SOL_SOCKET, SO_RCVBUF, &small, sizeof small);
     rec srv;
     rec_init(&srv);
     knit_transport *t;
@@ -1090,7 +1089,7 @@ static void test_ring_partial_sends_large_output(void **state)
     knit_transport_set_water_marks(t, 64u << 20, 0); /* no pause: this is about order */
     size_t idle = knit_transport_memory(t);
     fcntl(fds[1], F_SETFL, O_NONBLOCK);
-    const size_t chunk = 48 * 1024, chunks = 64, total = chunk * chunks;
+    const size_t chunk = 48 * 1024, chunks = 16, total = chunk * chunks;
     uint8_t *want = malloc(total), *got = malloc(total);
     assert_non_null(want);
     assert_non_null(got);
@@ -1122,7 +1121,7 @@ static void test_ring_partial_sends_large_output(void **state)
     assert_true(knit_transport_write_buffer_size(t) > total / 2);
     size_t n = 0;
     for (int i = 0; i < 100000 && n < total; i++) {
-        knit_reactor_run_once(r, KNIT_MSEC(10));
+        knit_reactor_run_once(r, KNIT_MSEC(1));
         n += read_some(fds[1], got, n, total);
     }
     assert_int_equal(n, total);
