@@ -117,6 +117,14 @@ int knit__cop_recv(knit__backend *b, int fd, void *owner, knit__cop_fn fn);
 /* Ask the kernel to end OWNER's receive early (it completes with
  * -ECANCELED, or with what it had already received). */
 int knit__cop_recv_cancel(knit__backend *b, void *owner);
+/* Send LEN bytes at BUF on FD (MSG_NOSIGNAL). The memory must stay alive
+ * and unchanged until the completion, which carries the bytes sent (maybe
+ * fewer than LEN: the owner sends the rest) or a negative errno; it is
+ * always final. One per OWNER at a time. */
+int knit__cop_send(knit__backend *b, int fd, void *owner, knit__cop_fn fn, const void *buf,
+                   size_t len);
+/* Ask the kernel to end OWNER's send early (-ECANCELED, or what it sent). */
+int knit__cop_send_cancel(knit__backend *b, void *owner);
 /* Operations in flight (not yet finally completed). */
 size_t knit__backend_cops_inflight(const knit__backend *b);
 

@@ -13,11 +13,11 @@
  *
  * Completion operations carry their owner's pointer (and a tag) as
  * user_data: multishot receives into a provided-buffer ring shared by every
- * socket of this reactor (an idle socket owns no buffer).
+ * socket of this reactor (an idle socket owns no buffer), and sends
+ * straight from a transport's output buffer, which the stream layer keeps
+ * in place until the completion (src/stream/transport.c).
  *
- * Not built yet (issue 15, said plainly): sends through the ring (a
- * response is still one send/sendmsg from the caller's memory: queued
- * output would have to stay pinned until its completion), multishot accept
+ * Not built yet (issue 15, said plainly): multishot accept
  * (listeners use a readiness poll and accept4, once per connection), and
  * TLS on completions (OpenSSL memory BIOs fed from the receive ring): TLS
  * transports run in readiness mode, where OpenSSL's socket BIO makes the
@@ -35,6 +35,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/utsname.h>
 
@@ -56,7 +57,7 @@
 
 /* user_data: a tag in the low 3 bits, then an fd and generation (polls) or
  * the owner's pointer (completion operations). */
-enum { UD_POLL = 1, UD_IGNORE = 2, UD_RECV = 3, UD_TAG = 7 };
+enum { UD_POLL = 1, UD_IGNORE = 2, UD_RECV = 3, UD_SEND = 4, UD_TAG = 7 };
 
 typedef struct ufd {
     uint32_t gen;  /* bumped when a watch stops: older completions are stale */
@@ -82,6 +83,7 @@ typedef struct uring_backend {
     uint8_t *bufs;
     size_t inflight; /* completion ops not finally completed */
     knit__cop_fn recv_fn;
+    knit__cop_fn send_fn;
 } uring_backend;
 
 static void ur_free(knit__backend *kb);
@@ -362,8 +364,14 @@ static int ur_poll(knit__backend *kb, knit_duration timeout, knit__ready **out)
     /* ... then completions, whose callbacks run here, before the fds'. */
     for (unsigned i = 0; i < n; i++) {
         struct io_uring_cqe *c = &b->batch[i];
-        if ((c->user_data & UD_TAG) != UD_RECV) continue;
+        unsigned tag = (unsigned)(c->user_data & UD_TAG);
         void *owner = (void *)(uintptr_t)(c->user_data & ~(uint64_t)UD_TAG);
+        if (tag == UD_SEND) {
+            b->inflight--;
+            b->send_fn(owner, c->res, 0, NULL);
+            continue;
+        }
+        if (tag != UD_RECV) continue;
         unsigned flags = (c->flags & IORING_CQE_F_MORE) ? KNIT__COP_MORE : 0;
         if (!flags) b->inflight--;
         const uint8_t *data = NULL;
@@ -401,6 +409,32 @@ int knit__cop_recv_cancel(knit__backend *kb, void *owner)
     struct io_uring_sqe *sqe = get_sqe(b);
     if (!sqe) return KNIT_ENOMEM;
     io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)owner | UD_RECV, 0);
+    io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    return 0;
+}
+
+int knit__cop_send(knit__backend *kb, int fd, void *owner, knit__cop_fn fn, const void *buf,
+                   size_t len)
+{
+    uring_backend *b = (uring_backend *)kb;
+    if (!kb->cops) return KNIT_ENOTSUP;
+    struct io_uring_sqe *sqe = get_sqe(b);
+    if (!sqe) return KNIT_ENOMEM;
+    b->send_fn = fn;
+    if (len > UINT32_MAX) len = UINT32_MAX; /* a partial send: the owner sends the rest */
+    io_uring_prep_send(sqe, fd, buf, len, MSG_NOSIGNAL);
+    io_uring_sqe_set_data64(sqe, (uint64_t)(uintptr_t)owner | UD_SEND);
+    b->inflight++;
+    return 0;
+}
+
+int knit__cop_send_cancel(knit__backend *kb, void *owner)
+{
+    uring_backend *b = (uring_backend *)kb;
+    if (!kb->cops) return KNIT_ENOTSUP;
+    struct io_uring_sqe *sqe = get_sqe(b);
+    if (!sqe) return KNIT_ENOMEM;
+    io_uring_prep_cancel64(sqe, (uint64_t)(uintptr_t)owner | UD_SEND, 0);
     io_uring_sqe_set_data64(sqe, UD_IGNORE);
     return 0;
 }

@@ -22,6 +22,19 @@ int knit__cop_recv_cancel(knit__backend *b, void *owner)
     return KNIT_ENOTSUP;
 }
 
+int knit__cop_send(knit__backend *b, int fd, void *owner, knit__cop_fn fn, const void *buf,
+                   size_t len)
+{
+    (void)b, (void)fd, (void)owner, (void)fn, (void)buf, (void)len;
+    return KNIT_ENOTSUP;
+}
+
+int knit__cop_send_cancel(knit__backend *b, void *owner)
+{
+    (void)b, (void)owner;
+    return KNIT_ENOTSUP;
+}
+
 size_t knit__backend_cops_inflight(const knit__backend *b)
 {
     (void)b;

@@ -59,6 +59,10 @@ typedef struct knit__tp_ext {
     void *ready_arg;
     knit_timer phase_timer; /* handshake deadline */
     knit_sockaddr *proxied; /* [0] src, [1] dst from a PROXY header; else NULL */
+    /* io_uring: output written while a send from t->out is in flight that
+     * t->out could not take in place (its bytes must not move); joins
+     * t->out at the send's completion. Empty otherwise. */
+    knit_buf behind;
 } knit__tp_ext;
 
 struct knit_transport {
@@ -79,7 +83,7 @@ struct knit_transport {
     uint8_t read_pauses;
     uint8_t layer_want; /* readiness a layer is waiting for */
     uint8_t soon;       /* queued call-soon callbacks holding t */
-    uint8_t uflags;     /* io_uring receive (TU_* in transport.c; 0 on epoll) */
+    uint8_t uflags;     /* io_uring receive/send (TU_* in transport.c; 0 on epoll) */
     uint8_t _pad;
     int err;
 };

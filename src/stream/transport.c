@@ -26,8 +26,20 @@
  *    receive holds t (t->soon) until its final completion. Bytes that
  *    arrive while the protocol may not take them (paused, still in a
  *    pre-protocol phase) are kept in t->in and delivered on resume; an
- *    EOF seen then is remembered (TU_EOF). Writes, TLS, UNIX sockets and
- *    the PROXY phase use readiness (polls on the same ring).
+ *    EOF seen then is remembered (TU_EOF). TLS and UNIX sockets use
+ *    readiness (polls on the same ring).
+ *  - Such a transport also sends by completion: writes are queued in
+ *    t->out (no send system call), and one send operation at a time points
+ *    straight at t->out's bytes (send_start), submitted with the loop
+ *    iteration's io_uring_enter. While it is in flight (TU_SEND, holding t)
+ *    t->out's memory must not move: later writes are appended in place
+ *    when t->out has room, else to t->ext->behind; the completion consumes
+ *    what was sent, joins behind to t->out, and starts the next send (the
+ *    rest of a partial send, plus what came meanwhile). Closing cancels the
+ *    send and parks the pinned buffer in t->in (free then) until the
+ *    completion; connection_lost waits for it, as for the receive. The
+ *    queued length (out_len: t->out plus behind) drives the water marks
+ *    and output groups exactly as on epoll.
  *  - Every socket transport is on its thread's registry (tl_first..tl_last,
  *    linked through t->prev/t->next) from knit__transport_new until
  *    free_transport, which is the only place that unlinks it; closing only
@@ -49,13 +61,15 @@
 #include "knit/log.h"
 #include "stream/stream_int.h"
 
-/* t->uflags: the io_uring receive (see the file comment). */
+/* t->uflags: the io_uring receive and send (see the file comment). */
 enum {
-    TU_MODE = 1u << 3,   /* this transport receives by completion */
-    TU_RECV = 1u << 0,   /* a multishot receive is in flight (holds t) */
-    TU_CANCEL = 1u << 1, /* ... and its cancellation was requested */
-    TU_EOF = 1u << 2,    /* the peer's EOF arrived while it could not be delivered */
-    TU_LOST = 1u << 4,   /* closed: queue lost_cb at the receive's final completion */
+    TU_MODE = 1u << 3,    /* this transport receives and sends by completion */
+    TU_RECV = 1u << 0,    /* a multishot receive is in flight (holds t) */
+    TU_CANCEL = 1u << 1,  /* ... and its cancellation was requested */
+    TU_EOF = 1u << 2,     /* the peer's EOF arrived while it could not be delivered */
+    TU_LOST = 1u << 4,    /* closed: queue lost_cb when no operation is left in flight */
+    TU_SEND = 1u << 5,    /* a send from t->out is in flight (holds t; t->out pinned) */
+    TU_SCANCEL = 1u << 6, /* ... and its cancellation was requested */
 };
 
 static _Thread_local uint8_t *scratch;
@@ -188,6 +202,14 @@ static void update_watch(knit_transport *t);
 static void close_now(knit_transport *t, knit_close_reason reason, int err, bool rst);
 static void finish_close(knit_transport *t);
 static void flush(knit_transport *t);
+static void after_output(knit_transport *t);
+
+/* Bytes queued for the socket: t->out and, on io_uring, what waits behind
+ * an in-flight send. */
+static size_t out_len(const knit_transport *t)
+{
+    return knit_buf_len(&t->out) + (t->ext ? knit_buf_len(&t->ext->behind) : 0);
+}
 
 static knit_close_reason reason_for(int err)
 {
@@ -276,6 +298,7 @@ static void free_transport(knit_transport *t)
     registry_unlink(t);
     if (t->ext) {
         free(t->ext->proxied);
+        knit_buf_release(&t->ext->behind);
         free(t->ext);
     }
     free(t);
@@ -419,11 +442,82 @@ static void on_recv(void *owner, int res, unsigned cflags, const uint8_t *data)
          * recycled as their callbacks return, so start again. */
         if (final && !(t->flags & TP_CLOSED)) update_watch(t);
     }
-    if (final && (t->uflags & TU_LOST)) {
+    if (final && (t->uflags & TU_LOST) && !(t->uflags & TU_SEND)) {
         t->uflags &= (uint8_t)~TU_LOST;
         call_soon(t, lost_cb);
     }
     if (final) soon_release(t);
+}
+
+/* ---- the io_uring send ---------------------------------------------------------- */
+
+static void on_send(void *owner, int res, unsigned cflags, const uint8_t *data);
+
+/* Send t->out through the ring (nothing in flight, t->out not empty). */
+static void send_start(knit_transport *t)
+{
+    knit__backend *b = knit__reactor_backend(t->io._r);
+    int rc =
+        knit__cop_send(b, t->io._fd, t, on_send, knit_buf_data(&t->out), knit_buf_len(&t->out));
+    if (rc < 0) {
+        close_now(t, reason_for(rc), rc, true);
+        return;
+    }
+    t->uflags |= TU_SEND;
+    t->soon++;
+}
+
+/* Where N more bytes of output go: t->out, unless a send in flight pins
+ * it and it has no room in place (or bytes already wait behind). NULL when
+ * out of memory. */
+static knit_buf *out_dst(knit_transport *t, size_t n)
+{
+    if (!(t->uflags & TU_SEND)) return &t->out;
+    if ((!t->ext || knit_buf_empty(&t->ext->behind)) && knit_buf_avail(&t->out) >= n)
+        return &t->out; /* appended after the pinned bytes: nothing moves */
+    if (!knit__transport_ext(t)) return NULL;
+    return &t->ext->behind;
+}
+
+static void on_send(void *owner, int res, unsigned cflags, const uint8_t *data)
+{
+    (void)cflags, (void)data;
+    knit_transport *t = owner;
+    t->uflags &= (uint8_t) ~(TU_SEND | TU_SCANCEL);
+    if (t->flags & TP_CLOSED) {
+        knit_buf_release(&t->in); /* the pinned output, parked there by close_now */
+    } else if (res > 0) {
+        size_t before = out_len(t);
+        knit_buf_consume(&t->out, (size_t)res);
+        t->bytes_out += (uint64_t)res;
+        int rc = 0;
+        if (t->ext && !knit_buf_empty(&t->ext->behind))
+            rc = knit_buf_move(&t->out, &t->ext->behind);
+        if (t->ext) {
+            knit__tp_ext *x = t->ext;
+            if (rc < 0) knit_buf_release(&x->behind);
+            /* held only for behind: give it back (an idle connection stays small) */
+            if (!x->layer && !x->ready && !x->phase_timer.id && !x->proxied &&
+                knit_buf_is_idle(&x->behind)) {
+                free(x);
+                t->ext = NULL;
+            }
+        }
+        knit__transport_out_changed(t, before);
+        if (rc < 0)
+            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+        else
+            after_output(t);
+    } else if (res < 0 && res != -EAGAIN && res != -EINTR && res != -ECANCELED) {
+        close_now(t, reason_for(res), res, false);
+    } else {
+        update_watch(t); /* nothing sent: try again */
+    }
+    if ((t->uflags & TU_LOST) && !(t->uflags & TU_RECV)) {
+        t->uflags &= (uint8_t)~TU_LOST;
+        call_soon(t, lost_cb);
+    }
+    soon_release(t);
 }
 
 /* ---- watch management ----------------------------------------------------- */
@@ -440,9 +534,13 @@ static void update_watch(knit_transport *t)
         if (t->uflags & TU_MODE) {
             if (!recv_want(t, reading && !(t->uflags & TU_EOF))) return; /* closed */
             reading = false;
+            if (!knit_buf_empty(&t->out) && !(t->uflags & TU_SEND)) {
+                send_start(t);
+                if (t->flags & TP_CLOSED) return;
+            }
         }
         if (reading) ev |= KNIT_READABLE;
-        if (!knit_buf_empty(&t->out)) ev |= KNIT_WRITABLE;
+        if (!knit_buf_empty(&t->out) && !(t->uflags & TU_MODE)) ev |= KNIT_WRITABLE;
         ev |= t->layer_want;
     }
     int rc = knit_io_start(&t->io, ev);
@@ -451,7 +549,7 @@ static void update_watch(knit_transport *t)
 
 static void check_high(knit_transport *t)
 {
-    if (!(t->flags & TP_PAUSED) && knit_buf_len(&t->out) > t->high) {
+    if (!(t->flags & TP_PAUSED) && out_len(t) > t->high) {
         t->flags |= TP_PAUSED;
         if (t->proto && t->proto->ops->pause_producing) t->proto->ops->pause_producing(t->proto);
     }
@@ -459,7 +557,7 @@ static void check_high(knit_transport *t)
 
 static void check_low(knit_transport *t)
 {
-    if ((t->flags & TP_PAUSED) && knit_buf_len(&t->out) <= t->low) {
+    if ((t->flags & TP_PAUSED) && out_len(t) <= t->low) {
         t->flags &= (uint16_t)~TP_PAUSED;
         if (t->proto && t->proto->ops->resume_producing) t->proto->ops->resume_producing(t->proto);
     }
@@ -482,14 +580,14 @@ static void group_add(knit_output_group *g, size_t before, size_t after)
 void knit__transport_out_changed(knit_transport *t, size_t before)
 {
     knit_output_group *g = t->proto ? t->proto->output_group : NULL;
-    size_t after = knit_buf_len(&t->out);
+    size_t after = out_len(t);
     if (g && after != before) group_add(g, before, after);
 }
 
 void knit__transport_out_leave(knit_transport *t)
 {
     knit_output_group *g = t->proto ? t->proto->output_group : NULL;
-    size_t len = knit_buf_len(&t->out);
+    size_t len = out_len(t);
     if (g && len) group_add(g, len, 0);
 }
 
@@ -509,6 +607,9 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
     if ((t->uflags & TU_RECV) && !(t->uflags & TU_CANCEL) &&
         knit__cop_recv_cancel(knit__reactor_backend(t->io._r), t) == 0)
         t->uflags |= TU_CANCEL; /* its final completion releases t */
+    if ((t->uflags & TU_SEND) && !(t->uflags & TU_SCANCEL) &&
+        knit__cop_send_cancel(knit__reactor_backend(t->io._r), t) == 0)
+        t->uflags |= TU_SCANCEL; /* likewise */
     if (rst && !(t->flags & TP_UNIX)) {
         struct linger lg = {1, 0};
         setsockopt(t->io._fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
@@ -518,15 +619,23 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
         t->ext->layer = NULL;
     }
     close(t->io._fd);
-    size_t queued = knit_buf_len(&t->out);
-    knit_buf_release(&t->out);
-    knit__transport_out_changed(t, queued);
+    size_t queued = out_len(t);
     knit_buf_release(&t->in);
-    /* With a receive still in the kernel, connection_lost waits for its
-     * final completion (the cancel makes it come at the next loop
+    if (t->ext) knit_buf_release(&t->ext->behind);
+    if (t->uflags & TU_SEND) {
+        /* The kernel may still read t->out's bytes: park the buffer (not
+         * its memory) in t->in, unused from now on; on_send frees it. */
+        t->in = t->out;
+        knit_buf_init(&t->out);
+    } else {
+        knit_buf_release(&t->out);
+    }
+    knit__transport_out_changed(t, queued);
+    /* With a receive or send still in the kernel, connection_lost waits for
+     * their final completions (the cancels make them come at the next loop
      * iteration): after connection_lost the kernel holds nothing of t, so
      * t is freed there, as on epoll. */
-    if (t->uflags & TU_RECV)
+    if (t->uflags & (TU_RECV | TU_SEND))
         t->uflags |= TU_LOST;
     else
         call_soon(t, lost_cb);
@@ -579,6 +688,13 @@ static void flush(knit_transport *t)
         knit__transport_out_changed(t, len);
         if ((size_t)n < len && !TP_LAYER(t)) break; /* socket full: wait */
     }
+    after_output(t);
+}
+
+/* Output went out (flush, or a ring send's completion): when all of it has,
+ * the pending half-close or close; then the low water mark and the watch. */
+static void after_output(knit_transport *t)
+{
     if (knit_buf_empty(&t->out)) {
         knit_buf_release(&t->out); /* idle: own nothing */
         if ((t->flags & TP_SHUT_REQ) && !(t->flags & TP_SHUT_DONE)) {
@@ -608,6 +724,20 @@ int knit_transport_writev(knit_transport *t, const struct iovec *iov, int iovcnt
     for (int i = 0; i < iovcnt; i++)
         total += iov[i].iov_len;
     if (total == 0) return 0;
+    if (t->uflags & TU_MODE) {
+        /* io_uring: queue; the ring sends it (update_watch → send_start) */
+        size_t before = out_len(t);
+        knit_buf *dst = out_dst(t, total);
+        int rc = dst ? knit_buf_appendv(dst, iov, iovcnt) : KNIT_ENOMEM;
+        knit__transport_out_changed(t, before);
+        if (rc < 0) {
+            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+            return rc;
+        }
+        update_watch(t);
+        if (!(t->flags & TP_CLOSED)) check_high(t);
+        return 0;
+    }
     size_t done = 0;
     if (!(t->flags & (TP_MEMORY | TP_HANDSHAKE)) && knit_buf_empty(&t->out) &&
         !t->layer_want) {
@@ -653,6 +783,21 @@ int knit_transport_write_buf(knit_transport *t, knit_buf *b)
     if (t->flags & (TP_CLOSED | TP_CLOSING | TP_SHUT_REQ | TP_ABORT_REQ)) {
         knit_buf_release(b);
         return KNIT_ECLOSED;
+    }
+    if (t->uflags & TU_MODE) {
+        /* io_uring: B's memory becomes the output (or joins it) as is */
+        size_t before = out_len(t);
+        knit_buf *dst = out_dst(t, knit_buf_len(b));
+        int rc = dst ? knit_buf_move(dst, b) : KNIT_ENOMEM;
+        knit_buf_release(b);
+        knit__transport_out_changed(t, before);
+        if (rc < 0) {
+            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+            return rc;
+        }
+        update_watch(t);
+        if (!(t->flags & TP_CLOSED)) check_high(t);
+        return 0;
     }
     if (!knit_buf_empty(&t->out) || (t->flags & TP_MEMORY)) {
         size_t len = knit_buf_len(b), before = knit_buf_len(&t->out);
@@ -850,7 +995,7 @@ static void on_io(knit_io *io, unsigned ev)
          * last write wanted to read first (a key update in flight). */
         bool can_flush = (ev & (KNIT_WRITABLE | KNIT_IOERR | KNIT_HANGUP)) ||
                          ((t->layer_want & KNIT_READABLE) && (ev & KNIT_READABLE));
-        if (can_flush && (!knit_buf_empty(&t->out) || t->layer_want)) {
+        if (can_flush && !(t->uflags & TU_MODE) && (!knit_buf_empty(&t->out) || t->layer_want)) {
             t->layer_want = 0;
             if (!knit_buf_empty(&t->out)) flush(t);
         }
@@ -1047,7 +1192,7 @@ void knit_transport_set_water_marks(knit_transport *t, size_t high, size_t low)
 
 size_t knit_transport_write_buffer_size(const knit_transport *t)
 {
-    return knit_buf_len(&t->out);
+    return out_len(t);
 }
 bool knit_transport_producer_paused(const knit_transport *t)
 {
@@ -1158,6 +1303,6 @@ knit_protocol *knit_transport_protocol(const knit_transport *t)
 size_t knit_transport_memory(const knit_transport *t)
 {
     return sizeof *t + knit_buf_allocated(&t->out) + knit_buf_allocated(&t->in) +
-           (t->ext ? sizeof *t->ext : 0) +
+           (t->ext ? sizeof *t->ext + knit_buf_allocated(&t->ext->behind) : 0) +
            (t->ext && t->ext->proxied ? 2 * sizeof(knit_sockaddr) : 0);
 }
