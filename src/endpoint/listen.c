@@ -787,12 +787,18 @@ void knit_listener_close(knit_listener *l, bool abort_connections)
         return;
     }
     unsigned idx = l->gidx;
+    /* Hold LG across the loop: a part closed here drops its reference, and
+     * only the primary's own (still held) keeps LG alive otherwise; gcc -O3
+     * rightly cannot see that. */
+    __atomic_add_fetch(&lg->refs, 1, __ATOMIC_ACQ_REL);
     if (idx == lg->primary) {
         __atomic_store_n(&lg->closing, 1, __ATOMIC_RELEASE);
-        for (unsigned i = 0; i < lg->n; i++)
+        unsigned n = lg->n;
+        for (unsigned i = 0; i < n; i++)
             if (i != idx) part_close_remote(lg, i, abort_connections);
     }
     part_close_here(lg, idx, abort_connections, true);
+    lgroup_unref(lg);
 }
 
 /* ---- socket creation --------------------------------------------------------------- */
