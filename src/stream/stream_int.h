@@ -42,6 +42,17 @@ enum {
     TP_TLS_SHUT = 1u << 13,  /* TLS close_notify in progress */
 };
 
+/* t->uflags: the io_uring receive and send (see transport.c's file comment). */
+enum {
+    TU_MODE = 1u << 3,    /* this transport receives and sends by completion */
+    TU_RECV = 1u << 0,    /* a multishot receive is in flight (holds t) */
+    TU_CANCEL = 1u << 1,  /* ... and its cancellation was requested */
+    TU_EOF = 1u << 2,     /* the peer's EOF arrived while it could not be delivered */
+    TU_LOST = 1u << 4,    /* closed: queue lost_cb when no operation is left in flight */
+    TU_SEND = 1u << 5,    /* a send from t->out is in flight (holds t; t->out pinned) */
+    TU_SCANCEL = 1u << 6, /* ... and its cancellation was requested */
+};
+
 /* Called once when the pre-protocol phase (the TLS handshake) ends: err 0 → attach a protocol with knit__transport_attach (or close);
  * err < 0 → the transport is already closing and will free itself. */
 typedef void (*knit__ready_fn)(knit_transport *t, int err, void *arg);

@@ -1904,8 +1904,13 @@ static void test_pool_done_after_handler_flushes(void **state)
             knit_reactor_run_once(fx.r, KNIT_MSEC(5));
             complete = 0;
             for (int k = 0; k < CONNS; k++) {
-                strncat(acc[k], take(t[k]), sizeof acc[k] - strlen(acc[k]) - 1);
-                size_t al = strlen(acc[k]), wl = strlen(want[k]);
+                /* append what came (memcpy: gcc -O3 flags strncat's bound) */
+                const char *got = take(t[k]);
+                size_t a0 = strlen(acc[k]), gl = strlen(got), room = sizeof acc[k] - a0 - 1;
+                if (gl > room) gl = room;
+                memcpy(acc[k] + a0, got, gl);
+                acc[k][a0 + gl] = 0;
+                size_t al = a0 + gl, wl = strlen(want[k]);
                 if (al >= wl && strcmp(acc[k] + al - wl, want[k]) == 0) complete++;
             }
         }
