@@ -208,6 +208,9 @@ extern "C" {
 #define KNIT_HTTP_LINGER_MAX (64u << 20)      /* lingering close: bytes dropped */
 #define KNIT_HTTP_WRITE_TIMEOUT KNIT_SEC(60)  /* output stuck above high water */
 #define KNIT_HTTP_DRAIN_TIMEOUT KNIT_SEC(30)  /* in-flight requests on shutdown */
+/* Draining: a connection accepted but with no request yet gets this long to
+ * send its first one (then it is answered with Connection: close). */
+#define KNIT_HTTP_DRAIN_FIRST_REQUEST KNIT_MSEC(500)
 #define KNIT_HTTP_RETRY_AFTER 1u              /* seconds, on 503 */
 #define KNIT_HTTP_SERVER_NAME "knit"
 #define KNIT_HTTP_BODY_BUFFER                                                                      \
@@ -334,7 +337,12 @@ unsigned knit_http_port(const knit_http_server *s, size_t n);
  * by the server. (knit_manhole_attach_listeners takes this shape.) */
 struct knit_listener *knit_http_listener(const knit_http_server *s, size_t n);
 
-/* Start draining now (what the shutdown trigger does). DONE, if given, runs
+/* Start draining now (what the shutdown trigger does): the listeners close;
+ * idle keep-alive connections close; a connection half-way through a request
+ * head, or accepted with no request yet (for KNIT_HTTP_DRAIN_FIRST_REQUEST),
+ * has its request answered with Connection: close, as every request in
+ * flight is (closing those would lose a request the client already sent:
+ * its connect was accepted before the drain). DONE, if given, runs
  * on the reactor once every connection is closed and every pool handler's
  * job is over (one whose client left, or whose connection the drain timeout
  * aborted, included): after DONE, knit_http_server_free is safe. Idempotent. */

@@ -1098,7 +1098,13 @@ void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *
                 knit__http_conn_close_now(c, true, KNIT_CLOSE_SHUTDOWN, 0);
                 continue;
             }
-            if ((c->state == C_IDLE || c->state == C_HEAD) && c->proto.transport) {
+            if (c->state == C_HEAD) continue; /* answered, with Connection: close */
+            if (c->state == C_IDLE && c->timer_kind == T_FIRST && c->proto.transport) {
+                /* accepted, no request yet: one may be on its way */
+                knit__http_timer_set(c, T_FIRST, KNIT_HTTP_DRAIN_FIRST_REQUEST);
+                continue;
+            }
+            if (c->state == C_IDLE && c->proto.transport) {
                 c->state = C_CLOSING;
                 knit__http_timer_set(c, T_NONE, 0);
                 knit_transport_lose_connection(c->proto.transport);

@@ -726,6 +726,42 @@ static void test_drain(void **state)
     teardown_fx(&fx);
 }
 
+/* Draining spares a request the client already sent, or is sending: a
+ * connection accepted with no request yet gets KNIT_HTTP_DRAIN_FIRST_REQUEST
+ * to send one, and one half-way through its head is answered; both with
+ * Connection: close. A fresh connection that stays silent is closed when its
+ * grace ends (the fake clock). Closing them at once made a client that opens
+ * a connection per request see a reset during a restart (test_notes_takeover). */
+static void test_drain_answers_requests_on_their_way(void **state)
+{
+    (void)state;
+    fixture fx;
+    setup_fx(&fx, false, NULL); /* on a fake clock */
+    knit_transport *fresh = open_conn(&fx), *half = open_conn(&fx), *silent = open_conn(&fx);
+    feed(half, "GET / HTTP/1.1\r\nHo");
+    drained = 0;
+    knit_http_server_drain(fx.s, on_drained, NULL);
+    assert_false(knit_memory_transport_lose_requested(fresh));
+    assert_false(knit_memory_transport_lose_requested(half));
+    assert_false(knit_memory_transport_lose_requested(silent));
+    feed(fresh, "GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    feed(half, "st: x\r\n\r\n");
+    for (int i = 0; i < 2; i++) {
+        knit_transport *t = i ? half : fresh;
+        const char *o = take(t);
+        assert_non_null(strstr(o, "HTTP/1.1 200 "));
+        assert_non_null(strstr(o, "Connection: close\r\n"));
+        assert_true(knit_memory_transport_lose_requested(t));
+        close_conn(t);
+    }
+    assert_false(knit_memory_transport_lose_requested(silent));
+    assert_int_equal(knit_reactor_advance(fx.r, KNIT_HTTP_DRAIN_FIRST_REQUEST), 0);
+    assert_true(knit_memory_transport_lose_requested(silent));
+    close_conn(silent);
+    assert_int_equal(drained, 1);
+    teardown_fx(&fx);
+}
+
 static void test_idle_connection_is_small(void **state)
 {
     (void)state;
@@ -2441,6 +2477,7 @@ int main(void)
         cmocka_unit_test(test_abort_breaks_answer_off),
         cmocka_unit_test(test_pool_body_backpressure),
         cmocka_unit_test(test_drain),
+        cmocka_unit_test(test_drain_answers_requests_on_their_way),
         cmocka_unit_test(test_idle_connection_is_small),
         cmocka_unit_test(test_error_body_hook),
         cmocka_unit_test(test_reasons),
