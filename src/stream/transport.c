@@ -308,6 +308,23 @@ static void call_soon(knit_transport *t, knit_call_fn fn)
         KNIT_ERROR("stream", "out of memory: leaking a closed transport");
 }
 
+/* After data_received on a borrowed buffer (the thread's scratch area, a
+ * ring buffer): what the protocol left goes to t->in. False when T was
+ * closed for want of memory. */
+static bool keep_rest(knit_transport *t, knit_buf *sbuf)
+{
+    if (!knit_buf_empty(sbuf) && !(t->flags & TP_CLOSED)) {
+        int rc = knit_buf_move(&t->in, sbuf);
+        if (rc < 0) {
+            knit_buf_release(sbuf);
+            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+            return false;
+        }
+    }
+    knit_buf_release(sbuf); /* a protocol may have grown it onto the heap */
+    return true;
+}
+
 /* ---- the io_uring receive ------------------------------------------------------ */
 
 static void on_recv(void *owner, int res, unsigned cflags, const uint8_t *data);
@@ -358,15 +375,7 @@ static void recv_deliver(knit_transport *t, const uint8_t *data, size_t n)
     knit_buf_init_borrowed(&sbuf, (uint8_t *)data, n);
     knit_buf_commit(&sbuf, n);
     t->proto->ops->data_received(t->proto, &sbuf);
-    if (!knit_buf_empty(&sbuf) && !(t->flags & TP_CLOSED)) {
-        int rc = knit_buf_move(&t->in, &sbuf);
-        if (rc < 0) {
-            knit_buf_release(&sbuf);
-            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
-            return;
-        }
-    }
-    knit_buf_release(&sbuf); /* a protocol may have grown it onto the heap */
+    keep_rest(t, &sbuf);
 }
 
 static void on_recv(void *owner, int res, unsigned cflags, const uint8_t *data)
@@ -869,15 +878,7 @@ static void do_read(knit_transport *t)
         t->bytes_in += (uint64_t)n;
         t->proto->ops->data_received(t->proto, b);
         if (use_scratch) {
-            if (!knit_buf_empty(&sbuf) && !(t->flags & TP_CLOSED)) {
-                int rc = knit_buf_move(&t->in, &sbuf);
-                if (rc < 0) {
-                    knit_buf_release(&sbuf);
-                    close_now(t, KNIT_CLOSE_NOMEM, rc, true);
-                    return;
-                }
-            }
-            knit_buf_release(&sbuf); /* a protocol may have grown it onto the heap */
+            if (!keep_rest(t, &sbuf)) return;
         } else if (knit_buf_empty(&t->in)) {
             knit_buf_release(&t->in);
         }

@@ -52,38 +52,35 @@ const char *knit_close_reason_name(knit_close_reason r)
     return names[r];
 }
 
-int knit_transport_peer(const knit_transport *t, knit_sockaddr *out)
+/* The peer's (LOCAL false) or our own address: a PROXY header's when the
+ * connection came through one, else the socket's. */
+static int address(const knit_transport *t, bool local, knit_sockaddr *out)
 {
     if (t->ext && t->ext->proxied) {
-        *out = t->ext->proxied[0];
+        *out = t->ext->proxied[local ? 1 : 0];
         return 0;
     }
     if (t->flags & TP_MEMORY) return KNIT_ENOTSUP;
     if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
     memset(out, 0, sizeof *out);
     out->len = sizeof out->u;
-    if (getpeername(t->io._fd, &out->u.sa, &out->len) < 0) {
+    int rc = local ? getsockname(t->io._fd, &out->u.sa, &out->len)
+                   : getpeername(t->io._fd, &out->u.sa, &out->len);
+    if (rc < 0) {
         out->len = 0;
         return -errno;
     }
     return 0;
 }
 
+int knit_transport_peer(const knit_transport *t, knit_sockaddr *out)
+{
+    return address(t, false, out);
+}
+
 int knit_transport_local(const knit_transport *t, knit_sockaddr *out)
 {
-    if (t->ext && t->ext->proxied) {
-        *out = t->ext->proxied[1];
-        return 0;
-    }
-    if (t->flags & TP_MEMORY) return KNIT_ENOTSUP;
-    if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
-    memset(out, 0, sizeof *out);
-    out->len = sizeof out->u;
-    if (getsockname(t->io._fd, &out->u.sa, &out->len) < 0) {
-        out->len = 0;
-        return -errno;
-    }
-    return 0;
+    return address(t, true, out);
 }
 
 int knit_transport_set_nodelay(knit_transport *t, bool on)
