@@ -50,7 +50,7 @@ asan:
 tsan:
 	@scripts/test --only tsan
 
-# Each libFuzzer target for FUZZ_SECONDS (default 300 here; 10 in `make
+# Each libFuzzer target for FUZZ_SECONDS (default 300 here; 6 in `make
 # test`), merging the inputs that found new coverage into fuzz/corpus/.
 fuzz:
 	@FUZZ_SECONDS=$${FUZZ_SECONDS:-300} FUZZ_MERGE=1 scripts/test --only fuzz
