@@ -5,7 +5,7 @@
 # since it was configured, so optional benchmark peers installed later
 # (libuv, libthrift, ...) are picked up rather than missed or half-built.
 BUILD ?= build
-.PHONY: all run test unit asan tsan fuzz faults bench clean format deps configure install
+.PHONY: all run test unit asan tsan fuzz faults bench clean format deps configure install deb cluster
 
 all: configure
 	ninja -C $(BUILD)
@@ -50,7 +50,7 @@ asan:
 tsan:
 	@scripts/test --only tsan
 
-# Each libFuzzer target for FUZZ_SECONDS (default 300 here; 10 in `make
+# Each libFuzzer target for FUZZ_SECONDS (default 300 here; 6 in `make
 # test`), merging the inputs that found new coverage into fuzz/corpus/.
 fuzz:
 	@FUZZ_SECONDS=$${FUZZ_SECONDS:-300} FUZZ_MERGE=1 scripts/test --only fuzz
@@ -73,8 +73,21 @@ soak: all
 	@scripts/deps test
 	@tests/soak/soak.py
 
+# The knit-notes Debian package (packaging/debian) into build-deb/, then its
+# checks (tests/deb/run: lintian without errors, contents, the packaged
+# binary started as systemd starts it). docs/deploy.md.
+deb:
+	@scripts/deb
+
+# Three knit-notes instances in network namespaces behind HAProxy, sharing
+# one database, through a rolling restart and a SIGKILL under load
+# (tests/cluster/run; needs root for the namespaces). docs/deploy.md.
+cluster: all
+	@scripts/deps deploy
+	@tests/cluster/run
+
 format:
 	clang-format -i $$(git ls-files '*.c' '*.h')
 
 clean:
-	rm -rf build build-asan build-tsan build-fuzz build-fault
+	rm -rf build build-asan build-tsan build-fuzz build-fault build-deb

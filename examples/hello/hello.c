@@ -3,6 +3,7 @@
  *
  *   knit-hello --http=tcp:8080:interface=127.0.0.1 --mode=inline|pool
  *              [--threads=N] [--sleep-ms=N] [--access-log=none|combined|json]
+ *              [--io-threads=N]
  *
  * GET / answers "Hello, World!" (13 bytes, text/plain). In pool mode the
  * handler runs on a worker and, with --sleep-ms, sleeps that long first (a
@@ -14,6 +15,9 @@
  * with a single knit_http_respond), GET /hello/{name}, GET /headers (echoes
  * the X-Test headers), GET /stats (the server's counters as "name value"
  * lines, answered inline on the reactor).
+ * --io-threads=N runs N reactors (0, the default: $KNIT_IO_THREADS, else one
+ * per online CPU); connections go to the one with the fewest, the pool is
+ * shared, and /stats counts the part of the reactor that answers.
  * SIGTERM / SIGINT drain the server: in-flight requests finish, then exit.
  * Prints "listening on PORT" on stdout once ready (so scripts can use
  * tcp:0). Logs nothing per request unless --access-log is given.
@@ -41,6 +45,8 @@ static const knit_flag_def hello_flags[] = {
     KNIT_FLAG_DEF("mode", KNIT_FLAG_ENUM, "inline",
                   "run handlers inline on the reactor or on the pool", .choices = modes),
     KNIT_FLAG_DEF("threads", KNIT_FLAG_INT64, "4", "pool worker threads (pool mode)"),
+    KNIT_FLAG_DEF("io-threads", KNIT_FLAG_UINT64, "0",
+                  "reactor threads (0: $KNIT_IO_THREADS, else one per online CPU)"),
     KNIT_FLAG_DEF("queue", KNIT_FLAG_INT64, "4096", "pool queue length (503 beyond it)"),
     KNIT_FLAG_DEF("sleep-ms", KNIT_FLAG_INT64, "0", "pool mode: sleep this long in each handler"),
     KNIT_FLAG_DEF("timer-slack-ns", KNIT_FLAG_INT64, "0",
@@ -218,6 +224,10 @@ int main(int argc, char **argv)
 
     knit_reactor *r;
     if (knit_reactor_new(&r, NULL) != 0) return 1;
+    knit_reactor_group *group;
+    if (knit_reactor_group_new(
+            &group, r, knit_io_threads((unsigned)knit_flags_uint64(fs, "io-threads")), NULL) != 0)
+        return 1;
     knit_signal *s1, *s2;
     knit_signal_start(r, SIGTERM, on_signal, NULL, &s1);
     knit_signal_start(r, SIGINT, on_signal, NULL, &s2);
@@ -247,6 +257,7 @@ int main(int argc, char **argv)
     ho.max_connections = (unsigned)knit_flags_int64(fs, "max-connections");
     ho.write_timeout = knit_flags_duration(fs, "write-timeout");
     ho.output_budget = (size_t)knit_flags_uint64(fs, "output-budget");
+    ho.spread = true;
     if (knit_http_server_new(r, &ho, &srv) != 0) return 1;
     knit_http_mode m = pool_mode ? KNIT_HTTP_POOL : KNIT_HTTP_INLINE;
     /* pool mode: these two get the body while it arrives (or never read it) */
@@ -267,11 +278,17 @@ int main(int argc, char **argv)
     }
     printf("listening on %u\n", knit_http_port(srv, 0));
     fflush(stdout);
+    if (knit_reactor_group_start(group) != 0) {
+        fprintf(stderr, "knit-hello: cannot start the reactor threads\n");
+        return 1;
+    }
     knit_reactor_run(r);
+    knit_reactor_group_join(group);
     knit_http_server_free(srv);
     knit_pool_free(pool);
     knit_signal_stop(s1);
     knit_signal_stop(s2);
+    knit_reactor_group_free(group);
     knit_reactor_free(r);
     knit_flags_free(fs);
     return 0;

@@ -393,13 +393,16 @@ static void do_list(notes_app *app, const notes_req *req, notes_resp *resp)
 int notes_app_ready(notes_app *app, char *why, size_t len)
 {
     if (__atomic_load_n(&app->draining, __ATOMIC_ACQUIRE)) {
-        snprintf(why, len, "draining");
+        if (why && len) snprintf(why, len, "draining");
         return KNIT_ESHUTDOWN;
     }
     char fault[NOTES_STORE_WHY_MAX];
     int rc = notes_store_health(app->store, fault, sizeof fault);
     if (rc < 0) {
-        snprintf(why, len, "database: %s", fault);
+        if (why && len) {
+            int n = snprintf(why, len, "database: ");
+            if (n > 0 && (size_t)n < len) snprintf(why + n, len - (size_t)n, "%s", fault);
+        }
         return rc;
     }
     return 0;
@@ -638,11 +641,10 @@ char *notes_app_metrics(notes_app *app)
               "# HELP notes_draining 1 while the service drains for shutdown.\n"
               "# TYPE notes_draining gauge\nnotes_draining %d\n",
               __atomic_load_n(&app->draining, __ATOMIC_ACQUIRE) ? 1 : 0);
-    char why[8];
     sb_printf(&b,
               "# HELP notes_ready 1 when /readyz answers 200 (not draining, database good).\n"
               "# TYPE notes_ready gauge\nnotes_ready %d\n",
-              notes_app_ready(app, why, sizeof why) == 0 ? 1 : 0);
+              notes_app_ready(app, NULL, 0) == 0 ? 1 : 0);
     if (app->extra_metrics) {
         char *more = app->extra_metrics(app->extra_metrics_arg);
         if (more) sb_printf(&b, "%s", more);

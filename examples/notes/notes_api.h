@@ -95,7 +95,7 @@ void notes_app_probe(notes_app *app, const notes_req *req, notes_resp *resp);
 
 /* Readiness, the rule /readyz answers by: 0 when this instance should take
  * traffic; otherwise KNIT_ESHUTDOWN (draining) or the store's fault code
- * (notes_store_health), with a reason in WHY (LEN bytes). Reads two flags'
+ * (notes_store_health), with a reason in WHY (LEN bytes; WHY may be NULL). Reads two flags'
  * worth of state, never blocks. [any] */
 int notes_app_ready(notes_app *app, char *why, size_t len);
 

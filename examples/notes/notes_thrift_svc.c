@@ -98,6 +98,7 @@ struct notes_thrift {
     unsigned inside; /* handlers between guard_enter and guard_leave */
 
     /* a stop in progress */
+    bool draining; /* notes_thrift_drain ran */
     knit_deferred *stop_done;
     knit_timer poll;
     int64_t drain_deadline; /* knit_reactor_now, ns */
@@ -508,10 +509,16 @@ static knit_deferred *thrift_start(knit_service *s, void *arg)
         return NULL;
     }
     notes_thrift_set_stopping(t, false);
+    t->draining = false;
 
     knit_thrift_server_options o;
     knit_thrift_server_options_init(&o);
     o.pool = t->refs.pool;
+    /* --io-threads: connections spread over every reactor (the handlers
+     * run on workers either way); a stopping reactor waits for its calls
+     * as long as the drain below does. */
+    o.spread = true;
+    o.drain_timeout = t->refs.shutdown_timeout - t->refs.shutdown_timeout / 4;
     uint64_t frame = t->refs.max_body + NOTES_THRIFT_FRAME_SLACK;
     o.max_frame =
         frame > KNIT_THRIFT_MAX_FRAME_DEFAULT ? KNIT_THRIFT_MAX_FRAME_DEFAULT : (uint32_t)frame;
@@ -565,7 +572,9 @@ static void drain_check(knit_reactor *r, void *arg)
     unsigned inside = t->inside;
     pthread_mutex_unlock(&t->mu);
     bool late = knit_reactor_now(r) >= t->drain_deadline;
+    if (late) notes_thrift_set_stopping(t, true); /* new calls: Unavailable("... stopping") */
     if (inside == 0 && (st.in_flight == 0 || late)) {
+        notes_thrift_set_stopping(t, true); /* nothing may enter the store from here on */
         if (st.in_flight)
             KNIT_WARN("notes", "thrift drain timed out: %zu calls dropped", st.in_flight);
         knit_thrift_server_close(t->srv);
@@ -583,11 +592,33 @@ static void drain_check(knit_reactor *r, void *arg)
         KNIT_ERROR("notes", "thrift drain: cannot arm a timer");
 }
 
+void notes_thrift_drain(notes_thrift *t)
+{
+    if (!t || !t->srv || t->draining) return;
+    t->draining = true;
+    knit_thrift_server_stats st;
+    knit_thrift_server_get_stats(t->srv, &st);
+    char open[24], busy[24];
+    snprintf(open, sizeof open, "%zu", st.open);
+    snprintf(busy, sizeof busy, "%zu", st.in_flight);
+    knit_log_kv(KNIT_LOG_INFO, "notes",
+                "drain: 5/6 Thrift: listener closed, in-flight calls finish, idle connections "
+                "closed",
+                "connections", open, "calls_in_flight", busy, NULL);
+    knit_thrift_server_drain(t->srv);
+}
+
+/* The calls in flight are answered (a connection closes after its last
+ * reply; calls arriving before that are served), up to three quarters of
+ * --shutdown-timeout; then new calls are refused and the server closes. */
 static knit_deferred *thrift_stop(knit_service *s, void *arg)
 {
     notes_thrift *t = arg;
-    notes_thrift_set_stopping(t, true); /* new calls: Unavailable("... stopping") */
-    if (!t->srv) return NULL;
+    if (!t->srv) {
+        notes_thrift_set_stopping(t, true);
+        return NULL;
+    }
+    notes_thrift_drain(t);
     knit_duration budget = t->refs.shutdown_timeout - t->refs.shutdown_timeout / 4;
     t->drain_deadline = knit_reactor_now(t->r) + budget;
     t->stop_done = knit_deferred_new();

@@ -19,10 +19,14 @@
  *       Required with --thrift-sasl=plain (setup fails otherwise).
  *   the "thrift" service: at start it builds the knit_thrift_server on the
  *     notes pool (the same pool, and the same store, as the HTTP API) and
- *     listens; at stop it drains: calls that arrive from then on are
- *     answered with Unavailable("the notes service is stopping"), the calls
- *     in flight finish and are answered, then the server closes (listener
- *     and connections). The stop completes only when no handler is inside
+ *     listens; at stop it drains (notes_thrift_drain, unless the SIGTERM
+ *     sequence already began it): the listener closes, idle connections
+ *     close, the calls in flight finish and are answered and each busy
+ *     connection closes after its last reply (Thrift has no drain signal:
+ *     clients reconnect, and knit's client sends a call that found its
+ *     connection closing on the new one); then the server closes. Calls
+ *     arriving past the drain budget are answered with Unavailable("the
+ *     notes service is stopping"). The stop completes only when no handler is inside
  *     the store, so the store service (started before it) closes after.
  *     Past the drain budget (3/4 of --shutdown-timeout) the connections are
  *     closed without waiting for the replies, but the stop still waits for
@@ -112,6 +116,10 @@ const knit_thrift_processor *notes_thrift_processor(notes_thrift *t);
 /* While STOPPING, calls are answered with Unavailable("the notes service is
  * stopping") without touching the store. [any] */
 void notes_thrift_set_stopping(notes_thrift *t, bool stopping);
+/* Step 5 of the SIGTERM sequence (notes_drain.h): stop listening, close
+ * idle connections, close each busy one after its last reply. Logged.
+ * Idempotent; the service's stop then waits for the calls. [reactor] */
+void notes_thrift_drain(notes_thrift *t);
 /* Free T (closing its server if one is still open). No call may be running.
  * NULL is a no-op. For a T made by notes_thrift_add, the service does it. */
 void notes_thrift_free(notes_thrift *t);

@@ -100,7 +100,15 @@ static const char *const schema_sqlite[] = {
     NULL,
 };
 
+/* Instances started together on an empty database would race: CREATE TABLE
+ * IF NOT EXISTS is not safe against a concurrent creator in PostgreSQL (one
+ * fails with 23505 on pg_type_typname_nsp_index). A transaction-scoped
+ * advisory lock (a key of knit-notes' own) makes the others wait for the
+ * first's commit, after which their statements find everything there. */
+#define SQL_SCHEMA_LOCK_PG "SELECT pg_advisory_xact_lock(7138560315)"
+
 static const char *const schema_pg[] = {
+    SQL_SCHEMA_LOCK_PG,
     "CREATE TABLE IF NOT EXISTS notes("
     "  id BIGSERIAL PRIMARY KEY,"
     "  text TEXT NOT NULL,"

@@ -4,7 +4,7 @@
  *   knit-thrift-bench --thrift=tcp:9090:interface=127.0.0.1 --threads=4
  *                     [--protocol=binary|compact] [--mode=pool|inline]
  *                     [--queue=N] [--sasl-db=PATH] [--multiplex]
- *                     [--http=ENDPOINT] [--queue-timeout=DURATION]
+ *                     [--http=ENDPOINT] [--queue-timeout=DURATION] [--io-threads=N]
  *
  * Every handler is a plain blocking function run on the pool (--mode=pool,
  * the default). --mode=inline runs echo and add on the reactor as
@@ -20,7 +20,12 @@
  * --http=ENDPOINT serves the same processor over HTTP (POST /thrift, any
  * Thrift protocol; prints "http on PORT"). --queue-timeout sheds calls that
  * waited longer for a worker (TApplicationException TIMEOUT).
- * Prints "listening on PORT" once ready; SIGTERM/SIGINT stop it.
+ * --io-threads=N runs N reactors (0, the default: $KNIT_IO_THREADS, else one
+ * per online CPU) sharing the pool; connections (and the --http server's)
+ * spread over them, each served on the reactor it landed on; inline
+ * handlers then run on every reactor's thread (they touch nothing shared).
+ * Prints "listening on PORT" once ready; SIGTERM/SIGINT stop it (every
+ * reactor drains: calls in flight are answered first).
  *
  * The process sets its timer slack to 1 ns before starting the workers (they
  * inherit it), so sleep_us(1000) sleeps 1 ms rather than 1 ms + the default
@@ -64,6 +69,8 @@ static const knit_flag_def bench_flags[] = {
                   "answer TIMEOUT to calls that waited longer than this for a worker (0: never)"),
     KNIT_FLAG_DEF("spin", KNIT_FLAG_DURATION, "20us",
                   "pool workers spin this long before sleeping"),
+    KNIT_FLAG_DEF("io-threads", KNIT_FLAG_UINT64, "0",
+                  "reactor threads (0: $KNIT_IO_THREADS, else one per online CPU)"),
 };
 
 static int h_echo(void *ctx, const bench_Bench_echo_args *a, bench_Bench_echo_result *res)
@@ -139,6 +146,10 @@ int main(int argc, char **argv)
 
     knit_reactor *r;
     if (knit_reactor_new(&r, NULL) != 0) return 1;
+    knit_reactor_group *group;
+    if (knit_reactor_group_new(
+            &group, r, knit_io_threads((unsigned)knit_flags_uint64(fs, "io-threads")), NULL) != 0)
+        return 1;
     knit_signal *s1, *s2;
     knit_signal_start(r, SIGTERM, on_signal, NULL, &s1);
     knit_signal_start(r, SIGINT, on_signal, NULL, &s2);
@@ -176,6 +187,7 @@ int main(int argc, char **argv)
     o.pool = pool;
     if (db && *db) o.sasl = &so;
     o.queue_timeout = knit_flags_duration(fs, "queue-timeout");
+    o.spread = true;
     knit_thrift_server *srv;
     if (knit_thrift_server_new(r, &o, &srv) != 0 || knit_thrift_server_add(srv, &proc) != 0)
         return 1;
@@ -192,7 +204,10 @@ int main(int argc, char **argv)
     knit_http_server *hs = NULL;
     const char *http = knit_flags_string(fs, "http");
     if (http && *http) {
-        if (knit_http_server_new(r, NULL, &hs) != 0 ||
+        knit_http_options ho;
+        knit_http_options_init(&ho);
+        ho.spread = true; /* the route is inline: each reactor's part serves its own */
+        if (knit_http_server_new(r, &ho, &hs) != 0 ||
             knit_thrift_server_http_route(srv, hs, "/thrift") != 0 ||
             knit_http_listen(hs, http, err, sizeof err) != 0) {
             fprintf(stderr, "knit-thrift-bench: http: %s\n", hs ? err : "cannot start");
@@ -201,12 +216,18 @@ int main(int argc, char **argv)
         printf("http on %u\n", knit_http_port(hs, 0));
     }
     fflush(stdout);
+    if (knit_reactor_group_start(group) != 0) {
+        fprintf(stderr, "knit-thrift-bench: cannot start the reactor threads\n");
+        return 1;
+    }
     knit_reactor_run(r);
+    knit_reactor_group_join(group);
     knit_http_server_free(hs); /* before the Thrift server: the route borrows it */
     knit_thrift_server_close(srv);
     knit_pool_free(pool);
     knit_signal_stop(s1);
     knit_signal_stop(s2);
+    knit_reactor_group_free(group);
     knit_reactor_free(r);
     knit_flags_free(fs);
     return 0;

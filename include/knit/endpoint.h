@@ -44,6 +44,34 @@
  * again after reclaim_retry, as long as clients are waiting; without a hook
  * the listener simply waits for a connection to close.
  *
+ * Accept sequence (h2o's h2o_accept): accept → the PROXY header (haproxy:,
+ * read here, before the transport exists, within
+ * KNIT_PROXY_HEADER_TIMEOUT; a bad or missing header closes the socket) →
+ * the transport, with the header's addresses as its peer/local → the TLS
+ * handshake (ssl:, KNIT_TLS_HANDSHAKE_TIMEOUT) → the factory's protocol.
+ *
+ * Several reactors: with knit_listen_options.spread and R in a reactor
+ * group of N > 1, the listener has a part on every reactor of the group,
+ * each accepting on its own thread (the returned listener is R's part; the
+ * others are made from R's thread with knit_call_in_reactor and live on
+ * theirs). Two ways to listen, chosen by the string's spread= option:
+ *   spread=shared     (default; h2o's way) one listening socket, watched
+ *                     by every reactor: whichever reactor is free first
+ *                     accepts, so a reactor busy with long-lived, busy
+ *                     connections does not hold new clients back;
+ *   spread=reuseport  a socket per reactor with SO_REUSEPORT: the kernel
+ *                     hashes each new connection to one reactor's socket,
+ *                     where it waits until that reactor accepts it.
+ *                     (tcp, tcp6, ssl only; other kinds always share.)
+ * docs/benchmarks.md ("Several reactors") has the measurements behind the
+ * default. Either way, placement: a connection accepted on a reactor that
+ * has more live connections (knit_reactor_live_connections) than the least
+ * loaded one is handed over to that one (one knit_call_in_reactor per
+ * handed-over connection; PROXY and TLS run on the reactor that keeps it).
+ * max_connections, the reclaim hook and the counters are per part.
+ * Closing the returned listener closes every part (each on its own thread,
+ * or from the caller when that reactor's loop is not running).
+ *
  * Threads: every function is [reactor] unless marked [any]. A listener and
  * its connections belong to the reactor they were created on.
  */
@@ -112,14 +140,32 @@ typedef struct knit_listener knit_listener;
  * listener's reactor from the accept loop; must not close L. */
 typedef size_t (*knit_listen_reclaim_fn)(knit_listener *l, size_t n, void *arg);
 
+/* A listener spread over a reactor group: what the connections placed on
+ * reactor R (index INDEX) are built by, and the reclaim hook's argument
+ * there. Runs on R's thread before its part of the listener exists. */
+typedef struct knit_listen_member {
+    knit_protocol_factory *factory;
+    void *reclaim_arg;
+} knit_listen_member;
+typedef void (*knit_listen_member_fn)(knit_reactor *r, unsigned index, void *arg,
+                                      knit_listen_member *out);
+
 typedef struct knit_listen_options {
-    unsigned max_connections;  /* 0: unlimited */
+    unsigned max_connections;  /* 0: unlimited (per reactor when spread) */
     knit_duration emfile_retry; /* default KNIT_LISTEN_EMFILE_RETRY */
     size_t high_water, low_water; /* per-connection producer marks (0: defaults) */
     bool nodelay;               /* TCP_NODELAY on accepted sockets (default true) */
     knit_listen_reclaim_fn reclaim; /* at max_connections (NULL: just wait) */
     void *reclaim_arg;
     knit_duration reclaim_retry; /* default (and when <= 0) KNIT_LISTEN_RECLAIM_RETRY */
+    /* Spread over the reactors of the group R belongs to (knit/reactor.h),
+     * when it has more than one: see "Several reactors" below. */
+    bool spread;
+    /* Per-reactor factory and reclaim argument (NULL: FACTORY and
+     * reclaim_arg on every reactor; FACTORY->build then runs on several
+     * threads and must allow it). */
+    knit_listen_member_fn member;
+    void *member_arg;
 } knit_listen_options;
 
 void knit_listen_options_init(knit_listen_options *o);
@@ -143,6 +189,8 @@ size_t knit_listener_connections(const knit_listener *l);
 /* Total accepted, and times accepting was suspended by EMFILE & co. */
 uint64_t knit_listener_accepted(const knit_listener *l);
 uint64_t knit_listener_emfile_events(const knit_listener *l);
+/* Connections this part accepted and handed to another reactor (spread). */
+uint64_t knit_listener_handed_over(const knit_listener *l);
 /* Connections the reclaim hook closed to make room at max_connections. */
 uint64_t knit_listener_reclaimed(const knit_listener *l);
 /* Stop accepting for a while (e.g. graceful drain) / start again. */
@@ -161,8 +209,11 @@ const char *knit_listener_description(const knit_listener *l);
  * order; returns how many were visited. FN must not close listeners. */
 typedef void (*knit_listener_visit_fn)(knit_listener *l, void *arg);
 size_t knit_listeners_visit(knit_listener_visit_fn fn, void *arg);
-/* Visit the listener's open connections (also those still in their PROXY
- * or TLS handshake phase: knit_transport_protocol() is NULL for them).
+/* Visit the listener's open connections (also those still in their TLS
+ * handshake: knit_transport_protocol() is NULL for them). A haproxy:
+ * connection still waiting for its PROXY header is not a transport yet
+ * (the accept sequence reads the header first): it counts in
+ * knit_listener_connections but is not visited.
  * FN may abort or close a connection (that only queues its end). Returns
  * how many were visited. Client connections are not on any listener. */
 size_t knit_listener_visit_connections(knit_listener *l, knit_transport_visit_fn fn, void *arg);

@@ -208,6 +208,9 @@ extern "C" {
 #define KNIT_HTTP_LINGER_MAX (64u << 20)      /* lingering close: bytes dropped */
 #define KNIT_HTTP_WRITE_TIMEOUT KNIT_SEC(60)  /* output stuck above high water */
 #define KNIT_HTTP_DRAIN_TIMEOUT KNIT_SEC(30)  /* in-flight requests on shutdown */
+/* Draining: a connection accepted but with no request yet gets this long to
+ * send its first one (then it is answered with Connection: close). */
+#define KNIT_HTTP_DRAIN_FIRST_REQUEST KNIT_MSEC(500)
 #define KNIT_HTTP_RETRY_AFTER 1u              /* seconds, on 503 */
 #define KNIT_HTTP_SERVER_NAME "knit"
 #define KNIT_HTTP_BODY_BUFFER                                                                      \
@@ -263,12 +266,32 @@ typedef struct knit_http_options {
     uint64_t max_body_memory; /* bytes of request bodies held at once */
     knit_duration linger_time, linger_timeout;
     uint64_t linger_max;
+    /* Several reactors: when the server's reactor is in a group of N > 1
+     * (knit/reactor.h), serve on all of them — see "Several reactors". */
+    bool spread;
 } knit_http_options;
 
 void knit_http_options_init(knit_http_options *o);
 
 /* Handler: answer REQ with the response functions below. */
 typedef void (*knit_http_handler)(knit_http_request *req, void *arg);
+
+/* Several reactors (options.spread, R in a reactor group of N > 1): the
+ * server has a part on every reactor of the group (R's is the returned
+ * server; the others are made here and attach to their reactors from
+ * there). Listeners spread over the group (knit/endpoint.h: a connection
+ * goes to the reactor with the fewest live connections); a connection and
+ * its requests live on one reactor, whose part counts them (stats,
+ * output_budget and the drain timeout are per part; max_connections is
+ * split evenly between the parts, rounded up), and
+ * a pool handler's job comes back to that reactor. Routes are shared:
+ * add them all before knit_http_listen. INLINE handlers then run on every
+ * reactor's thread: whatever they touch must allow that. Stopping a
+ * reactor drains its part (its own trigger); knit_http_server_drain on the
+ * returned server drains every part and calls DONE once all are done;
+ * knit_http_server_free frees every part (after the drain, as always).
+ * knit_http_get_stats counts the part of the reactor running on the
+ * calling thread (R's elsewhere). */
 
 /* Create a server on R (the drain trigger is registered here). OPTS may be
  * NULL. 0 and *out, or KNIT_EINVAL / KNIT_ENOMEM. */
@@ -314,8 +337,15 @@ unsigned knit_http_port(const knit_http_server *s, size_t n);
  * by the server. (knit_manhole_attach_listeners takes this shape.) */
 struct knit_listener *knit_http_listener(const knit_http_server *s, size_t n);
 
-/* Start draining now (what the shutdown trigger does). DONE, if given, runs
- * on the reactor once every connection is closed. Idempotent. */
+/* Start draining now (what the shutdown trigger does): the listeners close;
+ * idle keep-alive connections close; a connection half-way through a request
+ * head, or accepted with no request yet (for KNIT_HTTP_DRAIN_FIRST_REQUEST),
+ * has its request answered with Connection: close, as every request in
+ * flight is (closing those would lose a request the client already sent:
+ * its connect was accepted before the drain). DONE, if given, runs
+ * on the reactor once every connection is closed and every pool handler's
+ * job is over (one whose client left, or whose connection the drain timeout
+ * aborted, included): after DONE, knit_http_server_free is safe. Idempotent. */
 void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *, void *),
                             void *arg);
 /* Free the server: listeners closed, connections aborted. Not while

@@ -203,6 +203,7 @@ int knit_metrics_remove_collector(knit_metrics *m, knit_metrics_collect_fn fn, v
 /* ---- built-in collectors ---------------------------------------------------- */
 
 struct knit_reactor;
+struct knit_reactor_group;
 struct knit_pool;
 struct knit_http_server;
 struct knit_thrift_server;
@@ -220,9 +221,17 @@ struct knit_thrift_server;
 /* Reactor, labelled reactor="NAME" (knit_reactor_name): counters
  * knit_reactor_iterations_total, _events_total, _timers_fired_total,
  * _calls_total, _wakeups_total; gauges knit_reactor_fds, _pending_timers,
- * _queued_calls, _lag_seconds (last timer lag), _lag_max_seconds. */
+ * _queued_calls, _lag_seconds (last timer lag), _lag_max_seconds, and
+ * knit_reactor_connections (accepted connections open there). */
 int knit_metrics_add_reactor(knit_metrics *m, struct knit_reactor *r);
 int knit_metrics_remove_reactor(knit_metrics *m, struct knit_reactor *r);
+/* Reactors 1..N-1 of a group (reactor 0 is added on its own), each
+ * labelled with its name ("notes-1", ...). Their loop statistics are
+ * read on their own threads only (so they show here when the exposition
+ * runs there); knit_reactor_connections (accepted connections open on the
+ * reactor) is read for every reactor on every exposition. */
+int knit_metrics_add_reactor_group(knit_metrics *m, struct knit_reactor_group *g);
+void knit_metrics_remove_reactor_group(knit_metrics *m, struct knit_reactor_group *g);
 
 /* Pool, labelled pool="NAME": counters knit_pool_jobs_submitted_total,
  * _completed_total, _failed_total, _rejected_total, _cancelled_total,

@@ -43,6 +43,11 @@ typedef struct knit_reactor_options {
     knit_clock *clock;    /* NULL: the real monotonic clock. Not owned. */
     unsigned max_events;  /* epoll_wait batch size; default 256 */
     const char *name;     /* for logs and stats; default "reactor" */
+    /* "epoll" or "io_uring"; NULL or "": $KNIT_BACKEND, else epoll. When
+     * io_uring cannot be set up (sysctl kernel.io_uring_disabled, seccomp,
+     * old kernel) the reactor uses epoll and logs one line per process;
+     * an unknown name makes knit_reactor_new fail with KNIT_EINVAL. */
+    const char *backend;
 } knit_reactor_options;
 
 void knit_reactor_options_init(knit_reactor_options *o);
@@ -294,10 +299,88 @@ typedef struct knit_reactor_stats {
     size_t signal_handlers;
     knit_duration lag_last;  /* how late the last due timer ran */
     knit_duration lag_max;   /* worst lag since creation */
+    const char *backend;     /* "epoll" or "io_uring" (static string) */
 } knit_reactor_stats;
 
 void knit_reactor_get_stats(knit_reactor *r, knit_reactor_stats *out);
 const char *knit_reactor_name(const knit_reactor *r); /* [any] */
+/* The backend in use, "epoll" or "io_uring" (after any fallback). [any] */
+const char *knit_reactor_backend(const knit_reactor *r);
+
+/* ---- several reactors (a group) ---------------------------------------------
+ *
+ * A group is N reactors sharing one process: reactor 0 is the one the
+ * caller already has (its thread runs it, as always); reactors 1..N-1 are
+ * made by the group and each runs on a thread of its own once the group is
+ * started. Each reactor owns its connections, timers and watches; work
+ * crosses between them only with knit_call_in_reactor (knit/pool.h) or
+ * knit_call_from_thread. One worker pool may serve them all (a job's done
+ * runs on the reactor that submitted it).
+ *
+ * Listeners made with knit_listen_options.group spread accepted connections
+ * over the group: each new connection goes to the reactor with the fewest
+ * live connections (knit_reactor_live_connections), see knit/endpoint.h.
+ *
+ * Stopping: stopping reactor 0 (knit_reactor_stop, SIGTERM through its
+ * signal handlers) stops the whole group. The group's BEFORE trigger on
+ * reactor 0 stops every other reactor — each runs its own shutdown phases
+ * (an HTTP server's part drains there) — and is done once all of them have
+ * returned from their loops, so reactor 0's DURING phase (the pool drains)
+ * starts only after every reactor finished its in-flight work.
+ *
+ * Life cycle: knit_reactor_group_new → (listen, set up) →
+ * knit_reactor_group_start → knit_reactor_run(reactor 0) → ... →
+ * knit_reactor_group_join → knit_reactor_group_close/_free.
+ */
+#define KNIT_REACTOR_GROUP_MAX 64 /* reactors in one group */
+
+typedef struct knit_reactor_group knit_reactor_group;
+
+/* N reactors with FIRST as reactor 0 (not owned; must not be running and
+ * must not be in a group); the others are made with OPTS (NULL: defaults;
+ * named NAME-1, NAME-2, ...). N == 0: one per online CPU; N is capped at
+ * KNIT_REACTOR_GROUP_MAX. N == 1 is a group of FIRST alone (no thread,
+ * nothing changes). 0 and *out, or a negative code. */
+int knit_reactor_group_new(knit_reactor_group **out, knit_reactor *first, unsigned n,
+                           const knit_reactor_options *opts);
+/* Start the threads of reactors 1..N-1 and arm the group's stop trigger on
+ * reactor 0. Call once, from reactor 0's thread, before or while it runs.
+ * 0, KNIT_EALREADY, or a thread error (the threads already started are
+ * stopped and joined again). */
+int knit_reactor_group_start(knit_reactor_group *g);
+/* After reactor 0's loop returned: stop the others (at once when reactor 0
+ * was stopped with knit_reactor_stop_now) and wait for their threads.
+ * Idempotent. */
+void knit_reactor_group_join(knit_reactor_group *g);
+/* Free the group and reactors 1..N-1 (not reactor 0), after _join. _close
+ * first checks each of them with knit_reactor_close (tests) and returns
+ * KNIT_EBUSY if one still held something (everything is freed anyway). */
+int knit_reactor_group_close(knit_reactor_group *g);
+void knit_reactor_group_free(knit_reactor_group *g);
+
+unsigned knit_reactor_group_size(const knit_reactor_group *g); /* [any] */
+/* Reactor I (0 <= I < size), or NULL. [any] */
+knit_reactor *knit_reactor_group_get(const knit_reactor_group *g, unsigned i);
+/* The group R belongs to (NULL: none), and R's index in it (0 if none).
+ * [any] */
+knit_reactor_group *knit_reactor_group_of(const knit_reactor *r);
+unsigned knit_reactor_group_index(const knit_reactor *r);
+/* The reactor of G with the fewest live connections; ties go to PREFER
+ * when it is one of them (else the lowest index). Reactors already
+ * stopping are skipped while another one runs. [any] */
+knit_reactor *knit_reactor_group_least_loaded(const knit_reactor_group *g, knit_reactor *prefer);
+/* Connections accepted on R and still open (every listener of R counts its
+ * own, and a connection handed over from another reactor counts here from
+ * the moment it was placed). [any] */
+size_t knit_reactor_live_connections(const knit_reactor *r);
+/* Add DELTA to R's live connections (listeners do this). [any] */
+void knit_reactor_live_add(knit_reactor *r, long delta);
+/* The number of online CPUs (the default --io-threads), at least 1. [any] */
+unsigned knit_reactor_default_count(void);
+/* What --io-threads=N means: N when N > 0, else $KNIT_IO_THREADS when it
+ * holds a number from 1 (the test suite's second pass sets it), else
+ * knit_reactor_default_count(); at most KNIT_REACTOR_GROUP_MAX. [any] */
+unsigned knit_io_threads(unsigned n);
 
 #ifdef __cplusplus
 }

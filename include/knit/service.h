@@ -43,8 +43,21 @@
  *                    --shutdown-timeout; second signal: stop at once.
  *   SIGHUP           reopen the --log-file (logrotate).
  *
+ * --io-threads=N (flag of the "service" group; 0, the default, means
+ * $KNIT_IO_THREADS when set, else one per online CPU) runs N reactors:
+ * reactor 0 on the main thread, the others on threads of their own
+ * (knit_app_reactors).
+ *
  * With NOTIFY_SOCKET set (systemd Type=notify), it sends READY=1 once the
  * tree has started and STOPPING=1 when stopping begins.
+ *
+ * A drain grace (options.pre_stop): at the first stop signal, before the
+ * tree (and the reactor's BEFORE triggers, which stop listeners) stops,
+ * pre_stop runs and may return a Deferred; the tree stops once it fired.
+ * Meanwhile everything keeps serving — the time a load balancer needs to
+ * see the instance report "draining" and send new clients elsewhere. The
+ * --shutdown-timeout deadline counts from the signal, grace included; a
+ * second signal stops at once as usual.
  *
  * After a forced stop (second signal, --shutdown-timeout) it does not wait
  * for running pool jobs or services still stopping: it ends the process
@@ -83,6 +96,7 @@ enum {
 };
 
 typedef struct knit_reactor knit_reactor;
+typedef struct knit_reactor_group knit_reactor_group;
 typedef struct knit_service knit_service;
 
 typedef enum knit_service_state {
@@ -184,6 +198,12 @@ typedef struct knit_main_options {
     /* Called after the loop ended, before the pool and the reactor are
      * freed (the tree has been stopped). Optional. */
     void (*teardown)(knit_app *app, void *arg);
+    /* Optional: runs at the first SIGTERM/SIGINT/knit_app_stop while the
+     * tree is running, before it stops (see "A drain grace" above). Return
+     * NULL to stop at once, or a Deferred (one reference, handed over) that
+     * fires when stopping may begin; a failure is logged and stopping
+     * begins anyway. Not called when the start failed. [reactor] */
+    knit_deferred *(*pre_stop)(knit_app *app, void *arg);
     void *arg;
     bool no_pool; /* do not build a worker pool (no --pool-* flags) */
     bool env_unknown_warn; /* see knit_flags_options.env_unknown_warn */
@@ -196,7 +216,12 @@ void knit_main_options_init(knit_main_options *o);
 int knit_main(int argc, char **argv, const knit_main_options *o);
 
 /* For setup (and services) during knit_main. [reactor] */
-knit_reactor *knit_app_reactor(const knit_app *app);
+knit_reactor *knit_app_reactor(const knit_app *app); /* reactor 0: the main thread's */
+/* The reactors of --io-threads (knit/reactor.h); reactor 0 is
+ * knit_app_reactor. Servers made with their spread option serve on all of
+ * them; everything else stays on reactor 0. On SIGTERM every reactor
+ * drains its own connections before the pool shuts down. */
+knit_reactor_group *knit_app_reactors(const knit_app *app);
 knit_pool *knit_app_pool(const knit_app *app); /* NULL with no_pool */
 knit_flags *knit_app_flags(const knit_app *app);
 knit_metrics *knit_app_metrics(const knit_app *app);  /* has the reactor collector */

@@ -573,10 +573,12 @@ static knit__dbreq *req_new(knit_db *db, int kind, const char *sql, const knit_d
 void knit__dbreq_unref(knit__dbreq *q)
 {
     if (__atomic_sub_fetch(&q->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+    knit__dbreq *tx = q->tx; /* a sub of an interaction holds it */
     knit_db_rows_free(q->rows);
     knit_failure_free(q->failure);
     knit_result_clear(&q->res);
     free(q);
+    if (tx) knit__dbreq_unref(tx);
 }
 
 void knit__dbreq_set_failure(knit__dbreq *q, knit_failure *f)

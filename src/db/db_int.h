@@ -3,7 +3,8 @@
  *             public entry points (which dispatch on the kind);
  *   rows.c    knit_db_rows and its JSON form;
  *   sqlite.c  the SQLite backend (connections owned by pool workers);
- *   pg.c      the PostgreSQL backend (libpq non-blocking on the home reactor).
+ *   pg*.c     the PostgreSQL backend (libpq non-blocking on the home reactor;
+ *             its files and private state: pg_int.h).
  *
  * A call is one request (dbreq), allocated by the caller and freed once its
  * outcome was delivered:
@@ -71,7 +72,7 @@ struct knit__dbreq {
     knit__pgconn *conn; /* the connection it was sent on / the tx holds */
     knit__dbreq *tx;    /* a statement of this interaction (tx request) */
     int64_t deadline;   /* queue: acquire deadline (mono ns) */
-    int pg_state;       /* pg.c's own */
+    int pg_state;       /* the PostgreSQL backend's own */
     int pg_phase;       /* results expected: prepare, then query, then sync */
     void *pg_stmt;      /* the cache entry a prepare creates */
     int pg_resends;     /* times sent again after a stray cancel */
@@ -171,7 +172,8 @@ void knit__sq_close(knit_db *db);
 void knit__sq_free(knit_db *db);
 void knit__sq_stats(const knit_db *db, knit_db_stats *out);
 
-/* PostgreSQL (pg.c). */
+/* PostgreSQL (pg_conn.c: open ... stats; pg_call.c: submit, blocking, cancel,
+ * tx_stmt). */
 int knit__pg_open(knit_db *db, char *err, size_t errlen);
 knit_deferred *knit__pg_ready(knit_db *db);
 int knit__pg_submit(knit_db *db, knit__dbreq *q, knit_reactor *r);

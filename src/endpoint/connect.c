@@ -160,7 +160,7 @@ static void connected(knit_connect *c, int slot)
          * then runs, and even the user callback, before it returns. Keep C
          * alive across the call. */
         c->in_new = true;
-        rc = knit__transport_new(c->r, fd, false, ops, state, tls_ready, c, 0, &t);
+        rc = knit__transport_new(c->r, fd, ops, state, tls_ready, c, 0, &t);
         c->in_new = false;
         if (rc < 0) {
             finish(c, NULL, rc);
@@ -170,7 +170,7 @@ static void connected(knit_connect *c, int slot)
         maybe_free(c);
         return;
     }
-    rc = knit__transport_new(c->r, fd, false, NULL, NULL, NULL, NULL, 0, &t);
+    rc = knit__transport_new(c->r, fd, NULL, NULL, NULL, NULL, 0, &t);
     if (rc < 0) {
         finish(c, NULL, rc);
         return;

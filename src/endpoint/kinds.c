@@ -7,14 +7,14 @@
 #include "endpoint/endpoint_int.h"
 #include "knit/error.h"
 
-static const char *const tcp_server_opts[] = {"interface", "backlog", "reuseport", NULL};
+static const char *const tcp_server_opts[] = {"interface", "backlog", "reuseport", "spread", NULL};
 static const ep_spec tcp_server = {
     {"port"}, 1, 1, tcp_server_opts, "tcp:PORT[:interface=ADDR][:backlog=N][:reuseport=yes]"};
 static const ep_spec tcp6_server = {
     {"port"}, 1, 1, tcp_server_opts, "tcp6:PORT[:interface=ADDR6][:backlog=N][:reuseport=yes]"};
 static const char *const ssl_opts[] = {"privateKey", "certKey", "extraCertChain",
                                        "interface",  "backlog", "reuseport",
-                                       "minVersion", "alpn",    "sniCertDir", NULL};
+                                       "minVersion", "alpn",    "sniCertDir", "spread", NULL};
 static const ep_spec ssl_server = {
     {"port"},
     1,
@@ -61,6 +61,11 @@ static int check_listen_common(const knit_endpoint_desc *d, const ep_spec *s, in
     if ((v = knit_endpoint_desc_get(d, "reuseport")) &&
         (rc = knit__ep_check_bool(d, "reuseport", v, NULL, err, n)))
         return rc;
+    if ((v = knit_endpoint_desc_get(d, "spread")) && strcmp(v, "shared") != 0 &&
+        strcmp(v, "reuseport") != 0)
+        return knit__ep_fail(err, n, "%s: spread \"%.40s\": expected shared or reuseport", d->kind,
+                             v),
+               KNIT_EBADENDPOINT;
     return 0;
 }
 

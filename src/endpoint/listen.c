@@ -27,12 +27,35 @@
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "endpoint/endpoint_int.h"
 #include "knit/error.h"
 #include "knit/log.h"
+#include "reactor/reactor_int.h"
 #include "tls/tls_int.h"
+
+/* A listener spread over a reactor group: one part per reactor. m[i].l is
+ * touched only on reactor i's thread (or by the closing thread once that
+ * reactor's loop is not running); the rest is set before any part exists
+ * and read-only after. Freed when the last reference goes (the primary
+ * part and every queued cross-reactor call hold one). */
+typedef struct lgroup {
+    int refs; /* atomic */
+    int closing; /* atomic: the primary part closed */
+    knit_reactor_group *g;
+    unsigned n, primary;
+    knit_listen_options o;
+    bool proxy;
+    knit_tls_ctx *tls;
+    char *desc;
+    struct lmember {
+        knit_listener *l; /* this reactor's part, once made */
+        int fd;           /* its socket until the part is made, else -1 */
+        knit_listen_member mb;
+    } m[KNIT_REACTOR_GROUP_MAX];
+} lgroup;
 
 struct knit_listener {
     knit_io io;
@@ -49,6 +72,12 @@ struct knit_listener {
     char *unix_path; /* socket file to remove on close */
     char *desc;      /* the endpoint string, for introspection */
     knit_listener *tprev, *tnext; /* this thread's listeners */
+    lgroup *grp;     /* spread over a group: the parts; else NULL */
+    unsigned gidx;   /* this part's reactor index in grp */
+    int backlog;
+    bool spread_reuseport; /* the string asked for spread=reuseport */
+    uint64_t handed;       /* accepted here, handed to another reactor */
+    struct proxy_wait *pw_first; /* connections waiting for their PROXY header */
 };
 
 /* Listeners of the reactor running on this thread (each reactor thread has
@@ -72,17 +101,24 @@ static void update(knit_listener *l)
         knit_io_stop(&l->io);
 }
 
-static void conn_freed(knit_transport *t, void *owner)
+/* One of L's connections is gone (a transport freed, or one that never got
+ * past its PROXY header). */
+static void slot_freed(knit_listener *l)
 {
-    (void)t;
-    knit_listener *l = owner;
     l->nconns--;
+    knit_reactor_live_add(l->r, -1);
     if (l->at_limit && l->nconns < l->o.max_connections) {
         l->at_limit = false;
         if (l->reclaim_retry.id) knit_timer_cancel(l->r, l->reclaim_retry);
         l->reclaim_retry = KNIT_TIMER_NONE;
         update(l);
     }
+}
+
+static void conn_freed(knit_transport *t, void *owner)
+{
+    (void)t;
+    slot_freed(owner);
 }
 
 static void conn_ready(knit_transport *t, int err, void *arg)
@@ -132,8 +168,228 @@ static void at_cap(knit_listener *l)
     if (n == 0) l->reclaim_retry = knit_call_later(l->r, l->o.reclaim_retry, reclaim_retry_cb, l);
 }
 
+/* ---- the accept sequence: accept → PROXY header → TLS → protocol -------------------
+ *
+ * Each step is chosen at accept (STYLE item 16, h2o's h2o_accept): a
+ * haproxy: listener first reads the PROXY header here, on a watch of its
+ * own, before any transport exists (the stream layer knows nothing of it);
+ * then the transport is made, with the addresses the header gave, and runs
+ * the TLS handshake when the listener has a TLS context; then the factory
+ * builds the protocol. A connection counts in l->nconns (and as live on
+ * the reactor) through every step. */
+
+typedef struct proxy_wait {
+    knit_io io;
+    knit_listener *l;
+    knit_timer timer;
+    size_t have;
+    struct proxy_wait *prev, *next; /* on l->pw_first */
+    uint8_t buf[1024];              /* header bytes taken so far */
+} proxy_wait;
+
+/* The transport for FD (past its PROXY header, if any: A holds the
+ * addresses it gave, or NULL), then TLS, then the protocol. */
+static void transport_setup(knit_listener *l, int fd, const knit_sockaddr *a)
+{
+    const knit__layer_ops *ops = NULL;
+    void *state = NULL;
+    if (l->tls && knit__tls_layer_new(l->tls, fd, NULL, &ops, &state) < 0) {
+        close(fd);
+        knit_reactor_live_add(l->r, -1);
+        return;
+    }
+    knit_transport *t;
+    /* Link before the phase starts: it may finish (or fail) at once. */
+    int rc = knit__transport_new(l->r, fd, ops, state, NULL, NULL, 0, &t);
+    if (rc < 0) {
+        knit_reactor_live_add(l->r, -1);
+        return;
+    }
+    t->owner_fn = conn_freed;
+    t->owner = l;
+    l->nconns++;
+    if (l->o.high_water) knit_transport_set_water_marks(t, l->o.high_water, l->o.low_water);
+    if (a && a[0].len && knit__transport_set_proxied(t, &a[0], &a[1]) < 0) {
+        knit__transport_close(t, false, KNIT_CLOSE_NOMEM, KNIT_ENOMEM);
+        return;
+    }
+    if (ops) {
+        t->ext->ready = conn_ready; /* ext exists: TLS */
+        t->ext->ready_arg = l;
+        t->ext->phase_timer =
+            knit_call_later(l->r, KNIT_TLS_HANDSHAKE_TIMEOUT, knit__transport_phase_timeout, t);
+        knit__transport_run_phases(t);
+    } else {
+        conn_ready(t, 0, l);
+    }
+}
+
+/* The PROXY step is over: on to the transport (A non-NULL) or dropped. */
+static void proxy_end(proxy_wait *pw, const knit_sockaddr *a)
+{
+    knit_listener *l = pw->l;
+    int fd = knit_io_fd(&pw->io);
+    knit_io_stop(&pw->io);
+    if (pw->timer.id) knit_timer_cancel(l->r, pw->timer);
+    if (pw->prev) pw->prev->next = pw->next;
+    else l->pw_first = pw->next;
+    if (pw->next) pw->next->prev = pw->prev;
+    free(pw);
+    if (a) {
+        l->nconns--; /* transport_setup counts it again */
+        transport_setup(l, fd, a);
+        return;
+    }
+    close(fd);
+    knit_reactor_live_add(l->r, -1);
+    slot_freed(l);
+}
+
+static void proxy_timeout(knit_reactor *r, void *arg)
+{
+    (void)r;
+    proxy_wait *pw = arg;
+    pw->timer = KNIT_TIMER_NONE;
+    knit_log_kv(KNIT_LOG_DEBUG, "endpoint", "no PROXY header in time; closed", "endpoint",
+                knit_listener_description(pw->l), NULL);
+    proxy_end(pw, NULL);
+}
+
+static void proxy_readable(knit_io *io, unsigned ev)
+{
+    (void)ev;
+    proxy_wait *pw = io->data;
+    int fd = knit_io_fd(io);
+    uint8_t peek[sizeof pw->buf];
+    ssize_t n = recv(fd, peek, sizeof pw->buf - pw->have, MSG_PEEK);
+    if (n < 0 && (errno == EAGAIN || errno == EWOULDBLOCK || errno == EINTR)) return;
+    if (n <= 0) { /* EOF or an error before the header ended */
+        proxy_end(pw, NULL);
+        return;
+    }
+    memcpy(pw->buf + pw->have, peek, (size_t)n);
+    knit_sockaddr a[2];
+    size_t avail = pw->have + (size_t)n;
+    int rc = knit_proxy_header_parse(pw->buf, avail, &a[0], &a[1]);
+    if (rc < 0 || (rc == 0 && avail == sizeof pw->buf)) {
+        knit_log_kv(KNIT_LOG_DEBUG, "endpoint", "bad PROXY header; closed", "endpoint",
+                    knit_listener_description(pw->l), NULL);
+        proxy_end(pw, NULL);
+        return;
+    }
+    /* Every peeked byte up to the header's end is header: take exactly those
+     * off the socket, so what follows (maybe TLS) stays there. */
+    size_t take = rc == 0 ? (size_t)n : (size_t)rc - pw->have;
+    ssize_t got = recv(fd, peek, take, 0);
+    if (got != (ssize_t)take) {
+        proxy_end(pw, NULL);
+        return;
+    }
+    pw->have += take;
+    if (rc > 0) proxy_end(pw, a);
+}
+
+/* Make the connection for FD, accepted (or handed over) for L; L's reactor
+ * already counts it as live. */
+static void conn_setup(knit_listener *l, int fd)
+{
+    int one = 1;
+    if (l->o.nodelay) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+    if (!l->proxy) {
+        transport_setup(l, fd, NULL);
+        return;
+    }
+    proxy_wait *pw = calloc(1, sizeof *pw);
+    if (!pw) {
+        close(fd);
+        knit_reactor_live_add(l->r, -1);
+        return;
+    }
+    pw->l = l;
+    knit_io_init(l->r, &pw->io, fd, proxy_readable, pw);
+    pw->next = l->pw_first;
+    if (pw->next) pw->next->prev = pw;
+    l->pw_first = pw;
+    l->nconns++;
+    pw->timer = knit_call_later(l->r, KNIT_PROXY_HEADER_TIMEOUT, proxy_timeout, pw);
+    if (!pw->timer.id || knit_io_start(&pw->io, KNIT_READABLE) < 0) proxy_end(pw, NULL);
+}
+
+/* Listener L closes: drop the connections still waiting for a header. */
+static void proxy_drop_all(knit_listener *l)
+{
+    while (l->pw_first) {
+        proxy_wait *pw = l->pw_first;
+        knit_io_stop(&pw->io);
+        if (pw->timer.id) knit_timer_cancel(l->r, pw->timer);
+        close(knit_io_fd(&pw->io));
+        knit_reactor_live_add(l->r, -1);
+        l->pw_first = pw->next;
+        free(pw);
+    }
+}
+
+static void lgroup_unref(lgroup *lg);
+static int fail_errno(char *err, size_t n, int e, const char *step, const char *what);
+static int bind_listen(int family, const struct sockaddr *sa, socklen_t sl, int backlog,
+                       bool reuseport, int *out, const char *desc, char *err, size_t n);
+
+typedef struct handoff {
+    lgroup *lg;
+    unsigned idx;
+    int fd;
+} handoff;
+
+/* On the receiving reactor: its part takes the connection (counted as live
+ * there since it was placed). */
+static void handoff_run(knit_reactor *r, void *arg)
+{
+    handoff *h = arg;
+    knit_listener *l = h->lg->m[h->idx].l;
+    /* Not after the loop ended (the group runs its last calls then): no one
+     * would ever serve it. */
+    if (l && knit__reactor_running(r))
+        conn_setup(l, h->fd);
+    else {
+        close(h->fd); /* that part is closed */
+        knit_reactor_live_add(r, -1);
+    }
+    lgroup_unref(h->lg);
+    free(h);
+}
+
+/* A connection accepted by L: keep it, or hand it to the reactor with the
+ * fewest live connections. */
+static void place(knit_listener *l, int fd)
+{
+    lgroup *lg = l->grp;
+    if (lg && !__atomic_load_n(&lg->closing, __ATOMIC_ACQUIRE)) {
+        knit_reactor *to = knit_reactor_group_least_loaded(lg->g, l->r);
+        if (to && to != l->r) {
+            handoff *h = malloc(sizeof *h);
+            if (h) {
+                h->lg = lg;
+                h->idx = knit_reactor_group_index(to);
+                h->fd = fd;
+                __atomic_add_fetch(&lg->refs, 1, __ATOMIC_ACQ_REL);
+                knit_reactor_live_add(to, 1);
+                if (knit_call_in_reactor(to, handoff_run, h) == 0) {
+                    l->handed++;
+                    return;
+                }
+                knit_reactor_live_add(to, -1);
+                __atomic_sub_fetch(&lg->refs, 1, __ATOMIC_ACQ_REL);
+                free(h);
+            }
+        }
+    }
+    knit_reactor_live_add(l->r, 1);
+    conn_setup(l, fd);
+}
+
 static void on_accept(knit_io *io, unsigned ev)
 {
+    (void)ev;
     knit_listener *l = io->data;
     for (int i = 0; i < KNIT_LISTEN_ACCEPTS_PER_EVENT; i++) {
         if (l->o.max_connections && l->nconns >= l->o.max_connections) {
@@ -167,32 +423,7 @@ static void on_accept(knit_io *io, unsigned ev)
             return;
         }
         l->accepted++;
-        int one = 1;
-        if (l->o.nodelay) setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
-        const knit__layer_ops *ops = NULL;
-        void *state = NULL;
-        if (l->tls && knit__tls_layer_new(l->tls, fd, NULL, &ops, &state) < 0) {
-            close(fd);
-            continue;
-        }
-        knit_transport *t;
-        bool phases = l->proxy || ops;
-        knit_duration to = l->proxy ? KNIT_PROXY_HEADER_TIMEOUT : KNIT_TLS_HANDSHAKE_TIMEOUT;
-        /* Link before the phases start: they may finish (or fail) at once. */
-        int rc = knit__transport_new(l->r, fd, l->proxy, ops, state, NULL, NULL, 0, &t);
-        if (rc < 0) continue;
-        t->owner_fn = conn_freed;
-        t->owner = l;
-        l->nconns++;
-        if (l->o.high_water) knit_transport_set_water_marks(t, l->o.high_water, l->o.low_water);
-        if (phases) {
-            t->ext->ready = conn_ready; /* ext exists: PROXY or TLS */
-            t->ext->ready_arg = l;
-            t->ext->phase_timer = knit_call_later(l->r, to, knit__transport_phase_timeout, t);
-            knit__transport_run_phases(t);
-        } else {
-            conn_ready(t, 0, l);
-        }
+        place(l, fd);
     }
 }
 
@@ -274,11 +505,20 @@ const char *knit_transport_endpoint(const knit_transport *t)
     return NULL;
 }
 
+/* A connection of a closed listener: it still counts as live on its
+ * reactor until it is freed. */
+static void orphan_freed(knit_transport *t, void *owner)
+{
+    (void)t;
+    knit_reactor_live_add(owner, -1);
+}
+
 static void disown(knit_transport *t, void *arg)
 {
     bool abort_connections = *(bool *)arg;
-    t->owner_fn = NULL;
-    t->owner = NULL;
+    knit_listener *l = t->owner;
+    t->owner_fn = orphan_freed;
+    t->owner = l->r;
     /* Connections still in their PROXY/TLS phase point back at us. */
     if (t->ext && t->ext->ready) {
         t->ext->ready = NULL;
@@ -325,9 +565,12 @@ void knit_listener_resume(knit_listener *l)
     update(l);
 }
 
-void knit_listener_close(knit_listener *l, bool abort_connections)
+/* Close one part. ON_THREAD: the caller runs L's reactor (or is the thread
+ * that made L); otherwise L's reactor is not running and its thread is
+ * done with it: its connections and its thread's registry are out of
+ * reach and left alone. */
+static void part_close(knit_listener *l, bool abort_connections, bool on_thread)
 {
-    if (!l) return;
     knit_io_stop(&l->io);
     close(knit_io_fd(&l->io));
     if (l->retry.id) knit_timer_cancel(l->r, l->retry);
@@ -336,14 +579,226 @@ void knit_listener_close(knit_listener *l, bool abort_connections)
         unlink(l->unix_path);
         free(l->unix_path);
     }
-    knit_listener_visit_connections(l, disown, &abort_connections);
-    if (l->tprev) l->tprev->tnext = l->tnext;
-    else if (tl_first == l) tl_first = l->tnext;
-    if (l->tnext) l->tnext->tprev = l->tprev;
-    else if (tl_last == l) tl_last = l->tprev;
+    proxy_drop_all(l);
+    if (on_thread) {
+        knit_listener_visit_connections(l, disown, &abort_connections);
+        if (l->tprev) l->tprev->tnext = l->tnext;
+        else if (tl_first == l) tl_first = l->tnext;
+        if (l->tnext) l->tnext->tprev = l->tprev;
+        else if (tl_last == l) tl_last = l->tprev;
+    }
     knit_tls_ctx_unref(l->tls);
     free(l->desc);
     free(l);
+}
+
+/* ---- spread over a reactor group ---------------------------------------------------- */
+
+static void lgroup_unref(lgroup *lg)
+{
+    if (__atomic_sub_fetch(&lg->refs, 1, __ATOMIC_ACQ_REL) != 0) return;
+    for (unsigned i = 0; i < lg->n; i++)
+        if (lg->m[i].fd >= 0) close(lg->m[i].fd);
+    knit_tls_ctx_unref(lg->tls);
+    free(lg->desc);
+    free(lg);
+}
+
+typedef struct part_call {
+    lgroup *lg;
+    unsigned idx;
+    bool abort_connections;
+} part_call;
+
+/* On reactor IDX: make its part from the socket prepared for it. */
+static void part_start(knit_reactor *r, void *arg)
+{
+    part_call *pc = arg;
+    lgroup *lg = pc->lg;
+    struct lmember *m = &lg->m[pc->idx];
+    int fd = m->fd;
+    m->fd = -1;
+    if (fd >= 0 && __atomic_load_n(&lg->closing, __ATOMIC_ACQUIRE)) {
+        close(fd);
+        fd = -1;
+    }
+    if (fd >= 0) {
+        knit_listen_options o = lg->o;
+        m->mb.factory = lg->m[lg->primary].mb.factory;
+        m->mb.reclaim_arg = lg->o.reclaim_arg;
+        if (lg->o.member) lg->o.member(r, pc->idx, lg->o.member_arg, &m->mb);
+        o.reclaim_arg = m->mb.reclaim_arg;
+        knit_listener *l;
+        int rc = knit_listener_adopt(r, fd, m->mb.factory, &o, &l);
+        if (rc < 0) {
+            KNIT_ERROR("endpoint", "%s: cannot listen on reactor %u: %s", lg->desc, pc->idx,
+                       knit_strerror(rc));
+        } else {
+            l->grp = lg;
+            l->gidx = pc->idx;
+            l->proxy = lg->proxy;
+            l->tls = lg->tls ? knit_tls_ctx_ref(lg->tls) : NULL;
+            l->desc = lg->desc ? strdup(lg->desc) : NULL;
+            m->l = l;
+            __atomic_add_fetch(&lg->refs, 1, __ATOMIC_ACQ_REL); /* the part's */
+        }
+    }
+    lgroup_unref(lg);
+    free(pc);
+}
+
+static void part_close_here(lgroup *lg, unsigned idx, bool abort_connections, bool on_thread)
+{
+    struct lmember *m = &lg->m[idx];
+    if (m->l) {
+        knit_listener *l = m->l;
+        m->l = NULL;
+        part_close(l, abort_connections, on_thread);
+        lgroup_unref(lg);
+    } else if (m->fd >= 0) {
+        close(m->fd);
+        m->fd = -1;
+    }
+}
+
+static void part_close_call(knit_reactor *r, void *arg)
+{
+    (void)r;
+    part_call *pc = arg;
+    part_close_here(pc->lg, pc->idx, pc->abort_connections, true);
+    lgroup_unref(pc->lg);
+    free(pc);
+}
+
+/* From the primary part's thread: close part IDX on its own thread, or
+ * here when its reactor's loop is not running. */
+static void part_close_remote(lgroup *lg, unsigned idx, bool abort_connections)
+{
+    knit_reactor *r = knit_reactor_group_get(lg->g, idx);
+    int rc = KNIT_ESHUTDOWN;
+    if (!knit__reactor_finished(r)) {
+        part_call *pc = malloc(sizeof *pc);
+        rc = KNIT_ENOMEM;
+        if (pc) {
+            pc->lg = lg;
+            pc->idx = idx;
+            pc->abort_connections = abort_connections;
+            __atomic_add_fetch(&lg->refs, 1, __ATOMIC_ACQ_REL);
+            if ((rc = knit_call_in_reactor(r, part_close_call, pc)) == 0) return;
+            __atomic_sub_fetch(&lg->refs, 1, __ATOMIC_ACQ_REL);
+            free(pc);
+        }
+    }
+    if (rc != KNIT_ESHUTDOWN) {
+        KNIT_WARN("endpoint", "%s: cannot reach reactor %u to close its part", lg->desc, idx);
+        return;
+    }
+    /* Its loop is over: wait (it is running its last calls, briefly) until
+     * its thread is done with the reactor, then close the part from here. */
+    for (int i = 0; i < 20000 && !knit__reactor_finished(r); i++) {
+        struct timespec ts = {0, 100 * 1000};
+        nanosleep(&ts, NULL);
+    }
+    if (!knit__reactor_finished(r)) {
+        KNIT_WARN("endpoint", "%s: reactor %u does not finish; its part stays open", lg->desc, idx);
+        return;
+    }
+    part_close_here(lg, idx, abort_connections, false);
+}
+
+/* A socket for another reactor: the same one (shared) or one more bound to
+ * the same address with SO_REUSEPORT. */
+static int part_socket(knit_listener *l, int *out, char *err, size_t n)
+{
+    int fd = knit_io_fd(&l->io);
+    if (!l->spread_reuseport) {
+        int d = fcntl(fd, F_DUPFD_CLOEXEC, 0);
+        if (d < 0) return fail_errno(err, n, errno, "dup", l->desc);
+        *out = d;
+        return 0;
+    }
+    knit_sockaddr a;
+    int rc = knit_listener_address(l, &a);
+    if (rc < 0) return fail_errno(err, n, -rc, "getsockname", l->desc);
+    return bind_listen(a.u.sa.sa_family, &a.u.sa, a.len, l->backlog, true, out, l->desc, err, n);
+}
+
+static int spread(knit_listener *l, knit_protocol_factory *f, const knit_listen_options *o,
+                  char *err, size_t n)
+{
+    knit_reactor_group *g = knit_reactor_group_of(l->r);
+    unsigned size = knit_reactor_group_size(g);
+    if (!g || size < 2) return 0;
+    lgroup *lg = calloc(1, sizeof *lg);
+    if (!lg) return KNIT_ENOMEM;
+    lg->refs = 1; /* the primary part's */
+    lg->g = g;
+    lg->n = size;
+    lg->primary = knit_reactor_group_index(l->r);
+    lg->o = *o;
+    lg->proxy = l->proxy;
+    lg->tls = l->tls ? knit_tls_ctx_ref(l->tls) : NULL;
+    lg->desc = l->desc ? strdup(l->desc) : NULL;
+    for (unsigned i = 0; i < size; i++)
+        lg->m[i].fd = -1;
+    lg->m[lg->primary].l = l;
+    lg->m[lg->primary].mb.factory = f;
+    lg->m[lg->primary].mb.reclaim_arg = o->reclaim_arg;
+    for (unsigned i = 0; i < size; i++) {
+        if (i == lg->primary) continue;
+        int rc = part_socket(l, &lg->m[i].fd, err, n);
+        if (rc < 0) {
+            lg->m[lg->primary].l = NULL;
+            lgroup_unref(lg); /* closes the sockets made so far */
+            return rc;
+        }
+    }
+    l->grp = lg;
+    l->gidx = lg->primary;
+    for (unsigned i = 0; i < size; i++) {
+        if (i == lg->primary) continue;
+        part_call *pc = malloc(sizeof *pc);
+        if (pc) {
+            pc->lg = lg;
+            pc->idx = i;
+            __atomic_add_fetch(&lg->refs, 1, __ATOMIC_ACQ_REL);
+            if (knit_call_in_reactor(knit_reactor_group_get(g, i), part_start, pc) == 0) continue;
+            __atomic_sub_fetch(&lg->refs, 1, __ATOMIC_ACQ_REL);
+            free(pc);
+        }
+        /* That reactor will not accept; the others still do (and hand
+         * connections to it: its part is missing, so they are closed). */
+        KNIT_ERROR("endpoint", "%s: cannot start listening on reactor %u", l->desc, i);
+    }
+    return 0;
+}
+
+uint64_t knit_listener_handed_over(const knit_listener *l)
+{
+    return l->handed;
+}
+
+void knit_listener_close(knit_listener *l, bool abort_connections)
+{
+    if (!l) return;
+    lgroup *lg = l->grp;
+    if (!lg) {
+        part_close(l, abort_connections, true);
+        return;
+    }
+    unsigned idx = l->gidx;
+    /* Hold LG across the loop: a part closed here drops its reference, and
+     * only the primary's own (still held) keeps LG alive otherwise; gcc -O3
+     * rightly cannot see that. */
+    __atomic_add_fetch(&lg->refs, 1, __ATOMIC_ACQ_REL);
+    if (idx == lg->primary) {
+        __atomic_store_n(&lg->closing, 1, __ATOMIC_RELEASE);
+        unsigned n = lg->n;
+        for (unsigned i = 0; i < n; i++)
+            if (i != idx) part_close_remote(lg, i, abort_connections);
+    }
+    part_close_here(lg, idx, abort_connections, true);
+    lgroup_unref(lg);
 }
 
 /* ---- socket creation --------------------------------------------------------------- */
@@ -401,6 +856,9 @@ int knit__ep_tcp_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_proto
     bool reuseport = false;
     if ((v = knit_endpoint_desc_get(d, "reuseport")))
         knit__ep_check_bool(d, "reuseport", v, &reuseport, NULL, 0);
+    /* spread=reuseport: the parts on other reactors bind this address too */
+    bool spread_reuseport = (v = knit_endpoint_desc_get(d, "spread")) && !strcmp(v, "reuseport");
+    if (spread_reuseport) reuseport = true;
     const char *iface = knit_endpoint_desc_get(d, "interface");
     bool v6 = strcmp(d->kind, "tcp6") == 0 || (iface && strchr(iface, ':'));
     knit_sockaddr a;
@@ -445,6 +903,8 @@ int knit__ep_tcp_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_proto
         return rc;
     }
     (*out)->tls = tls;
+    (*out)->backlog = (int)backlog;
+    (*out)->spread_reuseport = spread_reuseport;
     return 0;
 }
 
@@ -622,17 +1082,21 @@ int knit__ep_fd_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protoc
     return adopt_inherited(r, (int)fd, 0, what, f, o, out, err, n);
 }
 
+static int listen_desc(knit_reactor *r, const char *desc, knit_protocol_factory *factory,
+                       const knit_listen_options *opts, knit_listener **out, char *err,
+                       size_t errlen, bool outer);
+
 int knit__ep_haproxy_listen(knit_reactor *r, const knit_endpoint_desc *d, knit_protocol_factory *f,
                             const knit_listen_options *o, knit_listener **out, char *err, size_t n)
 {
-    int rc = knit_endpoint_listen(r, d->inner, f, o, out, err, n);
+    int rc = listen_desc(r, d->inner, f, o, out, err, n, false);
     if (rc == 0) (*out)->proxy = true;
     return rc;
 }
 
-int knit_endpoint_listen(knit_reactor *r, const char *desc, knit_protocol_factory *factory,
-                         const knit_listen_options *opts, knit_listener **out, char *err,
-                         size_t errlen)
+static int listen_desc(knit_reactor *r, const char *desc, knit_protocol_factory *factory,
+                       const knit_listen_options *opts, knit_listener **out, char *err,
+                       size_t errlen, bool outer)
 {
     char dummy[KNIT_ENDPOINT_ERRLEN];
     if (!err || !errlen) err = dummy, errlen = sizeof dummy;
@@ -642,10 +1106,15 @@ int knit_endpoint_listen(knit_reactor *r, const char *desc, knit_protocol_factor
     if (rc) return rc;
     rc = k->listen(r, d, factory, opts, out, err, errlen);
     knit_endpoint_desc_free(d);
-    if (rc == 0) {
+    if (rc == 0 && outer) {
         /* the outermost string wins (haproxy: calls us for its inner one) */
         free((*out)->desc);
         (*out)->desc = strdup(desc);
+        if (opts && opts->spread && (rc = spread(*out, factory, opts, err, errlen)) < 0) {
+            knit_listener_close(*out, true);
+            *out = NULL;
+            return rc;
+        }
         knit_sockaddr a;
         char buf[128] = "-";
         if (knit_listener_address(*out, &a) == 0) knit_sockaddr_format(&a, buf, sizeof buf);
@@ -653,4 +1122,11 @@ int knit_endpoint_listen(knit_reactor *r, const char *desc, knit_protocol_factor
                     NULL);
     }
     return rc;
+}
+
+int knit_endpoint_listen(knit_reactor *r, const char *desc, knit_protocol_factory *factory,
+                         const knit_listen_options *opts, knit_listener **out, char *err,
+                         size_t errlen)
+{
+    return listen_desc(r, desc, factory, opts, out, err, errlen, true);
 }

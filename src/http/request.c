@@ -239,6 +239,7 @@ void knit__http_request_free(knit_http_request *req)
     if (req->pool_mode) {
         pthread_mutex_destroy(&req->mu);
         pthread_cond_destroy(&req->cv);
+        req->srv->pool_live--;
     }
     struct arena_chunk *ch = req->chunks;
     while (ch != &req->first) {
@@ -284,7 +285,12 @@ void knit__http_request_maybe_end(knit_http_request *req)
         return;
     }
     knit__http_request_free(req);
-    if (!c) return;
+    if (!c) {
+        /* The client left while the handler ran: the drain waited for
+         * this job too (pool_live), not only for the connection. */
+        if (s->draining) knit__http_drain_check(s);
+        return;
+    }
     c->req = NULL;
     if (c->state == C_CLOSING || c->state == C_LINGER) return; /* ended by the reactor */
     if (close || s->draining) {
@@ -481,6 +487,7 @@ void knit__http_run_handler(struct conn *c, knit_http_request *req)
     pthread_mutex_init(&req->mu, NULL);
     pthread_cond_init(&req->cv, NULL);
     int rc = knit_pool_submit(s->o.pool, req->r, &req->work, worker_run, worker_done);
+    if (rc == 0) s->pool_live++; /* until knit__http_request_free */
     if (rc != 0) {
         req->pool_mode = false;
         req->streaming = false;

@@ -184,7 +184,9 @@ bool knit__http_lookup(struct conn *c, knit_http_request *req)
     char allow[256];
     size_t alen = 0;
     bool path_matched = false;
-    for (const struct route *rt = s->routes; rt; rt = rt->next) {
+    /* a part of a spread server uses the server's routes (read-only) */
+    const struct route *first = s->primary ? s->primary->routes : s->routes;
+    for (const struct route *rt = first; rt; rt = rt->next) {
         if (!route_match(req, rt)) continue;
         path_matched = true;
         if (method_matches(rt, req)) {

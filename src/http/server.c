@@ -124,7 +124,6 @@ void knit__http_pend_trim(struct conn *c, bool force)
         c->pending = NULL;
     }
 }
-static void drain_check(knit_http_server *s);
 
 /* ---- options ------------------------------------------------------------------ */
 
@@ -162,9 +161,7 @@ static knit_protocol *build_conn(knit_protocol_factory *f, const knit_sockaddr *
 static size_t reclaim_cb(knit_listener *l, size_t n, void *arg);
 static void budget_changed(knit_output_group *g, bool over);
 
-static void drain_trigger(knit_reactor *r, knit_trigger *t, void *arg);
-
-int knit_http_server_new(knit_reactor *r, const knit_http_options *opts, knit_http_server **out)
+int knit__http_server_alloc(knit_reactor *r, const knit_http_options *opts, knit_http_server **out)
 {
     knit_http_server *s = calloc(1, sizeof *s);
     if (!s) return KNIT_ENOMEM;
@@ -196,9 +193,22 @@ int knit_http_server_new(knit_reactor *r, const knit_http_options *opts, knit_ht
     s->outg.low = s->o.output_budget - s->o.output_budget / 4;
     s->outg.changed = budget_changed;
     s->outg.data = s;
-    int rc = knit_reactor_add_trigger(r, KNIT_PHASE_BEFORE, drain_trigger, s, &s->trigger);
+    *out = s;
+    return 0;
+}
+
+int knit_http_server_new(knit_reactor *r, const knit_http_options *opts, knit_http_server **out)
+{
+    knit_http_server *s;
+    int rc = knit__http_server_alloc(r, opts, &s);
+    if (rc != 0) return rc;
+    rc = knit_reactor_add_trigger(r, KNIT_PHASE_BEFORE, knit__http_drain_trigger, s, &s->trigger);
     if (rc != 0) {
         free(s);
+        return rc;
+    }
+    if (s->o.spread && (rc = knit__http_parts_new(s)) != 0) {
+        knit_http_server_free(s);
         return rc;
     }
     *out = s;
@@ -214,6 +224,14 @@ int knit_http_listen(knit_http_server *s, const char *desc, char *err, size_t er
     lo.max_connections = s->o.max_connections;
     lo.reclaim = reclaim_cb; /* at the cap: close idle keep-alives to make room */
     lo.reclaim_arg = ls;
+    if (s->nparts > 1) {
+        /* the cap is the server's: each reactor's part takes its share */
+        if (lo.max_connections)
+            lo.max_connections = (lo.max_connections + s->nparts - 1) / s->nparts;
+        lo.spread = true;
+        lo.member = knit__http_listen_member;
+        lo.member_arg = ls;
+    }
     knit_listener *l;
     int rc = knit_endpoint_listen(s->r, desc, &ls->factory, &lo, &l, err, errlen);
     if (rc != 0) return rc;
@@ -239,6 +257,7 @@ knit_listener *knit_http_listener(const knit_http_server *s, size_t n)
 
 void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out)
 {
+    s = knit__http_part_here(s);
     *out = s->st;
     out->connections_open = s->nconns;
     out->output_queued = s->outg.queued;
@@ -843,7 +862,7 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
     list_unlink(c);
     s->nconns--;
     free(c);
-    if (s->draining) drain_check(s);
+    if (s->draining) knit__http_drain_check(s);
 }
 
 static void on_pause(knit_protocol *p)
@@ -1022,8 +1041,15 @@ static void conn_timeout(knit_reactor *r, void *arg)
 
 /* ---- drain ---------------------------------------------------------------------- */
 
-static void drain_finish(knit_http_server *s)
+void knit__http_drain_finish(knit_http_server *s)
 {
+    s->drained = true;
+    if (s->trigger_wait) {
+        knit_trigger *t = s->trigger_wait;
+        s->trigger_wait = NULL;
+        knit_trigger_done(t);
+    }
+    if (s->primary && s->notify_primary) knit__http_part_report(s);
     if (knit_timer_active(s->r, s->drain_timer)) knit_timer_cancel(s->r, s->drain_timer);
     s->drain_timer = KNIT_TIMER_NONE;
     void (*done)(knit_http_server *, void *) = s->drain_done;
@@ -1031,9 +1057,11 @@ static void drain_finish(knit_http_server *s)
     if (done) done(s, s->drain_arg);
 }
 
-static void drain_check(knit_http_server *s)
+void knit__http_drain_check(knit_http_server *s)
 {
-    if (s->nconns == 0) drain_finish(s);
+    if (s->draining && !s->drained && s->nconns == 0 && s->pool_live == 0 &&
+        s->parts_draining == 0)
+        knit__http_drain_finish(s);
 }
 
 static void drain_timeout(knit_reactor *r, void *arg)
@@ -1061,6 +1089,7 @@ void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *
         s->slots[i].l = NULL;
     }
     s->nlisteners = 0;
+    knit__http_parts_drain(s);
     struct conn_list *ls[NLISTS];
     size_t nl = all_lists(s, ls);
     for (size_t k = 0; k < nl; k++) {
@@ -1069,15 +1098,21 @@ void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *
                 knit__http_conn_close_now(c, true, KNIT_CLOSE_SHUTDOWN, 0);
                 continue;
             }
-            if ((c->state == C_IDLE || c->state == C_HEAD) && c->proto.transport) {
+            if (c->state == C_HEAD) continue; /* answered, with Connection: close */
+            if (c->state == C_IDLE && c->timer_kind == T_FIRST && c->proto.transport) {
+                /* accepted, no request yet: one may be on its way */
+                knit__http_timer_set(c, T_FIRST, KNIT_HTTP_DRAIN_FIRST_REQUEST);
+                continue;
+            }
+            if (c->state == C_IDLE && c->proto.transport) {
                 c->state = C_CLOSING;
                 knit__http_timer_set(c, T_NONE, 0);
                 knit_transport_lose_connection(c->proto.transport);
             }
         }
     }
-    if (s->nconns == 0) {
-        drain_finish(s);
+    if (s->nconns == 0 && s->pool_live == 0 && s->parts_draining == 0) {
+        knit__http_drain_finish(s);
         return;
     }
     s->drain_timer = knit_call_later(s->r, s->o.drain_timeout, drain_timeout, s);
@@ -1089,11 +1124,17 @@ static void drain_done_trigger(knit_http_server *s, void *arg)
     knit_trigger_done(arg);
 }
 
-static void drain_trigger(knit_reactor *r, knit_trigger *t, void *arg)
+void knit__http_drain_trigger(knit_reactor *r, knit_trigger *t, void *arg)
 {
     (void)r;
     knit_http_server *s = arg;
     s->trigger = NULL; /* the reactor frees it */
+    if (s->draining && !s->drained) {
+        /* drained on request already (a service's stop, or for the server
+         * this is a part of): the reactor waits for the end of it */
+        s->trigger_wait = t;
+        return;
+    }
     if (s->draining) {
         knit_trigger_done(t);
         return;
@@ -1113,6 +1154,7 @@ void knit_http_server_free(knit_http_server *s)
     /* Connections still open are aborted by the listener; their memory is
      * released from connection_lost, which needs the server: callers drain
      * first. Free what is left regardless. */
+    knit__http_parts_free(s);
     knit__http_routes_free(s);
     free(s);
 }

@@ -209,6 +209,9 @@ struct knit_http_server {
     size_t nlisteners;
     struct conn_list busy, held; /* idle ones are on their slot's list */
     size_t nconns;
+    /* pool-mode requests not yet freed: their job may still run after the
+     * client left (nconns no longer counts them); drain waits for them */
+    size_t pool_live;
     knit_output_group outg; /* bytes queued on all connections vs output_budget */
     knit_timer budget_timer;
     knit_trigger *trigger;
@@ -227,6 +230,16 @@ struct knit_http_server {
     knit_time reclaim_logged, shed_logged;
     uint64_t reclaim_unlogged, shed_unlogged;
     bool reclaim_warned, shed_warned;
+    /* Several reactors (options.spread). On a part: the server it serves
+     * for (NULL on that server itself). On the server: its parts by
+     * reactor index (NULL at its own), how many have not reported their
+     * drain yet, and the parts' own drain: done, and tell the server. */
+    knit_http_server *primary;
+    knit_http_server *parts[KNIT_REACTOR_GROUP_MAX];
+    unsigned nparts;
+    unsigned parts_draining;
+    bool drained, notify_primary;
+    knit_trigger *trigger_wait; /* the drain trigger, waiting for a drain in progress */
 };
 
 /* ---- server.c: connections ------------------------------------------------------ */
@@ -270,6 +283,31 @@ static inline size_t pend_len(const struct conn *c)
 }
 /* Free the buffer once it is empty (or unconditionally with FORCE). */
 void knit__http_pend_trim(struct conn *c, bool force);
+
+/* The server object on R, without its drain trigger. */
+int knit__http_server_alloc(knit_reactor *r, const knit_http_options *opts,
+                            knit_http_server **out);
+/* The reactor's BEFORE trigger of a server (or part): drain it. */
+void knit__http_drain_trigger(knit_reactor *r, knit_trigger *t, void *arg);
+/* Draining S: finish once its connections and parts are all gone. */
+void knit__http_drain_check(knit_http_server *s);
+void knit__http_drain_finish(knit_http_server *s);
+
+/* ---- parts.c: several reactors ---------------------------------------------------- */
+
+/* Make S's parts (S's reactor in a group of N > 1), each attaching to its
+ * reactor from there. 0 or a negative code (S keeps the parts made). */
+int knit__http_parts_new(knit_http_server *s);
+/* knit_listen_member_fn of a spread listener; ARG is the server's slot. */
+void knit__http_listen_member(knit_reactor *r, unsigned index, void *arg, knit_listen_member *out);
+/* Part P drained: tell its server (P asked to report). */
+void knit__http_part_report(knit_http_server *p);
+/* Ask every part to drain (parts_draining counts the ones asked). */
+void knit__http_parts_drain(knit_http_server *s);
+/* Free the parts (on their reactors, or here once those are over). */
+void knit__http_parts_free(knit_http_server *s);
+/* S's part for the reactor running on this thread (S itself elsewhere). [any] */
+knit_http_server *knit__http_part_here(const knit_http_server *s);
 
 /* ---- router.c ------------------------------------------------------------------- */
 

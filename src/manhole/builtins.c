@@ -21,6 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "knit/deferred.h"
 #include "knit/endpoint.h"
 #include "knit/error.h"
 #include "knit/log.h"
@@ -75,6 +76,7 @@ static int l_reactor_stats(lua_State *L)
     knit_reactor_get_stats(r, &st);
     lua_createtable(L, 0, 12);
     knit_manhole_setfield_str(L, -1, "name", knit_reactor_name(r));
+    knit_manhole_setfield_str(L, -1, "backend", st.backend);
     knit_manhole_setfield_int(L, -1, "iterations", (lua_Integer)st.iterations);
     knit_manhole_setfield_int(L, -1, "events", (lua_Integer)st.events);
     knit_manhole_setfield_int(L, -1, "timers_fired", (lua_Integer)st.timers_fired);
@@ -531,8 +533,9 @@ static int l_connections(lua_State *L)
     lua_createtable(L, (int)v.n, 0);
     for (size_t i = 0; i < v.n; i++) {
         conn_item *it = &v.items[i];
-        lua_createtable(L, 0, 10);
+        lua_createtable(L, 0, 11);
         knit_manhole_setfield_int(L, -1, "id", (lua_Integer)it->id);
+        knit_manhole_setfield_int(L, -1, "reactor", (lua_Integer)knit_reactor_group_index(r));
         knit_manhole_setfield_str(L, -1, "peer", it->peer);
         knit_manhole_setfield_str(L, -1, "endpoint", it->endpoint);
         knit_manhole_setfield_str(L, -1, "protocol", it->protocol);
@@ -547,6 +550,214 @@ static int l_connections(lua_State *L)
     if (v.seen > v.n) {
         lua_pushfstring(L, "... %I more", (lua_Integer)(v.seen - v.n));
         lua_rawseti(L, -2, (lua_Integer)v.n + 1);
+    }
+    return 1;
+}
+
+/* ---- across reactors (--io-threads): a call into each, answers gathered back ---- */
+
+typedef struct gather {
+    knit_reactor *home; /* the manhole's reactor: where the Deferred fires */
+    knit_deferred *d;
+    unsigned n, left;
+    bool close_mode, abort_it; /* close.any: close CLOSE_ID where it lives */
+    uint64_t close_id;
+    int closed_on; /* reactor index that had it, or -1 */
+    char who[64];
+    struct {
+        conn_item *items;
+        size_t n, seen;
+        knit_time now;
+    } per[KNIT_REACTOR_GROUP_MAX];
+} gather;
+
+typedef struct gather_call {
+    gather *g;
+    unsigned idx;
+} gather_call;
+
+static void gather_free(void *arg)
+{
+    gather *g = arg;
+    for (unsigned i = 0; i < g->n; i++)
+        free(g->per[i].items);
+    free(g);
+}
+
+static void gather_back(knit_reactor *r, void *arg)
+{
+    (void)r;
+    gather_call *gc = arg;
+    gather *g = gc->g;
+    free(gc);
+    if (--g->left > 0) return;
+    knit_deferred *d = g->d;
+    if (g->close_mode && g->closed_on < 0) {
+        char id[24];
+        snprintf(id, sizeof id, "%llu", (unsigned long long)g->close_id);
+        gather_free(g);
+        knit_deferred_fail(d, KNIT_ENOENT, "no open connection with id %s", id);
+    } else {
+        knit_deferred_callback(d, g, gather_free);
+    }
+    knit_deferred_unref(d);
+}
+
+/* On reactor IDX: list (or close) its connections, then answer home. */
+static void gather_here(knit_reactor *r, void *arg)
+{
+    gather_call *gc = arg;
+    gather *g = gc->g;
+    if (g->close_mode) {
+        knit_transport *t = knit_transport_find(r, g->close_id);
+        if (t) {
+            g->closed_on = (int)gc->idx; /* ids are unique: one reactor at most */
+            char ids[24], idx[8];
+            snprintf(ids, sizeof ids, "%llu", (unsigned long long)g->close_id);
+            snprintf(idx, sizeof idx, "%u", gc->idx);
+            if (g->abort_it)
+                knit_transport_abort(t);
+            else
+                knit_transport_lose_connection(t);
+            knit_log_kv(KNIT_LOG_WARN, "manhole",
+                        g->abort_it ? "connection aborted" : "connection closed", "who", g->who,
+                        "id", ids, "reactor", idx, NULL);
+        }
+    } else {
+        size_t count = knit_transports_count(r);
+        conn_visit v = {.cap = count < CONNS_MAX ? count : CONNS_MAX};
+        v.items = v.cap ? calloc(v.cap, sizeof *v.items) : NULL;
+        if (!v.items) v.cap = 0;
+        knit_transports_visit(r, visit_conn, &v);
+        g->per[gc->idx].items = v.items;
+        g->per[gc->idx].n = v.n;
+        g->per[gc->idx].seen = v.seen;
+        g->per[gc->idx].now = knit_reactor_now(r);
+    }
+    if (knit_call_in_reactor(g->home, gather_back, gc) != 0)
+        KNIT_ERROR("manhole", "reactor %u cannot answer the manhole", gc->idx);
+}
+
+static int push_gathered(lua_State *L, void *value, void *arg)
+{
+    (void)arg;
+    gather *g = value;
+    if (g->close_mode) {
+        lua_pushinteger(L, g->closed_on);
+        return 0;
+    }
+    lua_newtable(L);
+    lua_Integer k = 0;
+    for (unsigned i = 0; i < g->n; i++) {
+        for (size_t j = 0; j < g->per[i].n; j++) {
+            conn_item *it = &g->per[i].items[j];
+            lua_createtable(L, 0, 11);
+            knit_manhole_setfield_int(L, -1, "id", (lua_Integer)it->id);
+            knit_manhole_setfield_int(L, -1, "reactor", (lua_Integer)i);
+            knit_manhole_setfield_str(L, -1, "peer", it->peer);
+            knit_manhole_setfield_str(L, -1, "endpoint", it->endpoint);
+            knit_manhole_setfield_str(L, -1, "protocol", it->protocol);
+            knit_manhole_setfield_str(L, -1, "kind", it->kind);
+            knit_manhole_setfield_num(L, -1, "age", KNIT_TO_SEC(g->per[i].now - it->started));
+            knit_manhole_setfield_int(L, -1, "bytes_in", (lua_Integer)it->bytes_in);
+            knit_manhole_setfield_int(L, -1, "bytes_out", (lua_Integer)it->bytes_out);
+            knit_manhole_setfield_int(L, -1, "pending_out", (lua_Integer)it->out_pending);
+            knit_manhole_setfield_str(L, -1, "state", it->state);
+            lua_rawseti(L, -2, ++k);
+        }
+        if (g->per[i].seen > g->per[i].n) {
+            lua_pushfstring(L, "reactor %d: ... %I more", (int)i,
+                            (lua_Integer)(g->per[i].seen - g->per[i].n));
+            lua_rawseti(L, -2, ++k);
+        }
+    }
+    return 0;
+}
+
+/* Start a gather over every reactor of the manhole's group; pushes its
+ * Deferred. */
+static int gather_start(lua_State *L, bool close_mode, uint64_t id, bool abort_it)
+{
+    knit_reactor *home = need_reactor(L);
+    knit_reactor_group *grp = knit_reactor_group_of(home);
+    gather *g = calloc(1, sizeof *g);
+    if (!g) return luaL_error(L, "not enough memory");
+    g->home = home;
+    g->n = grp ? knit_reactor_group_size(grp) : 1;
+    g->close_mode = close_mode;
+    g->close_id = id;
+    g->abort_it = abort_it;
+    g->closed_on = -1;
+    snprintf(g->who, sizeof g->who, "%s", who_of(L));
+    g->d = knit_deferred_new();
+    knit_deferred *ours = knit_deferred_ref(g->d);
+    g->left = g->n;
+    for (unsigned i = 0; i < g->n; i++) {
+        gather_call *gc = malloc(sizeof *gc);
+        knit_reactor *r = grp ? knit_reactor_group_get(grp, i) : home;
+        if (gc) {
+            gc->g = g;
+            gc->idx = i;
+        }
+        if (!gc || knit_call_in_reactor(r, gather_here, gc) != 0) {
+            /* that reactor is gone (or no memory): answer for it, empty */
+            free(gc);
+            g->left--;
+        }
+    }
+    if (g->left == 0) { /* nobody to ask: answer now */
+        g->left = 1;
+        gather_call *gc = malloc(sizeof *gc);
+        if (gc) {
+            gc->g = g;
+            gather_back(home, gc);
+        }
+    }
+    knit_manhole_push_deferred(L, ours, push_gathered, NULL);
+    return 1;
+}
+
+/* connections.all() -> Deferred: every reactor's open connections (each
+ * with its reactor index), once each reactor listed its own. */
+static int l_connections_all(lua_State *L)
+{
+    return gather_start(L, false, 0, false);
+}
+
+/* close.any(id[, abort]) -> Deferred: the index of the reactor that had
+ * connection ID and closed it; fails if none had it. */
+static int l_close_any(lua_State *L)
+{
+    lua_Integer id = luaL_checkinteger(L, 1);
+    if (id <= 0) return luaL_error(L, "no open connection with id %I", id);
+    return gather_start(L, true, (uint64_t)id, lua_toboolean(L, 2));
+}
+
+/* reactors() -> array of {index, name, connections, stopping, here} for every
+ * reactor of the manhole's group (--io-threads); a reactor not in a group
+ * is a group of one. Only [any] facts are read: other reactors' loops are
+ * not touched from here.
+ * connections() and close(id) stay synchronous and see the manhole's own
+ * reactor; connections.all() and close.any(id) reach every reactor (a call
+ * into each, the answers gathered back: a Deferred, for await). */
+static int l_reactors(lua_State *L)
+{
+    knit_reactor *me = need_reactor(L);
+    knit_reactor_group *g = knit_reactor_group_of(me);
+    unsigned n = g ? knit_reactor_group_size(g) : 1;
+    lua_createtable(L, (int)n, 0);
+    for (unsigned i = 0; i < n; i++) {
+        knit_reactor *r = g ? knit_reactor_group_get(g, i) : me;
+        lua_createtable(L, 0, 5);
+        knit_manhole_setfield_int(L, -1, "index", (lua_Integer)i);
+        knit_manhole_setfield_str(L, -1, "name", knit_reactor_name(r));
+        knit_manhole_setfield_int(L, -1, "connections",
+                                  (lua_Integer)knit_reactor_live_connections(r));
+        lua_pushboolean(L, knit_reactor_stopping(r));
+        lua_setfield(L, -2, "stopping");
+        lua_pushboolean(L, r == me);
+        lua_setfield(L, -2, "here");
+        lua_rawseti(L, -2, (lua_Integer)i + 1);
     }
     return 1;
 }
@@ -607,8 +818,17 @@ int knit__manhole_register_builtins(knit_manhole *m)
         {"listeners", l_listeners,
          "listeners() -> attached listeners: endpoint, address, open connections, accepted"},
         {"connections", l_connections,
-         "connections() -> open connections: id, peer, endpoint, protocol, kind, age (s), "
+         "connections() -> open connections (this reactor): id, reactor, peer, endpoint, "
+         "protocol, kind, age (s), "
          "bytes_in/out, state (open, closing, handshake, paused, producer_paused)"},
+        {"reactors", l_reactors,
+         "reactors() -> every reactor (--io-threads): index, name, connections, stopping, here"},
+        {"connections.all", l_connections_all,
+         "connections.all() -> Deferred: every reactor's connections, with their reactor index "
+         "(await it)"},
+        {"close.any", l_close_any,
+         "close.any(id[, abort]) -> Deferred: closes connection ID on whichever reactor has it; "
+         "fires with that reactor's index"},
         {"connections.count", l_connections_count,
          "connections.count() -> number of open connections on this reactor"},
         {"close", l_close,

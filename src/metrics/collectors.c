@@ -50,7 +50,7 @@ static int series(knit_metrics *m, const def *defs, size_t n, char kind, const c
 /* ---- reactor ------------------------------------------------------------------------ */
 
 enum { RC_ITER, RC_EVENTS, RC_TIMERS, RC_CALLS, RC_WAKEUPS, RC_N };
-enum { RG_FDS, RG_TIMERS, RG_QUEUED, RG_LAG, RG_LAGMAX, RG_N };
+enum { RG_FDS, RG_TIMERS, RG_QUEUED, RG_LAG, RG_LAGMAX, RG_CONNS, RG_N };
 
 static const def reactor_counters[RC_N] = {
     {"knit_reactor_iterations_total", "Event loop iterations."},
@@ -65,6 +65,7 @@ static const def reactor_gauges[RG_N] = {
     {"knit_reactor_queued_calls", "Cross-thread calls waiting to run."},
     {"knit_reactor_lag_seconds", "How late the last due timer ran."},
     {"knit_reactor_lag_max_seconds", "Worst timer lag since the reactor started."},
+    {"knit_reactor_connections", "Accepted connections open on the reactor."},
 };
 
 typedef struct reactor_state {
@@ -77,6 +78,8 @@ static void collect_reactor(knit_metrics *m, void *arg)
 {
     (void)m;
     reactor_state *st = arg;
+    /* [any]: every reactor's count, from whichever thread exposes */
+    knit_gauge_set(st->g[RG_CONNS], (double)knit_reactor_live_connections(st->r));
     if (!knit_reactor_in_thread(st->r)) return;
     knit_reactor_stats s;
     knit_reactor_get_stats(st->r, &s);
@@ -100,6 +103,16 @@ int knit_metrics_add_reactor(knit_metrics *m, knit_reactor *r)
     const char *name = knit_reactor_name(r);
     int rc = series(m, reactor_counters, RC_N, 'c', "reactor", name, (void **)st->c);
     if (rc == 0) rc = series(m, reactor_gauges, RG_N, 'g', "reactor", name, (void **)st->g);
+    if (rc == 0) {
+        /* Which IO backend the reactor runs on (issue 15): an info series. */
+        knit_metric *f;
+        rc = knit_metrics_gauge(m, "knit_reactor_backend_info",
+                                "The reactor's IO backend (epoll or io_uring), value 1.",
+                                "reactor,backend", &f);
+        knit_gauge *g = rc == 0 ? knit_gauge_with(f, name, knit_reactor_backend(r)) : NULL;
+        if (rc == 0 && !g) rc = KNIT_ENOMEM;
+        if (g) knit_gauge_set(g, 1);
+    }
     if (rc == 0) rc = knit__metrics_add_owned(m, collect_reactor, st, r);
     if (rc < 0) {
         free(st);
@@ -112,6 +125,21 @@ int knit_metrics_add_reactor(knit_metrics *m, knit_reactor *r)
 int knit_metrics_remove_reactor(knit_metrics *m, knit_reactor *r)
 {
     return knit__metrics_remove_owned(m, collect_reactor, r);
+}
+
+int knit_metrics_add_reactor_group(knit_metrics *m, knit_reactor_group *g)
+{
+    for (unsigned i = 1; i < knit_reactor_group_size(g); i++) {
+        int rc = knit_metrics_add_reactor(m, knit_reactor_group_get(g, i));
+        if (rc < 0) return rc;
+    }
+    return 0;
+}
+
+void knit_metrics_remove_reactor_group(knit_metrics *m, knit_reactor_group *g)
+{
+    for (unsigned i = 1; i < knit_reactor_group_size(g); i++)
+        knit_metrics_remove_reactor(m, knit_reactor_group_get(g, i));
 }
 
 /* ---- pool ------------------------------------------------------------------------------ */

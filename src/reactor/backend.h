@@ -1,15 +1,26 @@
-/* backend.h — the seam between the reactor and the OS readiness API.
+/* backend.h — the seam between the reactor and the OS event API.
  *
- * The reactor only ever calls these five functions; epoll lives behind them
- * in backend_epoll.c. A poll/kqueue/io_uring backend implements the same
- * five and nothing above this file changes. [reactor] throughout.
+ * The reactor only ever calls the five readiness functions below; epoll
+ * (backend_epoll.c) and io_uring (backend_uring.c) live behind them, chosen
+ * at run time by knit__backend_open. One backend per reactor, so with
+ * several reactors each thread has its own epoll set or ring.
+ * [reactor] throughout, except knit__backend_open ([any], at creation).
+ *
+ * io_uring also offers completion operations (the knit__cop functions at
+ * the end) that the stream layer uses instead of readiness for plain
+ * sockets; on epoll knit__backend_has_cops is false and they are not used.
  */
 #ifndef KNIT_REACTOR_BACKEND_H
 #define KNIT_REACTOR_BACKEND_H
 
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
 #include "knit/clock.h"
 
 typedef struct knit__backend knit__backend;
+typedef struct knit_reactor knit_reactor;
 
 /* One ready fd, in knit's event bits (KNIT_READABLE, ...). fd == -1 marks an
  * entry invalidated because its watch was stopped during dispatch. */
@@ -18,18 +29,103 @@ typedef struct knit__ready {
     unsigned events;
 } knit__ready;
 
-int knit__backend_new(knit__backend **out, unsigned max_events);
-void knit__backend_free(knit__backend *b);
+typedef struct knit__backend_ops {
+    const char *name; /* "epoll", "io_uring" */
+    void (*free)(knit__backend *b);
+    int (*set)(knit__backend *b, int fd, unsigned old_events, unsigned new_events);
+    int (*poll)(knit__backend *b, knit_duration timeout, knit__ready **out);
+    void (*invalidate)(knit__backend *b, int fd);
+} knit__backend_ops;
+
+/* Every backend's state starts with this. */
+struct knit__backend {
+    const knit__backend_ops *ops;
+    bool cops; /* completion operations available (io_uring) */
+};
+
+/* Backend names accepted by knit__backend_open (and KNIT_BACKEND). */
+#define KNIT__BACKEND_ENV "KNIT_BACKEND"
+
+/* Open the backend named WANT ("epoll", "io_uring"; NULL or "": the
+ * KNIT_BACKEND environment variable, else epoll). If io_uring cannot be set
+ * up (disabled by sysctl, refused by seccomp, too old a kernel, not built
+ * in) this falls back to epoll and logs one line per process. An unknown
+ * name is KNIT_EINVAL (logged, naming where it came from). [any] */
+int knit__backend_open(knit__backend **out, unsigned max_events, const char *want);
+
+int knit__epoll_new(knit__backend **out, unsigned max_events);
+/* Fails (never logs) when io_uring is unavailable: the caller falls back. */
+int knit__uring_new(knit__backend **out, unsigned max_events);
+
+static inline const char *knit__backend_name(const knit__backend *b)
+{
+    return b->ops->name;
+}
+static inline void knit__backend_free(knit__backend *b)
+{
+    if (b) b->ops->free(b);
+}
 
 /* Change the interest set of FD from OLD to NEW (0 = not watched). */
-int knit__backend_set(knit__backend *b, int fd, unsigned old_events, unsigned new_events);
+static inline int knit__backend_set(knit__backend *b, int fd, unsigned old_events,
+                                    unsigned new_events)
+{
+    return b->ops->set(b, fd, old_events, new_events);
+}
 
 /* Wait up to TIMEOUT (<0: forever, 0: poll). Returns the number of ready
  * entries (in *out, valid until the next poll) or a negative errno;
- * an interrupted wait returns 0. */
-int knit__backend_poll(knit__backend *b, knit_duration timeout, knit__ready **out);
+ * an interrupted wait returns 0. On io_uring, completion operations that
+ * finished are delivered (their callbacks run) inside this call. */
+static inline int knit__backend_poll(knit__backend *b, knit_duration timeout, knit__ready **out)
+{
+    return b->ops->poll(b, timeout, out);
+}
 
 /* Forget not-yet-dispatched readiness for FD in the current batch. */
-void knit__backend_invalidate(knit__backend *b, int fd);
+static inline void knit__backend_invalidate(knit__backend *b, int fd)
+{
+    b->ops->invalidate(b, fd);
+}
+
+/* The backend of R (reactor.c). [reactor] */
+knit__backend *knit__reactor_backend(knit_reactor *r);
+
+/* ---- completion operations (io_uring only) ------------------------------
+ *
+ * Operations are identified by their OWNER (the stream layer passes the
+ * transport: 8-byte aligned, valid until the final completion) and the
+ * completions go to one handler per kind, given with each start (always
+ * the same function), so an owner spends no memory on a callback pointer.
+ * A final completion is one without KNIT__COP_MORE in FLAGS. RES is the
+ * kernel's result (bytes, 0 for EOF, or a negative errno). For a receive,
+ * DATA points at the bytes in a buffer shared by the ring, valid only
+ * during the call (the backend recycles it when the handler returns). */
+#define KNIT__COP_MORE 1u /* more completions will follow for this op */
+
+typedef void (*knit__cop_fn)(void *owner, int res, unsigned flags, const uint8_t *data);
+
+static inline bool knit__backend_has_cops(const knit__backend *b)
+{
+    return b->cops;
+}
+
+/* Start a multishot receive on FD into the ring's provided buffers (idle
+ * sockets own no buffer). A -ENOBUFS final completion means the shared
+ * buffers ran out; the owner simply starts it again. One per OWNER. */
+int knit__cop_recv(knit__backend *b, int fd, void *owner, knit__cop_fn fn);
+/* Ask the kernel to end OWNER's receive early (it completes with
+ * -ECANCELED, or with what it had already received). */
+int knit__cop_recv_cancel(knit__backend *b, void *owner);
+/* Send LEN bytes at BUF on FD (MSG_NOSIGNAL). The memory must stay alive
+ * and unchanged until the completion, which carries the bytes sent (maybe
+ * fewer than LEN: the owner sends the rest) or a negative errno; it is
+ * always final. One per OWNER at a time. */
+int knit__cop_send(knit__backend *b, int fd, void *owner, knit__cop_fn fn, const void *buf,
+                   size_t len);
+/* Ask the kernel to end OWNER's send early (-ECANCELED, or what it sent). */
+int knit__cop_send_cancel(knit__backend *b, void *owner);
+/* Operations in flight (not yet finally completed). */
+size_t knit__backend_cops_inflight(const knit__backend *b);
 
 #endif

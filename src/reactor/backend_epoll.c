@@ -17,18 +17,26 @@
 #include "knit/error.h"
 #include "knit/reactor.h"
 
-struct knit__backend {
+typedef struct epoll_backend {
+    knit__backend base;
     int epfd;
     int max_events;
     int n; /* entries in the current batch */
     int have_pwait2; /* 1 yes, 0 unknown, -1 no (ns-precision timeouts) */
     struct epoll_event *ev;
     knit__ready *ready;
-};
+} epoll_backend;
 
-int knit__backend_new(knit__backend **out, unsigned max_events)
+static void ep_free(knit__backend *kb);
+static int ep_set(knit__backend *kb, int fd, unsigned old_events, unsigned new_events);
+static int ep_poll(knit__backend *kb, knit_duration timeout, knit__ready **out);
+static void ep_invalidate(knit__backend *kb, int fd);
+
+static const knit__backend_ops epoll_ops = {"epoll", ep_free, ep_set, ep_poll, ep_invalidate};
+
+int knit__epoll_new(knit__backend **out, unsigned max_events)
 {
-    knit__backend *b = calloc(1, sizeof *b);
+    epoll_backend *b = calloc(1, sizeof *b);
     if (!b) return KNIT_ENOMEM;
     b->max_events = (int)(max_events ? max_events : 256);
     b->ev = calloc((size_t)b->max_events, sizeof *b->ev);
@@ -42,13 +50,14 @@ int knit__backend_new(knit__backend **out, unsigned max_events)
         free(b);
         return rc;
     }
-    *out = b;
+    b->base.ops = &epoll_ops;
+    *out = &b->base;
     return 0;
 }
 
-void knit__backend_free(knit__backend *b)
+static void ep_free(knit__backend *kb)
 {
-    if (!b) return;
+    epoll_backend *b = (epoll_backend *)kb;
     close(b->epfd);
     free(b->ev);
     free(b->ready);
@@ -63,8 +72,9 @@ static uint32_t to_epoll(unsigned ev)
     return e;
 }
 
-int knit__backend_set(knit__backend *b, int fd, unsigned old_events, unsigned new_events)
+static int ep_set(knit__backend *kb, int fd, unsigned old_events, unsigned new_events)
 {
+    epoll_backend *b = (epoll_backend *)kb;
     struct epoll_event e = {.events = to_epoll(new_events), .data.fd = fd};
     int op = !old_events ? EPOLL_CTL_ADD : !new_events ? EPOLL_CTL_DEL : EPOLL_CTL_MOD;
     if (epoll_ctl(b->epfd, op, fd, &e) == 0) return 0;
@@ -76,8 +86,9 @@ int knit__backend_set(knit__backend *b, int fd, unsigned old_events, unsigned ne
     return -err;
 }
 
-int knit__backend_poll(knit__backend *b, knit_duration timeout, knit__ready **out)
+static int ep_poll(knit__backend *kb, knit_duration timeout, knit__ready **out)
 {
+    epoll_backend *b = (epoll_backend *)kb;
     int n = -1;
     if (b->have_pwait2 >= 0 && timeout > 0) {
         struct timespec ts = {.tv_sec = timeout / 1000000000LL, .tv_nsec = timeout % 1000000000LL};
@@ -121,8 +132,9 @@ got:
     return n;
 }
 
-void knit__backend_invalidate(knit__backend *b, int fd)
+static void ep_invalidate(knit__backend *kb, int fd)
 {
+    epoll_backend *b = (epoll_backend *)kb;
     for (int i = 0; i < b->n; i++)
         if (b->ready[i].fd == fd) b->ready[i].fd = -1;
 }

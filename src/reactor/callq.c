@@ -78,6 +78,10 @@ int knit_call_from_thread(knit_reactor *r, knit_call_fn fn, void *arg)
     knit__callq *q = &r->callq;
     bool wake = false;
     pthread_mutex_lock(&q->mu);
+    if (q->closed && !pthread_equal(q->closer, pthread_self())) {
+        pthread_mutex_unlock(&q->mu);
+        return KNIT_ESHUTDOWN;
+    }
     knit__callq_chunk *c = q->tail;
     if (!c || c->tail == KNIT__CALLQ_CHUNK) {
         knit__callq_chunk *n = chunk_get(q);
@@ -98,6 +102,14 @@ int knit_call_from_thread(knit_reactor *r, knit_call_fn fn, void *arg)
     pthread_mutex_unlock(&q->mu);
     if (wake) knit__reactor_wake(r);
     return 0;
+}
+
+void knit__callq_close(knit_reactor *r)
+{
+    pthread_mutex_lock(&r->callq.mu);
+    r->callq.closed = true;
+    r->callq.closer = pthread_self();
+    pthread_mutex_unlock(&r->callq.mu);
 }
 
 int knit_call_in_reactor(knit_reactor *r, knit_call_fn fn, void *arg)

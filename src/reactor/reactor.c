@@ -58,7 +58,7 @@ int knit_reactor_new(knit_reactor **out, const knit_reactor_options *opts)
     knit__timers_init(&r->timers);
     int rc = knit__callq_init(&r->callq);
     if (rc < 0) goto fail;
-    rc = knit__backend_new(&r->be, opts->max_events);
+    rc = knit__backend_open(&r->be, opts->max_events, opts->backend);
     if (rc < 0) goto fail;
     r->evfd = eventfd(0, EFD_NONBLOCK | EFD_CLOEXEC);
     if (r->evfd < 0) {
@@ -400,7 +400,10 @@ int knit_reactor_advance(knit_reactor *r, knit_duration d)
 int knit_reactor_close(knit_reactor *r)
 {
     if (__atomic_load_n(&r->running, __ATOMIC_ACQUIRE)) return KNIT_EBUSY;
-    size_t user_watches = r->nwatched - internal_watches(r);
+    /* io_uring receives of open connections count as watches: on epoll
+     * those connections would hold fd watches. */
+    size_t user_watches =
+        r->nwatched - internal_watches(r) + knit__backend_cops_inflight(r->be);
     bool triggers = r->triggers[0] || r->triggers[1] || r->triggers[2];
     pthread_mutex_lock(&r->callq.mu);
     bool posts = r->callq.post_head != NULL;
@@ -437,6 +440,7 @@ void knit_reactor_free(knit_reactor *r)
 void knit_reactor_get_stats(knit_reactor *r, knit_reactor_stats *out)
 {
     *out = r->st;
+    out->backend = knit__backend_name(r->be);
     out->watched_fds = r->nwatched - internal_watches(r);
     out->pending_timers = r->timers.len;
     out->signal_handlers = r->sig.count;
@@ -447,3 +451,7 @@ void knit_reactor_get_stats(knit_reactor *r, knit_reactor_stats *out)
 }
 
 const char *knit_reactor_name(const knit_reactor *r) { return r->name; }
+
+const char *knit_reactor_backend(const knit_reactor *r) { return knit__backend_name(r->be); }
+
+knit__backend *knit__reactor_backend(knit_reactor *r) { return r->be; }

@@ -72,6 +72,8 @@ typedef struct knit__callq {
     unsigned nspare;
     size_t count;
     bool wake_pending; /* an eventfd write is outstanding: don't write again */
+    bool closed;       /* the loop is over for good: new calls are refused */
+    pthread_t closer;  /* ... except from this thread, which runs the last ones */
     int pending;       /* atomic: queue non-empty (cheap check per iteration) */
     uint64_t wakeups;
 } knit__callq;
@@ -80,6 +82,9 @@ int knit__callq_init(knit__callq *q);
 void knit__callq_free(knit__callq *q);
 /* Run everything queued so far; returns the number run. */
 int knit__callq_run(knit_reactor *r);
+/* Refuse calls from now on (KNIT_ESHUTDOWN): a group member whose loop
+ * ended for good; posts are still taken. [any] */
+void knit__callq_close(knit_reactor *r);
 
 /* ---- posts (the pool's completion path; see knit__post in reactor.h) ---- */
 
@@ -172,8 +177,25 @@ struct knit_reactor {
     pthread_t thread;
 
     knit_reactor_stats st;
+
+    /* Several reactors (group.c): set once before the group's threads start. */
+    knit_reactor_group *group;
+    unsigned group_index;
+    size_t live_conns; /* atomic: connections accepted here and still open */
+    int finished;      /* atomic: a member's loop ended and its last calls ran */
 };
 
 void knit__reactor_wake(knit_reactor *r);
+
+/* A group member's loop ended and the calls queued until then ran: its
+ * objects may be touched from another thread. [any] */
+static inline bool knit__reactor_finished(const knit_reactor *r)
+{
+    return __atomic_load_n(&r->finished, __ATOMIC_ACQUIRE) != 0;
+}
+static inline bool knit__reactor_running(const knit_reactor *r)
+{
+    return __atomic_load_n(&r->running, __ATOMIC_ACQUIRE) != 0;
+}
 
 #endif

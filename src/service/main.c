@@ -32,6 +32,7 @@ struct knit_app {
     const knit_main_options *o;
     knit_flags *fs;
     knit_reactor *r;
+    knit_reactor_group *group; /* r and --io-threads - 1 more */
     knit_pool *pool;
     knit_metrics *metrics;
     knit_service *root;
@@ -41,6 +42,7 @@ struct knit_app {
     bool loop_done; /* knit_reactor_run returned: triggers are gone */
     knit_timer deadline;
     bool stopping, forced;
+    bool started; /* the tree started: options.pre_stop applies */
     int status;
     struct knit__app_extras *extras; /* app_extras.c: knit_app_http, knit_app_manhole */
 };
@@ -49,6 +51,8 @@ struct knit_app {
 
 static const char *const log_levels[] = {"trace", "debug", "info", "warn", "error", "off", NULL};
 static const char *const log_formats[] = {"logfmt", "json", NULL};
+/* --backend: "auto" leaves the choice to $KNIT_BACKEND, else epoll. */
+static const char *const backends[] = {"auto", "epoll", "io_uring", NULL};
 
 static void log_level_changed(knit_flags *fs, const knit_flag *f, void *arg)
 {
@@ -72,9 +76,16 @@ static const knit_flag_def service_flags[] = {
                   .opts = KNIT_FLAG_MUTABLE, .changed = log_format_changed),
     KNIT_FLAG_DEF("log-file", KNIT_FLAG_STRING, "",
                   "append log lines to this file (reopened on SIGHUP); empty: stderr"),
+    KNIT_FLAG_DEF("backend", KNIT_FLAG_ENUM, "auto",
+                  "reactor IO backend: epoll, io_uring (falls back to epoll where unavailable), "
+                  "or auto ($KNIT_BACKEND, else epoll)",
+                  .choices = backends),
     KNIT_FLAG_DEF("shutdown-timeout", KNIT_FLAG_DURATION, KNIT_SERVICE_SHUTDOWN_TIMEOUT,
                   "on SIGTERM/SIGINT, stop at once if stopping takes longer than this",
                   .opts = KNIT_FLAG_MUTABLE),
+    KNIT_FLAG_DEF("io-threads", KNIT_FLAG_UINT64, "0",
+                  "reactor threads doing network IO (0: $KNIT_IO_THREADS, else one per online "
+                  "CPU; 1: everything on the main thread)"),
 };
 
 /* --pool-threads=0 would leave pool routes and knit_pool_submit with no
@@ -113,6 +124,21 @@ static void on_deadline(knit_reactor *r, void *arg)
     knit_reactor_stop_now(r);
 }
 
+/* options.pre_stop finished (or failed): the tree may stop now. */
+static void pre_stop_done(knit_result *res, void *arg)
+{
+    knit_app *app = arg;
+    knit_failure *f = knit_result_take_failure(res);
+    if (f) {
+        char buf[256];
+        knit_failure_format(f, buf, sizeof buf);
+        knit_failure_free(f);
+        knit_log_kv(KNIT_LOG_WARN, "service", "pre-stop step failed; stopping anyway", "error", buf,
+                    NULL);
+    }
+    knit_reactor_stop(app->r);
+}
+
 static void begin_stop(knit_app *app, const char *why)
 {
     if (app->stopping) return;
@@ -121,7 +147,13 @@ static void begin_stop(knit_app *app, const char *why)
     knit_sd_notify("STOPPING=1");
     app->deadline =
         knit_call_later(app->r, knit_flags_duration(app->fs, "shutdown-timeout"), on_deadline, app);
-    knit_reactor_stop(app->r);
+    knit_deferred *d = app->started && app->o->pre_stop ? app->o->pre_stop(app, app->o->arg) : NULL;
+    if (!d) {
+        knit_reactor_stop(app->r);
+        return;
+    }
+    knit_deferred_add_callbacks(d, pre_stop_done, pre_stop_done, app);
+    knit_deferred_unref(d); /* whoever fires it holds it */
 }
 
 static void on_stop_signal(knit_reactor *r, int signo, void *arg)
@@ -209,9 +241,10 @@ static void tree_started(knit_result *res, void *arg)
         return;
     }
     if (app->stopping) return; /* a signal came during start; the trigger stops it */
+    app->started = true;
     knit_sd_notify("READY=1");
     knit_log_kv(KNIT_LOG_INFO, "service", "started", "program", app->o->program, "version",
-                app->o->version, NULL);
+                app->o->version, "backend", knit_reactor_backend(app->r), NULL);
 }
 
 static void start_tree(knit_reactor *r, void *arg)
@@ -284,8 +317,14 @@ static int build(knit_app *app)
     knit_reactor_options ro;
     knit_reactor_options_init(&ro);
     ro.name = o->program;
+    int be = knit_flags_enum(app->fs, "backend");
+    ro.backend = be > 0 ? backends[be] : NULL;
     int rc = knit_reactor_new(&app->r, &ro);
     if (rc < 0) goto fail;
+    if ((rc = knit_reactor_group_new(
+             &app->group, app->r,
+             knit_io_threads((unsigned)knit_flags_uint64(app->fs, "io-threads")), &ro)) < 0)
+        goto fail;
     /* Before any thread exists: the signals must be blocked everywhere. */
     if ((rc = knit_signal_start(app->r, SIGTERM, on_stop_signal, app, &app->sigterm)) < 0 ||
         (rc = knit_signal_start(app->r, SIGINT, on_stop_signal, app, &app->sigint)) < 0 ||
@@ -302,6 +341,7 @@ static int build(knit_app *app)
     }
     if ((rc = knit_metrics_new(&app->metrics)) < 0 ||
         (rc = knit_metrics_add_reactor(app->metrics, app->r)) < 0 ||
+        (rc = knit_metrics_add_reactor_group(app->metrics, app->group)) < 0 ||
         (app->pool && (rc = knit_metrics_add_pool(app->metrics, app->pool)) < 0))
         goto fail;
     if ((rc = knit_service_new_multi(&app->root, "main")) < 0) goto fail;
@@ -333,9 +373,11 @@ static void teardown(knit_app *app)
         knit_service_free(app->root);
     }
     if (app->metrics) {
+        knit_metrics_remove_reactor_group(app->metrics, app->group);
         knit_metrics_remove_reactor(app->metrics, app->r);
         knit_metrics_free(app->metrics);
     }
+    knit_reactor_group_free(app->group); /* joined after the loop */
     if (app->sigterm) knit_signal_stop(app->sigterm);
     if (app->sigint) knit_signal_stop(app->sigint);
     if (app->sighup) knit_signal_stop(app->sighup);
@@ -361,8 +403,18 @@ int knit_main(int argc, char **argv, const knit_main_options *o)
     }
     if (status < 0) {
         knit_call_later(app.r, 0, start_tree, &app);
-        int rc = knit_reactor_run(app.r);
+        int rc = knit_reactor_group_start(app.group);
+        if (rc < 0) {
+            knit_log_kv(KNIT_LOG_ERROR, "service", "cannot start the reactor threads", "error",
+                        knit_strerror(rc), NULL);
+            app.status = KNIT_EXIT_FAILURE;
+            knit_reactor_stop(app.r);
+        }
+        rc = knit_reactor_run(app.r);
         app.loop_done = true;
+        /* Every reactor finished in reactor 0's BEFORE phase (or is told to
+         * stop at once after a forced stop, which exits below). */
+        if (!app.forced) knit_reactor_group_join(app.group);
         if (rc < 0) {
             KNIT_ERROR("service", "reactor: %s", knit_strerror(rc));
             if (app.status == 0) app.status = KNIT_EXIT_FAILURE;
@@ -389,6 +441,10 @@ int knit_main(int argc, char **argv, const knit_main_options *o)
 knit_reactor *knit_app_reactor(const knit_app *app)
 {
     return app->r;
+}
+knit_reactor_group *knit_app_reactors(const knit_app *app)
+{
+    return app->group;
 }
 knit_pool *knit_app_pool(const knit_app *app)
 {

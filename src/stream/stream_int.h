@@ -7,6 +7,7 @@
 #include <sys/types.h>
 
 #include "knit/stream.h"
+#include "reactor/backend.h"
 
 /* A layer between the socket and the transport's byte stream: TLS. The
  * default (NULL layer) uses recv/send on the fd directly. Return values:
@@ -33,7 +34,7 @@ enum {
     TP_EOF = 1u << 5,        /* peer's EOF seen */
     TP_PAUSED = 1u << 6,     /* producer told to pause */
     TP_UNIX = 1u << 7,       /* AF_UNIX socket */
-    TP_PROXY = 1u << 8,      /* phase: waiting for the PROXY header */
+    /* 1u << 8 was the PROXY phase, now read by the endpoint layer */
     TP_HANDSHAKE = 1u << 9,  /* phase: TLS handshake */
     TP_ATTACHED = 1u << 10,  /* a protocol is attached */
     TP_LOST_DONE = 1u << 11, /* connection_lost delivered (memory) */
@@ -41,23 +42,38 @@ enum {
     TP_TLS_SHUT = 1u << 13,  /* TLS close_notify in progress */
 };
 
-/* Called once when the pre-protocol phases (PROXY header, TLS handshake)
- * end: err 0 → attach a protocol with knit__transport_attach (or close);
+/* t->uflags: the io_uring receive and send (see transport.c's file comment). */
+enum {
+    TU_MODE = 1u << 3,    /* this transport receives and sends by completion */
+    TU_RECV = 1u << 0,    /* a multishot receive is in flight (holds t) */
+    TU_CANCEL = 1u << 1,  /* ... and its cancellation was requested */
+    TU_EOF = 1u << 2,     /* the peer's EOF arrived while it could not be delivered */
+    TU_LOST = 1u << 4,    /* closed: queue lost_cb when no operation is left in flight */
+    TU_SEND = 1u << 5,    /* a send from t->out is in flight (holds t; t->out pinned) */
+    TU_SCANCEL = 1u << 6, /* ... and its cancellation was requested */
+};
+
+/* Called once when the pre-protocol phase (the TLS handshake) ends: err 0 → attach a protocol with knit__transport_attach (or close);
  * err < 0 → the transport is already closing and will free itself. */
 typedef void (*knit__ready_fn)(knit_transport *t, int err, void *arg);
 
 /* Owner hook: runs right before the transport is freed (listener counts). */
 typedef void (*knit__owner_fn)(knit_transport *t, void *owner);
 
-/* State only some connections need (TLS, PROXY header, pre-protocol
- * phases), kept out of line so a plain idle TCP connection stays small. */
+/* State only some connections need (TLS, addresses from a PROXY header,
+ * the pre-protocol phase), kept out of line so a plain idle TCP connection
+ * stays small. */
 typedef struct knit__tp_ext {
     const knit__layer_ops *layer;
     void *layer_state;    /* SSL * for TLS */
     knit__ready_fn ready; /* pre-protocol completion */
     void *ready_arg;
-    knit_timer phase_timer; /* PROXY/handshake deadline */
+    knit_timer phase_timer; /* handshake deadline */
     knit_sockaddr *proxied; /* [0] src, [1] dst from a PROXY header; else NULL */
+    /* io_uring: output written while a send from t->out is in flight that
+     * t->out could not take in place (its bytes must not move); joins
+     * t->out at the send's completion. Empty otherwise. */
+    knit_buf behind;
 } knit__tp_ext;
 
 struct knit_transport {
@@ -78,7 +94,8 @@ struct knit_transport {
     uint8_t read_pauses;
     uint8_t layer_want; /* readiness a layer is waiting for */
     uint8_t soon;       /* queued call-soon callbacks holding t */
-    int16_t _pad;
+    uint8_t uflags;     /* io_uring receive/send (TU_* in transport.c; 0 on epoll) */
+    uint8_t _pad;
     int err;
 };
 
@@ -88,19 +105,24 @@ knit__tp_ext *knit__transport_ext(knit_transport *t);
 
 /* Create a socket transport for a connected FD (non-blocking from now on;
  * owned by the transport even on failure). With READY NULL a protocol must
- * be attached at once; otherwise the PROXY phase (PROXY true) and the TLS
- * handshake (LAYER non-NULL; its state already in LAYER_STATE) run first.
- * PHASE_TIMEOUT bounds them (0: none). */
-int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_ops *layer,
-                        void *layer_state, knit__ready_fn ready, void *ready_arg,
-                        knit_duration phase_timeout, knit_transport **out);
+ * be attached at once (or the caller sets t->ext->ready and runs the
+ * phases itself); otherwise the TLS handshake (LAYER non-NULL; its state
+ * already in LAYER_STATE) runs first. PHASE_TIMEOUT bounds it (0: none). */
+int knit__transport_new(knit_reactor *r, int fd, const knit__layer_ops *layer, void *layer_state,
+                        knit__ready_fn ready, void *ready_arg, knit_duration phase_timeout,
+                        knit_transport **out);
+/* The peer and local addresses a PROXY header gave (the endpoint layer
+ * read it before the transport existed): knit_transport_peer/_local
+ * answer these from now on. 0 or KNIT_ENOMEM. */
+int knit__transport_set_proxied(knit_transport *t, const knit_sockaddr *src,
+                                const knit_sockaddr *dst);
 /* Attach P and run connection_made; starts reading. */
 void knit__transport_attach(knit_transport *t, knit_protocol *p);
 /* Close without a protocol (refused by the factory / limit): frees later. */
 void knit__transport_close(knit_transport *t, bool flush, knit_close_reason reason, int err);
 
-/* Drive the PROXY/TLS phases (after setting t->ext->ready); the timer callback
- * for t->ext->phase_timer. */
+/* Drive the TLS phase (after setting t->ext->ready); the timer callback for
+ * t->ext->phase_timer. */
 void knit__transport_run_phases(knit_transport *t);
 void knit__transport_phase_timeout(knit_reactor *r, void *arg);
 

@@ -1,6 +1,7 @@
 /* transport.c — socket transports: buffered non-blocking writes, reads into
  * per-thread scratch memory, flow control, half-close, abort, and the
- * pre-protocol phases (PROXY header, TLS handshake) used by endpoints.
+ * pre-protocol TLS handshake. (The PROXY header is read before a transport
+ * exists, by the endpoint layer's accept sequence: src/endpoint/listen.c.)
  *
  * Thread: everything runs on the reactor thread that owns the transport.
  *
@@ -15,12 +16,37 @@
  *    has run — so a protocol may abort() inside data_received and the read
  *    loop still sees valid memory when the callback returns.
  *  - After TP_CLOSED the fd is closed and nothing touches it again.
+ *  - On the io_uring backend a plain TCP transport (no TLS layer) receives
+ *    by completion instead of readiness: one multishot receive into the
+ *    reactor's provided-buffer ring, kept in flight while the transport
+ *    wants to read (update_watch → recv_want) and cancelled when it stops
+ *    (pause, EOF, close). The bytes are handed to data_received straight
+ *    from the shared ring buffer (no copy; leftovers go to t->in as with
+ *    the scratch area), so an idle connection still owns no buffer. The
+ *    receive holds t (t->soon) until its final completion. Bytes that
+ *    arrive while the protocol may not take them (paused, still in a
+ *    pre-protocol phase) are kept in t->in and delivered on resume; an
+ *    EOF seen then is remembered (TU_EOF). TLS and UNIX sockets use
+ *    readiness (polls on the same ring).
+ *  - Such a transport also sends by completion: writes are queued in
+ *    t->out (no send system call), and one send operation at a time points
+ *    straight at t->out's bytes (send_start), submitted with the loop
+ *    iteration's io_uring_enter. While it is in flight (TU_SEND, holding t)
+ *    t->out's memory must not move: later writes are appended in place
+ *    when t->out has room, else to t->ext->behind; the completion consumes
+ *    what was sent, joins behind to t->out, and starts the next send (the
+ *    rest of a partial send, plus what came meanwhile). Closing cancels the
+ *    send and parks the pinned buffer in t->in (free then) until the
+ *    completion; connection_lost waits for it, as for the receive. The
+ *    queued length (out_len: t->out plus behind) drives the water marks
+ *    and output groups exactly as on epoll.
  *  - Every socket transport is on its thread's registry (tl_first..tl_last,
  *    linked through t->prev/t->next) from knit__transport_new until
  *    free_transport, which is the only place that unlinks it; closing only
  *    queues the free, so a visitor that closes T can still follow T->next.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <limits.h>
 #include <stdatomic.h>
@@ -31,7 +57,6 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
-#include "knit/endpoint.h" /* knit_proxy_header_parse */
 #include "knit/error.h"
 #include "knit/log.h"
 #include "stream/stream_int.h"
@@ -100,55 +125,41 @@ knit_transport *knit_transport_find(knit_reactor *r, uint64_t id)
     return NULL;
 }
 
-uint64_t knit_transport_id(const knit_transport *t)
-{
-    return t->id;
-}
+/* A thread's scratch is freed when the thread ends (reactor threads of a
+ * group come and go; the key's destructor runs at their exit). */
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
 
-knit_time knit_transport_started(const knit_transport *t)
+static void scratch_key_make(void)
 {
-    return t->started;
-}
-
-void knit_transport_bytes(const knit_transport *t, uint64_t *in, uint64_t *out)
-{
-    if (in) *in = t->bytes_in;
-    if (out) *out = t->bytes_out;
-}
-
-bool knit_transport_reading_paused(const knit_transport *t)
-{
-    return t->read_pauses > 0;
-}
-
-const char *knit_transport_state(const knit_transport *t)
-{
-    if (t->flags & (TP_CLOSING | TP_CLOSED | TP_ABORT_REQ | TP_LOST_DONE)) return "closing";
-    if (!(t->flags & TP_ATTACHED)) return "handshake";
-    if (t->flags & TP_PAUSED) return "producer_paused";
-    if (t->read_pauses) return "paused";
-    return "open";
+    pthread_key_create(&scratch_key, free);
 }
 
 uint8_t *knit__stream_scratch(void)
 {
-    if (!scratch) scratch = malloc(KNIT_STREAM_READ_CHUNK);
+    if (!scratch) {
+        scratch = malloc(KNIT_STREAM_READ_CHUNK);
+        pthread_once(&scratch_once, scratch_key_make);
+        if (scratch) pthread_setspecific(scratch_key, scratch);
+    }
     return scratch;
 }
 
-const char *knit_close_reason_name(knit_close_reason r)
-{
-    static const char *const names[KNIT_CLOSE__COUNT] = {
-        "done",      "peer_closed",    "aborted",     "reset",   "timeout",  "io_error",
-        "tls_error", "protocol_error", "proxy_error", "refused", "shutdown", "out_of_memory"};
-    if ((unsigned)r >= KNIT_CLOSE__COUNT) return "unknown";
-    return names[r];
-}
-
 static void on_io(knit_io *io, unsigned ev);
+static void on_eof(knit_transport *t);
+static bool recv_want(knit_transport *t, bool want);
+static void update_watch(knit_transport *t);
 static void close_now(knit_transport *t, knit_close_reason reason, int err, bool rst);
 static void finish_close(knit_transport *t);
 static void flush(knit_transport *t);
+static void after_output(knit_transport *t);
+
+/* Bytes queued for the socket: t->out and, on io_uring, what waits behind
+ * an in-flight send. */
+static size_t out_len(const knit_transport *t)
+{
+    return knit_buf_len(&t->out) + (t->ext ? knit_buf_len(&t->ext->behind) : 0);
+}
 
 static knit_close_reason reason_for(int err)
 {
@@ -237,6 +248,7 @@ static void free_transport(knit_transport *t)
     registry_unlink(t);
     if (t->ext) {
         free(t->ext->proxied);
+        knit_buf_release(&t->ext->behind);
         free(t->ext);
     }
     free(t);
@@ -296,21 +308,198 @@ static void call_soon(knit_transport *t, knit_call_fn fn)
         KNIT_ERROR("stream", "out of memory: leaking a closed transport");
 }
 
+/* After data_received on a borrowed buffer (the thread's scratch area, a
+ * ring buffer): what the protocol left goes to t->in. False when T was
+ * closed for want of memory. */
+static bool keep_rest(knit_transport *t, knit_buf *sbuf)
+{
+    if (!knit_buf_empty(sbuf) && !(t->flags & TP_CLOSED)) {
+        int rc = knit_buf_move(&t->in, sbuf);
+        if (rc < 0) {
+            knit_buf_release(sbuf);
+            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+            return false;
+        }
+    }
+    knit_buf_release(sbuf); /* a protocol may have grown it onto the heap */
+    return true;
+}
+
+/* ---- the io_uring receive ------------------------------------------------------ */
+
+static void on_recv(void *owner, int res, unsigned cflags, const uint8_t *data);
+
+/* Start or stop T's multishot receive. False if T got closed doing so. */
+static bool recv_want(knit_transport *t, bool want)
+{
+    knit__backend *b = knit__reactor_backend(t->io._r);
+    if (want) {
+        /* In flight (even with a cancel pending: its final completion
+         * starts it again if still wanted). */
+        if (t->uflags & TU_RECV) return true;
+        int rc = knit__cop_recv(b, t->io._fd, t, on_recv);
+        if (rc < 0) {
+            close_now(t, reason_for(rc), rc, true);
+            return false;
+        }
+        t->uflags |= TU_RECV;
+        t->soon++;
+    } else if ((t->uflags & TU_RECV) && !(t->uflags & TU_CANCEL)) {
+        /* If even the cancel cannot be queued, bytes that still arrive are
+         * kept in t->in (on_recv): nothing is lost, only backpressure
+         * waits for the next completion. */
+        if (knit__cop_recv_cancel(b, t) == 0) t->uflags |= TU_CANCEL;
+    }
+    return true;
+}
+
+/* Hand N received bytes at DATA (the ring's buffer) to the protocol, or
+ * keep them in t->in while it may not take them. */
+static void recv_deliver(knit_transport *t, const uint8_t *data, size_t n)
+{
+    t->bytes_in += (uint64_t)n;
+    bool can = (t->flags & TP_ATTACHED) && !t->read_pauses && !(t->flags & (TP_CLOSING | TP_EOF));
+    if (t->flags & TP_CLOSING) return; /* closing: input is dropped, as epoll would not read it */
+    if (!can || !knit_buf_empty(&t->in)) {
+        int rc = knit_buf_append(&t->in, data, n);
+        if (rc < 0) {
+            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+            return;
+        }
+        if (!can) return;
+        t->proto->ops->data_received(t->proto, &t->in);
+        if (knit_buf_empty(&t->in)) knit_buf_release(&t->in);
+        return;
+    }
+    knit_buf sbuf;
+    knit_buf_init_borrowed(&sbuf, (uint8_t *)data, n);
+    knit_buf_commit(&sbuf, n);
+    t->proto->ops->data_received(t->proto, &sbuf);
+    keep_rest(t, &sbuf);
+}
+
+static void on_recv(void *owner, int res, unsigned cflags, const uint8_t *data)
+{
+    knit_transport *t = owner;
+    bool final = !(cflags & KNIT__COP_MORE);
+    if (final) t->uflags &= (uint8_t) ~(TU_RECV | TU_CANCEL);
+    if (!(t->flags & TP_CLOSED)) {
+        if (res > 0 && data) {
+            recv_deliver(t, data, (size_t)res);
+        } else if (res == 0) {
+            /* EOF: deliver now if the protocol may take it, else later
+             * (do_read, from resume_reading) */
+            if ((t->flags & TP_ATTACHED) && !t->read_pauses && !(t->flags & (TP_CLOSING | TP_EOF)))
+                on_eof(t);
+            else
+                t->uflags |= TU_EOF;
+        } else if (res < 0 && res != -ENOBUFS && res != -ECANCELED && res != -EINTR &&
+                   res != -EAGAIN) {
+            close_now(t, reason_for(res), res, false);
+        }
+        /* -ENOBUFS: the shared buffers ran out this batch; they are
+         * recycled as their callbacks return, so start again. */
+        if (final && !(t->flags & TP_CLOSED)) update_watch(t);
+    }
+    if (final && (t->uflags & TU_LOST) && !(t->uflags & TU_SEND)) {
+        t->uflags &= (uint8_t)~TU_LOST;
+        call_soon(t, lost_cb);
+    }
+    if (final) soon_release(t);
+}
+
+/* ---- the io_uring send ---------------------------------------------------------- */
+
+static void on_send(void *owner, int res, unsigned cflags, const uint8_t *data);
+
+/* Send t->out through the ring (nothing in flight, t->out not empty). */
+static void send_start(knit_transport *t)
+{
+    knit__backend *b = knit__reactor_backend(t->io._r);
+    int rc =
+        knit__cop_send(b, t->io._fd, t, on_send, knit_buf_data(&t->out), knit_buf_len(&t->out));
+    if (rc < 0) {
+        close_now(t, reason_for(rc), rc, true);
+        return;
+    }
+    t->uflags |= TU_SEND;
+    t->soon++;
+}
+
+/* Where N more bytes of output go: t->out, unless a send in flight pins
+ * it and it has no room in place (or bytes already wait behind). NULL when
+ * out of memory. */
+static knit_buf *out_dst(knit_transport *t, size_t n)
+{
+    if (!(t->uflags & TU_SEND)) return &t->out;
+    if ((!t->ext || knit_buf_empty(&t->ext->behind)) && knit_buf_avail(&t->out) >= n)
+        return &t->out; /* appended after the pinned bytes: nothing moves */
+    if (!knit__transport_ext(t)) return NULL;
+    return &t->ext->behind;
+}
+
+static void on_send(void *owner, int res, unsigned cflags, const uint8_t *data)
+{
+    (void)cflags, (void)data;
+    knit_transport *t = owner;
+    t->uflags &= (uint8_t) ~(TU_SEND | TU_SCANCEL);
+    if (t->flags & TP_CLOSED) {
+        knit_buf_release(&t->in); /* the pinned output, parked there by close_now */
+    } else if (res > 0) {
+        size_t before = out_len(t);
+        knit_buf_consume(&t->out, (size_t)res);
+        t->bytes_out += (uint64_t)res;
+        int rc = 0;
+        if (t->ext && !knit_buf_empty(&t->ext->behind))
+            rc = knit_buf_move(&t->out, &t->ext->behind);
+        if (t->ext) {
+            knit__tp_ext *x = t->ext;
+            if (rc < 0) knit_buf_release(&x->behind);
+            /* held only for behind: give it back (an idle connection stays small) */
+            if (!x->layer && !x->ready && !x->phase_timer.id && !x->proxied &&
+                knit_buf_is_idle(&x->behind)) {
+                free(x);
+                t->ext = NULL;
+            }
+        }
+        knit__transport_out_changed(t, before);
+        if (rc < 0)
+            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+        else
+            after_output(t);
+    } else if (res < 0 && res != -EAGAIN && res != -EINTR && res != -ECANCELED) {
+        close_now(t, reason_for(res), res, false);
+    } else {
+        update_watch(t); /* nothing sent: try again */
+    }
+    if ((t->uflags & TU_LOST) && !(t->uflags & TU_RECV)) {
+        t->uflags &= (uint8_t)~TU_LOST;
+        call_soon(t, lost_cb);
+    }
+    soon_release(t);
+}
+
 /* ---- watch management ----------------------------------------------------- */
 
 static void update_watch(knit_transport *t)
 {
     if (t->flags & (TP_CLOSED | TP_MEMORY)) return;
     unsigned ev = 0;
-    if (t->flags & TP_PROXY) {
-        ev = KNIT_READABLE;
-    } else if (t->flags & (TP_HANDSHAKE | TP_TLS_SHUT)) {
+    if (t->flags & (TP_HANDSHAKE | TP_TLS_SHUT)) {
         ev = t->layer_want ? t->layer_want : KNIT_READABLE;
     } else {
         bool reading =
             (t->flags & TP_ATTACHED) && !t->read_pauses && !(t->flags & (TP_CLOSING | TP_EOF));
+        if (t->uflags & TU_MODE) {
+            if (!recv_want(t, reading && !(t->uflags & TU_EOF))) return; /* closed */
+            reading = false;
+            if (!knit_buf_empty(&t->out) && !(t->uflags & TU_SEND)) {
+                send_start(t);
+                if (t->flags & TP_CLOSED) return;
+            }
+        }
         if (reading) ev |= KNIT_READABLE;
-        if (!knit_buf_empty(&t->out)) ev |= KNIT_WRITABLE;
+        if (!knit_buf_empty(&t->out) && !(t->uflags & TU_MODE)) ev |= KNIT_WRITABLE;
         ev |= t->layer_want;
     }
     int rc = knit_io_start(&t->io, ev);
@@ -319,7 +508,7 @@ static void update_watch(knit_transport *t)
 
 static void check_high(knit_transport *t)
 {
-    if (!(t->flags & TP_PAUSED) && knit_buf_len(&t->out) > t->high) {
+    if (!(t->flags & TP_PAUSED) && out_len(t) > t->high) {
         t->flags |= TP_PAUSED;
         if (t->proto && t->proto->ops->pause_producing) t->proto->ops->pause_producing(t->proto);
     }
@@ -327,7 +516,7 @@ static void check_high(knit_transport *t)
 
 static void check_low(knit_transport *t)
 {
-    if ((t->flags & TP_PAUSED) && knit_buf_len(&t->out) <= t->low) {
+    if ((t->flags & TP_PAUSED) && out_len(t) <= t->low) {
         t->flags &= (uint16_t)~TP_PAUSED;
         if (t->proto && t->proto->ops->resume_producing) t->proto->ops->resume_producing(t->proto);
     }
@@ -350,14 +539,14 @@ static void group_add(knit_output_group *g, size_t before, size_t after)
 void knit__transport_out_changed(knit_transport *t, size_t before)
 {
     knit_output_group *g = t->proto ? t->proto->output_group : NULL;
-    size_t after = knit_buf_len(&t->out);
+    size_t after = out_len(t);
     if (g && after != before) group_add(g, before, after);
 }
 
 void knit__transport_out_leave(knit_transport *t)
 {
     knit_output_group *g = t->proto ? t->proto->output_group : NULL;
-    size_t len = knit_buf_len(&t->out);
+    size_t len = out_len(t);
     if (g && len) group_add(g, len, 0);
 }
 
@@ -374,6 +563,12 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
         t->ext->phase_timer = KNIT_TIMER_NONE;
     }
     knit_io_stop(&t->io);
+    if ((t->uflags & TU_RECV) && !(t->uflags & TU_CANCEL) &&
+        knit__cop_recv_cancel(knit__reactor_backend(t->io._r), t) == 0)
+        t->uflags |= TU_CANCEL; /* its final completion releases t */
+    if ((t->uflags & TU_SEND) && !(t->uflags & TU_SCANCEL) &&
+        knit__cop_send_cancel(knit__reactor_backend(t->io._r), t) == 0)
+        t->uflags |= TU_SCANCEL; /* likewise */
     if (rst && !(t->flags & TP_UNIX)) {
         struct linger lg = {1, 0};
         setsockopt(t->io._fd, SOL_SOCKET, SO_LINGER, &lg, sizeof lg);
@@ -383,11 +578,26 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
         t->ext->layer = NULL;
     }
     close(t->io._fd);
-    size_t queued = knit_buf_len(&t->out);
-    knit_buf_release(&t->out);
-    knit__transport_out_changed(t, queued);
+    size_t queued = out_len(t);
     knit_buf_release(&t->in);
-    call_soon(t, lost_cb);
+    if (t->ext) knit_buf_release(&t->ext->behind);
+    if (t->uflags & TU_SEND) {
+        /* The kernel may still read t->out's bytes: park the buffer (not
+         * its memory) in t->in, unused from now on; on_send frees it. */
+        t->in = t->out;
+        knit_buf_init(&t->out);
+    } else {
+        knit_buf_release(&t->out);
+    }
+    knit__transport_out_changed(t, queued);
+    /* With a receive or send still in the kernel, connection_lost waits for
+     * their final completions (the cancels make them come at the next loop
+     * iteration): after connection_lost the kernel holds nothing of t, so
+     * t is freed there, as on epoll. */
+    if (t->uflags & (TU_RECV | TU_SEND))
+        t->uflags |= TU_LOST;
+    else
+        call_soon(t, lost_cb);
 }
 
 /* The output is empty and the connection should end cleanly. */
@@ -437,6 +647,13 @@ static void flush(knit_transport *t)
         knit__transport_out_changed(t, len);
         if ((size_t)n < len && !TP_LAYER(t)) break; /* socket full: wait */
     }
+    after_output(t);
+}
+
+/* Output went out (flush, or a ring send's completion): when all of it has,
+ * the pending half-close or close; then the low water mark and the watch. */
+static void after_output(knit_transport *t)
+{
     if (knit_buf_empty(&t->out)) {
         knit_buf_release(&t->out); /* idle: own nothing */
         if ((t->flags & TP_SHUT_REQ) && !(t->flags & TP_SHUT_DONE)) {
@@ -466,8 +683,22 @@ int knit_transport_writev(knit_transport *t, const struct iovec *iov, int iovcnt
     for (int i = 0; i < iovcnt; i++)
         total += iov[i].iov_len;
     if (total == 0) return 0;
+    if (t->uflags & TU_MODE) {
+        /* io_uring: queue; the ring sends it (update_watch → send_start) */
+        size_t before = out_len(t);
+        knit_buf *dst = out_dst(t, total);
+        int rc = dst ? knit_buf_appendv(dst, iov, iovcnt) : KNIT_ENOMEM;
+        knit__transport_out_changed(t, before);
+        if (rc < 0) {
+            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+            return rc;
+        }
+        update_watch(t);
+        if (!(t->flags & TP_CLOSED)) check_high(t);
+        return 0;
+    }
     size_t done = 0;
-    if (!(t->flags & (TP_MEMORY | TP_HANDSHAKE | TP_PROXY)) && knit_buf_empty(&t->out) &&
+    if (!(t->flags & (TP_MEMORY | TP_HANDSHAKE)) && knit_buf_empty(&t->out) &&
         !t->layer_want) {
         ssize_t n = do_sendv(t, iov, iovcnt);
         if (n < 0 && n != KNIT_EAGAIN) {
@@ -512,6 +743,21 @@ int knit_transport_write_buf(knit_transport *t, knit_buf *b)
         knit_buf_release(b);
         return KNIT_ECLOSED;
     }
+    if (t->uflags & TU_MODE) {
+        /* io_uring: B's memory becomes the output (or joins it) as is */
+        size_t before = out_len(t);
+        knit_buf *dst = out_dst(t, knit_buf_len(b));
+        int rc = dst ? knit_buf_move(dst, b) : KNIT_ENOMEM;
+        knit_buf_release(b);
+        knit__transport_out_changed(t, before);
+        if (rc < 0) {
+            close_now(t, KNIT_CLOSE_NOMEM, rc, true);
+            return rc;
+        }
+        update_watch(t);
+        if (!(t->flags & TP_CLOSED)) check_high(t);
+        return 0;
+    }
     if (!knit_buf_empty(&t->out) || (t->flags & TP_MEMORY)) {
         size_t len = knit_buf_len(b), before = knit_buf_len(&t->out);
         int rc = knit_buf_move(&t->out, b);
@@ -532,7 +778,7 @@ int knit_transport_write_buf(knit_transport *t, knit_buf *b)
         return 0;
     }
     /* Try the socket first; then keep B's memory as the output buffer. */
-    if (!(t->flags & (TP_HANDSHAKE | TP_PROXY)) && !t->layer_want) {
+    if (!(t->flags & TP_HANDSHAKE) && !t->layer_want) {
         ssize_t n = do_send(t, iov.iov_base, iov.iov_len);
         if (n < 0 && n != KNIT_EAGAIN) {
             knit_buf_release(b);
@@ -573,6 +819,18 @@ static void on_eof(knit_transport *t)
 
 static void do_read(knit_transport *t)
 {
+    if (t->uflags & TU_MODE) {
+        /* io_uring: bytes come by completion (on_recv); here only an EOF
+         * held back while the protocol could not take it. */
+        if ((t->uflags & TU_EOF) && (t->flags & TP_ATTACHED) && !t->read_pauses &&
+            !(t->flags & (TP_CLOSED | TP_CLOSING | TP_EOF))) {
+            t->uflags &= (uint8_t)~TU_EOF;
+            on_eof(t);
+            return;
+        }
+        if (!(t->flags & TP_CLOSED)) update_watch(t);
+        return;
+    }
     for (int i = 0; i < KNIT_STREAM_READS_PER_EVENT || (TP_LAYER(t) && TP_LAYER(t)->pending(t));
          i++) {
         if ((t->flags & (TP_CLOSED | TP_CLOSING | TP_EOF)) || t->read_pauses ||
@@ -620,15 +878,7 @@ static void do_read(knit_transport *t)
         t->bytes_in += (uint64_t)n;
         t->proto->ops->data_received(t->proto, b);
         if (use_scratch) {
-            if (!knit_buf_empty(&sbuf) && !(t->flags & TP_CLOSED)) {
-                int rc = knit_buf_move(&t->in, &sbuf);
-                if (rc < 0) {
-                    knit_buf_release(&sbuf);
-                    close_now(t, KNIT_CLOSE_NOMEM, rc, true);
-                    return;
-                }
-            }
-            knit_buf_release(&sbuf); /* a protocol may have grown it onto the heap */
+            if (!keep_rest(t, &sbuf)) return;
         } else if (knit_buf_empty(&t->in)) {
             knit_buf_release(&t->in);
         }
@@ -651,57 +901,8 @@ static void phases_done(knit_transport *t)
     if (fn) fn(t, 0, t->ext->ready_arg);
 }
 
-static void proxy_step(knit_transport *t)
-{
-    uint8_t buf[1024];
-    size_t have = knit_buf_len(&t->in);
-    memcpy(buf, knit_buf_data(&t->in), have);
-    ssize_t n = recv(t->io._fd, buf + have, sizeof buf - have, MSG_PEEK);
-    if (n < 0 && (errno == EAGAIN || errno == EINTR)) return;
-    if (n <= 0) {
-        close_now(t, n == 0 ? KNIT_CLOSE_PROXY_ERROR : KNIT_CLOSE_IO_ERROR,
-                  n == 0 ? KNIT_EEOF : -errno, false);
-        return;
-    }
-    knit_sockaddr a[2];
-    int rc = knit_proxy_header_parse(buf, have + (size_t)n, &a[0], &a[1]);
-    if (rc < 0 || (rc == 0 && have + (size_t)n == sizeof buf)) {
-        close_now(t, KNIT_CLOSE_PROXY_ERROR, KNIT_EPARSE, true);
-        return;
-    }
-    /* Every peeked byte up to the header end is header: take exactly those
-     * off the socket so what follows (maybe TLS) stays there. */
-    size_t take = rc == 0 ? (size_t)n : (size_t)rc - have;
-    uint8_t sink[1024];
-    ssize_t got = recv(t->io._fd, sink, take, 0);
-    if (got != (ssize_t)take) {
-        close_now(t, KNIT_CLOSE_IO_ERROR, got < 0 ? -errno : KNIT_EIO, false);
-        return;
-    }
-    if (rc == 0) {
-        if (knit_buf_append(&t->in, sink, take) < 0)
-            close_now(t, KNIT_CLOSE_NOMEM, KNIT_ENOMEM, true);
-        return;
-    }
-    knit_buf_release(&t->in);
-    t->flags &= (uint16_t)~TP_PROXY;
-    if (a[0].len) {
-        t->ext->proxied = malloc(2 * sizeof(knit_sockaddr));
-        if (!t->ext->proxied) {
-            close_now(t, KNIT_CLOSE_NOMEM, KNIT_ENOMEM, true);
-            return;
-        }
-        memcpy(t->ext->proxied, a, sizeof a);
-    }
-    knit__transport_run_phases(t);
-}
-
 void knit__transport_run_phases(knit_transport *t)
 {
-    if (t->flags & TP_PROXY) {
-        update_watch(t);
-        return;
-    }
     if (t->flags & TP_HANDSHAKE) {
         int rc = TP_LAYER(t)->handshake(t);
         if (rc == KNIT_EAGAIN) {
@@ -732,9 +933,7 @@ static void on_io(knit_io *io, unsigned ev)
 {
     knit_transport *t = io->data;
     t->soon++; /* hold t across callbacks that may close it */
-    if (t->flags & TP_PROXY) {
-        proxy_step(t);
-    } else if (t->flags & TP_HANDSHAKE) {
+    if (t->flags & TP_HANDSHAKE) {
         knit__transport_run_phases(t);
     } else if (t->flags & TP_TLS_SHUT) {
         int rc = TP_LAYER(t)->shutdown(t);
@@ -747,7 +946,7 @@ static void on_io(knit_io *io, unsigned ev)
          * last write wanted to read first (a key update in flight). */
         bool can_flush = (ev & (KNIT_WRITABLE | KNIT_IOERR | KNIT_HANGUP)) ||
                          ((t->layer_want & KNIT_READABLE) && (ev & KNIT_READABLE));
-        if (can_flush && (!knit_buf_empty(&t->out) || t->layer_want)) {
+        if (can_flush && !(t->uflags & TU_MODE) && (!knit_buf_empty(&t->out) || t->layer_want)) {
             t->layer_want = 0;
             if (!knit_buf_empty(&t->out)) flush(t);
         }
@@ -771,16 +970,16 @@ knit__tp_ext *knit__transport_ext(knit_transport *t)
     return t->ext;
 }
 
-int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_ops *layer,
-                        void *layer_state, knit__ready_fn ready, void *ready_arg,
-                        knit_duration phase_timeout_d, knit_transport **out)
+int knit__transport_new(knit_reactor *r, int fd, const knit__layer_ops *layer, void *layer_state,
+                        knit__ready_fn ready, void *ready_arg, knit_duration phase_timeout_d,
+                        knit_transport **out)
 {
     knit_transport *t = NULL;
     int fl = fcntl(fd, F_GETFL);
     int rc = 0;
     if (fl < 0 || fcntl(fd, F_SETFL, fl | O_NONBLOCK) < 0) rc = -errno;
     if (rc == 0 && !(t = calloc(1, sizeof *t))) rc = KNIT_ENOMEM;
-    if (rc == 0 && (layer || proxy || ready) && !knit__transport_ext(t)) rc = KNIT_ENOMEM;
+    if (rc == 0 && (layer || ready) && !knit__transport_ext(t)) rc = KNIT_ENOMEM;
     if (rc < 0) {
         if (layer) {
             knit__tp_ext tmp = {.layer = layer, .layer_state = layer_state};
@@ -807,9 +1006,13 @@ int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_o
     }
     struct sockaddr_storage ss;
     socklen_t sl = sizeof ss;
-    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0 && ss.ss_family == AF_UNIX)
-        t->flags |= TP_UNIX;
-    if (proxy) t->flags |= TP_PROXY;
+    if (getsockname(fd, (struct sockaddr *)&ss, &sl) == 0) {
+        if (ss.ss_family == AF_UNIX) t->flags |= TP_UNIX;
+        /* TCP without TLS receives by completion on io_uring. */
+        if ((ss.ss_family == AF_INET || ss.ss_family == AF_INET6) && !layer &&
+            knit__backend_has_cops(knit__reactor_backend(r)))
+            t->uflags |= TU_MODE;
+    }
     if (layer) t->flags |= TP_HANDSHAKE;
     *out = t;
     if (ready) {
@@ -820,6 +1023,17 @@ int knit__transport_new(knit_reactor *r, int fd, bool proxy, const knit__layer_o
         knit__transport_run_phases(t);
         soon_release(t);
     }
+    return 0;
+}
+
+int knit__transport_set_proxied(knit_transport *t, const knit_sockaddr *src,
+                                const knit_sockaddr *dst)
+{
+    if (!knit__transport_ext(t)) return KNIT_ENOMEM;
+    if (!t->ext->proxied && !(t->ext->proxied = malloc(2 * sizeof(knit_sockaddr))))
+        return KNIT_ENOMEM;
+    t->ext->proxied[0] = *src;
+    t->ext->proxied[1] = *dst;
     return 0;
 }
 
@@ -840,7 +1054,7 @@ void knit__transport_attach(knit_transport *t, knit_protocol *p)
 int knit_transport_adopt(knit_reactor *r, int fd, knit_protocol *p, knit_transport **out)
 {
     knit_transport *t;
-    int rc = knit__transport_new(r, fd, false, NULL, NULL, NULL, NULL, 0, &t);
+    int rc = knit__transport_new(r, fd, NULL, NULL, NULL, NULL, 0, &t);
     if (rc < 0) return rc;
     if (out) *out = t;
     knit__transport_attach(t, p);
@@ -929,7 +1143,7 @@ void knit_transport_set_water_marks(knit_transport *t, size_t high, size_t low)
 
 size_t knit_transport_write_buffer_size(const knit_transport *t)
 {
-    return knit_buf_len(&t->out);
+    return out_len(t);
 }
 bool knit_transport_producer_paused(const knit_transport *t)
 {
@@ -940,97 +1154,3 @@ bool knit_transport_closing(const knit_transport *t)
     return t->flags & (TP_CLOSING | TP_CLOSED | TP_ABORT_REQ);
 }
 
-int knit_transport_peer(const knit_transport *t, knit_sockaddr *out)
-{
-    if (t->ext && t->ext->proxied) {
-        *out = t->ext->proxied[0];
-        return 0;
-    }
-    if (t->flags & TP_MEMORY) return KNIT_ENOTSUP;
-    if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
-    memset(out, 0, sizeof *out);
-    out->len = sizeof out->u;
-    if (getpeername(t->io._fd, &out->u.sa, &out->len) < 0) {
-        out->len = 0;
-        return -errno;
-    }
-    return 0;
-}
-
-int knit_transport_local(const knit_transport *t, knit_sockaddr *out)
-{
-    if (t->ext && t->ext->proxied) {
-        *out = t->ext->proxied[1];
-        return 0;
-    }
-    if (t->flags & TP_MEMORY) return KNIT_ENOTSUP;
-    if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
-    memset(out, 0, sizeof *out);
-    out->len = sizeof out->u;
-    if (getsockname(t->io._fd, &out->u.sa, &out->len) < 0) {
-        out->len = 0;
-        return -errno;
-    }
-    return 0;
-}
-
-int knit_transport_set_nodelay(knit_transport *t, bool on)
-{
-    if (t->flags & (TP_MEMORY | TP_UNIX)) return KNIT_ENOTSUP;
-    if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
-    int v = on;
-    return setsockopt(t->io._fd, IPPROTO_TCP, TCP_NODELAY, &v, sizeof v) < 0 ? -errno : 0;
-}
-
-int knit_transport_set_keepalive(knit_transport *t, bool on, unsigned idle)
-{
-    if (t->flags & (TP_MEMORY | TP_UNIX)) return KNIT_ENOTSUP;
-    if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
-    int v = on;
-    if (setsockopt(t->io._fd, SOL_SOCKET, SO_KEEPALIVE, &v, sizeof v) < 0) return -errno;
-    if (on && idle) {
-        int i = (int)idle;
-        if (setsockopt(t->io._fd, IPPROTO_TCP, TCP_KEEPIDLE, &i, sizeof i) < 0) return -errno;
-    }
-    return 0;
-}
-
-int knit_transport_peek(knit_transport *t, void *buf, size_t n)
-{
-    if ((t->flags & TP_MEMORY) || TP_LAYER(t)) return KNIT_ENOTSUP;
-    if (t->flags & TP_CLOSED) return KNIT_ECLOSED;
-    for (;;) {
-        ssize_t r = recv(t->io._fd, buf, n, MSG_PEEK | MSG_DONTWAIT);
-        if (r >= 0) return (int)(r > INT32_MAX ? INT32_MAX : r);
-        if (errno == EINTR) continue;
-        if (errno == EAGAIN || errno == EWOULDBLOCK) return KNIT_EAGAIN;
-        return -errno;
-    }
-}
-
-const char *knit_transport_kind(const knit_transport *t)
-{
-    if (t->flags & TP_MEMORY) return "memory";
-    if (TP_LAYER(t)) return TP_LAYER(t)->kind;
-    return (t->flags & TP_UNIX) ? "unix" : "tcp";
-}
-
-int knit_transport_fd(const knit_transport *t)
-{
-    return (t->flags & (TP_MEMORY | TP_CLOSED)) ? -1 : t->io._fd;
-}
-knit_reactor *knit_transport_reactor(const knit_transport *t)
-{
-    return t->io._r;
-}
-knit_protocol *knit_transport_protocol(const knit_transport *t)
-{
-    return t->proto;
-}
-
-size_t knit_transport_memory(const knit_transport *t)
-{
-    return sizeof *t + knit_buf_allocated(&t->out) + knit_buf_allocated(&t->in) +
-           (t->ext ? sizeof *t->ext : 0) +
-           (t->ext && t->ext->proxied ? 2 * sizeof(knit_sockaddr) : 0);
-}

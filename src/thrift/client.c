@@ -97,6 +97,8 @@ struct knit_thrift_client {
 
 static void flush_waiting(knit_thrift_client *cl);
 static void sasl_done(cconn *cc, int rc);
+static void wait_for_slot(knit_thrift_client *cl, pending *p);
+static void hurry_all(knit_thrift_client *cl);
 
 /* ---- results --------------------------------------------------------------------- */
 
@@ -250,6 +252,18 @@ static void send_on(cconn *cc, pending *p)
     } else {
         rc = knit_transport_write(t, p->msg, p->len);
     }
+    if (rc == KNIT_ECLOSED) {
+        /* Never sent: the connection was closing (the server closed it
+         * between calls — a drain, an idle timeout). Not a failure of the
+         * call: it waits for a connection again, the ClientService is
+         * already reconnecting, and it goes out on the new connection
+         * (under its own timeout). p->msg is kept for that. */
+        cc->st = C_DOWN;
+        cl->st.resent++;
+        wait_for_slot(cl, p);
+        hurry_all(cl);
+        return;
+    }
     free(p->msg);
     p->msg = NULL;
     if (rc) {
@@ -269,7 +283,8 @@ static cconn *pick(knit_thrift_client *cl)
 {
     for (unsigned i = 0; i < cl->nconns; i++) {
         cconn *cc = &cl->conns[(cl->rr + i) % cl->nconns];
-        if (cc->st == C_UP && cc->npending < cl->o.max_pending) {
+        if (cc->st == C_UP && cc->npending < cl->o.max_pending &&
+            !(cc->proto.transport && knit_transport_closing(cc->proto.transport))) {
             cl->rr = (cl->rr + i + 1) % cl->nconns;
             return cc;
         }

@@ -9,7 +9,9 @@
  * one from a connection and answers the request when the call completes
  * (inline requests may be answered from any later reactor callback).
  *
- * Threads: [reactor] (the HTTP server's, which must be the Thrift server's).
+ * Threads: [reactor] (the HTTP server's, which must be the Thrift server's;
+ * when both spread over a reactor group, a request runs on its
+ * connection's reactor and is served by the Thrift server's part there).
  */
 #include <stdio.h>
 #include <string.h>

@@ -2,9 +2,11 @@
  *
  * Owns: listeners, one `conn` per connection (a knit_protocol), one `call`
  * per call in flight (from a connection, or from an HTTP request through
- * http.c). Runs on the reactor thread, except run_call(), which runs on a
- * pool worker and touches only its own call (handler, args, result, reply
- * encoding, the THeader info headers the handler reads and sets).
+ * http.c) — of the server, or of one of its parts on another reactor
+ * (parts.c; each part runs this code on its own reactor's thread). Runs on
+ * the reactor thread, except run_call(), which runs on a pool worker and
+ * touches only its own call (handler, args, result, reply encoding, the
+ * THeader info headers the handler reads and sets).
  *
  * Invariants:
  *   - a conn is freed only when the transport is gone AND no call of it is in
@@ -36,29 +38,11 @@
 #include "knit/pool.h"
 #include "thrift/server_int.h"
 
-#define MAX_LISTENERS 8
 #define CLIENT_TIMEOUT_MAX_MS 86400000u /* a day: larger client_timeout values are ignored */
 
 enum mode { M_DETECT, M_FRAMED, M_UNFRAMED, M_SASL_NEG, M_SASL_DATA };
 
 typedef struct conn conn;
-
-struct knit_thrift_server {
-    knit_reactor *r;
-    knit_thrift_server_options o;
-    knit_thrift_sasl_options sasl; /* copy of *o.sasl */
-    const knit_thrift_processor *procs[KNIT_THRIFT_MAX_SERVICES];
-    size_t nprocs;
-    knit_listener *listeners[MAX_LISTENERS];
-    size_t nlisteners;
-    knit_protocol_factory factory;
-    conn *conns;         /* doubly linked list of open (not yet lost) connections */
-    size_t nconns_alive; /* conns not yet freed */
-    size_t http_calls;   /* HTTP calls in flight (they hold the server) */
-    bool closed;
-    knit_timer sweep;
-    knit_thrift_server_stats st;
-};
 
 struct conn {
     knit_protocol proto;
@@ -88,6 +72,7 @@ struct conn {
     knit_timer rescan;
     bool rescan_due;
     unsigned in_flight;
+    bool partial; /* part of a request is buffered (not yet dispatched) */
     knit_time last_active;
     knit_thrift_sasl *sasl;
 };
@@ -139,6 +124,7 @@ static __thread call *current;
 static void conn_maybe_free(conn *c);
 static void pump_held(conn *c);
 static void server_maybe_free(knit_thrift_server *s);
+static void close_if_idle(conn *c);
 
 /* ---- replies ----------------------------------------------------------------------- */
 
@@ -205,7 +191,7 @@ static void conn_send(conn *c, knit_thrift_writer *w)
     } else {
         knit_transport_write(c->proto.transport, w->data, w->len);
     }
-    s->st.replies++;
+    ST_ADD(s, replies, 1);
 }
 
 /* Send W to whoever asked: connection C or HTTP request REQ. */
@@ -219,7 +205,7 @@ static void deliver(knit_thrift_server *s, conn *c, knit_http_request *req, cons
             knit__thrift_http_fail(req, 500, knit_strerror(w->err));
         else
             knit__thrift_http_reply(req, f->proto, w->data, w->len);
-        s->st.replies++;
+        ST_ADD(s, replies, 1);
     }
 }
 
@@ -234,7 +220,7 @@ static void send_app_error(knit_thrift_server *s, conn *c, knit_http_request *re
     reply_end(&w, f, NULL, 0);
     deliver(s, c, req, f, &w);
     knit_thrift_writer_free(&w);
-    s->st.app_exceptions++;
+    ST_ADD(s, app_exceptions, 1);
 }
 
 /* ---- calls ----------------------------------------------------------------------------- */
@@ -348,15 +334,15 @@ static void call_finish(call *k)
 {
     conn *c = k->c;
     knit_thrift_server *s = k->s;
-    if (k->shed == SHED_DEADLINE) s->st.expired++;
-    if (k->shed == SHED_QUEUE) s->st.queue_timeouts++;
+    if (k->shed == SHED_DEADLINE) ST_ADD(s, expired, 1);
+    if (k->shed == SHED_QUEUE) ST_ADD(s, queue_timeouts, 1);
     if (!k->m->oneway) {
-        if (k->hrc) s->st.app_exceptions++;
+        if (k->hrc) ST_ADD(s, app_exceptions, 1);
         deliver(s, c, k->req, &k->f, &k->out);
     }
     bool http = k->http;
     call_free(k);
-    s->st.in_flight--;
+    ST_SUB(s, in_flight, 1);
     if (http) {
         s->http_calls--;
         server_maybe_free(s);
@@ -365,6 +351,7 @@ static void call_finish(call *k)
     c->in_flight--;
     c->last_active = knit_reactor_now(s->r);
     if (c->paused && !c->in_receive && !c->lost) pump_held(c);
+    if (c->srv->draining) close_if_idle(c);
     conn_maybe_free(c);
 }
 
@@ -433,6 +420,7 @@ static void async_err(knit_result *res, void *arg)
 static const knit_thrift_processor *route(knit_thrift_server *s, const char *name, size_t nl,
                                           const char **mname, size_t *ml)
 {
+    if (s->primary) s = s->primary; /* a part serves its server's services */
     const char *colon = memchr(name, ':', nl);
     if (colon) {
         size_t sl = (size_t)(colon - name);
@@ -490,7 +478,7 @@ static int dispatch(knit_thrift_server *s, conn *c, knit_http_request *req, cons
                        "expected a call");
         return 0;
     }
-    s->st.calls++;
+    ST_ADD(s, calls, 1);
     int mi = p ? knit_thrift_processor_find(p, mname, ml) : -1;
     int mode = mi >= 0 ? p->mode(p, (size_t)mi) : 0;
     if (mi < 0 || !mode || (mode == KNIT_THRIFT_BLOCKING && !s->o.pool)) {
@@ -544,7 +532,7 @@ static int dispatch(knit_thrift_server *s, conn *c, knit_http_request *req, cons
     } else {
         c->in_flight++;
     }
-    s->st.in_flight++;
+    ST_ADD(s, in_flight, 1);
     k->deadline = deadline_of(s, h);
     if (mode == KNIT_THRIFT_ASYNC) {
         current = k;
@@ -565,7 +553,7 @@ static int dispatch(knit_thrift_server *s, conn *c, knit_http_request *req, cons
     rc = knit_pool_submit(s->o.pool, s->r, &k->work, run_call, run_call_done);
     if (rc != 0) {
         /* The pool is full (or shutting down): answer now, never wait. */
-        if (rc == KNIT_EQUEUEFULL) s->st.shed++;
+        if (rc == KNIT_EQUEUEFULL) ST_ADD(s, shed, 1);
         k->hrc = rc;
         k->app_type = rc == KNIT_EQUEUEFULL ? KNIT_TAPP_LOADSHEDDING : KNIT_TAPP_INTERNAL_ERROR;
         call_encode(k, rc == KNIT_EQUEUEFULL ? "server overloaded" : knit_strerror(rc));
@@ -590,7 +578,7 @@ static int dispatch_header(knit_thrift_server *s, conn *c, knit_http_request *re
         return 0;
     }
     if (rc) return rc;
-    s->st.header_calls++;
+    ST_ADD(s, header_calls, 1);
     if (!h.zlib) return dispatch(s, c, req, &f, &h, h.payload, h.payload_len);
     knit_thrift_writer plain;
     knit_thrift_writer_init(&plain, h.proto);
@@ -616,8 +604,9 @@ static int dispatch_frame(conn *c, const uint8_t *frame, size_t len)
 int knit__thrift_server_http_call(knit_thrift_server *s, knit_http_request *req,
                                   const uint8_t *body, size_t len)
 {
+    s = knit__thrift_part_here(s); /* a spread HTTP server: this reactor's part */
     if (s->closed) return KNIT_ESHUTDOWN;
-    s->st.http_calls++;
+    ST_ADD(s, http_calls, 1);
     if (knit_thrift_is_header_frame(body, len)) return KNIT_ETHRIFT; /* THeader needs a frame */
     if (len >= 4 && knit_thrift_is_header_frame(body + 4, len - 4)) {
         uint32_t n = knit_thrift_get_be32(body);
@@ -694,7 +683,7 @@ knit_time knit_thrift_call_deadline(void)
 
 static void conn_fail(conn *c, int err)
 {
-    c->srv->st.protocol_errors++;
+    ST_ADD(c->srv, protocol_errors, 1);
     knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_PROTOCOL_ERROR, err);
 }
 
@@ -847,7 +836,7 @@ static void process(conn *c, knit_buf *in)
             knit_buf_consume(in, used);
             if (rc == KNIT_THRIFT_SASL_MORE) return;
             if (rc < 0) {
-                s->st.sasl_failures++;
+                ST_ADD(s, sasl_failures, 1);
                 KNIT_INFO("thrift", "sasl negotiation failed: %s", knit_thrift_sasl_error(c->sasl));
                 knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_PROTOCOL_ERROR, rc);
                 return;
@@ -916,6 +905,7 @@ static void on_data(knit_protocol *p, knit_buf *in)
     c->last_active = knit_reactor_now(c->srv->r);
     if (c->paused || !knit_buf_empty(&c->held)) {
         hold(c, in);
+        c->partial = false; /* what is left is in c->held */
         pump_held(c);
         return;
     }
@@ -926,12 +916,22 @@ static void on_data(knit_protocol *p, knit_buf *in)
         hold(c, in);
         pump_held(c); /* calls may have completed inside (async handlers) */
     }
+    c->partial = !knit_buf_empty(in);
+    if (c->srv->draining) close_if_idle(c); /* a call that completed inline */
 }
 
+bool knit__thrift_empty(const knit_thrift_server *s)
+{
+    return s->nconns_alive == 0 && s->http_calls == 0;
+}
+
+/* Nothing holds S any more: a part's stopping reactor may go on; a closed
+ * server (or part) is done. */
 static void server_maybe_free(knit_thrift_server *s)
 {
-    if (!s->closed || s->nconns_alive || s->http_calls) return;
-    free(s);
+    if (!knit__thrift_empty(s)) return;
+    if (s->trigger_wait) knit__thrift_part_quiet(s);
+    if (s->closed) knit__thrift_server_done(s);
 }
 
 static void conn_maybe_free(conn *c)
@@ -960,7 +960,7 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
         s->conns = c->next;
     if (c->next) c->next->prev = c->prev;
     c->prev = c->next = NULL;
-    s->st.open--;
+    ST_SUB(s, open, 1);
     conn_maybe_free(c);
 }
 
@@ -974,7 +974,7 @@ static knit_protocol *build(knit_protocol_factory *f, const knit_sockaddr *peer)
 {
     (void)peer;
     knit_thrift_server *s = f->data;
-    if (s->closed) return NULL;
+    if (s->closed || s->draining) return NULL;
     if (s->o.max_connections && s->st.open >= s->o.max_connections) return NULL;
     conn *c = calloc(1, sizeof *c);
     if (!c) return NULL;
@@ -987,12 +987,13 @@ static knit_protocol *build(knit_protocol_factory *f, const knit_sockaddr *peer)
     if (s->conns) s->conns->prev = c;
     s->conns = c;
     s->nconns_alive++;
-    s->st.open++;
-    s->st.connections++;
+    ST_ADD(s, open, 1);
+    ST_ADD(s, connections, 1);
     return &c->proto;
 }
 
-/* Close connections idle for idle_timeout (no call in flight, no bytes). */
+/* Close connections idle for idle_timeout (no call in flight, no bytes);
+ * draining, those quiet for drain_idle. */
 static void sweep(knit_reactor *r, void *arg)
 {
     knit_thrift_server *s = arg;
@@ -1000,14 +1001,31 @@ static void sweep(knit_reactor *r, void *arg)
     for (conn *c = s->conns; c; c = c->next) {
         if (c->in_flight || !c->proto.transport || knit_transport_closing(c->proto.transport))
             continue;
-        if (now - c->last_active >= s->o.idle_timeout) {
-            s->st.idle_closed++;
+        if (s->draining && now - c->last_active >= s->o.drain_idle) {
+            close_if_idle(c);
+        } else if (s->o.idle_timeout > 0 && now - c->last_active >= s->o.idle_timeout) {
+            ST_ADD(s, idle_closed, 1);
             knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_TIMEOUT, 0);
         }
     }
+    knit__thrift_sweep_start(s);
+}
+
+void knit__thrift_sweep_start(knit_thrift_server *s)
+{
+    if (s->closed || (s->o.idle_timeout <= 0 && !s->draining)) return;
     knit_duration every = s->o.idle_timeout / 4;
+    if (s->draining && (every <= 0 || s->o.drain_idle / 4 < every)) every = s->o.drain_idle / 4;
     if (every < KNIT_MSEC(10)) every = KNIT_MSEC(10);
-    s->sweep = knit_call_later(r, every, sweep, s);
+    s->sweep = knit_call_later(s->r, every, sweep, s);
+}
+
+void knit__thrift_timers_stop(knit_thrift_server *s)
+{
+    if (knit_timer_active(s->r, s->sweep)) knit_timer_cancel(s->r, s->sweep);
+    s->sweep = KNIT_TIMER_NONE;
+    if (knit_timer_active(s->r, s->drain_timer)) knit_timer_cancel(s->r, s->drain_timer);
+    s->drain_timer = KNIT_TIMER_NONE;
 }
 
 /* ---- public ---------------------------------------------------------------------------------- */
@@ -1018,10 +1036,12 @@ void knit_thrift_server_options_init(knit_thrift_server_options *o)
     o->max_frame = KNIT_THRIFT_MAX_FRAME_DEFAULT;
     o->max_in_flight = KNIT_THRIFT_MAX_IN_FLIGHT_DEFAULT;
     o->idle_timeout = KNIT_THRIFT_IDLE_TIMEOUT_DEFAULT;
+    o->drain_timeout = KNIT_THRIFT_DRAIN_TIMEOUT_DEFAULT;
+    o->drain_idle = KNIT_THRIFT_DRAIN_IDLE_DEFAULT;
 }
 
-int knit_thrift_server_new(knit_reactor *r, const knit_thrift_server_options *o,
-                           knit_thrift_server **out)
+int knit__thrift_server_alloc(knit_reactor *r, const knit_thrift_server_options *o,
+                              knit_thrift_server **out)
 {
     *out = NULL;
     knit_thrift_server *s = calloc(1, sizeof *s);
@@ -1041,11 +1061,22 @@ int knit_thrift_server_new(knit_reactor *r, const knit_thrift_server_options *o,
     }
     s->factory.build = build;
     s->factory.data = s;
-    if (s->o.idle_timeout > 0) {
-        knit_duration every = s->o.idle_timeout / 4;
-        if (every < KNIT_MSEC(10)) every = KNIT_MSEC(10);
-        s->sweep = knit_call_later(r, every, sweep, s);
+    s->alive = 1;
+    *out = s;
+    return 0;
+}
+
+int knit_thrift_server_new(knit_reactor *r, const knit_thrift_server_options *o,
+                           knit_thrift_server **out)
+{
+    knit_thrift_server *s;
+    int rc = knit__thrift_server_alloc(r, o, &s);
+    if (rc) return rc;
+    if (s->o.spread && (rc = knit__thrift_parts_new(s)) != 0) {
+        knit_thrift_server_close(s);
+        return rc;
     }
+    knit__thrift_sweep_start(s);
     *out = s;
     return 0;
 }
@@ -1061,10 +1092,15 @@ int knit_thrift_server_add(knit_thrift_server *s, const knit_thrift_processor *p
 
 int knit_thrift_server_listen(knit_thrift_server *s, const char *desc, char *err, size_t errlen)
 {
-    if (s->nlisteners == MAX_LISTENERS) return KNIT_ELIMIT;
+    if (s->nlisteners == KNIT__THRIFT_MAX_LISTENERS) return KNIT_ELIMIT;
     knit_listen_options lo;
     knit_listen_options_init(&lo);
-    lo.max_connections = s->o.max_connections;
+    lo.max_connections = s->o.max_connections; /* per part when spread (parts.c) */
+    if (s->nparts > 1) {
+        lo.spread = true;
+        lo.member = knit__thrift_listen_member;
+        lo.member_arg = s;
+    }
     knit_listener *l;
     int rc = knit_endpoint_listen(s->r, desc, &s->factory, &lo, &l, err, errlen);
     if (rc) return rc;
@@ -1083,16 +1119,11 @@ knit_protocol_factory *knit_thrift_server_factory(knit_thrift_server *s)
     return &s->factory;
 }
 
-void knit_thrift_server_get_stats(const knit_thrift_server *s, knit_thrift_server_stats *out)
-{
-    *out = s->st;
-}
-
-void knit_thrift_server_close(knit_thrift_server *s)
+void knit__thrift_close_here(knit_thrift_server *s)
 {
     if (s->closed) return;
     s->closed = true;
-    knit_timer_cancel(s->r, s->sweep);
+    knit__thrift_timers_stop(s);
     for (size_t i = 0; i < s->nlisteners; i++)
         knit_listener_close(s->listeners[i], false);
     s->nlisteners = 0;
@@ -1100,4 +1131,40 @@ void knit_thrift_server_close(knit_thrift_server *s)
         if (c->proto.transport)
             knit_transport_close_with(c->proto.transport, false, KNIT_CLOSE_SHUTDOWN, 0);
     server_maybe_free(s);
+}
+
+void knit__thrift_abort_conns(knit_thrift_server *s)
+{
+    for (conn *c = s->conns; c; c = c->next)
+        if (c->proto.transport) knit_transport_abort(c->proto.transport);
+}
+
+/* Draining: a connection with no call in flight and no request bytes
+ * waiting is closed (its replies flushed first). A connection half-way
+ * through a request is left alone: the request completes, is answered, and
+ * the connection closes after that. */
+static void close_if_idle(conn *c)
+{
+    knit_transport *t = c->proto.transport;
+    if (c->lost || c->in_flight || c->partial || !t || knit_transport_closing(t) ||
+        !knit_buf_empty(&c->held))
+        return;
+    knit_transport_close_with(t, true, KNIT_CLOSE_SHUTDOWN, 0);
+}
+
+void knit__thrift_drain_here(knit_thrift_server *s)
+{
+    if (s->closed || s->draining) return;
+    s->draining = true;
+    for (size_t i = 0; i < s->nlisteners; i++)
+        knit_listener_close(s->listeners[i], false);
+    s->nlisteners = 0;
+    knit_time now = knit_reactor_now(s->r);
+    for (conn *c = s->conns; c; c = c->next)
+        if (now - c->last_active >= s->o.drain_idle) close_if_idle(c);
+    /* The rest close after their next reply, or on the sweep (now at the
+     * drain's cadence) once quiet for drain_idle. */
+    if (knit_timer_active(s->r, s->sweep)) knit_timer_cancel(s->r, s->sweep);
+    s->sweep = KNIT_TIMER_NONE;
+    knit__thrift_sweep_start(s);
 }

@@ -41,10 +41,13 @@ def need_echo():
             san = ["-fsanitize=" + value]
     except (OSError, ValueError):
         pass
+    # liburing when the library was built with it (the io_uring backend).
+    uring = subprocess.run(["pkg-config", "--libs", "liburing"], capture_output=True, text=True)
+    extra = uring.stdout.split() if uring.returncode == 0 else []
     p = subprocess.run(["cc", *san, "-std=gnu17", "-D_GNU_SOURCE", "-O1", "-I", os.path.join(top, "include"),
                         os.path.join(top, "bench", "stream", "knit_echo.c"), lib, "-lssl",
-                        "-lcrypto", "-lpthread", "-lm", "-o", out], capture_output=True, text=True,
-                       timeout=600)
+                        "-lcrypto", *extra, "-lpthread", "-lm", "-o", out], capture_output=True,
+                       text=True, timeout=600)
     if p.returncode != 0:
         print(f"knit-stream-echo not built at {ECHO} and cannot be compiled:\n{p.stderr}")
         print("0 passed, 1 failed")

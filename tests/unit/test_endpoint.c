@@ -124,7 +124,7 @@ static void test_malformed_strings_table(void **state)
          "tcp: unexpected argument \"81\": expected "
          "tcp:PORT[:interface=ADDR][:backlog=N][:reuseport=yes]"},
         {"tcp:80:bogus=1", true,
-         "tcp: unknown option \"bogus\": expected one of port, interface, backlog, reuseport"},
+         "tcp: unknown option \"bogus\": expected one of port, interface, backlog, reuseport, spread"},
         {"tcp:80:=1", true, "tcp: option \"=1\": empty name: expected key=value"},
         {"tcp:80:backlog=1:backlog=2", true,
          "tcp: option \"backlog\" given twice: expected it once"},
@@ -1166,10 +1166,13 @@ static void test_introspection_and_peek(void **state)
         turn(&w, 1);
     for (int i = 0; i < 100 && knit_listener_connections(b) < 1; i++)
         turn(&w, 1);
-    /* the registry: the two accepted on A, the one in B's PROXY phase */
-    for (int i = 0; i < 100 && knit_transports_count(w.r) < 3; i++)
+    /* the registry: the two accepted on A; the one waiting for its PROXY
+     * header counts on B but is no transport yet (the endpoint layer reads
+     * the header before it makes one) */
+    for (int i = 0; i < 100 && knit_transports_count(w.r) < 2; i++)
         turn(&w, 1);
-    assert_int_equal(knit_transports_count(w.r), 3);
+    assert_int_equal(knit_transports_count(w.r), 2);
+    assert_int_equal(knit_listener_connections(b), 1);
     /* peek: bytes wait on the socket while reading is paused, and stay */
     knit_transport *t = w.last->proto.transport;
     assert_string_equal(knit_transport_endpoint(t), "tcp:0:interface=127.0.0.1");
@@ -1192,7 +1195,7 @@ static void test_introspection_and_peek(void **state)
     assert_int_equal(knit_listener_visit_connections(a, abort_conn, &visited), 2);
     assert_int_equal(visited, 2);
     visited = 0;
-    assert_int_equal(knit_listener_visit_connections(b, abort_conn, &visited), 1);
+    assert_int_equal(knit_listener_visit_connections(b, abort_conn, &visited), 0);
     for (int i = 0; i < 100 && knit_listener_connections(a) > 0; i++)
         turn(&w, 1);
     assert_int_equal(knit_listener_connections(a), 0);

@@ -722,6 +722,10 @@ static void test_reactor_bindings(void **state)
     assert_string_equal(f->o.buf, "1\n");
     assert_int_equal(rfeed(f, "reactor.stats().name"), KNIT_MANHOLE_OK);
     assert_string_equal(f->o.buf, "\"reactor\"\n");
+    char want[64];
+    snprintf(want, sizeof want, "\"%s\"\n", knit_reactor_backend(f->r)); /* epoll, io_uring */
+    assert_int_equal(rfeed(f, "reactor.stats().backend"), KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, want);
     assert_int_equal(rfeed(f, "local t = reactor.timers() return #t, t[1].due_in, "
                               "type(t[1].callback)"),
                      KNIT_MANHOLE_OK);
@@ -946,6 +950,11 @@ static void test_connections_bindings(void **state)
     rfx *f = rfx_new();
     assert_int_equal(rfeed(f, "#connections(), connections.count()"), KNIT_MANHOLE_OK);
     assert_string_equal(f->o.buf, "0\t0\n");
+    /* a reactor outside a group is a group of one */
+    assert_int_equal(
+        rfeed(f, "local r = reactors()[1] return #reactors(), r.index, r.here, r.connections"),
+        KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "1\t0\ttrue\t0\n");
     int fds[2][2];
     mconn c[2] = {{.proto.ops = &mc_ops}, {.proto.ops = &mc_anon_ops}};
     knit_transport *t[2];
@@ -976,6 +985,21 @@ static void test_connections_bindings(void **state)
     assert_int_equal(rfeed(f, "connections()[2].state"), KNIT_MANHOLE_OK);
     assert_string_equal(f->o.buf, "\"paused\"\n");
     knit_transport_resume_reading(t[1]);
+
+    /* connections.all(): the same, gathered from every reactor of the group
+     * (a group of one here) through a call into each: a Deferred */
+    assert_int_equal(rfeed(f, "d = connections.all() await(d)"), KNIT_MANHOLE_OK);
+    for (int i = 0; i < 100 && !strstr(f->o.buf, "await #"); i++)
+        knit_reactor_run_once(f->r, 0);
+    assert_non_null(strstr(f->o.buf, "await #"));
+    assert_int_equal(rfeed(f, "local t = d:result() return #t, t[1].reactor, t[2].protocol"),
+                     KNIT_MANHOLE_OK);
+    assert_string_equal(f->o.buf, "2\t0\t\"?\"\n");
+    /* close.any(id) on an id no reactor has: the Deferred fails, saying so */
+    assert_int_equal(rfeed(f, "await(close.any(999999999))"), KNIT_MANHOLE_OK);
+    for (int i = 0; i < 100 && !strstr(f->o.buf, "failed"); i++)
+        knit_reactor_run_once(f->r, 0);
+    assert_non_null(strstr(f->o.buf, "no open connection with id 999999999"));
 
     /* close(id): graceful; still listed as closing until the loop frees it */
     snprintf(code, sizeof code, "close(%llu)", (unsigned long long)knit_transport_id(t[0]));

@@ -409,6 +409,9 @@ static void test_reactor_collector(void **state)
     assert_non_null(x.p);
     assert_true(val(x.p, "knit_reactor_timers_fired_total", "reactor=\"main\"") >= 1);
     assert_true(val(x.p, "knit_reactor_iterations_total", "reactor=\"main\"") >= 1);
+    char be[64];
+    snprintf(be, sizeof be, "reactor=\"main\",backend=\"%s\"", knit_reactor_backend(r));
+    assert_true(val(x.p, "knit_reactor_backend_info", be) == 1);
     assert_true(val(x.p, "knit_reactor_pending_timers", "reactor=\"main\"") == 1);
     assert_true(val(x.p, "knit_reactor_lag_max_seconds", "reactor=\"main\"") >= 0);
     assert_string_equal(x.p->type[0], "counter");

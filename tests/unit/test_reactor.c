@@ -9,7 +9,14 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/filter.h>
+#include <linux/io_uring.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <sys/prctl.h>
 #include <sys/socket.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include "knit/error.h"
@@ -865,6 +872,144 @@ static void test_run_twice_is_refused_while_running(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+/* ---- backends (issue 15) ---------------------------------------------------- */
+
+/* Whether this kernel lets us set up a ring with what knit needs (EXT_ARG
+ * waits, NODROP): then asking for io_uring must give io_uring. */
+static bool uring_usable(void)
+{
+    struct io_uring_params p;
+    memset(&p, 0, sizeof p);
+    long fd = syscall(__NR_io_uring_setup, 4, &p);
+    if (fd < 0) return false;
+    close((int)fd);
+    return (p.features & IORING_FEAT_EXT_ARG) && (p.features & IORING_FEAT_NODROP);
+}
+
+static const char *backend_of(const char *want, int *rc)
+{
+    knit_reactor_options o;
+    knit_reactor_options_init(&o);
+    o.backend = want;
+    knit_reactor *r;
+    *rc = knit_reactor_new(&r, &o);
+    if (*rc < 0) return NULL;
+    const char *name = knit_reactor_backend(r);
+    knit_reactor_stats st;
+    knit_reactor_get_stats(r, &st);
+    assert_string_equal(st.backend, name);
+    assert_int_equal(knit_reactor_close(r), 0);
+    return name;
+}
+
+static void test_backend_selection(void **state)
+{
+    (void)state;
+    const char *uring = uring_usable() ? "io_uring" : "epoll";
+    int rc;
+    /* What this run of the suite uses (KNIT_BACKEND, scripts/test's uring stage). */
+    print_message("backend of this run: %s (io_uring here: %s)\n", backend_of(NULL, &rc), uring);
+    assert_string_equal(backend_of("epoll", &rc), "epoll");
+    assert_string_equal(backend_of("io_uring", &rc), uring);
+    assert_null(backend_of("kqueue", &rc));
+    assert_int_equal(rc, KNIT_EINVAL);
+
+    char *saved = getenv("KNIT_BACKEND") ? strdup(getenv("KNIT_BACKEND")) : NULL;
+    setenv("KNIT_BACKEND", "epoll", 1);
+    assert_string_equal(backend_of(NULL, &rc), "epoll");
+    assert_string_equal(backend_of("io_uring", &rc), uring); /* the option wins */
+    setenv("KNIT_BACKEND", "io_uring", 1);
+    assert_string_equal(backend_of(NULL, &rc), uring);
+    assert_string_equal(backend_of("", &rc), uring);
+    setenv("KNIT_BACKEND", "bogus", 1);
+    assert_null(backend_of(NULL, &rc));
+    assert_int_equal(rc, KNIT_EINVAL);
+    if (saved)
+        setenv("KNIT_BACKEND", saved, 1);
+    else
+        unsetenv("KNIT_BACKEND");
+    free(saved);
+}
+
+static void fallback_call(knit_reactor *r, void *arg)
+{
+    (void)r;
+    (*(int *)arg)++;
+}
+
+static void fallback_timer(knit_reactor *r, void *arg)
+{
+    (void)r;
+    (*(int *)arg) += 10;
+}
+
+/* The child of test_backend_fallback_seccomp: io_uring_setup refused by a
+ * seccomp filter (as in a container's default profile). Exit codes name
+ * the check that failed. */
+static int fallback_child(void)
+{
+    alarm(60);
+    FILE *log = tmpfile();
+    if (!log || dup2(fileno(log), 2) < 0) return 10;
+    struct sock_filter f[] = {
+        BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+        BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 0, 1),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (EPERM & SECCOMP_RET_DATA)),
+        BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+    };
+    struct sock_fprog prog = {.len = sizeof f / sizeof f[0], .filter = f};
+    if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) < 0) return 11;
+    if (prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, &prog) < 0) return 12;
+    knit_reactor_options o;
+    knit_reactor_options_init(&o);
+    o.backend = "io_uring";
+    knit_reactor *r[2];
+    for (int i = 0; i < 2; i++) {
+        if (knit_reactor_new(&r[i], &o) != 0) return 13; /* never fails: falls back */
+        if (strcmp(knit_reactor_backend(r[i]), "epoll") != 0) return 14;
+    }
+    /* The fallback reactor works: a cross-thread call and a timer run. */
+    int ran = 0;
+    if (knit_call_from_thread(r[0], fallback_call, &ran) != 0) return 15;
+    knit_call_later(r[0], KNIT_MSEC(1), fallback_timer, &ran);
+    for (int i = 0; i < 1000 && ran != 11; i++)
+        knit_reactor_run_once(r[0], KNIT_MSEC(10));
+    if (ran != 11) return 16;
+    for (int i = 0; i < 2; i++)
+        if (knit_reactor_close(r[i]) != 0) return 17;
+    /* One log line for the process, not one per reactor. */
+    fflush(stderr);
+    char line[512];
+    int lines = 0;
+    rewind(log);
+    while (fgets(line, sizeof line, log))
+        if (strstr(line, "io_uring unavailable")) lines++;
+    return lines == 1 ? 0 : 18;
+}
+
+static void test_backend_fallback_seccomp(void **state)
+{
+    (void)state;
+    fflush(NULL);
+    pid_t pid = fork();
+    assert_true(pid >= 0);
+    if (pid == 0) _exit(fallback_child());
+    int st = 0;
+    pid_t got = 0;
+    for (int i = 0; i < 6000 && got == 0; i++) { /* bounded: 60 s */
+        got = waitpid(pid, &st, WNOHANG);
+        if (got == 0) usleep(10000);
+    }
+    if (got == 0) {
+        kill(pid, SIGKILL);
+        waitpid(pid, &st, 0);
+        fail_msg("timed out waiting for the seccomp child to exit");
+    }
+    if (!WIFEXITED(st)) fail_msg("seccomp child died of signal %d", WTERMSIG(st));
+    if (WEXITSTATUS(st) != 0)
+        fail_msg("seccomp child: check %d failed (see fallback_child)", WEXITSTATUS(st));
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -880,6 +1025,8 @@ int main(void)
         cmocka_unit_test(test_fake_clock),
         cmocka_unit_test(test_pipe_watch),
         cmocka_unit_test(test_regular_file_refused),
+        cmocka_unit_test(test_backend_selection),
+        cmocka_unit_test(test_backend_fallback_seccomp),
         cmocka_unit_test(test_stop_other_watch_in_same_batch),
         cmocka_unit_test(test_change_interest_in_callback),
         cmocka_unit_test(test_signals),

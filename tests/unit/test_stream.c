@@ -3,11 +3,14 @@
  * a real reactor (echo, flow control, half-close, abort, idle memory). */
 #include "testutil.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <unistd.h>
 
 #include "knit/error.h"
@@ -335,9 +338,65 @@ static bool lost_once(void *arg)
     return ((rec *)arg)->lost > 0;
 }
 
+/* The socket tests run twice: over AF_UNIX socketpairs and over TCP
+ * loopback pairs (tcp_pairs), which on the io_uring backend take the
+ * completion path (multishot receive into the shared buffer ring) while
+ * UNIX sockets use readiness. */
+static bool tcp_pairs;
+
+static int tcp_on(void **state)
+{
+    (void)state;
+    tcp_pairs = true;
+    return 0;
+}
+
+static int tcp_off(void **state)
+{
+    (void)state;
+    tcp_pairs = false;
+    return 0;
+}
+
+/* On the io_uring backend a TCP transport's output goes out through the
+ * ring: a write only queues it, and the send is submitted by the loop's
+ * next io_uring_enter. (Kernels before 6.0 use readiness instead: then
+ * these tests take the epoll meaning.) */
+static bool ring_sends(knit_reactor *r)
+{
+    return tcp_pairs && strcmp(knit_reactor_backend(r), "io_uring") == 0;
+}
+
+/* Run the loop until T's output has gone to the socket (at once on the
+ * readiness path), so that the test may then block reading the peer. */
+static void drain_out(knit_reactor *r, knit_transport *t)
+{
+    for (int i = 0; i < 1000 && knit_transport_write_buffer_size(t) > 0; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(10));
+    if (knit_transport_write_buffer_size(t) > 0)
+        fail_msg("output still queued after 1000 loop turns: %zu bytes",
+                 knit_transport_write_buffer_size(t));
+}
+
 static void sp(int fds[2])
 {
-    assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+    if (!tcp_pairs) {
+        assert_int_equal(socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, fds), 0);
+        return;
+    }
+    int l = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(l >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_addr.s_addr = htonl(INADDR_LOOPBACK)};
+    socklen_t al = sizeof a;
+    assert_int_equal(bind(l, (struct sockaddr *)&a, sizeof a), 0);
+    assert_int_equal(listen(l, 1), 0);
+    assert_int_equal(getsockname(l, (struct sockaddr *)&a, &al), 0);
+    fds[1] = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    assert_true(fds[1] >= 0);
+    assert_int_equal(connect(fds[1], (struct sockaddr *)&a, sizeof a), 0);
+    fds[0] = accept4(l, NULL, NULL, SOCK_CLOEXEC);
+    assert_true(fds[0] >= 0);
+    close(l);
 }
 
 static void test_socket_echo_and_peer_close(void **state)
@@ -353,8 +412,8 @@ static void test_socket_echo_and_peer_close(void **state)
     knit_transport *t;
     assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
     assert_int_equal(srv.made, 1);
-    assert_string_equal(knit_transport_kind(t), "unix");
-    assert_int_equal(knit_transport_set_nodelay(t, true), KNIT_ENOTSUP);
+    assert_string_equal(knit_transport_kind(t), tcp_pairs ? "tcp" : "unix");
+    assert_int_equal(knit_transport_set_nodelay(t, true), tcp_pairs ? 0 : KNIT_ENOTSUP);
     /* idle: the struct only — 168 bytes before the connection registry,
      * 200 with it (id, start time, bytes in/out: 32 bytes; the links were
      * already there). docs/benchmarks.md has the measured figure. */
@@ -364,6 +423,7 @@ static void test_socket_echo_and_peer_close(void **state)
     char buf[16];
     for (int i = 0; i < 100 && knit_buf_len(&srv.got) < 4; i++)
         knit_reactor_run_once(r, KNIT_MSEC(50));
+    drain_out(r, t);
     assert_int_equal(read(fds[1], buf, sizeof buf), 4);
     assert_memory_equal(buf, "ping", 4);
     assert_int_equal(knit_transport_memory(t), idle); /* back to idle, no buffers */
@@ -549,6 +609,11 @@ static void test_slow_reader_bounded_memory(void **state)
         ssize_t k = read(fds[1], buf, sizeof buf); /* slow: one small read per turn */
         if (k > 0) got += (size_t)k;
     }
+    /* The rest, up to the EOF (over TCP some may still be on its way):
+     * blocking, bounded by a receive timeout. */
+    fcntl(fds[1], F_SETFL, 0);
+    struct timeval tv = {.tv_sec = 20};
+    setsockopt(fds[1], SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
     ssize_t k;
     while ((k = read(fds[1], buf, sizeof buf)) > 0)
         got += (size_t)k;
@@ -715,6 +780,7 @@ static void test_registry(void **state)
     /* bytes: 4 in, 4 echoed out */
     assert_int_equal(write(fds[1][1], "ping", 4), 4);
     pump(r, got4, &c[1]);
+    drain_out(r, t[1]);
     char buf[8];
     assert_int_equal(read(fds[1][1], buf, sizeof buf), 4);
     knit_transport_bytes(t[1], &bin, &bout);
@@ -828,7 +894,9 @@ static void test_write_buf_paths(void **state)
     assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
     knit_buf_append_str(&b, "hello");
     assert_int_equal(knit_transport_write_buf(t, &b), 0);
-    assert_int_equal(knit_transport_write_buffer_size(t), 0);
+    /* (through the ring: queued until the loop submits the send) */
+    assert_int_equal(knit_transport_write_buffer_size(t), ring_sends(r) ? 5 : 0);
+    drain_out(r, t);
     char got[8];
     assert_int_equal(read(fds[1], got, sizeof got), 5);
     size_t big = 1 << 20;
@@ -957,6 +1025,208 @@ static void test_output_group(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+/* A reactor with an open connection refuses to close, on either backend
+ * (on io_uring a TCP connection holds a receive in the ring, not an fd
+ * watch: it must count all the same). */
+static void test_close_refused_while_connected(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    rec srv;
+    rec_init(&srv);
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+    knit_reactor_run_once(r, 0);
+    assert_int_equal(knit_reactor_close(r), KNIT_EBUSY);
+    knit_transport_abort(t);
+    pump(r, lost_once, &srv);
+    assert_int_equal(srv.lost, 1);
+    close(fds[1]);
+    knit_buf_release(&srv.got);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+/* ---- output through the ring (io_uring; the same semantics on epoll) ---------- */
+
+static void fill_pattern(uint8_t *p, size_t n, size_t from)
+{
+    for (size_t i = 0; i < n; i++)
+        p[i] = (uint8_t)((from + i) * 31 + ((from + i) >> 12));
+}
+
+/* Read from the non-blocking FD into GOT (up to CAP); returns bytes added. */
+static size_t read_some(int fd, uint8_t *got, size_t have, size_t cap)
+{
+    size_t n = 0;
+    ssize_t k;
+    while (have + n < cap && (k = read(fd, got + have + n, cap - have - n)) > 0)
+        n += (size_t)k;
+    return n;
+}
+
+/* Large output in many writes while the peer does not read: the sends stop
+ * part-way (the socket buffer is small) and continue from there; writes
+ * made while a send is in flight queue behind it, in order; then the peer
+ * reads everything and the transport is back to owning no buffers. On the
+ * ring no write makes a system call: nothing reaches the peer until the
+ * loop runs. */
+static void test_ring_partial_sends_large_output(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    int small = 8192;
+    setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    rec srv;
+    rec_init(&srv);
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+    knit_transport_set_water_marks(t, 64u << 20, 0); /* no pause: this is about order */
+    size_t idle = knit_transport_memory(t);
+    fcntl(fds[1], F_SETFL, O_NONBLOCK);
+    const size_t chunk = 48 * 1024, chunks = 16, total = chunk * chunks;
+    uint8_t *want = malloc(total), *got = malloc(total);
+    assert_non_null(want);
+    assert_non_null(got);
+    fill_pattern(want, total, 0);
+    size_t off = 0;
+    /* the first chunk by write, then alternately write_buf and writev,
+     * with loop turns between so that sends are in flight meanwhile */
+    assert_int_equal(knit_transport_write(t, want, chunk), 0);
+    off = chunk;
+    if (ring_sends(r)) {
+        char c;
+        assert_int_equal(recv(fds[1], &c, 1, MSG_PEEK | MSG_DONTWAIT), -1); /* not sent yet */
+        assert_int_equal(knit_transport_write_buffer_size(t), chunk);
+    }
+    for (int i = 1; off < total; i++) {
+        if (i % 2) {
+            knit_buf b = KNIT_BUF_INIT;
+            assert_int_equal(knit_buf_append(&b, want + off, chunk), 0);
+            assert_int_equal(knit_transport_write_buf(t, &b), 0);
+            assert_true(knit_buf_is_idle(&b));
+        } else {
+            struct iovec iov[2] = {{want + off, 100}, {want + off + 100, chunk - 100}};
+            assert_int_equal(knit_transport_writev(t, iov, 2), 0);
+        }
+        off += chunk;
+        knit_reactor_run_once(r, 0);
+    }
+    /* the peer has read nothing: most of it is still queued */
+    assert_true(knit_transport_write_buffer_size(t) > total / 2);
+    size_t n = 0;
+    for (int i = 0; i < 100000 && n < total; i++) {
+        knit_reactor_run_once(r, KNIT_MSEC(1));
+        n += read_some(fds[1], got, n, total);
+    }
+    assert_int_equal(n, total);
+    for (size_t i = 0; i < total; i++)
+        if (got[i] != want[i]) fail_msg("byte %zu differs", i);
+    drain_out(r, t);
+    uint64_t bout = 0;
+    knit_transport_bytes(t, NULL, &bout);
+    assert_int_equal(bout, total);
+    assert_int_equal(knit_transport_memory(t), idle); /* owns no buffer again */
+    assert_int_equal(srv.lost, 0);
+    knit_transport_lose_connection(t);
+    pump(r, lost_once, &srv);
+    assert_int_equal(srv.reason, KNIT_CLOSE_DONE);
+    free(want);
+    free(got);
+    close(fds[1]);
+    knit_buf_release(&srv.got);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+/* Abort while a send is in flight (the peer reads nothing, so the send
+ * waits in the kernel for room): the pinned output must stay valid until
+ * the send's completion (ASan would see a use after free), connection_lost
+ * comes once, after it, and the reactor then closes (nothing left in the
+ * ring). Twice: aborted before the loop ever submitted the send, and after
+ * it has been waiting for some turns. */
+static void test_ring_close_with_send_in_flight(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 2; round++) {
+        knit_reactor *r;
+        assert_int_equal(knit_reactor_new(&r, NULL), 0);
+        int fds[2];
+        sp(fds);
+        int small = 4096;
+        setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+        rec srv;
+        rec_init(&srv);
+        knit_transport *t;
+        assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+        size_t big = 4u << 20;
+        uint8_t *blob = malloc(big);
+        assert_non_null(blob);
+        fill_pattern(blob, big, 0);
+        assert_int_equal(knit_transport_write(t, blob, big), 0);
+        free(blob); /* the transport has its own copy */
+        knit_buf more = KNIT_BUF_INIT;
+        assert_int_equal(knit_buf_append(&more, "tail", 4), 0);
+        assert_int_equal(knit_transport_write_buf(t, &more), 0); /* behind the first */
+        if (round == 1)
+            for (int i = 0; i < 5; i++)
+                knit_reactor_run_once(r, 0);
+        assert_true(knit_transport_write_buffer_size(t) > 0);
+        knit_transport_abort(t);
+        assert_int_equal(knit_transport_write_buffer_size(t), 0);
+        assert_int_equal(srv.lost, 0);
+        pump(r, lost_once, &srv);
+        assert_int_equal(srv.lost, 1);
+        assert_int_equal(srv.reason, KNIT_CLOSE_ABORTED);
+        for (int i = 0; i < 5; i++)
+            knit_reactor_run_once(r, 0);
+        assert_int_equal(srv.lost, 1);
+        close(fds[1]);
+        knit_buf_release(&srv.got);
+        assert_int_equal(knit_reactor_close(r), 0);
+    }
+}
+
+/* The peer resets the connection while output waits to be sent: reported
+ * as KNIT_CLOSE_RESET, as on the readiness path (EPIPE and ECONNRESET). */
+static void test_ring_peer_reset_with_send_in_flight(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    int small = 4096;
+    setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    rec srv;
+    rec_init(&srv);
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+    size_t big = 2u << 20;
+    uint8_t *blob = calloc(1, big);
+    assert_non_null(blob);
+    assert_int_equal(knit_transport_write(t, blob, big), 0);
+    free(blob);
+    for (int i = 0; i < 5; i++)
+        knit_reactor_run_once(r, 0);
+    assert_true(knit_transport_write_buffer_size(t) > 0); /* waiting for room */
+    if (tcp_pairs) {
+        struct linger lg = {1, 0};
+        setsockopt(fds[1], SOL_SOCKET, SO_LINGER, &lg, sizeof lg); /* close sends a RST */
+    }
+    close(fds[1]);
+    pump(r, lost_once, &srv);
+    assert_int_equal(srv.lost, 1);
+    assert_int_equal(srv.reason, KNIT_CLOSE_RESET);
+    assert_true(srv.err == KNIT_ECONNRESET || srv.err == KNIT_EPIPE);
+    knit_buf_release(&srv.got);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -979,6 +1249,27 @@ int main(void)
         cmocka_unit_test(test_write_buf_paths),
         cmocka_unit_test(test_registry),
         cmocka_unit_test(test_output_group),
+        cmocka_unit_test(test_close_refused_while_connected),
+        cmocka_unit_test(test_ring_partial_sends_large_output),
+        cmocka_unit_test(test_ring_close_with_send_in_flight),
+        cmocka_unit_test(test_ring_peer_reset_with_send_in_flight),
+#define TCP(fn) {#fn "_tcp", fn, tcp_on, tcp_off, NULL}
+        TCP(test_socket_echo_and_peer_close),
+        TCP(test_socket_half_close),
+        TCP(test_socket_abort_inside_callback),
+        TCP(test_socket_lose_connection_flushes),
+        TCP(test_slow_reader_bounded_memory),
+        TCP(test_pause_reading_socket),
+        TCP(test_peer_reset),
+        TCP(test_resume_redelivers_buffered_input),
+        TCP(test_write_buf_paths),
+        TCP(test_registry),
+        TCP(test_output_group),
+        TCP(test_close_refused_while_connected),
+        TCP(test_ring_partial_sends_large_output),
+        TCP(test_ring_close_with_send_in_flight),
+        TCP(test_ring_peer_reset_with_send_in_flight),
+#undef TCP
     };
     return KNIT_RUN_TESTS(tests);
 }

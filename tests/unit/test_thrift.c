@@ -1470,6 +1470,145 @@ static void test_client_unframed_reply_in_pieces_is_linear(void **state)
     }
 }
 
+/* Regression (issue 14): a call made while its connection was closing —
+ * the server closed it between calls (a drain, its idle timeout) and the
+ * client had read the EOF but connection_lost was not delivered yet — was
+ * written into the closing transport and failed with KNIT_ECLOSED ("write
+ * failed") although not a byte of it was sent. Such a call now waits for
+ * the next connection and goes out on it. */
+static void test_client_call_on_closing_connection_goes_out_on_the_next(void **state)
+{
+    (void)state;
+    detached d;
+    detached_up(&d, KNIT_THRIFT_BINARY, false);
+    /* The server closed the idle connection: EOF, and (what a socket
+     * transport does by itself for a protocol without eof_received) the
+     * transport closes; connection_lost comes later, from the loop. */
+    knit_memory_transport_feed_eof(d.t);
+    knit_transport_lose_connection(d.t);
+    assert_true(knit_transport_closing(d.t));
+    outcome o;
+    call_add(d.cl, 40, 2, &o);
+    if (o.done) print_error("the call failed: %s\n", o.msg);
+    assert_false(o.done);
+    assert_int_equal(knit_buf_len(knit_memory_transport_output(d.t)), 0); /* never sent */
+    knit_memory_transport_close(d.t, KNIT_CLOSE_PEER, 0);
+    knit_memory_transport_free(d.t);
+    /* the reconnection (a detached client is reconnected by hand) */
+    assert_int_equal(knit_memory_transport_new(knit__thrift_client_protocol(d.cl, 0), &d.t), 0);
+    assert_true(knit_buf_len(knit_memory_transport_output(d.t)) > 0); /* sent on the new one */
+    knit_thrift_writer w;
+    knit_thrift_writer_init(&w, KNIT_THRIFT_BINARY);
+    static const uint8_t zero[4];
+    knit_thrift_write_raw(&w, zero, 4);
+    add_reply(&w, 0, 0, false, 42);
+    knit_thrift_put_be32(w.data, (uint32_t)(w.len - 4));
+    knit_memory_transport_feed(d.t, w.data, w.len);
+    knit_thrift_writer_free(&w);
+    expect_sum(&o, 42);
+    detached_down(&d);
+}
+
+static bool open_conns_1(void *arg)
+{
+    knit_thrift_server_stats ss;
+    knit_thrift_server_get_stats(arg, &ss);
+    return ss.open == 1;
+}
+
+static bool open_conns_0(void *arg)
+{
+    knit_thrift_server_stats ss;
+    knit_thrift_server_get_stats(arg, &ss);
+    return ss.open == 0;
+}
+
+/* knit_thrift_server_drain (issue 14): the idle connection closes at once;
+ * the busy one stays open while its call runs, serves a call that arrives
+ * meanwhile, and closes right after its last reply; nothing is dropped. */
+static void test_server_drain_closes_between_calls(void **state)
+{
+    (void)state;
+    env e;
+    env_up(&e, NULL, 64, 2);
+    knit_thrift_client *idle = env_client(&e, NULL), *busy = env_client(&e, NULL);
+    outcome oi, o1, o2;
+    call_add(idle, 1, 1, &oi);
+    run_until(&e, oc_done, &oi);
+    assert_int_equal(oi.code, 0);
+    oc_free(&oi);
+    call_gate(busy, 1, &o1);
+    run_until(&e, gate_waiters_1, NULL);
+
+    knit_thrift_server_drain(e.srv);
+    run_until(&e, client_disconnected, idle); /* closed between calls */
+    run_until(&e, open_conns_1, e.srv);
+    assert_false(client_disconnected(busy));
+    call_add(busy, 2, 3, &o2); /* pipelined behind the running call: still served */
+    run_until(&e, oc_done, &o2);
+    expect_sum(&o2, 5);
+    assert_false(o1.done);
+    assert_false(client_disconnected(busy));
+    gate_set(true);
+    run_until(&e, oc_done, &o1);
+    assert_int_equal(o1.code, 0); /* answered, then the connection closes */
+    oc_free(&o1);
+    run_until(&e, client_disconnected, busy);
+    run_until(&e, open_conns_0, e.srv);
+    knit_thrift_client_free(idle);
+    env_down(&e, busy);
+}
+
+/* Draining spares a connection that was active within drain_idle (its
+ * client may be writing a call right now; through a proxy it would see the
+ * close only after sending): it closes right after its next reply, or once
+ * it has been quiet for drain_idle (fake clock). One quiet for longer
+ * closes at once. */
+static void test_server_drain_spares_recent_connections(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(KNIT_SEC(1000));
+    env_clock = clk;
+    knit_thrift_server_options so;
+    knit_thrift_server_options_init(&so);
+    so.drain_idle = KNIT_SEC(5);
+    env e;
+    env_up(&e, &so, 64, 2);
+    knit_thrift_client *old = env_client(&e, NULL), *next = env_client(&e, NULL),
+                       *quiet = env_client(&e, NULL);
+    outcome o;
+    call_add(old, 1, 1, &o);
+    run_until(&e, oc_done, &o);
+    oc_free(&o);
+    assert_int_equal(knit_reactor_advance(e.r, KNIT_SEC(6)), 0); /* OLD: quiet 6 s */
+    call_add(next, 1, 2, &o);
+    run_until(&e, oc_done, &o);
+    oc_free(&o);
+    call_add(quiet, 1, 3, &o);
+    run_until(&e, oc_done, &o);
+    oc_free(&o);
+
+    knit_thrift_server_drain(e.srv);
+    run_until(&e, client_disconnected, old); /* quiet past drain_idle: at once */
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(e.r, KNIT_MSEC(5));
+    assert_false(client_disconnected(next));
+    assert_false(client_disconnected(quiet));
+    call_add(next, 2, 3, &o); /* still served, and the close follows the reply */
+    run_until(&e, oc_done, &o);
+    assert_int_equal(o.code, 0);
+    expect_sum(&o, 5);
+    run_until(&e, client_disconnected, next);
+    assert_false(client_disconnected(quiet));
+    assert_int_equal(knit_reactor_advance(e.r, KNIT_SEC(6)), 0); /* QUIET: past drain_idle */
+    run_until(&e, client_disconnected, quiet);
+    run_until(&e, open_conns_0, e.srv);
+    knit_thrift_client_free(old);
+    knit_thrift_client_free(next);
+    env_down(&e, quiet);
+    knit_clock_free(clk);
+}
+
 /* Two pipelined unframed replies with nested unknown fields, cut at every
  * point (and fed byte by byte): both calls are answered, correctly, each
  * only once its last byte is there. */
@@ -2547,6 +2686,201 @@ static void test_client_fail_fast(void **state)
     knit_clock_free(clk);
 }
 
+/* ---- several reactors (options.spread) --------------------------------------------------- */
+
+/* async "later": answers with the index of the reactor it runs on */
+static knit_deferred *h_where_async(void *ctx, const calc_Calc_later_args *a,
+                                    calc_Calc_later_result *res)
+{
+    (void)ctx;
+    (void)a;
+    knit_reactor *cur = knit_reactor_current();
+    res->success = cur ? (int32_t)knit_reactor_group_index(cur) : -1;
+    res->has_success = true;
+    return knit_deferred_succeed(NULL, NULL);
+}
+
+static const calc_Calc_handler spread_handler = {
+    .add = h_add, .gate = h_gate, .later_async = h_where_async};
+
+typedef struct spread_env {
+    env e; /* e.r: reactor 0, run by the test's thread */
+    knit_reactor_group *g;
+    knit_thrift_client *cl[2]; /* the first connection of each lands on its own reactor */
+} spread_env;
+
+static int32_t where_of(spread_env *s, knit_thrift_client *cl)
+{
+    calc_Calc_later_args args = {.n = 0};
+    knit_deferred *d;
+    assert_int_equal(calc_Calc_later_call(cl, &args, &d), 0);
+    outcome o;
+    oc_watch(d, &o);
+    run_until_rt(&s->e, oc_done, &o, "the answer to where()");
+    if (o.code) print_error("where() failed: %s\n", o.msg);
+    assert_int_equal(o.code, 0);
+    int32_t w = ((calc_Calc_later_result *)o.value)->success;
+    oc_free(&o);
+    return w;
+}
+
+static bool gate_waiters_2(void *arg)
+{
+    (void)arg;
+    return gate_waiters() == 2;
+}
+
+static bool stats_open_is(void *arg)
+{
+    spread_env *s = arg;
+    knit_thrift_server_stats ss;
+    knit_thrift_server_get_stats(s->e.srv, &ss);
+    return ss.open == (size_t)s->e.port; /* e.port reused as the wanted count */
+}
+
+/* A spread server on a group of 2 reactors, one client connection on each
+ * (proved by an async method that names its reactor, and by the reactors'
+ * live connection counts). */
+static void spread_up(spread_env *s)
+{
+    memset(s, 0, sizeof *s);
+    gate_set(false);
+    assert_int_equal(knit_reactor_new(&s->e.r, NULL), 0);
+    assert_int_equal(knit_reactor_group_new(&s->g, s->e.r, 2, NULL), 0);
+    knit_pool_options po;
+    knit_pool_options_init(&po);
+    po.min_threads = po.max_threads = 3;
+    po.shutdown_phase = -1;
+    assert_int_equal(knit_pool_new(&s->e.pool, s->e.r, &po), 0);
+    calc_Calc_processor_init(&s->e.calc, &spread_handler, NULL);
+    calc_Other_processor_init(&s->e.other, &other_handler, NULL);
+    knit_thrift_server_options o;
+    knit_thrift_server_options_init(&o);
+    o.spread = true;
+    env_server(&s->e, &o, "tcp:0:interface=127.0.0.1");
+    assert_int_equal(knit_reactor_group_start(s->g), 0);
+    /* One connection at a time: the second finds the first counted and
+     * goes to the other reactor. */
+    int32_t w[2];
+    for (int i = 0; i < 2; i++) {
+        s->cl[i] = env_client(&s->e, NULL);
+        w[i] = where_of(s, s->cl[i]);
+        assert_true(w[i] == 0 || w[i] == 1);
+    }
+    assert_int_not_equal(w[0], w[1]);
+    if (w[0] == 1) { /* cl[i] on reactor i from here on */
+        knit_thrift_client *t = s->cl[0];
+        s->cl[0] = s->cl[1];
+        s->cl[1] = t;
+    }
+    for (unsigned i = 0; i < 2; i++)
+        assert_int_equal(knit_reactor_live_connections(knit_reactor_group_get(s->g, i)), 1);
+}
+
+/* Close the server, stop the group, and prove nothing was left anywhere. */
+static void spread_down(spread_env *s)
+{
+    gate_set(true);
+    for (int i = 0; i < 2; i++)
+        knit_thrift_client_free(s->cl[i]);
+    knit_thrift_server_close(s->e.srv);
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(s->e.r, KNIT_MSEC(1));
+    knit_reactor_stop(s->e.r); /* stops reactor 1 too (the group's trigger) */
+    assert_int_equal(knit_reactor_run(s->e.r), 0);
+    knit_reactor_group_join(s->g);
+    knit_pool_free(s->e.pool);
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(s->e.r, KNIT_MSEC(1));
+    for (unsigned i = 0; i < 2; i++)
+        assert_int_equal(knit_reactor_live_connections(knit_reactor_group_get(s->g, i)), 0);
+    assert_int_equal(knit_reactor_group_close(s->g), 0);
+    assert_int_equal(knit_reactor_close(s->e.r), 0);
+}
+
+static void expect_gate(outcome *o, int32_t want)
+{
+    assert_true(o->done);
+    if (o->code) print_error("gate failed: %s\n", o->msg);
+    assert_int_equal(o->code, 0);
+    assert_int_equal(((calc_Calc_gate_result *)o->value)->success, want);
+    oc_free(o);
+}
+
+/* Issue 16: connections land on both reactors and are answered there;
+ * knit_thrift_server_drain with a call in flight on each reactor: both
+ * connections stay while their calls run, serve calls pipelined behind
+ * them, answer everything, then close; the counters are the sum of both
+ * reactors. */
+static void test_spread_drain_across_reactors(void **state)
+{
+    (void)state;
+    spread_env s;
+    spread_up(&s);
+    outcome g[2], a[2];
+    for (int i = 0; i < 2; i++)
+        call_gate(s.cl[i], 10 + i, &g[i]);
+    run_until_rt(&s.e, gate_waiters_2, NULL, "a gate call running on each reactor");
+    knit_thrift_server_stats ss;
+    knit_thrift_server_get_stats(s.e.srv, &ss);
+    assert_int_equal(ss.open, 2);
+    assert_int_equal(ss.in_flight, 2);
+    assert_int_equal(ss.connections, 2);
+
+    knit_thrift_server_drain(s.e.srv);
+    for (int i = 0; i < 2; i++)
+        call_add(s.cl[i], i, 100, &a[i]); /* behind the running call: still served */
+    for (int i = 0; i < 2; i++)
+        run_until_rt(&s.e, oc_done, &a[i], "a call pipelined behind a draining call");
+    for (int i = 0; i < 2; i++) {
+        expect_sum(&a[i], i + 100);
+        assert_false(g[i].done);
+        assert_false(client_disconnected(s.cl[i]));
+    }
+    gate_set(true);
+    for (int i = 0; i < 2; i++) {
+        run_until_rt(&s.e, oc_done, &g[i], "the gate call's answer");
+        expect_gate(&g[i], 10 + i);
+        run_until_rt(&s.e, client_disconnected, s.cl[i], "the drained connection to close");
+    }
+    s.e.port = 0;
+    run_until_rt(&s.e, stats_open_is, &s, "no connection open on any reactor");
+    knit_thrift_server_get_stats(s.e.srv, &ss);
+    assert_int_equal(ss.in_flight, 0);
+    assert_int_equal(ss.calls, 6); /* 2 where(), 2 gates, 2 adds */
+    assert_int_equal(ss.replies, 6);
+    spread_down(&s);
+}
+
+/* Stopping reactor 1 alone drains its part there: its call in flight is
+ * answered, then its connection closes and the reactor ends; reactor 0's
+ * connection is served as before. */
+static void test_spread_member_stop_drains_its_part(void **state)
+{
+    (void)state;
+    spread_env s;
+    spread_up(&s);
+    outcome g[2], a;
+    for (int i = 0; i < 2; i++)
+        call_gate(s.cl[i], 20 + i, &g[i]);
+    run_until_rt(&s.e, gate_waiters_2, NULL, "a gate call running on each reactor");
+    knit_reactor *r1 = knit_reactor_group_get(s.g, 1);
+    knit_reactor_stop(r1);
+    gate_set(true);
+    for (int i = 0; i < 2; i++) {
+        run_until_rt(&s.e, oc_done, &g[i], "the gate call's answer");
+        expect_gate(&g[i], 20 + i);
+    }
+    run_until_rt(&s.e, client_disconnected, s.cl[1], "reactor 1's connection to close");
+    s.e.port = 1;
+    run_until_rt(&s.e, stats_open_is, &s, "one connection open (reactor 0's)");
+    assert_false(client_disconnected(s.cl[0]));
+    call_add(s.cl[0], 1, 2, &a);
+    run_until_rt(&s.e, oc_done, &a, "a call on reactor 0");
+    expect_sum(&a, 3);
+    spread_down(&s);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -2562,6 +2896,9 @@ int main(void)
         cmocka_unit_test(test_client_unframed_reply_in_pieces_is_linear),
         cmocka_unit_test(test_client_unframed_reply_every_split),
         cmocka_unit_test(test_client_unframed_reply_malformed),
+        cmocka_unit_test(test_client_call_on_closing_connection_goes_out_on_the_next),
+        cmocka_unit_test(test_server_drain_closes_between_calls),
+        cmocka_unit_test(test_server_drain_spares_recent_connections),
         cmocka_unit_test(test_scan_matches_skip),
         cmocka_unit_test(test_unframed_large_message_in_pieces),
         cmocka_unit_test(test_server_basic_calls),
@@ -2587,6 +2924,8 @@ int main(void)
         cmocka_unit_test(test_client_theader_reply_in_other_protocol),
         cmocka_unit_test(test_client_down_names_cause_and_recovers_at_once),
         cmocka_unit_test(test_client_fail_fast),
+        cmocka_unit_test(test_spread_drain_across_reactors),
+        cmocka_unit_test(test_spread_member_stop_drains_its_part),
     };
     knit_test_watchdog(120);
     return KNIT_RUN_TESTS_WITH(tests, make_sasldb, remove_sasldb);

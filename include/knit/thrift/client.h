@@ -29,6 +29,14 @@
  * fail_after_failures (KNIT_ECONNREFUSED, KNIT_EDNS, KNIT_ESASL, ...),
  * KNIT_EQUEUEFULL, KNIT_ECANCELED, a decode error.
  *
+ * A call that was never sent is not a failure: one made while its
+ * connection is closing (the server closed it between calls — a drain, an
+ * idle timeout — and the client has read the EOF) waits for the next
+ * connection and goes out on it, under its own timeout (stats.resent
+ * counts those that had picked the closing connection). A server's close
+ * that crosses a call on the wire cannot be told apart from a drop after
+ * the call arrived: that call fails with KNIT_ECLOSED.
+ *
  * Threads: [reactor], except knit_thrift_client_call_sync which is
  * [worker] (any thread but the reactor's).
  *
@@ -92,6 +100,7 @@ typedef struct knit_thrift_client_stats {
     size_t up;             /* connections ready now */
     size_t pending;        /* calls in flight */
     size_t waiting;        /* calls waiting for a connection */
+    uint64_t resent;       /* never-sent calls moved off a closing connection */
 } knit_thrift_client_stats;
 
 void knit_thrift_client_options_init(knit_thrift_client_options *o);

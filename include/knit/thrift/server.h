@@ -32,7 +32,25 @@
  * still running on the pool have finished (their replies are dropped).
  * Processors (and their handlers) must stay valid until then.
  *
- * Threads: every function is [reactor].
+ * Several reactors (options.spread, the server's reactor in a reactor group
+ * of N > 1, knit/reactor.h): the server has a part on every other reactor
+ * of the group (made here, attaching to its reactor from there), and its
+ * listeners spread over the group (knit/endpoint.h: a new connection goes
+ * to the reactor with the fewest live connections). A connection, its calls
+ * and its idle sweep live on one reactor: a blocking method's pool job
+ * comes back there, an async method runs there (async handlers then run on
+ * every reactor's thread: whatever they touch must allow that). Services
+ * are shared: add them all before listening. max_connections is split
+ * evenly between the reactors (rounded up). get_stats sums every reactor's
+ * counters. drain and close act on every reactor (each part on its own
+ * thread). Stopping a member reactor drains its part there (its own
+ * BEFORE trigger): idle connections close at once, calls in flight are
+ * answered, and the reactor stops once the part's connections are all gone
+ * (or drain_timeout passed: the rest are aborted). Reactor 0's part is the
+ * server itself, which the application drains and closes as before.
+ *
+ * Threads: every function is [reactor] (the server's reactor) unless
+ * marked [any].
  *
  * Ownership: options are copied (the SASL options' strings are borrowed);
  * processors are borrowed (see the life cycle above); the server frees
@@ -60,6 +78,8 @@ extern "C" {
 #define KNIT_THRIFT_MAX_IN_FLIGHT_DEFAULT 256u
 #define KNIT_THRIFT_IDLE_TIMEOUT_DEFAULT KNIT_SEC(600)
 #define KNIT_THRIFT_MAX_SERVICES 16
+#define KNIT_THRIFT_DRAIN_TIMEOUT_DEFAULT KNIT_SEC(30) /* a stopping reactor's part */
+#define KNIT_THRIFT_DRAIN_IDLE_DEFAULT KNIT_MSEC(500) /* see options.drain_idle */
 
 typedef struct knit_thrift_server knit_thrift_server;
 typedef struct knit_pool knit_pool;
@@ -82,6 +102,20 @@ typedef struct knit_thrift_server_options {
      * with TIMEOUT instead of run (an overloaded server answers fast rather
      * than work on calls nobody waits for). 0 = no limit (the default). */
     knit_duration queue_timeout;
+    /* Several reactors: serve on every reactor of the group of the server's
+     * reactor (see "Several reactors" above). Default false. */
+    bool spread;
+    /* How long a part whose reactor stops waits for its calls in flight
+     * before aborting its connections. Default 30 s; 0 = no bound. */
+    knit_duration drain_timeout;
+    /* Draining closes a connection right after a reply (a synchronous
+     * client sees the close before it can send its next call), or once it
+     * has been quiet for drain_idle. Closing a connection at the moment its
+     * client writes a call is the one race a drain cannot rule out (Thrift
+     * has no drain signal; through a proxy the close reaches the client
+     * late), so it is left to connections quiet that long. Default 500 ms;
+     * 0 closes quiet connections at once. */
+    knit_duration drain_idle;
 } knit_thrift_server_options;
 
 typedef struct knit_thrift_server_stats {
@@ -116,23 +150,35 @@ int knit_thrift_server_address(const knit_thrift_server *s, knit_sockaddr *out);
 /* The protocol factory behind the listeners, for custom transports (the
  * memory transport in tests: build(), then knit_memory_transport_new). */
 knit_protocol_factory *knit_thrift_server_factory(knit_thrift_server *s);
+/* The counters, summed over every reactor's part. [any] while S is alive */
 void knit_thrift_server_get_stats(const knit_thrift_server *s, knit_thrift_server_stats *out);
 void knit_thrift_server_close(knit_thrift_server *s);
+/* Graceful drain (Thrift has no drain signal of its own): stop listening,
+ * close the connections that have no call in flight and have been quiet for
+ * options.drain_idle, and from then on close each connection as soon as its
+ * last call in flight was answered (the reply is flushed first) or once it
+ * has been quiet for drain_idle. Calls that arrive on a connection before it
+ * closes are still served. Clients see the connection close between calls
+ * and reconnect (knit's client sends a call that found its connection
+ * closing on a new one). Close the server once in_flight (stats) is 0 or
+ * a deadline passed. Idempotent. */
+void knit_thrift_server_drain(knit_thrift_server *s);
 
 /* ---- Thrift over HTTP ---------------------------------------------------------
  *
  * Serve S's processors at PATH on HTTP server H: a POST route (inline on
- * H's reactor, which must be S's) whose body is one Thrift message — binary,
- * compact or JSON, told apart by its first bytes whatever the Content-Type
- * (python3-thrift's THttpClient sends application/x-thrift for all) — or one
- * THeader frame. The reply is the body of a 200 (Content-Type
- * application/vnd.apache.thrift.json for JSON, application/x-thrift
- * otherwise; a oneway call gets an empty 200 at once); a body that is not a
- * Thrift message gets 400. Calls run as they do from a connection (pool,
- * deadlines, stats). Bodies up to max_message (413 above). H must be drained
- * or freed before S is closed (the route borrows S); S is freed only once
- * the HTTP calls in flight are answered. 0 or what knit_http_route_with
- * returns. [reactor] */
+ * H's reactor, which must be S's; when both spread over a reactor group,
+ * each request is served by S's part on its connection's reactor) whose
+ * body is one Thrift message — binary, compact or JSON, told apart by its
+ * first bytes whatever the Content-Type (python3-thrift's THttpClient sends
+ * application/x-thrift for all) — or one THeader frame. The reply is the
+ * body of a 200 (Content-Type application/vnd.apache.thrift.json for JSON,
+ * application/x-thrift otherwise; a oneway call gets an empty 200 at
+ * once); a body that is not a Thrift message gets 400. Calls run as they
+ * do from a connection (pool, deadlines, stats). Bodies up to max_message
+ * (413 above). H must be drained or freed before S is closed (the route
+ * borrows S); S is freed only once the HTTP calls in flight are answered.
+ * 0 or what knit_http_route_with returns. [reactor] */
 int knit_thrift_server_http_route(knit_thrift_server *s, struct knit_http_server *h,
                                   const char *path);
 

@@ -1,0 +1,150 @@
+/* http/parts.c — a web container on several reactors (options.spread).
+ *
+ * Owns: the parts of a spread server — one knit_http_server per other
+ * reactor of the group, made with the server, sharing its routes (read
+ * only once listening) and its pool — and the messages between the server
+ * and its parts: attach (the part's drain trigger on its own reactor),
+ * drain (and the report back), free.
+ *
+ * Threads: the server's functions run on its reactor; each part's run on
+ * its own (part_attach, part_drain, part_free_call), or on the server's
+ * thread once that reactor's loop is over for good
+ * (knit__reactor_finished). A connection and its requests stay on the part
+ * that built them.
+ */
+#include <stdlib.h>
+#include <time.h>
+
+#include "http/server_int.h"
+#include "knit/error.h"
+#include "knit/log.h"
+#include "reactor/reactor_int.h"
+
+#define MOD "http"
+
+/* On a part's reactor: its drain trigger (the reactor's stop drains it). */
+static void part_attach(knit_reactor *r, void *arg)
+{
+    knit_http_server *p = arg;
+    if (knit_reactor_add_trigger(r, KNIT_PHASE_BEFORE, knit__http_drain_trigger, p, &p->trigger) !=
+        0)
+        KNIT_WARN(MOD, "reactor %u: cannot register the drain of its part",
+                  knit_reactor_group_index(r));
+}
+
+/* The part of a spread server that serves reactor R (knit_listen_member_fn). */
+void knit__http_listen_member(knit_reactor *r, unsigned index, void *arg, knit_listen_member *out)
+{
+    struct lslot *ls = arg;
+    knit_http_server *p = index < ls->s->nparts ? ls->s->parts[index] : NULL;
+    (void)r;
+    if (!p) return; /* keep the server's own slot */
+    out->factory = &p->slots[ls->idx].factory;
+    out->reclaim_arg = &p->slots[ls->idx];
+}
+
+static void part_drained(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_http_server *s = arg;
+    s->parts_draining--;
+    knit__http_drain_check(s);
+}
+
+void knit__http_part_report(knit_http_server *p)
+{
+    p->notify_primary = false;
+    if (knit_call_in_reactor(p->primary->r, part_drained, p->primary) != 0)
+        KNIT_WARN(MOD, "a part cannot report its drain");
+}
+
+/* On a part's reactor: drain it (unless its reactor's stop already does)
+ * and report to the server when done. */
+static void part_drain(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_http_server *p = arg;
+    p->notify_primary = true;
+    if (!p->draining)
+        knit_http_server_drain(p, NULL, NULL);
+    else if (p->drained) {
+        p->drained = false; /* report once more, for this drain */
+        knit__http_drain_finish(p);
+    }
+}
+
+static void part_free(knit_http_server *p)
+{
+    if (p->trigger) knit_reactor_remove_trigger(p->r, p->trigger);
+    if (knit_timer_active(p->r, p->drain_timer)) knit_timer_cancel(p->r, p->drain_timer);
+    if (knit_timer_active(p->r, p->budget_timer)) knit_timer_cancel(p->r, p->budget_timer);
+    free(p);
+}
+
+static void part_free_call(knit_reactor *r, void *arg)
+{
+    (void)r;
+    part_free(arg);
+}
+
+/* Free each part on its own reactor, or from here once its loop is over. */
+void knit__http_parts_free(knit_http_server *s)
+{
+    for (unsigned i = 0; i < s->nparts; i++) {
+        knit_http_server *p = s->parts[i];
+        if (!p) continue;
+        s->parts[i] = NULL;
+        if (knit__reactor_running(p->r) && knit_call_in_reactor(p->r, part_free_call, p) == 0)
+            continue;
+        /* a reactor that ever ran is ending (its last calls are running):
+         * wait until its thread is done with it */
+        bool ran = __atomic_load_n(&p->r->thread, __ATOMIC_RELAXED) != 0;
+        for (int k = 0; k < 20000 && ran && !knit__reactor_finished(p->r); k++) {
+            struct timespec ts = {0, 100 * 1000};
+            nanosleep(&ts, NULL);
+        }
+        part_free(p);
+    }
+}
+
+int knit__http_parts_new(knit_http_server *s)
+{
+    knit_reactor_group *g = knit_reactor_group_of(s->r);
+    if (knit_reactor_group_size(g) < 2) return 0;
+    unsigned me = knit_reactor_group_index(s->r);
+    s->nparts = knit_reactor_group_size(g);
+    for (unsigned i = 0; i < s->nparts; i++) {
+        if (i == me) continue;
+        knit_http_server *p;
+        int rc = knit__http_server_alloc(knit_reactor_group_get(g, i), &s->o, &p);
+        if (rc != 0) return rc;
+        p->primary = s;
+        s->parts[i] = p;
+        if ((rc = knit_call_in_reactor(p->r, part_attach, p)) != 0) {
+            s->parts[i] = NULL;
+            free(p);
+            return rc;
+        }
+    }
+    return 0;
+}
+
+void knit__http_parts_drain(knit_http_server *s)
+{
+    for (unsigned i = 0; i < s->nparts; i++) {
+        knit_http_server *p = s->parts[i];
+        if (!p) continue;
+        /* a reactor whose loop is over has drained its part already */
+        if (knit_call_in_reactor(p->r, part_drain, p) == 0) s->parts_draining++;
+    }
+}
+
+knit_http_server *knit__http_part_here(const knit_http_server *s)
+{
+    knit_reactor *cur = knit_reactor_current();
+    if (s->nparts > 1 && cur && cur != s->r) {
+        unsigned i = knit_reactor_group_index(cur);
+        if (i < s->nparts && s->parts[i] && s->parts[i]->r == cur) return s->parts[i];
+    }
+    return (knit_http_server *)s;
+}

@@ -1,0 +1,42 @@
+/* backend_uring_none.c — the io_uring backend when knit is built without
+ * liburing: opening it fails, so knit__backend_open falls back to epoll. */
+#include "knit/error.h"
+#include "reactor/backend.h"
+
+int knit__uring_new(knit__backend **out, unsigned max_events)
+{
+    (void)out;
+    (void)max_events;
+    return KNIT_ENOTSUP; /* built without liburing-dev */
+}
+
+int knit__cop_recv(knit__backend *b, int fd, void *owner, knit__cop_fn fn)
+{
+    (void)b, (void)fd, (void)owner, (void)fn;
+    return KNIT_ENOTSUP;
+}
+
+int knit__cop_recv_cancel(knit__backend *b, void *owner)
+{
+    (void)b, (void)owner;
+    return KNIT_ENOTSUP;
+}
+
+int knit__cop_send(knit__backend *b, int fd, void *owner, knit__cop_fn fn, const void *buf,
+                   size_t len)
+{
+    (void)b, (void)fd, (void)owner, (void)fn, (void)buf, (void)len;
+    return KNIT_ENOTSUP;
+}
+
+int knit__cop_send_cancel(knit__backend *b, void *owner)
+{
+    (void)b, (void)owner;
+    return KNIT_ENOTSUP;
+}
+
+size_t knit__backend_cops_inflight(const knit__backend *b)
+{
+    (void)b;
+    return 0;
+}
