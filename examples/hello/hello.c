@@ -46,7 +46,7 @@ static const knit_flag_def hello_flags[] = {
                   "run handlers inline on the reactor or on the pool", .choices = modes),
     KNIT_FLAG_DEF("threads", KNIT_FLAG_INT64, "4", "pool worker threads (pool mode)"),
     KNIT_FLAG_DEF("io-threads", KNIT_FLAG_UINT64, "0",
-                  "reactor threads (0: $KNIT_IO_THREADS, else one per online CPU)"),
+                  "reactor threads (0: $KNIT_IO_THREADS, else one per usable CPU)"),
     KNIT_FLAG_DEF("queue", KNIT_FLAG_INT64, "4096", "pool queue length (503 beyond it)"),
     KNIT_FLAG_DEF("sleep-ms", KNIT_FLAG_INT64, "0", "pool mode: sleep this long in each handler"),
     KNIT_FLAG_DEF("timer-slack-ns", KNIT_FLAG_INT64, "0",

@@ -70,7 +70,7 @@ static const knit_flag_def bench_flags[] = {
     KNIT_FLAG_DEF("spin", KNIT_FLAG_DURATION, "20us",
                   "pool workers spin this long before sleeping"),
     KNIT_FLAG_DEF("io-threads", KNIT_FLAG_UINT64, "0",
-                  "reactor threads (0: $KNIT_IO_THREADS, else one per online CPU)"),
+                  "reactor threads (0: $KNIT_IO_THREADS, else one per usable CPU)"),
 };
 
 static int h_echo(void *ctx, const bench_Bench_echo_args *a, bench_Bench_echo_result *res)

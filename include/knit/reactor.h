@@ -338,7 +338,7 @@ typedef struct knit_reactor_group knit_reactor_group;
 
 /* N reactors with FIRST as reactor 0 (not owned; must not be running and
  * must not be in a group); the others are made with OPTS (NULL: defaults;
- * named NAME-1, NAME-2, ...). N == 0: one per online CPU; N is capped at
+ * named NAME-1, NAME-2, ...). N == 0: one per usable CPU; N is capped at
  * KNIT_REACTOR_GROUP_MAX. N == 1 is a group of FIRST alone (no thread,
  * nothing changes). 0 and *out, or a negative code. */
 int knit_reactor_group_new(knit_reactor_group **out, knit_reactor *first, unsigned n,
@@ -375,7 +375,8 @@ knit_reactor *knit_reactor_group_least_loaded(const knit_reactor_group *g, knit_
 size_t knit_reactor_live_connections(const knit_reactor *r);
 /* Add DELTA to R's live connections (listeners do this). [any] */
 void knit_reactor_live_add(knit_reactor *r, long delta);
-/* The number of online CPUs (the default --io-threads), at least 1. [any] */
+/* The number of CPUs this process may run on (its affinity mask: taskset,
+ * cpusets), else of online CPUs: the default --io-threads, at least 1. [any] */
 unsigned knit_reactor_default_count(void);
 /* What --io-threads=N means: N when N > 0, else $KNIT_IO_THREADS when it
  * holds a number from 1 (the test suite's second pass sets it), else

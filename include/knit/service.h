@@ -44,7 +44,7 @@
  *   SIGHUP           reopen the --log-file (logrotate).
  *
  * --io-threads=N (flag of the "service" group; 0, the default, means
- * $KNIT_IO_THREADS when set, else one per online CPU) runs N reactors:
+ * $KNIT_IO_THREADS when set, else one per usable CPU) runs N reactors:
  * reactor 0 on the main thread, the others on threads of their own
  * (knit_app_reactors).
  *

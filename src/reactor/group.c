@@ -18,6 +18,7 @@
  * (`claimed` decides).
  */
 #include <pthread.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -42,9 +43,16 @@ struct knit_reactor_group {
     unsigned ended;          /* atomic: members whose loop returned */
 };
 
+/* The CPUs this process may run on (taskset, cpusets, a container's
+ * cpuset), as libuv's uv_available_parallelism and Go's GOMAXPROCS count
+ * them: more reactors than usable CPUs only adds context switches. Falls
+ * back to the online count when the mask cannot be read. */
 unsigned knit_reactor_default_count(void)
 {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    cpu_set_t set;
+    long n = 0;
+    if (sched_getaffinity(0, sizeof set, &set) == 0) n = CPU_COUNT(&set);
+    if (n < 1) n = sysconf(_SC_NPROCESSORS_ONLN);
     if (n < 1) return 1;
     if (n > KNIT_REACTOR_GROUP_MAX) return KNIT_REACTOR_GROUP_MAX;
     return (unsigned)n;

@@ -13,6 +13,7 @@
 #include <netinet/in.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -103,6 +104,29 @@ static void test_group_of_one(void **state)
     assert_null(knit_reactor_group_of(r0));
     assert_true(knit_reactor_default_count() >= 1);
     assert_int_equal(knit_reactor_close(r0), 0);
+}
+
+/* The default reactor count follows the affinity mask (taskset, cpusets): a
+ * process pinned to one CPU gets one reactor, not one per online CPU. */
+static void test_default_count_follows_affinity(void **state)
+{
+    (void)state;
+    cpu_set_t saved, one;
+    assert_int_equal(sched_getaffinity(0, sizeof saved, &saved), 0);
+    unsigned all = knit_reactor_default_count();
+    assert_true(all >= 1);
+    if ((unsigned)CPU_COUNT(&saved) <= KNIT_REACTOR_GROUP_MAX)
+        assert_int_equal(all, CPU_COUNT(&saved));
+    int first = -1;
+    for (int c = 0; c < CPU_SETSIZE && first < 0; c++)
+        if (CPU_ISSET(c, &saved)) first = c;
+    assert_true(first >= 0);
+    CPU_ZERO(&one);
+    CPU_SET(first, &one);
+    assert_int_equal(sched_setaffinity(0, sizeof one, &one), 0);
+    unsigned pinned = knit_reactor_default_count();
+    assert_int_equal(sched_setaffinity(0, sizeof saved, &saved), 0);
+    assert_int_equal(pinned, 1);
 }
 
 /* ---- stop order ------------------------------------------------------------------- */
@@ -707,6 +731,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_cross_reactor_calls),
         cmocka_unit_test(test_group_of_one),
+        cmocka_unit_test(test_default_count_follows_affinity),
         cmocka_unit_test(test_group_stop_order),
         cmocka_unit_test(test_spread_shared),
         cmocka_unit_test(test_spread_reuseport),
