@@ -77,7 +77,11 @@ int main(int argc, char **argv)
     tm->start();
     auto sock = std::make_shared<transport::TNonblockingServerSocket>("127.0.0.1", port);
     server::TNonblockingServer srv(processor, pf, sock, tm);
-    srv.setNumIOThreads(1);
+    /* IO threads: $APACHE_IO_THREADS (bench/thrift/run sets it to knit's
+     * reactor count), 1 by default. */
+    const char *iot = getenv("APACHE_IO_THREADS");
+    int io_threads = iot && atoi(iot) > 0 ? atoi(iot) : 1;
+    srv.setNumIOThreads(static_cast<size_t>(io_threads));
     printf("listening on %d\n", port);
     fflush(stdout);
     srv.serve();
