@@ -325,9 +325,7 @@ static bool drain_step(struct conn *c, knit_buf *buf)
             ssize_t r = knit__http_chunked_decode(&req->dec, data + used, len - used, &d, &dl);
             if (r < 0) {
                 knit_buf_consume(buf, len);
-                knit__http_conn_close_now(c,
-                                          knit_transport_write_buffer_size(c->proto.transport) == 0,
-                                          KNIT_CLOSE_PROTOCOL_ERROR, KNIT_EPARSE);
+                knit__http_conn_close_or_reset(c, KNIT_CLOSE_PROTOCOL_ERROR, KNIT_EPARSE);
                 return false;
             }
             used += (size_t)r;

@@ -357,6 +357,20 @@ void knit__http_conn_close_now(struct conn *c, bool flush, knit_close_reason rea
     if (t) knit_transport_close_with(t, flush, reason, err);
 }
 
+/* [reactor] Give up on C (a linger bound crossed, bad framing after an
+ * early answer): close, but not at the cost of an answer still on its way
+ * to a client that reads it — the transport flushes it (bounded) and resets
+ * only if it does not go out (knit_transport_close_or_reset). Deciding here
+ * from "output queued" would reset on io_uring, where an answer written in
+ * this loop turn stays queued until its ring send completes. */
+void knit__http_conn_close_or_reset(struct conn *c, knit_close_reason reason, int err)
+{
+    knit_transport *t = c->proto.transport;
+    knit__http_timer_set(c, T_NONE, 0);
+    c->state = C_CLOSING;
+    if (t) knit_transport_close_or_reset(t, reason, err);
+}
+
 /* [reactor] (Re)arm the bound of a lingering close or of dropping an unread
  * body: linger_timeout from now, and no later than linger_time after it
  * began (c->idle_since). */
@@ -377,8 +391,7 @@ bool knit__http_linger_drop(struct conn *c, size_t n)
     c->dropped = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
     if (d > c->srv->o.linger_max) {
         KNIT_DEBUG(MOD, "dropped %" PRIu64 " bytes: closing", d);
-        knit__http_conn_close_now(c, knit_transport_write_buffer_size(c->proto.transport) == 0,
-                                  KNIT_CLOSE_PROTOCOL_ERROR, KNIT_ELIMIT);
+        knit__http_conn_close_or_reset(c, KNIT_CLOSE_PROTOCOL_ERROR, KNIT_ELIMIT);
         return false;
     }
     knit__http_linger_arm(c);
@@ -976,9 +989,8 @@ static void conn_timeout(knit_reactor *r, void *arg)
         /* the end of a lingering close (normal), or of dropping a body */
         bool linger = c->state == C_LINGER;
         if (!linger) s->st.timeouts++;
-        knit__http_conn_close_now(c, knit_transport_write_buffer_size(c->proto.transport) == 0,
-                                  linger ? KNIT_CLOSE_DONE : KNIT_CLOSE_TIMEOUT,
-                                  linger ? 0 : KNIT_ETIMEDOUT);
+        knit__http_conn_close_or_reset(c, linger ? KNIT_CLOSE_DONE : KNIT_CLOSE_TIMEOUT,
+                                       linger ? 0 : KNIT_ETIMEDOUT);
         return;
     }
     const char *body_why = "request body timed out";

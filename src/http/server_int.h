@@ -251,6 +251,9 @@ void knit__http_timer_set(struct conn *c, int kind, knit_duration d);
 void knit__http_conn_peer(const struct conn *c, knit_sockaddr *out);
 /* Close now: once the output drained if FLUSH (and it can), else dropping it. */
 void knit__http_conn_close_now(struct conn *c, bool flush, knit_close_reason reason, int err);
+/* Close after the output went out, resetting only if it does not within
+ * KNIT_STREAM_CLOSE_FLUSH_WAIT (knit_transport_close_or_reset). */
+void knit__http_conn_close_or_reset(struct conn *c, knit_close_reason reason, int err);
 /* (Re)arm the bound of a lingering close or of dropping an unread body. */
 void knit__http_linger_arm(struct conn *c);
 /* N more bytes of C's input were dropped: false once that crossed
