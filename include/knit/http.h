@@ -290,8 +290,8 @@ typedef void (*knit_http_handler)(knit_http_request *req, void *arg);
  * reactor drains its part (its own trigger); knit_http_server_drain on the
  * returned server drains every part and calls DONE once all are done;
  * knit_http_server_free frees every part (after the drain, as always).
- * knit_http_get_stats counts the part of the reactor running on the
- * calling thread (R's elsewhere). */
+ * knit_http_get_stats and knit_http_status_count sum every part's counts
+ * (from any thread). */
 
 /* Create a server on R (the drain trigger is registered here). OPTS may be
  * NULL. 0 and *out, or KNIT_EINVAL / KNIT_ENOMEM. */
@@ -368,6 +368,9 @@ typedef struct knit_http_stats {
     uint64_t body_memory;    /* bytes of request bodies held now */
     uint64_t lingering;      /* connections in lingering close now */
 } knit_http_stats;
+/* The whole server's counts: with options.spread, the sum over every
+ * reactor's part (each read on its own, so the sum is not one instant's
+ * snapshot). [any] while S is not being freed. */
 void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out);
 /* Count of answers with exactly STATUS (100..599). */
 uint64_t knit_http_status_count(const knit_http_server *s, int status);

@@ -138,13 +138,3 @@ void knit__http_parts_drain(knit_http_server *s)
         if (knit_call_in_reactor(p->r, part_drain, p) == 0) s->parts_draining++;
     }
 }
-
-knit_http_server *knit__http_part_here(const knit_http_server *s)
-{
-    knit_reactor *cur = knit_reactor_current();
-    if (s->nparts > 1 && cur && cur != s->r) {
-        unsigned i = knit_reactor_group_index(cur);
-        if (i < s->nparts && s->parts[i] && s->parts[i]->r == cur) return s->parts[i];
-    }
-    return (knit_http_server *)s;
-}

@@ -269,8 +269,8 @@ void knit__http_request_maybe_end(knit_http_request *req)
         unsigned b = 0;
         while (b < KNIT_HTTP_LATENCY_BUCKETS && us >= (1ull << (b + 4)))
             b++;
-        s->st.latency[b]++;
-        s->st.latency_sum_ns += took > 0 ? (uint64_t)took : 0;
+        HST_ADD(s->st.latency[b], 1);
+        HST_ADD(s->st.latency_sum_ns, took > 0 ? (uint64_t)took : 0);
         knit__http_access_log(req, took);
     }
     /* Answered before the whole body arrived: the rest is read and dropped
@@ -493,7 +493,7 @@ void knit__http_run_handler(struct conn *c, knit_http_request *req)
         req->streaming = false;
         pthread_mutex_destroy(&req->mu);
         pthread_cond_destroy(&req->cv);
-        s->st.rejected_busy++;
+        HST_ADD(s->st.rejected_busy, 1);
         /* Under overload this runs for every request: log at most once a
          * second on the reactor, with the count since the last line. */
         knit_time now = knit_reactor_now(s->r);

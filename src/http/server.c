@@ -255,23 +255,50 @@ knit_listener *knit_http_listener(const knit_http_server *s, size_t n)
     return n < s->nlisteners ? s->slots[n].l : NULL;
 }
 
+/* Add P's counters (the server's or a part's, maybe on another reactor
+ * thread: relaxed atomic loads, see HST_ADD) to OUT. */
+static void stats_add(knit_http_stats *out, const knit_http_server *p)
+{
+#define L(x) __atomic_load_n(&(x), __ATOMIC_RELAXED)
+    const knit_http_stats *st = &p->st;
+    out->requests += L(st->requests);
+    for (size_t i = 0; i < sizeof st->by_status / sizeof st->by_status[0]; i++)
+        out->by_status[i] += L(st->by_status[i]);
+    out->status_200 += L(p->by_code[200]);
+    out->status_404 += L(p->by_code[404]);
+    out->status_400 += L(p->by_code[400]);
+    out->status_503 += L(p->by_code[503]);
+    out->connections_open += L(p->nconns);
+    out->connections_total += L(st->connections_total);
+    out->parse_errors += L(st->parse_errors);
+    out->timeouts += L(st->timeouts);
+    out->rejected_busy += L(st->rejected_busy);
+    out->idle_closed += L(st->idle_closed);
+    out->output_closed += L(st->output_closed);
+    out->output_queued += L(p->outg.queued);
+    for (size_t i = 0; i < sizeof st->latency / sizeof st->latency[0]; i++)
+        out->latency[i] += L(st->latency[i]);
+    out->latency_sum_ns += L(st->latency_sum_ns);
+    out->body_memory += L(p->body_mem);
+    out->lingering += L(p->lingering);
+#undef L
+}
+
 void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out)
 {
-    s = knit__http_part_here(s);
-    *out = s->st;
-    out->connections_open = s->nconns;
-    out->output_queued = s->outg.queued;
-    out->status_200 = s->by_code[200];
-    out->status_404 = s->by_code[404];
-    out->status_400 = s->by_code[400];
-    out->status_503 = s->by_code[503];
-    out->body_memory = s->body_mem;
-    out->lingering = s->lingering;
+    memset(out, 0, sizeof *out);
+    stats_add(out, s);
+    for (unsigned i = 0; i < s->nparts; i++)
+        if (s->parts[i]) stats_add(out, s->parts[i]);
 }
 
 uint64_t knit_http_status_count(const knit_http_server *s, int status)
 {
-    return status >= 100 && status < 600 ? s->by_code[status] : 0;
+    if (status < 100 || status >= 600) return 0;
+    uint64_t n = __atomic_load_n(&s->by_code[status], __ATOMIC_RELAXED);
+    for (unsigned i = 0; i < s->nparts; i++)
+        if (s->parts[i]) n += __atomic_load_n(&s->parts[i]->by_code[status], __ATOMIC_RELAXED);
+    return n;
 }
 
 /* ---- timers ------------------------------------------------------------------ */
@@ -417,7 +444,7 @@ void knit__http_conn_end(struct conn *c, bool linger)
         knit_transport_shutdown_write(t) == 0) {
         c->state = C_LINGER;
         c->lingered = true;
-        s->lingering++;
+        HST_ADD(s->lingering, 1);
         c->idle_since = knit_reactor_now(s->r);
         c->dropped = 0;
         if (c->read_paused) {
@@ -591,7 +618,7 @@ static void shed(knit_http_server *s)
         closed++;
     }
     if (v != &one) free(v);
-    s->st.output_closed += closed;
+    HST_ADD(s->st.output_closed, closed);
     if (closed && log_once_a_second(s, &s->shed_warned, &s->shed_logged, &s->shed_unlogged)) {
         KNIT_WARN(MOD,
                   "output budget exceeded (%zu bytes queued, budget %zu): new requests paused; "
@@ -661,7 +688,7 @@ static size_t reclaim_cb(knit_listener *l, size_t n, void *arg)
         knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_REFUSED, 0);
         closed++;
     }
-    s->st.idle_closed += closed;
+    HST_ADD(s->st.idle_closed, closed);
     if (log_once_a_second(s, &s->reclaim_warned, &s->reclaim_logged, &s->reclaim_unlogged)) {
         if (closed)
             KNIT_WARN(MOD,
@@ -710,7 +737,7 @@ void knit__http_process(struct conn *c, knit_buf *buf)
         }
         c->head_prev = 0;
         if (r == KNIT__HTTP_ERROR) {
-            s->st.parse_errors++;
+            HST_ADD(s->st.parse_errors, 1);
             knit__http_early e; /* copied before the bytes it points into go */
             bool line = s->o.access_log != KNIT_HTTP_LOG_NONE && knit__http_early_from_head(&e, &h);
             knit_buf_consume(buf, len);
@@ -853,7 +880,7 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
     knit_http_server *s = c->srv;
     knit__http_timer_set(c, T_NONE, 0);
     knit__http_pend_trim(c, true);
-    if (c->lingered) s->lingering--;
+    if (c->lingered) HST_SUB(s->lingering, 1);
     if (c->req) {
         knit_http_request *req = c->req;
         c->req = NULL;
@@ -873,7 +900,7 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
         }
     }
     list_unlink(c);
-    s->nconns--;
+    HST_SUB(s->nconns, 1);
     free(c);
     if (s->draining) knit__http_drain_check(s);
 }
@@ -959,8 +986,8 @@ static knit_protocol *build_conn(knit_protocol_factory *f, const knit_sockaddr *
      * (nginx's reusable connections), oldest first. */
     c->idle_since = knit_reactor_now(s->r);
     list_append(c, W_IDLE);
-    s->nconns++;
-    s->st.connections_total++;
+    HST_ADD(s->nconns, 1);
+    HST_ADD(s->st.connections_total, 1);
     return &c->proto;
 }
 
@@ -988,7 +1015,7 @@ static void conn_timeout(knit_reactor *r, void *arg)
     if (kind == T_LINGER) {
         /* the end of a lingering close (normal), or of dropping a body */
         bool linger = c->state == C_LINGER;
-        if (!linger) s->st.timeouts++;
+        if (!linger) HST_ADD(s->st.timeouts, 1);
         knit__http_conn_close_or_reset(c, linger ? KNIT_CLOSE_DONE : KNIT_CLOSE_TIMEOUT,
                                        linger ? 0 : KNIT_ETIMEDOUT);
         return;
@@ -1003,7 +1030,7 @@ static void conn_timeout(knit_reactor *r, void *arg)
             return;
         }
     }
-    s->st.timeouts++;
+    HST_ADD(s->st.timeouts, 1);
     switch (kind) {
     case T_HEADER:
     case T_BODY:

@@ -200,6 +200,14 @@ struct knit_http_request {
     struct arena_chunk first; /* must be last: ARENA0 bytes follow */
 };
 
+/* The counters knit_http_get_stats reads (st, by_code, nconns, body_mem,
+ * lingering): one writer, the reactor of the server or part they belong
+ * to; read from any thread with relaxed atomic loads, since the stats of
+ * a server on several reactors sum every part's. So they are written with
+ * relaxed atomic stores, never a plain ++. */
+#define HST_ADD(lv, n) __atomic_store_n(&(lv), (lv) + (n), __ATOMIC_RELAXED)
+#define HST_SUB(lv, n) __atomic_store_n(&(lv), (lv) - (n), __ATOMIC_RELAXED)
+
 struct knit_http_server {
     knit_reactor *r;
     knit_http_options o;
@@ -309,8 +317,6 @@ void knit__http_part_report(knit_http_server *p);
 void knit__http_parts_drain(knit_http_server *s);
 /* Free the parts (on their reactors, or here once those are over). */
 void knit__http_parts_free(knit_http_server *s);
-/* S's part for the reactor running on this thread (S itself elsewhere). [any] */
-knit_http_server *knit__http_part_here(const knit_http_server *s);
 
 /* ---- router.c ------------------------------------------------------------------- */
 

@@ -530,7 +530,9 @@ static void check_low(knit_transport *t)
 
 static void group_add(knit_output_group *g, size_t before, size_t after)
 {
-    g->queued = g->queued - before + after; /* never below 0: BEFORE was counted */
+    /* never below 0: BEFORE was counted. An atomic store: a group's owner
+     * may let other threads read queued (the HTTP server's stats). */
+    __atomic_store_n(&g->queued, g->queued - before + after, __ATOMIC_RELAXED);
     if (!g->over && g->high && g->queued > g->high) {
         g->over = true;
         if (g->changed) g->changed(g, true);
