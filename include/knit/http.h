@@ -348,8 +348,12 @@ struct knit_listener *knit_http_listener(const knit_http_server *s, size_t n);
  * aborted, included): after DONE, knit_http_server_free is safe. Idempotent. */
 void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *, void *),
                             void *arg);
-/* Free the server: listeners closed, connections aborted. Not while
- * handlers run on workers (drain first). NULL is a no-op. */
+/* Free the server: listeners closed, connections aborted. Drain first to
+ * let requests finish; a forced stop (the drain timed out, a handler still
+ * runs on a worker) is safe too: the server's memory stays until the last
+ * such job is done and the last connection lost, on its reactor (which
+ * must still run for that; the handler's answer is dropped or goes to a
+ * client still connected). NULL is a no-op. */
 void knit_http_server_free(knit_http_server *s);
 
 /* ---- statistics (for the metrics module) ----------------------------------- */

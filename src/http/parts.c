@@ -49,13 +49,19 @@ static void part_drained(knit_reactor *r, void *arg)
     knit_http_server *s = arg;
     s->parts_draining--;
     knit__http_drain_check(s);
+    knit__http_server_unref(s); /* the report's reference */
 }
 
 void knit__http_part_report(knit_http_server *p)
 {
     p->notify_primary = false;
-    if (knit_call_in_reactor(p->primary->r, part_drained, p->primary) != 0)
+    /* The report holds the server: it may have been freed meanwhile (a
+     * forced stop) and this part too before the report runs there. */
+    __atomic_add_fetch(&p->primary->refs, 1, __ATOMIC_ACQ_REL);
+    if (knit_call_in_reactor(p->primary->r, part_drained, p->primary) != 0) {
         KNIT_WARN(MOD, "a part cannot report its drain");
+        knit__http_server_unref(p->primary);
+    }
 }
 
 /* On a part's reactor: drain it (unless its reactor's stop already does)
@@ -73,12 +79,17 @@ static void part_drain(knit_reactor *r, void *arg)
     }
 }
 
+/* On P's reactor (or once it is over): the part goes when its last
+ * connection and pool job are over (knit__http_server_release). */
 static void part_free(knit_http_server *p)
 {
     if (p->trigger) knit_reactor_remove_trigger(p->r, p->trigger);
+    p->trigger = NULL;
     if (knit_timer_active(p->r, p->drain_timer)) knit_timer_cancel(p->r, p->drain_timer);
+    p->drain_timer = KNIT_TIMER_NONE;
     if (knit_timer_active(p->r, p->budget_timer)) knit_timer_cancel(p->r, p->budget_timer);
-    free(p);
+    p->budget_timer = KNIT_TIMER_NONE;
+    knit__http_server_release(p);
 }
 
 static void part_free_call(knit_reactor *r, void *arg)
@@ -120,8 +131,10 @@ int knit__http_parts_new(knit_http_server *s)
         if (rc != 0) return rc;
         p->primary = s;
         s->parts[i] = p;
+        __atomic_add_fetch(&s->refs, 1, __ATOMIC_ACQ_REL); /* released by its final free */
         if ((rc = knit_call_in_reactor(p->r, part_attach, p)) != 0) {
             s->parts[i] = NULL;
+            __atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL);
             free(p);
             return rc;
         }

@@ -428,6 +428,7 @@ static void answer_not_run(knit_http_request *req, int rc);
 static void worker_done(knit_work *w, int status)
 {
     knit_http_request *req = container_of(w, knit_http_request, work);
+    knit_http_server *s = req->srv; /* REQ may be freed below */
     if (status != 0) {
         /* The handler never ran: answer for it (503, as when the pool
          * refuses the job at submission). answer_not_run writes directly,
@@ -436,6 +437,7 @@ static void worker_done(knit_work *w, int status)
         answer_not_run(req, status);
         req->handler_returned = true;
         knit__http_request_maybe_end(req);
+        knit__http_server_maybe_final(s);
         return;
     }
     pthread_mutex_lock(&req->mu);
@@ -449,6 +451,7 @@ static void worker_done(knit_work *w, int status)
             knit__http_conn_close_now(c, false, KNIT_CLOSE_NOMEM, KNIT_ENOMEM);
         req->handler_returned = true;
         knit__http_request_maybe_end(req);
+        knit__http_server_maybe_final(s);
         return;
     }
     knit__http_flush_out(req);
@@ -470,6 +473,9 @@ static void worker_done(knit_work *w, int status)
     }
     req->handler_returned = true;
     knit__http_request_maybe_end(req);
+    /* knit_http_server_free ran while the handler did: this job may have
+     * been the last thing keeping the server's memory */
+    knit__http_server_maybe_final(s);
 }
 
 /* Run the handler of req->route: inline now, or hand it to the pool (503

@@ -181,6 +181,7 @@ int knit__http_server_alloc(knit_reactor *r, const knit_http_options *opts, knit
         return KNIT_EINVAL;
     }
     s->routes_tail = &s->routes;
+    s->refs = 1;
     for (size_t i = 0; i <= MAX_LISTENERS; i++) {
         s->slots[i].s = s;
         s->slots[i].idx = (uint8_t)i;
@@ -903,6 +904,7 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
     HST_SUB(s->nconns, 1);
     free(c);
     if (s->draining) knit__http_drain_check(s);
+    knit__http_server_maybe_final(s); /* freed: this may have been its last connection */
 }
 
 static void on_pause(knit_protocol *p)
@@ -1181,21 +1183,56 @@ void knit__http_drain_trigger(knit_reactor *r, knit_trigger *t, void *arg)
     knit_http_server_drain(s, drain_done_trigger, t);
 }
 
+void knit__http_server_maybe_final(knit_http_server *s)
+{
+    if (!s->freed || s->released || s->nconns || s->pool_live) return;
+    s->released = true;
+    if (knit_timer_active(s->r, s->drain_timer)) knit_timer_cancel(s->r, s->drain_timer);
+    if (knit_timer_active(s->r, s->budget_timer)) knit_timer_cancel(s->r, s->budget_timer);
+    knit_http_server *owner = s->primary ? s->primary : s;
+    if (s != owner) free(s); /* a part: its memory is its own */
+    knit__http_server_unref(owner);
+}
+
+void knit__http_server_unref(knit_http_server *s)
+{
+    if (__atomic_sub_fetch(&s->refs, 1, __ATOMIC_ACQ_REL) == 0) {
+        knit__http_routes_free(s);
+        free(s);
+    }
+}
+
+void knit__http_server_release(knit_http_server *s)
+{
+    s->freed = true;
+    /* No drain may finish (call the application back) any more, and the
+     * output budget arms no timer. */
+    s->drained = true;
+    s->drain_done = NULL;
+    s->notify_primary = false;
+    s->outg.changed = NULL;
+    knit__http_server_maybe_final(s);
+}
+
 void knit_http_server_free(knit_http_server *s)
 {
     if (!s) return;
     for (size_t i = 0; i < s->nlisteners; i++)
         knit_listener_close(s->slots[i].l, true);
+    s->nlisteners = 0;
     if (s->trigger) knit_reactor_remove_trigger(s->r, s->trigger);
+    s->trigger = NULL;
     if (knit_timer_active(s->r, s->drain_timer)) knit_timer_cancel(s->r, s->drain_timer);
+    s->drain_timer = KNIT_TIMER_NONE;
     /* after the listeners: aborting their connections may have armed it */
     if (knit_timer_active(s->r, s->budget_timer)) knit_timer_cancel(s->r, s->budget_timer);
-    /* Connections still open are aborted by the listener; their memory is
-     * released from connection_lost, which needs the server: callers drain
-     * first. Free what is left regardless. */
+    s->budget_timer = KNIT_TIMER_NONE;
+    /* Connections still open (aborted by the listeners, or not theirs)
+     * and pool handlers still running (a forced stop) name the server
+     * until connection_lost / their job's done: it stays until the last of
+     * those (knit__http_server_maybe_final), each part on its reactor. */
     knit__http_parts_free(s);
-    knit__http_routes_free(s);
-    free(s);
+    knit__http_server_release(s);
 }
 
 /* ---- test hooks (server_int.h) --------------------------------------------------- */

@@ -997,6 +997,37 @@ static void test_pool_drain_timeout_aborts_handler(void **state)
     rev_teardown(&fx);
 }
 
+/* knit_http_server_free while a pool handler still runs (a forced stop
+ * after --shutdown-timeout): the server's memory stays until the handler's
+ * job is done and its connection gone, whichever comes last; the answer
+ * still goes out meanwhile. Before, the job's done (and connection_lost)
+ * used the freed server: an ASan use-after-free. Round 0: the client stays
+ * until after the job; round 1: the client leaves first, the job ends last. */
+static void test_free_while_pool_handler_runs(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 2; round++) {
+        fixture fx;
+        rev_setup(&fx, NULL);
+        knit_transport *t = open_conn(&fx);
+        feed(t, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
+        sem_wait(&rev_at); /* the handler runs */
+        knit_http_server_free(fx.s);
+        fx.s = NULL;
+        if (round == 1) close_conn(t); /* connection_lost: the server is still there */
+        sem_post(&rev_go);
+        rev_settle(&fx); /* the job's done: it finds the server freed */
+        if (round == 0) {
+            assert_int_equal(rev_rc2, 0);
+            assert_non_null(strstr(take(t), "\r\n\r\nlate"));
+            close_conn(t); /* the last thing naming the server */
+        } else {
+            assert_int_equal(rev_rc2, KNIT_ECLOSED);
+        }
+        rev_teardown(&fx); /* LeakSanitizer: the server was freed in the end */
+    }
+}
+
 static void test_pool_queue_full_503(void **state)
 {
     (void)state;
@@ -2580,6 +2611,7 @@ int main(void)
         cmocka_unit_test(test_pool_body_timeout_while_reading),
         cmocka_unit_test(test_pool_drain_with_handler_in_flight),
         cmocka_unit_test(test_pool_drain_timeout_aborts_handler),
+        cmocka_unit_test(test_free_while_pool_handler_runs),
         cmocka_unit_test(test_pool_queue_full_503),
         cmocka_unit_test(test_pool_body_len_while_decoding),
         cmocka_unit_test(test_pool_finish_short_after_client_left),
