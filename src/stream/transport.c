@@ -583,6 +583,10 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
         t->ext->layer->free(t);
         t->ext->layer = NULL;
     }
+    /* A receive or send queued in this loop turn (and the cancels above)
+     * name the fd by number until submitted: submit them before the number
+     * can be reused, or they would reach the next connection given it. */
+    if (t->uflags & (TU_RECV | TU_SEND)) knit__cop_submit(knit__reactor_backend(t->io._r));
     close(t->io._fd);
     size_t queued = out_len(t);
     knit_buf_release(&t->in);

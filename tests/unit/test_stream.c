@@ -1191,6 +1191,44 @@ static void test_ring_close_with_send_in_flight(void **state)
     }
 }
 
+/* Aborting a transport whose send was queued in this loop turn, and the fd
+ * number going at once to another connection (an accept in the same turn;
+ * here dup2): the queued send names the fd by number until submitted, so it
+ * must be submitted before the close, not reach the new connection. */
+static void test_ring_close_before_submit_fd_reused(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int a[2], b[2];
+    sp(a);
+    rec srv;
+    rec_init(&srv);
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, a[0], &srv.proto, &t), 0);
+    for (int i = 0; i < 5; i++)
+        knit_reactor_run_once(r, 0); /* the receive is submitted */
+    /* b before the close, so that its own numbers stay apart from a[0]'s */
+    sp(b);
+    assert_int_equal(knit_transport_write(t, "SECRET", 6), 0);
+    /* closes a[0]; the send was not submitted yet */
+    knit_transport_abort(t);
+    /* the number now names b's socket */
+    assert_int_equal(dup2(b[0], a[0]), a[0]);
+    pump(r, lost_once, &srv);
+    for (int i = 0; i < 5; i++)
+        knit_reactor_run_once(r, 0);
+    char buf[16];
+    ssize_t k = recv(b[1], buf, sizeof buf, MSG_DONTWAIT);
+    if (k > 0) fail_msg("another connection got %zd bytes of the closed one's output", k);
+    close(a[0]);
+    close(a[1]);
+    close(b[0]);
+    close(b[1]);
+    knit_buf_release(&srv.got);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
 /* The peer resets the connection while output waits to be sent: reported
  * as KNIT_CLOSE_RESET, as on the readiness path (EPIPE and ECONNRESET). */
 static void test_ring_peer_reset_with_send_in_flight(void **state)
@@ -1358,6 +1396,7 @@ int main(void)
         TCP(test_close_refused_while_connected),
         TCP(test_ring_partial_sends_large_output),
         TCP(test_ring_close_with_send_in_flight),
+        TCP(test_ring_close_before_submit_fd_reused),
         TCP(test_ring_peer_reset_with_send_in_flight),
         TCP(test_close_or_reset_delivers_fresh_output),
         TCP(test_close_or_reset_peer_not_reading),
