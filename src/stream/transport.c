@@ -39,11 +39,8 @@
  *    send and parks the pinned buffer in t->in (free then) until the
  *    completion; connection_lost waits for it, as for the receive. The
  *    queued length (out_len: t->out plus behind) drives the water marks
- *    and output groups exactly as on epoll. It also means "queued" is no
- *    sign of a peer that does not read (an answer written this turn is
- *    queued until the next io_uring_enter): a protocol giving up on a peer
- *    uses knit_transport_close_or_reset, which flushes (bounded by a timer
- *    in ext->phase_timer) and resets only what does not go out.
+ *    and output groups exactly as on epoll; "queued" is then no sign of a
+ *    peer that does not read (see knit_transport_close_or_reset).
  *  - Every socket transport is on its thread's registry (tl_first..tl_last,
  *    linked through t->prev/t->next) from knit__transport_new until
  *    free_transport, which is the only place that unlinks it; closing only
@@ -583,9 +580,8 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
         t->ext->layer->free(t);
         t->ext->layer = NULL;
     }
-    /* A receive or send queued in this loop turn (and the cancels above)
-     * name the fd by number until submitted: submit them before the number
-     * can be reused, or they would reach the next connection given it. */
+    /* Queued SQEs name the fd by number until submitted: submit them
+     * before the number can be reused (by an accept in this turn). */
     if (t->uflags & (TU_RECV | TU_SEND)) knit__cop_submit(knit__reactor_backend(t->io._r));
     close(t->io._fd);
     size_t queued = out_len(t);
