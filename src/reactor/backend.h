@@ -129,6 +129,12 @@ int knit__cop_send_cancel(knit__backend *b, void *owner);
 /* Operations in flight (not yet finally completed), multishot accepts
  * whose owner is still attached included. */
 size_t knit__backend_cops_inflight(const knit__backend *b);
+/* Submit what was queued so far now instead of with the loop's next
+ * io_uring_enter. Call it before closing an fd that queued operations may
+ * name: the kernel looks an SQE's fd up when it is submitted, so a number
+ * closed and reused meanwhile (an accept in the same loop turn) would point
+ * them at another connection. */
+void knit__cop_submit(knit__backend *b);
 
 /* ---- multishot accept (io_uring only) ------------------------------------
  *

@@ -528,6 +528,12 @@ int knit__cop_send_cancel(knit__backend *kb, void *owner)
     return 0;
 }
 
+void knit__cop_submit(knit__backend *kb)
+{
+    uring_backend *b = (uring_backend *)kb;
+    if (kb->cops && io_uring_sq_ready(&b->ring)) io_uring_submit(&b->ring);
+}
+
 size_t knit__backend_cops_inflight(const knit__backend *kb)
 {
     if (kb->ops != &uring_ops) return 0;
