@@ -44,6 +44,18 @@
  * again after reclaim_retry, as long as clients are waiting; without a hook
  * the listener simply waits for a connection to close.
  *
+ * On the io_uring backend (knit/reactor.h) a listener accepts with one
+ * multishot accept on its reactor's ring instead (no readiness event and no
+ * accept system call per connection), with the same rules: at
+ * max_connections, while paused and after EMFILE & co. the multishot is
+ * cancelled (and started again when a slot frees, on resume, after
+ * emfile_retry); at the cap a readiness watch tells that a client waits (for
+ * the reclaim hook). Connections the kernel accepted before a cancellation
+ * took effect wait, in order, for the next free slots (up to
+ * KNIT_LISTEN_RING_WAITING_MAX; beyond that they are closed and counted in
+ * knit_listener_dropped). A kernel without multishot accept (before 5.19)
+ * or KNIT_URING_ACCEPT=readiness in the environment: accept4 as on epoll.
+ *
  * Accept sequence (h2o's h2o_accept): accept → the PROXY header (haproxy:,
  * read here, before the transport exists, within
  * KNIT_PROXY_HEADER_TIMEOUT; a bad or missing header closes the socket) →
@@ -99,6 +111,7 @@ extern "C" {
 #define KNIT_LISTEN_EMFILE_RETRY KNIT_MSEC(100)
 #define KNIT_LISTEN_RECLAIM_BATCH 32              /* idle connections closed per reclaim */
 #define KNIT_LISTEN_RECLAIM_RETRY KNIT_MSEC(100)  /* at the cap, none idle: ask again */
+#define KNIT_LISTEN_RING_WAITING_MAX 512          /* io_uring: accepted, waiting for a slot */
 #define KNIT_CONNECT_TIMEOUT KNIT_SEC(30)
 #define KNIT_HAPPY_EYEBALLS_DELAY KNIT_MSEC(250)  /* stagger between attempts */
 #define KNIT_PROXY_HEADER_TIMEOUT KNIT_SEC(10)    /* haproxy: header must arrive */
@@ -193,6 +206,10 @@ uint64_t knit_listener_emfile_events(const knit_listener *l);
 uint64_t knit_listener_handed_over(const knit_listener *l);
 /* Connections the reclaim hook closed to make room at max_connections. */
 uint64_t knit_listener_reclaimed(const knit_listener *l);
+/* Connections the kernel had accepted that the listener closed unserved
+ * (io_uring: more than KNIT_LISTEN_RING_WAITING_MAX waiting for a slot;
+ * 0 on epoll, where they wait in the kernel's backlog). */
+uint64_t knit_listener_dropped(const knit_listener *l);
 /* Stop accepting for a while (e.g. graceful drain) / start again. */
 void knit_listener_pause(knit_listener *l);
 void knit_listener_resume(knit_listener *l);

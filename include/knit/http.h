@@ -290,8 +290,8 @@ typedef void (*knit_http_handler)(knit_http_request *req, void *arg);
  * reactor drains its part (its own trigger); knit_http_server_drain on the
  * returned server drains every part and calls DONE once all are done;
  * knit_http_server_free frees every part (after the drain, as always).
- * knit_http_get_stats counts the part of the reactor running on the
- * calling thread (R's elsewhere). */
+ * knit_http_get_stats and knit_http_status_count sum every part's counts
+ * (from any thread). */
 
 /* Create a server on R (the drain trigger is registered here). OPTS may be
  * NULL. 0 and *out, or KNIT_EINVAL / KNIT_ENOMEM. */
@@ -348,8 +348,12 @@ struct knit_listener *knit_http_listener(const knit_http_server *s, size_t n);
  * aborted, included): after DONE, knit_http_server_free is safe. Idempotent. */
 void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *, void *),
                             void *arg);
-/* Free the server: listeners closed, connections aborted. Not while
- * handlers run on workers (drain first). NULL is a no-op. */
+/* Free the server: listeners closed, connections aborted. Drain first to
+ * let requests finish; a forced stop (the drain timed out, a handler still
+ * runs on a worker) is safe too: the server's memory stays until the last
+ * such job is done and the last connection lost, on its reactor (which
+ * must still run for that; the handler's answer is dropped or goes to a
+ * client still connected). NULL is a no-op. */
 void knit_http_server_free(knit_http_server *s);
 
 /* ---- statistics (for the metrics module) ----------------------------------- */
@@ -368,6 +372,9 @@ typedef struct knit_http_stats {
     uint64_t body_memory;    /* bytes of request bodies held now */
     uint64_t lingering;      /* connections in lingering close now */
 } knit_http_stats;
+/* The whole server's counts: with options.spread, the sum over every
+ * reactor's part (each read on its own, so the sum is not one instant's
+ * snapshot). [any] while S is not being freed. */
 void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out);
 /* Count of answers with exactly STATUS (100..599). */
 uint64_t knit_http_status_count(const knit_http_server *s, int status);

@@ -99,6 +99,9 @@ extern "C" {
 #define KNIT_STREAM_LOW_WATER (64u * 1024u)   /* resume_producing below this */
 #define KNIT_STREAM_READ_CHUNK (64u * 1024u)  /* per-thread scratch read size */
 #define KNIT_STREAM_READS_PER_EVENT 4         /* reads per readable event (fairness) */
+/* knit_transport_close_or_reset: how long queued output may take to go out
+ * before the close gives up on the peer and resets. */
+#define KNIT_STREAM_CLOSE_FLUSH_WAIT KNIT_SEC(1)
 
 typedef struct knit_transport knit_transport;
 typedef struct knit_protocol knit_protocol;
@@ -227,6 +230,20 @@ void knit_transport_abort(knit_transport *t);
 /* Either of the above, reporting REASON/ERR to connection_lost instead (a
  * protocol that rejects input uses KNIT_CLOSE_PROTOCOL_ERROR). */
 void knit_transport_close_with(knit_transport *t, bool flush, knit_close_reason reason, int err);
+/* Close cleanly if the peer takes the queued output, else reset: for a
+ * protocol that gives up on a peer (a bound crossed, bad input after an
+ * early answer) but must not destroy an answer the peer is about to read.
+ * With nothing queued this is close_with(flush = true). Otherwise the
+ * output is flushed first, for at most KNIT_STREAM_CLOSE_FLUSH_WAIT; what
+ * has not gone out by then is dropped and a TCP RST sent (the peer does not
+ * read). The same on both backends: on io_uring, output written in this
+ * loop turn is still queued until its ring send completes, so "queued" is
+ * no sign of a peer that does not read; on epoll it is the part the socket
+ * refused. A memory transport records a flushing close (the test reads
+ * its output when it likes). Idempotent; a later abort or
+ * close_with(flush = false) resets at once. REASON/ERR go to
+ * connection_lost either way. */
+void knit_transport_close_or_reset(knit_transport *t, knit_close_reason reason, int err);
 
 /* Half-close: send FIN (TLS: close_notify) once the output has drained;
  * reading continues (after the peer's EOF too, the connection then ends as

@@ -14,6 +14,8 @@
  * freed or the listener closes; the listener keeps no list of its own —
  * it walks the thread's transport registry (stream.h) filtered by owner,
  * which costs an idle connection nothing extra.
+ * On the io_uring backend the accepting itself is listen_uring.c's (one
+ * multishot accept per listener); everything after accept is shared.
  */
 #include <arpa/inet.h>
 #include <errno.h>
@@ -31,6 +33,7 @@
 #include <unistd.h>
 
 #include "endpoint/endpoint_int.h"
+#include "endpoint/listen_int.h"
 #include "knit/error.h"
 #include "knit/log.h"
 #include "reactor/reactor_int.h"
@@ -57,29 +60,6 @@ typedef struct lgroup {
     } m[KNIT_REACTOR_GROUP_MAX];
 } lgroup;
 
-struct knit_listener {
-    knit_io io;
-    knit_reactor *r;
-    knit_protocol_factory *f;
-    knit_listen_options o;
-    size_t nconns;
-    uint64_t accepted, emfile, reclaimed;
-    knit_timer retry;
-    /* at the cap with nothing to reclaim: ask again when it fires */
-    knit_timer reclaim_retry;
-    bool paused, at_limit, in_emfile, proxy;
-    knit_tls_ctx *tls;
-    char *unix_path; /* socket file to remove on close */
-    char *desc;      /* the endpoint string, for introspection */
-    knit_listener *tprev, *tnext; /* this thread's listeners */
-    lgroup *grp;     /* spread over a group: the parts; else NULL */
-    unsigned gidx;   /* this part's reactor index in grp */
-    int backlog;
-    bool spread_reuseport; /* the string asked for spread=reuseport */
-    uint64_t handed;       /* accepted here, handed to another reactor */
-    struct proxy_wait *pw_first; /* connections waiting for their PROXY header */
-};
-
 /* Listeners of the reactor running on this thread (each reactor thread has
  * its own list; a listener lives and dies on its reactor's thread). */
 static _Thread_local knit_listener *tl_first, *tl_last;
@@ -94,11 +74,20 @@ void knit_listen_options_init(knit_listen_options *o)
 
 static void update(knit_listener *l)
 {
+    if (l->ra.on) {
+        knit__listen_ring_update(l);
+        return;
+    }
     bool want = !l->paused && !l->at_limit && !l->in_emfile;
     if (want)
         knit_io_start(&l->io, KNIT_READABLE);
     else
         knit_io_stop(&l->io);
+}
+
+void knit__listen_update(knit_listener *l)
+{
+    update(l);
 }
 
 /* One of L's connections is gone (a transport freed, or one that never got
@@ -112,6 +101,8 @@ static void slot_freed(knit_listener *l)
         if (l->reclaim_retry.id) knit_timer_cancel(l->r, l->reclaim_retry);
         l->reclaim_retry = KNIT_TIMER_NONE;
         update(l);
+    } else if (l->ra.on) {
+        update(l); /* a connection waiting for a slot, or the multishot to start again */
     }
 }
 
@@ -156,7 +147,7 @@ static void reclaim_retry_cb(knit_reactor *r, void *arg)
 
 /* At max_connections (a client is waiting: the socket was readable). Stop
  * accepting until a connection is freed; ask the hook to free some. */
-static void at_cap(knit_listener *l)
+void knit__listen_at_cap(knit_listener *l)
 {
     l->at_limit = true;
     update(l);
@@ -360,7 +351,7 @@ static void handoff_run(knit_reactor *r, void *arg)
 
 /* A connection accepted by L: keep it, or hand it to the reactor with the
  * fewest live connections. */
-static void place(knit_listener *l, int fd)
+void knit__listen_place(knit_listener *l, int fd)
 {
     lgroup *lg = l->grp;
     if (lg && !__atomic_load_n(&lg->closing, __ATOMIC_ACQUIRE)) {
@@ -387,6 +378,28 @@ static void place(knit_listener *l, int fd)
     conn_setup(l, fd);
 }
 
+void knit__listen_suspend(knit_listener *l, int e)
+{
+    long long ms = (long long)(l->o.emfile_retry / 1000000);
+    if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
+        /* Out of descriptors: stop accepting (the pending connection
+         * stays in the backlog), say so once, try again later. */
+        if (l->emfile++ == 0 || knit_log_enabled(KNIT_LOG_DEBUG))
+            KNIT_WARN("endpoint",
+                      "accept: %s; pausing accepts for %lld ms (logged once per listener)",
+                      strerror(e), ms);
+    } else {
+        KNIT_WARN("endpoint", "accept: %s; pausing accepts for %lld ms", strerror(e), ms);
+    }
+    if (l->retry.id) knit_timer_cancel(l->r, l->retry);
+    l->retry = knit_call_later(l->r, l->o.emfile_retry, retry_cb, l);
+    /* No timer (out of memory): stay armed rather than pause with
+     * nothing to resume us; the next readiness retries accept (busy
+     * while descriptors stay short, but never stopped for good). */
+    l->in_emfile = l->retry.id != 0;
+    update(l);
+}
+
 static void on_accept(knit_io *io, unsigned ev)
 {
     (void)ev;
@@ -396,7 +409,7 @@ static void on_accept(knit_io *io, unsigned ev)
             /* At the cap. On a fresh readiness event a client is waiting:
              * act. Having just filled the last slot we cannot tell: keep
              * watching, the next event (level-triggered) says so. */
-            if (i == 0) at_cap(l);
+            if (i == 0) knit__listen_at_cap(l);
             return;
         }
         int fd = accept4(knit_io_fd(&l->io), NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC);
@@ -405,25 +418,14 @@ static void on_accept(knit_io *io, unsigned ev)
             if (e == EAGAIN || e == EWOULDBLOCK) return;
             if (e == EINTR || e == ECONNABORTED || e == EPROTO || e == EPERM) continue;
             if (e == EMFILE || e == ENFILE || e == ENOBUFS || e == ENOMEM) {
-                /* Out of descriptors: stop accepting (the pending connection
-                 * stays in the backlog), say so once, try again later. */
-                if (l->emfile++ == 0 || knit_log_enabled(KNIT_LOG_DEBUG))
-                    KNIT_WARN("endpoint",
-                              "accept: %s; pausing accepts for %lld ms (logged once per listener)",
-                              strerror(e), (long long)(l->o.emfile_retry / 1000000));
-                l->retry = knit_call_later(l->r, l->o.emfile_retry, retry_cb, l);
-                /* No timer (out of memory): stay armed rather than pause with
-                 * nothing to resume us; the next readiness retries accept (busy
-                 * while descriptors stay short, but never stopped for good). */
-                l->in_emfile = l->retry.id != 0;
-                update(l);
+                knit__listen_suspend(l, e);
                 return;
             }
             KNIT_WARN("endpoint", "accept: %s", strerror(e));
             return;
         }
         l->accepted++;
-        place(l, fd);
+        knit__listen_place(l, fd);
     }
 }
 
@@ -447,7 +449,12 @@ int knit_listener_adopt(knit_reactor *r, int fd, knit_protocol_factory *factory,
     if (l->o.emfile_retry <= 0) l->o.emfile_retry = KNIT_LISTEN_EMFILE_RETRY;
     if (l->o.reclaim_retry <= 0) l->o.reclaim_retry = KNIT_LISTEN_RECLAIM_RETRY;
     knit_io_init(r, &l->io, fd, on_accept, l);
-    int rc = knit_io_start(&l->io, KNIT_READABLE);
+    knit__listen_ring_init(l);
+    int rc = 0;
+    if (l->ra.on)
+        update(l); /* starts the multishot accept */
+    else
+        rc = knit_io_start(&l->io, KNIT_READABLE);
     if (rc < 0) {
         close(fd);
         free(l);
@@ -552,6 +559,10 @@ uint64_t knit_listener_reclaimed(const knit_listener *l)
 {
     return l->reclaimed;
 }
+uint64_t knit_listener_dropped(const knit_listener *l)
+{
+    return l->dropped;
+}
 
 void knit_listener_pause(knit_listener *l)
 {
@@ -572,6 +583,7 @@ void knit_listener_resume(knit_listener *l)
 static void part_close(knit_listener *l, bool abort_connections, bool on_thread)
 {
     knit_io_stop(&l->io);
+    knit__listen_ring_close(l);
     close(knit_io_fd(&l->io));
     if (l->retry.id) knit_timer_cancel(l->r, l->retry);
     if (l->reclaim_retry.id) knit_timer_cancel(l->r, l->reclaim_retry);

@@ -136,8 +136,7 @@ ssize_t knit_http_read(knit_http_request *req, void *buf, size_t n)
 void knit__http_body_account(knit_http_request *req)
 {
     size_t now = knit_buf_allocated(&req->body);
-    req->srv->body_mem += now;
-    req->srv->body_mem -= req->body_accounted;
+    HST_ADD(req->srv->body_mem, now - req->body_accounted); /* wraps back when smaller */
     req->body_accounted = now;
 }
 
@@ -325,9 +324,7 @@ static bool drain_step(struct conn *c, knit_buf *buf)
             ssize_t r = knit__http_chunked_decode(&req->dec, data + used, len - used, &d, &dl);
             if (r < 0) {
                 knit_buf_consume(buf, len);
-                knit__http_conn_close_now(c,
-                                          knit_transport_write_buffer_size(c->proto.transport) == 0,
-                                          KNIT_CLOSE_PROTOCOL_ERROR, KNIT_EPARSE);
+                knit__http_conn_close_or_reset(c, KNIT_CLOSE_PROTOCOL_ERROR, KNIT_EPARSE);
                 return false;
             }
             used += (size_t)r;
@@ -387,7 +384,7 @@ bool knit__http_body_step(struct conn *c, knit_buf *buf)
         pthread_mutex_unlock(&req->mu);
     }
     if (n < 0) {
-        if (status != 503) s->st.parse_errors++;
+        if (status != 503) HST_ADD(s->st.parse_errors, 1);
         knit_buf_consume(buf, len);
         knit__http_early e;
         /* Logged here: a collected body's request is freed below, and a

@@ -269,8 +269,8 @@ void knit__http_request_maybe_end(knit_http_request *req)
         unsigned b = 0;
         while (b < KNIT_HTTP_LATENCY_BUCKETS && us >= (1ull << (b + 4)))
             b++;
-        s->st.latency[b]++;
-        s->st.latency_sum_ns += took > 0 ? (uint64_t)took : 0;
+        HST_ADD(s->st.latency[b], 1);
+        HST_ADD(s->st.latency_sum_ns, took > 0 ? (uint64_t)took : 0);
         knit__http_access_log(req, took);
     }
     /* Answered before the whole body arrived: the rest is read and dropped
@@ -428,6 +428,7 @@ static void answer_not_run(knit_http_request *req, int rc);
 static void worker_done(knit_work *w, int status)
 {
     knit_http_request *req = container_of(w, knit_http_request, work);
+    knit_http_server *s = req->srv; /* REQ may be freed below */
     if (status != 0) {
         /* The handler never ran: answer for it (503, as when the pool
          * refuses the job at submission). answer_not_run writes directly,
@@ -436,6 +437,7 @@ static void worker_done(knit_work *w, int status)
         answer_not_run(req, status);
         req->handler_returned = true;
         knit__http_request_maybe_end(req);
+        knit__http_server_maybe_final(s);
         return;
     }
     pthread_mutex_lock(&req->mu);
@@ -449,6 +451,7 @@ static void worker_done(knit_work *w, int status)
             knit__http_conn_close_now(c, false, KNIT_CLOSE_NOMEM, KNIT_ENOMEM);
         req->handler_returned = true;
         knit__http_request_maybe_end(req);
+        knit__http_server_maybe_final(s);
         return;
     }
     knit__http_flush_out(req);
@@ -470,6 +473,9 @@ static void worker_done(knit_work *w, int status)
     }
     req->handler_returned = true;
     knit__http_request_maybe_end(req);
+    /* knit_http_server_free ran while the handler did: this job may have
+     * been the last thing keeping the server's memory */
+    knit__http_server_maybe_final(s);
 }
 
 /* Run the handler of req->route: inline now, or hand it to the pool (503
@@ -493,7 +499,7 @@ void knit__http_run_handler(struct conn *c, knit_http_request *req)
         req->streaming = false;
         pthread_mutex_destroy(&req->mu);
         pthread_cond_destroy(&req->cv);
-        s->st.rejected_busy++;
+        HST_ADD(s->st.rejected_busy, 1);
         /* Under overload this runs for every request: log at most once a
          * second on the reactor, with the count since the last line. */
         knit_time now = knit_reactor_now(s->r);

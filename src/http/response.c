@@ -129,10 +129,10 @@ const char *knit__http_date(void)
 
 void knit__http_count_status(knit_http_server *s, int status)
 {
-    s->st.requests++;
+    HST_ADD(s->st.requests, 1);
     if (status >= 100 && status < 600) {
-        s->by_code[status]++;
-        s->st.by_status[status / 100]++;
+        HST_ADD(s->by_code[status], 1);
+        HST_ADD(s->st.by_status[status / 100], 1);
     }
 }
 

@@ -181,6 +181,7 @@ int knit__http_server_alloc(knit_reactor *r, const knit_http_options *opts, knit
         return KNIT_EINVAL;
     }
     s->routes_tail = &s->routes;
+    s->refs = 1;
     for (size_t i = 0; i <= MAX_LISTENERS; i++) {
         s->slots[i].s = s;
         s->slots[i].idx = (uint8_t)i;
@@ -253,25 +254,6 @@ unsigned knit_http_port(const knit_http_server *s, size_t n)
 knit_listener *knit_http_listener(const knit_http_server *s, size_t n)
 {
     return n < s->nlisteners ? s->slots[n].l : NULL;
-}
-
-void knit_http_get_stats(const knit_http_server *s, knit_http_stats *out)
-{
-    s = knit__http_part_here(s);
-    *out = s->st;
-    out->connections_open = s->nconns;
-    out->output_queued = s->outg.queued;
-    out->status_200 = s->by_code[200];
-    out->status_404 = s->by_code[404];
-    out->status_400 = s->by_code[400];
-    out->status_503 = s->by_code[503];
-    out->body_memory = s->body_mem;
-    out->lingering = s->lingering;
-}
-
-uint64_t knit_http_status_count(const knit_http_server *s, int status)
-{
-    return status >= 100 && status < 600 ? s->by_code[status] : 0;
 }
 
 /* ---- timers ------------------------------------------------------------------ */
@@ -357,6 +339,20 @@ void knit__http_conn_close_now(struct conn *c, bool flush, knit_close_reason rea
     if (t) knit_transport_close_with(t, flush, reason, err);
 }
 
+/* [reactor] Give up on C (a linger bound crossed, bad framing after an
+ * early answer): close, but not at the cost of an answer still on its way
+ * to a client that reads it — the transport flushes it (bounded) and resets
+ * only if it does not go out (knit_transport_close_or_reset). Deciding here
+ * from "output queued" would reset on io_uring, where an answer written in
+ * this loop turn stays queued until its ring send completes. */
+void knit__http_conn_close_or_reset(struct conn *c, knit_close_reason reason, int err)
+{
+    knit_transport *t = c->proto.transport;
+    knit__http_timer_set(c, T_NONE, 0);
+    c->state = C_CLOSING;
+    if (t) knit_transport_close_or_reset(t, reason, err);
+}
+
 /* [reactor] (Re)arm the bound of a lingering close or of dropping an unread
  * body: linger_timeout from now, and no later than linger_time after it
  * began (c->idle_since). */
@@ -377,8 +373,7 @@ bool knit__http_linger_drop(struct conn *c, size_t n)
     c->dropped = d > UINT32_MAX ? UINT32_MAX : (uint32_t)d;
     if (d > c->srv->o.linger_max) {
         KNIT_DEBUG(MOD, "dropped %" PRIu64 " bytes: closing", d);
-        knit__http_conn_close_now(c, knit_transport_write_buffer_size(c->proto.transport) == 0,
-                                  KNIT_CLOSE_PROTOCOL_ERROR, KNIT_ELIMIT);
+        knit__http_conn_close_or_reset(c, KNIT_CLOSE_PROTOCOL_ERROR, KNIT_ELIMIT);
         return false;
     }
     knit__http_linger_arm(c);
@@ -404,7 +399,7 @@ void knit__http_conn_end(struct conn *c, bool linger)
         knit_transport_shutdown_write(t) == 0) {
         c->state = C_LINGER;
         c->lingered = true;
-        s->lingering++;
+        HST_ADD(s->lingering, 1);
         c->idle_since = knit_reactor_now(s->r);
         c->dropped = 0;
         if (c->read_paused) {
@@ -578,7 +573,7 @@ static void shed(knit_http_server *s)
         closed++;
     }
     if (v != &one) free(v);
-    s->st.output_closed += closed;
+    HST_ADD(s->st.output_closed, closed);
     if (closed && log_once_a_second(s, &s->shed_warned, &s->shed_logged, &s->shed_unlogged)) {
         KNIT_WARN(MOD,
                   "output budget exceeded (%zu bytes queued, budget %zu): new requests paused; "
@@ -648,7 +643,7 @@ static size_t reclaim_cb(knit_listener *l, size_t n, void *arg)
         knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_REFUSED, 0);
         closed++;
     }
-    s->st.idle_closed += closed;
+    HST_ADD(s->st.idle_closed, closed);
     if (log_once_a_second(s, &s->reclaim_warned, &s->reclaim_logged, &s->reclaim_unlogged)) {
         if (closed)
             KNIT_WARN(MOD,
@@ -697,7 +692,7 @@ void knit__http_process(struct conn *c, knit_buf *buf)
         }
         c->head_prev = 0;
         if (r == KNIT__HTTP_ERROR) {
-            s->st.parse_errors++;
+            HST_ADD(s->st.parse_errors, 1);
             knit__http_early e; /* copied before the bytes it points into go */
             bool line = s->o.access_log != KNIT_HTTP_LOG_NONE && knit__http_early_from_head(&e, &h);
             knit_buf_consume(buf, len);
@@ -840,7 +835,7 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
     knit_http_server *s = c->srv;
     knit__http_timer_set(c, T_NONE, 0);
     knit__http_pend_trim(c, true);
-    if (c->lingered) s->lingering--;
+    if (c->lingered) HST_SUB(s->lingering, 1);
     if (c->req) {
         knit_http_request *req = c->req;
         c->req = NULL;
@@ -860,9 +855,10 @@ static void on_lost(knit_protocol *p, knit_close_reason reason, int err)
         }
     }
     list_unlink(c);
-    s->nconns--;
+    HST_SUB(s->nconns, 1);
     free(c);
     if (s->draining) knit__http_drain_check(s);
+    knit__http_server_maybe_final(s); /* freed: this may have been its last connection */
 }
 
 static void on_pause(knit_protocol *p)
@@ -946,8 +942,8 @@ static knit_protocol *build_conn(knit_protocol_factory *f, const knit_sockaddr *
      * (nginx's reusable connections), oldest first. */
     c->idle_since = knit_reactor_now(s->r);
     list_append(c, W_IDLE);
-    s->nconns++;
-    s->st.connections_total++;
+    HST_ADD(s->nconns, 1);
+    HST_ADD(s->st.connections_total, 1);
     return &c->proto;
 }
 
@@ -975,10 +971,9 @@ static void conn_timeout(knit_reactor *r, void *arg)
     if (kind == T_LINGER) {
         /* the end of a lingering close (normal), or of dropping a body */
         bool linger = c->state == C_LINGER;
-        if (!linger) s->st.timeouts++;
-        knit__http_conn_close_now(c, knit_transport_write_buffer_size(c->proto.transport) == 0,
-                                  linger ? KNIT_CLOSE_DONE : KNIT_CLOSE_TIMEOUT,
-                                  linger ? 0 : KNIT_ETIMEDOUT);
+        if (!linger) HST_ADD(s->st.timeouts, 1);
+        knit__http_conn_close_or_reset(c, linger ? KNIT_CLOSE_DONE : KNIT_CLOSE_TIMEOUT,
+                                       linger ? 0 : KNIT_ETIMEDOUT);
         return;
     }
     const char *body_why = "request body timed out";
@@ -991,7 +986,7 @@ static void conn_timeout(knit_reactor *r, void *arg)
             return;
         }
     }
-    s->st.timeouts++;
+    HST_ADD(s->st.timeouts, 1);
     switch (kind) {
     case T_HEADER:
     case T_BODY:
@@ -1147,16 +1142,20 @@ void knit_http_server_free(knit_http_server *s)
     if (!s) return;
     for (size_t i = 0; i < s->nlisteners; i++)
         knit_listener_close(s->slots[i].l, true);
+    s->nlisteners = 0;
     if (s->trigger) knit_reactor_remove_trigger(s->r, s->trigger);
+    s->trigger = NULL;
     if (knit_timer_active(s->r, s->drain_timer)) knit_timer_cancel(s->r, s->drain_timer);
+    s->drain_timer = KNIT_TIMER_NONE;
     /* after the listeners: aborting their connections may have armed it */
     if (knit_timer_active(s->r, s->budget_timer)) knit_timer_cancel(s->r, s->budget_timer);
-    /* Connections still open are aborted by the listener; their memory is
-     * released from connection_lost, which needs the server: callers drain
-     * first. Free what is left regardless. */
+    s->budget_timer = KNIT_TIMER_NONE;
+    /* Connections still open (aborted by the listeners, or not theirs)
+     * and pool handlers still running (a forced stop) name the server
+     * until connection_lost / their job's done: it stays until the last of
+     * those (knit__http_server_maybe_final), each part on its reactor. */
     knit__http_parts_free(s);
-    knit__http_routes_free(s);
-    free(s);
+    knit__http_server_release(s);
 }
 
 /* ---- test hooks (server_int.h) --------------------------------------------------- */

@@ -200,6 +200,14 @@ struct knit_http_request {
     struct arena_chunk first; /* must be last: ARENA0 bytes follow */
 };
 
+/* The counters knit_http_get_stats reads (st, by_code, nconns, body_mem,
+ * lingering): one writer, the reactor of the server or part they belong
+ * to; read from any thread with relaxed atomic loads, since the stats of
+ * a server on several reactors sum every part's. So they are written with
+ * relaxed atomic stores, never a plain ++. */
+#define HST_ADD(lv, n) __atomic_store_n(&(lv), (lv) + (n), __ATOMIC_RELAXED)
+#define HST_SUB(lv, n) __atomic_store_n(&(lv), (lv) - (n), __ATOMIC_RELAXED)
+
 struct knit_http_server {
     knit_reactor *r;
     knit_http_options o;
@@ -240,6 +248,13 @@ struct knit_http_server {
     unsigned parts_draining;
     bool drained, notify_primary;
     knit_trigger *trigger_wait; /* the drain trigger, waiting for a drain in progress */
+    /* knit_http_server_free ran on this object (the server or a part), but
+     * a connection or a pool job still names it: it is freed when the last
+     * is over (knit__http_server_maybe_final), on its own reactor. */
+    bool freed, released;
+    /* On the server: 1 for itself + 1 per part not yet freed [atomic]. The
+     * routes (which parts use) and the server's memory go with the last. */
+    unsigned refs;
 };
 
 /* ---- server.c: connections ------------------------------------------------------ */
@@ -251,6 +266,21 @@ void knit__http_timer_set(struct conn *c, int kind, knit_duration d);
 void knit__http_conn_peer(const struct conn *c, knit_sockaddr *out);
 /* Close now: once the output drained if FLUSH (and it can), else dropping it. */
 void knit__http_conn_close_now(struct conn *c, bool flush, knit_close_reason reason, int err);
+/* [S's reactor] Free S (the server or a part) now if it was freed
+ * (knit_http_server_free) and no connection or pool job names it any more;
+ * else nothing. The callers are the places those end: on_lost, worker_done.
+ * S must not be used after this. */
+void knit__http_server_maybe_final(knit_http_server *s);
+/* [any] Drop a reference to the server S (not a part): the last frees its
+ * routes and memory (see refs). */
+void knit__http_server_unref(knit_http_server *s);
+/* [S's reactor] knit_http_server_free's part for S (the server or a part):
+ * nothing may call back into it any more; free it, now or when its last
+ * connection and pool job are over. */
+void knit__http_server_release(knit_http_server *s);
+/* Close after the output went out, resetting only if it does not within
+ * KNIT_STREAM_CLOSE_FLUSH_WAIT (knit_transport_close_or_reset). */
+void knit__http_conn_close_or_reset(struct conn *c, knit_close_reason reason, int err);
 /* (Re)arm the bound of a lingering close or of dropping an unread body. */
 void knit__http_linger_arm(struct conn *c);
 /* N more bytes of C's input were dropped: false once that crossed
@@ -306,8 +336,6 @@ void knit__http_part_report(knit_http_server *p);
 void knit__http_parts_drain(knit_http_server *s);
 /* Free the parts (on their reactors, or here once those are over). */
 void knit__http_parts_free(knit_http_server *s);
-/* S's part for the reactor running on this thread (S itself elsewhere). [any] */
-knit_http_server *knit__http_part_here(const knit_http_server *s);
 
 /* ---- router.c ------------------------------------------------------------------- */
 

@@ -65,6 +65,14 @@
 #define SSH_DEFAULT_HOSTKEY "./manhole_host_ed25519"
 #define SSH_MAX_AUTH_ATTEMPTS 10
 #define SSH_WRITE_CHUNK 32768
+/* A handshake (key exchange and authentication) still unfinished this long
+ * after the accept is logged once, with libssh's buffer and poll state: a
+ * rare stall in the key exchange under heavy load is not explained yet
+ * (issue 18; see on_slow_handshake). */
+#define SSH_SLOW_HANDSHAKE KNIT_SEC(5)
+/* While the key exchange is unfinished, drive() runs again this often even
+ * without a readiness event (see on_kex_kick). */
+#define SSH_KEX_KICK KNIT_MSEC(100)
 
 int knit__manhole_ssh_listen(knit_manhole *m, const knit_endpoint_desc *d, void **out);
 void knit__manhole_ssh_close(void *ssh);
@@ -103,6 +111,8 @@ struct ssh_conn {
     char who[160];
     char peer[64];
     knit_timer auth_timer; /* drops connections that do not authenticate */
+    knit_timer slow_timer; /* logs a handshake unfinished after SSH_SLOW_HANDSHAKE */
+    knit_timer kick_timer; /* re-drives an unfinished key exchange */
     knit_manhole_session *s;
     char *exec_cmd;
     char *in; /* received input not processed yet */
@@ -662,6 +672,8 @@ static void conn_free(ssh_conn *c)
     ls->nconns--; /* else after KNIT_MANHOLE_MAX_CONNECTIONS in all, every one was refused */
     knit_io_stop(&c->io);
     knit_timer_cancel(ls->m->r, c->auth_timer);
+    knit_timer_cancel(ls->m->r, c->slow_timer);
+    knit_timer_cancel(ls->m->r, c->kick_timer);
     if (c->s || c->authed)
         knit_log_kv(KNIT_LOG_INFO, "manhole", "disconnected", "who", c->who, "peer", c->peer, NULL);
     knit_manhole_session_free(c->s);
@@ -678,6 +690,8 @@ static void conn_free(ssh_conn *c)
     free(c);
 }
 
+static void on_kex_kick(knit_reactor *r, void *arg);
+
 static void drive(ssh_conn *c)
 {
     if (c->processing) return; /* re-entered from an evaluation's poll hook */
@@ -685,6 +699,8 @@ static void drive(ssh_conn *c)
         int rc = ssh_handle_key_exchange(c->ss);
         if (rc == SSH_AGAIN) {
             update_io(c);
+            if (c->kick_timer.id == 0)
+                c->kick_timer = knit_call_later(c->ls->m->r, SSH_KEX_KICK, on_kex_kick, c);
             return;
         }
         if (rc != SSH_OK) {
@@ -714,6 +730,46 @@ static void drive(ssh_conn *c)
 static void on_conn_io(knit_io *io, unsigned events)
 {
     drive(io->data);
+}
+
+/* The test suite saw OpenSSH clients wait 20 s for the server's KEXINIT or
+ * KEX_ECDH_REPLY while the same reactor kept serving other connections
+ * (ASan build, load ~17 on 2 CPUs; 2 of 16 loaded runs of test_manhole.py).
+ * Until that is explained, say what libssh holds for such a connection:
+ * input it has not processed (READ_PENDING), output not yet written
+ * (WRITE_PENDING), the events it polls for, and what the reactor watches. */
+static void on_slow_handshake(knit_reactor *r, void *arg)
+{
+    (void)r;
+    ssh_conn *c = arg;
+    c->slow_timer = KNIT_TIMER_NONE;
+    if (c->kex_done && c->authed) return;
+    int st = ssh_get_status(c->ss), pf = ssh_get_poll_flags(c->ss);
+    char state[160];
+    snprintf(state, sizeof state, "kex_done=%d authed=%d status=%#x%s%s poll=%s%s watched=%s%s",
+             c->kex_done, c->authed, (unsigned)st, st & SSH_READ_PENDING ? " unread-input" : "",
+             st & SSH_WRITE_PENDING ? " unwritten-output" : "", pf & SSH_READ_PENDING ? "in" : "",
+             pf & SSH_WRITE_PENDING ? "+out" : "",
+             knit_io_events(&c->io) & KNIT_READABLE ? "readable" : "",
+             knit_io_events(&c->io) & KNIT_WRITABLE ? "+writable" : "");
+    knit_log_kv(KNIT_LOG_WARN, "manhole", "ssh handshake unfinished after 5 s", "peer", c->peer,
+                "state", state, NULL);
+}
+
+/* A non-blocking key exchange is driven by readiness of the socket, but
+ * libssh may already hold the peer's next packet in its own buffer (read
+ * together with the previous one) or wait on a step it did not announce
+ * through ssh_get_poll_flags: the socket then never becomes readable again
+ * and the handshake would sit until the authentication timeout. Suspected
+ * (not proven) cause of the 20 s stalls described at on_slow_handshake;
+ * driving again every SSH_KEX_KICK until the exchange is done bounds any
+ * such stall at that interval, for the handshake's few round trips only. */
+static void on_kex_kick(knit_reactor *r, void *arg)
+{
+    (void)r;
+    ssh_conn *c = arg;
+    c->kick_timer = KNIT_TIMER_NONE;
+    if (!c->kex_done) drive(c);
 }
 
 static void on_auth_timeout(knit_reactor *r, void *arg)
@@ -789,6 +845,7 @@ static void on_accept(knit_io *io, unsigned events)
         knit_io_init(ls->m->r, &c->io, fd, on_conn_io, c);
         c->auth_timer =
             knit_call_later(ls->m->r, KNIT_MANHOLE_SSH_AUTH_TIMEOUT, on_auth_timeout, c);
+        c->slow_timer = knit_call_later(ls->m->r, SSH_SLOW_HANDSHAKE, on_slow_handshake, c);
         drive(c);
     }
 }

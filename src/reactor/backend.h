@@ -40,7 +40,8 @@ typedef struct knit__backend_ops {
 /* Every backend's state starts with this. */
 struct knit__backend {
     const knit__backend_ops *ops;
-    bool cops; /* completion operations available (io_uring) */
+    bool cops;   /* completion operations available (io_uring) */
+    bool accept; /* multishot accept available (io_uring, see knit__cop_accept) */
 };
 
 /* Backend names accepted by knit__backend_open (and KNIT_BACKEND). */
@@ -125,7 +126,51 @@ int knit__cop_send(knit__backend *b, int fd, void *owner, knit__cop_fn fn, const
                    size_t len);
 /* Ask the kernel to end OWNER's send early (-ECANCELED, or what it sent). */
 int knit__cop_send_cancel(knit__backend *b, void *owner);
-/* Operations in flight (not yet finally completed). */
+/* Operations in flight (not yet finally completed), multishot accepts
+ * whose owner is still attached included. */
 size_t knit__backend_cops_inflight(const knit__backend *b);
+/* Submit what was queued so far now instead of with the loop's next
+ * io_uring_enter. Call it before closing an fd that queued operations may
+ * name: the kernel looks an SQE's fd up when it is submitted, so a number
+ * closed and reused meanwhile (an accept in the same loop turn) would point
+ * them at another connection. */
+void knit__cop_submit(knit__backend *b);
+
+/* ---- multishot accept (io_uring only) ------------------------------------
+ *
+ * Unlike the operations above, an accept is named by a TOKEN (the backend
+ * keeps a small table of accepts, each slot with a generation), not by its
+ * owner's address: the owner (a listener) may go away while the kernel
+ * still holds the operation. knit__cop_accept_detach cuts the owner off;
+ * from then on the backend itself closes every connection the kernel still
+ * completes for that accept (counted, knit__backend_accepts_dropped) and
+ * forgets the slot at the final completion, or when the backend is freed
+ * (it cancels what is left and waits, bounded, for the last completions so
+ * that no accepted descriptor leaks). */
+static inline bool knit__backend_has_accept(const knit__backend *b)
+{
+    return b->accept;
+}
+/* Start a multishot accept on listening socket FD (accepted sockets are
+ * SOCK_NONBLOCK | SOCK_CLOEXEC). FN(OWNER, res, flags, NULL) runs for each
+ * completion while OWNER is attached: RES is a new connected descriptor
+ * (owned by FN from then on) or a negative errno; a completion without
+ * KNIT__COP_MORE is final (errors end the accept; so do -ECANCELED and,
+ * rarely, a full completion queue — the owner starts it again if it still
+ * wants to). *TOKEN names it (never 0) until its final completion. Note:
+ * the kernel takes RLIMIT_NOFILE when the accept is started, so a limit
+ * changed later applies from the next start. */
+int knit__cop_accept(knit__backend *b, int fd, void *owner, knit__cop_fn fn, uint64_t *token);
+/* Ask the kernel to end the accept TOKEN (a final -ECANCELED follows, maybe
+ * after connections it had already accepted). */
+int knit__cop_accept_cancel(knit__backend *b, uint64_t token);
+/* OWNER is going away: never call it again for TOKEN; cancel the accept.
+ * Also from another thread once the reactor's loop is over for good. */
+void knit__cop_accept_detach(knit__backend *b, uint64_t token);
+/* Connections accepted for detached owners and closed by the backend. */
+uint64_t knit__backend_accepts_dropped(const knit__backend *b);
+/* Tests only: make every accept started from now on fail the way a kernel
+ * without multishot accept fails (-EINVAL in the first completion). [any] */
+void knit__cop_accept_test_unsupported(bool on);
 
 #endif

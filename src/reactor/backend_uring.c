@@ -17,11 +17,16 @@
  * straight from a transport's output buffer, which the stream layer keeps
  * in place until the completion (src/stream/transport.c).
  *
- * Not built yet (issue 15, said plainly): multishot accept
- * (listeners use a readiness poll and accept4, once per connection), and
- * TLS on completions (OpenSSL memory BIOs fed from the receive ring): TLS
- * transports run in readiness mode, where OpenSSL's socket BIO makes the
- * same reads and writes as on epoll.
+ * Listeners accept with one multishot accept each (src/endpoint/
+ * listen_uring.c). An accept is named by a slot of a small table with a
+ * generation (UD_ACCEPT user_data), not by its owner's address, so a
+ * listener closed while the kernel still holds its accept is simply
+ * detached: what the kernel completes for it afterwards is closed here.
+ *
+ * Not built yet (issue 15, said plainly): TLS on completions (OpenSSL
+ * memory BIOs fed from the receive ring): TLS transports run in readiness
+ * mode, where OpenSSL's socket BIO makes the same reads and writes as on
+ * epoll.
  *
  * Task work. Completions of polls and receives are produced by task work
  * that the kernel queues on this thread. By default it interrupts the
@@ -42,6 +47,7 @@
  */
 #include <errno.h>
 #include <liburing.h>
+#include <stdatomic.h>
 #include <poll.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -68,10 +74,30 @@
 #define KNIT__URING_BGID 0
 /* Completions taken per wait (the rest wait for the next iteration). */
 #define KNIT__URING_BATCH 1024u
+/* Freeing the ring with accepts still in the kernel: how long to wait for
+ * their last completions (each round KNIT__URING_DRAIN_WAIT). Cancelling an
+ * accept completes at once in practice; the bound is for a kernel bug. */
+#define KNIT__URING_DRAIN_ROUNDS 50
+#define KNIT__URING_DRAIN_WAIT (10 * 1000 * 1000) /* ns */
+/* KNIT_URING_ACCEPT=readiness: listeners accept by readiness (accept4 after
+ * a poll) on the ring too, e.g. to measure what multishot accept brings. */
+#define KNIT__URING_ACCEPT_ENV "KNIT_URING_ACCEPT"
 
 /* user_data: a tag in the low 3 bits, then an fd and generation (polls) or
  * the owner's pointer (completion operations). */
-enum { UD_POLL = 1, UD_IGNORE = 2, UD_RECV = 3, UD_SEND = 4, UD_TAG = 7 };
+enum { UD_POLL = 1, UD_IGNORE = 2, UD_RECV = 3, UD_SEND = 4, UD_ACCEPT = 5, UD_TAG = 7 };
+/* Accept slots: index in bits 3..31 of user_data, generation in 32..63. */
+#define ACC_MAX (1u << 28)
+
+/* A multishot accept (backend.h: accepts are named by token). */
+typedef struct uaccept {
+    void *owner; /* NULL once detached: what still comes is closed here */
+    knit__cop_fn fn;
+    uint32_t gen;     /* bumped at the final completion */
+    bool live;        /* in the kernel: no final completion yet */
+    bool first;       /* no completion yet (tells an unsupported kernel) */
+    bool cancel_owed; /* detached, but no SQE was free for its cancel */
+} uaccept;
 
 typedef struct ufd {
     uint32_t gen;  /* bumped when a watch stops: older completions are stale */
@@ -99,7 +125,15 @@ typedef struct uring_backend {
     size_t inflight; /* completion ops not finally completed */
     knit__cop_fn recv_fn;
     knit__cop_fn send_fn;
+    uaccept *acc; /* accept slots (few: one per listener) */
+    uint32_t nacc;
+    size_t acc_attached;  /* live accepts with an owner */
+    uint64_t acc_dropped; /* connections closed for detached owners */
+    bool acc_proven;      /* an accept completed with something else than -EINVAL */
+    bool acc_cancel_owed; /* some slot has cancel_owed */
 } uring_backend;
+
+static atomic_bool accept_test_unsupported;
 
 static void ur_free(knit__backend *kb);
 static int ur_set(knit__backend *kb, int fd, unsigned old_events, unsigned new_events);
@@ -181,6 +215,10 @@ int knit__uring_new(knit__backend **out, unsigned max_events)
      * receive (6.0, which no feature bit announces: the release says);
      * without them every socket uses readiness on the ring. */
     b->base.cops = kernel_at_least(6, 0) && setup_bufs(b) == 0;
+    /* Multishot accept: 5.19 (a kernel without it says -EINVAL in the
+     * first completion, and accept_done turns it off then). */
+    const char *acc = getenv(KNIT__URING_ACCEPT_ENV);
+    b->base.accept = kernel_at_least(5, 19) && !(acc && strcmp(acc, "readiness") == 0);
     *out = &b->base;
     return 0;
 fail:
@@ -188,10 +226,16 @@ fail:
     return rc;
 }
 
+static void accept_drain(uring_backend *b);
+
 static void ur_free(knit__backend *kb)
 {
     uring_backend *b = (uring_backend *)kb;
-    if (b->ring_ok) io_uring_queue_exit(&b->ring);
+    if (b->ring_ok) {
+        accept_drain(b);
+        io_uring_queue_exit(&b->ring);
+    }
+    free(b->acc);
     if (b->bufs) munmap(b->bufs, (size_t)KNIT__URING_BUFS * KNIT__URING_BUF_SIZE);
     if (b->br) munmap(b->br, b->br_size);
     free(b->fds);
@@ -342,6 +386,9 @@ static void recycle(uring_backend *b, unsigned bid)
     io_uring_buf_ring_advance(b->br, 1);
 }
 
+static void accept_done(uring_backend *b, const struct io_uring_cqe *c);
+static void accept_cancel_owed(uring_backend *b);
+
 static int ur_poll(knit__backend *kb, knit_duration timeout, knit__ready **out)
 {
     uring_backend *b = (uring_backend *)kb;
@@ -356,6 +403,7 @@ static int ur_poll(knit__backend *kb, knit_duration timeout, knit__ready **out)
         b->disabled = false;
     }
     rearm_fired(b);
+    if (b->acc_cancel_owed) accept_cancel_owed(b);
     int rc;
     if (timeout == 0) {
         /* Always enter, like epoll_wait(0): completions of polls and
@@ -406,6 +454,10 @@ static int ur_poll(knit__backend *kb, knit_duration timeout, knit__ready **out)
         if (tag == UD_SEND) {
             b->inflight--;
             b->send_fn(owner, c->res, 0, NULL);
+            continue;
+        }
+        if (tag == UD_ACCEPT) {
+            accept_done(b, c);
             continue;
         }
         if (tag != UD_RECV) continue;
@@ -476,8 +528,186 @@ int knit__cop_send_cancel(knit__backend *kb, void *owner)
     return 0;
 }
 
+void knit__cop_submit(knit__backend *kb)
+{
+    uring_backend *b = (uring_backend *)kb;
+    if (kb->cops && io_uring_sq_ready(&b->ring)) io_uring_submit(&b->ring);
+}
+
 size_t knit__backend_cops_inflight(const knit__backend *kb)
 {
-    if (!kb->cops) return 0;
-    return ((const uring_backend *)kb)->inflight;
+    if (kb->ops != &uring_ops) return 0;
+    const uring_backend *b = (const uring_backend *)kb;
+    return (kb->cops ? b->inflight : 0) + b->acc_attached;
+}
+
+/* ---- multishot accept -------------------------------------------------------------- */
+
+static uint64_t acc_token(const uring_backend *b, uint32_t i)
+{
+    return ((uint64_t)b->acc[i].gen << 32) | ((uint64_t)i << 3) | UD_ACCEPT;
+}
+
+/* The live slot TOKEN names, or NULL. */
+static uaccept *acc_slot(uring_backend *b, uint64_t token)
+{
+    uint32_t i = (uint32_t)(token & 0xffffffffu) >> 3;
+    if ((token & UD_TAG) != UD_ACCEPT || i >= b->nacc) return NULL;
+    uaccept *a = &b->acc[i];
+    return a->live && a->gen == (uint32_t)(token >> 32) ? a : NULL;
+}
+
+void knit__cop_accept_test_unsupported(bool on)
+{
+    atomic_store(&accept_test_unsupported, on);
+}
+
+int knit__cop_accept(knit__backend *kb, int fd, void *owner, knit__cop_fn fn, uint64_t *token)
+{
+    uring_backend *b = (uring_backend *)kb;
+    if (kb->ops != &uring_ops || !kb->accept) return KNIT_ENOTSUP;
+    uint32_t i = 0;
+    while (i < b->nacc && b->acc[i].live)
+        i++;
+    if (i == b->nacc) {
+        uint32_t n = b->nacc ? 2 * b->nacc : 4;
+        if (n > ACC_MAX) return KNIT_ENOMEM;
+        uaccept *na = realloc(b->acc, n * sizeof *na);
+        if (!na) return KNIT_ENOMEM;
+        memset(na + b->nacc, 0, (n - b->nacc) * sizeof *na);
+        b->acc = na;
+        b->nacc = n;
+    }
+    struct io_uring_sqe *sqe = get_sqe(b);
+    if (!sqe) return KNIT_ENOMEM;
+    /* The test switch asks for a flag accept never takes: the kernel then
+     * answers -EINVAL in the first completion, as one without multishot
+     * accept (before 5.19) does. */
+    int flags = SOCK_NONBLOCK | SOCK_CLOEXEC;
+    if (atomic_load(&accept_test_unsupported)) flags |= 1;
+    io_uring_prep_multishot_accept(sqe, fd, NULL, NULL, flags);
+    uaccept *a = &b->acc[i];
+    a->owner = owner;
+    a->fn = fn;
+    a->live = true;
+    a->first = true;
+    a->cancel_owed = false;
+    *token = acc_token(b, i);
+    io_uring_sqe_set_data64(sqe, *token);
+    b->acc_attached++;
+    return 0;
+}
+
+int knit__cop_accept_cancel(knit__backend *kb, uint64_t token)
+{
+    uring_backend *b = (uring_backend *)kb;
+    if (kb->ops != &uring_ops || !acc_slot(b, token)) return KNIT_ENOENT;
+    struct io_uring_sqe *sqe = get_sqe(b);
+    if (!sqe) return KNIT_ENOMEM;
+    io_uring_prep_cancel64(sqe, token, 0);
+    io_uring_sqe_set_data64(sqe, UD_IGNORE);
+    return 0;
+}
+
+void knit__cop_accept_detach(knit__backend *kb, uint64_t token)
+{
+    uring_backend *b = (uring_backend *)kb;
+    if (kb->ops != &uring_ops) return;
+    uaccept *a = acc_slot(b, token);
+    if (!a || !a->owner) return;
+    a->owner = NULL;
+    b->acc_attached--;
+    if (knit__cop_accept_cancel(kb, token) < 0) {
+        /* No SQE now: the next poll queues it (the kernel meanwhile keeps
+         * accepting on the socket; accept_done closes those). */
+        a->cancel_owed = true;
+        b->acc_cancel_owed = true;
+    }
+}
+
+static void accept_cancel_owed(uring_backend *b)
+{
+    b->acc_cancel_owed = false;
+    for (uint32_t i = 0; i < b->nacc; i++) {
+        uaccept *a = &b->acc[i];
+        if (!a->live || !a->cancel_owed) continue;
+        if (knit__cop_accept_cancel(&b->base, acc_token(b, i)) == 0)
+            a->cancel_owed = false;
+        else
+            b->acc_cancel_owed = true;
+    }
+}
+
+uint64_t knit__backend_accepts_dropped(const knit__backend *kb)
+{
+    return kb->ops == &uring_ops ? ((const uring_backend *)kb)->acc_dropped : 0;
+}
+
+static void accept_done(uring_backend *b, const struct io_uring_cqe *c)
+{
+    uaccept *a = acc_slot(b, c->user_data);
+    if (!a) {
+        /* Cannot happen (the final completion frees the slot, and none
+         * follows it), but a descriptor must never leak. */
+        if (c->res >= 0) close(c->res);
+        return;
+    }
+    bool final = !(c->flags & IORING_CQE_F_MORE);
+    if (c->res != -EINVAL)
+        b->acc_proven = true;
+    else if (a->first && !b->acc_proven)
+        b->base.accept = false; /* no multishot accept here: listeners use readiness */
+    a->first = false;
+    void *owner = a->owner;
+    knit__cop_fn fn = a->fn;
+    if (final) { /* the slot is free before FN runs: FN may start another */
+        a->live = false;
+        a->gen++;
+        if (owner) b->acc_attached--;
+    }
+    if (owner) {
+        fn(owner, c->res, final ? 0 : KNIT__COP_MORE, NULL);
+    } else if (c->res >= 0) {
+        close(c->res); /* its listener is closed */
+        b->acc_dropped++;
+    }
+}
+
+/* The ring is going away: end every accept still in the kernel and close
+ * what it completes meanwhile (no owner is called: they are gone or, if a
+ * listener was leaked, must not run now). */
+static void accept_drain(uring_backend *b)
+{
+    size_t live = 0;
+    for (uint32_t i = 0; i < b->nacc; i++) {
+        if (!b->acc[i].live) continue;
+        live++;
+        if (b->acc[i].owner) {
+            b->acc[i].owner = NULL;
+            b->acc_attached--;
+        }
+        knit__cop_accept_cancel(&b->base, acc_token(b, i));
+    }
+    for (int round = 0; live && round < KNIT__URING_DRAIN_ROUNDS; round++) {
+        struct io_uring_cqe *cqe;
+        struct __kernel_timespec ts = {.tv_sec = 0, .tv_nsec = KNIT__URING_DRAIN_WAIT};
+        int rc = io_uring_submit_and_wait_timeout(&b->ring, &cqe, 1, &ts, NULL);
+        if (rc < 0 && rc != -ETIME && rc != -EINTR && rc != -EAGAIN && rc != -EBUSY) break;
+        unsigned head, n = 0;
+        io_uring_for_each_cqe(&b->ring, head, cqe)
+        {
+            n++;
+            if ((cqe->user_data & UD_TAG) != UD_ACCEPT) continue;
+            if (cqe->res >= 0) {
+                close(cqe->res);
+                b->acc_dropped++;
+            }
+            uaccept *a = acc_slot(b, cqe->user_data);
+            if (a && !(cqe->flags & IORING_CQE_F_MORE)) {
+                a->live = false;
+                live--;
+            }
+        }
+        io_uring_cq_advance(&b->ring, n);
+    }
 }

@@ -3,7 +3,9 @@
  * A mutex-guarded FIFO of fixed-size chunks. Producers append under the lock
  * (a few stores; chunks are recycled, so steady state allocates nothing) and
  * write the eventfd only on the empty → non-empty edge (wake_pending), so a
- * burst of N calls costs one wake-up. The reactor drains the eventfd FIRST,
+ * burst of N calls costs one wake-up, and only when the loop may be
+ * blocking in the backend (`sleeping`): a loop that is awake checks
+ * `pending` before it next blocks. The reactor drains the eventfd FIRST,
  * then detaches the whole queue under the lock and runs the calls outside
  * it: a producer that enqueues after the detach sees wake_pending == false
  * and writes again, and that write is not lost because the drain came
@@ -67,10 +69,19 @@ static bool mark_pending(knit_reactor *r, knit__callq *q)
 {
     if (q->wake_pending) return false;
     q->wake_pending = true;
-    __atomic_store_n(&q->pending, 1, __ATOMIC_RELEASE);
-    bool wake = !knit_reactor_in_thread(r);
-    if (wake) q->wakeups++;
-    return wake;
+    /* seq_cst, paired with the loop's store of `sleeping` then load of
+     * `pending` (reactor.c, iterate): if the loop is not about to block it
+     * sees `pending` before it polls and runs the queue at the end of that
+     * pass, so the eventfd write (and the loop's read of it) is saved.
+     * That is the common case under load: a worker finishing while the
+     * reactor is still dispatching the same batch of events, or polling
+     * for an imminent result. A loop that said it may sleep gets the
+     * write; if it looked at `pending` in time the write is merely spare. */
+    __atomic_store_n(&q->pending, 1, __ATOMIC_SEQ_CST);
+    if (knit_reactor_in_thread(r)) return false;
+    if (!__atomic_load_n(&q->sleeping, __ATOMIC_SEQ_CST)) return false;
+    q->wakeups++;
+    return true;
 }
 
 int knit_call_from_thread(knit_reactor *r, knit_call_fn fn, void *arg)

@@ -195,7 +195,11 @@ static int iterate(knit_reactor *r, knit_duration timeout)
     int ran = 0;
     r->st.iterations++;
     bool fake = knit_clock_is_fake(r->clock);
-    if (__atomic_load_n(&r->callq.pending, __ATOMIC_ACQUIRE) ||
+    /* Say we may sleep BEFORE looking at the queue (seq_cst on both sides,
+     * see callq.c): a producer either sees `sleeping` and writes the
+     * eventfd, or its `pending` is seen here and the wait is zero. */
+    if (timeout != 0) __atomic_store_n(&r->callq.sleeping, 1, __ATOMIC_SEQ_CST);
+    if (__atomic_load_n(&r->callq.pending, __ATOMIC_SEQ_CST) ||
         (__atomic_load_n(&r->stop_requested, __ATOMIC_ACQUIRE) && r->phase_running < 0) ||
         (timeout != 0 && polling(r)))
         timeout = 0;
@@ -207,8 +211,12 @@ static int iterate(knit_reactor *r, knit_duration timeout)
             if (timeout < 0 || until < timeout) timeout = until;
         }
     }
+    if (timeout == 0) __atomic_store_n(&r->callq.sleeping, 0, __ATOMIC_RELAXED);
     knit__ready *ready;
     int n = knit__backend_poll(r->be, timeout, &ready);
+    /* Awake until the next poll: producers skip the eventfd write (the
+     * queue is run at the end of this pass). */
+    __atomic_store_n(&r->callq.sleeping, 0, __ATOMIC_RELAXED);
     if (n < 0) {
         KNIT_ERROR("reactor", "poll failed: %s", knit_strerror(n));
         return n;

@@ -75,6 +75,7 @@ typedef struct knit__callq {
     bool closed;       /* the loop is over for good: new calls are refused */
     pthread_t closer;  /* ... except from this thread, which runs the last ones */
     int pending;       /* atomic: queue non-empty (cheap check per iteration) */
+    int sleeping;      /* atomic: the loop may block in the backend (see callq.c) */
     uint64_t wakeups;
 } knit__callq;
 

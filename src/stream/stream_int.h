@@ -68,7 +68,7 @@ typedef struct knit__tp_ext {
     void *layer_state;    /* SSL * for TLS */
     knit__ready_fn ready; /* pre-protocol completion */
     void *ready_arg;
-    knit_timer phase_timer; /* handshake deadline */
+    knit_timer phase_timer; /* handshake deadline; once attached: close_or_reset's bound */
     knit_sockaddr *proxied; /* [0] src, [1] dst from a PROXY header; else NULL */
     /* io_uring: output written while a send from t->out is in flight that
      * t->out could not take in place (its bytes must not move); joins

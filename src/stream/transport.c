@@ -39,7 +39,8 @@
  *    send and parks the pinned buffer in t->in (free then) until the
  *    completion; connection_lost waits for it, as for the receive. The
  *    queued length (out_len: t->out plus behind) drives the water marks
- *    and output groups exactly as on epoll.
+ *    and output groups exactly as on epoll; "queued" is then no sign of a
+ *    peer that does not read (see knit_transport_close_or_reset).
  *  - Every socket transport is on its thread's registry (tl_first..tl_last,
  *    linked through t->prev/t->next) from knit__transport_new until
  *    free_transport, which is the only place that unlinks it; closing only
@@ -526,7 +527,9 @@ static void check_low(knit_transport *t)
 
 static void group_add(knit_output_group *g, size_t before, size_t after)
 {
-    g->queued = g->queued - before + after; /* never below 0: BEFORE was counted */
+    /* never below 0: BEFORE was counted. An atomic store: a group's owner
+     * may let other threads read queued (the HTTP server's stats). */
+    __atomic_store_n(&g->queued, g->queued - before + after, __ATOMIC_RELAXED);
     if (!g->over && g->high && g->queued > g->high) {
         g->over = true;
         if (g->changed) g->changed(g, true);
@@ -577,6 +580,9 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
         t->ext->layer->free(t);
         t->ext->layer = NULL;
     }
+    /* Queued SQEs name the fd by number until submitted: submit them
+     * before the number can be reused (by an accept in this turn). */
+    if (t->uflags & (TU_RECV | TU_SEND)) knit__cop_submit(knit__reactor_backend(t->io._r));
     close(t->io._fd);
     size_t queued = out_len(t);
     knit_buf_release(&t->in);
@@ -1084,6 +1090,43 @@ void knit_transport_close_with(knit_transport *t, bool flush_first, knit_close_r
         return;
     }
     knit__transport_close(t, flush_first, reason, err);
+}
+
+/* The bound of close_or_reset: the queued output did not go out in time
+ * (the peer does not read): drop it and reset. */
+static void close_flush_timeout(knit_reactor *r, void *arg)
+{
+    (void)r;
+    knit_transport *t = arg;
+    t->ext->phase_timer = KNIT_TIMER_NONE;
+    close_now(t, (knit_close_reason)t->reason, t->err, true);
+}
+
+void knit_transport_close_or_reset(knit_transport *t, knit_close_reason reason, int err)
+{
+    if ((t->flags & (TP_CLOSED | TP_MEMORY)) == TP_CLOSED) return;
+    if ((t->flags & TP_MEMORY) || out_len(t) == 0) {
+        /* memory: the test reads the output when it likes (no peer can
+         * fail to); socket: nothing queued, so on io_uring no send in flight */
+        knit_transport_close_with(t, true, reason, err);
+        return;
+    }
+    /* Output queued: flush it, bounded by a timer in t->ext->phase_timer
+     * (free once a protocol is attached: the handshake's deadline is over;
+     * close_now cancels it). Reading stops, as for any flushing close. */
+    knit__tp_ext *x = (t->flags & TP_ATTACHED) ? knit__transport_ext(t) : NULL;
+    if (x && !x->phase_timer.id) {
+        x->phase_timer =
+            knit_call_later(t->io._r, KNIT_STREAM_CLOSE_FLUSH_WAIT, close_flush_timeout, t);
+        if (!x->phase_timer.id) x = NULL;
+    }
+    if (!x) { /* out of memory (or not attached): reset now, as abort */
+        close_now(t, reason, err, true);
+        return;
+    }
+    /* A flushing close already pending (lose_connection) keeps its reason
+     * and is bounded from now on. */
+    knit__transport_close(t, true, reason, err);
 }
 
 void knit_transport_lose_connection(knit_transport *t)

@@ -1127,9 +1127,13 @@ void knit__thrift_close_here(knit_thrift_server *s)
     for (size_t i = 0; i < s->nlisteners; i++)
         knit_listener_close(s->listeners[i], false);
     s->nlisteners = 0;
+    /* Replies already queued go out first (on io_uring, one written this
+     * loop turn is queued until its ring send completes); a client that
+     * does not read them within KNIT_STREAM_CLOSE_FLUSH_WAIT is reset.
+     * Replies of calls still running are dropped (the transport is closing). */
     for (conn *c = s->conns; c; c = c->next)
         if (c->proto.transport)
-            knit_transport_close_with(c->proto.transport, false, KNIT_CLOSE_SHUTDOWN, 0);
+            knit_transport_close_or_reset(c->proto.transport, KNIT_CLOSE_SHUTDOWN, 0);
     server_maybe_free(s);
 }
 

@@ -518,18 +518,29 @@ def _(env):
     check('code="return \'audit me\'" result=ok' in log, log[-2000:])
 
 
-def ssh_cmd(env, key, *extra, port=None):
+def ssh_cmd(env, key, *extra, port=None, log="ERROR"):
     return ["ssh", "-F", "/dev/null", "-o", "StrictHostKeyChecking=no",
             "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
-            "-o", "IdentitiesOnly=yes", "-o", "LogLevel=ERROR",
+            "-o", "IdentitiesOnly=yes", "-o", "LogLevel=" + log,
             "-o", "ConnectTimeout=%d" % TIMEOUT,
             "-p", str(port or env.demo2.ssh_port)] + (["-i", key] if key else []) + \
         list(extra)
 
 
-def ssh(env, key, *args, input=None, port=None):
-    return subprocess.run(ssh_cmd(env, key, *args, port=port), input=input, capture_output=True,
-                          text=True, timeout=TIMEOUT)
+def ssh(env, key, *args, input=None, port=None, log="ERROR"):
+    """Run ssh to a demo; on timeout, WaitTimeout says how far ssh got (its
+    stderr: with log="DEBUG1", the protocol step it was waiting in)."""
+    cmd = ssh_cmd(env, key, *args, port=port, log=log)
+    t0 = time.time()
+    try:
+        return subprocess.run(cmd, input=input, capture_output=True, text=True, timeout=TIMEOUT)
+    except subprocess.TimeoutExpired as e:
+        def tail(b):
+            return (b or b"").decode(errors="replace")[-1500:] if isinstance(b, bytes) else \
+                (b or "")[-1500:]
+        raise WaitTimeout("timed out after %.1f s waiting for ssh %r to end (killed); stdout %r; "
+                          "stderr:\n%s" % (time.time() - t0, args[-1], tail(e.stdout),
+                                           tail(e.stderr))) from None
 
 
 @case("ssh: exec with the test key evaluates, exit status says whether it failed")
@@ -680,13 +691,25 @@ def repeat(fn, n=REPEAT):
     check(not bad, "%d of %d failed, e.g.:\n%s" % (len(bad), n, "\n".join(bad[:3])))
 
 
+def ssh_try(env, i, *args, input=None):
+    """One try of the repeated ssh cases: None, or what went wrong (ssh's
+    debug lines and the demo's last log lines on a timeout)."""
+    try:
+        return ssh(env, env.key, *args, input=input, log="DEBUG1"), None
+    except WaitTimeout as e:
+        return None, "try %d: %s\ndemo2's log ends:\n%s" % (i, e, env.demo2.log()[-1500:])
+
+
 @case("ssh exec with an await pending: its result, then exit 0 (100 times)")
 def _(env):
     def one(i):
         chunk, want = awaited(i)
-        r = ssh(env, env.key, "127.0.0.1", chunk)
+        r, bad = ssh_try(env, i, "127.0.0.1", chunk)
+        if bad:
+            return bad
         if r.returncode != 0 or r.stdout != want:
-            return "try %d: rc %d stdout %r stderr %r" % (i, r.returncode, r.stdout, r.stderr)
+            return "try %d: rc %d stdout %r stderr %r" % (i, r.returncode, r.stdout,
+                                                          r.stderr[-1500:])
     repeat(one)
 
 
@@ -694,9 +717,12 @@ def _(env):
 def _(env):
     def one(i):
         chunk, want = awaited(i)
-        r = ssh(env, env.key, "-T", "127.0.0.1", input=chunk + "\n")
+        r, bad = ssh_try(env, i, "-T", "127.0.0.1", input=chunk + "\n")
+        if bad:
+            return bad
         if r.returncode != 0 or r.stdout != want:
-            return "try %d: rc %d stdout %r stderr %r" % (i, r.returncode, r.stdout, r.stderr)
+            return "try %d: rc %d stdout %r stderr %r" % (i, r.returncode, r.stdout,
+                                                          r.stderr[-1500:])
     repeat(one)
 
 
@@ -832,7 +858,8 @@ def _(env):
                        ("knit-manhole", [CLIENT, env.sock])):
         pid, fd = pty_spawn(argv, {"HOME": home})
         try:
-            check("> " in pty_read_until(fd, b"> "), "%s: no prompt" % name)
+            out = pty_read_until(fd, b"> ")
+            check("> " in out, "%s: no prompt within %g s; got %r" % (name, TIMEOUT, out))
             os.write(fd, b"await(later(0.5, 'late'))\r")
             out = pty_read_until(fd, b"1\r\n")
             check("1\r\n" in out, "%s: no await id: %r" % (name, out))
@@ -853,7 +880,8 @@ def _(env):
                                ("knit-manhole", [CLIENT, env.sock], 1)):
         pid, fd = pty_spawn(argv, {"HOME": home})
         try:
-            check("> " in pty_read_until(fd, b"> "), "%s: no prompt" % name)
+            out = pty_read_until(fd, b"> ")
+            check("> " in out, "%s: no prompt within %g s; got %r" % (name, TIMEOUT, out))
             os.write(fd, b"await(later(%d, 'never'))\r" % LATE)
             check("1\r\n" in pty_read_until(fd, b"1\r\n"), "%s: no await id" % name)
             os.write(fd, b"\x04")

@@ -7,6 +7,7 @@
 #include "testutil.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
 #include <jansson.h>
 #include <malloc.h>
 #include <netinet/in.h>
@@ -994,6 +995,37 @@ static void test_pool_drain_timeout_aborts_handler(void **state)
     assert_int_equal(rev_rc2, KNIT_ECLOSED);
     assert_int_equal(drained, 1);
     rev_teardown(&fx);
+}
+
+/* knit_http_server_free while a pool handler still runs (a forced stop
+ * after --shutdown-timeout): the server's memory stays until the handler's
+ * job is done and its connection gone, whichever comes last; the answer
+ * still goes out meanwhile. Before, the job's done (and connection_lost)
+ * used the freed server: an ASan use-after-free. Round 0: the client stays
+ * until after the job; round 1: the client leaves first, the job ends last. */
+static void test_free_while_pool_handler_runs(void **state)
+{
+    (void)state;
+    for (int round = 0; round < 2; round++) {
+        fixture fx;
+        rev_setup(&fx, NULL);
+        knit_transport *t = open_conn(&fx);
+        feed(t, "GET /pwait HTTP/1.1\r\nHost: x\r\n\r\n");
+        sem_wait(&rev_at); /* the handler runs */
+        knit_http_server_free(fx.s);
+        fx.s = NULL;
+        if (round == 1) close_conn(t); /* connection_lost: the server is still there */
+        sem_post(&rev_go);
+        rev_settle(&fx); /* the job's done: it finds the server freed */
+        if (round == 0) {
+            assert_int_equal(rev_rc2, 0);
+            assert_non_null(strstr(take(t), "\r\n\r\nlate"));
+            close_conn(t); /* the last thing naming the server */
+        } else {
+            assert_int_equal(rev_rc2, KNIT_ECLOSED);
+        }
+        rev_teardown(&fx); /* LeakSanitizer: the server was freed in the end */
+    }
 }
 
 static void test_pool_queue_full_503(void **state)
@@ -2207,6 +2239,93 @@ static void test_unread_body_then_pipelined_1000(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+/* Send MSG on a fresh connection to PORT in one piece, then run R while
+ * reading until the server closes (EOF or reset): what arrived, in OUT. */
+static size_t exchange_until_closed(knit_reactor *r, unsigned port, const char *msg, size_t len,
+                                    char *out, size_t cap)
+{
+    /* No socket timeouts here: on io_uring this thread also owns the ring,
+     * whose task work interrupts a connect that has one (EINTR); without,
+     * the kernel restarts it. (Loopback connects complete in the backlog.) */
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    assert_true(fd >= 0);
+    struct sockaddr_in a = {.sin_family = AF_INET, .sin_port = htons((uint16_t)port)};
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    if (connect(fd, (struct sockaddr *)&a, sizeof a) != 0)
+        fail_msg("cannot connect to port %u: %s", port, strerror(errno));
+    assert_int_equal(send(fd, msg, len, MSG_NOSIGNAL), (ssize_t)len);
+    size_t got = 0;
+    bool closed = false;
+    for (int i = 0; i < 1000 && !closed; i++) { /* 10 s at most */
+        knit_reactor_run_once(r, KNIT_MSEC(10));
+        for (;;) {
+            ssize_t k = recv(fd, out + got, cap - 1 - got, MSG_DONTWAIT);
+            if (k > 0 && got + (size_t)k < cap - 1) {
+                got += (size_t)k;
+                continue;
+            }
+            if (k == 0 || (k < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) closed = true;
+            break;
+        }
+    }
+    out[got] = 0;
+    if (!closed) fail_msg("the server did not close within 10 s; got: %.200s", out);
+    close(fd);
+    return got;
+}
+
+/* An early answer followed, in the same read, by input that makes the
+ * server give up on the connection: the answer still reaches the client
+ * (issue 15). (a) A 413 closes the lingering way and the rest of the body,
+ * over linger_max, ends the lingering at once; (b) a 404 before a chunked
+ * body whose framing turns out bad. On io_uring the answer is written in
+ * the same loop turn, so it was still queued for its ring send and the
+ * server's "output queued: reset" check sent a RST instead of it. */
+static void test_early_answer_survives_giving_up(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    knit_http_options o;
+    knit_http_options_init(&o);
+    o.linger_max = 1000;
+    knit_http_server *s;
+    assert_int_equal(knit_http_server_new(r, &o, &s), 0);
+    knit_http_route_options ro;
+    knit_http_route_options_init(&ro);
+    ro.mode = KNIT_HTTP_INLINE;
+    ro.max_body = 10;
+    assert_int_equal(knit_http_route_with(s, "POST", "/small", &ro, h_body, NULL), 0);
+    char err[256];
+    assert_int_equal(knit_http_listen(s, "tcp:0:interface=127.0.0.1", err, sizeof err), 0);
+    unsigned port = knit_http_port(s, 0);
+    static char msg[16384], out[4096];
+    /* (a) */
+    int n = snprintf(msg, sizeof msg,
+                     "POST /small HTTP/1.1\r\nHost: x\r\nContent-Length: 8000\r\n\r\n");
+    memset(msg + n, 'x', 8000);
+    exchange_until_closed(r, port, msg, (size_t)n + 8000, out, sizeof out);
+    if (strncmp(out, "HTTP/1.1 413 ", 13) != 0) fail_msg("(a) want a 413, got: %.200s", out);
+    /* (b) */
+    n = snprintf(msg, sizeof msg,
+                 "POST /nowhere HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+                 "5\r\nhello\r\nzz\r\n");
+    exchange_until_closed(r, port, msg, (size_t)n, out, sizeof out);
+    if (strncmp(out, "HTTP/1.1 404 ", 13) != 0) fail_msg("(b) want a 404, got: %.200s", out);
+    knit_http_stats st;
+    knit_http_get_stats(s, &st);
+    assert_int_equal(st.lingering, 0);
+    knit_http_server_drain(s, NULL, NULL);
+    for (int i = 0; i < 2000; i++) {
+        knit_http_get_stats(s, &st);
+        if (!st.connections_open) break;
+        knit_reactor_run_once(r, KNIT_MSEC(5));
+    }
+    assert_int_equal(st.connections_open, 0);
+    knit_http_server_free(s);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
 /* ---- output the client does not read; connection slots (issue 18 items 5, 9) ---- */
 
 #define WHOLE (1u << 20) /* far above the high-water mark */
@@ -2492,6 +2611,7 @@ int main(void)
         cmocka_unit_test(test_pool_body_timeout_while_reading),
         cmocka_unit_test(test_pool_drain_with_handler_in_flight),
         cmocka_unit_test(test_pool_drain_timeout_aborts_handler),
+        cmocka_unit_test(test_free_while_pool_handler_runs),
         cmocka_unit_test(test_pool_queue_full_503),
         cmocka_unit_test(test_pool_body_len_while_decoding),
         cmocka_unit_test(test_pool_finish_short_after_client_left),
@@ -2513,6 +2633,7 @@ int main(void)
         cmocka_unit_test(test_request_new_out_of_memory),
         cmocka_unit_test(test_worker_call_out_of_memory),
         cmocka_unit_test(test_unread_body_then_pipelined_1000),
+        cmocka_unit_test(test_early_answer_survives_giving_up),
         cmocka_unit_test(test_pool_done_after_handler_flushes),
         cmocka_unit_test(test_pool_request_on_connection_reactor),
     };

@@ -649,6 +649,64 @@ static void test_call_from_thread_8x100k(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+/* Ping-pong: a thread posts one call and waits until the reactor ran it
+ * before it posts the next, so the loop is asleep in the backend (or on its
+ * way there) at every post: the race a lost wake-up would lose (the loop's
+ * `sleeping` flag against a producer's `pending`, callq.c). A watchdog
+ * timer fails the test instead of hanging it. */
+#define PINGS 5000
+
+typedef struct ping {
+    knit_reactor *r;
+    int ran;       /* atomic */
+    int timed_out; /* atomic */
+} ping;
+
+static void ping_cb(knit_reactor *r, void *arg)
+{
+    ping *p = arg;
+    if (__atomic_add_fetch(&p->ran, 1, __ATOMIC_ACQ_REL) == PINGS) knit_reactor_stop(r);
+}
+
+static void ping_watchdog(knit_reactor *r, void *arg)
+{
+    __atomic_store_n(&((ping *)arg)->timed_out, 1, __ATOMIC_RELEASE);
+    knit_reactor_stop(r);
+}
+
+static void *pinger_main(void *arg)
+{
+    ping *p = arg;
+    knit_signal_block_all();
+    for (int i = 0; i < PINGS; i++) {
+        while (knit_call_from_thread(p->r, ping_cb, p) != 0) {
+        }
+        while (__atomic_load_n(&p->ran, __ATOMIC_ACQUIRE) <= i)
+            if (__atomic_load_n(&p->timed_out, __ATOMIC_ACQUIRE)) return NULL;
+    }
+    return NULL;
+}
+
+static void test_call_from_thread_wakes_sleeping_loop(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    ping p = {.r = r};
+    knit_timer wd = knit_call_later(r, KNIT_SEC(60), ping_watchdog, &p);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, pinger_main, &p), 0);
+    assert_int_equal(knit_reactor_run(r), 0);
+    pthread_join(th, NULL);
+    if (__atomic_load_n(&p.timed_out, __ATOMIC_ACQUIRE))
+        fail_msg("a call from another thread was not run within 60 s (lost wake-up) after %d "
+                 "of %d",
+                 p.ran, PINGS);
+    assert_int_equal(p.ran, PINGS);
+    knit_timer_cancel(r, wd);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
 static void soon_cb(knit_reactor *r, void *arg)
 {
     int *n = arg;
@@ -1032,6 +1090,7 @@ int main(void)
         cmocka_unit_test(test_signals),
         cmocka_unit_test(test_signal_previously_blocked_stays_blocked),
         cmocka_unit_test(test_free_with_signal_handlers_registered),
+        cmocka_unit_test(test_call_from_thread_wakes_sleeping_loop),
         cmocka_unit_test(test_call_from_thread_8x100k),
         cmocka_unit_test_setup_teardown(test_call_from_reactor_thread_runs_next_iteration,
                                         setup_fake, teardown_fake),

@@ -556,6 +556,118 @@ static void test_http_drain_on_every_reactor(void **state)
     pthread_cond_destroy(&d.cv);
 }
 
+/* ---- HTTP stats summed over the parts (issue 16) --------------------------------------- */
+
+typedef struct hstats_state {
+    knit_reactor_group *g;
+    knit_reactor *r0;
+    knit_http_server *srv;
+    int port;
+    /* what the client thread saw (asserted on the main thread) */
+    size_t live[2];
+    knit_http_stats st;
+    uint64_t count200;
+    const char *failed;
+} hstats_state;
+
+static void h_ok(knit_http_request *req, void *arg)
+{
+    (void)arg;
+    knit_http_respond(req, 200, "text/plain", "ok\n", 3);
+}
+
+/* One GET on FD, answered (bounded: 10 s)? */
+static bool get_ok(int fd)
+{
+    static const char get[] = "GET / HTTP/1.1\r\nHost: x\r\n\r\n";
+    if (write(fd, get, sizeof get - 1) != (ssize_t)(sizeof get - 1)) return false;
+    char buf[512];
+    size_t got = 0;
+    struct pollfd p = {.fd = fd, .events = POLLIN};
+    while (got < sizeof buf - 1 && poll(&p, 1, 10000) == 1) {
+        ssize_t n = read(fd, buf + got, sizeof buf - 1 - got);
+        if (n <= 0) break;
+        got += (size_t)n;
+        buf[got] = 0;
+        if (strstr(buf, "ok\n")) return strncmp(buf, "HTTP/1.1 200", 12) == 0;
+    }
+    return false;
+}
+
+static void *hstats_client(void *arg)
+{
+    hstats_state *h = arg;
+    int fds[2] = {-1, -1};
+    /* Two connections open at once: one per reactor (the fewest live). */
+    for (int i = 0; i < 2 && !h->failed; i++)
+        if ((fds[i] = connect_to(h->port)) < 0 || !get_ok(fds[i])) h->failed = "an answer";
+    for (int i = 0; i < 2 && !h->failed; i++)
+        for (int k = 0; k < 2; k++)
+            if (!get_ok(fds[i])) h->failed = "a keep-alive answer";
+    if (!h->failed) {
+        for (unsigned i = 0; i < 2; i++)
+            h->live[i] = knit_reactor_live_connections(knit_reactor_group_get(h->g, i));
+        /* From this thread (no reactor's): the whole server's counts. A
+         * request is counted just after its answer was written, so wait
+         * (bounded: 5 s) for the last counts to land. */
+        for (int k = 0; k < 500; k++) {
+            knit_http_get_stats(h->srv, &h->st);
+            h->count200 = knit_http_status_count(h->srv, 200);
+            uint64_t lat = 0;
+            for (size_t i = 0; i <= KNIT_HTTP_LATENCY_BUCKETS; i++)
+                lat += h->st.latency[i];
+            if (h->st.requests == 6 && h->count200 == 6 && lat == 6) break;
+            struct timespec ts = {0, 10 * 1000 * 1000};
+            nanosleep(&ts, NULL);
+        }
+    }
+    for (int i = 0; i < 2; i++)
+        if (fds[i] >= 0) close(fds[i]);
+    knit_call_from_thread(h->r0, stop_r0, NULL);
+    return NULL;
+}
+
+/* knit_http_get_stats of a server spread over two reactors sums both
+ * parts, read from a thread that runs neither (before: only the part of
+ * the calling thread's reactor, reactor 0's elsewhere: half the counts). */
+static void test_http_stats_summed_over_reactors(void **state)
+{
+    (void)state;
+    hstats_state h = {0};
+    assert_int_equal(knit_reactor_new(&h.r0, NULL), 0);
+    assert_int_equal(knit_reactor_group_new(&h.g, h.r0, 2, NULL), 0);
+    knit_http_options ho;
+    knit_http_options_init(&ho);
+    ho.spread = true;
+    assert_int_equal(knit_http_server_new(h.r0, &ho, &h.srv), 0);
+    assert_int_equal(knit_http_route(h.srv, "GET", "/", KNIT_HTTP_INLINE, h_ok, NULL), 0);
+    char err[256];
+    assert_int_equal(knit_http_listen(h.srv, "tcp:0:interface=127.0.0.1", err, sizeof err), 0);
+    h.port = (int)knit_http_port(h.srv, 0);
+    assert_int_equal(knit_reactor_group_start(h.g), 0);
+    pthread_t th;
+    assert_int_equal(pthread_create(&th, NULL, hstats_client, &h), 0);
+    assert_int_equal(knit_reactor_run(h.r0), 0);
+    pthread_join(th, NULL);
+    knit_reactor_group_join(h.g);
+    if (h.failed) fail_msg("waited in vain for %s", h.failed);
+    assert_int_equal(h.live[0], 1); /* one connection on each reactor */
+    assert_int_equal(h.live[1], 1);
+    assert_int_equal(h.st.requests, 6);
+    assert_int_equal(h.st.status_200, 6);
+    assert_int_equal(h.st.by_status[2], 6);
+    assert_int_equal(h.count200, 6);
+    assert_int_equal(h.st.connections_open, 2);
+    assert_int_equal(h.st.connections_total, 2);
+    uint64_t lat = 0;
+    for (size_t i = 0; i <= KNIT_HTTP_LATENCY_BUCKETS; i++)
+        lat += h.st.latency[i];
+    assert_int_equal(lat, 6);
+    knit_http_server_free(h.srv);
+    assert_int_equal(knit_reactor_group_close(h.g), 0);
+    assert_int_equal(knit_reactor_close(h.r0), 0);
+}
+
 /* ---- the manhole across reactors ------------------------------------------------------ */
 
 typedef struct mh_state {
@@ -737,6 +849,7 @@ int main(void)
         cmocka_unit_test(test_spread_reuseport),
         cmocka_unit_test(test_spread_option_checked),
         cmocka_unit_test(test_http_drain_on_every_reactor),
+        cmocka_unit_test(test_http_stats_summed_over_reactors),
         cmocka_unit_test(test_manhole_across_reactors),
     };
     return KNIT_RUN_TESTS(tests);

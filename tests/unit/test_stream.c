@@ -1191,6 +1191,44 @@ static void test_ring_close_with_send_in_flight(void **state)
     }
 }
 
+/* Aborting a transport whose send was queued in this loop turn, and the fd
+ * number going at once to another connection (an accept in the same turn;
+ * here dup2): the queued send names the fd by number until submitted, so it
+ * must be submitted before the close, not reach the new connection. */
+static void test_ring_close_before_submit_fd_reused(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int a[2], b[2];
+    sp(a);
+    rec srv;
+    rec_init(&srv);
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, a[0], &srv.proto, &t), 0);
+    for (int i = 0; i < 5; i++)
+        knit_reactor_run_once(r, 0); /* the receive is submitted */
+    /* b before the close, so that its own numbers stay apart from a[0]'s */
+    sp(b);
+    assert_int_equal(knit_transport_write(t, "SECRET", 6), 0);
+    /* closes a[0]; the send was not submitted yet */
+    knit_transport_abort(t);
+    /* the number now names b's socket */
+    assert_int_equal(dup2(b[0], a[0]), a[0]);
+    pump(r, lost_once, &srv);
+    for (int i = 0; i < 5; i++)
+        knit_reactor_run_once(r, 0);
+    char buf[16];
+    ssize_t k = recv(b[1], buf, sizeof buf, MSG_DONTWAIT);
+    if (k > 0) fail_msg("another connection got %zd bytes of the closed one's output", k);
+    close(a[0]);
+    close(a[1]);
+    close(b[0]);
+    close(b[1]);
+    knit_buf_release(&srv.got);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
 /* The peer resets the connection while output waits to be sent: reported
  * as KNIT_CLOSE_RESET, as on the readiness path (EPIPE and ECONNRESET). */
 static void test_ring_peer_reset_with_send_in_flight(void **state)
@@ -1227,6 +1265,94 @@ static void test_ring_peer_reset_with_send_in_flight(void **state)
     assert_int_equal(knit_reactor_close(r), 0);
 }
 
+/* close_or_reset after a write in the same loop turn: the answer goes out
+ * and the connection closes cleanly on both backends. On io_uring the
+ * answer is still queued (its ring send is submitted by the next
+ * io_uring_enter), so a close decided from "output queued" reset it away
+ * (issue 15: the HTTP server's 413 after a lingering close). */
+static void test_close_or_reset_delivers_fresh_output(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    int fds[2];
+    sp(fds);
+    rec srv;
+    rec_init(&srv);
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+    assert_int_equal(knit_transport_write(t, "answer", 6), 0);
+    if (ring_sends(r)) assert_int_equal(knit_transport_write_buffer_size(t), 6);
+    knit_transport_close_or_reset(t, KNIT_CLOSE_PROTOCOL_ERROR, KNIT_ELIMIT);
+    assert_true(knit_transport_closing(t));
+    assert_int_equal(knit_transport_write(t, "more", 4), KNIT_ECLOSED);
+    knit_transport_close_or_reset(t, KNIT_CLOSE_PROTOCOL_ERROR, KNIT_ELIMIT); /* idempotent */
+    pump(r, lost_once, &srv);
+    assert_int_equal(srv.lost, 1);
+    assert_int_equal(srv.reason, KNIT_CLOSE_PROTOCOL_ERROR);
+    assert_int_equal(srv.err, KNIT_ELIMIT);
+    char buf[16];
+    assert_int_equal(read(fds[1], buf, sizeof buf), 6); /* not ECONNRESET */
+    assert_memory_equal(buf, "answer", 6);
+    assert_int_equal(read(fds[1], buf, sizeof buf), 0); /* a FIN, not a reset */
+    close(fds[1]);
+    knit_buf_release(&srv.got);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+/* close_or_reset to a peer that does not read: the output cannot go out,
+ * so after KNIT_STREAM_CLOSE_FLUSH_WAIT (fake clock) the transport gives
+ * up and resets, with the reason it was given; not before. */
+static void test_close_or_reset_peer_not_reading(void **state)
+{
+    (void)state;
+    knit_clock *clock = knit_clock_fake_new(0);
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = clock;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, &ro), 0);
+    int fds[2];
+    sp(fds);
+    int small = 4096;
+    setsockopt(fds[0], SOL_SOCKET, SO_SNDBUF, &small, sizeof small);
+    rec srv;
+    rec_init(&srv);
+    knit_transport *t;
+    assert_int_equal(knit_transport_adopt(r, fds[0], &srv.proto, &t), 0);
+    size_t big = 4u << 20;
+    uint8_t *blob = calloc(1, big);
+    assert_non_null(blob);
+    assert_int_equal(knit_transport_write(t, blob, big), 0);
+    free(blob);
+    knit_transport_close_or_reset(t, KNIT_CLOSE_TIMEOUT, KNIT_ETIMEDOUT);
+    for (int i = 0; i < 20; i++)
+        knit_reactor_run_once(r, 0);
+    assert_int_equal(srv.lost, 0); /* still trying to flush */
+    assert_true(knit_transport_write_buffer_size(t) > 0);
+    assert_int_equal(knit_reactor_advance(r, KNIT_STREAM_CLOSE_FLUSH_WAIT - 1), 0);
+    knit_reactor_run_once(r, 0);
+    assert_int_equal(srv.lost, 0);
+    assert_int_equal(knit_reactor_advance(r, 1), 0); /* the bound */
+    for (int i = 0; i < 100 && !srv.lost; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(10));
+    assert_int_equal(srv.lost, 1);
+    assert_int_equal(srv.reason, KNIT_CLOSE_TIMEOUT);
+    assert_int_equal(srv.err, KNIT_ETIMEDOUT);
+    if (tcp_pairs) {
+        /* reset: reading what arrived ends in ECONNRESET, never a clean EOF */
+        static char sink[1 << 16];
+        ssize_t k;
+        while ((k = read(fds[1], sink, sizeof sink)) > 0) {
+        }
+        assert_true(k < 0);
+    }
+    close(fds[1]);
+    knit_buf_release(&srv.got);
+    assert_int_equal(knit_reactor_close(r), 0);
+    knit_clock_free(clock);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1253,6 +1379,8 @@ int main(void)
         cmocka_unit_test(test_ring_partial_sends_large_output),
         cmocka_unit_test(test_ring_close_with_send_in_flight),
         cmocka_unit_test(test_ring_peer_reset_with_send_in_flight),
+        cmocka_unit_test(test_close_or_reset_delivers_fresh_output),
+        cmocka_unit_test(test_close_or_reset_peer_not_reading),
 #define TCP(fn) {#fn "_tcp", fn, tcp_on, tcp_off, NULL}
         TCP(test_socket_echo_and_peer_close),
         TCP(test_socket_half_close),
@@ -1268,7 +1396,10 @@ int main(void)
         TCP(test_close_refused_while_connected),
         TCP(test_ring_partial_sends_large_output),
         TCP(test_ring_close_with_send_in_flight),
+        TCP(test_ring_close_before_submit_fd_reused),
         TCP(test_ring_peer_reset_with_send_in_flight),
+        TCP(test_close_or_reset_delivers_fresh_output),
+        TCP(test_close_or_reset_peer_not_reading),
 #undef TCP
     };
     return KNIT_RUN_TESTS(tests);

@@ -1333,6 +1333,51 @@ static void test_unframed_large_message_in_pieces(void **state)
     knit_clock_free(clk);
 }
 
+/* knit_thrift_server_close while a reply is queued, not yet taken by the
+ * client: the connection closes once the reply went out (a flushing close,
+ * bounded: knit_transport_close_or_reset), not aborted with the reply
+ * dropped as before. On io_uring every reply written in the loop turn of
+ * the close is queued like this until its ring send completes. */
+static void test_close_flushes_queued_reply(void **state)
+{
+    (void)state;
+    knit_clock *clk = knit_clock_fake_new(0);
+    knit_reactor_options ro;
+    knit_reactor_options_init(&ro);
+    ro.clock = clk;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, &ro), 0);
+    knit_thrift_processor calc;
+    calc_Calc_processor_init(&calc, &calc_handler, r);
+    knit_thrift_server_options o;
+    knit_thrift_server_options_init(&o);
+    o.idle_timeout = 0;
+    knit_thrift_server *srv;
+    assert_int_equal(knit_thrift_server_new(r, &o, &srv), 0);
+    assert_int_equal(knit_thrift_server_add(srv, &calc), 0);
+    knit_protocol_factory *f = knit_thrift_server_factory(srv);
+    knit_protocol *p = f->build(f, NULL);
+    knit_transport *t;
+    assert_int_equal(knit_memory_transport_new(p, &t), 0);
+    /* an unframed call of the async "later" (answered from a timer) */
+    knit_memory_transport_feed(t,
+                               "\x80\x01\x00\x01\x00\x00\x00\x05"
+                               "later\x00\x00\x00\x01\x00",
+                               18);
+    for (int i = 0; i < 100 && knit_buf_len(knit_memory_transport_output(t)) == 0; i++)
+        knit_reactor_advance(r, KNIT_MSEC(1));
+    size_t queued = knit_buf_len(knit_memory_transport_output(t));
+    assert_true(queued > 0);
+    knit_thrift_server_close(srv);
+    assert_false(knit_memory_transport_aborted(t)); /* the reply is not thrown away */
+    assert_true(knit_memory_transport_lose_requested(t));
+    assert_int_equal(knit_buf_len(knit_memory_transport_output(t)), queued);
+    knit_memory_transport_close(t, KNIT_CLOSE_SHUTDOWN, 0); /* flushed: the server goes */
+    knit_memory_transport_free(t);
+    assert_int_equal(knit_reactor_close(r), 0);
+    knit_clock_free(clk);
+}
+
 /* ---- the client's unframed reply reading ------------------------------------ */
 
 /* A client whose one connection is a memory transport (no socket). */
@@ -2901,6 +2946,7 @@ int main(void)
         cmocka_unit_test(test_server_drain_spares_recent_connections),
         cmocka_unit_test(test_scan_matches_skip),
         cmocka_unit_test(test_unframed_large_message_in_pieces),
+        cmocka_unit_test(test_close_flushes_queued_reply),
         cmocka_unit_test(test_server_basic_calls),
         cmocka_unit_test(test_pipelined_out_of_order_and_oneway),
         cmocka_unit_test(test_unknown_method_and_multiplex),

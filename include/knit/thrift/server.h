@@ -28,8 +28,11 @@
  * no call in flight and no byte received for idle_timeout is closed.
  *
  * Life cycle: new → add (services) → listen → ... → close. close stops
- * listening, aborts the connections, and frees the server once the calls
- * still running on the pool have finished (their replies are dropped).
+ * listening, closes the connections once the replies already queued on
+ * them went out (a client that does not read them within
+ * KNIT_STREAM_CLOSE_FLUSH_WAIT is reset: knit_transport_close_or_reset),
+ * and frees the server once the calls still running on the pool have
+ * finished (their replies are dropped).
  * Processors (and their handlers) must stay valid until then.
  *
  * Several reactors (options.spread, the server's reactor in a reactor group
