@@ -561,7 +561,16 @@ static knit_deferred *thrift_start(knit_service *s, void *arg)
 }
 
 /* Fire the stop once no handler is inside the store and (until the drain
- * deadline) no call is in flight; then close the server. */
+ * deadline) no connection is left; then close the server.
+ *
+ * Waiting for the connections, not only for the calls in flight: a client
+ * between two calls holds a connection with nothing in flight, and its next
+ * call may already be on the wire (through a load balancer, well before the
+ * server could tell it to go). Closing the server then would drop that call
+ * unanswered ("TSocket read 0 bytes" on a create the client cannot safely
+ * retry). The Thrift server's own drain closes each connection cleanly: after
+ * its next reply, or once quiet for drain_idle, so a well-behaved client sees
+ * the end of the connection between calls and reconnects elsewhere. */
 static void drain_check(knit_reactor *r, void *arg)
 {
     notes_thrift *t = arg;
@@ -573,10 +582,11 @@ static void drain_check(knit_reactor *r, void *arg)
     pthread_mutex_unlock(&t->mu);
     bool late = knit_reactor_now(r) >= t->drain_deadline;
     if (late) notes_thrift_set_stopping(t, true); /* new calls: Unavailable("... stopping") */
-    if (inside == 0 && (st.in_flight == 0 || late)) {
+    if (inside == 0 && ((st.in_flight == 0 && st.open == 0) || late)) {
         notes_thrift_set_stopping(t, true); /* nothing may enter the store from here on */
-        if (st.in_flight)
-            KNIT_WARN("notes", "thrift drain timed out: %zu calls dropped", st.in_flight);
+        if (st.in_flight || st.open)
+            KNIT_WARN("notes", "thrift drain timed out: %zu calls dropped, %zu connections closed",
+                      st.in_flight, st.open);
         knit_thrift_server_close(t->srv);
         t->srv = NULL;
         t->port = 0;

@@ -8,21 +8,25 @@ the git commit, the HAProxy agent-check responder (--agent-check,
   3. the listeners close (HTTP and Thrift)
   4. an idle HTTP keep-alive connection is closed; a request in flight (its
      body still arriving) is answered, with Connection: close
-  5. an idle Thrift connection is closed
+  5. an idle Thrift connection is closed; an active one after its next reply
   6. exit 0 within --shutdown-timeout
 
 Each step is checked from outside (sockets) and in the log (msg="drain:
 N/6 ..." lines in order). Servers bind 127.0.0.1 on kernel-chosen ports and
 are stopped by their PID. Prints "N passed, N failed".
 """
+import calendar
 import os
 import re
+import select
 import signal
 import socket
 import subprocess
+import struct
 import sys
 import tempfile
 import shutil
+import threading
 import time
 import traceback
 
@@ -237,6 +241,101 @@ def case_sigterm(work):
         n.kill()
 
 
+def thrift_call(sock, name, seqid):
+    """One framed binary call with no arguments; returns the reply's message
+    type (2 REPLY, 3 EXCEPTION) or None when the connection ended first."""
+    msg = (struct.pack(">Ii", 0x80010001, len(name)) + name.encode() +
+           struct.pack(">i", seqid) + b"\x00")
+    sock.sendall(struct.pack(">i", len(msg)) + msg)
+    data = b""
+    try:
+        while len(data) < 4 or len(data) < 4 + struct.unpack(">i", data[:4])[0]:
+            b = sock.recv(65536)
+            if not b:
+                return None
+            data += b
+    except ConnectionResetError:
+        return None
+    return struct.unpack(">I", data[4:8])[0] & 0xff
+
+
+def peer_closed(sock):
+    """True when SOCK already reads EOF (checked without waiting)."""
+    r, _, _ = select.select([sock], [], [], 0)
+    if not r:
+        return False
+    try:
+        return sock.recv(1, socket.MSG_PEEK) == b""
+    except ConnectionResetError:
+        return True
+
+
+def log_time(log, marker):
+    """The wall-clock time (seconds) of the first log line containing MARKER."""
+    for line in log.splitlines():
+        if marker in line:
+            m = re.match(r"ts=(\d+-\d+-\d+T\d+:\d+:\d+\.\d+)Z", line)
+            if m:
+                return calendar.timegm(time.strptime(m.group(1)[:19], "%Y-%m-%dT%H:%M:%S")) + \
+                    float("0" + m.group(1)[19:])
+    return None
+
+
+def case_thrift_active(work):
+    """A Thrift client that keeps calling through the drain, as the cluster's
+    clients do (a call every 50 ms, never written into a connection seen
+    closed): every call it sends is answered, the server closes the
+    connection between two calls, and a connection active when the Thrift
+    drain starts is served until its next reply rather than cut at once (the
+    notes service used to close the server as soon as no call was in flight,
+    dropping a call already on its way: the cluster test's "TSocket read 0
+    bytes" on a create during a rolling restart)."""
+    n = Notes(work, "tactive", "--drain-grace=1s", "--shutdown-timeout=20s")
+    try:
+        sock = socket.create_connection(("127.0.0.1", n.tport), timeout=TIMEOUT)
+        state = {"replies": [], "lost": [], "closed": False, "error": None}
+
+        def client():
+            seq = 0
+            end = time.monotonic() + TIMEOUT
+            try:
+                while time.monotonic() < end:
+                    if peer_closed(sock):
+                        state["closed"] = True
+                        return
+                    seq += 1
+                    t = thrift_call(sock, "list_notes", seq)
+                    if t is None:
+                        state["lost"].append(seq)
+                        return
+                    state["replies"].append((time.time(), t))
+                    time.sleep(0.05)
+            except Exception as e:  # noqa: BLE001 - reported below
+                state["error"] = repr(e)
+        th = threading.Thread(target=client, daemon=True)
+        th.start()
+        wait_for("a first Thrift reply", lambda: state["replies"] or state["error"])
+        os.kill(n.proc.pid, signal.SIGTERM)
+        rc = n.proc.wait(TIMEOUT)
+        th.join(TIMEOUT)
+        check("active Thrift client: the client thread ended", not th.is_alive())
+        check("active Thrift client: exit 0", rc == 0, n.log())
+        check("active Thrift client: every reply is a REPLY",
+              state["replies"] and all(t == 2 for _, t in state["replies"]) and not state["error"],
+              (state["replies"][-3:], state["error"]))
+        check("active Thrift client: no call sent was left unanswered", not state["lost"],
+              "calls %s got no reply\n%s" % (state["lost"], n.log()))
+        check("active Thrift client: the server closed the connection between calls",
+              state["closed"], n.log())
+        t5 = log_time(n.read(n.err_path), "drain: 5/6")
+        last = state["replies"][-1][0] if state["replies"] else 0
+        check("active Thrift client: served until its next reply after the Thrift drain began",
+              t5 is not None and last >= t5 - 0.002, (t5, last))
+        sock.close()
+    finally:
+        n.kill()
+
+
 def main():
     if not os.access(BIN, os.X_OK):
         print("SKIP: %s is not built" % BIN)
@@ -244,7 +343,8 @@ def main():
         return 0
     work = tempfile.mkdtemp(prefix="knit-notes-drain-")
     try:
-        for case in (case_version, lambda: case_agent(work), lambda: case_sigterm(work)):
+        for case in (case_version, lambda: case_agent(work), lambda: case_sigterm(work),
+                     lambda: case_thrift_active(work)):
             try:
                 case()
             except Exception as e:  # noqa: BLE001 - report, count, go on
