@@ -155,6 +155,7 @@ static void *worker_thread(void *arg)
     current_pool = p;
     current_worker_data = p->o.worker_init ? p->o.worker_init(p, p->o.worker_arg) : NULL;
 
+    bool idle_exit = false;
     pthread_mutex_lock(&p->mu);
     for (;;) {
         int64_t idle_since = 0;
@@ -193,7 +194,7 @@ static void *worker_thread(void *arg)
             /* Sleep at most 1 s at a time: a cheap guarantee that no
              * accounting slip in nwaking could ever strand a queued job.
              * Threads above min_threads exit after idle_timeout idle. */
-            bool may_exit = !p->o.keep_idle && p->nthreads > p->o.min_threads;
+            bool may_exit = !p->o.keep_idle && p->nthreads - p->nexiting > p->o.min_threads;
             int64_t now = knit__mono_ns();
             int64_t dl = now + KNIT_SEC(1);
             if (may_exit && idle_since + p->o.idle_timeout < dl) dl = idle_since + p->o.idle_timeout;
@@ -206,9 +207,12 @@ static void *worker_thread(void *arg)
             if (p->nwaking) p->nwaking--;
             if (p->nwaiting == 0) p->nwaking = 0;
             if (rc != 0 && p->qlen == 0 && !p->stopping && !p->o.keep_idle &&
-                p->nthreads > p->o.min_threads &&
-                knit__mono_ns() - idle_since >= p->o.idle_timeout)
+                p->nthreads - p->nexiting > p->o.min_threads &&
+                knit__mono_ns() - idle_since >= p->o.idle_timeout) {
+                p->nexiting++;
+                idle_exit = true;
                 goto exit_idle;
+            }
         }
         if (p->qlen == 0) break; /* stopping and nothing left to drain */
         knit_work *w = p->ring[p->rhead];
@@ -233,6 +237,7 @@ exit_idle:
      * knows every fini has run. */
     pthread_mutex_lock(&p->mu);
     p->nthreads--;
+    if (idle_exit) p->nexiting--;
     me->exited = true;
     pthread_mutex_unlock(&p->mu);
     return NULL;

@@ -61,6 +61,11 @@ struct knit_pool {
     size_t rcap, rhead, qlen;
     unsigned nthreads, nbusy, nwaiting, nspinning;
     unsigned nwaking; /* signals sent to waiters that have not woken yet */
+    /* Workers that decided to exit for being idle but are not counted out of
+     * nthreads yet (they run worker_fini first): the idle-exit decision
+     * counts them gone, or several idle workers deciding together would all
+     * see nthreads above min_threads and take the pool below it. */
+    unsigned nexiting;
     unsigned ncpu;    /* online CPUs at creation */
     knit__pworker *workers;
     bool stopping;
