@@ -100,12 +100,18 @@ static void gate_wait(gate *g)
         pthread_cond_wait(&g->cv, &g->mu);
     pthread_mutex_unlock(&g->mu);
 }
+/* Bounded (60 s), so a job that never starts fails here, naming the wait. */
 static void gate_wait_arrived(gate *g, int n)
 {
+    struct timespec dl;
+    clock_gettime(CLOCK_REALTIME, &dl);
+    dl.tv_sec += 60;
     pthread_mutex_lock(&g->mu);
-    while (g->arrived < n)
-        pthread_cond_wait(&g->cv, &g->mu);
+    while (g->arrived < n && pthread_cond_timedwait(&g->cv, &g->mu, &dl) == 0) {
+    }
+    int arrived = g->arrived;
     pthread_mutex_unlock(&g->mu);
+    if (arrived < n) fail_msg("only %d of %d jobs reached the gate within 60 s", arrived, n);
 }
 static void gate_open(gate *g)
 {
@@ -120,10 +126,17 @@ static void gate_destroy(gate *g)
     pthread_cond_destroy(&g->cv);
 }
 
+/* Run R until *COUNTER reaches WANT; bounded (60 s), failing with the count. */
 static void run_until(knit_reactor *r, int *counter, int want)
 {
-    while (*counter < want)
+    struct timespec t0, now;
+    clock_gettime(CLOCK_MONOTONIC, &t0);
+    while (*counter < want) {
         knit_reactor_run_once(r, KNIT_MSEC(50));
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (now.tv_sec - t0.tv_sec > 60)
+            fail_msg("after 60 s only %d of %d results arrived on the reactor", *counter, want);
+    }
 }
 
 /* ---- basic ------------------------------------------------------------------ */
@@ -893,11 +906,12 @@ static void test_idle_threads_above_min_exit(void **state)
     run_until(r, &done, 3);
     /* Wait for the state (back to min_threads), however long it takes. */
     knit_pool_stats st;
+    int waited_ms = 0;
     do {
         struct timespec ts = {0, 1000000};
         nanosleep(&ts, NULL);
         knit_pool_get_stats(p, &st);
-    } while (st.threads > 1);
+    } while (st.threads > 1 && ++waited_ms < 60000);
     assert_int_equal(st.threads, 1);
     finish(r, p);
     gate_destroy(&g_gate);
@@ -965,11 +979,12 @@ static void test_idle_exit_never_below_min(void **state)
     assert_int_equal(gate_arrived_within(&g_fini, 3, 0), 2);
     gate_open(&g_fini);
     knit_pool_stats st;
+    int waited_ms = 0;
     do {
         struct timespec one = {0, 1000000};
         nanosleep(&one, NULL);
         knit_pool_get_stats(p, &st);
-    } while (st.threads > 1);
+    } while (st.threads > 1 && ++waited_ms < 60000);
     assert_int_equal(st.threads, 1);
     finish(r, p);
     gate_destroy(&g_gate);

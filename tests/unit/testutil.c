@@ -5,15 +5,61 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "knit/log.h"
 
+/* Format N into BUF (async-signal-safe); returns BUF. */
+static char *fmt_uint(char *buf, size_t cap, unsigned long n)
+{
+    char *e = buf + cap - 1;
+    *e = '\0';
+    do {
+        *--e = (char)('0' + n % 10);
+        n /= 10;
+    } while (n && e > buf);
+    return e;
+}
+
+/* A hung test binary in CI said only that it timed out, not where (a rare
+ * hang of test_pool under TSan on a loaded machine). Before exiting, print
+ * every thread's stack with gdb when gdb is installed: forked and exec'd
+ * from the handler with async-signal-safe calls only, the raw fork syscall
+ * so no sanitizer's fork interceptor runs, bounded to 60 s. Yama's
+ * ptrace_scope 1 lets a child trace its parent only when the parent says
+ * so (PR_SET_PTRACER). */
+static void dump_stacks(void)
+{
+    char pidbuf[24];
+    char *pid = fmt_uint(pidbuf, sizeof pidbuf, (unsigned long)getpid());
+    prctl(PR_SET_PTRACER, PR_SET_PTRACER_ANY, 0, 0, 0);
+    long child = syscall(SYS_fork);
+    if (child < 0) return;
+    if (child == 0) {
+        dup2(2, 1);
+        execlp("gdb", "gdb", "-batch", "-nx", "-p", pid, "-ex", "thread apply all bt", (char *)NULL);
+        _exit(127); /* no gdb: nothing more to say */
+    }
+    for (int i = 0; i < 600; i++) {
+        int st;
+        if (waitpid((pid_t)child, &st, WNOHANG) != 0) return;
+        struct timespec ts = {0, 100 * 1000000L};
+        nanosleep(&ts, NULL);
+    }
+    kill((pid_t)child, SIGKILL);
+    waitpid((pid_t)child, NULL, 0);
+}
+
 static void on_alarm(int sig)
 {
     (void)sig;
-    static const char msg[] = "knit test watchdog: test binary timed out\n";
+    static const char msg[] = "knit test watchdog: test binary timed out; its threads:\n";
     if (write(2, msg, sizeof msg - 1) < 0) { /* nothing more to do */ }
+    dump_stacks();
     _exit(124);
 }
 
