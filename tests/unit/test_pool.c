@@ -321,12 +321,17 @@ static void test_completions_batch_into_one_wakeup(void **state)
         knit_deferred_add_callbacks(d, on_value, on_error, NULL);
         knit_deferred_unref(d);
     }
-    /* Do not run the reactor until every job has finished on the workers. */
+    /* Do not run the reactor until every job has finished on the workers
+     * and been posted: `completed` counts a job before its worker posts it
+     * (a test that saw only that ran the loop early now and then under TSan
+     * and got two batches); a worker is counted busy until its post is made,
+     * so none busy and none queued (read together under the pool lock) means
+     * every post is made. */
     knit_pool_stats st;
     do {
         sched_yield();
         knit_pool_get_stats(p, &st);
-    } while (st.completed < N);
+    } while (st.completed < N || st.threads_busy > 0 || st.queued > 0);
     knit_reactor_stats rs0, rs1;
     knit_reactor_get_stats(r, &rs0);
     run_until(r, &results, N);
