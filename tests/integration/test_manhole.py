@@ -7,9 +7,15 @@ with build/tools/knit-manhole/knit-manhole and with OpenSSH's ssh client,
 and stops it itself. Prints one line per case and a final
 "N passed, N failed" line; exits non-zero on any failure.
 
-Environment: KNIT_BUILD (build directory, default ./build), KNIT_TOP.
+Environment: KNIT_BUILD (build directory, default ./build), KNIT_TOP;
+KNIT_MANHOLE_CASES=WORD runs only the cases whose name contains WORD (for
+loops over the ssh cases: KNIT_MANHOLE_CASES=ssh).
+
+An ssh wait that times out appends what the demo was doing then: `ss -tnpi`
+for its ssh port and, with gdb installed, every thread's backtrace.
 """
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -527,9 +533,42 @@ def ssh_cmd(env, key, *extra, port=None, log="ERROR"):
         list(extra)
 
 
+_stall_reports = []
+
+
+def stall_report(env, port=None):
+    """What the demo serving ssh PORT is doing, for a wait that timed out:
+    its sockets on that port (`ss -tnpi`: queues, the owning fd) and, with
+    gdb installed, every thread's backtrace. Only the first two stalls of a
+    run are reported in full (the repeated cases run 4 clients at a time)."""
+    port = port or env.demo2.ssh_port
+    demo = next((d for d in (env.demo2, env.demo3) if d.ssh_port == port), env.demo2)
+    if len(_stall_reports) >= 2:
+        return "(stall report given above already)"
+    _stall_reports.append(port)
+    out = ["---- ss -tnpi, port %d ----" % port]
+    try:
+        out.append(subprocess.run(["ss", "-tnpi", "( sport = :%d or dport = :%d )" % (port, port)],
+                                  capture_output=True, text=True, timeout=TIMEOUT).stdout)
+    except (OSError, subprocess.TimeoutExpired) as e:
+        out.append("ss: %s" % e)
+    if shutil.which("gdb"):
+        out.append("---- gdb: knit-manhole-demo pid %d, all threads ----" % demo.proc.pid)
+        try:
+            out.append(subprocess.run(["gdb", "-p", str(demo.proc.pid), "-batch", "-ex",
+                                       "thread apply all bt"], capture_output=True, text=True,
+                                      timeout=3 * TIMEOUT).stdout[-6000:])
+        except (OSError, subprocess.TimeoutExpired) as e:
+            out.append("gdb: %s" % e)
+    out.append("---- the demo's log ends ----\n" + demo.log()[-1500:])
+    return "\n".join(out)
+
+
+
 def ssh(env, key, *args, input=None, port=None, log="ERROR"):
     """Run ssh to a demo; on timeout, WaitTimeout says how far ssh got (its
-    stderr: with log="DEBUG1", the protocol step it was waiting in)."""
+    stderr: with log="DEBUG1", the protocol step it was waiting in) and what
+    the demo was doing (stall_report)."""
     cmd = ssh_cmd(env, key, *args, port=port, log=log)
     t0 = time.time()
     try:
@@ -539,8 +578,8 @@ def ssh(env, key, *args, input=None, port=None, log="ERROR"):
             return (b or b"").decode(errors="replace")[-1500:] if isinstance(b, bytes) else \
                 (b or "")[-1500:]
         raise WaitTimeout("timed out after %.1f s waiting for ssh %r to end (killed); stdout %r; "
-                          "stderr:\n%s" % (time.time() - t0, args[-1], tail(e.stdout),
-                                           tail(e.stderr))) from None
+                          "stderr:\n%s\n%s" % (time.time() - t0, args[-1], tail(e.stdout),
+                                               tail(e.stderr), stall_report(env, port))) from None
 
 
 @case("ssh: exec with the test key evaluates, exit status says whether it failed")
@@ -901,7 +940,6 @@ def _(env):
             os.close(fd)
     check(env.demo2.ping() == "pong" and env.demo.ping() == "pong", "no pong after")
 
-
 def main():
     for p in (DEMO, CLIENT):
         if not os.path.exists(p):
@@ -938,8 +976,11 @@ def main():
         env.demo3 = Demo(work, "demo3", "-d", "1", "-m", "unix:" + env.drain_sock,
                          "-m", "ssh:0:interface=127.0.0.1:hostKey=%s:authorizedKeys=%s"
                          % (os.path.join(work, "host_key3"), auth))
+        only = os.environ.get("KNIT_MANHOLE_CASES", "")
         try:
             for name, fn in results:
+                if only not in name:
+                    continue
                 try:
                     fn(env)
                     print("ok   %s" % name)
