@@ -564,7 +564,6 @@ def stall_report(env, port=None):
     return "\n".join(out)
 
 
-
 def ssh(env, key, *args, input=None, port=None, log="ERROR"):
     """Run ssh to a demo; on timeout, WaitTimeout says how far ssh got (its
     stderr: with log="DEBUG1", the protocol step it was waiting in) and what
@@ -939,6 +938,92 @@ def _(env):
                 wait_pid(pid, TIMEOUT, "%s after SIGKILL" % name)
             os.close(fd)
     check(env.demo2.ping() == "pong" and env.demo.ping() == "pong", "no pong after")
+
+
+@case("ssh: an await fires for a pty client already gone, then a new ssh client is served")
+def _(env):
+    # Issue 18 item 3. An await's output is written from the timer's callback,
+    # outside the path that reads the socket. When the client is already gone
+    # (its kernel answered with a reset), that write fails and libssh closes
+    # the socket itself; the connection used to stay, unfreed, and its watch
+    # kept the fd number, so the next connection given that number was never
+    # watched and its ssh client stalled until killed.
+    #
+    # To get there deterministically: the client is stopped while await #1's
+    # output arrives (left unread, so killing the client resets the
+    # connection), and the reactor is kept busy by a chunk on the UNIX
+    # manhole while the client is killed and await #2 becomes due: its timer
+    # then runs before the reactor polls again and sees the reset. When the
+    # busy chunk may have begun after await #2 fired (a loaded machine), the
+    # setup is tried again with a longer delay.
+    home = os.path.join(env.work, "home")
+    os.makedirs(home, exist_ok=True)
+    port = env.demo2.ssh_port
+
+    def unread(pid):
+        """Bytes waiting in the ssh client's socket (ss: Recv-Q)."""
+        out = subprocess.run(["ss", "-tnpH", "( dport = :%d )" % port], capture_output=True,
+                             text=True, timeout=TIMEOUT).stdout
+        return sum(int(ln.split()[1]) for ln in out.splitlines() if "pid=%d," % pid in ln)
+
+    for attempt, (d1, d2) in enumerate(((0.3, 1.5), (0.5, 4.0), (1.0, 10.0))):
+        busy_on, busy_off = (os.path.join(env.work, "busy%d-%s" % (attempt, w))
+                             for w in ("on", "off"))
+        # connected ahead: the busy chunk starts as soon as it is written
+        busy = subprocess.Popen([CLIENT, env.unlimited], stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        pid, fd = pty_spawn(ssh_cmd(env, env.key, "-tt", "127.0.0.1"), {"HOME": home})
+        set_up = False
+        try:
+            out = pty_read_until(fd, b"> ")
+            check("> " in out, "no prompt within %g s; got %r" % (TIMEOUT, out))
+            t0 = time.time()  # the awaits' timers are armed later than this
+            os.write(fd, b"return await(later(%g, 'first')), await(later(%g, 'second'))\r"
+                     % (d1, d2))
+            out = pty_read_until(fd, b"2\r\n")
+            check("2\r\n" in out, "no await ids: %r" % out)
+            os.kill(pid, signal.SIGSTOP)
+            deadline = time.time() + d1 + TIMEOUT
+            while not unread(pid) and time.time() < deadline:
+                time.sleep(0.02)
+            check(unread(pid), "await #1's output did not reach the stopped client's socket")
+            busy.stdin.write(("io.open(%r, 'w'):close() while not io.open(%r) do end\n"
+                              % (busy_on, busy_off)).encode())
+            busy.stdin.flush()
+            deadline = time.time() + TIMEOUT
+            while not os.path.exists(busy_on) and time.time() < deadline:
+                time.sleep(0.01)
+            check(os.path.exists(busy_on), "the busy chunk did not start within %g s" % TIMEOUT)
+            # await #2 is due at t0 + d2 at the earliest: not fired yet if the
+            # busy chunk began before then; else try again, slower
+            set_up = time.time() < t0 + d2
+            os.kill(pid, signal.SIGKILL)  # unread input: the kernel resets the connection
+            wait_pid(pid, TIMEOUT, "the stopped ssh client after SIGKILL")
+            pid = None
+            if set_up:
+                time.sleep(max(0.0, t0 + d2 + 0.1 - time.time()))  # await #2 is due
+        finally:
+            open(busy_off, "w").close()
+            if pid:
+                os.kill(pid, signal.SIGKILL)
+                wait_pid(pid, TIMEOUT, "the ssh client after SIGKILL")
+            os.close(fd)
+            communicate(busy, TIMEOUT, "knit-manhole running the busy chunk")
+        if set_up:
+            break
+    # the fd number the dead connection had is likely the next one given out:
+    # a few clients at once, so that one of them gets it whatever else is free
+    from concurrent.futures import ThreadPoolExecutor
+
+    def one(i):
+        r = ssh(env, env.key, "127.0.0.1", "return %d" % i)
+        if r.returncode != 0 or r.stdout != "%d\n" % i:
+            return "try %d: rc %d %r %r" % (i, r.returncode, r.stdout, r.stderr[-1500:])
+    with ThreadPoolExecutor(3) as ex:
+        bad = [b for b in ex.map(one, range(3)) if b]
+    check(not bad, "\n".join(bad))
+    check(env.demo2.ping() == "pong", "no pong after")
+
 
 def main():
     for p in (DEMO, CLIENT):
