@@ -450,9 +450,16 @@ def _(env):
 
 @case("client disconnecting mid-evaluation stops it")
 def _(env):
-    busy = subprocess.Popen([CLIENT, env.unlimited, "-e", "while true do end"],
+    # killed once the loop runs (a fixed sleep was too short for the ASan
+    # client under load: killed before it sent the chunk, nothing to stop)
+    running = os.path.join(env.work, "hangup-running")
+    busy = subprocess.Popen([CLIENT, env.unlimited, "-e",
+                             "io.open(%r, 'w'):close() while true do end" % running],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    time.sleep(0.5)
+    deadline = time.time() + TIMEOUT
+    while not os.path.exists(running) and time.time() < deadline:
+        time.sleep(0.02)
+    check(os.path.exists(running), "the loop did not start within %g s" % TIMEOUT)
     busy.kill()
     wait_proc(busy, TIMEOUT, "the killed knit-manhole")
     check(env.demo2.ping() == "pong", "no pong after the client vanished")
@@ -643,9 +650,14 @@ def _(env):
 @case("ssh: a client that vanishes mid-evaluation stops it")
 def _(env):
     before = env.demo2.log().count("result=interrupted-hangup")
-    busy = subprocess.Popen(ssh_cmd(env, env.key, "127.0.0.1", "while true do end"),
+    running = os.path.join(env.work, "ssh-hangup-running")  # as the UNIX case above
+    busy = subprocess.Popen(ssh_cmd(env, env.key, "127.0.0.1",
+                                    "io.open(%r, 'w'):close() while true do end" % running),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    time.sleep(1.0)
+    deadline = time.time() + TIMEOUT
+    while not os.path.exists(running) and time.time() < deadline:
+        time.sleep(0.02)
+    check(os.path.exists(running), "the loop did not start within %g s" % TIMEOUT)
     busy.kill()
     wait_proc(busy, TIMEOUT, "the killed ssh client")
     check(env.demo2.ping() == "pong", "no pong after the ssh client vanished")
