@@ -18,8 +18,26 @@
  * returned. That leaves libssh re-entrant-safe for the one place that calls
  * back into it during an evaluation: the session's poll hook, which runs
  * ssh_event_dopoll(ev, 0) so that Ctrl-C (0x03 in the new input) and a
- * vanished client are noticed while a chunk runs. Connections are freed only
- * at the end of drive() (or at close), never inside a callback.
+ * vanished client are noticed while a chunk runs.
+ *
+ * The socket: libssh gets a dup() of the accepted socket; the reactor
+ * watches ours (c->fd). libssh closes its copy itself when a write fails,
+ * and a write can fail outside drive(): an await's output written from a
+ * timer (ssh_async), an engine's answer (ssh_done), the drain ending. The
+ * connection then has to be freed by whoever wrote, or nothing ever would:
+ * no readiness event comes for a socket libssh closed. Before the dup, the
+ * watch of such a leftover kept the fd number in the reactor's table while
+ * the kernel handed the number to the next connection, whose knit_io_start
+ * then failed (EEXIST) and whose client stalled until it gave up (issue 18
+ * item 3). With the dup the number stays ours until conn_free closes it.
+ *
+ * Freeing: settle() runs after every callback of ours that called into
+ * libssh and frees a connection that is dead (we decided so, or libssh says
+ * disconnected, error, or closed its socket). Inside libssh (a session or
+ * channel callback under ssh_event_dopoll or the key exchange), inside
+ * process(), or inside a manhole session's own callback, it only arms a
+ * zero-delay timer that frees from the loop; never under libssh's (or the
+ * session's) feet.
  *
  * End of input — the exec request's command evaluated, channel EOF after
  * piped input, Ctrl-D in a pty — does not close the channel while the
@@ -65,14 +83,10 @@
 #define SSH_DEFAULT_HOSTKEY "./manhole_host_ed25519"
 #define SSH_MAX_AUTH_ATTEMPTS 10
 #define SSH_WRITE_CHUNK 32768
-/* A handshake (key exchange and authentication) still unfinished this long
- * after the accept is logged once, with libssh's buffer and poll state: a
- * rare stall in the key exchange under heavy load is not explained yet
- * (issue 18; see on_slow_handshake). */
-#define SSH_SLOW_HANDSHAKE KNIT_SEC(5)
-/* While the key exchange is unfinished, drive() runs again this often even
- * without a readiness event (see on_kex_kick). */
-#define SSH_KEX_KICK KNIT_MSEC(100)
+/* A connection waiting on the peer or the socket (handshake unfinished,
+ * output pending, or not watched) with no readiness event for this long is
+ * logged once, with its fds and libssh's state (see on_stall_check). */
+#define SSH_STALL_CHECK KNIT_SEC(5)
 
 int knit__manhole_ssh_listen(knit_manhole *m, const knit_endpoint_desc *d, void **out);
 void knit__manhole_ssh_close(void *ssh);
@@ -95,24 +109,30 @@ struct ssh_conn {
     ssh_listener *ls;
     ssh_session ss;
     ssh_event ev;
-    int fd;
+    int fd;     /* ours, watched by io; libssh has a dup (see the file comment) */
+    int ssh_fd; /* libssh's copy, for the logs */
+    int in_ssh; /* inside ssh_event_dopoll or the key exchange (callbacks may run) */
+    int in_cb;  /* inside a manhole session's callback (ssh_async, ssh_done) */
     knit_io io;
     ssh_channel chan;
     struct ssh_server_callbacks_struct scb;
     struct ssh_channel_callbacks_struct ccb;
     bool kex_done, authed, pty, started, exec, eof, dead, processing, in_eval, finished;
     bool closed_sent;
-    bool pending; /* an engine's evaluation is pending (see the file comment) */
-    bool more;    /* the last input left an incomplete chunk */
+    bool stall_logged;
+    bool freeing;    /* in conn_free: the session's last words must not settle again */
+    bool pending;    /* an engine's evaluation is pending (see the file comment) */
+    bool more;       /* the last input left an incomplete chunk */
     bool draining;   /* input ended; the session's pending awaits are finishing */
     int exit_status; /* once finished; while draining, the status so far */
     bool any_error;
     int auth_attempts;
     char who[160];
     char peer[64];
-    knit_timer auth_timer; /* drops connections that do not authenticate */
-    knit_timer slow_timer; /* logs a handshake unfinished after SSH_SLOW_HANDSHAKE */
-    knit_timer kick_timer; /* re-drives an unfinished key exchange */
+    knit_timer auth_timer;             /* drops connections that do not authenticate */
+    knit_timer stall_timer;            /* on_stall_check, every SSH_STALL_CHECK */
+    knit_timer settle_timer;           /* a free deferred by settle() */
+    unsigned long drives, drives_seen; /* readiness events; at the last stall check */
     knit_manhole_session *s;
     char *exec_cmd;
     char *in; /* received input not processed yet */
@@ -151,6 +171,8 @@ static void buf_consume(char *b, size_t *len, size_t n)
 }
 
 /* ---- output ----------------------------------------------------------- */
+
+static void settle(ssh_conn *c);
 
 static void flush_out(ssh_conn *c)
 {
@@ -200,6 +222,11 @@ static void ssh_write(const char *d, size_t n, void *arg)
         }
     }
     flush_out(c);
+    /* From the session, at any time (an engine may write between its
+     * answers): a write that failed frees the connection from the loop. */
+    c->in_cb++;
+    settle(c);
+    c->in_cb--;
 }
 
 static void put_str(ssh_conn *c, const char *str)
@@ -217,11 +244,56 @@ static void prompt(ssh_conn *c)
 
 /* ---- io interest ---------------------------------------------------------- */
 
+/* A connection that cannot be watched is dropped (its client would wait
+ * for nothing until it gave up). */
 static void update_io(ssh_conn *c)
 {
+    if (c->dead) return;
     unsigned ev = KNIT_READABLE;
     if (ssh_get_poll_flags(c->ss) & SSH_WRITE_PENDING) ev |= KNIT_WRITABLE;
-    knit_io_start(&c->io, ev);
+    int rc = knit_io_start(&c->io, ev);
+    if (rc < 0) {
+        knit_log_kv(KNIT_LOG_WARN, "manhole", "ssh: cannot watch the connection, dropping it",
+                    "peer", c->peer, "error", knit_strerror(rc), NULL);
+        c->dead = true;
+    }
+}
+
+/* Is the connection over: we gave up on it, or libssh did (disconnected,
+ * an error, or it closed its socket after a failed write)? */
+static bool conn_gone(ssh_conn *c)
+{
+    if (c->dead) return true;
+    if (ssh_get_fd(c->ss) == SSH_INVALID_SOCKET) return true;
+    if (ssh_get_status(c->ss) & (SSH_CLOSED | SSH_CLOSED_ERROR)) return true;
+    return c->kex_done && !ssh_is_connected(c->ss);
+}
+
+static void conn_free(ssh_conn *c);
+
+static void on_settle(knit_reactor *r, void *arg);
+
+/* See the file comment: free a dead connection now, or from the loop. */
+static void settle(ssh_conn *c)
+{
+    if (c->freeing || !conn_gone(c)) return;
+    c->dead = true;
+    if (c->in_ssh || c->processing || c->in_cb) {
+        if (c->settle_timer.id == KNIT_TIMER_NONE.id)
+            c->settle_timer = knit_call_later(c->ls->m->r, 0, on_settle, c);
+        /* no memory for the timer: the readiness event of the socket (ours
+         * stays open) brings drive(), which frees it */
+        return;
+    }
+    conn_free(c);
+}
+
+static void on_settle(knit_reactor *r, void *arg)
+{
+    (void)r;
+    ssh_conn *c = arg;
+    c->settle_timer = KNIT_TIMER_NONE;
+    settle(c);
 }
 
 /* ---- authentication ------------------------------------------------------ */
@@ -368,17 +440,22 @@ static ssh_channel open_session(ssh_session ss, void *userdata)
 static bool ssh_poll(void *arg)
 {
     ssh_conn *c = arg;
+    c->in_ssh++;
     ssh_event_dopoll(c->ev, 0);
+    c->in_ssh--;
     flush_out(c);
-    if (!ssh_is_connected(c->ss)) c->dead = true;
+    if (conn_gone(c)) c->dead = true; /* drive() frees it once the chunk is done */
     return c->dead;
 }
 
 static void ssh_async(knit_manhole_session *s, size_t pending, void *arg)
 {
     ssh_conn *c = arg;
+    c->in_cb++; /* the session is calling: free from the loop */
     prompt(c);
     update_io(c);
+    settle(c);
+    c->in_cb--;
 }
 
 static void ssh_done(knit_manhole_session *s, int st, void *arg);
@@ -443,8 +520,6 @@ static void note_status(ssh_conn *c, int st)
     c->more = st == KNIT_MANHOLE_MORE;
 }
 
-static void conn_free(ssh_conn *c);
-
 /* Draining is over (see the file comment): from a reactor timer, or from
  * draining_input (Ctrl-C) inside drive(). */
 static void ssh_drained(knit_manhole_session *s, bool gave_up, void *arg)
@@ -453,10 +528,8 @@ static void ssh_drained(knit_manhole_session *s, bool gave_up, void *arg)
     c->draining = false;
     finish_channel(c, gave_up ? 1 : c->exit_status);
     if (c->processing) return; /* drive() goes on from here */
-    if (c->dead)
-        conn_free(c); /* an await's output overflowed the backlog meanwhile */
-    else
-        update_io(c);
+    update_io(c);
+    settle(c); /* the session allows freeing here (drain_finish) */
 }
 
 /* The session's input has ended: finish now, or once its awaits are done. */
@@ -639,8 +712,8 @@ static void process(ssh_conn *c)
 
 /* An engine's pending evaluation ended: report it as a synchronous one would
  * have been, then take the input that waited. From the reactor loop (the
- * engine's callback), never inside drive(): the connection is freed later,
- * by drive(), if it died meanwhile. */
+ * engine's callback), never inside drive(); settle() frees a connection that
+ * died meanwhile from the loop. */
 static void ssh_done(knit_manhole_session *s, int st, void *arg)
 {
     ssh_conn *c = arg;
@@ -654,9 +727,12 @@ static void ssh_done(knit_manhole_session *s, int st, void *arg)
         prompt(c);
         process(c);
     }
+    c->in_cb++; /* the session is calling: free from the loop */
     flush_out(c);
     if (c->finished && c->out_len == 0) close_channel(c);
-    if (!c->dead) update_io(c);
+    update_io(c);
+    settle(c);
+    c->in_cb--;
 }
 
 /* ---- connection life ------------------------------------------------------- */
@@ -664,6 +740,7 @@ static void ssh_done(knit_manhole_session *s, int st, void *arg)
 static void conn_free(ssh_conn *c)
 {
     ssh_listener *ls = c->ls;
+    c->freeing = true;
     if (c->prev)
         c->prev->next = c->next;
     else
@@ -672,8 +749,8 @@ static void conn_free(ssh_conn *c)
     ls->nconns--; /* else after KNIT_MANHOLE_MAX_CONNECTIONS in all, every one was refused */
     knit_io_stop(&c->io);
     knit_timer_cancel(ls->m->r, c->auth_timer);
-    knit_timer_cancel(ls->m->r, c->slow_timer);
-    knit_timer_cancel(ls->m->r, c->kick_timer);
+    knit_timer_cancel(ls->m->r, c->stall_timer);
+    knit_timer_cancel(ls->m->r, c->settle_timer);
     if (c->s || c->authed)
         knit_log_kv(KNIT_LOG_INFO, "manhole", "disconnected", "who", c->who, "peer", c->peer, NULL);
     knit_manhole_session_free(c->s);
@@ -683,24 +760,25 @@ static void conn_free(ssh_conn *c)
     }
     if (c->chan) ssh_channel_free(c->chan);
     ssh_disconnect(c->ss);
-    ssh_free(c->ss); /* closes the socket */
+    ssh_free(c->ss); /* closes libssh's copy of the socket, if still open */
+    close(c->fd);
     free(c->exec_cmd);
     free(c->in);
     free(c->out);
     free(c);
 }
 
-static void on_kex_kick(knit_reactor *r, void *arg);
-
 static void drive(ssh_conn *c)
 {
-    if (c->processing) return; /* re-entered from an evaluation's poll hook */
+    if (c->processing || c->in_ssh) return; /* re-entered (an evaluation's poll hook) */
+    c->drives++;
     if (!c->kex_done) {
+        c->in_ssh++;
         int rc = ssh_handle_key_exchange(c->ss);
+        c->in_ssh--;
         if (rc == SSH_AGAIN) {
             update_io(c);
-            if (c->kick_timer.id == 0)
-                c->kick_timer = knit_call_later(c->ls->m->r, SSH_KEX_KICK, on_kex_kick, c);
+            settle(c);
             return;
         }
         if (rc != SSH_OK) {
@@ -715,16 +793,15 @@ static void drive(ssh_conn *c)
             return;
         }
     }
-    if (ssh_event_dopoll(c->ev, 0) == SSH_ERROR && !ssh_is_connected(c->ss)) c->dead = true;
-    if (!ssh_is_connected(c->ss)) c->dead = true;
+    c->in_ssh++;
+    ssh_event_dopoll(c->ev, 0);
+    c->in_ssh--;
+    if (conn_gone(c)) c->dead = true;
     process(c);
     flush_out(c);
     if (c->finished && c->out_len == 0) close_channel(c);
-    if (c->dead) {
-        conn_free(c);
-        return;
-    }
     update_io(c);
+    settle(c);
 }
 
 static void on_conn_io(knit_io *io, unsigned events)
@@ -732,44 +809,36 @@ static void on_conn_io(knit_io *io, unsigned events)
     drive(io->data);
 }
 
-/* The test suite saw OpenSSH clients wait 20 s for the server's KEXINIT or
- * KEX_ECDH_REPLY while the same reactor kept serving other connections
- * (ASan build, load ~17 on 2 CPUs; 2 of 16 loaded runs of test_manhole.py).
- * Until that is explained, say what libssh holds for such a connection:
- * input it has not processed (READ_PENDING), output not yet written
- * (WRITE_PENDING), the events it polls for, and what the reactor watches. */
-static void on_slow_handshake(knit_reactor *r, void *arg)
+/* Every SSH_STALL_CHECK: a connection that saw no readiness event since the
+ * last check while it waits on the peer or the socket — handshake (key
+ * exchange, authentication) unfinished, output pending in libssh or in
+ * c->out, or not watched at all — is logged once with what it holds: our fd
+ * and libssh's, input libssh has not processed (READ_PENDING), output not
+ * yet written (WRITE_PENDING), the events libssh polls for, and what the
+ * reactor watches. An idle interactive session is not a stall. */
+static void on_stall_check(knit_reactor *r, void *arg)
 {
-    (void)r;
     ssh_conn *c = arg;
-    c->slow_timer = KNIT_TIMER_NONE;
-    if (c->kex_done && c->authed) return;
+    c->stall_timer = knit_call_later(r, SSH_STALL_CHECK, on_stall_check, c);
+    bool quiet = c->drives == c->drives_seen;
+    c->drives_seen = c->drives;
+    if (!quiet || c->stall_logged || c->dead) return;
     int st = ssh_get_status(c->ss), pf = ssh_get_poll_flags(c->ss);
-    char state[160];
-    snprintf(state, sizeof state, "kex_done=%d authed=%d status=%#x%s%s poll=%s%s watched=%s%s",
-             c->kex_done, c->authed, (unsigned)st, st & SSH_READ_PENDING ? " unread-input" : "",
+    unsigned w = knit_io_events(&c->io);
+    bool waiting = !c->kex_done || !c->authed || !w || (st & SSH_WRITE_PENDING) || c->out_len;
+    if (!waiting) return;
+    c->stall_logged = true;
+    char state[256];
+    snprintf(state, sizeof state,
+             "fd=%d ssh_fd=%d(now %d) kex_done=%d authed=%d started=%d draining=%d "
+             "status=%#x%s%s poll=%s%s watched=%s%s out=%zu",
+             c->fd, c->ssh_fd, (int)ssh_get_fd(c->ss), c->kex_done, c->authed, c->started,
+             c->draining, (unsigned)st, st & SSH_READ_PENDING ? " unread-input" : "",
              st & SSH_WRITE_PENDING ? " unwritten-output" : "", pf & SSH_READ_PENDING ? "in" : "",
-             pf & SSH_WRITE_PENDING ? "+out" : "",
-             knit_io_events(&c->io) & KNIT_READABLE ? "readable" : "",
-             knit_io_events(&c->io) & KNIT_WRITABLE ? "+writable" : "");
-    knit_log_kv(KNIT_LOG_WARN, "manhole", "ssh handshake unfinished after 5 s", "peer", c->peer,
-                "state", state, NULL);
-}
-
-/* A non-blocking key exchange is driven by readiness of the socket, but
- * libssh may already hold the peer's next packet in its own buffer (read
- * together with the previous one) or wait on a step it did not announce
- * through ssh_get_poll_flags: the socket then never becomes readable again
- * and the handshake would sit until the authentication timeout. Suspected
- * (not proven) cause of the 20 s stalls described at on_slow_handshake;
- * driving again every SSH_KEX_KICK until the exchange is done bounds any
- * such stall at that interval, for the handshake's few round trips only. */
-static void on_kex_kick(knit_reactor *r, void *arg)
-{
-    (void)r;
-    ssh_conn *c = arg;
-    c->kick_timer = KNIT_TIMER_NONE;
-    if (!c->kex_done) drive(c);
+             pf & SSH_WRITE_PENDING ? "+out" : "", w & KNIT_READABLE ? "readable" : "",
+             w & KNIT_WRITABLE ? "+writable" : "", c->out_len);
+    knit_log_kv(KNIT_LOG_WARN, "manhole", "ssh connection without progress for 5 s", "peer",
+                c->peer, "who", c->who, "state", state, NULL);
 }
 
 static void on_auth_timeout(knit_reactor *r, void *arg)
@@ -778,10 +847,8 @@ static void on_auth_timeout(knit_reactor *r, void *arg)
     c->auth_timer = KNIT_TIMER_NONE;
     if (c->authed) return;
     knit_log_kv(KNIT_LOG_INFO, "manhole", "ssh authentication timed out", "peer", c->peer, NULL);
-    if (c->processing)
-        c->dead = true; /* cannot happen before auth; be safe */
-    else
-        conn_free(c);
+    c->dead = true;
+    settle(c);
 }
 
 static void on_accept(knit_io *io, unsigned events)
@@ -812,6 +879,14 @@ static void on_accept(knit_io *io, unsigned events)
         c->ls = ls;
         c->ss = ss;
         c->fd = fd;
+        c->ssh_fd = fcntl(fd, F_DUPFD_CLOEXEC, 0); /* libssh's (see the file comment) */
+        if (c->ssh_fd < 0) {
+            KNIT_WARN("manhole", "ssh: cannot dup the accepted socket: %s", strerror(errno));
+            ssh_free(ss);
+            free(c);
+            close(fd);
+            continue;
+        }
         snprintf(c->who, sizeof c->who, "unauthenticated");
         char host[INET6_ADDRSTRLEN] = "?";
         if (sa.ss_family == AF_INET)
@@ -824,18 +899,21 @@ static void on_accept(knit_io *io, unsigned events)
         c->scb.channel_open_request_session_function = open_session;
         ssh_callbacks_init(&c->scb);
         ssh_set_server_callbacks(ss, &c->scb);
-        if (ssh_bind_accept_fd(ls->bind, ss, fd) != SSH_OK) {
+        if (ssh_bind_accept_fd(ls->bind, ss, c->ssh_fd) != SSH_OK) {
             KNIT_WARN("manhole", "ssh: accept failed: %s", ssh_get_error(ls->bind));
-            ssh_free(ss); /* closes fd */
+            if (ssh_get_fd(ss) != c->ssh_fd) close(c->ssh_fd); /* else ssh_free does */
+            ssh_free(ss);
             free(c);
+            close(fd);
             continue;
         }
         ssh_set_auth_methods(ss, SSH_AUTH_METHOD_PUBLICKEY);
         ssh_set_blocking(ss, 0);
         c->ev = ssh_event_new();
         if (!c->ev) {
-            ssh_free(ss);
+            ssh_free(ss); /* closes libssh's copy */
             free(c);
+            close(fd);
             continue;
         }
         c->next = ls->conns;
@@ -845,7 +923,7 @@ static void on_accept(knit_io *io, unsigned events)
         knit_io_init(ls->m->r, &c->io, fd, on_conn_io, c);
         c->auth_timer =
             knit_call_later(ls->m->r, KNIT_MANHOLE_SSH_AUTH_TIMEOUT, on_auth_timeout, c);
-        c->slow_timer = knit_call_later(ls->m->r, SSH_SLOW_HANDSHAKE, on_slow_handshake, c);
+        c->stall_timer = knit_call_later(ls->m->r, SSH_STALL_CHECK, on_stall_check, c);
         drive(c);
     }
 }
