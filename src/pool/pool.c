@@ -150,17 +150,18 @@ static bool want_wake(knit_pool *p)
 }
 
 /* The end of the pass of a reactor that submitted without signalling
- * (knit_pool_submit): one wake-up for what the pass queued; the woken
- * worker wakes more if needed. Holds a pool reference from submit. */
+ * (knit_pool_submit): the one wake-up the pass owes, already counted in
+ * nwaking by the submit that registered it; the woken worker wakes more
+ * if needed. No mu: the flag is cleared before the signal, so a submit
+ * that still saw it set (and left its job to this wake-up) queued its job
+ * before the woken worker can look. Holds a pool reference from submit. */
 static void deferred_wake(knit_reactor *r, void *arg)
 {
     (void)r;
     knit_pool *p = arg;
-    pthread_mutex_lock(&p->mu);
-    p->wake_deferred = false;
-    bool wake = want_wake(p);
-    pthread_mutex_unlock(&p->mu);
-    if (wake) pthread_cond_signal(&p->cv);
+    __atomic_store_n(&p->wake_deferred, false, __ATOMIC_RELEASE);
+    KNIT__INC(p->st_wakeups);
+    pthread_cond_signal(&p->cv);
     knit__pool_unref(p);
 }
 
@@ -490,11 +491,15 @@ int knit_pool_submit(knit_pool *p, knit_reactor *r, knit_work *w, knit_work_fn w
      * the reactor thread; the woken worker chains the rest. */
     bool wake = false;
     if (p->nwaiting > p->nwaking && p->qlen > p->nspinning + p->nwaking) {
-        if (polled && !p->wake_deferred && knit__reactor_defer(r, deferred_wake, p) == 0) {
-            p->wake_deferred = true;
+        if (polled && __atomic_load_n(&p->wake_deferred, __ATOMIC_ACQUIRE)) {
+            /* the pass's deferred wake-up covers it (its worker chains) */
+        } else if (polled && knit__reactor_defer(r, deferred_wake, p) == 0) {
+            __atomic_store_n(&p->wake_deferred, true, __ATOMIC_RELAXED);
+            p->nwaking++;      /* the wake-up is owed from now on */
             knit__pool_ref(p); /* released by deferred_wake */
+        } else {
+            wake = want_wake(p);
         }
-        if (!polled || !p->wake_deferred) wake = want_wake(p);
     }
     /* Grow when the jobs waiting outnumber the idle threads. */
     if (p->qlen > p->nwaiting + p->nspinning && p->nthreads < p->o.max_threads) {

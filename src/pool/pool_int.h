@@ -26,15 +26,16 @@
  *     queued before it, so done runs after the job's own
  *     knit_call_from_thread calls (what the HTTP handlers rely on);
  *   - no queued job is stranded: whenever a job is queued with a sleeper
- *     and nobody else to take it, a wake-up is sent (nwaking) or owed by
- *     a deferred wake (wake_deferred), which runs at the end of the
- *     submitting reactor's current pass, or before its next poll, and
- *     sends it then; a worker that takes a job and leaves more queued than
- *     the spinner and the workers being woken will take wakes the next
+ *     and nobody else to take it, a wake-up is sent, or owed by a
+ *     deferred wake (wake_deferred) that runs at the end of the
+ *     submitting reactor's current pass (or before its next poll) and
+ *     sends it then; both count in nwaking from the moment they are
+ *     decided. A worker that takes a job and leaves more queued than the
+ *     spinner and the workers being woken will take wakes the next
  *     sleeper (a job never waits behind a long one while a worker
- *     sleeps). nwaking never exceeds nwaiting for
- *     long: a waiter that wakes takes one off, the last one clears it
- *     (and every sleep is bounded by 1 s besides);
+ *     sleeps). nwaking never exceeds nwaiting for long: a waiter that
+ *     wakes takes one off, the last one clears it (and every sleep is
+ *     bounded by 1 s besides);
  *   - wake_deferred holds a pool reference until deferred_wake ran, and
  *     at most one deferred wake per pool is registered at a time;
  *   - shutdown finishes (shut_down, done_fn, the trigger) on the home
@@ -75,7 +76,8 @@ struct knit_pool {
     unsigned nthreads, nbusy, nwaiting, nspinning;
     unsigned nwaking; /* signals sent to waiters that have not woken yet */
     /* A reactor's deferred_wake is registered and has not run: submits on
-     * a reactor thread leave the wake-up to it (pool.c, wake-ups). */
+     * a reactor thread leave the wake-up to it (pool.c, wake-ups). Set
+     * under mu, cleared by deferred_wake without it (atomic). */
     bool wake_deferred;
     /* Workers that decided to exit for being idle but are not counted out of
      * nthreads yet (they run worker_fini first): the idle-exit decision
