@@ -235,8 +235,9 @@ void knit_metrics_remove_reactor_group(knit_metrics *m, struct knit_reactor_grou
 
 /* Pool, labelled pool="NAME": counters knit_pool_jobs_submitted_total,
  * _completed_total, _failed_total, _rejected_total, _cancelled_total,
- * knit_pool_threads_started_total; gauges knit_pool_threads,
- * _threads_busy, _queue_length, _queue_capacity; histograms
+ * knit_pool_threads_started_total, knit_pool_wakeups_total; gauges
+ * knit_pool_threads, _threads_busy, _threads_sleeping, _queue_length,
+ * _queue_capacity; histograms
  * knit_pool_queue_wait_seconds and knit_pool_job_run_seconds. */
 int knit_metrics_add_pool(knit_metrics *m, struct knit_pool *p);
 int knit_metrics_remove_pool(knit_metrics *m, struct knit_pool *p);

@@ -278,6 +278,8 @@ typedef struct knit_pool_stats {
     uint64_t cancelled; /* removed from the queue by cancel or shutdown */
     uint64_t batches;   /* bursts delivered: reactor passes that delivered results */
     uint64_t threads_started;
+    unsigned threads_sleeping; /* idle, asleep on the queue (not spinning) */
+    uint64_t wakeups;          /* wake-up signals sent to sleeping workers */
     /* queue wait (submit → start) and run time (start → end), real clock */
     uint64_t wait_hist[KNIT_POOL_HIST_BUCKETS];
     uint64_t run_hist[KNIT_POOL_HIST_BUCKETS];

@@ -207,6 +207,7 @@ void knit__http_server_maybe_final(knit_http_server *s)
 {
     if (!s->freed || s->released || s->nconns || s->pool_live) return;
     s->released = true;
+    knit__http_request_cache_free(s);
     if (knit_timer_active(s->r, s->drain_timer)) knit_timer_cancel(s->r, s->drain_timer);
     if (knit_timer_active(s->r, s->budget_timer)) knit_timer_cancel(s->r, s->budget_timer);
     knit_http_server *owner = s->primary ? s->primary : s;
@@ -225,6 +226,7 @@ void knit__http_server_unref(knit_http_server *s)
 void knit__http_server_release(knit_http_server *s)
 {
     s->freed = true;
+    knit__http_request_cache_free(s); /* requests still live are freed, not kept */
     /* No drain may finish (call the application back) any more, and the
      * output budget arms no timer. */
     s->drained = true;

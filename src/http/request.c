@@ -36,6 +36,35 @@
 #define MOD "http"
 
 #define ARENA0 2048u /* first arena chunk, inside the request allocation */
+#define REQ_SIZE (sizeof(knit_http_request) + ARENA0)
+
+/* Requests kept for reuse per server object (so per reactor): each is a
+ * ~3.5 KiB allocation, past glibc's thread cache, and a busy server makes
+ * and frees one per request. 64 covers the requests of a pass of the
+ * reactor over as many connections; beyond that they go back to malloc. */
+#define KNIT__HTTP_REQ_CACHE 64
+
+#if defined(__SANITIZE_ADDRESS__)
+#define REQ_ASAN 1
+#elif defined(__has_feature)
+#if __has_feature(address_sanitizer)
+#define REQ_ASAN 1
+#endif
+#endif
+#ifdef REQ_ASAN
+/* A cached request is poisoned but for its link: a use after the end of a
+ * request is still caught although its memory was not freed. */
+#include <sanitizer/asan_interface.h>
+#define REQ_POISON(req)                                                                  \
+    do {                                                                                 \
+        ASAN_POISON_MEMORY_REGION((req), REQ_SIZE);                                      \
+        ASAN_UNPOISON_MEMORY_REGION(&(req)->cache_next, sizeof(req)->cache_next);        \
+    } while (0)
+#define REQ_UNPOISON(req) ASAN_UNPOISON_MEMORY_REGION((req), REQ_SIZE)
+#else
+#define REQ_POISON(req) ((void)(req))
+#define REQ_UNPOISON(req) ((void)(req))
+#endif
 
 /* ---- test hooks: out-of-memory paths (server_int.h) ------------------------- */
 
@@ -155,10 +184,32 @@ static knit_reactor *conn_reactor(const struct conn *c)
     return r ? r : c->srv->r;
 }
 
+/* [reactor] A request's memory: a cached one of S, else a new one. */
+static knit_http_request *req_alloc(knit_http_server *s)
+{
+    knit_http_request *req = s->req_cache;
+    if (!req) return malloc(REQ_SIZE);
+    s->req_cache = req->cache_next;
+    s->nreq_cache--;
+    REQ_UNPOISON(req);
+    return req;
+}
+
+void knit__http_request_cache_free(knit_http_server *s)
+{
+    while (s->req_cache) {
+        knit_http_request *req = s->req_cache;
+        s->req_cache = req->cache_next;
+        REQ_UNPOISON(req);
+        free(req);
+    }
+    s->nreq_cache = 0;
+}
+
 knit_http_request *knit__http_request_new(struct conn *c, const char *head, size_t head_len,
                                           const knit__http_request *h)
 {
-    knit_http_request *req = malloc(sizeof *req + ARENA0);
+    knit_http_request *req = req_alloc(c->srv);
     if (!req) return NULL;
     memset(req, 0, offsetof(knit_http_request, first));
     req->first.cap = ARENA0;
@@ -246,6 +297,16 @@ void knit__http_request_free(knit_http_request *req)
         struct arena_chunk *n = ch->next;
         free(ch);
         ch = n;
+    }
+    /* Everything before `first` is reset by knit__http_request_new. A server
+     * object on its way out keeps nothing (its cache is freed with it). */
+    knit_http_server *s = req->srv;
+    if (!s->freed && s->nreq_cache < KNIT__HTTP_REQ_CACHE) {
+        req->cache_next = s->req_cache;
+        s->req_cache = req;
+        s->nreq_cache++;
+        REQ_POISON(req);
+        return;
     }
     free(req);
 }

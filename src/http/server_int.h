@@ -197,7 +197,8 @@ struct knit_http_request {
     int64_t wall0;
     struct cleanup *cleanups;
     struct arena_chunk *chunks;
-    struct arena_chunk first; /* must be last: ARENA0 bytes follow */
+    knit_http_request *cache_next; /* on srv->req_cache, once freed */
+    struct arena_chunk first;      /* must be last: ARENA0 bytes follow */
 };
 
 /* The counters knit_http_get_stats reads (st, by_code, nconns, body_mem,
@@ -248,6 +249,11 @@ struct knit_http_server {
     unsigned parts_draining;
     bool drained, notify_primary;
     knit_trigger *trigger_wait; /* the drain trigger, waiting for a drain in progress */
+    /* Freed requests kept for the next ones (request.c, req_alloc): up to
+     * KNIT__HTTP_REQ_CACHE, linked through cache_next, each with its first
+     * arena chunk; the rest of their state is reset on reuse. [reactor] */
+    knit_http_request *req_cache;
+    unsigned nreq_cache;
     /* knit_http_server_free ran on this object (the server or a part), but
      * a connection or a pool job still names it: it is freed when the last
      * is over (knit__http_server_maybe_final), on its own reactor. */
@@ -351,7 +357,11 @@ void knit__http_routes_free(knit_http_server *s);
  * out of memory. */
 knit_http_request *knit__http_request_new(struct conn *c, const char *head, size_t head_len,
                                           const knit__http_request *h);
+/* Ends REQ's life: its cleanups, buffers and arena go; its memory goes
+ * back to req->srv's cache of requests (or to free). */
 void knit__http_request_free(knit_http_request *req);
+/* Free the requests S keeps for reuse (S's memory is about to go). */
+void knit__http_request_cache_free(knit_http_server *s);
 /* The request is over for the connection once answered and (pool mode)
  * its job done: stats, log, next. */
 void knit__http_request_maybe_end(knit_http_request *req);

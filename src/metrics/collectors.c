@@ -144,8 +144,8 @@ void knit_metrics_remove_reactor_group(knit_metrics *m, knit_reactor_group *g)
 
 /* ---- pool ------------------------------------------------------------------------------ */
 
-enum { PC_SUBMITTED, PC_COMPLETED, PC_FAILED, PC_REJECTED, PC_CANCELLED, PC_STARTED, PC_N };
-enum { PG_THREADS, PG_BUSY, PG_QUEUED, PG_MAXQ, PG_N };
+enum { PC_SUBMITTED, PC_COMPLETED, PC_FAILED, PC_REJECTED, PC_CANCELLED, PC_STARTED, PC_WAKEUPS, PC_N };
+enum { PG_THREADS, PG_BUSY, PG_SLEEPING, PG_QUEUED, PG_MAXQ, PG_N };
 
 static const def pool_counters[PC_N] = {
     {"knit_pool_jobs_submitted_total", "Jobs accepted by the pool."},
@@ -154,10 +154,12 @@ static const def pool_counters[PC_N] = {
     {"knit_pool_jobs_rejected_total", "Submissions refused (queue full or shutting down)."},
     {"knit_pool_jobs_cancelled_total", "Jobs removed from the queue before running."},
     {"knit_pool_threads_started_total", "Worker threads started."},
+    {"knit_pool_wakeups_total", "Wake-up signals sent to sleeping worker threads."},
 };
 static const def pool_gauges[PG_N] = {
     {"knit_pool_threads", "Worker threads alive."},
     {"knit_pool_threads_busy", "Worker threads running a job."},
+    {"knit_pool_threads_sleeping", "Idle worker threads asleep on the queue."},
     {"knit_pool_queue_length", "Jobs waiting for a worker."},
     {"knit_pool_queue_capacity", "Jobs that may wait before submissions are refused."},
 };
@@ -181,8 +183,10 @@ static void collect_pool(knit_metrics *m, void *arg)
     knit_counter_set_total(st->c[PC_REJECTED], s.rejected);
     knit_counter_set_total(st->c[PC_CANCELLED], s.cancelled);
     knit_counter_set_total(st->c[PC_STARTED], s.threads_started);
+    knit_counter_set_total(st->c[PC_WAKEUPS], s.wakeups);
     knit_gauge_set(st->g[PG_THREADS], s.threads);
     knit_gauge_set(st->g[PG_BUSY], s.threads_busy);
+    knit_gauge_set(st->g[PG_SLEEPING], s.threads_sleeping);
     knit_gauge_set(st->g[PG_QUEUED], (double)s.queued);
     knit_gauge_set(st->g[PG_MAXQ], (double)s.max_queue);
     knit_histogram_set_counts(st->wait, s.wait_hist, KNIT_TO_SEC(s.wait_sum_ns));

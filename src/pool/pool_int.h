@@ -9,7 +9,8 @@
  *             mu, run the done callbacks of their own jobs;
  *   home      the reactor the pool was made on also runs shutdown and free;
  *   workers   take jobs under mu, run them, post each finished job to its
- *             reactor (knit__reactor_post: intrusive, never fails);
+ *             reactor (knit__reactor_post: intrusive, never fails), wake
+ *             the next sleeper when jobs are left for it (chained);
  *   joiner    a helper thread started by shutdown: joins every worker.
  *
  * Invariants:
@@ -24,6 +25,19 @@
  *     reactor's queue runs a post after every call the posting thread
  *     queued before it, so done runs after the job's own
  *     knit_call_from_thread calls (what the HTTP handlers rely on);
+ *   - no queued job is stranded: whenever a job is queued with a sleeper
+ *     and nobody else to take it, a wake-up is sent, or owed by a
+ *     deferred wake (wake_deferred) that runs at the end of the
+ *     submitting reactor's current pass (or before its next poll) and
+ *     sends it then; both count in nwaking from the moment they are
+ *     decided. A worker that takes a job and leaves more queued than the
+ *     spinner and the workers being woken will take wakes the next
+ *     sleeper (a job never waits behind a long one while a worker
+ *     sleeps). nwaking never exceeds nwaiting for long: a waiter that
+ *     wakes takes one off, the last one clears it (and every sleep is
+ *     bounded by 1 s besides);
+ *   - wake_deferred holds a pool reference until deferred_wake ran, and
+ *     at most one deferred wake per pool is registered at a time;
  *   - shutdown finishes (shut_down, done_fn, the trigger) on the home
  *     reactor when the workers are joined and `undelivered` is 0 — the
  *     last of the two events posts `finish_post` to the home reactor.
@@ -61,19 +75,24 @@ struct knit_pool {
     size_t rcap, rhead, qlen;
     unsigned nthreads, nbusy, nwaiting, nspinning;
     unsigned nwaking; /* signals sent to waiters that have not woken yet */
+    /* A reactor's deferred_wake is registered and has not run: submits on
+     * a reactor thread leave the wake-up to it (pool.c, wake-ups). Set
+     * under mu, cleared by deferred_wake without it (atomic). */
+    bool wake_deferred;
     /* Workers that decided to exit for being idle but are not counted out of
      * nthreads yet (they run worker_fini first): the idle-exit decision
      * counts them gone, or several idle workers deciding together would all
      * see nthreads above min_threads and take the pool below it. */
     unsigned nexiting;
-    unsigned ncpu;    /* online CPUs at creation */
+    unsigned ncpu;    /* CPUs in the creating thread's affinity mask */
     knit__pworker *workers;
     bool stopping;
     knit__bcall *bcalls; /* blocking calls waiting on a Deferred */
     /* ---- atomics ---- */
     size_t qlen_hint; /* copy of qlen for spinners */
     int stop_flag;    /* copy of stopping, for lock-free readers */
-    int refs;         /* owner + undelivered jobs + scheduled posts/calls */
+    int refs;         /* owner + undelivered jobs + scheduled posts/calls
+                         + a registered deferred_wake */
     size_t undelivered;
     int joined;           /* every worker joined (seq_cst with undelivered) */
     int finish_requested; /* finish_post was posted */
@@ -92,7 +111,7 @@ struct knit_pool {
     knit__post finish_post;
     /* ---- stats (atomics, relaxed) ---- */
     uint64_t st_submitted, st_completed, st_failed, st_rejected, st_cancelled, st_batches,
-        st_started;
+        st_started, st_wakeups;
     unsigned st_peak;
     uint64_t wait_hist[KNIT_POOL_HIST_BUCKETS];
     uint64_t run_hist[KNIT_POOL_HIST_BUCKETS];

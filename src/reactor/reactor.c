@@ -5,10 +5,12 @@
  * threads to wake the loop. Runs on exactly one thread at a time (recorded
  * in `thread` while running).
  *
- * One iteration: compute the wait (0 if cross-thread calls are pending or
- * stop was requested, else until the next timer), poll, dispatch fd events
- * in batch order (skipping entries invalidated by knit_io_stop during the
- * batch), run due timers, run queued cross-thread calls.
+ * One iteration: run defers left from outside a pass, compute the wait (0
+ * if cross-thread calls or defers are pending or stop was requested, else
+ * until the next timer), poll, dispatch fd events in batch order (skipping
+ * entries invalidated by knit_io_stop during the batch), run due timers,
+ * run queued cross-thread calls, run the pass's defers
+ * (knit__reactor_defer).
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -190,10 +192,37 @@ static bool polling(knit_reactor *r)
     return true;
 }
 
+int knit__reactor_defer(knit_reactor *r, knit__defer_fn fn, void *arg)
+{
+    if (!knit_reactor_in_thread(r)) return KNIT_EINVAL;
+    if (r->ndefers >= KNIT__REACTOR_MAX_DEFER) return KNIT_EBUSY;
+    r->defers[r->ndefers].fn = fn;
+    r->defers[r->ndefers].arg = arg;
+    r->ndefers++;
+    return 0;
+}
+
+/* Run the defers registered so far, in order; ones they register wait for
+ * the next call (so a defer that registers itself cannot spin here). */
+static int run_defers(knit_reactor *r)
+{
+    unsigned n = r->ndefers;
+    if (!n) return 0;
+    __typeof__(r->defers) batch;
+    memcpy(batch, r->defers, n * sizeof batch[0]);
+    r->ndefers = 0;
+    for (unsigned i = 0; i < n; i++)
+        batch[i].fn(r, batch[i].arg);
+    return (int)n;
+}
+
 static int iterate(knit_reactor *r, knit_duration timeout)
 {
     int ran = 0;
     r->st.iterations++;
+    /* Defers registered outside a pass (or by the last pass's defers) go
+     * before this pass polls. */
+    ran += run_defers(r);
     bool fake = knit_clock_is_fake(r->clock);
     /* Say we may sleep BEFORE looking at the queue (seq_cst on both sides,
      * see callq.c): a producer either sees `sleeping` and writes the
@@ -201,7 +230,7 @@ static int iterate(knit_reactor *r, knit_duration timeout)
     if (timeout != 0) __atomic_store_n(&r->callq.sleeping, 1, __ATOMIC_SEQ_CST);
     if (__atomic_load_n(&r->callq.pending, __ATOMIC_SEQ_CST) ||
         (__atomic_load_n(&r->stop_requested, __ATOMIC_ACQUIRE) && r->phase_running < 0) ||
-        (timeout != 0 && polling(r)))
+        r->ndefers || (timeout != 0 && polling(r)))
         timeout = 0;
     if (timeout != 0 && !fake) {
         knit_time next = knit__timers_next(&r->timers);
@@ -239,6 +268,9 @@ static int iterate(knit_reactor *r, knit_duration timeout)
     }
     if (!fake) ran += knit__timers_run(r, knit_clock_now(r->clock), false);
     ran += knit__callq_run(r);
+    /* Last: what this pass's callbacks deferred (pool wake-ups) happens
+     * once, before the next poll. */
+    ran += run_defers(r);
     return ran;
 }
 
@@ -328,6 +360,9 @@ static void run_phase(knit_reactor *r, int phase)
         r->phase_outstanding++;
         t->fn(r, t, t->arg);
     }
+    /* The triggers ran outside a pass: what they deferred runs now, not
+     * whenever a pass comes (there may be none if none is outstanding). */
+    run_defers(r);
     while (r->phase_outstanding > 0 && !__atomic_load_n(&r->stop_now, __ATOMIC_ACQUIRE)) {
         if (iterate(r, -1) < 0) break;
     }
@@ -352,6 +387,7 @@ int knit_reactor_run(knit_reactor *r)
         if (__atomic_load_n(&r->stop_now, __ATOMIC_ACQUIRE)) break;
         run_phase(r, phase);
     }
+    run_defers(r);
     current_reactor = outer;
     __atomic_store_n(&r->running, 0, __ATOMIC_RELEASE);
     return rc;
@@ -431,6 +467,9 @@ int knit_reactor_close(knit_reactor *r)
 void knit_reactor_free(knit_reactor *r)
 {
     if (!r) return;
+    /* A defer holds what it needs (a pool reference): run it, once. */
+    while (r->ndefers)
+        run_defers(r);
     if (r->sig.fd >= 0 || r->sig.head) knit__signals_free(r);
     if (r->evfd >= 0) {
         if (r->be) knit_io_stop(&r->evio);

@@ -110,6 +110,24 @@ uint64_t knit__reactor_post_batches(const knit_reactor *r);
 void knit__reactor_work_begin(knit_reactor *r, knit_duration budget);
 void knit__reactor_work_end(knit_reactor *r);
 
+/* ---- work deferred to the end of the pass --------------------------------
+ *
+ * knit__reactor_defer(r, fn, arg) asks R to run FN(R, ARG) once, at the end
+ * of the current loop pass (after its fd events, timers and queued calls),
+ * before it next polls: what a pass produced in many steps (a burst of pool
+ * submits) can be acted on once (one worker wake-up). A defer registered
+ * outside a pass (a shutdown trigger, between run_once calls) runs at the
+ * start of the next pass, before its poll; one registered by a defer runs
+ * there too. Bounded: at most KNIT__REACTOR_MAX_DEFER may wait, so the
+ * caller must do its work at once when refused — nothing can grow without
+ * bound or wait for a pass that never ends. Defers still waiting when the
+ * reactor is freed run then (so what they hold is released).
+ * Returns 0, KNIT_EBUSY (full) or KNIT_EINVAL (not on R's running thread).
+ * Reactor thread only. */
+#define KNIT__REACTOR_MAX_DEFER 8
+typedef void (*knit__defer_fn)(knit_reactor *r, void *arg);
+int knit__reactor_defer(knit_reactor *r, knit__defer_fn fn, void *arg);
+
 /* ---- signals ------------------------------------------------------------- */
 
 struct knit_signal {
@@ -171,6 +189,13 @@ struct knit_reactor {
     /* imminent cross-thread results (knit__reactor_work_begin) */
     size_t work_inflight;
     int64_t poll_start, poll_deadline; /* monotonic ns; 0 = not polling */
+
+    /* knit__reactor_defer: run at the end of the pass, in order */
+    struct {
+        knit__defer_fn fn;
+        void *arg;
+    } defers[KNIT__REACTOR_MAX_DEFER];
+    unsigned ndefers;
 
     int running;        /* atomic */
     int stop_requested; /* atomic */

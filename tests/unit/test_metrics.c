@@ -507,6 +507,12 @@ static void test_pool_collector(void **state)
     assert_true(val(x, "knit_pool_jobs_submitted_total", "pool=\"work\"") == 1);
     assert_true(val(x, "knit_pool_jobs_completed_total", "pool=\"work\"") == 1);
     assert_true(val(x, "knit_pool_queue_capacity", "pool=\"work\"") == 4096);
+    /* the job was submitted from outside the reactor: one wake-up, or none
+     * if the worker was still spinning; the worker is asleep or about to be */
+    double wk = val(x, "knit_pool_wakeups_total", "pool=\"work\"");
+    assert_true(wk == 0 || wk == 1);
+    double sl = val(x, "knit_pool_threads_sleeping", "pool=\"work\"");
+    assert_true(sl == 0 || sl == 1);
     assert_true(val(x, "knit_pool_queue_wait_seconds_count", "pool=\"work\"") == 1);
     assert_true(val(x, "knit_pool_queue_wait_seconds_bucket", "pool=\"work\",le=\"+Inf\"") == 1);
     /* sums are real now: non-negative and finite (a job ran, so run time > 0) */

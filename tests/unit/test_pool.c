@@ -1398,6 +1398,239 @@ static void test_submit_from_threads_without_reactor(void **state)
     knit_pool_free(x.p);
 }
 
+/* ---- wake-ups -------------------------------------------------------------------- */
+
+/* Wait (bounded) until P has WANT workers asleep on its queue. */
+static void wait_sleeping(knit_pool *p, unsigned want)
+{
+    for (int i = 0; i < 30000; i++) {
+        knit_pool_stats st;
+        knit_pool_get_stats(p, &st);
+        if (st.threads_sleeping == want) return;
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    fail_msg("the pool's workers did not all go to sleep within 30 s");
+}
+
+static knit_pool *new_sleepy_pool(knit_reactor *r, unsigned threads)
+{
+    knit_pool_options o;
+    knit_pool_options_init(&o);
+    o.name = "wake";
+    o.min_threads = o.max_threads = threads;
+    o.spin = 0;         /* nobody spins: every job needs a wake-up */
+    o.reactor_poll = 0;
+    knit_pool *p;
+    assert_int_equal(knit_pool_new(&p, r, &o), 0);
+    wait_sleeping(p, threads);
+    return p;
+}
+
+static uint64_t pool_wakeups(knit_pool *p)
+{
+    knit_pool_stats st;
+    knit_pool_get_stats(p, &st);
+    return st.wakeups;
+}
+
+#define BURST 8
+
+static void b_done(knit_work *w, int status)
+{
+    fjob *j = (fjob *)w;
+    if (status != 0 || !j->ran || !knit_reactor_in_thread(j->want)) (*j->wrong)++;
+    (*j->done)++;
+}
+
+typedef struct burst {
+    knit_pool *p[16];
+    unsigned npools;
+    unsigned jobs; /* per pool */
+    fjob j[16][BURST];
+    int done, wrong;
+    uint64_t wakeups_in_pass; /* sent while the pass was still submitting */
+    bool gated;
+} burst;
+
+static void b_work_gated(knit_work *w)
+{
+    f_work(w);
+    gate_wait(&g_gate);
+}
+
+/* On the reactor thread, inside one loop pass: the whole burst. */
+static void b_submit(knit_reactor *r, void *arg)
+{
+    burst *b = arg;
+    uint64_t before = 0;
+    for (unsigned k = 0; k < b->npools; k++)
+        before += pool_wakeups(b->p[k]);
+    for (unsigned k = 0; k < b->npools; k++)
+        for (unsigned i = 0; i < b->jobs; i++) {
+            fjob *j = &b->j[k][i];
+            j->want = r;
+            j->done = &b->done;
+            j->wrong = &b->wrong;
+            assert_int_equal(
+                knit_pool_submit(b->p[k], r, &j->w, b->gated ? b_work_gated : f_work, b_done), 0);
+        }
+    uint64_t after = 0;
+    for (unsigned k = 0; k < b->npools; k++)
+        after += pool_wakeups(b->p[k]);
+    b->wakeups_in_pass = after - before;
+}
+
+/* A burst of submits in one pass of the reactor signals nobody during the
+ * pass and one sleeper at its end; that worker wakes the others it needs
+ * (chained), so the burst costs at most one wake-up per sleeper, and with
+ * one sleeper exactly one — where each submit used to signal a sleeper
+ * until every sleeper was being woken. */
+static void test_burst_in_one_pass_wakes_one_worker(void **state)
+{
+    (void)state;
+    knit_reactor *r = new_reactor();
+    /* One sleeper: the burst wakes it once, it runs all eight. */
+    knit_pool *p = new_sleepy_pool(r, 1);
+    burst *b = calloc(1, sizeof *b);
+    b->p[0] = p;
+    b->npools = 1;
+    b->jobs = BURST;
+    uint64_t w0 = pool_wakeups(p);
+    assert_int_equal(knit_call_in_reactor(r, b_submit, b), 0);
+    run_until(r, &b->done, BURST);
+    assert_int_equal(b->wakeups_in_pass, 0);
+    assert_int_equal(b->wrong, 0);
+    assert_int_equal(pool_wakeups(p) - w0, 1);
+    finish(r, p);
+
+    /* Four sleepers, eight jobs that hold their worker until all four run:
+     * every sleeper is needed, woken one by another after the first. */
+    r = new_reactor();
+    p = new_sleepy_pool(r, 4);
+    gate_init(&g_gate);
+    memset(b, 0, sizeof *b);
+    b->p[0] = p;
+    b->npools = 1;
+    b->jobs = BURST;
+    b->gated = true;
+    w0 = pool_wakeups(p);
+    assert_int_equal(knit_call_in_reactor(r, b_submit, b), 0);
+    knit_reactor_run_once(r, 0);
+    assert_int_equal(b->wakeups_in_pass, 0);
+    gate_wait_arrived(&g_gate, 4); /* all four woke (each 1 s sleep bounds it) */
+    gate_open(&g_gate);
+    run_until(r, &b->done, BURST);
+    assert_int_equal(b->wrong, 0);
+    uint64_t sent = pool_wakeups(p) - w0;
+    assert_true(sent >= 1 && sent <= 4);
+    finish(r, p);
+    gate_destroy(&g_gate);
+    free(b);
+}
+
+/* A job submitted while every worker sleeps starts: from a reactor pass
+ * (the deferred wake-up), from the reactor thread outside a pass (a
+ * shutdown trigger, run_phase) and from a thread that runs no reactor. */
+static int wk_started;
+static void wk_work(knit_work *w)
+{
+    (void)w;
+    __atomic_add_fetch(&wk_started, 1, __ATOMIC_RELAXED);
+}
+static int wk_done;
+static void wk_donefn(knit_work *w, int status)
+{
+    assert_int_equal(status, 0);
+    free(w);
+    wk_done++;
+}
+static void wk_submit(knit_reactor *r, void *arg)
+{
+    knit_work *w = calloc(1, sizeof *w);
+    assert_int_equal(knit_pool_submit(arg, r, w, wk_work, wk_donefn), 0);
+}
+static void wk_trigger(knit_reactor *r, knit_trigger *t, void *arg)
+{
+    wk_submit(r, arg);
+    knit_trigger_done(t); /* nothing waits: no pass may come after this */
+}
+
+static void test_job_submitted_while_all_sleep_starts(void **state)
+{
+    (void)state;
+    wk_started = wk_done = 0;
+    knit_reactor *r = new_reactor();
+    knit_pool *p = new_sleepy_pool(r, 2);
+    assert_int_equal(knit_call_in_reactor(r, wk_submit, p), 0);
+    run_until(r, &wk_done, 1);
+    wait_sleeping(p, 2);
+    /* From another thread (the reactor is not running: not its thread). */
+    wk_submit(r, p);
+    run_until(r, &wk_done, 2);
+    finish(r, p);
+
+    /* From a trigger of the last phase: no pass comes after it, so its
+     * wake-up is sent as the phase starts (no 1 s sleep bound needed). */
+    r = new_reactor();
+    knit_pool_options o;
+    knit_pool_options_init(&o);
+    o.min_threads = o.max_threads = 2;
+    o.spin = 0;
+    o.shutdown_phase = -1; /* still taking work in the AFTER phase */
+    assert_int_equal(knit_pool_new(&p, r, &o), 0);
+    wait_sleeping(p, 2);
+    uint64_t w0 = pool_wakeups(p);
+    assert_int_equal(knit_reactor_add_trigger(r, KNIT_PHASE_AFTER, wk_trigger, p, NULL), 0);
+    knit_reactor_stop(r);
+    assert_int_equal(knit_reactor_run(r), 0);
+    assert_int_equal(pool_wakeups(p) - w0, 1);
+    for (int i = 0; i < 30000 && __atomic_load_n(&wk_started, __ATOMIC_RELAXED) < 3; i++) {
+        struct timespec ms = {0, 1000000};
+        nanosleep(&ms, NULL);
+    }
+    assert_int_equal(__atomic_load_n(&wk_started, __ATOMIC_RELAXED), 3);
+    knit_pool_free(p); /* blocking: delivers the last job's done */
+    assert_int_equal(wk_done, 3);
+    knit_reactor_run_once(r, 0);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+/* More pools than a reactor may hold deferred wake-ups for: the first
+ * ones defer, the rest signal at once, and every job runs. */
+static void test_deferred_wakeups_of_many_pools(void **state)
+{
+    (void)state;
+    knit_reactor *r = new_reactor();
+    burst *b = calloc(1, sizeof *b);
+    b->npools = 12; /* > the reactor's bound on pending defers (8) */
+    b->jobs = 2;
+    for (unsigned k = 0; k < b->npools; k++)
+        b->p[k] = new_sleepy_pool(r, 1);
+    assert_int_equal(knit_call_in_reactor(r, b_submit, b), 0);
+    run_until(r, &b->done, (int)(b->npools * b->jobs));
+    assert_int_equal(b->wrong, 0);
+    /* The first eight pools deferred their wake-up to the end of the pass:
+     * one each, for both jobs. The others signalled during the pass, once
+     * or, if their worker was back asleep before the second job, twice. */
+    assert_true(b->wakeups_in_pass >= b->npools - 8);
+    for (unsigned k = 0; k < b->npools; k++) {
+        uint64_t n = pool_wakeups(b->p[k]);
+        if (k < 8)
+            assert_int_equal(n, 1);
+        else
+            assert_true(n >= 1 && n <= 2);
+    }
+    knit_reactor_stop(r);
+    assert_int_equal(knit_reactor_run(r), 0);
+    for (unsigned k = 0; k < b->npools; k++) {
+        assert_true(knit_pool_is_shut_down(b->p[k]));
+        knit_pool_free(b->p[k]);
+    }
+    assert_int_equal(knit_reactor_close(r), 0);
+    free(b);
+}
+
 /* ---- cancel --------------------------------------------------------------------- */
 
 typedef struct cjob {
@@ -1662,6 +1895,9 @@ int main(void)
         T(test_shutdown_with_jobs_from_several_reactors),
         T(test_worker_init_fini_and_keep_idle),
         T(test_submit_from_threads_without_reactor),
+        T(test_burst_in_one_pass_wakes_one_worker),
+        T(test_job_submitted_while_all_sleep_starts),
+        T(test_deferred_wakeups_of_many_pools),
 #undef T
     };
     return KNIT_RUN_TESTS(tests);

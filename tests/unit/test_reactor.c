@@ -21,6 +21,7 @@
 
 #include "knit/error.h"
 #include "knit/reactor.h"
+#include "reactor/reactor_int.h"
 
 typedef struct fixture {
     knit_clock *clock;
@@ -1068,6 +1069,140 @@ static void test_backend_fallback_seccomp(void **state)
         fail_msg("seccomp child: check %d failed (see fallback_child)", WEXITSTATUS(st));
 }
 
+/* ---- work deferred to the end of the pass (knit__reactor_defer) ------------ */
+
+typedef struct dctx {
+    knit_io io;
+    int fds[2];
+    char log[32];
+    int n;
+    int d2_registered;
+    knit_reactor *r;
+} dctx;
+
+static void dlog(dctx *d, char c)
+{
+    if (d->n + 1 < (int)sizeof d->log) d->log[d->n++] = c;
+}
+
+static void d2_fn(knit_reactor *r, void *arg)
+{
+    (void)r;
+    dctx *d = arg;
+    dlog(d, '2');
+    assert_int_equal(write(d->fds[1], "y", 1), 1); /* for the poll this pass is about to make */
+}
+
+static void d_fn(knit_reactor *r, void *arg)
+{
+    dctx *d = arg;
+    dlog(d, 'D');
+    /* A defer registered by a defer: it runs before the next poll. */
+    if (!d->d2_registered++) assert_int_equal(knit__reactor_defer(r, d2_fn, d), 0);
+}
+
+static void d_io(knit_io *io, unsigned events)
+{
+    (void)events;
+    dctx *d = io->data;
+    char b[8];
+    assert_true(read(d->fds[0], b, sizeof b) > 0);
+    dlog(d, 'I');
+    assert_int_equal(knit__reactor_defer(d->r, d_fn, d), 0);
+}
+
+static void d_call(knit_reactor *r, void *arg)
+{
+    (void)r;
+    dlog(arg, 'C');
+}
+
+/* A defer runs once at the end of the pass that registered it — after the
+ * pass's fd events and queued calls, before run_once returns — and one
+ * registered by a defer runs before the next pass polls: its pipe write
+ * is seen by that very poll (after the defer, the loop would block 30 s
+ * and the read would come a pass late). */
+static void test_defer_runs_at_end_of_pass_before_next_poll(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    dctx d = {0};
+    d.r = r;
+    assert_int_equal(pipe2(d.fds, O_NONBLOCK), 0);
+    knit_io_init(r, &d.io, d.fds[0], d_io, &d);
+    assert_int_equal(knit_io_start(&d.io, KNIT_READABLE), 0);
+    assert_int_equal(write(d.fds[1], "x", 1), 1);
+    assert_int_equal(knit_call_from_thread(r, d_call, &d), 0);
+    knit_reactor_run_once(r, KNIT_SEC(30));
+    assert_string_equal(d.log, "ICD");
+    knit_reactor_run_once(r, KNIT_SEC(30));
+    assert_string_equal(d.log, "ICD2ID");
+    knit_io_stop(&d.io);
+    close(d.fds[0]);
+    close(d.fds[1]);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+static int b_ran[KNIT__REACTOR_MAX_DEFER + 1], b_order;
+static void b_fn(knit_reactor *r, void *arg)
+{
+    (void)r;
+    b_ran[(intptr_t)arg] = ++b_order;
+}
+static void b_late(knit_reactor *r, void *arg)
+{
+    (void)r;
+    (void)arg;
+    b_ran[KNIT__REACTOR_MAX_DEFER] = ++b_order;
+}
+static void b_register(knit_reactor *r, void *arg)
+{
+    (void)arg;
+    for (intptr_t i = 0; i < KNIT__REACTOR_MAX_DEFER - 1; i++)
+        assert_int_equal(knit__reactor_defer(r, b_fn, (void *)i), 0);
+    /* the last slot: a defer that registers one more (left pending) */
+    assert_int_equal(knit__reactor_defer(r, b_fn, (void *)(intptr_t)(KNIT__REACTOR_MAX_DEFER - 1)),
+                     0);
+    /* full: the caller must do its work itself */
+    assert_int_equal(knit__reactor_defer(r, b_fn, NULL), KNIT_EBUSY);
+}
+static void b_register_late(knit_reactor *r, void *arg)
+{
+    (void)arg;
+    assert_int_equal(knit__reactor_defer(r, b_late, NULL), 0);
+}
+static void b_in_defer(knit_reactor *r, void *arg)
+{
+    (void)arg;
+    assert_int_equal(knit__reactor_defer(r, b_register_late, NULL), 0);
+}
+
+/* At most KNIT__REACTOR_MAX_DEFER wait; they run in order; only the
+ * reactor's running thread may register; one still pending when the
+ * reactor is freed runs then. */
+static void test_defer_bound_order_and_free(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    assert_int_equal(knit__reactor_defer(r, b_fn, NULL), KNIT_EINVAL); /* not running */
+    memset(b_ran, 0, sizeof b_ran);
+    b_order = 0;
+    assert_int_equal(knit_call_from_thread(r, b_register, NULL), 0);
+    knit_reactor_run_once(r, 0);
+    for (int i = 0; i < KNIT__REACTOR_MAX_DEFER; i++)
+        assert_int_equal(b_ran[i], i + 1);
+    /* A defer whose defer is still pending when the reactor goes. */
+    assert_int_equal(knit_call_from_thread(r, b_in_defer, NULL), 0);
+    knit_reactor_run_once(r, 0);
+    /* b_register_late ran at the end of that pass; b_late waits for the
+     * next pass, which never comes: close runs it. */
+    assert_int_equal(b_ran[KNIT__REACTOR_MAX_DEFER], 0);
+    assert_int_equal(knit_reactor_close(r), 0);
+    assert_int_equal(b_ran[KNIT__REACTOR_MAX_DEFER], KNIT__REACTOR_MAX_DEFER + 1);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -1095,6 +1230,8 @@ int main(void)
         cmocka_unit_test_setup_teardown(test_call_from_reactor_thread_runs_next_iteration,
                                         setup_fake, teardown_fake),
         cmocka_unit_test(test_free_drops_queued_calls_and_timers),
+        cmocka_unit_test(test_defer_runs_at_end_of_pass_before_next_poll),
+        cmocka_unit_test(test_defer_bound_order_and_free),
         cmocka_unit_test(test_stop_from_other_thread),
         cmocka_unit_test(test_in_thread_during_run_once),
         cmocka_unit_test_setup_teardown(test_in_thread_true_inside_run_once, setup_fake,

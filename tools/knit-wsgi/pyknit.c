@@ -412,11 +412,12 @@ static void run_query(knit_result *res, void *arg)
               (unsigned long long)rs.timers_fired, (unsigned long long)rs.calls_run, rs.watched_fds,
               rs.pending_timers, KNIT_TO_SEC(rs.lag_max));
         q_put(q,
-              "'pool': {'threads': %u, 'busy': %u, 'queued': %zu, 'max_queue': %zu, "
-              "'submitted': %llu, 'completed': %llu, 'rejected': %llu},",
-              ps.threads, ps.threads_busy, ps.queued, ps.max_queue,
+              "'pool': {'threads': %u, 'busy': %u, 'sleeping': %u, 'queued': %zu, "
+              "'max_queue': %zu, 'submitted': %llu, 'completed': %llu, 'rejected': %llu, "
+              "'wakeups': %llu},",
+              ps.threads, ps.threads_busy, ps.threads_sleeping, ps.queued, ps.max_queue,
               (unsigned long long)ps.submitted, (unsigned long long)ps.completed,
-              (unsigned long long)ps.rejected);
+              (unsigned long long)ps.rejected, (unsigned long long)ps.wakeups);
         q_put(q,
               "'http': {'requests': %llu, 'connections_open': %llu, 'connections_total': %llu, "
               "'rejected_busy': %llu, 'timeouts': %llu, 'parse_errors': %llu, "
