@@ -201,7 +201,7 @@ static int l_pool_stats(lua_State *L)
     knit_pool *p = find_pool(L, 1);
     knit_pool_stats st;
     knit_pool_get_stats(p, &st);
-    lua_createtable(L, 0, 16);
+    lua_createtable(L, 0, 18);
     knit_manhole_setfield_str(L, -1, "name", knit_pool_name(p));
     knit_manhole_setfield_int(L, -1, "threads", st.threads);
     knit_manhole_setfield_int(L, -1, "busy", st.threads_busy);
@@ -214,6 +214,8 @@ static int l_pool_stats(lua_State *L)
     knit_manhole_setfield_int(L, -1, "failed", (lua_Integer)st.failed);
     knit_manhole_setfield_int(L, -1, "rejected", (lua_Integer)st.rejected);
     knit_manhole_setfield_int(L, -1, "cancelled", (lua_Integer)st.cancelled);
+    knit_manhole_setfield_int(L, -1, "sleeping", st.threads_sleeping);
+    knit_manhole_setfield_int(L, -1, "wakeups", (lua_Integer)st.wakeups);
     push_hist(L, st.wait_hist);
     lua_setfield(L, -2, "wait_hist");
     push_hist(L, st.run_hist);

@@ -213,6 +213,9 @@ def _(env):
     check(r.returncode == 0 and "await #1: nil" in r.stdout, r.stdout)
     r = client(env.sock, "-e", "return pool.stats().completed >= 1")
     check(r.stdout == "true\n", r.stdout)
+    r = client(env.sock, "-e", "local s = pool.stats() return s.wakeups >= 0, "
+               "s.sleeping <= s.threads")
+    check(r.stdout == "true\ttrue\n" or r.stdout == "true true\n", r.stdout)
     r = client(env.sock, "-e", "return loops().tick.running, loops().tick.interval")
     check(r.stdout == "true\t0.1\n", repr(r.stdout))
     r = client(env.sock, "-e", "loops.stop('tick') return loops().tick.running")
