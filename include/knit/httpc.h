@@ -54,7 +54,11 @@
  * Timeouts: connect_timeout covers getting a usable connection (DNS, TCP,
  * proxy CONNECT, TLS handshake); timeout covers the whole exchange, from the
  * call to the last body byte — unlike treq's, which stops at the response
- * head. Both run on the reactor's clock, so a test drives them with a fake
+ * head. Both start at the call, so time a request waits inside the client
+ * for one of max_per_host / max_total connections counts against them, as
+ * libcurl's do for its queued transfers (curl's documented choice: a limit
+ * that stopped while queued would leave a request unbounded); give a burst
+ * larger than max_per_host a connect_timeout that covers its queue. Both run on the reactor's clock, so a test drives them with a fake
  * clock (knit_reactor_advance).
  *
  * Cancelling the Deferred aborts the transfer at once (its connection is
