@@ -16,7 +16,10 @@
  * queue; worker threads (between min_threads and max_threads: a thread is
  * added when a job arrives and none is idle; a thread above min_threads
  * exits after idle_timeout without work unless keep_idle is set) take them
- * in order. A finished job is posted to its reactor's cross-thread queue as
+ * in order. max_threads bounds the threads that take jobs: one leaving for
+ * being idle (running worker_fini) no longer counts, so while a slow fini
+ * runs there may be a thread more than max_threads, and no queued job waits
+ * for a fini to end. A finished job is posted to its reactor's cross-thread queue as
  * an intrusive node (no allocation, cannot fail); the reactor is woken only
  * when that queue goes from empty to non-empty, so many results completing
  * together cost one wake-up per reactor, and the reactor delivers them all

@@ -501,8 +501,13 @@ int knit_pool_submit(knit_pool *p, knit_reactor *r, knit_work *w, knit_work_fn w
             wake = want_wake(p);
         }
     }
-    /* Grow when the jobs waiting outnumber the idle threads. */
-    if (p->qlen > p->nwaiting + p->nspinning && p->nthreads < p->o.max_threads) {
+    /* Grow when the jobs waiting outnumber the idle threads. Workers leaving
+     * for being idle (nexiting, still in worker_fini) take no more jobs and
+     * do not count against max_threads: counted, they once left a job queued
+     * behind busy workers for as long as a fini took (forever, in a test
+     * whose fini waited), with the pool at "max" and nobody to run it. */
+    if (p->qlen > p->nwaiting + p->nspinning &&
+        p->nthreads - p->nexiting < p->o.max_threads) {
         p->nthreads++;
         if (p->nthreads > p->st_peak) p->st_peak = p->nthreads;
         grow = true;
