@@ -1059,6 +1059,33 @@ void knit__http_drain_check(knit_http_server *s)
         knit__http_drain_finish(s);
 }
 
+#define DRAIN_NAMED 8 /* connections named one by one when a drain gives up */
+
+/* Say what a connection the drain gives up on was doing: an operator who
+ * sees shutdowns take the whole timeout needs to know which clients, in
+ * which state, held them. */
+static void drain_name(knit_http_server *s, struct conn *c)
+{
+    static const char *const states[] = {"idle", "reading head", "reading body",
+                                         "handling", "closing", "lingering"};
+    static const char *const timers[] = {"none", "first request", "header", "idle",
+                                         "body", "write", "linger"};
+    knit_sockaddr a;
+    char peer[64] = "?";
+    knit__http_conn_peer(c, &a);
+    if (a.len) knit_sockaddr_format(&a, peer, sizeof peer);
+    const knit_http_request *q = c->req;
+    KNIT_WARN(MOD,
+              "drain timeout: aborting the connection from %s (%s, timer %s, last idle %lld ms ago, "
+              "%zu bytes unsent, request %s %s)",
+              peer,
+              c->state < sizeof states / sizeof states[0] ? states[c->state] : "?",
+              c->timer_kind < sizeof timers / sizeof timers[0] ? timers[c->timer_kind] : "?",
+              (long long)((knit_reactor_now(s->r) - c->idle_since) / KNIT_MSEC(1)),
+              knit_transport_write_buffer_size(c->proto.transport),
+              q && q->method ? q->method : "-", q && q->target ? q->target : "-");
+}
+
 static void drain_timeout(knit_reactor *r, void *arg)
 {
     (void)r;
@@ -1067,9 +1094,13 @@ static void drain_timeout(knit_reactor *r, void *arg)
     KNIT_WARN(MOD, "drain timeout: aborting %zu connections", s->nconns);
     struct conn_list *ls[NLISTS];
     size_t nl = all_lists(s, ls);
+    unsigned named = 0;
     for (size_t k = 0; k < nl; k++)
-        for (struct conn *c = ls[k]->head; c; c = c->next)
-            if (c->proto.transport) knit_transport_abort(c->proto.transport);
+        for (struct conn *c = ls[k]->head; c; c = c->next) {
+            if (!c->proto.transport) continue;
+            if (named++ < DRAIN_NAMED) drain_name(s, c);
+            knit_transport_abort(c->proto.transport);
+        }
 }
 
 void knit_http_server_drain(knit_http_server *s, void (*done)(knit_http_server *, void *),

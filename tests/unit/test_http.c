@@ -981,8 +981,16 @@ static void test_pool_drain_timeout_aborts_handler(void **state)
     sem_wait(&rev_at);
     drained = 0;
     knit_http_server_drain(fx.s, on_drained, NULL);
+    knit_test_log_begin();
     assert_int_equal(knit_reactor_advance(fx.r, KNIT_HTTP_DRAIN_TIMEOUT + KNIT_SEC(1)), 0);
     assert_true(knit_memory_transport_aborted(t));
+    /* The log says which connection held the drain, and doing what. */
+    const char *log = knit_test_log_text();
+    assert_non_null(strstr(log, "drain timeout: aborting 1 connections"));
+    assert_non_null(strstr(log, "drain timeout: aborting the connection from"));
+    assert_non_null(strstr(log, "(handling,"));
+    assert_non_null(strstr(log, "request GET /pwait)"));
+    knit_test_log_end();
     close_conn(t);
     /* Every connection is closed, but the handler still runs and its job's
      * done still names the server: drained before it, the owner could free
