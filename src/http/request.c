@@ -117,6 +117,16 @@ void *knit_http_alloc(knit_http_request *req, size_t n)
     return p;
 }
 
+void *knit__http_arena_take(knit_http_request *req, size_t n)
+{
+    n = (n + 15) & ~(size_t)15;
+    struct arena_chunk *ch = req->chunks;
+    if (ch->cap - ch->used < n) return NULL;
+    void *p = ch->data + ch->used;
+    ch->used += n;
+    return p;
+}
+
 int knit_http_on_cleanup(knit_http_request *req, void (*fn)(void *), void *arg)
 {
     struct cleanup *c = knit_http_alloc(req, sizeof *c);
@@ -501,10 +511,10 @@ static void worker_done(knit_work *w, int status)
         knit__http_server_maybe_final(s);
         return;
     }
-    pthread_mutex_lock(&req->mu);
-    bool failed = req->failed;
-    pthread_mutex_unlock(&req->mu);
-    if (failed) {
+    /* The handler returned and every call it made to req->r has run: no
+     * other thread names REQ now (the pool's hand-back orders its writes
+     * before us), so REQ's fields are read without req->mu from here. */
+    if (req->failed) {
         /* The worker could not reach the reactor (out of memory): what it
          * queued may be a torn answer. Abort; on_lost ends the request. */
         struct conn *c = req->conn;
@@ -515,7 +525,7 @@ static void worker_done(knit_work *w, int status)
         knit__http_server_maybe_final(s);
         return;
     }
-    knit__http_flush_out(req);
+    knit__http_flush_out_final(req);
     if (!req->gone && !req->finished && req->aborted && req->started) {
         /* knit_http_abort: the handler broke its answer off. What it wrote
          * goes out, then the connection closes without the answer's end,

@@ -25,6 +25,9 @@
 #include "knit/stream.h"
 
 #define OUT_HIGH_WATER KNIT_STREAM_HIGH_WATER
+/* A pool handler's final answer up to this size is queued in the request's
+ * arena when it has room (emit). */
+#define OUT_BORROW_MAX 1024u
 
 /* ---- reason phrases ------------------------------------------------------------- */
 
@@ -273,6 +276,21 @@ void knit__http_flush_out(knit_http_request *req)
     pthread_mutex_unlock(&req->mu);
 }
 
+void knit__http_flush_out_final(knit_http_request *req)
+{
+    struct conn *c = req->conn;
+    bool to_client = c && c->proto.transport && !req->gone;
+    if (!knit_buf_empty(&req->out) && to_client) {
+        req->bytes_out += knit_buf_len(&req->out);
+        /* sends at once when it can; what is left is copied if REQ->out
+         * borrows the request's arena (emit), else its memory moves */
+        knit_transport_write_buf(c->proto.transport, &req->out);
+    }
+    knit_buf_release(&req->out);
+    if (req->out_lost && to_client)
+        knit_transport_close_with(c->proto.transport, true, KNIT_CLOSE_NOMEM, KNIT_ENOMEM);
+}
+
 /* [reactor] A pool handler's write asked for a flush. The handler is
  * still running (its job's done comes after this call): the request cannot
  * end here. */
@@ -311,6 +329,18 @@ static int emit(knit_http_request *req, const void *a, size_t alen, const void *
     if (req->gone || req->failed) {
         pthread_mutex_unlock(&req->mu);
         return KNIT_ECLOSED;
+    }
+    if (final && knit_buf_empty(&req->out) && !req->out_lost && alen + blen <= OUT_BORROW_MAX) {
+        /* A whole small answer (knit_http_respond's usual case): queue it
+         * in the request's own arena, not a malloc'd buffer that the
+         * reactor would free (a cross-thread free, every request). The
+         * arena is this thread's while the handler runs; worker_done sends
+         * from it (flush_out_final) before the request can end. */
+        void *m = knit__http_arena_take(req, alen + blen);
+        if (m) {
+            knit_buf_release(&req->out);
+            knit_buf_init_borrowed(&req->out, m, alen + blen);
+        }
     }
     int rc = req->out_lost ? KNIT_ENOMEM : knit_buf_append(&req->out, a, alen);
     if (rc == 0 && blen) rc = knit_buf_append(&req->out, b, blen);

@@ -372,6 +372,11 @@ int knit__http_call_reactor(knit_http_request *req, knit_call_fn fn);
 /* Run the handler of req->route: inline now, or as a pool job. */
 void knit__http_run_handler(struct conn *c, knit_http_request *req);
 
+/* N bytes of REQ's arena from the chunk it has, without growing it: NULL
+ * when they do not fit. For scratch the request would otherwise malloc
+ * (a pool handler's small final answer). [the thread holding REQ] */
+void *knit__http_arena_take(knit_http_request *req, size_t n);
+
 /* ---- response.c ----------------------------------------------------------------- */
 
 /* The Date header value, formatted once a second per thread. [any] */
@@ -381,8 +386,12 @@ void knit__http_count_status(knit_http_server *s, int status);
  * "TEXT\n"); returns its length. [any] */
 size_t knit__http_error_body(knit_http_server *s, int status, const char *text, char *buf,
                              size_t cap, const char **ctype);
-/* Hand a pool handler's queued output to the transport. */
+/* Hand a pool handler's queued output to the transport. [reactor, while
+ * the handler may still run: under req->mu] */
 void knit__http_flush_out(knit_http_request *req);
+/* The same once the handler returned (its job's done): no other thread
+ * names REQ any more, so no lock and nobody to tell about pauses. [reactor] */
+void knit__http_flush_out_final(knit_http_request *req);
 /* Answer STATUS with the server's short body (and one extra header). */
 void knit__http_respond_simple(knit_http_request *req, int status, const char *extra_header,
                                const char *extra_value);
