@@ -325,9 +325,13 @@ int knit__http_server_alloc(knit_reactor *r, const knit_http_options *opts,
                             knit_http_server **out);
 /* The reactor's BEFORE trigger of a server (or part): drain it. */
 void knit__http_drain_trigger(knit_reactor *r, knit_trigger *t, void *arg);
-/* Draining S: finish once its connections and parts are all gone. */
+/* Draining S (drain.c): finish once its connections and parts are all gone. */
 void knit__http_drain_check(knit_http_server *s);
 void knit__http_drain_finish(knit_http_server *s);
+/* Every list of S, for walks over all connections: fills OUT, returns the
+ * count. A walk may close connections (that only queues their end) but
+ * must not move them between lists. (server.c) */
+size_t knit__http_all_lists(knit_http_server *s, struct conn_list *out[NLISTS]);
 
 /* ---- parts.c: several reactors ---------------------------------------------------- */
 
