@@ -111,16 +111,22 @@ static void on_reject(knit_http_request *req, void *arg)
     knit_http_respond(req, 403, "text/plain", "no\n", 3);
 }
 
+/* The bytes /stream sends, filled once by main before any handler runs.
+ * (Filled lazily by the first handler instead, a second worker that saw
+ * block[0] already set sent zeros from the part not yet filled: a wrong
+ * 500,000-byte answer in test_faults_shim.py on a fresh machine.) */
+static char stream_block[16384];
+
 static void on_stream(knit_http_request *req, void *arg)
 {
     (void)arg;
     const char *ns = knit_http_query(req, "n");
     long long n = ns ? atoll(ns) : 1 << 20;
-    static char block[16384];
-    if (!block[0]) memset(block, 'x', sizeof block); /* benign race: same bytes */
+    const char *block = stream_block;
+    const size_t bsize = sizeof stream_block;
     if (knit_http_start(req, 200, "application/octet-stream", -1) != 0) return;
     while (n > 0) {
-        size_t k = n < (long long)sizeof block ? (size_t)n : sizeof block;
+        size_t k = n < (long long)bsize ? (size_t)n : bsize;
         if (knit_http_write(req, block, k) != 0) return; /* client gone */
         n -= (long long)k;
     }
@@ -208,6 +214,7 @@ int main(int argc, char **argv)
     fo.version = "0.1.0";
     fo.env_prefix = "KNIT_HELLO_";
     fo.summary = "TechEmpower-style plaintext server: GET / answers \"Hello, World!\".";
+    memset(stream_block, 'x', sizeof stream_block);
     knit_flags *fs;
     if (knit_flags_new(&fs, &fo) != 0) return 1;
     if (knit_flags_add(fs, "hello", "knit-hello", hello_flags,

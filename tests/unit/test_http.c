@@ -2337,13 +2337,14 @@ static void test_early_answer_survives_giving_up(void **state)
 /* ---- output the client does not read; connection slots (issue 18 items 5, 9) ---- */
 
 #define WHOLE (1u << 20) /* far above the high-water mark */
-static char whole_body[WHOLE];
+static char whole_body[WHOLE]; /* 'w's (text, for take()/strstr), filled by main
+                                  * before any handler runs: a lazy fill raced
+                                  * between pool workers */
 
 /* Answers 1 MiB with one knit_http_respond (no streaming). */
 static void h_whole(knit_http_request *req, void *arg)
 {
     (void)arg;
-    if (!whole_body[0]) memset(whole_body, 'w', WHOLE); /* text, for take()/strstr */
     knit_http_respond(req, 200, "application/octet-stream", whole_body, WHOLE);
 }
 
@@ -2645,5 +2646,6 @@ int main(void)
         cmocka_unit_test(test_pool_done_after_handler_flushes),
         cmocka_unit_test(test_pool_request_on_connection_reactor),
     };
+    memset(whole_body, 'w', WHOLE);
     return KNIT_RUN_TESTS(tests);
 }
