@@ -101,6 +101,20 @@ void knit_reactor_free(knit_reactor *r);
 knit_clock *knit_reactor_clock(const knit_reactor *r); /* [any] */
 knit_time knit_reactor_now(const knit_reactor *r);     /* [any] */
 
+/* The time of the current loop pass, as libuv's uv_now and nginx's cached
+ * time: read from the clock at the first call after the pass's poll
+ * returned and reused for the rest of the pass, so it lags the clock by at
+ * most what this pass's callbacks have taken so far. For timestamps that
+ * mean "when this event was seen" and for coarse timeouts (idle, keep-alive,
+ * the Date header), where a clock read per use would cost more than the
+ * precision is worth (a read is a vDSO call, and on paravirtualised clocks
+ * not a cheap one). Outside a pass (before the loop runs, between passes,
+ * after knit_reactor_advance) it reads the clock. For durations measured
+ * inside one callback use knit_reactor_now. [reactor] */
+knit_time knit_reactor_pass_now(knit_reactor *r);
+/* The same for the wall clock (knit_wall_now, ns since the epoch). [reactor] */
+int64_t knit_reactor_pass_wall(knit_reactor *r);
+
 /* Fake clock only: move time forward by D and run every timer that comes due
  * (including timers those callbacks schedule within the new time), like
  * Twisted's Clock.advance. Cross-thread calls and fd events are not run; use

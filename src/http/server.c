@@ -275,8 +275,9 @@ void knit__http_timer_set(struct conn *c, int kind, knit_duration d)
     if (kind == T_IDLE) {
         /* Lazy idle timer: a keep-alive cycle only moves idle_since; the
          * timer re-arms itself when it fires early (conn_timeout). This
-         * keeps the timer heap out of the per-request path. */
-        c->idle_since = knit_reactor_now(r);
+         * keeps the timer heap out of the per-request path. The pass's
+         * time: an idle timeout may end up to one pass early, as libuv's. */
+        c->idle_since = knit_reactor_pass_now(r);
         conn_move(c, W_IDLE); /* most recently idle: reclaimed last */
         if (c->timer_kind == T_IDLE) return;
     }

@@ -242,11 +242,15 @@ static int iterate(knit_reactor *r, knit_duration timeout)
     }
     if (timeout == 0) __atomic_store_n(&r->callq.sleeping, 0, __ATOMIC_RELAXED);
     knit__ready *ready;
+    /* A new pass, nothing cached: the first pass-time read comes after the
+     * wait (on io_uring, completion callbacks run inside the poll). */
+    r->pass_have = PASS_IN;
     int n = knit__backend_poll(r->be, timeout, &ready);
     /* Awake until the next poll: producers skip the eventfd write (the
      * queue is run at the end of this pass). */
     __atomic_store_n(&r->callq.sleeping, 0, __ATOMIC_RELAXED);
     if (n < 0) {
+        r->pass_have = 0;
         KNIT_ERROR("reactor", "poll failed: %s", knit_strerror(n));
         return n;
     }
@@ -271,6 +275,7 @@ static int iterate(knit_reactor *r, knit_duration timeout)
     /* Last: what this pass's callbacks deferred (pool wake-ups) happens
      * once, before the next poll. */
     ran += run_defers(r);
+    r->pass_have = 0;
     return ran;
 }
 
@@ -431,10 +436,31 @@ knit_clock *knit_reactor_clock(const knit_reactor *r) { return r->clock; }
 
 knit_time knit_reactor_now(const knit_reactor *r) { return knit_clock_now(r->clock); }
 
+knit_time knit_reactor_pass_now(knit_reactor *r)
+{
+    if (!(r->pass_have & PASS_MONO)) {
+        r->pass_mono = knit_clock_now(r->clock);
+        /* Kept only inside a pass (iterate sets PASS_IN after its poll
+         * and clears everything at its end); outside one, every call reads. */
+        if (r->pass_have & PASS_IN) r->pass_have |= PASS_MONO;
+    }
+    return r->pass_mono;
+}
+
+int64_t knit_reactor_pass_wall(knit_reactor *r)
+{
+    if (!(r->pass_have & PASS_WALL)) {
+        r->pass_wall = knit_wall_now();
+        if (r->pass_have & PASS_IN) r->pass_have |= PASS_WALL;
+    }
+    return r->pass_wall;
+}
+
 int knit_reactor_advance(knit_reactor *r, knit_duration d)
 {
     if (!knit_clock_is_fake(r->clock) || d < 0) return KNIT_EINVAL;
     knit_clock_fake_advance(r->clock, d);
+    r->pass_have &= PASS_IN; /* the cached time is old now */
     knit__timers_run(r, knit_clock_now(r->clock), true);
     return 0;
 }

@@ -190,6 +190,16 @@ struct knit_reactor {
     size_t work_inflight;
     int64_t poll_start, poll_deadline; /* monotonic ns; 0 = not polling */
 
+    /* knit_reactor_pass_now/_wall: read at the first ask after a poll and
+     * kept until the pass ends. pass_have: PASS_IN from the poll's return
+     * to the end of the pass, PASS_MONO/PASS_WALL once read. */
+    knit_time pass_mono;
+    int64_t pass_wall;
+    unsigned pass_have;
+#define PASS_IN 4u
+#define PASS_MONO 1u
+#define PASS_WALL 2u
+
     /* knit__reactor_defer: run at the end of the pass, in order */
     struct {
         knit__defer_fn fn;

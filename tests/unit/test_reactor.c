@@ -252,6 +252,76 @@ static void order_cb(knit_reactor *r, void *arg)
     o->n++;
 }
 
+/* knit_reactor_pass_now/_wall: one read per pass, fresh outside a pass and
+ * after knit_reactor_advance. */
+typedef struct pass_seen {
+    knit_time p1, p2, now, after_advance;
+    int64_t w1, w2;
+    int ran;
+} pass_seen;
+
+static void pass_cb(knit_reactor *r, void *arg)
+{
+    pass_seen *ps = arg;
+    ps->p1 = knit_reactor_pass_now(r);
+    ps->w1 = knit_reactor_pass_wall(r);
+    usleep(3000);
+    ps->p2 = knit_reactor_pass_now(r);
+    ps->w2 = knit_reactor_pass_wall(r);
+    ps->now = knit_reactor_now(r);
+    ps->ran++;
+}
+
+static void test_pass_time_cached_within_a_pass(void **state)
+{
+    (void)state;
+    knit_reactor *r;
+    assert_int_equal(knit_reactor_new(&r, NULL), 0);
+    pass_seen ps = {0};
+    knit_call_later(r, 0, pass_cb, &ps);
+    for (int i = 0; i < 100 && !ps.ran; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(10));
+    assert_int_equal(ps.ran, 1);
+    assert_true(ps.p1 == ps.p2);            /* the same pass: no second read */
+    assert_true(ps.w1 == ps.w2);
+    assert_true(ps.now - ps.p1 >= KNIT_MSEC(3)); /* the clock itself moved */
+    assert_true(ps.w1 > KNIT_SEC(1600000000)); /* wall time, not monotonic */
+    /* Between passes every call reads the clock. */
+    knit_time a = knit_reactor_pass_now(r);
+    usleep(2000);
+    knit_time b = knit_reactor_pass_now(r);
+    assert_true(b - a >= KNIT_MSEC(2));
+    /* A later pass reads again. */
+    ps.ran = 0;
+    knit_call_later(r, 0, pass_cb, &ps);
+    for (int i = 0; i < 100 && !ps.ran; i++)
+        knit_reactor_run_once(r, KNIT_MSEC(10));
+    assert_true(ps.p1 >= b);
+    assert_int_equal(knit_reactor_close(r), 0);
+}
+
+static void advance_cb(knit_reactor *r, void *arg)
+{
+    pass_seen *ps = arg;
+    ps->p1 = knit_reactor_pass_now(r);
+    knit_reactor_advance(r, KNIT_SEC(5));
+    ps->after_advance = knit_reactor_pass_now(r);
+    ps->ran++;
+}
+
+static void test_pass_time_follows_fake_advance(void **state)
+{
+    fixture *f = *state;
+    pass_seen ps = {0};
+    assert_int_equal(knit_call_from_thread(f->r, advance_cb, &ps), 0);
+    for (int i = 0; i < 10 && !ps.ran; i++)
+        knit_reactor_run_once(f->r, 0);
+    assert_int_equal(ps.ran, 1);
+    assert_true(ps.p1 == KNIT_SEC(1000));
+    assert_true(ps.after_advance == KNIT_SEC(1005));
+    assert_true(knit_reactor_pass_now(f->r) == KNIT_SEC(1005));
+}
+
 static void test_heap_order_under_real_clock(void **state)
 {
     (void)state;
@@ -1239,6 +1309,9 @@ int main(void)
         cmocka_unit_test(test_shutdown_triggers_wait_for_async),
         cmocka_unit_test(test_stop_now_skips_waiting),
         cmocka_unit_test(test_run_twice_is_refused_while_running),
+        cmocka_unit_test(test_pass_time_cached_within_a_pass),
+        cmocka_unit_test_setup_teardown(test_pass_time_follows_fake_advance, setup_fake,
+                                        teardown_fake),
     };
     return KNIT_RUN_TESTS(tests);
 }
