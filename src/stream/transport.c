@@ -212,6 +212,9 @@ static ssize_t do_send(knit_transport *t, const void *buf, size_t n)
     }
 }
 
+/* Vectors up to this many bytes in all go out through one send(2). */
+#define SEND_COALESCE 1024
+
 static ssize_t do_sendv(knit_transport *t, const struct iovec *iov, int cnt)
 {
     if (TP_LAYER(t)) {
@@ -225,6 +228,25 @@ static ssize_t do_sendv(knit_transport *t, const struct iovec *iov, int cnt)
             if ((size_t)r < iov[i].iov_len) break;
         }
         return total;
+    }
+    /* One buffer, or a few small ones (an HTTP head and a short body, a
+     * Thrift frame header and its payload): send(2) from one contiguous
+     * buffer. sendmsg(2) copies the msghdr and the iovec array in from user
+     * space and imports the vector, ~1% of a small keep-alive answer's
+     * server CPU in perf (nginx's writev pays the same); copying a few
+     * hundred bytes on the stack costs less. */
+    if (cnt == 1) return do_send(t, iov[0].iov_base, iov[0].iov_len);
+    size_t small = 0;
+    for (int i = 0; i < cnt && small <= SEND_COALESCE; i++)
+        small += iov[i].iov_len;
+    if (small <= SEND_COALESCE) {
+        uint8_t tmp[SEND_COALESCE];
+        size_t at = 0;
+        for (int i = 0; i < cnt; i++) {
+            if (iov[i].iov_len) memcpy(tmp + at, iov[i].iov_base, iov[i].iov_len);
+            at += iov[i].iov_len;
+        }
+        return do_send(t, tmp, at);
     }
     struct msghdr m = {0};
     m.msg_iov = (struct iovec *)iov;
