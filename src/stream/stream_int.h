@@ -126,6 +126,13 @@ void knit__transport_close(knit_transport *t, bool flush, knit_close_reason reas
 void knit__transport_run_phases(knit_transport *t);
 void knit__transport_phase_timeout(knit_reactor *r, void *arg);
 
+/* Bytes queued for the socket: t->out and, on io_uring, what waits behind
+ * an in-flight send. */
+static inline size_t knit__out_len(const knit_transport *t)
+{
+    return knit_buf_len(&t->out) + (t->ext ? knit_buf_len(&t->ext->behind) : 0);
+}
+
 /* T's output buffer changed; it held BEFORE bytes: account the difference
  * to the protocol's output group (stream.h) and signal its water marks.
  * Every change of t->out goes through here while a protocol is attached. */

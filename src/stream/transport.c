@@ -155,13 +155,6 @@ static void finish_close(knit_transport *t);
 static void flush(knit_transport *t);
 static void after_output(knit_transport *t);
 
-/* Bytes queued for the socket: t->out and, on io_uring, what waits behind
- * an in-flight send. */
-static size_t out_len(const knit_transport *t)
-{
-    return knit_buf_len(&t->out) + (t->ext ? knit_buf_len(&t->ext->behind) : 0);
-}
-
 static knit_close_reason reason_for(int err)
 {
     switch (err) {
@@ -469,7 +462,7 @@ static void on_send(void *owner, int res, unsigned cflags, const uint8_t *data)
     if (t->flags & TP_CLOSED) {
         knit_buf_release(&t->in); /* the pinned output, parked there by close_now */
     } else if (res > 0) {
-        size_t before = out_len(t);
+        size_t before = knit__out_len(t);
         knit_buf_consume(&t->out, (size_t)res);
         t->bytes_out += (uint64_t)res;
         int rc = 0;
@@ -531,7 +524,7 @@ static void update_watch(knit_transport *t)
 
 static void check_high(knit_transport *t)
 {
-    if (!(t->flags & TP_PAUSED) && out_len(t) > t->high) {
+    if (!(t->flags & TP_PAUSED) && knit__out_len(t) > t->high) {
         t->flags |= TP_PAUSED;
         if (t->proto && t->proto->ops->pause_producing) t->proto->ops->pause_producing(t->proto);
     }
@@ -539,40 +532,10 @@ static void check_high(knit_transport *t)
 
 static void check_low(knit_transport *t)
 {
-    if ((t->flags & TP_PAUSED) && out_len(t) <= t->low) {
+    if ((t->flags & TP_PAUSED) && knit__out_len(t) <= t->low) {
         t->flags &= (uint16_t)~TP_PAUSED;
         if (t->proto && t->proto->ops->resume_producing) t->proto->ops->resume_producing(t->proto);
     }
-}
-
-/* ---- output groups (stream.h) ------------------------------------------------ */
-
-static void group_add(knit_output_group *g, size_t before, size_t after)
-{
-    /* never below 0: BEFORE was counted. An atomic store: a group's owner
-     * may let other threads read queued (the HTTP server's stats). */
-    __atomic_store_n(&g->queued, g->queued - before + after, __ATOMIC_RELAXED);
-    if (!g->over && g->high && g->queued > g->high) {
-        g->over = true;
-        if (g->changed) g->changed(g, true);
-    } else if (g->over && g->queued <= g->low) {
-        g->over = false;
-        if (g->changed) g->changed(g, false);
-    }
-}
-
-void knit__transport_out_changed(knit_transport *t, size_t before)
-{
-    knit_output_group *g = t->proto ? t->proto->output_group : NULL;
-    size_t after = out_len(t);
-    if (g && after != before) group_add(g, before, after);
-}
-
-void knit__transport_out_leave(knit_transport *t)
-{
-    knit_output_group *g = t->proto ? t->proto->output_group : NULL;
-    size_t len = out_len(t);
-    if (g && len) group_add(g, len, 0);
 }
 
 /* ---- closing -------------------------------------------------------------- */
@@ -606,7 +569,7 @@ static void close_now(knit_transport *t, knit_close_reason reason, int err, bool
      * before the number can be reused (by an accept in this turn). */
     if (t->uflags & (TU_RECV | TU_SEND)) knit__cop_submit(knit__reactor_backend(t->io._r));
     close(t->io._fd);
-    size_t queued = out_len(t);
+    size_t queued = knit__out_len(t);
     knit_buf_release(&t->in);
     if (t->ext) knit_buf_release(&t->ext->behind);
     if (t->uflags & TU_SEND) {
@@ -713,7 +676,7 @@ int knit_transport_writev(knit_transport *t, const struct iovec *iov, int iovcnt
     if (total == 0) return 0;
     if (t->uflags & TU_MODE) {
         /* io_uring: queue; the ring sends it (update_watch → send_start) */
-        size_t before = out_len(t);
+        size_t before = knit__out_len(t);
         knit_buf *dst = out_dst(t, total);
         int rc = dst ? knit_buf_appendv(dst, iov, iovcnt) : KNIT_ENOMEM;
         knit__transport_out_changed(t, before);
@@ -773,7 +736,7 @@ int knit_transport_write_buf(knit_transport *t, knit_buf *b)
     }
     if (t->uflags & TU_MODE) {
         /* io_uring: B's memory becomes the output (or joins it) as is */
-        size_t before = out_len(t);
+        size_t before = knit__out_len(t);
         knit_buf *dst = out_dst(t, knit_buf_len(b));
         int rc = dst ? knit_buf_move(dst, b) : KNIT_ENOMEM;
         knit_buf_release(b);
@@ -1127,7 +1090,7 @@ static void close_flush_timeout(knit_reactor *r, void *arg)
 void knit_transport_close_or_reset(knit_transport *t, knit_close_reason reason, int err)
 {
     if ((t->flags & (TP_CLOSED | TP_MEMORY)) == TP_CLOSED) return;
-    if ((t->flags & TP_MEMORY) || out_len(t) == 0) {
+    if ((t->flags & TP_MEMORY) || knit__out_len(t) == 0) {
         /* memory: the test reads the output when it likes (no peer can
          * fail to); socket: nothing queued, so on io_uring no send in flight */
         knit_transport_close_with(t, true, reason, err);
@@ -1204,18 +1167,5 @@ void knit_transport_set_water_marks(knit_transport *t, size_t high, size_t low)
     t->low = (uint32_t)(low > UINT32_MAX ? UINT32_MAX : low);
     check_high(t);
     check_low(t);
-}
-
-size_t knit_transport_write_buffer_size(const knit_transport *t)
-{
-    return out_len(t);
-}
-bool knit_transport_producer_paused(const knit_transport *t)
-{
-    return t->flags & TP_PAUSED;
-}
-bool knit_transport_closing(const knit_transport *t)
-{
-    return t->flags & (TP_CLOSING | TP_CLOSED | TP_ABORT_REQ);
 }
 

@@ -154,3 +154,18 @@ int knit_transport_peek(knit_transport *t, void *buf, size_t n)
         return -errno;
     }
 }
+
+size_t knit_transport_write_buffer_size(const knit_transport *t)
+{
+    return knit__out_len(t);
+}
+
+bool knit_transport_producer_paused(const knit_transport *t)
+{
+    return t->flags & TP_PAUSED;
+}
+
+bool knit_transport_closing(const knit_transport *t)
+{
+    return t->flags & (TP_CLOSING | TP_CLOSED | TP_ABORT_REQ);
+}
